@@ -1,0 +1,43 @@
+# The two commands a new user needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# dcmtk and Orthanc are 20-40x slower without TCP_NODELAY (it is read from the environment).
+export TCP_NODELAY := 1
+
+.PHONY: setup tools test lint typecheck pytest demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch is pinned (a CPU build); never let pip choose it.
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP) tools
+
+tools:
+	@bash scripts/install-tools.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest
+
+test: setup lint typecheck pytest
+
+demo: setup
+	$(BIN)/dicom-node demo --config config.yaml
+
+bench: setup
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,150 @@
+"""``dicom-node``: the command-line interface (the only module that prints)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from dicom_node import __version__
+from dicom_node.config import ENV_CONFIG, Config, default_config_path, load_config
+from dicom_node.errors import DicomNodeError
+from dicom_node.logs import configure_logging
+
+# Flags that override a key of the configuration file.
+_OVERRIDES = {
+    "host": "node.host",
+    "port": "node.port",
+    "ae_title": "node.ae_title",
+    "spool_dir": "storage.spool_dir",
+    "log_level": "logging.level",
+    "log_format": "logging.format",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"configuration file (default: ${ENV_CONFIG}, else the built-in defaults)",
+    )
+    common.add_argument("--host", help="override node.host")
+    common.add_argument("--port", type=int, help="override node.port (0 picks a free port)")
+    common.add_argument("--ae-title", help="override node.ae_title")
+    common.add_argument("--spool-dir", help="override storage.spool_dir")
+    common.add_argument("--log-level", help="override logging.level")
+    common.add_argument("--log-format", choices=["plain", "json"], help="override logging.format")
+
+    parser = argparse.ArgumentParser(
+        prog="dicom-node",
+        description="PACS-integrated DICOM triage node for hip radiographs "
+        "(research software, not for clinical use).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", parents=[common], help="run the node until SIGTERM")
+    check = sub.add_parser("check-config", parents=[common], help="validate a configuration file")
+    check.add_argument("path", nargs="?", help="the file to check (default: --config)")
+    sub.add_parser("studies", parents=[common], help="list studies with state and counts")
+    sub.add_parser("jobs", parents=[common], help="list jobs made from completed studies")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="start a node, send a synthetic study, show the result"
+    )
+    demo.add_argument("--out", default="var/demo", help="folder for the demo's spool and files")
+    return parser
+
+
+def _config(args: argparse.Namespace, path: str | None = None) -> Config:
+    overrides: dict[str, Any] = {
+        key: getattr(args, flag) for flag, key in _OVERRIDES.items() if getattr(args, flag, None)
+    }
+    if getattr(args, "port", None) is not None:
+        overrides["node.port"] = args.port
+    return load_config(default_config_path(path or args.config), overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            target = args.path or args.config
+            cfg = _config(args, target)
+            where = default_config_path(target) or "built-in defaults"
+            print(f"{where}: OK ({len(cfg.destinations)} destinations, AE {cfg.node.ae_title})")
+            return 0
+        cfg = _config(args)
+        configure_logging(cfg.logging)
+        if args.command == "serve":
+            from dicom_node.node import Node
+
+            return Node(cfg).serve()
+        if args.command == "studies":
+            return _studies(cfg)
+        if args.command == "jobs":
+            return _jobs(cfg)
+        if args.command == "demo":
+            from dicom_node.demo import run_demo
+
+            for line in run_demo(cfg, args.out):
+                print(line, flush=True)
+            return 0
+    except DicomNodeError as exc:
+        print(f"dicom-node: error: {exc}", file=sys.stderr)
+        return 2
+    return 2  # pragma: no cover - argparse requires a command
+
+
+def _time(value: float | None) -> str:
+    return "-" if value is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def _open_state(cfg: Config) -> Any:
+    from dicom_node.state import State
+
+    if not cfg.storage.database.exists():
+        return None
+    return State(cfg.storage.database, cfg.assembly)
+
+
+def _studies(cfg: Config) -> int:
+    state = _open_state(cfg)
+    if state is None:
+        print(f"no state database at {cfg.storage.database}: the node has not run yet")
+        return 0
+    try:
+        rows = state.studies()
+    finally:
+        state.close()
+    print(f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  {'INST':>5}  {'FIRST RECEIVED':<19}  "
+          f"{'LAST RECEIVED':<19}  {'COMPLETED':<19}  {'N':>2}  REASON")  # fmt: skip
+    for s in rows:
+        print(
+            f"{s.study_uid:<64}  {s.state:<9}  {s.instance_count:>5}  "
+            f"{_time(s.first_received_at):<19}  {_time(s.last_received_at):<19}  "
+            f"{_time(s.completed_at):<19}  {s.completions:>2}  {s.completion_reason or '-'}"
+        )
+    print(f"{len(rows)} studies")
+    return 0
+
+
+def _jobs(cfg: Config) -> int:
+    state = _open_state(cfg)
+    if state is None:
+        print(f"no state database at {cfg.storage.database}: the node has not run yet")
+        return 0
+    try:
+        rows = state.jobs()
+    finally:
+        state.close()
+    print(f"{'JOB':>5}  {'STUDY INSTANCE UID':<64}  {'GEN':>3}  {'STATE':<8}  {'INST':>5}  "
+          f"{'CREATED':<19}  REASON")  # fmt: skip
+    for j in rows:
+        print(
+            f"{j.id:>5}  {j.study_uid:<64}  {j.generation:>3}  {j.state:<8}  "
+            f"{j.instance_count:>5}  {_time(j.created_at):<19}  {j.reason}"
+        )
+    print(f"{len(rows)} jobs")
+    return 0

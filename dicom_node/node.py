@@ -1,0 +1,128 @@
+"""The node's lifecycle: start-up, serving, graceful drain and shutdown.
+
+``Node(config)`` owns every long-lived part. ``start()`` opens the spool and
+state, re-arms the study timers that survived a restart, starts the assembler
+and then the Storage SCP. ``stop()`` first stops accepting associations, waits
+up to ``node.drain_seconds`` for open ones to finish, aborts what is left (an
+aborted instance was never acknowledged, so the sender keeps it), and closes
+the state. ``serve()`` runs until SIGTERM/SIGINT; a second signal forces.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node import __version__
+from dicom_node.assemble import Assembler
+from dicom_node.config import Config
+from dicom_node.receive import Receiver, build_ae, event_handlers
+from dicom_node.receive.tls import server_context
+from dicom_node.spool import Spool
+from dicom_node.state import State
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._server: ThreadedAssociationServer | None = None
+        self._stopped = threading.Event()
+        self._signals = 0
+        self.spool: Spool | None = None
+        self.state: State | None = None
+        self.assembler: Assembler | None = None
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with ``node.port: 0``)."""
+        if self._server is None:
+            raise RuntimeError("node is not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        cfg = self.config
+        ssl_context = server_context(cfg.node.tls) if cfg.node.tls.enabled else None
+        self.spool = Spool(cfg.storage.spool_dir, cfg.storage.min_free_bytes)
+        self.state = State(cfg.storage.database, cfg.assembly)
+        rearmed = self.state.recover(time.time())
+        if rearmed:
+            log.info("re-armed %d studies that were still receiving", rearmed)
+        self.assembler = Assembler(self.state)
+        self.assembler.start()
+        receiver = Receiver(
+            self.spool,
+            self.state,
+            cfg.node.max_instance_bytes,
+            on_change=self.assembler.wake,
+        )
+        ae = build_ae(cfg.node)
+        self._server = ae.start_server(
+            (cfg.node.host, cfg.node.port),
+            block=False,
+            evt_handlers=event_handlers(receiver),
+            ssl_context=ssl_context,
+        )
+        log.info(
+            "dicom-node %s listening as %s on %s:%d%s; spool %s",
+            __version__, cfg.node.ae_title, cfg.node.host, self.port,
+            " (TLS)" if ssl_context else "", cfg.storage.spool_dir,
+        )  # fmt: skip
+
+    def stop(self, drain_seconds: float | None = None) -> None:
+        """Stop accepting, drain open associations within the timeout, then close."""
+        drain = self.config.node.drain_seconds if drain_seconds is None else drain_seconds
+        server = self._server
+        if server is not None:
+            self._server = None
+            server.shutdown()  # stops accepting and closes the listening socket
+            deadline = time.monotonic() + drain
+            while server.active_associations and time.monotonic() < deadline:
+                if self._signals > 1:
+                    break
+                time.sleep(0.05)
+            left = server.active_associations
+            if left:
+                log.warning("aborting %d associations still open after draining", len(left))
+                for assoc in left:
+                    assoc.abort()
+                for assoc in left:
+                    assoc.join(timeout=5)
+        if self.assembler is not None:
+            self.assembler.stop()
+            self.assembler = None
+        if self.state is not None:
+            self.state.close()
+            self.state = None
+        self._stopped.set()
+        log.info("dicom-node stopped")
+
+    def serve(self) -> int:
+        """Run until a signal; the first drains gracefully, a second forces."""
+        self.start()
+        stop_requested = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self._signals += 1
+            if self._signals == 1:
+                log.info("%s received: draining (a second signal forces)",
+                         signal.Signals(signum).name)  # fmt: skip
+                stop_requested.set()
+            else:
+                log.warning("%s received again: forcing shutdown", signal.Signals(signum).name)
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not stop_requested.wait(0.5):
+                pass
+            self.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0

@@ -1,0 +1,269 @@
+"""Check an incoming data set's structure and read its identifying attributes.
+
+The C-STORE handler must never decode pixels, yet it must refuse a truncated or
+garbled stream before acknowledging it (pydicom reads a short Pixel Data value
+without complaint). This walker visits every element of the encoded stream,
+checks that each length fits, that sequences and encapsulated pixel data are
+delimited, that the stream ends on an element boundary, and that native Pixel
+Data holds as many bytes as Rows x Columns x frames need. It reads only the
+few top-level attributes the node routes on. It costs one pass over the
+element headers: values are skipped, never copied.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from dicom_node.errors import RejectedInstanceError
+from dicom_node.models import Header
+
+# Status codes (PS3.4 B.2.3; the C2xx sub-codes are ours, listed in docs/conformance.md).
+CANNOT_UNDERSTAND = 0xC210
+MISSING_UIDS = 0xC211
+UID_MISMATCH = 0xC212
+INVALID_UID = 0xC213
+DOES_NOT_MATCH_SOP_CLASS = 0xA900
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+_NATIVE = {IMPLICIT_VR_LE, "1.2.840.10008.1.2.1", EXPLICIT_VR_BE, DEFLATED}
+
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQ_END = 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+
+# Top-level attributes read as text, by tag.
+_TEXT_TAGS = {
+    0x00080016: "sop_class_uid",
+    0x00080018: "sop_instance_uid",
+    0x00080060: "modality",
+    0x00080070: "manufacturer",
+    0x0008103E: "series_description",
+    0x0020000D: "study_uid",
+    0x0020000E: "series_uid",
+    0x00280008: "number_of_frames",
+}
+_US_TAGS = {
+    0x00280002: "samples_per_pixel",
+    0x00280010: "rows",
+    0x00280011: "columns",
+    0x00280100: "bits_allocated",
+}
+
+
+class _Reader:
+    def __init__(self, data: bytes | memoryview, little: bool, implicit: bool) -> None:
+        self.data = memoryview(data)
+        self.end = len(data)
+        self.implicit = implicit
+        self.u16 = struct.Struct("<H" if little else ">H")
+        self.u32 = struct.Struct("<I" if little else ">I")
+        self.tag_fmt = struct.Struct("<HH" if little else ">HH")
+        self.text: dict[str, str] = {}
+        self.us: dict[str, int] = {}
+        self.pixel_bytes: int | None = None
+        self.encapsulated = False
+
+    def fail(self, pos: int, what: str) -> RejectedInstanceError:
+        return RejectedInstanceError(CANNOT_UNDERSTAND, f"malformed data set at byte {pos}: {what}")
+
+    def header(self, pos: int) -> tuple[int, bytes, int, int]:
+        """Return (tag, vr, length, value offset) of the element at ``pos``."""
+        if pos + 8 > self.end:
+            raise self.fail(pos, "truncated element header")
+        group, elem = self.tag_fmt.unpack_from(self.data, pos)
+        tag = (group << 16) | elem
+        if group == 0xFFFE or self.implicit:
+            (length,) = self.u32.unpack_from(self.data, pos + 4)
+            return tag, b"", length, pos + 8
+        vr = bytes(self.data[pos + 4 : pos + 6])
+        if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+            raise self.fail(pos, f"invalid VR {vr!r} for tag ({group:04X},{elem:04X})")
+        if vr in _LONG_VRS:
+            if pos + 12 > self.end:
+                raise self.fail(pos, "truncated element header")
+            (length,) = self.u32.unpack_from(self.data, pos + 8)
+            return tag, vr, length, pos + 12
+        (length,) = self.u16.unpack_from(self.data, pos + 6)
+        return tag, vr, length, pos + 8
+
+    def dataset(self, pos: int, end: int, top: bool, until_item_end: bool) -> int:
+        """Walk elements from ``pos``; return the offset after the data set."""
+        last_tag = -1
+        while pos < end:
+            tag, vr, length, value = self.header(pos)
+            if tag == _ITEM_END:
+                if not until_item_end:
+                    raise self.fail(pos, "item delimiter outside an item")
+                return value
+            if top and tag <= last_tag:
+                raise self.fail(pos, f"tag ({tag >> 16:04X},{tag & 0xFFFF:04X}) out of order")
+            last_tag = tag
+            if length == _UNDEFINED:
+                if tag == _PIXEL_DATA and top:
+                    self.encapsulated = True
+                    pos = self.fragments(value)
+                elif vr in (b"", b"SQ", b"UN"):
+                    pos = self.sequence(value, end, delimited=True)
+                else:
+                    raise self.fail(pos, f"undefined length on VR {vr.decode(errors='replace')}")
+                continue
+            if value + length > end:
+                raise self.fail(pos, f"value of {length} bytes runs past the end")
+            if vr == b"SQ":
+                self.sequence(value, value + length, delimited=False)
+            if top:
+                self.collect(tag, value, length)
+            pos = value + length
+        if pos != end or until_item_end:
+            raise self.fail(pos, "data set ends inside an element or item")
+        return pos
+
+    def sequence(self, pos: int, end: int, delimited: bool) -> int:
+        while pos < end:
+            tag, _, length, value = self.header(pos)
+            if tag == _SEQ_END:
+                return value
+            if tag != _ITEM:
+                raise self.fail(pos, "expected a sequence item")
+            if length == _UNDEFINED:
+                pos = self.dataset(value, self.end, top=False, until_item_end=True)
+            elif value + length > end:
+                raise self.fail(pos, f"item of {length} bytes runs past the end")
+            else:
+                self.dataset(value, value + length, top=False, until_item_end=False)
+                pos = value + length
+        if delimited:
+            raise self.fail(pos, "sequence without its delimiter")
+        return pos
+
+    def fragments(self, pos: int) -> int:
+        count = 0
+        while True:
+            tag, _, length, value = self.header(pos)
+            if tag == _SEQ_END:
+                if count < 2:  # the basic offset table plus at least one fragment
+                    raise self.fail(pos, "encapsulated Pixel Data without fragments")
+                self.pixel_bytes = count
+                return value
+            if tag != _ITEM or length == _UNDEFINED or value + length > self.end:
+                raise self.fail(pos, "broken encapsulated Pixel Data fragment")
+            count += 1
+            pos = value + length
+
+    def collect(self, tag: int, value: int, length: int) -> None:
+        if tag in _TEXT_TAGS:
+            raw = bytes(self.data[value : value + length])
+            self.text[_TEXT_TAGS[tag]] = raw.decode("ascii", errors="replace").strip("\x00 ")
+        elif tag in _US_TAGS and length == 2:
+            (self.us[_US_TAGS[tag]],) = self.u16.unpack_from(self.data, value)
+        elif tag == _PIXEL_DATA:
+            self.pixel_bytes = length
+
+
+def read_header(stream: bytes | memoryview, transfer_syntax: str) -> Header:
+    """Check ``stream`` (the data set as sent, without file meta) and return its header.
+
+    Raises :class:`RejectedInstanceError` with the DICOM status to answer.
+    """
+    data: bytes | memoryview = stream
+    if transfer_syntax == DEFLATED:
+        try:
+            data = zlib.decompress(bytes(stream), wbits=-15)
+        except zlib.error as exc:
+            raise RejectedInstanceError(
+                CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}"
+            ) from None
+    reader = _Reader(
+        data,
+        little=transfer_syntax != EXPLICIT_VR_BE,
+        implicit=transfer_syntax == IMPLICIT_VR_LE,
+    )
+    if len(data) == 0:
+        raise RejectedInstanceError(CANNOT_UNDERSTAND, "empty data set")
+    reader.dataset(0, reader.end, top=True, until_item_end=False)
+    text = reader.text
+    missing = [
+        name
+        for name in ("sop_class_uid", "sop_instance_uid", "study_uid", "series_uid")
+        if not text.get(name)
+    ]
+    if missing:
+        raise RejectedInstanceError(
+            MISSING_UIDS, f"missing identifying attributes: {', '.join(missing)}"
+        )
+    for name in ("sop_class_uid", "sop_instance_uid", "study_uid", "series_uid"):
+        if not is_valid_uid(text[name]):
+            raise RejectedInstanceError(INVALID_UID, f"{name} is not a valid UID: {text[name]!r}")
+    _check_pixels(reader, transfer_syntax)
+    return Header(
+        sop_class_uid=text["sop_class_uid"],
+        sop_instance_uid=text["sop_instance_uid"],
+        study_uid=text["study_uid"],
+        series_uid=text["series_uid"],
+        modality=text.get("modality", ""),
+        manufacturer=text.get("manufacturer", ""),
+        series_description=text.get("series_description", ""),
+        has_pixel_data=reader.pixel_bytes is not None,
+    )
+
+
+def _check_pixels(reader: _Reader, transfer_syntax: str) -> None:
+    if reader.pixel_bytes is None:
+        return
+    if reader.encapsulated:
+        if transfer_syntax in _NATIVE:
+            raise RejectedInstanceError(
+                CANNOT_UNDERSTAND, "encapsulated Pixel Data in a native transfer syntax"
+            )
+        return
+    if transfer_syntax not in _NATIVE:
+        raise RejectedInstanceError(
+            CANNOT_UNDERSTAND, "native Pixel Data in a compressed transfer syntax"
+        )
+    us = reader.us
+    if not all(k in us for k in ("rows", "columns", "bits_allocated")):
+        raise RejectedInstanceError(
+            DOES_NOT_MATCH_SOP_CLASS, "Pixel Data without Rows, Columns or Bits Allocated"
+        )
+    try:
+        frames = int(reader.text.get("number_of_frames") or 1)
+    except ValueError:
+        raise RejectedInstanceError(
+            CANNOT_UNDERSTAND, f"invalid Number of Frames {reader.text['number_of_frames']!r}"
+        ) from None
+    bits = us["rows"] * us["columns"] * us.get("samples_per_pixel", 1) * frames
+    bits *= us["bits_allocated"]
+    expected = (bits + 7) // 8
+    if reader.pixel_bytes < expected:
+        raise RejectedInstanceError(
+            CANNOT_UNDERSTAND,
+            f"Pixel Data holds {reader.pixel_bytes} bytes, the image needs {expected}",
+        )
+
+
+def is_valid_uid(uid: str) -> bool:
+    """PS3.5 9.1 UID syntax: 1-64 characters, digits in dot-separated components."""
+    if not 0 < len(uid) <= 64:
+        return False
+    parts = uid.split(".")
+    return all(p.isdigit() and p.isascii() for p in parts)

@@ -1,0 +1,266 @@
+"""The C-STORE service: check, spool durably, index, and only then answer success.
+
+pynetdicom calls the ``handle_*`` functions from each association's thread,
+bound with their dependency (``(evt.EVT_C_STORE, handle_store, [receiver])``).
+They never raise: every failure becomes a DICOM status with an Error Comment
+and a log line giving the reason, identified by UIDs only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom import events
+from pynetdicom.dimse_primitives import C_STORE
+
+from dicom_node.errors import RejectedInstanceError, SpoolError, SpoolFullError, StateError
+from dicom_node.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicom_node.models import Header, ReceivedInstance, StoreOutcome
+from dicom_node.receive.header import DOES_NOT_MATCH_SOP_CLASS, UID_MISMATCH, read_header
+from dicom_node.receive.own_output import is_own_output
+from dicom_node.spool import Spool
+from dicom_node.state import State
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+PROCESSING_FAILURE = 0x0110
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+@dataclass
+class _Association:
+    id: str
+    calling_ae: str
+    studies: set[str] = field(default_factory=set)
+
+
+class Receiver:
+    """Everything the C-STORE and association handlers need, in one place."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        state: State,
+        max_instance_bytes: int,
+        on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spool = spool
+        self.state = state
+        self.max_instance_bytes = max_instance_bytes
+        self.on_change = on_change
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._associations: dict[int, _Association] = {}
+        self._counter = itertools.count(1)
+
+    # --- associations ------------------------------------------------------------
+
+    def association_started(self, key: int, calling_ae: str, address: str) -> None:
+        assoc = _Association(f"{calling_ae}@{address}#{next(self._counter)}", calling_ae)
+        with self._lock:
+            self._associations[key] = assoc
+        log.info("association %s accepted", assoc.id)
+
+    def association_ended(self, key: int, how: str) -> None:
+        with self._lock:
+            assoc = self._associations.pop(key, None)
+        if assoc is None:
+            return  # already handled (release, then connection close) or never accepted
+        log.info("association %s %s, carried %d studies", assoc.id, how, len(assoc.studies))
+        if assoc.studies:
+            try:
+                self.state.release(assoc.studies, self.clock())
+            except StateError as exc:
+                log.error("association %s: cannot record release (%s)", assoc.id, exc)
+            self.on_change()
+
+    def _association(self, key: int, calling_ae: str) -> _Association:
+        with self._lock:
+            assoc = self._associations.get(key)
+            if assoc is None:  # EVT_ACCEPTED not seen (handler bound late); track anyway
+                assoc = _Association(f"{calling_ae}#{next(self._counter)}", calling_ae)
+                self._associations[key] = assoc
+            return assoc
+
+    # --- C-STORE -----------------------------------------------------------------
+
+    def store(
+        self, assoc_key: int, calling_ae: str, request_sop_class: str,
+        request_sop_instance: str, transfer_syntax: str, stream: bytes,
+    ) -> Dataset:  # fmt: skip
+        """Store one instance; return the C-STORE response status dataset."""
+        assoc = self._association(assoc_key, calling_ae)
+        try:
+            if len(stream) > self.max_instance_bytes:
+                raise RejectedInstanceError(
+                    OUT_OF_RESOURCES,
+                    f"instance of {len(stream)} bytes exceeds node.max_instance_bytes "
+                    f"({self.max_instance_bytes})",
+                )
+            header = read_header(stream, transfer_syntax)
+            if header.sop_class_uid != request_sop_class:
+                raise RejectedInstanceError(
+                    DOES_NOT_MATCH_SOP_CLASS,
+                    f"SOP Class UID {header.sop_class_uid} differs from the request's "
+                    f"{request_sop_class}",
+                )
+            if header.sop_instance_uid != request_sop_instance:
+                raise RejectedInstanceError(
+                    UID_MISMATCH,
+                    f"SOP Instance UID {header.sop_instance_uid} differs from the request's "
+                    f"{request_sop_instance}",
+                )
+            outcome = self._spool_and_index(assoc, header, transfer_syntax, stream)
+        except RejectedInstanceError as exc:
+            log.warning(
+                "association %s: refused SOP instance %s with status 0x%04X: %s",
+                assoc.id, request_sop_instance, exc.status, exc.reason,
+            )  # fmt: skip
+            return _status(exc.status, exc.reason)
+        except SpoolFullError as exc:
+            log.error("association %s: refused SOP instance %s: %s",
+                      assoc.id, request_sop_instance, exc)  # fmt: skip
+            return _status(OUT_OF_RESOURCES, str(exc))
+        except (SpoolError, StateError) as exc:
+            log.error("association %s: could not store SOP instance %s: %s",
+                      assoc.id, request_sop_instance, exc)  # fmt: skip
+            return _status(OUT_OF_RESOURCES, f"node could not store the instance: {exc}")
+        log.debug(
+            "association %s: stored SOP instance %s of study %s (%s, %d bytes, %s)",
+            assoc.id, header.sop_instance_uid, header.study_uid, transfer_syntax, len(stream),
+            outcome.kind,
+        )  # fmt: skip
+        return _status(SUCCESS, None)
+
+    def _spool_and_index(
+        self, assoc: _Association, header: Header, transfer_syntax: str, stream: bytes
+    ) -> StoreOutcome:
+        own = is_own_output(header)
+        meta = _file_meta(header, transfer_syntax, assoc.calling_ae)
+        relative = self.spool.relative_path(header.study_uid, header.sop_instance_uid)
+        previous = self.state.existing_path(header.sop_instance_uid)
+        if previous is not None and self.spool.same_content(
+            previous, stream, len(_PREAMBLE) + len(meta)
+        ):
+            kind = "duplicate"
+        else:
+            kind = "new" if previous is None else "replaced"
+            self.spool.check_space(len(_PREAMBLE) + len(meta) + len(stream))
+            self.spool.write(relative, (_PREAMBLE, meta, stream))
+        instance = ReceivedInstance(
+            header=header,
+            transfer_syntax=transfer_syntax,
+            calling_ae=assoc.calling_ae,
+            association_id=assoc.id,
+            relative_path=previous if kind == "duplicate" and previous else relative,
+            size=len(stream),
+            received_at=self.clock(),
+            own_output=own,
+        )
+        try:
+            outcome = self.state.record_instance(
+                instance, header.study_uid not in assoc.studies, kind
+            )
+        except StateError:
+            if kind == "new":
+                self.spool.path(relative).unlink(missing_ok=True)  # not acknowledged: no orphan
+            raise
+        if previous is not None and previous != relative and kind == "replaced":
+            # Same SOP Instance UID re-sent under another study: the index now points here.
+            self.spool.path(previous).unlink(missing_ok=True)
+        if kind != "new":
+            log.info("SOP instance %s of study %s received again (%s)",
+                     header.sop_instance_uid, header.study_uid, kind)  # fmt: skip
+        if own:
+            log.info("SOP instance %s is the node's own output; kept, not processed",
+                     header.sop_instance_uid)  # fmt: skip
+        if outcome.study_touched:
+            assoc.studies.add(header.study_uid)
+            if outcome.study_reopened:
+                log.info("study %s reopened by a late instance", header.study_uid)
+            self.on_change()
+        return outcome
+
+
+def _file_meta(header: Header, transfer_syntax: str, calling_ae: str) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(header.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(header.sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    meta.SourceApplicationEntityTitle = calling_ae
+    buffer = DicomBytesIO()
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
+
+
+def _status(code: int, comment: str | None) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    if comment:
+        # Error Comment is LO: at most 64 characters.
+        status.ErrorComment = comment[:64]
+    return status
+
+
+# --- pynetdicom event handlers ---------------------------------------------------
+
+
+def handle_store(event: events.Event, receiver: Receiver) -> Dataset:
+    request = cast(C_STORE, event.request)
+    try:
+        stream = request.DataSet.getvalue()  # type: ignore[union-attr]
+    except AttributeError:
+        return _status(PROCESSING_FAILURE, "C-STORE request without a data set")
+    try:
+        return receiver.store(
+            id(event.assoc),
+            _calling_ae(event),
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+            str(event.context.transfer_syntax),
+            stream,
+        )
+    except Exception:  # the boundary: a bug must cost one refused instance, not the node
+        log.exception("internal error storing SOP instance %s", request.AffectedSOPInstanceUID)
+        return _status(PROCESSING_FAILURE, "internal error in the node; see its log")
+
+
+def handle_echo(event: events.Event) -> int:
+    log.debug("C-ECHO from %s", _calling_ae(event))
+    return SUCCESS
+
+
+def handle_accepted(event: events.Event, receiver: Receiver) -> None:
+    address = event.assoc.requestor.address
+    receiver.association_started(id(event.assoc), _calling_ae(event), str(address))
+
+
+def handle_ended(event: events.Event, receiver: Receiver) -> None:
+    receiver.association_ended(id(event.assoc), event.event.description.lower())
+
+
+def handle_rejected(event: events.Event) -> None:
+    rq = event.assoc.requestor
+    log.warning(
+        "association from %s (%s) to called AE %r rejected",
+        _calling_ae(event), rq.address, event.assoc.acceptor.ae_title,
+    )  # fmt: skip
+
+
+def _calling_ae(event: events.Event) -> str:
+    return str(event.assoc.requestor.ae_title).strip()

@@ -1,0 +1,30 @@
+"""TLS for incoming associations (DICOM PS3.15 B.1 / BCP 195 style: TLS 1.2 or newer)."""
+
+from __future__ import annotations
+
+import ssl
+
+from dicom_node.config import TlsConfig
+from dicom_node.errors import ConfigError
+
+
+def server_context(tls: TlsConfig) -> ssl.SSLContext:
+    """An SSL context for the Storage SCP; mutual TLS when a client certificate is required."""
+    if tls.certificate is None or tls.key is None:
+        raise ConfigError("node.tls: certificate and key are needed to enable TLS, got none")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(certfile=tls.certificate, keyfile=tls.key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"node.tls.certificate/key: cannot load {str(tls.certificate)!r} with "
+            f"{str(tls.key)!r} ({exc})"
+        ) from exc
+    if tls.ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=tls.ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"node.tls.ca: cannot load {str(tls.ca)!r} ({exc})") from exc
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+    return ctx

@@ -1,0 +1,107 @@
+"""The durable spool: encoded instances on disk, written before they are acknowledged.
+
+Layout under ``storage.spool_dir``::
+
+    instances/<Study Instance UID>/<SOP Instance UID>.dcm   one file per instance
+    tmp/                                                  partial writes, emptied at start-up
+    state.sqlite3                                         the index (see state.py)
+
+A write goes to ``tmp/``, is fsync'd, renamed atomically into place and the
+directory is fsync'd, so after a crash a file is either whole or absent. UIDs
+are checked against the UID grammar before they become path components.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from dicom_node.errors import SpoolError, SpoolFullError
+
+log = logging.getLogger(__name__)
+
+
+class Spool:
+    def __init__(self, root: Path, min_free_bytes: int) -> None:
+        self.root = root
+        self.min_free_bytes = min_free_bytes
+        self.instances = root / "instances"
+        self.tmp = root / "tmp"
+        try:
+            for folder in (self.root, self.instances, self.tmp):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"storage.spool_dir: cannot create {folder} ({exc.strerror})") from exc
+        self._purge_partials()
+
+    def _purge_partials(self) -> None:
+        # Partial files are from writes that were never acknowledged; nothing refers to them.
+        for leftover in self.tmp.iterdir():
+            log.info("removing partial spool file %s left by an interrupted write", leftover.name)
+            leftover.unlink(missing_ok=True)
+
+    def relative_path(self, study_uid: str, sop_instance_uid: str) -> str:
+        return f"instances/{study_uid}/{sop_instance_uid}.dcm"
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def check_space(self, size: int) -> None:
+        """Refuse a write that would leave less than ``min_free_bytes`` free."""
+        free = self.free_bytes()
+        if free - size < self.min_free_bytes:
+            raise SpoolFullError(
+                f"spool has {free} bytes free; storing {size} more would go below "
+                f"storage.min_free_bytes ({self.min_free_bytes})"
+            )
+
+    def write(self, relative: str, chunks: Iterable[bytes | memoryview]) -> None:
+        """Write ``chunks`` durably to ``relative``, replacing any previous file atomically."""
+        final = self.path(relative)
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            created = not final.parent.exists()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp.replace(final)
+            _fsync_dir(final.parent)
+            if created:
+                _fsync_dir(final.parent.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFullError(f"spool file system is full writing {relative}") from exc
+            raise SpoolError(f"cannot write {relative} to the spool ({exc.strerror})") from exc
+
+    def same_content(self, relative: str, stream: bytes | memoryview, offset: int) -> bool:
+        """Does the file at ``relative`` hold ``stream`` from byte ``offset`` to its end?"""
+        path = self.path(relative)
+        try:
+            if path.stat().st_size != offset + len(stream):
+                return False
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                return handle.read() == stream
+        except FileNotFoundError:
+            return False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,308 @@
+"""The node's durable state in SQLite (WAL, synchronous=FULL): instances, studies, jobs.
+
+One connection, serialised by a lock: association threads index instances,
+the assembler thread completes studies. Every change that must happen
+together (index an instance and move its study's deadline; complete a study
+and create its job) is one transaction, so a crash leaves either all of it or
+none of it, and a study cannot be completed twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dicom_node.assemble.timing import deadline
+from dicom_node.config import AssemblyConfig
+from dicom_node.errors import StateError
+from dicom_node.models import Job, ReceivedInstance, StoreOutcome, StudySummary
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    sop_class_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    process INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('receiving', 'complete')),
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    open_associations INTEGER NOT NULL,
+    released_at REAL,
+    due_at REAL,
+    due_reason TEXT,
+    completed_at REAL,
+    completions INTEGER NOT NULL DEFAULT 0,
+    completion_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS studies_due ON studies (state, due_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    instance_count INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    UNIQUE (study_uid, generation)
+);
+"""
+
+
+class State:
+    def __init__(self, path: Path, rules: AssemblyConfig) -> None:
+        self.path = path
+        self.rules = rules
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(_SCHEMA)
+            self._check_version()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{path}: cannot open the node's state database ({exc})") from exc
+
+    def _check_version(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif row[0] != str(SCHEMA_VERSION):
+            raise StateError(
+                f"{self.path}: schema version {row[0]}, this node needs {SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path}: {exc}") from exc
+
+    # --- receiving -------------------------------------------------------------
+
+    def existing_path(self, sop_instance_uid: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_instance(
+        self, inst: ReceivedInstance, first_for_association: bool, kind: str
+    ) -> StoreOutcome:
+        """Index ``inst`` and move its study's deadline, in one transaction.
+
+        ``first_for_association`` says this association has not carried the study
+        before, so it now counts as one more open association carrying it.
+        """
+        h = inst.header
+        reopened = touched = False
+        with self._transaction() as db:
+            if kind != "duplicate":
+                db.execute(
+                    "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        h.sop_instance_uid, h.sop_class_uid, h.study_uid, h.series_uid,
+                        h.modality, inst.transfer_syntax, inst.relative_path, inst.size,
+                        inst.calling_ae, inst.received_at, 0 if inst.own_output else 1,
+                    ),
+                )  # fmt: skip
+            if not inst.own_output:
+                row = db.execute(
+                    "SELECT state FROM studies WHERE study_uid = ?", (h.study_uid,)
+                ).fetchone()
+                # A resent identical instance keeps a receiving study open but does not
+                # reopen a completed one: it carries nothing new.
+                if kind != "duplicate" or (row is not None and row[0] == "receiving"):
+                    reopened = self._touch_study(
+                        db, h.study_uid, inst.received_at, first_for_association
+                    )
+                    touched = True
+        return StoreOutcome(kind=kind, study_reopened=reopened, study_touched=touched)
+
+    def _touch_study(
+        self, db: sqlite3.Connection, study_uid: str, now: float, new_carrier: bool
+    ) -> bool:
+        row = db.execute(
+            "SELECT state, first_received_at, open_associations, released_at "
+            "FROM studies WHERE study_uid = ?",
+            (study_uid,),
+        ).fetchone()
+        reopened = False
+        if row is None:
+            first, open_count, released = now, 1, None
+        elif row[0] == "complete":
+            # A late instance opens a new episode; its completion makes a new job.
+            reopened = True
+            first, open_count, released = now, 1, None
+        else:
+            first = row[1]
+            open_count = row[2] + (1 if new_carrier else 0)
+            released = row[3] if open_count == 0 else None
+        due = deadline(first, now, open_count, released, self.rules)
+        db.execute(
+            "INSERT INTO studies (study_uid, state, first_received_at, last_received_at, "
+            "open_associations, released_at, due_at, due_reason) VALUES (?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (study_uid) DO UPDATE SET state = excluded.state, "
+            "first_received_at = excluded.first_received_at, "
+            "last_received_at = excluded.last_received_at, "
+            "open_associations = excluded.open_associations, released_at = excluded.released_at, "
+            "due_at = excluded.due_at, due_reason = excluded.due_reason",
+            (study_uid, "receiving", first, now, open_count, released, due.due_at, due.reason),
+        )
+        return reopened
+
+    def release(self, study_uids: set[str], now: float) -> None:
+        """An association that carried ``study_uids`` has ended."""
+        with self._transaction() as db:
+            for uid in study_uids:
+                row = db.execute(
+                    "SELECT first_received_at, last_received_at, open_associations FROM studies "
+                    "WHERE study_uid = ? AND state = 'receiving'",
+                    (uid,),
+                ).fetchone()
+                if row is not None:
+                    self._rearm(db, uid, row[0], row[1], max(row[2] - 1, 0), now)
+
+    def _rearm(
+        self,
+        db: sqlite3.Connection,
+        uid: str,
+        first: float,
+        last: float,
+        open_count: int,
+        now: float,
+    ) -> None:
+        released = now if open_count == 0 else None
+        due = deadline(first, last, open_count, released, self.rules)
+        db.execute(
+            "UPDATE studies SET open_associations = ?, released_at = ?, due_at = ?, "
+            "due_reason = ? WHERE study_uid = ?",
+            (open_count, released, due.due_at, due.reason, uid),
+        )
+
+    def recover(self, now: float) -> int:
+        """After a restart no association is open: release every study still receiving.
+
+        Also recomputes deadlines under the current assembly settings. Returns the
+        number of studies re-armed.
+        """
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT study_uid, first_received_at, last_received_at, open_associations, "
+                "released_at FROM studies WHERE state = 'receiving'"
+            ).fetchall()
+            for uid, first, last, open_count, released in rows:
+                if open_count:
+                    self._rearm(db, uid, first, last, 0, now)
+                else:
+                    due = deadline(first, last, 0, released, self.rules)
+                    db.execute(
+                        "UPDATE studies SET due_at = ?, due_reason = ? WHERE study_uid = ?",
+                        (due.due_at, due.reason, uid),
+                    )
+        return len(rows)
+
+    # --- assembling ------------------------------------------------------------
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(due_at) FROM studies WHERE state = 'receiving'"
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def complete_due(self, now: float) -> list[Job]:
+        """Complete every study whose deadline has passed; each gets exactly one new job."""
+        jobs: list[Job] = []
+        with self._transaction() as db:
+            due = db.execute(
+                "SELECT study_uid, completions, due_reason FROM studies "
+                "WHERE state = 'receiving' AND due_at <= ? ORDER BY due_at",
+                (now,),
+            ).fetchall()
+            for uid, completions, reason in due:
+                count = db.execute(
+                    "SELECT COUNT(*) FROM instances WHERE study_uid = ? AND process = 1", (uid,)
+                ).fetchone()[0]
+                generation = completions + 1
+                db.execute(
+                    "UPDATE studies SET state = 'complete', completed_at = ?, completions = ?, "
+                    "completion_reason = ?, due_at = NULL WHERE study_uid = ?",
+                    (now, generation, reason, uid),
+                )
+                cursor = db.execute(
+                    "INSERT INTO jobs (study_uid, generation, created_at, instance_count, reason) "
+                    "VALUES (?,?,?,?,?)",
+                    (uid, generation, now, count, reason),
+                )
+                job_id = cursor.lastrowid
+                if job_id is None:
+                    raise StateError(f"job for study {uid} was not created")
+                jobs.append(Job(job_id, uid, generation, now, "pending", count, reason))
+        return jobs
+
+    # --- reading ---------------------------------------------------------------
+
+    def studies(self) -> list[StudySummary]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.study_uid, s.state, "
+                "(SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid "
+                " AND i.process = 1), "
+                "s.first_received_at, s.last_received_at, s.open_associations, s.due_at, "
+                "s.completed_at, s.completions, s.completion_reason "
+                "FROM studies s ORDER BY s.last_received_at"
+            ).fetchall()
+        return [StudySummary(*row) for row in rows]
+
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, study_uid, generation, created_at, state, instance_count, reason "
+                "FROM jobs ORDER BY id"
+            ).fetchall()
+        return [Job(*row) for row in rows]
+
+    def instance_paths(self, study_uid: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path FROM instances WHERE study_uid = ? ORDER BY received_at",
+                (study_uid,),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def instance_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
