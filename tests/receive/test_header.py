@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import zlib
+
+import pytest
+from helpers import tiny_image
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+)
+
+from dicom_node.errors import RejectedInstanceError
+from dicom_node.receive.header import is_valid_uid, read_header
+
+
+def encode(ds: Dataset, syntax: str) -> bytes:
+    """The data set as a C-STORE carries it: no preamble, no file meta."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = syntax != ExplicitVRBigEndian
+    fp.is_implicit_VR = syntax == ImplicitVRLittleEndian
+    write_dataset(fp, ds)
+    data = fp.getvalue()
+    if syntax == DeflatedExplicitVRLittleEndian:
+        packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+        data = packer.compress(data) + packer.flush()
+    return data
+
+
+def with_sequence(ds: Dataset) -> Dataset:
+    item = Dataset()
+    item.CodeValue = "399348003"
+    item.CodingSchemeDesignator = "SCT"
+    nested = Dataset()
+    nested.CodeMeaning = "nested"
+    item.ConceptNameCodeSequence = Sequence([nested])
+    ds.ViewCodeSequence = Sequence([item])
+    return ds
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        ImplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        DeflatedExplicitVRLittleEndian,
+    ],
+)
+def test_native_syntaxes_read_identifying_attributes(syntax: str) -> None:
+    ds = with_sequence(tiny_image(transfer_syntax=syntax))
+    ds.Manufacturer = "Acme"
+    ds.SeriesDescription = "AP PELVIS"
+    header = read_header(encode(ds, syntax), syntax)
+    assert header.sop_instance_uid == ds.SOPInstanceUID
+    assert header.study_uid == ds.StudyInstanceUID
+    assert header.series_uid == ds.SeriesInstanceUID
+    assert header.sop_class_uid == ds.SOPClassUID
+    assert (header.modality, header.manufacturer, header.series_description) == (
+        "CR",
+        "Acme",
+        "AP PELVIS",
+    )
+    assert header.has_pixel_data
+
+
+def test_undefined_length_sequences_are_walked() -> None:
+    ds = with_sequence(tiny_image())
+    ds.ViewCodeSequence.is_undefined_length = True
+    ds.ViewCodeSequence[0].is_undefined_length_sequence_item = True
+    data = encode(ds, ExplicitVRLittleEndian)
+    assert read_header(data, ExplicitVRLittleEndian).study_uid == ds.StudyInstanceUID
+
+
+def encapsulated(syntax: str, frames: list[bytes]) -> tuple[Dataset, bytes]:
+    ds = tiny_image(transfer_syntax=syntax)
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].is_undefined_length = True
+    ds["PixelData"].VR = "OB"
+    return ds, encode(ds, ExplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, RLELossless])
+def test_encapsulated_pixel_data_is_accepted_without_decoding(syntax: str) -> None:
+    ds, data = encapsulated(syntax, [b"\x01\x02\x03\x04"])
+    assert read_header(data, syntax).sop_instance_uid == ds.SOPInstanceUID
+
+
+def test_cut_anywhere_is_refused() -> None:
+    ds = with_sequence(tiny_image())
+    data = encode(ds, ExplicitVRLittleEndian)
+    for cut in (1, 7, 9, 30, len(data) // 2, len(data) - 300, len(data) - 1):
+        with pytest.raises(
+            RejectedInstanceError, match=r"malformed data set|needs|missing"
+        ) as info:
+            read_header(data[:cut], ExplicitVRLittleEndian)
+        assert info.value.status in (0xC210, 0xC211, 0xA900)
+
+
+def test_truncated_pixel_data_is_refused() -> None:
+    ds = tiny_image(size=16)
+    data = encode(ds, ExplicitVRLittleEndian)
+    with pytest.raises(RejectedInstanceError, match=r"runs past the end") as info:
+        read_header(data[:-10], ExplicitVRLittleEndian)
+    assert info.value.status == 0xC210
+    ds.PixelData = ds.PixelData[:100]
+    with pytest.raises(
+        RejectedInstanceError, match=r"Pixel Data holds 100 bytes, the image needs 512"
+    ):
+        read_header(encode(ds, ExplicitVRLittleEndian), ExplicitVRLittleEndian)
+
+
+def test_truncated_encapsulated_pixel_data_is_refused() -> None:
+    _, data = encapsulated(RLELossless, [b"\x01\x02\x03\x04"])
+    with pytest.raises(
+        RejectedInstanceError, match=r"truncated element header|broken encapsulated"
+    ):
+        read_header(data[:-8], RLELossless)
+    _, empty = encapsulated(RLELossless, [])
+    with pytest.raises(RejectedInstanceError, match=r"encapsulated Pixel Data without fragments"):
+        read_header(empty, RLELossless)
+
+
+def test_pixel_encoding_must_match_the_transfer_syntax() -> None:
+    _, data = encapsulated(RLELossless, [b"\x01\x02"])
+    with pytest.raises(RejectedInstanceError, match=r"encapsulated Pixel Data in a native"):
+        read_header(data, ExplicitVRLittleEndian)
+    native = encode(tiny_image(), ExplicitVRLittleEndian)
+    with pytest.raises(RejectedInstanceError, match=r"native Pixel Data in a compressed"):
+        read_header(native, RLELossless)
+
+
+def test_garbage_and_empty_streams_are_refused() -> None:
+    with pytest.raises(RejectedInstanceError, match=r"invalid VR"):
+        read_header(b"garbage!" * 64, ExplicitVRLittleEndian)
+    with pytest.raises(RejectedInstanceError, match=r"runs past the end|out of order"):
+        read_header(b"\x08\x00\x18\x00\xff\xff\x00\x10" * 8, ImplicitVRLittleEndian)
+    with pytest.raises(RejectedInstanceError, match=r"empty data set"):
+        read_header(b"", ExplicitVRLittleEndian)
+    with pytest.raises(RejectedInstanceError, match=r"deflated data set does not inflate"):
+        read_header(b"\xff\xff\xff\xff" * 4, DeflatedExplicitVRLittleEndian)
+
+
+def test_elements_out_of_order_are_refused() -> None:
+    good = encode(tiny_image(), ExplicitVRLittleEndian)
+    # Swap in a second copy of the first element at the end: a tag going backwards.
+    first = good[: 8 + int.from_bytes(good[6:8], "little")]
+    with pytest.raises(RejectedInstanceError, match=r"out of order"):
+        read_header(good + first, ExplicitVRLittleEndian)
+
+
+def test_missing_and_invalid_uids() -> None:
+    ds = tiny_image()
+    del ds.StudyInstanceUID
+    del ds.SeriesInstanceUID
+    with pytest.raises(
+        RejectedInstanceError, match=r"missing identifying attributes: study_uid, series_uid"
+    ) as info:
+        read_header(encode(ds, ExplicitVRLittleEndian), ExplicitVRLittleEndian)
+    assert info.value.status == 0xC211
+    ds = tiny_image()
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        ds.StudyInstanceUID = "1.2.3.abc"
+    with pytest.raises(
+        RejectedInstanceError, match=r"study_uid is not a valid UID: '1\.2\.3\.abc'"
+    ) as info:
+        read_header(encode(ds, ExplicitVRLittleEndian), ExplicitVRLittleEndian)
+    assert info.value.status == 0xC213
+
+
+def test_pixel_data_without_geometry() -> None:
+    ds = tiny_image()
+    del ds.Rows
+    with pytest.raises(
+        RejectedInstanceError, match=r"Pixel Data without Rows, Columns or Bits"
+    ) as info:
+        read_header(encode(ds, ExplicitVRLittleEndian), ExplicitVRLittleEndian)
+    assert info.value.status == 0xA900
+    ds = tiny_image()
+    ds.NumberOfFrames = 2
+    element = b"\x28\x00\x08\x00IS\x02\x002 "
+    data = encode(ds, ExplicitVRLittleEndian).replace(element, element[:-2] + b"x ")
+    with pytest.raises(RejectedInstanceError, match=r"invalid Number of Frames 'x'"):
+        read_header(data, ExplicitVRLittleEndian)
+
+
+def test_item_delimiter_outside_an_item() -> None:
+    data = encode(tiny_image(), ExplicitVRLittleEndian)
+    with pytest.raises(RejectedInstanceError, match=r"item delimiter outside an item"):
+        read_header(data + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00", ExplicitVRLittleEndian)
+
+
+def test_uid_grammar() -> None:
+    assert is_valid_uid("1.2.840.10008.5.1.4.1.1.1")
+    assert not is_valid_uid("")
+    assert not is_valid_uid("1." + "2" * 70)
+    assert not is_valid_uid("1..2")
+    assert not is_valid_uid("../../etc")
+    assert not is_valid_uid("1.2.٣")

@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dicom_node.config import (
+    Config,
+    TlsConfig,
+    default_config_path,
+    load_config,
+    parse_config,
+)
+from dicom_node.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_yaml_equals_the_embedded_defaults() -> None:
+    shipped = load_config(ROOT / "config.yaml")
+    defaults = parse_config({}, ROOT)
+    assert shipped == defaults
+    assert shipped.node.ae_title == "TRIAGE"
+    assert shipped.node.port == 11112
+    assert shipped.node.allowed_calling_aes == ()
+    assert shipped.storage.spool_dir == ROOT / "var" / "spool"
+    assert shipped.node.tls == TlsConfig()
+
+
+def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("storage:\n  spool_dir: data/spool\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.storage.spool_dir == tmp_path / "data" / "spool"
+    assert cfg.storage.database == tmp_path / "data" / "spool" / "state.sqlite3"
+
+
+def test_overrides_win_over_the_file_and_are_validated(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("node:\n  port: 104\n  ae_title: FROMFILE\n")
+    cfg = load_config(tmp_path / "c.yaml", {"node.port": 0, "node.ae_title": "FLAG"})
+    assert (cfg.node.port, cfg.node.ae_title) == (0, "FLAG")
+    with pytest.raises(
+        ConfigError, match=r"node\.port: expected an integer from 0 to 65535, got -1"
+    ):
+        load_config(tmp_path / "c.yaml", {"node.port": -1})
+
+
+def test_environment_names_the_default_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DICOM_NODE_CONFIG", str(tmp_path / "env.yaml"))
+    assert default_config_path() == tmp_path / "env.yaml"
+    assert default_config_path("other.yaml") == Path("other.yaml")
+    monkeypatch.delenv("DICOM_NODE_CONFIG")
+    assert default_config_path() is None
+
+
+def test_destinations_and_lists_parse() -> None:
+    cfg = parse_config(
+        {
+            "node": {"allowed_calling_aes": ["PACS", " ORTHANC "]},
+            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "10.0.0.5", "port": 104}],
+        }
+    )
+    assert cfg.node.allowed_calling_aes == ("PACS", "ORTHANC")
+    assert cfg.destinations[0].port == 104
+    assert Config().assembly.quiet_seconds == 5.0
+
+
+def test_tls_config_with_files(tmp_path: Path) -> None:
+    for name in ("c.pem", "k.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    tls = {
+        "certificate": "c.pem",
+        "key": "k.pem",
+        "ca": "ca.pem",
+        "require_client_certificate": True,
+    }
+    cfg = parse_config({"node": {"tls": tls}}, tmp_path)
+    assert cfg.node.tls.enabled
+    assert cfg.node.tls.ca == tmp_path / "ca.pem"
+
+
+BAD: list[tuple[dict[str, Any], str]] = [
+    ({"nodes": {}}, r"^nodes: unknown key in top level"),
+    ({"node": {"prot": 1}}, r"^node\.prot: unknown key in node \(known: .*port"),
+    ({"node": []}, r"^node: expected a mapping, got \[\]"),
+    ({"node": {"ae_title": ""}}, r"^node\.ae_title: expected an AE title .* got ''"),
+    ({"node": {"ae_title": "A" * 17}}, r"^node\.ae_title: expected an AE title"),
+    ({"node": {"ae_title": "BAD\\AE"}}, r"^node\.ae_title: .*backslash"),
+    ({"node": {"ae_title": 42}}, r"^node\.ae_title: .* got 42"),
+    ({"node": {"port": 70000}}, r"^node\.port: expected an integer from 0 to 65535, got 70000"),
+    ({"node": {"port": "11112"}}, r"^node\.port: .* got '11112'"),
+    ({"node": {"port": True}}, r"^node\.port: .* got True"),
+    (
+        {"node": {"host": "bad host"}},
+        r"^node\.host: expected a host name or IP address, got 'bad host'",
+    ),
+    ({"node": {"host": ""}}, r"^node\.host: expected a non-empty string, got ''"),
+    (
+        {"node": {"allowed_calling_aes": "PACS"}},
+        r"^node\.allowed_calling_aes: expected a list, got 'PACS'",
+    ),
+    (
+        {"node": {"allowed_calling_aes": ["OK", ""]}},
+        r"^node\.allowed_calling_aes\[1\]: expected an AE title",
+    ),
+    (
+        {"node": {"require_called_ae": "yes"}},
+        r"^node\.require_called_ae: expected true or false, got 'yes'",
+    ),
+    (
+        {"node": {"max_associations": 0}},
+        r"^node\.max_associations: expected an integer from 1 to 1000, got 0",
+    ),
+    (
+        {"node": {"max_pdu": 100}},
+        r"^node\.max_pdu: expected 0 \(unlimited\) or an integer from 4096",
+    ),
+    (
+        {"node": {"max_instance_bytes": 10}},
+        r"^node\.max_instance_bytes: expected an integer from 1024",
+    ),
+    (
+        {"node": {"network_timeout_seconds": 0}},
+        r"^node\.network_timeout_seconds: expected a number greater than 0, got 0",
+    ),
+    (
+        {"node": {"drain_seconds": -1}},
+        r"^node\.drain_seconds: expected a number of 0 or more, got -1",
+    ),
+    (
+        {"node": {"drain_seconds": "soon"}},
+        r"^node\.drain_seconds: expected a number of seconds, got 'soon'",
+    ),
+    (
+        {"node": {"tls": {"certificate": "missing.pem", "key": "missing.pem"}}},
+        r"^node\.tls\.certificate: file not found",
+    ),
+    ({"node": {"tls": {"cipher": "x"}}}, r"^node\.tls\.cipher: unknown key in node\.tls"),
+    ({"node": {"tls": "on"}}, r"^node\.tls: expected a mapping, got 'on'"),
+    (
+        {"node": {"tls": {"require_client_certificate": 1}}},
+        r"^node\.tls\.require_client_certificate: expected true or false",
+    ),
+    ({"storage": {"spool_dir": ""}}, r"^storage\.spool_dir: expected a non-empty string"),
+    ({"storage": {"min_free_bytes": -5}}, r"^storage\.min_free_bytes: expected an integer from 0"),
+    ({"storage": {"database": "x"}}, r"^storage\.database: unknown key"),
+    (
+        {"assembly": {"quiet_seconds": 0}},
+        r"^assembly\.quiet_seconds: expected a number greater than 0, got 0",
+    ),
+    (
+        {"assembly": {"after_release_seconds": 9}},
+        r"^assembly\.after_release_seconds: must not exceed assembly\.quiet_seconds \(5\.0\), got 9\.0",
+    ),
+    (
+        {"assembly": {"max_wait_seconds": 2}},
+        r"^assembly\.max_wait_seconds: must be at least assembly\.quiet_seconds \(5\.0\), got 2\.0",
+    ),
+    ({"destinations": {"name": "x"}}, r"^destinations: expected a list"),
+    ({"destinations": ["pacs"]}, r"^destinations\[0\]: expected a mapping, got 'pacs'"),
+    (
+        {"destinations": [{"name": "p", "ae_title": "P", "host": "h"}]},
+        r"^destinations\[0\]\.port: required, got nothing",
+    ),
+    (
+        {"destinations": [{"name": "p", "ae_title": "P", "host": "h", "port": 0}]},
+        r"^destinations\[0\]\.port: expected an integer from 1 to 65535, got 0",
+    ),
+    (
+        {"destinations": [{"name": "p q", "ae_title": "P", "host": "h", "port": 1}]},
+        r"^destinations\[0\]\.name: expected letters",
+    ),
+    (
+        {"destinations": [{"name": "p", "ae_title": "P", "host": "h", "port": 1, "tls": True}]},
+        r"^destinations\[0\]\.tls: unknown key",
+    ),
+    (
+        {"destinations": [{"name": "p", "ae_title": "P", "host": "h", "port": 1}] * 2},
+        r"^destinations\[1\]\.name: duplicate destination name, got 'p'",
+    ),
+    (
+        {"metrics": {"port": 65536}},
+        r"^metrics\.port: expected an integer from 0 to 65535, got 65536",
+    ),
+    ({"metrics": {"path": "/m"}}, r"^metrics\.path: unknown key"),
+    ({"logging": {"level": "LOUD"}}, r"^logging\.level: expected one of DEBUG, .* got 'LOUD'"),
+    ({"logging": {"format": "xml"}}, r"^logging\.format: expected 'plain' or 'json', got 'xml'"),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), BAD, ids=[m for _, m in BAD])
+def test_every_bad_value_names_its_key(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw)
+
+
+def test_tls_pairing_rules(tmp_path: Path) -> None:
+    for name in ("c.pem", "k.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    with pytest.raises(
+        ConfigError, match=r"^node\.tls: certificate and key must be given together"
+    ):
+        parse_config({"node": {"tls": {"certificate": "c.pem"}}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"^node\.tls\.ca: required when .*require_client"):
+        parse_config(
+            {
+                "node": {
+                    "tls": {
+                        "certificate": "c.pem",
+                        "key": "k.pem",
+                        "require_client_certificate": True,
+                    }
+                }
+            },
+            tmp_path,
+        )
+    with pytest.raises(ConfigError, match=r"^node\.tls\.ca: needs node\.tls\.certificate and key"):
+        parse_config({"node": {"tls": {"ca": "ca.pem"}}}, tmp_path)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read configuration file"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("node: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(
+        ConfigError, match=r"list\.yaml: expected a mapping at the top level, got \['a', 'b'\]"
+    ):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(tmp_path / "empty.yaml").node.ae_title == "TRIAGE"
+    (tmp_path / "scalar.yaml").write_text("node: 5\n")
+    with pytest.raises(ConfigError, match=r"^node: expected a mapping, got 5"):
+        load_config(tmp_path / "scalar.yaml", {"node.port": 1})
