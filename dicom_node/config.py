@@ -186,7 +186,7 @@ def _node(raw: Mapping[str, Any], base: Path) -> NodeConfig:
         )
     if tls.ca is not None and not tls.enabled:
         raise ConfigError(f"node.tls.ca: needs node.tls.certificate and key, got ca={tls.ca}")
-    allowed = _get(raw, "allowed_calling_aes", "node", [], _list)
+    allowed: list[Any] = _get(raw, "allowed_calling_aes", "node", [], _list)
     return NodeConfig(
         ae_title=_get(raw, "ae_title", "node", d.ae_title, _ae_title),
         host=_get(raw, "host", "node", d.host, _host),

@@ -6,11 +6,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from helpers import run_tool
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 
-from dicom_node.receive.sop_classes import STORAGE_SOP_CLASSES
+from dicom_node.synthetic.dcmtk import storescu as run_storescu
 
 
 @contextmanager
@@ -56,30 +55,6 @@ def dataset_bytes(path: Path) -> bytes:
     return data[144 + group_length :]
 
 
-def storescu_config(path: Path, syntaxes: Sequence[str]) -> tuple[str, str]:
-    """A dcmtk association profile proposing every storage class in each syntax alone.
-
-    storescu then picks, per file, the context in the file's own syntax, so it
-    sends the data set without conversion.
-    """
-    lines = ["[[TransferSyntaxes]]"]
-    for i, uid in enumerate(syntaxes):
-        lines += [f"[TS{i}]", f"TransferSyntax1 = {uid}"]
-    lines.append("[[PresentationContexts]]")
-    lines.append("[Contexts]")
-    n = 0
-    classes = [c for c in STORAGE_SOP_CLASSES if ".88." not in c][:9]
-    for cls in classes:
-        for i in range(len(syntaxes)):
-            n += 1
-            lines.append(f"PresentationContext{n} = {cls}\\TS{i}")
-    if n > 128:
-        raise AssertionError("a DICOM association holds at most 128 presentation contexts")
-    lines += ["[[Profiles]]", "[All]", "PresentationContexts = Contexts"]
-    path.write_text("\n".join(lines) + "\n")
-    return str(path), "All"
-
-
 def storescu(
     port: int,
     files: Sequence[Path],
@@ -88,11 +63,16 @@ def storescu(
     calling_ae: str = "PACS",
     extra: Sequence[str] = (),
 ) -> str:
-    args = ["storescu", "-aet", calling_ae, "-aec", "TRIAGE", *extra]
-    if profile is not None:
-        args += ["-xf", *profile]
-    args += ["127.0.0.1", str(port), *map(str, files)]
-    result = run_tool(args, env, timeout=120)
+    """storescu from the node's calling AE ``PACS``; fails the test on a nonzero exit."""
+    result = run_storescu(
+        "127.0.0.1",
+        port,
+        files,
+        called_ae="TRIAGE",
+        calling_ae=calling_ae,
+        profile=profile,
+        extra=extra,
+    )
     if result.returncode != 0:
         raise AssertionError(f"storescu failed ({result.returncode}): {result.stderr[-2000:]}")
     return result.stdout + result.stderr

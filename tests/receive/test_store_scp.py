@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import tiny_image
 from dicom_clients import dataset_bytes, send_files, storescu
+from helpers import tiny_image
 from pydicom import dcmread
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -20,6 +20,7 @@ from pynetdicom import AE
 
 from dicom_node.identity import MANUFACTURER
 from dicom_node.node import Node
+from dicom_node.synthetic.dcmtk import storescu_profile
 
 NATIVE = [
     ImplicitVRLittleEndian,
@@ -70,11 +71,10 @@ def test_pynetdicom_store_is_byte_identical_and_indexed(
 def test_storescu_store_is_byte_identical(
     start_node: StartNode, tmp_path: Path, dcmtk_env: dict[str, str], syntax: str
 ) -> None:
-    from dicom_clients import storescu_config
 
     node = start_node()
     files = write([tiny_image(transfer_syntax=syntax) for _ in range(2)], tmp_path / "in")
-    storescu(node.port, files, dcmtk_env, storescu_config(tmp_path / "scu.cfg", [syntax]))
+    storescu(node.port, files, dcmtk_env, storescu_profile(tmp_path / "scu.cfg", [syntax]))
     for path in files:
         ds = dcmread(path)
         stored = spooled(node, ds.StudyInstanceUID, ds.SOPInstanceUID)
@@ -197,3 +197,78 @@ def test_verification(start_node: StartNode, dcmtk_env: dict[str, str]) -> None:
         ["echoscu", "-aet", "PACS", "-aec", "TRIAGE", "127.0.0.1", str(node.port)], dcmtk_env
     )
     assert result.returncode == 0, result.stderr
+
+
+def factory_files(folder: Path) -> list[Path]:
+    """DX, CR and a CT slice in every transfer syntax the node accepts."""
+    import numpy as np
+
+    from dicom_node.synthetic import (
+        TRANSFER_SYNTAXES,
+        StudyIdentity,
+        make_cr,
+        make_ct_series,
+        make_dx,
+        write,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    identity = StudyIdentity.synthetic(7)
+    image = (np.add.outer(np.arange(48), np.arange(40)) * 37 % 4000).astype(np.uint16)
+    paths = []
+    for n, syntax in enumerate(TRANSFER_SYNTAXES):
+        objects = [
+            make_dx(
+                image,
+                identity=identity,
+                view="LATERAL",
+                laterality="L",
+                instance_number=n + 1,
+                transfer_syntax=syntax,
+            ),
+            make_cr(
+                image,
+                identity=identity,
+                photometric="MONOCHROME1",
+                instance_number=n + 1,
+                transfer_syntax=syntax,
+            ),
+        ]
+        if syntax != "1.2.840.10008.1.2.4.50":  # CT needs >= 12 bits; baseline JPEG has 8
+            volume = np.stack([image - 1000.0])
+            objects += make_ct_series(volume, identity=identity, transfer_syntax=syntax)
+        for ds in objects:
+            paths.append(write(ds, folder / f"{ds.Modality}-{n:02d}.dcm"))
+    return paths
+
+
+def assert_spooled_unchanged(node: Node, files: list[Path]) -> None:
+    assert node.state is not None
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True)
+        stored = spooled(node, ds.StudyInstanceUID, ds.SOPInstanceUID)
+        assert (
+            dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID
+            == ds.file_meta.TransferSyntaxUID
+        )
+        assert dataset_bytes(stored) == dataset_bytes(path), path.name
+        assert node.state.existing_path(ds.SOPInstanceUID) == str(
+            stored.relative_to(node.spool.root)
+        )  # type: ignore[union-attr]
+    assert node.state.instance_count() == len(files)
+
+
+def test_every_transfer_syntax_from_pynetdicom(start_node: StartNode, tmp_path: Path) -> None:
+    node = start_node()
+    files = factory_files(tmp_path / "in")
+    assert send_files(node.port, files) == [0] * len(files)
+    assert_spooled_unchanged(node, files)
+
+
+def test_every_transfer_syntax_from_storescu(
+    start_node: StartNode, tmp_path: Path, dcmtk_env: dict[str, str]
+) -> None:
+    node = start_node()
+    files = factory_files(tmp_path / "in")
+    storescu(node.port, files, dcmtk_env, storescu_profile(tmp_path / "scu.cfg"))
+    assert_spooled_unchanged(node, files)

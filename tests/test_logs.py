@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from dicom_node.config import LoggingConfig
+from dicom_node.logs import configure_logging
+
+
+@pytest.fixture
+def restore_logging() -> object:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    yield None
+    root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+
+
+def test_json_lines(capsys: pytest.CaptureFixture[str], restore_logging: object) -> None:
+    configure_logging(LoggingConfig(level="INFO", format="json"))
+    logging.getLogger("dicom_node.test").info("study %s complete", "1.2.3")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("dicom_node.test").exception("failed")
+    first, second = capsys.readouterr().err.strip().splitlines()[:2]
+    entry = json.loads(first)
+    assert entry["level"] == "INFO"
+    assert entry["logger"] == "dicom_node.test"
+    assert entry["message"] == "study 1.2.3 complete"
+    assert entry["time"].endswith("Z")
+    assert "ValueError: boom" in json.loads(second)["exception"]
+
+
+def test_plain_lines_and_levels(
+    capsys: pytest.CaptureFixture[str], restore_logging: object
+) -> None:
+    configure_logging(LoggingConfig(level="WARNING", format="plain"))
+    logging.getLogger("dicom_node.test").info("hidden")
+    logging.getLogger("dicom_node.test").warning("shown %d", 1)
+    err = capsys.readouterr().err
+    assert "hidden" not in err
+    assert "WARNING dicom_node.test: shown 1" in err
+    assert logging.getLogger("pynetdicom").level == logging.WARNING
