@@ -38,8 +38,9 @@ class StoreOutcome:
     """What indexing an instance did: ``new``, ``duplicate`` (same bytes) or ``replaced``."""
 
     kind: str
-    study_reopened: bool
     study_touched: bool  # the study's deadline moved, so this association now carries it
+    study_started: bool  # a new study, or a completed one reopened: a new, earlier deadline
+    study_reopened: bool
 
 
 @dataclass(frozen=True)

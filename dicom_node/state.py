@@ -127,7 +127,7 @@ class State:
         before, so it now counts as one more open association carrying it.
         """
         h = inst.header
-        reopened = touched = False
+        started = reopened = touched = False
         with self._transaction() as db:
             if kind != "duplicate":
                 db.execute(
@@ -145,26 +145,25 @@ class State:
                 # A resent identical instance keeps a receiving study open but does not
                 # reopen a completed one: it carries nothing new.
                 if kind != "duplicate" or (row is not None and row[0] == "receiving"):
-                    reopened = self._touch_study(
-                        db, h.study_uid, inst.received_at, first_for_association
-                    )
+                    started = row is None or row[0] == "complete"
+                    reopened = row is not None and row[0] == "complete"
+                    self._touch_study(db, h.study_uid, inst.received_at, first_for_association)
                     touched = True
-        return StoreOutcome(kind=kind, study_reopened=reopened, study_touched=touched)
+        return StoreOutcome(
+            kind=kind, study_touched=touched, study_started=started, study_reopened=reopened
+        )
 
     def _touch_study(
         self, db: sqlite3.Connection, study_uid: str, now: float, new_carrier: bool
-    ) -> bool:
+    ) -> None:
         row = db.execute(
             "SELECT state, first_received_at, open_associations, released_at "
             "FROM studies WHERE study_uid = ?",
             (study_uid,),
         ).fetchone()
-        reopened = False
-        if row is None:
-            first, open_count, released = now, 1, None
-        elif row[0] == "complete":
-            # A late instance opens a new episode; its completion makes a new job.
-            reopened = True
+        if row is None or row[0] == "complete":
+            # A new study, or a late instance opening a new episode of a completed one
+            # (its completion makes a new job).
             first, open_count, released = now, 1, None
         else:
             first = row[1]
@@ -181,7 +180,6 @@ class State:
             "due_at = excluded.due_at, due_reason = excluded.due_reason",
             (study_uid, "receiving", first, now, open_count, released, due.due_at, due.reason),
         )
-        return reopened
 
     def release(self, study_uids: set[str], now: float) -> None:
         """An association that carried ``study_uids`` has ended."""

@@ -16,16 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
+from pydicom.dataset import Dataset
 from pynetdicom import events
 from pynetdicom.dimse_primitives import C_STORE
 
 from dicom_node.errors import RejectedInstanceError, SpoolError, SpoolFullError, StateError
-from dicom_node.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.models import Header, ReceivedInstance, StoreOutcome
+from dicom_node.receive.file_meta import PREAMBLE, file_meta
 from dicom_node.receive.header import DOES_NOT_MATCH_SOP_CLASS, UID_MISMATCH, read_header
 from dicom_node.receive.own_output import is_own_output
 from dicom_node.spool import Spool
@@ -36,7 +33,6 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
-_PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
 @dataclass
@@ -79,7 +75,7 @@ class Receiver:
             assoc = self._associations.pop(key, None)
         if assoc is None:
             return  # already handled (release, then connection close) or never accepted
-        log.info("association %s %s, carried %d studies", assoc.id, how, len(assoc.studies))
+        log.info("association %s ended (%s), carried %d studies", assoc.id, how, len(assoc.studies))
         if assoc.studies:
             try:
                 self.state.release(assoc.studies, self.clock())
@@ -149,17 +145,19 @@ class Receiver:
         self, assoc: _Association, header: Header, transfer_syntax: str, stream: bytes
     ) -> StoreOutcome:
         own = is_own_output(header)
-        meta = _file_meta(header, transfer_syntax, assoc.calling_ae)
+        meta = file_meta(
+            header.sop_class_uid, header.sop_instance_uid, transfer_syntax, assoc.calling_ae
+        )
         relative = self.spool.relative_path(header.study_uid, header.sop_instance_uid)
         previous = self.state.existing_path(header.sop_instance_uid)
         if previous is not None and self.spool.same_content(
-            previous, stream, len(_PREAMBLE) + len(meta)
+            previous, stream, len(PREAMBLE) + len(meta)
         ):
             kind = "duplicate"
         else:
             kind = "new" if previous is None else "replaced"
-            self.spool.check_space(len(_PREAMBLE) + len(meta) + len(stream))
-            self.spool.write(relative, (_PREAMBLE, meta, stream))
+            self.spool.check_space(len(PREAMBLE) + len(meta) + len(stream))
+            self.spool.write(relative, (PREAMBLE, meta, stream))
         instance = ReceivedInstance(
             header=header,
             transfer_syntax=transfer_syntax,
@@ -191,21 +189,11 @@ class Receiver:
             assoc.studies.add(header.study_uid)
             if outcome.study_reopened:
                 log.info("study %s reopened by a late instance", header.study_uid)
-            self.on_change()
+            if outcome.study_started:
+                # Later instances only push the deadline back; the assembler finds out
+                # when it wakes. A new deadline may be the earliest, so wake it now.
+                self.on_change()
         return outcome
-
-
-def _file_meta(header: Header, transfer_syntax: str, calling_ae: str) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(header.sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(header.sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    meta.SourceApplicationEntityTitle = calling_ae
-    buffer = DicomBytesIO()
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return buffer.getvalue()
 
 
 def _status(code: int, comment: str | None) -> Dataset:
@@ -256,10 +244,14 @@ def handle_ended(event: events.Event, receiver: Receiver) -> None:
 
 def handle_rejected(event: events.Event) -> None:
     rq = event.assoc.requestor
+    called = getattr(rq.primitive, "called_ae_title", "?")
     log.warning(
-        "association from %s (%s) to called AE %r rejected",
-        _calling_ae(event), rq.address, event.assoc.acceptor.ae_title,
-    )  # fmt: skip
+        "association from calling AE %r at %s to called AE %r rejected "
+        "(not allowed, wrong called AE, or node.max_associations reached)",
+        _calling_ae(event),
+        rq.address,
+        str(called).strip(),
+    )
 
 
 def _calling_ae(event: events.Event) -> str:

@@ -1,0 +1,222 @@
+"""Ingest throughput: the node against dcmtk's storescp, same files, same sender.
+
+Both receivers run as their own processes on loopback with ``TCP_NODELAY=1``
+(dcmtk is 20-40x slower without it); dcmtk's ``storescu`` sends every file of a
+set over one association. The node spools durably (fsync of file, folder and
+SQLite per instance); storescp writes files without fsync. Runs alternate
+between the receivers to spread machine noise; the table shows medians.
+
+    .venv/bin/python bench/ingest.py            # 200 x 512x512 and 50 x 3000x2500, 3 runs
+    .venv/bin/python bench/ingest.py --quick    # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+DX = "1.2.840.10008.5.1.4.1.1.1.1"
+TARGETS = {"small": 0.5, "large": 0.9}
+
+
+@dataclass(frozen=True)
+class Result:
+    receiver: str
+    files: int
+    megabytes: float
+    seconds: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.megabytes / self.seconds
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files / self.seconds
+
+
+def make_files(folder: Path, count: int, rows: int, cols: int) -> list[Path]:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 4096, size=(rows, cols), dtype=np.uint16)
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for n in range(count):
+        ds = Dataset()
+        ds.SOPClassUID = DX
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series
+        ds.Modality = "DX"
+        ds.InstanceNumber = n + 1
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels.tobytes()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"{n:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(port: int, called_ae: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"receiver exited with {proc.returncode} before it was ready")
+        echo = subprocess.run(
+            ["echoscu", "-aec", called_ae, "127.0.0.1", str(port)],
+            env=ENV, capture_output=True, check=False,
+        )  # fmt: skip
+        if echo.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("receiver not ready within 30 s")
+
+
+def start_storescp(out: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["storescp", "-od", str(out), "+xa", "-aet", "STORESCP", str(port)],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def start_node(out: Path, port: int) -> subprocess.Popen[bytes]:
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(
+        f"node: {{host: 127.0.0.1, port: {port}, ae_title: TRIAGE, max_pdu: 262144}}\n"
+        f"storage: {{spool_dir: {out}, min_free_bytes: 0}}\n"
+        "logging: {level: WARNING}\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "dicom_node", "serve", "--config", str(config)],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def received(receiver: str, out: Path) -> int:
+    if receiver == "node":
+        return sum(1 for _ in (out / "instances").rglob("*.dcm"))
+    return sum(1 for p in out.iterdir() if p.is_file())
+
+
+def run_once(receiver: str, files: list[Path], work: Path, index: int) -> Result:
+    out = work / f"{receiver}-{index}"
+    out.mkdir()
+    port = free_port()
+    called = "TRIAGE" if receiver == "node" else "STORESCP"
+    proc = start_node(out, port) if receiver == "node" else start_storescp(out, port)
+    try:
+        wait_ready(port, called, proc)
+        started = time.perf_counter()
+        send = subprocess.run(
+            ["storescu", "-xe", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port),
+             *map(str, files)],
+            env=ENV, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+    finally:
+        stop(proc)
+    if send.returncode != 0:
+        raise RuntimeError(f"storescu to {receiver} failed: {send.stderr[-1000:]}")
+    count = received(receiver, out)
+    if count != len(files):
+        raise RuntimeError(f"{receiver} holds {count} files, {len(files)} were sent")
+    size = sum(p.stat().st_size for p in files) / 1e6
+    shutil.rmtree(out)
+    return Result(receiver, len(files), size, seconds)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="40 small, 8 large files, one run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--only", choices=["small", "large"], help="run one file set only")
+    args = parser.parse_args()
+    if shutil.which("storescp") is None:
+        parser.error("dcmtk is not installed (make bench installs it)")
+    runs = 1 if args.quick else args.runs
+    sets = {
+        "small": (40 if args.quick else 200, 512, 512),
+        "large": (8 if args.quick else 50, 3000, 2500),
+    }
+    work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
+    rows = []
+    try:
+        for name, (count, r, c) in sets.items():
+            if args.only and name != args.only:
+                continue
+            files = make_files(work / f"files-{name}", count, r, c)
+            results: dict[str, list[Result]] = {"storescp": [], "node": []}
+            for i in range(runs):
+                for receiver in ("storescp", "node"):
+                    results[receiver].append(run_once(receiver, files, work, i))
+            med = {k: statistics.median(r.seconds for r in v) for k, v in results.items()}
+            mb = results["node"][0].megabytes
+            ratio = med["storescp"] / med["node"]
+            rows.append({
+                "set": name, "files": count, "size": f"{r}x{c}x16", "megabytes": round(mb, 1),
+                "storescp_s": med["storescp"], "node_s": med["node"],
+                "storescp_mb_s": mb / med["storescp"], "node_mb_s": mb / med["node"],
+                "storescp_files_s": count / med["storescp"], "node_files_s": count / med["node"],
+                "ratio": ratio, "target": TARGETS[name], "met": ratio >= TARGETS[name],
+                "runs": [asdict(x) for v in results.values() for x in v],
+            })  # fmt: skip
+            shutil.rmtree(work / f"files-{name}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"ingest benchmark: storescu -> receiver on loopback, median of {runs} run(s)")
+    print(
+        f"{'set':<6} {'files':>5} {'image':>14} {'MB':>7} | {'storescp MB/s':>13} "
+        f"{'files/s':>8} | {'node MB/s':>9} {'files/s':>8} | {'node/storescp':>13}  target"
+    )
+    for row in rows:
+        print(
+            f"{row['set']:<6} {row['files']:>5} {row['size']:>14} {row['megabytes']:>7} | "
+            f"{row['storescp_mb_s']:>13.1f} {row['storescp_files_s']:>8.1f} | "
+            f"{row['node_mb_s']:>9.1f} {row['node_files_s']:>8.1f} | {row['ratio']:>12.2f}x  "
+            f">= {row['target']}x {'met' if row['met'] else 'NOT met'}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
