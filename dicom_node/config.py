@@ -55,6 +55,7 @@ class NodeConfig:
     max_pdu: int = 262144
     max_instance_bytes: int = 2 * 1024**3
     network_timeout_seconds: float = 60.0
+    acse_timeout_seconds: float = 10.0
     drain_seconds: float = 30.0
     tls: TlsConfig = field(default_factory=TlsConfig)
 
@@ -205,6 +206,9 @@ def _node(raw: Mapping[str, Any], base: Path) -> NodeConfig:
         ),
         network_timeout_seconds=_get(
             raw, "network_timeout_seconds", "node", d.network_timeout_seconds, _positive
+        ),
+        acse_timeout_seconds=_get(
+            raw, "acse_timeout_seconds", "node", d.acse_timeout_seconds, _positive
         ),
         drain_seconds=_get(raw, "drain_seconds", "node", d.drain_seconds, _non_negative),
         tls=tls,

@@ -19,7 +19,7 @@ from types import FrameType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import __version__
-from dicom_node.assemble import Assembler
+from dicom_node.assemble.assembler import Assembler
 from dicom_node.config import Config
 from dicom_node.receive import Receiver, build_ae, event_handlers
 from dicom_node.receive.tls import server_context
@@ -83,8 +83,10 @@ class Node:
             self._server = None
             server.shutdown()  # stops accepting and closes the listening socket
             deadline = time.monotonic() + drain
-            while server.active_associations and time.monotonic() < deadline:
-                if self._signals > 1:
+            # Only established associations may be carrying instances; a connection that
+            # never sent an A-ASSOCIATE-RQ (a TCP health probe) is aborted at once.
+            while any(a.is_established for a in server.active_associations):
+                if self._signals > 1 or time.monotonic() >= deadline:
                     break
                 time.sleep(0.05)
             left = server.active_associations
@@ -92,8 +94,9 @@ class Node:
                 log.warning("aborting %d associations still open after draining", len(left))
                 for assoc in left:
                     assoc.abort()
+                give_up = time.monotonic() + 2.0
                 for assoc in left:
-                    assoc.join(timeout=5)
+                    assoc.join(timeout=max(give_up - time.monotonic(), 0.0))
         if self.assembler is not None:
             self.assembler.stop()
             self.assembler = None

@@ -34,7 +34,9 @@ def build_ae(node: NodeConfig) -> AE:
     ae.maximum_associations = node.max_associations
     ae.maximum_pdu_size = node.max_pdu
     ae.network_timeout = node.network_timeout_seconds
-    ae.acse_timeout = node.network_timeout_seconds
+    # Also the ARTIM timer: how long a connection may stay open without an
+    # A-ASSOCIATE-RQ (e.g. a load balancer's TCP probe) before it is dropped.
+    ae.acse_timeout = node.acse_timeout_seconds
     ae.dimse_timeout = node.network_timeout_seconds
     return ae
 

@@ -95,7 +95,7 @@ class Receiver:
 
     def store(
         self, assoc_key: int, calling_ae: str, request_sop_class: str,
-        request_sop_instance: str, transfer_syntax: str, stream: bytes,
+        request_sop_instance: str, transfer_syntax: str, stream: bytes | memoryview,
     ) -> Dataset:  # fmt: skip
         """Store one instance; return the C-STORE response status dataset."""
         assoc = self._association(assoc_key, calling_ae)
@@ -142,7 +142,7 @@ class Receiver:
         return _status(SUCCESS, None)
 
     def _spool_and_index(
-        self, assoc: _Association, header: Header, transfer_syntax: str, stream: bytes
+        self, assoc: _Association, header: Header, transfer_syntax: str, stream: bytes | memoryview
     ) -> StoreOutcome:
         own = is_own_output(header)
         meta = file_meta(
@@ -210,22 +210,22 @@ def _status(code: int, comment: str | None) -> Dataset:
 
 def handle_store(event: events.Event, receiver: Receiver) -> Dataset:
     request = cast(C_STORE, event.request)
-    try:
-        stream = request.DataSet.getvalue()  # type: ignore[union-attr]
-    except AttributeError:
+    if request.DataSet is None:
         return _status(PROCESSING_FAILURE, "C-STORE request without a data set")
-    try:
-        return receiver.store(
-            id(event.assoc),
-            _calling_ae(event),
-            str(request.AffectedSOPClassUID),
-            str(request.AffectedSOPInstanceUID),
-            str(event.context.transfer_syntax),
-            stream,
-        )
-    except Exception:  # the boundary: a bug must cost one refused instance, not the node
-        log.exception("internal error storing SOP instance %s", request.AffectedSOPInstanceUID)
-        return _status(PROCESSING_FAILURE, "internal error in the node; see its log")
+    # A view, not a copy: a large instance is already held once by pynetdicom.
+    with request.DataSet.getbuffer() as stream:
+        try:
+            return receiver.store(
+                id(event.assoc),
+                _calling_ae(event),
+                str(request.AffectedSOPClassUID),
+                str(request.AffectedSOPInstanceUID),
+                str(event.context.transfer_syntax),
+                stream,
+            )
+        except Exception:  # the boundary: a bug must cost one refused instance, not the node
+            log.exception("internal error storing SOP instance %s", request.AffectedSOPInstanceUID)
+            return _status(PROCESSING_FAILURE, "internal error in the node; see its log")
 
 
 def handle_echo(event: events.Event) -> int:

@@ -1,0 +1,206 @@
+"""Association policy and TLS against real peers (dcmtk echoscu/storescu, pynetdicom)."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers import run_tool, tiny_image
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+from dicom_node.config import TlsConfig
+from dicom_node.errors import ConfigError
+from dicom_node.node import Node
+from dicom_node.receive.tls import server_context
+
+StartNode = Callable[..., Node]
+CR = "1.2.840.10008.5.1.4.1.1.1"
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def associate(
+    port: int,
+    calling: str = "PACS",
+    called: str = "TRIAGE",
+    tls: tuple[ssl.SSLContext, str] | None = None,
+) -> Association:
+    ae = AE(calling)
+    ae.add_requested_context(VERIFICATION)
+    ae.add_requested_context(CR, ExplicitVRLittleEndian)
+    return ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls)
+
+
+def rejection(assoc: Association) -> tuple[int, int, int]:
+    assert assoc.is_rejected
+    rj = assoc.acceptor.primitive
+    return (rj.result, rj.result_source, rj.diagnostic)
+
+
+def echo(port: int, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return run_tool(["echoscu", *args, "127.0.0.1", str(port)], env, timeout=20)
+
+
+def test_unknown_calling_ae_is_rejected(start_node: StartNode, dcmtk_env: dict[str, str]) -> None:
+    node = start_node(node__allowed_calling_aes=["GOOD"])
+    assert rejection(associate(node.port, calling="BAD")) == (1, 1, 3)
+    refused = echo(node.port, dcmtk_env, "-aet", "BAD", "-aec", "TRIAGE")
+    assert refused.returncode != 0
+    assert "Rejected" in refused.stderr or "rejected" in refused.stderr.lower()
+    assert echo(node.port, dcmtk_env, "-aet", "GOOD", "-aec", "TRIAGE").returncode == 0
+
+
+def test_wrong_called_ae_is_rejected_unless_allowed(
+    start_node: StartNode, dcmtk_env: dict[str, str]
+) -> None:
+    node = start_node()
+    assert rejection(associate(node.port, called="WRONG")) == (1, 1, 7)
+    assert echo(node.port, dcmtk_env, "-aec", "WRONG").returncode != 0
+
+
+def test_called_ae_check_can_be_disabled(
+    start_node: StartNode, tmp_path: Path, dcmtk_env: dict[str, str]
+) -> None:
+    node = start_node(tmp_path / "other", node__require_called_ae=False)
+    assert echo(node.port, dcmtk_env, "-aec", "ANYTHING").returncode == 0
+
+
+def test_max_associations(start_node: StartNode) -> None:
+    node = start_node(node__max_associations=1)
+    held = associate(node.port)
+    assert held.is_established
+    try:
+        assert rejection(associate(node.port)) == (2, 3, 2)
+    finally:
+        held.release()
+    deadline = time.monotonic() + 5
+    while True:  # the released association's thread takes a moment to end
+        again = associate(node.port)
+        if again.is_established or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert again.is_established
+    again.release()
+
+
+def test_instance_size_limit(start_node: StartNode) -> None:
+    node = start_node(node__max_instance_bytes=1024)
+    assoc = associate(node.port)
+    try:
+        big = assoc.send_c_store(tiny_image(size=64))
+        small = assoc.send_c_store(tiny_image(size=16))
+    finally:
+        assoc.release()
+    assert big.Status == 0xA700
+    assert "node.max_instance_bytes" in big.ErrorComment
+    assert small.Status == 0
+    assert node.state is not None
+    assert node.state.instance_count() == 1
+
+
+# --- TLS -----------------------------------------------------------------------------
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Test CA",
+            "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))  # fmt: skip
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))  # fmt: skip
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
+                "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
+                "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.crt"))  # fmt: skip
+    return d
+
+
+def client_context(pki: Path, with_cert: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.crt"))
+    if with_cert:
+        ctx.load_cert_chain(pki / "client.crt", pki / "client.key")
+    return ctx
+
+
+def tls_node(start_node: StartNode, pki: Path, mutual: bool) -> Node:
+    extra = {"node__tls__ca": str(pki / "ca.crt"), "node__tls__require_client_certificate": True}
+    return start_node(
+        node__tls__certificate=str(pki / "server.crt"),
+        node__tls__key=str(pki / "server.key"),
+        **(extra if mutual else {}),
+    )
+
+
+def dcmtk_tls(pki: Path, with_cert: bool) -> list[str]:
+    ident = ["+tls", str(pki / "client.key"), str(pki / "client.crt")] if with_cert else ["+tla"]
+    return [*ident, "+cf", str(pki / "ca.crt"), "-aec", "TRIAGE"]
+
+
+def test_tls_accepts_tls_and_refuses_plain(
+    start_node: StartNode, pki: Path, dcmtk_env: dict[str, str], tmp_path: Path
+) -> None:
+    node = tls_node(start_node, pki, mutual=False)
+    assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=True)).returncode == 0
+    assert echo(node.port, dcmtk_env, "-aec", "TRIAGE").returncode != 0
+    assoc = associate(node.port, tls=(client_context(pki, with_cert=False), "localhost"))
+    assert assoc.is_established
+    status = assoc.send_c_store(tiny_image())
+    assoc.release()
+    assert status.Status == 0
+    ds = tiny_image()
+    ds.save_as(tmp_path / "one.dcm", enforce_file_format=True)
+    sent = run_tool(
+        ["storescu", *dcmtk_tls(pki, True), "127.0.0.1", str(node.port), str(tmp_path / "one.dcm")],
+        dcmtk_env,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert node.state is not None
+    assert node.state.instance_count() == 2
+
+
+def test_mutual_tls_requires_a_client_certificate(
+    start_node: StartNode, pki: Path, dcmtk_env: dict[str, str]
+) -> None:
+    node = tls_node(start_node, pki, mutual=True)
+    assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=True)).returncode == 0
+    assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=False)).returncode != 0
+    assert echo(node.port, dcmtk_env, "-aec", "TRIAGE").returncode != 0
+    with_cert = associate(node.port, tls=(client_context(pki, True), "localhost"))
+    assert with_cert.is_established
+    with_cert.release()
+    without = associate(node.port, tls=(client_context(pki, False), "localhost"))
+    assert not without.is_established
+    # pynetdicom leaves the client's TLS socket open when the server refuses the
+    # handshake after TLS 1.3 completed on the client side; close it here.
+    sock = without.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.close()
+
+
+def test_unusable_key_is_a_config_error(pki: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a PEM key\n")
+    with pytest.raises(ConfigError, match=r"node\.tls\.certificate/key: cannot load"):
+        server_context(TlsConfig(certificate=pki / "server.crt", key=bad))
+    junk_ca = tmp_path / "ca.pem"
+    junk_ca.write_text("junk\n")
+    with pytest.raises(ConfigError, match=r"node\.tls\.ca: cannot load"):
+        server_context(
+            TlsConfig(certificate=pki / "server.crt", key=pki / "server.key", ca=junk_ca)
+        )
+    with pytest.raises(ConfigError, match=r"node\.tls: certificate and key are needed"):
+        server_context(TlsConfig())

@@ -1,0 +1,261 @@
+"""The node as a real process: SIGTERM drain, forced stop, kill -9 and restart, CLI output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import tiny_image
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+from dicom_node.config import AssemblyConfig
+from dicom_node.state import State
+
+CR = "1.2.840.10008.5.1.4.1.1.1"
+
+
+def accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NodeProcess:
+    """``python -m dicom_node serve`` with a config in ``folder``; stderr goes to a log file."""
+
+    def __init__(self, folder: Path, drain: float = 10, quiet: float = 1.5) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.config = folder / "node.yaml"
+        self.config.write_text(
+            f"node: {{host: 127.0.0.1, port: {self.port}, drain_seconds: {drain}}}\n"
+            f"storage: {{spool_dir: spool, min_free_bytes: 0}}\n"
+            f"assembly: {{quiet_seconds: {quiet}, after_release_seconds: 0.3, max_wait_seconds: 60}}\n"
+            "logging: {level: DEBUG}\n"
+        )
+        self.log = folder / "node.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config)],
+                stdout=log, stderr=log,
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            if not accepts_connections(self.port):
+                # A refused pynetdicom association leaks its socket; probe with TCP first.
+                time.sleep(0.1)
+                continue
+            ae = AE("PACS")
+            ae.add_requested_context("1.2.840.10008.1.1")
+            assoc = ae.associate("127.0.0.1", self.port, ae_title="TRIAGE")
+            if assoc.is_established:
+                assoc.release()
+                return
+            time.sleep(0.1)
+        raise AssertionError("node did not answer C-ECHO within 20 s")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "dicom_node", *args, "--config", str(self.config)],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return result.stdout
+
+    def state(self) -> State:
+        return State(self.folder / "spool" / "state.sqlite3", AssemblyConfig())
+
+
+@pytest.fixture
+def node_process(tmp_path: Path) -> Iterator[NodeProcess]:
+    node = NodeProcess(tmp_path)
+    yield node
+    node.kill()
+
+
+def associate(port: int) -> Association:
+    ae = AE("PACS")
+    ae.add_requested_context(CR, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
+    assert assoc.is_established
+    return assoc
+
+
+def test_sigterm_lets_open_associations_finish_and_refuses_new_ones(
+    node_process: NodeProcess,
+) -> None:
+    node_process.start()
+    assoc = associate(node_process.port)
+    first, second = tiny_image("1.2.3.10"), tiny_image("1.2.3.10")
+    assert assoc.send_c_store(first).Status == 0
+    node_process.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert not accepts_connections(node_process.port)  # no longer listening
+    assert assoc.send_c_store(second).Status == 0  # the open association may still finish
+    assoc.release()
+    assert node_process.wait(10) == 0
+    for ds in (first, second):
+        assert (
+            node_process.folder / "spool" / "instances" / "1.2.3.10" / f"{ds.SOPInstanceUID}.dcm"
+        ).exists()
+    assert "draining" in node_process.log.read_text()
+
+
+def test_second_signal_forces_the_stop(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path, drain=30)
+    try:
+        node.start()
+        assoc = associate(node.port)
+        node.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        started = time.monotonic()
+        node.signal(signal.SIGTERM)
+        assert node.wait(10) == 0
+        assert time.monotonic() - started < 5
+        time.sleep(0.2)
+        assert not assoc.is_established or assoc.is_aborted
+        assert "forcing shutdown" in node.log.read_text()
+    finally:
+        node.kill()
+
+
+@pytest.mark.parametrize("release_before_kill", [False, True], ids=["open", "released"])
+def test_kill_9_loses_nothing_acknowledged_and_completes_each_study_once(
+    node_process: NodeProcess, release_before_kill: bool
+) -> None:
+    node_process.start()
+    assoc = associate(node_process.port)
+    sent: dict[str, list[str]] = {}
+    for s in range(3):
+        study = f"1.2.826.0.1.3680043.8.498.{900 + s}"
+        for _ in range(4):
+            ds = tiny_image(study)
+            assert assoc.send_c_store(ds).Status == 0
+            sent.setdefault(study, []).append(ds.SOPInstanceUID)
+    if release_before_kill:
+        assoc.release()
+    node_process.kill()  # SIGKILL right after the acknowledgements
+    if not release_before_kill:
+        assoc.abort()
+    node_process.start()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        state = node_process.state()
+        try:
+            done = [s for s in state.studies() if s.state == "complete"]
+        finally:
+            state.close()
+        if len(done) == 3:
+            break
+        time.sleep(0.2)
+    time.sleep(2)  # past any second completion, were there one
+    node_process.signal(signal.SIGTERM)
+    assert node_process.wait(15) == 0
+    state = node_process.state()
+    try:
+        studies = {s.study_uid: s for s in state.studies()}
+        jobs = state.jobs()
+    finally:
+        state.close()
+    for study, sops in sent.items():
+        assert studies[study].state == "complete"
+        assert studies[study].completions == 1
+        assert studies[study].instance_count == 4
+        for sop in sops:
+            path = node_process.folder / "spool" / "instances" / study / f"{sop}.dcm"
+            assert dcmread(path).SOPInstanceUID == sop
+    assert sorted((j.study_uid, j.generation, j.instance_count) for j in jobs) == [
+        (study, 1, 4) for study in sorted(sent)
+    ]
+    assert "re-armed 3 studies" in node_process.log.read_text() or release_before_kill
+
+
+def test_cli_lists_studies_and_jobs_without_patient_data(node_process: NodeProcess) -> None:
+    node_process.start()
+    assoc = associate(node_process.port)
+    ds = tiny_image("1.2.826.0.1.3680043.8.498.950")
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    time.sleep(1.0)
+    studies = node_process.cli("studies")
+    jobs = node_process.cli("jobs")
+    node_process.signal(signal.SIGTERM)
+    assert node_process.wait(10) == 0
+    assert "1.2.826.0.1.3680043.8.498.950" in studies
+    assert "complete" in studies and "1 studies" in studies
+    assert "released" in jobs and "1 jobs" in jobs
+    for text in (studies, jobs, node_process.log.read_text()):
+        assert "PHANTOM" not in text  # tiny_image's PatientName and PatientID
+
+
+def test_check_config_exit_codes_and_overrides(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    run = [sys.executable, "-m", "dicom_node"]
+    ok = subprocess.run(
+        [*run, "check-config", str(root / "config.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("node:\n  port: 70000\n")
+    failed = subprocess.run(
+        [*run, "check-config", str(bad)], capture_output=True, text=True, check=False
+    )
+    assert failed.returncode == 2
+    assert "node.port: expected an integer from 0 to 65535, got 70000" in failed.stderr
+    env = {**os.environ, "DICOM_NODE_CONFIG": str(bad)}
+    from_env = subprocess.run(
+        [*run, "check-config"], capture_output=True, text=True, env=env, check=False
+    )
+    assert from_env.returncode == 2 and "node.port" in from_env.stderr
+    fixed = subprocess.run(
+        [*run, "check-config", "--port", "104"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    studies = subprocess.run(
+        [*run, "studies", "--spool-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert studies.returncode == 0 and "the node has not run yet" in studies.stdout
