@@ -34,7 +34,9 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 TARGETS = {"small": 0.5, "large": 0.9}
 # storescp+sync: storescp, then sync(2) inside the timing, as a durability-equivalent reference.
-RECEIVERS = ("storescp", "storescp+sync", "node")
+# fsync ceiling: the same bytes written with one fsync per file, no network: the most a
+# durable receiver can do on this disk in the same minutes.
+RECEIVERS = ("storescp", "storescp+sync", "fsync ceiling", "node")
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,25 @@ def received(receiver: str, out: Path) -> int:
     return sum(1 for p in out.iterdir() if p.is_file())
 
 
+def disk_ceiling(files: list[Path], out: Path) -> float:
+    """Seconds to write the same bytes with one fsync per file: no network, no DICOM."""
+    out.mkdir()
+    blobs = [p.read_bytes() for p in files]
+    os.sync()
+    started = time.perf_counter()
+    for n, blob in enumerate(blobs):
+        with (out / f"{n}.dcm").open("wb") as handle:
+            handle.write(blob)
+            os.fsync(handle.fileno())
+    seconds = time.perf_counter() - started
+    shutil.rmtree(out)
+    return seconds
+
+
 def run_once(receiver: str, files: list[Path], work: Path, index: int) -> Result:
+    if receiver == "fsync ceiling":
+        size = sum(p.stat().st_size for p in files) / 1e6
+        return Result(receiver, len(files), size, disk_ceiling(files, work / f"disk-{index}"))
     out = work / f"{receiver}-{index}"
     out.mkdir()
     port = free_port()
@@ -196,6 +216,7 @@ def main() -> int:
             mb = results["node"][0].megabytes
             ratio = med["storescp"] / med["node"]
             ratio_sync = med["storescp+sync"] / med["node"]
+            ratio_disk = med["fsync ceiling"] / med["node"]
             rows.append({
                 "set": name, "files": count, "size": f"{r}x{c}x16", "megabytes": round(mb, 1),
                 "storescp_s": med["storescp"], "node_s": med["node"],
@@ -203,6 +224,7 @@ def main() -> int:
                 "storescp_files_s": count / med["storescp"], "node_files_s": count / med["node"],
                 "ratio": ratio, "ratio_vs_sync": ratio_sync,
                 "synced_mb_s": mb / med["storescp+sync"],
+                "disk_mb_s": mb / med["fsync ceiling"], "ratio_vs_disk": ratio_disk,
                 "target": TARGETS[name], "met": ratio >= TARGETS[name],
                 "runs": [asdict(x) for v in results.values() for x in v],
             })  # fmt: skip
@@ -213,7 +235,8 @@ def main() -> int:
     print(
         f"{'set':<6} {'files':>5} {'image':>14} {'MB':>7} | {'storescp MB/s':>13} "
         f"{'files/s':>8} | {'+sync MB/s':>10} | {'node MB/s':>9} {'files/s':>8} | "
-        f"{'node/storescp':>13}  target           | {'node/(+sync)':>12}"
+        f"{'node/storescp':>13}  target           | {'node/(+sync)':>12} | "
+        f"{'fsync MB/s':>10} {'node/fsync':>10}"
     )
     for row in rows:
         print(
@@ -222,7 +245,8 @@ def main() -> int:
             f"{row['synced_mb_s']:>10.1f} | "
             f"{row['node_mb_s']:>9.1f} {row['node_files_s']:>8.1f} | {row['ratio']:>12.2f}x  "
             f">= {row['target']}x {'met' if row['met'] else 'NOT met':<7} | "
-            f"{row['ratio_vs_sync']:>11.2f}x"
+            f"{row['ratio_vs_sync']:>11.2f}x | "
+            f"{row['disk_mb_s']:>10.1f} {row['ratio_vs_disk']:>9.2f}x"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
