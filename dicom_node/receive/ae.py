@@ -23,7 +23,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 def build_ae(node: NodeConfig) -> AE:
     """An AE that accepts Verification and the storage classes in every listed syntax."""
     ae = AE(ae_title=node.ae_title)
-    ae.add_supported_context(VERIFICATION, TRANSFER_SYNTAXES[:3])
+    ae.add_supported_context(VERIFICATION, TRANSFER_SYNTAXES[:2])  # implicit, explicit LE
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     # An empty list means any calling AE; pynetdicom rejects others with

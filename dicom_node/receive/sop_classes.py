@@ -30,12 +30,13 @@ SC_SOP_CLASSES = frozenset(
     c for c in STORAGE_SOP_CLASSES if c.startswith("1.2.840.10008.5.1.4.1.1.7")
 )
 
-# Preference follows the order the calling AE proposes; this list is what we accept.
-TRANSFER_SYNTAXES: tuple[str, ...] = (
-    uid.ExplicitVRLittleEndian,
+# The calling AE's proposal order decides which one an association uses; this is
+# only the set accepted (also the set the synthetic factory writes).
+TRANSFER_SYNTAXES: tuple[uid.UID, ...] = (
     uid.ImplicitVRLittleEndian,
-    uid.DeflatedExplicitVRLittleEndian,
+    uid.ExplicitVRLittleEndian,
     uid.ExplicitVRBigEndian,
+    uid.DeflatedExplicitVRLittleEndian,
     uid.JPEGBaseline8Bit,
     uid.JPEGExtended12Bit,
     uid.JPEGLossless,

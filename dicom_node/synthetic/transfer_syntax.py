@@ -30,37 +30,20 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
     JPEGLSNearLossless,
-    RLELossless,
     generate_uid,
 )
 from pydicom.valuerep import VR
 
 from dicom_node.errors import FactoryError
+from dicom_node.receive.sop_classes import TRANSFER_SYNTAXES as ACCEPTED_SYNTAXES
 from dicom_node.synthetic.jpeg import JPEG_10918, encode_jpeg_frame
 from dicom_node.synthetic.modules import ds_number
 
-TRANSFER_SYNTAXES: tuple[UID, ...] = (
-    ImplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    DeflatedExplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
-)
+# Every syntax the node accepts, in one list with the receiver's.
+TRANSFER_SYNTAXES = ACCEPTED_SYNTAXES
 LOSSY_TRANSFER_SYNTAXES = frozenset(
     {JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000}
 )
