@@ -86,14 +86,19 @@ class Spool:
                 raise SpoolFullError(f"spool file system is full writing {relative}") from exc
             raise SpoolError(f"cannot write {relative} to the spool ({exc.strerror})") from exc
 
-    def same_content(self, relative: str, stream: bytes | memoryview, offset: int) -> bool:
-        """Does the file at ``relative`` hold ``stream`` from byte ``offset`` to its end?"""
+    def ends_with(self, relative: str, stream: bytes | memoryview) -> bool:
+        """Does the file at ``relative`` end with the data set ``stream``?
+
+        Only the data set is compared: the File Meta before it names the calling AE,
+        which may differ when the same instance is re-sent by another sender.
+        """
         path = self.path(relative)
         try:
-            if path.stat().st_size != offset + len(stream):
+            size = path.stat().st_size
+            if size <= len(stream):
                 return False
             with path.open("rb") as handle:
-                handle.seek(offset)
+                handle.seek(size - len(stream))
                 return handle.read() == stream
         except FileNotFoundError:
             return False

@@ -17,10 +17,10 @@ def test_write_is_atomic_and_leaves_no_partial(tmp_path: Path) -> None:
     spool.write(rel, [b"xyz"])  # replaced atomically
     assert spool.path(rel).read_bytes() == b"xyz"
     assert list(spool.tmp.iterdir()) == []
-    assert spool.same_content(rel, b"yz", 1)
-    assert not spool.same_content(rel, b"yy", 1)
-    assert not spool.same_content(rel, b"y", 1)
-    assert not spool.same_content("instances/none.dcm", b"", 0)
+    assert spool.ends_with(rel, b"yz")
+    assert not spool.ends_with(rel, b"yy")
+    assert not spool.ends_with(rel, b"xyz")  # nothing before it: not a spooled file
+    assert not spool.ends_with("instances/none.dcm", b"z")
 
 
 def test_partials_from_a_crash_are_purged_at_start(tmp_path: Path) -> None:

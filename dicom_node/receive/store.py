@@ -150,9 +150,7 @@ class Receiver:
         )
         relative = self.spool.relative_path(header.study_uid, header.sop_instance_uid)
         previous = self.state.existing_path(header.sop_instance_uid)
-        if previous is not None and self.spool.same_content(
-            previous, stream, len(PREAMBLE) + len(meta)
-        ):
+        if previous is not None and self.spool.ends_with(previous, stream):
             kind = "duplicate"
         else:
             kind = "new" if previous is None else "replaced"

@@ -89,8 +89,12 @@ def test_duplicates_are_idempotent_and_changes_replace(
     ds = tiny_image()
     [path] = write([ds], tmp_path / "a")
     assert send_files(node.port, [path, path]) == [0, 0]
+    assert send_files(node.port, [path], calling_ae="OTHER_PACS") == [0]
     assert node.state is not None
     assert node.state.instance_count() == 1
+    assert len(node.state.studies()) == 1
+    spooled_meta = dcmread(spooled(node, ds.StudyInstanceUID, ds.SOPInstanceUID)).file_meta
+    assert spooled_meta.SourceApplicationEntityTitle == "PACS"  # identical: not rewritten
     ds.SeriesDescription = "corrected"
     [changed] = write([ds], tmp_path / "b")
     assert send_files(node.port, [changed]) == [0]
