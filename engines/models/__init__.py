@@ -1,0 +1,19 @@
+"""Architectures written here (no torchvision/timm) and the registry that names them.
+
+Importing this package registers every model: ``create(name, **kwargs)``,
+``available()``.
+"""
+
+from engines.models import densenet, efficientnet, hip_screen, hipnet, resnet
+from engines.models.registry import available, create, register
+
+__all__ = [
+    "available",
+    "create",
+    "densenet",
+    "efficientnet",
+    "hip_screen",
+    "hipnet",
+    "register",
+    "resnet",
+]

@@ -1,0 +1,97 @@
+"""Building blocks shared by the backbones: GeM pooling, CBAM, average pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dicom_node.errors import DicomNodeError
+
+
+class ArchitectureError(DicomNodeError, ValueError):
+    """A model was asked for with arguments its architecture cannot take."""
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenović et al.) with a learnable exponent ``p``.
+
+    ``p = 1`` is average pooling and ``p -> inf`` approaches max pooling. The
+    input is clamped to ``eps`` so that fractional powers stay defined.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        if p <= 0:
+            raise ArchitectureError(f"GeM exponent p must be positive, got {p}")
+        self.p = nn.Parameter(torch.full((1,), float(p)))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3))
+        return pooled.pow(1.0 / self.p)
+
+
+class AvgPool(nn.Module):
+    """Global average pooling to (N, C)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def make_pool(pool: str) -> nn.Module:
+    if pool == "avg":
+        return AvgPool()
+    if pool == "gem":
+        return GeM()
+    raise ArchitectureError(f"pool: expected 'avg' or 'gem', got {pool!r}")
+
+
+class ChannelAttention(nn.Module):
+    """CBAM's channel gate: a shared MLP over the average- and max-pooled descriptors."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels)
+        )
+
+    def gate(self, x: Tensor) -> Tensor:
+        """The attention weights, (N, C, 1, 1) in (0, 1)."""
+        avg = self.mlp(x.mean(dim=(2, 3)))
+        peak = self.mlp(x.amax(dim=(2, 3)))
+        return torch.sigmoid(avg + peak)[:, :, None, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gate(x)
+
+
+class SpatialAttention(nn.Module):
+    """CBAM's spatial gate: channel-wise average and max, a 7x7 conv with BatchNorm."""
+
+    def __init__(self, kernel_size: int = 7) -> None:
+        super().__init__()
+        # As in the authors' code: conv without bias, then BatchNorm, no ReLU.
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1)
+
+    def gate(self, x: Tensor) -> Tensor:
+        """The attention map, (N, 1, H, W) in (0, 1)."""
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.bn(self.conv(pooled)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gate(x)
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al., 2018): channel, then spatial."""
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.channel = ChannelAttention(channels, reduction)
+        self.spatial = SpatialAttention(kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        refined: Tensor = self.spatial(self.channel(x))
+        return refined

@@ -1,0 +1,90 @@
+"""ResNet-50 (He et al., 2016; stride on the 3x3 convolution, "v1.5"), optionally with CBAM.
+
+With ``cbam=True`` a CBAM module refines the residual branch of every
+bottleneck before the addition, as in the CBAM paper. ``pool`` chooses
+global average or GeM pooling before the linear head.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from engines.models.base import Classifier
+from engines.models.layers import CBAM
+from engines.models.registry import register
+
+_LAYERS = (3, 4, 6, 3)
+_EXPANSION = 4
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, in_channels: int, width: int, stride: int, cbam: bool) -> None:
+        super().__init__()
+        out_channels = width * _EXPANSION
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.attention: nn.Module = CBAM(out_channels) if cbam else nn.Identity()
+        self.downsample: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.attention(self.bn3(self.conv3(out)))
+        result: Tensor = self.relu(out + self.downsample(x))
+        return result
+
+
+class ResNet(Classifier):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        cbam: bool = False,
+        pool: str = "avg",
+    ) -> None:
+        super().__init__(num_classes, in_channels, 512 * _EXPANSION, pool)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        stages: list[nn.Module] = []
+        channels = 64
+        for index, blocks in enumerate(_LAYERS):
+            width = 64 * 2**index
+            stride = 1 if index == 0 else 2
+            layer = []
+            for b in range(blocks):
+                layer.append(Bottleneck(channels, width, stride if b == 0 else 1, cbam))
+                channels = width * _EXPANSION
+            stages.append(nn.Sequential(*layer))
+        self.stages = nn.Sequential(*stages)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last feature map, (N, 2048, H/32, W/32)."""
+        features: Tensor = self.stages(self.stem(x))
+        return features
+
+
+@register("resnet50")
+def resnet50(num_classes: int = 1000, in_channels: int = 3, pool: str = "avg") -> ResNet:
+    return ResNet(num_classes=num_classes, in_channels=in_channels, pool=pool)
+
+
+@register("resnet50_cbam")
+def resnet50_cbam(num_classes: int = 1000, in_channels: int = 3, pool: str = "avg") -> ResNet:
+    return ResNet(num_classes=num_classes, in_channels=in_channels, cbam=True, pool=pool)

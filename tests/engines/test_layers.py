@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engines.models.layers import CBAM, ArchitectureError, ChannelAttention, GeM, SpatialAttention
+
+
+def test_gem_is_the_generalised_mean_with_learnable_p() -> None:
+    gem = GeM()
+    assert isinstance(gem.p, torch.nn.Parameter)
+    assert float(gem.p.detach()) == 3.0
+    x = torch.rand(2, 4, 5, 6) + 0.1
+    expected = (x**3).mean(dim=(2, 3)) ** (1 / 3)
+    assert torch.allclose(gem(x), expected, atol=1e-6)
+    gem(x).sum().backward()
+    assert gem.p.grad is not None and float(gem.p.grad.abs()) > 0
+
+
+def test_gem_with_p_one_is_average_pooling() -> None:
+    x = torch.rand(2, 3, 4, 4)
+    assert torch.allclose(GeM(p=1.0)(x), x.mean(dim=(2, 3)), atol=1e-6)
+    with pytest.raises(ArchitectureError, match=r"GeM exponent p must be positive, got 0"):
+        GeM(p=0)
+
+
+def test_cbam_gates_are_bounded_and_shapes_kept() -> None:
+    x = torch.randn(2, 32, 8, 8)
+    channel, spatial = ChannelAttention(32, 16), SpatialAttention(7)
+    c, s = channel.gate(x), spatial.gate(x)
+    assert c.shape == (2, 32, 1, 1) and s.shape == (2, 1, 8, 8)
+    assert bool(((c > 0) & (c < 1)).all()) and bool(((s > 0) & (s < 1)).all())
+    assert CBAM(32)(x).shape == x.shape
+    assert channel.mlp[0].out_features == 2  # reduction 16
+    assert spatial.conv.kernel_size == (7, 7)
