@@ -46,7 +46,7 @@ def channel_weights(
     area = a.shape[2] * a.shape[3]
     w = fc_weight[class_index].astype(np.float64)[None, :]
     if gem_p is None:
-        uniform: FloatArray = (w / area).astype(features.dtype)
+        uniform: FloatArray = np.repeat(w / area, a.shape[0], axis=0).astype(features.dtype)
         return uniform
     clamped = np.maximum(a, eps)
     pooled = np.mean(clamped**gem_p, axis=(2, 3)) ** (1.0 / gem_p)

@@ -37,6 +37,7 @@ def test_normalise_and_errors() -> None:
     out = normalise(cam)
     assert out.max() == 1.0 and out[1].max() == 0.0
     features = np.ones((1, 3, 2, 2))
+    assert channel_weights(np.ones((4, 3, 2, 2)), np.ones((2, 3)), 1, None).shape == (4, 3)
     with pytest.raises(GradCamError, match=r"features: expected \(N, C, H, W\)"):
         channel_weights(np.ones((3, 2, 2)), np.ones((2, 3)), 0, None)
     with pytest.raises(GradCamError, match=r"fc_weight: expected \(K, 3\)"):
