@@ -42,6 +42,13 @@ class Classifier(nn.Module, abc.ABC):
         return self.forward_with_features(x)[0]
 
 
+def check_dropout(name: str, value: float) -> float:
+    """A dropout probability must be in [0, 1)."""
+    if not 0.0 <= value < 1.0:
+        raise ArchitectureError(f"{name}: expected a probability in [0, 1), got {value}")
+    return value
+
+
 def create_classifier(name: str, **kwargs: object) -> Classifier:
     """``create`` for callers that need the feature-map interface."""
     model = create(name, **kwargs)

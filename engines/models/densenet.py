@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from engines.models.base import Classifier
+from engines.models.base import Classifier, check_dropout
 from engines.models.registry import register
 
 _BLOCKS = (6, 12, 24, 16)
@@ -59,7 +59,7 @@ class DenseNet(Classifier):
         channels = _INITIAL
         for index, count in enumerate(_BLOCKS):
             for _ in range(count):
-                layers.append(DenseLayer(channels, drop_rate))
+                layers.append(DenseLayer(channels, check_dropout("drop_rate", drop_rate)))
                 channels += _GROWTH
             if index < len(_BLOCKS) - 1:
                 layers.append(_transition(channels, channels // 2))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from engines.models.base import Classifier
+from engines.models.base import Classifier, check_dropout
 from engines.models.registry import register
 
 # (expand ratio, kernel, stride, output channels, repeats) per stage, as published for B0.
@@ -75,7 +75,7 @@ class EfficientNet(Classifier):
                 channels = out
         layers += _conv_bn_act(channels, _HEAD, 1)
         self.features = nn.Sequential(*layers)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(check_dropout("dropout", dropout))
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map after the 1280-channel head, (N, 1280, H/32, W/32)."""

@@ -59,3 +59,14 @@ def test_invalid_arguments_are_refused(name: str) -> None:
         create(name, num_classes=0)
     with pytest.raises(ArchitectureError, match=r"pool: expected 'avg' or 'gem', got 'max'"):
         create(name, pool="max")
+
+
+def test_dropout_probabilities_are_checked() -> None:
+    with pytest.raises(
+        ArchitectureError, match=r"drop_rate: expected a probability in \[0, 1\), got -0.5"
+    ):
+        create("densenet121", drop_rate=-0.5)
+    with pytest.raises(
+        ArchitectureError, match=r"dropout: expected a probability in \[0, 1\), got 1.5"
+    ):
+        create("efficientnet_b0", dropout=1.5)
