@@ -39,6 +39,7 @@ class AvgPool(nn.Module):
 
 
 def make_pool(pool: str) -> nn.Module:
+    """The global pooling named by ``pool``: ``"avg"`` or ``"gem"``."""
     if pool == "avg":
         return AvgPool()
     if pool == "gem":
@@ -47,7 +48,10 @@ def make_pool(pool: str) -> nn.Module:
 
 
 class ChannelAttention(nn.Module):
-    """CBAM's channel gate: a shared MLP over the average- and max-pooled descriptors."""
+    """CBAM's channel gate: a shared MLP over the average- and max-pooled descriptors.
+
+    The MLP is two ``nn.Linear`` layers with bias, as in the authors' code.
+    """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()

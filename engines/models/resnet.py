@@ -18,6 +18,8 @@ _EXPANSION = 4
 
 
 class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carries the stride), 1x1 expand; CBAM on the branch if asked."""
+
     def __init__(self, in_channels: int, width: int, stride: int, cbam: bool) -> None:
         super().__init__()
         out_channels = width * _EXPANSION
@@ -45,12 +47,15 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(Classifier):
+    """ResNet-50; ``forward_features`` is the stem and the four stages."""
+
     def __init__(
         self,
         num_classes: int = 1000,
         in_channels: int = 3,
         cbam: bool = False,
         pool: str = "avg",
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__(num_classes, in_channels, 512 * _EXPANSION, pool)
         self.stem = nn.Sequential(
@@ -73,6 +78,12 @@ class ResNet(Classifier):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:
+            # Each block then starts as the identity (Goyal et al., 2017), which helps
+            # large-batch training; the CBAM gates still see the zeroed branch.
+            for module in self.modules():
+                if isinstance(module, Bottleneck):
+                    nn.init.zeros_(module.bn3.weight)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map, (N, 2048, H/32, W/32)."""
@@ -81,10 +92,22 @@ class ResNet(Classifier):
 
 
 @register("resnet50")
-def resnet50(num_classes: int = 1000, in_channels: int = 3, pool: str = "avg") -> ResNet:
-    return ResNet(num_classes=num_classes, in_channels=in_channels, pool=pool)
+def resnet50(
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    pool: str = "avg",
+    zero_init_residual: bool = False,
+) -> ResNet:
+    """ResNet-50, 25,557,032 parameters in the standard configuration."""
+    return ResNet(num_classes, in_channels, False, pool, zero_init_residual)
 
 
 @register("resnet50_cbam")
-def resnet50_cbam(num_classes: int = 1000, in_channels: int = 3, pool: str = "avg") -> ResNet:
-    return ResNet(num_classes=num_classes, in_channels=in_channels, cbam=True, pool=pool)
+def resnet50_cbam(
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    pool: str = "avg",
+    zero_init_residual: bool = False,
+) -> ResNet:
+    """ResNet-50 with CBAM in all 16 bottlenecks, 28,089,624 parameters as standard."""
+    return ResNet(num_classes, in_channels, True, pool, zero_init_residual)
