@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from dicom_node import __version__
@@ -61,6 +62,9 @@ def _config(args: argparse.Namespace, path: str | None = None) -> Config:
     overrides: dict[str, Any] = {
         key: getattr(args, flag) for flag, key in _OVERRIDES.items() if getattr(args, flag, None)
     }
+    if overrides.get("storage.spool_dir"):
+        # A path on the command line means the working directory, not the config's folder.
+        overrides["storage.spool_dir"] = str(Path(overrides["storage.spool_dir"]).resolve())
     if getattr(args, "port", None) is not None:
         overrides["node.port"] = args.port
     return load_config(default_config_path(path or args.config), overrides)

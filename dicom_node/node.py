@@ -22,6 +22,7 @@ from dicom_node import __version__
 from dicom_node.assemble.assembler import Assembler
 from dicom_node.config import Config
 from dicom_node.receive import Receiver, build_ae, event_handlers
+from dicom_node.receive.server import start_server
 from dicom_node.receive.tls import server_context
 from dicom_node.spool import Spool
 from dicom_node.state import State
@@ -63,11 +64,12 @@ class Node:
             on_change=self.assembler.wake,
         )
         ae = build_ae(cfg.node)
-        self._server = ae.start_server(
+        self._server = start_server(
+            ae,
             (cfg.node.host, cfg.node.port),
-            block=False,
-            evt_handlers=event_handlers(receiver),
-            ssl_context=ssl_context,
+            event_handlers(receiver),
+            ssl_context,
+            cfg.node.network_timeout_seconds,
         )
         log.info(
             "dicom-node %s listening as %s on %s:%d%s; spool %s",
@@ -89,7 +91,8 @@ class Node:
                 if self._signals > 1 or time.monotonic() >= deadline:
                     break
                 time.sleep(0.05)
-            left = server.active_associations
+            # A thread whose association has just been released is ending by itself.
+            left = [a for a in server.active_associations if a.is_established]
             if left:
                 log.warning("aborting %d associations still open after draining", len(left))
                 for assoc in left:
@@ -108,7 +111,6 @@ class Node:
 
     def serve(self) -> int:
         """Run until a signal; the first drains gracefully, a second forces."""
-        self.start()
         stop_requested = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -120,8 +122,10 @@ class Node:
             else:
                 log.warning("%s received again: forcing shutdown", signal.Signals(signum).name)
 
+        # Handlers first: a signal during start-up still drains instead of killing.
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
+            self.start()
             while not stop_requested.wait(0.5):
                 pass
             self.stop()

@@ -259,3 +259,16 @@ def test_check_config_exit_codes_and_overrides(tmp_path: Path) -> None:
         check=False,
     )
     assert studies.returncode == 0 and "the node has not run yet" in studies.stdout
+
+
+def test_relative_spool_dir_flag_means_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "work").mkdir()
+    config = tmp_path / "etc" / "node.yaml"
+    config.write_text("storage: {spool_dir: spool}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "studies", "--config", str(config), "--spool-dir", "myspool"],
+        capture_output=True, text=True, timeout=30, check=False, cwd=tmp_path / "work",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"no state database at {tmp_path / 'work' / 'myspool'}" in result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 import time
@@ -204,3 +205,16 @@ def test_unusable_key_is_a_config_error(pki: Path, tmp_path: Path) -> None:
         )
     with pytest.raises(ConfigError, match=r"node\.tls: certificate and key are needed"):
         server_context(TlsConfig())
+
+
+def test_silent_connection_does_not_block_tls_peers(
+    start_node: StartNode, pki: Path, dcmtk_env: dict[str, str]
+) -> None:
+    # pynetdicom's own server does the TLS handshake in its accept loop, so one
+    # connection that never speaks (a TCP probe) blocked every TLS peer and shutdown.
+    node = tls_node(start_node, pki, mutual=False)
+    with socket.create_connection(("127.0.0.1", node.port)):
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=True)).returncode == 0
+        assert time.monotonic() - started < 3
