@@ -145,15 +145,15 @@ class Receiver:
         self, assoc: _Association, header: Header, transfer_syntax: str, stream: bytes | memoryview
     ) -> StoreOutcome:
         own = is_own_output(header)
-        meta = file_meta(
-            header.sop_class_uid, header.sop_instance_uid, transfer_syntax, assoc.calling_ae
-        )
         relative = self.spool.relative_path(header.study_uid, header.sop_instance_uid)
         previous = self.state.existing_path(header.sop_instance_uid)
         if previous is not None and self.spool.ends_with(previous, stream):
             kind = "duplicate"
         else:
             kind = "new" if previous is None else "replaced"
+            meta = file_meta(
+                header.sop_class_uid, header.sop_instance_uid, transfer_syntax, assoc.calling_ae
+            )
             self.spool.check_space(len(PREAMBLE) + len(meta) + len(stream))
             self.spool.write(relative, (PREAMBLE, meta, stream))
         instance = ReceivedInstance(
