@@ -55,7 +55,49 @@ def _parser() -> argparse.ArgumentParser:
         "demo", parents=[common], help="start a node, send a synthetic study, show the result"
     )
     demo.add_argument("--out", default="var/demo", help="folder for the demo's spool and files")
+    _engine_parsers(sub, common)
     return parser
+
+
+def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    engines = sub.add_parser("engines", help="build, train, export and list the engines")
+    verbs = engines.add_subparsers(dest="verb", required=True)
+    build = verbs.add_parser(
+        "build", parents=[common], help="build the demo engines (trained on phantoms)"
+    )
+    build.add_argument("--demo", action="store_true", required=True, help="the demo profile")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.add_argument("--engine", action="append", choices=["hip_screen", "hipnet"],
+                       help="only this engine (repeatable)")  # fmt: skip
+    train = verbs.add_parser("train", parents=[common], help="train one engine and package it")
+    train.add_argument("name", choices=["hip_screen", "hipnet"])
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--phantoms", type=int, metavar="N", default=40,
+                        help="train on N phantoms per class (default 40)")  # fmt: skip
+    source.add_argument("--data", metavar="CSV", help="a labelled DICOM folder's CSV")
+    train.add_argument("--size", type=int, help="input edge in pixels (default: demo size)")
+    train.add_argument("--epochs", type=int, default=4)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--learning-rate", type=float, default=2e-3)
+    train.add_argument("--beta", type=float, default=0.999, help="class-balanced loss beta")
+    train.add_argument("--gamma", type=float, default=2.0, help="focal loss gamma")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--version", default="1.0.0", help="version written to the manifest")
+    train.add_argument("--out", help="engine folder (default: <engines.cache_dir>/NAME)")
+    export = verbs.add_parser(
+        "export", parents=[common], help="re-export an engine's checkpoint to ONNX fp32 and fp16"
+    )
+    export.add_argument("name", choices=["hip_screen", "hipnet"])
+    export.add_argument("--checkpoint", help="a checkpoint file (default: the engine's own)")
+    export.add_argument("--version", help="version for the manifest (default: unchanged)")
+    verbs.add_parser("list", parents=[common], help="list built engines with their figures")
+    repo = verbs.add_parser(
+        "triton-repo", parents=[common], help="write a Triton model repository of the engines"
+    )
+    repo.add_argument("out", help="the repository folder to write")
+    repo.add_argument("--platform", choices=["onnxruntime", "tensorrt", "python"],
+                      default="onnxruntime")  # fmt: skip
+    repo.add_argument("--max-batch-size", type=int, default=8)
 
 
 def _config(args: argparse.Namespace, path: str | None = None) -> Config:
@@ -89,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _studies(cfg)
         if args.command == "jobs":
             return _jobs(cfg)
+        if args.command == "engines":
+            from dicom_node.engines_cli import run_engines
+
+            return run_engines(cfg, args)
         if args.command == "demo":
             from dicom_node.demo import run_demo
 

@@ -93,6 +93,21 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class TritonConfig:
+    url: str = "127.0.0.1:8001"
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class EnginesConfig:
+    backend: str = "auto"
+    cache_dir: Path = Path("var/engines")
+    precision: str = "fp32"
+    threads: int = 0
+    triton: TritonConfig = field(default_factory=TritonConfig)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
     format: str = "plain"
@@ -105,6 +120,7 @@ class Config:
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
     destinations: tuple[Destination, ...] = ()
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    engines: EnginesConfig = field(default_factory=EnginesConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -152,13 +168,16 @@ def load_config(
 def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> Config:
     """Validate a plain mapping (as YAML gives it) into a :class:`Config`."""
     base = base or Path.cwd()
-    _known(raw, "", {"node", "storage", "assembly", "destinations", "metrics", "logging"})
+    _known(
+        raw, "", {"node", "storage", "assembly", "destinations", "metrics", "engines", "logging"}
+    )
     return Config(
         node=_node(_mapping(raw, "node"), base),
         storage=_storage(_mapping(raw, "storage"), base),
         assembly=_assembly(_mapping(raw, "assembly")),
         destinations=_destinations(raw.get("destinations", [])),
         metrics=_metrics(_mapping(raw, "metrics")),
+        engines=_engines(_mapping(raw, "engines"), base),
         logging=_logging(_mapping(raw, "logging")),
     )
 
@@ -279,6 +298,39 @@ def _metrics(raw: Mapping[str, Any]) -> MetricsConfig:
     return MetricsConfig(
         host=_get(raw, "host", "metrics", d.host, _host),
         port=_get(raw, "port", "metrics", d.port, _int_range(0, 65535)),
+    )
+
+
+ENGINE_BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt", "triton")
+
+
+def _engines(raw: Mapping[str, Any], base: Path) -> EnginesConfig:
+    d = EnginesConfig()
+    _known(raw, "engines", set(d.__dataclass_fields__))
+    backend = _get(raw, "backend", "engines", d.backend, _str)
+    if backend not in ENGINE_BACKENDS:
+        raise ConfigError(
+            f"engines.backend: expected one of {', '.join(ENGINE_BACKENDS)}, got {backend!r}"
+        )
+    precision = _get(raw, "precision", "engines", d.precision, _str)
+    if precision not in {"fp32", "fp16"}:
+        raise ConfigError(f"engines.precision: expected 'fp32' or 'fp16', got {precision!r}")
+    triton_raw = _mapping(raw, "triton", "engines.triton")
+    _known(triton_raw, "engines.triton", set(TritonConfig.__dataclass_fields__))
+    url = _get(triton_raw, "url", "engines.triton", d.triton.url, _str)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+:\d{1,5}", url):
+        raise ConfigError(f"engines.triton.url: expected HOST:PORT (gRPC), got {url!r}")
+    return EnginesConfig(
+        backend=backend,
+        cache_dir=_resolve(_get(raw, "cache_dir", "engines", str(d.cache_dir), _str), base),
+        precision=precision,
+        threads=_get(raw, "threads", "engines", d.threads, _int_range(0, 256)),
+        triton=TritonConfig(
+            url=url,
+            timeout_seconds=_get(
+                triton_raw, "timeout_seconds", "engines.triton", d.triton.timeout_seconds, _positive
+            ),
+        ),
     )
 
 

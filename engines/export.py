@@ -1,9 +1,13 @@
-"""ONNX export of a classifier with two outputs: the logits and the last feature map.
+"""ONNX export of an engine's serving graph, in fp32 and fp16.
 
-The feature map is an output so that Grad-CAM needs no gradients at serving
-time (see :mod:`engines.gradcam`). The batch axis is dynamic. This uses torch's
+Every engine exports its named inputs and outputs (see :mod:`engines.serving`)
+with a dynamic batch axis: a classifier gives its logits and last feature map
+(so Grad-CAM needs no gradients at serving time, see :mod:`engines.gradcam`),
+Hip-Net its probabilities, probability maps and PJI risk. This uses torch's
 TorchScript-based exporter (``dynamo=False``): the new exporter needs
-onnxscript, which adds nothing here.
+onnxscript, which adds nothing here. fp16 uses ONNX Runtime's converter with
+fp32 inputs and outputs kept, and GeM's power/clip kept in fp32 (x**3 of
+feature values overflows half precision).
 """
 
 from __future__ import annotations
@@ -14,31 +18,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from engines.models.base import Classifier
+from dicom_node.errors import DicomNodeError
+from engines.serving import example_inputs, input_names, output_names, serving_graph
 
 OPSET = 17
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "features")
+# Kept in fp32 by the fp16 conversion: GeM's clamp/pow/mean/root, softmax and sigmoid.
+FP16_KEEP_FP32 = ("Clip", "Pow", "ReduceMean", "Softmax", "Sigmoid", "Div", "Resize")
+
+
+class ExportError(DicomNodeError, RuntimeError):
+    """ONNX export or conversion failed."""
 
 
 @dataclass(frozen=True)
 class ExportedModel:
     path: Path
     sha256: str
-    input_name: str
+    input_names: tuple[str, ...]
     output_names: tuple[str, ...]
-    input_shape: tuple[int, int, int]
-
-
-class _WithFeatures(nn.Module):
-    def __init__(self, model: Classifier) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.forward_with_features(x)
 
 
 def sha256_of(path: Path) -> str:
@@ -49,25 +48,43 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_classifier(
-    model: Classifier, path: Path, input_shape: tuple[int, int, int], opset: int = OPSET
-) -> ExportedModel:
-    """Write ``model`` (in eval mode) to ``path`` as ONNX; return what a manifest records."""
-    wrapper = _WithFeatures(model).eval()
-    example = torch.zeros(1, *input_shape)
+def export_onnx(model: nn.Module, path: Path, size: int, opset: int = OPSET) -> ExportedModel:
+    """Write ``model``'s serving graph (in eval mode) to ``path`` as fp32 ONNX."""
+    if opset < 17:
+        raise ExportError(f"opset: expected 17 or newer, got {opset}")
+    graph = serving_graph(model).eval()
+    inputs, outputs = input_names(model), output_names(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = {0: "batch"}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():
         # torch announces that the TorchScript exporter is legacy; it is chosen on purpose.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            wrapper,
-            (example,),
+            graph,
+            example_inputs(model, size, batch=2),
             str(path),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: batch, OUTPUT_NAMES[0]: batch, OUTPUT_NAMES[1]: batch},
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes={name: batch for name in (*inputs, *outputs)},
             opset_version=opset,
             dynamo=False,
         )
-    return ExportedModel(path, sha256_of(path), INPUT_NAME, OUTPUT_NAMES, input_shape)
+    return ExportedModel(path, sha256_of(path), inputs, outputs)
+
+
+def convert_fp16(source: Path, target: Path) -> ExportedModel:
+    """An fp16 copy of an fp32 ONNX file; inputs and outputs stay fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    with warnings.catch_warnings():
+        # The converter warns about values it clamps into the fp16 range.
+        warnings.simplefilter("ignore", UserWarning)
+        half = convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=list(FP16_KEEP_FP32)
+        )
+    onnx.save(half, str(target))
+    names_in = tuple(i.name for i in half.graph.input)
+    names_out = tuple(o.name for o in half.graph.output)
+    return ExportedModel(target, sha256_of(target), names_in, names_out)

@@ -26,6 +26,8 @@ def test_shipped_config_yaml_equals_the_embedded_defaults() -> None:
     assert shipped.node.allowed_calling_aes == ()
     assert shipped.storage.spool_dir == ROOT / "var" / "spool"
     assert shipped.node.tls == TlsConfig()
+    assert shipped.engines.backend == "auto"
+    assert shipped.engines.cache_dir == ROOT / "var" / "engines"
 
 
 def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
@@ -187,6 +189,25 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"metrics": {"path": "/m"}}, r"^metrics\.path: unknown key"),
     ({"logging": {"level": "LOUD"}}, r"^logging\.level: expected one of DEBUG, .* got 'LOUD'"),
     ({"logging": {"format": "xml"}}, r"^logging\.format: expected 'plain' or 'json', got 'xml'"),
+    (
+        {"engines": {"backend": "cuda"}},
+        r"^engines\.backend: expected one of auto, onnxruntime, torch, tensorrt, triton, got 'cuda'",
+    ),
+    (
+        {"engines": {"precision": "int8"}},
+        r"^engines\.precision: expected 'fp32' or 'fp16', got 'int8'",
+    ),
+    ({"engines": {"threads": -1}}, r"^engines\.threads: expected an integer from 0 to 256, got -1"),
+    ({"engines": {"cache": "x"}}, r"^engines\.cache: unknown key in engines"),
+    (
+        {"engines": {"triton": {"url": "http://host:8001"}}},
+        r"^engines\.triton\.url: expected HOST:PORT \(gRPC\), got 'http://host:8001'",
+    ),
+    (
+        {"engines": {"triton": {"timeout_seconds": 0}}},
+        r"^engines\.triton\.timeout_seconds: expected a number greater than 0, got 0",
+    ),
+    ({"engines": {"triton": []}}, r"^engines\.triton: expected a mapping, got \[\]"),
 ]
 
 

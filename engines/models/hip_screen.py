@@ -28,10 +28,19 @@ SCREEN_CLASSES: tuple[str, ...] = (
 class HipScreen(nn.Module):
     """ResNet-50 with CBAM in every bottleneck and GeM pooling (p initialised to 3)."""
 
-    def __init__(self, num_classes: int = len(SCREEN_CLASSES), in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        num_classes: int = len(SCREEN_CLASSES),
+        in_channels: int = 1,
+        zero_init_residual: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone = create_classifier(
-            "resnet50_cbam", num_classes=num_classes, in_channels=in_channels, pool="gem"
+            "resnet50_cbam",
+            num_classes=num_classes,
+            in_channels=in_channels,
+            pool="gem",
+            zero_init_residual=zero_init_residual,
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -43,5 +52,9 @@ class HipScreen(nn.Module):
 
 
 @register("hip_screen")
-def hip_screen(num_classes: int = len(SCREEN_CLASSES), in_channels: int = 1) -> HipScreen:
-    return HipScreen(num_classes=num_classes, in_channels=in_channels)
+def hip_screen(
+    num_classes: int = len(SCREEN_CLASSES), in_channels: int = 1, zero_init_residual: bool = False
+) -> HipScreen:
+    """``zero_init_residual`` starts each residual branch at zero (Goyal et al. 2017), which
+    speeds up training from scratch; it changes the initialisation only."""
+    return HipScreen(num_classes, in_channels, zero_init_residual)

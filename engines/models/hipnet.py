@@ -83,13 +83,12 @@ class HipNet(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Return (probabilities (N, K), probability maps (N, K, h, w), PJI risk (N,) 0-100)."""
         probabilities = []
-        maps = []
-        size: tuple[int, int] | None = None
+        maps: list[Tensor] = []
         for member in self.members:
             fused, ap_map, _ = member(ap, lateral, lateral_present)
             probabilities.append(torch.softmax(fused, dim=1))
-            if size is None:
-                size = (int(ap_map.shape[-2]), int(ap_map.shape[-1]))
+            # The shape stays symbolic (no int()), so the ONNX graph keeps working at any size.
+            size = maps[0].shape[-2:] if maps else ap_map.shape[-2:]
             maps.append(
                 functional.interpolate(
                     torch.sigmoid(ap_map), size=size, mode="bilinear", align_corners=False

@@ -1,7 +1,9 @@
-"""ONNX Runtime against torch on the same input.
+"""ONNX Runtime against torch on the same input, fp32 and fp16.
 
-Tolerances: fp32 logits within 1e-4 absolute + 1e-4 relative, feature maps
-within 1e-3 absolute (accumulated rounding over ~50 layers, values up to ~40).
+Tolerances: fp32 logits/probabilities within 1e-4 absolute + 1e-4 relative,
+feature maps within 1e-3 absolute (accumulated rounding over ~50 layers);
+fp16 within 2e-2 absolute on logits and 5e-3 on probabilities (10-bit
+mantissa through ~50 layers).
 """
 
 from __future__ import annotations
@@ -13,17 +15,22 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engines.export import export_classifier, sha256_of
+from engines.export import ExportError, convert_fp16, export_onnx, sha256_of
+from engines.models import create
 from engines.models.base import create_classifier
 
 
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 @pytest.mark.parametrize("name", ["resnet50_cbam", "densenet121", "efficientnet_b0"])
-def test_onnxruntime_matches_torch(tmp_path: Path, name: str) -> None:
+def test_classifier_onnxruntime_matches_torch(tmp_path: Path, name: str) -> None:
     torch.manual_seed(0)
     model = create_classifier(name, num_classes=8, in_channels=1, pool="gem").eval()
-    exported = export_classifier(model, tmp_path / f"{name}.onnx", (1, 96, 96))
+    exported = export_onnx(model, tmp_path / f"{name}.onnx", 96)
     assert exported.sha256 == sha256_of(exported.path)
-    session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    session = _session(exported.path)
     assert [o.name for o in session.get_outputs()] == ["logits", "features"]
     batch = torch.rand(3, 1, 96, 96)  # another batch size than the export's example
     logits, features = session.run(None, {"image": batch.numpy()})
@@ -31,3 +38,47 @@ def test_onnxruntime_matches_torch(tmp_path: Path, name: str) -> None:
         expected_logits, expected_features = model.forward_with_features(batch)
     np.testing.assert_allclose(logits, expected_logits.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(features, expected_features.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_hip_screen_fp16_matches_torch(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = create("hip_screen").eval()
+    fp32 = export_onnx(model, tmp_path / "screen.onnx", 64)
+    fp16 = convert_fp16(fp32.path, tmp_path / "screen-fp16.onnx")
+    assert fp16.input_names == ("image",)
+    assert fp16.output_names == ("logits", "features")
+    batch = torch.rand(2, 1, 64, 64)
+    (logits,) = _session(fp16.path).run(["logits"], {"image": batch.numpy()})
+    assert logits.dtype == np.float32
+    with torch.no_grad():
+        expected = model(batch).numpy()
+    np.testing.assert_allclose(logits, expected, atol=2e-2, rtol=2e-2)
+
+
+def test_hipnet_exports_probabilities_maps_and_risk(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    model = create("hipnet").eval()
+    exported = export_onnx(model, tmp_path / "hipnet.onnx", 64)
+    assert exported.input_names == ("ap", "lateral", "lateral_present")
+    session = _session(exported.path)
+    ap, lateral = torch.rand(3, 1, 64, 64), torch.rand(3, 1, 64, 64)
+    present = torch.tensor([1.0, 0.0, 1.0])
+    probabilities, maps, risk = session.run(
+        None, {"ap": ap.numpy(), "lateral": lateral.numpy(), "lateral_present": present.numpy()}
+    )
+    with torch.no_grad():
+        expected = model(ap, lateral, present)
+    np.testing.assert_allclose(probabilities, expected[0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(maps, expected[1].numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(risk, expected[2].numpy(), rtol=1e-4, atol=1e-3)
+    half = convert_fp16(exported.path, tmp_path / "hipnet-fp16.onnx")
+    (p16,) = _session(half.path).run(
+        ["probabilities"],
+        {"ap": ap.numpy(), "lateral": lateral.numpy(), "lateral_present": present.numpy()},
+    )
+    np.testing.assert_allclose(p16, expected[0].numpy(), atol=5e-3)
+
+
+def test_export_refuses_old_opset(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="opset: expected 17 or newer, got 13"):
+        export_onnx(create("hip_screen"), tmp_path / "x.onnx", 64, opset=13)

@@ -1,0 +1,258 @@
+"""Build engines into the cache: train (phantoms or a labelled DICOM folder), evaluate, package.
+
+The demo profile trains both engines on phantoms with the full architectures at
+a reduced input size and phantom count, so a 2-core CPU builds them in
+minutes; it is reused from the cache while its manifest and artefacts match.
+Layout: ``<cache>/<engine>/manifest.yaml`` with its artefacts beside it and
+``<cache>/<engine>/checkpoints/`` for the training run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dicom_node import __version__
+from engines.catalog import ENGINES, EngineSpec, engine_spec
+from engines.manifest import Manifest, ManifestError, Preprocessing, read_manifest, verify_artefacts
+from engines.models import create
+from engines.package import package_engine
+from engines.training.data import HipSet, phantom_set, split
+from engines.training.evaluate import Evaluation, evaluate
+from engines.training.loop import EpochSummary, Progress, TrainOptions, train
+
+log = logging.getLogger(__name__)
+
+DEMO_VERSION = f"{__version__}-demo"
+# Phantom seed ranges: training, validation and test sets never share a phantom.
+TRAIN_SEED, VALIDATION_SEED, TEST_SEED = 0, 1_000_000, 2_000_000
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How one engine is trained on phantoms."""
+
+    size: int
+    train_per_class: int
+    validation_per_class: int
+    test_per_class: int
+    options: TrainOptions
+    lateral_missing: float = 0.0  # share of training hips without a lateral view
+
+
+DEMO_PROFILES: dict[str, Profile] = {
+    "hip_screen": Profile(
+        size=ENGINES["hip_screen"].demo_size,
+        train_per_class=40,
+        validation_per_class=8,
+        test_per_class=25,
+        options=TrainOptions(epochs=4, batch_size=16, learning_rate=2e-3, max_seconds=210),
+    ),
+    "hipnet": Profile(
+        size=ENGINES["hipnet"].demo_size,
+        train_per_class=40,
+        validation_per_class=8,
+        test_per_class=20,
+        options=TrainOptions(epochs=4, batch_size=8, learning_rate=2e-3, max_seconds=210),
+        lateral_missing=0.2,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    manifest: Manifest
+    folder: Path
+    reused: bool
+    seconds: float
+
+
+def engine_folder(cache_dir: Path, name: str) -> Path:
+    return cache_dir / name
+
+
+def cached_demo(cache_dir: Path, name: str) -> Manifest | None:
+    """The cached demo engine if its manifest matches this version and its artefacts verify."""
+    folder = engine_folder(cache_dir, name)
+    try:
+        manifest = read_manifest(folder)
+        verify_artefacts(manifest, folder)
+    except ManifestError as exc:
+        if (folder / "manifest.yaml").exists():
+            log.warning("%s: cached engine not reusable (%s); rebuilding", name, exc)
+        return None
+    expected = _profile_record(DEMO_PROFILES[name])
+    if manifest.version != DEMO_VERSION or manifest.training.get("profile") != expected:
+        log.info("%s: cached engine is from another version or profile; rebuilding", name)
+        return None
+    return manifest
+
+
+def build_demo(
+    cache_dir: Path,
+    names: tuple[str, ...] = ("hip_screen", "hipnet"),
+    force: bool = False,
+    progress: Callable[[str, Progress], None] | None = None,
+) -> list[BuildResult]:
+    """Train, evaluate and package each demo engine unless a matching one is cached."""
+    results = []
+    for name in names:
+        start = time.monotonic()
+        cached = None if force else cached_demo(cache_dir, name)
+        if cached is not None:
+            results.append(BuildResult(cached, engine_folder(cache_dir, name), True, 0.0))
+            continue
+        manifest = train_on_phantoms(
+            engine_spec(name),
+            DEMO_PROFILES[name],
+            engine_folder(cache_dir, name),
+            DEMO_VERSION,
+            progress=None if progress is None else _named(progress, name),
+        )
+        results.append(
+            BuildResult(manifest, engine_folder(cache_dir, name), False, time.monotonic() - start)
+        )
+    return results
+
+
+def train_on_phantoms(
+    spec: EngineSpec,
+    profile: Profile,
+    folder: Path,
+    version: str,
+    progress: Callable[[Progress], None] | None = None,
+) -> Manifest:
+    """Train on phantoms, evaluate on held-out phantoms, package into ``folder``."""
+    torch.manual_seed(profile.options.seed)
+    size = profile.size
+    train_set = phantom_set(
+        spec, profile.train_per_class, size, TRAIN_SEED, lateral_missing=profile.lateral_missing
+    )
+    validation = phantom_set(spec, profile.validation_per_class, size, VALIDATION_SEED)
+    test = phantom_set(spec, profile.test_per_class, size, TEST_SEED)
+    training = {"data": "phantoms", "profile": _profile_record(profile)}
+    return train_and_package(
+        spec,
+        train_set,
+        validation,
+        test,
+        size,
+        folder,
+        version,
+        profile.options,
+        training,
+        progress,
+    )
+
+
+def train_on_data(
+    spec: EngineSpec,
+    data: HipSet,
+    size: int,
+    folder: Path,
+    version: str,
+    options: TrainOptions,
+    validation_share: float = 0.2,
+    progress: Callable[[Progress], None] | None = None,
+    source: str = "",
+) -> Manifest:
+    """Train on a site's labelled images; the validation split doubles as the test set."""
+    train_set, validation = split(data, validation_share, options.seed)
+    training = {"data": source or "labelled DICOM", "items": len(data), "options": asdict(options)}
+    return train_and_package(
+        spec,
+        train_set,
+        validation,
+        validation,
+        size,
+        folder,
+        version,
+        options,
+        training,
+        progress,
+        clinical_use="site-trained: validate locally before clinical use",
+    )
+
+
+def train_and_package(
+    spec: EngineSpec,
+    train_set: HipSet,
+    validation: HipSet,
+    test: HipSet,
+    size: int,
+    folder: Path,
+    version: str,
+    options: TrainOptions,
+    training: dict[str, Any],
+    progress: Callable[[Progress], None] | None,
+    clinical_use: str = "not for clinical use: trained on synthetic phantoms",
+) -> Manifest:
+    pre = Preprocessing(size=size)
+    model = create(spec.model)
+    start = time.monotonic()
+    history = train(
+        spec, model, train_set, validation, pre, options, folder / "checkpoints", progress
+    )
+    train_seconds = time.monotonic() - start
+    result = evaluate(spec, model, test, pre)
+    log.info(
+        "%s: test accuracy %.3f on %d items, pointing game %s",
+        spec.name,
+        result.accuracy,
+        result.items,
+        _fmt(result.pointing_game),
+    )
+    training = {**training, "seconds": round(train_seconds, 1), "history": _history(history)}
+    return package_engine(
+        spec,
+        model,
+        size,
+        folder,
+        version,
+        training=training,
+        evaluation=_evaluation(result),
+        clinical_use=clinical_use,
+    )
+
+
+def _named(progress: Callable[[str, Progress], None], name: str) -> Callable[[Progress], None]:
+    return lambda p: progress(name, p)
+
+
+def _profile_record(profile: Profile) -> dict[str, Any]:
+    record = asdict(replace(profile))
+    return record
+
+
+def _history(history: list[EpochSummary]) -> list[dict[str, float]]:
+    return [
+        {
+            "epoch": h.epoch,
+            "loss": round(h.train_loss, 5),
+            "validation_accuracy": round(h.val_accuracy, 4),
+            "seconds": round(h.seconds, 1),
+        }
+        for h in history
+    ]
+
+
+def _evaluation(result: Evaluation) -> dict[str, Any]:
+    return {
+        "data": "held-out phantoms",
+        "items": result.items,
+        "accuracy": round(result.accuracy, 4),
+        "pointing_game": None if result.pointing_game is None else round(result.pointing_game, 4),
+        "positives": result.positives,
+        "recall": {k: round(v, 4) for k, v in result.recall.items()},
+        "confusion": result.confusion,
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

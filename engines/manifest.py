@@ -1,0 +1,174 @@
+"""The manifest: one YAML file beside an engine's artefacts that says everything a runtime needs.
+
+Name, version, classes with SNOMED CT codes and thresholds, the input
+specification and preprocessing, output tensor names, what the heat map needs,
+the SHA-256 of every artefact, and how the engine was trained and evaluated.
+A hospital that trains its own checkpoint writes the same file; the node trusts
+nothing else (an artefact whose hash differs is refused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dicom_node.errors import DicomNodeError
+from engines.catalog import Finding
+
+MANIFEST_NAME = "manifest.yaml"
+SCHEMA = 1
+
+
+class ManifestError(DicomNodeError, ValueError):
+    """A manifest is missing, malformed, or its artefacts do not match it."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output: shape with -1 for the dynamic batch axis."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How pixels become the input tensor (the node's preprocessing follows this)."""
+
+    size: int  # square edge the hip region is resized to
+    mean: float = 0.5  # after windowing to [0, 1]: (x - mean) / std
+    std: float = 0.25
+    canonical_side: str = "R"  # left hips are mirrored to look like right hips
+    region: str = "hip"  # hip region of an AP pelvis (split at the midline)
+
+
+@dataclass(frozen=True)
+class Artefact:
+    path: str  # relative to the manifest's folder
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    kind: str  # gradcam-gem | gradcam-avg | interpretive-map
+    features_output: str | None = None  # the feature-map output (Grad-CAM)
+    logits_output: str | None = None
+    head_artefact: str | None = None  # npz with the linear head's weight (K, C) and bias
+    gem_p: float | None = None
+    map_output: str | None = None  # interpretive-map: the probability-map output
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    model: str
+    model_kwargs: Mapping[str, Any]
+    title: str
+    classes: tuple[Finding, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    preprocessing: Preprocessing
+    heatmap: Heatmap
+    artefacts: Mapping[str, Artefact]
+    probability_output: str  # the output holding logits or probabilities
+    output_is_logits: bool  # True: apply softmax; False: already probabilities
+    training: Mapping[str, Any] = field(default_factory=dict)
+    evaluation: Mapping[str, Any] = field(default_factory=dict)
+    clinical_use: str = "not for clinical use: trained on synthetic phantoms"
+    schema: int = SCHEMA
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    def artefact_path(self, folder: Path, key: str) -> Path:
+        try:
+            return folder / self.artefacts[key].path
+        except KeyError:
+            raise ManifestError(
+                f"{self.name}: manifest lists no artefact {key!r} "
+                f"(has: {', '.join(sorted(self.artefacts))})"
+            ) from None
+
+
+def write_manifest(manifest: Manifest, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / MANIFEST_NAME
+    data = _plain(asdict(manifest))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_manifest(folder: Path) -> Manifest:
+    path = folder / MANIFEST_NAME
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read manifest ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: expected a mapping, got {type(raw).__name__}")
+    if raw.get("schema") != SCHEMA:
+        raise ManifestError(f"{path}: schema: expected {SCHEMA}, got {raw.get('schema')!r}")
+    try:
+        return Manifest(
+            name=str(raw["name"]),
+            version=str(raw["version"]),
+            model=str(raw["model"]),
+            model_kwargs=dict(raw.get("model_kwargs") or {}),
+            title=str(raw["title"]),
+            classes=tuple(Finding(**c) for c in raw["classes"]),
+            inputs=tuple(_tensor(t) for t in raw["inputs"]),
+            outputs=tuple(_tensor(t) for t in raw["outputs"]),
+            preprocessing=Preprocessing(**raw["preprocessing"]),
+            heatmap=Heatmap(**raw["heatmap"]),
+            artefacts={k: Artefact(**v) for k, v in raw["artefacts"].items()},
+            probability_output=str(raw["probability_output"]),
+            output_is_logits=bool(raw["output_is_logits"]),
+            training=dict(raw.get("training") or {}),
+            evaluation=dict(raw.get("evaluation") or {}),
+            clinical_use=str(raw.get("clinical_use", "")),
+            schema=SCHEMA,
+        )
+    except KeyError as exc:
+        raise ManifestError(f"{path}: missing key {exc.args[0]!r}") from None
+    except TypeError as exc:
+        raise ManifestError(f"{path}: malformed entry ({exc})") from None
+
+
+def verify_artefacts(manifest: Manifest, folder: Path, keys: tuple[str, ...] = ()) -> None:
+    """Check the SHA-256 of the named artefacts (all when ``keys`` is empty)."""
+    from engines.export import sha256_of
+
+    for key in keys or tuple(manifest.artefacts):
+        path = manifest.artefact_path(folder, key)
+        if not path.is_file():
+            raise ManifestError(f"{manifest.name}: artefact {key!r} missing at {path}")
+        actual = sha256_of(path)
+        if actual != manifest.artefacts[key].sha256:
+            raise ManifestError(
+                f"{manifest.name}: artefact {key!r} at {path} has SHA-256 {actual}, "
+                f"manifest says {manifest.artefacts[key].sha256}"
+            )
+
+
+def _tensor(raw: Mapping[str, Any]) -> TensorSpec:
+    return TensorSpec(str(raw["name"]), tuple(int(d) for d in raw["shape"]), str(raw["dtype"]))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, so the YAML stays plain (safe_load reads it back)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

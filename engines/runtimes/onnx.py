@@ -1,0 +1,56 @@
+"""ONNX Runtime: the CPU default (also the CUDA execution provider where one exists)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+
+from engines.manifest import Manifest, verify_artefacts
+from engines.runtimes.base import Array, Runtime, RuntimeError_
+
+PRECISIONS = ("fp32", "fp16")
+
+
+class OnnxRuntime(Runtime):
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        folder: Path,
+        precision: str = "fp32",
+        threads: int = 0,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+    ) -> None:
+        super().__init__(manifest, folder)
+        if precision not in PRECISIONS:
+            raise RuntimeError_(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+        import onnxruntime as ort
+
+        key = f"onnx_{precision}"
+        verify_artefacts(manifest, folder, (key,))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: one per core
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = set(ort.get_available_providers())
+        chosen = [p for p in providers if p in available]
+        if not chosen:
+            raise RuntimeError_(
+                f"onnxruntime: none of the providers {list(providers)} is available "
+                f"(available: {sorted(available)})"
+            )
+        self.precision = precision
+        self._session: Any = ort.InferenceSession(
+            str(manifest.artefact_path(folder, key)), sess_options=options, providers=chosen
+        )
+        self._names = [o.name for o in self._session.get_outputs()]
+
+    def _run(self, batch: dict[str, Array]) -> Mapping[str, npt.ArrayLike]:
+        values = self._session.run(self._names, batch)
+        return dict(zip(self._names, values, strict=True))
+
+    def _release(self) -> None:
+        self._session = None

@@ -1,0 +1,1 @@
+"""Training the engines: data sets (phantoms, or a labelled DICOM folder), the loop, evaluation."""

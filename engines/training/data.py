@@ -1,0 +1,116 @@
+"""Training data as tensors: phantom sets and labelled DICOM folders, one shape for both.
+
+A screening set holds hip regions ``images`` (N, 1, S, S) in canonical
+orientation, ``labels`` (N,) and lesion ``masks`` (N, S, S; empty when
+unknown). A Hip-Net set holds ``ap`` and ``lateral`` (N, 1, S, S),
+``lateral_present`` (N,) and the failure ``labels``. Pixels are in [0, 1];
+:func:`normalise` applies the manifest's mean and std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dicom_node.errors import DicomNodeError
+from engines.catalog import EngineSpec
+from engines.manifest import Preprocessing
+from engines.phantoms import prosthesis_hip, screen_hip
+
+
+class DataError(DicomNodeError, ValueError):
+    """A training set cannot be built from what was given."""
+
+
+@dataclass(frozen=True)
+class HipSet:
+    """Views of one hip per item; ``lateral``/``lateral_present`` only for dual-view engines."""
+
+    ap: Tensor
+    labels: Tensor
+    masks: Tensor
+    lateral: Tensor | None = None
+    lateral_present: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: Tensor) -> HipSet:
+        return HipSet(
+            ap=self.ap[index],
+            labels=self.labels[index],
+            masks=self.masks[index],
+            lateral=None if self.lateral is None else self.lateral[index],
+            lateral_present=None if self.lateral_present is None else self.lateral_present[index],
+        )
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        return [int(c) for c in torch.bincount(self.labels, minlength=num_classes)]
+
+
+def phantom_set(
+    spec: EngineSpec,
+    per_class: int,
+    size: int,
+    seed: int,
+    lateral_missing: float = 0.0,
+) -> HipSet:
+    """``per_class`` phantoms of each class; seeds ``seed``, ``seed + 1``, ... (disjoint sets
+    come from disjoint seed ranges). ``lateral_missing`` is the share of dual-view items whose
+    lateral view is dropped (zeros, ``lateral_present`` 0)."""
+    if per_class < 1:
+        raise DataError(f"per_class: expected at least 1, got {per_class}")
+    if not 0.0 <= lateral_missing < 1.0:
+        raise DataError(f"lateral_missing: expected a share in [0, 1), got {lateral_missing}")
+    dual = "LATERAL" in spec.views
+    names = spec.class_names
+    rng = np.random.default_rng(seed)
+    ap, lateral, present, labels, masks = [], [], [], [], []
+    for i in range(per_class):
+        for label_index, name in enumerate(names):
+            item_seed = seed + i * len(names) + label_index
+            if dual:
+                front = prosthesis_hip(name, "AP", item_seed, size)
+                side = prosthesis_hip(name, "LATERAL", item_seed, size)
+                keep = rng.random() >= lateral_missing
+                lateral.append(side.image if keep else np.zeros_like(side.image))
+                present.append(1.0 if keep else 0.0)
+            else:
+                front = screen_hip(name, item_seed, size)
+            ap.append(front.image)
+            masks.append(front.mask)
+            labels.append(label_index)
+    return HipSet(
+        ap=torch.from_numpy(np.stack(ap)[:, None]),
+        labels=torch.tensor(labels, dtype=torch.long),
+        masks=torch.from_numpy(np.stack(masks)),
+        lateral=torch.from_numpy(np.stack(lateral)[:, None]) if dual else None,
+        lateral_present=torch.tensor(present, dtype=torch.float32) if dual else None,
+    )
+
+
+def normalise(images: Tensor, pre: Preprocessing) -> Tensor:
+    return (images - pre.mean) / pre.std
+
+
+def split(data: HipSet, validation_share: float, seed: int) -> tuple[HipSet, HipSet]:
+    """A stratified split: each class keeps ``validation_share`` of its items for validation."""
+    if not 0.0 < validation_share < 1.0:
+        raise DataError(f"validation_share: expected a share in (0, 1), got {validation_share}")
+    generator = torch.Generator().manual_seed(seed)
+    train_index, val_index = [], []
+    for label in torch.unique(data.labels):
+        members = torch.nonzero(data.labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        cut = max(1, round(len(members) * validation_share))
+        if cut >= len(members):
+            raise DataError(
+                f"class {int(label)} has {len(members)} item(s): too few to split "
+                f"{validation_share:.0%} off for validation"
+            )
+        val_index.append(members[:cut])
+        train_index.append(members[cut:])
+    return data.subset(torch.cat(train_index)), data.subset(torch.cat(val_index))

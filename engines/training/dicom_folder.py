@@ -1,0 +1,101 @@
+"""A site's labelled DICOM folder as a training set: DICOM files plus a CSV of labels.
+
+Screening engines (one view): columns ``file,label`` and optionally ``side``.
+Hip-Net (AP + lateral): columns ``ap_file,lateral_file,label`` and optionally
+``side``; ``lateral_file`` may be empty (the hip is trained without it).
+Paths are relative to the CSV's folder. ``side`` (R or L) picks that hip of an
+AP pelvis (split at the midline, the left hip mirrored); without it the image's
+(Image) Laterality decides: R or L is a single-hip image (L mirrored), B or
+none is split by ``side``, which is then required. No mask is known, so the
+pointing game is not computed for such a set.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+from pydicom.errors import InvalidDicomError
+
+from engines.catalog import EngineSpec
+from engines.pixels import (
+    Image,
+    PixelDataError,
+    display_pixels,
+    pixel_spacing,
+    square_pixels,
+    to_input,
+)
+from engines.regions import split_hips
+from engines.training.data import DataError, HipSet
+
+
+def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> HipSet:
+    """Read every row of ``csv_path`` into a :class:`HipSet` at ``size`` pixels."""
+    dual = "LATERAL" in spec.views
+    required = {"ap_file", "label"} if dual else {"file", "label"}
+    try:
+        with csv_path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise DataError(f"{csv_path}: cannot read ({exc.strerror})") from exc
+    if not rows:
+        raise DataError(f"{csv_path}: no rows")
+    missing = required - set(rows[0])
+    if missing:
+        raise DataError(f"{csv_path}: missing column(s) {sorted(missing)} for engine {spec.name}")
+    base = csv_path.parent
+    ap, lateral, present, labels = [], [], [], []
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        where = f"{csv_path}:{number}"
+        label = row["label"].strip()
+        if label not in spec.class_names:
+            raise DataError(
+                f"{where}: label {label!r} is not a class of {spec.name} "
+                f"({', '.join(spec.class_names)})"
+            )
+        side = (row.get("side") or "").strip().upper()
+        ap.append(_hip(base / row["ap_file" if dual else "file"], side, size, where))
+        if dual:
+            name = (row.get("lateral_file") or "").strip()
+            seen = bool(name)
+            lateral.append(_hip(base / name, side, size, where) if seen else np.zeros_like(ap[-1]))
+            present.append(1.0 if seen else 0.0)
+        labels.append(spec.class_names.index(label))
+    return HipSet(
+        ap=torch.from_numpy(np.stack(ap)[:, None]),
+        labels=torch.tensor(labels, dtype=torch.long),
+        masks=torch.zeros(len(labels), size, size, dtype=torch.bool),
+        lateral=torch.from_numpy(np.stack(lateral)[:, None]) if dual else None,
+        lateral_present=torch.tensor(present) if dual else None,
+    )
+
+
+def _hip(path: Path, side: str, size: int, where: str) -> Image:
+    try:
+        ds = pydicom.dcmread(path)
+    except (OSError, InvalidDicomError) as exc:
+        raise DataError(f"{where}: cannot read DICOM file {path} ({exc})") from exc
+    try:
+        picture = square_pixels(display_pixels(ds), pixel_spacing(ds))
+    except PixelDataError as exc:
+        raise DataError(f"{where}: {exc}") from exc
+    laterality = str(ds.get("ImageLaterality") or ds.get("Laterality") or "").upper()
+    if side and side not in ("R", "L"):
+        raise DataError(f"{where}: side: expected R or L, got {side!r}")
+    if laterality in ("R", "L"):
+        if side and side != laterality:
+            raise DataError(f"{where}: side {side} contradicts the image's laterality {laterality}")
+        hip = picture if laterality == "R" else np.fliplr(picture)
+    elif side:
+        right, left = split_hips(picture)
+        hip = right if side == "R" else left
+    else:
+        raise DataError(
+            f"{where}: {path.name} shows both hips (laterality {laterality or 'none'}); "
+            "give the side column (R or L)"
+        )
+    return to_input(np.ascontiguousarray(hip, dtype=np.float32), size)

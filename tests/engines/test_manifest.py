@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from engines.catalog import engine_spec
+from engines.manifest import ManifestError, read_manifest, verify_artefacts, write_manifest
+from engines.models import create
+from engines.package import package_engine
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("engine") / "hip_screen"
+    package_engine(
+        engine_spec("hip_screen"),
+        create("hip_screen"),
+        64,
+        folder,
+        "9.9.9-test",
+        evaluation={"accuracy": 0.5},
+    )
+    return folder
+
+
+def test_manifest_records_everything_a_runtime_needs(packaged: Path) -> None:
+    m = read_manifest(packaged)
+    assert (m.name, m.version, m.model) == ("hip_screen", "9.9.9-test", "hip_screen")
+    assert m.class_names[0] == "normal" and len(m.classes) == 8
+    assert m.classes[3].code == "5913000"
+    assert [t.name for t in m.inputs] == ["image"]
+    assert m.inputs[0].shape == (-1, 1, 64, 64)
+    assert [(t.name, t.shape) for t in m.outputs] == [
+        ("logits", (-1, 8)),
+        ("features", (-1, 2048, 2, 2)),
+    ]
+    assert m.heatmap.kind == "gradcam-gem" and m.heatmap.gem_p == pytest.approx(3.0)
+    assert set(m.artefacts) == {"checkpoint", "onnx_fp32", "onnx_fp16", "head"}
+    assert m.preprocessing.size == 64 and m.output_is_logits
+    assert "not for clinical use" in m.clinical_use
+    head = np.load(m.artefact_path(packaged, "head"))
+    assert head["weight"].shape == (8, 2048)
+    verify_artefacts(m, packaged)
+    # The written file is plain YAML (no Python tags) and round-trips.
+    raw = yaml.safe_load((packaged / "manifest.yaml").read_text())
+    assert raw["artefacts"]["onnx_fp32"]["path"] == "model.onnx"
+    write_manifest(m, packaged)
+    assert read_manifest(packaged) == m
+
+
+def test_tampered_or_missing_artefact_is_refused(packaged: Path, tmp_path: Path) -> None:
+    m = read_manifest(packaged)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    data = bytearray((packaged / "head.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "head.npz").write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=r"artefact 'head' at .* has SHA-256 .* manifest says"):
+        verify_artefacts(m, copy, ("head",))
+    with pytest.raises(ManifestError, match="artefact 'onnx_fp32' missing at"):
+        verify_artefacts(m, copy, ("onnx_fp32",))
+    with pytest.raises(ManifestError, match="manifest lists no artefact 'plan'"):
+        m.artefact_path(copy, "plan")
+
+
+def test_bad_manifest_files(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="cannot read manifest"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.yaml").write_text("a: [")
+    with pytest.raises(ManifestError, match="not valid YAML"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.yaml").write_text("- 1\n")
+    with pytest.raises(ManifestError, match="expected a mapping, got list"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.yaml").write_text("schema: 7\n")
+    with pytest.raises(ManifestError, match="schema: expected 1, got 7"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.yaml").write_text("schema: 1\nname: x\n")
+    with pytest.raises(ManifestError, match="missing key 'version'"):
+        read_manifest(tmp_path)
