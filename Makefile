@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # dcmtk and Orthanc are 20-40x slower without TCP_NODELAY (it is read from the environment).
 export TCP_NODELAY := 1
 
-.PHONY: setup tools test lint typecheck pytest demo bench clean
+.PHONY: setup tools triton test lint typecheck pytest demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-setup: $(STAMP) tools
+setup: $(STAMP) tools triton
 
 tools:
 	@bash scripts/install-tools.sh
+
+# A real tritonserver for the Triton tests, in its own venv (var/triton-venv; it needs numpy<2).
+triton:
+	@PYTHON=$(PYTHON) bash scripts/install-triton.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

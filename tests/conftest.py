@@ -36,3 +36,18 @@ def dcmtk_env() -> dict[str, str]:
     if shutil.which("storescu") is None:
         pytest.skip("dcmtk is not installed (make test installs it)")
     return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` unless TensorRT, pycuda and a CUDA device are present."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    # Imported only when gpu tests were collected: the DICOM tests need no engines package.
+    from engines.runtimes import gpu_available
+
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with TensorRT and pycuda (gpu extra)")
+    for item in gpu_items:
+        item.add_marker(skip)

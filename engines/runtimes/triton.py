@@ -1,0 +1,149 @@
+"""Triton Inference Server over gRPC: the remote, scale-out backend.
+
+The model served is the manifest's name at Triton version 1. Triton versions are
+integers and ours are strings, so :func:`engines.triton_repo.write_triton_repo` writes every
+engine as version 1 and records the manifest's version and ONNX SHA-256 in the model
+config's ``parameters``; opening checks both, so a node never runs a different engine than
+its manifest describes (a stale repository is refused, not silently used).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engines.manifest import Manifest
+from engines.runtimes.base import Array, Runtime, RuntimeError_
+from engines.triton_repo import SHA256_PARAMETER, TRITON_VERSION, VERSION_PARAMETER
+
+log = logging.getLogger(__name__)
+
+
+class TritonRuntime(Runtime):
+    backend = "triton"
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        folder: Path,
+        url: str = "127.0.0.1:8001",
+        timeout_seconds: float = 30.0,
+    ) -> None:
+        super().__init__(manifest, folder)
+        if timeout_seconds <= 0:
+            raise RuntimeError_(f"triton timeout_seconds: expected > 0, got {timeout_seconds}")
+        try:
+            import tritonclient.grpc as grpcclient
+        except ImportError as exc:
+            raise RuntimeError_(
+                "the triton backend needs tritonclient: pip install 'tritonclient[grpc]'"
+            ) from exc
+        self.url = url
+        self.timeout_seconds = timeout_seconds
+        self.model_version = str(TRITON_VERSION)
+        self._grpc: Any = grpcclient
+        self._client: Any = grpcclient.InferenceServerClient(url=url)
+        try:
+            self.max_batch_size = self._check_served()
+        except BaseException:
+            self._client.close()
+            raise
+        log.info(
+            "Triton at %s serves %s %s (max batch %d)",
+            url,
+            manifest.name,
+            manifest.version,
+            self.max_batch_size,
+        )
+
+    @property
+    def _where(self) -> str:
+        return f"Triton at {self.url}, model {self.manifest.name!r} version {self.model_version}"
+
+    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One client call with the timeout; a server error becomes RuntimeError_ naming what."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return getattr(self._client, method)(
+                *args, client_timeout=self.timeout_seconds, **kwargs
+            )
+        except InferenceServerException as exc:
+            raise RuntimeError_(f"{self._where}: {what} failed: {exc}") from exc
+
+    def _check_served(self) -> int:
+        """Refuse a server or model that is not ready or not ours; return the max batch size."""
+        name = self.manifest.name
+        if not self._call("liveness check (is the server running?)", "is_server_live"):
+            raise RuntimeError_(f"{self._where}: server is not live")
+        if not self._call("readiness check", "is_server_ready"):
+            raise RuntimeError_(f"{self._where}: server is not ready")
+        if not self._call("model readiness check", "is_model_ready", name, self.model_version):
+            raise RuntimeError_(
+                f"{self._where}: model is not ready (is it in the server's model repository "
+                "and loaded? write one with engines.triton_repo.write_triton_repo)"
+            )
+        config = self._call(
+            "reading the model config", "get_model_config", name, self.model_version, as_json=True
+        )["config"]
+        parameters = config.get("parameters", {})
+        served = parameters.get(VERSION_PARAMETER, {}).get("string_value")
+        if served != self.manifest.version:
+            raise RuntimeError_(
+                f"{self._where}: serves engine version {served!r} "
+                f"(config parameter {VERSION_PARAMETER!r}), manifest says {self.manifest.version!r}"
+            )
+        onnx = self.manifest.artefacts.get("onnx_fp32")
+        served_sha = parameters.get(SHA256_PARAMETER, {}).get("string_value")
+        if onnx is not None and served_sha != onnx.sha256:
+            raise RuntimeError_(
+                f"{self._where}: serves ONNX SHA-256 {served_sha!r}, manifest says {onnx.sha256!r}"
+            )
+        for kind, specs in (("input", self.input_spec), ("output", self.output_spec)):
+            have = sorted(t["name"] for t in config.get(kind, []))
+            want = sorted(s.name for s in specs)
+            if have != want:
+                raise RuntimeError_(f"{self._where}: serves {kind}s {have}, manifest says {want}")
+        return int(config.get("max_batch_size", 0))
+
+    def _run(self, batch: dict[str, Array]) -> Mapping[str, npt.ArrayLike]:
+        size = next(iter(batch.values())).shape[0]
+        # Triton rejects a request over the model's max_batch_size; 0 means no batching limit.
+        step = self.max_batch_size or size
+        parts: dict[str, list[Array]] = {spec.name: [] for spec in self.output_spec}
+        for start in range(0, size, step):
+            chunk = {name: array[start : start + step] for name, array in batch.items()}
+            for name, value in self._infer(chunk).items():
+                parts[name].append(value)
+        return {name: np.concatenate(values, axis=0) for name, values in parts.items()}
+
+    def _infer(self, chunk: dict[str, Array]) -> dict[str, Array]:
+        inputs = []
+        for name, array in chunk.items():
+            tensor = self._grpc.InferInput(name, list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        requested = [self._grpc.InferRequestedOutput(spec.name) for spec in self.output_spec]
+        result = self._call(
+            "inference",
+            "infer",
+            self.manifest.name,
+            inputs,
+            model_version=self.model_version,
+            outputs=requested,
+        )
+        outputs: dict[str, Array] = {}
+        for spec in self.output_spec:
+            value = result.as_numpy(spec.name)
+            if value is None:
+                raise RuntimeError_(f"{self._where}: response lacks output {spec.name!r}")
+            outputs[spec.name] = np.asarray(value, dtype=np.float32)
+        return outputs
+
+    def _release(self) -> None:
+        self._client.close()

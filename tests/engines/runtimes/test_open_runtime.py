@@ -1,0 +1,114 @@
+"""open_runtime and the Runtime protocol on the CPU backends (onnxruntime, torch)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.manifest import MANIFEST_NAME, ManifestError
+from engines.runtimes import (
+    InferenceInputError,
+    RuntimeError_,
+    RuntimeOptions,
+    open_runtime,
+    resolve_backend,
+)
+from engines.runtimes.onnx import OnnxRuntime
+from engines.runtimes.torch_runtime import TorchRuntime
+
+
+def _images(count: int) -> np.ndarray:
+    return np.random.default_rng(count).normal(size=(count, 1, 64, 64)).astype(np.float32)
+
+
+def test_onnxruntime_and_torch_agree(hip_screen_engine: Path) -> None:
+    batch = {"image": _images(3)}
+    with open_runtime(hip_screen_engine, RuntimeOptions(backend="onnxruntime")) as onnx:
+        assert isinstance(onnx, OnnxRuntime)
+        from_onnx = onnx.infer(batch)
+    with open_runtime(hip_screen_engine, RuntimeOptions(backend="torch")) as torch_runtime:
+        assert isinstance(torch_runtime, TorchRuntime)
+        from_torch = torch_runtime.infer(batch)
+    assert list(from_onnx) == list(from_torch) == ["logits", "features"]
+    assert from_onnx["logits"].shape == (3, 8)
+    assert from_onnx["features"].shape == (3, 2048, 2, 2)
+    for name, value in from_onnx.items():
+        assert value.dtype == np.float32
+        np.testing.assert_allclose(from_torch[name], value, atol=1e-4)
+
+
+def test_auto_is_onnxruntime_without_a_gpu() -> None:
+    from engines.runtimes import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU with TensorRT is present: auto picks tensorrt")
+    assert resolve_backend("auto") == "onnxruntime"
+    assert resolve_backend("torch") == "torch"
+
+
+def test_unknown_backend_is_refused(hip_screen_engine: Path) -> None:
+    with pytest.raises(RuntimeError_, match=r"engines\.backend: expected one of .*got 'cuda'"):
+        open_runtime(hip_screen_engine, RuntimeOptions(backend="cuda"))
+
+
+@pytest.fixture
+def runtime(hip_screen_engine: Path) -> OnnxRuntime:
+    opened = open_runtime(hip_screen_engine, RuntimeOptions(backend="onnxruntime"))
+    assert isinstance(opened, OnnxRuntime)
+    return opened
+
+
+@pytest.mark.parametrize(
+    ("batch", "match"),
+    [
+        ({"img": np.zeros((1, 1, 64, 64))}, r"inputs: expected \['image'\], got \['img'\]"),
+        ({}, r"inputs: expected \['image'\], got \[\]"),
+        (
+            {"image": np.zeros((1, 1, 32, 64))},
+            r"image: expected shape \[-1, 1, 64, 64\].*got \[1, 1, 32, 64\]",
+        ),
+        ({"image": np.zeros((1, 64, 64))}, r"image: expected shape .*got \[1, 64, 64\]"),
+        ({"image": np.zeros((0, 1, 64, 64))}, "expected at least one item, got an empty batch"),
+        ({"image": np.array([["a"]])}, "image: expected numbers, got dtype <U1"),
+    ],
+)
+def test_bad_batches_are_refused(
+    runtime: OnnxRuntime, batch: dict[str, np.ndarray], match: str
+) -> None:
+    with runtime, pytest.raises(InferenceInputError, match=match):
+        runtime.infer(batch)
+
+
+def test_batch_size_mismatch_between_inputs_is_refused() -> None:
+    # hip_screen has one input; the check is the protocol's, shown on a two-input spec.
+    from engines.manifest import TensorSpec
+    from engines.runtimes.base import check_batch
+
+    specs = (TensorSpec("ap", (-1, 1, 8, 8)), TensorSpec("lateral", (-1, 1, 8, 8)))
+    with pytest.raises(InferenceInputError, match="lateral: batch size 3 differs from 2"):
+        check_batch(specs, {"ap": np.zeros((2, 1, 8, 8)), "lateral": np.zeros((3, 1, 8, 8))})
+
+
+def test_infer_after_close_is_refused(runtime: OnnxRuntime) -> None:
+    runtime.close()
+    runtime.close()  # closing twice is harmless
+    with pytest.raises(RuntimeError_, match="hip_screen on onnxruntime: runtime is closed"):
+        runtime.infer({"image": _images(1)})
+
+
+def test_tampered_onnx_is_refused(hip_screen_engine: Path, tmp_path: Path) -> None:
+    # Only what onnxruntime reads: the manifest and the fp32 ONNX (the shared engine stays intact).
+    folder = tmp_path / "hip_screen"
+    folder.mkdir()
+    shutil.copyfile(hip_screen_engine / MANIFEST_NAME, folder / MANIFEST_NAME)
+    shutil.copyfile(hip_screen_engine / "model.onnx", folder / "model.onnx")
+    with (folder / "model.onnx").open("r+b") as handle:
+        handle.seek(1000)
+        byte = handle.read(1)
+        handle.seek(1000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ManifestError, match=r"artefact 'onnx_fp32' .* has SHA-256 [0-9a-f]{64}"):
+        open_runtime(folder, RuntimeOptions(backend="onnxruntime"))

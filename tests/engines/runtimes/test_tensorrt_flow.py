@@ -1,0 +1,336 @@
+"""TensorRTRuntime's own logic (build, plan cache, chunking, release) on stand-in modules.
+
+TensorRT and pycuda cannot be installed on these machines, so minimal stand-ins for the
+parts of their APIs the runtime uses run a trivial "network" on the host. They check our
+control flow: what is built and cached when, how batches are split over the profile, that
+every CUDA call happens inside our context and everything is freed on close. The real APIs
+are exercised by the gpu-marked parity test in test_tensorrt.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engines.manifest import read_manifest
+from engines.runtimes import RuntimeError_
+from engines.runtimes.tensorrt import TensorRTRuntime
+
+OUTPUT_SHAPES = {"logits": (8,), "features": (2048, 2, 2)}
+
+
+def _network(images: np.ndarray) -> dict[str, np.ndarray]:
+    """What the stand-in engine computes: easy to predict, distinct per sample."""
+    means = images.reshape(len(images), -1).mean(axis=1)
+    return {
+        "logits": means[:, None] * np.arange(8, dtype=np.float32),
+        "features": np.broadcast_to(means[:, None, None, None], (len(images), 2048, 2, 2)),
+    }
+
+
+class _Stand:
+    """State shared by the stand-in modules, for the assertions."""
+
+    def __init__(self) -> None:
+        self.context_stack: list[object] = []
+        self.builds = 0
+        self.executions: list[int] = []  # batch size of each execute_async_v3
+        self.device: dict[int, _DeviceAllocation] = {}
+        self.host_freed = 0
+        self.parse_ok = True
+
+
+class _DeviceAllocation:
+    def __init__(self, stand: _Stand, nbytes: int) -> None:
+        self.stand, self.data, self.freed = stand, np.zeros(nbytes, np.uint8), False
+        stand.device[id(self)] = self
+
+    def __int__(self) -> int:
+        return id(self)
+
+    def free(self) -> None:
+        assert self.stand.context_stack, "device memory freed outside a CUDA context"
+        self.freed = True
+
+
+def _cuda_module(stand: _Stand) -> types.ModuleType:
+    cuda = types.ModuleType("pycuda.driver")
+
+    class Error(Exception):
+        pass
+
+    class HostAllocation(np.ndarray):
+        def free(self) -> None:
+            stand.host_freed += 1
+
+    class Context:
+        def push(self) -> None:
+            stand.context_stack.append(self)
+
+        @staticmethod
+        def pop() -> None:
+            if not stand.context_stack:
+                raise Error("no context to pop")
+            stand.context_stack.pop()
+
+        def detach(self) -> None:
+            pass
+
+    class Device:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        @staticmethod
+        def count() -> int:
+            return 1
+
+        def name(self) -> str:
+            return "Stand-in GPU"
+
+        def make_context(self) -> Context:
+            context = Context()
+            context.push()
+            return context
+
+    class Stream:
+        handle = 1234
+
+        def synchronize(self) -> None:
+            pass
+
+    def in_context() -> None:
+        if not stand.context_stack:
+            raise Error("CUDA call outside a context")
+
+    def pagelocked_empty(count: int, dtype: Any) -> np.ndarray:
+        in_context()
+        # Like pycuda: a plain array whose base is the allocation that can be freed.
+        return HostAllocation((count,), dtype).view(np.ndarray)
+
+    def mem_alloc(nbytes: int) -> _DeviceAllocation:
+        in_context()
+        return _DeviceAllocation(stand, nbytes)
+
+    def memcpy_htod_async(device: _DeviceAllocation, host: np.ndarray, stream: Stream) -> None:
+        in_context()
+        raw = host.view(np.uint8)
+        device.data[: raw.size] = raw
+
+    def memcpy_dtoh_async(host: np.ndarray, device: _DeviceAllocation, stream: Stream) -> None:
+        in_context()
+        raw = host.view(np.uint8)
+        raw[:] = device.data[: raw.size]
+
+    for name, value in {
+        "Error": Error,
+        "Context": Context,
+        "Device": Device,
+        "Stream": Stream,
+        "init": lambda: None,
+        "pagelocked_empty": pagelocked_empty,
+        "mem_alloc": mem_alloc,
+        "memcpy_htod_async": memcpy_htod_async,
+        "memcpy_dtoh_async": memcpy_dtoh_async,
+    }.items():
+        setattr(cuda, name, value)
+    return cuda
+
+
+def _trt_module(stand: _Stand) -> types.ModuleType:
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.0.0-standin"  # type: ignore[attr-defined]
+    names = types.SimpleNamespace
+
+    class ILogger:
+        Severity = names(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
+
+        def __init__(self) -> None:
+            pass
+
+    class Parser:
+        def __init__(self, network: object, logger: ILogger) -> None:
+            self.num_errors = 0 if stand.parse_ok else 1
+
+        def parse_from_file(self, path: str) -> bool:
+            assert Path(path).is_file()
+            return stand.parse_ok
+
+        def get_error(self, index: int) -> str:
+            return "In node 3 (Conv): unsupported padding"
+
+    class Profile:
+        def __init__(self) -> None:
+            self.shapes: dict[str, tuple[Any, ...]] = {}
+
+        def set_shape(self, name: str, low: Any, opt: Any, high: Any) -> None:
+            self.shapes[name] = (low, opt, high)
+
+    class Config:
+        def __init__(self) -> None:
+            self.flags: list[str] = []
+            self.profiles: list[Profile] = []
+
+        def set_memory_pool_limit(self, pool: str, size: int) -> None:
+            assert pool == "WORKSPACE" and size > 0
+
+        def set_flag(self, flag: str) -> None:
+            self.flags.append(flag)
+
+        def add_optimization_profile(self, profile: Profile) -> int:
+            self.profiles.append(profile)
+            return 0
+
+    class Builder:
+        def __init__(self, logger: ILogger) -> None:
+            pass
+
+        def create_network(self, flags: int) -> object:
+            assert flags == 0
+            return object()
+
+        create_builder_config = Config
+        create_optimization_profile = Profile
+
+        def build_serialized_network(self, network: object, config: Config) -> bytes:
+            assert stand.context_stack, "built outside a CUDA context"
+            assert config.flags == ["FP16"]
+            ((low, opt, high),) = (p.shapes["image"] for p in config.profiles)
+            stand.builds += 1
+            return f"plan {low[0]} {opt[0]} {high[0]}".encode()
+
+    class Context:
+        def __init__(self, max_batch: int) -> None:
+            self.max_batch = max_batch
+            self.shapes: dict[str, tuple[int, ...]] = {}
+            self.addresses: dict[str, int] = {}
+
+        def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+            self.shapes[name] = tuple(shape)
+            return name == "image" and 1 <= shape[0] <= self.max_batch
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            batch = self.shapes["image"][0]
+            return self.shapes["image"] if name == "image" else (batch, *OUTPUT_SHAPES[name])
+
+        def set_tensor_address(self, name: str, address: int) -> bool:
+            self.addresses[name] = address
+            return True
+
+        def execute_async_v3(self, stream: int) -> bool:
+            assert stand.context_stack, "executed outside a CUDA context"
+            shape = self.shapes["image"]
+            raw = stand.device[self.addresses["image"]].data
+            images = raw[: int(np.prod(shape)) * 4].view(np.float32).reshape(shape)
+            stand.executions.append(shape[0])
+            for name, value in _network(images).items():
+                out = np.ascontiguousarray(value, np.float32).view(np.uint8).ravel()
+                stand.device[self.addresses[name]].data[: out.size] = out
+            return True
+
+    class Engine:
+        num_io_tensors = 3
+
+        def __init__(self, max_batch: int) -> None:
+            self.max_batch = max_batch
+
+        def get_tensor_name(self, index: int) -> str:
+            return ("image", "logits", "features")[index]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return "INPUT" if name == "image" else "OUTPUT"
+
+        def get_tensor_dtype(self, name: str) -> Any:
+            return names(name="FLOAT")
+
+        def create_execution_context(self) -> Context:
+            return Context(self.max_batch)
+
+    class Runtime:
+        def __init__(self, logger: ILogger) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, plan: bytes) -> Engine | None:
+            if not plan.startswith(b"plan "):
+                return None
+            return Engine(int(plan.split()[-1]))
+
+    for name, value in {
+        "ILogger": ILogger,
+        "Builder": Builder,
+        "OnnxParser": Parser,
+        "Runtime": Runtime,
+        "MemoryPoolType": names(WORKSPACE="WORKSPACE"),
+        "BuilderFlag": names(FP16="FP16"),
+        "TensorIOMode": names(INPUT="INPUT", OUTPUT="OUTPUT"),
+    }.items():
+        setattr(trt, name, value)
+    return trt
+
+
+@pytest.fixture
+def stand(monkeypatch: pytest.MonkeyPatch) -> _Stand:
+    state = _Stand()
+    cuda = _cuda_module(state)
+    pycuda = types.ModuleType("pycuda")
+    pycuda.driver = cuda  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    monkeypatch.setitem(sys.modules, "tensorrt", _trt_module(state))
+    return state
+
+
+def test_builds_once_caches_and_splits_batches(
+    stand: _Stand, hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    manifest = read_manifest(hip_screen_engine)
+    cache = tmp_path / "plans"
+    images = np.random.default_rng(3).normal(size=(7, 1, 64, 64)).astype(np.float32)
+    runtime = TensorRTRuntime(manifest, hip_screen_engine, plan_cache=cache, max_batch=3)
+    with runtime:
+        assert not stand.context_stack, "the runtime left its CUDA context current"
+        got = runtime.infer({"image": images})
+        assert not stand.context_stack
+    assert stand.builds == 1 and stand.executions == [3, 3, 1]
+    expected = _network(images)
+    for name in ("logits", "features"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-6)
+    (plan,) = cache.glob("*.plan")
+    assert plan.read_bytes() == b"plan 1 3 3" and plan == runtime.plan_path
+    # Closed: every buffer freed inside the context, the context popped.
+    assert all(d.freed for d in stand.device.values()) and stand.host_freed == 3
+    assert not stand.context_stack
+    with pytest.raises(RuntimeError_, match="runtime is closed"):
+        runtime.infer({"image": images})
+    # Same ONNX, TensorRT, GPU and profile: the cached plan, no second build.
+    with TensorRTRuntime(manifest, hip_screen_engine, plan_cache=cache, max_batch=3) as again:
+        np.testing.assert_allclose(again.infer({"image": images[:2]})["logits"], got["logits"][:2])
+    assert stand.builds == 1
+    # Another profile is another plan.
+    TensorRTRuntime(manifest, hip_screen_engine, plan_cache=cache, max_batch=4, opt_batch=2).close()
+    assert stand.builds == 2 and len(list(cache.glob("*.plan"))) == 2
+
+
+def test_parser_errors_are_listed(stand: _Stand, hip_screen_engine: Path, tmp_path: Path) -> None:
+    stand.parse_ok = False
+    with pytest.raises(RuntimeError_, match=r"cannot parse .*model\.onnx: In node 3 \(Conv\)"):
+        TensorRTRuntime(read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path)
+    assert not stand.context_stack and not list(tmp_path.glob("*.plan"))
+
+
+def test_corrupt_cached_plan_is_named(
+    stand: _Stand, hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    manifest = read_manifest(hip_screen_engine)
+    TensorRTRuntime(manifest, hip_screen_engine, plan_cache=tmp_path).close()
+    (plan,) = tmp_path.glob("*.plan")
+    plan.write_bytes(b"garbage")
+    with pytest.raises(
+        RuntimeError_, match=rf"deserialize_cuda_engine returned None .*{plan.name}"
+    ):
+        TensorRTRuntime(manifest, hip_screen_engine, plan_cache=tmp_path)
+    assert not stand.context_stack
