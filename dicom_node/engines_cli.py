@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from dicom_node.config import Config
 from dicom_node.errors import DicomNodeError
+
+ENGINE_NAMES = ("hip_screen", "hipnet")
 
 
 class ProgressBar:
@@ -19,25 +23,27 @@ class ProgressBar:
         self.tty = sys.stderr.isatty()
         self._last = 0.0
 
-    def __call__(self, name: str, p: object) -> None:
-        from engines.training.loop import Progress
-
-        if not isinstance(p, Progress):
-            return
+    def __call__(self, name: str, p: Any) -> None:
         now = time.monotonic()
         final = p.step == p.steps
         if not self.tty and not final and now - self._last < 10:
-            return  # a log file gets a line every 10 s, a terminal every step
+            return  # a log file gets a line every 10 s and at each epoch's end
         self._last = now
         done = ((p.epoch - 1) * p.steps + p.step) / (p.epochs * p.steps)
         filled = int(done * self.width)
-        "#" * filled + "-" * (self.width - filled)
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = (
+            f"{name:<10} [{bar}] {done:4.0%} epoch {p.epoch}/{p.epochs} "
+            f"step {p.step}/{p.steps} loss {p.loss:.4f} {p.elapsed:5.0f}s"
+        )
+        end = "\n" if (final or not self.tty) else ""
+        print(f"\r{line}" if self.tty else line, end=end, file=sys.stderr, flush=True)
 
 
 def run_engines(cfg: Config, args: argparse.Namespace) -> int:
     cache = cfg.engines.cache_dir
     if args.verb == "build":
-        return _build(cache, tuple(args.engine or ("hip_screen", "hipnet")), args.force)
+        return _build(cache, tuple(args.engine or ENGINE_NAMES), args.force)
     if args.verb == "train":
         return _train(cache, args)
     if args.verb == "export":
@@ -45,30 +51,20 @@ def run_engines(cfg: Config, args: argparse.Namespace) -> int:
     if args.verb == "list":
         return _list(cfg)
     if args.verb == "triton-repo":
-        from engines.build import engine_folder
-        from engines.triton_repo import write_triton_repo
-
-        folders = [engine_folder(cache, n) for n in ("hip_screen", "hipnet")]
-        built = [f for f in folders if (f / "manifest.yaml").exists()]
-        if not built:
-            raise DicomNodeError(
-                f"no built engine in {cache}: run 'dicom-node engines build --demo'"
-            )
-        written = write_triton_repo(
-            built, Path(args.out), platform=args.platform, max_batch_size=args.max_batch_size
-        )
-        for _path in written:
-            pass
-        return 0
+        return _triton_repo(cache, args)
     return 2  # pragma: no cover - argparse requires a verb
 
 
 def _build(cache: Path, names: tuple[str, ...], force: bool) -> int:
     from engines.build import build_demo
 
-    time.monotonic()
-    for _result in build_demo(cache, names, force=force, progress=ProgressBar()):
-        pass
+    print(f"building demo engines in {cache} (trained on synthetic phantoms; not for clinical use)")
+    start = time.monotonic()
+    for result in build_demo(cache, names, force=force, progress=ProgressBar()):
+        m = result.manifest
+        how = "cached" if result.reused else f"built in {result.seconds:.0f} s"
+        print(f"{m.name} {m.version}: {how}; {_figures(m.evaluation)}")
+    print(f"done in {time.monotonic() - start:.0f} s")
     return 0
 
 
@@ -92,6 +88,7 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
     bar = ProgressBar()
     if args.data:
         data = load_labelled_folder(spec, Path(args.data), size)
+        print(f"{spec.name}: {len(data)} labelled hips from {args.data}, input {size} px")
         manifest = train_on_data(
             spec,
             data,
@@ -103,14 +100,21 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
             source=str(args.data),
         )
     else:
-        profile = DEMO_PROFILES[spec.name]
-        from dataclasses import replace
-
-        profile = replace(profile, size=size, train_per_class=args.phantoms, options=options)
+        profile = replace(
+            DEMO_PROFILES[spec.name], size=size, train_per_class=args.phantoms, options=options
+        )
         manifest = train_on_phantoms(
             spec, profile, folder, args.version, progress=lambda p: bar(spec.name, p)
         )
-    _summary(manifest)
+    for epoch in manifest.training.get("history", []):
+        print(
+            f"epoch {epoch['epoch']}: loss {epoch['loss']:.4f}, "
+            f"validation accuracy {epoch['validation_accuracy']:.3f}"
+        )
+    print(f"{manifest.name} {manifest.version}: {_figures(manifest.evaluation)}")
+    for name, value in manifest.evaluation.get("recall", {}).items():
+        print(f"  recall {name:<32} {value:.3f}")
+    print(f"checkpoints in {folder / 'checkpoints'}; engine packaged in {folder}")
     return 0
 
 
@@ -139,8 +143,8 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
         evaluation=old.evaluation,
         clinical_use=old.clinical_use,
     )
-    for _key, _artefact in manifest.artefacts.items():
-        pass
+    for key, artefact in manifest.artefacts.items():
+        print(f"{key:<10} {folder / artefact.path}  sha256 {artefact.sha256}")
     return 0
 
 
@@ -149,18 +153,44 @@ def _list(cfg: Config) -> int:
     from engines.manifest import ManifestError, read_manifest
     from engines.runtimes import resolve_backend
 
-    resolve_backend(cfg.engines.backend)
+    backend = resolve_backend(cfg.engines.backend)
+    print(f"{'ENGINE':<11} {'VERSION':<12} {'BACKEND':<12} {'INPUT':>5}  FIGURES (held-out data)")
     count = 0
-    for name in ("hip_screen", "hipnet"):
+    for name in ENGINE_NAMES:
         try:
-            read_manifest(engine_folder(cfg.engines.cache_dir, name))
+            m = read_manifest(engine_folder(cfg.engines.cache_dir, name))
         except ManifestError:
+            print(f"{name:<11} {'-':<12} {backend:<12} {'-':>5}  not built")
             continue
         count += 1
+        print(
+            f"{m.name:<11} {m.version:<12} {backend:<12} {m.preprocessing.size:>5}  "
+            f"{_figures(m.evaluation)}"
+        )
+    print(f"{count} engines built in {cfg.engines.cache_dir}")
     return 0
 
 
-def _figures(evaluation: object) -> str:
+def _triton_repo(cache: Path, args: argparse.Namespace) -> int:
+    from engines.build import engine_folder
+    from engines.triton_repo import write_triton_repo
+
+    built = [
+        engine_folder(cache, n)
+        for n in ENGINE_NAMES
+        if (engine_folder(cache, n) / "manifest.yaml").exists()
+    ]
+    if not built:
+        raise DicomNodeError(f"no built engine in {cache}: run 'dicom-node engines build --demo'")
+    written = write_triton_repo(
+        built, Path(args.out), platform=args.platform, max_batch_size=args.max_batch_size
+    )
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _figures(evaluation: Any) -> str:
     if not isinstance(evaluation, dict) or "accuracy" not in evaluation:
         return "not evaluated"
     pointing = evaluation.get("pointing_game")
@@ -169,15 +199,3 @@ def _figures(evaluation: object) -> str:
         f"accuracy {evaluation['accuracy']:.3f} on {evaluation.get('items')} items, "
         f"heat-map peak in lesion {shown}"
     )
-
-
-def _summary(manifest: object) -> None:
-    from engines.manifest import Manifest
-
-    if not isinstance(manifest, Manifest):
-        return
-    for _epoch in manifest.training.get("history", []):
-        pass
-    recall = manifest.evaluation.get("recall", {})
-    for _name, _value in recall.items():
-        pass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.manifest import read_manifest
-from engines.runtimes.base import InferenceInputError, Runtime, RuntimeError_
+from engines.runtimes.base import EngineRuntimeError, InferenceInputError, Runtime
 
 BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt", "triton")
 
@@ -41,7 +41,7 @@ def gpu_available() -> bool:
 
 def resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
-        raise RuntimeError_(
+        raise EngineRuntimeError(
             f"engines.backend: expected one of {', '.join(BACKENDS)}, got {backend!r}"
         )
     if backend != "auto":
@@ -78,9 +78,9 @@ def open_runtime(folder: Path, options: RuntimeOptions | None = None) -> Runtime
 
 __all__ = [
     "BACKENDS",
+    "EngineRuntimeError",
     "InferenceInputError",
     "Runtime",
-    "RuntimeError_",
     "RuntimeOptions",
     "gpu_available",
     "open_runtime",

@@ -25,7 +25,7 @@ from engines.manifest import Manifest, TensorSpec
 Array = npt.NDArray[np.float32]
 
 
-class RuntimeError_(DicomNodeError, RuntimeError):
+class EngineRuntimeError(DicomNodeError, RuntimeError):
     """A backend could not be opened or failed while running."""
 
 
@@ -54,7 +54,7 @@ class Runtime(abc.ABC):
     def infer(self, batch: Mapping[str, npt.ArrayLike]) -> dict[str, Array]:
         """Run one batch; every input named in :attr:`input_spec`, one batch size."""
         if self._closed:
-            raise RuntimeError_(f"{self.manifest.name} on {self.backend}: runtime is closed")
+            raise EngineRuntimeError(f"{self.manifest.name} on {self.backend}: runtime is closed")
         arrays = check_batch(self.input_spec, batch)
         outputs = self._run(arrays)
         return {

@@ -9,7 +9,7 @@ from typing import Any
 import numpy.typing as npt
 
 from engines.manifest import Manifest, verify_artefacts
-from engines.runtimes.base import Array, Runtime, RuntimeError_
+from engines.runtimes.base import Array, EngineRuntimeError, Runtime
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -27,7 +27,7 @@ class OnnxRuntime(Runtime):
     ) -> None:
         super().__init__(manifest, folder)
         if precision not in PRECISIONS:
-            raise RuntimeError_(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+            raise EngineRuntimeError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
         import onnxruntime as ort
 
         key = f"onnx_{precision}"
@@ -38,7 +38,7 @@ class OnnxRuntime(Runtime):
         available = set(ort.get_available_providers())
         chosen = [p for p in providers if p in available]
         if not chosen:
-            raise RuntimeError_(
+            raise EngineRuntimeError(
                 f"onnxruntime: none of the providers {list(providers)} is available "
                 f"(available: {sorted(available)})"
             )

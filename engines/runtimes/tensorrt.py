@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.manifest import Manifest, TensorSpec, verify_artefacts
-from engines.runtimes.base import Array, Runtime, RuntimeError_
+from engines.runtimes.base import Array, EngineRuntimeError, Runtime
 
 DEFAULT_MAX_BATCH = 8
 DEFAULT_WORKSPACE_BYTES = 1 << 30
@@ -79,10 +79,12 @@ def plan_path(plan_cache: Path, key: str) -> Path:
 def check_batch_limits(max_batch: int, opt_batch: int | None) -> int:
     """``opt_batch`` (default: ``max_batch``) after checking 1 <= opt <= max."""
     if max_batch < 1:
-        raise RuntimeError_(f"tensorrt max_batch: expected 1 or more, got {max_batch}")
+        raise EngineRuntimeError(f"tensorrt max_batch: expected 1 or more, got {max_batch}")
     opt = max_batch if opt_batch is None else opt_batch
     if not 1 <= opt <= max_batch:
-        raise RuntimeError_(f"tensorrt opt_batch: expected 1..{max_batch} (max_batch), got {opt}")
+        raise EngineRuntimeError(
+            f"tensorrt opt_batch: expected 1..{max_batch} (max_batch), got {opt}"
+        )
     return opt
 
 
@@ -91,12 +93,12 @@ def profile_shapes(
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """(min, opt, max) shapes of one input for the optimisation profile: batch 1, opt, max."""
     if not spec.shape or spec.shape[0] != -1:
-        raise RuntimeError_(
+        raise EngineRuntimeError(
             f"{spec.name}: expected a dynamic batch axis first (-1), got shape {list(spec.shape)}"
         )
     rest = spec.shape[1:]
     if any(d < 1 for d in rest):
-        raise RuntimeError_(
+        raise EngineRuntimeError(
             f"{spec.name}: only the batch axis may be dynamic, got shape {list(spec.shape)}"
         )
     return (1, *rest), (opt_batch, *rest), (max_batch, *rest)
@@ -107,7 +109,7 @@ def numpy_dtype(tensorrt_dtype_name: str) -> np.dtype[Any]:
     try:
         return _NUMPY_DTYPES[tensorrt_dtype_name]
     except KeyError:
-        raise RuntimeError_(
+        raise EngineRuntimeError(
             f"tensorrt: I/O data type {tensorrt_dtype_name!r} is not supported "
             f"(supported: {', '.join(_NUMPY_DTYPES)})"
         ) from None
@@ -159,7 +161,7 @@ def _import_gpu() -> tuple[Any, Any]:
         import pycuda.driver as cuda
         import tensorrt as trt
     except (ImportError, OSError) as exc:
-        raise RuntimeError_(
+        raise EngineRuntimeError(
             f"the tensorrt backend needs the gpu extra (tensorrt, pycuda): {exc}"
         ) from exc
     return trt, cuda
@@ -232,7 +234,7 @@ class TensorRTRuntime(Runtime):
         self._check(cuda.init, "initialising CUDA")
         count = self._check(cuda.Device.count, "counting CUDA devices")
         if not 0 <= device < count:
-            raise RuntimeError_(f"tensorrt device: expected 0..{count - 1}, got {device}")
+            raise EngineRuntimeError(f"tensorrt device: expected 0..{count - 1}, got {device}")
         gpu = self._check(lambda: cuda.Device(device), f"opening CUDA device {device}")
         self.gpu_name = str(self._check(gpu.name, "reading the GPU name"))
         # make_context() leaves the new context current; pop it at once so every later call
@@ -288,7 +290,7 @@ class TensorRTRuntime(Runtime):
         )
         if not parser.parse_from_file(str(onnx)):
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-            raise RuntimeError_(
+            raise EngineRuntimeError(
                 f"{self.manifest.name}: TensorRT cannot parse {onnx}: "
                 + ("; ".join(errors) or "no parser error reported")
             )
@@ -300,10 +302,10 @@ class TensorRTRuntime(Runtime):
             low, opt, high = profile_shapes(spec, self.opt_batch, self.max_batch)
             profile.set_shape(spec.name, low, opt, high)
         if config.add_optimization_profile(profile) < 0:
-            raise RuntimeError_(self._failure("the optimisation profile is invalid"))
+            raise EngineRuntimeError(self._failure("the optimisation profile is invalid"))
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            raise RuntimeError_(self._failure("build_serialized_network returned None"))
+            raise EngineRuntimeError(self._failure("build_serialized_network returned None"))
         return bytes(memoryview(serialized))
 
     # -- engine and buffers ----------------------------------------------------------------
@@ -315,21 +317,21 @@ class TensorRTRuntime(Runtime):
         )
         self._engine = self._trt_runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
-            raise RuntimeError_(
+            raise EngineRuntimeError(
                 self._failure(
                     f"deserialize_cuda_engine returned None (corrupt plan? delete {self.plan_path})"
                 )
             )
         self._context = self._engine.create_execution_context()
         if self._context is None:
-            raise RuntimeError_(self._failure("create_execution_context returned None"))
+            raise EngineRuntimeError(self._failure("create_execution_context returned None"))
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         want_in = sorted(s.name for s in self.input_spec)
         want_out = sorted(s.name for s in self.output_spec)
         outputs = [n for n in names if n not in inputs]
         if sorted(inputs) != want_in or not set(want_out) <= set(outputs):
-            raise RuntimeError_(
+            raise EngineRuntimeError(
                 f"{self.manifest.name}: engine has inputs {sorted(inputs)} and outputs "
                 f"{sorted(outputs)}, manifest says {want_in} and {want_out}"
             )
@@ -341,7 +343,9 @@ class TensorRTRuntime(Runtime):
         for name in names:
             shape = tuple(self._context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
-                raise RuntimeError_(f"{self.manifest.name}: {name} has an unresolved shape {shape}")
+                raise EngineRuntimeError(
+                    f"{self.manifest.name}: {name} has an unresolved shape {shape}"
+                )
             dtype = numpy_dtype(self._engine.get_tensor_dtype(name).name)
             count = max(1, math.prod(shape))
             host = self._check(
@@ -352,11 +356,13 @@ class TensorRTRuntime(Runtime):
             )
             self._bindings.append(_Binding(name, name in inputs, dtype, host, device))
             if not self._context.set_tensor_address(name, int(device)):
-                raise RuntimeError_(self._failure(f"set_tensor_address({name!r}) failed"))
+                raise EngineRuntimeError(self._failure(f"set_tensor_address({name!r}) failed"))
 
     def _set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if not self._context.set_input_shape(name, shape):
-            raise RuntimeError_(self._failure(f"set_input_shape({name!r}, {list(shape)}) failed"))
+            raise EngineRuntimeError(
+                self._failure(f"set_input_shape({name!r}, {list(shape)}) failed")
+            )
 
     # -- inference -------------------------------------------------------------------------
 
@@ -365,7 +371,7 @@ class TensorRTRuntime(Runtime):
         parts: dict[str, list[Array]] = {spec.name: [] for spec in self.output_spec}
         with self._lock:
             if self._cuda_context is None:  # closed by another thread while this one waited
-                raise RuntimeError_(f"{self.manifest.name} on tensorrt: runtime is closed")
+                raise EngineRuntimeError(f"{self.manifest.name} on tensorrt: runtime is closed")
             with self._active():
                 for part in batch_slices(size, self.max_batch):
                     chunk = {n: a[part] for n, a in batch.items()}
@@ -387,7 +393,7 @@ class TensorRTRuntime(Runtime):
                     f"copying {binding.name} to the GPU",
                 )
         if not self._context.execute_async_v3(self._stream.handle):
-            raise RuntimeError_(self._failure("execute_async_v3 failed"))
+            raise EngineRuntimeError(self._failure("execute_async_v3 failed"))
         shapes: dict[str, tuple[int, ...]] = {}
         for binding in self._bindings:
             if not binding.is_input:
@@ -419,17 +425,17 @@ class TensorRTRuntime(Runtime):
             self._check(self._cuda.Context.pop, "deactivating the CUDA context")
 
     def _check(self, call: Callable[[], T], what: str) -> T:
-        """Run a CUDA call; its pycuda error becomes RuntimeError_ saying what failed."""
+        """Run a CUDA call; its pycuda error becomes EngineRuntimeError saying what failed."""
         try:
             return call()
         except self._cuda.Error as exc:
-            raise RuntimeError_(f"{self.manifest.name}: CUDA error {what}: {exc}") from exc
+            raise EngineRuntimeError(f"{self.manifest.name}: CUDA error {what}: {exc}") from exc
 
     def _trt_call(self, call: Callable[[], T], what: str) -> T:
-        """Run a TensorRT factory; None (its way of failing) becomes RuntimeError_."""
+        """Run a TensorRT factory; None (its way of failing) becomes EngineRuntimeError."""
         result = call()
         if result is None:
-            raise RuntimeError_(self._failure(f"{what} returned None"))
+            raise EngineRuntimeError(self._failure(f"{what} returned None"))
         return result
 
     def _failure(self, what: str) -> str:

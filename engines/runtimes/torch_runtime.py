@@ -10,7 +10,7 @@ import torch
 
 from engines.manifest import Manifest, verify_artefacts
 from engines.models import create
-from engines.runtimes.base import Array, Runtime, RuntimeError_
+from engines.runtimes.base import Array, EngineRuntimeError, Runtime
 from engines.serving import serving_graph
 
 
@@ -32,7 +32,7 @@ class TorchRuntime(Runtime):
     def _run(self, batch: dict[str, Array]) -> Mapping[str, npt.ArrayLike]:
         names = [spec.name for spec in self.input_spec]
         if self._graph is None:
-            raise RuntimeError_(f"{self.manifest.name} on torch: runtime is closed")
+            raise EngineRuntimeError(f"{self.manifest.name} on torch: runtime is closed")
         with torch.inference_mode():
             outputs = self._graph(*(torch.from_numpy(batch[n]) for n in names))
         return {spec.name: out.numpy() for spec, out in zip(self.output_spec, outputs, strict=True)}

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.manifest import Manifest
-from engines.runtimes.base import Array, Runtime, RuntimeError_
+from engines.runtimes.base import Array, EngineRuntimeError, Runtime
 from engines.triton_repo import SHA256_PARAMETER, TRITON_VERSION, VERSION_PARAMETER
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,11 @@ class TritonRuntime(Runtime):
     ) -> None:
         super().__init__(manifest, folder)
         if timeout_seconds <= 0:
-            raise RuntimeError_(f"triton timeout_seconds: expected > 0, got {timeout_seconds}")
+            raise EngineRuntimeError(f"triton timeout_seconds: expected > 0, got {timeout_seconds}")
         try:
             import tritonclient.grpc as grpcclient
         except ImportError as exc:
-            raise RuntimeError_(
+            raise EngineRuntimeError(
                 "the triton backend needs tritonclient: pip install 'tritonclient[grpc]'"
             ) from exc
         self.url = url
@@ -66,7 +66,7 @@ class TritonRuntime(Runtime):
         return f"Triton at {self.url}, model {self.manifest.name!r} version {self.model_version}"
 
     def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """One client call with the timeout; a server error becomes RuntimeError_ naming what."""
+        """One client call with the timeout; a server error becomes an EngineRuntimeError."""
         from tritonclient.utils import InferenceServerException
 
         try:
@@ -74,17 +74,17 @@ class TritonRuntime(Runtime):
                 *args, client_timeout=self.timeout_seconds, **kwargs
             )
         except InferenceServerException as exc:
-            raise RuntimeError_(f"{self._where}: {what} failed: {exc}") from exc
+            raise EngineRuntimeError(f"{self._where}: {what} failed: {exc}") from exc
 
     def _check_served(self) -> int:
         """Refuse a server or model that is not ready or not ours; return the max batch size."""
         name = self.manifest.name
         if not self._call("liveness check (is the server running?)", "is_server_live"):
-            raise RuntimeError_(f"{self._where}: server is not live")
+            raise EngineRuntimeError(f"{self._where}: server is not live")
         if not self._call("readiness check", "is_server_ready"):
-            raise RuntimeError_(f"{self._where}: server is not ready")
+            raise EngineRuntimeError(f"{self._where}: server is not ready")
         if not self._call("model readiness check", "is_model_ready", name, self.model_version):
-            raise RuntimeError_(
+            raise EngineRuntimeError(
                 f"{self._where}: model is not ready (is it in the server's model repository "
                 "and loaded? write one with engines.triton_repo.write_triton_repo)"
             )
@@ -94,21 +94,23 @@ class TritonRuntime(Runtime):
         parameters = config.get("parameters", {})
         served = parameters.get(VERSION_PARAMETER, {}).get("string_value")
         if served != self.manifest.version:
-            raise RuntimeError_(
+            raise EngineRuntimeError(
                 f"{self._where}: serves engine version {served!r} "
                 f"(config parameter {VERSION_PARAMETER!r}), manifest says {self.manifest.version!r}"
             )
         onnx = self.manifest.artefacts.get("onnx_fp32")
         served_sha = parameters.get(SHA256_PARAMETER, {}).get("string_value")
         if onnx is not None and served_sha != onnx.sha256:
-            raise RuntimeError_(
+            raise EngineRuntimeError(
                 f"{self._where}: serves ONNX SHA-256 {served_sha!r}, manifest says {onnx.sha256!r}"
             )
         for kind, specs in (("input", self.input_spec), ("output", self.output_spec)):
             have = sorted(t["name"] for t in config.get(kind, []))
             want = sorted(s.name for s in specs)
             if have != want:
-                raise RuntimeError_(f"{self._where}: serves {kind}s {have}, manifest says {want}")
+                raise EngineRuntimeError(
+                    f"{self._where}: serves {kind}s {have}, manifest says {want}"
+                )
         return int(config.get("max_batch_size", 0))
 
     def _run(self, batch: dict[str, Array]) -> Mapping[str, npt.ArrayLike]:
@@ -141,7 +143,7 @@ class TritonRuntime(Runtime):
         for spec in self.output_spec:
             value = result.as_numpy(spec.name)
             if value is None:
-                raise RuntimeError_(f"{self._where}: response lacks output {spec.name!r}")
+                raise EngineRuntimeError(f"{self._where}: response lacks output {spec.name!r}")
             outputs[spec.name] = np.asarray(value, dtype=np.float32)
         return outputs
 

@@ -10,8 +10,8 @@ import pytest
 
 from engines.manifest import MANIFEST_NAME, ManifestError
 from engines.runtimes import (
+    EngineRuntimeError,
     InferenceInputError,
-    RuntimeError_,
     RuntimeOptions,
     open_runtime,
     resolve_backend,
@@ -50,7 +50,7 @@ def test_auto_is_onnxruntime_without_a_gpu() -> None:
 
 
 def test_unknown_backend_is_refused(hip_screen_engine: Path) -> None:
-    with pytest.raises(RuntimeError_, match=r"engines\.backend: expected one of .*got 'cuda'"):
+    with pytest.raises(EngineRuntimeError, match=r"engines\.backend: expected one of .*got 'cuda'"):
         open_runtime(hip_screen_engine, RuntimeOptions(backend="cuda"))
 
 
@@ -95,7 +95,7 @@ def test_batch_size_mismatch_between_inputs_is_refused() -> None:
 def test_infer_after_close_is_refused(runtime: OnnxRuntime) -> None:
     runtime.close()
     runtime.close()  # closing twice is harmless
-    with pytest.raises(RuntimeError_, match="hip_screen on onnxruntime: runtime is closed"):
+    with pytest.raises(EngineRuntimeError, match="hip_screen on onnxruntime: runtime is closed"):
         runtime.infer({"image": _images(1)})
 
 

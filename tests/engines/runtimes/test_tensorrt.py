@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engines.manifest import TensorSpec, read_manifest
-from engines.runtimes import RuntimeError_, RuntimeOptions, open_runtime
+from engines.runtimes import EngineRuntimeError, RuntimeOptions, open_runtime
 from engines.runtimes.tensorrt import (
     batch_slices,
     check_batch_limits,
@@ -58,18 +58,22 @@ def test_profile_shapes_cover_batch_one_to_max() -> None:
     ],
 )
 def test_profile_shapes_refuse_other_dynamic_axes(shape: tuple[int, ...], match: str) -> None:
-    with pytest.raises(RuntimeError_, match=match):
+    with pytest.raises(EngineRuntimeError, match=match):
         profile_shapes(TensorSpec("image", shape), 1, 8)
 
 
 def test_batch_limits() -> None:
     assert check_batch_limits(8, None) == 8
     assert check_batch_limits(8, 2) == 2
-    with pytest.raises(RuntimeError_, match="max_batch: expected 1 or more, got 0"):
+    with pytest.raises(EngineRuntimeError, match="max_batch: expected 1 or more, got 0"):
         check_batch_limits(0, None)
-    with pytest.raises(RuntimeError_, match=r"opt_batch: expected 1\.\.8 \(max_batch\), got 9"):
+    with pytest.raises(
+        EngineRuntimeError, match=r"opt_batch: expected 1\.\.8 \(max_batch\), got 9"
+    ):
         check_batch_limits(8, 9)
-    with pytest.raises(RuntimeError_, match=r"opt_batch: expected 1\.\.8 \(max_batch\), got 0"):
+    with pytest.raises(
+        EngineRuntimeError, match=r"opt_batch: expected 1\.\.8 \(max_batch\), got 0"
+    ):
         check_batch_limits(8, 0)
 
 
@@ -84,7 +88,7 @@ def test_dtype_mapping() -> None:
     assert numpy_dtype("HALF") == np.float16
     assert numpy_dtype("INT64") == np.int64
     assert numpy_dtype("BOOL") == np.bool_
-    with pytest.raises(RuntimeError_, match="I/O data type 'BF16' is not supported"):
+    with pytest.raises(EngineRuntimeError, match="I/O data type 'BF16' is not supported"):
         numpy_dtype("BF16")
 
 
@@ -102,7 +106,7 @@ def test_write_atomic_leaves_no_partial_file(tmp_path: Path) -> None:
 def test_without_the_gpu_extra(hip_screen_engine: Path, tmp_path: Path) -> None:
     assert cuda_device_count() == 0
     with pytest.raises(
-        RuntimeError_, match=r"tensorrt backend needs the gpu extra \(tensorrt, pycuda\)"
+        EngineRuntimeError, match=r"tensorrt backend needs the gpu extra \(tensorrt, pycuda\)"
     ):
         open_runtime(hip_screen_engine, RuntimeOptions(backend="tensorrt", plan_cache=tmp_path))
 

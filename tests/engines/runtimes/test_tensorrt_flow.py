@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from engines.manifest import read_manifest
-from engines.runtimes import RuntimeError_
+from engines.runtimes import EngineRuntimeError
 from engines.runtimes.tensorrt import TensorRTRuntime
 
 OUTPUT_SHAPES = {"logits": (8,), "features": (2048, 2, 2)}
@@ -304,7 +304,7 @@ def test_builds_once_caches_and_splits_batches(
     # Closed: every buffer freed inside the context, the context popped.
     assert all(d.freed for d in stand.device.values()) and stand.host_freed == 3
     assert not stand.context_stack
-    with pytest.raises(RuntimeError_, match="runtime is closed"):
+    with pytest.raises(EngineRuntimeError, match="runtime is closed"):
         runtime.infer({"image": images})
     # Same ONNX, TensorRT, GPU and profile: the cached plan, no second build.
     with TensorRTRuntime(manifest, hip_screen_engine, plan_cache=cache, max_batch=3) as again:
@@ -317,7 +317,7 @@ def test_builds_once_caches_and_splits_batches(
 
 def test_parser_errors_are_listed(stand: _Stand, hip_screen_engine: Path, tmp_path: Path) -> None:
     stand.parse_ok = False
-    with pytest.raises(RuntimeError_, match=r"cannot parse .*model\.onnx: In node 3 \(Conv\)"):
+    with pytest.raises(EngineRuntimeError, match=r"cannot parse .*model\.onnx: In node 3 \(Conv\)"):
         TensorRTRuntime(read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path)
     assert not stand.context_stack and not list(tmp_path.glob("*.plan"))
 
@@ -330,7 +330,7 @@ def test_corrupt_cached_plan_is_named(
     (plan,) = tmp_path.glob("*.plan")
     plan.write_bytes(b"garbage")
     with pytest.raises(
-        RuntimeError_, match=rf"deserialize_cuda_engine returned None .*{plan.name}"
+        EngineRuntimeError, match=rf"deserialize_cuda_engine returned None .*{plan.name}"
     ):
         TensorRTRuntime(manifest, hip_screen_engine, plan_cache=tmp_path)
     assert not stand.context_stack

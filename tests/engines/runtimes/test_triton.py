@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engines.manifest import read_manifest
-from engines.runtimes import RuntimeError_, RuntimeOptions, open_runtime
+from engines.runtimes import EngineRuntimeError, RuntimeOptions, open_runtime
 from engines.runtimes.onnx import OnnxRuntime
 from engines.runtimes.triton import TritonRuntime
 
@@ -43,14 +43,14 @@ def test_open_runtime_picks_triton(hip_screen_engine: Path, triton_url: str) -> 
         assert runtime.infer({"image": _images(2)})["logits"].shape == (2, 8)
     finally:
         runtime.close()
-    with pytest.raises(RuntimeError_, match="runtime is closed"):
+    with pytest.raises(EngineRuntimeError, match="runtime is closed"):
         runtime.infer({"image": _images(1)})
 
 
 def test_model_not_in_repository_is_refused(hip_screen_engine: Path, triton_url: str) -> None:
     manifest = dataclasses.replace(read_manifest(hip_screen_engine), name="absent_engine")
     with pytest.raises(
-        RuntimeError_, match=rf"Triton at {triton_url}, model 'absent_engine' .*not ready"
+        EngineRuntimeError, match=rf"Triton at {triton_url}, model 'absent_engine' .*not ready"
     ):
         TritonRuntime(manifest, hip_screen_engine, url=triton_url, timeout_seconds=10)
 
@@ -58,7 +58,7 @@ def test_model_not_in_repository_is_refused(hip_screen_engine: Path, triton_url:
 def test_other_engine_version_is_refused(hip_screen_engine: Path, triton_url: str) -> None:
     manifest = dataclasses.replace(read_manifest(hip_screen_engine), version="9.0.0")
     with pytest.raises(
-        RuntimeError_, match=r"serves engine version '1\.2\.3-test'.*says '9\.0\.0'"
+        EngineRuntimeError, match=r"serves engine version '1\.2\.3-test'.*says '9\.0\.0'"
     ):
         TritonRuntime(manifest, hip_screen_engine, url=triton_url, timeout_seconds=10)
 
@@ -70,17 +70,17 @@ def test_other_onnx_is_refused(hip_screen_engine: Path, triton_url: str) -> None
         "onnx_fp32": dataclasses.replace(manifest.artefacts["onnx_fp32"], sha256="0" * 64),
     }
     manifest = dataclasses.replace(manifest, artefacts=artefacts)
-    with pytest.raises(RuntimeError_, match=r"serves ONNX SHA-256 .*says '0{64}'"):
+    with pytest.raises(EngineRuntimeError, match=r"serves ONNX SHA-256 .*says '0{64}'"):
         TritonRuntime(manifest, hip_screen_engine, url=triton_url, timeout_seconds=10)
 
 
 def test_unreachable_server_names_the_url(hip_screen_engine: Path, free_port: int) -> None:
     url = f"127.0.0.1:{free_port}"  # nothing listens there
     manifest = read_manifest(hip_screen_engine)
-    with pytest.raises(RuntimeError_, match=rf"Triton at {url}, .*liveness check .*failed"):
+    with pytest.raises(EngineRuntimeError, match=rf"Triton at {url}, .*liveness check .*failed"):
         TritonRuntime(manifest, hip_screen_engine, url=url, timeout_seconds=5)
 
 
 def test_bad_timeout_is_refused(hip_screen_engine: Path) -> None:
-    with pytest.raises(RuntimeError_, match="timeout_seconds: expected > 0, got 0"):
+    with pytest.raises(EngineRuntimeError, match="timeout_seconds: expected > 0, got 0"):
         TritonRuntime(read_manifest(hip_screen_engine), hip_screen_engine, timeout_seconds=0)

@@ -1,0 +1,58 @@
+"""The demo build on a tiny profile (the real profile is exercised by `make demo`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engines import build
+from engines.build import DEMO_VERSION, Profile, build_demo, cached_demo
+from engines.manifest import read_manifest
+from engines.training.loop import TrainOptions
+
+TINY = Profile(
+    size=64,
+    train_per_class=2,
+    validation_per_class=1,
+    test_per_class=1,
+    options=TrainOptions(epochs=1, batch_size=8),
+)
+
+
+@pytest.fixture
+def tiny_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(build.DEMO_PROFILES, "hip_screen", TINY)
+
+
+@pytest.mark.usefixtures("tiny_profile")
+def test_build_trains_packages_and_then_reuses_the_cache(tmp_path: Path) -> None:
+    seen: list[tuple[str, int]] = []
+    first = build_demo(tmp_path, ("hip_screen",), progress=lambda n, p: seen.append((n, p.step)))
+    assert not first[0].reused and seen and seen[0][0] == "hip_screen"
+    manifest = read_manifest(tmp_path / "hip_screen")
+    assert manifest.version == DEMO_VERSION
+    assert manifest.training["data"] == "phantoms"
+    assert manifest.training["profile"]["size"] == 64
+    assert len(manifest.training["history"]) == 1
+    assert manifest.evaluation["items"] == 8 and manifest.evaluation["positives"] == 7
+    assert 0.0 <= manifest.evaluation["accuracy"] <= 1.0
+    assert (tmp_path / "hip_screen" / "checkpoints" / "epoch-001.pt").is_file()
+    second = build_demo(tmp_path, ("hip_screen",))
+    assert second[0].reused and second[0].manifest == manifest
+
+
+@pytest.mark.usefixtures("tiny_profile")
+def test_a_changed_profile_or_damaged_artefact_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    build_demo(tmp_path, ("hip_screen",))
+    assert cached_demo(tmp_path, "hip_screen") is not None
+    onnx = tmp_path / "hip_screen" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-10])
+    assert cached_demo(tmp_path, "hip_screen") is None
+    assert "cached engine not reusable" in caplog.text
+    build_demo(tmp_path, ("hip_screen",))
+    monkeypatch.setitem(build.DEMO_PROFILES, "hip_screen", Profile(**{**TINY.__dict__, "size": 96}))
+    assert cached_demo(tmp_path, "hip_screen") is None
+    assert cached_demo(tmp_path / "nothing", "hip_screen") is None

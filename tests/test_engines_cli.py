@@ -1,0 +1,84 @@
+"""`dicom-node engines ...` in-process, on a tiny phantom profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicom_node.cli import main
+from engines import build
+from engines.build import Profile
+from engines.training.loop import TrainOptions
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setitem(
+        build.DEMO_PROFILES,
+        "hip_screen",
+        Profile(64, 2, 1, 1, TrainOptions(epochs=1, batch_size=8)),
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text(f"engines:\n  cache_dir: {tmp_path / 'cache'}\n  backend: onnxruntime\n")
+    return path
+
+
+def test_build_list_export_and_train(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["engines", "list", "--config", str(config)]) == 0
+    assert "hip_screen  -" in capsys.readouterr().out
+
+    assert (
+        main(["engines", "build", "--demo", "--engine", "hip_screen", "--config", str(config)]) == 0
+    )
+    captured = capsys.readouterr()
+    assert "not for clinical use" in captured.out
+    assert "hip_screen 0.1.0-demo: built in" in captured.out and "accuracy" in captured.out
+    assert "epoch 1/1" in captured.err  # the progress bar
+
+    assert main(["engines", "list", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "hip_screen  0.1.0-demo   onnxruntime     64  accuracy" in out
+    assert "hipnet      -" in out and "1 engines built" in out
+
+    assert (
+        main(["engines", "export", "hip_screen", "--version", "2.0.0", "--config", str(config)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "onnx_fp16" in out and "sha256" in out
+
+    assert (
+        main(
+            [
+                "engines",
+                "train",
+                "hip_screen",
+                "--phantoms",
+                "2",
+                "--epochs",
+                "1",
+                "--size",
+                "64",
+                "--batch-size",
+                "8",
+                "--out",
+                str(tmp_path / "mine"),
+                "--config",
+                str(config),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "epoch 1: loss" in out and "recall normal" in out
+    assert (tmp_path / "mine" / "manifest.yaml").is_file()
+
+
+def test_triton_repo_needs_built_engines(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["engines", "triton-repo", str(tmp_path / "repo"), "--config", str(config)]) == 2
+    assert "no built engine in" in capsys.readouterr().err
