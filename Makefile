@@ -42,6 +42,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/inference.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,354 @@
+"""Inference speed: each engine at its production size, torch eager against onnxruntime fp32.
+
+Each engine is packaged once (untrained weights, seed 0: the numbers are speed
+only, never accuracy) into a work folder and reused while its manifest matches
+the size. Each backend then runs in its own process, one after the other:
+onnxruntime's worker threads keep spinning after a run and slow whatever runs
+next in the same process. A worker opens the engine through
+``engines.runtimes.open_runtime``, warms up, times ``--iterations`` calls per
+batch size ``--repeats`` times, and reports the median as one JSON line.
+
+FLOPs are counted once per engine and size, in this process, with
+``torch.utils.flop_counter.FlopCounterMode`` on the serving graph at batch 1:
+a multiply-add counts as 2 FLOPs, and only operators with a FLOP formula
+(convolutions, matrix products) are counted; normalisation, activations and
+pooling are not. Both backends run fp32, NCHW (torch's channels_last is not
+used), with one thread per core unless ``--threads`` says otherwise.
+
+    .venv/bin/python bench/inference.py              # both engines, batch 1 and 4
+    .venv/bin/python bench/inference.py --markdown   # also the table for docs/performance.md
+    .venv/bin/python bench/inference.py --engines hip_screen --size 64 --batches 1 --iterations 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("torch", "onnxruntime")
+REFERENCE = "torch"
+TARGET_RATIO = 1.4  # onnxruntime images/s over torch eager images/s
+TARGET_GFLOPS = 150.0  # achieved by onnxruntime, about the fp32 peak of 2 cores
+SEED = 0
+BUSY_LOAD = 0.5  # 1-minute load average above which the machine was not idle
+VERSION = "bench-untrained"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One worker's median seconds per batch for one batch size."""
+
+    batch: int
+    seconds: float  # median over repeats of (elapsed / iterations)
+    repeats: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    engine: str
+    size: int
+    batch: int
+    backend: str
+    seconds: float  # per batch
+    gflop_per_image: float
+    ratio: float | None  # reference seconds / this backend's seconds, None on the reference
+
+    @property
+    def ms_per_batch(self) -> float:
+        return self.seconds * 1e3
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch / self.seconds
+
+    @property
+    def gflop_per_s(self) -> float:
+        return self.gflop_per_image * self.images_per_s
+
+    @property
+    def targets(self) -> str:
+        if self.ratio is None:
+            return "reference"
+        ratio = "met" if self.ratio >= TARGET_RATIO else "NOT met"
+        gflops = "met" if self.gflop_per_s >= TARGET_GFLOPS else "NOT met"
+        return f"{ratio} / {gflops}"
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def parse_ints(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,4, got {text!r}")
+    return values
+
+
+# --- worker: runs in its own process, one backend ---------------------------------------------
+
+
+def run_worker(
+    folder: Path,
+    backend: str,
+    batches: tuple[int, ...],
+    iterations: int,
+    repeats: int,
+    threads: int,
+) -> dict[str, object]:
+    import numpy as np
+
+    from engines.runtimes import RuntimeOptions, open_runtime
+
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)  # torch's default may count physical cores only
+    rng = np.random.default_rng(SEED)
+    timings: list[Timing] = []
+    with open_runtime(folder, RuntimeOptions(backend=backend, threads=threads)) as runtime:
+        for batch in batches:
+            inputs = {}
+            for spec in runtime.input_spec:
+                shape = tuple(batch if d == -1 else d for d in spec.shape)
+                # 1-D inputs are per-item flags (Hip-Net's lateral_present): all views present.
+                inputs[spec.name] = (
+                    np.ones(shape, np.float32)
+                    if len(shape) == 1
+                    else rng.standard_normal(shape, dtype=np.float32)
+                )
+            runtime.infer(inputs)  # warm-up: allocations, onnxruntime's arena, torch's caches
+            samples = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                for _ in range(iterations):
+                    runtime.infer(inputs)
+                samples.append((time.perf_counter() - started) / iterations)
+            timings.append(Timing(batch, statistics.median(samples), tuple(samples)))
+    return {"backend": backend, "threads": threads, "timings": [asdict(t) for t in timings]}
+
+
+# --- parent: package, count FLOPs, spawn one worker per backend -------------------------------
+
+
+def package(name: str, size: int, work: Path) -> Path:
+    """The engine folder for ``name`` at ``size``, packaged with untrained weights if missing."""
+    import torch
+
+    from engines.catalog import engine_spec
+    from engines.manifest import ManifestError, read_manifest
+    from engines.models import create
+    from engines.package import package_engine
+
+    folder = work / f"{name}-{size}"
+    try:
+        manifest = read_manifest(folder)
+        if manifest.name == name and manifest.preprocessing.size == size:
+            return folder
+    except ManifestError:
+        pass  # not packaged yet (or unreadable): package it below
+    spec = engine_spec(name)
+    torch.manual_seed(SEED)
+    print(f"packaging {name} at {size}x{size} into {folder} ...", flush=True)
+    package_engine(
+        spec,
+        create(spec.model),
+        size,
+        folder,
+        VERSION,
+        clinical_use="benchmark only: untrained weights",
+    )
+    return folder
+
+
+def gflop_per_image(name: str, size: int) -> float:
+    """FlopCounterMode's count (a multiply-add = 2 FLOPs) for one image, in GFLOP."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engines.catalog import engine_spec
+    from engines.models import create
+    from engines.serving import example_inputs, serving_graph
+
+    model = create(engine_spec(name).model).eval()
+    graph = serving_graph(model).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        graph(*example_inputs(model, size, batch=1))
+    return float(counter.get_total_flops()) / 1e9
+
+
+def spawn_worker(
+    folder: Path,
+    backend: str,
+    batches: tuple[int, ...],
+    iterations: int,
+    repeats: int,
+    threads: int,
+) -> list[Timing]:
+    command = [
+        sys.executable, str(Path(__file__).resolve()), "--worker",
+        "--folder", str(folder), "--backend", backend,
+        "--batches", ",".join(map(str, batches)),
+        "--iterations", str(iterations), "--repeats", str(repeats), "--threads", str(threads),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{backend} worker on {folder.name} exited with {done.returncode}: "
+            f"{done.stderr[-2000:]}"
+        )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{backend} worker on {folder.name} printed no result: {done.stdout!r}")
+    result = json.loads(lines[-1])
+    return [
+        Timing(int(t["batch"]), float(t["seconds"]), tuple(t["repeats"])) for t in result["timings"]
+    ]
+
+
+def measure(name: str, size: int, args: argparse.Namespace, threads: int) -> list[Row]:
+    folder = package(name, size, args.work)
+    gflop = gflop_per_image(name, size)
+    seconds: dict[tuple[str, int], float] = {}
+    for backend in BACKENDS:  # one after the other, never side by side: they share the cores
+        for timing in spawn_worker(
+            folder, backend, args.batches, args.iterations, args.repeats, threads
+        ):
+            seconds[(backend, timing.batch)] = timing.seconds
+    rows = []
+    for batch in args.batches:
+        reference = seconds[(REFERENCE, batch)]
+        for backend in BACKENDS:
+            own = seconds[(backend, batch)]
+            ratio = None if backend == REFERENCE else reference / own
+            rows.append(Row(name, size, batch, backend, own, gflop, ratio))
+    return rows
+
+
+HEADERS = (
+    "engine", "size", "batch", "backend", "ms/batch", "images/s", "GFLOP/image", "GFLOP/s",
+    "onnxruntime/torch", f"targets (>= {TARGET_RATIO}x / >= {TARGET_GFLOPS:.0f} GFLOP/s)",
+)  # fmt: skip
+
+
+def cells(row: Row) -> tuple[str, ...]:
+    return (
+        row.engine,
+        f"{row.size}x{row.size}",
+        str(row.batch),
+        row.backend,
+        f"{row.ms_per_batch:.1f}",
+        f"{row.images_per_s:.2f}",
+        f"{row.gflop_per_image:.2f}",
+        f"{row.gflop_per_s:.1f}",
+        "-" if row.ratio is None else f"{row.ratio:.2f}x",
+        row.targets,
+    )
+
+
+def text_table(rows: list[Row]) -> str:
+    table = [HEADERS, *(cells(r) for r in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(HEADERS))]
+    left = {0, 3, 9}  # text columns; numbers align right
+    lines = [
+        "  ".join(
+            c.ljust(w) if i in left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in table
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    align = ["---" if i in {0, 3, 9} else "---:" for i in range(len(HEADERS))]
+    lines = [HEADERS, tuple(align), *(cells(r) for r in rows)]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", default="hip_screen,hipnet", help="comma-separated names")
+    parser.add_argument("--batches", type=parse_ints, default=(1, 4), help="e.g. 1,4")
+    parser.add_argument("--iterations", type=int, default=5, help="timed calls per repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="the median of these is reported")
+    parser.add_argument("--size", type=int, help="input edge for every engine (smoke tests)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = one per core")
+    parser.add_argument(
+        "--work", type=Path, default=ROOT / "var" / "bench" / "engines",
+        help="where packaged engines are kept and reused",
+    )  # fmt: skip
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", choices=BACKENDS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.iterations < 1 or args.repeats < 1:
+        parser.error(
+            f"--iterations and --repeats must be >= 1, got {args.iterations}, {args.repeats}"
+        )
+    if args.size is not None and args.size < 32:
+        parser.error(f"--size: expected >= 32 (the backbones downsample 32x), got {args.size}")
+    threads = args.threads or cores()
+    if args.worker:
+        if args.folder is None or args.backend is None:
+            parser.error("--worker needs --folder and --backend")
+        result = run_worker(
+            args.folder, args.backend, args.batches, args.iterations, args.repeats, threads
+        )
+        print(json.dumps(result), flush=True)
+        return 0
+
+    from engines.catalog import ENGINES
+
+    names = [n.strip() for n in args.engines.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown:
+        parser.error(f"--engines: unknown {unknown}, expected some of {sorted(ENGINES)}")
+    load = os.getloadavg()[0]
+    rows: list[Row] = []
+    for name in names:
+        size = args.size or ENGINES[name].production_size
+        rows.extend(measure(name, size, args, threads))
+
+    print(
+        f"inference benchmark: {threads} thread(s) on {cores()} core(s), fp32, NCHW "
+        f"(channels_last not used); untrained weights (seed {SEED}), speed only; "
+        f"median of {args.repeats} x {args.iterations} call(s) after one warm-up; "
+        "each backend in its own process"
+    )
+    print(
+        "GFLOP counted by torch FlopCounterMode (multiply-add = 2 FLOPs; convolutions and "
+        "matrix products only); onnxruntime/torch = torch ms / onnxruntime ms"
+    )
+    print(
+        "an image is one network input item: one hip region for hip_screen, one hip case "
+        "(AP + lateral view through the 4 members) for hipnet"
+    )
+    if load > BUSY_LOAD:
+        # Another process on these cores makes torch's OpenMP threads wait on each other.
+        print(f"WARNING: load average {load:.2f} at start: the machine was busy, numbers are low")
+    print(text_table(rows))
+    if args.markdown:
+        print()
+        print(markdown_table(rows))
+    if args.json:
+        payload = [{**asdict(r), "images_per_s": r.images_per_s, "gflop_per_s": r.gflop_per_s}
+                   for r in rows]  # fmt: skip
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

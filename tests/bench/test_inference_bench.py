@@ -1,0 +1,38 @@
+"""Smoke test of bench/inference.py: a tiny hip_screen, both backends, one call each."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "inference.py"
+
+
+@pytest.mark.timeout(90)
+def test_inference_bench_times_both_backends(tmp_path: Path) -> None:
+    rows_json = tmp_path / "rows.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--engines", "hip_screen", "--size", "64",
+         "--batches", "1", "--iterations", "1", "--repeats", "1",
+         # One thread: two OpenMP threads on a busy 2-core machine can be 30x slower.
+         "--threads", "1",
+         "--work", str(tmp_path / "engines"), "--markdown", "--json", str(rows_json)],
+        capture_output=True, text=True, check=False, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = [line.split() for line in done.stdout.splitlines() if line.startswith("hip_screen")]
+    assert {cells[3] for cells in table} == {"torch", "onnxruntime"}
+    for cells in table:
+        assert cells[1] == "64x64"
+        assert all(float(value) > 0 for value in cells[4:8])  # ms, images/s, GFLOP, GFLOP/s
+    assert "| hip_screen | 64x64 | 1 | onnxruntime |" in done.stdout
+    rows = json.loads(rows_json.read_text())
+    assert [r["backend"] for r in rows] == ["torch", "onnxruntime"]
+    assert all(r["seconds"] > 0 and r["gflop_per_image"] > 0 for r in rows)
+    assert rows[1]["ratio"] > 0
+    assert (tmp_path / "engines" / "hip_screen-64" / "manifest.yaml").is_file()
