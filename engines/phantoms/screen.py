@@ -165,7 +165,7 @@ def _osteonecrosis(c: Canvas, v: HipView, patient: Patient, rng: np.random.Gener
     draw_pelvis(c, v, patient, socket_of(v), v.rim)
     tilt = math.radians(-90.0 + rng.uniform(-25.0, 10.0))
     up = (math.cos(tilt), math.sin(tilt))
-    flat = rng.uniform(0.018, 0.032)
+    flat = rng.uniform(0.03, 0.045)
     cut = HeadCut(add(v.head, up, v.head_r - flat), up)
     draw_femur(c, v, Femur(head_cut=cut))
     chord = add(v.head, up, rng.uniform(0.05, 0.35) * v.head_r)
@@ -178,10 +178,10 @@ def _osteonecrosis(c: Canvas, v: HipView, patient: Patient, rng: np.random.Gener
     bone += live * (0.3 + 0.25 * mottle[win])
     # The crescent sign: a lucent subchondral line just under the collapsed surface.
     under = np.maximum(circle(x, y, v.head, v.head_r - 0.014 - flat * 0.5), surface + 0.012)
-    bone *= 1.0 - 0.8 * c.band(under, 0.004) * c.fill(segment_d)
+    bone *= 1.0 - 0.85 * c.band(under, 0.007) * c.fill(segment_d)
     # The sclerotic border of the necrotic segment.
     inside = c.fill(circle(x, y, v.head, v.head_r - 0.01))
-    bone += 0.3 * c.band(line(x, y, chord, up), 0.005) * inside
+    bone += 0.45 * c.band(line(x, y, chord, up), 0.008) * inside
     mask = np.zeros(c.x.shape, np.bool_)
     mask[win] = segment_d < 0.006
     return mask
@@ -209,7 +209,8 @@ def _dysplasia(c: Canvas, v: HipView, patient: Patient, rng: np.random.Generator
 
 def _opening(normal: Point, rng: np.random.Generator) -> Point:
     """Distal displacement: the fracture gapes a little and the fragments step off."""
-    gape, step = rng.uniform(0.0, 0.008), rng.uniform(-0.016, 0.016)
+    # Displaced enough to be seen at the demo engines' 96-pixel input (gap >= 2 px).
+    gape, step = rng.uniform(0.006, 0.014), rng.uniform(0.018, 0.032) * rng.choice((-1.0, 1.0))
     return (gape * normal[0] - step * normal[1], gape * normal[1] + step * normal[0])
 
 
@@ -229,12 +230,12 @@ def _neck_fracture(c: Canvas, v: HipView, rng: np.random.Generator) -> Mask:
         -(u[0] * math.cos(tilt) - u[1] * math.sin(tilt)),
         -(u[0] * math.sin(tilt) + u[1] * math.cos(tilt)),
     )
-    varus = math.radians(rng.uniform(8.0, 22.0))
+    varus = math.radians(rng.uniform(14.0, 28.0))
     shift = _opening(normal, rng)
     fracture = Fracture(
         point=point,
         normal=normal,
-        gap=rng.uniform(0.012, 0.02),
+        gap=rng.uniform(0.022, 0.032),
         proximal=Rigid(v.head, -varus),
         distal=Rigid(point, 0.0, shift),
     )
@@ -251,8 +252,8 @@ def _intertrochanteric(c: Canvas, v: HipView, rng: np.random.Generator) -> Mask:
     fracture = Fracture(
         point=point,
         normal=normal,
-        gap=rng.uniform(0.012, 0.02),
-        proximal=Rigid(v.head, -math.radians(rng.uniform(4.0, 12.0))),
+        gap=rng.uniform(0.022, 0.032),
+        proximal=Rigid(v.head, -math.radians(rng.uniform(8.0, 16.0))),
         distal=Rigid(point, math.radians(rng.uniform(-4.0, 4.0)), _opening(normal, rng)),
     )
     return draw_fractured_femur(c, v, Femur(), fracture)
