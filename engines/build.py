@@ -30,6 +30,9 @@ from engines.training.loop import EpochSummary, Progress, TrainOptions, train
 log = logging.getLogger(__name__)
 
 DEMO_VERSION = f"{__version__}-demo"
+# Initialisation only (not part of the served model): residual branches start at zero
+# (Goyal et al. 2017), which trains ResNets from scratch faster.
+TRAIN_INIT: dict[str, dict[str, Any]] = {"hip_screen": {"zero_init_residual": True}}
 # Phantom seed ranges: training, validation and test sets never share a phantom.
 TRAIN_SEED, VALIDATION_SEED, TEST_SEED = 0, 1_000_000, 2_000_000
 
@@ -46,20 +49,29 @@ class Profile:
     lateral_missing: float = 0.0  # share of training hips without a lateral view
 
 
+# The demo profile: full architectures, small inputs, one pass over many distinct phantoms
+# (phantoms are cheap, optimisation steps are not: fresh images generalise better than
+# epochs over few). gamma 0.5: with ~130 optimisation steps, the focal term at gamma 2
+# silences the half-learnt examples that drive early learning (held-out accuracy 0.66 at
+# gamma 2 against 0.83 at 0.5 in the same time). max_seconds bounds the build on slow CPUs.
 DEMO_PROFILES: dict[str, Profile] = {
     "hip_screen": Profile(
         size=ENGINES["hip_screen"].demo_size,
-        train_per_class=40,
+        train_per_class=200,
         validation_per_class=8,
         test_per_class=25,
-        options=TrainOptions(epochs=4, batch_size=16, learning_rate=2e-3, max_seconds=210),
+        options=TrainOptions(
+            epochs=1, batch_size=12, learning_rate=2e-3, gamma=0.5, max_seconds=240
+        ),
     ),
     "hipnet": Profile(
         size=ENGINES["hipnet"].demo_size,
-        train_per_class=40,
+        train_per_class=90,
         validation_per_class=8,
         test_per_class=20,
-        options=TrainOptions(epochs=4, batch_size=8, learning_rate=2e-3, max_seconds=210),
+        options=TrainOptions(
+            epochs=1, batch_size=8, learning_rate=2e-3, gamma=0.5, max_seconds=200
+        ),
         lateral_missing=0.2,
     ),
 }
@@ -194,7 +206,7 @@ def train_and_package(
     clinical_use: str = "not for clinical use: trained on synthetic phantoms",
 ) -> Manifest:
     pre = Preprocessing(size=size)
-    model = create(spec.model)
+    model = create(spec.model, **TRAIN_INIT.get(spec.name, {}))
     start = time.monotonic()
     history = train(
         spec, model, train_set, validation, pre, options, folder / "checkpoints", progress

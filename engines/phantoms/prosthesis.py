@@ -256,14 +256,15 @@ def _fracture(
     oblique = math.radians(float(rng.choice((-1.0, 1.0))) * rng.uniform(25.0, 55.0))
     co, si = math.cos(oblique), math.sin(oblique)
     normal = (v.down[0] * co - v.down[1] * si, v.down[0] * si + v.down[1] * co)
-    side = float(rng.choice((-1.0, 1.0))) * rng.uniform(0.008, 0.02)
-    shorten = rng.uniform(0.0, 0.012)
+    # Displaced enough to be seen at Hip-Net's 64-pixel demo input (gap and step >= 2 px).
+    side = float(rng.choice((-1.0, 1.0))) * rng.uniform(0.025, 0.04)
+    shorten = rng.uniform(0.01, 0.025)
     distal = Rigid(
         point,
         math.radians(rng.uniform(-6.0, 6.0)),
         (side * v.medial[0] - shorten * v.down[0], side * v.medial[1] - shorten * v.down[1]),
     )
-    fr = Fracture(point=point, normal=normal, gap=rng.uniform(0.012, 0.02), distal=distal)
+    fr = Fracture(point=point, normal=normal, gap=rng.uniform(0.03, 0.045), distal=distal)
     draw_pelvis(c, v, patient, tha_socket(iv), v.rim)
     band = draw_fractured_femur(c, v, tha_femur(v, implant), fr)
     draw_tha(c, iv)

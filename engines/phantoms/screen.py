@@ -165,7 +165,7 @@ def _osteonecrosis(c: Canvas, v: HipView, patient: Patient, rng: np.random.Gener
     draw_pelvis(c, v, patient, socket_of(v), v.rim)
     tilt = math.radians(-90.0 + rng.uniform(-25.0, 10.0))
     up = (math.cos(tilt), math.sin(tilt))
-    flat = rng.uniform(0.03, 0.045)
+    flat = rng.uniform(0.045, 0.065)
     cut = HeadCut(add(v.head, up, v.head_r - flat), up)
     draw_femur(c, v, Femur(head_cut=cut))
     chord = add(v.head, up, rng.uniform(0.05, 0.35) * v.head_r)
@@ -175,13 +175,13 @@ def _osteonecrosis(c: Canvas, v: HipView, patient: Patient, rng: np.random.Gener
     segment_d = np.maximum(circle(x, y, v.head, v.head_r), -line(x, y, chord, up))
     surface = line(x, y, cut.point, up)
     live = c.fill(np.maximum(segment_d, surface))
-    bone += live * (0.3 + 0.25 * mottle[win])
+    bone += live * (0.45 + 0.35 * mottle[win])
     # The crescent sign: a lucent subchondral line just under the collapsed surface.
     under = np.maximum(circle(x, y, v.head, v.head_r - 0.014 - flat * 0.5), surface + 0.012)
-    bone *= 1.0 - 0.85 * c.band(under, 0.007) * c.fill(segment_d)
+    bone *= 1.0 - 0.9 * c.band(under, 0.01) * c.fill(segment_d)
     # The sclerotic border of the necrotic segment.
     inside = c.fill(circle(x, y, v.head, v.head_r - 0.01))
-    bone += 0.45 * c.band(line(x, y, chord, up), 0.008) * inside
+    bone += 0.6 * c.band(line(x, y, chord, up), 0.011) * inside
     mask = np.zeros(c.x.shape, np.bool_)
     mask[win] = segment_d < 0.006
     return mask

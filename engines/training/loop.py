@@ -107,7 +107,7 @@ def train(
     for epoch in range(1, options.epochs + 1):
         model.train()
         order = torch.randperm(len(train_set), generator=generator)
-        total = 0.0
+        total, done = 0.0, 0
         for step in range(steps):
             index = order[step * options.batch_size : (step + 1) * options.batch_size]
             if len(index) < 2:  # BatchNorm needs two items
@@ -118,6 +118,7 @@ def train(
             optimiser.step()
             schedule.step()
             total += float(loss.item())
+            done += 1
             if progress:
                 progress(
                     Progress(
@@ -126,14 +127,16 @@ def train(
                         options.epochs,
                         step + 1,
                         steps,
-                        total / (step + 1),
+                        total / done,
                         time.monotonic() - start,
                     )
                 )
             if options.max_seconds is not None and time.monotonic() - start > options.max_seconds:
                 break
         result = evaluate(spec, model, val_set, pre, heatmaps=False)
-        summary = EpochSummary(epoch, total / steps, result.accuracy, time.monotonic() - start)
+        summary = EpochSummary(
+            epoch, total / max(done, 1), result.accuracy, time.monotonic() - start
+        )
         history.append(summary)
         log.info(
             "%s epoch %d/%d: loss %.4f, validation accuracy %.3f",
