@@ -24,8 +24,8 @@ from dicom_node.errors import DicomNodeError
 from engines.serving import example_inputs, input_names, output_names, serving_graph
 
 OPSET = 17
-# Kept in fp32 by the fp16 conversion: GeM's clamp/pow/mean/root, softmax and sigmoid.
-FP16_KEEP_FP32 = ("Clip", "Pow", "ReduceMean", "Softmax", "Sigmoid", "Div", "Resize")
+# Kept in fp32 by the fp16 conversion: GeM's clamp, pow, mean and 1/p root, softmax, sigmoid.
+FP16_KEEP_FP32 = ("Clip", "Pow", "Reciprocal", "ReduceMean", "Softmax", "Sigmoid", "Div", "Resize")
 
 
 class ExportError(DicomNodeError, RuntimeError):

@@ -102,7 +102,9 @@ def write_manifest(manifest: Manifest, folder: Path) -> Path:
     path = folder / MANIFEST_NAME
     data = _plain(asdict(manifest))
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    # Flow style for the innermost lists keeps shapes and the confusion matrix one line each.
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
 
