@@ -129,9 +129,14 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
 
     folder = engine_folder(cache, args.name)
     old = read_manifest(folder)
+    if args.checkpoint and not args.version:
+        raise DicomNodeError("engines export --checkpoint: give --version for the new weights")
     model = create(old.model, **old.model_kwargs)
     checkpoint = Path(args.checkpoint) if args.checkpoint else folder / CHECKPOINT
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    # Figures measured on other weights would be false for a new checkpoint: drop them.
+    evaluation = old.evaluation if not args.checkpoint else {}
+    training = old.training if not args.checkpoint else {"data": f"checkpoint {checkpoint}"}
     manifest = package_engine(
         engine_spec(args.name),
         model,
@@ -139,9 +144,11 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
         folder,
         args.version or old.version,
         model_kwargs=old.model_kwargs,
-        training=old.training,
-        evaluation=old.evaluation,
-        clinical_use=old.clinical_use,
+        training=training,
+        evaluation=evaluation,
+        clinical_use=old.clinical_use
+        if not args.checkpoint
+        else "external checkpoint: validate locally before clinical use",
     )
     for key, artefact in manifest.artefacts.items():
         print(f"{key:<10} {folder / artefact.path}  sha256 {artefact.sha256}")

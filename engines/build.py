@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from dicom_node import __version__
+from dicom_node.errors import DicomNodeError
 from engines.catalog import ENGINES, EngineSpec, engine_spec
 from engines.manifest import Manifest, ManifestError, Preprocessing, read_manifest, verify_artefacts
 from engines.models import create
@@ -77,6 +78,10 @@ DEMO_PROFILES: dict[str, Profile] = {
 }
 
 
+class BuildError(DicomNodeError, RuntimeError):
+    """A build would overwrite an engine that is not a demo engine."""
+
+
 @dataclass(frozen=True)
 class BuildResult:
     manifest: Manifest
@@ -116,6 +121,9 @@ def build_demo(
     results = []
     for name in names:
         start = time.monotonic()
+        folder = engine_folder(cache_dir, name)
+        if not force:
+            _refuse_to_replace_own_engine(folder)
         cached = None if force else cached_demo(cache_dir, name)
         if cached is not None:
             results.append(BuildResult(cached, engine_folder(cache_dir, name), True, 0.0))
@@ -131,6 +139,19 @@ def build_demo(
             BuildResult(manifest, engine_folder(cache_dir, name), False, time.monotonic() - start)
         )
     return results
+
+
+def _refuse_to_replace_own_engine(folder: Path) -> None:
+    """A site's own engine (trained on its data or exported from its checkpoint) is kept."""
+    try:
+        manifest = read_manifest(folder)
+    except ManifestError:
+        return
+    if not manifest.version.endswith("-demo"):
+        raise BuildError(
+            f"{folder} holds {manifest.name} {manifest.version}, not a demo engine; "
+            "refusing to replace it (use --force, or another engines.cache_dir)"
+        )
 
 
 def train_on_phantoms(

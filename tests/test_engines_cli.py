@@ -9,6 +9,7 @@ import pytest
 from dicom_node.cli import main
 from engines import build
 from engines.build import Profile
+from engines.manifest import read_manifest
 from engines.training.loop import TrainOptions
 
 
@@ -49,6 +50,30 @@ def test_build_list_export_and_train(
     )
     out = capsys.readouterr().out
     assert "onnx_fp16" in out and "sha256" in out
+    manifest = read_manifest(tmp_path / "cache" / "hip_screen")
+    assert manifest.version == "2.0.0" and manifest.evaluation["items"] == 8
+
+    # A site's own checkpoint: new version required, old figures dropped, clinical note changed.
+    checkpoint = str(tmp_path / "cache" / "hip_screen" / "model.pt")
+    export = [
+        "engines",
+        "export",
+        "hip_screen",
+        "--checkpoint",
+        checkpoint,
+        "--config",
+        str(config),
+    ]
+    assert main(export) == 2
+    assert "give --version for the new weights" in capsys.readouterr().err
+    assert main([*export, "--version", "3.0.0-site"]) == 0
+    capsys.readouterr()
+    manifest = read_manifest(tmp_path / "cache" / "hip_screen")
+    assert manifest.evaluation == {} and "validate locally" in manifest.clinical_use
+    # ...which a demo build does not silently replace.
+    build = ["engines", "build", "--demo", "--engine", "hip_screen", "--config", str(config)]
+    assert main(build) == 2
+    assert "not a demo engine; refusing to replace it" in capsys.readouterr().err
 
     assert (
         main(

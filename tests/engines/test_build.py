@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from engines import build
-from engines.build import DEMO_VERSION, Profile, build_demo, cached_demo
+from engines.build import DEMO_VERSION, BuildError, Profile, build_demo, cached_demo
+from engines.catalog import engine_spec
 from engines.manifest import read_manifest
+from engines.models import create
+from engines.package import package_engine
 from engines.training.loop import TrainOptions
 
 TINY = Profile(
@@ -56,3 +59,11 @@ def test_a_changed_profile_or_damaged_artefact_is_rebuilt(
     monkeypatch.setitem(build.DEMO_PROFILES, "hip_screen", Profile(**{**TINY.__dict__, "size": 96}))
     assert cached_demo(tmp_path, "hip_screen") is None
     assert cached_demo(tmp_path / "nothing", "hip_screen") is None
+
+
+def test_a_sites_own_engine_is_not_replaced_by_a_demo_build(tmp_path: Path) -> None:
+    package_engine(
+        engine_spec("hip_screen"), create("hip_screen"), 64, tmp_path / "hip_screen", "1.0.0-site"
+    )
+    with pytest.raises(BuildError, match=r"holds hip_screen 1\.0\.0-site, not a demo engine"):
+        build_demo(tmp_path, ("hip_screen",))
