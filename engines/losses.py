@@ -42,5 +42,9 @@ class ClassBalancedFocalLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         log_p = functional.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
-        focal = (1.0 - log_p.exp()).pow(self.gamma)
+        # (1 - p)**gamma has an infinite slope at p = 1 when gamma < 1; a confident hit
+        # (p rounds to 1 in float32) would turn every gradient into NaN. The floor keeps it
+        # finite and changes the loss by at most eps**gamma * -log(p), i.e. nothing.
+        floor = torch.finfo(logits.dtype).eps
+        focal = (1.0 - log_p.exp()).clamp(min=floor).pow(self.gamma)
         return (-self.weights[target] * focal * log_p).mean()

@@ -28,7 +28,9 @@ class GeM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3))
-        return pooled.pow(1.0 / self.p)
+        # A silent channel pools to eps**p, which underflows to 0 once p > ~6.4 in float32;
+        # the root's slope in p is then 0 * log(0) = NaN. The floor keeps it finite.
+        return pooled.clamp(min=torch.finfo(x.dtype).tiny).pow(1.0 / self.p)
 
 
 class AvgPool(nn.Module):

@@ -33,3 +33,12 @@ def test_cbam_gates_are_bounded_and_shapes_kept() -> None:
     assert CBAM(32)(x).shape == x.shape
     assert channel.mlp[0].out_features == 2  # reduction 16
     assert spatial.conv.kernel_size == (7, 7)
+
+
+def test_gem_stays_finite_for_silent_channels_and_a_large_exponent() -> None:
+    pool = GeM(p=8.0)  # eps**8 underflows float32
+    x = torch.zeros(2, 4, 3, 3, requires_grad=True)
+    out = pool(x)
+    torch.autograd.backward(out.sum())
+    assert torch.isfinite(out).all()
+    assert pool.p.grad is not None and torch.isfinite(pool.p.grad).all()

@@ -41,3 +41,12 @@ def test_bad_parameters() -> None:
         class_balanced_weights([3, 0], beta=0.9)
     with pytest.raises(LossConfigError, match=r"gamma: expected >= 0, got -1"):
         ClassBalancedFocalLoss([1], gamma=-1)
+
+
+def test_confident_hits_keep_gradients_finite_for_gamma_below_one() -> None:
+    # gamma < 1: (1 - p)**gamma has an infinite slope at p = 1; float32 rounds p to 1 here.
+    logits = torch.tensor([[40.0, 0.0, 0.0], [0.0, 2.0, 0.0]], requires_grad=True)
+    loss = ClassBalancedFocalLoss([5, 5, 5], beta=0.99, gamma=0.5)(logits, torch.tensor([0, 1]))
+    torch.autograd.backward(loss)
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    assert torch.isfinite(loss)
