@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,18 +126,16 @@ def build_demo(
             _refuse_to_replace_own_engine(folder)
         cached = None if force else cached_demo(cache_dir, name)
         if cached is not None:
-            results.append(BuildResult(cached, engine_folder(cache_dir, name), True, 0.0))
+            results.append(BuildResult(cached, folder, True, 0.0))
             continue
         manifest = train_on_phantoms(
             engine_spec(name),
             DEMO_PROFILES[name],
-            engine_folder(cache_dir, name),
+            folder,
             DEMO_VERSION,
             progress=None if progress is None else _named(progress, name),
         )
-        results.append(
-            BuildResult(manifest, engine_folder(cache_dir, name), False, time.monotonic() - start)
-        )
+        results.append(BuildResult(manifest, folder, False, time.monotonic() - start))
     return results
 
 
@@ -259,8 +257,7 @@ def _named(progress: Callable[[str, Progress], None], name: str) -> Callable[[Pr
 
 
 def _profile_record(profile: Profile) -> dict[str, Any]:
-    record = asdict(replace(profile))
-    return record
+    return asdict(profile)
 
 
 def _history(history: list[EpochSummary]) -> list[dict[str, float]]:
