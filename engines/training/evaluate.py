@@ -41,10 +41,10 @@ def predict(
     model.eval()
     probabilities: list[npt.NDArray[np.float32]] = []
     maps: list[npt.NDArray[np.float32]] = []
-    fc = None
+    fc, p_gem = None, None
     graph = serving_graph(model)
     if heatmaps and not isinstance(model, HipNet):
-        fc = head_weights(model)[0].numpy()
+        fc, p_gem = head_weights(model)[0].numpy(), gem_exponent(model)
     with torch.inference_mode():
         for begin in range(0, len(data), batch_size):
             part = data.subset(torch.arange(begin, min(begin + batch_size, len(data))))
@@ -61,7 +61,6 @@ def predict(
             probabilities.append(torch.softmax(logits, dim=1).numpy())
             if heatmaps and fc is not None:
                 f = features.numpy()
-                p_gem = gem_exponent(model)
                 maps.append(
                     np.stack(
                         [
