@@ -13,21 +13,47 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
+from dicom_node.config_checks import (
+    as_ae_title,
+    as_bool,
+    as_host,
+    as_list,
+    as_str,
+    get_key,
+    int_range,
+    known,
+    non_negative,
+    opt_path,
+    pdu,
+    positive,
+    resolve,
+    set_dotted,
+    show,
+    sub_mapping,
+)
+from dicom_node.config_results import (
+    Destination,
+    ResultsConfig,
+    RoutingConfig,
+    SendingConfig,
+    TriageConfig,
+    parse_destinations,
+    parse_results,
+    parse_routing,
+    parse_sending,
+    parse_triage,
+)
 from dicom_node.errors import ConfigError
+from engines.catalog import ENGINES
 
 ENV_CONFIG = "DICOM_NODE_CONFIG"
-
-_AE_TITLE = re.compile(
-    r"^[\x20-\x5b\x5d-\x7e]{1,16}$"
-)  # default character repertoire, no backslash
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -73,17 +99,9 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class AssemblyConfig:
-    quiet_seconds: float = 5.0
-    after_release_seconds: float = 1.0
+    quiet_seconds: float = 2.0
+    after_release_seconds: float = 0.5
     max_wait_seconds: float = 600.0
-
-
-@dataclass(frozen=True)
-class Destination:
-    name: str
-    ae_title: str
-    host: str
-    port: int
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,10 @@ class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    triage: TriageConfig = field(default_factory=TriageConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
+    sending: SendingConfig = field(default_factory=SendingConfig)
     destinations: tuple[Destination, ...] = ()
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     engines: EnginesConfig = field(default_factory=EnginesConfig)
@@ -155,50 +177,53 @@ def load_config(
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{file}: expected a mapping at the top level, got {_show(loaded)}")
+            raise ConfigError(f"{file}: expected a mapping at the top level, got {show(loaded)}")
         raw = loaded
         base = file.resolve().parent
     raw = copy.deepcopy(raw)
     for dotted, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(raw, dotted, value)
+            set_dotted(raw, dotted, value)
     return parse_config(raw, base)
 
 
 def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> Config:
     """Validate a plain mapping (as YAML gives it) into a :class:`Config`."""
     base = base or Path.cwd()
-    _known(
-        raw, "", {"node", "storage", "assembly", "destinations", "metrics", "engines", "logging"}
-    )
+    known(raw, "", set(Config.__dataclass_fields__))
+    engine_names = tuple(ENGINES)
     return Config(
-        node=_node(_mapping(raw, "node"), base),
-        storage=_storage(_mapping(raw, "storage"), base),
-        assembly=_assembly(_mapping(raw, "assembly")),
-        destinations=_destinations(raw.get("destinations", [])),
-        metrics=_metrics(_mapping(raw, "metrics")),
-        engines=_engines(_mapping(raw, "engines"), base),
-        logging=_logging(_mapping(raw, "logging")),
+        node=_node(sub_mapping(raw, "node"), base),
+        storage=_storage(sub_mapping(raw, "storage"), base),
+        assembly=_assembly(sub_mapping(raw, "assembly")),
+        routing=parse_routing(sub_mapping(raw, "routing"), engine_names),
+        triage=parse_triage(sub_mapping(raw, "triage"), engine_names),
+        results=parse_results(sub_mapping(raw, "results")),
+        sending=parse_sending(sub_mapping(raw, "sending")),
+        destinations=parse_destinations(raw.get("destinations", []), base),
+        metrics=_metrics(sub_mapping(raw, "metrics")),
+        engines=_engines(sub_mapping(raw, "engines"), base),
+        logging=_logging(sub_mapping(raw, "logging")),
     )
 
 
 def _node(raw: Mapping[str, Any], base: Path) -> NodeConfig:
     d = NodeConfig()
-    _known(raw, "node", set(d.__dataclass_fields__))
-    tls_raw = _mapping(raw, "tls", "node.tls")
-    _known(tls_raw, "node.tls", set(TlsConfig.__dataclass_fields__))
+    known(raw, "node", set(d.__dataclass_fields__))
+    tls_raw = sub_mapping(raw, "tls", "node.tls")
+    known(tls_raw, "node.tls", set(TlsConfig.__dataclass_fields__))
     tls = TlsConfig(
-        certificate=_opt_path(tls_raw, "certificate", "node.tls", base),
-        key=_opt_path(tls_raw, "key", "node.tls", base),
-        ca=_opt_path(tls_raw, "ca", "node.tls", base),
-        require_client_certificate=_get(
-            tls_raw, "require_client_certificate", "node.tls", False, _bool
+        certificate=opt_path(tls_raw, "certificate", "node.tls", base),
+        key=opt_path(tls_raw, "key", "node.tls", base),
+        ca=opt_path(tls_raw, "ca", "node.tls", base),
+        require_client_certificate=get_key(
+            tls_raw, "require_client_certificate", "node.tls", False, as_bool
         ),
     )
     if (tls.certificate is None) != (tls.key is None):
         raise ConfigError(
             "node.tls: certificate and key must be given together, got "
-            f"certificate={_show(tls.certificate)} key={_show(tls.key)}"
+            f"certificate={show(tls.certificate)} key={show(tls.key)}"
         )
     if tls.require_client_certificate and tls.ca is None:
         raise ConfigError(
@@ -206,55 +231,55 @@ def _node(raw: Mapping[str, Any], base: Path) -> NodeConfig:
         )
     if tls.ca is not None and not tls.enabled:
         raise ConfigError(f"node.tls.ca: needs node.tls.certificate and key, got ca={tls.ca}")
-    allowed: list[Any] = _get(raw, "allowed_calling_aes", "node", [], _list)
+    allowed: list[Any] = get_key(raw, "allowed_calling_aes", "node", [], as_list)
     return NodeConfig(
-        ae_title=_get(raw, "ae_title", "node", d.ae_title, _ae_title),
-        host=_get(raw, "host", "node", d.host, _host),
-        port=_get(raw, "port", "node", d.port, _int_range(0, 65535)),
+        ae_title=get_key(raw, "ae_title", "node", d.ae_title, as_ae_title),
+        host=get_key(raw, "host", "node", d.host, as_host),
+        port=get_key(raw, "port", "node", d.port, int_range(0, 65535)),
         allowed_calling_aes=tuple(
-            _ae_title(v, f"node.allowed_calling_aes[{i}]") for i, v in enumerate(allowed)
+            as_ae_title(v, f"node.allowed_calling_aes[{i}]") for i, v in enumerate(allowed)
         ),
-        require_called_ae=_get(raw, "require_called_ae", "node", d.require_called_ae, _bool),
-        max_associations=_get(
-            raw, "max_associations", "node", d.max_associations, _int_range(1, 1000)
+        require_called_ae=get_key(raw, "require_called_ae", "node", d.require_called_ae, as_bool),
+        max_associations=get_key(
+            raw, "max_associations", "node", d.max_associations, int_range(1, 1000)
         ),
         # 0 means unlimited in DICOM; otherwise PS3.8 needs at least the smallest useful PDU.
-        max_pdu=_get(raw, "max_pdu", "node", d.max_pdu, _pdu),
-        max_instance_bytes=_get(
-            raw, "max_instance_bytes", "node", d.max_instance_bytes, _int_range(1024, 2**40)
+        max_pdu=get_key(raw, "max_pdu", "node", d.max_pdu, pdu),
+        max_instance_bytes=get_key(
+            raw, "max_instance_bytes", "node", d.max_instance_bytes, int_range(1024, 2**40)
         ),
-        network_timeout_seconds=_get(
-            raw, "network_timeout_seconds", "node", d.network_timeout_seconds, _positive
+        network_timeout_seconds=get_key(
+            raw, "network_timeout_seconds", "node", d.network_timeout_seconds, positive
         ),
-        acse_timeout_seconds=_get(
-            raw, "acse_timeout_seconds", "node", d.acse_timeout_seconds, _positive
+        acse_timeout_seconds=get_key(
+            raw, "acse_timeout_seconds", "node", d.acse_timeout_seconds, positive
         ),
-        drain_seconds=_get(raw, "drain_seconds", "node", d.drain_seconds, _non_negative),
+        drain_seconds=get_key(raw, "drain_seconds", "node", d.drain_seconds, non_negative),
         tls=tls,
     )
 
 
 def _storage(raw: Mapping[str, Any], base: Path) -> StorageConfig:
     d = StorageConfig()
-    _known(raw, "storage", {"spool_dir", "min_free_bytes"})
-    spool = _get(raw, "spool_dir", "storage", str(d.spool_dir), _str)
+    known(raw, "storage", {"spool_dir", "min_free_bytes"})
+    spool = get_key(raw, "spool_dir", "storage", str(d.spool_dir), as_str)
     return StorageConfig(
-        spool_dir=_resolve(spool, base),
-        min_free_bytes=_get(
-            raw, "min_free_bytes", "storage", d.min_free_bytes, _int_range(0, 2**62)
+        spool_dir=resolve(spool, base),
+        min_free_bytes=get_key(
+            raw, "min_free_bytes", "storage", d.min_free_bytes, int_range(0, 2**62)
         ),
     )
 
 
 def _assembly(raw: Mapping[str, Any]) -> AssemblyConfig:
     d = AssemblyConfig()
-    _known(raw, "assembly", set(d.__dataclass_fields__))
+    known(raw, "assembly", set(d.__dataclass_fields__))
     cfg = AssemblyConfig(
-        quiet_seconds=_get(raw, "quiet_seconds", "assembly", d.quiet_seconds, _positive),
-        after_release_seconds=_get(
-            raw, "after_release_seconds", "assembly", d.after_release_seconds, _non_negative
+        quiet_seconds=get_key(raw, "quiet_seconds", "assembly", d.quiet_seconds, positive),
+        after_release_seconds=get_key(
+            raw, "after_release_seconds", "assembly", d.after_release_seconds, non_negative
         ),
-        max_wait_seconds=_get(raw, "max_wait_seconds", "assembly", d.max_wait_seconds, _positive),
+        max_wait_seconds=get_key(raw, "max_wait_seconds", "assembly", d.max_wait_seconds, positive),
     )
     if cfg.after_release_seconds > cfg.quiet_seconds:
         raise ConfigError(
@@ -269,35 +294,12 @@ def _assembly(raw: Mapping[str, Any]) -> AssemblyConfig:
     return cfg
 
 
-def _destinations(value: Any) -> tuple[Destination, ...]:
-    items = _list(value, "destinations")
-    result: list[Destination] = []
-    for i, item in enumerate(items):
-        path = f"destinations[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {_show(item)}")
-        _known(item, path, {"name", "ae_title", "host", "port"})
-        for key in ("name", "ae_title", "host", "port"):
-            if key not in item:
-                raise ConfigError(f"{path}.{key}: required, got nothing")
-        dest = Destination(
-            name=_get(item, "name", path, "", _name),
-            ae_title=_get(item, "ae_title", path, "", _ae_title),
-            host=_get(item, "host", path, "", _host),
-            port=_get(item, "port", path, 0, _int_range(1, 65535)),
-        )
-        if any(d.name == dest.name for d in result):
-            raise ConfigError(f"{path}.name: duplicate destination name, got {dest.name!r}")
-        result.append(dest)
-    return tuple(result)
-
-
 def _metrics(raw: Mapping[str, Any]) -> MetricsConfig:
     d = MetricsConfig()
-    _known(raw, "metrics", set(d.__dataclass_fields__))
+    known(raw, "metrics", set(d.__dataclass_fields__))
     return MetricsConfig(
-        host=_get(raw, "host", "metrics", d.host, _host),
-        port=_get(raw, "port", "metrics", d.port, _int_range(0, 65535)),
+        host=get_key(raw, "host", "metrics", d.host, as_host),
+        port=get_key(raw, "port", "metrics", d.port, int_range(0, 65535)),
     )
 
 
@@ -306,29 +308,29 @@ ENGINE_BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt", "triton")
 
 def _engines(raw: Mapping[str, Any], base: Path) -> EnginesConfig:
     d = EnginesConfig()
-    _known(raw, "engines", set(d.__dataclass_fields__))
-    backend = _get(raw, "backend", "engines", d.backend, _str)
+    known(raw, "engines", set(d.__dataclass_fields__))
+    backend = get_key(raw, "backend", "engines", d.backend, as_str)
     if backend not in ENGINE_BACKENDS:
         raise ConfigError(
             f"engines.backend: expected one of {', '.join(ENGINE_BACKENDS)}, got {backend!r}"
         )
-    precision = _get(raw, "precision", "engines", d.precision, _str)
+    precision = get_key(raw, "precision", "engines", d.precision, as_str)
     if precision not in {"fp32", "fp16"}:
         raise ConfigError(f"engines.precision: expected 'fp32' or 'fp16', got {precision!r}")
-    triton_raw = _mapping(raw, "triton", "engines.triton")
-    _known(triton_raw, "engines.triton", set(TritonConfig.__dataclass_fields__))
-    url = _get(triton_raw, "url", "engines.triton", d.triton.url, _str)
+    triton_raw = sub_mapping(raw, "triton", "engines.triton")
+    known(triton_raw, "engines.triton", set(TritonConfig.__dataclass_fields__))
+    url = get_key(triton_raw, "url", "engines.triton", d.triton.url, as_str)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+:\d{1,5}", url):
         raise ConfigError(f"engines.triton.url: expected HOST:PORT (gRPC), got {url!r}")
     return EnginesConfig(
         backend=backend,
-        cache_dir=_resolve(_get(raw, "cache_dir", "engines", str(d.cache_dir), _str), base),
+        cache_dir=resolve(get_key(raw, "cache_dir", "engines", str(d.cache_dir), as_str), base),
         precision=precision,
-        threads=_get(raw, "threads", "engines", d.threads, _int_range(0, 256)),
+        threads=get_key(raw, "threads", "engines", d.threads, int_range(0, 256)),
         triton=TritonConfig(
             url=url,
-            timeout_seconds=_get(
-                triton_raw, "timeout_seconds", "engines.triton", d.triton.timeout_seconds, _positive
+            timeout_seconds=get_key(
+                triton_raw, "timeout_seconds", "engines.triton", d.triton.timeout_seconds, positive
             ),
         ),
     )
@@ -336,167 +338,13 @@ def _engines(raw: Mapping[str, Any], base: Path) -> EnginesConfig:
 
 def _logging(raw: Mapping[str, Any]) -> LoggingConfig:
     d = LoggingConfig()
-    _known(raw, "logging", set(d.__dataclass_fields__))
-    level = _get(raw, "level", "logging", d.level, _str).upper()
+    known(raw, "logging", set(d.__dataclass_fields__))
+    level = get_key(raw, "level", "logging", d.level, as_str).upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(
             f"logging.level: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {level!r}"
         )
-    fmt = _get(raw, "format", "logging", d.format, _str)
+    fmt = get_key(raw, "format", "logging", d.format, as_str)
     if fmt not in {"plain", "json"}:
         raise ConfigError(f"logging.format: expected 'plain' or 'json', got {fmt!r}")
     return LoggingConfig(level=level, format=fmt)
-
-
-# --- checkers: each takes (value, key path) and returns the typed value ------
-
-
-def _show(value: Any) -> str:
-    return "null" if value is None else repr(value)
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _known(raw: Mapping[str, Any], prefix: str, keys: set[str]) -> None:
-    for key in raw:
-        if key not in keys:
-            where = prefix or "top level"
-            raise ConfigError(
-                f"{_join(prefix, str(key))}: unknown key in {where} "
-                f"(known: {', '.join(sorted(keys))})"
-            )
-
-
-def _mapping(raw: Mapping[str, Any], key: str, path: str | None = None) -> Mapping[str, Any]:
-    value = raw.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path or key}: expected a mapping, got {_show(value)}")
-    return value
-
-
-def _get(
-    raw: Mapping[str, Any],
-    key: str,
-    prefix: str,
-    default: _T,
-    check: Callable[[Any, str], _T],
-) -> _T:
-    if key not in raw:
-        return default
-    return check(raw[key], _join(prefix, key))
-
-
-def _bool(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{path}: expected true or false, got {_show(value)}")
-    return value
-
-
-def _str(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{path}: expected a non-empty string, got {_show(value)}")
-    return value
-
-
-def _name(value: Any, path: str) -> str:
-    text = _str(value, path)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
-        raise ConfigError(f"{path}: expected letters, digits, '_', '.' or '-' (1-64), got {text!r}")
-    return text
-
-
-def _list(value: Any, path: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ConfigError(f"{path}: expected a list, got {_show(value)}")
-    return value
-
-
-def _ae_title(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not _AE_TITLE.match(value) or not value.strip():
-        raise ConfigError(
-            f"{path}: expected an AE title of 1-16 printable ASCII characters without "
-            f"backslash, got {_show(value)}"
-        )
-    return value.strip()
-
-
-def _host(value: Any, path: str) -> str:
-    text = _str(value, path)
-    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", text):
-        raise ConfigError(f"{path}: expected a host name or IP address, got {text!r}")
-    return text
-
-
-def _int_range(low: int, high: int) -> Callable[[Any, str], int]:
-    def check(value: Any, path: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError(
-                f"{path}: expected an integer from {low} to {high}, got {_show(value)}"
-            )
-        return value
-
-    return check
-
-
-def _pdu(value: Any, path: str) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not (value == 0 or 4096 <= value <= 2**32 - 1)
-    ):
-        raise ConfigError(
-            f"{path}: expected 0 (unlimited) or an integer from 4096 to 4294967295, "
-            f"got {_show(value)}"
-        )
-    return value
-
-
-def _number(value: Any, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{path}: expected a number of seconds, got {_show(value)}")
-    return float(value)
-
-
-def _positive(value: Any, path: str) -> float:
-    number = _number(value, path)
-    if not number > 0:
-        raise ConfigError(f"{path}: expected a number greater than 0, got {_show(value)}")
-    return number
-
-
-def _non_negative(value: Any, path: str) -> float:
-    number = _number(value, path)
-    if number < 0:
-        raise ConfigError(f"{path}: expected a number of 0 or more, got {_show(value)}")
-    return number
-
-
-def _resolve(value: str, base: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
-
-
-def _opt_path(raw: Mapping[str, Any], key: str, prefix: str, base: Path) -> Path | None:
-    if raw.get(key) is None:
-        return None
-    path = _resolve(_str(raw[key], _join(prefix, key)), base)
-    if not path.is_file():
-        raise ConfigError(f"{_join(prefix, key)}: file not found, got {str(path)!r}")
-    return path
-
-
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    node = raw
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{part}: expected a mapping, got {_show(child)}")
-        node = child
-    node[leaf] = value

@@ -66,7 +66,7 @@ def test_destinations_and_lists_parse() -> None:
     )
     assert cfg.node.allowed_calling_aes == ("PACS", "ORTHANC")
     assert cfg.destinations[0].port == 104
-    assert Config().assembly.quiet_seconds == 5.0
+    assert Config().assembly.quiet_seconds == 2.0
 
 
 def test_tls_config_with_files(tmp_path: Path) -> None:
@@ -154,11 +154,11 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"assembly": {"after_release_seconds": 9}},
-        r"^assembly\.after_release_seconds: must not exceed assembly\.quiet_seconds \(5\.0\), got 9\.0",
+        r"^assembly\.after_release_seconds: must not exceed assembly\.quiet_seconds \(2\.0\), got 9\.0",
     ),
     (
-        {"assembly": {"max_wait_seconds": 2}},
-        r"^assembly\.max_wait_seconds: must be at least assembly\.quiet_seconds \(5\.0\), got 2\.0",
+        {"assembly": {"max_wait_seconds": 1}},
+        r"^assembly\.max_wait_seconds: must be at least assembly\.quiet_seconds \(2\.0\), got 1\.0",
     ),
     ({"destinations": {"name": "x"}}, r"^destinations: expected a list"),
     ({"destinations": ["pacs"]}, r"^destinations\[0\]: expected a mapping, got 'pacs'"),

@@ -1,0 +1,169 @@
+"""Checkers for configuration values: each takes (value, key path) and returns the typed value.
+
+Every error is a :class:`ConfigError` naming the key path and the bad value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dicom_node.errors import ConfigError
+
+_AE_TITLE = re.compile(
+    r"^[\x20-\x5b\x5d-\x7e]{1,16}$"
+)  # default character repertoire, no backslash
+_T = TypeVar("_T")
+
+
+def show(value: Any) -> str:
+    return "null" if value is None else repr(value)
+
+
+def join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def known(raw: Mapping[str, Any], prefix: str, keys: set[str]) -> None:
+    for key in raw:
+        if key not in keys:
+            where = prefix or "top level"
+            raise ConfigError(
+                f"{join(prefix, str(key))}: unknown key in {where} "
+                f"(known: {', '.join(sorted(keys))})"
+            )
+
+
+def sub_mapping(raw: Mapping[str, Any], key: str, path: str | None = None) -> Mapping[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path or key}: expected a mapping, got {show(value)}")
+    return value
+
+
+def get_key(
+    raw: Mapping[str, Any],
+    key: str,
+    prefix: str,
+    default: _T,
+    check: Callable[[Any, str], _T],
+) -> _T:
+    if key not in raw:
+        return default
+    return check(raw[key], join(prefix, key))
+
+
+def as_bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true or false, got {show(value)}")
+    return value
+
+
+def as_str(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{path}: expected a non-empty string, got {show(value)}")
+    return value
+
+
+def as_name(value: Any, path: str) -> str:
+    text = as_str(value, path)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise ConfigError(f"{path}: expected letters, digits, '_', '.' or '-' (1-64), got {text!r}")
+    return text
+
+
+def as_list(value: Any, path: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list, got {show(value)}")
+    return value
+
+
+def as_ae_title(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not _AE_TITLE.match(value) or not value.strip():
+        raise ConfigError(
+            f"{path}: expected an AE title of 1-16 printable ASCII characters without "
+            f"backslash, got {show(value)}"
+        )
+    return value.strip()
+
+
+def as_host(value: Any, path: str) -> str:
+    text = as_str(value, path)
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", text):
+        raise ConfigError(f"{path}: expected a host name or IP address, got {text!r}")
+    return text
+
+
+def int_range(low: int, high: int) -> Callable[[Any, str], int]:
+    def check(value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(
+                f"{path}: expected an integer from {low} to {high}, got {show(value)}"
+            )
+        return value
+
+    return check
+
+
+def pdu(value: Any, path: str) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not (value == 0 or 4096 <= value <= 2**32 - 1)
+    ):
+        raise ConfigError(
+            f"{path}: expected 0 (unlimited) or an integer from 4096 to 4294967295, "
+            f"got {show(value)}"
+        )
+    return value
+
+
+def as_number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{path}: expected a number of seconds, got {show(value)}")
+    return float(value)
+
+
+def positive(value: Any, path: str) -> float:
+    number = as_number(value, path)
+    if not number > 0:
+        raise ConfigError(f"{path}: expected a number greater than 0, got {show(value)}")
+    return number
+
+
+def non_negative(value: Any, path: str) -> float:
+    number = as_number(value, path)
+    if number < 0:
+        raise ConfigError(f"{path}: expected a number of 0 or more, got {show(value)}")
+    return number
+
+
+def resolve(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def opt_path(raw: Mapping[str, Any], key: str, prefix: str, base: Path) -> Path | None:
+    if raw.get(key) is None:
+        return None
+    path = resolve(as_str(raw[key], join(prefix, key)), base)
+    if not path.is_file():
+        raise ConfigError(f"{join(prefix, key)}: file not found, got {str(path)!r}")
+    return path
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{part}: expected a mapping, got {show(child)}")
+        node = child
+    node[leaf] = value

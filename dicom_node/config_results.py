@@ -1,0 +1,366 @@
+"""Configuration of the results half of the node: routing, triage, reports, sending, destinations.
+
+Same rules as :mod:`dicom_node.config`: frozen dataclasses, every error names
+the key path and the bad value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dicom_node.config_checks import (
+    as_ae_title,
+    as_host,
+    as_list,
+    as_name,
+    as_str,
+    get_key,
+    int_range,
+    known,
+    non_negative,
+    positive,
+    resolve,
+    show,
+    sub_mapping,
+)
+from dicom_node.errors import ConfigError
+from engines.catalog import engine_spec
+
+# The attributes a routing condition may test. CallingAE is the AE title that sent the instance.
+ROUTING_ATTRIBUTES = (
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "ImageLaterality",
+    "Laterality",
+    "SOPClassUID",
+    "CallingAE",
+    "StudyDescription",
+    "SeriesDescription",
+    "Manufacturer",
+)
+HEATMAP_POLICIES = ("positive", "positive-or-top", "none")
+DESTINATION_TYPES = ("dicom", "folder")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One attribute test: a regular expression (full match) or a list of exact values."""
+
+    attribute: str
+    pattern: str | None = None
+    values: tuple[str, ...] = ()
+
+    def matches(self, value: str) -> bool:
+        if self.pattern is not None:
+            return re.fullmatch(self.pattern, value) is not None
+        return value in self.values
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    """Instances matching every condition of ``when`` go to ``engine``."""
+
+    name: str
+    engine: str
+    when: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True)
+class CascadeRule:
+    """A hip that ``after`` finds with ``finding`` also goes to ``engine`` (with its views)."""
+
+    after: str
+    finding: str
+    engine: str
+
+
+_DEFAULT_RADIOGRAPH = (
+    Condition("Modality", values=("DX", "CR")),
+    Condition("BodyPartExamined", pattern="(?i)(HIP|PELVIS)?"),
+)
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    rules: tuple[RoutingRule, ...] = (
+        RoutingRule(
+            "hip-ap-radiographs",
+            "hip_screen",
+            (*_DEFAULT_RADIOGRAPH, Condition("ViewPosition", values=("AP", "PA"))),
+        ),
+    )
+    cascade: tuple[CascadeRule, ...] = (
+        CascadeRule("hip_screen", "total_hip_arthroplasty", "hipnet"),
+    )
+    # ViewPosition values that make an image of one hip a lateral view for dual-view engines.
+    lateral_views: tuple[str, ...] = ("LATERAL", "LL", "RL", "LLO", "RLO")
+
+
+@dataclass(frozen=True)
+class TriageConfig:
+    # engine -> class -> threshold; overrides the manifest's thresholds.
+    thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # engine -> classes that make a case URGENT; overrides the manifest's high-risk list.
+    urgent: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResultsConfig:
+    heatmaps: str = "positive-or-top"
+    sr_series_number: int = 9901
+    sc_series_number: int = 9902
+    max_overlay_edge: int = 1536  # Secondary Capture pixels; larger sources are scaled down
+    institution_name: str | None = None
+
+
+@dataclass(frozen=True)
+class SendingConfig:
+    max_attempts: int = 8
+    backoff_seconds: float = 2.0
+    max_backoff_seconds: float = 300.0
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results go: a DICOM peer (C-STORE) or a folder of files."""
+
+    name: str
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    type: str = "dicom"
+    path: Path | None = None
+
+
+def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingConfig:
+    d = RoutingConfig()
+    known(raw, "routing", set(d.__dataclass_fields__))
+    rules = d.rules
+    if "rules" in raw:
+        rules = tuple(
+            _rule(item, f"routing.rules[{i}]", engines)
+            for i, item in enumerate(as_list(raw["rules"], "routing.rules"))
+        )
+    names = [r.name for r in rules]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"routing.rules[{i}].name: duplicate rule name, got {name!r}")
+    cascade = d.cascade
+    if "cascade" in raw:
+        cascade = tuple(
+            _cascade(item, f"routing.cascade[{i}]", engines)
+            for i, item in enumerate(as_list(raw["cascade"], "routing.cascade"))
+        )
+    lateral = d.lateral_views
+    if "lateral_views" in raw:
+        lateral = tuple(
+            as_str(v, f"routing.lateral_views[{i}]")
+            for i, v in enumerate(as_list(raw["lateral_views"], "routing.lateral_views"))
+        )
+    return RoutingConfig(rules=rules, cascade=cascade, lateral_views=lateral)
+
+
+def _rule(item: Any, path: str, engines: tuple[str, ...]) -> RoutingRule:
+    if not isinstance(item, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {show(item)}")
+    known(item, path, {"name", "engine", "when"})
+    for key in ("name", "engine"):
+        if key not in item:
+            raise ConfigError(f"{path}.{key}: required, got nothing")
+    when = sub_mapping(item, "when", f"{path}.when")
+    return RoutingRule(
+        name=get_key(item, "name", path, "", as_name),
+        engine=_engine(item["engine"], f"{path}.engine", engines),
+        when=tuple(_condition(k, v, f"{path}.when.{k}") for k, v in when.items()),
+    )
+
+
+def _condition(attribute: str, value: Any, path: str) -> Condition:
+    if attribute not in ROUTING_ATTRIBUTES:
+        raise ConfigError(
+            f"{path}: unknown attribute (known: {', '.join(ROUTING_ATTRIBUTES)}), got {attribute!r}"
+        )
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: expected a non-empty list of strings, got {show(value)}")
+        return Condition(attribute, values=tuple(value))
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{path}: expected a regular expression or a list of values, got {show(value)}"
+        )
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ConfigError(
+            f"{path}: not a valid regular expression ({exc}), got {value!r}"
+        ) from None
+    return Condition(attribute, pattern=value)
+
+
+def _cascade(item: Any, path: str, engines: tuple[str, ...]) -> CascadeRule:
+    if not isinstance(item, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {show(item)}")
+    known(item, path, {"after", "finding", "engine"})
+    for key in ("after", "finding", "engine"):
+        if key not in item:
+            raise ConfigError(f"{path}.{key}: required, got nothing")
+    rule = CascadeRule(
+        after=_engine(item["after"], f"{path}.after", engines),
+        finding=as_str(item["finding"], f"{path}.finding"),
+        engine=_engine(item["engine"], f"{path}.engine", engines),
+    )
+    classes = engine_spec(rule.after).class_names
+    if rule.finding not in classes:
+        raise ConfigError(
+            f"{path}.finding: not a class of {rule.after} ({', '.join(classes)}), "
+            f"got {rule.finding!r}"
+        )
+    return rule
+
+
+def _engine(value: Any, path: str, engines: tuple[str, ...]) -> str:
+    name = as_str(value, path)
+    if name not in engines:
+        raise ConfigError(f"{path}: expected one of {', '.join(engines)}, got {name!r}")
+    return name
+
+
+def parse_triage(raw: Mapping[str, Any], engines: tuple[str, ...]) -> TriageConfig:
+    known(raw, "triage", {"thresholds", "urgent"})
+    thresholds: dict[str, dict[str, float]] = {}
+    for engine, classes in sub_mapping(raw, "thresholds", "triage.thresholds").items():
+        where = f"triage.thresholds.{engine}"
+        _engine(engine, where, engines)
+        if not isinstance(classes, dict):
+            raise ConfigError(
+                f"{where}: expected a mapping of class to threshold, got {show(classes)}"
+            )
+        thresholds[engine] = {}
+        for name, value in classes.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+                raise ConfigError(
+                    f"{where}.{name}: expected a probability between 0 and 1, got {show(value)}"
+                )
+            thresholds[engine][str(name)] = float(value)
+    urgent: dict[str, tuple[str, ...]] = {}
+    for engine, classes in sub_mapping(raw, "urgent", "triage.urgent").items():
+        where = f"triage.urgent.{engine}"
+        _engine(engine, where, engines)
+        if classes is None:
+            continue  # null: the manifest's high-risk classes, as if the key were absent
+        urgent[engine] = tuple(
+            as_str(c, f"{where}[{i}]") for i, c in enumerate(as_list(classes, where))
+        )
+    return TriageConfig(thresholds=thresholds, urgent=urgent)
+
+
+def parse_results(raw: Mapping[str, Any]) -> ResultsConfig:
+    d = ResultsConfig()
+    known(raw, "results", set(d.__dataclass_fields__))
+    heatmaps = get_key(raw, "heatmaps", "results", d.heatmaps, as_str)
+    if heatmaps not in HEATMAP_POLICIES:
+        raise ConfigError(
+            f"results.heatmaps: expected one of {', '.join(HEATMAP_POLICIES)}, got {heatmaps!r}"
+        )
+    series = int_range(1, 2**31 - 1)
+    cfg = ResultsConfig(
+        heatmaps=heatmaps,
+        sr_series_number=get_key(raw, "sr_series_number", "results", d.sr_series_number, series),
+        sc_series_number=get_key(raw, "sc_series_number", "results", d.sc_series_number, series),
+        max_overlay_edge=get_key(
+            raw, "max_overlay_edge", "results", d.max_overlay_edge, int_range(256, 8192)
+        ),
+        institution_name=None
+        if raw.get("institution_name") is None
+        else as_str(raw["institution_name"], "results.institution_name"),
+    )
+    if cfg.sr_series_number == cfg.sc_series_number:
+        raise ConfigError(
+            "results.sc_series_number: must differ from results.sr_series_number, "
+            f"got {cfg.sc_series_number}"
+        )
+    return cfg
+
+
+def parse_sending(raw: Mapping[str, Any]) -> SendingConfig:
+    d = SendingConfig()
+    known(raw, "sending", set(d.__dataclass_fields__))
+    cfg = SendingConfig(
+        max_attempts=get_key(raw, "max_attempts", "sending", d.max_attempts, int_range(1, 1000)),
+        backoff_seconds=get_key(raw, "backoff_seconds", "sending", d.backoff_seconds, non_negative),
+        max_backoff_seconds=get_key(
+            raw, "max_backoff_seconds", "sending", d.max_backoff_seconds, non_negative
+        ),
+        timeout_seconds=get_key(raw, "timeout_seconds", "sending", d.timeout_seconds, positive),
+    )
+    if cfg.max_backoff_seconds < cfg.backoff_seconds:
+        raise ConfigError(
+            "sending.max_backoff_seconds: must be at least sending.backoff_seconds "
+            f"({cfg.backoff_seconds}), got {cfg.max_backoff_seconds}"
+        )
+    return cfg
+
+
+def parse_destinations(value: Any, base: Path) -> tuple[Destination, ...]:
+    items = as_list(value, "destinations")
+    result: list[Destination] = []
+    for i, item in enumerate(items):
+        path = f"destinations[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {show(item)}")
+        kind = get_key(item, "type", path, "dicom", as_str)
+        if kind not in DESTINATION_TYPES:
+            raise ConfigError(
+                f"{path}.type: expected one of {', '.join(DESTINATION_TYPES)}, got {kind!r}"
+            )
+        if kind == "folder":
+            known(item, path, {"name", "type", "path"})
+            required: tuple[str, ...] = ("name", "path")
+        else:
+            known(item, path, {"name", "type", "ae_title", "host", "port"})
+            required = ("name", "ae_title", "host", "port")
+        for key in required:
+            if key not in item:
+                raise ConfigError(f"{path}.{key}: required, got nothing")
+        if kind == "folder":
+            dest = Destination(
+                name=get_key(item, "name", path, "", as_name),
+                type="folder",
+                path=resolve(as_str(item["path"], f"{path}.path"), base),
+            )
+        else:
+            dest = Destination(
+                name=get_key(item, "name", path, "", as_name),
+                ae_title=get_key(item, "ae_title", path, "", as_ae_title),
+                host=get_key(item, "host", path, "", as_host),
+                port=get_key(item, "port", path, 0, int_range(1, 65535)),
+            )
+        if any(d.name == dest.name for d in result):
+            raise ConfigError(f"{path}.name: duplicate destination name, got {dest.name!r}")
+        result.append(dest)
+    return tuple(result)
+
+
+__all__ = [
+    "HEATMAP_POLICIES",
+    "ROUTING_ATTRIBUTES",
+    "CascadeRule",
+    "Condition",
+    "Destination",
+    "ResultsConfig",
+    "RoutingConfig",
+    "RoutingRule",
+    "SendingConfig",
+    "TriageConfig",
+    "parse_destinations",
+    "parse_results",
+    "parse_routing",
+    "parse_sending",
+    "parse_triage",
+]
