@@ -165,7 +165,15 @@ _FAILURE = (
         0.4,
         True,
     ),
-    Finding("polyethylene_wear", "polyethylene wear", None, None, "none", 0.5, False),
+    Finding(
+        "polyethylene_wear",
+        "polyethylene wear",
+        "116224001",
+        "Complication of procedure",
+        "broader",
+        0.5,
+        False,
+    ),
 )
 
 ENGINES: dict[str, EngineSpec] = {

@@ -9,6 +9,7 @@ and resamples with area averaging (anti-aliased), so anatomy keeps its shape.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,36 @@ def to_input(image: Image, size: int) -> Image:
     top, left = (edge - h) // 2, (edge - w) // 2
     canvas[top : top + h, left : left + w] = image
     return _resample(canvas, (size, size))
+
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """How a region became an engine input, so a map on the input grid can go back."""
+
+    region_shape: tuple[int, int]  # the region in the source image's pixels
+    square_shape: tuple[int, int]  # after square_pixels
+    size: int  # the engine's input edge
+
+    def to_region(self, grid: npt.NDArray[np.floating]) -> Image:
+        """A map on the input grid (any resolution, square) resampled onto the region."""
+        h, w = self.square_shape
+        edge = max(h, w)
+        full = _resample(np.asarray(grid, dtype=np.float32), (edge, edge))
+        top, left = (edge - h) // 2, (edge - w) // 2
+        return _resample(full[top : top + h, left : left + w], self.region_shape)
+
+
+def prepare(
+    region: Image, spacing: tuple[float, float] | None, size: int
+) -> tuple[Image, InputGeometry]:
+    """The engine input of a region (square pixels, padded, resized) and its geometry."""
+    squared = square_pixels(region, spacing)
+    geometry = InputGeometry(
+        (int(region.shape[0]), int(region.shape[1])),
+        (int(squared.shape[0]), int(squared.shape[1])),
+        size,
+    )
+    return to_input(squared, size), geometry
 
 
 def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:

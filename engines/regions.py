@@ -7,6 +7,7 @@ model sees every hip the same way round.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,3 +45,44 @@ def join_hips(right: npt.NDArray[Any], left: npt.NDArray[Any]) -> npt.NDArray[An
             f"join_hips: expected two 2-D regions of one shape, got {r.shape} and {lt.shape}"
         )
     return np.concatenate([r, np.fliplr(lt)], axis=1)
+
+
+@dataclass(frozen=True)
+class HipRegion:
+    """Where one canonical hip region lies in its source image.
+
+    ``columns`` is the half-open column range of the source picture; ``mirrored``
+    says the region was flipped left-right to be canonical (a left hip).
+    """
+
+    side: str  # R or L
+    rows: int
+    columns: tuple[int, int]
+    mirrored: bool
+
+    def cut(self, picture: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """The canonical region of ``picture`` (the source image's grid), C-contiguous."""
+        part = np.asarray(picture)[:, self.columns[0] : self.columns[1]]
+        return np.ascontiguousarray(np.fliplr(part) if self.mirrored else part)
+
+    def place(self, region: npt.NDArray[Any], canvas: npt.NDArray[Any]) -> None:
+        """Write a canonical ``region`` (same shape as :meth:`cut` gives) back into ``canvas``."""
+        values = np.fliplr(region) if self.mirrored else region
+        canvas[:, self.columns[0] : self.columns[1]] = values
+
+
+def hip_regions(shape: tuple[int, int], laterality: str) -> tuple[HipRegion, ...]:
+    """The hips an image of ``shape`` shows: both halves of a pelvis (laterality B or
+    unknown), or the whole image for one hip (R, or L mirrored)."""
+    rows, cols = shape
+    if cols < 2:
+        raise RegionError(f"hip_regions: expected an image at least 2 columns wide, got {shape}")
+    if laterality == "R":
+        return (HipRegion("R", rows, (0, cols), False),)
+    if laterality == "L":
+        return (HipRegion("L", rows, (0, cols), True),)
+    half = cols // 2
+    return (
+        HipRegion("R", rows, (0, half), False),
+        HipRegion("L", rows, (cols - half, cols), True),
+    )

@@ -21,15 +21,8 @@ import torch
 from pydicom.errors import InvalidDicomError
 
 from engines.catalog import EngineSpec
-from engines.pixels import (
-    Image,
-    PixelDataError,
-    display_pixels,
-    pixel_spacing,
-    square_pixels,
-    to_input,
-)
-from engines.regions import split_hips
+from engines.pixels import Image, PixelDataError, display_pixels, pixel_spacing, prepare
+from engines.regions import hip_regions
 from engines.training.data import DataError, HipSet
 
 
@@ -80,7 +73,7 @@ def _hip(path: Path, side: str, size: int, where: str) -> Image:
     except (OSError, InvalidDicomError) as exc:
         raise DataError(f"{where}: cannot read DICOM file {path} ({exc})") from exc
     try:
-        picture = square_pixels(display_pixels(ds), pixel_spacing(ds))
+        picture = display_pixels(ds)
     except PixelDataError as exc:
         raise DataError(f"{where}: {exc}") from exc
     laterality = str(ds.get("ImageLaterality") or ds.get("Laterality") or "").upper()
@@ -89,13 +82,12 @@ def _hip(path: Path, side: str, size: int, where: str) -> Image:
     if laterality in ("R", "L"):
         if side and side != laterality:
             raise DataError(f"{where}: side {side} contradicts the image's laterality {laterality}")
-        hip = picture if laterality == "R" else np.fliplr(picture)
+        [region] = hip_regions(picture.shape, laterality)
     elif side:
-        right, left = split_hips(picture)
-        hip = right if side == "R" else left
+        [region] = [r for r in hip_regions(picture.shape, "B") if r.side == side]
     else:
         raise DataError(
             f"{where}: {path.name} shows both hips (laterality {laterality or 'none'}); "
             "give the side column (R or L)"
         )
-    return to_input(np.ascontiguousarray(hip, dtype=np.float32), size)
+    return prepare(region.cut(picture), pixel_spacing(ds), size)[0]
