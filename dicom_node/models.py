@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -68,3 +73,105 @@ class Job:
     state: str
     instance_count: int
     reason: str
+    started_at: float | None = None
+    finished_at: float | None = None
+    priority: str | None = None  # URGENT, FLAG or NONE once done
+    summary: str | None = None  # JSON: the findings per hip, for tables and audits
+    error: str | None = None  # why a failed job failed
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One result object for one destination."""
+
+    id: int
+    job_id: int
+    study_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: str  # relative to the spool
+    destination: str
+    state: str  # pending, sent or dead
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    created_at: float
+    sent_at: float | None
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """A result written to the spool, about to be queued for every destination."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: str  # relative to the spool
+    kind: str  # sr or sc
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """An instance of a completed study, as routing sees it (header only, no pixels)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    path: Path  # in the spool
+    view: str  # View Position, upper case ("" when absent)
+    laterality: str  # R, L, B or "" (Image Laterality, else the series Laterality)
+    attributes: Mapping[str, str]  # the routing attributes, "" when absent
+
+
+@dataclass(frozen=True)
+class HipTask:
+    """One engine run on one hip: its AP region and, for dual-view engines, its lateral."""
+
+    engine: str
+    side: str  # R or L
+    ap: SourceImage
+    lateral: SourceImage | None = None
+    rule: str = ""  # the routing rule or cascade that chose it
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """An engine's output for one hip: probabilities per class and maps on the input grid."""
+
+    task: HipTask
+    version: str
+    classes: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    heatmaps: Mapping[str, npt.NDArray[np.float32]]  # class -> [0, 1] map on the input grid
+    pji_risk: float | None = None
+
+    def probability(self, name: str) -> float:
+        return self.probabilities[self.classes.index(name)]
+
+
+@dataclass(frozen=True)
+class HipFinding:
+    """A class of one prediction with its threshold and the triage verdict."""
+
+    name: str
+    probability: float
+    threshold: float
+    present: bool
+    urgent: bool
+    normal: bool = False  # the engine's "no abnormality" class: present is not a finding
+
+
+@dataclass(frozen=True)
+class TriageDecision:
+    """The triage of one hip by one engine."""
+
+    prediction: Prediction
+    findings: tuple[HipFinding, ...]
+    priority: str  # URGENT, FLAG or NONE
+
+    @property
+    def positives(self) -> tuple[HipFinding, ...]:
+        return tuple(f for f in self.findings if f.present and not f.normal)
+
+    @property
+    def top(self) -> HipFinding:
+        return max(self.findings, key=lambda f: f.probability)

@@ -1,0 +1,110 @@
+"""One completed study through the engines: route, preprocess, infer, triage, cascade.
+
+``analyse_study`` is the readable middle of the pipeline::
+
+    images    = headers of the study's instances          (route.source_image)
+    tasks     = the rules' engine tasks per hip            (route.plan_tasks)
+    decisions = infer each engine's batch, then triage     (infer, triage)
+    tasks     = the cascade's tasks from those decisions   (route.cascade_tasks) ... repeat
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from dicom_node.config import Config
+from dicom_node.infer import EngineSet, HipBatchItem
+from dicom_node.models import HipTask, SourceImage, TriageDecision
+from dicom_node.preprocess import HipInput, ImageCache, PreprocessError, hip_input
+from dicom_node.route import cascade_tasks, plan_tasks, source_image
+from dicom_node.triage import decide, study_priority
+
+log = logging.getLogger(__name__)
+
+_MAX_CASCADE_DEPTH = 4  # a cascade that keeps adding tasks is a configuration loop
+
+
+@dataclass(frozen=True)
+class HipOutcome:
+    decision: TriageDecision
+    ap: HipInput  # how the hip's AP region maps back onto its source image
+
+
+@dataclass(frozen=True, eq=False)
+class StudyAnalysis:
+    study_uid: str
+    images: tuple[SourceImage, ...]
+    hips: tuple[HipOutcome, ...]
+    priority: str
+    cache: ImageCache
+    inference_seconds: float
+
+    @property
+    def decisions(self) -> tuple[TriageDecision, ...]:
+        return tuple(h.decision for h in self.hips)
+
+
+def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]:
+    """The headers of the study's instances (path, calling AE), without pixels."""
+    images = []
+    for path, calling_ae in sources:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            images.append(source_image(ds, path, calling_ae))
+        except (OSError, InvalidDicomError, AttributeError) as exc:
+            raise PreprocessError(f"{path.name}: cannot read its header ({exc})") from exc
+    return tuple(images)
+
+
+def _run(
+    tasks: Sequence[HipTask], engines: EngineSet, cache: ImageCache, cfg: Config
+) -> tuple[list[HipOutcome], float]:
+    by_engine: dict[str, list[HipBatchItem]] = {}
+    for task in tasks:
+        pre = engines.manifest(task.engine).preprocessing
+        ap = hip_input(cache.get(task.ap), task.side, pre)
+        lateral = hip_input(cache.get(task.lateral), task.side, pre) if task.lateral else None
+        by_engine.setdefault(task.engine, []).append(HipBatchItem(task, ap, lateral))
+    outcomes: list[HipOutcome] = []
+    seconds = 0.0
+    for engine, items in by_engine.items():
+        started = time.perf_counter()
+        predictions = engines.predict(engine, items)
+        seconds += time.perf_counter() - started
+        manifest = engines.manifest(engine)
+        for item, prediction in zip(items, predictions, strict=True):
+            outcomes.append(HipOutcome(decide(prediction, manifest, cfg.triage), item.ap))
+    return outcomes, seconds
+
+
+def analyse_study(
+    study_uid: str, images: Sequence[SourceImage], engines: EngineSet, cfg: Config
+) -> StudyAnalysis:
+    cache = ImageCache()
+    tasks = plan_tasks(images, cfg.routing)
+    done: list[HipTask] = []
+    hips: list[HipOutcome] = []
+    seconds = 0.0
+    for _ in range(_MAX_CASCADE_DEPTH):
+        if not tasks:
+            break
+        outcomes, spent = _run(tasks, engines, cache, cfg)
+        hips += outcomes
+        seconds += spent
+        done += tasks
+        tasks = cascade_tasks([o.decision for o in outcomes], images, cfg.routing, done)
+    return StudyAnalysis(
+        study_uid=study_uid,
+        images=tuple(images),
+        hips=tuple(hips),
+        priority=study_priority(h.decision for h in hips),
+        cache=cache,
+        inference_seconds=seconds,
+    )

@@ -1,0 +1,77 @@
+"""Triage: per-class thresholds to findings, findings to a priority per hip and per study.
+
+Thresholds and urgent (high-risk) findings come from the engine's manifest and
+may be overridden per engine in ``triage``. A hip is URGENT when an urgent
+finding is present, FLAG when any other finding is present, else NONE. The
+engine's normal class being present is not a finding. A study takes the
+highest priority of its hips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from dicom_node.config_results import TriageConfig
+from dicom_node.errors import ConfigError, DicomNodeError
+from dicom_node.models import HipFinding, Prediction, TriageDecision
+from engines.manifest import Manifest
+
+
+class TriageError(DicomNodeError, ValueError):
+    """A prediction does not fit the engine it claims to come from."""
+
+
+PRIORITIES = ("NONE", "FLAG", "URGENT")  # in rising order
+NORMAL_CODE = "17621005"  # SNOMED CT "Normal": the class that is not a finding
+
+
+def check_overrides(cfg: TriageConfig, manifest: Manifest) -> None:
+    """Refuse overrides that name classes the engine does not have."""
+    names = set(manifest.class_names)
+    for name in cfg.thresholds.get(manifest.name, {}):
+        if name not in names:
+            raise ConfigError(
+                f"triage.thresholds.{manifest.name}.{name}: not a class of {manifest.name} "
+                f"({', '.join(manifest.class_names)}), got {name!r}"
+            )
+    for name in cfg.urgent.get(manifest.name, ()):
+        if name not in names:
+            raise ConfigError(
+                f"triage.urgent.{manifest.name}: not a class of {manifest.name} "
+                f"({', '.join(manifest.class_names)}), got {name!r}"
+            )
+
+
+def decide(prediction: Prediction, manifest: Manifest, cfg: TriageConfig) -> TriageDecision:
+    if prediction.classes != manifest.class_names:
+        raise TriageError(
+            f"{manifest.name}: prediction classes {list(prediction.classes)} differ from the "
+            f"manifest's {list(manifest.class_names)}"
+        )
+    thresholds = cfg.thresholds.get(manifest.name, {})
+    urgent = cfg.urgent.get(manifest.name)
+    findings = []
+    for spec, probability in zip(manifest.classes, prediction.probabilities, strict=True):
+        threshold = thresholds.get(spec.name, spec.threshold)
+        findings.append(
+            HipFinding(
+                name=spec.name,
+                probability=probability,
+                threshold=threshold,
+                present=probability >= threshold,
+                urgent=(spec.name in urgent) if urgent is not None else spec.high_risk,
+                normal=spec.code == NORMAL_CODE,
+            )
+        )
+    positives = [f for f in findings if f.present and not f.normal]
+    if any(f.urgent for f in positives):
+        priority = "URGENT"
+    elif positives:
+        priority = "FLAG"
+    else:
+        priority = "NONE"
+    return TriageDecision(prediction, tuple(findings), priority)
+
+
+def study_priority(decisions: Iterable[TriageDecision]) -> str:
+    return max((d.priority for d in decisions), key=PRIORITIES.index, default="NONE")

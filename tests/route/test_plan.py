@@ -1,0 +1,322 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom import config as pydicom_config
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from dicom_node.config import parse_config
+from dicom_node.config_results import ROUTING_ATTRIBUTES, RoutingConfig
+from dicom_node.models import HipFinding, HipTask, Prediction, SourceImage, TriageDecision
+from dicom_node.route import attributes_of, cascade_tasks, plan_tasks, rule_matches, source_image
+from engines.catalog import engine_spec
+
+DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+CT = "1.2.840.10008.5.1.4.1.1.2"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+DEFAULT = RoutingConfig()
+
+
+def header(uid: str, **attributes: str) -> Dataset:
+    """A header-only dataset: a DX AP pelvis unless ``attributes`` say otherwise ("" drops one)."""
+    ds = Dataset()
+    ds.SOPInstanceUID = f"1.2.3.{uid}"
+    ds.SOPClassUID = DX
+    ds.SeriesInstanceUID = "1.2.3.100"
+    values = {"Modality": "DX", "BodyPartExamined": "PELVIS", "ViewPosition": "AP"}
+    values.update(attributes)
+    for keyword, value in values.items():
+        if value:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def image(uid: str, calling_ae: str = "PACS", **attributes: str) -> SourceImage:
+    return source_image(header(uid, **attributes), Path(f"spool/{uid}.dcm"), calling_ae)
+
+
+def summary(tasks: tuple[HipTask, ...]) -> list[tuple[str, str, str, str | None, str]]:
+    """(engine, side, AP uid, lateral uid, rule) per task, in order."""
+    return [
+        (
+            t.engine,
+            t.side,
+            t.ap.sop_instance_uid,
+            t.lateral.sop_instance_uid if t.lateral else None,
+            t.rule,
+        )
+        for t in tasks
+    ]
+
+
+def decision(task: HipTask, **present: float) -> TriageDecision:
+    """A hand-made decision of ``task``'s engine: the named classes at these probabilities."""
+    classes = engine_spec(task.engine).class_names
+    probabilities = tuple(present.get(name, 0.05) for name in classes)
+    prediction = Prediction(task, "0.0.0-test", classes, probabilities, {})
+    findings = tuple(
+        HipFinding(name, p, 0.5, p >= 0.5, urgent=False, normal=name == "normal")
+        for name, p in zip(classes, probabilities, strict=True)
+    )
+    priority = "FLAG" if any(f.present and not f.normal for f in findings) else "NONE"
+    return TriageDecision(prediction, findings, priority)
+
+
+# --- attributes and source images ------------------------------------------------
+
+
+def test_attributes_of_gives_every_routing_attribute_as_text() -> None:
+    ds = header("1", ImageLaterality="L", Manufacturer=" ACME ")
+    attributes = attributes_of(ds, "ORTHO_1")
+    assert tuple(attributes) == ROUTING_ATTRIBUTES
+    assert attributes["CallingAE"] == "ORTHO_1"
+    assert attributes["Modality"] == "DX"
+    assert attributes["ImageLaterality"] == "L"
+    assert attributes["Manufacturer"] == "ACME"  # stripped
+    assert attributes["SOPClassUID"] == DX
+    for absent in ("Laterality", "StudyDescription", "SeriesDescription"):
+        assert attributes[absent] == "", absent
+
+
+def test_source_image_reads_view_and_laterality() -> None:
+    ds = header("1")
+    for keyword, value in (("ImageLaterality", "l"), ("ViewPosition", "ll")):
+        # Lower case is not valid CS, but senders do it; build it past pydicom's validation.
+        ds.add(DataElement(keyword, "CS", value, validation_mode=pydicom_config.IGNORE))
+    img = source_image(ds, Path("spool/1.dcm"), "MODALITY")
+    assert (img.sop_instance_uid, img.sop_class_uid, img.series_uid) == ("1.2.3.1", DX, "1.2.3.100")
+    assert img.path == Path("spool/1.dcm")
+    assert (img.view, img.laterality) == ("LL", "L")  # upper-cased
+    assert img.attributes["CallingAE"] == "MODALITY"
+    # Image Laterality wins; the series Laterality is the fallback.
+    assert image("2", ImageLaterality="R", Laterality="L").laterality == "R"
+    assert image("3", Laterality="L").laterality == "L"
+    assert image("4").laterality == "" and image("4", ViewPosition="").view == ""
+
+
+# --- planning with the default rules ---------------------------------------------------
+
+
+def test_ap_pelvis_gives_two_hip_screen_tasks_right_then_left() -> None:
+    pelvis = image("1", ImageLaterality="B")
+    tasks = plan_tasks([pelvis], DEFAULT)
+    assert summary(tasks) == [
+        ("hip_screen", "R", "1.2.3.1", None, "hip-ap-radiographs"),
+        ("hip_screen", "L", "1.2.3.1", None, "hip-ap-radiographs"),
+    ]
+    assert all(t.ap is pelvis for t in tasks)
+
+
+def test_ap_without_laterality_is_taken_as_both_hips() -> None:
+    tasks = plan_tasks([image("1", BodyPartExamined="")], DEFAULT)
+    assert [t.side for t in tasks] == ["R", "L"]
+
+
+def test_ap_of_one_hip_gives_one_task_for_that_side() -> None:
+    tasks = plan_tasks([image("1", BodyPartExamined="HIP", ImageLaterality="L")], DEFAULT)
+    assert summary(tasks) == [("hip_screen", "L", "1.2.3.1", None, "hip-ap-radiographs")]
+    tasks = plan_tasks([image("2", Modality="CR", ViewPosition="PA", Laterality="R")], DEFAULT)
+    assert [(t.engine, t.side) for t in tasks] == [("hip_screen", "R")]
+
+
+def test_lateral_view_alone_gives_no_task() -> None:
+    assert plan_tasks([image("1", ViewPosition="LL", ImageLaterality="L")], DEFAULT) == ()
+
+
+def test_lateral_view_is_skipped_even_when_a_rule_selects_it() -> None:
+    routing = parse_config(
+        {"routing": {"rules": [{"name": "all", "engine": "hip_screen"}]}}
+    ).routing
+    assert plan_tasks([image("1", ViewPosition="LATERAL", ImageLaterality="R")], routing) == ()
+
+
+def test_ct_and_sr_instances_give_no_task() -> None:
+    ct = image("1", Modality="CT", SOPClassUID=CT, ViewPosition="")
+    sr = image(
+        "2", Modality="SR", SOPClassUID=COMPREHENSIVE_SR, ViewPosition="", BodyPartExamined=""
+    )
+    chest = image("3", BodyPartExamined="CHEST")
+    no_view = image("4", ViewPosition="")
+    assert plan_tasks([ct, sr, chest, no_view], DEFAULT) == ()
+
+
+def test_tasks_follow_image_order() -> None:
+    left = image("1", BodyPartExamined="HIP", ImageLaterality="L")
+    pelvis = image("2")
+    assert summary(plan_tasks([left, pelvis], DEFAULT)) == [
+        ("hip_screen", "L", "1.2.3.1", None, "hip-ap-radiographs"),
+        ("hip_screen", "R", "1.2.3.2", None, "hip-ap-radiographs"),
+        ("hip_screen", "L", "1.2.3.2", None, "hip-ap-radiographs"),
+    ]
+
+
+# --- custom rules -------------------------------------------------------------------
+
+
+def test_calling_ae_and_series_description_conditions() -> None:
+    routing = parse_config(
+        {
+            "routing": {
+                "rules": [
+                    {
+                        "name": "ortho",
+                        "engine": "hipnet",
+                        "when": {"CallingAE": "ORTHO_.*", "SeriesDescription": "(?i).*prosthe.*"},
+                    }
+                ]
+            }
+        }
+    ).routing
+    (rule,) = routing.rules
+    selected = image("1", calling_ae="ORTHO_2", SeriesDescription="Hip prosthesis follow-up")
+    assert rule_matches(rule, selected.attributes)
+    other_ae = image("2", calling_ae="ER", SeriesDescription="Hip prosthesis follow-up")
+    other_series = image("3", calling_ae="ORTHO_2", SeriesDescription="Pelvis trauma")
+    no_series = image("4", calling_ae="ORTHO_2")
+    assert not rule_matches(rule, other_ae.attributes)
+    assert not rule_matches(rule, other_series.attributes)
+    assert not rule_matches(rule, no_series.attributes)
+    tasks = plan_tasks([other_ae, selected, other_series, no_series], routing)
+    assert [(t.engine, t.side, t.ap.sop_instance_uid, t.rule) for t in tasks] == [
+        ("hipnet", "R", "1.2.3.1", "ortho"),
+        ("hipnet", "L", "1.2.3.1", "ortho"),
+    ]
+
+
+def test_rule_matches_treats_a_missing_attribute_as_empty() -> None:
+    (rule,) = DEFAULT.rules
+    attributes = {"Modality": "DX", "ViewPosition": "AP"}  # no BodyPartExamined: optional
+    assert rule_matches(rule, attributes)
+    assert not rule_matches(rule, {"Modality": "DX"})
+
+
+def test_the_same_image_twice_gives_each_task_once() -> None:
+    pelvis = image("1")
+    assert summary(plan_tasks([pelvis, pelvis], DEFAULT)) == summary(plan_tasks([pelvis], DEFAULT))
+    # Two rules selecting the same image for the same engine: the first rule keeps the task.
+    routing = parse_config(
+        {
+            "routing": {
+                "rules": [
+                    {"name": "first", "engine": "hip_screen", "when": {"Modality": ["DX"]}},
+                    {"name": "second", "engine": "hip_screen", "when": {"ViewPosition": "AP|PA"}},
+                    {"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"]}},
+                ]
+            }
+        }
+    ).routing
+    assert summary(plan_tasks([pelvis, pelvis], routing)) == [
+        ("hip_screen", "R", "1.2.3.1", None, "first"),
+        ("hip_screen", "L", "1.2.3.1", None, "first"),
+        ("hipnet", "R", "1.2.3.1", None, "dual"),
+        ("hipnet", "L", "1.2.3.1", None, "dual"),
+    ]
+
+
+def test_dual_view_rule_pairs_the_lateral_of_the_same_side() -> None:
+    routing = parse_config(
+        {"routing": {"rules": [{"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"]}}]}}
+    ).routing
+    pelvis = image("1")
+    lateral_l = image("2", ViewPosition="LL", ImageLaterality="L")
+    assert summary(plan_tasks([lateral_l, pelvis], routing)) == [
+        ("hipnet", "R", "1.2.3.1", None, "dual"),
+        ("hipnet", "L", "1.2.3.1", "1.2.3.2", "dual"),
+    ]
+
+
+def test_custom_lateral_views_are_upper_cased() -> None:
+    routing = parse_config(
+        {
+            "routing": {
+                "rules": [{"name": "dual", "engine": "hipnet"}],
+                "lateral_views": ["xtable"],
+            }
+        }
+    ).routing
+    cross_table = image("2", ViewPosition="XTABLE", ImageLaterality="R")
+    tasks = plan_tasks([image("1"), cross_table], routing)
+    assert summary(tasks) == [
+        ("hipnet", "R", "1.2.3.1", "1.2.3.2", "dual"),
+        ("hipnet", "L", "1.2.3.1", None, "dual"),
+    ]
+
+
+# --- cascade ------------------------------------------------------------------------
+
+
+def test_cascade_adds_hipnet_only_for_hips_with_an_arthroplasty() -> None:
+    pelvis = image("1")
+    screen_r, screen_l = plan_tasks([pelvis], DEFAULT)
+    decisions = [
+        decision(screen_r, normal=0.9),
+        decision(screen_l, total_hip_arthroplasty=0.8),
+    ]
+    tasks = cascade_tasks(decisions, [pelvis], DEFAULT, done=(screen_r, screen_l))
+    assert summary(tasks) == [
+        ("hipnet", "L", "1.2.3.1", None, "cascade:hip_screen:total_hip_arthroplasty"),
+    ]
+    assert tasks[0].ap is pelvis
+
+
+def test_cascade_ignores_other_present_findings_and_absent_arthroplasty() -> None:
+    pelvis = image("1")
+    screen_r, screen_l = plan_tasks([pelvis], DEFAULT)
+    decisions = [
+        decision(screen_r, osteoarthritis=0.9, total_hip_arthroplasty=0.49),
+        decision(screen_l, metallic_internal_fixation=0.9),
+    ]
+    assert cascade_tasks(decisions, [pelvis], DEFAULT) == ()
+    assert cascade_tasks([], [pelvis], DEFAULT) == ()
+
+
+def test_cascade_pairs_the_lateral_of_the_same_side_only() -> None:
+    pelvis = image("1")
+    lateral_r = image("2", ViewPosition="LL", ImageLaterality="R")
+    lateral_l = image("3", ViewPosition="RLO", Laterality="L")
+    lateral_both = image("4", ViewPosition="LATERAL", ImageLaterality="B")
+    study = [pelvis, lateral_r, lateral_l, lateral_both]
+    screen = plan_tasks(study, DEFAULT)
+    assert [t.side for t in screen] == ["R", "L"]  # the laterals give no task of their own
+    screen_r, screen_l = screen
+    both = [decision(t, total_hip_arthroplasty=0.9) for t in screen]
+    assert summary(cascade_tasks(both, study, DEFAULT)) == [
+        ("hipnet", "R", "1.2.3.1", "1.2.3.2", "cascade:hip_screen:total_hip_arthroplasty"),
+        ("hipnet", "L", "1.2.3.1", "1.2.3.3", "cascade:hip_screen:total_hip_arthroplasty"),
+    ]
+    # Only a lateral of the other side (or of both sides): the left hip goes without one.
+    left_only = [decision(screen_l, total_hip_arthroplasty=0.9)]
+    for others in ([pelvis, lateral_r], [pelvis, lateral_both], [pelvis]):
+        (task,) = cascade_tasks(left_only, others, DEFAULT)
+        assert (task.engine, task.side, task.lateral) == ("hipnet", "L", None)
+    assert screen_r.lateral is None  # hip_screen is single-view: never paired
+
+
+def test_cascade_does_not_repeat_a_task_already_done() -> None:
+    pelvis = image("1")
+    screen_r, screen_l = plan_tasks([pelvis], DEFAULT)
+    decisions = [decision(t, total_hip_arthroplasty=0.9) for t in (screen_r, screen_l)]
+    first = cascade_tasks(decisions, [pelvis], DEFAULT, done=(screen_r, screen_l))
+    assert [t.side for t in first] == ["R", "L"]
+    assert cascade_tasks(decisions, [pelvis], DEFAULT, done=(screen_r, screen_l, *first)) == ()
+    (left,) = cascade_tasks(decisions, [pelvis], DEFAULT, done=(first[0],))
+    assert (left.engine, left.side) == ("hipnet", "L")
+    # The same decision given twice still gives one task per hip.
+    assert len(cascade_tasks(decisions * 2, [pelvis], DEFAULT)) == 2
+
+
+def test_cascade_only_follows_its_first_engine() -> None:
+    pelvis = image("1")
+    hipnet_task = HipTask("hipnet", "R", pelvis, rule="dual")
+    prediction = Prediction(hipnet_task, "t", engine_spec("hipnet").class_names, (0.9,) * 5, {})
+    # A finding of that name from another engine does not trigger the cascade.
+    foreign = TriageDecision(
+        prediction, (HipFinding("total_hip_arthroplasty", 0.9, 0.5, True, False),), "FLAG"
+    )
+    assert cascade_tasks([foreign], [pelvis], DEFAULT) == ()
+    no_cascade = parse_config({"routing": {"cascade": []}}).routing
+    screen_r, _ = plan_tasks([pelvis], DEFAULT)
+    assert (
+        cascade_tasks([decision(screen_r, total_hip_arthroplasty=0.9)], [pelvis], no_cascade) == ()
+    )
