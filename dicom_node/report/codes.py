@@ -1,0 +1,37 @@
+"""Coded concepts the results use, each checked against pydicom's DICOM concept dictionaries.
+
+Where a concept comes from a Context Group it is named in the comment.
+"""
+
+from __future__ import annotations
+
+from pydicom.sr.coding import Code
+
+PROCEDURE = Code("168537006", "SCT", "Plain radiography")  # CID 10005
+HIP_JOINT = Code("24136001", "SCT", "Hip joint")  # CID 4, 7304
+RIGHT = Code("24028007", "SCT", "Right")  # CID 244
+LEFT = Code("7771000", "SCT", "Left")  # CID 244
+PROBABILITY = Code("122157", "DCM", "Probability")
+NO_UNITS = Code("1", "UCUM", "no units")
+PRESENCE = Code("121052", "DCM", "Presence of property")
+PRESENT = Code("52101004", "SCT", "Present")  # CID 240
+ABSENT = Code("272519000", "SCT", "Absent")  # CID 240
+PRIORITY = Code("260870009", "SCT", "Priority")
+# The study's triage priority as a value: Urgent from CID 3414 (Urgency); the two
+# CAD summaries from CID 6047 say honestly whether the engines found anything.
+PRIORITY_VALUES = {
+    "URGENT": Code("103391001", "SCT", "Urgent"),
+    "FLAG": Code("111242", "DCM", "All algorithms succeeded; with findings"),
+    "NONE": Code("111241", "DCM", "All algorithms succeeded; without findings"),
+}
+GRADCAM = Code("130403", "DCM", "Gradient-weighted class activation")  # CID 217
+CLASS_ACTIVATION = Code("130402", "DCM", "Class activation")  # CID 217
+# How each manifest heat-map kind is made, as CID 217 "Visual Explanation" codes it.
+HEATMAP_METHODS = {
+    "gradcam-gem": GRADCAM,
+    "gradcam-avg": GRADCAM,
+    "interpretive-map": CLASS_ACTIVATION,
+}
+SOURCE_FOR_PROCESSING = Code("121322", "DCM", "Source image for image processing operation")
+
+LATERALITY = {"R": RIGHT, "L": LEFT}

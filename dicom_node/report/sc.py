@@ -1,0 +1,157 @@
+"""A Grad-CAM overlay as an RGB Secondary Capture in the source image's study (pure builder).
+
+The windowed radiograph with the heat map of each hip's reported finding
+blended in, and a burned-in banner that states the findings, probabilities,
+priority, and that this is an AI result to be verified (Burned In Annotation
+YES). New series; Image Type DERIVED\\SECONDARY; a Source Image Sequence; the
+derivation coded with CID 217: (130403, DCM, "Gradient-weighted class activation")
+for Grad-CAM, (130402, DCM, "Class activation") for an interpretive head's maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.coding import Code
+
+from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
+from dicom_node.report import codes
+from dicom_node.report.overlay import blend, scale_down, with_banner
+from dicom_node.report.sr import SIDE_WORDS, ReportError
+from dicom_node.report.uids import ResultIdentity
+from engines.pixels import InputGeometry
+from engines.regions import HipRegion
+
+PAIRED_PARTS = ("HIP",)
+
+
+@dataclass(frozen=True)
+class OverlayHip:
+    """One hip's contribution to an overlay: where it lies, its map and what it says."""
+
+    region: HipRegion
+    geometry: InputGeometry
+    heatmap: npt.NDArray[np.float32]  # [0, 1] on the engine's grid
+    finding: str  # display wording
+    probability: float
+    present: bool
+    priority: str
+
+
+def _code_item(code: Code) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme_designator
+    item.CodeMeaning = code.meaning
+    return item
+
+
+def _orientation(source: Dataset) -> tuple[str, str]:
+    """The source's Patient Orientation (the overlay keeps its rows and columns)."""
+    value = source.get("PatientOrientation")
+    if value is not None and len(value) == 2 and all(value):
+        return str(value[0]), str(value[1])
+    # Not given: an AP or PA radiograph's usual display, else a lateral's.
+    return ("L", "F") if str(source.get("ViewPosition", "AP")) in ("AP", "PA") else ("A", "F")
+
+
+def overlay_pixels(
+    picture: npt.NDArray[np.float32],
+    hips: Sequence[OverlayHip],
+    lines: Sequence[tuple[str, bool]],
+    max_edge: int,
+) -> npt.NDArray[np.uint8]:
+    heat = np.zeros(picture.shape, dtype=np.float32)
+    for hip in hips:
+        if hip.region.rows != picture.shape[0]:
+            raise ReportError(
+                f"region of {hip.region.rows} rows does not fit a picture of shape {picture.shape}"
+            )
+        hip.region.place(np.clip(hip.geometry.to_region(hip.heatmap), 0.0, 1.0), heat)
+    return with_banner(blend(scale_down(picture, max_edge), scale_down(heat, max_edge)), lines)
+
+
+def banner_lines(
+    engine: str, version: str, clinical_use: str, hips: Sequence[OverlayHip], method: Code
+) -> list[tuple[str, bool]]:
+    lines = [("AI RESULT - TO BE VERIFIED BY A RADIOLOGIST", False)]
+    if clinical_use:
+        lines.append((clinical_use, False))
+    for hip in hips:
+        state = "" if hip.present else " (below threshold)"
+        lines.append(
+            (
+                f"{SIDE_WORDS[hip.region.side].upper()} HIP: {hip.finding} "
+                f"p={hip.probability:.2f}{state} - priority {hip.priority}",
+                hip.priority == "URGENT",
+            )
+        )
+    lines.append((f"{engine} {version}, heat map: {method.meaning.lower()}", False))
+    return lines
+
+
+def build_overlay_sc(
+    source: Dataset,
+    picture: npt.NDArray[np.float32],
+    hips: Sequence[OverlayHip],
+    engine: str,
+    version: str,
+    clinical_use: str,
+    identity: ResultIdentity,
+    method: Code = codes.GRADCAM,
+    max_edge: int = 1536,
+    institution_name: str | None = None,
+) -> hd.sc.SCImage:
+    """The overlay of ``source`` (its header) whose displayed ``picture`` the hips annotate."""
+    if not hips:
+        raise ReportError("build_overlay_sc: expected at least one hip, got none")
+    if method not in codes.HEATMAP_METHODS.values():
+        known = ", ".join(sorted({c.value for c in codes.HEATMAP_METHODS.values()}))
+        raise ReportError(f"method: expected a CID 217 code ({known}), got {method.value}")
+    lines = banner_lines(engine, version, clinical_use, hips, method)
+    pixels = overlay_pixels(picture, hips, lines, max_edge)
+    part = str(source.get("BodyPartExamined", "")).upper()
+    laterality = str(source.get("ImageLaterality") or source.get("Laterality") or "")
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=identity.series_uid,
+        series_number=identity.series_number,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=identity.instance_number,
+        manufacturer=MANUFACTURER,
+        laterality=laterality if part in PAIRED_PARTS and laterality in ("R", "L") else None,
+        patient_orientation=_orientation(source),
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=SOFTWARE_VERSION,
+        institution_name=institution_name,
+        series_description=f"AI heat maps {engine}"[:64],
+    )
+    if part:
+        sc.BodyPartExamined = part  # with it, Laterality (Type 2C) is only needed for a paired part
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.BurnedInAnnotation = "YES"
+    sc.RecognizableVisualFeatures = "NO"
+    sc.DerivationDescription = (
+        f"{engine} {version}: {method.meaning.lower()} map of the reported finding per hip, "
+        "blended over the windowed source image; AI result to be verified"
+    )[:1024]
+    sc.DerivationCodeSequence = DicomSequence([_code_item(method)])
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    reference.PurposeOfReferenceCodeSequence = DicomSequence(
+        [_code_item(codes.SOURCE_FOR_PROCESSING)]
+    )
+    sc.SourceImageSequence = DicomSequence([reference])
+    return sc

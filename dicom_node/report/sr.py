@@ -1,0 +1,214 @@
+"""The study's Structured Report: a Comprehensive 3D SR following TID 1500 (pure builder).
+
+One measurement group (TID 1501) per reported finding of each hip and engine:
+the finding type (SNOMED CT), the finding site (hip joint with laterality),
+the probability as a NUM (DCM "Probability", UCUM "1"), presence as a
+qualitative evaluation (Present/Absent), the hip's priority, the algorithm
+(TID 4019: name, version, parameters) and the source images. A hip reports each
+finding present; when none is, its most probable class (with presence Absent,
+or "Normal" present). A last group carries the study's triage priority, which
+the Series Description also states so a worklist column shows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import highdicom as hd
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from dicom_node.errors import DicomNodeError
+from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
+from dicom_node.models import HipFinding, TriageDecision
+from dicom_node.report import codes
+from dicom_node.report.uids import ResultIdentity, device_uid
+from engines.manifest import Manifest
+
+SIDE_WORDS = {"R": "right", "L": "left"}
+# A class with no confirmed SNOMED CT concept is coded in the node's own scheme,
+# declared in the Coding Scheme Identification Sequence as PS3.3 C.12.1.1.2 asks.
+LOCAL_SCHEME = "99DICOMNODE"
+
+
+class ReportError(DicomNodeError, ValueError):
+    """The inputs of a report do not fit together."""
+
+
+def reported_findings(decision: TriageDecision) -> tuple[HipFinding, ...]:
+    """The findings a hip reports: every positive one, else its most probable class."""
+    positives = sorted(decision.positives, key=lambda f: -f.probability)
+    return tuple(positives) or (decision.top,)
+
+
+def description(priority: str, decisions: Sequence[TriageDecision]) -> str:
+    """``AI triage URGENT: femoral neck fracture R`` (a Series Description, at most 64 chars)."""
+    parts = []
+    for d in decisions:
+        for f in d.positives:
+            parts.append(f"{f.name.replace('_', ' ')} {d.prediction.task.side}")
+    text = f"AI triage {priority}" + (": " + ", ".join(dict.fromkeys(parts)) if parts else "")
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+def _finding_code(manifest: Manifest, name: str) -> Code:
+    spec = next((c for c in manifest.classes if c.name == name), None)
+    if spec is None:
+        raise ReportError(f"{manifest.name}: no class {name!r} in its manifest")
+    if spec.code is None or spec.meaning is None:
+        # No SNOMED CT concept could be confirmed for this class (docs/engines.md):
+        # name it in the engine's own scheme rather than borrow a wrong concept.
+        return Code(name[:16].upper(), LOCAL_SCHEME, spec.display)
+    return Code(spec.code, "SCT", spec.meaning)
+
+
+def _group(
+    decision: TriageDecision,
+    finding: HipFinding,
+    manifest: Manifest,
+    backend: str,
+    headers: Mapping[str, Dataset],
+    number: int,
+    study_uid: str,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    task = decision.prediction.task
+    sources = [task.ap.sop_instance_uid]
+    if task.lateral is not None:
+        sources.append(task.lateral.sop_instance_uid)
+    missing = [uid for uid in sources if uid not in headers]
+    if missing:
+        raise ReportError(f"no header for source instance(s) {', '.join(missing)}")
+    parameters = [
+        f"backend={backend}",
+        f"threshold={finding.threshold:.3f}",
+        f"views={'AP+LATERAL' if task.lateral else 'AP'}",
+    ]
+    if decision.prediction.pji_risk is not None:
+        parameters.append(f"pji_risk={decision.prediction.pji_risk:.1f}")
+    tracking = hd.sr.TrackingIdentifier(
+        uid=_tracking_uid(study_uid, manifest, task.side, finding),
+        identifier=f"{manifest.name} {SIDE_WORDS[task.side]} hip #{number}",
+    )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        finding_type=_finding_code(manifest, finding.name),
+        finding_sites=[hd.sr.FindingSite(codes.HIP_JOINT, laterality=codes.LATERALITY[task.side])],
+        algorithm_id=hd.sr.AlgorithmIdentification(
+            name=manifest.name, version=manifest.version, parameters=parameters
+        ),
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.PROBABILITY, value=round(finding.probability, 4), unit=codes.NO_UNITS
+            )
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                codes.PRESENCE, codes.PRESENT if finding.present else codes.ABSENT
+            ),
+            hd.sr.QualitativeEvaluation(codes.PRIORITY, codes.PRIORITY_VALUES[decision.priority]),
+        ],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(headers[uid]) for uid in sources
+        ],
+    )
+
+
+def _tracking_uid(study_uid: str, manifest: Manifest, side: str, finding: HipFinding) -> str:
+    uid: str = generate_uid(
+        entropy_srcs=["dicom-node/tracking", study_uid, manifest.name, manifest.version, side,
+                      finding.name]
+    )  # fmt: skip
+    return uid
+
+
+def build_sr(
+    decisions: Sequence[TriageDecision],
+    manifests: Mapping[str, Manifest],
+    backends: Mapping[str, str],
+    headers: Mapping[str, Dataset],
+    priority: str,
+    identity: ResultIdentity,
+    institution_name: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The study's SR from its triage decisions; ``headers`` are the source instances' headers."""
+    if not decisions:
+        raise ReportError("build_sr: expected at least one triage decision, got none")
+    if priority not in codes.PRIORITY_VALUES:
+        raise ReportError(
+            f"priority: expected one of {', '.join(codes.PRIORITY_VALUES)}, got {priority!r}"
+        )
+    study_uids = {str(h.StudyInstanceUID) for h in headers.values()}
+    if len(study_uids) != 1:
+        raise ReportError(f"headers: expected one study, got {len(study_uids)}")
+    [study_uid] = study_uids
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
+    for decision in decisions:
+        manifest = manifests[decision.prediction.task.engine]
+        for finding in reported_findings(decision):
+            groups.append(
+                _group(
+                    decision, finding, manifest, backends.get(manifest.name, "unknown"),
+                    headers, len(groups) + 1, study_uid,
+                )
+            )  # fmt: skip
+    groups.append(
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(identifier="study triage"),
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(codes.PRIORITY, codes.PRIORITY_VALUES[priority])
+            ],
+        )
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid(),
+            name="dicom-node",
+            manufacturer_name=MANUFACTURER,
+            model_name=MODEL_NAME,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.PROCEDURE,
+        imaging_measurements=groups,
+    )
+    evidence = sorted(headers.values(), key=lambda h: str(h.SOPInstanceUID))
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=identity.series_uid,
+        series_number=identity.series_number,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=identity.instance_number,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=SOFTWARE_VERSION,
+        institution_name=institution_name,
+        series_description=description(priority, decisions),
+        is_complete=True,
+        coding_schemes=_local_scheme(groups),
+    )
+
+
+def _local_scheme(
+    groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations],
+) -> list[CodingSchemeIdentificationItem] | None:
+    """Declare the local scheme only when a finding uses it (dciodvfy warns on any 99 scheme)."""
+    used = any(
+        item.ConceptCodeSequence[0].CodingSchemeDesignator == LOCAL_SCHEME
+        for group in groups
+        for item in group[0].ContentSequence
+        if "ConceptCodeSequence" in item
+    )
+    if not used:
+        return None
+    return [
+        CodingSchemeIdentificationItem(
+            designator=LOCAL_SCHEME,
+            name="dicom-node engine classes",
+            responsible_organization=MANUFACTURER,
+        )
+    ]

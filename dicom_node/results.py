@@ -1,0 +1,131 @@
+"""A study's analysis to the objects sent back: one SR and the heat-map Secondary Captures.
+
+Which overlays are made follows ``results.heatmaps``: one per source AP image
+and engine, showing each hip's reported finding (its positive findings, the
+most probable one first) and, with ``positive-or-top``, the most probable class
+of hips with none. Lateral views get no overlay: the engines' maps are on the
+AP grid.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from dicom_node.analyse import HipOutcome, StudyAnalysis
+from dicom_node.config import Config
+from dicom_node.infer import EngineSet
+from dicom_node.report import build_overlay_sc, build_sr, sc_identity, sr_identity
+from dicom_node.report.codes import HEATMAP_METHODS
+from dicom_node.report.sc import OverlayHip
+from dicom_node.report.sr import reported_findings
+
+
+@dataclass(frozen=True, eq=False)
+class ResultSet:
+    sr: Dataset
+    overlays: tuple[Dataset, ...]
+
+    @property
+    def datasets(self) -> tuple[Dataset, ...]:
+        return (self.sr, *self.overlays)
+
+
+def _overlay_hip(hip: HipOutcome, policy: str) -> OverlayHip | None:
+    decision = hip.decision
+    positives = decision.positives
+    if not positives and policy != "positive-or-top":
+        return None
+    finding = reported_findings(decision)[0]
+    return OverlayHip(
+        region=hip.ap.region,
+        geometry=hip.ap.geometry,
+        heatmap=decision.prediction.heatmaps[finding.name],
+        finding=finding.name.replace("_", " "),
+        probability=finding.probability,
+        present=finding.present,
+        priority=decision.priority,
+    )
+
+
+def build_results(analysis: StudyAnalysis, engines: EngineSet, cfg: Config) -> ResultSet:
+    manifests = {name: engines.manifest(name) for name in engines.names}
+    backends = {name: engines.backend(name) for name in engines.names}
+    images = {i.source.sop_instance_uid: i for i in analysis.cache.images()}
+    headers = {uid: image.header for uid, image in images.items()}
+    used = sorted({m for m in (h.decision.prediction.task.engine for h in analysis.hips)})
+    identity = sr_identity(
+        analysis.study_uid,
+        [(name, manifests[name].version) for name in used],
+        sorted(headers),
+        cfg.results.sr_series_number,
+    )
+    sr = build_sr(
+        analysis.decisions, manifests, backends, headers, analysis.priority, identity,
+        cfg.results.institution_name,
+    )  # fmt: skip
+    overlays: list[Dataset] = []
+    if cfg.results.heatmaps != "none":
+        groups: dict[tuple[str, str], list[OverlayHip]] = {}
+        for hip in analysis.hips:
+            overlay = _overlay_hip(hip, cfg.results.heatmaps)
+            if overlay is not None:
+                key = (hip.decision.prediction.task.engine, hip.ap.image.source.sop_instance_uid)
+                groups.setdefault(key, []).append(overlay)
+        for (engine, uid), hips in groups.items():
+            manifest = manifests[engine]
+            image = images[uid]
+            overlays.append(
+                build_overlay_sc(
+                    image.header,
+                    image.picture,
+                    sorted(hips, key=lambda h: h.region.side != "R"),
+                    engine,
+                    manifest.version,
+                    manifest.clinical_use,
+                    sc_identity(
+                        analysis.study_uid,
+                        (engine, manifest.version),
+                        uid,
+                        cfg.results.sc_series_number,
+                        len(overlays) + 1,
+                    ),
+                    method=HEATMAP_METHODS[manifest.heatmap.kind],
+                    max_edge=cfg.results.max_overlay_edge,
+                    institution_name=cfg.results.institution_name,
+                )
+            )
+    return ResultSet(sr, tuple(overlays))
+
+
+def summary(analysis: StudyAnalysis) -> str:
+    """The job record's JSON: the priority and each hip's findings (no patient data)."""
+    hips: list[dict[str, Any]] = []
+    for hip in analysis.hips:
+        d = hip.decision
+        task = d.prediction.task
+        hips.append(
+            {
+                "engine": task.engine,
+                "version": d.prediction.version,
+                "side": task.side,
+                "views": "AP+LATERAL" if task.lateral else "AP",
+                "priority": d.priority,
+                "reported": [
+                    {"name": f.name, "probability": round(f.probability, 4), "present": f.present}
+                    for f in reported_findings(d)
+                ],
+                "pji_risk": d.prediction.pji_risk,
+            }
+        )
+    return json.dumps(
+        {
+            "priority": analysis.priority,
+            "inference_seconds": round(analysis.inference_seconds, 4),
+            "hips": hips,
+        },
+        sort_keys=True,
+    )
