@@ -1,11 +1,14 @@
 """The node's lifecycle: start-up, serving, graceful drain and shutdown.
 
 ``Node(config)`` owns every long-lived part. ``start()`` opens the spool and
-state, re-arms the study timers that survived a restart, starts the assembler
-and then the Storage SCP. ``stop()`` first stops accepting associations, waits
-up to ``node.drain_seconds`` for open ones to finish, aborts what is left (an
-aborted instance was never acknowledged, so the sender keeps it), and closes
-the state. ``serve()`` runs until SIGTERM/SIGINT; a second signal forces.
+state, re-arms the study timers that survived a restart, opens the engines the
+routing needs (a missing engine stops the start with a clear error), starts the
+sender, the pipeline, the assembler and then the Storage SCP. ``stop()`` first
+stops accepting associations, waits up to ``node.drain_seconds`` for open ones
+to finish, aborts what is left (an aborted instance was never acknowledged, so
+the sender keeps it), then stops the assembler, the pipeline (a job in hand
+stays pending for the next start) and the sender, and closes the state.
+``serve()`` runs until SIGTERM/SIGINT; a second signal forces.
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_node import __version__
 from dicom_node.assemble.assembler import Assembler
 from dicom_node.config import Config
+from dicom_node.infer import EngineSet
+from dicom_node.pipeline import Pipeline, engines_needed
 from dicom_node.receive import Receiver, build_ae, event_handlers
 from dicom_node.receive.server import start_server
 from dicom_node.receive.tls import server_context
+from dicom_node.send import Outbox, Sender
 from dicom_node.spool import Spool
 from dicom_node.state import State
+from dicom_node.triage import check_overrides
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,10 @@ class Node:
         self.spool: Spool | None = None
         self.state: State | None = None
         self.assembler: Assembler | None = None
+        self.engines: EngineSet | None = None
+        self.pipeline: Pipeline | None = None
+        self.sender: Sender | None = None
+        self.outbox: Outbox | None = None
 
     @property
     def port(self) -> int:
@@ -55,7 +66,12 @@ class Node:
         rearmed = self.state.recover(time.time())
         if rearmed:
             log.info("re-armed %d studies that were still receiving", rearmed)
-        self.assembler = Assembler(self.state)
+        try:
+            pipeline = self._start_results(cfg, self.state, self.spool)
+        except BaseException:
+            self.stop(drain_seconds=0)
+            raise
+        self.assembler = Assembler(self.state, on_job=lambda job: pipeline.wake())
         self.assembler.start()
         receiver = Receiver(
             self.spool,
@@ -76,6 +92,18 @@ class Node:
             __version__, cfg.node.ae_title, cfg.node.host, self.port,
             " (TLS)" if ssl_context else "", cfg.storage.spool_dir,
         )  # fmt: skip
+
+    def _start_results(self, cfg: Config, state: State, spool: Spool) -> Pipeline:
+        """Engines, outbox, sender and pipeline: everything after a study is complete."""
+        self.engines = EngineSet(cfg.engines, engines_needed(cfg))
+        for name in self.engines.names:
+            check_overrides(cfg.triage, self.engines.manifest(name))
+        self.outbox = Outbox(state, cfg.sending)
+        self.sender = Sender(self.outbox, cfg.destinations, spool.root, cfg.node.ae_title)
+        self.sender.start()
+        self.pipeline = Pipeline(cfg, state, spool, self.engines, self.sender.wake)
+        self.pipeline.start()
+        return self.pipeline
 
     def stop(self, drain_seconds: float | None = None) -> None:
         """Stop accepting, drain open associations within the timeout, then close."""
@@ -103,6 +131,15 @@ class Node:
         if self.assembler is not None:
             self.assembler.stop()
             self.assembler = None
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            self.pipeline = None
+        if self.sender is not None:
+            self.sender.stop()
+            self.sender = None
+        if self.engines is not None:
+            self.engines.close()
+            self.engines = None
         if self.state is not None:
             self.state.close()
             self.state = None

@@ -11,18 +11,41 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from dicom_node.assemble.timing import deadline
 from dicom_node.config import AssemblyConfig
 from dicom_node.errors import StateError
-from dicom_node.models import Job, ReceivedInstance, StoreOutcome, StudySummary
+from dicom_node.models import Job, ReceivedInstance, ResultObject, StoreOutcome, StudySummary
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
+# The outbox: one row per result object and destination, durable until delivered
+# (dicom_node/send/outbox.py works on it).
+OUTBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL,
+    study_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    UNIQUE (sop_instance_uid, destination)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+"""
+
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
@@ -60,9 +83,33 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL DEFAULT 'pending',
     instance_count INTEGER NOT NULL,
     reason TEXT NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    priority TEXT,
+    summary TEXT,
+    error TEXT,
     UNIQUE (study_uid, generation)
 );
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
 """
+    + OUTBOX_SCHEMA
+)
+
+# Version 1 had no results: its jobs gain the result columns, the outbox is new.
+_MIGRATE_1_TO_2 = """
+ALTER TABLE jobs ADD COLUMN started_at REAL;
+ALTER TABLE jobs ADD COLUMN finished_at REAL;
+ALTER TABLE jobs ADD COLUMN priority TEXT;
+ALTER TABLE jobs ADD COLUMN summary TEXT;
+ALTER TABLE jobs ADD COLUMN error TEXT;
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
+"""
+
+
+_JOB_COLUMNS = (
+    "id, study_uid, generation, created_at, state, instance_count, reason, "
+    "started_at, finished_at, priority, summary, error"
+)
 
 
 class State:
@@ -75,13 +122,22 @@ class State:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
             self._check_version()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{path}: cannot open the node's state database ({exc})") from exc
 
     def _check_version(self) -> None:
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and row[0] == "1":
+            self._db.executescript(
+                "BEGIN IMMEDIATE;" + _MIGRATE_1_TO_2 + OUTBOX_SCHEMA
+                + "UPDATE meta SET value = '2' WHERE key = 'schema_version'; COMMIT;"
+            )  # fmt: skip
+            row = ("2",)
+        self._db.executescript(_SCHEMA)
         if row is None:
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
@@ -96,7 +152,7 @@ class State:
             self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -128,7 +184,7 @@ class State:
         """
         h = inst.header
         started = reopened = touched = False
-        with self._transaction() as db:
+        with self.transaction() as db:
             if kind != "duplicate":
                 db.execute(
                     "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -183,7 +239,7 @@ class State:
 
     def release(self, study_uids: set[str], now: float) -> None:
         """An association that carried ``study_uids`` has ended."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             for uid in study_uids:
                 row = db.execute(
                     "SELECT first_received_at, last_received_at, open_associations FROM studies "
@@ -216,7 +272,7 @@ class State:
         Also recomputes deadlines under the current assembly settings. Returns the
         number of studies re-armed.
         """
-        with self._transaction() as db:
+        with self.transaction() as db:
             rows = db.execute(
                 "SELECT study_uid, first_received_at, last_received_at, open_associations, "
                 "released_at FROM studies WHERE state = 'receiving'"
@@ -244,7 +300,7 @@ class State:
     def complete_due(self, now: float) -> list[Job]:
         """Complete every study whose deadline has passed; each gets exactly one new job."""
         jobs: list[Job] = []
-        with self._transaction() as db:
+        with self.transaction() as db:
             due = db.execute(
                 "SELECT study_uid, completions, due_reason FROM studies "
                 "WHERE state = 'receiving' AND due_at <= ? ORDER BY due_at",
@@ -285,13 +341,75 @@ class State:
             ).fetchall()
         return [StudySummary(*row) for row in rows]
 
-    def jobs(self) -> list[Job]:
+    def jobs(self, state: str | None = None) -> list[Job]:
+        where, params = ("WHERE state = ?", (state,)) if state else ("", ())
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id", params)
+            return [Job(*row) for row in rows.fetchall()]
+
+    def job(self, job_id: int) -> Job:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        if row is None:
+            raise StateError(f"{self.path}: no job {job_id}")
+        return Job(*row)
+
+    def study_sources(self, study_uid: str) -> list[tuple[str, str]]:
+        """(spool path, calling AE) of the study's instances to process, in arrival order."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, study_uid, generation, created_at, state, instance_count, reason "
-                "FROM jobs ORDER BY id"
+                "SELECT path, calling_ae FROM instances WHERE study_uid = ? AND process = 1 "
+                "ORDER BY received_at, sop_instance_uid",
+                (study_uid,),
             ).fetchall()
-        return [Job(*row) for row in rows]
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def study(self, study_uid: str) -> StudySummary | None:
+        return next((s for s in self.studies() if s.study_uid == study_uid), None)
+
+    def start_job(self, job_id: int, now: float) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET started_at = ? WHERE id = ?", (now, job_id))
+
+    def finish_job(
+        self,
+        job_id: int,
+        outcome: str,
+        now: float,
+        *,
+        priority: str | None = None,
+        summary: str | None = None,
+        error: str | None = None,
+        results: Sequence[ResultObject] = (),
+        destinations: Sequence[str] = (),
+    ) -> None:
+        """Record a job's outcome and queue its results for every destination, atomically.
+
+        A result already queued for a destination (the same object from an earlier run)
+        keeps its row, so a delivered object is not delivered again.
+        """
+        if outcome not in ("done", "failed", "skipped"):
+            raise StateError(f"job outcome: expected done, failed or skipped, got {outcome!r}")
+        with self.transaction() as db:
+            row = db.execute("SELECT study_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise StateError(f"{self.path}: no job {job_id}")
+            db.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, priority = ?, summary = ?, error = ? "
+                "WHERE id = ?",
+                (outcome, now, priority, summary, error, job_id),
+            )
+            for result in results:
+                for destination in destinations:
+                    db.execute(
+                        "INSERT OR IGNORE INTO outbox (job_id, study_uid, sop_instance_uid, "
+                        "sop_class_uid, path, destination, next_attempt_at, created_at) "
+                        "VALUES (?,?,?,?,?,?,?,?)",
+                        (job_id, row[0], result.sop_instance_uid, result.sop_class_uid,
+                         result.path, destination, now, now),
+                    )  # fmt: skip
 
     def instance_paths(self, study_uid: str) -> list[str]:
         with self._lock:

@@ -50,6 +50,7 @@ class NodeProcess:
             f"storage: {{spool_dir: spool, min_free_bytes: 0}}\n"
             f"assembly: {{quiet_seconds: {quiet}, after_release_seconds: 0.3, max_wait_seconds: 60}}\n"
             "logging: {level: DEBUG}\n"
+            "routing: {rules: [], cascade: []}\n"
         )
         self.log = folder / "node.log"
         self.proc: subprocess.Popen[bytes] | None = None

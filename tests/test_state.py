@@ -73,7 +73,7 @@ def test_schema_version_mismatch_is_refused(tmp_path: Path) -> None:
     State(tmp_path / "s.db", RULES).close()
     with sqlite3.connect(tmp_path / "s.db") as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StateError, match=r"schema version 99, this node needs 1"):
+    with pytest.raises(StateError, match=r"schema version 99, this node needs 2"):
         State(tmp_path / "s.db", RULES)
 
 
@@ -81,3 +81,52 @@ def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "s.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StateError, match=r"cannot open the node's state database"):
         State(tmp_path / "s.db", RULES)
+
+
+_V1_JOBS = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, study_uid TEXT NOT NULL, generation INTEGER NOT NULL,
+    created_at REAL NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
+    instance_count INTEGER NOT NULL, reason TEXT NOT NULL, UNIQUE (study_uid, generation)
+);
+INSERT INTO jobs (study_uid, generation, created_at, instance_count, reason)
+    VALUES ('1.2.3', 1, 10.0, 2, 'quiet');
+"""
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.executescript(_V1_JOBS)
+    state = State(tmp_path / "s.db", RULES)
+    [job] = state.jobs()
+    assert (job.study_uid, job.state, job.priority, job.error) == ("1.2.3", "pending", None, None)
+    state.finish_job(job.id, "skipped", 20.0, error="no engine")
+    assert state.job(job.id).state == "skipped"
+    state.close()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("2",)
+
+
+def test_finish_job_queues_each_result_once_per_destination(tmp_path: Path) -> None:
+    from dicom_node.models import ResultObject
+
+    state = State(tmp_path / "s.db", RULES)
+    state.record_instance(instance("1.9", "1.9.1", 100), True, "new")
+    state.release({"1.9"}, 100.0)
+    [job] = state.complete_due(1e9)
+    results = [ResultObject("1.9.100", "1.2.840.10008.5.1.4.1.1.88.34", "outputs/a.dcm", "sr")]
+    state.finish_job(job.id, "done", 5.0, priority="FLAG", results=results, destinations=["a", "b"])
+    # The same object again (a rerun after a crash) adds nothing.
+    state.finish_job(job.id, "done", 6.0, priority="FLAG", results=results, destinations=["a"])
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        rows = db.execute("SELECT destination, created_at FROM outbox ORDER BY destination")
+        assert rows.fetchall() == [("a", 5.0), ("b", 5.0)]
+    assert state.job(job.id).priority == "FLAG"
+    with pytest.raises(StateError, match=r"job outcome: expected done, failed or skipped, got 'x'"):
+        state.finish_job(job.id, "x", 7.0)
+    with pytest.raises(StateError, match=r"no job 99"):
+        state.finish_job(99, "done", 7.0)
+    with pytest.raises(StateError, match=r"no job 98"):
+        state.job(98)

@@ -21,6 +21,8 @@ def config_for(spool: Path, **dotted: Any) -> Config:
         "node": {"host": "127.0.0.1", "port": 0, "drain_seconds": 5},
         "storage": {"spool_dir": str(spool), "min_free_bytes": 0},
         "assembly": {"quiet_seconds": 2, "after_release_seconds": 0.3, "max_wait_seconds": 60},
+        # No engines: the ingest tests need none; pipeline tests set their own rules.
+        "routing": {"rules": [], "cascade": []},
     }
     for key, value in dotted.items():
         *parents, leaf = key.split("__")

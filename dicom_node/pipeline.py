@@ -1,0 +1,172 @@
+"""The pipeline worker: each pending job (a completed study) to results queued for sending.
+
+::
+
+    job -> read_sources -> analyse_study -> build_results -> spool/outputs -> finish_job
+        (headers)          (route, preprocess,  (SR + SCs,      (durable)      (job outcome and
+                            infer, triage)       pure builders)                 outbox rows, atomic)
+
+A job stays pending until its outcome and its outbox rows are committed
+together, so a crash at any point reruns it after a restart, and the rerun
+writes the same objects (deterministic UIDs). Bad data fails the job with the
+reason logged and recorded; an engine that cannot run right now (a Triton
+server away) leaves it pending and it is retried.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
+
+from dicom_node.analyse import analyse_study, read_sources
+from dicom_node.config import Config
+from dicom_node.errors import DicomNodeError, SpoolError
+from dicom_node.infer import EngineSet
+from dicom_node.models import Job, ResultObject
+from dicom_node.preprocess import PreprocessError
+from dicom_node.report.sr import ReportError
+from dicom_node.results import build_results, summary
+from dicom_node.spool import Spool
+from dicom_node.state import State
+from engines.runtimes import EngineRuntimeError
+
+log = logging.getLogger(__name__)
+
+_IDLE_POLL = 1.0
+_RETRY_SECONDS = 10.0  # after an engine could not run
+_MAX_ENGINE_RETRIES = 5
+
+
+def engines_needed(cfg: Config) -> tuple[str, ...]:
+    """The engines the routing rules and cascade can call, in first-use order."""
+    names = [r.engine for r in cfg.routing.rules]
+    names += [name for c in cfg.routing.cascade for name in (c.after, c.engine)]
+    return tuple(dict.fromkeys(names))
+
+
+def encode(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class Pipeline:
+    def __init__(
+        self,
+        cfg: Config,
+        state: State,
+        spool: Spool,
+        engines: EngineSet,
+        on_results: Callable[[], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.spool = spool
+        self.engines = engines
+        self.on_results = on_results
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._engine_failures: dict[int, int] = {}
+        self._retry_at: dict[int, float] = {}
+
+    def start(self) -> None:
+        if not self.cfg.destinations:
+            log.warning("no destinations configured: results stay in %s/outputs", self.spool.root)
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the job in hand (an unfinished job stays pending for the next start)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_pending()
+            except Exception:  # the worker must outlive any one failure; it is logged
+                log.exception("pipeline round failed; retrying")
+            self._wake.wait(_IDLE_POLL)
+            self._wake.clear()
+
+    def run_pending(self) -> int:
+        """Process every pending job that is not waiting for a retry; returns how many."""
+        count = 0
+        for job in self.state.jobs("pending"):
+            if self._stop.is_set():
+                break
+            if self._retry_at.get(job.id, 0.0) > time.time():
+                continue
+            self.process(job)
+            count += 1
+        return count
+
+    def process(self, job: Job) -> None:
+        started = time.time()
+        self.state.start_job(job.id, started)
+        study = job.study_uid
+        try:
+            sources = [(self.spool.path(p), ae) for p, ae in self.state.study_sources(study)]
+            images = read_sources(sources)
+            analysis = analyse_study(study, images, self.engines, self.cfg)
+            if not analysis.hips:
+                reason = "no routing rule selected an image of this study"
+                self.state.finish_job(job.id, "skipped", time.time(), error=reason)
+                log.info("study %s: %s (%d instances)", study, reason, len(images))
+                return
+            results = build_results(analysis, self.engines, self.cfg)
+            kinds = [(results.sr, "sr")] + [(ds, "sc") for ds in results.overlays]
+            objects = [self._write(study, ds, kind) for ds, kind in kinds]
+        except EngineRuntimeError as exc:
+            self._engine_unavailable(job, exc)
+            return
+        except (PreprocessError, ReportError, SpoolError, DicomNodeError) as exc:
+            self.state.finish_job(job.id, "failed", time.time(), error=str(exc))
+            log.error("study %s failed: %s", study, exc)
+            return
+        self.state.finish_job(
+            job.id, "done", time.time(),
+            priority=analysis.priority,
+            summary=summary(analysis),
+            results=objects,
+            destinations=[d.name for d in self.cfg.destinations],
+        )  # fmt: skip
+        self._engine_failures.pop(job.id, None)
+        self._retry_at.pop(job.id, None)
+        log.info(
+            "study %s: priority %s, %d hips, SR and %d overlays in %.2f s (inference %.2f s)",
+            study, analysis.priority, len(analysis.hips), len(objects) - 1,
+            time.time() - started, analysis.inference_seconds,
+        )  # fmt: skip
+        if self.on_results is not None:
+            self.on_results()
+
+    def _write(self, study: str, ds: Dataset, kind: str) -> ResultObject:
+        relative = f"outputs/{study}/{ds.SOPInstanceUID}.dcm"
+        self.spool.write(relative, [encode(ds)])
+        return ResultObject(str(ds.SOPInstanceUID), str(ds.SOPClassUID), relative, kind)
+
+    def _engine_unavailable(self, job: Job, exc: EngineRuntimeError) -> None:
+        failures = self._engine_failures.get(job.id, 0) + 1
+        self._engine_failures[job.id] = failures
+        if failures >= _MAX_ENGINE_RETRIES:
+            self.state.finish_job(job.id, "failed", time.time(),
+                                  error=f"engine failed {failures} times: {exc}")  # fmt: skip
+            log.error("study %s failed: engine failed %d times: %s", job.study_uid, failures, exc)
+            return
+        self._retry_at[job.id] = time.time() + _RETRY_SECONDS
+        log.warning("study %s: engine could not run (%s); retry %d in %.0f s", job.study_uid,
+                    exc, failures, _RETRY_SECONDS)  # fmt: skip

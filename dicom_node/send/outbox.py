@@ -1,0 +1,124 @@
+"""The durable outbox: what is due, what was delivered, dead letters and their requeue.
+
+Rows live in the node's SQLite state (see :mod:`dicom_node.send.schema`), so
+results queued by a job survive a crash and are delivered after a restart.
+A failed attempt is retried after an exponential backoff with jitter; after
+``sending.max_attempts`` the row becomes a dead letter until an operator
+requeues it (``dicom-node outbox retry``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from dicom_node.config_results import SendingConfig
+from dicom_node.errors import StateError
+from dicom_node.models import OutboxItem
+from dicom_node.state import State
+
+_COLUMNS = (
+    "id, job_id, study_uid, sop_instance_uid, sop_class_uid, path, destination, state, "
+    "attempts, next_attempt_at, last_error, created_at, sent_at"
+)
+STATES = ("pending", "sent", "dead")
+
+
+def backoff_seconds(attempts: int, cfg: SendingConfig, rng: random.Random | None = None) -> float:
+    """The wait after ``attempts`` failed attempts: exponential, capped, with "equal jitter"
+    (between half and all of it) so many items failing together do not retry together."""
+    base = min(cfg.max_backoff_seconds, cfg.backoff_seconds * 2 ** max(attempts - 1, 0))
+    return float(base * (0.5 + 0.5 * (rng or random).random()))
+
+
+class Outbox:
+    def __init__(self, state: State, cfg: SendingConfig) -> None:
+        self.state = state
+        self.cfg = cfg
+
+    def due(self, now: float, limit: int = 200) -> list[OutboxItem]:
+        """Pending rows whose next attempt is due, oldest first."""
+        with self.state.transaction() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at, id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [OutboxItem(*row) for row in rows]
+
+    def next_due(self) -> float | None:
+        with self.state.transaction() as db:
+            row = db.execute(
+                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'"
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def mark_sent(self, item_id: int, now: float) -> None:
+        with self.state.transaction() as db:
+            db.execute(
+                "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, "
+                "last_error = NULL WHERE id = ?",
+                (now, item_id),
+            )
+
+    def mark_failed(self, item_id: int, now: float, error: str) -> OutboxItem:
+        """Count a failed attempt: schedule the next one, or make the row a dead letter."""
+        with self.state.transaction() as db:
+            row = db.execute("SELECT attempts FROM outbox WHERE id = ?", (item_id,)).fetchone()
+            if row is None:
+                raise StateError(f"outbox: no item {item_id}")
+            attempts = int(row[0]) + 1
+            dead = attempts >= self.cfg.max_attempts
+            db.execute(
+                "UPDATE outbox SET attempts = ?, state = ?, next_attempt_at = ?, last_error = ? "
+                "WHERE id = ?",
+                (attempts, "dead" if dead else "pending",
+                 now + (0.0 if dead else backoff_seconds(attempts, self.cfg)), error[:1000],
+                 item_id),
+            )  # fmt: skip
+            out = db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (item_id,)).fetchone()
+        return OutboxItem(*out)
+
+    def items(self, states: Sequence[str] = STATES) -> list[OutboxItem]:
+        unknown = [s for s in states if s not in STATES]
+        if unknown:
+            raise StateError(f"outbox state: expected {', '.join(STATES)}, got {unknown[0]!r}")
+        marks = ",".join("?" * len(states))
+        with self.state.transaction() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE state IN ({marks}) ORDER BY id", tuple(states)
+            ).fetchall()
+        return [OutboxItem(*row) for row in rows]
+
+    def retry(self, now: float, item_ids: Sequence[int] = ()) -> int:
+        """Requeue dead letters (all, or those named) for immediate delivery; returns how many."""
+        with self.state.transaction() as db:
+            if item_ids:
+                marks = ",".join("?" * len(item_ids))
+                found = db.execute(
+                    f"SELECT id FROM outbox WHERE state = 'dead' AND id IN ({marks})",
+                    tuple(item_ids),
+                ).fetchall()
+                missing = sorted(set(item_ids) - {int(r[0]) for r in found})
+                if missing:
+                    raise StateError(
+                        f"outbox retry: no dead letter with id {', '.join(map(str, missing))}"
+                    )
+                ids = tuple(int(r[0]) for r in found)
+            else:
+                rows = db.execute("SELECT id FROM outbox WHERE state = 'dead'").fetchall()
+                ids = tuple(int(r[0]) for r in rows)
+            for item_id in ids:
+                db.execute(
+                    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ? "
+                    "WHERE id = ?",
+                    (now, item_id),
+                )
+        return len(ids)
+
+    def depth(self) -> dict[str, int]:
+        with self.state.transaction() as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({str(s): int(n) for s, n in rows})
+        return counts

@@ -1,0 +1,112 @@
+"""The sender: a thread that delivers due outbox items to their destinations.
+
+Items are grouped by destination, one association per destination and round.
+A delivered item is marked sent; a failure is counted and retried with backoff,
+or becomes a dead letter after ``sending.max_attempts``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from dicom_node.config_results import Destination
+from dicom_node.models import OutboxItem
+from dicom_node.send.outbox import Outbox
+from dicom_node.send.peers import Delivery, copy_to_folder, send_dicom
+
+log = logging.getLogger(__name__)
+
+_IDLE_POLL = 1.0  # seconds between looks at the outbox when nothing woke the sender
+
+
+class Sender:
+    def __init__(
+        self,
+        outbox: Outbox,
+        destinations: Sequence[Destination],
+        spool_dir: Path,
+        calling_ae: str,
+        on_sent: Callable[[OutboxItem, float], None] | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.destinations = {d.name: d for d in destinations}
+        self.spool_dir = spool_dir
+        self.calling_ae = calling_ae
+        self.on_sent = on_sent
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.send_due(time.time())
+            except Exception:  # the sender must outlive any one failure; it is logged
+                log.exception("sender round failed; retrying")
+            next_due = self.outbox.next_due()
+            wait = _IDLE_POLL if next_due is None else min(_IDLE_POLL, next_due - time.time())
+            if wait > 0:
+                self._wake.wait(wait)
+            self._wake.clear()
+
+    def send_due(self, now: float) -> int:
+        """One round: deliver everything due; returns how many items were delivered."""
+        items = self.outbox.due(now)
+        by_destination: dict[str, list[OutboxItem]] = {}
+        for item in items:
+            by_destination.setdefault(item.destination, []).append(item)
+        delivered = 0
+        for name, batch in by_destination.items():
+            if self._stop.is_set():
+                break
+            for result in self._deliver(name, batch):
+                delivered += self._record(result)
+        return delivered
+
+    def _deliver(self, name: str, batch: list[OutboxItem]) -> list[Delivery]:
+        destination = self.destinations.get(name)
+        if destination is None:
+            return [Delivery(i, False, f"destination {name!r} is not configured") for i in batch]
+        if destination.type == "folder":
+            return copy_to_folder(destination, batch, self.spool_dir)
+        timeout = self.outbox.cfg.timeout_seconds
+        return send_dicom(destination, batch, self.spool_dir, self.calling_ae, timeout)
+
+    def _record(self, result: Delivery) -> int:
+        item, now = result.item, time.time()
+        if result.ok:
+            self.outbox.mark_sent(item.id, now)
+            log.info("sent %s of study %s to %s (%s)", item.sop_instance_uid, item.study_uid,
+                     item.destination, result.detail)  # fmt: skip
+            if self.on_sent is not None:
+                self.on_sent(item, now)
+            return 1
+        after = self.outbox.mark_failed(item.id, now, result.detail)
+        if after.state == "dead":
+            log.error(
+                "dead letter %d: %s to %s after %d attempts: %s",
+                item.id, item.sop_instance_uid, item.destination, after.attempts, result.detail,
+            )  # fmt: skip
+        else:
+            log.warning("sending %s to %s failed (attempt %d, next in %.1f s): %s",
+                        item.sop_instance_uid, item.destination, after.attempts,
+                        after.next_attempt_at - now, result.detail)  # fmt: skip
+        return 0
