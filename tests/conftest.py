@@ -30,6 +30,28 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
         node.stop(drain_seconds=1)
 
 
+@pytest.fixture(scope="session")
+def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An engines.cache_dir with hip_screen and hipnet packaged at 64 px, untrained.
+
+    The pipeline tests check mechanics (routing, reports, sending), not accuracy: they
+    set triage thresholds to make the findings they need present. Seeded, so the
+    untrained outputs are the same every run.
+    """
+    import torch
+
+    from engines.catalog import engine_spec
+    from engines.models import create
+    from engines.package import package_engine
+
+    cache = tmp_path_factory.mktemp("engine-cache")
+    torch.manual_seed(0)
+    for name in ("hip_screen", "hipnet"):
+        package_engine(engine_spec(name), create(name), 64, cache / name, "0.0.1-test",
+                       clinical_use="untrained test engine")  # fmt: skip
+    return cache
+
+
 @pytest.fixture
 def dcmtk_env() -> dict[str, str]:
     """Environment for dcmtk tools; skips when dcmtk is not installed."""

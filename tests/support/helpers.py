@@ -15,6 +15,27 @@ from dicom_node.config import Config, parse_config
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
+# Triage overrides for the untrained test engines (outputs near 1/K): every hip then has
+# a THA (so the cascade runs) and a femoral neck fracture (URGENT).
+FORCE_FINDINGS = {
+    "thresholds": {
+        "hip_screen": {"total_hip_arthroplasty": 0.01, "femoral_neck_fracture": 0.01},
+        "hipnet": {"aseptic_loosening": 0.01},
+    }
+}
+
+
+def pipeline_config(spool: Path, engine_cache: Path, **dotted: Any) -> Config:
+    """:func:`config_for` with the default routing and the test engines in ``engine_cache``."""
+    return config_for(
+        spool,
+        routing={},
+        engines={"cache_dir": str(engine_cache), "backend": "onnxruntime", "threads": 2},
+        sending={"backoff_seconds": 0.2, "max_backoff_seconds": 1, "timeout_seconds": 10},
+        **dotted,
+    )
+
+
 def config_for(spool: Path, **dotted: Any) -> Config:
     """A loopback config on an ephemeral port with fast assembly; ``dotted`` overrides keys."""
     raw: dict[str, Any] = {
