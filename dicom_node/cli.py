@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="var/demo", help="folder for the demo's spool and files")
     _engine_parsers(sub, common)
+    from dicom_node.outbox_cli import add_parser
+
+    add_parser(sub, common)
     return parser
 
 
@@ -131,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _studies(cfg)
         if args.command == "jobs":
             return _jobs(cfg)
+        if args.command == "outbox":
+            from dicom_node.outbox_cli import run_outbox
+
+            return run_outbox(cfg, args)
         if args.command == "engines":
             from dicom_node.engines_cli import run_engines
 
@@ -190,11 +197,12 @@ def _jobs(cfg: Config) -> int:
     finally:
         state.close()
     print(f"{'JOB':>5}  {'STUDY INSTANCE UID':<64}  {'GEN':>3}  {'STATE':<8}  {'INST':>5}  "
-          f"{'CREATED':<19}  REASON")  # fmt: skip
+          f"{'CREATED':<19}  {'PRIORITY':<8}  REASON / ERROR")  # fmt: skip
     for j in rows:
         print(
             f"{j.id:>5}  {j.study_uid:<64}  {j.generation:>3}  {j.state:<8}  "
-            f"{j.instance_count:>5}  {_time(j.created_at):<19}  {j.reason}"
+            f"{j.instance_count:>5}  {_time(j.created_at):<19}  {j.priority or '-':<8}  "
+            f"{j.error or j.reason}"
         )
     print(f"{len(rows)} jobs")
     return 0

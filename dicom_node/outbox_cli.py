@@ -1,0 +1,65 @@
+"""``dicom-node outbox``: what waits to be sent, dead letters, and requeueing them.
+
+Works on the state database directly, so it can run beside a running node (SQLite
+WAL); the node's sender picks requeued items up within a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from dicom_node.config import Config
+from dicom_node.errors import StateError
+from dicom_node.send.outbox import STATES, Outbox
+from dicom_node.state import State
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+               common: argparse.ArgumentParser) -> None:  # fmt: skip
+    outbox = sub.add_parser(
+        "outbox",
+        parents=[common],
+        help="list results waiting to be sent and dead letters; `outbox retry` requeues",
+    )
+    outbox.add_argument("verb", nargs="?", choices=["list", "retry"], default="list",
+                        help="list (default) or retry (requeue dead letters)")  # fmt: skip
+    outbox.add_argument("ids", nargs="*", type=int,
+                        help="retry: item ids (default: every dead letter)")  # fmt: skip
+    outbox.add_argument("--state", action="append", choices=STATES,
+                        help="list: only this state (repeatable)")  # fmt: skip
+
+
+def _time(value: float | None) -> str:
+    return "-" if value is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
+    if not cfg.storage.database.exists():
+        print(f"no state database at {cfg.storage.database}: the node has not run yet")
+        return 0
+    state = State(cfg.storage.database, cfg.assembly)
+    try:
+        outbox = Outbox(state, cfg.sending)
+        if args.verb == "retry":
+            try:
+                count = outbox.retry(time.time(), args.ids)
+            except StateError as exc:
+                print(f"dicom-node: error: {exc}")
+                return 2
+            print(f"requeued {count} dead letter{'s' if count != 1 else ''}")
+            return 0
+        items = outbox.items(args.state or ("pending", "dead"))
+        depth = outbox.depth()
+    finally:
+        state.close()
+    print(f"{'ID':>5}  {'STATE':<7}  {'DEST':<12}  {'TRIES':>5}  {'NEXT ATTEMPT':<19}  "
+          f"{'SOP INSTANCE UID':<64}  LAST ERROR")  # fmt: skip
+    for item in items:
+        print(
+            f"{item.id:>5}  {item.state:<7}  {item.destination[:12]:<12}  {item.attempts:>5}  "
+            f"{_time(item.next_attempt_at if item.state == 'pending' else None):<19}  "
+            f"{item.sop_instance_uid:<64}  {item.last_error or '-'}"
+        )
+    print(", ".join(f"{n} {s}" for s, n in depth.items()))
+    return 0

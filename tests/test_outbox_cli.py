@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from dicom_node.cli import main
+from dicom_node.config import AssemblyConfig
+from dicom_node.config_results import SendingConfig
+from dicom_node.models import Header, ReceivedInstance, ResultObject
+from dicom_node.send.outbox import Outbox
+from dicom_node.state import State
+
+
+def dead_letter(spool: Path) -> int:
+    """A state database whose one outbox item has become a dead letter; returns its id."""
+    spool.mkdir(parents=True)
+    state = State(spool / "state.sqlite3", AssemblyConfig())
+    header = Header("1.2.840.10008.5.1.4.1.1.1", "1.9.1", "1.9", "1.9.0", "CR", "", "", True)
+    state.record_instance(
+        ReceivedInstance(header, "1.2.840.10008.1.2.1", "PACS", "a", "i/1", 10, 1.0, False),
+        True,
+        "new",
+    )
+    state.release({"1.9"}, 1.0)
+    [job] = state.complete_due(1e12)
+    result = ResultObject("1.9.99", "1.2.840.10008.5.1.4.1.1.88.34", "outputs/1.9/x.dcm", "sr")
+    state.finish_job(job.id, "done", time.time(), results=[result], destinations=["pacs"])
+    outbox = Outbox(state, SendingConfig(max_attempts=1))
+    [item] = outbox.items(["pending"])
+    outbox.mark_failed(item.id, time.time(), "association to pacs rejected")
+    state.close()
+    return item.id
+
+
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "node.yaml"
+    path.write_text("storage: {spool_dir: spool}\n")
+    return path
+
+
+def test_outbox_lists_dead_letters_and_retry_requeues_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    item = dead_letter(tmp_path / "spool")
+    cfg = str(config_file(tmp_path))
+    assert main(["outbox", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "dead" in out and "association to pacs rejected" in out and "1.9.99" in out
+    assert out.strip().endswith("0 pending, 0 sent, 1 dead")
+    assert main(["outbox", "retry", "--config", cfg]) == 0
+    assert "requeued 1 dead letter" in capsys.readouterr().out
+    assert main(["outbox", "list", "--state", "pending", "--config", cfg]) == 0
+    assert f"{item:>5}  pending" in capsys.readouterr().out
+
+
+def test_outbox_retry_of_an_unknown_id_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dead_letter(tmp_path / "spool")
+    assert main(["outbox", "retry", "42", "--config", str(config_file(tmp_path))]) == 2
+    assert "no dead letter with id 42" in capsys.readouterr().out
+
+
+def test_outbox_before_the_node_ever_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["outbox", "--config", str(config_file(tmp_path))]) == 0
+    assert "the node has not run yet" in capsys.readouterr().out
