@@ -37,7 +37,9 @@ pytest: setup
 
 test: setup lint typecheck pytest
 
+# Builds the demo engines once (minutes; cached in var/engines), then runs the main job.
 demo: setup
+	$(BIN)/dicom-node engines build --demo --config config.yaml
 	$(BIN)/dicom-node demo --config config.yaml
 
 bench: setup

@@ -1,0 +1,234 @@
+"""``dicom-node demo``: the node's main job end to end, on the embedded defaults.
+
+Builds the demo engines if they are not cached (trained on phantoms; minutes on
+a CPU), starts a PACS stand-in (a pynetdicom Storage SCP) and a node that sends
+its results there, writes a handful of phantom studies (normal, femoral neck
+fracture, osteoarthritis, a loosening THA and a dislocated THA, with AP and
+lateral views, in several transfer syntaxes), sends them with dcmtk's
+``storescu`` (a real C-STORE client; pynetdicom when dcmtk is missing), waits
+for each study's SR at the PACS and reports per study: the findings and
+probabilities per hip, the priority and the time to result. Every Secondary
+Capture is saved as a PNG and every SR as a text dump under ``--out``.
+Everything it starts, it stops. Synthetic data and demo engines only: not for
+clinical use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from PIL import Image
+from pydicom import dcmread
+
+from dicom_node.config import Config, TlsConfig
+from dicom_node.config_results import Destination
+from dicom_node.demo.cases import Case, truth, write_cases
+from dicom_node.demo.pacs import StandInPacs
+from dicom_node.errors import DicomNodeError
+from dicom_node.node import Node
+from dicom_node.pipeline import engines_needed
+from dicom_node.synthetic.dcmtk import storescu, storescu_profile
+from engines.manifest import ManifestError, read_manifest, verify_artefacts
+from engines.phantoms.studies import PhantomStudy
+
+WAIT_SECONDS = 120.0
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+
+
+class DemoError(DicomNodeError, RuntimeError):
+    """The demo could not run to its end."""
+
+
+def _engines_ready(cfg: Config, names: Sequence[str]) -> list[str]:
+    """The engines that still need building (missing, or failing verification)."""
+    missing = []
+    for name in names:
+        folder = cfg.engines.cache_dir / name
+        try:
+            verify_artefacts(read_manifest(folder), folder)
+        except ManifestError:
+            missing.append(name)
+    return missing
+
+
+def _demo_config(cfg: Config, out: Path, pacs: StandInPacs) -> Config:
+    """The given config on loopback, with a fresh spool, a short quiet period and the PACS
+    stand-in as the only destination."""
+    return dataclasses.replace(
+        cfg,
+        node=dataclasses.replace(
+            cfg.node,
+            host="127.0.0.1",
+            port=0,
+            allowed_calling_aes=(),
+            tls=TlsConfig(),
+            drain_seconds=2.0,
+        ),
+        storage=dataclasses.replace(cfg.storage, spool_dir=out / "spool", min_free_bytes=0),
+        assembly=dataclasses.replace(
+            cfg.assembly,
+            quiet_seconds=min(cfg.assembly.quiet_seconds, 2.0),
+            after_release_seconds=min(cfg.assembly.after_release_seconds, 0.5),
+        ),
+        destinations=(Destination("demo-pacs", pacs.ae_title, "127.0.0.1", pacs.port),),
+    )
+
+
+def _send(node: Node, files: Sequence[Path], work: Path) -> str:
+    ae = node.config.node.ae_title
+    if shutil.which("storescu"):
+        result = storescu(
+            "127.0.0.1", node.port, files, called_ae=ae, calling_ae="DEMO_MODALITY",
+            profile=storescu_profile(work / "storescu.cfg"),
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise DemoError(f"storescu failed: {result.stderr.strip()[-500:]}")
+        return "dcmtk storescu"
+    from pynetdicom import AE
+
+    client = AE("DEMO_MODALITY")
+    datasets = [dcmread(p) for p in files]
+    for ds in datasets:
+        client.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = client.associate("127.0.0.1", node.port, ae_title=ae)
+    if not assoc.is_established:
+        raise DemoError("the node refused the demo's association")
+    for ds in datasets:
+        assoc.send_c_store(ds)
+    assoc.release()
+    return "pynetdicom"
+
+
+def _dump_sr(path: Path, target: Path) -> None:
+    if shutil.which("dsrdump"):
+        result = subprocess.run(
+            ["dsrdump", "+Pt", str(path)], capture_output=True, text=True, check=False
+        )
+        if result.returncode == 0:
+            target.write_text(result.stdout, encoding="utf-8")
+            return
+    target.write_text(str(dcmread(path)), encoding="utf-8")
+
+
+def _save(pacs: StandInPacs, study_uid: str, folder: Path) -> list[Path]:
+    """PNG previews of the study's overlays and a text dump of its SR."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    n = 0
+    for sop, cls, _ in sorted(pacs.objects(study_uid), key=lambda o: o[2]):
+        path = pacs.folder / study_uid / f"{sop}.dcm"
+        if cls == SR_CLASS:
+            _dump_sr(path, folder / "sr.txt")
+            written.append(folder / "sr.txt")
+        elif cls == SC_CLASS:
+            n += 1
+            ds = dcmread(path)
+            engine = str(ds.get("SeriesDescription", "")).rsplit(" ", 1)[-1] or "overlay"
+            target = folder / f"sc-{n}-{engine}.png"
+            Image.fromarray(ds.pixel_array).save(target)
+            written.append(target)
+    return written
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _table(
+    case: Case, study: PhantomStudy, summary: dict[str, object], seconds: float
+) -> list[str]:
+    lines = [f"  truth    {truth(study)}"]
+    hips = summary.get("hips", [])
+    lines.append(
+        f"  priority {summary.get('priority')}   result in the PACS {seconds:.1f} s after the "
+        f"study was sent (inference {float(summary.get('inference_seconds', 0.0)):.2f} s)"  # type: ignore[arg-type]
+    )
+    for hip in hips if isinstance(hips, list) else []:
+        reported = ", ".join(
+            f"{r['name'].replace('_', ' ')} {r['probability']:.2f}"
+            + ("" if r["present"] else " (below threshold)")
+            for r in hip["reported"]
+        )
+        risk = f", PJI risk {hip['pji_risk']:.0f}/100" if hip.get("pji_risk") is not None else ""
+        lines.append(
+            f"  {hip['engine']:<10} {hip['side']}  {hip['views']:<10}  {hip['priority']:<6}  "
+            f"{reported}{risk}"
+        )
+    return lines
+
+
+def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
+    """Run the demo; yield the lines of its report as they happen."""
+    out = Path(out).resolve()
+    for stale in ("spool", "incoming", "pacs", "results"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    names = engines_needed(cfg)
+    missing = _engines_ready(cfg, names)
+    if missing:
+        from engines.build import build_demo
+
+        yield (f"building the demo engines {', '.join(missing)} in {cfg.engines.cache_dir} "
+               "(trained on phantoms; about 10 minutes on 2 CPU cores, once)")  # fmt: skip
+        for result in build_demo(cfg.engines.cache_dir, tuple(missing)):
+            yield f"  {result.manifest.name} {result.manifest.version} built"
+    pacs = StandInPacs(out / "pacs")
+    pacs.start()
+    node: Node | None = None
+    try:
+        node = Node(_demo_config(cfg, out, pacs))
+        node.start()
+        if node.state is None:
+            raise DemoError("the node started without its state")
+        yield f"node {node.config.node.ae_title} on 127.0.0.1:{node.port}, engines " + ", ".join(
+            f"{n} ({node.engines.backend(n)})" for n in names if node.engines
+        )
+        yield f"PACS stand-in {pacs.ae_title} on 127.0.0.1:{pacs.port}"
+        cases = write_cases(out / "incoming")
+        sent_at: dict[str, float] = {}
+        for case, study in cases:
+            client = _send(node, study.files, out)
+            sent_at[study.identity.study_uid] = time.time()
+            yield f"sent {case.name}: {len(study.files)} instances with {client}"
+        deadline = time.monotonic() + WAIT_SECONDS
+        pending = set(sent_at)
+        while pending and time.monotonic() < deadline:
+            for job in node.state.jobs():
+                if job.state in ("failed", "skipped"):
+                    pending.discard(job.study_uid)
+            pending = {uid for uid in pending if not any(
+                cls == SR_CLASS for _, cls, _ in pacs.objects(uid))}  # fmt: skip
+            time.sleep(0.05)
+        if pending:
+            raise DemoError(f"{len(pending)} studies got no result within {WAIT_SECONDS:.0f} s")
+        jobs = {j.study_uid: j for j in node.state.jobs()}
+        yield ""
+        for n, (case, study) in enumerate(cases, start=1):
+            uid = study.identity.study_uid
+            job = jobs[uid]
+            yield f"study {n} {case.name}  ({uid})"
+            if job.state != "done" or job.summary is None:
+                yield f"  {job.state}: {job.error}"
+                continue
+            sr_at = min(at for _, cls, at in pacs.objects(uid) if cls == SR_CLASS)
+            yield from _table(case, study, json.loads(job.summary), sr_at - sent_at[uid])
+            files = _save(pacs, uid, out / "results" / f"{n}-{case.name}")
+            yield "  files    " + ", ".join(_shown(p) for p in files)
+        yield ""
+        yield ("synthetic phantoms and demo engines trained on them: the results show the "
+               "pipeline, not clinical accuracy; not for clinical use")  # fmt: skip
+    finally:
+        if node is not None:
+            node.stop(drain_seconds=2)
+        pacs.stop()
