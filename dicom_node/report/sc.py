@@ -139,6 +139,10 @@ def build_overlay_sc(
     )
     if part:
         sc.BodyPartExamined = part  # with it, Laterality (Type 2C) is only needed for a paired part
+        if part in PAIRED_PARTS and laterality not in ("R", "L"):
+            # Both sides of a paired part: Laterality (R or L only) cannot say so; Image
+            # Laterality B can, and its presence is what lifts the Type 2C condition.
+            sc.ImageLaterality = "B"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"

@@ -47,7 +47,7 @@ def description(priority: str, decisions: Sequence[TriageDecision]) -> str:
     """``AI triage URGENT: femoral neck fracture R`` (a Series Description, at most 64 chars)."""
     parts = []
     for d in decisions:
-        for f in d.positives:
+        for f in sorted(d.positives, key=lambda f: -f.probability):
             parts.append(f"{f.name.replace('_', ' ')} {d.prediction.task.side}")
     text = f"AI triage {priority}" + (": " + ", ".join(dict.fromkeys(parts)) if parts else "")
     return text if len(text) <= 64 else text[:61] + "..."
@@ -116,10 +116,8 @@ def _group(
 
 
 def _tracking_uid(study_uid: str, manifest: Manifest, side: str, finding: HipFinding) -> str:
-    uid: str = generate_uid(
-        entropy_srcs=["dicom-node/tracking", study_uid, manifest.name, manifest.version, side,
-                      finding.name]
-    )  # fmt: skip
+    parts = ["dicom-node/tracking", study_uid, manifest.name, manifest.version, side, finding.name]
+    uid: str = generate_uid(entropy_srcs=["\x1f".join(parts)])
     return uid
 
 
@@ -155,7 +153,10 @@ def build_sr(
             )  # fmt: skip
     groups.append(
         hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(identifier="study triage"),
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=generate_uid(entropy_srcs=[f"dicom-node/tracking\x1f{study_uid}\x1fstudy"]),
+                identifier="study triage",
+            ),
             qualitative_evaluations=[
                 hd.sr.QualitativeEvaluation(codes.PRIORITY, codes.PRIORITY_VALUES[priority])
             ],

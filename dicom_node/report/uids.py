@@ -18,7 +18,9 @@ _ROOT = "dicom-node/results"
 
 
 def _uid(*parts: str) -> str:
-    uid: str = generate_uid(entropy_srcs=[_ROOT, *parts])
+    # One joined source: pydicom concatenates its entropy sources without a separator,
+    # so ("1.2", "3") and ("1.23",) would hash alike.
+    uid: str = generate_uid(entropy_srcs=["\x1f".join([_ROOT, *parts])])
     return uid
 
 

@@ -1,0 +1,409 @@
+"""The Grad-CAM overlay Secondary Capture of a phantom AP pelvis and of a left lateral."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+import pytest
+from helpers import run_tool
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from dicom_node.identity import MANUFACTURER, MODEL_NAME
+from dicom_node.report import codes
+from dicom_node.report.overlay import with_banner
+from dicom_node.report.sc import OverlayHip, banner_lines, build_overlay_sc, overlay_pixels
+from dicom_node.report.sr import ReportError
+from dicom_node.report.uids import ResultIdentity, sc_identity
+from engines.phantoms.studies import write_study
+from engines.pixels import display_pixels, pixel_spacing, prepare
+from engines.regions import HipRegion, hip_regions
+
+THA = "total_hip_arthroplasty"
+SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+ENGINE, VERSION = "hip_screen", "1.2.3-test"
+CLINICAL_USE = "not for clinical use: test"
+SIZE = 64  # one hip region's edge: the pelvis is 64 x 128, the lateral 64 x 64
+
+
+@dataclass(frozen=True)
+class Image:
+    header: Dataset  # no pixels, as the node keeps it
+    picture: npt.NDArray[np.float32]  # the displayed picture, [0, 1]
+
+
+def _image(path: Path) -> Image:
+    ds = pydicom.dcmread(path)
+    picture = display_pixels(ds)
+    del ds.PixelData
+    return Image(ds, picture)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Image, Image]:
+    """(the AP pelvis, the left hip's lateral) of one phantom study."""
+    folder = tmp_path_factory.mktemp("sc-study")
+    st = write_study(folder, 5, "femoral_neck_fracture", THA, {"L": "dislocation"}, size=SIZE)
+    ap, lateral = (_image(p) for p in st.files)
+    assert (ap.header.BodyPartExamined, ap.header.ImageLaterality) == ("PELVIS", "B")
+    assert (lateral.header.BodyPartExamined, lateral.header.ImageLaterality) == ("HIP", "L")
+    assert ap.picture.shape == (SIZE, 2 * SIZE)
+    assert lateral.picture.shape == (SIZE, SIZE)
+    return ap, lateral
+
+
+@pytest.fixture
+def ap(images: tuple[Image, Image]) -> Image:
+    return images[0]
+
+
+@pytest.fixture
+def lateral(images: tuple[Image, Image]) -> Image:
+    return images[1]
+
+
+def peaked(row: int, column: int) -> npt.NDArray[np.float32]:
+    """A 4 x 4 map on the engine's grid: 1.0 in one cell, 0 elsewhere."""
+    heat = np.zeros((4, 4), dtype=np.float32)
+    heat[row, column] = 1.0
+    return heat
+
+
+def hip(
+    image: Image,
+    region: HipRegion,
+    heatmap: npt.NDArray[np.float32] | None = None,
+    finding: str = "femoral neck fracture",
+    probability: float = 0.83,
+    present: bool = True,
+    priority: str = "URGENT",
+) -> OverlayHip:
+    """One hip of ``image``; by default its map peaks at canonical cell (1, 0): the shaft side."""
+    _, geometry = prepare(region.cut(image.picture), pixel_spacing(image.header), SIZE)
+    return OverlayHip(
+        region=region,
+        geometry=geometry,
+        heatmap=peaked(1, 0) if heatmap is None else heatmap,
+        finding=finding,
+        probability=probability,
+        present=present,
+        priority=priority,
+    )
+
+
+def both_hips(image: Image) -> list[OverlayHip]:
+    right, left = hip_regions(image.picture.shape, "B")
+    return [
+        hip(image, right),
+        hip(image, left, finding="osteoarthritis", probability=0.3, present=False, priority="NONE"),
+    ]
+
+
+def identity_of(image: Image, engine: str = ENGINE) -> ResultIdentity:
+    header = image.header
+    return sc_identity(
+        str(header.StudyInstanceUID), (engine, VERSION), str(header.SOPInstanceUID), 9002, 1
+    )
+
+
+def overlay(
+    image: Image,
+    hips: Sequence[OverlayHip],
+    method: Code = codes.GRADCAM,
+    max_edge: int = 1536,
+) -> Dataset:
+    return build_overlay_sc(
+        image.header,
+        image.picture,
+        hips,
+        ENGINE,
+        VERSION,
+        CLINICAL_USE,
+        identity_of(image),
+        method=method,
+        max_edge=max_edge,
+        institution_name="Phantom Hospital",
+    )
+
+
+def banner_height(width: int, hips: Sequence[OverlayHip], method: Code = codes.GRADCAM) -> int:
+    lines = banner_lines(ENGINE, VERSION, CLINICAL_USE, hips, method)
+    return int(with_banner(np.zeros((1, width, 3), dtype=np.uint8), lines).shape[0] - 1)
+
+
+def coloured(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    mask: npt.NDArray[np.bool_] = (rgb[..., 0] != rgb[..., 1]) | (rgb[..., 1] != rgb[..., 2])
+    return mask
+
+
+def grey(picture: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+    return np.rint(np.clip(picture, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def below_banner(sc: Dataset, rows: int) -> npt.NDArray[np.uint8]:
+    pixels: npt.NDArray[np.uint8] = sc.pixel_array
+    return pixels[-rows:]
+
+
+def dciodvfy_findings(path: Path) -> list[str]:
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    result = run_tool(["dciodvfy", str(path)], env=dict(os.environ))
+    assert "SCImage" in result.stdout + result.stderr  # it recognised the IOD
+    lines = (result.stderr + result.stdout).splitlines()
+    return [line for line in lines if line.startswith(("Error", "Warning"))]
+
+
+# --- pixels -------------------------------------------------------------------------------
+
+
+def test_rgb_8_bit_with_the_banner_above_the_source(ap: Image) -> None:
+    hips = both_hips(ap)
+    sc = overlay(ap, hips)
+    assert (sc.PhotometricInterpretation, sc.SamplesPerPixel) == ("RGB", 3)
+    assert (sc.BitsAllocated, sc.BitsStored, sc.HighBit, sc.PixelRepresentation) == (8, 8, 7, 0)
+    assert sc.PlanarConfiguration == 0
+    banner = banner_height(2 * SIZE, hips)
+    assert banner > 0
+    assert (sc.Rows, sc.Columns) == (banner + SIZE, 2 * SIZE)
+    assert sc.pixel_array.shape == (banner + SIZE, 2 * SIZE, 3)
+    assert sc.pixel_array.dtype == np.uint8
+
+
+def test_grey_where_the_map_is_cold_and_coloured_at_its_peak(ap: Image) -> None:
+    sc = overlay(ap, both_hips(ap))
+    image = below_banner(sc, SIZE)
+    colour = coloured(image)
+    # Both maps peak at canonical cell (1, 0), rows 16-31 on a 64-row grid.
+    assert colour[16:32].any()
+    assert not colour[56:].any()  # far from either peak: the map is ~0 there
+    cold = ~colour
+    assert cold.mean() > 0.6
+    expected = grey(ap.picture)
+    for channel in range(3):
+        assert np.array_equal(image[..., channel][cold], expected[cold])
+    # The bottom rows are exactly the windowed source.
+    assert np.array_equal(image[56:], np.repeat(expected[56:, :, None], 3, axis=2))
+
+
+def _coloured_columns(sc: Dataset) -> npt.NDArray[np.intp]:
+    columns: npt.NDArray[np.intp] = np.nonzero(coloured(below_banner(sc, SIZE)).any(axis=0))[0]
+    return columns
+
+
+def test_right_hip_lies_in_the_image_left_half(ap: Image) -> None:
+    right, _ = hip_regions(ap.picture.shape, "B")
+    columns = _coloured_columns(overlay(ap, [hip(ap, right)]))
+    assert columns.size > 0
+    # Canonical column 0 (the femoral shaft) is the image's left edge for a right hip.
+    assert columns.min() == 0 and columns.max() < SIZE // 2
+
+
+def test_left_hip_is_mirrored_into_the_image_right_half(ap: Image) -> None:
+    _, left = hip_regions(ap.picture.shape, "B")
+    assert left.mirrored
+    columns = _coloured_columns(overlay(ap, [hip(ap, left)]))
+    assert columns.size > 0
+    # Canonical column 0 of a left hip is the image's right edge.
+    assert columns.max() == 2 * SIZE - 1 and columns.min() >= 2 * SIZE - SIZE // 2
+
+
+def test_map_peak_lands_where_the_heatmap_says(ap: Image) -> None:
+    """The most coloured pixel of a hip lies inside its peak cell (mapped to the image)."""
+    right, left = hip_regions(ap.picture.shape, "B")
+    cell = SIZE // 4
+    for region, row, col in ((right, 2, 3), (left, 0, 1)):
+        sc = overlay(ap, [hip(ap, region, heatmap=peaked(row, col))])
+        image = below_banner(sc, SIZE).astype(np.int32)
+        strength = np.abs(image[..., 0] - image[..., 1]) + np.abs(image[..., 1] - image[..., 2])
+        y, x = np.unravel_index(int(np.argmax(strength)), strength.shape)
+        canonical_x = x if not region.mirrored else 2 * SIZE - 1 - x
+        assert row * cell <= y < (row + 1) * cell
+        assert col * cell <= canonical_x < (col + 1) * cell
+
+
+def test_banner_is_dark_with_bright_and_urgent_text(ap: Image) -> None:
+    hips = both_hips(ap)
+    sc = overlay(ap, hips)
+    banner = sc.pixel_array[: banner_height(2 * SIZE, hips)].astype(np.int32)
+    dark = (banner.max(axis=2) < 40).mean()
+    assert dark > 0.7
+    white = (banner.min(axis=2) > 200).sum()
+    assert white > 20
+    # The right hip is URGENT: its line is drawn in the urgent red.
+    red = ((banner[..., 0] > 200) & (banner[..., 1] < 140) & (banner[..., 2] < 140)).sum()
+    assert red > 5
+
+
+def test_banner_lines_state_findings_and_that_it_is_an_ai_result(ap: Image) -> None:
+    hips = both_hips(ap)
+    lines = banner_lines(ENGINE, VERSION, CLINICAL_USE, hips, codes.CLASS_ACTIVATION)
+    assert lines == [
+        ("AI RESULT - TO BE VERIFIED BY A RADIOLOGIST", False),
+        (CLINICAL_USE, False),
+        ("RIGHT HIP: femoral neck fracture p=0.83 - priority URGENT", True),
+        ("LEFT HIP: osteoarthritis p=0.30 (below threshold) - priority NONE", False),
+        (f"{ENGINE} {VERSION}, heat map: class activation", False),
+    ]
+    without_use = banner_lines(ENGINE, VERSION, "", hips[:1], codes.GRADCAM)
+    assert len(without_use) == 3
+    assert without_use[-1][0].endswith("gradient-weighted class activation")
+
+
+def test_max_edge_scales_a_larger_source_down(ap: Image) -> None:
+    hips = both_hips(ap)
+    sc = overlay(ap, hips, max_edge=SIZE)
+    banner = banner_height(SIZE, hips)
+    assert (sc.Rows, sc.Columns) == (banner + SIZE // 2, SIZE)
+    image = below_banner(sc, SIZE // 2)
+    # Still the source: the quiet bottom rows average the source's 2 x 2 blocks.
+    expected = ap.picture[48:].reshape(8, 2, SIZE, 2).mean(axis=(1, 3))
+    assert np.abs(image[24:, :, 0].astype(np.float64) - expected * 255).max() <= 1.0
+    assert coloured(image).any()
+    # A source within max_edge is not scaled.
+    assert overlay(ap, hips, max_edge=2 * SIZE).Columns == 2 * SIZE
+
+
+def test_overlay_pixels_matches_the_dataset(ap: Image) -> None:
+    hips = both_hips(ap)
+    lines = banner_lines(ENGINE, VERSION, CLINICAL_USE, hips, codes.GRADCAM)
+    pixels = overlay_pixels(ap.picture, hips, lines, 1536)
+    assert np.array_equal(pixels, overlay(ap, hips).pixel_array)
+
+
+# --- attributes ---------------------------------------------------------------------------
+
+
+def test_secondary_capture_attributes(ap: Image) -> None:
+    sc = overlay(ap, both_hips(ap))
+    source = ap.header
+    identity = identity_of(ap)
+    assert sc.SOPClassUID == SC_STORAGE
+    assert (sc.SeriesInstanceUID, sc.SOPInstanceUID) == (
+        identity.series_uid,
+        identity.sop_instance_uid,
+    )
+    assert sc.SeriesInstanceUID != source.SeriesInstanceUID
+    assert (sc.SeriesNumber, sc.InstanceNumber) == (9002, 1)
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "AccessionNumber"):
+        assert sc[keyword].value == source[keyword].value, keyword
+    assert list(sc.ImageType) == ["DERIVED", "SECONDARY"]
+    assert sc.BurnedInAnnotation == "YES"
+    assert sc.RecognizableVisualFeatures == "NO"
+    assert (sc.Manufacturer, sc.ManufacturerModelName) == (MANUFACTURER, MODEL_NAME)
+    assert sc.InstitutionName == "Phantom Hospital"
+    assert sc.SeriesDescription == f"AI heat maps {ENGINE}"
+    assert sc.BodyPartExamined == "PELVIS"
+    assert "Laterality" not in sc  # a pelvis is not a paired part
+    assert list(sc.PatientOrientation) == list(source.PatientOrientation)
+    (reference,) = sc.SourceImageSequence
+    assert reference.ReferencedSOPClassUID == source.SOPClassUID
+    assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    (purpose,) = reference.PurposeOfReferenceCodeSequence
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("121322", "DCM")
+    assert "AI result to be verified" in sc.DerivationDescription
+
+
+@pytest.mark.parametrize(
+    ("method", "value", "meaning"),
+    [
+        (codes.GRADCAM, "130403", "Gradient-weighted class activation"),
+        (codes.CLASS_ACTIVATION, "130402", "Class activation"),
+    ],
+)
+def test_derivation_is_coded_from_cid_217(
+    ap: Image, method: Code, value: str, meaning: str
+) -> None:
+    sc = overlay(ap, both_hips(ap), method=method)
+    (code,) = sc.DerivationCodeSequence
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
+        value,
+        "DCM",
+        meaning,
+    )
+    assert sc.DerivationDescription.startswith(f"{ENGINE} {VERSION}: {meaning.lower()} map")
+
+
+def test_single_hip_source_keeps_its_laterality(lateral: Image) -> None:
+    (region,) = hip_regions(lateral.picture.shape, "L")
+    assert region.mirrored
+    sc = overlay(lateral, [hip(lateral, region)], method=codes.CLASS_ACTIVATION)
+    assert sc.Laterality == "L"
+    assert sc.BodyPartExamined == "HIP"
+    assert sc.Columns == SIZE
+    columns = _coloured_columns(sc)
+    assert columns.max() == SIZE - 1 and columns.min() >= SIZE // 2  # mirrored back
+
+
+def test_the_file_reads_back(ap: Image, tmp_path: Path) -> None:
+    sc = overlay(ap, both_hips(ap))
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    read = pydicom.dcmread(path)
+    assert read.file_meta.MediaStorageSOPClassUID == SC_STORAGE
+    assert read.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert np.array_equal(read.pixel_array, sc.pixel_array)
+
+
+def test_dciodvfy_accepts_the_pelvis_overlay(ap: Image, tmp_path: Path) -> None:
+    path = tmp_path / "sc.dcm"
+    overlay(ap, both_hips(ap)).save_as(path, enforce_file_format=True)
+    assert dciodvfy_findings(path) == []
+
+
+def test_dciodvfy_accepts_the_lateral_overlay(lateral: Image, tmp_path: Path) -> None:
+    (region,) = hip_regions(lateral.picture.shape, "L")
+    path = tmp_path / "sc.dcm"
+    overlay(lateral, [hip(lateral, region)]).save_as(path, enforce_file_format=True)
+    assert dciodvfy_findings(path) == []
+
+
+def test_dciodvfy_accepts_an_overlay_of_both_hips_coded_hip(ap: Image, tmp_path: Path) -> None:
+    """An AP of both hips coded BodyPartExamined HIP, ImageLaterality B (common at sites)."""
+    header = copy.deepcopy(ap.header)
+    header.BodyPartExamined = "HIP"
+    both = Image(header, ap.picture)
+    path = tmp_path / "sc.dcm"
+    overlay(both, both_hips(both)).save_as(path, enforce_file_format=True)
+    assert dciodvfy_findings(path) == []
+
+
+# --- refusals -----------------------------------------------------------------------------
+
+
+def test_no_hips_is_refused(ap: Image) -> None:
+    with pytest.raises(ReportError, match="build_overlay_sc: expected at least one hip, got none"):
+        overlay(ap, [])
+
+
+def test_a_method_outside_cid_217_is_refused(ap: Image) -> None:
+    segmentation = Code("113076", "DCM", "Segmentation")
+    with pytest.raises(
+        ReportError, match=r"method: expected a CID 217 code \(130402, 130403\), got 113076"
+    ):
+        overlay(ap, both_hips(ap), method=segmentation)
+
+
+def test_a_region_of_another_picture_is_refused(ap: Image, lateral: Image) -> None:
+    (region,) = hip_regions((2 * SIZE, SIZE), "L")  # 128 rows: not the pelvis's 64
+    wrong = OverlayHip(
+        region=region,
+        geometry=hip(lateral, hip_regions(lateral.picture.shape, "L")[0]).geometry,
+        heatmap=peaked(0, 0),
+        finding="dislocation",
+        probability=0.9,
+        present=True,
+        priority="URGENT",
+    )
+    with pytest.raises(
+        ReportError, match=r"region of 128 rows does not fit a picture of shape \(64, 128\)"
+    ):
+        overlay(ap, [wrong])

@@ -1,0 +1,576 @@
+"""The study's TID 1500 Structured Report, built from hand-made decisions over a phantom study."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import pydicom
+import pytest
+from helpers import run_tool
+from pydicom.dataset import Dataset
+
+from dicom_node.config_results import TriageConfig
+from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
+from dicom_node.models import HipFinding, HipTask, Prediction, SourceImage, TriageDecision
+from dicom_node.report.sr import (
+    LOCAL_SCHEME,
+    ReportError,
+    build_sr,
+    description,
+    reported_findings,
+)
+from dicom_node.report.uids import ResultIdentity, device_uid, sr_identity
+from dicom_node.triage import decide, study_priority
+from engines.catalog import Finding, engine_spec
+from engines.manifest import Heatmap, Manifest, Preprocessing, TensorSpec
+from engines.phantoms.studies import write_study
+
+THA = "total_hip_arthroplasty"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+HIP_JOINT = ("24136001", "SCT")
+LATERALITY = {"R": ("24028007", "SCT"), "L": ("7771000", "SCT")}
+PRESENT, ABSENT = ("52101004", "SCT"), ("272519000", "SCT")
+PRIORITY_CODES = {
+    "URGENT": ("103391001", "SCT"),
+    "FLAG": ("111242", "DCM"),
+    "NONE": ("111241", "DCM"),
+}
+PRESENCE_CONCEPT = ("121052", "DCM")
+PRIORITY_CONCEPT = ("260870009", "SCT")
+ALGORITHM_NAME, ALGORITHM_VERSION, ALGORITHM_PARAMETERS = "111001", "111003", "111002"
+
+
+def manifest_for(engine: str) -> Manifest:
+    """A manifest with the catalogue's classes and thresholds; no artefacts on disk."""
+    spec = engine_spec(engine)
+    return Manifest(
+        name=spec.name,
+        version="1.2.3-test",
+        model=spec.model,
+        model_kwargs={},
+        title=spec.title,
+        classes=spec.findings,
+        inputs=(TensorSpec("image", (-1, 1, 64, 64)),),
+        outputs=(TensorSpec("logits", (-1, len(spec.findings))),),
+        preprocessing=Preprocessing(size=64),
+        heatmap=Heatmap(kind=spec.heatmap),
+        artefacts={},
+        probability_output="logits",
+        output_is_logits=True,
+    )
+
+
+SCREEN = manifest_for("hip_screen")
+HIPNET = manifest_for("hipnet")
+MANIFESTS = {SCREEN.name: SCREEN, HIPNET.name: HIPNET}
+BACKENDS = {SCREEN.name: "onnxruntime", HIPNET.name: "tensorrt"}
+
+
+@dataclass(frozen=True)
+class Study:
+    ap: Dataset  # the AP pelvis header (no pixels)
+    lateral: Dataset  # the left hip's lateral header
+    ap_source: SourceImage
+    lateral_source: SourceImage
+
+    @property
+    def headers(self) -> dict[str, Dataset]:
+        return {str(ds.SOPInstanceUID): ds for ds in (self.ap, self.lateral)}
+
+
+def _source(ds: Dataset, path: Path) -> SourceImage:
+    return SourceImage(
+        str(ds.SOPInstanceUID),
+        str(ds.SOPClassUID),
+        str(ds.SeriesInstanceUID),
+        path,
+        str(ds.ViewPosition),
+        str(ds.ImageLaterality),
+        {},
+    )
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
+    folder = tmp_path_factory.mktemp("sr-study")
+    st = write_study(folder, 7, "osteoarthritis", THA, {"L": "aseptic_loosening"}, size=64)
+    ap_path, lateral_path = st.files
+    ap, lateral = (pydicom.dcmread(p, stop_before_pixels=True) for p in st.files)
+    assert (ap.ViewPosition, ap.ImageLaterality) == ("AP", "B")
+    assert (lateral.ViewPosition, lateral.ImageLaterality) == ("LL", "L")
+    return Study(ap, lateral, _source(ap, ap_path), _source(lateral, lateral_path))
+
+
+def triage(
+    manifest: Manifest,
+    side: str,
+    ap: SourceImage,
+    lateral: SourceImage | None = None,
+    pji_risk: float | None = None,
+    **probabilities: float,
+) -> TriageDecision:
+    """The decision of one hip: the named classes at these probabilities, others at 0.01."""
+    assert set(probabilities) <= set(manifest.class_names)
+    values = tuple(probabilities.get(name, 0.01) for name in manifest.class_names)
+    task = HipTask(manifest.name, side, ap, lateral)
+    prediction = Prediction(task, manifest.version, manifest.class_names, values, {}, pji_risk)
+    return decide(prediction, manifest, TriageConfig())
+
+
+def screen_case(study: Study) -> list[TriageDecision]:
+    """Both hips of the AP pelvis by hip_screen: R urgent (two positives), L nothing found."""
+    right = triage(SCREEN, "R", study.ap_source, femoral_neck_fracture=0.83124, osteoarthritis=0.61)
+    left = triage(SCREEN, "L", study.ap_source, normal=0.2, osteonecrosis_of_femoral_head=0.35)
+    assert (right.priority, left.priority) == ("URGENT", "NONE")
+    return [right, left]
+
+
+def hipnet_case(study: Study) -> list[TriageDecision]:
+    """hip_screen flags a THA on the left, Hip-Net (AP + lateral) finds it loose."""
+    screen = triage(SCREEN, "L", study.ap_source, total_hip_arthroplasty=0.9)
+    failure = triage(
+        HIPNET,
+        "L",
+        study.ap_source,
+        study.lateral_source,
+        pji_risk=12.34,
+        aseptic_loosening=0.7,
+    )
+    assert (screen.priority, failure.priority) == ("FLAG", "FLAG")
+    return [screen, failure]
+
+
+def identity_for(study: Study, decisions: Sequence[TriageDecision]) -> ResultIdentity:
+    engines = sorted({(d.prediction.task.engine, d.prediction.version) for d in decisions})
+    return sr_identity(str(study.ap.StudyInstanceUID), engines, sorted(study.headers), 9001)
+
+
+def make_sr(
+    study: Study,
+    decisions: Sequence[TriageDecision],
+    priority: str | None = None,
+    headers: Mapping[str, Dataset] | None = None,
+    manifests: Mapping[str, Manifest] = MANIFESTS,
+) -> hd.sr.Comprehensive3DSR:
+    return build_sr(
+        decisions,
+        manifests,
+        BACKENDS,
+        study.headers if headers is None else headers,
+        priority or study_priority(decisions),
+        identity_for(study, decisions),
+        institution_name="Phantom Hospital",
+    )
+
+
+# --- reading the content tree ---------------------------------------------------------
+
+
+def code_of(item: Any) -> tuple[str, str]:
+    return str(item.CodeValue), str(item.CodingSchemeDesignator)
+
+
+def concept(item: Dataset) -> tuple[str, str]:
+    return code_of(item.ConceptNameCodeSequence[0])
+
+
+def children(group: Sequence[Dataset]) -> Sequence[Dataset]:
+    """The content items of a measurement group (its container's Content Sequence)."""
+    items: Sequence[Dataset] = group[0].ContentSequence
+    return items
+
+
+def text_items(group: Sequence[Dataset], value: str) -> list[str]:
+    """The TEXT values of a group's direct children whose concept name has this DCM code."""
+    return [
+        str(item.TextValue)
+        for item in children(group)
+        if item.ValueType == "TEXT" and concept(item) == (value, "DCM")
+    ]
+
+
+def image_references(group: Sequence[Dataset]) -> list[str]:
+    return [
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for item in children(group)
+        if item.ValueType == "IMAGE"
+    ]
+
+
+def qualitative(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> dict[tuple[str, str], Any]:
+    return {code_of(q.name): code_of(q.value) for q in group.get_qualitative_evaluations()}
+
+
+def report_of(sr: Dataset) -> hd.sr.MeasurementReport:
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    return report
+
+
+def groups_of(sr: Dataset) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    report = report_of(sr)
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = list(
+        report.get_image_measurement_groups()
+    )
+    return groups
+
+
+def saved(sr: Dataset, path: Path) -> Path:
+    sr.save_as(path, enforce_file_format=True)
+    return path
+
+
+def dciodvfy_findings(path: Path) -> list[str]:
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    result = run_tool(["dciodvfy", str(path)], env=dict(os.environ))
+    lines = (result.stderr + result.stdout).splitlines()
+    return [line for line in lines if line.startswith(("Error", "Warning"))]
+
+
+# --- reported_findings and description ------------------------------------------------
+
+
+def test_reported_findings_are_the_positives_most_probable_first(study: Study) -> None:
+    right, _ = screen_case(study)
+    assert [f.name for f in right.positives] == ["osteoarthritis", "femoral_neck_fracture"]
+    assert [f.name for f in reported_findings(right)] == [
+        "femoral_neck_fracture",
+        "osteoarthritis",
+    ]
+    three = triage(
+        SCREEN,
+        "R",
+        study.ap_source,
+        osteoarthritis=0.55,
+        total_hip_arthroplasty=0.9,
+        metallic_internal_fixation=0.7,
+    )
+    assert [f.name for f in reported_findings(three)] == [
+        "total_hip_arthroplasty",
+        "metallic_internal_fixation",
+        "osteoarthritis",
+    ]
+
+
+def test_reported_findings_without_a_positive_is_the_top_class(study: Study) -> None:
+    _, left = screen_case(study)
+    (only,) = reported_findings(left)
+    assert (only.name, only.present, only.probability) == (
+        "osteonecrosis_of_femoral_head",
+        False,
+        0.35,
+    )
+    # The normal class present is not a finding: it is reported as the top class.
+    normal = triage(SCREEN, "R", study.ap_source, normal=0.9, osteoarthritis=0.3)
+    assert normal.positives == ()
+    (top,) = reported_findings(normal)
+    assert (top.name, top.present, top.normal) == ("normal", True, True)
+
+
+def test_description_states_priority_and_positive_findings(study: Study) -> None:
+    right, left = screen_case(study)
+    # Most probable first, as the SR's groups are ordered.
+    assert description("URGENT", [right, left]) == (
+        "AI triage URGENT: femoral neck fracture R, osteoarthritis R"
+    )
+    assert description("NONE", [left]) == "AI triage NONE"
+    # The same finding on one side from two engines is named once.
+    assert description("FLAG", [right, right]).count("osteoarthritis R") == 1
+
+
+def test_long_description_is_cut_to_64_characters(study: Study) -> None:
+    many = triage(
+        SCREEN,
+        "R",
+        study.ap_source,
+        osteoarthritis=0.9,
+        osteonecrosis_of_femoral_head=0.8,
+        developmental_dysplasia_of_hip=0.7,
+        total_hip_arthroplasty=0.6,
+    )
+    text = description("FLAG", [many])
+    assert len(text) == 64
+    assert text.startswith("AI triage FLAG: osteoarthritis R, osteonecrosis of femoral ")
+    assert text.endswith("...")
+    sr = make_sr(study, [many])
+    assert sr.SeriesDescription == text
+
+
+# --- the document -----------------------------------------------------------------------
+
+
+def test_document_header(study: Study) -> None:
+    decisions = screen_case(study)
+    identity = identity_for(study, decisions)
+    sr = make_sr(study, decisions)
+    assert sr.SOPClassUID == COMPREHENSIVE_3D_SR
+    assert sr.Modality == "SR"
+    assert (sr.SeriesInstanceUID, sr.SOPInstanceUID) == (
+        identity.series_uid,
+        identity.sop_instance_uid,
+    )
+    assert (sr.SeriesNumber, sr.InstanceNumber) == (9001, 1)
+    assert sr.SeriesInstanceUID not in {study.ap.SeriesInstanceUID, study.lateral.SeriesInstanceUID}
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "AccessionNumber"):
+        assert sr[keyword].value == study.ap[keyword].value, keyword
+    assert sr.CompletionFlag == "COMPLETE"
+    assert sr.VerificationFlag == "UNVERIFIED"
+    assert (sr.Manufacturer, sr.ManufacturerModelName) == (MANUFACTURER, MODEL_NAME)
+    assert sr.SoftwareVersions == SOFTWARE_VERSION
+    assert sr.InstitutionName == "Phantom Hospital"
+    assert sr.SeriesDescription.startswith("AI triage URGENT")
+    template = sr.ContentTemplateSequence[0]
+    assert (template.MappingResource, template.TemplateIdentifier) == ("DCMR", "1500")
+    # Both source instances are evidence, with their series.
+    evidence = {
+        str(sop.ReferencedSOPInstanceUID)
+        for item in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in item.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert evidence == set(study.headers)
+    # No local coding scheme is declared when every finding has a SNOMED CT code.
+    assert "CodingSchemeIdentificationSequence" not in sr
+
+
+def test_device_observer_and_procedure(study: Study) -> None:
+    sr = make_sr(study, screen_case(study))
+    root = {concept(item): item for item in sr.ContentSequence}
+    assert code_of(root[("121005", "DCM")].ConceptCodeSequence[0]) == ("121007", "DCM")
+    assert str(root[("121012", "DCM")].UID) == device_uid()
+    assert root[("121013", "DCM")].TextValue == "dicom-node"
+    assert root[("121014", "DCM")].TextValue == MANUFACTURER
+    assert root[("121015", "DCM")].TextValue == MODEL_NAME
+    assert code_of(root[("121058", "DCM")].ConceptCodeSequence[0]) == ("168537006", "SCT")
+    observers = report_of(sr).get_observer_contexts()
+    assert len(observers) == 1
+    assert code_of(observers[0].observer_type) == ("121007", "DCM")
+
+
+def test_screen_groups_one_per_reported_finding(study: Study) -> None:
+    sr = make_sr(study, screen_case(study))
+    groups = groups_of(sr)
+    assert [g.tracking_identifier for g in groups] == [
+        "hip_screen right hip #1",
+        "hip_screen right hip #2",
+        "hip_screen left hip #3",
+        "study triage",
+    ]
+    expected = [
+        # finding code, side, probability, threshold, presence, hip priority
+        (("5913000", "SCT"), "R", 0.8312, "0.400", PRESENT, "URGENT"),
+        (("239872002", "SCT"), "R", 0.61, "0.500", PRESENT, "URGENT"),
+        (("444849002", "SCT"), "L", 0.35, "0.500", ABSENT, "NONE"),
+    ]
+    for group, (finding, side, probability, threshold, presence, priority) in zip(
+        groups, expected, strict=False
+    ):
+        assert code_of(group.finding_type) == finding
+        (site,) = group.finding_sites
+        assert code_of(site.value) == HIP_JOINT
+        assert code_of(site.laterality) == LATERALITY[side]
+        (measurement,) = group.get_measurements()
+        assert code_of(measurement.name) == ("122157", "DCM")
+        assert float(measurement.value) == pytest.approx(probability)
+        assert code_of(measurement.unit) == ("1", "UCUM")
+        assert qualitative(group) == {
+            PRESENCE_CONCEPT: presence,
+            PRIORITY_CONCEPT: PRIORITY_CODES[priority],
+        }
+        assert text_items(group, ALGORITHM_NAME) == ["hip_screen"]
+        assert text_items(group, ALGORITHM_VERSION) == ["1.2.3-test"]
+        assert text_items(group, ALGORITHM_PARAMETERS) == [
+            "backend=onnxruntime",
+            f"threshold={threshold}",
+            "views=AP",
+        ]
+        assert image_references(group) == [str(study.ap.SOPInstanceUID)]
+        assert group.tracking_uid is not None
+    assert len({g.tracking_uid for g in groups}) == len(groups)
+
+
+def test_hipnet_group_references_the_lateral(study: Study) -> None:
+    sr = make_sr(study, hipnet_case(study))
+    groups = groups_of(sr)
+    assert [g.tracking_identifier for g in groups] == [
+        "hip_screen left hip #1",
+        "hipnet left hip #2",
+        "study triage",
+    ]
+    screen, failure, _ = groups
+    assert code_of(screen.finding_type) == ("52734007", "SCT")
+    assert image_references(screen) == [str(study.ap.SOPInstanceUID)]
+    assert code_of(failure.finding_type) == ("240267008", "SCT")
+    assert code_of(failure.finding_sites[0].laterality) == LATERALITY["L"]
+    assert float(failure.get_measurements()[0].value) == pytest.approx(0.7)
+    assert qualitative(failure) == {
+        PRESENCE_CONCEPT: PRESENT,
+        PRIORITY_CONCEPT: PRIORITY_CODES["FLAG"],
+    }
+    assert text_items(failure, ALGORITHM_NAME) == ["hipnet"]
+    assert text_items(failure, ALGORITHM_PARAMETERS) == [
+        "backend=tensorrt",
+        "threshold=0.500",
+        "views=AP+LATERAL",
+        "pji_risk=12.3",
+    ]
+    assert image_references(failure) == [
+        str(study.ap.SOPInstanceUID),
+        str(study.lateral.SOPInstanceUID),
+    ]
+    assert sr.SeriesDescription == ("AI triage FLAG: total hip arthroplasty L, aseptic loosening L")
+
+
+@pytest.mark.parametrize("priority", ["URGENT", "FLAG", "NONE"])
+def test_study_triage_group_carries_the_study_priority(study: Study, priority: str) -> None:
+    decisions = screen_case(study)
+    sr = make_sr(study, decisions, priority=priority)
+    last = groups_of(sr)[-1]
+    assert last.tracking_identifier == "study triage"
+    assert last.finding_type is None
+    assert last.get_measurements() == []
+    assert qualitative(last) == {PRIORITY_CONCEPT: PRIORITY_CODES[priority]}
+    assert image_references(last) == []
+    assert sr.SeriesDescription.startswith(f"AI triage {priority}: ")
+
+
+def test_normal_hips_report_normal_present(study: Study) -> None:
+    decisions = [
+        triage(SCREEN, side, study.ap_source, normal=0.93 if side == "R" else 0.88)
+        for side in ("R", "L")
+    ]
+    sr = make_sr(study, decisions)
+    assert sr.SeriesDescription == "AI triage NONE"
+    groups = groups_of(sr)
+    assert len(groups) == 3
+    for group, side in zip(groups, ("R", "L"), strict=False):
+        assert code_of(group.finding_type) == ("17621005", "SCT")
+        assert code_of(group.finding_sites[0].laterality) == LATERALITY[side]
+        assert qualitative(group) == {
+            PRESENCE_CONCEPT: PRESENT,
+            PRIORITY_CONCEPT: PRIORITY_CODES["NONE"],
+        }
+    assert qualitative(groups[-1]) == {PRIORITY_CONCEPT: PRIORITY_CODES["NONE"]}
+
+
+def test_class_without_a_code_uses_the_declared_local_scheme(study: Study) -> None:
+    uncoded = tuple(
+        replace(c, code=None, meaning=None, source="none") if c.name == "polyethylene_wear" else c
+        for c in HIPNET.classes
+    )
+    assert isinstance(uncoded[0], Finding)
+    manifest = replace(HIPNET, classes=uncoded)
+    decision = triage(manifest, "L", study.ap_source, study.lateral_source, polyethylene_wear=0.8)
+    sr = make_sr(study, [decision], manifests={"hipnet": manifest})
+    group = groups_of(sr)[0]
+    finding = group.finding_type
+    assert finding is not None
+    assert (finding.value, finding.scheme_designator, finding.meaning) == (
+        "POLYETHYLENE_WEA",
+        LOCAL_SCHEME,
+        "polyethylene wear",
+    )
+    (scheme,) = sr.CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == LOCAL_SCHEME
+    assert scheme.CodingSchemeResponsibleOrganization == MANUFACTURER
+
+
+# --- reading back and independent checkers ----------------------------------------------
+
+
+@pytest.mark.parametrize("case", [screen_case, hipnet_case])
+def test_file_reads_back_with_highdicom(study: Study, case: Any, tmp_path: Path) -> None:
+    decisions = case(study)
+    built = make_sr(study, decisions)
+    path = saved(built, tmp_path / "sr.dcm")
+    read = hd.sr.srread(path)
+    assert isinstance(read, hd.sr.Comprehensive3DSR)
+    assert read.SOPInstanceUID == built.SOPInstanceUID
+    assert isinstance(read.content, hd.sr.MeasurementReport)
+    original = [(g.tracking_identifier, g.tracking_uid) for g in groups_of(built)]
+    again = [
+        (g.tracking_identifier, g.tracking_uid) for g in read.content.get_image_measurement_groups()
+    ]
+    assert again == original
+    # Filtering by finding site and finding type works on what was written.
+    at_hip = read.content.get_image_measurement_groups(
+        finding_site=hd.sr.CodedConcept("24136001", "SCT", "Hip joint")
+    )
+    assert len(at_hip) == len(original) - 1  # every group but the study's
+    raw = pydicom.dcmread(path)
+    assert raw.file_meta.MediaStorageSOPClassUID == COMPREHENSIVE_3D_SR
+    assert raw.StudyInstanceUID == study.ap.StudyInstanceUID
+
+
+def test_tracking_uids_are_stable_across_builds(study: Study) -> None:
+    first = [g.tracking_uid for g in groups_of(make_sr(study, screen_case(study)))]
+    second = [g.tracking_uid for g in groups_of(make_sr(study, screen_case(study)))]
+    # The finding groups' tracking UIDs are derived; the study group's is highdicom's.
+    assert first[:-1] == second[:-1]
+
+
+@pytest.mark.parametrize("case", [screen_case, hipnet_case])
+def test_dciodvfy_reports_no_errors_or_warnings(study: Study, case: Any, tmp_path: Path) -> None:
+    path = saved(make_sr(study, case(study)), tmp_path / "sr.dcm")
+    assert dciodvfy_findings(path) == []
+
+
+def test_dsrdump_reads_a_tid_1500_document(study: Study, tmp_path: Path) -> None:
+    if shutil.which("dsrdump") is None:
+        pytest.skip("dsrdump (dcmtk) is not installed")
+    path = saved(make_sr(study, hipnet_case(study)), tmp_path / "sr.dcm")
+    result = run_tool(["dsrdump", "+Pt", "+Pu", str(path)], env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert "TID 1500" in result.stdout
+    assert "Comprehensive 3D SR" in result.stdout
+    assert "Completion Flag     : COMPLETE" in result.stdout
+    assert '(240267008,SCT,"Loosening of hip joint prosthesis")' in result.stdout
+    assert str(study.lateral.SOPInstanceUID) in result.stdout
+    assert "error" not in result.stderr.lower()
+
+
+# --- refusals -----------------------------------------------------------------------------
+
+
+def test_no_decisions_is_refused(study: Study) -> None:
+    with pytest.raises(ReportError, match="expected at least one triage decision, got none"):
+        make_sr(study, [], priority="NONE")
+
+
+def test_unknown_priority_is_refused(study: Study) -> None:
+    with pytest.raises(ReportError, match=r"priority: expected one of .*, got 'HIGH'"):
+        make_sr(study, screen_case(study), priority="HIGH")
+
+
+def test_headers_from_two_studies_are_refused(study: Study) -> None:
+    other = copy.deepcopy(study.lateral)
+    other.StudyInstanceUID = "1.2.3.4.5"
+    headers = {str(study.ap.SOPInstanceUID): study.ap, str(other.SOPInstanceUID): other}
+    with pytest.raises(ReportError, match="headers: expected one study, got 2"):
+        make_sr(study, screen_case(study), headers=headers)
+    with pytest.raises(ReportError, match="headers: expected one study, got 0"):
+        make_sr(study, screen_case(study), headers={})
+
+
+def test_missing_source_header_is_refused(study: Study) -> None:
+    headers = {str(study.ap.SOPInstanceUID): study.ap}  # not the lateral Hip-Net used
+    with pytest.raises(
+        ReportError, match=f"no header for source instance\\(s\\) {study.lateral.SOPInstanceUID}"
+    ):
+        make_sr(study, hipnet_case(study), headers=headers)
+
+
+def test_unknown_class_is_refused(study: Study) -> None:
+    right, _ = screen_case(study)
+    bogus = HipFinding("bogus_class", 0.9, 0.5, present=True, urgent=False)
+    decision = TriageDecision(right.prediction, (bogus,), "FLAG")
+    with pytest.raises(ReportError, match="hip_screen: no class 'bogus_class' in its manifest"):
+        make_sr(study, [decision])

@@ -1,0 +1,127 @@
+"""Deterministic identities of the SR and the overlays."""
+
+from __future__ import annotations
+
+import re
+
+from dicom_node.report.uids import ResultIdentity, device_uid, sc_identity, sr_identity
+
+STUDY = "1.2.826.0.1.3680043.8.498.1001"
+OTHER_STUDY = "1.2.826.0.1.3680043.8.498.1002"
+ENGINES = [("hip_screen", "1.0.0"), ("hipnet", "2.1.0")]
+SOURCES = ["1.2.826.0.1.3680043.8.498.2001", "1.2.826.0.1.3680043.8.498.2002"]
+UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def valid(uid: str) -> bool:
+    return len(uid) <= 64 and UID.fullmatch(uid) is not None
+
+
+def sr(
+    study: str = STUDY,
+    engines: list[tuple[str, str]] | None = None,
+    sources: list[str] | None = None,
+    series_number: int = 9001,
+) -> ResultIdentity:
+    return sr_identity(
+        study,
+        ENGINES if engines is None else engines,
+        SOURCES if sources is None else sources,
+        series_number,
+    )
+
+
+def sc(
+    study: str = STUDY,
+    engine: tuple[str, str] = ENGINES[0],
+    source: str = SOURCES[0],
+    instance_number: int = 1,
+) -> ResultIdentity:
+    return sc_identity(study, engine, source, 9002, instance_number)
+
+
+def test_same_inputs_give_the_same_identity() -> None:
+    assert sr() == sr()
+    assert sc() == sc()
+    assert sr().series_uid == sr_identity(STUDY, list(ENGINES), list(SOURCES), 9001).series_uid
+
+
+def test_uids_are_valid() -> None:
+    for identity in (sr(), sc(), sr(OTHER_STUDY), sc(engine=("hipnet", "2.1.0"))):
+        assert valid(identity.series_uid), identity.series_uid
+        assert valid(identity.sop_instance_uid), identity.sop_instance_uid
+    assert valid(device_uid())
+
+
+def test_numbers_are_passed_through() -> None:
+    identity = sr(series_number=77)
+    assert (identity.series_number, identity.instance_number) == (77, 1)
+    overlay = sc(instance_number=3)
+    assert (overlay.series_number, overlay.instance_number) == (9002, 3)
+    # The numbers do not enter the UIDs.
+    assert overlay.sop_instance_uid == sc(instance_number=1).sop_instance_uid
+    assert identity.sop_instance_uid == sr(series_number=1).sop_instance_uid
+
+
+def test_sr_differs_per_study() -> None:
+    a, b = sr(), sr(OTHER_STUDY)
+    assert a.series_uid != b.series_uid
+    assert a.sop_instance_uid != b.sop_instance_uid
+
+
+def test_sr_instance_differs_per_engine_version_in_the_same_series() -> None:
+    newer = sr(engines=[("hip_screen", "1.0.1"), ("hipnet", "2.1.0")])
+    assert newer.sop_instance_uid != sr().sop_instance_uid
+    assert newer.series_uid == sr().series_uid
+    fewer = sr(engines=[("hip_screen", "1.0.0")])
+    assert fewer.sop_instance_uid not in {sr().sop_instance_uid, newer.sop_instance_uid}
+    renamed = sr(engines=[("hip_screen2", "1.0.0"), ("hipnet", "2.1.0")])
+    assert renamed.sop_instance_uid != sr().sop_instance_uid
+
+
+def test_sr_instance_differs_per_source_set_in_the_same_series() -> None:
+    gained = sr(sources=[*SOURCES, "1.2.826.0.1.3680043.8.498.2003"])
+    lost = sr(sources=SOURCES[:1])
+    uids = {sr().sop_instance_uid, gained.sop_instance_uid, lost.sop_instance_uid}
+    assert len(uids) == 3
+    assert gained.series_uid == lost.series_uid == sr().series_uid
+
+
+def test_sr_is_independent_of_order() -> None:
+    assert sr(engines=ENGINES[::-1], sources=SOURCES[::-1]) == sr()
+    assert sr(engines=ENGINES[::-1]) == sr(sources=SOURCES[::-1])
+
+
+def test_sr_instance_tells_apart_source_sets_that_concatenate_alike() -> None:
+    two = sr(sources=["1.2.3.4", "1.2.3.5"])
+    one = sr(sources=["1.2.3.41.2.3.5"])
+    assert two.sop_instance_uid != one.sop_instance_uid
+
+
+def test_sc_differs_per_study_engine_version_and_source() -> None:
+    base = sc()
+    variants = [
+        sc(OTHER_STUDY),
+        sc(engine=("hip_screen", "1.0.1")),
+        sc(engine=("hipnet", "1.0.0")),
+        sc(source=SOURCES[1]),
+    ]
+    uids = {base.sop_instance_uid, *(v.sop_instance_uid for v in variants)}
+    assert len(uids) == 1 + len(variants)
+    # One overlay series per study, whatever the engine or source.
+    assert {v.series_uid for v in variants[1:]} == {base.series_uid}
+    assert variants[0].series_uid != base.series_uid
+
+
+def test_sr_and_sc_are_in_different_series() -> None:
+    assert sr().series_uid != sc().series_uid
+    assert sr().sop_instance_uid != sc().sop_instance_uid
+    assert (
+        len({sr().series_uid, sc().series_uid, sr().sop_instance_uid, sc().sop_instance_uid}) == 4
+    )
+
+
+def test_device_uid_is_stable() -> None:
+    assert device_uid() == device_uid()
+    assert device_uid() not in {sr().series_uid, sc().series_uid}
+    assert device_uid().startswith("1.2.826.0.1.3680043.8.498.")
