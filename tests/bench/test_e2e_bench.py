@@ -1,0 +1,35 @@
+"""Smoke test of bench/e2e.py: two small studies through Orthanc and the node."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "e2e.py"
+
+pytestmark = pytest.mark.skipif(
+    not Path("/usr/sbin/Orthanc").exists(), reason="Orthanc is not installed (make test does it)"
+)
+
+
+def test_e2e_bench_reports_time_to_result(tmp_path: Path, engine_cache: Path) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text("engines: {backend: onnxruntime, threads: 2}\n")
+    row_json = tmp_path / "row.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--studies", "2", "--size", "64", "--config", str(config),
+         "--engines", str(engine_cache), "--json", str(row_json)],
+        capture_output=True, text=True, check=False, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads(row_json.read_text())
+    assert row["studies"] == 2 and row["backend"] == "onnxruntime"
+    assert row["quiet_seconds"] == 2.0
+    assert 0 < row["inference_p50"] < row["p50"] <= row["p95"]
+    assert row["p50"] > row["quiet_seconds"]  # nothing completes before its quiet period
+    assert "| 2 | onnxruntime | 2.0 |" in done.stdout
