@@ -45,6 +45,8 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/inference.py
+	$(BIN)/dicom-node engines build --demo --config config.yaml
+	$(BIN)/python bench/e2e.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
