@@ -10,6 +10,7 @@ with the pixel data raises :class:`PreprocessError` naming the instance.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,7 +72,8 @@ def load_image(source: SourceImage) -> PreparedImage:
     uid = source.sop_instance_uid
     try:
         ds = pydicom.dcmread(source.path)
-    except (OSError, InvalidDicomError) as exc:
+    except (OSError, EOFError, ValueError, InvalidDicomError, zlib.error) as exc:
+        # ValueError and zlib.error: a truncated or malformed (deflated) data set.
         raise PreprocessError(
             f"SOP instance {uid}: cannot read {source.path.name} ({exc})"
         ) from exc
@@ -79,7 +81,10 @@ def load_image(source: SourceImage) -> PreparedImage:
         picture = display_pixels(ds)
         regions = hip_regions(picture.shape, source.laterality)
     except (PixelDataError, RegionError) as exc:
-        raise PreprocessError(f"SOP instance {uid}: {exc}") from exc
+        message = str(exc)
+        raise PreprocessError(
+            message if uid in message else f"SOP instance {uid}: {message}"
+        ) from exc
     del ds.PixelData  # the header is all the reports need; the picture is kept decoded
     return PreparedImage(source, ds, picture, pixel_spacing(ds), regions)
 

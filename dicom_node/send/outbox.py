@@ -1,6 +1,6 @@
 """The durable outbox: what is due, what was delivered, dead letters and their requeue.
 
-Rows live in the node's SQLite state (see :mod:`dicom_node.send.schema`), so
+Rows live in the node's SQLite state (the ``outbox`` table of :mod:`dicom_node.state`), so
 results queued by a job survive a crash and are delivered after a restart.
 A failed attempt is retried after an exponential backoff with jitter; after
 ``sending.max_attempts`` the row becomes a dead letter until an operator
@@ -57,7 +57,7 @@ class Outbox:
         with self.state.transaction() as db:
             db.execute(
                 "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, "
-                "last_error = NULL WHERE id = ?",
+                "last_error = NULL WHERE id = ? AND state = 'pending'",
                 (now, item_id),
             )
 

@@ -57,17 +57,27 @@ def send_dicom(
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
         return [Delivery(i, False, f"association to {where} {reason}") for i in items]
     results: list[Delivery] = []
+    accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
     try:
         for item in items:
             if not assoc.is_established:
                 results.append(Delivery(item, False, f"association to {where} ended"))
+                continue
+            if item.sop_class_uid not in accepted:
+                results.append(
+                    Delivery(item, False, f"{where} accepted no context for {item.sop_class_uid}")
+                )
                 continue
             try:
                 ds = dcmread(spool_dir / item.path)
             except (OSError, InvalidDicomError) as exc:
                 results.append(Delivery(item, False, f"cannot read {item.path}: {exc}"))
                 continue
-            status = assoc.send_c_store(ds)
+            try:
+                status = assoc.send_c_store(ds)
+            except (ValueError, RuntimeError, OSError) as exc:  # e.g. no context for its syntax
+                results.append(Delivery(item, False, f"cannot send to {where}: {exc}"))
+                continue
             code = int(status.Status) if "Status" in status else None
             if code is None:
                 results.append(Delivery(item, False, f"no C-STORE response from {where}"))
@@ -93,10 +103,14 @@ def copy_to_folder(
     results = []
     for item in items:
         target = destination.path / item.study_uid / f"{item.sop_instance_uid}.dcm"
+        source = spool_dir / item.path
+        if not source.is_file():
+            results.append(Delivery(item, False, f"cannot read {item.path}: no such file"))
+            continue
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_suffix(".tmp")
-            shutil.copyfile(spool_dir / item.path, tmp)
+            shutil.copyfile(source, tmp)
             with tmp.open("rb") as handle:
                 os.fsync(handle.fileno())
             tmp.replace(target)

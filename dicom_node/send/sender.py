@@ -21,6 +21,7 @@ from dicom_node.send.peers import Delivery, copy_to_folder, send_dicom
 log = logging.getLogger(__name__)
 
 _IDLE_POLL = 1.0  # seconds between looks at the outbox when nothing woke the sender
+_AFTER_ERROR = 5.0  # a round that failed as a whole is not retried at once
 
 
 class Sender:
@@ -60,7 +61,9 @@ class Sender:
             try:
                 self.send_due(time.time())
             except Exception:  # the sender must outlive any one failure; it is logged
-                log.exception("sender round failed; retrying")
+                log.exception("sender round failed; retrying in %.0f s", _AFTER_ERROR)
+                self._stop.wait(_AFTER_ERROR)
+                continue
             next_due = self.outbox.next_due()
             wait = _IDLE_POLL if next_due is None else min(_IDLE_POLL, next_due - time.time())
             if wait > 0:

@@ -1,0 +1,315 @@
+"""Delivering result files to a real pynetdicom Storage SCP on loopback, and into folders."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from orthanc import free_port
+from pydicom import dcmread, dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+
+from dicom_node.config_results import Destination
+from dicom_node.models import OutboxItem
+from dicom_node.send.peers import copy_to_folder, send_dicom
+
+SR = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+SC = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+STUDY = "1.2.826.0.1.3680043.8.498.77"
+CALLING = "TRIAGE"
+_ids = count(1)
+
+
+@dataclass
+class Peer:
+    """A running Storage SCP and what it received: (calling AE, SOP class, SOP instance)."""
+
+    port: int
+    status: int
+    script: list[int] = field(default_factory=list)  # statuses for the next stores, in turn
+    received: list[tuple[str, str, str]] = field(default_factory=list)
+    associations: int = 0
+
+
+@contextmanager
+def storage_scp(
+    status: int = 0x0000,
+    ae_title: str = "PACS",
+    port: int = 0,
+    require_called_aet: bool = False,
+    contexts: tuple[str, ...] = (SR, SC),
+    delay: float = 0.0,
+) -> Iterator[Peer]:
+    ae = AE(ae_title=ae_title)
+    ae.require_called_aet = require_called_aet
+    for sop_class in contexts:
+        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    peer = Peer(port=port, status=status)
+
+    def on_store(event: Any) -> int:
+        if delay:
+            time.sleep(delay)
+        ds = event.dataset
+        peer.received.append(
+            (event.assoc.requestor.ae_title, str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+        )
+        return peer.script.pop(0) if peer.script else peer.status
+
+    def on_accepted(event: Any) -> None:
+        peer.associations += 1
+
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_ACCEPTED, on_accepted)],
+    )
+    assert server is not None  # block=False returns the running server
+    try:
+        peer.port = server.server_address[1]
+        yield peer
+    finally:
+        server.shutdown()
+
+
+def result_file(spool: Path, sop_class: str, study: str = STUDY) -> OutboxItem:
+    """A valid result object of ``sop_class`` written into the spool, as an outbox row."""
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "PHANTOM^TEST"
+    ds.PatientID = "PHANTOM-0001"
+    ds.StudyDate = "20240101"
+    ds.Modality = "SR" if sop_class == SR else "OT"
+    if sop_class == SR:
+        ds.ValueType = "CONTAINER"
+        ds.CompletionFlag = "COMPLETE"
+        ds.VerificationFlag = "UNVERIFIED"
+    else:
+        ds.ConversionType = "WSD"
+        ds.Rows = ds.Columns = 8
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.PixelData = np.arange(64, dtype=np.uint8).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    relative = f"outputs/{study}/{ds.SOPInstanceUID}.dcm"
+    (spool / relative).parent.mkdir(parents=True, exist_ok=True)
+    dcmwrite(spool / relative, ds, enforce_file_format=True)
+    return OutboxItem(
+        id=next(_ids),
+        job_id=1,
+        study_uid=study,
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=sop_class,
+        path=relative,
+        destination="pacs",
+        state="pending",
+        attempts=0,
+        next_attempt_at=0.0,
+        last_error=None,
+        created_at=0.0,
+        sent_at=None,
+    )
+
+
+def dicom_destination(port: int, ae_title: str = "PACS") -> Destination:
+    return Destination(name="pacs", ae_title=ae_title, host="127.0.0.1", port=port)
+
+
+# --- send_dicom --------------------------------------------------------------
+
+
+def test_success_delivers_every_item_over_one_association(tmp_path: Path) -> None:
+    items = [result_file(tmp_path, SR), result_file(tmp_path, SC), result_file(tmp_path, SR)]
+    with storage_scp() as peer:
+        deliveries = send_dicom(dicom_destination(peer.port), items, tmp_path, CALLING, 10)
+    assert [(d.item, d.ok, d.detail) for d in deliveries] == [(i, True, "0x0000") for i in items]
+    assert peer.received == [(CALLING, i.sop_class_uid, i.sop_instance_uid) for i in items]
+    assert peer.associations == 1
+
+
+@pytest.mark.parametrize("status", [0xB000, 0xB006, 0xB007], ids=hex)
+def test_warning_status_counts_as_delivered(tmp_path: Path, status: int) -> None:
+    items = [result_file(tmp_path, SR), result_file(tmp_path, SC)]
+    with storage_scp(status=status) as peer:
+        deliveries = send_dicom(dicom_destination(peer.port), items, tmp_path, CALLING, 10)
+    assert [(d.ok, d.detail) for d in deliveries] == [(True, f"0x{status:04X}")] * 2
+    assert len(peer.received) == 2
+
+
+@pytest.mark.parametrize("status", [0xA700, 0xA900, 0xC000], ids=hex)
+def test_failure_status_is_not_delivered_and_names_the_status(tmp_path: Path, status: int) -> None:
+    items = [result_file(tmp_path, SR), result_file(tmp_path, SC)]
+    with storage_scp(status=status) as peer:
+        deliveries = send_dicom(dicom_destination(peer.port), items, tmp_path, CALLING, 10)
+    assert [d.ok for d in deliveries] == [False, False]
+    for delivery in deliveries:
+        assert delivery.detail == (
+            f"pacs (PACS@127.0.0.1:{peer.port}) answered failure 0x{status:04X}"
+        )
+    assert len(peer.received) == 2  # each was tried: one failure does not end the batch
+
+
+def test_status_is_checked_per_item(tmp_path: Path) -> None:
+    items = [result_file(tmp_path, SR) for _ in range(3)]
+    with storage_scp() as peer:
+        peer.script = [0x0000, 0xA700, 0xB000]
+        deliveries = send_dicom(dicom_destination(peer.port), items, tmp_path, CALLING, 10)
+    assert [(d.ok, d.detail[-6:]) for d in deliveries] == [
+        (True, "0x0000"),
+        (False, "0xA700"),
+        (True, "0xB000"),
+    ]
+
+
+def test_nothing_listening_fails_every_item_naming_the_association(tmp_path: Path) -> None:
+    items = [result_file(tmp_path, SR), result_file(tmp_path, SC)]
+    port = free_port()  # nothing listens there
+    deliveries = send_dicom(dicom_destination(port), items, tmp_path, CALLING, 5)
+    assert [d.item for d in deliveries] == items
+    assert [d.ok for d in deliveries] == [False, False]
+    for delivery in deliveries:
+        assert "association" in delivery.detail
+        assert f"pacs (PACS@127.0.0.1:{port})" in delivery.detail
+
+
+def test_rejected_association_fails_every_item(tmp_path: Path) -> None:
+    items = [result_file(tmp_path, SR), result_file(tmp_path, SC)]
+    with storage_scp(ae_title="OTHER", require_called_aet=True) as peer:
+        deliveries = send_dicom(dicom_destination(peer.port), items, tmp_path, CALLING, 10)
+    assert [d.ok for d in deliveries] == [False, False]
+    for delivery in deliveries:
+        assert delivery.detail == f"association to pacs (PACS@127.0.0.1:{peer.port}) rejected"
+    assert peer.received == []
+    assert peer.associations == 0
+
+
+def test_missing_or_unreadable_file_fails_and_the_rest_is_delivered(tmp_path: Path) -> None:
+    good = result_file(tmp_path, SR)
+    missing = result_file(tmp_path, SC)
+    (tmp_path / missing.path).unlink()
+    garbage = result_file(tmp_path, SR)
+    (tmp_path / garbage.path).write_bytes(b"not a DICOM file at all" * 10)
+    last = result_file(tmp_path, SC)
+    with storage_scp() as peer:
+        deliveries = send_dicom(
+            dicom_destination(peer.port), [good, missing, garbage, last], tmp_path, CALLING, 10
+        )
+    assert [d.ok for d in deliveries] == [True, False, False, True]
+    assert deliveries[1].detail.startswith(f"cannot read {missing.path}: ")
+    assert "No such file" in deliveries[1].detail
+    assert deliveries[2].detail.startswith(f"cannot read {garbage.path}: ")
+    assert [r[2] for r in peer.received] == [good.sop_instance_uid, last.sop_instance_uid]
+
+
+def test_peer_that_does_not_answer_in_time_fails_the_rest(tmp_path: Path) -> None:
+    items = [result_file(tmp_path, SR), result_file(tmp_path, SR)]
+    with storage_scp(delay=2.0) as peer:
+        started = time.monotonic()
+        deliveries = send_dicom(dicom_destination(peer.port), items, tmp_path, CALLING, 0.5)
+        elapsed = time.monotonic() - started
+    assert elapsed < 1.9
+    assert [d.ok for d in deliveries] == [False, False]
+    where = f"pacs (PACS@127.0.0.1:{peer.port})"
+    assert deliveries[0].detail == f"no C-STORE response from {where}"
+    assert deliveries[1].detail == f"association to {where} ended"
+
+
+def test_peer_refusing_one_sop_class_fails_that_item_only(tmp_path: Path) -> None:
+    sr, sc = result_file(tmp_path, SR), result_file(tmp_path, SC)
+    with storage_scp(contexts=(SR,)) as peer:
+        deliveries = send_dicom(dicom_destination(peer.port), [sr, sc], tmp_path, CALLING, 10)
+    assert [d.ok for d in deliveries] == [True, False]
+    assert SC in deliveries[1].detail or "Secondary Capture" in deliveries[1].detail
+
+
+# --- copy_to_folder ----------------------------------------------------------
+
+
+def folder_destination(path: Path | None) -> Destination:
+    return Destination(name="archive", type="folder", path=path)
+
+
+def test_copy_to_folder_writes_study_and_sop_atomically(tmp_path: Path) -> None:
+    spool, target = tmp_path / "spool", tmp_path / "archive"
+    items = [result_file(spool, SR), result_file(spool, SC), result_file(spool, SR, study="1.9")]
+    deliveries = copy_to_folder(folder_destination(target), items, spool)
+    for item, delivery in zip(items, deliveries, strict=True):
+        written = target / item.study_uid / f"{item.sop_instance_uid}.dcm"
+        assert (delivery.item, delivery.ok, delivery.detail) == (item, True, str(written))
+        assert written.read_bytes() == (spool / item.path).read_bytes()
+        assert dcmread(written).SOPInstanceUID == item.sop_instance_uid
+    assert sorted(p.name for p in target.rglob("*")) == sorted(
+        [STUDY, "1.9", *(f"{i.sop_instance_uid}.dcm" for i in items)]
+    )
+    assert list(target.rglob("*.tmp")) == []
+
+
+def test_copy_to_folder_replaces_an_earlier_copy(tmp_path: Path) -> None:
+    spool, target = tmp_path / "spool", tmp_path / "archive"
+    item = result_file(spool, SR)
+    written = target / item.study_uid / f"{item.sop_instance_uid}.dcm"
+    written.parent.mkdir(parents=True)
+    written.write_bytes(b"stale")
+    [delivery] = copy_to_folder(folder_destination(target), [item], spool)
+    assert delivery.ok
+    assert written.read_bytes() == (spool / item.path).read_bytes()
+
+
+def test_unwritable_folder_is_a_failed_delivery(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a regular file, not a folder")
+    items = [result_file(spool, SR), result_file(spool, SC)]
+    deliveries = copy_to_folder(folder_destination(blocker / "archive"), items, spool)
+    assert [d.ok for d in deliveries] == [False, False]
+    for item, delivery in zip(items, deliveries, strict=True):
+        target = blocker / "archive" / item.study_uid / f"{item.sop_instance_uid}.dcm"
+        assert delivery.detail.startswith(f"cannot write {target}: ")
+        assert "Not a directory" in delivery.detail
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_is_a_failed_delivery(tmp_path: Path) -> None:
+    spool, target = tmp_path / "spool", tmp_path / "archive"
+    item = result_file(spool, SR)
+    target.mkdir()
+    target.chmod(0o500)
+    try:
+        [delivery] = copy_to_folder(folder_destination(target), [item], spool)
+    finally:
+        target.chmod(0o700)
+    assert not delivery.ok
+    assert "Permission denied" in delivery.detail
+
+
+def test_missing_spool_file_is_a_failed_copy(tmp_path: Path) -> None:
+    spool, target = tmp_path / "spool", tmp_path / "archive"
+    gone, kept = result_file(spool, SR), result_file(spool, SC)
+    (spool / gone.path).unlink()
+    deliveries = copy_to_folder(folder_destination(target), [gone, kept], spool)
+    assert [d.ok for d in deliveries] == [False, True]
+    assert deliveries[0].detail == f"cannot read {gone.path}: no such file"
+    assert list(target.rglob("*.tmp")) == []
+
+
+def test_folder_destination_without_a_path_is_a_programming_error(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match=r"^destination archive: a folder destination needs a path$"
+    ):
+        copy_to_folder(folder_destination(None), [result_file(tmp_path, SR)], tmp_path)

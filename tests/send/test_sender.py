@@ -1,0 +1,333 @@
+"""The sender over a real state, a real folder and a real pynetdicom Storage SCP on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from orthanc import free_port, wait_for
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+
+from dicom_node.config import AssemblyConfig
+from dicom_node.config_results import Destination, SendingConfig
+from dicom_node.models import Header, OutboxItem, ReceivedInstance, ResultObject
+from dicom_node.send.outbox import Outbox
+from dicom_node.send.sender import Sender
+from dicom_node.state import State
+
+SR = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+SC = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+STUDY = "1.2.826.0.1.3680043.8.498.88"
+CALLING = "TRIAGE"
+RULES = AssemblyConfig(quiet_seconds=5, after_release_seconds=1, max_wait_seconds=60)
+
+
+@dataclass
+class Peer:
+    port: int
+    status: int
+    received: list[tuple[str, str, str]] = field(default_factory=list)
+    associations: int = 0
+
+
+@contextmanager
+def storage_scp(
+    status: int = 0x0000, port: int = 0, contexts: tuple[str, ...] = (SR, SC)
+) -> Iterator[Peer]:
+    """A Storage SCP answering ``status``; records (calling AE, SOP class, SOP instance)."""
+    ae = AE(ae_title="PACS")
+    for sop_class in contexts:
+        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    peer = Peer(port=port, status=status)
+
+    def on_store(event: Any) -> int:
+        ds = event.dataset
+        peer.received.append(
+            (event.assoc.requestor.ae_title, str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+        )
+        return peer.status
+
+    def on_accepted(event: Any) -> None:
+        peer.associations += 1
+
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_ACCEPTED, on_accepted)],
+    )
+    assert server is not None  # block=False returns the running server
+    try:
+        peer.port = server.server_address[1]
+        yield peer
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[State]:
+    st = State(tmp_path / "state.db", RULES)
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    return folder
+
+
+def write_result(spool: Path, sop_class: str) -> ResultObject:
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = STUDY
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "PHANTOM^TEST"
+    ds.PatientID = "PHANTOM-0001"
+    ds.Modality = "SR" if sop_class == SR else "OT"
+    if sop_class == SC:
+        ds.Rows = ds.Columns = 4
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.PixelData = bytes(range(16))
+    else:
+        ds.ValueType = "CONTAINER"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    relative = f"outputs/{STUDY}/{ds.SOPInstanceUID}.dcm"
+    (spool / relative).parent.mkdir(parents=True, exist_ok=True)
+    dcmwrite(spool / relative, ds, enforce_file_format=True)
+    return ResultObject(
+        str(ds.SOPInstanceUID), sop_class, relative, "sr" if sop_class == SR else "sc"
+    )
+
+
+def queue_results(
+    state: State, results: Sequence[ResultObject], destinations: Sequence[str], now: float
+) -> None:
+    """A job for STUDY, done at ``now``, whose results are queued for ``destinations``."""
+    header = Header(
+        "1.2.840.10008.5.1.4.1.1.1", STUDY + ".1", STUDY, STUDY + ".2", "DX", "", "", True
+    )
+    received = ReceivedInstance(
+        header, ExplicitVRLittleEndian, "PACS", "a#1", "instances/x.dcm", 10, now - 50, False
+    )
+    state.record_instance(received, True, "new")
+    state.release({STUDY}, now - 50)
+    [job] = state.complete_due(now - 10)
+    state.finish_job(job.id, "done", now, results=results, destinations=destinations)
+
+
+def dicom_destination(port: int) -> Destination:
+    return Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=port)
+
+
+def sender_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sender"]
+
+
+def test_send_due_delivers_to_a_folder_and_a_peer_and_marks_sent(
+    state: State, spool: Path, tmp_path: Path
+) -> None:
+    results = [write_result(spool, SR), write_result(spool, SC)]
+    now = time.time()
+    queue_results(state, results, ["archive", "pacs"], now)
+    outbox = Outbox(state, SendingConfig(timeout_seconds=10))
+    archive = tmp_path / "archive"
+    sent: list[tuple[OutboxItem, float]] = []
+    with storage_scp() as peer:
+        sender = Sender(
+            outbox,
+            [
+                Destination(name="archive", type="folder", path=archive),
+                dicom_destination(peer.port),
+            ],
+            spool,
+            CALLING,
+            on_sent=lambda item, at: sent.append((item, at)),
+        )
+        assert sender.send_due(now) == 4
+        assert sender.send_due(time.time()) == 0  # nothing left to send
+    assert outbox.depth() == {"pending": 0, "sent": 4, "dead": 0}
+    for item in outbox.items(["sent"]):
+        assert (item.attempts, item.last_error) == (1, None)
+        assert item.sent_at is not None and item.sent_at >= now
+    assert sorted(peer.received) == sorted(
+        (CALLING, r.sop_class_uid, r.sop_instance_uid) for r in results
+    )
+    assert peer.associations == 1  # one association per destination and round
+    for r in results:
+        assert (archive / STUDY / f"{r.sop_instance_uid}.dcm").read_bytes() == (
+            spool / r.path
+        ).read_bytes()
+    assert sorted((i.destination, i.sop_instance_uid) for i, _ in sent) == sorted(
+        (d, r.sop_instance_uid) for d in ("archive", "pacs") for r in results
+    )
+    assert all(at >= now for _, at in sent)
+
+
+def test_unconfigured_destination_fails_with_not_configured(state: State, spool: Path) -> None:
+    now = time.time()
+    queue_results(state, [write_result(spool, SR)], ["ghost"], now)
+    outbox = Outbox(state, SendingConfig(backoff_seconds=60, max_backoff_seconds=60))
+    sent: list[OutboxItem] = []
+    sender = Sender(outbox, [], spool, CALLING, on_sent=lambda item, at: sent.append(item))
+    assert sender.send_due(now) == 0
+    [item] = outbox.items()
+    assert (item.state, item.attempts) == ("pending", 1)
+    assert item.last_error == "destination 'ghost' is not configured"
+    assert item.next_attempt_at >= now + 30  # backed off
+    assert outbox.due(time.time()) == []
+    assert sent == []
+
+
+def test_failure_status_backs_off_then_becomes_a_dead_letter(state: State, spool: Path) -> None:
+    now = time.time()
+    queue_results(state, [write_result(spool, SR)], ["pacs"], now)
+    outbox = Outbox(state, SendingConfig(max_attempts=2, backoff_seconds=0, max_backoff_seconds=0))
+    with storage_scp(status=0xA700) as peer:
+        sender = Sender(outbox, [dicom_destination(peer.port)], spool, CALLING)
+        assert sender.send_due(time.time()) == 0
+        [item] = outbox.items(["pending"])
+        assert item.attempts == 1
+        assert item.last_error is not None and "failure 0xA700" in item.last_error
+        assert sender.send_due(time.time()) == 0
+    [dead] = outbox.items(["dead"])
+    assert dead.attempts == 2
+    assert dead.last_error is not None and "failure 0xA700" in dead.last_error
+    assert len(peer.received) == 2
+
+
+def test_one_destination_down_does_not_hold_back_another(
+    state: State, spool: Path, tmp_path: Path
+) -> None:
+    now = time.time()
+    results = [write_result(spool, SR), write_result(spool, SC)]
+    queue_results(state, results, ["pacs", "archive"], now)
+    outbox = Outbox(state, SendingConfig(timeout_seconds=5))
+    destinations = [
+        dicom_destination(free_port()),  # nothing listens
+        Destination(name="archive", type="folder", path=tmp_path / "archive"),
+    ]
+    sender = Sender(outbox, destinations, spool, CALLING)
+    assert sender.send_due(now) == 2
+    assert {(i.destination, i.state) for i in outbox.items()} == {
+        ("archive", "sent"),
+        ("pacs", "pending"),
+    }
+    for item in outbox.items(["pending"]):
+        assert item.last_error is not None and "association" in item.last_error
+
+
+def test_outage_backs_off_and_the_thread_delivers_once_the_peer_is_back(
+    state: State, spool: Path
+) -> None:
+    port = free_port()
+    results = [write_result(spool, SR), write_result(spool, SC)]
+    queue_results(state, results, ["pacs"], time.time())
+    cfg = SendingConfig(
+        backoff_seconds=0.05, max_backoff_seconds=0.2, max_attempts=50, timeout_seconds=5
+    )
+    outbox = Outbox(state, cfg)
+    sent: list[OutboxItem] = []
+    sender = Sender(
+        outbox, [dicom_destination(port)], spool, CALLING, on_sent=lambda i, at: sent.append(i)
+    )
+    sender.start()
+    try:
+        wait_for(lambda: all(i.attempts >= 3 for i in outbox.items()), 10, "three failed attempts")
+        during = outbox.items()
+        assert {i.state for i in during} == {"pending"}
+        for item in during:
+            assert item.last_error is not None and "association" in item.last_error
+            assert item.last_error.endswith(f"(PACS@127.0.0.1:{port}) aborted")
+        # Backoff: a few attempts a second, not a tight loop (0.05 .. 0.2 s apart).
+        time.sleep(0.5)
+        assert max(i.attempts for i in outbox.items()) < 20
+        with storage_scp(port=port) as peer:
+            sender.wake()
+            wait_for(lambda: len(sent) == 2, 5, "both items delivered")
+            time.sleep(0.3)  # a second delivery would show up here
+        assert outbox.depth() == {"pending": 0, "sent": 2, "dead": 0}
+        assert sorted(i.sop_instance_uid for i in sent) == sorted(
+            r.sop_instance_uid for r in results
+        )
+        assert sorted(r[2] for r in peer.received) == sorted(r.sop_instance_uid for r in results)
+        for item in outbox.items(["sent"]):
+            assert item.attempts >= 4 and item.last_error is None
+    finally:
+        sender.stop()
+    assert sender_threads() == []
+    assert len(sent) == 2  # once per delivered item
+
+
+def test_stop_joins_an_idle_thread_promptly(state: State, spool: Path) -> None:
+    Sender(Outbox(state, SendingConfig()), [], spool, CALLING).stop()  # never started: a no-op
+    sender = Sender(Outbox(state, SendingConfig()), [], spool, CALLING)
+    sender.start()
+    try:
+        assert len(sender_threads()) == 1
+        time.sleep(0.1)  # now waiting in its idle poll
+    finally:
+        started = time.monotonic()
+        sender.stop()
+    assert time.monotonic() - started < 0.9  # woken, not left to finish its 1 s poll
+    assert sender_threads() == []
+
+
+def test_wake_sends_new_work_without_waiting_for_the_idle_poll(
+    state: State, spool: Path, tmp_path: Path
+) -> None:
+    outbox = Outbox(state, SendingConfig())
+    sent: list[float] = []
+    archive = Destination(name="archive", type="folder", path=tmp_path / "archive")
+    sender = Sender(outbox, [archive], spool, CALLING, on_sent=lambda i, at: sent.append(at))
+    sender.start()
+    try:
+        time.sleep(0.2)  # idle, polling every second
+        queued_at = time.time()
+        queue_results(state, [write_result(spool, SR)], ["archive"], queued_at)
+        sender.wake()
+        wait_for(lambda: sent, 5, "the folder copy")
+        assert sent[0] - queued_at < 0.5
+    finally:
+        sender.stop()
+
+
+def test_peer_refusing_a_sop_class_fails_only_that_item(state: State, spool: Path) -> None:
+    now = time.time()
+    queue_results(state, [write_result(spool, SR), write_result(spool, SC)], ["pacs"], now)
+    outbox = Outbox(state, SendingConfig(backoff_seconds=60, max_backoff_seconds=60))
+    with storage_scp(contexts=(SR,)) as peer:
+        sender = Sender(outbox, [dicom_destination(peer.port)], spool, CALLING)
+        assert sender.send_due(now) == 1
+    assert {(i.sop_class_uid, i.state) for i in outbox.items()} == {(SR, "sent"), (SC, "pending")}
+
+
+def test_a_round_that_raises_does_not_spin(state: State, spool: Path) -> None:
+    queue_results(state, [write_result(spool, SR), write_result(spool, SC)], ["pacs"], time.time())
+    outbox = Outbox(state, SendingConfig(backoff_seconds=0.5, max_backoff_seconds=0.5))
+    with storage_scp(contexts=(SR,)) as peer:
+        sender = Sender(outbox, [dicom_destination(peer.port)], spool, CALLING)
+        sender.start()
+        try:
+            time.sleep(1.5)
+        finally:
+            sender.stop()
+    assert [r[1] for r in peer.received] == [SR]  # stored once
+    assert peer.associations <= 8  # one round per backoff, at most

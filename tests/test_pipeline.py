@@ -1,0 +1,133 @@
+"""The pipeline worker inside a running node: results for good studies, clear failures for bad ones."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from dicom_clients import send_files
+from helpers import FORCE_FINDINGS, pipeline_config
+from orthanc import wait_for
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEG2000Lossless
+
+from dicom_node.infer import EngineSet
+from dicom_node.models import Job
+from dicom_node.node import Node
+from dicom_node.pipeline import Pipeline, engines_needed
+from dicom_node.synthetic import StudyIdentity, make_ct_series, write
+from engines.phantoms.studies import write_study
+from engines.runtimes import EngineRuntimeError
+
+
+def finished(node: Node, count: int) -> list[Job]:
+    if node.state is None:
+        raise AssertionError("node is not running")
+
+    def done() -> list[Job] | None:
+        jobs = [j for j in node.state.jobs() if j.state != "pending"]  # type: ignore[union-attr]
+        return jobs if len(jobs) >= count else None
+
+    return wait_for(done, 60, f"{count} finished jobs")
+
+
+@pytest.fixture
+def results_node(tmp_path: Path, engine_cache: Path) -> Callable[..., Node]:
+    nodes: list[Node] = []
+
+    def start(**dotted: object) -> Node:
+        cfg = pipeline_config(
+            tmp_path / "spool", engine_cache, triage=FORCE_FINDINGS,
+            destinations=[{"name": "files", "type": "folder", "path": str(tmp_path / "out")}],
+            **dotted,
+        )  # fmt: skip
+        node = Node(cfg)
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield start  # type: ignore[misc]
+    for node in nodes:
+        node.stop(drain_seconds=1)
+
+
+def test_bad_pixel_data_fails_its_study_and_the_next_study_still_gets_results(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    node = results_node()
+    bad = write_study(
+        tmp_path / "bad", 501, "normal", "normal", size=64, transfer_syntax=JPEG2000Lossless
+    )
+    ds = pydicom.dcmread(bad.files[0])
+    # A JPEG 2000 frame of garbage: well-formed encapsulation the node accepts (it never
+    # decodes on receipt), but no codec can decode it.
+    ds.PixelData = encapsulate([bytes(range(256)) * 8])
+    write(ds, bad.files[0])
+    good = write_study(tmp_path / "good", 502, "osteoarthritis", "normal", size=64)
+    assert send_files(node.port, list(bad.files)) == [0]  # accepted: it is valid DICOM
+    assert send_files(node.port, list(good.files)) == [0]
+    jobs = {j.study_uid: j for j in finished(node, 2)}
+    failed = jobs[bad.identity.study_uid]
+    assert failed.state == "failed"
+    assert ds.SOPInstanceUID in (failed.error or "") and "pixel data" in (failed.error or "")
+    done = jobs[good.identity.study_uid]
+    assert done.state == "done" and done.priority == "URGENT"
+    summary = json.loads(done.summary or "{}")
+    assert {(h["engine"], h["side"]) for h in summary["hips"]} == {
+        ("hip_screen", "R"),
+        ("hip_screen", "L"),
+        ("hipnet", "R"),
+        ("hipnet", "L"),
+    }
+    # The folder destination got the SR and both overlays of the good study only.
+    out = tmp_path / "out"
+    wait_for(lambda: len(list(out.rglob("*.dcm"))) == 3 or None, 20, "three result files")
+    assert [p.name for p in out.iterdir()] == [good.identity.study_uid]
+
+
+def test_a_study_no_rule_selects_is_skipped(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    node = results_node()
+    identity = StudyIdentity.synthetic(7)
+    series = make_ct_series(np.zeros((2, 16, 16)), identity=identity)
+    files = [write(ds, tmp_path / f"ct{n}.dcm") for n, ds in enumerate(series)]
+    assert send_files(node.port, files) == [0, 0]
+    [job] = finished(node, 1)
+    assert (job.state, job.error) == ("skipped", "no routing rule selected an image of this study")
+    assert node.outbox is not None and node.outbox.depth() == {"pending": 0, "sent": 0, "dead": 0}
+
+
+class FailingEngines(EngineSet):
+    """The real engines, except that inference fails as a Triton server away would."""
+
+    def predict(self, name, items):  # type: ignore[no-untyped-def]
+        raise EngineRuntimeError("triton at 127.0.0.1:8001 is unavailable")
+
+
+def test_an_engine_that_cannot_run_leaves_the_job_pending_for_a_retry(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    node = results_node()
+    if node.state is None or node.spool is None:
+        raise AssertionError("node is not running")
+    # Stop the node's own worker: this test drives a pipeline by hand.
+    if node.pipeline is not None:
+        node.pipeline.stop()
+    study = write_study(tmp_path / "s", 503, "normal", "normal", size=64)
+    assert send_files(node.port, list(study.files)) == [0]
+    wait_for(lambda: node.state.jobs("pending") or None, 30, "a pending job")  # type: ignore[union-attr]
+    engines = FailingEngines(node.config.engines, engines_needed(node.config))
+    try:
+        pipeline = Pipeline(node.config, node.state, node.spool, engines)
+        assert pipeline.run_pending() == 1
+        [job] = node.state.jobs()
+        assert job.state == "pending"  # kept for the retry
+        assert pipeline.run_pending() == 0  # not before the retry time
+    finally:
+        engines.close()
