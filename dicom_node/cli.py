@@ -197,12 +197,12 @@ def _jobs(cfg: Config) -> int:
     finally:
         state.close()
     print(f"{'JOB':>5}  {'STUDY INSTANCE UID':<64}  {'GEN':>3}  {'STATE':<8}  {'INST':>5}  "
-          f"{'CREATED':<19}  {'PRIORITY':<8}  REASON / ERROR")  # fmt: skip
+          f"{'CREATED':<19}  {'PRIORITY':<8}  {'REASON':<8}  ERROR")  # fmt: skip
     for j in rows:
         print(
             f"{j.id:>5}  {j.study_uid:<64}  {j.generation:>3}  {j.state:<8}  "
             f"{j.instance_count:>5}  {_time(j.created_at):<19}  {j.priority or '-':<8}  "
-            f"{j.error or j.reason}"
+            f"{j.reason:<8}  {j.error or '-'}"
         )
     print(f"{len(rows)} jobs")
     return 0
