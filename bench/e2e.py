@@ -69,6 +69,7 @@ def run(cfg: Config, studies: int, size: int, work: Path) -> dict[str, object]:
             node=dataclasses.replace(cfg.node, host="127.0.0.1", port=node_port),
             storage=dataclasses.replace(cfg.storage, spool_dir=work / "spool", min_free_bytes=0),
             destinations=(Destination("pacs", orthanc.aet, "127.0.0.1", orthanc.dicom_port),),
+            metrics=dataclasses.replace(cfg.metrics, port=0),
         )
         node = Node(node_cfg)
         node.start()

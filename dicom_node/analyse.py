@@ -44,7 +44,11 @@ class StudyAnalysis:
     hips: tuple[HipOutcome, ...]
     priority: str
     cache: ImageCache
-    inference_seconds: float
+    inference: tuple[tuple[str, float], ...]  # (engine, seconds) per batch run
+
+    @property
+    def inference_seconds(self) -> float:
+        return sum(seconds for _, seconds in self.inference)
 
     @property
     def decisions(self) -> tuple[TriageDecision, ...]:
@@ -65,7 +69,7 @@ def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]
 
 def _run(
     tasks: Sequence[HipTask], engines: EngineSet, cache: ImageCache, cfg: Config
-) -> tuple[list[HipOutcome], float]:
+) -> tuple[list[HipOutcome], list[tuple[str, float]]]:
     by_engine: dict[str, list[HipBatchItem]] = {}
     for task in tasks:
         pre = engines.manifest(task.engine).preprocessing
@@ -73,11 +77,11 @@ def _run(
         lateral = hip_input(cache.get(task.lateral), task.side, pre) if task.lateral else None
         by_engine.setdefault(task.engine, []).append(HipBatchItem(task, ap, lateral))
     outcomes: list[HipOutcome] = []
-    seconds = 0.0
+    seconds: list[tuple[str, float]] = []
     for engine, items in by_engine.items():
         started = time.perf_counter()
         predictions = engines.predict(engine, items)
-        seconds += time.perf_counter() - started
+        seconds.append((engine, time.perf_counter() - started))
         manifest = engines.manifest(engine)
         for item, prediction in zip(items, predictions, strict=True):
             outcomes.append(HipOutcome(decide(prediction, manifest, cfg.triage), item.ap))
@@ -91,7 +95,7 @@ def analyse_study(
     tasks = plan_tasks(images, cfg.routing)
     done: list[HipTask] = []
     hips: list[HipOutcome] = []
-    seconds = 0.0
+    seconds: list[tuple[str, float]] = []
     for _ in range(_MAX_CASCADE_DEPTH):
         if not tasks:
             break
@@ -106,5 +110,5 @@ def analyse_study(
         hips=tuple(hips),
         priority=study_priority(h.decision for h in hips),
         cache=cache,
-        inference_seconds=seconds,
+        inference=tuple(seconds),
     )

@@ -108,6 +108,7 @@ class AssemblyConfig:
 class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9108
+    echo_interval_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,9 @@ def _metrics(raw: Mapping[str, Any]) -> MetricsConfig:
     return MetricsConfig(
         host=get_key(raw, "host", "metrics", d.host, as_host),
         port=get_key(raw, "port", "metrics", d.port, int_range(0, 65535)),
+        echo_interval_seconds=get_key(
+            raw, "echo_interval_seconds", "metrics", d.echo_interval_seconds, positive
+        ),
     )
 
 

@@ -24,12 +24,16 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_node import __version__
 from dicom_node.assemble.assembler import Assembler
 from dicom_node.config import Config
+from dicom_node.http import HttpEndpoints
 from dicom_node.infer import EngineSet
+from dicom_node.metrics import Metrics
+from dicom_node.models import Job
 from dicom_node.pipeline import Pipeline, engines_needed
 from dicom_node.receive import Receiver, build_ae, event_handlers
 from dicom_node.receive.server import start_server
 from dicom_node.receive.tls import server_context
 from dicom_node.send import Outbox, Sender
+from dicom_node.send.echo import EchoMonitor
 from dicom_node.spool import Spool
 from dicom_node.state import State
 from dicom_node.triage import check_overrides
@@ -38,8 +42,11 @@ log = logging.getLogger(__name__)
 
 
 class Node:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.http: HttpEndpoints | None = None
+        self.echo: EchoMonitor | None = None
         self._server: ThreadedAssociationServer | None = None
         self._stopped = threading.Event()
         self._signals = 0
@@ -58,11 +65,26 @@ class Node:
             raise RuntimeError("node is not started")
         return int(self._server.server_address[1])
 
+    @property
+    def http_port(self) -> int:
+        """The port of /metrics, /healthz and /readyz (useful with ``metrics.port: 0``)."""
+        if self.http is None:
+            raise RuntimeError("node is not started")
+        return self.http.port
+
     def start(self) -> None:
         cfg = self.config
         ssl_context = server_context(cfg.node.tls) if cfg.node.tls.enabled else None
         self.spool = Spool(cfg.storage.spool_dir, cfg.storage.min_free_bytes)
         self.state = State(cfg.storage.database, cfg.assembly)
+        self.metrics.up_since.set(time.time())
+        self.metrics.watch_spool(cfg.storage.spool_dir)
+        state = self.state
+        self.metrics.watch_state(state.counts)
+        self.http = HttpEndpoints(
+            cfg.metrics.host, cfg.metrics.port, self.metrics.registry, self.not_ready
+        )
+        self.http.start()
         rearmed = self.state.recover(time.time())
         if rearmed:
             log.info("re-armed %d studies that were still receiving", rearmed)
@@ -71,13 +93,14 @@ class Node:
         except BaseException:
             self.stop(drain_seconds=0)
             raise
-        self.assembler = Assembler(self.state, on_job=lambda job: pipeline.wake())
+        self.assembler = Assembler(self.state, on_job=lambda job: self._job_created(job, pipeline))
         self.assembler.start()
         receiver = Receiver(
             self.spool,
             self.state,
             cfg.node.max_instance_bytes,
             on_change=self.assembler.wake,
+            metrics=self.metrics,
         )
         ae = build_ae(cfg.node)
         self._server = start_server(
@@ -88,20 +111,63 @@ class Node:
             cfg.node.network_timeout_seconds,
         )
         log.info(
-            "dicom-node %s listening as %s on %s:%d%s; spool %s",
+            "dicom-node %s listening as %s on %s:%d%s; spool %s; metrics on http://%s:%d",
             __version__, cfg.node.ae_title, cfg.node.host, self.port,
-            " (TLS)" if ssl_context else "", cfg.storage.spool_dir,
+            " (TLS)" if ssl_context else "", cfg.storage.spool_dir, cfg.metrics.host,
+            self.http_port,
         )  # fmt: skip
+
+    def _job_created(self, job: Job, pipeline: Pipeline) -> None:
+        state = self.state
+        study = None if state is None else state.study(job.study_uid)
+        if study is not None:
+            self.metrics.assembly_wait_seconds.observe(job.created_at - study.first_received_at)
+        pipeline.wake()
+
+    def not_ready(self) -> dict[str, str]:
+        """What keeps the node from being ready (empty when ready): for /readyz."""
+        problems: dict[str, str] = {}
+        if self._server is None:
+            problems["dicom"] = "not accepting associations"
+        if self.engines is None or (not self.engines.names and engines_needed(self.config)):
+            problems["engines"] = "not loaded"
+        spool = self.spool
+        if spool is None:
+            problems["spool"] = "not open"
+        else:
+            try:
+                probe = spool.tmp / ".ready-probe"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                problems["spool"] = f"not writable: {exc.strerror or exc}"
+        if self.echo is not None:
+            for name, why in self.echo.problems(time.time()).items():
+                problems[f"destination:{name}"] = why
+        return problems
 
     def _start_results(self, cfg: Config, state: State, spool: Spool) -> Pipeline:
         """Engines, outbox, sender and pipeline: everything after a study is complete."""
         self.engines = EngineSet(cfg.engines, engines_needed(cfg))
         for name in self.engines.names:
             check_overrides(cfg.triage, self.engines.manifest(name))
+            manifest = self.engines.manifest(name)
+            self.metrics.engine_info.labels(name, manifest.version, self.engines.backend(name)).set(
+                1
+            )
         self.outbox = Outbox(state, cfg.sending)
-        self.sender = Sender(self.outbox, cfg.destinations, spool.root, cfg.node.ae_title)
+        self.sender = Sender(
+            self.outbox, cfg.destinations, spool.root, cfg.node.ae_title, metrics=self.metrics
+        )
         self.sender.start()
-        self.pipeline = Pipeline(cfg, state, spool, self.engines, self.sender.wake)
+        self.echo = EchoMonitor(
+            cfg.destinations, cfg.node.ae_title, cfg.metrics.echo_interval_seconds,
+            cfg.sending.timeout_seconds,
+        )  # fmt: skip
+        self.echo.start()
+        self.pipeline = Pipeline(
+            cfg, state, spool, self.engines, self.sender.wake, metrics=self.metrics
+        )
         self.pipeline.start()
         return self.pipeline
 
@@ -137,9 +203,15 @@ class Node:
         if self.sender is not None:
             self.sender.stop()
             self.sender = None
+        if self.echo is not None:
+            self.echo.stop()
+            self.echo = None
         if self.engines is not None:
             self.engines.close()
             self.engines = None
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         if self.state is not None:
             self.state.close()
             self.state = None

@@ -24,13 +24,14 @@ from collections.abc import Callable
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
-from dicom_node.analyse import analyse_study, read_sources
+from dicom_node.analyse import StudyAnalysis, analyse_study, read_sources
 from dicom_node.config import Config
 from dicom_node.errors import DicomNodeError, SpoolError
 from dicom_node.infer import EngineSet
+from dicom_node.metrics import Metrics
 from dicom_node.models import Job, ResultObject
 from dicom_node.preprocess import PreprocessError
-from dicom_node.report.sr import ReportError
+from dicom_node.report.sr import ReportError, reported_findings
 from dicom_node.results import build_results, summary
 from dicom_node.spool import Spool
 from dicom_node.state import State
@@ -64,7 +65,9 @@ class Pipeline:
         spool: Spool,
         engines: EngineSet,
         on_results: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.cfg = cfg
         self.state = state
         self.spool = spool
@@ -117,25 +120,50 @@ class Pipeline:
     def process(self, job: Job) -> None:
         started = time.time()
         self.state.start_job(job.id, started)
+        try:
+            self._process(job, started)
+        except Exception as exc:  # a bug must fail one study, not stop (or spin) the worker
+            log.exception("study %s: internal error", job.study_uid)
+            self._fail(job, "other", f"internal error: {type(exc).__name__}: {exc}")
+
+    def _stage(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.metrics.stage_seconds.labels(name).observe(now - since)
+        return now
+
+    def _process(self, job: Job, started: float) -> None:
         study = job.study_uid
+        clock = time.perf_counter()
         try:
             sources = [(self.spool.path(p), ae) for p, ae in self.state.study_sources(study)]
             images = read_sources(sources)
+            clock = self._stage("read", clock)
             analysis = analyse_study(study, images, self.engines, self.cfg)
+            clock = self._stage("analyse", clock)
             if not analysis.hips:
                 reason = "no routing rule selected an image of this study"
                 self.state.finish_job(job.id, "skipped", time.time(), error=reason)
+                self.metrics.jobs.labels("skipped").inc()
                 log.info("study %s: %s (%d instances)", study, reason, len(images))
                 return
             results = build_results(analysis, self.engines, self.cfg)
+            clock = self._stage("report", clock)
             kinds = [(results.sr, "sr")] + [(ds, "sc") for ds in results.overlays]
             objects = [self._write(study, ds, kind) for ds, kind in kinds]
         except EngineRuntimeError as exc:
             self._engine_unavailable(job, exc)
             return
-        except (PreprocessError, ReportError, SpoolError, DicomNodeError) as exc:
-            self.state.finish_job(job.id, "failed", time.time(), error=str(exc))
-            log.error("study %s failed: %s", study, exc)
+        except PreprocessError as exc:
+            self._fail(job, "pixel_data", str(exc))
+            return
+        except ReportError as exc:
+            self._fail(job, "report", str(exc))
+            return
+        except SpoolError as exc:
+            self._fail(job, "spool", str(exc))
+            return
+        except DicomNodeError as exc:
+            self._fail(job, "other", str(exc))
             return
         self.state.finish_job(
             job.id, "done", time.time(),
@@ -144,6 +172,8 @@ class Pipeline:
             results=objects,
             destinations=[d.name for d in self.cfg.destinations],
         )  # fmt: skip
+        self._stage("write", clock)
+        self._record(analysis)
         self._engine_failures.pop(job.id, None)
         self._retry_at.pop(job.id, None)
         log.info(
@@ -154,6 +184,25 @@ class Pipeline:
         if self.on_results is not None:
             self.on_results()
 
+    def _record(self, analysis: StudyAnalysis) -> None:
+        m = self.metrics
+        for engine, seconds in analysis.inference:
+            m.inference_seconds.labels(engine, self.engines.backend(engine)).observe(seconds)
+        for hip in analysis.hips:
+            decision = hip.decision
+            finding = reported_findings(decision)[0].name
+            m.triage.labels(decision.prediction.task.engine, finding, decision.priority).inc()
+        m.study_priority.labels(analysis.priority).inc()
+        m.jobs.labels("done").inc()
+
+    def _fail(self, job: Job, reason: str, error: str) -> None:
+        self.state.finish_job(job.id, "failed", time.time(), error=error)
+        self.metrics.jobs.labels("failed").inc()
+        self.metrics.job_failures.labels(reason).inc()
+        self._engine_failures.pop(job.id, None)
+        self._retry_at.pop(job.id, None)
+        log.error("study %s failed (%s): %s", job.study_uid, reason, error)
+
     def _write(self, study: str, ds: Dataset, kind: str) -> ResultObject:
         relative = f"outputs/{study}/{ds.SOPInstanceUID}.dcm"
         self.spool.write(relative, [encode(ds)])
@@ -163,9 +212,7 @@ class Pipeline:
         failures = self._engine_failures.get(job.id, 0) + 1
         self._engine_failures[job.id] = failures
         if failures >= _MAX_ENGINE_RETRIES:
-            self.state.finish_job(job.id, "failed", time.time(),
-                                  error=f"engine failed {failures} times: {exc}")  # fmt: skip
-            log.error("study %s failed: engine failed %d times: %s", job.study_uid, failures, exc)
+            self._fail(job, "engine", f"engine failed {failures} times: {exc}")
             return
         self._retry_at[job.id] = time.time() + _RETRY_SECONDS
         log.warning("study %s: engine could not run (%s); retry %d in %.0f s", job.study_uid,

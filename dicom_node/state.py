@@ -419,6 +419,19 @@ class State:
             ).fetchall()
         return [str(r[0]) for r in rows]
 
+    def counts(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """Studies by state, and outbox rows by (state, destination): for the metrics."""
+        with self._lock:
+            studies = self._db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state")
+            study_counts = {str(s): int(n) for s, n in studies.fetchall()}
+            rows = self._db.execute(
+                "SELECT state, destination, COUNT(*) FROM outbox GROUP BY state, destination"
+            )
+            outbox = {(str(s), str(d)): int(n) for s, d, n in rows.fetchall()}
+        for state in ("receiving", "complete"):
+            study_counts.setdefault(state, 0)
+        return study_counts, outbox
+
     def instance_count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])

@@ -51,6 +51,7 @@ class NodeProcess:
             f"assembly: {{quiet_seconds: {quiet}, after_release_seconds: 0.3, max_wait_seconds: 60}}\n"
             "logging: {level: DEBUG}\n"
             "routing: {rules: [], cascade: []}\n"
+            "metrics: {port: 0}\n"
         )
         self.log = folder / "node.log"
         self.proc: subprocess.Popen[bytes] | None = None

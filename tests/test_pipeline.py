@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,11 @@ from dicom_node.pipeline import Pipeline, engines_needed
 from dicom_node.synthetic import StudyIdentity, make_ct_series, write
 from engines.phantoms.studies import write_study
 from engines.runtimes import EngineRuntimeError
+
+
+def scrape(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        return str(response.read().decode())
 
 
 def finished(node: Node, count: int) -> list[Job]:
@@ -86,6 +92,31 @@ def test_bad_pixel_data_fails_its_study_and_the_next_study_still_gets_results(
     out = tmp_path / "out"
     wait_for(lambda: len(list(out.rglob("*.dcm"))) == 3 or None, 20, "three result files")
     assert [p.name for p in out.iterdir()] == [good.identity.study_uid]
+    # The failure is counted, and the node is ready (its only destination is a folder).
+    sent = 'dicom_node_send_attempts_total{destination="files",result="sent"} 3.0'
+
+    def counted() -> str | None:
+        text = scrape(node.http_port, "/metrics")
+        return text if sent in text else None
+
+    metrics = wait_for(counted, 10, "three deliveries counted")
+    assert 'dicom_node_job_failures_total{reason="pixel_data"} 1.0' in metrics
+    assert 'dicom_node_jobs_total{outcome="done"} 1.0' in metrics
+    assert 'dicom_node_study_priority_total{priority="URGENT"} 1.0' in metrics
+    assert (
+        'dicom_node_instances_received_total{calling_ae="PACS",'
+        'sop_class="Digital X-Ray Image Storage - For Presentation"} 2.0'
+    ) in metrics
+    assert (
+        'dicom_node_engine_info{backend="onnxruntime",name="hipnet",version="0.0.1-test"} 1.0'
+        in metrics
+    )
+    assert (
+        'dicom_node_inference_seconds_count{backend="onnxruntime",engine="hip_screen"} 1.0'
+        in metrics
+    )
+    assert "dicom_node_time_to_result_seconds_count" in metrics
+    assert json.loads(scrape(node.http_port, "/readyz")) == {"ready": True, "not_ready": {}}
 
 
 def test_a_study_no_rule_selects_is_skipped(

@@ -78,6 +78,7 @@ def _demo_config(cfg: Config, out: Path, pacs: StandInPacs) -> Config:
             after_release_seconds=min(cfg.assembly.after_release_seconds, 0.5),
         ),
         destinations=(Destination("demo-pacs", pacs.ae_title, "127.0.0.1", pacs.port),),
+        metrics=dataclasses.replace(cfg.metrics, host="127.0.0.1", port=0),
     )
 
 
@@ -195,6 +196,7 @@ def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
             f"{n} ({node.engines.backend(n)})" for n in names if node.engines
         )
         yield f"PACS stand-in {pacs.ae_title} on 127.0.0.1:{pacs.port}"
+        yield f"metrics on http://127.0.0.1:{node.http_port}/metrics (and /healthz, /readyz)"
         cases = write_cases(out / "incoming")
         sent_at: dict[str, float] = {}
         for case, study in cases:

@@ -50,5 +50,5 @@ def event_handlers(receiver: Receiver) -> list[Any]:
         (evt.EVT_RELEASED, handle_ended, [receiver]),
         (evt.EVT_ABORTED, handle_ended, [receiver]),
         (evt.EVT_CONN_CLOSE, handle_ended, [receiver]),
-        (evt.EVT_REJECTED, handle_rejected),
+        (evt.EVT_REJECTED, handle_rejected, [receiver]),
     ]

@@ -21,6 +21,7 @@ from pynetdicom import events
 from pynetdicom.dimse_primitives import C_STORE
 
 from dicom_node.errors import RejectedInstanceError, SpoolError, SpoolFullError, StateError
+from dicom_node.metrics import Metrics, sop_class_name
 from dicom_node.models import Header, ReceivedInstance, StoreOutcome
 from dicom_node.receive.file_meta import PREAMBLE, file_meta
 from dicom_node.receive.header import DOES_NOT_MATCH_SOP_CLASS, UID_MISMATCH, read_header
@@ -52,12 +53,14 @@ class Receiver:
         max_instance_bytes: int,
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.spool = spool
         self.state = state
         self.max_instance_bytes = max_instance_bytes
         self.on_change = on_change
         self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
         self._lock = threading.Lock()
         self._associations: dict[int, _Association] = {}
         self._counter = itertools.count(1)
@@ -68,6 +71,8 @@ class Receiver:
         assoc = _Association(f"{calling_ae}@{address}#{next(self._counter)}", calling_ae)
         with self._lock:
             self._associations[key] = assoc
+        self.metrics.associations.labels("accepted", "").inc()
+        self.metrics.associations_active.inc()
         log.info("association %s accepted", assoc.id)
 
     def association_ended(self, key: int, how: str) -> None:
@@ -75,6 +80,7 @@ class Receiver:
             assoc = self._associations.pop(key, None)
         if assoc is None:
             return  # already handled (release, then connection close) or never accepted
+        self.metrics.associations_active.dec()
         log.info("association %s ended (%s), carried %d studies", assoc.id, how, len(assoc.studies))
         if assoc.studies:
             try:
@@ -98,6 +104,24 @@ class Receiver:
         request_sop_instance: str, transfer_syntax: str, stream: bytes | memoryview,
     ) -> Dataset:  # fmt: skip
         """Store one instance; return the C-STORE response status dataset."""
+        started = time.perf_counter()
+        response = self._store(
+            assoc_key, calling_ae, request_sop_class, request_sop_instance, transfer_syntax, stream
+        )
+        self.metrics.store_seconds.observe(time.perf_counter() - started)
+        status = int(response.Status)
+        if status == SUCCESS:
+            labels = (sop_class_name(request_sop_class), calling_ae)
+            self.metrics.instances_received.labels(*labels).inc()
+            self.metrics.bytes_received.labels(*labels).inc(len(stream))
+        else:
+            self.metrics.instances_refused.labels(f"0x{status:04X}").inc()
+        return response
+
+    def _store(
+        self, assoc_key: int, calling_ae: str, request_sop_class: str,
+        request_sop_instance: str, transfer_syntax: str, stream: bytes | memoryview,
+    ) -> Dataset:  # fmt: skip
         assoc = self._association(assoc_key, calling_ae)
         try:
             if len(stream) > self.max_instance_bytes:
@@ -240,7 +264,21 @@ def handle_ended(event: events.Event, receiver: Receiver) -> None:
     receiver.association_ended(id(event.assoc), event.event.description.lower())
 
 
-def handle_rejected(event: events.Event) -> None:
+# (result source, diagnostic) of an A-ASSOCIATE-RJ, PS3.8 Table 9-21, as a metric label.
+_REJECT_REASONS = {
+    (1, 2): "application_context",
+    (1, 3): "calling_ae",
+    (1, 7): "called_ae",
+    (3, 1): "congestion",
+    (3, 2): "max_associations",
+}
+
+
+def handle_rejected(event: events.Event, receiver: Receiver) -> None:
+    primitive = getattr(event.assoc.acceptor, "primitive", None)
+    source = int(getattr(primitive, "result_source", None) or 0)
+    key = (source, int(getattr(primitive, "diagnostic", None) or 0))
+    receiver.metrics.associations.labels("rejected", _REJECT_REASONS.get(key, "other")).inc()
     rq = event.assoc.requestor
     called = getattr(rq.primitive, "called_ae_title", "?")
     log.warning(

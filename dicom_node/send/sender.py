@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dicom_node.config_results import Destination
+from dicom_node.metrics import Metrics
 from dicom_node.models import OutboxItem
 from dicom_node.send.outbox import Outbox
 from dicom_node.send.peers import Delivery, copy_to_folder, send_dicom
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 _IDLE_POLL = 1.0  # seconds between looks at the outbox when nothing woke the sender
 _AFTER_ERROR = 5.0  # a round that failed as a whole is not retried at once
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR: the study's result
 
 
 class Sender:
@@ -32,7 +34,9 @@ class Sender:
         spool_dir: Path,
         calling_ae: str,
         on_sent: Callable[[OutboxItem, float], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.outbox = outbox
         self.destinations = {d.name: d for d in destinations}
         self.spool_dir = spool_dir
@@ -97,12 +101,16 @@ class Sender:
         item, now = result.item, time.time()
         if result.ok:
             self.outbox.mark_sent(item.id, now)
+            self.metrics.send_attempts.labels(item.destination, "sent").inc()
+            self._time_to_result(item, now)
             log.info("sent %s of study %s to %s (%s)", item.sop_instance_uid, item.study_uid,
                      item.destination, result.detail)  # fmt: skip
             if self.on_sent is not None:
                 self.on_sent(item, now)
             return 1
         after = self.outbox.mark_failed(item.id, now, result.detail)
+        outcome = "dead" if after.state == "dead" else "failed"
+        self.metrics.send_attempts.labels(item.destination, outcome).inc()
         if after.state == "dead":
             log.error(
                 "dead letter %d: %s to %s after %d attempts: %s",
@@ -113,3 +121,13 @@ class Sender:
                         item.sop_instance_uid, item.destination, after.attempts,
                         after.next_attempt_at - now, result.detail)  # fmt: skip
         return 0
+
+    def _time_to_result(self, item: OutboxItem, now: float) -> None:
+        """First instance received to the study's SR accepted: what a radiologist waits."""
+        if item.sop_class_uid != SR_CLASS:
+            return
+        study = self.outbox.state.study(item.study_uid)
+        if study is not None:
+            self.metrics.time_to_result_seconds.labels(item.destination).observe(
+                now - study.first_received_at
+            )

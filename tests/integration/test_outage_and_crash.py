@@ -126,6 +126,7 @@ def node_process(tmp_path: Path, engine_cache: Path) -> Iterator[tuple[NodeProce
             {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs_port}
         ],
         "logging": {"level": "DEBUG"},
+        "metrics": {"port": 0},
     }
     node = NodeProcess(tmp_path, config)
     try:

@@ -44,6 +44,7 @@ def config_for(spool: Path, **dotted: Any) -> Config:
         "assembly": {"quiet_seconds": 2, "after_release_seconds": 0.3, "max_wait_seconds": 60},
         # No engines: the ingest tests need none; pipeline tests set their own rules.
         "routing": {"rules": [], "cascade": []},
+        "metrics": {"port": 0},
     }
     for key, value in dotted.items():
         *parents, leaf = key.split("__")

@@ -1,0 +1,85 @@
+"""The node's HTTP endpoints on ``metrics.host:metrics.port``.
+
+- ``/metrics``: Prometheus text format.
+- ``/healthz``: 200 while the process serves (liveness).
+- ``/readyz``: 200 when the engines are loaded, the spool is writable and every
+  destination answered recently; else 503. The JSON body says what is not ready.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+Readiness = Callable[[], dict[str, str]]  # problem name -> why; empty when ready
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry))
+        elif path == "/healthz":
+            self._json(200, {"status": "alive"})
+        elif path == "/readyz":
+            try:
+                problems = self.server.readiness()
+            except Exception as exc:  # a broken check is "not ready", never a crash
+                log.exception("readiness check failed")
+                problems = {"readiness": f"check failed: {exc}"}
+            self._json(503 if problems else 200, {"ready": not problems, "not_ready": problems})
+        else:
+            self._json(404, {"error": f"no such endpoint: {path}"})
+
+    def _json(self, code: int, body: object) -> None:
+        self._send(code, "application/json", json.dumps(body, sort_keys=True).encode() + b"\n")
+
+    def _send(self, code: int, content_type: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("http %s %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], registry: CollectorRegistry, readiness: Readiness
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.registry = registry
+        self.readiness = readiness
+
+
+class HttpEndpoints:
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, readiness: Readiness
+    ) -> None:
+        self._server = _Server((host, port), registry, readiness)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

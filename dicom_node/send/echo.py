@@ -1,0 +1,113 @@
+"""Destination reachability for /readyz: a C-ECHO to each DICOM destination, periodically.
+
+A folder destination is reachable when its folder can be created and written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pynetdicom import AE
+
+from dicom_node.config_results import Destination
+
+log = logging.getLogger(__name__)
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def echo(destination: Destination, calling_ae: str, timeout: float) -> str | None:
+    """None when the destination answered C-ECHO with success, else the reason."""
+    if destination.type == "folder":
+        if destination.path is None:
+            return "folder destination without a path"
+        try:
+            destination.path.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=destination.path, suffix=".probe")
+            os.close(fd)
+            Path(name).unlink()
+        except OSError as exc:
+            return f"cannot write {destination.path}: {exc.strerror or exc}"
+        return None
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(VERIFICATION)
+    try:
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    except OSError as exc:
+        return f"cannot reach {destination.host}:{destination.port}: {exc}"
+    if not assoc.is_established:
+        return "association rejected" if assoc.is_rejected else "no association"
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    code = int(status.Status) if "Status" in status else None
+    return None if code == 0 else f"C-ECHO answered {code if code is None else hex(code)}"
+
+
+class EchoMonitor:
+    """Echoes every destination each ``interval`` seconds; remembers the last answer."""
+
+    def __init__(
+        self,
+        destinations: Sequence[Destination],
+        calling_ae: str,
+        interval: float,
+        timeout: float,
+    ) -> None:
+        self.destinations = tuple(destinations)
+        self.calling_ae = calling_ae
+        self.interval = interval
+        self.timeout = timeout
+        self._last_ok: dict[str, float] = {}
+        self._last_error: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="echo", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.timeout + 5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.check_all()
+            self._stop.wait(self.interval)
+
+    def check_all(self) -> None:
+        for destination in self.destinations:
+            reason = echo(destination, self.calling_ae, self.timeout)
+            with self._lock:
+                if reason is None:
+                    self._last_ok[destination.name] = time.time()
+                    self._last_error.pop(destination.name, None)
+                else:
+                    self._last_error[destination.name] = reason
+            if reason is not None:
+                log.warning("destination %s not reachable: %s", destination.name, reason)
+
+    def problems(self, now: float) -> dict[str, str]:
+        """Destinations without a successful echo in the last two intervals, with why."""
+        out = {}
+        with self._lock:
+            for destination in self.destinations:
+                last = self._last_ok.get(destination.name)
+                if last is None or now - last > 2 * self.interval + self.timeout:
+                    out[destination.name] = self._last_error.get(
+                        destination.name, "no successful C-ECHO yet"
+                    )
+        return out

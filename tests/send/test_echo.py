@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from orthanc import free_port
+from pynetdicom import AE
+
+from dicom_node.config_results import Destination
+from dicom_node.send.echo import VERIFICATION, EchoMonitor, echo
+
+
+def test_echo_reaches_a_verification_scp_and_names_why_another_is_not_reached(
+    tmp_path: Path,
+) -> None:
+    ae = AE("PACS")
+    ae.add_supported_context(VERIFICATION)
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        up = Destination("pacs", "PACS", "127.0.0.1", int(server.server_address[1]))
+        assert echo(up, "TRIAGE", 5) is None
+        wrong_ae = Destination("pacs", "OTHER", "127.0.0.1", up.port)
+        ae.require_called_aet = True
+        assert echo(wrong_ae, "TRIAGE", 5) == "association rejected"
+    finally:
+        server.shutdown()
+    down = Destination("pacs", "PACS", "127.0.0.1", free_port())
+    assert echo(down, "TRIAGE", 2) == "no association"
+    folder = Destination("files", type="folder", path=tmp_path / "results")
+    assert echo(folder, "TRIAGE", 2) is None and (tmp_path / "results").is_dir()
+    (tmp_path / "file").write_text("")
+    blocked = Destination("files", type="folder", path=tmp_path / "file" / "below")
+    assert "cannot write" in (echo(blocked, "TRIAGE", 2) or "")
+
+
+def test_monitor_reports_destinations_without_a_recent_answer(tmp_path: Path) -> None:
+    ok = Destination("files", type="folder", path=tmp_path / "ok")
+    down = Destination("pacs", "PACS", "127.0.0.1", free_port())
+    monitor = EchoMonitor([ok, down], "TRIAGE", interval=60, timeout=2)
+    assert set(monitor.problems(time.time())) == {"files", "pacs"}  # nothing checked yet
+    monitor.check_all()
+    assert monitor.problems(time.time()) == {"pacs": "no association"}
+    assert set(monitor.problems(time.time() + 1000)) == {"files", "pacs"}  # stale answers

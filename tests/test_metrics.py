@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from dicom_node.config import AssemblyConfig
+from dicom_node.metrics import FAILURE_REASONS, Metrics, sop_class_name
+from dicom_node.state import State
+
+
+def families(registry: CollectorRegistry) -> dict[str, list[tuple[str, dict[str, str], float]]]:
+    out: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+    for family in registry.collect():
+        out[family.name] = [(s.name, s.labels, s.value) for s in family.samples]
+    return out
+
+
+def test_every_metric_is_prefixed_and_the_failure_reasons_start_at_zero() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry)
+    found = families(registry)
+    assert found and all(name.startswith("dicom_node_") for name in found)
+    failures = {
+        s[1]["reason"]: s[2] for s in found["dicom_node_job_failures"] if s[0].endswith("_total")
+    }
+    assert failures == dict.fromkeys(FAILURE_REASONS, 0.0)
+
+
+def test_histogram_buckets_fit_the_durations_they_measure() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.store_seconds.observe(0.004)
+    metrics.time_to_result_seconds.labels("pacs").observe(2.6)
+    found = families(registry)
+    store = {s[1]["le"] for s in found["dicom_node_store_seconds"] if s[0].endswith("_bucket")}
+    assert "0.005" in store and "0.001" in store  # milliseconds, not the library's defaults
+    result = {s[1]["le"] for s in found["dicom_node_time_to_result_seconds"] if "le" in s[1]}
+    assert {"2.0", "3.0", "600.0"} <= result
+
+
+def test_sop_class_labels_are_names_or_other() -> None:
+    assert (
+        sop_class_name("1.2.840.10008.5.1.4.1.1.1.1")
+        == "Digital X-Ray Image Storage - For Presentation"
+    )
+    assert sop_class_name("1.2.3.4.5") == "other"
+
+
+def test_studies_and_outbox_are_read_from_the_state_at_scrape_time(tmp_path: Path) -> None:
+    state = State(tmp_path / "s.db", AssemblyConfig())
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.watch_state(state.counts)
+    metrics.watch_spool(tmp_path)
+    found = families(registry)
+    studies = {s[1]["state"]: s[2] for s in found["dicom_node_studies"]}
+    assert studies == {"receiving": 0.0, "complete": 0.0}
+    assert found["dicom_node_dead_letters"] == [("dicom_node_dead_letters", {}, 0.0)]
+    assert found["dicom_node_spool_free_bytes"][0][2] > 0
+    state.close()
