@@ -275,6 +275,13 @@ def _tensor(spec: TensorSpec) -> str:
         raise TritonRepoError(
             f"{spec.name}: expected a dynamic batch axis first (-1), got shape {list(spec.shape)}"
         )
+    if len(spec.shape) == 1:
+        # A value per batch item (Hip-Net's lateral_present, pji_risk): Triton needs at least
+        # one dimension besides the batch, so clients see (N, 1) and the model gets (N,).
+        return (
+            f"  {{\n    name: {_quote(spec.name)}\n    data_type: TYPE_FP32\n    dims: [ 1 ]\n"
+            "    reshape: { shape: [ ] }\n  }"
+        )
     dims = ", ".join(str(d) for d in spec.shape[1:])
     return (
         f"  {{\n    name: {_quote(spec.name)}\n    data_type: TYPE_FP32\n    dims: [ {dims} ]\n  }}"

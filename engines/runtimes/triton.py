@@ -127,8 +127,10 @@ class TritonRuntime(Runtime):
     def _infer(self, chunk: dict[str, Array]) -> dict[str, Array]:
         inputs = []
         for name, array in chunk.items():
-            tensor = self._grpc.InferInput(name, list(array.shape), "FP32")
-            tensor.set_data_from_numpy(array)
+            # A value per item travels as (N, 1): the repository reshapes it (triton_repo.py).
+            sent = array[:, None] if array.ndim == 1 else array
+            tensor = self._grpc.InferInput(name, list(sent.shape), "FP32")
+            tensor.set_data_from_numpy(np.ascontiguousarray(sent))
             inputs.append(tensor)
         requested = [self._grpc.InferRequestedOutput(spec.name) for spec in self.output_spec]
         result = self._call(
@@ -144,7 +146,10 @@ class TritonRuntime(Runtime):
             value = result.as_numpy(spec.name)
             if value is None:
                 raise EngineRuntimeError(f"{self._where}: response lacks output {spec.name!r}")
-            outputs[spec.name] = np.asarray(value, dtype=np.float32)
+            array = np.asarray(value, dtype=np.float32)
+            if len(spec.shape) == 1 and array.ndim == 2:
+                array = array[:, 0]
+            outputs[spec.name] = array
         return outputs
 
     def _release(self) -> None:

@@ -9,16 +9,14 @@ from __future__ import annotations
 import io
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 from dicom_clients import send_files
 from helpers import FORCE_FINDINGS, pipeline_config
+from node_process import NodeProcess
 from orthanc import Orthanc, free_port, run_orthanc, wait_for
 
 from dicom_node.node import Node
@@ -79,37 +77,6 @@ def test_results_wait_for_a_pacs_outage_and_are_delivered_after_it(
             assert all(attempts >= 4 for _, attempts, _ in outbox_rows(database))
     finally:
         node.stop(drain_seconds=1)
-
-
-class NodeProcess:
-    """``python -m dicom_node serve`` from a config file; the test kills it as it likes."""
-
-    def __init__(self, folder: Path, config: dict[str, object]) -> None:
-        self.folder = folder
-        self.config = folder / "node.yaml"
-        self.config.write_text(yaml.safe_dump(config))
-        self.port = int(config["node"]["port"])  # type: ignore[index]
-        self.log = folder / "node.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config)],
-                stdout=log, stderr=log,
-            )  # fmt: skip
-        wait_for(
-            lambda: "listening as" in self.log.read_text()[offset:] or None,
-            60,
-            "the node to listen",
-        )
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(30)
-        self.proc = None
 
 
 @pytest.fixture
