@@ -144,6 +144,7 @@ def build_overlay_sc(
             # Laterality B can, and its presence is what lifts the Type 2C condition.
             sc.ImageLaterality = "B"
     sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.ConversionType = "WSD"  # made by software on a workstation, not digitised
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
     sc.DerivationDescription = (
