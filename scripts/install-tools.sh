@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install the Debian tools the tests and the demo use, when missing:
-#   dcmtk (storescu, echoscu, storescp), dicom3tools (dciodvfy), orthanc (a real PACS).
+#   dcmtk (storescu, echoscu, storescp), dicom3tools (dciodvfy), orthanc (a real PACS),
+#   prometheus (promtool checks and unit-tests deploy/prometheus/).
 set -euo pipefail
 
 need=()
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 [ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "installing Debian packages: ${need[*]}"
@@ -25,4 +27,8 @@ export DEBIAN_FRONTEND=noninteractive
 # their own Orthanc on ephemeral ports, so stop the packaged one where systemd runs it.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet orthanc 2>/dev/null; then
   "${sudo[@]}" systemctl stop orthanc || true
+fi
+# Debian's prometheus package starts a server on port 9090; only promtool is needed here.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+  "${sudo[@]}" systemctl stop prometheus || true
 fi
