@@ -64,6 +64,21 @@ class _StateCollector(Collector):
         yield from (study_family, depth, letters)
 
 
+class _DestinationCollector(Collector):
+    def __init__(self, read: Callable[[], dict[str, bool]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "dicom_node_destination_up",
+            "1 when the destination answered its last C-ECHO (or its folder is writable)",
+            labels=["destination"],
+        )
+        for name, up in sorted(self._read().items()):
+            family.add_metric([name], 1.0 if up else 0.0)
+        yield family
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
@@ -134,6 +149,11 @@ class Metrics:
         self.up_since = Gauge(
             "dicom_node_start_time_seconds", "When the node started (Unix time)", registry=r
         )
+        self.ready = Gauge(
+            "dicom_node_ready", "1 when /readyz would answer 200, else 0", registry=r
+        )
+        for priority in ("URGENT", "FLAG", "NONE"):
+            self.study_priority.labels(priority)
         for reason in FAILURE_REASONS:
             self.job_failures.labels(reason)  # exported at 0 from the start, so rate() works
         for outcome in ("done", "failed", "skipped"):
@@ -141,6 +161,16 @@ class Metrics:
 
     def watch_spool(self, root: Path) -> None:
         self.spool_free_bytes.set_function(lambda: float(shutil.disk_usage(root).free))
+
+    def watch_readiness(
+        self,
+        problems: Callable[[], dict[str, str]],
+        destinations: Callable[[], dict[str, bool]],
+    ) -> None:
+        """dicom_node_ready from the readiness check, dicom_node_destination_up per destination
+        from the last C-ECHO (both evaluated at scrape time)."""
+        self.ready.set_function(lambda: 0.0 if problems() else 1.0)
+        self.registry.register(_DestinationCollector(destinations))
 
     def watch_state(
         self, read: Callable[[], tuple[dict[str, int], dict[tuple[str, str], int]]]

@@ -165,6 +165,8 @@ class Node:
             cfg.sending.timeout_seconds,
         )  # fmt: skip
         self.echo.start()
+        echo = self.echo
+        self.metrics.watch_readiness(self.not_ready, echo.up)
         self.pipeline = Pipeline(
             cfg, state, spool, self.engines, self.sender.wake, metrics=self.metrics
         )

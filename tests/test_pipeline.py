@@ -117,6 +117,9 @@ def test_bad_pixel_data_fails_its_study_and_the_next_study_still_gets_results(
     )
     assert "dicom_node_time_to_result_seconds_count" in metrics
     assert json.loads(scrape(node.http_port, "/readyz")) == {"ready": True, "not_ready": {}}
+    metrics = scrape(node.http_port, "/metrics")
+    assert "dicom_node_ready 1.0" in metrics
+    assert 'dicom_node_destination_up{destination="files"} 1.0' in metrics
 
 
 def test_a_study_no_rule_selects_is_skipped(

@@ -100,6 +100,14 @@ class EchoMonitor:
             if reason is not None:
                 log.warning("destination %s not reachable: %s", destination.name, reason)
 
+    def up(self) -> dict[str, bool]:
+        """Whether each destination's last check succeeded (False before the first)."""
+        with self._lock:
+            return {
+                d.name: d.name in self._last_ok and d.name not in self._last_error
+                for d in self.destinations
+            }
+
     def problems(self, now: float) -> dict[str, str]:
         """Destinations without a successful echo in the last two intervals, with why."""
         out = {}
