@@ -4,7 +4,17 @@ Importing this package registers every model: ``create(name, **kwargs)``,
 ``available()``.
 """
 
-from engines.models import densenet, efficientnet, hip_screen, hipnet, resnet
+from engines.models import (
+    densenet,
+    efficientnet,
+    hip_multimodal,
+    hip_screen,
+    hipnet,
+    inception,
+    resnet,
+    resnet3d,
+    vgg,
+)
 from engines.models.registry import available, create, register
 
 __all__ = [
@@ -12,8 +22,12 @@ __all__ = [
     "create",
     "densenet",
     "efficientnet",
+    "hip_multimodal",
     "hip_screen",
     "hipnet",
+    "inception",
     "register",
     "resnet",
+    "resnet3d",
+    "vgg",
 ]
