@@ -1,0 +1,431 @@
+"""From the files of a CT series to a Hounsfield-unit volume, and to an engine's fixed grid.
+
+Reading. The headers and pixels are read with pydicom and the volume is assembled
+here; SimpleITK only holds the result (``sitk.Image`` with origin, spacing and
+direction) and resamples it. Not ``sitk.ImageSeriesReader`` (GDCM), because:
+
+* pydicom decodes every transfer syntax the node accepts through the same plug-ins
+  (pylibjpeg, pyjpegls, pylibjpeg-rle/-openjpeg) that already decode the node's
+  radiographs, so a series the node stored is a series it can read; GDCM is a second
+  codec stack with its own gaps (it prints to stderr instead of raising on some
+  12-bit JPEG streams, for one).
+* The Modality LUT is applied per instance: a slice may carry its own Rescale Slope
+  (the factory and real modalities change it when narrowing to a codec's precision).
+* The series reader trusts the file order and derives the slice spacing from the
+  first and last positions; it does not notice a missing, duplicated or shifted
+  slice. Here the slices are sorted by their position along the slice normal
+  (ImageOrientationPatient x ImagePositionPatient, never InstanceNumber) and the
+  geometry is checked, and every refusal is a :class:`VolumeError` that names the
+  series and the instance or position at fault.
+
+Axes. ``CtVolume.image`` uses SimpleITK's (x, y, z) = (column, row, slice) index
+order: spacing is (column spacing, row spacing, slice spacing) in mm, the origin is
+the patient position (LPS) of the first voxel of the most negative slice along the
+normal, and the direction matrix's columns are the row cosines, the column cosines
+and the slice normal (row x column). ``sitk.GetArrayFromImage`` gives [z, y, x].
+
+The engine's grid (:func:`to_grid`) is in patient axes whatever the acquisition: the
+array is [D, H, W] = [inferior->superior, anterior->posterior, right->left], the
+axial layout of :data:`dicom_node.synthetic.AXIAL` series and of the CT phantoms.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import SimpleITK
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels.processing import apply_modality_lut
+
+from dicom_node.errors import DicomNodeError
+
+# SimpleITK's wrappers are unannotated; going through one Any keeps that out of mypy's way
+# (sitk.Image values are typed Any below, and every function here returns typed values
+# or such an image).
+sitk: Any = SimpleITK
+
+Vector = tuple[float, float, float]
+Direction = tuple[float, float, float, float, float, float, float, float, float]
+
+AIR_HU = -1024.0
+# Bone window for hip CT: -500..1500 HU, the factory's window. Air and fat sit at or
+# near 0, soft tissue (~40 HU) at 0.27, trabecular bone (200-400 HU) at 0.35-0.45 and
+# cortical bone (1000-1500 HU) at 0.75-1.0, so sclerosis and lucencies stay apart.
+BONE_WINDOW = (500.0, 2000.0)
+# Direction cosines of two slices that agree (DS values carry about 10 digits).
+ORIENTATION_TOLERANCE = 1e-4
+# Relative tolerance of Pixel Spacing between slices.
+SPACING_TOLERANCE = 1e-4
+# Two slices closer than this along the normal are the same slice (mm).
+DUPLICATE_MM = 0.01
+# A gap may differ from the series' slice step by this fraction (or 0.01 mm).
+STEP_TOLERANCE = 0.05
+# The in-plane offset a slice may have from the first one, as a fraction of a pixel.
+SHIFT_TOLERANCE = 0.1
+
+
+class VolumeError(DicomNodeError, ValueError):
+    """The files of a CT series do not make one regular volume (or an argument is invalid)."""
+
+
+@dataclass(frozen=True, eq=False)
+class CtVolume:
+    """A CT series as a float32 Hounsfield-unit ``sitk.Image`` and its geometry.
+
+    ``size``, ``spacing``, ``origin`` and ``direction`` repeat the image's, in SimpleITK's
+    (x, y, z) order; ``instance_uids`` are the SOP Instance UIDs in slice order.
+    """
+
+    image: Any  # SimpleITK.Image (SimpleITK has no type information)
+    series_uid: str
+    size: tuple[int, int, int]
+    spacing: Vector
+    origin: Vector
+    direction: Direction
+    instance_uids: tuple[str, ...]
+
+    def array(self) -> npt.NDArray[np.float32]:
+        """The voxels as [z, y, x] Hounsfield units (a copy)."""
+        return np.asarray(sitk.GetArrayFromImage(self.image), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _Slice:
+    path: Path
+    uid: str
+    orientation: npt.NDArray[np.float64]
+    position: npt.NDArray[np.float64]
+    shape: tuple[int, int]
+    pixel_spacing: tuple[float, float]
+
+
+def read_ct_series(paths: Sequence[Path], series_uid: str) -> CtVolume:
+    """The volume of the instances of ``series_uid`` among ``paths`` (other series are skipped)."""
+    headers = [_header(Path(p)) for p in paths]
+    members = [
+        (Path(p), ds)
+        for p, ds in zip(paths, headers, strict=True)
+        if str(ds.get("SeriesInstanceUID", "")) == series_uid
+    ]
+    if not members:
+        raise VolumeError(f"series {series_uid}: none of the {len(paths)} files belongs to it")
+    if len(members) < 2:
+        raise VolumeError(
+            f"series {series_uid}: 1 slice ({_uid(members[0][1])}), a volume needs at least 2"
+        )
+    slices = [_slice(series_uid, path, ds) for path, ds in members]
+    first = slices[0]
+    for s in slices[1:]:
+        _check_plane(series_uid, first, s)
+    row, col = first.orientation[:3], first.orientation[3:]
+    normal = np.cross(row, col)
+    along = np.array([float(np.dot(s.position, normal)) for s in slices])
+    order = np.argsort(along, kind="stable")
+    slices = [slices[i] for i in order]
+    along = along[order]
+    step = _check_steps(series_uid, slices, along)
+    _check_stacked(series_uid, slices, normal)
+    hu = np.stack([_pixels(series_uid, s.path) for s in slices])
+    dy, dx = first.pixel_spacing
+    image = sitk.GetImageFromArray(hu)
+    image.SetSpacing((dx, dy, step))
+    image.SetOrigin(tuple(float(v) for v in slices[0].position))
+    direction = tuple(float(v) for v in np.column_stack([row, col, normal]).ravel())
+    image.SetDirection(direction)
+    return CtVolume(
+        image=image,
+        series_uid=series_uid,
+        size=_ints(image.GetSize()),
+        spacing=_floats(image.GetSpacing()),
+        origin=_floats(image.GetOrigin()),
+        direction=_direction(image.GetDirection()),
+        instance_uids=tuple(s.uid for s in slices),
+    )
+
+
+def resample_isotropic(volume: CtVolume | Any, spacing_mm: float = 1.0) -> Any:
+    """``volume`` (a :class:`CtVolume` or ``sitk.Image``) on a grid of ``spacing_mm`` cubes.
+
+    Same direction; the new grid has round(extent / spacing_mm) voxels along each axis
+    and is centred on the source's box (so the origin moves by under half a voxel, and
+    every new voxel centre lies within the source's voxels). Linear interpolation, with
+    a Gaussian pre-filter along axes that get coarser; anything outside the source is
+    -1024 HU. Returns a float32 ``sitk.Image``.
+    """
+    image = _image(volume)
+    if (
+        isinstance(spacing_mm, bool)
+        or not isinstance(spacing_mm, int | float)
+        or not (math.isfinite(spacing_mm) and spacing_mm > 0)
+    ):
+        raise VolumeError(f"spacing_mm: expected a positive number of mm, got {spacing_mm!r}")
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    size = np.asarray(image.GetSize(), dtype=np.float64)
+    out_size = np.maximum(1, np.rint(size * spacing / spacing_mm))
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    centre = np.asarray(image.GetOrigin()) + direction @ (0.5 * (size - 1.0) * spacing)
+    origin = centre - direction @ (0.5 * (out_size - 1.0) * spacing_mm)
+    return _resample(
+        image,
+        [int(n) for n in out_size],
+        (float(spacing_mm),) * 3,
+        tuple(float(v) for v in origin),
+        image.GetDirection(),
+    )
+
+
+def to_grid(
+    image: CtVolume | Any, shape: tuple[int, int, int] = (32, 64, 64)
+) -> npt.NDArray[np.float32]:
+    """The volume fitted into a [D, H, W] grid of cubic voxels, in patient axes, in HU.
+
+    The grid's axes are LPS (W: right->left, H: anterior->posterior, D: inferior->superior,
+    the array is [D, H, W]); its voxel size is the smallest that holds the volume's
+    bounding box in patient space, so the longest extent relative to the grid fills it
+    and the others keep their aspect, centred; the rest is -1024 HU. Returns float32.
+    """
+    source = _image(image)
+    if len(shape) != 3 or not all(
+        isinstance(n, int | np.integer) and not isinstance(n, bool) and n > 0 for n in shape
+    ):
+        raise VolumeError(f"shape: expected three positive integers (D, H, W), got {shape!r}")
+    depth, height, width = (int(n) for n in shape)
+    low, high = _bounds(source)
+    extent = high - low  # x, y, z
+    cells = np.array([width, height, depth], dtype=np.float64)
+    cube = float(np.max(extent / cells))
+    centre = 0.5 * (low + high)
+    origin = centre - 0.5 * (cells - 1.0) * cube
+    resampled = _resample(
+        source,
+        [width, height, depth],
+        (cube,) * 3,
+        tuple(float(v) for v in origin),
+        (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    )
+    return np.asarray(sitk.GetArrayFromImage(resampled), dtype=np.float32)
+
+
+def hu_window(
+    array: npt.ArrayLike, center: float = BONE_WINDOW[0], width: float = BONE_WINDOW[1]
+) -> npt.NDArray[np.float32]:
+    """Hounsfield units through a linear window: center - width/2 -> 0, center + width/2 -> 1.
+
+    The default is the bone window :data:`BONE_WINDOW`; values outside are clipped.
+    """
+    if not (math.isfinite(center) and math.isfinite(width) and width > 0):
+        raise VolumeError(
+            f"window: expected a finite center and a positive width, got {center!r}/{width!r}"
+        )
+    values = np.asarray(array, dtype=np.float64)
+    return np.clip((values - (center - 0.5 * width)) / width, 0.0, 1.0).astype(np.float32)
+
+
+# Reading ------------------------------------------------------------------------------
+
+
+def _header(path: Path) -> Dataset:
+    try:
+        return dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise VolumeError(f"file {path}: not a readable DICOM file ({exc})") from exc
+
+
+def _uid(ds: Dataset) -> str:
+    return str(ds.get("SOPInstanceUID", "?"))
+
+
+def _numbers(series_uid: str, ds: Dataset, keyword: str, count: int) -> npt.NDArray[np.float64]:
+    value = ds.get(keyword)
+    try:
+        numbers = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        numbers = np.empty(0)
+    if numbers.shape != (count,) or not np.all(np.isfinite(numbers)):
+        raise VolumeError(
+            f"series {series_uid}, instance {_uid(ds)}: {keyword} expected {count} numbers, "
+            f"got {value!r}"
+        )
+    return numbers
+
+
+def _slice(series_uid: str, path: Path, ds: Dataset) -> _Slice:
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise VolumeError(
+            f"series {series_uid}, instance {_uid(ds)}: expected one frame per instance, "
+            f"got NumberOfFrames {frames}"
+        )
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    if not isinstance(rows, int) or not isinstance(cols, int) or rows < 1 or cols < 1:
+        raise VolumeError(
+            f"series {series_uid}, instance {_uid(ds)}: expected positive Rows and Columns, "
+            f"got {rows!r} x {cols!r}"
+        )
+    spacing = _numbers(series_uid, ds, "PixelSpacing", 2)
+    if not np.all(spacing > 0):
+        raise VolumeError(
+            f"series {series_uid}, instance {_uid(ds)}: PixelSpacing expected positive values, "
+            f"got {tuple(float(v) for v in spacing)}"
+        )
+    return _Slice(
+        path=path,
+        uid=_uid(ds),
+        orientation=_numbers(series_uid, ds, "ImageOrientationPatient", 6),
+        position=_numbers(series_uid, ds, "ImagePositionPatient", 3),
+        shape=(rows, cols),
+        pixel_spacing=(float(spacing[0]), float(spacing[1])),
+    )
+
+
+def _check_plane(series_uid: str, first: _Slice, s: _Slice) -> None:
+    """Raise unless ``s`` has the orientation, size and pixel spacing of ``first``."""
+    where = f"series {series_uid}: instance {s.uid}"
+    if not np.allclose(s.orientation, first.orientation, rtol=0.0, atol=ORIENTATION_TOLERANCE):
+        raise VolumeError(
+            f"{where} has ImageOrientationPatient {_fmt(s.orientation)}, "
+            f"but instance {first.uid} has {_fmt(first.orientation)}"
+        )
+    if s.shape != first.shape:
+        raise VolumeError(
+            f"{where} is {s.shape[0]} x {s.shape[1]} (rows x columns), "
+            f"but instance {first.uid} is {first.shape[0]} x {first.shape[1]}"
+        )
+    if not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=SPACING_TOLERANCE, atol=0.0):
+        raise VolumeError(
+            f"{where} has PixelSpacing {_fmt(s.pixel_spacing)}, "
+            f"but instance {first.uid} has {_fmt(first.pixel_spacing)}"
+        )
+
+
+def _check_steps(series_uid: str, slices: list[_Slice], along: npt.NDArray[np.float64]) -> float:
+    """Raise on a duplicated, missing or irregular slice; return the mean slice spacing."""
+    gaps = np.diff(along)
+    for i, gap in enumerate(gaps):
+        if gap < DUPLICATE_MM:
+            raise VolumeError(
+                f"series {series_uid}: duplicated slice, instances {slices[i].uid} and "
+                f"{slices[i + 1].uid} are both at {along[i]:.3f} mm along the slice normal"
+            )
+    # The step: the median of the gaps that look like one step (not a missing slice).
+    step = float(np.median(gaps[gaps <= 1.5 * gaps.min()]))
+    tolerance = max(DUPLICATE_MM, STEP_TOLERANCE * step)
+    for i, gap in enumerate(gaps):
+        if abs(gap - step) <= tolerance:
+            continue
+        between = (
+            f"between {along[i]:.3f} and {along[i + 1]:.3f} mm along the slice normal "
+            f"(instances {slices[i].uid} and {slices[i + 1].uid}): gap {gap:.3f} mm, "
+            f"slice spacing {step:.3f} mm"
+        )
+        missing = round(gap / step) - 1
+        if missing >= 1 and abs(gap - (missing + 1) * step) <= tolerance * (missing + 1):
+            raise VolumeError(f"series {series_uid}: {missing} slice(s) missing {between}")
+        raise VolumeError(f"series {series_uid}: irregular slice spacing {between}")
+    return float((along[-1] - along[0]) / (len(along) - 1))
+
+
+def _check_stacked(series_uid: str, slices: list[_Slice], normal: npt.NDArray[np.float64]) -> None:
+    """Raise unless every slice lies on the normal through the first (no tilt or shift)."""
+    first = slices[0]
+    limit = SHIFT_TOLERANCE * min(first.pixel_spacing)
+    for s in slices[1:]:
+        d = s.position - first.position
+        offset = float(np.linalg.norm(d - np.dot(d, normal) * normal))
+        if offset > limit:
+            raise VolumeError(
+                f"series {series_uid}: instance {s.uid} is shifted {offset:.3f} mm in-plane "
+                f"from instance {first.uid} (gantry tilt or moved field of view); "
+                f"its ImagePositionPatient is {_fmt(s.position)}"
+            )
+
+
+def _pixels(series_uid: str, path: Path) -> npt.NDArray[np.float32]:
+    """The Hounsfield units of one slice (the Modality LUT of that instance applied)."""
+    ds = dcmread(path)
+    try:
+        stored = ds.pixel_array
+        hu = apply_modality_lut(stored, ds)
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError) as exc:
+        raise VolumeError(
+            f"series {series_uid}, instance {_uid(ds)}: pixel data cannot be decoded ({exc})"
+        ) from exc
+    return np.asarray(hu, dtype=np.float32)
+
+
+def _fmt(values: Sequence[float] | npt.NDArray[np.float64]) -> str:
+    return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
+
+
+def _ints(values: Sequence[int]) -> tuple[int, int, int]:
+    x, y, z = (int(v) for v in values)
+    return x, y, z
+
+
+def _floats(values: Sequence[float]) -> Vector:
+    x, y, z = (float(v) for v in values)
+    return x, y, z
+
+
+def _direction(values: Sequence[float]) -> Direction:
+    a, b, c, d, e, f, g, h, i = (float(v) for v in values)
+    return a, b, c, d, e, f, g, h, i
+
+
+# Resampling ---------------------------------------------------------------------------
+
+
+def _image(volume: CtVolume | Any) -> Any:
+    image = volume.image if isinstance(volume, CtVolume) else volume
+    if not isinstance(image, sitk.Image) or image.GetDimension() != 3:
+        raise VolumeError(f"volume: expected a CtVolume or a 3-D SimpleITK image, got {volume!r}")
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    return image
+
+
+def _bounds(image: Any) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The patient-space bounding box (x, y, z) of the voxels' outer edges."""
+    size = np.asarray(image.GetSize(), dtype=np.float64)
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
+    corners = np.array([[i, j, k] for i in (-0.5, 0.5) for j in (-0.5, 0.5) for k in (-0.5, 0.5)])
+    index = (corners + 0.5) * size - 0.5  # -0.5 or size - 0.5 along each axis
+    points = origin + (index * spacing) @ direction.T
+    return points.min(axis=0), points.max(axis=0)
+
+
+def _resample(
+    image: Any,
+    size: Sequence[int],
+    spacing: Sequence[float],
+    origin: Sequence[float],
+    direction: Sequence[float],
+) -> Any:
+    """Linear resampling onto the given grid, anti-aliased along axes that get coarser."""
+    source_spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    coarsest = float(max(spacing))
+    # A Gaussian of sigma (factor - 1) / 2 source voxels, as skimage's anti-aliasing.
+    sigma = np.maximum(0.0, (coarsest / source_spacing - 1.0) / 2.0) * source_spacing
+    if np.any(sigma > 0.0):
+        image = sitk.DiscreteGaussian(image, [float(s) ** 2 for s in sigma], 32, 0.01, True)
+    return sitk.Resample(
+        image,
+        [int(n) for n in size],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        [float(v) for v in origin],
+        [float(v) for v in spacing],
+        [float(v) for v in direction],
+        AIR_HU,
+        sitk.sitkFloat32,
+    )
