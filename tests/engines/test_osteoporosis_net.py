@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engines.models import create
+from engines.models.layers import ArchitectureError
+from engines.models.osteoporosis import BACKBONES, OsteoporosisNet
+from engines.osteoporosis.reduction import fit_reduction
+
+
+@pytest.fixture(scope="module")
+def net() -> OsteoporosisNet:
+    torch.manual_seed(0)
+    model = create("osteoporosis", clinical_width=7, components=4)
+    assert isinstance(model, OsteoporosisNet)
+    return model.eval()
+
+
+def test_the_fitted_reduction_inside_the_network_gives_what_numpy_gives(
+    net: OsteoporosisNet,
+) -> None:
+    images = torch.randn(12, 1, 80, 80, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pooled = net.pooled_features(images)
+    assert {k: v.shape[1] for k, v in pooled.items()} == {
+        "inception_v3": 2048, "resnet50": 2048, "vgg19": 512,
+    }  # fmt: skip
+    features = {k: v.numpy() for k, v in pooled.items()}
+    reduction = fit_reduction(features, components_per_backbone=3, clusters=4)
+    with pytest.raises(ArchitectureError, match=r"reduction: not set"):
+        net.image_components(images[:1])
+    net.set_reduction(reduction)
+    with torch.no_grad():
+        inside = net.image_components(images).numpy()
+        logits = net(images, torch.zeros(12, 7), torch.ones(12, 7))
+    assert np.allclose(inside, reduction.transform(features), atol=1e-3, rtol=1e-4)
+    assert logits.shape == (12, 2)
+
+
+def test_a_reduction_must_fit_the_network(net: OsteoporosisNet) -> None:
+    rng = np.random.default_rng(0)
+    features = {"vgg19": rng.normal(size=(10, 512)), "resnet50": rng.normal(size=(10, 2048))}
+    with pytest.raises(ArchitectureError, match=r"fitted for backbones \['resnet50', 'vgg19'\]"):
+        net.set_reduction(fit_reduction(features, 2, 2))
+    full = {name: rng.normal(size=(10, 8)) for name in BACKBONES}
+    with pytest.raises(ArchitectureError, match=r"selects 2 components, the head expects 4"):
+        net.set_reduction(fit_reduction(full, 2, 2))
+    with pytest.raises(ArchitectureError, match=r"components and clinical_width must be"):
+        OsteoporosisNet(clinical_width=7, components=0)
