@@ -4,6 +4,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from manifests import manifest_for
 
 from dicom_node.config import parse_config
 from dicom_node.config_results import TriageConfig
@@ -11,7 +12,7 @@ from dicom_node.errors import ConfigError
 from dicom_node.models import HipTask, Prediction, SourceImage, TriageDecision
 from dicom_node.triage import PRIORITIES, TriageError, check_overrides, decide, study_priority
 from engines.catalog import engine_spec
-from engines.manifest import Heatmap, Manifest, Preprocessing, TensorSpec
+from engines.manifest import Manifest
 
 DEFAULTS = TriageConfig()
 AP = SourceImage(
@@ -19,28 +20,8 @@ AP = SourceImage(
 )
 
 
-def manifest_for(engine: str) -> Manifest:
-    """A manifest with the catalogue's classes and thresholds; no artefacts on disk."""
-    spec = engine_spec(engine)
-    return Manifest(
-        name=spec.name,
-        version="0.0.0-test",
-        model=spec.model,
-        model_kwargs={},
-        title=spec.title,
-        classes=spec.findings,
-        inputs=(TensorSpec("image", (-1, 1, 64, 64)),),
-        outputs=(TensorSpec("logits", (-1, len(spec.findings))),),
-        preprocessing=Preprocessing(size=64),
-        heatmap=Heatmap(kind=spec.heatmap),
-        artefacts={},
-        probability_output="logits",
-        output_is_logits=True,
-    )
-
-
-SCREEN = manifest_for("hip_screen")
-HIPNET = manifest_for("hipnet")
+SCREEN = manifest_for("hip_screen", "0.0.0-test")
+HIPNET = manifest_for("hipnet", "0.0.0-test")
 
 
 def predict(manifest: Manifest, **probabilities: float) -> Prediction:
@@ -223,7 +204,7 @@ def test_check_overrides_names_an_unknown_urgent_class() -> None:
 
 
 def test_a_prediction_with_other_classes_than_the_manifest_is_refused() -> None:
-    manifest = manifest_for("hip_screen")
+    manifest = manifest_for("hip_screen", "0.0.0-test")
     wrong = replace(predict(manifest), classes=tuple(reversed(manifest.class_names)))
     with pytest.raises(TriageError, match=r"hip_screen: prediction classes .* differ from"):
         decide(wrong, manifest, TriageConfig())

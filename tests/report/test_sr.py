@@ -14,6 +14,7 @@ import highdicom as hd
 import pydicom
 import pytest
 from helpers import run_tool
+from manifests import manifest_for
 from pydicom.dataset import Dataset
 
 from dicom_node.config_results import TriageConfig
@@ -28,8 +29,8 @@ from dicom_node.report.sr import (
 )
 from dicom_node.report.uids import ResultIdentity, device_uid, sr_identity
 from dicom_node.triage import decide, study_priority
-from engines.catalog import Finding, engine_spec
-from engines.manifest import Heatmap, Manifest, Preprocessing, TensorSpec
+from engines.catalog import Finding
+from engines.manifest import Manifest
 from engines.phantoms.studies import write_study
 
 THA = "total_hip_arthroplasty"
@@ -45,26 +46,6 @@ PRIORITY_CODES = {
 PRESENCE_CONCEPT = ("121052", "DCM")
 PRIORITY_CONCEPT = ("260870009", "SCT")
 ALGORITHM_NAME, ALGORITHM_VERSION, ALGORITHM_PARAMETERS = "111001", "111003", "111002"
-
-
-def manifest_for(engine: str) -> Manifest:
-    """A manifest with the catalogue's classes and thresholds; no artefacts on disk."""
-    spec = engine_spec(engine)
-    return Manifest(
-        name=spec.name,
-        version="1.2.3-test",
-        model=spec.model,
-        model_kwargs={},
-        title=spec.title,
-        classes=spec.findings,
-        inputs=(TensorSpec("image", (-1, 1, 64, 64)),),
-        outputs=(TensorSpec("logits", (-1, len(spec.findings))),),
-        preprocessing=Preprocessing(size=64),
-        heatmap=Heatmap(kind=spec.heatmap),
-        artefacts={},
-        probability_output="logits",
-        output_is_logits=True,
-    )
 
 
 SCREEN = manifest_for("hip_screen")

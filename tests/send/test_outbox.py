@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,15 +19,6 @@ RULES = AssemblyConfig(quiet_seconds=5, after_release_seconds=1, max_wait_second
 SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SC = "1.2.840.10008.5.1.4.1.1.7"
 CFG = SendingConfig(max_attempts=4, backoff_seconds=2.0, max_backoff_seconds=5.0)
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Iterator[State]:
-    st = State(tmp_path / "state.db", RULES)
-    try:
-        yield st
-    finally:
-        st.close()
 
 
 def finished_job(

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from orthanc import free_port
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from store_peer import storage_scp
 
 from dicom_node.config_results import Destination
 from dicom_node.models import OutboxItem
@@ -28,57 +24,6 @@ SC = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
 STUDY = "1.2.826.0.1.3680043.8.498.77"
 CALLING = "TRIAGE"
 _ids = count(1)
-
-
-@dataclass
-class Peer:
-    """A running Storage SCP and what it received: (calling AE, SOP class, SOP instance)."""
-
-    port: int
-    status: int
-    script: list[int] = field(default_factory=list)  # statuses for the next stores, in turn
-    received: list[tuple[str, str, str]] = field(default_factory=list)
-    associations: int = 0
-
-
-@contextmanager
-def storage_scp(
-    status: int = 0x0000,
-    ae_title: str = "PACS",
-    port: int = 0,
-    require_called_aet: bool = False,
-    contexts: tuple[str, ...] = (SR, SC),
-    delay: float = 0.0,
-) -> Iterator[Peer]:
-    ae = AE(ae_title=ae_title)
-    ae.require_called_aet = require_called_aet
-    for sop_class in contexts:
-        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    peer = Peer(port=port, status=status)
-
-    def on_store(event: Any) -> int:
-        if delay:
-            time.sleep(delay)
-        ds = event.dataset
-        peer.received.append(
-            (event.assoc.requestor.ae_title, str(ds.SOPClassUID), str(ds.SOPInstanceUID))
-        )
-        return peer.script.pop(0) if peer.script else peer.status
-
-    def on_accepted(event: Any) -> None:
-        peer.associations += 1
-
-    server = ae.start_server(
-        ("127.0.0.1", port),
-        block=False,
-        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_ACCEPTED, on_accepted)],
-    )
-    assert server is not None  # block=False returns the running server
-    try:
-        peer.port = server.server_address[1]
-        yield peer
-    finally:
-        server.shutdown()
 
 
 def result_file(spool: Path, sop_class: str, study: str = STUDY) -> OutboxItem:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from orthanc import free_port, wait_for
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from store_peer import storage_scp
 
 from dicom_node.config import AssemblyConfig
 from dicom_node.config_results import Destination, SendingConfig
@@ -29,56 +26,6 @@ SC = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
 STUDY = "1.2.826.0.1.3680043.8.498.88"
 CALLING = "TRIAGE"
 RULES = AssemblyConfig(quiet_seconds=5, after_release_seconds=1, max_wait_seconds=60)
-
-
-@dataclass
-class Peer:
-    port: int
-    status: int
-    received: list[tuple[str, str, str]] = field(default_factory=list)
-    associations: int = 0
-
-
-@contextmanager
-def storage_scp(
-    status: int = 0x0000, port: int = 0, contexts: tuple[str, ...] = (SR, SC)
-) -> Iterator[Peer]:
-    """A Storage SCP answering ``status``; records (calling AE, SOP class, SOP instance)."""
-    ae = AE(ae_title="PACS")
-    for sop_class in contexts:
-        ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    peer = Peer(port=port, status=status)
-
-    def on_store(event: Any) -> int:
-        ds = event.dataset
-        peer.received.append(
-            (event.assoc.requestor.ae_title, str(ds.SOPClassUID), str(ds.SOPInstanceUID))
-        )
-        return peer.status
-
-    def on_accepted(event: Any) -> None:
-        peer.associations += 1
-
-    server = ae.start_server(
-        ("127.0.0.1", port),
-        block=False,
-        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_ACCEPTED, on_accepted)],
-    )
-    assert server is not None  # block=False returns the running server
-    try:
-        peer.port = server.server_address[1]
-        yield peer
-    finally:
-        server.shutdown()
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Iterator[State]:
-    st = State(tmp_path / "state.db", RULES)
-    try:
-        yield st
-    finally:
-        st.close()
 
 
 @pytest.fixture
