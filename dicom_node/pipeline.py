@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -35,6 +34,7 @@ from dicom_node.report.sr import ReportError, reported_findings
 from dicom_node.results import build_results, summary
 from dicom_node.spool import Spool
 from dicom_node.state import State
+from dicom_node.worker import Worker
 from engines.runtimes import EngineRuntimeError
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-class Pipeline:
+class Pipeline(Worker):
     def __init__(
         self,
         cfg: Config,
@@ -67,49 +67,34 @@ class Pipeline:
         on_results: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        super().__init__("pipeline")
         self.metrics = metrics if metrics is not None else Metrics()
         self.cfg = cfg
         self.state = state
         self.spool = spool
         self.engines = engines
         self.on_results = on_results
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._engine_failures: dict[int, int] = {}
         self._retry_at: dict[int, float] = {}
 
     def start(self) -> None:
         if not self.cfg.destinations:
             log.warning("no destinations configured: results stay in %s/outputs", self.spool.root)
-        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
+        super().start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the job in hand (an unfinished job stays pending for the next start)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        super().stop(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_pending()
-            except Exception:  # the worker must outlive any one failure; it is logged
-                log.exception("pipeline round failed; retrying")
-            self._wake.wait(_IDLE_POLL)
-            self._wake.clear()
+    def round(self) -> float:
+        self.run_pending()
+        return _IDLE_POLL
 
     def run_pending(self) -> int:
         """Process every pending job that is not waiting for a retry; returns how many."""
         count = 0
         for job in self.state.jobs("pending"):
-            if self._stop.is_set():
+            if self.stopping:
                 break
             if self._retry_at.get(job.id, 0.0) > time.time():
                 continue

@@ -16,6 +16,7 @@ from pathlib import Path
 from pynetdicom import AE
 
 from dicom_node.config_results import Destination
+from dicom_node.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def echo(destination: Destination, calling_ae: str, timeout: float) -> str | Non
     return None if code == 0 else f"C-ECHO answered {code if code is None else hex(code)}"
 
 
-class EchoMonitor:
+class EchoMonitor(Worker):
     """Echoes every destination each ``interval`` seconds; remembers the last answer."""
 
     def __init__(
@@ -63,6 +64,7 @@ class EchoMonitor:
         interval: float,
         timeout: float,
     ) -> None:
+        super().__init__("echo")
         self.destinations = tuple(destinations)
         self.calling_ae = calling_ae
         self.interval = interval
@@ -70,23 +72,13 @@ class EchoMonitor:
         self._last_ok: dict[str, float] = {}
         self._last_error: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="echo", daemon=True)
-        self._thread.start()
+    def stop(self, timeout: float | None = None) -> None:
+        super().stop(self.timeout + 5 if timeout is None else timeout)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.timeout + 5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.check_all()
-            self._stop.wait(self.interval)
+    def round(self) -> float:
+        self.check_all()
+        return self.interval
 
     def check_all(self) -> None:
         for destination in self.destinations:

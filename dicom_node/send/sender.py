@@ -8,7 +8,6 @@ or becomes a dead letter after ``sending.max_attempts``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from dicom_node.metrics import Metrics
 from dicom_node.models import OutboxItem
 from dicom_node.send.outbox import Outbox
 from dicom_node.send.peers import Delivery, copy_to_folder, send_dicom
+from dicom_node.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ _AFTER_ERROR = 5.0  # a round that failed as a whole is not retried at once
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR: the study's result
 
 
-class Sender:
+class Sender(Worker):
     def __init__(
         self,
         outbox: Outbox,
@@ -36,43 +36,18 @@ class Sender:
         on_sent: Callable[[OutboxItem, float], None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        super().__init__("sender", after_error=_AFTER_ERROR)
         self.metrics = metrics if metrics is not None else Metrics()
         self.outbox = outbox
         self.destinations = {d.name: d for d in destinations}
         self.spool_dir = spool_dir
         self.calling_ae = calling_ae
         self.on_sent = on_sent
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.send_due(time.time())
-            except Exception:  # the sender must outlive any one failure; it is logged
-                log.exception("sender round failed; retrying in %.0f s", _AFTER_ERROR)
-                self._stop.wait(_AFTER_ERROR)
-                continue
-            next_due = self.outbox.next_due()
-            wait = _IDLE_POLL if next_due is None else min(_IDLE_POLL, next_due - time.time())
-            if wait > 0:
-                self._wake.wait(wait)
-            self._wake.clear()
+    def round(self) -> float:
+        self.send_due(time.time())
+        next_due = self.outbox.next_due()
+        return _IDLE_POLL if next_due is None else min(_IDLE_POLL, next_due - time.time())
 
     def send_due(self, now: float) -> int:
         """One round: deliver everything due; returns how many items were delivered."""
@@ -82,7 +57,7 @@ class Sender:
             by_destination.setdefault(item.destination, []).append(item)
         delivered = 0
         for name, batch in by_destination.items():
-            if self._stop.is_set():
+            if self.stopping:
                 break
             for result in self._deliver(name, batch):
                 delivered += self._record(result)
