@@ -14,9 +14,12 @@ stays pending for the next start) and the sender, and closes the state.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import tempfile
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 from pynetdicom.transport import ThreadedAssociationServer
@@ -136,9 +139,10 @@ class Node:
             problems["spool"] = "not open"
         else:
             try:
-                probe = spool.tmp / ".ready-probe"
-                probe.write_bytes(b"")
-                probe.unlink()
+                # A unique name: /readyz and the metrics scrape may probe at the same time.
+                fd, name = tempfile.mkstemp(dir=spool.tmp, suffix=".ready-probe")
+                os.close(fd)
+                Path(name).unlink()
             except OSError as exc:
                 problems["spool"] = f"not writable: {exc.strerror or exc}"
         if self.echo is not None:
