@@ -61,9 +61,13 @@ def test_results_wait_for_a_pacs_outage_and_are_delivered_after_it(
     try:
         assert send_files(node.port, list(study.files)) == [0]
         database = cfg.storage.database
-        # The PACS is down: the SR and the overlay wait in the outbox, retried with backoff.
-        rows = wait_for(lambda: [r for r in outbox_rows(database) if r[1] >= 3] or None, 60,
-                        "three failed attempts per result")  # fmt: skip
+        # The PACS is down: the SR and the overlays wait in the outbox, retried with backoff.
+
+        def three_failures_each() -> list[tuple[str, int, str | None]] | None:
+            rows = outbox_rows(database)
+            return rows if rows and all(attempts >= 3 for _, attempts, _ in rows) else None
+
+        rows = wait_for(three_failures_each, 60, "three failed attempts per result")
         # Refused, reset or timed out: every error names the destination, none gave up.
         where = f"127.0.0.1:{pacs_port}"
         assert all(state == "pending" and where in (error or "") for state, _, error in rows)
