@@ -27,7 +27,7 @@ import importlib.resources
 import os
 import shutil
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -250,24 +250,38 @@ class TextEncoder:
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> Embeddings:
         import torch
 
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise TextInputError(f"batch_size: expected a positive integer, got {batch_size!r}")
-        batch = _check_texts(texts)
-        out = np.zeros((len(batch), EMBEDDING_DIM), dtype=np.float32)
+        def run(tokens: Tokens) -> Embeddings:
+            embeddings = self.module(
+                torch.from_numpy(tokens.input_ids).to(self.device),
+                torch.from_numpy(tokens.attention_mask).to(self.device),
+            )
+            out: Embeddings = embeddings.float().cpu().numpy()
+            return out
+
         was_training = self.module.training
         self.module.eval()
         try:
             with torch.inference_mode():
-                for start in range(0, len(batch), batch_size):
-                    tokens = self.tokenizer(batch[start : start + batch_size])
-                    embeddings = self.module(
-                        torch.from_numpy(tokens.input_ids).to(self.device),
-                        torch.from_numpy(tokens.attention_mask).to(self.device),
-                    )
-                    out[start : start + len(tokens.input_ids)] = embeddings.float().cpu().numpy()
+                return _encode_batches(self.tokenizer, texts, batch_size, run)
         finally:
             self.module.train(was_training)
-        return out
+
+
+def _encode_batches(
+    tokenizer: TextTokenizer,
+    texts: Sequence[str],
+    batch_size: int,
+    run: Callable[[Tokens], Embeddings],
+) -> Embeddings:
+    """Tokenize ``texts`` in batches and stack what ``run`` makes of each (both encoders)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise TextInputError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    batch = _check_texts(texts)
+    out = np.zeros((len(batch), EMBEDDING_DIM), dtype=np.float32)
+    for start in range(0, len(batch), batch_size):
+        tokens = tokenizer(batch[start : start + batch_size])
+        out[start : start + len(tokens.input_ids)] = run(tokens)
+    return out
 
 
 def export_text_encoder_onnx(
@@ -382,12 +396,9 @@ class OnnxTextEncoder:
         return self.tokenizer.max_length
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> Embeddings:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise TextInputError(f"batch_size: expected a positive integer, got {batch_size!r}")
-        batch = _check_texts(texts)
-        out = np.zeros((len(batch), EMBEDDING_DIM), dtype=np.float32)
-        for start in range(0, len(batch), batch_size):
-            tokens = self.tokenizer(batch[start : start + batch_size])
+        def run(tokens: Tokens) -> Embeddings:
             (embeddings,) = self.session.run([OUTPUT_NAME], tokens.feed())
-            out[start : start + len(tokens.input_ids)] = embeddings
-        return out
+            out: Embeddings = np.asarray(embeddings, dtype=np.float32)
+            return out
+
+        return _encode_batches(self.tokenizer, texts, batch_size, run)
