@@ -60,7 +60,7 @@ def decide(prediction: Prediction, manifest: Manifest, cfg: TriageConfig) -> Tri
                 threshold=threshold,
                 present=probability >= threshold,
                 urgent=(spec.name in urgent) if urgent is not None else spec.high_risk,
-                normal=spec.code == NORMAL_CODE,
+                normal=spec.normal or spec.code == NORMAL_CODE,
             )
         )
     positives = [f for f in findings if f.present and not f.normal]

@@ -35,6 +35,7 @@ class Finding:
     source: str  # dicom | snomed-valueset | broader | none
     threshold: float  # probability at or above which the finding is called present
     high_risk: bool  # a present high-risk finding makes the case URGENT
+    normal: bool = False  # the "no abnormality" class: present is not a finding
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,13 @@ class EngineSpec:
     views: tuple[str, ...]  # the views it takes per hip
     production_size: int  # input edge in pixels for a site's own training
     demo_size: int  # input edge of the demo profile (CPU build in minutes)
-    heatmap: str  # gradcam-gem (from logits + feature map) or interpretive-map
+    heatmap: str  # gradcam-gem | gradcam-avg (from logits + feature map) | interpretive-map | none
     single_label: bool = True
+    # Inputs besides the radiograph views: "ct" (a CT series of the study), "text" (its
+    # clinical text), "clinical" (the patient's age, sex, size and weight).
+    modalities: tuple[str, ...] = ()
+    demo_volume: tuple[int, int, int] | None = None  # CT grid (D, H, W) of the demo profile
+    production_volume: tuple[int, int, int] | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -176,6 +182,45 @@ _FAILURE = (
     ),
 )
 
+_MULTIMODAL = (
+    Finding("normal", "normal", "17621005", "Normal", "dicom", 0.5, False),
+    Finding(
+        "osteoarthritis",
+        "osteoarthritis",
+        "239872002",
+        "Osteoarthritis of hip",
+        "snomed-valueset",
+        0.5,
+        False,
+    ),
+    Finding(
+        "osteonecrosis_of_femoral_head",
+        "osteonecrosis of the femoral head",
+        "444849002",
+        "Avascular necrosis of bone of hip",
+        "snomed-valueset",
+        0.5,
+        False,
+    ),
+    # No SNOMED CT concept for femoroacetabular impingement could be confirmed here.
+    Finding(
+        "femoroacetabular_impingement",
+        "femoroacetabular impingement",
+        None,
+        None,
+        "none",
+        0.5,
+        False,
+    ),
+)
+
+_OSTEOPOROSIS = (
+    Finding("no_osteoporosis", "no osteoporosis", None, None, "none", 0.5, False, normal=True),
+    Finding(
+        "osteoporosis", "osteoporosis", "64859006", "Osteoporosis", "snomed-valueset", 0.5, False
+    ),
+)
+
 ENGINES: dict[str, EngineSpec] = {
     "hip_screen": EngineSpec(
         name="hip_screen",
@@ -198,6 +243,33 @@ ENGINES: dict[str, EngineSpec] = {
         production_size=384,
         demo_size=64,
         heatmap="interpretive-map",
+    ),
+    "hip_multimodal": EngineSpec(
+        name="hip_multimodal",
+        model="hip_multimodal",
+        title="Hip radiograph + CT + clinical text, fused by attention over modality tokens",
+        seed="000",
+        findings=_MULTIMODAL,
+        views=("AP",),
+        production_size=384,
+        demo_size=64,
+        heatmap="gradcam-avg",
+        modalities=("ct", "text"),
+        demo_volume=(16, 32, 32),
+        production_volume=(64, 128, 128),
+    ),
+    "osteoporosis": EngineSpec(
+        name="osteoporosis",
+        model="osteoporosis",
+        title="Osteoporosis risk from a hip radiograph and clinical variables "
+        "(VGG19 + InceptionV3 + ResNet-50 features, PCA, FC network)",
+        seed="003",
+        findings=_OSTEOPOROSIS,
+        views=("AP",),
+        production_size=299,
+        demo_size=80,
+        heatmap="none",
+        modalities=("clinical",),
     ),
 }
 

@@ -45,6 +45,15 @@ class Preprocessing:
     std: float = 0.25
     canonical_side: str = "R"  # left hips are mirrored to look like right hips
     region: str = "hip"  # hip region of an AP pelvis (split at the midline)
+    # Engines with a CT input: the grid (D, H, W) the volume is fitted into after resampling
+    # to isotropic voxels of volume_spacing_mm, and the HU window mapping it to [0, 1].
+    volume: tuple[int, int, int] | None = None
+    volume_spacing_mm: float = 1.0
+    hu_center: float = 500.0
+    hu_width: float = 2000.0
+    # Engines with clinical variables: the columns of the clinical input, in order
+    # (dicom_node.clinical.VECTOR_FIELDS), standardised as ClinicalVariables.as_vector does.
+    clinical: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,7 @@ class Artefact:
 
 @dataclass(frozen=True)
 class Heatmap:
-    kind: str  # gradcam-gem | gradcam-avg | interpretive-map
+    kind: str  # gradcam-gem | gradcam-avg | interpretive-map | none
     features_output: str | None = None  # the feature-map output (Grad-CAM)
     logits_output: str | None = None
     head_artefact: str | None = None  # npz with the linear head's weight (K, C) and bias
@@ -131,7 +140,7 @@ def read_manifest(folder: Path) -> Manifest:
             classes=tuple(Finding(**c) for c in raw["classes"]),
             inputs=tuple(_tensor(t) for t in raw["inputs"]),
             outputs=tuple(_tensor(t) for t in raw["outputs"]),
-            preprocessing=Preprocessing(**raw["preprocessing"]),
+            preprocessing=_preprocessing(raw["preprocessing"]),
             heatmap=Heatmap(**raw["heatmap"]),
             artefacts={k: Artefact(**v) for k, v in raw["artefacts"].items()},
             probability_output=str(raw["probability_output"]),
@@ -161,6 +170,14 @@ def verify_artefacts(manifest: Manifest, folder: Path, keys: tuple[str, ...] = (
                 f"{manifest.name}: artefact {key!r} at {path} has SHA-256 {actual}, "
                 f"manifest says {manifest.artefacts[key].sha256}"
             )
+
+
+def _preprocessing(raw: Mapping[str, Any]) -> Preprocessing:
+    values = dict(raw)
+    if values.get("volume") is not None:
+        values["volume"] = tuple(int(d) for d in values["volume"])
+    values["clinical"] = tuple(str(c) for c in values.get("clinical") or ())
+    return Preprocessing(**values)
 
 
 def _tensor(raw: Mapping[str, Any]) -> TensorSpec:

@@ -1,7 +1,11 @@
 """Package a trained network as an engine folder: checkpoint, ONNX fp32/fp16, head, manifest.
 
 The folder is self-contained and relocatable (paths in the manifest are
-relative); its manifest records the SHA-256 of every artefact.
+relative); its manifest records the SHA-256 of every artefact. Engine-specific
+artefacts: the multimodal engine carries its text encoder (ONNX + tokenizer,
+``text_encoder/``); the osteoporosis engine its fitted reduction (``reduction.npz``,
+also inside the network's buffers and so inside the ONNX graph) and whatever the
+caller adds in ``extras`` (the feature-importance plot).
 """
 
 from __future__ import annotations
@@ -17,13 +21,17 @@ from torch import nn
 from engines.catalog import EngineSpec
 from engines.export import convert_fp16, export_onnx, sha256_of
 from engines.manifest import Artefact, Heatmap, Manifest, Preprocessing, write_manifest
+from engines.models.hip_multimodal import HipMultimodal
 from engines.models.hipnet import HipNet
+from engines.models.osteoporosis import OsteoporosisNet
 from engines.serving import gem_exponent, head_weights, tensor_specs
 
 CHECKPOINT = "model.pt"
 ONNX_FP32 = "model.onnx"
 ONNX_FP16 = "model-fp16.onnx"
 HEAD = "head.npz"
+TEXT_ENCODER_DIR = "text_encoder"
+REDUCTION = "reduction.npz"
 
 
 def package_engine(
@@ -36,35 +44,53 @@ def package_engine(
     training: Mapping[str, Any] | None = None,
     evaluation: Mapping[str, Any] | None = None,
     clinical_use: str = "not for clinical use: trained on synthetic phantoms",
+    volume: tuple[int, int, int] | None = None,
+    clinical: tuple[str, ...] = (),
+    extras: Mapping[str, str] | None = None,
 ) -> Manifest:
-    """Write every artefact of ``model`` into ``folder`` and return the manifest written."""
+    """Write every artefact of ``model`` into ``folder`` and return the manifest written.
+
+    ``volume`` is the CT grid of an engine with a CT input, ``clinical`` the columns of an
+    engine with clinical variables; ``extras`` maps artefact keys to files the caller has
+    already written into ``folder`` (relative paths), to be hashed into the manifest.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     torch.save(model.state_dict(), folder / CHECKPOINT)
-    fp32 = export_onnx(model, folder / ONNX_FP32, size)
+    fp32 = export_onnx(model, folder / ONNX_FP32, size, volume=volume)
     fp16 = convert_fp16(fp32.path, folder / ONNX_FP16)
     artefacts = {
         "checkpoint": _artefact(folder, CHECKPOINT),
         "onnx_fp32": Artefact(ONNX_FP32, fp32.sha256),
         "onnx_fp16": Artefact(ONNX_FP16, fp16.sha256),
     }
-    inputs, outputs = tensor_specs(model, size)
+    for key, relative in (extras or {}).items():
+        artefacts[key] = _artefact(folder, relative)
+    inputs, outputs = tensor_specs(model, size, volume=volume)
+    probability_output, is_logits = "logits", True
     if isinstance(model, HipNet):
         heatmap = Heatmap(kind="interpretive-map", map_output="maps")
         probability_output, is_logits = "probabilities", False
+    elif isinstance(model, OsteoporosisNet):
+        # Pooled features through PCA and a nonlinear head: no linear map back to pixels.
+        heatmap = Heatmap(kind="none")
+        np.savez(folder / REDUCTION, **_reduction_arrays(model))  # type: ignore[arg-type]
+        artefacts["reduction"] = _artefact(folder, REDUCTION)
     else:
-        weight, bias = head_weights(model)
+        branch = model.radiograph if isinstance(model, HipMultimodal) else model
+        weight, bias = head_weights(branch)
         np.savez(folder / HEAD, weight=weight.numpy(), bias=bias.numpy())
         artefacts["head"] = _artefact(folder, HEAD)
-        p = gem_exponent(model)
+        p = gem_exponent(branch)
         heatmap = Heatmap(
             kind="gradcam-gem" if p is not None else "gradcam-avg",
             features_output="features",
-            logits_output="logits",
+            logits_output="radiograph_logits" if isinstance(model, HipMultimodal) else "logits",
             head_artefact="head",
             gem_p=p,
         )
-        probability_output, is_logits = "logits", True
+    if isinstance(model, HipMultimodal):
+        artefacts.update(_text_encoder(folder))
     manifest = Manifest(
         name=spec.name,
         version=version,
@@ -74,7 +100,7 @@ def package_engine(
         classes=spec.findings,
         inputs=inputs,
         outputs=outputs,
-        preprocessing=Preprocessing(size=size),
+        preprocessing=Preprocessing(size=size, volume=volume, clinical=tuple(clinical)),
         heatmap=heatmap,
         artefacts=artefacts,
         probability_output=probability_output,
@@ -85,6 +111,25 @@ def package_engine(
     )
     write_manifest(manifest, folder)
     return manifest
+
+
+def _text_encoder(folder: Path) -> dict[str, Artefact]:
+    """The packaged MiniLM encoder as ONNX with its tokenizer (engines.text_encoder)."""
+    from engines.text_encoder import ONNX_FILENAME, TOKENIZER_FILENAME, export_text_encoder_onnx
+
+    export_text_encoder_onnx(folder / TEXT_ENCODER_DIR)
+    return {
+        "text_encoder": _artefact(folder, f"{TEXT_ENCODER_DIR}/{ONNX_FILENAME}"),
+        "text_tokenizer": _artefact(folder, f"{TEXT_ENCODER_DIR}/{TOKENIZER_FILENAME}"),
+    }
+
+
+def _reduction_arrays(model: OsteoporosisNet) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {"selected": model.selected.numpy()}
+    for name in model.backbone_names:
+        arrays[f"mean_{name}"] = getattr(model, f"mean_{name}").numpy()
+        arrays[f"basis_{name}"] = getattr(model, f"basis_{name}").numpy()
+    return arrays
 
 
 def _artefact(folder: Path, name: str) -> Artefact:

@@ -6,7 +6,13 @@ sees the same tensors under the same names:
 - classifiers (``hip_screen``): ``image`` -> ``logits``, ``features`` (the last
   feature map, for single-pass Grad-CAM);
 - Hip-Net: ``ap``, ``lateral``, ``lateral_present`` -> ``probabilities``,
-  ``maps`` (spatial per-class probability maps), ``pji_risk`` (0-100).
+  ``maps`` (spatial per-class probability maps), ``pji_risk`` (0-100);
+- the multimodal engine: ``radiograph``, ``ct`` (N, 1, D, H, W), ``text`` (N, 384
+  sentence embedding), ``present`` (N, 3: radiograph, CT, text) -> ``logits`` (fused),
+  ``radiograph_logits`` and ``features`` (the radiograph branch, for Grad-CAM),
+  ``attention`` (N, 3: the weight of each modality);
+- the osteoporosis engine: ``image``, ``clinical`` (N, F raw values), ``missing`` (N, F
+  of 0/1) -> ``logits``.
 """
 
 from __future__ import annotations
@@ -16,14 +22,21 @@ from torch import Tensor, nn
 
 from engines.manifest import TensorSpec
 from engines.models.base import Classifier
+from engines.models.hip_multimodal import MODALITIES, HipMultimodal
 from engines.models.hip_screen import HipScreen
 from engines.models.hipnet import HipNet
 from engines.models.layers import ArchitectureError, GeM
+from engines.models.osteoporosis import OsteoporosisNet
 
 CLASSIFIER_INPUTS = ("image",)
 CLASSIFIER_OUTPUTS = ("logits", "features")
 HIPNET_INPUTS = ("ap", "lateral", "lateral_present")
 HIPNET_OUTPUTS = ("probabilities", "maps", "pji_risk")
+MULTIMODAL_INPUTS = ("radiograph", "ct", "text", "present")
+MULTIMODAL_OUTPUTS = ("logits", "radiograph_logits", "features", "attention")
+OSTEOPOROSIS_INPUTS = ("image", "clinical", "missing")
+OSTEOPOROSIS_OUTPUTS = ("logits",)
+DEFAULT_VOLUME = (16, 32, 32)  # CT grid of example inputs when none is given
 
 
 class ClassifierGraph(nn.Module):
@@ -45,37 +58,87 @@ class HipNetGraph(nn.Module):
         return outputs
 
 
+class MultimodalGraph(nn.Module):
+    def __init__(self, model: HipMultimodal) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, radiograph: Tensor, ct: Tensor, text: Tensor, present: Tensor
+    ) -> tuple[Tensor, ...]:
+        outputs: tuple[Tensor, Tensor, Tensor, Tensor] = self.model(radiograph, ct, text, present)
+        return outputs
+
+
+class OsteoporosisGraph(nn.Module):
+    def __init__(self, model: OsteoporosisNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor, clinical: Tensor, missing: Tensor) -> tuple[Tensor]:
+        return (self.model(image, clinical, missing),)
+
+
 def serving_graph(model: nn.Module) -> nn.Module:
     """Wrap an engine's network so that it takes and returns the named tensors."""
     if isinstance(model, HipNet):
         return HipNetGraph(model)
+    if isinstance(model, HipMultimodal):
+        return MultimodalGraph(model)
+    if isinstance(model, OsteoporosisNet):
+        return OsteoporosisGraph(model)
     if isinstance(model, Classifier | HipScreen):
         return ClassifierGraph(model)
     raise ArchitectureError(f"no serving graph for {type(model).__name__}")
 
 
 def input_names(model: nn.Module) -> tuple[str, ...]:
-    return HIPNET_INPUTS if isinstance(model, HipNet) else CLASSIFIER_INPUTS
+    if isinstance(model, HipNet):
+        return HIPNET_INPUTS
+    if isinstance(model, HipMultimodal):
+        return MULTIMODAL_INPUTS
+    if isinstance(model, OsteoporosisNet):
+        return OSTEOPOROSIS_INPUTS
+    return CLASSIFIER_INPUTS
 
 
 def output_names(model: nn.Module) -> tuple[str, ...]:
-    return HIPNET_OUTPUTS if isinstance(model, HipNet) else CLASSIFIER_OUTPUTS
+    if isinstance(model, HipNet):
+        return HIPNET_OUTPUTS
+    if isinstance(model, HipMultimodal):
+        return MULTIMODAL_OUTPUTS
+    if isinstance(model, OsteoporosisNet):
+        return OSTEOPOROSIS_OUTPUTS
+    return CLASSIFIER_OUTPUTS
 
 
-def example_inputs(model: nn.Module, size: int, batch: int = 1) -> tuple[Tensor, ...]:
+def example_inputs(
+    model: nn.Module,
+    size: int,
+    batch: int = 1,
+    volume: tuple[int, int, int] | None = None,
+) -> tuple[Tensor, ...]:
+    """Zeros of the serving graph's input shapes; ``volume`` is the CT grid (D, H, W)."""
     channels = _in_channels(model)
     image = torch.zeros(batch, channels, size, size)
     if isinstance(model, HipNet):
         return image, image.clone(), torch.ones(batch)
+    if isinstance(model, HipMultimodal):
+        ct = torch.zeros(batch, 1, *(volume or DEFAULT_VOLUME))
+        text = torch.zeros(batch, model.text_dim)
+        return image, ct, text, torch.ones(batch, len(MODALITIES))
+    if isinstance(model, OsteoporosisNet):
+        width = model.head.clinical_width
+        return image, torch.zeros(batch, width), torch.zeros(batch, width)
     return (image,)
 
 
 def tensor_specs(
-    model: nn.Module, size: int
+    model: nn.Module, size: int, volume: tuple[int, int, int] | None = None
 ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """Input and output specs with -1 for the batch axis (output shapes from a dry run)."""
     graph = serving_graph(model).eval()
-    inputs = example_inputs(model, size)
+    inputs = example_inputs(model, size, volume=volume)
     with torch.no_grad():
         outputs = graph(*inputs)
     return (

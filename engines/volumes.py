@@ -229,6 +229,44 @@ def hu_window(
     return np.clip((values - (center - 0.5 * width)) / width, 0.0, 1.0).astype(np.float32)
 
 
+def volume_image(
+    array: npt.ArrayLike,
+    spacing: tuple[float, float, float],
+    origin: Vector = (0.0, 0.0, 0.0),
+) -> Any:
+    """A [z, y, x] HU array with (slice, row, column) ``spacing`` in mm as an axial
+    ``sitk.Image`` (identity direction): what :func:`read_ct_series` gives for an axial
+    series of those voxels, for volumes that never were files (training phantoms)."""
+    values = np.asarray(array, dtype=np.float32)
+    if values.ndim != 3:
+        raise VolumeError(f"array: expected [z, y, x], got shape {list(values.shape)}")
+    if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise VolumeError(f"spacing: expected three positive mm values, got {spacing!r}")
+    image = sitk.GetImageFromArray(values)
+    dz, dy, dx = (float(v) for v in spacing)
+    image.SetSpacing((dx, dy, dz))
+    image.SetOrigin(tuple(float(v) for v in origin))
+    return image
+
+
+def engine_volume(
+    volume: CtVolume | Any,
+    grid: tuple[int, int, int],
+    spacing_mm: float = 1.0,
+    window: tuple[float, float] = BONE_WINDOW,
+    mean: float = 0.5,
+    std: float = 0.25,
+) -> npt.NDArray[np.float32]:
+    """An engine's CT input (D, H, W): isotropic resampling to ``spacing_mm``, the
+    fixed ``grid`` in patient axes, the HU ``window`` (center, width) to [0, 1], then
+    ``(x - mean) / std`` like the radiographs. Training and serving both call this."""
+    if not (math.isfinite(std) and std > 0):
+        raise VolumeError(f"std: expected a positive number, got {std!r}")
+    windowed = hu_window(to_grid(resample_isotropic(volume, spacing_mm), grid), *window)
+    out: npt.NDArray[np.float32] = ((windowed - mean) / std).astype(np.float32)
+    return out
+
+
 # Reading ------------------------------------------------------------------------------
 
 

@@ -46,6 +46,7 @@ class HipMultimodal(nn.Module):
             raise ArchitectureError(
                 f"embed_dim: expected a multiple of heads ({heads}), got {embed_dim}"
             )
+        self.text_dim = text_dim
         self.radiograph = create_classifier("resnet50", num_classes=num_classes, in_channels=1)
         self.ct = create_classifier("resnet3d50", num_classes=num_classes, in_channels=1)
         self.project = nn.ModuleList(

@@ -54,6 +54,29 @@ class OsteoporosisNet(nn.Module):
         self.register_buffer("selected", torch.zeros(components, dtype=torch.long))
         self.head = FusionHead(components, clinical_width)
 
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self,
+        state_dict,
+        prefix,
+        local_metadata,
+        strict,
+        missing_keys,
+        unexpected_keys,
+        error_msgs,
+    ) -> None:
+        """Take the fitted reduction's shapes from the checkpoint: the PCA basis and the
+        selection are sized at fit time, so a fresh network loads a fitted one's weights."""
+        for name in self.backbone_names:
+            key = f"{prefix}basis_{name}"
+            if key in state_dict:
+                setattr(self, f"basis_{name}", torch.zeros_like(state_dict[key]))
+        if f"{prefix}selected" in state_dict:
+            self.selected = torch.zeros_like(state_dict[f"{prefix}selected"])
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+            error_msgs,
+        )  # fmt: skip
+
     def _backbone(self, name: str) -> Classifier:
         module = self.backbones[name]
         if not isinstance(module, Classifier):

@@ -30,6 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from dicom_node.synthetic import StudyIdentity, make_ct_series, write
 from engines.models.hip_multimodal import MULTIMODAL_CLASSES
 from engines.phantoms.phantom import PhantomError, Streams, check_choice, check_seed
+from engines.volumes import volume_image
 
 Array = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
@@ -96,6 +98,15 @@ def ct_hip(
         draft.draw_hip(hip)
     hu = _render(draft, hip, streams.get(BODY), streams.get(NOISE))
     return CtPhantom(hu, g.spacing, draft.mask, label)
+
+
+def phantom_image(phantom: CtPhantom) -> Any:
+    """``phantom`` as the ``sitk.Image`` that reading its written series gives (axial,
+    centred on the patient origin like :func:`write_ct_study_series`), without files."""
+    depth, height, width = phantom.array.shape
+    dz, dy, dx = phantom.spacing
+    origin = (-0.5 * (width - 1) * dx, -0.5 * (height - 1) * dy, -0.5 * (depth - 1) * dz)
+    return volume_image(phantom.array, phantom.spacing, origin)
 
 
 def write_ct_study_series(

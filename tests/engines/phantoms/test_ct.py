@@ -17,10 +17,11 @@ from engines.phantoms.ct import (
     HU_RANGE,
     CtPhantom,
     ct_hip,
+    phantom_image,
     write_ct_study_series,
 )
 from engines.phantoms.phantom import PhantomError
-from engines.volumes import read_ct_series
+from engines.volumes import engine_volume, read_ct_series
 
 LESIONS = [label for label in MULTIMODAL_CLASSES if label != "normal"]
 
@@ -190,3 +191,21 @@ def test_series_passes_dciodvfy(tmp_path: Path, dciodvfy: Callable[[Path], list[
     phantom = ct_hip("osteoarthritis", 2, shape=(8, 32, 32))
     paths = write_ct_study_series(tmp_path, phantom, StudyIdentity.synthetic(2))
     assert dciodvfy(paths[0]) == []
+
+
+def test_phantom_image_is_what_reading_the_written_series_gives(tmp_path: Path) -> None:
+    """Training feeds phantoms without files; the node reads files: same engine input."""
+    phantom = ct_hip("femoroacetabular_impingement", 3, shape=(12, 40, 36))
+    paths = write_ct_study_series(tmp_path, phantom, StudyIdentity.synthetic(3))
+    series = str(dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+    read = read_ct_series(paths, series)
+    image = phantom_image(phantom)
+    assert read.image.GetSize() == image.GetSize()
+    assert np.allclose(read.image.GetSpacing(), image.GetSpacing())
+    assert np.allclose(read.image.GetOrigin(), image.GetOrigin(), atol=1e-3)
+    assert np.allclose(read.image.GetDirection(), image.GetDirection())
+    from_files = engine_volume(read, (8, 16, 16))
+    in_memory = engine_volume(image, (8, 16, 16))
+    assert from_files.shape == (8, 16, 16)
+    # The series stores whole HU; the window maps 2000 HU to 4 units, so 0.5 HU is 1e-3.
+    assert np.abs(from_files - in_memory).max() < 2e-3
