@@ -20,6 +20,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import Config
+from dicom_node.ct_input import CtCache
 from dicom_node.infer import EngineSet, HipBatchItem
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.preprocess import HipInput, ImageCache, PreprocessError, hip_input
@@ -68,14 +69,20 @@ def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]
 
 
 def _run(
-    tasks: Sequence[HipTask], engines: EngineSet, cache: ImageCache, cfg: Config
+    tasks: Sequence[HipTask],
+    engines: EngineSet,
+    cache: ImageCache,
+    volumes: CtCache,
+    cfg: Config,
 ) -> tuple[list[HipOutcome], list[tuple[str, float]]]:
     by_engine: dict[str, list[HipBatchItem]] = {}
     for task in tasks:
         pre = engines.manifest(task.engine).preprocessing
         ap = hip_input(cache.get(task.ap), task.side, pre)
         lateral = hip_input(cache.get(task.lateral), task.side, pre) if task.lateral else None
-        by_engine.setdefault(task.engine, []).append(HipBatchItem(task, ap, lateral))
+        ct = volumes.get(task.ct_series, pre) if pre.volume is not None else None
+        item = HipBatchItem(task, ap, lateral, ct, task.ap.clinical)
+        by_engine.setdefault(task.engine, []).append(item)
     outcomes: list[HipOutcome] = []
     seconds: list[tuple[str, float]] = []
     for engine, items in by_engine.items():
@@ -92,6 +99,7 @@ def analyse_study(
     study_uid: str, images: Sequence[SourceImage], engines: EngineSet, cfg: Config
 ) -> StudyAnalysis:
     cache = ImageCache()
+    volumes = CtCache(images)
     tasks = plan_tasks(images, cfg.routing)
     done: list[HipTask] = []
     hips: list[HipOutcome] = []
@@ -99,7 +107,7 @@ def analyse_study(
     for _ in range(_MAX_CASCADE_DEPTH):
         if not tasks:
             break
-        outcomes, spent = _run(tasks, engines, cache, cfg)
+        outcomes, spent = _run(tasks, engines, cache, volumes, cfg)
         hips += outcomes
         seconds += spent
         done += tasks

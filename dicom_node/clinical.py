@@ -133,6 +133,12 @@ class ClinicalText:
         return not self.parts
 
     @property
+    def request(self) -> ClinicalText:
+        """The request and history parts: all but the Study Description, which names the
+        protocol rather than the clinical question (the text engines read this)."""
+        return ClinicalText(tuple(p for p in self.parts if p.source != "StudyDescription"))
+
+    @property
     def sources(self) -> tuple[str, ...]:
         """The keywords that contributed, in order, each once."""
         return tuple(dict.fromkeys(part.source for part in self.parts))

@@ -43,6 +43,9 @@ ROUTING_ATTRIBUTES = (
     "SeriesDescription",
     "Manufacturer",
 )
+# What a rule may require of a study besides its conditions: a CT series, clinical text,
+# or the patient's demographics in the image's header (dicom_node.clinical).
+REQUIREMENTS = ("ct", "text", "age", "sex", "height", "weight")
 HEATMAP_POLICIES = ("positive", "positive-or-top", "none")
 DESTINATION_TYPES = ("dicom", "folder")
 
@@ -63,11 +66,13 @@ class Condition:
 
 @dataclass(frozen=True)
 class RoutingRule:
-    """Instances matching every condition of ``when`` go to ``engine``."""
+    """Instances matching every condition of ``when`` go to ``engine``, when the study
+    also has everything in ``requires`` (REQUIREMENTS)."""
 
     name: str
     engine: str
     when: tuple[Condition, ...] = ()
+    requires: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,14 +90,15 @@ _DEFAULT_RADIOGRAPH = (
 )
 
 
+_DEFAULT_AP = (*_DEFAULT_RADIOGRAPH, Condition("ViewPosition", values=("AP", "PA")))
+
+
 @dataclass(frozen=True)
 class RoutingConfig:
     rules: tuple[RoutingRule, ...] = (
-        RoutingRule(
-            "hip-ap-radiographs",
-            "hip_screen",
-            (*_DEFAULT_RADIOGRAPH, Condition("ViewPosition", values=("AP", "PA"))),
-        ),
+        RoutingRule("hip-ap-radiographs", "hip_screen", _DEFAULT_AP),
+        RoutingRule("hip-radiograph-with-ct", "hip_multimodal", _DEFAULT_AP, ("ct",)),
+        RoutingRule("hip-osteoporosis-risk", "osteoporosis", _DEFAULT_AP, ("age", "sex")),
     )
     cascade: tuple[CascadeRule, ...] = (
         CascadeRule("hip_screen", "total_hip_arthroplasty", "hipnet"),
@@ -169,15 +175,21 @@ def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingCo
 def _rule(item: Any, path: str, engines: tuple[str, ...]) -> RoutingRule:
     if not isinstance(item, dict):
         raise ConfigError(f"{path}: expected a mapping, got {show(item)}")
-    known(item, path, {"name", "engine", "when"})
+    known(item, path, {"name", "engine", "when", "requires"})
     for key in ("name", "engine"):
         if key not in item:
             raise ConfigError(f"{path}.{key}: required, got nothing")
     when = sub_mapping(item, "when", f"{path}.when")
+    requires = as_list(item.get("requires", []), f"{path}.requires")
+    for i, value in enumerate(requires):
+        if value not in REQUIREMENTS:
+            choices = ", ".join(REQUIREMENTS)
+            raise ConfigError(f"{path}.requires[{i}]: expected one of {choices}, got {show(value)}")
     return RoutingRule(
         name=get_key(item, "name", path, "", as_name),
         engine=_engine(item["engine"], f"{path}.engine", engines),
         when=tuple(_condition(k, v, f"{path}.when.{k}") for k, v in when.items()),
+        requires=tuple(dict.fromkeys(requires)),
     )
 
 

@@ -4,7 +4,15 @@ Each engine is opened once from ``engines.cache_dir/<name>`` on the configured
 backend (see :mod:`engines.runtimes`). Probabilities come from the manifest's
 probability output (softmax when it holds logits). Heat maps come from the same
 forward pass: Grad-CAM from the last feature map and the linear head for the
-screening engine, the interpretive probability maps for Hip-Net.
+screening engine (and the multimodal engine's radiograph branch), the
+interpretive probability maps for Hip-Net; the osteoporosis engine has none.
+
+Multi-input engines get their other inputs by name: ``ct`` (the prepared volume,
+zeros when the study has none), ``text`` (the clinical text's embedding from the
+engine's own text encoder, run here with ONNX Runtime whatever the backend),
+``present`` (which of radiograph, CT and text are there), ``clinical`` and
+``missing`` (the patient's variables and their missing mask). Clinical text is
+patient data: it goes to the encoder and nowhere else.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from dicom_node.clinical import VECTOR_FIELDS, ClinicalContext
 from dicom_node.config import EnginesConfig
 from dicom_node.errors import DicomNodeError
 from dicom_node.models import HipTask, Prediction
@@ -25,8 +34,16 @@ from engines.gradcam import grad_cam
 from engines.gradcam import normalise as normalise_map
 from engines.manifest import Manifest, ManifestError, verify_artefacts
 from engines.runtimes import EngineRuntimeError, Runtime, RuntimeOptions, open_runtime
+from engines.text_encoder import EMBEDDING_DIM, OnnxTextEncoder, TextEncoderError
 
 log = logging.getLogger(__name__)
+
+
+# The order of the multimodal engine's ``present`` input and ``attention`` output
+# (engines.models.hip_multimodal.MODALITIES; a test holds the two together).
+MODALITY_ORDER = ("radiograph", "ct", "text")
+# The demographics the osteoporosis engine reads (BMI is derived from size and weight).
+CLINICAL_INPUTS = ("age", "sex", "height", "weight")
 
 
 class EngineUnavailableError(DicomNodeError, RuntimeError):
@@ -38,6 +55,8 @@ class HipBatchItem:
     task: HipTask
     ap: HipInput
     lateral: HipInput | None
+    ct: npt.NDArray[np.float32] | None = None  # the engine's CT input (D, H, W)
+    clinical: ClinicalContext | None = None
 
 
 @dataclass
@@ -45,6 +64,7 @@ class _Engine:
     manifest: Manifest
     runtime: Runtime
     head: npt.NDArray[np.float32] | None  # (K, C) linear head for Grad-CAM
+    text: OnnxTextEncoder | None = None
 
 
 def _softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -89,10 +109,31 @@ class EngineSet:
                 path = manifest.artefact_path(folder, manifest.heatmap.head_artefact)
                 with np.load(path) as npz:
                     head = np.asarray(npz["weight"], dtype=np.float32)
-        except (ManifestError, EngineRuntimeError, OSError, KeyError) as exc:
+            text = EngineSet._text_encoder(manifest, folder, options)
+            clinical = manifest.preprocessing.clinical
+            if clinical and tuple(clinical) != VECTOR_FIELDS:
+                raise ManifestError(
+                    f"preprocessing.clinical: expected the columns {list(VECTOR_FIELDS)}, "
+                    f"got {list(clinical)}"
+                )
+        except (ManifestError, EngineRuntimeError, TextEncoderError, OSError, KeyError) as exc:
             raise EngineUnavailableError(f"engine {name!r} in {folder}: {exc}") from exc
         log.info("engine %s %s ready (%s)", manifest.name, manifest.version, runtime.backend)
-        return _Engine(manifest, runtime, head)
+        return _Engine(manifest, runtime, head, text)
+
+    @staticmethod
+    def _text_encoder(
+        manifest: Manifest, folder: Path, options: RuntimeOptions
+    ) -> OnnxTextEncoder | None:
+        if not any(spec.name == "text" for spec in manifest.inputs):
+            return None
+        keys = ("text_encoder", "text_tokenizer")
+        verify_artefacts(manifest, folder, keys)
+        return OnnxTextEncoder(
+            manifest.artefact_path(folder, keys[0]),
+            manifest.artefact_path(folder, keys[1]),
+            threads=options.threads or None,
+        )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -118,10 +159,42 @@ class EngineSet:
             return []
         engine = self._engine(name)
         m = engine.manifest
+        batch, inputs = self._batch(engine, items)
+        outputs = engine.runtime.infer(batch)
+        scores = outputs[m.probability_output]
+        probabilities = _softmax(scores) if m.output_is_logits else scores
+        maps = self._heatmaps(engine, outputs, probabilities.shape[1])
+        attention = outputs.get("attention")
+        pji = outputs.get("pji_risk")
+        predictions = []
+        for n, item in enumerate(items):
+            predictions.append(
+                Prediction(
+                    task=item.task,
+                    version=m.version,
+                    classes=m.class_names,
+                    probabilities=tuple(float(p) for p in probabilities[n]),
+                    heatmaps={} if maps is None else
+                    {c: maps[n, k] for k, c in enumerate(m.class_names)},
+                    pji_risk=None if pji is None else float(pji[n]),
+                    inputs=inputs[n],
+                    attention={} if attention is None else
+                    {k: float(w) for k, w in zip(MODALITY_ORDER, attention[n], strict=True)},
+                )
+            )  # fmt: skip
+        return predictions
+
+    @staticmethod
+    def _batch(
+        engine: _Engine, items: Sequence[HipBatchItem]
+    ) -> tuple[dict[str, npt.NDArray[np.float32]], list[dict[str, bool]]]:
+        """The engine's named inputs for ``items``, and which inputs each item had."""
+        m = engine.manifest
         pre = m.preprocessing
-        ap = np.stack([normalise(i.ap.pixels, pre) for i in items])[:, None]
         names = [spec.name for spec in m.inputs]
+        ap = np.stack([normalise(i.ap.pixels, pre) for i in items])[:, None]
         batch: dict[str, npt.NDArray[np.float32]] = {names[0]: ap}
+        inputs: list[dict[str, bool]] = [{} for _ in items]
         if "lateral" in names:
             present = np.array([i.lateral is not None for i in items], dtype=np.float32)
             lateral = np.stack(
@@ -132,31 +205,56 @@ class EngineSet:
             )[:, None]
             batch["lateral"] = lateral
             batch["lateral_present"] = present
-        outputs = engine.runtime.infer(batch)
-        scores = outputs[m.probability_output]
-        probabilities = _softmax(scores) if m.output_is_logits else scores
-        maps = self._heatmaps(engine, outputs, probabilities.shape[1])
-        predictions = []
-        for n, item in enumerate(items):
-            pji = outputs.get("pji_risk")
-            predictions.append(
-                Prediction(
-                    task=item.task,
-                    version=m.version,
-                    classes=m.class_names,
-                    probabilities=tuple(float(p) for p in probabilities[n]),
-                    heatmaps={c: maps[n, k] for k, c in enumerate(m.class_names)},
-                    pji_risk=None if pji is None else float(pji[n]),
-                )
-            )
-        return predictions
+        if "ct" in names:
+            grid = pre.volume or (1, 1, 1)
+            empty = np.zeros(grid, dtype=np.float32)
+            batch["ct"] = np.stack([empty if i.ct is None else i.ct for i in items])[:, None]
+        if "text" in names:
+            batch["text"], has_text = EngineSet._embeddings(engine, items)
+            flags = [(True, i.ct is not None, t) for i, t in zip(items, has_text, strict=True)]
+            batch["present"] = np.array(flags, dtype=np.float32)
+            for n, flag in enumerate(flags):
+                inputs[n] = dict(zip(MODALITY_ORDER, flag, strict=True))
+        if "clinical" in names:
+            vectors = [EngineSet._clinical(i) for i in items]
+            batch["clinical"] = np.stack([v for v, _ in vectors])
+            batch["missing"] = np.stack([gone for _, gone in vectors]).astype(np.float32)
+            for n, item in enumerate(items):
+                variables = item.clinical.variables if item.clinical else None
+                inputs[n] = {
+                    k: variables is not None and not variables.is_missing(k)
+                    for k in CLINICAL_INPUTS
+                }
+        return batch, inputs
+
+    @staticmethod
+    def _embeddings(
+        engine: _Engine, items: Sequence[HipBatchItem]
+    ) -> tuple[npt.NDArray[np.float32], list[bool]]:
+        texts = ["" if i.clinical is None else i.clinical.text.request.text for i in items]
+        has_text = [bool(t) for t in texts]
+        out = np.zeros((len(items), EMBEDDING_DIM), dtype=np.float32)
+        if any(has_text) and engine.text is not None:
+            rows = [n for n, t in enumerate(has_text) if t]
+            out[rows] = engine.text.encode([texts[n] for n in rows])
+        return out, has_text
+
+    @staticmethod
+    def _clinical(item: HipBatchItem) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        if item.clinical is None:
+            width = len(VECTOR_FIELDS)
+            return np.zeros(width, dtype=np.float32), np.ones(width, dtype=np.bool_)
+        return item.clinical.variables.as_vector(standardise=True)
 
     @staticmethod
     def _heatmaps(
         engine: _Engine, outputs: dict[str, npt.NDArray[np.float32]], classes: int
-    ) -> npt.NDArray[np.float32]:
-        """(N, K, h, w) maps in [0, 1] on the engine's output grid."""
+    ) -> npt.NDArray[np.float32] | None:
+        """(N, K, h, w) maps in [0, 1] on the engine's output grid; None for an engine
+        whose manifest says it has none."""
         spec = engine.manifest.heatmap
+        if spec.kind == "none":
+            return None
         if spec.kind == "interpretive-map" and spec.map_output:
             raw = outputs[spec.map_output]
         elif spec.features_output and engine.head is not None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from dicom_node.clinical import ClinicalContext
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,8 @@ class SourceImage:
     view: str  # View Position, upper case ("" when absent)
     laterality: str  # R, L, B or "" (Image Laterality, else the series Laterality)
     attributes: Mapping[str, str]  # the routing attributes, "" when absent
+    # The study's clinical text and the patient's variables from this header (never logged).
+    clinical: ClinicalContext | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,7 @@ class HipTask:
     ap: SourceImage
     lateral: SourceImage | None = None
     rule: str = ""  # the routing rule or cascade that chose it
+    ct_series: str | None = None  # the study's CT series, for engines with a CT input
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,10 @@ class Prediction:
     probabilities: tuple[float, ...]
     heatmaps: Mapping[str, npt.NDArray[np.float32]]  # class -> [0, 1] map on the input grid
     pji_risk: float | None = None
+    # Each input of a multi-input engine and whether it was there (a missing one is masked).
+    inputs: Mapping[str, bool] = field(default_factory=dict)
+    # The engine's attention over its modalities (multimodal engine), summing to 1.
+    attention: Mapping[str, float] = field(default_factory=dict)
 
     def probability(self, name: str) -> float:
         return self.probabilities[self.classes.index(name)]

@@ -4,7 +4,7 @@ Which overlays are made follows ``results.heatmaps``: one per source AP image
 and engine, showing each hip's reported finding (its positive findings, the
 most probable one first) and, with ``positive-or-top``, the most probable class
 of hips with none. Lateral views get no overlay: the engines' maps are on the
-AP grid.
+AP grid. An engine without heat maps (osteoporosis) gets none.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def _overlay_hip(hip: HipOutcome, policy: str) -> OverlayHip | None:
     if not positives and policy != "positive-or-top":
         return None
     finding = reported_findings(decision)[0]
+    if finding.name not in decision.prediction.heatmaps:
+        return None
     return OverlayHip(
         region=hip.ap.region,
         geometry=hip.ap.geometry,
@@ -119,6 +121,8 @@ def summary(analysis: StudyAnalysis) -> str:
                     for f in reported_findings(d)
                 ],
                 "pji_risk": d.prediction.pji_risk,
+                "inputs": dict(d.prediction.inputs),
+                "attention": {k: round(v, 4) for k, v in d.prediction.attention.items()},
             }
         )
     return json.dumps(

@@ -215,7 +215,17 @@ _MULTIMODAL = (
 )
 
 _OSTEOPOROSIS = (
-    Finding("no_osteoporosis", "no osteoporosis", None, None, "none", 0.5, False, normal=True),
+    # The engine's "nothing found" class, coded Normal like the other engines' normal class.
+    Finding(
+        "no_osteoporosis",
+        "no osteoporosis",
+        "17621005",
+        "Normal",
+        "dicom",
+        0.5,
+        False,
+        normal=True,
+    ),
     Finding(
         "osteoporosis", "osteoporosis", "64859006", "Osteoporosis", "snomed-valueset", 0.5, False
     ),

@@ -52,6 +52,14 @@ def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def fusion_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An engines.cache_dir with hip_multimodal and osteoporosis packaged untrained (~40 s)."""
+    from fusion_engines import package_fusion_engines
+
+    return package_fusion_engines(tmp_path_factory.mktemp("fusion-cache"))
+
+
 @pytest.fixture
 def dcmtk_env() -> dict[str, str]:
     """Environment for dcmtk tools; skips when dcmtk is not installed."""

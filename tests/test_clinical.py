@@ -75,6 +75,12 @@ def test_text_gathers_every_source_in_a_stable_order() -> None:
     )
     assert text.sources == tuple(TEXT_SOURCES)
     assert not text.empty
+    # What the engines read: the request and history, not the protocol's name.
+    assert text.request.sources == tuple(TEXT_SOURCES[:-1])
+    assert text.request.text.endswith("Long-term steroids. SLE.")
+    only_description = Dataset()
+    only_description.StudyDescription = "XR PELVIS"
+    assert text_from_dataset(only_description).request.empty
     # Attribute order in the dataset does not matter.
     again = Dataset()
     for keyword in reversed(list(full_text_dataset().dir())):

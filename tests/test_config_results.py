@@ -28,9 +28,16 @@ def test_defaults_route_ap_radiographs_to_hip_screen_and_cascade_to_hipnet() -> 
     parsed = parse_config({})
     for section in ("routing", "triage", "results", "sending", "destinations"):
         assert getattr(parsed, section) == getattr(cfg, section), section
-    (rule,) = cfg.routing.rules
-    assert (rule.name, rule.engine) == ("hip-ap-radiographs", "hip_screen")
+    rule, multimodal, osteoporosis = cfg.routing.rules
+    assert (rule.name, rule.engine, rule.requires) == ("hip-ap-radiographs", "hip_screen", ())
     assert [c.attribute for c in rule.when] == ["Modality", "BodyPartExamined", "ViewPosition"]
+    # The same radiographs go to the fusion engines when the study has what they need.
+    assert (multimodal.engine, multimodal.when, multimodal.requires) == (
+        "hip_multimodal", rule.when, ("ct",)
+    )
+    assert (osteoporosis.engine, osteoporosis.when, osteoporosis.requires) == (
+        "osteoporosis", rule.when, ("age", "sex")
+    )
     assert cfg.routing.cascade == (
         CascadeRule(after="hip_screen", finding="total_hip_arthroplasty", engine="hipnet"),
     )
@@ -184,7 +191,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"routing": {"rules": ["x"]}}, r"^routing\.rules\[0\]: expected a mapping, got 'x'"),
     (
         {"routing": {"rules": [{"name": "a", "engine": "hip_screen", "if": {}}]}},
-        r"^routing\.rules\[0\]\.if: unknown key in routing\.rules\[0\] \(known: engine, name, when\)",
+        r"^routing\.rules\[0\]\.if: unknown key in routing\.rules\[0\] \(known: engine, name, requires, when\)",
     ),
     (
         {"routing": {"rules": [{"engine": "hip_screen"}]}},
@@ -213,6 +220,15 @@ BAD: list[tuple[dict[str, Any], str]] = [
             }
         },
         r"^routing\.rules\[2\]\.name: duplicate rule name, got 'a'",
+    ),
+    (
+        {"routing": {"rules": [{"name": "a", "engine": "osteoporosis", "requires": ["bmi"]}]}},
+        r"^routing\.rules\[0\]\.requires\[0\]: expected one of ct, text, age, sex, height, "
+        r"weight, got 'bmi'",
+    ),
+    (
+        {"routing": {"rules": [{"name": "a", "engine": "osteoporosis", "requires": "age"}]}},
+        r"^routing\.rules\[0\]\.requires: expected a list, got 'age'",
     ),
     (
         {"routing": {"rules": [{"name": "a", "engine": "hip_scree"}]}},

@@ -35,3 +35,21 @@ HEATMAP_METHODS = {
 SOURCE_FOR_PROCESSING = Code("121322", "DCM", "Source image for image processing operation")
 
 LATERALITY = {"R": RIGHT, "L": LEFT}
+
+# Which inputs a multi-input engine had, each as a Present/Absent evaluation of the
+# input's own concept: the two acquisition modalities (CID 29), the request's
+# indications for the clinical text, the subject's age and sex (DCM) and LOINC's body
+# height and weight (vital-signs codes).
+INPUT_CODES = {
+    "radiograph": Code("DX", "DCM", "Digital Radiography"),  # CID 29
+    "ct": Code("CT", "DCM", "Computed Tomography"),  # CID 29
+    "text": Code("121109", "DCM", "Indications for Procedure"),
+    "age": Code("121033", "DCM", "Subject Age"),
+    "sex": Code("121032", "DCM", "Subject Sex"),
+    "height": Code("8302-2", "LN", "Body height"),
+    "weight": Code("29463-7", "LN", "Body weight"),
+}
+INPUT_WORDS = {"radiograph": "radiograph", "ct": "CT", "text": "clinical text"}
+COMMENT = Code("121106", "DCM", "Comment")  # CID 12101
+# The finding type of a class with no confirmed SNOMED CT concept; a Comment names it.
+FINDING = Code("121071", "DCM", "Finding")

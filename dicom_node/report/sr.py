@@ -8,6 +8,15 @@ qualitative evaluation (Present/Absent), the hip's priority, the algorithm
 finding present; when none is, its most probable class (with presence Absent,
 or "Normal" present). A last group carries the study's triage priority, which
 the Series Description also states so a worklist column shows it.
+
+Multi-input engines say what they were given: one Present/Absent evaluation per
+input (radiograph, CT, clinical text; or age, sex, height, weight), so a missing
+modality is on record. Two Comments (TEXT) say the rest in words: the multimodal
+engine's attention over its modalities (its reliance on each input, summing to 1)
+and, for an engine whose manifest carries a feature-importance analysis
+(osteoporosis), its ranking. A class without a confirmed SNOMED CT concept has the
+generic finding type DCM "Finding" and a Comment that names it: only standard
+coding schemes, so every viewer and validator reads the report.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import highdicom as hd
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.sr.enum import RelationshipTypeValues
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
@@ -28,9 +37,7 @@ from dicom_node.report.uids import ResultIdentity, device_uid
 from engines.manifest import Manifest
 
 SIDE_WORDS = {"R": "right", "L": "left"}
-# A class with no confirmed SNOMED CT concept is coded in the node's own scheme,
-# declared in the Coding Scheme Identification Sequence as PS3.3 C.12.1.1.2 asks.
-LOCAL_SCHEME = "99DICOMNODE"
+IMPORTANCE_SHOWN = 6  # the most important features the TEXT names
 
 
 class ReportError(DicomNodeError, ValueError):
@@ -58,10 +65,30 @@ def _finding_code(manifest: Manifest, name: str) -> Code:
     if spec is None:
         raise ReportError(f"{manifest.name}: no class {name!r} in its manifest")
     if spec.code is None or spec.meaning is None:
-        # No SNOMED CT concept could be confirmed for this class (docs/engines.md):
-        # name it in the engine's own scheme rather than borrow a wrong concept.
-        return Code(name[:16].upper(), LOCAL_SCHEME, spec.display)
+        # No SNOMED CT concept could be confirmed for this class (docs/engines.md): the
+        # generic "Finding", named by a Comment, rather than a borrowed wrong concept.
+        return codes.FINDING
     return Code(spec.code, "SCT", spec.meaning)
+
+
+def _comments(
+    manifest: Manifest, finding: HipFinding, attention: Mapping[str, float],
+    inputs: Mapping[str, bool],
+) -> list[str]:  # fmt: skip
+    texts = []
+    spec = next(c for c in manifest.classes if c.name == finding.name)
+    if spec.code is None:
+        texts.append(f"finding: {spec.display} (no SNOMED CT concept confirmed)")
+    if attention:
+        parts = [
+            f"{codes.INPUT_WORDS.get(k, k)} {w:.2f}" + ("" if inputs.get(k, True) else " (missing)")
+            for k, w in attention.items()
+        ]
+        texts.append("model reliance on each input (attention weights): " + ", ".join(parts))
+    summary = importance_summary(manifest)
+    if summary:
+        texts.append(summary)
+    return texts
 
 
 def _group(
@@ -85,13 +112,18 @@ def _group(
         f"threshold={finding.threshold:.3f}",
         f"views={'AP+LATERAL' if task.lateral else 'AP'}",
     ]
-    if decision.prediction.pji_risk is not None:
-        parameters.append(f"pji_risk={decision.prediction.pji_risk:.1f}")
+    prediction = decision.prediction
+    if prediction.pji_risk is not None:
+        parameters.append(f"pji_risk={prediction.pji_risk:.1f}")
+    inputs = [
+        hd.sr.QualitativeEvaluation(codes.INPUT_CODES[k], codes.PRESENT if given else codes.ABSENT)
+        for k, given in prediction.inputs.items()
+    ]
     tracking = hd.sr.TrackingIdentifier(
         uid=_tracking_uid(study_uid, manifest, task.side, finding),
         identifier=f"{manifest.name} {SIDE_WORDS[task.side]} hip #{number}",
     )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         finding_type=_finding_code(manifest, finding.name),
         finding_sites=[hd.sr.FindingSite(codes.HIP_JOINT, laterality=codes.LATERALITY[task.side])],
@@ -108,11 +140,34 @@ def _group(
                 codes.PRESENCE, codes.PRESENT if finding.present else codes.ABSENT
             ),
             hd.sr.QualitativeEvaluation(codes.PRIORITY, codes.PRIORITY_VALUES[decision.priority]),
+            *inputs,
         ],
         source_images=[
             hd.sr.SourceImageForMeasurementGroup.from_source_image(headers[uid]) for uid in sources
         ],
     )
+    for text in _comments(manifest, finding, prediction.attention, prediction.inputs):
+        group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.COMMENT, value=text, relationship_type=RelationshipTypeValues.CONTAINS
+            )
+        )
+    return group
+
+
+def importance_summary(manifest: Manifest) -> str:
+    """``permutation importance (drop of ROC AUC, held-out phantoms): age 0.120, ...``
+    from the manifest's evaluation, or "" when the engine has none."""
+    ranking = manifest.evaluation.get("importance")
+    if not isinstance(ranking, list) or not ranking:
+        return ""
+    data = manifest.evaluation.get("data", "held-out data")
+    parts = [
+        f"{item['name']} {float(item['mean']):.3f}"
+        for item in ranking[:IMPORTANCE_SHOWN]
+        if isinstance(item, Mapping) and "name" in item and "mean" in item
+    ]
+    return f"permutation importance (drop of ROC AUC, {data}): " + ", ".join(parts)
 
 
 def _tracking_uid(study_uid: str, manifest: Manifest, side: str, finding: HipFinding) -> str:
@@ -190,26 +245,4 @@ def build_sr(
         institution_name=institution_name,
         series_description=description(priority, decisions),
         is_complete=True,
-        coding_schemes=_local_scheme(groups),
     )
-
-
-def _local_scheme(
-    groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations],
-) -> list[CodingSchemeIdentificationItem] | None:
-    """Declare the local scheme only when a finding uses it (dciodvfy warns on any 99 scheme)."""
-    used = any(
-        item.ConceptCodeSequence[0].CodingSchemeDesignator == LOCAL_SCHEME
-        for group in groups
-        for item in group[0].ContentSequence
-        if "ConceptCodeSequence" in item
-    )
-    if not used:
-        return None
-    return [
-        CodingSchemeIdentificationItem(
-            designator=LOCAL_SCHEME,
-            name="dicom-node engine classes",
-            responsible_organization=MANUFACTURER,
-        )
-    ]

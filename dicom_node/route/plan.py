@@ -4,28 +4,43 @@ An AP-type image a rule selects gives one task per hip it shows (a pelvis both,
 an image of one hip that hip). A dual-view engine pairs the hip's AP region with
 the study's lateral view of the same side (View Position in
 ``routing.lateral_views``, laterality R or L); without one it runs on the AP
-alone, which the engine handles as a missing view. The cascade adds tasks for
-hips an earlier engine found with a finding.
+alone, which the engine handles as a missing view. An engine with a CT input gets
+the study's CT series (the one with the most instances); without one the engine
+masks the CT. A rule's ``requires`` holds it back unless the study has a CT series,
+clinical text, or the named demographics in the image's header. The cascade adds
+tasks for hips an earlier engine found with a finding.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from dicom_node.config_results import RoutingConfig
+from dicom_node.clinical import ClinicalContext, ClinicalError, from_dataset
+from dicom_node.config_results import RoutingConfig, RoutingRule
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.route.rules import attributes_of, rule_matches
 from engines.catalog import engine_spec
 
+log = logging.getLogger(__name__)
+
 SIDES = ("R", "L")
+MIN_CT_SLICES = 2
 
 
 def source_image(ds: Dataset, path: Path, calling_ae: str) -> SourceImage:
     attributes = attributes_of(ds, calling_ae)
     laterality = (attributes["ImageLaterality"] or attributes["Laterality"]).upper()
+    clinical: ClinicalContext | None = None
+    if attributes["Modality"] != "CT":  # the radiographs carry what the engines read
+        try:
+            clinical = from_dataset(ds)
+        except ClinicalError as exc:  # names attributes, never values
+            log.warning("SOP instance %s: clinical data not read (%s)", ds.SOPInstanceUID, exc)
     return SourceImage(
         sop_instance_uid=str(ds.SOPInstanceUID),
         sop_class_uid=str(ds.SOPClassUID),
@@ -34,7 +49,29 @@ def source_image(ds: Dataset, path: Path, calling_ae: str) -> SourceImage:
         view=attributes["ViewPosition"].upper(),
         laterality=laterality,
         attributes=attributes,
+        clinical=clinical,
     )
+
+
+def ct_series(images: Sequence[SourceImage]) -> str | None:
+    """The study's CT series with the most instances (at least MIN_CT_SLICES), else None."""
+    counts = Counter(i.series_uid for i in images if i.attributes.get("Modality") == "CT")
+    best = max(counts.items(), key=lambda item: item[1], default=None)
+    return best[0] if best is not None and best[1] >= MIN_CT_SLICES else None
+
+
+def _has(requirement: str, image: SourceImage, images: Sequence[SourceImage]) -> bool:
+    if requirement == "ct":
+        return ct_series(images) is not None
+    if image.clinical is None:
+        return False
+    if requirement == "text":
+        return not image.clinical.text.request.empty
+    return not image.clinical.variables.is_missing(requirement)
+
+
+def requirements_met(rule: RoutingRule, image: SourceImage, images: Sequence[SourceImage]) -> bool:
+    return all(_has(r, image, images) for r in rule.requires)
 
 
 def _sides(image: SourceImage) -> tuple[str, ...]:
@@ -59,9 +96,10 @@ def _task(
     routing: RoutingConfig,
     rule: str,
 ) -> HipTask:
-    dual = "LATERAL" in engine_spec(engine).views
-    lateral = _lateral(images, side, routing) if dual else None
-    return HipTask(engine=engine, side=side, ap=ap, lateral=lateral, rule=rule)
+    spec = engine_spec(engine)
+    lateral = _lateral(images, side, routing) if "LATERAL" in spec.views else None
+    ct = ct_series(images) if "ct" in spec.modalities else None
+    return HipTask(engine=engine, side=side, ap=ap, lateral=lateral, rule=rule, ct_series=ct)
 
 
 def plan_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[HipTask, ...]:
@@ -77,6 +115,8 @@ def plan_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[H
             continue  # a lateral view is only ever the partner of an AP region
         for rule in routing.rules:
             if not rule_matches(rule, image.attributes):
+                continue
+            if not requirements_met(rule, image, images):
                 continue
             for side in _sides(image):
                 key = (rule.engine, image.sop_instance_uid, side)

@@ -13,7 +13,7 @@ from typing import Any
 import highdicom as hd
 import pydicom
 import pytest
-from helpers import run_tool
+from helpers import dciodvfy_findings, run_tool
 from manifests import manifest_for
 from pydicom.dataset import Dataset
 
@@ -21,7 +21,6 @@ from dicom_node.config_results import TriageConfig
 from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
 from dicom_node.models import HipFinding, HipTask, Prediction, SourceImage, TriageDecision
 from dicom_node.report.sr import (
-    LOCAL_SCHEME,
     ReportError,
     build_sr,
     description,
@@ -206,14 +205,6 @@ def groups_of(sr: Dataset) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
 def saved(sr: Dataset, path: Path) -> Path:
     sr.save_as(path, enforce_file_format=True)
     return path
-
-
-def dciodvfy_findings(path: Path) -> list[str]:
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
-    result = run_tool(["dciodvfy", str(path)], env=dict(os.environ))
-    lines = (result.stderr + result.stdout).splitlines()
-    return [line for line in lines if line.startswith(("Error", "Warning"))]
 
 
 # --- reported_findings and description ------------------------------------------------
@@ -442,7 +433,9 @@ def test_normal_hips_report_normal_present(study: Study) -> None:
     assert qualitative(groups[-1]) == {PRIORITY_CONCEPT: PRIORITY_CODES["NONE"]}
 
 
-def test_class_without_a_code_uses_the_declared_local_scheme(study: Study) -> None:
+def test_class_without_a_code_is_a_generic_finding_named_by_a_comment(
+    study: Study, tmp_path: Path
+) -> None:
     uncoded = tuple(
         replace(c, code=None, meaning=None, source="none") if c.name == "polyethylene_wear" else c
         for c in HIPNET.classes
@@ -455,13 +448,19 @@ def test_class_without_a_code_uses_the_declared_local_scheme(study: Study) -> No
     finding = group.finding_type
     assert finding is not None
     assert (finding.value, finding.scheme_designator, finding.meaning) == (
-        "POLYETHYLENE_WEA",
-        LOCAL_SCHEME,
-        "polyethylene wear",
+        "121071",
+        "DCM",
+        "Finding",
     )
-    (scheme,) = sr.CodingSchemeIdentificationSequence
-    assert scheme.CodingSchemeDesignator == LOCAL_SCHEME
-    assert scheme.CodingSchemeResponsibleOrganization == MANUFACTURER
+    comments = [
+        str(item.TextValue)
+        for item in group[0].ContentSequence
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"
+    ]
+    assert comments == ["finding: polyethylene wear (no SNOMED CT concept confirmed)"]
+    # Standard schemes only: nothing to declare, nothing for dciodvfy to warn about.
+    assert "CodingSchemeIdentificationSequence" not in sr
+    assert dciodvfy_findings(saved(sr, tmp_path / "sr.dcm")) == []
 
 
 # --- reading back and independent checkers ----------------------------------------------

@@ -185,7 +185,7 @@ def test_calling_ae_and_series_description_conditions() -> None:
 
 
 def test_rule_matches_treats_a_missing_attribute_as_empty() -> None:
-    (rule,) = DEFAULT.rules
+    rule = DEFAULT.rules[0]
     attributes = {"Modality": "DX", "ViewPosition": "AP"}  # no BodyPartExamined: optional
     assert rule_matches(rule, attributes)
     assert not rule_matches(rule, {"Modality": "DX"})
@@ -320,3 +320,63 @@ def test_cascade_only_follows_its_first_engine() -> None:
     assert (
         cascade_tasks([decision(screen_r, total_hip_arthroplasty=0.9)], [pelvis], no_cascade) == ()
     )
+
+
+def ct_slice(uid: str, series: str = "1.2.3.200") -> SourceImage:
+    ds = header(uid, Modality="CT", ViewPosition="", BodyPartExamined="HIP")
+    ds.SOPClassUID = CT
+    ds.SeriesInstanceUID = series
+    return source_image(ds, Path(f"spool/{uid}.dcm"), "PACS")
+
+
+def test_a_radiograph_with_a_ct_series_also_goes_to_the_multimodal_engine() -> None:
+    pelvis = image("1")
+    slices = [ct_slice(str(n)) for n in range(10, 14)]
+    other = ct_slice("20", series="1.2.3.300")  # a second, smaller CT series
+    tasks = plan_tasks([pelvis, other, *slices], DEFAULT)
+    assert [(t.engine, t.side, t.ct_series) for t in tasks] == [
+        ("hip_screen", "R", None),
+        ("hip_screen", "L", None),
+        ("hip_multimodal", "R", "1.2.3.200"),
+        ("hip_multimodal", "L", "1.2.3.200"),
+    ]
+    assert tasks[2].rule == "hip-radiograph-with-ct"
+    # One CT slice is no volume: the rule that requires a CT holds back.
+    tasks = plan_tasks([pelvis, slices[0]], DEFAULT)
+    assert {t.engine for t in tasks} == {"hip_screen"}
+
+
+def test_a_radiograph_with_age_and_sex_also_goes_to_the_osteoporosis_engine() -> None:
+    ds = header("1", ImageLaterality="R", PatientAge="071Y", PatientSex="F")
+    with_demographics = source_image(ds, Path("spool/1.dcm"), "PACS")
+    assert with_demographics.clinical is not None
+    tasks = plan_tasks([with_demographics], DEFAULT)
+    assert [(t.engine, t.side, t.rule) for t in tasks] == [
+        ("hip_screen", "R", "hip-ap-radiographs"),
+        ("osteoporosis", "R", "hip-osteoporosis-risk"),
+    ]
+    # Age alone is not enough by default; the requirement is configurable.
+    ds = header("2", ImageLaterality="R", PatientAge="071Y")
+    age_only = source_image(ds, Path("spool/2.dcm"), "PACS")
+    assert {t.engine for t in plan_tasks([age_only], DEFAULT)} == {"hip_screen"}
+    routing = parse_config(
+        {"routing": {"rules": [{"name": "bone", "engine": "osteoporosis", "requires": ["age"]}],
+                     "cascade": []}}
+    ).routing  # fmt: skip
+    assert [t.engine for t in plan_tasks([age_only], routing)] == ["osteoporosis"]
+
+
+def test_a_rule_may_require_clinical_text() -> None:
+    routing = parse_config(
+        {"routing": {"rules": [{"name": "fusion", "engine": "hip_multimodal",
+                                "requires": ["text"]}], "cascade": []}}
+    ).routing  # fmt: skip
+    silent = image("1", ImageLaterality="L")
+    ds = header("2", ImageLaterality="L", AdditionalPatientHistory="groin pain, ?FAI")
+    told = source_image(ds, Path("spool/2.dcm"), "PACS")
+    assert plan_tasks([silent], routing) == ()
+    (task,) = plan_tasks([told], routing)
+    assert (task.engine, task.side, task.ct_series) == ("hip_multimodal", "L", None)
+    # The text is kept for the engine, never shown in a repr (logs).
+    assert "FAI" not in repr(told) and told.clinical is not None
+    assert "FAI" in told.clinical.text.text

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -25,11 +28,25 @@ FORCE_FINDINGS = {
 }
 
 
+# The default routing's screening rule (its cascade stays the default); the fusion
+# engines' rules are left out: most tests package only hip_screen and hipnet.
+SCREEN_RULE = {
+    "name": "hip-ap-radiographs",
+    "engine": "hip_screen",
+    "when": {
+        "Modality": ["DX", "CR"],
+        "BodyPartExamined": "(?i)(HIP|PELVIS)?",
+        "ViewPosition": ["AP", "PA"],
+    },
+}
+
+
 def pipeline_config(spool: Path, engine_cache: Path, **dotted: Any) -> Config:
-    """:func:`config_for` with the default routing and the test engines in ``engine_cache``."""
+    """:func:`config_for` with the screening rule and cascade of the default routing and the
+    test engines in ``engine_cache``."""
+    dotted.setdefault("routing", {"rules": [SCREEN_RULE]})
     return config_for(
         spool,
-        routing={},
         engines={"cache_dir": str(engine_cache), "backend": "onnxruntime", "threads": 2},
         sending={"backoff_seconds": 0.2, "max_backoff_seconds": 1, "timeout_seconds": 10},
         **dotted,
@@ -89,3 +106,12 @@ def run_tool(
     return subprocess.run(
         args, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def dciodvfy_findings(path: Path) -> list[str]:
+    """The Error and Warning lines dciodvfy reports for a file; skips without dicom3tools."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    result = run_tool(["dciodvfy", str(path)], env=dict(os.environ))
+    lines = (result.stderr + result.stdout).splitlines()
+    return [line for line in lines if line.startswith(("Error", "Warning"))]

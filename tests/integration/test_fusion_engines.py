@@ -1,0 +1,183 @@
+"""The fusion engines through a running node: DX + CT + request text to the multimodal
+engine, DX + demographics to the osteoporosis engine, and what the reports say.
+
+Studies go in over DICOM (pynetdicom client), results come out to a folder
+destination; every result object is checked with dciodvfy. The engines are the
+untrained test packages (mechanics, not accuracy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from dicom_clients import send_files
+from helpers import dciodvfy_findings, pipeline_config
+from orthanc import wait_for
+from pydicom.dataset import Dataset
+
+from dicom_node.node import Node
+from dicom_node.synthetic import write
+from engines.phantoms.clinical import ClinicalPhantom, multimodal_case, osteoporosis_case
+from engines.phantoms.ct import ct_hip, write_ct_study_series
+from engines.phantoms.studies import PhantomStudy, write_study
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+AP_RULE_WHEN = {"Modality": ["DX", "CR"], "ViewPosition": ["AP", "PA"]}
+RULES = [
+    {"name": "with-ct", "engine": "hip_multimodal", "when": AP_RULE_WHEN, "requires": ["ct"]},
+    # A study with request text but no CT also goes to the multimodal engine (CT masked).
+    {"name": "with-text", "engine": "hip_multimodal", "when": AP_RULE_WHEN, "requires": ["text"]},
+    {"name": "bone", "engine": "osteoporosis", "when": AP_RULE_WHEN, "requires": ["age", "sex"]},
+]
+
+
+def stamp(study: PhantomStudy, case: ClinicalPhantom) -> None:
+    for path in study.files:
+        write(case.stamp(pydicom.dcmread(path)), path)
+
+
+def items(content: Any) -> Iterator[Dataset]:
+    for item in content:
+        yield item
+        yield from items(item.get("ContentSequence", []))
+
+
+def groups(sr: Dataset) -> list[dict[str, Any]]:
+    """Per measurement group: the algorithm, the input evaluations, the NUMs and TEXTs."""
+    out = []
+    for group in items(sr.ContentSequence):
+        name = group.ConceptNameCodeSequence[0].CodeMeaning
+        if group.ValueType != "CONTAINER" or name != "Measurement Group":
+            continue
+        found: dict[str, Any] = {"codes": {}, "nums": {}, "texts": {}}
+        for item in items(group.ContentSequence):
+            meaning = item.ConceptNameCodeSequence[0].CodeMeaning
+            if item.ValueType == "CODE":
+                found["codes"][meaning] = item.ConceptCodeSequence[0].CodeMeaning
+            elif item.ValueType == "NUM":
+                found["nums"][meaning] = float(item.MeasuredValueSequence[0].NumericValue)
+            elif item.ValueType == "TEXT":
+                found["texts"].setdefault(meaning, []).append(str(item.TextValue))
+        found["engine"] = found["texts"].get("Algorithm Name", [None])[0]
+        out.append(found)
+    return out
+
+
+def reliance(group: dict[str, Any]) -> dict[str, float]:
+    """The attention weights the group's Comment states, by input."""
+    (text,) = [t for t in group["texts"]["Comment"] if t.startswith("model reliance")]
+    return {m: float(w) for m, w in re.findall(r"(radiograph|CT|clinical text) ([0-9.]+)", text)}
+
+
+def results_of(out: Path, study_uid: str, count: int) -> list[Dataset]:
+    folder = out / study_uid
+    files = wait_for(
+        lambda: (sorted(folder.glob("*.dcm")) if len(list(folder.glob("*.dcm"))) >= count
+                 else None),
+        120,
+        f"{count} result objects of study {study_uid}",
+    )  # fmt: skip
+    for path in files:
+        assert dciodvfy_findings(path) == [], path.name
+    return [pydicom.dcmread(p) for p in files]
+
+
+@pytest.fixture
+def fusion_node(tmp_path: Path, fusion_cache: Path) -> Iterator[Node]:
+    cfg = pipeline_config(
+        tmp_path / "spool", fusion_cache,
+        routing={"rules": RULES, "cascade": []},
+        destinations=[{"name": "files", "type": "folder", "path": str(tmp_path / "out")}],
+    )  # fmt: skip
+    node = Node(cfg)
+    node.start()
+    yield node
+    node.stop(drain_seconds=1)
+
+
+def test_dx_ct_and_text_give_a_multimodal_sr_and_demographics_an_osteoporosis_sr(
+    fusion_node: Node, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "out"
+    # A: DX pelvis + CT series + request text (and demographics).
+    full = write_study(tmp_path / "a", 611, "osteoarthritis", "normal", size=64)
+    text_case = multimodal_case("femoroacetabular_impingement", 3)
+    assert text_case.texts, "seed 3 has a request text"
+    stamp(full, text_case)
+    ct = write_ct_study_series(tmp_path / "a", ct_hip("osteoarthritis", 611), full.identity)
+    # B: DX + request text, no CT: the multimodal engine runs with its CT input masked.
+    no_ct = write_study(tmp_path / "b", 612, "normal", "normal", size=64)
+    stamp(no_ct, text_case)
+    # C: DX + age/sex/size/weight only: the osteoporosis engine alone.
+    bone_case = osteoporosis_case("osteoporosis", 4)
+    bone = write_study(tmp_path / "c", 613, "normal", "normal", size=64)
+    stamp(bone, dataclasses.replace(bone_case, texts={}, age_years=bone_case.age_years or 74,
+                                    sex=bone_case.sex or "F"))  # fmt: skip
+    assert send_files(fusion_node.port, [*full.files, *ct]) == [0] * (len(full.files) + len(ct))
+    assert send_files(fusion_node.port, list(no_ct.files)) == [0]
+    assert send_files(fusion_node.port, list(bone.files)) == [0]
+
+    # A: one SR (both engines' groups) and the multimodal engine's Grad-CAM overlay.
+    a = results_of(out, full.identity.study_uid, 2)
+    (sr,) = [ds for ds in a if ds.SOPClassUID == SR_CLASS]
+    assert len(a) == 2, "an SR and one overlay (the osteoporosis engine has no heat map)"
+    multimodal = [g for g in groups(sr) if g["engine"] == "hip_multimodal"]
+    assert multimodal, "the multimodal engine reported"
+    for g in multimodal:
+        assert g["codes"]["Digital Radiography"] == "Present"
+        assert g["codes"]["Computed Tomography"] == "Present"
+        assert g["codes"]["Indications for Procedure"] == "Present"
+        weights = reliance(g)
+        assert set(weights) == {"radiograph", "CT", "clinical text"}
+        assert all(w > 0 for w in weights.values())
+        assert sum(weights.values()) == pytest.approx(1.0, abs=0.02)
+        if g["codes"]["Finding"] == "Finding":  # FAI: no SNOMED CT concept, named in words
+            assert any("femoroacetabular" in t for t in g["texts"]["Comment"])
+    osteoporosis = [g for g in groups(sr) if g["engine"] == "osteoporosis"]
+    assert osteoporosis and all(g["codes"]["Subject Age"] == "Present" for g in osteoporosis)
+    assert "CodingSchemeIdentificationSequence" not in sr  # standard schemes only
+    (overlay,) = [ds for ds in a if ds.SOPClassUID != SR_CLASS]
+    assert "hip_multimodal" in str(overlay.SeriesDescription) + str(overlay.DerivationDescription)
+    state = fusion_node.state
+    assert state is not None
+    (job,) = [j for j in state.jobs() if j.study_uid == full.identity.study_uid]
+    hips = json.loads(job.summary or "{}")["hips"]
+    attention = [h["attention"] for h in hips if h["engine"] == "hip_multimodal"]
+    assert attention and all(sum(a.values()) == pytest.approx(1.0, abs=1e-3) for a in attention)
+
+    # B: the CT is reported missing and the engine gave it no weight.
+    b = results_of(out, no_ct.identity.study_uid, 2)
+    (sr,) = [ds for ds in b if ds.SOPClassUID == SR_CLASS]
+    multimodal = [g for g in groups(sr) if g["engine"] == "hip_multimodal"]
+    assert multimodal
+    for g in multimodal:
+        assert g["codes"]["Computed Tomography"] == "Absent"
+        assert g["codes"]["Indications for Procedure"] == "Present"
+        assert reliance(g)["CT"] == 0.0
+        assert any("CT 0.00 (missing)" in t for t in g["texts"]["Comment"])
+
+    # C: the osteoporosis SR only: its inputs and its feature-importance summary.
+    (sr,) = results_of(out, bone.identity.study_uid, 1)
+    found = groups(sr)
+    assert {g["engine"] for g in found} == {"osteoporosis", None}  # None: the study group
+    bone_groups = [g for g in found if g["engine"] == "osteoporosis"]
+    assert {g["codes"]["Finding Site"] for g in bone_groups} == {"Hip joint"}
+    for g in bone_groups:
+        assert g["codes"]["Subject Sex"] == "Present"
+        (importance,) = g["texts"]["Comment"]
+        assert importance.startswith("permutation importance (drop of ROC AUC, held-out")
+        assert "age 0.121, image 0.080, bmi 0.011" in importance
+    assert {j.state for j in state.jobs()} == {"done"}
+
+    # The request text stayed inside the node: no log line carries it.
+    for phrase in text_case.texts.values():
+        assert not any(phrase in record.getMessage() for record in caplog.records), phrase

@@ -1,0 +1,127 @@
+"""EngineSet with the fusion engines: CT, text and clinical inputs by name, missing ones
+masked and recorded, attention per modality; the osteoporosis engine has no heat map."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import yaml
+
+from dicom_node.clinical import from_dataset
+from dicom_node.config import EnginesConfig
+from dicom_node.infer import MODALITY_ORDER, EngineSet, EngineUnavailableError, HipBatchItem
+from dicom_node.models import HipTask
+from dicom_node.preprocess import PreparedImage, hip_input, load_image
+from dicom_node.route.plan import source_image
+from engines.models.hip_multimodal import MODALITIES
+from engines.phantoms.clinical import multimodal_case
+from engines.phantoms.ct import ct_hip, phantom_image
+from engines.phantoms.studies import write_study
+from engines.volumes import engine_volume
+
+
+@pytest.fixture(scope="module")
+def engines(fusion_cache: Path) -> Iterator[EngineSet]:
+    cfg = EnginesConfig(cache_dir=fusion_cache, backend="onnxruntime", threads=1)
+    opened = EngineSet(cfg, ["hip_multimodal", "osteoporosis"])
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture(scope="module")
+def pelvis(tmp_path_factory: pytest.TempPathFactory) -> PreparedImage:
+    study = write_study(tmp_path_factory.mktemp("study"), 9, "normal", "osteoarthritis", size=64)
+    path = study.files[0]
+    return load_image(source_image(pydicom.dcmread(path), path, "PACS"))
+
+
+def item(
+    engines: EngineSet, engine: str, pelvis: PreparedImage, side: str, *, ct: bool, text: bool
+) -> HipBatchItem:
+    pre = engines.manifest(engine).preprocessing
+    task = HipTask(engine, side, pelvis.source)
+    ds = copy.deepcopy(pelvis.header)
+    ds.StudyDescription = "XR PELVIS"  # the protocol's name: never the engine's text
+    if text:
+        multimodal_case("osteoarthritis", 1).stamp(ds)
+    volume = None
+    if ct:
+        assert pre.volume is not None
+        volume = engine_volume(phantom_image(ct_hip("osteoarthritis", 1)), pre.volume)
+    return HipBatchItem(task, hip_input(pelvis, side, pre), None, volume, from_dataset(ds))
+
+
+def test_modality_order_is_the_networks() -> None:
+    assert MODALITY_ORDER == MODALITIES
+
+
+def test_missing_ct_and_text_are_masked_and_recorded(
+    engines: EngineSet, pelvis: PreparedImage
+) -> None:
+    batch = [
+        item(engines, "hip_multimodal", pelvis, "R", ct=True, text=True),
+        item(engines, "hip_multimodal", pelvis, "L", ct=False, text=True),
+        item(engines, "hip_multimodal", pelvis, "R", ct=True, text=False),
+    ]
+    full, no_ct, no_text = engines.predict("hip_multimodal", batch)
+    assert full.inputs == {"radiograph": True, "ct": True, "text": True}
+    assert no_ct.inputs == {"radiograph": True, "ct": False, "text": True}
+    assert no_text.inputs == {"radiograph": True, "ct": True, "text": False}
+    for prediction in (full, no_ct, no_text):
+        assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert sum(prediction.attention.values()) == pytest.approx(1.0, abs=1e-5)
+        # Grad-CAM of the radiograph branch, one map per class.
+        assert set(prediction.heatmaps) == set(prediction.classes)
+    assert no_ct.attention["ct"] == 0.0 and no_text.attention["text"] == 0.0
+    assert full.attention["ct"] > 0.0 and full.attention["text"] > 0.0
+    # Alone in its batch, an item gives the same prediction (masking is per item).
+    (alone,) = engines.predict("hip_multimodal", [batch[1]])
+    assert np.allclose(alone.probabilities, no_ct.probabilities, atol=1e-5)
+
+
+def test_osteoporosis_reads_the_clinical_variables_and_has_no_heat_map(
+    engines: EngineSet, pelvis: PreparedImage
+) -> None:
+    with_values = item(engines, "osteoporosis", pelvis, "R", ct=False, text=False)
+    assert with_values.clinical is not None
+    without = HipBatchItem(with_values.task, with_values.ap, None)  # no header data at all
+    known, unknown = engines.predict("osteoporosis", [with_values, without])
+    assert known.classes == ("no_osteoporosis", "osteoporosis")
+    assert known.heatmaps == {} and known.attention == {}
+    assert known.inputs == {"age": True, "sex": True, "height": True, "weight": True}
+    assert unknown.inputs == {"age": False, "sex": False, "height": False, "weight": False}
+    assert known.probabilities != unknown.probabilities
+
+
+def test_clinical_columns_that_differ_from_the_nodes_are_refused(
+    fusion_cache: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "osteoporosis"
+    shutil.copytree(fusion_cache / "osteoporosis", copy)
+    manifest = yaml.safe_load((copy / "manifest.yaml").read_text())
+    manifest["preprocessing"]["clinical"] = ["age", "sex"]
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    cfg = EnginesConfig(cache_dir=tmp_path, backend="onnxruntime", threads=1)
+    with pytest.raises(
+        EngineUnavailableError,
+        match=r"engine 'osteoporosis' .*preprocessing\.clinical: expected the columns "
+        r"\['age', 'sex_female'.*got \['age', 'sex'\]",
+    ):
+        EngineSet(cfg, ["osteoporosis"])
+
+
+def test_a_tampered_text_encoder_is_refused(fusion_cache: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "hip_multimodal"
+    shutil.copytree(fusion_cache / "hip_multimodal", copy)
+    (copy / "text_encoder" / "tokenizer.json").write_text("{}")
+    cfg = EnginesConfig(cache_dir=tmp_path, backend="onnxruntime", threads=1)
+    with pytest.raises(EngineUnavailableError, match=r"artefact 'text_tokenizer' .* SHA-256"):
+        EngineSet(cfg, ["hip_multimodal"])
