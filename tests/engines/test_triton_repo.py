@@ -198,3 +198,28 @@ def test_non_float_tensor_is_refused_before_writing(engine: Path, tmp_path: Path
     with pytest.raises(TritonRepoError, match="logits: expected dtype float32, got 'int64'"):
         write_triton_repo([folder], tmp_path / "models")
     assert not (tmp_path / "models").exists()
+
+
+def test_fusion_engines_get_their_named_inputs(fusion_cache: Path, tmp_path: Path) -> None:
+    """The multimodal engine's CT volume, text embedding and presence mask, and the
+    osteoporosis engine's clinical values and mask, go to Triton like any tensor (the text
+    encoder stays in the node, which sends the embedding)."""
+    folders = [fusion_cache / "hip_multimodal", fusion_cache / "osteoporosis"]
+    multimodal, osteoporosis = write_triton_repo(folders, tmp_path / "models")
+    parsed = _parse(multimodal / "config.pbtxt")
+    assert [(t.name, list(t.dims)) for t in parsed.input] == [
+        ("radiograph", [1, 64, 64]),
+        ("ct", [1, 16, 32, 32]),
+        ("text", [384]),
+        ("present", [3]),
+    ]
+    assert [t.name for t in parsed.output] == [
+        "logits", "radiograph_logits", "features", "attention"
+    ]  # fmt: skip
+    parsed = _parse(osteoporosis / "config.pbtxt")
+    assert [(t.name, list(t.dims)) for t in parsed.input] == [
+        ("image", [1, 80, 80]),
+        ("clinical", [7]),
+        ("missing", [7]),
+    ]
+    assert [(t.name, list(t.dims)) for t in parsed.output] == [("logits", [2])]
