@@ -11,6 +11,7 @@ from typing import Any
 
 from dicom_node import __version__
 from dicom_node.config import ENV_CONFIG, Config, default_config_path, load_config
+from dicom_node.engines_cli import ENGINE_NAMES
 from dicom_node.errors import DicomNodeError
 from dicom_node.logs import configure_logging
 
@@ -70,7 +71,7 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     build.add_argument("--demo", action="store_true", required=True, help="the demo profile")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
-    build.add_argument("--engine", action="append", choices=["hip_screen", "hipnet"],
+    build.add_argument("--engine", action="append", choices=list(ENGINE_NAMES),
                        help="only this engine (repeatable)")  # fmt: skip
     train = verbs.add_parser("train", parents=[common], help="train one engine and package it")
     train.add_argument("name", choices=["hip_screen", "hipnet"])
@@ -90,7 +91,7 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     export = verbs.add_parser(
         "export", parents=[common], help="re-export an engine's checkpoint to ONNX fp32 and fp16"
     )
-    export.add_argument("name", choices=["hip_screen", "hipnet"])
+    export.add_argument("name", choices=list(ENGINE_NAMES))
     export.add_argument("--checkpoint", help="a checkpoint file (default: the engine's own)")
     export.add_argument("--version", help="version for the manifest (default: unchanged)")
     verbs.add_parser("list", parents=[common], help="list built engines with their figures")

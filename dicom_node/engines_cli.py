@@ -12,7 +12,9 @@ from typing import Any
 from dicom_node.config import Config
 from dicom_node.errors import DicomNodeError
 
-ENGINE_NAMES = ("hip_screen", "hipnet")
+ENGINE_NAMES = ("hip_screen", "hipnet", "hip_multimodal", "osteoporosis")
+# Artefacts made by training rather than by packaging, kept when re-exporting.
+EXTRAS = ("importance_plot",)
 
 
 class ProgressBar:
@@ -69,12 +71,13 @@ def _build(cache: Path, names: tuple[str, ...], force: bool) -> int:
 
 
 def _train(cache: Path, args: argparse.Namespace) -> int:
-    from engines.build import DEMO_PROFILES, train_on_data, train_on_phantoms
+    from engines.build import image_profile, train_on_data, train_on_phantoms
     from engines.catalog import engine_spec
     from engines.training.dicom_folder import load_labelled_folder
     from engines.training.loop import TrainOptions
 
     spec = engine_spec(args.name)
+    demo = image_profile(spec)  # refuses the engines that train on phantoms only
     size = args.size or spec.demo_size
     options = TrainOptions(
         epochs=args.epochs,
@@ -100,9 +103,7 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
             source=str(args.data),
         )
     else:
-        profile = replace(
-            DEMO_PROFILES[spec.name], size=size, train_per_class=args.phantoms, options=options
-        )
+        profile = replace(demo, size=size, train_per_class=args.phantoms, options=options)
         manifest = train_on_phantoms(
             spec, profile, folder, args.version, progress=lambda p: bar(spec.name, p)
         )
@@ -149,6 +150,12 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
         clinical_use=old.clinical_use
         if not args.checkpoint
         else "external checkpoint: validate locally before clinical use",
+        volume=old.preprocessing.volume,
+        clinical=old.preprocessing.clinical,
+        # The importance plot describes the old weights; a new checkpoint drops it.
+        extras={k: a.path for k, a in old.artefacts.items() if k in EXTRAS}
+        if not args.checkpoint
+        else {},
     )
     for key, artefact in manifest.artefacts.items():
         print(f"{key:<10} {folder / artefact.path}  sha256 {artefact.sha256}")
@@ -198,11 +205,23 @@ def _triton_repo(cache: Path, args: argparse.Namespace) -> int:
 
 
 def _figures(evaluation: Any) -> str:
+    """The held-out figures an engine's manifest records (each engine has its own)."""
     if not isinstance(evaluation, dict) or "accuracy" not in evaluation:
         return "not evaluated"
-    pointing = evaluation.get("pointing_game")
-    shown = "n/a" if pointing is None else f"{pointing:.3f}"
-    return (
-        f"accuracy {evaluation['accuracy']:.3f} on {evaluation.get('items')} items, "
-        f"heat-map peak in lesion {shown}"
-    )
+    figures = [f"accuracy {evaluation['accuracy']:.3f} on {evaluation.get('items')} items"]
+    if "roc_auc" in evaluation:
+        figures.append(f"ROC AUC {evaluation['roc_auc']:.3f}")
+    for key, words in (
+        ("accuracy_without_ct", "without CT"),
+        ("accuracy_without_text", "without text"),
+    ):
+        if isinstance(evaluation.get(key), float | int):
+            figures.append(f"{words} {evaluation[key]:.3f}")
+    importance = evaluation.get("importance")
+    if isinstance(importance, list) and importance and isinstance(importance[0], dict):
+        figures.append(f"most important input {importance[0].get('name')}")
+    if "roc_auc" not in evaluation and "accuracy_without_ct" not in evaluation:
+        pointing = evaluation.get("pointing_game")
+        shown = "n/a" if pointing is None else f"{pointing:.3f}"
+        figures.append(f"heat-map peak in lesion {shown}")
+    return ", ".join(figures)

@@ -1,8 +1,11 @@
 """Build engines into the cache: train (phantoms or a labelled DICOM folder), evaluate, package.
 
-The demo profile trains both engines on phantoms with the full architectures at
+The demo profile trains every engine on phantoms with the full architectures at
 a reduced input size and phantom count, so a 2-core CPU builds them in
 minutes; it is reused from the cache while its manifest and artefacts match.
+The two image engines (hip_screen, hipnet) train here; the multimodal and the
+osteoporosis engine have their own training modules (engines.training.multimodal,
+engines.training.osteoporosis) and only train on phantoms.
 Layout: ``<cache>/<engine>/manifest.yaml`` with its artefacts beside it and
 ``<cache>/<engine>/checkpoints/`` for the training run.
 """
@@ -19,14 +22,33 @@ from typing import Any
 import torch
 
 from dicom_node import __version__
+from dicom_node.clinical import VECTOR_FIELDS
 from dicom_node.errors import DicomNodeError
 from engines.catalog import ENGINES, EngineSpec, engine_spec
 from engines.manifest import Manifest, ManifestError, Preprocessing, read_manifest, verify_artefacts
 from engines.models import create
+from engines.models.hip_multimodal import HipMultimodal
+from engines.models.osteoporosis import OsteoporosisNet
 from engines.package import package_engine
 from engines.training.data import HipSet, phantom_set, split
 from engines.training.evaluate import Evaluation, evaluate
 from engines.training.loop import EpochSummary, Progress, TrainOptions, train
+from engines.training.multimodal import (
+    MultimodalOptions,
+    evaluate_multimodal,
+    multimodal_set,
+    train_multimodal,
+    zero_init_residual,
+)
+from engines.training.multimodal import evaluation_record as multimodal_record
+from engines.training.osteoporosis import (
+    OsteoporosisOptions,
+    evaluate_osteoporosis,
+    fit_osteoporosis,
+    osteoporosis_set,
+    write_importance_plot,
+)
+from engines.training.osteoporosis import evaluation_record as osteoporosis_record
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +72,38 @@ class Profile:
     lateral_missing: float = 0.0  # share of training hips without a lateral view
 
 
+@dataclass(frozen=True)
+class MultimodalProfile:
+    """How the multimodal engine is trained on phantom studies (radiograph, CT, text)."""
+
+    size: int
+    volume: tuple[int, int, int]  # the CT grid (D, H, W)
+    train_per_class: int
+    validation_per_class: int
+    test_per_class: int
+    options: MultimodalOptions
+
+
+@dataclass(frozen=True)
+class OsteoporosisProfile:
+    """How the osteoporosis engine is trained on phantom patients (radiograph, clinical)."""
+
+    size: int
+    train_per_class: int
+    validation_per_class: int
+    test_per_class: int
+    options: OsteoporosisOptions
+
+
+DemoProfile = Profile | MultimodalProfile | OsteoporosisProfile
+DEMO_ENGINES = ("hip_screen", "hipnet", "hip_multimodal", "osteoporosis")
+
 # The demo profile: full architectures, small inputs, one pass over many distinct phantoms
 # (phantoms are cheap, optimisation steps are not: fresh images generalise better than
 # epochs over few). gamma 0.5: with ~130 optimisation steps, the focal term at gamma 2
 # silences the half-learnt examples that drive early learning (held-out accuracy 0.66 at
 # gamma 2 against 0.83 at 0.5 in the same time). max_seconds bounds the build on slow CPUs.
-DEMO_PROFILES: dict[str, Profile] = {
+DEMO_PROFILES: dict[str, DemoProfile] = {
     "hip_screen": Profile(
         size=ENGINES["hip_screen"].demo_size,
         train_per_class=200,
@@ -74,6 +122,30 @@ DEMO_PROFILES: dict[str, Profile] = {
             epochs=1, batch_size=8, learning_rate=2e-3, gamma=0.5, max_seconds=200
         ),
         lateral_missing=0.2,
+    ),
+    # Two ResNet-50s (2-D and 3-D) from scratch cost ~0.2 s per item and step on 2 cores:
+    # too slow to learn lesions within the budget. The fusion is therefore fitted first on
+    # cached features of the frozen backbones (seconds), then one end-to-end epoch refines
+    # everything as far as max_seconds (from the start of training) allows.
+    "hip_multimodal": MultimodalProfile(
+        size=ENGINES["hip_multimodal"].demo_size,
+        volume=ENGINES["hip_multimodal"].demo_volume or (16, 32, 32),
+        train_per_class=60,
+        validation_per_class=8,
+        test_per_class=25,
+        options=MultimodalOptions(
+            fusion_steps=300, epochs=1, batch_size=16, learning_rate=5e-4, max_seconds=90
+        ),
+    ),
+    # Frozen random-init backbones (engines.training.osteoporosis says why); 6 components per
+    # backbone, 12 correlation clusters: 18 -> 12 selected (at 16 per backbone the clusters
+    # merge the informative first components and the image input is lost).
+    "osteoporosis": OsteoporosisProfile(
+        size=ENGINES["osteoporosis"].demo_size,
+        train_per_class=150,
+        validation_per_class=20,
+        test_per_class=50,
+        options=OsteoporosisOptions(components_per_backbone=6, clusters=12, backbone_steps=0),
     ),
 }
 
@@ -113,7 +185,7 @@ def cached_demo(cache_dir: Path, name: str) -> Manifest | None:
 
 def build_demo(
     cache_dir: Path,
-    names: tuple[str, ...] = ("hip_screen", "hipnet"),
+    names: tuple[str, ...] = DEMO_ENGINES,
     force: bool = False,
     progress: Callable[[str, Progress], None] | None = None,
 ) -> list[BuildResult]:
@@ -128,7 +200,7 @@ def build_demo(
         if cached is not None:
             results.append(BuildResult(cached, folder, True, 0.0))
             continue
-        manifest = train_on_phantoms(
+        manifest = train_demo(
             engine_spec(name),
             DEMO_PROFILES[name],
             folder,
@@ -150,6 +222,21 @@ def _refuse_to_replace_own_engine(folder: Path) -> None:
             f"{folder} holds {manifest.name} {manifest.version}, not a demo engine; "
             "refusing to replace it (use --force, or another engines.cache_dir)"
         )
+
+
+def train_demo(
+    spec: EngineSpec,
+    profile: DemoProfile,
+    folder: Path,
+    version: str,
+    progress: Callable[[Progress], None] | None = None,
+) -> Manifest:
+    """Train ``spec`` on phantoms with ``profile`` (its kind picks the training module)."""
+    if isinstance(profile, MultimodalProfile):
+        return train_multimodal_on_phantoms(spec, profile, folder, version, progress)
+    if isinstance(profile, OsteoporosisProfile):
+        return train_osteoporosis_on_phantoms(spec, profile, folder, version, progress)
+    return train_on_phantoms(spec, profile, folder, version, progress)
 
 
 def train_on_phantoms(
@@ -224,6 +311,7 @@ def train_and_package(
     progress: Callable[[Progress], None] | None,
     clinical_use: str = "not for clinical use: trained on synthetic phantoms",
 ) -> Manifest:
+    image_profile(spec)  # refuses the engines that train on phantoms only
     pre = Preprocessing(size=size)
     model = create(spec.model, **TRAIN_INIT.get(spec.name, {}))
     start = time.monotonic()
@@ -252,12 +340,158 @@ def train_and_package(
     )
 
 
+def image_profile(spec: EngineSpec) -> Profile:
+    """The demo profile of an image engine (hip_screen, hipnet). The other engines need
+    inputs besides the radiograph (CT, text, clinical variables) and train on phantoms
+    only, so they have no labelled-folder training."""
+    profile = DEMO_PROFILES.get(spec.name)
+    if not isinstance(profile, Profile):
+        raise BuildError(
+            f"engine {spec.name!r} trains on phantoms only (it needs "
+            f"{', '.join(spec.modalities) or 'other inputs'} besides the radiograph); "
+            "build its demo with 'dicom-node engines build --demo'"
+        )
+    return profile
+
+
+def train_multimodal_on_phantoms(
+    spec: EngineSpec,
+    profile: MultimodalProfile,
+    folder: Path,
+    version: str,
+    progress: Callable[[Progress], None] | None = None,
+) -> Manifest:
+    """Phantom studies (radiograph, CT, text) -> train -> held-out evaluation -> package."""
+    from engines.text_encoder import TextEncoder
+
+    options = profile.options
+    torch.manual_seed(options.seed)
+    start = time.monotonic()
+    encoder = TextEncoder()
+    sets = [
+        multimodal_set(spec, per_class, profile.size, profile.volume, seed, encoder)
+        for per_class, seed in (
+            (profile.train_per_class, TRAIN_SEED),
+            (profile.validation_per_class, VALIDATION_SEED),
+            (profile.test_per_class, TEST_SEED),
+        )
+    ]
+    train_set, validation, test = sets
+    data_seconds = time.monotonic() - start
+    model = create(spec.model)
+    if not isinstance(model, HipMultimodal):
+        raise BuildError(
+            f"engine {spec.name!r}: model {spec.model!r} is not the multimodal network"
+        )
+    zero_init_residual(model)
+    start = time.monotonic()
+    history = train_multimodal(
+        spec, model, train_set, validation, options, folder / "checkpoints", progress
+    )
+    train_seconds = time.monotonic() - start
+    result = evaluate_multimodal(spec, model, test)
+    log.info(
+        "%s: test accuracy %.3f on %d items (without CT %.3f, without text %.3f)",
+        spec.name,
+        result.accuracy,
+        result.items,
+        result.accuracy_without_ct,
+        result.accuracy_without_text,
+    )
+    training = {
+        "data": "phantoms",
+        "profile": _profile_record(profile),
+        "data_seconds": round(data_seconds, 1),
+        "seconds": round(train_seconds, 1),
+        "history": _history(history),
+    }
+    return package_engine(
+        spec,
+        model,
+        profile.size,
+        folder,
+        version,
+        training=training,
+        evaluation=multimodal_record(result),
+        volume=profile.volume,
+    )
+
+
+def train_osteoporosis_on_phantoms(
+    spec: EngineSpec,
+    profile: OsteoporosisProfile,
+    folder: Path,
+    version: str,
+    progress: Callable[[Progress], None] | None = None,
+) -> Manifest:
+    """Phantom patients (radiograph, clinical variables) -> backbones, reduction, head ->
+    held-out evaluation and permutation importance (plotted) -> package."""
+    options = profile.options
+    torch.manual_seed(options.seed)
+    start = time.monotonic()
+    train_set = osteoporosis_set(spec, profile.train_per_class, profile.size, TRAIN_SEED)
+    validation = osteoporosis_set(spec, profile.validation_per_class, profile.size, VALIDATION_SEED)
+    test = osteoporosis_set(spec, profile.test_per_class, profile.size, TEST_SEED)
+    data_seconds = time.monotonic() - start
+    kwargs = {"clinical_width": len(VECTOR_FIELDS), "components": options.clusters}
+    model = create(spec.model, **kwargs)
+    if not isinstance(model, OsteoporosisNet):
+        raise BuildError(
+            f"engine {spec.name!r}: model {spec.model!r} is not the osteoporosis network"
+        )
+    start = time.monotonic()
+    record = fit_osteoporosis(model, train_set, validation, options, progress)
+    train_seconds = time.monotonic() - start
+    result = evaluate_osteoporosis(
+        spec, model, test, repeats=options.importance_repeats, seed=options.seed
+    )
+    log.info(
+        "%s: test accuracy %.3f, ROC AUC %.3f on %d items; most important input %s",
+        spec.name,
+        result.accuracy,
+        result.roc_auc,
+        result.items,
+        result.importance[0].name,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    plot = write_importance_plot(result.importance, folder)
+    training = {
+        "data": "phantoms",
+        "profile": _profile_record(profile),
+        "data_seconds": round(data_seconds, 1),
+        "seconds": round(train_seconds, 1),
+        **record,
+    }
+    return package_engine(
+        spec,
+        model,
+        profile.size,
+        folder,
+        version,
+        model_kwargs=kwargs,
+        training=training,
+        evaluation=osteoporosis_record(result),
+        clinical=VECTOR_FIELDS,
+        extras={"importance_plot": plot},
+    )
+
+
 def _named(progress: Callable[[str, Progress], None], name: str) -> Callable[[Progress], None]:
     return lambda p: progress(name, p)
 
 
-def _profile_record(profile: Profile) -> dict[str, Any]:
-    return asdict(profile)
+def _profile_record(profile: DemoProfile) -> dict[str, Any]:
+    # Through YAML and back, tuples come back as lists: record them as lists.
+    record: dict[str, Any] = _plain(asdict(profile))
+    return record
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _history(history: list[EpochSummary]) -> list[dict[str, float]]:

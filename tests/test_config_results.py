@@ -33,10 +33,14 @@ def test_defaults_route_ap_radiographs_to_hip_screen_and_cascade_to_hipnet() -> 
     assert [c.attribute for c in rule.when] == ["Modality", "BodyPartExamined", "ViewPosition"]
     # The same radiographs go to the fusion engines when the study has what they need.
     assert (multimodal.engine, multimodal.when, multimodal.requires) == (
-        "hip_multimodal", rule.when, ("ct",)
+        "hip_multimodal",
+        rule.when,
+        ("ct",),
     )
     assert (osteoporosis.engine, osteoporosis.when, osteoporosis.requires) == (
-        "osteoporosis", rule.when, ("age", "sex")
+        "osteoporosis",
+        rule.when,
+        ("age", "sex"),
     )
     assert cfg.routing.cascade == (
         CascadeRule(after="hip_screen", finding="total_hip_arthroplasty", engine="hipnet"),

@@ -107,3 +107,30 @@ def test_triton_repo_needs_built_engines(
 ) -> None:
     assert main(["engines", "triton-repo", str(tmp_path / "repo"), "--config", str(config)]) == 2
     assert "no built engine in" in capsys.readouterr().err
+
+
+def test_export_of_the_fusion_engines_keeps_their_inputs_and_artefacts(
+    fusion_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    cache = tmp_path / "cache"
+    for name in ("hip_multimodal", "osteoporosis"):
+        shutil.copytree(fusion_cache / name, cache / name)
+    before = read_manifest(cache / "osteoporosis")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"engines:\n  cache_dir: {cache}\n  backend: onnxruntime\n")
+    for name in ("hip_multimodal", "osteoporosis"):
+        args = ["engines", "export", name, "--version", "0.0.2-test", "--config", str(config)]
+        assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "text_encoder" in out and "reduction" in out
+    multimodal = read_manifest(cache / "hip_multimodal")
+    assert multimodal.version == "0.0.2-test"
+    assert multimodal.preprocessing.volume == (16, 32, 32)
+    assert {"text_encoder", "text_tokenizer", "head"} <= set(multimodal.artefacts)
+    osteoporosis = read_manifest(cache / "osteoporosis")
+    assert osteoporosis.preprocessing.clinical == before.preprocessing.clinical
+    # The same weights: the reduction (network buffers) is reproduced byte for byte.
+    assert osteoporosis.artefacts["reduction"] == before.artefacts["reduction"]
+    assert osteoporosis.evaluation == before.evaluation

@@ -73,11 +73,17 @@ class HipMultimodal(nn.Module):
         radiograph feature map (N,C,h,w), attention over the modalities (N,3))."""
         xr_logits, xr_map = self.radiograph.forward_with_features(radiograph)
         ct_map = self.ct.forward_features(ct)
-        pooled = (
-            xr_map.mean(dim=(2, 3)),
-            ct_map.mean(dim=(2, 3, 4)),
-            text,
-        )
+        logits, weights = self.fuse(xr_map.mean(dim=(2, 3)), ct_map.mean(dim=(2, 3, 4)), text,
+                                    present)  # fmt: skip
+        return logits, xr_logits, xr_map, weights
+
+    def fuse(
+        self, radiograph: Tensor, ct: Tensor, text: Tensor, present: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The fusion alone, from each modality's pooled features: radiograph (N, C_r), ct
+        (N, C_ct), text (N, 384), present (N, 3) -> (fused logits (N, K), attention (N, 3)).
+        Training fits it on cached features of frozen backbones (a fraction of the cost)."""
+        pooled = (radiograph, ct, text)
         tokens = (
             torch.stack([proj(p) for proj, p in zip(self.project, pooled, strict=True)], dim=1)
             + self.modality
@@ -93,7 +99,7 @@ class HipMultimodal(nn.Module):
             average_attn_weights=True,
         )  # fmt: skip
         logits: Tensor = self.head(fused[:, 0])
-        return logits, xr_logits, xr_map, weights[:, 0]
+        return logits, weights[:, 0]
 
 
 @register("hip_multimodal")

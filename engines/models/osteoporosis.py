@@ -3,8 +3,9 @@ PCA + component selection as fixed linear maps, joined with the clinical variabl
 fully connected network.
 
 The backbones (VGG19, InceptionV3, ResNet-50) are feature extractors: the paper uses them
-pre-trained and frozen. No ImageNet weights can be fetched here, so the demo trains them
-briefly on phantoms; a site loads its own weights into ``backbones``. Once
+pre-trained and frozen. No ImageNet weights can be fetched here, so the demo uses them
+frozen at their random initialisation (engines.training.osteoporosis says why; it can also
+train them briefly on phantoms); a site loads its own weights into ``backbones``. Once
 :meth:`OsteoporosisNet.set_reduction` has stored a fitted
 :class:`engines.osteoporosis.FeatureReduction`, ``forward`` is the whole serving graph:
 image, clinical values and their missing mask in, logits out (ONNX-exportable).
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from engines.models.base import Classifier, create_classifier
 from engines.models.layers import ArchitectureError
 from engines.models.registry import register
+from engines.models.vgg import VGG
 from engines.osteoporosis.head import FusionHead
 from engines.osteoporosis.reduction import FeatureReduction
 
@@ -45,6 +47,11 @@ class OsteoporosisNet(nn.Module):
             {name: create_classifier(name, num_classes=2, in_channels=in_channels)
              for name in backbones}
         )  # fmt: skip
+        for module in self.backbones.values():
+            if isinstance(module, VGG):
+                # Only the pooled convolutional features are used: VGG19's fc6/fc7 would be
+                # 120 M unused parameters (480 MB in every checkpoint).
+                module.drop_fully_connected()
         self.components = components
         widths = [self._backbone(name).num_features for name in backbones]
         for name, width in zip(backbones, widths, strict=True):

@@ -118,6 +118,13 @@ class VGG(Classifier):
                 nn.init.normal_(module.weight, 0.0, 0.01)
                 nn.init.zeros_(module.bias)
 
+    def drop_fully_connected(self) -> None:
+        """Replace fc6 and fc7 (~120 M of the 143.7 M parameters) by nothing: the logits then
+        come from the pooled last block through one linear layer. For feature extractors
+        that use only the convolutional features (the osteoporosis engine)."""
+        self.classifier = nn.Identity()  # type: ignore[assignment]
+        self.fc = nn.Linear(_FEATURES * _POOLED * _POOLED, self.fc.out_features)
+
     def forward_features(self, x: Tensor) -> Tensor:
         """The last block's map after its max-pool, (N, 512, H/32, W/32)."""
         features: Tensor = self.features(x)

@@ -4,6 +4,7 @@ Demo engines are trained on these phantoms, tests and benchmarks use them, and t
 interpretability checks compare heat maps with their masks.
 """
 
+from engines.phantoms.osteoporosis import osteoporosis_hip
 from engines.phantoms.pelvis import ap_pelvis
 from engines.phantoms.phantom import MAX_SIZE, MIN_SIZE, VIEWS, Phantom, PhantomError
 from engines.phantoms.prosthesis import prosthesis_hip
@@ -16,6 +17,7 @@ __all__ = [
     "Phantom",
     "PhantomError",
     "ap_pelvis",
+    "osteoporosis_hip",
     "prosthesis_hip",
     "screen_hip",
 ]

@@ -7,6 +7,7 @@ import torch
 from engines.models import create
 from engines.models.layers import ArchitectureError
 from engines.models.osteoporosis import BACKBONES, OsteoporosisNet
+from engines.models.vgg import VGG
 from engines.osteoporosis.reduction import fit_reduction
 
 
@@ -49,3 +50,13 @@ def test_a_reduction_must_fit_the_network(net: OsteoporosisNet) -> None:
         net.set_reduction(fit_reduction(full, 2, 2))
     with pytest.raises(ArchitectureError, match=r"components and clinical_width must be"):
         OsteoporosisNet(clinical_width=7, components=0)
+
+
+def test_vgg19_keeps_only_its_convolutional_part() -> None:
+    """The engine uses pooled convolutional features: fc6/fc7 are not in the network."""
+    net = create("osteoporosis", clinical_width=7, components=4)
+    vgg = net.backbones["vgg19"]
+    assert isinstance(vgg, VGG)
+    assert sum(p.numel() for p in vgg.parameters()) < 21_000_000  # 143.7 M with fc6/fc7
+    logits, features = vgg.forward_with_features(torch.zeros(1, 1, 80, 80))
+    assert logits.shape == (1, 2) and features.shape[1] == 512

@@ -1,0 +1,102 @@
+"""The demo build of the multimodal and the osteoporosis engine on tiny profiles."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from dicom_node import engines_cli
+from dicom_node.clinical import VECTOR_FIELDS
+from engines import build
+from engines.build import (
+    DEMO_VERSION,
+    BuildError,
+    MultimodalProfile,
+    OsteoporosisProfile,
+    build_demo,
+    cached_demo,
+    image_profile,
+)
+from engines.catalog import engine_spec
+from engines.manifest import read_manifest, verify_artefacts
+from engines.models.hip_multimodal import MULTIMODAL_CLASSES
+from engines.models.osteoporosis import OSTEOPOROSIS_CLASSES
+from engines.training.multimodal import MultimodalOptions
+from engines.training.osteoporosis import OsteoporosisOptions
+
+NAMES = ("hip_multimodal", "osteoporosis")
+MULTIMODAL_TINY = MultimodalProfile(
+    size=64,
+    volume=(16, 32, 32),
+    train_per_class=1,
+    validation_per_class=1,
+    test_per_class=1,
+    options=MultimodalOptions(fusion_steps=2, fusion_batch_size=4, calibration_items=4, epochs=0),
+)
+OSTEOPOROSIS_TINY = OsteoporosisProfile(
+    size=80,
+    train_per_class=3,
+    validation_per_class=1,
+    test_per_class=2,
+    options=OsteoporosisOptions(
+        components_per_backbone=2, clusters=3, head_steps=3, head_batch_size=4, importance_repeats=2
+    ),
+)
+
+
+@pytest.fixture
+def tiny_profiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(build.DEMO_PROFILES, "hip_multimodal", MULTIMODAL_TINY)
+    monkeypatch.setitem(build.DEMO_PROFILES, "osteoporosis", OSTEOPOROSIS_TINY)
+
+
+@pytest.mark.usefixtures("tiny_profiles")
+def test_build_packages_both_engines_and_then_reuses_the_cache(tmp_path: Path) -> None:
+    seen: set[str] = set()
+    first = build_demo(tmp_path, NAMES, progress=lambda name, p: seen.add(name))
+    assert [r.reused for r in first] == [False, False] and seen == set(NAMES)
+
+    multimodal = read_manifest(tmp_path / "hip_multimodal")
+    assert multimodal.version == DEMO_VERSION
+    assert multimodal.class_names == MULTIMODAL_CLASSES
+    assert multimodal.preprocessing.volume == (16, 32, 32)
+    assert {"text_encoder", "text_tokenizer", "head", "onnx_fp32"} <= set(multimodal.artefacts)
+    verify_artefacts(multimodal, tmp_path / "hip_multimodal")
+    assert multimodal.training["profile"]["volume"] == [16, 32, 32]
+    assert [h["epoch"] for h in multimodal.training["history"]] == [0]
+    evaluation = multimodal.evaluation
+    assert evaluation["items"] == 4 and 0.0 <= evaluation["accuracy"] <= 1.0
+    assert {"accuracy_without_ct", "accuracy_without_text", "attention"} <= set(evaluation)
+    assert "without CT" in engines_cli._figures(evaluation)
+
+    osteoporosis = read_manifest(tmp_path / "osteoporosis")
+    assert osteoporosis.class_names == OSTEOPOROSIS_CLASSES
+    assert osteoporosis.preprocessing.clinical == VECTOR_FIELDS
+    assert osteoporosis.model_kwargs == {"clinical_width": 7, "components": 3}
+    assert {"reduction", "importance_plot", "onnx_fp32"} <= set(osteoporosis.artefacts)
+    verify_artefacts(osteoporosis, tmp_path / "osteoporosis")
+    plot = osteoporosis.artefact_path(tmp_path / "osteoporosis", "importance_plot")
+    assert plot.name == "importance.png" and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    evaluation = osteoporosis.evaluation
+    assert evaluation["items"] == 4 and {"roc_auc", "recall", "confusion"} <= set(evaluation)
+    assert sorted(i["name"] for i in evaluation["importance"]) == [
+        "age", "bmi", "height", "image", "sex", "weight"
+    ]  # fmt: skip
+    assert "ROC AUC" in engines_cli._figures(evaluation)
+
+    second = build_demo(tmp_path, NAMES)
+    assert [r.reused for r in second] == [True, True]
+    assert [r.manifest for r in second] == [multimodal, osteoporosis]
+    assert cached_demo(tmp_path, "osteoporosis") == osteoporosis
+
+
+def test_the_phantom_only_engines_refuse_labelled_folder_training(tmp_path: Path) -> None:
+    for name, needs in (("hip_multimodal", "ct, text"), ("osteoporosis", "clinical")):
+        with pytest.raises(BuildError, match=rf"engine '{name}' trains on phantoms only"):
+            image_profile(engine_spec(name))
+        args = argparse.Namespace(name=name)
+        with pytest.raises(BuildError, match=rf"it needs {needs} besides the radiograph"):
+            engines_cli._train(tmp_path, args)
+    assert image_profile(engine_spec("hipnet")) is build.DEMO_PROFILES["hipnet"]
