@@ -60,6 +60,18 @@ def fusion_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return package_fusion_engines(tmp_path_factory.mktemp("fusion-cache"))
 
 
+@pytest.fixture(scope="session")
+def all_engines(
+    engine_cache: Path, fusion_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """An engines.cache_dir with all four test engines (links to the two caches above)."""
+    cache = tmp_path_factory.mktemp("all-engines")
+    for source in (engine_cache, fusion_cache):
+        for folder in source.iterdir():
+            (cache / folder.name).symlink_to(folder, target_is_directory=True)
+    return cache
+
+
 @pytest.fixture
 def dcmtk_env() -> dict[str, str]:
     """Environment for dcmtk tools; skips when dcmtk is not installed."""

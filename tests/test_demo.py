@@ -5,14 +5,15 @@ from pathlib import Path
 
 from dicom_node.config import Config, EnginesConfig
 from dicom_node.demo import run_demo
-from dicom_node.demo.cases import CASES
+from dicom_node.demo.cases import CASES, SEED
+from engines.phantoms.clinical import osteoporosis_case
 
 
 def test_demo_sends_phantom_studies_and_reports_each_result(
-    tmp_path: Path, engine_cache: Path
+    tmp_path: Path, all_engines: Path
 ) -> None:
     cfg = dataclasses.replace(
-        Config(), engines=EnginesConfig(cache_dir=engine_cache, backend="onnxruntime", threads=2)
+        Config(), engines=EnginesConfig(cache_dir=all_engines, backend="onnxruntime", threads=2)
     )
     lines = list(run_demo(cfg, tmp_path / "demo"))
     text = "\n".join(lines)
@@ -23,7 +24,23 @@ def test_demo_sends_phantom_studies_and_reports_each_result(
     assert text.count("result in the PACS") == len(CASES)
     # The two THA cases had a lateral view: Hip-Net ran only when hip_screen called a THA,
     # which the untrained test engines may or may not do; the table says which.
-    assert "truth    R normal, L total hip arthroplasty (aseptic loosening)" in text
+    assert (
+        "truth    R normal, L total hip arthroplasty (aseptic loosening); bone: no osteoporosis"
+        in text
+    )
+    assert "; bone: no osteoporosis; CT of R: femoroacetabular impingement" in text
+    # Studies whose header gives age and sex ran the osteoporosis engine (both hips); the
+    # two with a CT the multimodal engine too.
+    rows = [line.split() for line in lines if line.startswith("  ") and len(line.split()) > 3]
+    osteoporosis = [r for r in rows if r[0] == "osteoporosis"]
+    patients = [osteoporosis_case(c.bone, SEED + n) for n, c in enumerate(CASES, start=1)]
+    routed = [p for p in patients if p.age_years is not None and p.sex is not None]
+    assert len(routed) >= len(CASES) - 1
+    assert len(osteoporosis) == 2 * len(routed)
+    assert all(r[2].startswith("AP+age,") and "sex" in r[2] for r in osteoporosis)
+    multimodal = [r for r in rows if r[0] == "hip_multimodal"]
+    assert len(multimodal) == 4 and {r[2] for r in multimodal} <= {"AP+CT", "AP+CT+text"}
+    assert "AP+CT+text" in {r[2] for r in multimodal}  # a case without request text is fine
     assert "PHANTOM" not in text  # the report shows UIDs, never patient names
     results = tmp_path / "demo" / "results"
     for n, case in enumerate(CASES, start=1):

@@ -28,14 +28,13 @@ from pydicom import dcmread
 
 from dicom_node.config import Config, TlsConfig
 from dicom_node.config_results import Destination
-from dicom_node.demo.cases import Case, truth, write_cases
+from dicom_node.demo.cases import DemoStudy, truth, write_cases
 from dicom_node.demo.pacs import StandInPacs
 from dicom_node.errors import DicomNodeError
 from dicom_node.node import Node
 from dicom_node.pipeline import engines_needed
 from dicom_node.synthetic.dcmtk import storescu, storescu_profile
 from engines.manifest import ManifestError, read_manifest, verify_artefacts
-from engines.phantoms.studies import PhantomStudy
 
 WAIT_SECONDS = 120.0
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -146,10 +145,8 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _table(
-    case: Case, study: PhantomStudy, summary: dict[str, object], seconds: float
-) -> list[str]:
-    lines = [f"  truth    {truth(study)}"]
+def _table(written: DemoStudy, summary: dict[str, object], seconds: float) -> list[str]:
+    lines = [f"  truth    {truth(written)}"]
     hips = summary.get("hips", [])
     lines.append(
         f"  priority {summary.get('priority')}   result in the PACS {seconds:.1f} s after the "
@@ -163,10 +160,22 @@ def _table(
         )
         risk = f", PJI risk {hip['pji_risk']:.0f}/100" if hip.get("pji_risk") is not None else ""
         lines.append(
-            f"  {hip['engine']:<10} {hip['side']}  {hip['views']:<10}  {hip['priority']:<6}  "
+            f"  {hip['engine']:<14} {hip['side']}  {_inputs(hip):<14}  {hip['priority']:<6}  "
             f"{reported}{risk}"
         )
     return lines
+
+
+def _inputs(hip: dict[str, object]) -> str:
+    """The views, or what a multi-input engine was given (``AP+CT+text``, ``AP+age,sex``)."""
+    given = hip.get("inputs")
+    if not isinstance(given, dict) or not given:
+        return str(hip["views"])
+    if "ct" in given:
+        return "+".join(
+            ["AP", *(k.upper() if k == "ct" else k for k in ("ct", "text") if given[k])]
+        )
+    return "AP+" + ",".join(k for k, v in given.items() if v)
 
 
 def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
@@ -199,10 +208,10 @@ def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
         yield f"metrics on http://127.0.0.1:{node.http_port}/metrics (and /healthz, /readyz)"
         cases = write_cases(out / "incoming")
         sent_at: dict[str, float] = {}
-        for case, study in cases:
-            client = _send(node, study.files, out)
-            sent_at[study.identity.study_uid] = time.time()
-            yield f"sent {case.name}: {len(study.files)} instances with {client}"
+        for written in cases:
+            client = _send(node, written.files, out)
+            sent_at[written.study.identity.study_uid] = time.time()
+            yield f"sent {written.case.name}: {len(written.files)} instances with {client}"
         deadline = time.monotonic() + WAIT_SECONDS
         pending = set(sent_at)
         while pending and time.monotonic() < deadline:
@@ -216,16 +225,16 @@ def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
             raise DemoError(f"{len(pending)} studies got no result within {WAIT_SECONDS:.0f} s")
         jobs = {j.study_uid: j for j in node.state.jobs()}
         yield ""
-        for n, (case, study) in enumerate(cases, start=1):
-            uid = study.identity.study_uid
+        for n, written in enumerate(cases, start=1):
+            uid = written.study.identity.study_uid
             job = jobs[uid]
-            yield f"study {n} {case.name}  ({uid})"
+            yield f"study {n} {written.case.name}  ({uid})"
             if job.state != "done" or job.summary is None:
                 yield f"  {job.state}: {job.error}"
                 continue
             sr_at = min(at for _, cls, at in pacs.objects(uid) if cls == SR_CLASS)
-            yield from _table(case, study, json.loads(job.summary), sr_at - sent_at[uid])
-            files = _save(pacs, uid, out / "results" / f"{n}-{case.name}")
+            yield from _table(written, json.loads(job.summary), sr_at - sent_at[uid])
+            files = _save(pacs, uid, out / "results" / f"{n}-{written.case.name}")
             yield "  files    " + ", ".join(_shown(p) for p in files)
         yield ""
         yield ("synthetic phantoms and demo engines trained on them: the results show the "

@@ -3,17 +3,26 @@
 Each case is drawn by the phantom generator with a fixed seed and written as a
 DX study (an AP pelvis, plus the lateral of a failing THA), with the ground
 truth kept beside it so the report can show what the engines should have found.
-Seeds are fixed and were not chosen for the engines' answers.
+Every case carries a patient drawn for a bone status (age, sex, size and weight
+in the header, bone density in the picture), so the osteoporosis engine has its
+inputs; two cases add a CT series of the right hip and a request text, so the
+multimodal engine runs too. Seeds are fixed and were not chosen for the engines'
+answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
+from dicom_node.synthetic import write
+from engines.phantoms.clinical import multimodal_case, osteoporosis_case
+from engines.phantoms.ct import ct_hip, write_ct_study_series
+from engines.phantoms.osteoporosis import bone_factor
 from engines.phantoms.studies import PhantomStudy, write_study
 
 
@@ -24,12 +33,37 @@ class Case:
     left: str
     failure: Mapping[str, str] = field(default_factory=dict)
     transfer_syntax: str = ExplicitVRLittleEndian
+    bone: str = "no_osteoporosis"  # the patient's bone status (osteoporosis engine)
+    ct: str | None = None  # the right hip's CT shows this (multimodal engine), else no CT
+    request: str | None = None  # the request text points to this (multimodal classes)
+
+
+@dataclass(frozen=True)
+class DemoStudy:
+    """A written case: the radiograph study, every file to send, the ground truth."""
+
+    study: PhantomStudy
+    files: tuple[Path, ...]
+    case: Case
 
 
 CASES = (
     Case("normal", "normal", "normal"),
-    Case("neck-fracture", "femoral_neck_fracture", "normal", transfer_syntax=JPEG2000Lossless),
-    Case("osteoarthritis", "osteoarthritis", "osteoarthritis", transfer_syntax=JPEGLSLossless),
+    Case(
+        "neck-fracture",
+        "femoral_neck_fracture",
+        "normal",
+        transfer_syntax=JPEG2000Lossless,
+        bone="osteoporosis",
+    ),
+    Case(
+        "osteoarthritis",
+        "osteoarthritis",
+        "osteoarthritis",
+        transfer_syntax=JPEGLSLossless,
+        ct="osteoarthritis",
+        request="osteoarthritis",
+    ),
     Case(
         "tha-loosening",
         "normal",
@@ -37,34 +71,56 @@ CASES = (
         {"L": "aseptic_loosening"},
         transfer_syntax=RLELossless,
     ),
-    Case("tha-dislocation", "total_hip_arthroplasty", "normal", {"R": "dislocation"}),
+    Case(
+        "tha-dislocation",
+        "total_hip_arthroplasty",
+        "normal",
+        {"R": "dislocation"},
+        bone="osteoporosis",
+    ),
+    # Impingement shows on CT and in the request, not on the AP radiograph.
+    Case(
+        "impingement",
+        "normal",
+        "normal",
+        ct="femoroacetabular_impingement",
+        request="femoroacetabular_impingement",
+    ),
 )
 SEED = 20_261_122
 SIZE = 256  # pixels per hip region: a 256 x 512 AP pelvis
 
 
-def truth(study: PhantomStudy) -> str:
+def truth(written: DemoStudy) -> str:
+    study, case = written.study, written.case
     parts = []
     for side in ("R", "L"):
         label = study.labels[side].replace("_", " ")
         failure = study.labels.get(f"{side}_failure")
         parts.append(f"{side} {label}" + (f" ({failure.replace('_', ' ')})" if failure else ""))
-    return ", ".join(parts)
+    extra = [f"bone: {case.bone.replace('_', ' ')}"]
+    if case.ct:
+        extra.append(f"CT of R: {case.ct.replace('_', ' ')}")
+    return ", ".join(parts) + "; " + "; ".join(extra)
 
 
-def write_cases(folder: Path) -> list[tuple[Case, PhantomStudy]]:
+def _write(folder: Path, seed: int, case: Case) -> DemoStudy:
+    study = write_study(
+        folder, seed, case.right, case.left, failure=case.failure, size=SIZE,
+        transfer_syntax=case.transfer_syntax, bone=bone_factor(case.bone, seed),
+    )  # fmt: skip
+    clinical = osteoporosis_case(case.bone, seed)
+    texts = multimodal_case(case.request, seed).texts if case.request else {}
+    clinical = replace(clinical, texts=texts)
+    for path in study.files:
+        write(clinical.stamp(pydicom.dcmread(path)), path)
+    files = list(study.files)
+    if case.ct:
+        files += write_ct_study_series(folder, ct_hip(case.ct, seed), study.identity)
+    return DemoStudy(study, tuple(files), case)
+
+
+def write_cases(folder: Path) -> list[DemoStudy]:
     return [
-        (
-            case,
-            write_study(
-                folder / f"{n}-{case.name}",
-                SEED + n,
-                case.right,
-                case.left,
-                failure=case.failure,
-                size=SIZE,
-                transfer_syntax=case.transfer_syntax,
-            ),
-        )
-        for n, case in enumerate(CASES, start=1)
+        _write(folder / f"{n}-{case.name}", SEED + n, case) for n, case in enumerate(CASES, start=1)
     ]

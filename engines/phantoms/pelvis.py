@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -48,13 +48,16 @@ def ap_pelvis(
 
 
 def draw_pelvis_study(
-    right: str, left: str, seed: int, size: int, failure: Mapping[str, str]
+    right: str, left: str, seed: int, size: int, failure: Mapping[str, str], bone: float = 1.0
 ) -> Pelvis:
-    """The AP pelvis; a side named in ``failure`` (a THA) shows that failure.
+    """The AP pelvis; a side named in ``failure`` (a THA) shows that failure; ``bone``
+    scales the patient's bone attenuation (below 1: less dense bone, as in osteoporosis,
+    see engines.phantoms.osteoporosis).
 
-    Labels, seed, size and failures are checked by the caller.
+    Labels, seed, size, failures and bone are checked by the caller.
     """
     patient = sample_patient(Streams(seed).get(PATIENT))
+    patient = replace(patient, look=replace(patient.look, bone=patient.look.bone * bone))
     pose = Pose(angle=0.0, scale=patient.pose.scale, shift=(0.0, patient.pose.shift[1]))
     phantoms: list[Phantom] = []
     hips: dict[str, tuple[Hip, Streams]] = {}

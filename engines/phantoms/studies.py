@@ -58,13 +58,17 @@ def write_study(
     failure: Mapping[str, str] | None = None,
     size: int = 512,
     transfer_syntax: str = ExplicitVRLittleEndian,
+    bone: float = 1.0,
 ) -> PhantomStudy:
     """Write one phantom study into ``out_dir``: an AP pelvis, plus a lateral per failing THA.
 
     ``size`` is the side of one hip region (the pelvis is size x 2*size). A side named in
     ``failure`` ({"R": "aseptic_loosening"}) must have the label total_hip_arthroplasty;
-    its hip shows that failure on the AP pelvis and on its own lateral.
+    its hip shows that failure on the AP pelvis and on its own lateral. ``bone`` scales the
+    bone attenuation (engines.phantoms.osteoporosis.bone_factor gives one per label).
     """
+    if isinstance(bone, bool) or not isinstance(bone, int | float) or not 0.3 <= bone <= 1.5:
+        raise PhantomError(f"bone: expected a factor from 0.3 to 1.5, got {bone!r}")
     check_screen_label(right, "right")
     check_screen_label(left, "left")
     seed = check_seed(seed)
@@ -82,7 +86,7 @@ def write_study(
     identity = StudyIdentity.synthetic(seed)
     spacing = (REGION_MM / size, REGION_MM / size)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pelvis = draw_pelvis_study(right, left, seed, size, failures)
+    pelvis = draw_pelvis_study(right, left, seed, size, failures, float(bone))
 
     def series_uid(n: int) -> str:
         uid: str = generate_uid(entropy_srcs=[identity.study_uid, "phantom-series", str(n)])

@@ -96,3 +96,16 @@ def test_bad_labels_raise(tmp_path: Path) -> None:
         write_study(tmp_path, 1, "hip", THA, size=64)
     with pytest.raises(PhantomError, match=r"size: expected 64-4096 pixels, got 10"):
         write_study(tmp_path, 1, "normal", THA, size=10)
+
+
+def test_bone_factor_changes_only_the_bone(tmp_path: Path) -> None:
+    dense = write_study(tmp_path / "dense", 8, "normal", "normal", size=64)
+    thin = write_study(tmp_path / "thin", 8, "normal", "normal", size=64, bone=0.7)
+    a = pydicom.dcmread(dense.files[0]).pixel_array.astype(float)
+    b = pydicom.dcmread(thin.files[0]).pixel_array.astype(float)
+    assert a.shape == b.shape and b.mean() < a.mean()
+    # Soft tissue at the image edge is unchanged; the bone is where it differs.
+    assert np.abs(a[:, :4] - b[:, :4]).mean() < 0.2 * np.abs(a - b).mean()
+    for bad in (0.1, True, "0.8"):
+        with pytest.raises(PhantomError, match=r"bone: expected a factor from 0\.3 to 1\.5"):
+            write_study(tmp_path / "bad", 8, "normal", "normal", size=64, bone=bad)  # type: ignore[arg-type]
