@@ -17,13 +17,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_e2e_bench_reports_time_to_result(tmp_path: Path, engine_cache: Path) -> None:
+def test_e2e_bench_reports_time_to_result(tmp_path: Path, all_engines: Path) -> None:
     config = tmp_path / "node.yaml"
     config.write_text("engines: {backend: onnxruntime, threads: 2}\n")
     row_json = tmp_path / "row.json"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--studies", "2", "--size", "64", "--config", str(config),
-         "--engines", str(engine_cache), "--json", str(row_json)],
+         "--engines", str(all_engines), "--json", str(row_json)],
         capture_output=True, text=True, check=False, timeout=240, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from dicom_clients import send_files
-from helpers import FORCE_FINDINGS, pipeline_config
+from helpers import FORCE_FINDINGS, SCREEN_RULE, pipeline_config
 from node_process import NodeProcess
 from orthanc import Orthanc, free_port, run_orthanc, wait_for
 
@@ -91,6 +91,7 @@ def node_process(tmp_path: Path, engine_cache: Path) -> Iterator[tuple[NodeProce
         "storage": {"spool_dir": str(tmp_path / "spool"), "min_free_bytes": 0},
         "assembly": {"quiet_seconds": 1, "after_release_seconds": 0.2},
         "engines": {"cache_dir": str(engine_cache), "backend": "onnxruntime", "threads": 2},
+        "routing": {"rules": [SCREEN_RULE]},
         "triage": FORCE_FINDINGS,
         "sending": {"backoff_seconds": 0.2, "max_backoff_seconds": 0.5},
         "destinations": [

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dicom_clients import send_files
-from helpers import FORCE_FINDINGS, pipeline_config
+from helpers import FORCE_FINDINGS, SCREEN_RULE, pipeline_config
 from node_process import NodeProcess
 from orthanc import free_port, wait_for
 from tritonserver import TritonUnavailableError, run_tritonserver
@@ -34,6 +34,7 @@ def node_config(tmp: Path, engine_cache: Path, url: str) -> dict[str, object]:
         "assembly": {"quiet_seconds": 1, "after_release_seconds": 0.2},
         "engines": {"cache_dir": str(engine_cache), "backend": "triton",
                     "triton": {"url": url, "timeout_seconds": 60}},
+        "routing": {"rules": [SCREEN_RULE]},
         "triage": FORCE_FINDINGS,
         "destinations": [{"name": "files", "type": "folder", "path": str(tmp / "results")}],
         "metrics": {"port": 0},
