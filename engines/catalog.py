@@ -67,26 +67,31 @@ class EngineSpec:
         raise UnknownEngineError(f"engine {self.name!r} has no class {name!r}")
 
 
+# Classes two engines share (the screening and the multimodal engine).
+_NORMAL = Finding("normal", "normal", "17621005", "Normal", "dicom", 0.5, False)
+_OSTEOARTHRITIS = Finding(
+    "osteoarthritis",
+    "osteoarthritis",
+    "239872002",
+    "Osteoarthritis of hip",
+    "snomed-valueset",
+    0.5,
+    False,
+)
+_OSTEONECROSIS = Finding(
+    "osteonecrosis_of_femoral_head",
+    "osteonecrosis of the femoral head",
+    "444849002",
+    "Avascular necrosis of bone of hip",
+    "snomed-valueset",
+    0.5,
+    False,
+)
+
 _SCREEN = (
-    Finding("normal", "normal", "17621005", "Normal", "dicom", 0.5, False),
-    Finding(
-        "osteoarthritis",
-        "osteoarthritis",
-        "239872002",
-        "Osteoarthritis of hip",
-        "snomed-valueset",
-        0.5,
-        False,
-    ),
-    Finding(
-        "osteonecrosis_of_femoral_head",
-        "osteonecrosis of the femoral head",
-        "444849002",
-        "Avascular necrosis of bone of hip",
-        "snomed-valueset",
-        0.5,
-        False,
-    ),
+    _NORMAL,
+    _OSTEOARTHRITIS,
+    _OSTEONECROSIS,
     Finding(
         "femoral_neck_fracture",
         "femoral neck fracture",
@@ -183,25 +188,9 @@ _FAILURE = (
 )
 
 _MULTIMODAL = (
-    Finding("normal", "normal", "17621005", "Normal", "dicom", 0.5, False),
-    Finding(
-        "osteoarthritis",
-        "osteoarthritis",
-        "239872002",
-        "Osteoarthritis of hip",
-        "snomed-valueset",
-        0.5,
-        False,
-    ),
-    Finding(
-        "osteonecrosis_of_femoral_head",
-        "osteonecrosis of the femoral head",
-        "444849002",
-        "Avascular necrosis of bone of hip",
-        "snomed-valueset",
-        0.5,
-        False,
-    ),
+    _NORMAL,
+    _OSTEOARTHRITIS,
+    _OSTEONECROSIS,
     # No SNOMED CT concept for femoroacetabular impingement could be confirmed here.
     Finding(
         "femoroacetabular_impingement",

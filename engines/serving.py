@@ -92,24 +92,27 @@ def serving_graph(model: nn.Module) -> nn.Module:
     raise ArchitectureError(f"no serving graph for {type(model).__name__}")
 
 
+# (network type, input names, output names); any other network is a classifier.
+_NAMES: tuple[tuple[type[nn.Module], tuple[str, ...], tuple[str, ...]], ...] = (
+    (HipNet, HIPNET_INPUTS, HIPNET_OUTPUTS),
+    (HipMultimodal, MULTIMODAL_INPUTS, MULTIMODAL_OUTPUTS),
+    (OsteoporosisNet, OSTEOPOROSIS_INPUTS, OSTEOPOROSIS_OUTPUTS),
+)
+
+
+def _names(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    for kind, inputs, outputs in _NAMES:
+        if isinstance(model, kind):
+            return inputs, outputs
+    return CLASSIFIER_INPUTS, CLASSIFIER_OUTPUTS
+
+
 def input_names(model: nn.Module) -> tuple[str, ...]:
-    if isinstance(model, HipNet):
-        return HIPNET_INPUTS
-    if isinstance(model, HipMultimodal):
-        return MULTIMODAL_INPUTS
-    if isinstance(model, OsteoporosisNet):
-        return OSTEOPOROSIS_INPUTS
-    return CLASSIFIER_INPUTS
+    return _names(model)[0]
 
 
 def output_names(model: nn.Module) -> tuple[str, ...]:
-    if isinstance(model, HipNet):
-        return HIPNET_OUTPUTS
-    if isinstance(model, HipMultimodal):
-        return MULTIMODAL_OUTPUTS
-    if isinstance(model, OsteoporosisNet):
-        return OSTEOPOROSIS_OUTPUTS
-    return CLASSIFIER_OUTPUTS
+    return _names(model)[1]
 
 
 def example_inputs(

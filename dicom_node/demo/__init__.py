@@ -109,7 +109,7 @@ def _send(node: Node, files: Sequence[Path], work: Path) -> str:
 def _dump_sr(path: Path, target: Path) -> None:
     if shutil.which("dsrdump"):
         result = subprocess.run(
-            ["dsrdump", "+Pt", str(path)], capture_output=True, text=True, check=False
+            ["dsrdump", "+Pt", "+Pl", str(path)], capture_output=True, text=True, check=False
         )
         if result.returncode == 0:
             target.write_text(result.stdout, encoding="utf-8")
@@ -160,7 +160,7 @@ def _table(written: DemoStudy, summary: dict[str, object], seconds: float) -> li
         )
         risk = f", PJI risk {hip['pji_risk']:.0f}/100" if hip.get("pji_risk") is not None else ""
         lines.append(
-            f"  {hip['engine']:<14} {hip['side']}  {_inputs(hip):<14}  {hip['priority']:<6}  "
+            f"  {hip['engine']:<14} {hip['side']}  {_inputs(hip):<24}  {hip['priority']:<6}  "
             f"{reported}{risk}"
         )
     return lines
@@ -190,7 +190,7 @@ def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
         from engines.build import build_demo
 
         yield (f"building the demo engines {', '.join(missing)} in {cfg.engines.cache_dir} "
-               "(trained on phantoms; about 10 minutes on 2 CPU cores, once)")  # fmt: skip
+               "(trained on phantoms; about 13 minutes on 2 CPU cores, once)")  # fmt: skip
         for result in build_demo(cfg.engines.cache_dir, tuple(missing)):
             yield f"  {result.manifest.name} {result.manifest.version} built"
     pacs = StandInPacs(out / "pacs")

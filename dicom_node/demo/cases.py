@@ -20,7 +20,7 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from dicom_node.synthetic import write
-from engines.phantoms.clinical import multimodal_case, osteoporosis_case
+from engines.phantoms.clinical import ClinicalPhantom, multimodal_case, osteoporosis_case
 from engines.phantoms.ct import ct_hip, write_ct_study_series
 from engines.phantoms.osteoporosis import bone_factor
 from engines.phantoms.studies import PhantomStudy, write_study
@@ -45,6 +45,7 @@ class DemoStudy:
     study: PhantomStudy
     files: tuple[Path, ...]
     case: Case
+    patient: ClinicalPhantom  # what the header says of the patient
 
 
 CASES = (
@@ -99,6 +100,8 @@ def truth(written: DemoStudy) -> str:
         failure = study.labels.get(f"{side}_failure")
         parts.append(f"{side} {label}" + (f" ({failure.replace('_', ' ')})" if failure else ""))
     extra = [f"bone: {case.bone.replace('_', ' ')}"]
+    if written.patient.age_years is None or written.patient.sex is None:
+        extra[0] += " (age or sex not in the header: not for the osteoporosis engine)"
     if case.ct:
         extra.append(f"CT of R: {case.ct.replace('_', ' ')}")
     return ", ".join(parts) + "; " + "; ".join(extra)
@@ -117,7 +120,7 @@ def _write(folder: Path, seed: int, case: Case) -> DemoStudy:
     files = list(study.files)
     if case.ct:
         files += write_ct_study_series(folder, ct_hip(case.ct, seed), study.identity)
-    return DemoStudy(study, tuple(files), case)
+    return DemoStudy(study, tuple(files), case, clinical)
 
 
 def write_cases(folder: Path) -> list[DemoStudy]:

@@ -72,19 +72,28 @@ def predict(
     return np.concatenate(probabilities), (np.concatenate(maps) if heatmaps else None)
 
 
+def confusion_and_recall(
+    classes: tuple[str, ...], truth: npt.NDArray[np.int64], predicted: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], dict[str, float]]:
+    """The confusion matrix (rows: true class, columns: predicted) and each class's recall
+    (NaN for a class absent from ``truth``)."""
+    k = len(classes)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
+    recall = {
+        name: float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else float("nan")
+        for i, name in enumerate(classes)
+    }
+    return confusion, recall
+
+
 def evaluate(
     spec: EngineSpec, model: nn.Module, data: HipSet, pre: Preprocessing, heatmaps: bool = True
 ) -> Evaluation:
     probabilities, maps = predict(model, data, pre, heatmaps=heatmaps)
     truth = data.labels.numpy()
     predicted = probabilities.argmax(axis=1)
-    k = len(spec.findings)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (truth, predicted), 1)
-    recall = {
-        name: float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else float("nan")
-        for i, name in enumerate(spec.class_names)
-    }
+    confusion, recall = confusion_and_recall(spec.class_names, truth, predicted)
     pointing = None
     positives = 0
     if maps is not None:

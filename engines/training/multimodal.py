@@ -52,6 +52,7 @@ from engines.phantoms.clinical import multimodal_case
 from engines.phantoms.ct import ct_hip, phantom_image
 from engines.phantoms.screen import screen_hip
 from engines.training.data import DataError
+from engines.training.evaluate import confusion_and_recall
 from engines.training.loop import EpochSummary, Progress, TrainingError
 from engines.volumes import engine_volume
 
@@ -438,13 +439,7 @@ def evaluate_multimodal(
     probabilities, radiograph, attention = predict(model, data)
     truth = data.labels.numpy()
     predicted = probabilities.argmax(axis=1)
-    k = len(spec.findings)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (truth, predicted), 1)
-    recall = {
-        name: float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else float("nan")
-        for i, name in enumerate(spec.class_names)
-    }
+    confusion, recall = confusion_and_recall(spec.class_names, truth, predicted)
     return MultimodalEvaluation(
         items=len(data),
         accuracy=float((predicted == truth).mean()),

@@ -56,6 +56,7 @@ from engines.osteoporosis.reduction import FeatureReduction, fit_reduction
 from engines.phantoms.clinical import osteoporosis_case
 from engines.phantoms.osteoporosis import osteoporosis_hip
 from engines.training.data import DataError
+from engines.training.evaluate import confusion_and_recall
 from engines.training.loop import Progress, TrainingError
 
 log = logging.getLogger(__name__)
@@ -289,12 +290,7 @@ def evaluate_osteoporosis(
     p = predict(inputs)
     truth = data.labels.numpy()
     predicted = (p >= 0.5).astype(np.int64)
-    confusion = np.zeros((2, 2), dtype=np.int64)
-    np.add.at(confusion, (truth, predicted), 1)
-    recall = {
-        name: float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else float("nan")
-        for i, name in enumerate(spec.class_names)
-    }
+    confusion, recall = confusion_and_recall(spec.class_names, truth, predicted)
     groups = importance_groups(model.components)
     importance = permutation_importance(predict, inputs, truth, groups, repeats, seed)
     return OsteoporosisEvaluation(
