@@ -168,17 +168,19 @@ def _list(cfg: Config) -> int:
     from engines.runtimes import resolve_backend
 
     backend = resolve_backend(cfg.engines.backend)
-    print(f"{'ENGINE':<11} {'VERSION':<12} {'BACKEND':<12} {'INPUT':>5}  FIGURES (held-out data)")
+    width = max(len(n) for n in ENGINE_NAMES) + 1
+    header = f"{'ENGINE':<{width}} {'VERSION':<12} {'BACKEND':<12} {'INPUT':>5}"
+    print(f"{header}  FIGURES (held-out data)")
     count = 0
     for name in ENGINE_NAMES:
         try:
             m = read_manifest(engine_folder(cfg.engines.cache_dir, name))
         except ManifestError:
-            print(f"{name:<11} {'-':<12} {backend:<12} {'-':>5}  not built")
+            print(f"{name:<{width}} {'-':<12} {backend:<12} {'-':>5}  not built")
             continue
         count += 1
         print(
-            f"{m.name:<11} {m.version:<12} {backend:<12} {m.preprocessing.size:>5}  "
+            f"{m.name:<{width}} {m.version:<12} {backend:<12} {m.preprocessing.size:>5}  "
             f"{_figures(m.evaluation)}"
         )
     print(f"{count} engines built in {cfg.engines.cache_dir}")

@@ -209,8 +209,10 @@ class EngineSet:
             grid = pre.volume or (1, 1, 1)
             empty = np.zeros(grid, dtype=np.float32)
             batch["ct"] = np.stack([empty if i.ct is None else i.ct for i in items])[:, None]
+        has_text = [False] * len(items)
         if "text" in names:
             batch["text"], has_text = EngineSet._embeddings(engine, items)
+        if "present" in names:
             flags = [(True, i.ct is not None, t) for i, t in zip(items, has_text, strict=True)]
             batch["present"] = np.array(flags, dtype=np.float32)
             for n, flag in enumerate(flags):

@@ -29,7 +29,8 @@ def test_build_list_export_and_train(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["engines", "list", "--config", str(config)]) == 0
-    assert "hip_screen  -" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "hip_screen      -" in listed and "hip_multimodal  -" in listed
 
     assert (
         main(["engines", "build", "--demo", "--engine", "hip_screen", "--config", str(config)]) == 0
@@ -41,8 +42,8 @@ def test_build_list_export_and_train(
 
     assert main(["engines", "list", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "hip_screen  0.1.0-demo   onnxruntime     64  accuracy" in out
-    assert "hipnet      -" in out and "1 engines built" in out
+    assert "hip_screen      0.1.0-demo   onnxruntime     64  accuracy" in out
+    assert "hipnet          -" in out and "1 engines built" in out
 
     assert (
         main(["engines", "export", "hip_screen", "--version", "2.0.0", "--config", str(config)])
