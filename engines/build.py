@@ -398,13 +398,7 @@ def train_multimodal_on_phantoms(
         result.accuracy_without_ct,
         result.accuracy_without_text,
     )
-    training = {
-        "data": "phantoms",
-        "profile": _profile_record(profile),
-        "data_seconds": round(data_seconds, 1),
-        "seconds": round(train_seconds, 1),
-        "history": _history(history),
-    }
+    training = _phantom_record(profile, data_seconds, train_seconds, history=_history(history))
     return package_engine(
         spec,
         model,
@@ -455,13 +449,7 @@ def train_osteoporosis_on_phantoms(
     )
     folder.mkdir(parents=True, exist_ok=True)
     plot = write_importance_plot(result.importance, folder)
-    training = {
-        "data": "phantoms",
-        "profile": _profile_record(profile),
-        "data_seconds": round(data_seconds, 1),
-        "seconds": round(train_seconds, 1),
-        **record,
-    }
+    training = _phantom_record(profile, data_seconds, train_seconds, **record)
     return package_engine(
         spec,
         model,
@@ -478,6 +466,19 @@ def train_osteoporosis_on_phantoms(
 
 def _named(progress: Callable[[str, Progress], None], name: str) -> Callable[[Progress], None]:
     return lambda p: progress(name, p)
+
+
+def _phantom_record(
+    profile: DemoProfile, data_seconds: float, train_seconds: float, **more: Any
+) -> dict[str, Any]:
+    """The manifest's training record of a phantom-trained fusion engine."""
+    return {
+        "data": "phantoms",
+        "profile": _profile_record(profile),
+        "data_seconds": round(data_seconds, 1),
+        "seconds": round(train_seconds, 1),
+        **more,
+    }
 
 
 def _profile_record(profile: DemoProfile) -> dict[str, Any]:
