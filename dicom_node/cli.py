@@ -85,6 +85,9 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     train.add_argument("--learning-rate", type=float, default=2e-3)
     train.add_argument("--beta", type=float, default=0.999, help="class-balanced loss beta")
     train.add_argument("--gamma", type=float, default=2.0, help="focal loss gamma")
+    train.add_argument("--attention-weight", type=float, default=1.0,
+                       help="weight of the lesion attention term where masks are known "
+                            "(phantoms; 0 turns it off)")  # fmt: skip
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--version", default="1.0.0", help="version written to the manifest")
     train.add_argument("--out", help="engine folder (default: <engines.cache_dir>/NAME)")

@@ -86,6 +86,7 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
         beta=args.beta,
         gamma=args.gamma,
         seed=args.seed,
+        attention_weight=args.attention_weight,
     )
     folder = Path(args.out).resolve() if args.out else cache / spec.name
     bar = ProgressBar()

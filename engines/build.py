@@ -110,7 +110,7 @@ DEMO_PROFILES: dict[str, DemoProfile] = {
         validation_per_class=8,
         test_per_class=25,
         options=TrainOptions(
-            epochs=1, batch_size=12, learning_rate=2e-3, gamma=0.5, max_seconds=240
+            epochs=1, batch_size=12, learning_rate=2e-3, gamma=0.5, max_seconds=200
         ),
     ),
     "hipnet": Profile(
@@ -119,7 +119,7 @@ DEMO_PROFILES: dict[str, DemoProfile] = {
         validation_per_class=8,
         test_per_class=20,
         options=TrainOptions(
-            epochs=1, batch_size=8, learning_rate=2e-3, gamma=0.5, max_seconds=200
+            epochs=1, batch_size=8, learning_rate=2e-3, gamma=0.5, max_seconds=190
         ),
         lateral_missing=0.2,
     ),

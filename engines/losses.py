@@ -48,3 +48,37 @@ class ClassBalancedFocalLoss(nn.Module):
         floor = torch.finfo(logits.dtype).eps
         focal = (1.0 - log_p.exp()).clamp(min=floor).pow(self.gamma)
         return (-self.weights[target] * focal * log_p).mean()
+
+
+def lesion_attention_loss(maps: Tensor, labels: Tensor, masks: Tensor) -> Tensor:
+    """How far each hip's class map for its true class looks away from its lesion.
+
+    ``maps`` (N, K, h, w) are per-cell class logits (a class-activation map),
+    ``masks`` (N, H, W) the lesion masks. A cell is a lesion cell when its block of
+    pixels holds any lesion pixel. For every hip with a lesion the term is
+    ``-log`` of the share of the true class's spatial softmax that falls on lesion
+    cells (zero when all of it does), averaged over those hips; hips without a lesion
+    (normal hips, or data with no masks) add nothing. This is the localisation
+    supervision of "attention mining" (Li et al., CVPR 2018, GAIN): with lesion
+    masks the network learns where to look, not only what to answer.
+    """
+    if maps.dim() != 4 or masks.dim() != 3 or not len(maps) == len(masks) == len(labels):
+        raise LossConfigError(
+            f"lesion attention: expected maps (N, K, h, w), labels (N,) and masks (N, H, W), "
+            f"got {tuple(maps.shape)}, {tuple(labels.shape)} and {tuple(masks.shape)}"
+        )
+    h, w = maps.shape[-2:]
+    if masks.shape[-2] < h or masks.shape[-1] < w:
+        raise LossConfigError(
+            f"lesion attention: masks {tuple(masks.shape[-2:])} are coarser than "
+            f"the maps ({h}, {w})"
+        )
+    cells = functional.adaptive_max_pool2d(masks[:, None].to(maps.dtype), (h, w))[:, 0] > 0
+    cells = cells.flatten(1)
+    positive = cells.any(dim=1)
+    if not bool(positive.any()):
+        return maps.new_zeros(())
+    true_maps = maps[torch.arange(len(maps)), labels].flatten(1)[positive]
+    log_share = functional.log_softmax(true_maps, dim=1)
+    inside = log_share.masked_fill(~cells[positive], float("-inf"))
+    return -torch.logsumexp(inside, dim=1).mean()

@@ -90,6 +90,8 @@ def test_build_list_export_and_train(
                 "64",
                 "--batch-size",
                 "8",
+                "--attention-weight",
+                "0.5",
                 "--out",
                 str(tmp_path / "mine"),
                 "--config",
@@ -100,7 +102,8 @@ def test_build_list_export_and_train(
     )
     out = capsys.readouterr().out
     assert "epoch 1: loss" in out and "recall normal" in out
-    assert (tmp_path / "mine" / "manifest.yaml").is_file()
+    mine = read_manifest(tmp_path / "mine")
+    assert mine.training["profile"]["options"]["attention_weight"] == 0.5
 
 
 def test_triton_repo_needs_built_engines(

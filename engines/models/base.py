@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 
 from torch import Tensor, nn
+from torch.nn import functional
 
 from engines.models.layers import ArchitectureError, make_pool
 from engines.models.registry import create
@@ -40,6 +41,11 @@ class Classifier(nn.Module, abc.ABC):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_with_features(x)[0]
+
+    def class_maps(self, features: Tensor) -> Tensor:
+        """The linear head applied to every cell of ``features``: (N, classes, H/32, W/32)."""
+        weight = self.fc.weight[:, :, None, None]
+        return functional.conv2d(features, weight, self.fc.bias)
 
 
 def check_dropout(name: str, value: float) -> float:

@@ -50,6 +50,10 @@ class HipScreen(nn.Module):
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.backbone.forward_with_features(x)
 
+    def class_maps(self, features: Tensor) -> Tensor:
+        """Per-cell class logits of the last feature map (what training guides to the lesion)."""
+        return self.backbone.class_maps(features)
+
 
 @register("hip_screen")
 def hip_screen(

@@ -1,10 +1,18 @@
-"""The training loop: class-balanced focal loss, AdamW with a one-cycle schedule, checkpoints.
+"""The training loop: class-balanced focal loss, lesion attention, AdamW, one-cycle, checkpoints.
 
 Progress goes to a callback (the CLI draws the bar; nothing here prints). After
 each epoch the model is validated and checkpointed; the best epoch's weights
 are restored at the end. Hip-Net trains every member on its own fused logits
 and each view's logits, so each member (and each interpretive head) learns
 rather than only their average.
+
+Where the training set has lesion masks (phantoms do, a labelled DICOM folder
+does not), ``attention_weight`` adds :func:`lesion_attention_loss` on the class
+maps the heat maps come from (the screening net's per-cell head, Hip-Net's AP
+interpretive maps). The learning rate follows a one-cycle curve over the run's
+progress, which is the larger of the share of steps done and the share of
+``max_seconds`` spent: a run cut short by its time budget still anneals to the
+end of the curve instead of stopping at a high learning rate.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from torch import Tensor, nn
 
 from dicom_node.errors import DicomNodeError
 from engines.catalog import EngineSpec
-from engines.losses import ClassBalancedFocalLoss
+from engines.losses import ClassBalancedFocalLoss, lesion_attention_loss
 from engines.manifest import Preprocessing
+from engines.models.hip_screen import HipScreen
 from engines.models.hipnet import HipNet
 from engines.training.data import HipSet, normalise
 from engines.training.evaluate import evaluate
@@ -44,6 +53,7 @@ class TrainOptions:
     gamma: float = 2.0  # focal term
     seed: int = 0
     max_seconds: float | None = None  # stop after the step that crosses this budget
+    attention_weight: float = 1.0  # lesion attention term, where masks are known
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -52,6 +62,8 @@ class TrainOptions:
             raise TrainingError(f"batch_size: expected at least 2, got {self.batch_size}")
         if not self.learning_rate > 0:
             raise TrainingError(f"learning_rate: expected > 0, got {self.learning_rate}")
+        if self.attention_weight < 0:
+            raise TrainingError(f"attention_weight: expected >= 0, got {self.attention_weight}")
 
 
 @dataclass(frozen=True)
@@ -91,14 +103,13 @@ def train(
     if any(c == 0 for c in counts):
         missing = [spec.class_names[i] for i, c in enumerate(counts) if c == 0]
         raise TrainingError(f"training set has no item of class(es) {missing}")
-    criterion = ClassBalancedFocalLoss(counts, beta=options.beta, gamma=options.gamma)
+    focal = ClassBalancedFocalLoss(counts, beta=options.beta, gamma=options.gamma)
+    criterion = Criterion(focal, options.attention_weight)
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay
     )
     steps = math.ceil(len(train_set) / options.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=options.learning_rate, total_steps=steps * options.epochs, pct_start=0.2
-    )
+    total_steps = steps * options.epochs
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(options.seed)
     start = time.monotonic()
@@ -112,11 +123,17 @@ def train(
             index = order[step * options.batch_size : (step + 1) * options.batch_size]
             if len(index) < 2:  # BatchNorm needs two items
                 continue
+            done = run_share(
+                ((epoch - 1) * steps + step) / total_steps,
+                time.monotonic() - start,
+                options.max_seconds,
+            )
+            for group in optimiser.param_groups:
+                group["lr"] = one_cycle_lr(done, options.learning_rate)
             loss = _loss(model, train_set.subset(index), pre, criterion)
             optimiser.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             optimiser.step()
-            schedule.step()
             total += float(loss.item())
             done += 1
             if progress:
@@ -157,12 +174,50 @@ def train(
     return history
 
 
-def _loss(model: nn.Module, batch: HipSet, pre: Preprocessing, criterion: nn.Module) -> Tensor:
+def run_share(step_share: float, elapsed: float, max_seconds: float | None) -> float:
+    """How much of the run is done: the share of steps, or of the time budget if larger."""
+    if max_seconds is None or max_seconds <= 0:
+        return step_share
+    return max(step_share, elapsed / max_seconds)
+
+
+def one_cycle_lr(done: float, max_lr: float, warmup: float = 0.2) -> float:
+    """The learning rate at ``done`` (0..1) of a run: a cosine rise from ``max_lr``/25 over
+    the first ``warmup`` share, then a cosine fall to ``max_lr``/1e4 (OneCycleLR's shape)."""
+    done = min(max(done, 0.0), 1.0)
+    start, end = max_lr / 25.0, max_lr / 1e4
+    if done < warmup:
+        return start + (max_lr - start) * (1 - math.cos(math.pi * done / warmup)) / 2
+    return end + (max_lr - end) * (1 + math.cos(math.pi * (done - warmup) / (1 - warmup))) / 2
+
+
+class Criterion:
+    """The class-balanced focal loss plus, where masks are known, the lesion attention term."""
+
+    def __init__(self, focal: nn.Module, attention_weight: float) -> None:
+        self.focal = focal
+        self.attention_weight = attention_weight
+
+    def __call__(
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        maps: Tensor | None = None,
+        masks: Tensor | None = None,
+    ) -> Tensor:
+        loss: Tensor = self.focal(logits, labels)
+        if self.attention_weight > 0 and maps is not None and masks is not None:
+            loss = loss + self.attention_weight * lesion_attention_loss(maps, labels, masks)
+        return loss
+
+
+def _loss(model: nn.Module, batch: HipSet, pre: Preprocessing, criterion: Criterion) -> Tensor:
     ap = normalise(batch.ap, pre)
     if not isinstance(model, HipNet):
-        logits: Tensor = model(ap)
-        loss: Tensor = criterion(logits, batch.labels)
-        return loss
+        if not isinstance(model, HipScreen):
+            return criterion(model(ap), batch.labels)
+        logits, features = model.forward_with_features(ap)
+        return criterion(logits, batch.labels, model.class_maps(features), batch.masks)
     if batch.lateral is None or batch.lateral_present is None:
         raise TrainingError("Hip-Net needs lateral views and lateral_present in its training set")
     lateral = normalise(batch.lateral, pre) * batch.lateral_present[:, None, None, None]
@@ -170,7 +225,7 @@ def _loss(model: nn.Module, batch: HipSet, pre: Preprocessing, criterion: nn.Mod
     total = torch.zeros(())
     for member in model.members:
         fused, ap_map, lateral_map = member(ap, lateral, present)
-        total = total + criterion(fused, batch.labels)
+        total = total + criterion(fused, batch.labels, ap_map, batch.masks)
         total = total + 0.5 * criterion(ap_map.mean(dim=(2, 3)), batch.labels)
         if bool(present.any()):
             seen = present > 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 
 from engines.models import create
+from engines.models.base import create_classifier
 from engines.models.hip_screen import SCREEN_CLASSES, HipScreen
 from engines.models.hipnet import FAILURE_CLASSES, MEMBER_BACKBONES, HipNet
 
@@ -52,3 +53,18 @@ def test_missing_lateral_view_is_masked_out() -> None:
         present, _, _ = model(ap, torch.rand(1, 1, 64, 64), torch.ones(1))
     assert torch.allclose(missing_a, missing_b)  # the lateral tensor does not matter then
     assert not torch.allclose(missing_a, present)
+
+
+def test_class_maps_average_to_the_logits_of_an_average_pooled_head() -> None:
+    torch.manual_seed(0)
+    model = create_classifier("resnet50", num_classes=3, in_channels=1, pool="avg").eval()
+    with torch.no_grad():
+        logits, features = model.forward_with_features(torch.rand(2, 1, 96, 96))
+        maps = model.class_maps(features)
+    assert maps.shape == (2, 3, 3, 3)
+    assert torch.allclose(maps.mean(dim=(2, 3)), logits, atol=1e-5)
+    screen = create("hip_screen").eval()
+    assert isinstance(screen, HipScreen)
+    with torch.no_grad():
+        _, screen_features = screen.forward_with_features(torch.rand(1, 1, 64, 64))
+    assert screen.class_maps(screen_features).shape == (1, 8, 2, 2)

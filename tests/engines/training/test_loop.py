@@ -7,10 +7,19 @@ import pytest
 import torch
 
 from engines.catalog import engine_spec
+from engines.losses import ClassBalancedFocalLoss, lesion_attention_loss
 from engines.manifest import Preprocessing
 from engines.models import create
-from engines.training.data import phantom_set
-from engines.training.loop import Progress, TrainingError, TrainOptions, train
+from engines.training.data import normalise, phantom_set
+from engines.training.loop import (
+    Criterion,
+    Progress,
+    TrainingError,
+    TrainOptions,
+    one_cycle_lr,
+    run_share,
+    train,
+)
 
 PRE = Preprocessing(size=64)
 
@@ -67,6 +76,7 @@ def test_bad_options_and_data(tmp_path: Path) -> None:
         (TrainOptions(epochs=0), "epochs: expected at least 1, got 0"),
         (TrainOptions(batch_size=1), "batch_size: expected at least 2, got 1"),
         (TrainOptions(learning_rate=0.0), "learning_rate: expected > 0, got 0.0"),
+        (TrainOptions(attention_weight=-1.0), "attention_weight: expected >= 0, got -1.0"),
     ]:
         with pytest.raises(TrainingError, match=message):
             train(spec, model, data, data, PRE, options, tmp_path)
@@ -85,3 +95,57 @@ def test_bad_options_and_data(tmp_path: Path) -> None:
             TrainOptions(batch_size=5),
             tmp_path,
         )
+
+
+def test_one_cycle_rises_from_a_25th_to_the_peak_then_falls_to_a_ten_thousandth() -> None:
+    assert one_cycle_lr(0.0, 1.0) == pytest.approx(1 / 25)
+    assert one_cycle_lr(0.2, 1.0) == pytest.approx(1.0)
+    assert one_cycle_lr(1.0, 1.0) == pytest.approx(1e-4)
+    assert one_cycle_lr(7.0, 1.0) == one_cycle_lr(1.0, 1.0)  # past the end stays at the end
+    rise = [one_cycle_lr(i / 100, 2e-3) for i in range(21)]
+    fall = [one_cycle_lr(i / 100, 2e-3) for i in range(20, 101)]
+    assert rise == sorted(rise) and fall == sorted(fall, reverse=True)
+
+
+def test_a_time_budget_moves_the_schedule_on_when_it_runs_ahead_of_the_steps() -> None:
+    assert run_share(0.25, 10.0, None) == 0.25
+    assert run_share(0.25, 10.0, 0.0) == 0.25  # no budget
+    assert run_share(0.25, 10.0, 20.0) == 0.5  # half the time is gone: half the curve
+    assert run_share(0.75, 10.0, 20.0) == 0.75
+
+
+def test_the_criterion_adds_the_lesion_term_only_where_masks_are_given() -> None:
+    torch.manual_seed(0)
+    focal = ClassBalancedFocalLoss([1, 1, 1], beta=0.0, gamma=0.5)
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    maps = torch.randn(4, 3, 2, 2)
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks[1, 0, 0] = True
+    plain = focal(logits, labels)
+    attention = lesion_attention_loss(maps, labels, masks)
+    assert attention.item() > 0
+    assert torch.allclose(
+        Criterion(focal, 0.5)(logits, labels, maps, masks), plain + 0.5 * attention
+    )
+    assert torch.equal(Criterion(focal, 0.0)(logits, labels, maps, masks), plain)
+    assert torch.equal(Criterion(focal, 0.5)(logits, labels), plain)
+
+
+def test_training_with_lesion_masks_moves_the_screening_heat_map_to_the_lesion(
+    tmp_path: Path,
+) -> None:
+    """Four steps: the attention term falls when it is on, not when it is off (measured with
+    batch statistics: BatchNorm's running statistics are still near their start)."""
+    spec = engine_spec("hip_screen")
+    data = phantom_set(spec, 2, 64, seed=0)  # 16 hips, 14 with a lesion
+    results = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = create("hip_screen", zero_init_residual=True)
+        options = TrainOptions(epochs=1, batch_size=4, learning_rate=1e-3, attention_weight=weight)
+        train(spec, model, data, data, PRE, options, tmp_path / str(weight))
+        with torch.no_grad():
+            _, features = model.train().forward_with_features(normalise(data.ap, PRE))
+            maps = model.class_maps(features)
+        results[weight] = lesion_attention_loss(maps, data.labels, data.masks).item()
+    assert results[1.0] < 0.5 * results[0.0], results
