@@ -123,13 +123,13 @@ def train(
             index = order[step * options.batch_size : (step + 1) * options.batch_size]
             if len(index) < 2:  # BatchNorm needs two items
                 continue
-            done = run_share(
+            share = run_share(
                 ((epoch - 1) * steps + step) / total_steps,
                 time.monotonic() - start,
                 options.max_seconds,
             )
             for group in optimiser.param_groups:
-                group["lr"] = one_cycle_lr(done, options.learning_rate)
+                group["lr"] = one_cycle_lr(share, options.learning_rate)
             loss = _loss(model, train_set.subset(index), pre, criterion)
             optimiser.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
