@@ -7,11 +7,20 @@ from pathlib import Path
 import pytest
 
 from engines import build
-from engines.build import DEMO_VERSION, BuildError, Profile, build_demo, cached_demo
+from engines.build import (
+    DEMO_VERSION,
+    BuildError,
+    Profile,
+    WarmStart,
+    build_demo,
+    cached_demo,
+    train_and_package,
+)
 from engines.catalog import engine_spec
 from engines.manifest import read_manifest
 from engines.models import create
 from engines.package import package_engine
+from engines.training.data import phantom_set
 from engines.training.loop import TrainOptions
 
 TINY = Profile(
@@ -67,3 +76,63 @@ def test_a_sites_own_engine_is_not_replaced_by_a_demo_build(tmp_path: Path) -> N
     )
     with pytest.raises(BuildError, match=r"holds hip_screen 1\.0\.0-site, not a demo engine"):
         build_demo(tmp_path, ("hip_screen",))
+
+
+TINY_HIPNET = Profile(
+    size=64,
+    train_per_class=2,
+    validation_per_class=1,
+    test_per_class=1,
+    options=TrainOptions(epochs=1, batch_size=8),
+    lateral_missing=0.2,
+    warm_start="hip_screen",
+)
+
+
+@pytest.mark.usefixtures("tiny_profile")
+def test_hipnet_builds_after_the_screening_engine_it_starts_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(build.DEMO_PROFILES, "hipnet", TINY_HIPNET)
+    results = build_demo(tmp_path, ("hipnet", "hip_screen"))
+    assert [r.manifest.name for r in results] == ["hip_screen", "hipnet"]
+    screen = read_manifest(tmp_path / "hip_screen")
+    assert results[1].manifest.training["warm_start"] == {
+        "engine": "hip_screen",
+        "version": DEMO_VERSION,
+        "checkpoint_sha256": screen.artefacts["checkpoint"].sha256,
+        "branches": ["members.0.ap", "members.0.lateral", "members.1.ap", "members.1.lateral"],
+    }
+
+
+def test_hipnet_without_its_screening_engine_says_what_to_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(build.DEMO_PROFILES, "hipnet", TINY_HIPNET)
+    with pytest.raises(
+        BuildError,
+        match=r"hipnet starts from the hip_screen engine's backbone, which is not built in .*"
+        r"build it first: dicom-node engines build --demo --engine hip_screen",
+    ):
+        build_demo(tmp_path, ("hipnet",))
+    assert not (tmp_path / "hipnet" / "manifest.yaml").exists()
+
+
+def test_a_warm_start_that_fits_no_branch_is_refused(tmp_path: Path) -> None:
+    spec = engine_spec("hipnet")
+    data = phantom_set(spec, 1, 64, seed=0)
+    source = WarmStart("hip_screen", "0.0.1-test", "0" * 64, {})
+    with pytest.raises(BuildError, match=r"the hip_screen backbone fits no branch of hipnet"):
+        train_and_package(
+            spec,
+            data,
+            data,
+            data,
+            64,
+            tmp_path,
+            "0.0.1-test",
+            TINY.options,
+            {},
+            None,
+            source=source,
+        )
