@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -78,15 +79,7 @@ def test_a_sites_own_engine_is_not_replaced_by_a_demo_build(tmp_path: Path) -> N
         build_demo(tmp_path, ("hip_screen",))
 
 
-TINY_HIPNET = Profile(
-    size=64,
-    train_per_class=2,
-    validation_per_class=1,
-    test_per_class=1,
-    options=TrainOptions(epochs=1, batch_size=8),
-    lateral_missing=0.2,
-    warm_start="hip_screen",
-)
+TINY_HIPNET = replace(TINY, lateral_missing=0.2, warm_start="hip_screen")
 
 
 @pytest.mark.usefixtures("tiny_profile")
