@@ -107,7 +107,7 @@ DEMO_ENGINES = ("hip_screen", "hipnet", "hip_multimodal", "osteoporosis")
 # gamma 2 against 0.83 at 0.5 in the same time). max_seconds bounds the build on slow CPUs.
 # The lesion attention term (TrainOptions.attention_weight, on by default) and, for Hip-Net,
 # the warm start of its ResNet branches from the screening engine's backbone are what bring
-# the two image engines from 0.72 and 0.47 to ~0.95 and ~0.85 (docs/engines.md).
+# the two image engines from 0.72 and 0.47 to ~0.95 and ~0.8 (docs/engines.md).
 DEMO_PROFILES: dict[str, DemoProfile] = {
     "hip_screen": Profile(
         size=ENGINES["hip_screen"].demo_size,
