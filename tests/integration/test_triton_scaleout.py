@@ -19,17 +19,17 @@ import yaml
 from dicom_clients import send_files
 from helpers import FORCE_FINDINGS, SCREEN_RULE, pipeline_config
 from node_process import NodeProcess
-from orthanc import wait_for
-from tritonserver import TritonUnavailableError, free_ports, run_tritonserver
+from orthanc import free_port, wait_for
+from tritonserver import TritonUnavailableError, run_tritonserver
 
 from dicom_node.analyse import analyse_study, read_sources
 from dicom_node.infer import EngineSet
 from engines.phantoms.studies import write_study
 
 
-def node_config(tmp: Path, engine_cache: Path, url: str, port: int) -> dict[str, object]:
+def node_config(tmp: Path, engine_cache: Path, url: str) -> dict[str, object]:
     return {
-        "node": {"host": "127.0.0.1", "port": port, "drain_seconds": 2},
+        "node": {"host": "127.0.0.1", "port": free_port(), "drain_seconds": 2},
         "storage": {"spool_dir": str(tmp / "spool"), "min_free_bytes": 0},
         "assembly": {"quiet_seconds": 1, "after_release_seconds": 0.2},
         "engines": {"cache_dir": str(engine_cache), "backend": "triton",
@@ -66,11 +66,9 @@ def test_two_nodes_on_one_triton_give_the_local_results(
                         failure={"L": "aseptic_loosening"}, size=64)  # fmt: skip
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-    # Both ports at once: two free_port() calls in a row may hand out the same port.
-    ports = free_ports(2)
     nodes = [
-        NodeProcess(tmp_path / name, node_config(tmp_path / name, engine_cache, triton_url, port))
-        for name, port in zip(("a", "b"), ports, strict=True)
+        NodeProcess(tmp_path / name, node_config(tmp_path / name, engine_cache, triton_url))
+        for name in ("a", "b")
     ]
     try:
         for node in nodes:
