@@ -66,6 +66,12 @@ class DenseNet(Classifier):
                 channels //= 2
         layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
+        # The reference implementation's initialisation (He-normal convolutions, zero
+        # linear bias); PyTorch's default is a uniform of a third of that variance.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight)
+        nn.init.zeros_(self.fc.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map after the final norm and ReLU, (N, 1024, H/32, W/32)."""

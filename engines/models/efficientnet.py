@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 from engines.models.base import Classifier, check_dropout
@@ -76,6 +78,16 @@ class EfficientNet(Classifier):
         layers += _conv_bn_act(channels, _HEAD, 1)
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(check_dropout("dropout", dropout))
+        # The reference implementation's initialisation (He-normal over fan-out for
+        # convolutions, zero biases, a uniform of 1/sqrt(classes) for the classifier).
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        bound = 1.0 / math.sqrt(num_classes)
+        nn.init.uniform_(self.fc.weight, -bound, bound)
+        nn.init.zeros_(self.fc.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map after the 1280-channel head, (N, 1280, H/32, W/32)."""

@@ -27,6 +27,16 @@ def test_registered_constructor_builds_the_reference_count(standard: DenseNet) -
     assert count(standard) == TORCHVISION_PARAMS
 
 
+def test_initialisation_follows_the_reference(standard: DenseNet) -> None:
+    # He-normal over fan-in for every convolution (PyTorch's default would give a third
+    # of that variance), zero bias for the classifier.
+    convs = [m for m in standard.modules() if isinstance(m, nn.Conv2d)]
+    big = max(convs, key=lambda m: m.weight.numel())
+    fan_in = big.weight[0].numel()
+    assert float(big.weight.detach().std()) == pytest.approx((2.0 / fan_in) ** 0.5, rel=0.05)
+    assert float(standard.fc.bias.detach().abs().max()) == 0.0
+
+
 def test_block_config_and_growth_rate(standard: DenseNet) -> None:
     layers = [m for m in standard.features if isinstance(m, DenseLayer)]
     assert len(layers) == 6 + 12 + 24 + 16

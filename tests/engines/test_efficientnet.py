@@ -43,6 +43,20 @@ def depthwise(block: MBConv) -> nn.Conv2d:
     return convs[0]
 
 
+def test_initialisation_follows_the_reference(standard: EfficientNet) -> None:
+    # He-normal over fan-out for convolutions, zero conv biases (squeeze-excitation),
+    # a uniform of 1/sqrt(classes) and zero bias for the classifier.
+    convs = [m for m in standard.modules() if isinstance(m, nn.Conv2d)]
+    big = max(convs, key=lambda m: m.weight.numel())
+    fan_out = big.out_channels * big.kernel_size[0] * big.kernel_size[1] // big.groups
+    assert float(big.weight.detach().std()) == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.05)
+    assert all(float(m.bias.detach().abs().max()) == 0.0 for m in convs if m.bias is not None)
+    bound = 1.0 / 1000**0.5
+    assert float(standard.fc.weight.detach().abs().max()) <= bound
+    assert float(standard.fc.weight.detach().abs().max()) > 0.9 * bound
+    assert float(standard.fc.bias.detach().abs().max()) == 0.0
+
+
 def test_blocks_follow_the_b0_stage_table(standard: EfficientNet) -> None:
     blocks = [m for m in standard.features if isinstance(m, MBConv)]
     expected = [
