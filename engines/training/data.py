@@ -96,6 +96,15 @@ def normalise(images: Tensor, pre: Preprocessing) -> Tensor:
     return (images - pre.mean) / pre.std
 
 
+def lateral_inputs(part: HipSet, pre: Preprocessing) -> tuple[Tensor, Tensor]:
+    """Hip-Net's lateral input and ``lateral_present``: zeros where the view is missing
+    (and everywhere for a set without lateral views)."""
+    if part.lateral is None or part.lateral_present is None:
+        return torch.zeros_like(part.ap), torch.zeros(len(part))
+    present = part.lateral_present
+    return normalise(part.lateral, pre) * present[:, None, None, None], present
+
+
 def split(data: HipSet, validation_share: float, seed: int) -> tuple[HipSet, HipSet]:
     """A stratified split: each class keeps ``validation_share`` of its items for validation."""
     if not 0.0 < validation_share < 1.0:

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from engines.catalog import EngineSpec
 from engines.gradcam import grad_cam
 from engines.manifest import Preprocessing
 from engines.models.hipnet import HipNet
 from engines.serving import gem_exponent, head_weights, serving_graph
-from engines.training.data import HipSet, normalise
+from engines.training.data import HipSet, lateral_inputs, normalise
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def predict(
             part = data.subset(torch.arange(begin, min(begin + batch_size, len(data))))
             ap = normalise(part.ap, pre)
             if isinstance(model, HipNet):
-                lateral, present = _lateral(part, pre)
+                lateral, present = lateral_inputs(part, pre)
                 p, class_maps, _ = model(ap, lateral, present)
                 probabilities.append(p.numpy())
                 if heatmaps:
@@ -121,11 +121,3 @@ def peak_hits_mask(heatmap: npt.NDArray[np.floating], mask: npt.NDArray[np.bool_
     top, bottom = (r * rows) // h, ((r + 1) * rows + h - 1) // h
     left, right = (c * cols) // w, ((c + 1) * cols + w - 1) // w
     return bool(mask[top:bottom, left:right].any())
-
-
-def _lateral(part: HipSet, pre: Preprocessing) -> tuple[Tensor, Tensor]:
-    if part.lateral is None or part.lateral_present is None:
-        zeros = torch.zeros_like(part.ap)
-        return zeros, torch.zeros(len(part))
-    present = part.lateral_present
-    return normalise(part.lateral, pre) * present[:, None, None, None], present

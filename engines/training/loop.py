@@ -33,7 +33,8 @@ from engines.losses import ClassBalancedFocalLoss, lesion_attention_loss
 from engines.manifest import Preprocessing
 from engines.models.hip_screen import HipScreen
 from engines.models.hipnet import HipNet
-from engines.training.data import HipSet, normalise
+from engines.training.batch_norm import recalibrate_batch_norm
+from engines.training.data import HipSet, lateral_inputs, normalise
 from engines.training.evaluate import evaluate
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class TrainOptions:
     seed: int = 0
     max_seconds: float | None = None  # stop after the step that crosses this budget
     attention_weight: float = 1.0  # lesion attention term, where masks are known
+    batch_norm_items: int = 128  # training items to recompute BatchNorm statistics from; 0: off
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -64,6 +66,8 @@ class TrainOptions:
             raise TrainingError(f"learning_rate: expected > 0, got {self.learning_rate}")
         if self.attention_weight < 0:
             raise TrainingError(f"attention_weight: expected >= 0, got {self.attention_weight}")
+        if self.batch_norm_items < 0:
+            raise TrainingError(f"batch_norm_items: expected >= 0, got {self.batch_norm_items}")
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ def train(
                 )
             if options.max_seconds is not None and time.monotonic() - start > options.max_seconds:
                 break
+        recalibrate_batch_norm(model, train_set, pre, options.batch_norm_items, seed=options.seed)
         result = evaluate(spec, model, val_set, pre, heatmaps=False)
         summary = EpochSummary(
             epoch, total / max(done, 1), result.accuracy, time.monotonic() - start
@@ -220,8 +225,7 @@ def _loss(model: nn.Module, batch: HipSet, pre: Preprocessing, criterion: Criter
         return criterion(logits, batch.labels, model.class_maps(features), batch.masks)
     if batch.lateral is None or batch.lateral_present is None:
         raise TrainingError("Hip-Net needs lateral views and lateral_present in its training set")
-    lateral = normalise(batch.lateral, pre) * batch.lateral_present[:, None, None, None]
-    present = batch.lateral_present
+    lateral, present = lateral_inputs(batch, pre)
     total = torch.zeros(())
     for member in model.members:
         fused, ap_map, lateral_map = member(ap, lateral, present)

@@ -10,6 +10,7 @@ from engines.catalog import engine_spec
 from engines.losses import ClassBalancedFocalLoss, lesion_attention_loss
 from engines.manifest import Preprocessing
 from engines.models import create
+from engines.training.batch_norm import recalibrate_batch_norm
 from engines.training.data import normalise, phantom_set
 from engines.training.loop import (
     Criterion,
@@ -57,6 +58,22 @@ def test_time_budget_stops_after_the_step_that_crosses_it(tmp_path: Path) -> Non
     assert len(history) == 1 and len(seen) == 1
 
 
+def test_the_kept_weights_come_with_recalibrated_batch_norm_statistics(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    spec = engine_spec("hipnet")
+    data = phantom_set(spec, 2, 64, seed=0)
+    model = create("hipnet", backbones=("efficientnet_b0",))
+    options = TrainOptions(epochs=1, batch_size=5, batch_norm_items=10)
+    train(spec, model, data, data, PRE, options, tmp_path)
+    kept = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    # Recomputing from the same sample under the final weights changes nothing: the
+    # statistics are those of the final weights, not the moving average of training.
+    recalibrate_batch_norm(model, data, PRE, items=10, seed=options.seed)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in kept.items())
+
+
 def test_hipnet_trains_each_member_on_both_views(tmp_path: Path) -> None:
     torch.manual_seed(0)
     spec = engine_spec("hipnet")
@@ -77,6 +94,7 @@ def test_bad_options_and_data(tmp_path: Path) -> None:
         (TrainOptions(batch_size=1), "batch_size: expected at least 2, got 1"),
         (TrainOptions(learning_rate=0.0), "learning_rate: expected > 0, got 0.0"),
         (TrainOptions(attention_weight=-1.0), "attention_weight: expected >= 0, got -1.0"),
+        (TrainOptions(batch_norm_items=-1), "batch_norm_items: expected >= 0, got -1"),
     ]:
         with pytest.raises(TrainingError, match=message):
             train(spec, model, data, data, PRE, options, tmp_path)
