@@ -88,6 +88,9 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     train.add_argument("--attention-weight", type=float, default=1.0,
                        help="weight of the lesion attention term where masks are known "
                             "(phantoms; 0 turns it off)")  # fmt: skip
+    train.add_argument("--batch-norm-items", type=int, default=128, metavar="N",
+                       help="recompute BatchNorm statistics from N training items after each "
+                            "epoch (0 turns it off)")  # fmt: skip
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--version", default="1.0.0", help="version written to the manifest")
     train.add_argument("--out", help="engine folder (default: <engines.cache_dir>/NAME)")

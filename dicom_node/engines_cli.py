@@ -87,6 +87,7 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
         gamma=args.gamma,
         seed=args.seed,
         attention_weight=args.attention_weight,
+        batch_norm_items=args.batch_norm_items,
     )
     folder = Path(args.out).resolve() if args.out else cache / spec.name
     bar = ProgressBar()

@@ -92,6 +92,8 @@ def test_build_list_export_and_train(
                 "8",
                 "--attention-weight",
                 "0.5",
+                "--batch-norm-items",
+                "16",
                 "--out",
                 str(tmp_path / "mine"),
                 "--config",
@@ -104,6 +106,7 @@ def test_build_list_export_and_train(
     assert "epoch 1: loss" in out and "recall normal" in out
     mine = read_manifest(tmp_path / "mine")
     assert mine.training["profile"]["options"]["attention_weight"] == 0.5
+    assert mine.training["profile"]["options"]["batch_norm_items"] == 16
 
 
 def test_triton_repo_needs_built_engines(
