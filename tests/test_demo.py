@@ -4,8 +4,11 @@ import dataclasses
 from pathlib import Path
 
 from dicom_node.config import Config, EnginesConfig
+from dicom_node.config_results import Destination
 from dicom_node.demo import run_demo
 from dicom_node.demo.cases import CASES, SEED
+from dicom_node.demo.pacs import StandInPacs
+from dicom_node.send.echo import echo
 from engines.phantoms.clinical import osteoporosis_case
 
 
@@ -51,3 +54,13 @@ def test_demo_sends_phantom_studies_and_reports_each_result(
         )
         assert list(folder.glob("sc-*.png")), f"no overlay preview for {case.name}"
     assert lines[-1].endswith("not for clinical use")
+
+
+def test_the_pacs_stand_in_answers_c_echo(tmp_path: Path) -> None:
+    pacs = StandInPacs(tmp_path / "pacs")
+    pacs.start()
+    try:
+        peer = Destination("demo-pacs", ae_title=pacs.ae_title, host="127.0.0.1", port=pacs.port)
+        assert echo(peer, "TRIAGE", timeout=5.0) is None
+    finally:
+        pacs.stop()

@@ -1,5 +1,7 @@
 """The demo's PACS stand-in: a pynetdicom Storage SCP that keeps what it receives.
 
+Like any PACS it answers C-ECHO, so the node's destination check finds it reachable.
+
 It stores each instance under ``folder/<study>/<sop>.dcm`` and remembers when
 it arrived, so the demo can show the time to result as a PACS would see it.
 """
@@ -16,6 +18,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+VERIFICATION = "1.2.840.10008.1.1"  # C-ECHO, which the node's /readyz sends to destinations
 RESULT_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
@@ -39,7 +42,7 @@ class StandInPacs:
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=self.ae_title)
-        for sop_class in RESULT_CLASSES:
+        for sop_class in (VERIFICATION, *RESULT_CLASSES):
             ae.add_supported_context(sop_class)
         self._server = ae.start_server(
             ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
