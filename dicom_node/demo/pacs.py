@@ -16,9 +16,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.send.echo import VERIFICATION  # what the node's destination check sends
+
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
-VERIFICATION = "1.2.840.10008.1.1"  # C-ECHO, which the node's /readyz sends to destinations
 RESULT_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
