@@ -54,6 +54,7 @@ from engines.phantoms.screen import screen_hip
 from engines.training.data import DataError
 from engines.training.evaluate import confusion_and_recall
 from engines.training.loop import EpochSummary, Progress, TrainingError
+from engines.training.optimiser import adamw
 from engines.volumes import engine_volume
 
 log = logging.getLogger(__name__)
@@ -362,9 +363,7 @@ def _fine_tune(
     keep: Callable[[int, float], None],
 ) -> None:
     """Stage 2: end-to-end epochs with modality dropout and clipped gradients."""
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay
-    )
+    optimiser = adamw(model.parameters(), options.learning_rate, options.weight_decay)
     steps = math.ceil(len(train_set) / options.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=options.learning_rate, total_steps=steps * options.epochs, pct_start=0.2

@@ -58,6 +58,7 @@ from engines.phantoms.osteoporosis import osteoporosis_hip
 from engines.training.data import DataError
 from engines.training.evaluate import confusion_and_recall
 from engines.training.loop import Progress, TrainingError
+from engines.training.optimiser import adamw
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def train_backbones(
         return 0.0
     backbones = [model.backbones[name] for name in model.backbone_names]
     parameters = [p for b in backbones for p in b.parameters()]
-    optimiser = torch.optim.AdamW(parameters, lr=options.backbone_learning_rate, weight_decay=1e-4)
+    optimiser = adamw(parameters, options.backbone_learning_rate, 1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser,
         max_lr=options.backbone_learning_rate,
