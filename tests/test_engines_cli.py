@@ -141,3 +141,17 @@ def test_export_of_the_fusion_engines_keeps_their_inputs_and_artefacts(
     # The same weights: the reduction (network buffers) is reproduced byte for byte.
     assert osteoporosis.artefacts["reduction"] == before.artefacts["reduction"]
     assert osteoporosis.evaluation == before.evaluation
+
+
+def test_train_defaults_are_those_of_train_options() -> None:
+    # The CLI repeats TrainOptions' defaults as literals (importing torch at start-up to read
+    # them would slow every subcommand); this keeps the two from drifting apart.
+    from dataclasses import fields
+
+    from dicom_node.cli import _parser
+
+    args = _parser().parse_args(["engines", "train", "hip_screen"])
+    flags = {f.name for f in fields(TrainOptions)} - {"max_seconds", "weight_decay"}
+    assert {name: getattr(args, name) for name in flags} == {
+        name: getattr(TrainOptions(), name) for name in flags
+    }
