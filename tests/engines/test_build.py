@@ -16,6 +16,7 @@ from engines.build import (
     build_demo,
     cached_demo,
     train_and_package,
+    training_budget,
 )
 from engines.catalog import engine_spec
 from engines.manifest import read_manifest
@@ -83,19 +84,40 @@ TINY_HIPNET = replace(TINY, lateral_missing=0.2, warm_start="hip_screen")
 
 
 @pytest.mark.usefixtures("tiny_profile")
-def test_hipnet_builds_after_the_screening_engine_it_starts_from(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_hipnet_builds_after_the_screening_engine_within_the_deadline_it_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setitem(build.DEMO_PROFILES, "hipnet", TINY_HIPNET)
+    options = TrainOptions(epochs=1, batch_size=8, max_seconds=100.0)
+    monkeypatch.setitem(build.DEMO_PROFILES, "hipnet", replace(TINY_HIPNET, options=options))
+    monkeypatch.setattr(build, "IMAGE_ENGINES_SECONDS", 30.0)
+    monkeypatch.setattr(build, "MIN_TRAINING_SECONDS", 0.5)
+    caplog.set_level("INFO", logger="engines.build")
     results = build_demo(tmp_path, ("hipnet", "hip_screen"))
     assert [r.manifest.name for r in results] == ["hip_screen", "hipnet"]
     screen = read_manifest(tmp_path / "hip_screen")
-    assert results[1].manifest.training["warm_start"] == {
+    first, second = (r.manifest.training for r in results)
+    assert second["warm_start"] == {
         "engine": "hip_screen",
         "version": DEMO_VERSION,
         "checkpoint_sha256": screen.artefacts["checkpoint"].sha256,
         "branches": ["members.0.ap", "members.0.lateral", "members.1.ap", "members.1.lateral"],
     }
+    # The engines share the deadline: the first may use all of it (its profile sets no
+    # budget), the second what the first left.
+    assert first["max_seconds"] == 30.0
+    assert 0.5 <= second["max_seconds"] < 30.0
+    assert second["profile"]["options"]["max_seconds"] == 100.0
+    assert "s of training left within the build's deadline" in caplog.text
+    # The recorded profile is the static one, so the engines are reused as they are.
+    assert cached_demo(tmp_path, "hipnet") is not None
+
+
+def test_a_training_budget_keeps_the_reserve_and_a_floor() -> None:
+    profile = replace(TINY, options=TrainOptions(max_seconds=185.0), reserve_seconds=75.0)
+    assert training_budget(profile, 470.0) == 185.0
+    assert training_budget(profile, 230.0) == 155.0
+    assert training_budget(profile, 100.0) == build.MIN_TRAINING_SECONDS
+    assert training_budget(replace(TINY, reserve_seconds=10.0), 200.0) == 190.0  # no budget
 
 
 def test_hipnet_without_its_screening_engine_says_what_to_build(
