@@ -33,7 +33,7 @@ from engines.models.warm_start import backbone_state, warm_start
 from engines.package import package_engine
 from engines.training.data import HipSet, phantom_set, split
 from engines.training.evaluate import Evaluation, evaluate
-from engines.training.loop import EpochSummary, Progress, TrainOptions, train
+from engines.training.loop import EpochSummary, Progress, TrainOptions, channels_last, train
 from engines.training.multimodal import (
     MultimodalOptions,
     evaluate_multimodal,
@@ -418,9 +418,10 @@ def train_and_package(
             },
         }
     start = time.monotonic()
-    history = train(
-        spec, model, train_set, validation, pre, options, folder / "checkpoints", progress
-    )
+    with channels_last(model):
+        history = train(
+            spec, model, train_set, validation, pre, options, folder / "checkpoints", progress
+        )
     train_seconds = time.monotonic() - start
     result = evaluate(spec, model, test, pre)
     log.info(

@@ -112,47 +112,6 @@ def train(
     focal = ClassBalancedFocalLoss(counts, beta=options.beta, gamma=options.gamma)
     criterion = Criterion(focal, options.attention_weight)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    with channels_last(model):
-        history = _epochs(spec, model, train_set, val_set, pre, options, criterion,
-                          checkpoint_dir, progress)  # fmt: skip
-    if max(history, key=lambda h: h.val_accuracy) is not history[-1]:
-        model.load_state_dict(torch.load(checkpoint_dir / "best.pt", weights_only=True))
-    return history
-
-
-@contextmanager
-def channels_last(model: nn.Module) -> Iterator[None]:
-    """Hold 2-D convolution kernels in channels-last (NHWC) order for the duration: oneDNN's
-    CPU convolutions run ~7 % faster that way on the screening network. Only the memory
-    layout changes; the kernels are back in the standard layout afterwards."""
-    kernels = [p for p in model.parameters() if p.dim() == 4]
-    planar = all(p.dim() < 5 for p in model.parameters())  # no channels-last for 3-D kernels
-    if planar:
-        _layout(kernels, torch.channels_last)
-    try:
-        yield
-    finally:
-        if planar:
-            _layout(kernels, torch.contiguous_format)
-
-
-def _layout(kernels: list[nn.Parameter], memory_format: torch.memory_format) -> None:
-    with torch.no_grad():
-        for kernel in kernels:
-            kernel.data = kernel.data.contiguous(memory_format=memory_format)
-
-
-def _epochs(
-    spec: EngineSpec,
-    model: nn.Module,
-    train_set: HipSet,
-    val_set: HipSet,
-    pre: Preprocessing,
-    options: TrainOptions,
-    criterion: Criterion,
-    checkpoint_dir: Path,
-    progress: Callable[[Progress], None] | None,
-) -> list[EpochSummary]:
     optimiser = adamw(model.parameters(), options.learning_rate, options.weight_decay)
     steps = math.ceil(len(train_set) / options.batch_size)
     total_steps = steps * options.epochs
@@ -216,7 +175,31 @@ def _epochs(
         if options.max_seconds is not None and time.monotonic() - start > options.max_seconds:
             log.info("%s: training time budget of %.0f s reached", spec.name, options.max_seconds)
             break
+    if max(history, key=lambda h: h.val_accuracy) is not history[-1]:
+        model.load_state_dict(torch.load(checkpoint_dir / "best.pt", weights_only=True))
     return history
+
+
+@contextmanager
+def channels_last(model: nn.Module) -> Iterator[None]:
+    """Hold 2-D convolution kernels in channels-last (NHWC) order for the duration: oneDNN's
+    CPU convolutions run ~7 % faster that way on the screening network. Only the memory
+    layout changes; the kernels are back in the standard layout afterwards."""
+    kernels = [p for p in model.parameters() if p.dim() == 4]
+    planar = all(p.dim() < 5 for p in model.parameters())  # no channels-last for 3-D kernels
+    if planar:
+        _layout(kernels, torch.channels_last)
+    try:
+        yield
+    finally:
+        if planar:
+            _layout(kernels, torch.contiguous_format)
+
+
+def _layout(kernels: list[nn.Parameter], memory_format: torch.memory_format) -> None:
+    with torch.no_grad():
+        for kernel in kernels:
+            kernel.data = kernel.data.contiguous(memory_format=memory_format)
 
 
 def run_share(step_share: float, elapsed: float, max_seconds: float | None) -> float:

@@ -68,11 +68,9 @@ def test_the_kept_weights_come_with_recalibrated_batch_norm_statistics(tmp_path:
     train(spec, model, data, data, PRE, options, tmp_path)
     kept = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     # Recomputing from the same sample under the final weights changes nothing: the
-    # statistics are those of the final weights, not the moving average of training (up to
-    # rounding: training ran its convolutions in the channels-last layout).
+    # statistics are those of the final weights, not the moving average of training.
     recalibrate_batch_norm(model, data, PRE, items=10, seed=options.seed)
-    for key, value in kept.items():
-        torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())
     saved = torch.load(tmp_path / "best.pt", weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in kept.items())
 
