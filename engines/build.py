@@ -103,7 +103,7 @@ class OsteoporosisProfile:
 DemoProfile = Profile | MultimodalProfile | OsteoporosisProfile
 DEMO_ENGINES = ("hip_screen", "hipnet", "hip_multimodal", "osteoporosis")
 # The two image engines built in one run share a deadline: the 8 minutes on two cores,
-# less a margin. The development machine's speed drifts by up to 40 % from hour to hour (a
+# less a margin. The development machine's speed drifts by up to 50 % from hour to hour (a
 # screening step took 1.30 s one day and 1.40-1.95 s the next), so fixed budgets alone
 # overrun on a slow day; the engine built second trains for what is left, never less than
 # MIN_TRAINING_SECONDS. The screening engine, first and the triage's first line, keeps its
