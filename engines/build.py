@@ -234,7 +234,8 @@ def build_demo(
         profile = DEMO_PROFILES[name]
         max_seconds = None
         if isinstance(profile, Profile):
-            images_start = start if images_start is None else images_start
+            if images_start is None:
+                images_start = start
             max_seconds = training_budget(profile, IMAGE_ENGINES_SECONDS - (start - images_start))
         manifest = train_demo(
             engine_spec(name),

@@ -118,7 +118,7 @@ def train(
     generator = torch.Generator().manual_seed(options.seed)
     start = time.monotonic()
     history: list[EpochSummary] = []
-    best = -1.0
+    best, best_epoch = -1.0, 0
     for epoch in range(1, options.epochs + 1):
         model.train()
         order = torch.randperm(len(train_set), generator=generator)
@@ -170,12 +170,12 @@ def train(
         )
         torch.save(model.state_dict(), checkpoint_dir / f"epoch-{epoch:03d}.pt")
         if result.accuracy > best:
-            best = result.accuracy
+            best, best_epoch = result.accuracy, epoch
             torch.save(model.state_dict(), checkpoint_dir / "best.pt")
         if options.max_seconds is not None and time.monotonic() - start > options.max_seconds:
             log.info("%s: training time budget of %.0f s reached", spec.name, options.max_seconds)
             break
-    if max(history, key=lambda h: h.val_accuracy) is not history[-1]:
+    if best_epoch != history[-1].epoch:  # the model holds the last epoch's weights
         model.load_state_dict(torch.load(checkpoint_dir / "best.pt", weights_only=True))
     return history
 
