@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional
 
 from dicom_node.errors import DicomNodeError
 
@@ -72,8 +73,41 @@ class ChannelAttention(nn.Module):
         return x * self.gate(x)
 
 
+def channel_mean_by_conv(x: Tensor) -> Tensor:
+    """``x.mean(dim=1, keepdim=True)`` as a 1x1 convolution with weights 1/C.
+
+    For ONNX export: ONNX Runtime's ReduceMean over the channel axis of an NCHW
+    tensor walks memory with a stride of H*W on one thread (~0.6 GB/s here, 30 ms
+    for a 256x128x128 map); its convolution reads the same tensor at full speed.
+    Equal to the mean up to fp32 summation order. ``int()`` of the channel count
+    makes the kernel a constant of the traced graph (channels are static).
+    """
+    channels = int(x.shape[1])
+    weight = torch.full((1, channels, 1, 1), 1.0 / channels, dtype=x.dtype, device=x.device)
+    return functional.conv2d(x, weight)
+
+
+def channel_max_by_halving(x: Tensor) -> Tensor:
+    """``x.amax(dim=1, keepdim=True)`` as a tree of element-wise maxima of channel halves.
+
+    For ONNX export, for the same reason as :func:`channel_mean_by_conv`: ONNX
+    Runtime's ReduceMax over channels is strided and single-threaded, its
+    element-wise Max is vectorised. Exact (a maximum does not round).
+    """
+    while (channels := int(x.shape[1])) > 1:
+        half = channels // 2
+        folded = torch.maximum(x[:, :half], x[:, half : 2 * half])
+        x = folded if channels % 2 == 0 else torch.cat([folded, x[:, 2 * half :]], dim=1)
+    return x
+
+
 class SpatialAttention(nn.Module):
-    """CBAM's spatial gate: channel-wise average and max, a 7x7 conv with BatchNorm."""
+    """CBAM's spatial gate: channel-wise average and max, a 7x7 conv with BatchNorm.
+
+    Exported to ONNX, the two channel reductions are written as a convolution and
+    a tree of maxima (same values; see :func:`channel_mean_by_conv`): the plain
+    reductions took a third of the screening engine's ONNX Runtime time.
+    """
 
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
@@ -83,7 +117,11 @@ class SpatialAttention(nn.Module):
 
     def gate(self, x: Tensor) -> Tensor:
         """The attention map, (N, 1, H, W) in (0, 1)."""
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        if torch.onnx.is_in_onnx_export():
+            mean, peak = channel_mean_by_conv(x), channel_max_by_halving(x)
+        else:
+            mean, peak = x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
+        pooled = torch.cat([mean, peak], dim=1)
         return torch.sigmoid(self.bn(self.conv(pooled)))
 
     def forward(self, x: Tensor) -> Tensor:

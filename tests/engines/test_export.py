@@ -40,6 +40,21 @@ def test_classifier_onnxruntime_matches_torch(tmp_path: Path, name: str) -> None
     np.testing.assert_allclose(features, expected_features.numpy(), rtol=1e-3, atol=1e-3)
 
 
+def test_cbam_exports_no_channel_axis_reductions(tmp_path: Path) -> None:
+    """The spatial gates' channel mean and max are exported as Conv and Max (fast in ORT)."""
+    import onnx
+
+    model = create("hip_screen").eval()
+    exported = export_onnx(model, tmp_path / "screen.onnx", 64)
+    graph = onnx.load(str(exported.path)).graph
+    spatial = [node for node in graph.node if "/spatial/" in node.name]
+    kinds = {node.op_type for node in spatial}
+    assert {"Conv", "Max"} <= kinds
+    assert not kinds & {"ReduceMean", "ReduceMax"}
+    # 16 bottlenecks, each with one spatial gate: its 7x7 convolution and the 1x1 mean.
+    assert sum(node.op_type == "Conv" for node in spatial) == 2 * 16
+
+
 def test_hip_screen_fp16_matches_torch(tmp_path: Path) -> None:
     torch.manual_seed(1)
     model = create("hip_screen").eval()

@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engines.models.layers import CBAM, ArchitectureError, ChannelAttention, GeM, SpatialAttention
+from engines.models.layers import (
+    CBAM,
+    ArchitectureError,
+    ChannelAttention,
+    GeM,
+    SpatialAttention,
+    channel_max_by_halving,
+    channel_mean_by_conv,
+)
 
 
 def test_gem_is_the_generalised_mean_with_learnable_p() -> None:
@@ -42,3 +50,26 @@ def test_gem_stays_finite_for_silent_channels_and_a_large_exponent() -> None:
     torch.autograd.backward(out.sum())
     assert torch.isfinite(out).all()
     assert pool.p.grad is not None and torch.isfinite(pool.p.grad).all()
+
+
+@pytest.mark.parametrize("channels", [1, 2, 7, 12, 256])
+def test_export_forms_of_the_channel_reductions_equal_the_plain_ones(channels: int) -> None:
+    x = torch.randn(3, channels, 5, 4)
+    # Odd counts (7 -> 3 + 1 -> 1 + 1 ...) keep the unpaired channel in the next round.
+    assert torch.equal(channel_max_by_halving(x), x.amax(dim=1, keepdim=True))
+    mean = channel_mean_by_conv(x)
+    assert mean.shape == (3, 1, 5, 4)
+    assert torch.allclose(mean, x.mean(dim=1, keepdim=True), atol=1e-6)
+
+
+def test_spatial_gate_takes_the_export_forms_only_while_exporting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    gate = SpatialAttention(7).eval()
+    x = torch.randn(2, 9, 6, 6)
+    with torch.no_grad():
+        plain = gate.gate(x)
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        exported_form = gate.gate(x)
+    assert torch.allclose(exported_form, plain, atol=1e-6)
