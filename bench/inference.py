@@ -2,9 +2,11 @@
 
 Each engine is packaged once (untrained weights, seed 0: the numbers are speed
 only, never accuracy) into a work folder and reused while its manifest matches
-the size. Each backend then runs in its own process, one after the other:
-onnxruntime's worker threads keep spinning after a run and slow whatever runs
-next in the same process. A worker opens the engine through
+the size and the code that builds and exports the graph (``EXPORT_CODE``) is
+unchanged, so an export change is never timed on a stale ONNX file. Each
+backend then runs in its own process, one after the other: onnxruntime's
+worker threads keep spinning after a run and slow whatever runs next in the
+same process. A worker opens the engine through
 ``engines.runtimes.open_runtime``, warms up, times ``--iterations`` calls per
 batch size ``--repeats`` times, and reports the median as one JSON line.
 
@@ -40,6 +42,9 @@ TARGET_GFLOPS = 150.0  # achieved by onnxruntime, about the fp32 peak of 2 cores
 SEED = 0
 BUSY_LOAD = 0.5  # 1-minute load average above which the machine was not idle
 VERSION = "bench-untrained"
+# What decides the exported graph: a change here re-packages the benchmark's engines.
+EXPORT_CODE = ("engines/models", "engines/export.py", "engines/serving.py", "engines/package.py")
+FINGERPRINT_FILE = "export-code.sha256"
 
 
 @dataclass(frozen=True)
@@ -139,8 +144,22 @@ def run_worker(
 # --- parent: package, count FLOPs, spawn one worker per backend -------------------------------
 
 
+def export_code_fingerprint() -> str:
+    """SHA-256 over the Python sources in ``EXPORT_CODE``, by path and content."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for entry in EXPORT_CODE:
+        path = ROOT / entry
+        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(source.relative_to(ROOT).as_posix().encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def package(name: str, size: int, work: Path) -> Path:
-    """The engine folder for ``name`` at ``size``, packaged with untrained weights if missing."""
+    """The engine folder for ``name`` at ``size``, packaged with untrained weights if missing
+    or packaged by other export code."""
     import torch
 
     from engines.catalog import engine_spec
@@ -149,9 +168,12 @@ def package(name: str, size: int, work: Path) -> Path:
     from engines.package import package_engine
 
     folder = work / f"{name}-{size}"
+    fingerprint = export_code_fingerprint()
+    stamp = folder / FINGERPRINT_FILE
     try:
         manifest = read_manifest(folder)
-        if manifest.name == name and manifest.preprocessing.size == size:
+        same_code = stamp.is_file() and stamp.read_text().strip() == fingerprint
+        if manifest.name == name and manifest.preprocessing.size == size and same_code:
             return folder
     except ManifestError:
         pass  # not packaged yet (or unreadable): package it below
@@ -166,6 +188,7 @@ def package(name: str, size: int, work: Path) -> Path:
         VERSION,
         clinical_use="benchmark only: untrained weights",
     )
+    stamp.write_text(fingerprint + "\n")
     return folder
 
 

@@ -35,4 +35,7 @@ def test_inference_bench_times_both_backends(tmp_path: Path) -> None:
     assert [r["backend"] for r in rows] == ["torch", "onnxruntime"]
     assert all(r["seconds"] > 0 and r["gflop_per_image"] > 0 for r in rows)
     assert rows[1]["ratio"] > 0
-    assert (tmp_path / "engines" / "hip_screen-64" / "manifest.yaml").is_file()
+    folder = tmp_path / "engines" / "hip_screen-64"
+    assert (folder / "manifest.yaml").is_file()
+    # The folder is stamped with the export code it was packaged by (see package()).
+    assert len((folder / "export-code.sha256").read_text().strip()) == 64
