@@ -79,9 +79,9 @@ def channel_mean_by_conv(x: Tensor) -> Tensor:
     For ONNX export: at batch 1, ONNX Runtime's ReduceMean and ReduceMax over the
     channel axis of an NCHW tensor walk memory with a stride of H*W on one thread
     (~0.6 GB/s here, 30 ms for a 256x128x128 map); its convolution reads the same
-    tensor at full speed at every batch size.
-    Equal to the mean up to fp32 summation order. ``int()`` of the channel count
-    makes the kernel a constant of the traced graph (channels are static).
+    tensor at full speed at every batch size. Equal to the mean up to fp32
+    summation order. ``int()`` of the channel count makes the kernel a constant of
+    the traced graph (channels are static).
     """
     channels = int(x.shape[1])
     weight = torch.full((1, channels, 1, 1), 1.0 / channels, dtype=x.dtype, device=x.device)
