@@ -40,8 +40,15 @@ class Worker(abc.ABC):
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
+        self.request_stop()
+        self.join(timeout)
+
+    def request_stop(self) -> None:
+        """Tell the thread to stop after its current round, without waiting for it."""
         self._stop.set()
         self._wake.set()
+
+    def join(self, timeout: float) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None

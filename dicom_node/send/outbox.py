@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from dicom_node.config_results import SendingConfig
 from dicom_node.errors import StateError
@@ -31,25 +32,48 @@ def backoff_seconds(attempts: int, cfg: SendingConfig, rng: random.Random | None
     return float(base * (0.5 + 0.5 * (rng or random).random()))
 
 
+@dataclass(frozen=True)
+class DestinationLane:
+    """Which rows one sender thread works on: those of ``destination``, or, with ``None``,
+    those whose destination is none of ``configured`` (they fail as not configured)."""
+
+    destination: str | None
+    configured: tuple[str, ...] = ()
+
+
+def _lane_clause(lane: DestinationLane | None) -> tuple[str, tuple[str, ...]]:
+    if lane is None:
+        return "", ()
+    if lane.destination is not None:
+        return " AND destination = ?", (lane.destination,)
+    if not lane.configured:
+        return "", ()
+    return f" AND destination NOT IN ({','.join('?' * len(lane.configured))})", lane.configured
+
+
 class Outbox:
     def __init__(self, state: State, cfg: SendingConfig) -> None:
         self.state = state
         self.cfg = cfg
 
-    def due(self, now: float, limit: int = 200) -> list[OutboxItem]:
-        """Pending rows whose next attempt is due, oldest first."""
+    def due(
+        self, now: float, limit: int = 200, lane: DestinationLane | None = None
+    ) -> list[OutboxItem]:
+        """Pending rows whose next attempt is due, oldest first (only ``lane``'s, if given)."""
+        where, params = _lane_clause(lane)
         with self.state.transaction() as db:
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? "
-                "ORDER BY next_attempt_at, id LIMIT ?",
-                (now, limit),
+                f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?"
+                f"{where} ORDER BY next_attempt_at, id LIMIT ?",
+                (now, *params, limit),
             ).fetchall()
         return [OutboxItem(*row) for row in rows]
 
-    def next_due(self) -> float | None:
+    def next_due(self, lane: DestinationLane | None = None) -> float | None:
+        where, params = _lane_clause(lane)
         with self.state.transaction() as db:
             row = db.execute(
-                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'"
+                f"SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'{where}", params
             ).fetchone()
         return None if row[0] is None else float(row[0])
 

@@ -1,6 +1,8 @@
-"""The sender: a thread that delivers due outbox items to their destinations.
+"""The sender: threads that deliver due outbox items to their destinations.
 
-Items are grouped by destination, one association per destination and round.
+One thread (a lane) per configured destination, plus one for rows whose destination is no
+longer configured, so a destination that hangs for ``sending.timeout_seconds`` holds back
+only its own rows. Each round of a lane sends its due items over one association.
 A delivered item is marked sent; a failure is counted and retried with backoff,
 or becomes a dead letter after ``sending.max_attempts``.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 from dicom_node.config_results import Destination
 from dicom_node.metrics import Metrics
 from dicom_node.models import OutboxItem
-from dicom_node.send.outbox import Outbox
+from dicom_node.send.outbox import DestinationLane, Outbox
 from dicom_node.send.peers import Delivery, copy_to_folder, send_dicom
 from dicom_node.worker import Worker
 
@@ -26,7 +28,7 @@ _AFTER_ERROR = 5.0  # a round that failed as a whole is not retried at once
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR: the study's result
 
 
-class Sender(Worker):
+class Sender:
     def __init__(
         self,
         outbox: Outbox,
@@ -36,22 +38,42 @@ class Sender(Worker):
         on_sent: Callable[[OutboxItem, float], None] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        super().__init__("sender", after_error=_AFTER_ERROR)
         self.metrics = metrics if metrics is not None else Metrics()
         self.outbox = outbox
         self.destinations = {d.name: d for d in destinations}
         self.spool_dir = spool_dir
         self.calling_ae = calling_ae
         self.on_sent = on_sent
+        configured = tuple(self.destinations)
+        self.lanes = [_Lane(self, DestinationLane(name)) for name in configured]
+        self.lanes.append(_Lane(self, DestinationLane(None, configured)))
 
-    def round(self) -> float:
-        self.send_due(time.time())
-        next_due = self.outbox.next_due()
-        return _IDLE_POLL if next_due is None else min(_IDLE_POLL, next_due - time.time())
+    def start(self) -> None:
+        for lane in self.lanes:
+            lane.start()
 
-    def send_due(self, now: float) -> int:
-        """One round: deliver everything due; returns how many items were delivered."""
-        items = self.outbox.due(now)
+    def wake(self) -> None:
+        """New work was queued: every lane looks at the outbox now."""
+        for lane in self.lanes:
+            lane.wake()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every lane: all are told first, so a lane inside a slow send costs at most
+        ``timeout`` in all, not per lane."""
+        for lane in self.lanes:
+            lane.request_stop()
+        give_up = time.monotonic() + timeout
+        for lane in self.lanes:
+            lane.join(max(give_up - time.monotonic(), 0.0))
+
+    @property
+    def stopping(self) -> bool:
+        return any(lane.stopping for lane in self.lanes)
+
+    def send_due(self, now: float, lane: DestinationLane | None = None) -> int:
+        """Deliver everything due (of ``lane``, or of every destination one after the
+        other); returns how many items were delivered."""
+        items = self.outbox.due(now, lane=lane)
         by_destination: dict[str, list[OutboxItem]] = {}
         for item in items:
             by_destination.setdefault(item.destination, []).append(item)
@@ -106,3 +128,18 @@ class Sender(Worker):
             self.metrics.time_to_result_seconds.labels(item.destination).observe(
                 now - study.first_received_at
             )
+
+
+class _Lane(Worker):
+    """The thread that sends one destination's rows (or the unconfigured ones)."""
+
+    def __init__(self, sender: Sender, lane: DestinationLane) -> None:
+        name = "sender" if lane.destination is None else f"sender:{lane.destination}"
+        super().__init__(name, after_error=_AFTER_ERROR)
+        self.sender = sender
+        self.lane = lane
+
+    def round(self) -> float:
+        self.sender.send_due(time.time(), self.lane)
+        next_due = self.sender.outbox.next_due(self.lane)
+        return _IDLE_POLL if next_due is None else min(_IDLE_POLL, next_due - time.time())

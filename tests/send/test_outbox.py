@@ -12,7 +12,7 @@ from dicom_node.config import AssemblyConfig
 from dicom_node.config_results import SendingConfig
 from dicom_node.errors import StateError
 from dicom_node.models import Header, Job, ReceivedInstance, ResultObject
-from dicom_node.send.outbox import STATES, Outbox, backoff_seconds
+from dicom_node.send.outbox import STATES, DestinationLane, Outbox, backoff_seconds
 from dicom_node.state import State
 
 RULES = AssemblyConfig(quiet_seconds=5, after_release_seconds=1, max_wait_seconds=60)
@@ -73,6 +73,28 @@ def test_due_returns_pending_rows_whose_time_has_come_oldest_first(state: State)
     assert (first.created_at, first.sent_at) == (100.0, None)
     assert [i.sop_instance_uid for i in outbox.due(200.0, limit=2)] == ["1.2.2.100", "1.2.2.101"]
     assert outbox.next_due() == 100.0
+
+
+def test_a_lane_sees_only_its_destination_or_the_unconfigured_ones(state: State) -> None:
+    outbox = Outbox(state, CFG)
+    finished_job(state, "1.2.1", 100.0, [result("1.2.1.100")], ("pacs", "archive", "gone"))
+    finished_job(state, "1.2.2", 200.0, [result("1.2.2.100")], ("pacs",))
+    pacs, archive = DestinationLane("pacs"), DestinationLane("archive")
+    unconfigured = DestinationLane(None, ("pacs", "archive"))
+
+    def due(lane: DestinationLane) -> list[tuple[str, str]]:
+        return [(i.destination, i.sop_instance_uid) for i in outbox.due(300.0, lane=lane)]
+
+    assert due(pacs) == [("pacs", "1.2.1.100"), ("pacs", "1.2.2.100")]
+    assert due(archive) == [("archive", "1.2.1.100")]
+    assert due(unconfigured) == [("gone", "1.2.1.100")]
+    assert len(outbox.due(300.0)) == len(outbox.due(300.0, lane=DestinationLane(None))) == 4
+    assert due(DestinationLane("backup")) == []
+    [archived] = outbox.due(300.0, lane=archive)
+    outbox.mark_failed(archived.id, 150.0, "refused")  # next attempt at 151-152
+    assert outbox.next_due(archive) is not None and 151.0 <= outbox.next_due(archive) <= 152.0
+    assert (outbox.next_due(pacs), outbox.next_due(unconfigured)) == (100.0, 100.0)
+    assert outbox.next_due(DestinationLane("backup")) is None
 
 
 def test_next_due_is_none_without_pending_rows(state: State) -> None:

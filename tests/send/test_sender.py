@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -85,7 +87,14 @@ def dicom_destination(port: int) -> Destination:
 
 
 def sender_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "sender"]
+    return [t for t in threading.enumerate() if t.name.split(":")[0] == "sender"]
+
+
+@contextmanager
+def silent_peer() -> Iterator[int]:
+    """A port whose listener completes TCP handshakes and never answers: a hanging PACS."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as listener:
+        yield listener.getsockname()[1]
 
 
 def test_send_due_delivers_to_a_folder_and_a_peer_and_marks_sent(
@@ -179,6 +188,52 @@ def test_one_destination_down_does_not_hold_back_another(
     }
     for item in outbox.items(["pending"]):
         assert item.last_error is not None and "association" in item.last_error
+
+
+def test_a_hanging_destination_holds_back_only_its_own_rows(
+    state: State, spool: Path, tmp_path: Path
+) -> None:
+    results = [write_result(spool, SR), write_result(spool, SC)]
+    outbox = Outbox(state, SendingConfig(timeout_seconds=5, backoff_seconds=60))
+    sent: list[tuple[str, float]] = []
+    with silent_peer() as port, storage_scp() as peer:
+        destinations = [
+            dicom_destination(port),  # "pacs": accepts the connection, never answers
+            Destination(name="backup", ae_title="BACKUP", host="127.0.0.1", port=peer.port),
+            Destination(name="archive", type="folder", path=tmp_path / "archive"),
+        ]
+        sender = Sender(
+            outbox, destinations, spool, CALLING,
+            on_sent=lambda item, at: sent.append((item.destination, at)),
+        )  # fmt: skip
+        assert [t.name for t in sender_threads()] == []
+        sender.start()
+        try:
+            assert sorted(t.name for t in sender_threads()) == [
+                "sender", "sender:archive", "sender:backup", "sender:pacs"
+            ]  # fmt: skip
+            queued_at = time.time()
+            queue_results(state, results, ["pacs", "backup", "archive"], queued_at)
+            sender.wake()
+            wait_for(lambda: len(sent) == 4, 2.5, "the two healthy destinations")
+            # Delivered while the silent peer still held its lane in the association request.
+            assert max(at for _, at in sent) - queued_at < 2.5
+            assert sorted(d for d, _ in sent) == ["archive", "archive", "backup", "backup"]
+            assert {i.state for i in outbox.items() if i.destination == "pacs"} == {"pending"}
+            wait_for(
+                lambda: all(i.attempts == 1 for i in outbox.items(["pending"])), 8, "the timeout"
+            )
+        finally:
+            started = time.monotonic()
+            sender.stop()
+            stopped_in = time.monotonic() - started
+    assert sender_threads() == []
+    assert stopped_in < 2
+    pending = outbox.items(["pending"])
+    assert {i.destination for i in pending} == {"pacs"} and len(pending) == 2
+    for item in pending:
+        assert item.last_error is not None and "association" in item.last_error
+    assert sorted(r[2] for r in peer.received) == sorted(r.sop_instance_uid for r in results)
 
 
 def test_outage_backs_off_and_the_thread_delivers_once_the_peer_is_back(
