@@ -183,12 +183,14 @@ def _studies(cfg: Config) -> int:
     finally:
         state.close()
     print(f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  {'INST':>5}  {'FIRST RECEIVED':<19}  "
-          f"{'LAST RECEIVED':<19}  {'COMPLETED':<19}  {'N':>2}  REASON")  # fmt: skip
+          f"{'LAST RECEIVED':<19}  {'COMPLETED':<19}  {'N':>2}  {'REASON':<8}  "
+          "PURGED")  # fmt: skip
     for s in rows:
         print(
             f"{s.study_uid:<64}  {s.state:<9}  {s.instance_count:>5}  "
             f"{_time(s.first_received_at):<19}  {_time(s.last_received_at):<19}  "
-            f"{_time(s.completed_at):<19}  {s.completions:>2}  {s.completion_reason or '-'}"
+            f"{_time(s.completed_at):<19}  {s.completions:>2}  {s.completion_reason or '-':<8}  "
+            f"{_time(s.purged_at)}"
         )
     print(f"{len(rows)} studies")
     return 0

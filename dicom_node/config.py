@@ -11,6 +11,7 @@ Relative paths in a file are resolved against the file's directory.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -90,6 +91,8 @@ class NodeConfig:
 class StorageConfig:
     spool_dir: Path = Path("var/spool")
     min_free_bytes: int = 1024**3
+    # A finished study's files leave the spool this long after it finished; None keeps all.
+    retention_hours: float | None = 72.0
 
     @property
     def database(self) -> Path:
@@ -262,14 +265,32 @@ def _node(raw: Mapping[str, Any], base: Path) -> NodeConfig:
 
 def _storage(raw: Mapping[str, Any], base: Path) -> StorageConfig:
     d = StorageConfig()
-    known(raw, "storage", {"spool_dir", "min_free_bytes"})
+    known(raw, "storage", {"spool_dir", "min_free_bytes", "retention_hours"})
     spool = get_key(raw, "spool_dir", "storage", str(d.spool_dir), as_str)
     return StorageConfig(
         spool_dir=resolve(spool, base),
         min_free_bytes=get_key(
             raw, "min_free_bytes", "storage", d.min_free_bytes, int_range(0, 2**62)
         ),
+        retention_hours=get_key(
+            raw, "retention_hours", "storage", d.retention_hours, _hours_or_none
+        ),
     )
+
+
+def _hours_or_none(value: Any, path: str) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ConfigError(
+            f"{path}: expected a number of hours (0 or more) or null, got {show(value)}"
+        )
+    return float(value)
 
 
 def _assembly(raw: Mapping[str, Any]) -> AssemblyConfig:

@@ -101,6 +101,14 @@ class Metrics:
             "dicom_node_instances_refused", "Instances answered with a failure status, by status",
             ["status"], registry=r,
         )  # fmt: skip
+        self.purged_studies = Counter(
+            "dicom_node_purged_studies", "Finished studies whose files left the spool "
+            "(storage.retention_hours)", registry=r,
+        )  # fmt: skip
+        self.purged_bytes = Counter(
+            "dicom_node_purged_bytes", "Bytes of instances and results removed from the spool",
+            registry=r,
+        )  # fmt: skip
         self.store_seconds = Histogram(
             "dicom_node_store_seconds", "C-STORE handler time: header, durable write, index",
             buckets=STORE_BUCKETS, registry=r,

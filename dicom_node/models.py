@@ -62,6 +62,7 @@ class StudySummary:
     completed_at: float | None
     completions: int
     completion_reason: str | None
+    purged_at: float | None = None  # when its files left the spool (storage.retention_hours)
 
 
 @dataclass(frozen=True)

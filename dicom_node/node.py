@@ -3,11 +3,12 @@
 ``Node(config)`` owns every long-lived part. ``start()`` opens the spool and
 state, re-arms the study timers that survived a restart, opens the engines the
 routing needs (a missing engine stops the start with a clear error), starts the
-sender, the pipeline, the assembler and then the Storage SCP. ``stop()`` first
-stops accepting associations, waits up to ``node.drain_seconds`` for open ones
-to finish, aborts what is left (an aborted instance was never acknowledged, so
-the sender keeps it), then stops the assembler, the pipeline (a job in hand
-stays pending for the next start) and the sender, and closes the state.
+sender, the pipeline, the assembler, the purger (``storage.retention_hours``) and
+then the Storage SCP. ``stop()`` first stops accepting associations, waits up to
+``node.drain_seconds`` for open ones to finish, aborts what is left (an aborted
+instance was never acknowledged, so the sender keeps it), then stops the purger,
+the assembler, the pipeline (a job in hand stays pending for the next start) and
+the sender, and closes the state.
 ``serve()`` runs until SIGTERM/SIGINT; a second signal forces.
 """
 
@@ -35,6 +36,7 @@ from dicom_node.pipeline import Pipeline, engines_needed
 from dicom_node.receive import Receiver, build_ae, event_handlers
 from dicom_node.receive.server import start_server
 from dicom_node.receive.tls import server_context
+from dicom_node.retention import Purger
 from dicom_node.send import Outbox, Sender
 from dicom_node.send.echo import EchoMonitor
 from dicom_node.spool import Spool
@@ -60,6 +62,7 @@ class Node:
         self.pipeline: Pipeline | None = None
         self.sender: Sender | None = None
         self.outbox: Outbox | None = None
+        self.purger: Purger | None = None
 
     @property
     def port(self) -> int:
@@ -98,6 +101,11 @@ class Node:
             raise
         self.assembler = Assembler(self.state, on_job=lambda job: self._job_created(job, pipeline))
         self.assembler.start()
+        if cfg.storage.retention_hours is not None:
+            self.purger = Purger(
+                self.state, self.spool, cfg.storage.retention_hours, metrics=self.metrics
+            )
+            self.purger.start()
         receiver = Receiver(
             self.spool,
             self.state,
@@ -200,6 +208,9 @@ class Node:
                 give_up = time.monotonic() + 2.0
                 for assoc in left:
                     assoc.join(timeout=max(give_up - time.monotonic(), 0.0))
+        if self.purger is not None:
+            self.purger.stop()
+            self.purger = None
         if self.assembler is not None:
             self.assembler.stop()
             self.assembler = None

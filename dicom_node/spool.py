@@ -9,6 +9,10 @@ Layout under ``storage.spool_dir``::
 A write goes to ``tmp/``, is fsync'd, renamed atomically into place and the
 directory is fsync'd, so after a crash a file is either whole or absent. UIDs
 are checked against the UID grammar before they become path components.
+
+Whoever writes and indexes a study's instance, or removes the study's files
+(dicom_node/retention.py), holds that study's lock (``study_lock``), so a purge can
+never remove an instance that is being acknowledged.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 from dicom_node.errors import SpoolError, SpoolFullError
 
 log = logging.getLogger(__name__)
+
+_LOCK_STRIPES = 64  # studies share a lock only when their UIDs hash alike
 
 
 class Spool:
@@ -32,6 +40,7 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self.instances = root / "instances"
         self.tmp = root / "tmp"
+        self._study_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         try:
             for folder in (self.root, self.instances, self.tmp):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -44,6 +53,10 @@ class Spool:
         for leftover in self.tmp.iterdir():
             log.info("removing partial spool file %s left by an interrupted write", leftover.name)
             leftover.unlink(missing_ok=True)
+
+    def study_lock(self, study_uid: str) -> threading.Lock:
+        """The lock held while a study's files are written and indexed, or removed."""
+        return self._study_locks[zlib.crc32(study_uid.encode()) % _LOCK_STRIPES]
 
     def relative_path(self, study_uid: str, sop_instance_uid: str) -> str:
         return f"instances/{study_uid}/{sop_instance_uid}.dcm"

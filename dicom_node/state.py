@@ -20,7 +20,7 @@ from dicom_node.config import AssemblyConfig
 from dicom_node.errors import StateError
 from dicom_node.models import Job, ReceivedInstance, ResultObject, StoreOutcome, StudySummary
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The outbox: one row per result object and destination, durable until delivered
 # (dicom_node/send/outbox.py works on it).
@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS studies (
     due_reason TEXT,
     completed_at REAL,
     completions INTEGER NOT NULL DEFAULT 0,
-    completion_reason TEXT
+    completion_reason TEXT,
+    purged_at REAL
 );
 CREATE INDEX IF NOT EXISTS studies_due ON studies (state, due_at);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -91,8 +92,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     UNIQUE (study_uid, generation)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
+CREATE INDEX IF NOT EXISTS jobs_by_study ON jobs (study_uid);
 """
     + OUTBOX_SCHEMA
+    + "CREATE INDEX IF NOT EXISTS outbox_by_study ON outbox (study_uid);\n"
 )
 
 # Version 1 had no results: its jobs gain the result columns, the outbox is new.
@@ -104,6 +107,9 @@ ALTER TABLE jobs ADD COLUMN summary TEXT;
 ALTER TABLE jobs ADD COLUMN error TEXT;
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
 """
+
+# Version 2 did not purge: its studies gain the time their files left the spool.
+_MIGRATE_2_TO_3 = "ALTER TABLE studies ADD COLUMN purged_at REAL;"
 
 
 _JOB_COLUMNS = (
@@ -137,6 +143,15 @@ class State:
                 + "UPDATE meta SET value = '2' WHERE key = 'schema_version'; COMMIT;"
             )  # fmt: skip
             row = ("2",)
+        if row is not None and row[0] == "2":
+            has_studies = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'"
+            ).fetchone()
+            self._db.executescript(
+                "BEGIN IMMEDIATE;" + (_MIGRATE_2_TO_3 if has_studies else "")
+                + "UPDATE meta SET value = '3' WHERE key = 'schema_version'; COMMIT;"
+            )  # fmt: skip
+            row = ("3",)
         self._db.executescript(_SCHEMA)
         if row is None:
             self._db.execute(
@@ -233,7 +248,7 @@ class State:
             "first_received_at = excluded.first_received_at, "
             "last_received_at = excluded.last_received_at, "
             "open_associations = excluded.open_associations, released_at = excluded.released_at, "
-            "due_at = excluded.due_at, due_reason = excluded.due_reason",
+            "due_at = excluded.due_at, due_reason = excluded.due_reason, purged_at = NULL",
             (study_uid, "receiving", first, now, open_count, released, due.due_at, due.reason),
         )
 
@@ -336,7 +351,7 @@ class State:
                 "(SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid "
                 " AND i.process = 1), "
                 "s.first_received_at, s.last_received_at, s.open_associations, s.due_at, "
-                "s.completed_at, s.completions, s.completion_reason "
+                "s.completed_at, s.completions, s.completion_reason, s.purged_at "
                 "FROM studies s ORDER BY s.last_received_at"
             ).fetchall()
         return [StudySummary(*row) for row in rows]

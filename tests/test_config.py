@@ -37,6 +37,15 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
     assert cfg.storage.database == tmp_path / "data" / "spool" / "state.sqlite3"
 
 
+@pytest.mark.parametrize(("value", "hours"), [("null", None), ("0", 0.0), ("36.5", 36.5)])
+def test_retention_hours_is_a_number_or_null(
+    tmp_path: Path, value: str, hours: float | None
+) -> None:
+    assert parse_config({}, ROOT).storage.retention_hours == 72.0
+    (tmp_path / "c.yaml").write_text(f"storage:\n  retention_hours: {value}\n")
+    assert load_config(tmp_path / "c.yaml").storage.retention_hours == hours
+
+
 def test_overrides_win_over_the_file_and_are_validated(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("node:\n  port: 104\n  ae_title: FROMFILE\n")
     cfg = load_config(tmp_path / "c.yaml", {"node.port": 0, "node.ae_title": "FLAG"})
@@ -148,6 +157,22 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"storage": {"spool_dir": ""}}, r"^storage\.spool_dir: expected a non-empty string"),
     ({"storage": {"min_free_bytes": -5}}, r"^storage\.min_free_bytes: expected an integer from 0"),
     ({"storage": {"database": "x"}}, r"^storage\.database: unknown key"),
+    (
+        {"storage": {"retention_hours": -1}},
+        r"^storage\.retention_hours: expected a number of hours \(0 or more\) or null, got -1",
+    ),
+    (
+        {"storage": {"retention_hours": "3d"}},
+        r"^storage\.retention_hours: expected a number of hours .* got '3d'",
+    ),
+    (
+        {"storage": {"retention_hours": True}},
+        r"^storage\.retention_hours: expected a number of hours .* got True",
+    ),
+    (
+        {"storage": {"retention_hours": float("inf")}},
+        r"^storage\.retention_hours: expected a number of hours .* got inf",
+    ),
     (
         {"assembly": {"quiet_seconds": 0}},
         r"^assembly\.quiet_seconds: expected a number greater than 0, got 0",

@@ -168,6 +168,13 @@ class Receiver:
     def _spool_and_index(
         self, assoc: _Association, header: Header, transfer_syntax: str, stream: bytes | memoryview
     ) -> StoreOutcome:
+        # Held from the index lookup to the index update: a purge of the study waits.
+        with self.spool.study_lock(header.study_uid):
+            return self._spool_and_index_locked(assoc, header, transfer_syntax, stream)
+
+    def _spool_and_index_locked(
+        self, assoc: _Association, header: Header, transfer_syntax: str, stream: bytes | memoryview
+    ) -> StoreOutcome:
         own = is_own_output(header)
         relative = self.spool.relative_path(header.study_uid, header.sop_instance_uid)
         previous = self.state.existing_path(header.sop_instance_uid)

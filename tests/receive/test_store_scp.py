@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,6 +117,25 @@ def test_same_sop_instance_moved_to_another_study_leaves_no_orphan(
     assert send_files(node.port, [first, second]) == [0, 0]
     assert not spooled(node, "1.2.3.1", ds.SOPInstanceUID).exists()
     assert spooled(node, "1.2.3.2", ds.SOPInstanceUID).exists()
+
+
+def test_a_store_holds_its_study_lock_while_it_writes_and_indexes(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    node = start_node()
+    assert node.spool is not None and node.state is not None
+    study = "1.2.826.0.1.3680043.8.498.61"
+    files = write([tiny_image(study)], tmp_path / "in")
+    statuses: list[list[int]] = []
+    with node.spool.study_lock(study):  # as a purge of the study holds it
+        sending = threading.Thread(target=lambda: statuses.append(send_files(node.port, files)))
+        sending.start()
+        time.sleep(0.5)
+        assert statuses == [] and node.state.instance_count() == 0  # waits, unacknowledged
+        assert not (node.spool.instances / study).exists()
+    sending.join(10)
+    assert statuses == [[0]]
+    assert node.state.instance_count() == 1
 
 
 def test_own_outputs_are_accepted_and_not_processed(start_node: StartNode, tmp_path: Path) -> None:

@@ -1,0 +1,210 @@
+"""Spool retention: a finished study's files leave the spool ``storage.retention_hours`` later.
+
+A study is finished when it is complete, none of its jobs is pending and every outbox row
+of it was delivered; a pending row or a dead letter keeps it (its results are not yet where
+they belong). It finished at the latest of its instances' arrivals, its completion, its
+jobs' outcomes and its deliveries.
+
+Purging a study deletes its instance rows and its delivered outbox rows and stamps the study
+``purged_at``, in one transaction; then the files those rows named are removed, with
+whatever else is in the study's two folders (``instances/<study>``, ``outputs/<study>``:
+the results of a job that had no destination, files a crash left). History stays:
+the study and its jobs keep their rows (``dicom-node studies`` and ``jobs`` still list them).
+Both steps run under the study's spool lock, which the receiver holds while it writes and
+indexes an instance, so an instance arriving for the study is either purged with it (it was
+indexed before) or untouched (it reopens the study, which is then no longer finished). A crash
+between the two steps leaves files no row names; ``sweep`` removes them at the next start.
+A study that receives instances after a purge is a new episode: its next job sees only them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_node.metrics import Metrics
+from dicom_node.spool import Spool
+from dicom_node.state import State
+from dicom_node.worker import Worker
+
+log = logging.getLogger(__name__)
+
+_INTERVAL = 60.0  # most seconds between rounds while nothing is left to purge
+_BATCH = 100  # studies per round; a full batch starts the next round at once
+
+# The latest moment anything happened to study s (named ``s`` in the queries below).
+_FINISHED_AT = """MAX(
+    s.last_received_at, COALESCE(s.completed_at, 0),
+    COALESCE((SELECT MAX(finished_at) FROM jobs j WHERE j.study_uid = s.study_uid), 0),
+    COALESCE((SELECT MAX(sent_at) FROM outbox o WHERE o.study_uid = s.study_uid), 0),
+    COALESCE((SELECT MAX(received_at) FROM instances i WHERE i.study_uid = s.study_uid), 0))"""
+
+_FINISHED = f"""s.state = 'complete'
+    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = s.study_uid AND j.state = 'pending')
+    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid AND o.state != 'sent')
+    AND (EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = s.study_uid)
+         OR EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid))
+    AND {_FINISHED_AT} <= ?"""
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What one study's purge removed."""
+
+    study_uid: str
+    files: int
+    bytes: int
+
+
+def purgeable(state: State, cutoff: float, limit: int = _BATCH) -> list[str]:
+    """Studies finished at or before ``cutoff`` that still have files, oldest first."""
+    with state.transaction() as db:
+        rows = db.execute(
+            f"SELECT s.study_uid FROM studies s WHERE {_FINISHED} "
+            "ORDER BY s.last_received_at LIMIT ?",
+            (cutoff, limit),
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def purge_study(
+    state: State, spool: Spool, study_uid: str, cutoff: float, now: float
+) -> Purged | None:
+    """Remove a finished study's files and their rows; ``None`` leaves a study that is not
+    (or no longer) finished at ``cutoff`` alone."""
+    with spool.study_lock(study_uid):
+        with state.transaction() as db:
+            paths = _forget(db, study_uid, cutoff, now)
+        if paths is None:
+            return None
+        # Also what no row names: results of a job without destinations, crash leftovers.
+        files, size = _remove(spool, sorted(set(paths) | set(_folder_files(spool, study_uid))))
+        _remove_empty_folders(spool, study_uid)
+    return Purged(study_uid, files, size)
+
+
+def _forget(db: sqlite3.Connection, study_uid: str, cutoff: float, now: float) -> list[str] | None:
+    finished = db.execute(
+        f"SELECT 1 FROM studies s WHERE s.study_uid = ? AND {_FINISHED}", (study_uid, cutoff)
+    ).fetchone()
+    if finished is None:
+        return None
+    rows = db.execute(
+        "SELECT path FROM instances WHERE study_uid = ? UNION SELECT path FROM outbox "
+        "WHERE study_uid = ?",
+        (study_uid, study_uid),
+    ).fetchall()
+    db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
+    db.execute("DELETE FROM outbox WHERE study_uid = ?", (study_uid,))
+    db.execute("UPDATE studies SET purged_at = ? WHERE study_uid = ?", (now, study_uid))
+    return sorted(str(r[0]) for r in rows)
+
+
+def _remove(spool: Spool, relatives: list[str]) -> tuple[int, int]:
+    files = size = 0
+    for relative in relatives:
+        path = spool.path(relative)
+        try:
+            length = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        files += 1
+        size += length
+    return files, size
+
+
+def _study_folders(spool: Spool, study_uid: str) -> tuple[Path, Path]:
+    return spool.instances / study_uid, spool.root / "outputs" / study_uid
+
+
+def _folder_files(spool: Spool, study_uid: str) -> list[str]:
+    return [
+        os.path.relpath(path, spool.root)
+        for folder in _study_folders(spool, study_uid)
+        if folder.is_dir()
+        for path in sorted(folder.iterdir())
+        if path.is_file()
+    ]
+
+
+def _remove_empty_folders(spool: Spool, study_uid: str) -> None:
+    for folder in _study_folders(spool, study_uid):
+        try:
+            folder.rmdir()
+        except OSError:  # absent, or not empty: a file another row names keeps it
+            continue
+
+
+def sweep(state: State, spool: Spool) -> Purged:
+    """Remove the files of purged studies that no row names (left by a crash mid-purge)."""
+    with state.transaction() as db:
+        purged = [
+            str(r[0])
+            for r in db.execute("SELECT study_uid FROM studies WHERE purged_at IS NOT NULL")
+        ]
+    files = size = 0
+    for study_uid in purged:
+        if not any(f.is_dir() for f in _study_folders(spool, study_uid)):
+            continue
+        with spool.study_lock(study_uid):
+            with state.transaction() as db:
+                named = {
+                    str(r[0])
+                    for r in db.execute(
+                        "SELECT path FROM instances WHERE study_uid = ? UNION "
+                        "SELECT path FROM outbox WHERE study_uid = ?",
+                        (study_uid, study_uid),
+                    )
+                }
+            orphans = [f for f in _folder_files(spool, study_uid) if f not in named]
+            n, length = _remove(spool, orphans)
+            _remove_empty_folders(spool, study_uid)
+        files, size = files + n, size + length
+    return Purged("", files, size)
+
+
+class Purger(Worker):
+    """Purges finished studies older than ``retention_hours``, a batch per round."""
+
+    def __init__(
+        self, state: State, spool: Spool, retention_hours: float, metrics: Metrics | None = None
+    ) -> None:
+        super().__init__("purger", after_error=_INTERVAL)
+        self.state = state
+        self.spool = spool
+        self.retention_seconds = retention_hours * 3600.0
+        # A tenth of the retention, so a study leaves at most 10 % late; 1 s at least.
+        self.interval = max(1.0, min(_INTERVAL, self.retention_seconds / 10))
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._swept = False
+
+    def round(self) -> float:
+        if not self._swept:
+            left = sweep(self.state, self.spool)
+            self._swept = True
+            if left.files:
+                log.info("removed %d files (%d bytes) left by an interrupted purge",
+                         left.files, left.bytes)  # fmt: skip
+        return 0.0 if self.purge_due(time.time()) == _BATCH else self.interval
+
+    def purge_due(self, now: float) -> int:
+        """One batch: purge studies finished ``retention_hours`` ago; returns how many."""
+        cutoff = now - self.retention_seconds
+        done = 0
+        for study_uid in purgeable(self.state, cutoff):
+            if self.stopping:
+                break
+            purged = purge_study(self.state, self.spool, study_uid, cutoff, now)
+            if purged is None:  # reopened since it was listed
+                continue
+            self.metrics.purged_studies.inc()
+            self.metrics.purged_bytes.inc(purged.bytes)
+            log.info("purged study %s from the spool: %d files, %d bytes",
+                     study_uid, purged.files, purged.bytes)  # fmt: skip
+            done += 1
+        return done

@@ -1,0 +1,267 @@
+"""Spool retention over a real state and spool: what is purged, what is kept, and when."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from dicom_clients import send_files
+from helpers import tiny_image
+from prometheus_client import CollectorRegistry
+
+from dicom_node.cli import main
+from dicom_node.config import AssemblyConfig
+from dicom_node.config_results import SendingConfig
+from dicom_node.metrics import Metrics
+from dicom_node.models import Header, ReceivedInstance, ResultObject
+from dicom_node.node import Node
+from dicom_node.retention import Purger, purge_study, purgeable, sweep
+from dicom_node.send.outbox import Outbox
+from dicom_node.spool import Spool
+from dicom_node.state import State
+
+RULES = AssemblyConfig(quiet_seconds=5, after_release_seconds=1, max_wait_seconds=60)
+SR = "1.2.840.10008.5.1.4.1.1.88.34"
+STUDY = "1.2.826.0.1.3680043.8.498.71"
+OTHER = "1.2.826.0.1.3680043.8.498.72"
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool", 0)
+
+
+@pytest.fixture
+def state(spool: Spool) -> Iterator[State]:
+    st = State(spool.root / "state.sqlite3", RULES)
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def receive(state: State, spool: Spool, study: str, sop: str, at: float, own: bool = False) -> str:
+    """Write an instance into the spool and index it, as the receiver does."""
+    relative = spool.relative_path(study, sop)
+    spool.write(relative, [b"instance " + sop.encode()])
+    header = Header("1.2.840.10008.5.1.4.1.1.1", sop, study, study + ".1", "DX", "", "", True)
+    received = ReceivedInstance(header, "1.2.840.10008.1.2.1", "PACS", "a#1", relative, 10, at, own)
+    state.record_instance(received, True, "new")
+    return relative
+
+
+def processed(
+    state: State,
+    spool: Spool,
+    study: str,
+    at: float,
+    destinations: Sequence[str] = ("pacs",),
+    outcome: str = "done",
+) -> list[str]:
+    """Receive two instances at ``at``, complete the study, finish its job at ``at + 10``
+    with one result queued for ``destinations``; returns every file written."""
+    files = [receive(state, spool, study, f"{study}.{n}", at) for n in (1, 2)]
+    state.release({study}, at)
+    [job] = state.complete_due(at + 5)
+    result = f"outputs/{study}/{study}.100.dcm"
+    spool.write(result, [b"the study's SR"])
+    state.finish_job(
+        job.id, outcome, at + 10,
+        results=[ResultObject(f"{study}.100", SR, result, "sr")], destinations=destinations,
+    )  # fmt: skip
+    return [*files, result]
+
+
+def deliver_all(state: State, at: float) -> None:
+    outbox = Outbox(state, SendingConfig())
+    for item in outbox.items(["pending"]):
+        outbox.mark_sent(item.id, at)
+
+
+def test_a_delivered_study_is_purged_after_its_retention_and_its_history_stays(
+    state: State, spool: Spool
+) -> None:
+    files = processed(state, spool, STUDY, 1000.0)
+    deliver_all(state, 1020.0)
+    assert purgeable(state, 1019.9) == []  # finished at its delivery, 1020
+    assert purgeable(state, 1020.0) == [STUDY]
+    purged = purge_study(state, spool, STUDY, 1020.0, now=5000.0)
+    assert purged is not None
+    assert (purged.study_uid, purged.files) == (STUDY, 3)
+    assert purged.bytes == sum(len(b) for b in (b"instance " + f"{STUDY}.1".encode(),
+                                                  b"instance " + f"{STUDY}.2".encode(),
+                                                  b"the study's SR"))  # fmt: skip
+    for relative in files:
+        assert not spool.path(relative).exists()
+    assert not (spool.instances / STUDY).exists()
+    assert not (spool.root / "outputs" / STUDY).exists()
+    [study] = state.studies()
+    assert (study.state, study.instance_count, study.purged_at) == ("complete", 0, 5000.0)
+    assert [j.state for j in state.jobs()] == ["done"]
+    assert Outbox(state, SendingConfig()).items() == []
+    assert state.existing_path(f"{STUDY}.1") is None
+    assert purgeable(state, 1e12) == []  # nothing left to purge
+    assert purge_study(state, spool, STUDY, 1e12, now=6000.0) is None
+
+
+def test_what_is_not_finished_is_kept(state: State, spool: Spool) -> None:
+    receive(state, spool, "1.2", "1.2.1", 100.0)  # complete, its job pending
+    state.release({"1.2"}, 100.0)
+    state.complete_due(200.0)
+    processed(state, spool, "1.3", 100.0)  # its result not delivered yet
+    processed(state, spool, "1.4", 100.0)  # its result a dead letter
+    outbox = Outbox(state, SendingConfig(max_attempts=1))
+    [dead] = [i for i in outbox.items() if i.study_uid == "1.4"]
+    outbox.mark_failed(dead.id, 150.0, "refused")
+    processed(state, spool, "1.5", 100.0, destinations=())  # nothing to send: finished at 110
+    processed(state, spool, "1.6", 100.0, (), outcome="failed")  # failed: kept as long
+    receive(state, spool, "1.1", "1.1.1", 100.0)  # still receiving
+    assert sorted(purgeable(state, 1e12)) == ["1.5", "1.6"]
+    assert purgeable(state, 109.0) == []
+    for study in ("1.1", "1.2", "1.3", "1.4"):
+        assert purge_study(state, spool, study, 1e12, now=1e6) is None
+        assert (spool.instances / study).is_dir()
+    outbox.retry(200.0)  # the dead letter goes back to pending: still kept
+    deliver_all(state, 300.0)  # now 1.3 and 1.4 are delivered
+    assert sorted(purgeable(state, 1e12)) == ["1.3", "1.4", "1.5", "1.6"]
+    assert purgeable(state, 299.0) == ["1.5", "1.6"]
+
+
+def test_a_late_own_output_keeps_the_study_until_its_own_retention(
+    state: State, spool: Spool
+) -> None:
+    processed(state, spool, STUDY, 100.0, destinations=())
+    purge_study(state, spool, STUDY, 200.0, now=300.0)
+    # The PACS sends our SR back after the purge: kept, then purged a retention later.
+    back = receive(state, spool, STUDY, f"{STUDY}.100", 400.0, own=True)
+    assert [s.purged_at for s in state.studies()] == [300.0]  # own outputs do not reopen
+    assert purgeable(state, 399.0) == []
+    assert purgeable(state, 400.0) == [STUDY]
+    purged = purge_study(state, spool, STUDY, 400.0, now=500.0)
+    assert purged is not None and purged.files == 1
+    assert not spool.path(back).exists()
+
+
+def test_a_study_received_again_after_its_purge_is_a_new_episode(
+    state: State, spool: Spool
+) -> None:
+    processed(state, spool, STUDY, 100.0, destinations=())
+    purge_study(state, spool, STUDY, 200.0, now=300.0)
+    receive(state, spool, STUDY, f"{STUDY}.9", 400.0)
+    [study] = state.studies()
+    assert (study.state, study.instance_count, study.purged_at) == ("receiving", 1, None)
+    state.release({STUDY}, 400.0)
+    [job] = state.complete_due(500.0)
+    assert (job.generation, job.instance_count) == (2, 1)
+    assert state.study_sources(STUDY) == [(f"instances/{STUDY}/{STUDY}.9.dcm", "PACS")]
+
+
+def test_purge_waits_for_the_study_lock_and_spares_an_instance_indexed_meanwhile(
+    state: State, spool: Spool
+) -> None:
+    processed(state, spool, STUDY, 100.0, destinations=())
+    assert purgeable(state, 200.0) == [STUDY]
+    outcome: list[object] = []
+    with spool.study_lock(STUDY):  # as the receiver holds it while it writes and indexes
+        purging = threading.Thread(
+            target=lambda: outcome.append(purge_study(state, spool, STUDY, 200.0, now=300.0))
+        )
+        purging.start()
+        time.sleep(0.2)
+        assert outcome == [] and purging.is_alive()  # waiting for the lock
+        late = spool.relative_path(STUDY, f"{STUDY}.3")
+        spool.write(late, [b"acknowledged late instance"])
+        header = Header(
+            "1.2.840.10008.5.1.4.1.1.1", f"{STUDY}.3", STUDY, STUDY + ".1", "DX", "", "", True
+        )
+        state.record_instance(
+            ReceivedInstance(header, "1.2.840.10008.1.2.1", "PACS", "a#2", late, 26, 250.0, False),
+            True, "new",
+        )  # fmt: skip
+    purging.join(5)
+    assert outcome == [None]  # reopened: no longer finished, nothing removed
+    assert spool.path(late).read_bytes() == b"acknowledged late instance"
+    assert len(state.study_sources(STUDY)) == 3
+    assert [s.state for s in state.studies()] == ["receiving"]
+
+
+def test_sweep_removes_only_files_no_row_names(state: State, spool: Spool) -> None:
+    files = processed(state, spool, STUDY, 100.0, destinations=())
+    purge_study(state, spool, STUDY, 200.0, now=300.0)
+    # A crash after the purge's commit, before its unlinks, leaves files no row names.
+    for relative in files:
+        spool.write(relative, [b"left by a crash"])
+    kept = receive(state, spool, STUDY, f"{STUDY}.100", 400.0, own=True)  # named by a row
+    processed(state, spool, OTHER, 100.0, destinations=())  # never purged: not swept
+    swept = sweep(state, spool)
+    assert (swept.files, swept.bytes) == (3, 3 * len(b"left by a crash"))
+    assert [spool.path(r).exists() for r in files] == [False, False, False]
+    assert not (spool.root / "outputs" / STUDY).exists()
+    assert spool.path(kept).exists()
+    assert len(list((spool.instances / OTHER).iterdir())) == 2
+    assert sweep(state, spool).files == 0
+
+
+def test_purger_thread_purges_due_studies_counts_them_and_stops(state: State, spool: Spool) -> None:
+    now = time.time()
+    processed(state, spool, STUDY, now - 7300.0, destinations=())  # finished ~2 h ago
+    processed(state, spool, OTHER, now - 100.0, destinations=())  # finished 90 s ago
+    metrics = Metrics(CollectorRegistry())
+    purger = Purger(state, spool, retention_hours=1.0, metrics=metrics)
+    assert purger.interval == 60.0
+    assert Purger(state, spool, retention_hours=0.0).interval == 1.0
+    purger.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not (state.studies()[0].purged_at or time.monotonic() > deadline):
+            time.sleep(0.05)
+    finally:
+        purger.stop()
+    assert not [t for t in threading.enumerate() if t.name == "purger"]
+    purged = {s.study_uid: s.purged_at for s in state.studies()}
+    assert purged[STUDY] is not None and purged[OTHER] is None
+    assert not (spool.instances / STUDY).exists()
+    assert (spool.instances / OTHER).is_dir()
+    registry = metrics.registry
+    assert registry.get_sample_value("dicom_node_purged_studies_total") == 1
+    expected = sum(len(b"instance " + f"{STUDY}.{n}".encode()) for n in (1, 2))
+    assert registry.get_sample_value("dicom_node_purged_bytes_total") == expected + len(
+        b"the study's SR"
+    )
+
+
+def test_the_node_purges_a_finished_study_with_retention_zero(
+    start_node: Callable[..., Node], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = start_node(storage__retention_hours=0)
+    assert node.spool is not None and node.state is not None
+    state, spool = node.state, node.spool
+    folder = tmp_path / "in"
+    folder.mkdir()
+    files = []
+    for _ in range(2):
+        ds = tiny_image(STUDY)
+        files.append(folder / f"{ds.SOPInstanceUID}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    assert send_files(node.port, files) == [0, 0]
+    assert len(list((spool.instances / STUDY).iterdir())) == 2
+    # No routing rules: the job is skipped, the study finished, purged within a round (1 s).
+    deadline = time.monotonic() + 15
+    while not (state.studies() and state.studies()[0].purged_at):
+        assert time.monotonic() < deadline, "the study was not purged"
+        time.sleep(0.1)
+    [job] = state.jobs()
+    assert job.state == "skipped"
+    assert not (spool.instances / STUDY).exists()
+    assert state.instance_count() == 0
+    assert node.metrics.registry.get_sample_value("dicom_node_purged_studies_total") == 1
+    assert main(["studies", "--spool-dir", str(spool.root)]) == 0
+    header, row, *_ = capsys.readouterr().out.splitlines()
+    assert header.split()[-2:] == ["REASON", "PURGED"]
+    assert row.split()[:3] == [STUDY, "complete", "0"]
+    assert row.split()[-2] == time.strftime(
+        "%Y-%m-%d", time.localtime(state.studies()[0].purged_at)
+    )
