@@ -78,3 +78,23 @@ def test_orthanc_routes_dx_to_the_node_but_not_the_nodes_own_instances(tmp_path:
             assert received == [(first_uid, "PACS")]
     finally:
         scp.shutdown()
+
+
+def test_the_harness_runs_the_shipped_route_hook_with_its_own_skip_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orthanc
+
+    shipped = orthanc.SHIPPED_ROUTE.read_text(encoding="ascii")
+    script = orthanc._lua_script(RouteTarget(NODE_AET, "127.0.0.1", 104), ["NODE_A", "NODE_B"])
+    assert 'local SKIP = { ["NODE_A"] = true, ["NODE_B"] = true }' in script
+    assert script.replace(
+        'local SKIP = { ["NODE_A"] = true, ["NODE_B"] = true }', 'local SKIP = { ["TRIAGE"] = true }'
+    ) == shipped  # fmt: skip
+    changed = tmp_path / "route.lua"
+    changed.write_text(shipped.replace("local SKIP", "SKIP"), encoding="ascii")
+    monkeypatch.setattr(orthanc, "SHIPPED_ROUTE", changed)
+    with pytest.raises(
+        ValueError, match=r"route\.lua: expected one 'local SKIP = \{ \.\.\. \}' line"
+    ):
+        orthanc._lua_script(RouteTarget(NODE_AET, "127.0.0.1", 104), [NODE_AET])

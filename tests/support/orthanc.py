@@ -28,8 +28,9 @@ from typing import Any, TypeVar
 from dicom_node.synthetic.dcmtk import storescu as run_storescu
 
 ORTHANC = "/usr/sbin/Orthanc"
-ROUTE_MODALITY = "node"
-ROUTED_MODALITIES = ("DX", "CR")
+ROUTE_MODALITY = "node"  # what deploy/orthanc/route.lua sends to
+SHIPPED_ROUTE = Path(__file__).resolve().parents[2] / "deploy" / "orthanc" / "route.lua"
+_SKIP_LINE = re.compile(r"^local SKIP = \{.*\}$", re.MULTILINE)
 
 _T = TypeVar("_T")
 _AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")  # printable ASCII without backslash
@@ -213,37 +214,13 @@ def _lua_script(route_to: RouteTarget | None, skip_calling_aes: Sequence[str]) -
     skip = ", ".join(
         f"[{json.dumps(_ae_title(ae, 'skip_calling_aes'))}] = true" for ae in skip_calling_aes
     )
-    routed = ", ".join(f"[{json.dumps(m)}] = true" for m in ROUTED_MODALITIES)
-    return f"""\
--- Routes {"/".join(ROUTED_MODALITIES)} instances to modality '{ROUTE_MODALITY}', except those
--- sent by an AE title in the skip list (loop guard). Every decision is logged.
-local SKIP = {{ {skip} }}
-local ROUTED = {{ {routed} }}
-
-local function trim(s)
-  return (string.gsub(s or '', '^%s*(.-)%s*$', '%1'))
-end
-
-function OnStoredInstance(instanceId, tags, metadata, origin)
-  local modality = trim(tags['Modality'])
-  local caller = trim(metadata['RemoteAET'])
-  if caller == '' and origin ~= nil then
-    caller = trim(origin['RemoteAet'])
-  end
-  local sop = trim(tags['SOPInstanceUID'])
-  if not ROUTED[modality] then
-    print('skip ' .. instanceId .. ' sop=' .. sop .. ' modality=' .. modality
-          .. ' from=' .. caller .. ': modality not routed')
-  elseif SKIP[caller] then
-    print('skip ' .. instanceId .. ' sop=' .. sop .. ' modality=' .. modality
-          .. ' from=' .. caller .. ': calling AE in skip list')
-  else
-    print('route ' .. instanceId .. ' sop=' .. sop .. ' modality=' .. modality
-          .. ' from=' .. caller .. ' -> {ROUTE_MODALITY}')
-    SendToModality(instanceId, '{ROUTE_MODALITY}')
-  end
-end
-"""
+    # The shipped hook itself, with this harness's skip list: the tests run what sites run.
+    script, replaced = _SKIP_LINE.subn(
+        f"local SKIP = {{ {skip} }}", SHIPPED_ROUTE.read_text(encoding="ascii")
+    )
+    if replaced != 1:
+        raise ValueError(f"{SHIPPED_ROUTE}: expected one 'local SKIP = {{ ... }}' line")
+    return script
 
 
 def _config(
