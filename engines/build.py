@@ -6,13 +6,17 @@ minutes; it is reused from the cache while its manifest and artefacts match.
 The two image engines (hip_screen, hipnet) train here; the multimodal and the
 osteoporosis engine have their own training modules (engines.training.multimodal,
 engines.training.osteoporosis) and only train on phantoms.
-Layout: ``<cache>/<engine>/manifest.yaml`` with its artefacts beside it and
-``<cache>/<engine>/checkpoints/`` for the training run.
+Layout: ``<cache>/<engine>/manifest.yaml`` with its artefacts beside it, and
+``<cache>/<engine>/checkpoints/`` (one per epoch and the best) while it trains: a demo build
+removes them once the engine is packaged (its ``model.pt`` is the checkpoint it keeps; the
+epoch files would double the cache, ~2 GB for the four engines); ``engines train`` keeps
+them for the engineer who runs it.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -245,6 +249,7 @@ def build_demo(
             progress=None if progress is None else _named(progress, name),
             max_seconds=max_seconds,
         )
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # packaged: scratch now
         results.append(BuildResult(manifest, folder, False, time.monotonic() - start))
     return results
 

@@ -105,6 +105,8 @@ def test_build_list_export_and_train(
     out = capsys.readouterr().out
     assert "epoch 1: loss" in out and "recall normal" in out
     mine = read_manifest(tmp_path / "mine")
+    assert f"checkpoints in {tmp_path / 'mine' / 'checkpoints'}" in out
+    assert (tmp_path / "mine" / "checkpoints" / "epoch-001.pt").is_file()  # kept for the user
     assert mine.training["profile"]["options"]["attention_weight"] == 0.5
     assert mine.training["profile"]["options"]["batch_norm_items"] == 16
 
