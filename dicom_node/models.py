@@ -125,6 +125,7 @@ class SourceImage:
     attributes: Mapping[str, str]  # the routing attributes, "" when absent
     # The study's clinical text and the patient's variables from this header (never logged).
     clinical: ClinicalContext | None = None
+    frames: int = 1  # Number of Frames: an enhanced CT image holds a whole series' slices
 
 
 @dataclass(frozen=True)

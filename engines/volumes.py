@@ -17,6 +17,10 @@ direction) and resamples it. Not ``sitk.ImageSeriesReader`` (GDCM), because:
   (ImageOrientationPatient x ImagePositionPatient, never InstanceNumber) and the
   geometry is checked, and every refusal is a :class:`VolumeError` that names the
   series and the instance or position at fault.
+* A multi-frame image (Enhanced CT, Legacy Converted Enhanced CT) is a stack of frames
+  whose geometry and rescale sit in its functional groups (per frame, or shared); each
+  frame is a slice like any other, checked and sorted the same way. A series may even mix
+  single-frame and multi-frame instances.
 
 Axes. ``CtVolume.image`` uses SimpleITK's (x, y, z) = (column, row, slice) index
 order: spacing is (column spacing, row spacing, slice spacing) in mm, the origin is
@@ -81,7 +85,8 @@ class CtVolume:
     """A CT series as a float32 Hounsfield-unit ``sitk.Image`` and its geometry.
 
     ``size``, ``spacing``, ``origin`` and ``direction`` repeat the image's, in SimpleITK's
-    (x, y, z) order; ``instance_uids`` are the SOP Instance UIDs in slice order.
+    (x, y, z) order; ``instance_uids`` are the SOP Instance UIDs in slice order and
+    ``frame_numbers`` each slice's frame in its instance (1 for a single-frame image).
     """
 
     image: Any  # SimpleITK.Image (SimpleITK has no type information)
@@ -91,6 +96,7 @@ class CtVolume:
     origin: Vector
     direction: Direction
     instance_uids: tuple[str, ...]
+    frame_numbers: tuple[int, ...]
 
     def array(self) -> npt.NDArray[np.float32]:
         """The voxels as [z, y, x] Hounsfield units (a copy)."""
@@ -100,11 +106,13 @@ class CtVolume:
 @dataclass(frozen=True)
 class _Slice:
     path: Path
-    uid: str
+    uid: str  # the SOP Instance UID, with "#<frame>" for a frame of a multi-frame image
     orientation: npt.NDArray[np.float64]
     position: npt.NDArray[np.float64]
     shape: tuple[int, int]
     pixel_spacing: tuple[float, float]
+    frame: int | None = None  # 0-based frame of a multi-frame image
+    rescale: tuple[float, float] = (1.0, 0.0)  # a frame's (slope, intercept)
 
 
 def read_ct_series(paths: Sequence[Path], series_uid: str) -> CtVolume:
@@ -117,11 +125,11 @@ def read_ct_series(paths: Sequence[Path], series_uid: str) -> CtVolume:
     ]
     if not members:
         raise VolumeError(f"series {series_uid}: none of the {len(paths)} files belongs to it")
-    if len(members) < 2:
+    slices = [s for path, ds in members for s in _slices(series_uid, path, ds)]
+    if len(slices) < 2:
         raise VolumeError(
-            f"series {series_uid}: 1 slice ({_uid(members[0][1])}), a volume needs at least 2"
+            f"series {series_uid}: 1 slice ({slices[0].uid}), a volume needs at least 2"
         )
-    slices = [_slice(series_uid, path, ds) for path, ds in members]
     first = slices[0]
     for s in slices[1:]:
         _check_plane(series_uid, first, s)
@@ -133,7 +141,8 @@ def read_ct_series(paths: Sequence[Path], series_uid: str) -> CtVolume:
     along = along[order]
     step = _check_steps(series_uid, slices, along)
     _check_stacked(series_uid, slices, normal)
-    hu = np.stack([_pixels(series_uid, s.path) for s in slices])
+    frames: dict[Path, npt.NDArray[np.float32]] = {}  # each multi-frame image decoded once
+    hu = np.stack([_slice_hu(series_uid, s, frames) for s in slices])
     dy, dx = first.pixel_spacing
     image = sitk.GetImageFromArray(hu)
     image.SetSpacing((dx, dy, step))
@@ -147,7 +156,8 @@ def read_ct_series(paths: Sequence[Path], series_uid: str) -> CtVolume:
         spacing=_floats(image.GetSpacing()),
         origin=_floats(image.GetOrigin()),
         direction=_direction(image.GetDirection()),
-        instance_uids=tuple(s.uid for s in slices),
+        instance_uids=tuple(s.uid.partition("#")[0] for s in slices),
+        frame_numbers=tuple(1 if s.frame is None else s.frame + 1 for s in slices),
     )
 
 
@@ -281,7 +291,9 @@ def _uid(ds: Dataset) -> str:
     return str(ds.get("SOPInstanceUID", "?"))
 
 
-def _numbers(series_uid: str, ds: Dataset, keyword: str, count: int) -> npt.NDArray[np.float64]:
+def _numbers(
+    series_uid: str, ds: Dataset, keyword: str, count: int, name: str | None = None
+) -> npt.NDArray[np.float64]:
     value = ds.get(keyword)
     try:
         numbers = np.asarray([float(v) for v in value], dtype=np.float64)
@@ -289,39 +301,112 @@ def _numbers(series_uid: str, ds: Dataset, keyword: str, count: int) -> npt.NDAr
         numbers = np.empty(0)
     if numbers.shape != (count,) or not np.all(np.isfinite(numbers)):
         raise VolumeError(
-            f"series {series_uid}, instance {_uid(ds)}: {keyword} expected {count} numbers, "
-            f"got {value!r}"
+            f"series {series_uid}, instance {name or _uid(ds)}: {keyword} expected {count} "
+            f"numbers, got {value!r}"
         )
     return numbers
 
 
-def _slice(series_uid: str, path: Path, ds: Dataset) -> _Slice:
+def _slices(series_uid: str, path: Path, ds: Dataset) -> list[_Slice]:
+    """The slices of one instance: itself, or each frame of a multi-frame image."""
     frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        return _frames(series_uid, path, ds, frames)
     if frames != 1:
         raise VolumeError(
-            f"series {series_uid}, instance {_uid(ds)}: expected one frame per instance, "
-            f"got NumberOfFrames {frames}"
+            f"series {series_uid}, instance {_uid(ds)}: NumberOfFrames {frames} without "
+            "per-frame functional groups (an enhanced image's geometry); expected one frame "
+            "per instance"
         )
+    return [_slice(series_uid, path, ds, ds, _uid(ds))]
+
+
+def _slice(
+    series_uid: str,
+    path: Path,
+    ds: Dataset,
+    geometry: Dataset,
+    name: str,
+    frame: int | None = None,
+    rescale: tuple[float, float] = (1.0, 0.0),
+) -> _Slice:
+    """A slice from ``geometry`` (the instance, or a frame's functional groups merged)."""
     rows, cols = ds.get("Rows"), ds.get("Columns")
     if not isinstance(rows, int) or not isinstance(cols, int) or rows < 1 or cols < 1:
         raise VolumeError(
             f"series {series_uid}, instance {_uid(ds)}: expected positive Rows and Columns, "
             f"got {rows!r} x {cols!r}"
         )
-    spacing = _numbers(series_uid, ds, "PixelSpacing", 2)
+    spacing = _numbers(series_uid, geometry, "PixelSpacing", 2, name)
     if not np.all(spacing > 0):
         raise VolumeError(
-            f"series {series_uid}, instance {_uid(ds)}: PixelSpacing expected positive values, "
+            f"series {series_uid}, instance {name}: PixelSpacing expected positive values, "
             f"got {tuple(float(v) for v in spacing)}"
         )
     return _Slice(
         path=path,
-        uid=_uid(ds),
-        orientation=_numbers(series_uid, ds, "ImageOrientationPatient", 6),
-        position=_numbers(series_uid, ds, "ImagePositionPatient", 3),
+        uid=name,
+        orientation=_numbers(series_uid, geometry, "ImageOrientationPatient", 6, name),
+        position=_numbers(series_uid, geometry, "ImagePositionPatient", 3, name),
         shape=(rows, cols),
         pixel_spacing=(float(spacing[0]), float(spacing[1])),
+        frame=frame,
+        rescale=rescale,
     )
+
+
+# The functional groups a frame's slice geometry and Hounsfield units come from.
+_PLANE_GROUPS = {
+    "PlaneOrientationSequence": "ImageOrientationPatient",
+    "PlanePositionSequence": "ImagePositionPatient",
+    "PixelMeasuresSequence": "PixelSpacing",
+}
+
+
+def _frames(series_uid: str, path: Path, ds: Dataset, frames: int) -> list[_Slice]:
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != frames:
+        raise VolumeError(
+            f"series {series_uid}, instance {_uid(ds)}: NumberOfFrames {frames} but "
+            f"{len(per_frame)} per-frame functional groups"
+        )
+    shared_groups = ds.get("SharedFunctionalGroupsSequence") or [Dataset()]
+    shared = shared_groups[0]
+    slices = []
+    for i, group in enumerate(per_frame):
+        name = f"{_uid(ds)}#{i + 1}"
+        geometry = Dataset()
+        for sequence, keyword in _PLANE_GROUPS.items():
+            item = _group_item(group, shared, sequence)
+            if item is None or keyword not in item:
+                raise VolumeError(
+                    f"series {series_uid}, instance {name}: no {keyword} in the frame's or the "
+                    f"shared {sequence}"
+                )
+            geometry[keyword] = item[keyword]
+        transform = _group_item(group, shared, "PixelValueTransformationSequence") or Dataset()
+        try:
+            rescale = (
+                float(transform.get("RescaleSlope", 1.0)),
+                float(transform.get("RescaleIntercept", 0.0)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise VolumeError(
+                f"series {series_uid}, instance {name}: Rescale Slope and Intercept expected "
+                f"numbers ({exc})"
+            ) from exc
+        slices.append(_slice(series_uid, path, ds, geometry, name, i, rescale))
+    return slices
+
+
+def _group_item(group: Dataset, shared: Dataset, sequence: str) -> Dataset | None:
+    """The item of a functional group macro: the frame's own, else the shared one."""
+    for source in (group, shared):
+        items = source.get(sequence)
+        if items:
+            item: Dataset = items[0]
+            return item
+    return None
 
 
 def _check_plane(series_uid: str, first: _Slice, s: _Slice) -> None:
@@ -384,6 +469,30 @@ def _check_stacked(series_uid: str, slices: list[_Slice], normal: npt.NDArray[np
                 f"from instance {first.uid} (gantry tilt or moved field of view); "
                 f"its ImagePositionPatient is {_fmt(s.position)}"
             )
+
+
+def _slice_hu(
+    series_uid: str, s: _Slice, frames: dict[Path, npt.NDArray[np.float32]]
+) -> npt.NDArray[np.float32]:
+    if s.frame is None:
+        return _pixels(series_uid, s.path)
+    if s.path not in frames:
+        frames[s.path] = _stored_frames(series_uid, s.path)
+    slope, intercept = s.rescale
+    return np.asarray(frames[s.path][s.frame] * slope + intercept, dtype=np.float32)
+
+
+def _stored_frames(series_uid: str, path: Path) -> npt.NDArray[np.float32]:
+    """The stored values of every frame of a multi-frame image, [frame, row, column]."""
+    ds = dcmread(path)
+    try:
+        stored = ds.pixel_array
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError) as exc:
+        raise VolumeError(
+            f"series {series_uid}, instance {_uid(ds)}: pixel data cannot be decoded ({exc})"
+        ) from exc
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    return np.asarray(stored, dtype=np.float32).reshape(-1, rows, cols)
 
 
 def _pixels(series_uid: str, path: Path) -> npt.NDArray[np.float32]:

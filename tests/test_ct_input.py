@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from dicom_node.ct_input import CtCache
-from dicom_node.route.plan import source_image
+from dicom_node.route.plan import ct_series, source_image
 from dicom_node.synthetic import StudyIdentity
 from engines.manifest import Preprocessing
 from engines.phantoms.ct import ct_hip, phantom_image, write_ct_study_series
@@ -55,3 +55,23 @@ def test_an_engine_without_a_ct_grid_is_refused(tmp_path: Path) -> None:
     paths, series = written(tmp_path)
     with pytest.raises(VolumeError, match="gives no CT grid"):
         CtCache(images(paths)).get(series, replace(PRE, volume=None))
+
+
+def test_an_enhanced_multi_frame_ct_is_the_same_input_as_its_series(tmp_path: Path) -> None:
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    paths, series = written(tmp_path / "single")
+    single = CtCache(images(paths)).get(series, PRE)
+    enhanced = LegacyConvertedEnhancedCTImage(
+        [pydicom.dcmread(p) for p in paths], series, 1, pydicom.uid.generate_uid(), 1
+    )
+    path = tmp_path / "enhanced.dcm"
+    enhanced.save_as(path, enforce_file_format=True)
+    [image] = images([path])
+    assert (image.frames, image.attributes["Modality"]) == (10, "CT")
+    # One instance, ten slices: a CT series for `requires: [ct]` and the engine's input.
+    assert ct_series([image]) == series
+    assert ct_series(images(paths[:1])) is None  # one single-frame slice is not
+    volume = CtCache([image]).get(series, PRE)
+    assert single is not None and volume is not None
+    np.testing.assert_array_equal(volume, single)

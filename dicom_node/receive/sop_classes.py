@@ -10,6 +10,7 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
     "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
     "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte Secondary Capture
     "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word Secondary Capture

@@ -5,10 +5,11 @@ an image of one hip that hip). A dual-view engine pairs the hip's AP region with
 the study's lateral view of the same side (View Position in
 ``routing.lateral_views``, laterality R or L); without one it runs on the AP
 alone, which the engine handles as a missing view. An engine with a CT input gets
-the study's CT series (the one with the most instances); without one the engine
-masks the CT. A rule's ``requires`` holds it back unless the study has a CT series,
-clinical text, or the named demographics in the image's header. The cascade adds
-tasks for hips an earlier engine found with a finding.
+the study's CT series (the one with the most slices: instances, or the frames of an
+enhanced multi-frame CT); without one the engine masks the CT. A rule's ``requires``
+holds it back unless the study has a CT series, clinical text, or the named
+demographics in the image's header. The cascade adds tasks for hips an earlier
+engine found with a finding.
 """
 
 from __future__ import annotations
@@ -50,12 +51,23 @@ def source_image(ds: Dataset, path: Path, calling_ae: str) -> SourceImage:
         laterality=laterality,
         attributes=attributes,
         clinical=clinical,
+        frames=_frames(ds),
     )
 
 
+def _frames(ds: Dataset) -> int:
+    try:
+        return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+    except (TypeError, ValueError):  # a malformed value: counted as one, the reader refuses it
+        return 1
+
+
 def ct_series(images: Sequence[SourceImage]) -> str | None:
-    """The study's CT series with the most instances (at least MIN_CT_SLICES), else None."""
-    counts = Counter(i.series_uid for i in images if i.attributes.get("Modality") == "CT")
+    """The study's CT series with the most slices (at least MIN_CT_SLICES), else None."""
+    counts: Counter[str] = Counter()
+    for image in images:
+        if image.attributes.get("Modality") == "CT":
+            counts[image.series_uid] += image.frames
     best = max(counts.items(), key=lambda item: item[1], default=None)
     return best[0] if best is not None and best[1] >= MIN_CT_SLICES else None
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813 (the name SimpleITK's documentation uses)
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -322,11 +323,119 @@ def test_bad_rows_are_refused(tmp_path: Path) -> None:
         read_ct_series(paths, SERIES)
 
 
-def test_multi_frame_instances_are_refused(tmp_path: Path) -> None:
+def test_multi_frame_instances_without_functional_groups_are_refused(tmp_path: Path) -> None:
     paths = _write(tmp_path, _volume(depth=3, rows=8, cols=8))
     _edit(paths[0], NumberOfFrames=3)
-    with pytest.raises(VolumeError, match=r"expected one frame per instance, got NumberOfFrames 3"):
+    with pytest.raises(
+        VolumeError,
+        match=r"NumberOfFrames 3 without per-frame functional groups .*expected one frame per",
+    ):
         read_ct_series(paths, SERIES)
+
+
+# Multi-frame images (Enhanced CT's functional groups) ------------------------------------
+
+
+def _enhanced(out: Path, volume: np.ndarray, *, order: list[int] | None = None) -> Path:
+    """The series as one Legacy Converted Enhanced CT image (highdicom's converter: geometry
+    in per-frame PlanePosition and shared PlaneOrientation/PixelMeasures/PixelValueTransformation
+    functional groups), its frames in ``order``."""
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    datasets = make_ct_series(
+        volume, identity=IDENTITY, series_uid=SERIES, spacing_mm=SPACING, origin_mm=ORIGIN,
+        orientation=TILTED,
+    )  # fmt: skip
+    if order is not None:
+        datasets = [datasets[i] for i in order]
+    image = LegacyConvertedEnhancedCTImage(
+        datasets, SERIES, 1, SERIES + ".100", 1, include_dimension_index=False
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    image.save_as(out / "enhanced.dcm", enforce_file_format=True)
+    return out / "enhanced.dcm"
+
+
+def test_an_enhanced_multi_frame_image_reads_like_its_single_frame_series(
+    tmp_path: Path,
+) -> None:
+    volume = _volume(depth=5)
+    single = read_ct_series(_write(tmp_path / "single", volume), SERIES)
+    path = _enhanced(tmp_path / "enhanced", volume, order=[3, 0, 4, 1, 2])
+    assert dcmread(path).SOPClassUID == "1.2.840.10008.5.1.4.1.1.2.2"
+    ct = read_ct_series([path], SERIES)
+    assert (ct.size, ct.spacing, ct.origin, ct.direction) == (
+        single.size, single.spacing, single.origin, single.direction
+    )  # fmt: skip
+    np.testing.assert_array_equal(ct.array(), volume)  # shared rescale: HU = stored - 1024
+    assert ct.instance_uids == (SERIES + ".100",) * 5
+    # Sorted by position: frame k of the file holds slice order[k].
+    assert ct.frame_numbers == (2, 4, 5, 1, 3)
+    assert single.frame_numbers == (1,) * 5
+
+
+def test_a_frames_own_rescale_wins_over_the_shared_one(tmp_path: Path) -> None:
+    volume = _volume(depth=3, rows=8, cols=8)
+    path = _enhanced(tmp_path, volume)
+    ds = dcmread(path)
+    own = Dataset()
+    own.RescaleSlope, own.RescaleIntercept, own.RescaleType = 2, -3072, "HU"
+    ds.PerFrameFunctionalGroupsSequence[1].PixelValueTransformationSequence = [own]
+    ds.save_as(path)
+    expected = volume.copy()
+    expected[1] = (volume[1] + 1024) * 2 - 3072  # stored values of frame 2, rescaled its way
+    np.testing.assert_array_equal(read_ct_series([path], SERIES).array(), expected)
+
+
+def test_an_enhanced_image_without_a_frames_position_is_refused(tmp_path: Path) -> None:
+    path = _enhanced(tmp_path, _volume(depth=3, rows=8, cols=8))
+    ds = dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence
+    ds.save_as(path)
+    with pytest.raises(
+        VolumeError,
+        match=r"instance .*\.100#3: no ImagePositionPatient in the frame's or the shared "
+        r"PlanePositionSequence",
+    ):
+        read_ct_series([path], SERIES)
+
+
+def test_an_enhanced_image_with_too_few_functional_groups_is_refused(tmp_path: Path) -> None:
+    path = _enhanced(tmp_path, _volume(depth=3, rows=8, cols=8))
+    ds = dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence[2]
+    ds.save_as(path)
+    with pytest.raises(VolumeError, match=r"NumberOfFrames 3 but 2 per-frame functional groups"):
+        read_ct_series([path], SERIES)
+
+
+def test_an_enhanced_image_with_a_bad_rescale_is_refused(tmp_path: Path) -> None:
+    path = _enhanced(tmp_path, _volume(depth=3, rows=8, cols=8))
+    ds = dcmread(path)
+    ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleSlope = None
+    ds.save_as(path)
+    with pytest.raises(
+        VolumeError, match=r"instance .*\.100#1: Rescale Slope and Intercept expected numbers"
+    ):
+        read_ct_series([path], SERIES)
+
+
+def test_one_frame_alone_is_not_a_volume(tmp_path: Path) -> None:
+    path = _enhanced(tmp_path, _volume(depth=1, rows=8, cols=8))
+    with pytest.raises(VolumeError, match=r"1 slice \(.*\.100#1\), a volume needs at least 2"):
+        read_ct_series([path], SERIES)
+
+
+def test_two_frames_at_one_position_are_a_duplicated_slice(tmp_path: Path) -> None:
+    path = _enhanced(tmp_path, _volume(depth=3, rows=8, cols=8))
+    ds = dcmread(path)
+    frames = ds.PerFrameFunctionalGroupsSequence
+    frames[2].PlanePositionSequence[0].ImagePositionPatient = list(
+        frames[1].PlanePositionSequence[0].ImagePositionPatient
+    )
+    ds.save_as(path)
+    with pytest.raises(VolumeError, match=r"duplicated slice, instances .*#2 and .*#3"):
+        read_ct_series([path], SERIES)
 
 
 def test_unreadable_file_is_named(tmp_path: Path) -> None:

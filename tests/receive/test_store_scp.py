@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from dicom_clients import dataset_bytes, send_files, storescu
 from helpers import tiny_image
@@ -17,6 +18,7 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    generate_uid,
 )
 from pynetdicom import AE
 
@@ -136,6 +138,26 @@ def test_a_store_holds_its_study_lock_while_it_writes_and_indexes(
     sending.join(10)
     assert statuses == [[0]]
     assert node.state.instance_count() == 1
+
+
+def test_an_enhanced_multi_frame_ct_is_stored_and_counts_as_one_instance(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    from dicom_node.synthetic import StudyIdentity, make_ct_series
+
+    volume = np.zeros((4, 8, 8))
+    slices = make_ct_series(volume, identity=StudyIdentity.synthetic(3))
+    series = str(slices[0].SeriesInstanceUID)
+    sop = generate_uid()
+    image = LegacyConvertedEnhancedCTImage(slices, series, 1, sop, 1)
+    [path] = write([image], tmp_path / "in")
+    node = start_node()
+    assert send_files(node.port, [path]) == [0]
+    stored = spooled(node, str(image.StudyInstanceUID), sop)
+    assert dataset_bytes(stored) == dataset_bytes(path)
+    assert dcmread(stored).SOPClassUID == "1.2.840.10008.5.1.4.1.1.2.2"
 
 
 def test_own_outputs_are_accepted_and_not_processed(start_node: StartNode, tmp_path: Path) -> None:
