@@ -80,7 +80,7 @@ def _run(
         pre = engines.manifest(task.engine).preprocessing
         ap = hip_input(cache.get(task.ap), task.side, pre)
         lateral = hip_input(cache.get(task.lateral), task.side, pre) if task.lateral else None
-        ct = volumes.get(task.ct_series, pre) if pre.volume is not None else None
+        ct = volumes.get(task.ct_series, pre, task.side) if pre.volume is not None else None
         item = HipBatchItem(task, ap, lateral, ct, task.ap.clinical)
         by_engine.setdefault(task.engine, []).append(item)
     outcomes: list[HipOutcome] = []

@@ -6,6 +6,13 @@ geometry checked), resampled and fitted into the engine's grid with its HU windo
 does not make a regular volume is logged with the reason and treated as missing:
 the engine masks its CT input and the report says the CT was not used, rather than
 the whole study failing for a scan the engine can do without.
+
+Each hip gets the part of the series that shows it, in the engines' canonical
+orientation (the patient's right hip; a left hip is mirrored right-left, as its
+radiograph region is). A series with Laterality R or L shows that hip only: the other
+hip gets no CT. A bilateral series (Laterality B, or no laterality and a field at least
+:data:`engines.volumes.BILATERAL_FIELD_MM` wide) is split at the centre of its field;
+a narrower series without laterality is taken whole for either hip.
 """
 
 from __future__ import annotations
@@ -18,11 +25,20 @@ import numpy.typing as npt
 
 from dicom_node.models import SourceImage
 from engines.manifest import Preprocessing
-from engines.volumes import CtVolume, VolumeError, engine_volume, read_ct_series
+from engines.volumes import (
+    BILATERAL_FIELD_MM,
+    CtVolume,
+    VolumeError,
+    engine_volume,
+    field_width_mm,
+    hemi_volume,
+    read_ct_series,
+)
 
 log = logging.getLogger(__name__)
 
 Volume = npt.NDArray[np.float32]
+SIDES = ("R", "L")
 
 
 class CtCache:
@@ -31,7 +47,7 @@ class CtCache:
     def __init__(self, images: Sequence[SourceImage]) -> None:
         self._images = tuple(images)
         self._volumes: dict[str, CtVolume | None] = {}
-        self._inputs: dict[tuple[str, Preprocessing], Volume | None] = {}
+        self._inputs: dict[tuple[str, Preprocessing, str], Volume | None] = {}
 
     def volume(self, series_uid: str) -> CtVolume | None:
         if series_uid not in self._volumes:
@@ -43,25 +59,47 @@ class CtCache:
                 self._volumes[series_uid] = None
         return self._volumes[series_uid]
 
-    def get(self, series_uid: str | None, pre: Preprocessing) -> Volume | None:
-        """The engine input (D, H, W) of the series, or None when there is none to use."""
+    def part(self, series_uid: str, side: str) -> str | None:
+        """Which part of the series shows hip ``side``: "whole", "half", or None (the
+        series shows the other hip only, or is not a usable volume)."""
+        if side not in SIDES:
+            raise VolumeError(f"side: expected R or L, got {side!r}")
+        laterality = next(
+            (i.laterality for i in self._images if i.series_uid == series_uid and i.laterality),
+            "",
+        )
+        if laterality in SIDES:
+            return "whole" if laterality == side else None
+        volume = self.volume(series_uid)
+        if volume is None:
+            return None
+        if laterality == "B" or field_width_mm(volume) >= BILATERAL_FIELD_MM:
+            return "half"
+        return "whole"
+
+    def get(self, series_uid: str | None, pre: Preprocessing, side: str) -> Volume | None:
+        """The engine input (D, H, W) for hip ``side`` of the series, canonical (a left hip
+        mirrored), or None when there is none to use for that hip."""
         if series_uid is None:
             return None
         if pre.volume is None:
             raise VolumeError("preprocessing: the engine's manifest gives no CT grid (volume)")
-        key = (series_uid, pre)
+        key = (series_uid, pre, side)
         if key not in self._inputs:
+            part = self.part(series_uid, side)
             volume = self.volume(series_uid)
-            self._inputs[key] = (
-                None
-                if volume is None
-                else engine_volume(
-                    volume,
+            if part is None or volume is None:
+                self._inputs[key] = None
+            else:
+                source = hemi_volume(volume, side) if part == "half" else volume
+                grid = engine_volume(
+                    source,
                     pre.volume,
                     pre.volume_spacing_mm,
                     (pre.hu_center, pre.hu_width),
                     pre.mean,
                     pre.std,
                 )
-            )
+                # [D, H, W] with W right->left: a left hip mirrored into the right hip's pose.
+                self._inputs[key] = np.ascontiguousarray(grid[:, :, ::-1]) if side == "L" else grid
         return self._inputs[key]

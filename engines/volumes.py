@@ -74,6 +74,9 @@ DUPLICATE_MM = 0.01
 STEP_TOLERANCE = 0.05
 # The in-plane offset a slice may have from the first one, as a fraction of a pixel.
 SHIFT_TOLERANCE = 0.1
+# A field of view at least this wide (patient right-left, mm) shows both hips: an adult
+# pelvis is ~300 mm across the hips, a CT of one hip ~120-200 mm.
+BILATERAL_FIELD_MM = 250.0
 
 
 class VolumeError(DicomNodeError, ValueError):
@@ -257,6 +260,40 @@ def volume_image(
     image.SetSpacing((dx, dy, dz))
     image.SetOrigin(tuple(float(v) for v in origin))
     return image
+
+
+def field_width_mm(volume: CtVolume | Any) -> float:
+    """The extent of the volume's field in patient x (right-left), in mm."""
+    low, high = _bounds(_image(volume))
+    return float(high[0] - low[0])
+
+
+def hemi_volume(volume: CtVolume | Any, side: str) -> Any:
+    """The patient's right (``"R"``) or left (``"L"``) half of a bilateral field.
+
+    The field is split at its centre in patient x (LPS: x grows toward the patient's
+    left), which is the midline when the patient lies centred, as for a pelvis CT. The
+    half is resampled onto an axis-aligned grid of the source's finest spacing; what lies
+    outside the source is -1024 HU. Returns a float32 ``sitk.Image`` in patient axes.
+    """
+    if side not in ("R", "L"):
+        raise VolumeError(f"side: expected R or L, got {side!r}")
+    source = _image(volume)
+    low, high = _bounds(source)
+    middle = 0.5 * (low[0] + high[0])
+    if side == "R":
+        high = np.array([middle, high[1], high[2]])
+    else:
+        low = np.array([middle, low[1], low[2]])
+    step = float(min(source.GetSpacing()))
+    size = np.maximum(1, np.ceil((high - low) / step - 1e-6))
+    return _resample(
+        source,
+        [int(n) for n in size],
+        (step,) * 3,
+        tuple(float(v) for v in low + 0.5 * step),
+        (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    )
 
 
 def engine_volume(

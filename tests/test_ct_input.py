@@ -12,7 +12,7 @@ import pytest
 
 from dicom_node.ct_input import CtCache
 from dicom_node.route.plan import ct_series, source_image
-from dicom_node.synthetic import StudyIdentity
+from dicom_node.synthetic import StudyIdentity, make_ct_series, write
 from engines.manifest import Preprocessing
 from engines.phantoms.ct import ct_hip, phantom_image, write_ct_study_series
 from engines.volumes import VolumeError, engine_volume
@@ -33,12 +33,15 @@ def images(paths: list[Path]) -> list:  # type: ignore[type-arg]
 def test_the_series_becomes_the_engines_input_once(tmp_path: Path) -> None:
     paths, series = written(tmp_path)
     cache = CtCache(images(paths))
-    volume = cache.get(series, PRE)
+    volume = cache.get(series, PRE, "R")  # the phantom series: Laterality R
     assert volume is not None and volume.shape == (8, 16, 16)
-    assert cache.get(series, PRE) is volume  # computed once per grid
+    assert cache.get(series, PRE, "R") is volume  # computed once per grid and hip
     expected = engine_volume(phantom_image(ct_hip("normal", 5, shape=(10, 32, 32))), (8, 16, 16))
     assert np.abs(volume - expected).max() < 2e-3
-    assert cache.get(None, PRE) is None
+    assert cache.get(None, PRE, "R") is None
+    assert cache.get(series, PRE, "L") is None  # a CT of the right hip shows no left hip
+    with pytest.raises(VolumeError, match=r"side: expected R or L, got 'B'"):
+        cache.get(series, PRE, "B")
 
 
 def test_a_series_with_a_missing_slice_is_logged_and_treated_as_missing(
@@ -47,21 +50,21 @@ def test_a_series_with_a_missing_slice_is_logged_and_treated_as_missing(
     paths, series = written(tmp_path)
     del paths[4]
     with caplog.at_level(logging.WARNING, logger="dicom_node.ct_input"):
-        assert CtCache(images(paths)).get(series, PRE) is None
+        assert CtCache(images(paths)).get(series, PRE, "R") is None
     assert f"CT series {series} not used" in caplog.text and "missing" in caplog.text
 
 
 def test_an_engine_without_a_ct_grid_is_refused(tmp_path: Path) -> None:
     paths, series = written(tmp_path)
     with pytest.raises(VolumeError, match="gives no CT grid"):
-        CtCache(images(paths)).get(series, replace(PRE, volume=None))
+        CtCache(images(paths)).get(series, replace(PRE, volume=None), "R")
 
 
 def test_an_enhanced_multi_frame_ct_is_the_same_input_as_its_series(tmp_path: Path) -> None:
     from highdicom.legacy import LegacyConvertedEnhancedCTImage
 
     paths, series = written(tmp_path / "single")
-    single = CtCache(images(paths)).get(series, PRE)
+    single = CtCache(images(paths)).get(series, PRE, "R")
     enhanced = LegacyConvertedEnhancedCTImage(
         [pydicom.dcmread(p) for p in paths], series, 1, pydicom.uid.generate_uid(), 1
     )
@@ -72,6 +75,49 @@ def test_an_enhanced_multi_frame_ct_is_the_same_input_as_its_series(tmp_path: Pa
     # One instance, ten slices: a CT series for `requires: [ct]` and the engine's input.
     assert ct_series([image]) == series
     assert ct_series(images(paths[:1])) is None  # one single-frame slice is not
-    volume = CtCache([image]).get(series, PRE)
+    volume = CtCache([image]).get(series, PRE, "R")
     assert single is not None and volume is not None
     np.testing.assert_array_equal(volume, single)
+
+
+def bilateral(tmp_path: Path, width: int = 128) -> tuple[list[Path], str]:
+    """A pelvis CT without Laterality (the factory's "B"): the right-hip phantom and its mirror
+    image side by side (x: right->left), 2 mm voxels, so its field is ``2 * width`` mm wide."""
+    right = ct_hip("osteoarthritis", 7, shape=(10, 32, width // 2)).array
+    both = np.concatenate([right, right[:, :, ::-1]], axis=2)
+    series = "1.2.826.0.1.3680043.8.498.66"
+    origin = (-(width - 1.0), -31.0, -9.0)  # centred on the patient: the midline at x = 0
+    datasets = make_ct_series(both, identity=StudyIdentity.synthetic(6), series_uid=series,
+                              spacing_mm=(2.0, 2.0, 2.0), origin_mm=origin,
+                              laterality="B")  # fmt: skip
+    (tmp_path / "ct").mkdir(parents=True)
+    return [write(ds, tmp_path / "ct" / f"{k}.dcm") for k, ds in enumerate(datasets)], series
+
+
+def test_a_bilateral_ct_gives_each_hip_its_half_in_the_right_hips_pose(tmp_path: Path) -> None:
+    paths, series = bilateral(tmp_path)  # 256 mm wide: both hips
+    assert "Laterality" not in pydicom.dcmread(paths[0], stop_before_pixels=True)
+    cache = CtCache(images(paths))
+    assert (cache.part(series, "R"), cache.part(series, "L")) == ("half", "half")
+    right, left = cache.get(series, PRE, "R"), cache.get(series, PRE, "L")
+    assert right is not None and left is not None and right.shape == (8, 16, 16)
+    # The left hip is the right one mirrored: mirrored back, its input is the right hip's.
+    np.testing.assert_allclose(left, right, atol=1e-4)
+    whole = engine_volume(cache.volume(series), (8, 16, 16))  # type: ignore[arg-type]
+    assert np.abs(whole - right).max() > 0.1  # a half, not the field squeezed into the grid
+
+
+def test_a_narrow_ct_without_laterality_is_whole_unless_marked_bilateral(
+    tmp_path: Path,
+) -> None:
+    paths, series = bilateral(tmp_path, width=64)  # 128 mm: one hip, side unknown
+    cache = CtCache(images(paths))
+    assert (cache.part(series, "R"), cache.part(series, "L")) == ("whole", "whole")
+    right, left = cache.get(series, PRE, "R"), cache.get(series, PRE, "L")
+    assert right is not None and left is not None
+    np.testing.assert_array_equal(left, right[:, :, ::-1])  # whole, mirrored for the left
+    for path in paths:  # Image Laterality B says both hips whatever the field
+        ds = pydicom.dcmread(path)
+        ds.ImageLaterality = "B"
+        ds.save_as(path)
+    assert CtCache(images(paths)).part(series, "L") == "half"

@@ -5,11 +5,12 @@ an image of one hip that hip). A dual-view engine pairs the hip's AP region with
 the study's lateral view of the same side (View Position in
 ``routing.lateral_views``, laterality R or L); without one it runs on the AP
 alone, which the engine handles as a missing view. An engine with a CT input gets
-the study's CT series (the one with the most slices: instances, or the frames of an
-enhanced multi-frame CT); without one the engine masks the CT. A rule's ``requires``
-holds it back unless the study has a CT series, clinical text, or the named
-demographics in the image's header. The cascade adds tasks for hips an earlier
-engine found with a finding.
+the study's CT series that may show its hip (the one with the most slices: instances,
+or the frames of an enhanced multi-frame CT; not one lateralised to the other hip,
+see dicom_node/ct_input.py for which part of it); without one the engine masks the
+CT. A rule's ``requires`` holds it back unless the study has a CT series, clinical
+text, or the named demographics in the image's header. The cascade adds tasks for
+hips an earlier engine found with a finding.
 """
 
 from __future__ import annotations
@@ -62,12 +63,16 @@ def _frames(ds: Dataset) -> int:
         return 1
 
 
-def ct_series(images: Sequence[SourceImage]) -> str | None:
-    """The study's CT series with the most slices (at least MIN_CT_SLICES), else None."""
+def ct_series(images: Sequence[SourceImage], side: str | None = None) -> str | None:
+    """The study's CT series with the most slices (at least MIN_CT_SLICES), else None;
+    with ``side``, only series that may show that hip (not one lateralised to the other)."""
     counts: Counter[str] = Counter()
     for image in images:
-        if image.attributes.get("Modality") == "CT":
-            counts[image.series_uid] += image.frames
+        if image.attributes.get("Modality") != "CT":
+            continue
+        if side is not None and image.laterality in SIDES and image.laterality != side:
+            continue
+        counts[image.series_uid] += image.frames
     best = max(counts.items(), key=lambda item: item[1], default=None)
     return best[0] if best is not None and best[1] >= MIN_CT_SLICES else None
 
@@ -110,7 +115,7 @@ def _task(
 ) -> HipTask:
     spec = engine_spec(engine)
     lateral = _lateral(images, side, routing) if "LATERAL" in spec.views else None
-    ct = ct_series(images) if "ct" in spec.modalities else None
+    ct = ct_series(images, side) if "ct" in spec.modalities else None
     return HipTask(engine=engine, side=side, ap=ap, lateral=lateral, rule=rule, ct_series=ct)
 
 

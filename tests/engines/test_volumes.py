@@ -29,6 +29,8 @@ from engines.volumes import (
     BONE_WINDOW,
     CtVolume,
     VolumeError,
+    field_width_mm,
+    hemi_volume,
     hu_window,
     read_ct_series,
     resample_isotropic,
@@ -566,3 +568,22 @@ def test_hu_window_bone_default_and_clipping() -> None:
         hu_window(values, 400.0, 0.0)
     with pytest.raises(VolumeError, match=r"got nan/1800"):
         hu_window(values, math.nan, 1800.0)
+
+
+# Halves of a bilateral field ------------------------------------------------------------
+
+
+def test_hemi_volume_splits_the_field_at_its_centre_in_patient_x(tmp_path: Path) -> None:
+    volume = np.zeros((4, 10, 20))
+    volume[:, :, :10] = 100.0  # the patient's right half (x grows toward the left)
+    paths = _write(tmp_path, volume, orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+                   spacing_mm=(2.0, 1.0, 1.0), origin_mm=(-9.5, 0.0, 0.0))  # fmt: skip
+    ct = read_ct_series(paths, SERIES)
+    assert field_width_mm(ct) == pytest.approx(20.0)
+    right, left = hemi_volume(ct, "R"), hemi_volume(ct, "L")
+    assert right.GetSize() == left.GetSize() == (10, 10, 8)  # 1 mm voxels, the finest spacing
+    assert right.GetOrigin()[0] == pytest.approx(-9.5) and left.GetOrigin()[0] == pytest.approx(0.5)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(right), 100.0, atol=1e-3)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(left), 0.0, atol=1e-3)
+    with pytest.raises(VolumeError, match=r"side: expected R or L, got 'B'"):
+        hemi_volume(ct, "B")

@@ -131,17 +131,21 @@ def test_dx_ct_and_text_give_a_multimodal_sr_and_demographics_an_osteoporosis_sr
     (sr,) = [ds for ds in a if ds.SOPClassUID == SR_CLASS]
     assert len(a) == 2, "an SR and one overlay (the osteoporosis engine has no heat map)"
     multimodal = [g for g in groups(sr) if g["engine"] == "hip_multimodal"]
-    assert multimodal, "the multimodal engine reported"
+    assert len(multimodal) == 2, "the multimodal engine reported both hips of the pelvis"
+    # The CT is of the right hip (Laterality R): the right hip's group used it, the left's not.
+    with_ct = [g for g in multimodal if g["codes"]["Computed Tomography"] == "Present"]
+    without_ct = [g for g in multimodal if g["codes"]["Computed Tomography"] == "Absent"]
+    assert len(with_ct) == len(without_ct) == 1
     for g in multimodal:
         assert g["codes"]["Digital Radiography"] == "Present"
-        assert g["codes"]["Computed Tomography"] == "Present"
         assert g["codes"]["Indications for Procedure"] == "Present"
         weights = reliance(g)
         assert set(weights) == {"radiograph", "CT", "clinical text"}
-        assert all(w > 0 for w in weights.values())
+        assert all(w > 0 for w in weights.values()) == (g in with_ct)
         assert sum(weights.values()) == pytest.approx(1.0, abs=0.02)
         if g["codes"]["Finding"] == "Finding":  # FAI: no SNOMED CT concept, named in words
             assert any("femoroacetabular" in t for t in g["texts"]["Comment"])
+    assert reliance(without_ct[0])["CT"] == 0.0
     osteoporosis = [g for g in groups(sr) if g["engine"] == "osteoporosis"]
     assert osteoporosis and all(g["codes"]["Subject Age"] == "Present" for g in osteoporosis)
     assert "CodingSchemeIdentificationSequence" not in sr  # standard schemes only
@@ -153,6 +157,8 @@ def test_dx_ct_and_text_give_a_multimodal_sr_and_demographics_an_osteoporosis_sr
     hips = json.loads(job.summary or "{}")["hips"]
     attention = [h["attention"] for h in hips if h["engine"] == "hip_multimodal"]
     assert attention and all(sum(a.values()) == pytest.approx(1.0, abs=1e-3) for a in attention)
+    ct_used = {h["side"]: h["inputs"]["ct"] for h in hips if h["engine"] == "hip_multimodal"}
+    assert ct_used == {"R": True, "L": False}
 
     # B: the CT is reported missing and the engine gave it no weight.
     b = results_of(out, no_ct.identity.study_uid, 2)

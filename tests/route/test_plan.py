@@ -10,6 +10,7 @@ from dicom_node.config import parse_config
 from dicom_node.config_results import ROUTING_ATTRIBUTES, RoutingConfig
 from dicom_node.models import HipFinding, HipTask, Prediction, SourceImage, TriageDecision
 from dicom_node.route import attributes_of, cascade_tasks, plan_tasks, rule_matches, source_image
+from dicom_node.route.plan import ct_series
 from engines.catalog import engine_spec
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -322,8 +323,8 @@ def test_cascade_only_follows_its_first_engine() -> None:
     )
 
 
-def ct_slice(uid: str, series: str = "1.2.3.200") -> SourceImage:
-    ds = header(uid, Modality="CT", ViewPosition="", BodyPartExamined="HIP")
+def ct_slice(uid: str, series: str = "1.2.3.200", **extra: str) -> SourceImage:
+    ds = header(uid, Modality="CT", ViewPosition="", BodyPartExamined="HIP", **extra)
     ds.SOPClassUID = CT
     ds.SeriesInstanceUID = series
     return source_image(ds, Path(f"spool/{uid}.dcm"), "PACS")
@@ -344,6 +345,20 @@ def test_a_radiograph_with_a_ct_series_also_goes_to_the_multimodal_engine() -> N
     # One CT slice is no volume: the rule that requires a CT holds back.
     tasks = plan_tasks([pelvis, slices[0]], DEFAULT)
     assert {t.engine for t in tasks} == {"hip_screen"}
+
+
+def test_a_ct_of_one_hip_goes_with_that_hip_only() -> None:
+    pelvis = image("1")
+    right = [ct_slice(str(n), series="1.2.3.400", Laterality="R") for n in range(10, 16)]
+    left = [ct_slice(str(n), series="1.2.3.500", Laterality="L") for n in range(20, 23)]
+    assert ct_series([*right, *left]) == "1.2.3.400"  # any hip: the one with most slices
+    assert (ct_series(right, "R"), ct_series(right, "L")) == ("1.2.3.400", None)
+    assert ct_series([*right, *left], "L") == "1.2.3.500"
+    tasks = plan_tasks([pelvis, *right], DEFAULT)
+    assert [(t.engine, t.side, t.ct_series) for t in tasks if t.engine == "hip_multimodal"] == [
+        ("hip_multimodal", "R", "1.2.3.400"),
+        ("hip_multimodal", "L", None),  # the study has a CT, not of this hip: masked
+    ]
 
 
 def test_a_radiograph_with_age_and_sex_also_goes_to_the_osteoporosis_engine() -> None:
