@@ -91,7 +91,9 @@ class CtCache:
             if part is None or volume is None:
                 self._inputs[key] = None
             else:
-                source = hemi_volume(volume, side) if part == "half" else volume
+                source = (
+                    hemi_volume(volume, side, pre.volume_spacing_mm) if part == "half" else volume
+                )
                 grid = engine_volume(
                     source,
                     pre.volume,

@@ -268,13 +268,14 @@ def field_width_mm(volume: CtVolume | Any) -> float:
     return float(high[0] - low[0])
 
 
-def hemi_volume(volume: CtVolume | Any, side: str) -> Any:
+def hemi_volume(volume: CtVolume | Any, side: str, spacing_mm: float | None = None) -> Any:
     """The patient's right (``"R"``) or left (``"L"``) half of a bilateral field.
 
     The field is split at its centre in patient x (LPS: x grows toward the patient's
     left), which is the midline when the patient lies centred, as for a pelvis CT. The
-    half is resampled onto an axis-aligned grid of the source's finest spacing; what lies
-    outside the source is -1024 HU. Returns a float32 ``sitk.Image`` in patient axes.
+    half is resampled onto an axis-aligned grid of ``spacing_mm`` cubes (the engine's, so
+    a whole pelvis is never held at a finer grid than needed; default the source's finest
+    spacing); what lies outside the source is -1024 HU. Returns a float32 ``sitk.Image``.
     """
     if side not in ("R", "L"):
         raise VolumeError(f"side: expected R or L, got {side!r}")
@@ -285,7 +286,7 @@ def hemi_volume(volume: CtVolume | Any, side: str) -> Any:
         high = np.array([middle, high[1], high[2]])
     else:
         low = np.array([middle, low[1], low[2]])
-    step = float(min(source.GetSpacing()))
+    step = float(min(source.GetSpacing())) if spacing_mm is None else float(spacing_mm)
     size = np.maximum(1, np.ceil((high - low) / step - 1e-6))
     return _resample(
         source,

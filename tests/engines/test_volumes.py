@@ -585,5 +585,7 @@ def test_hemi_volume_splits_the_field_at_its_centre_in_patient_x(tmp_path: Path)
     assert right.GetOrigin()[0] == pytest.approx(-9.5) and left.GetOrigin()[0] == pytest.approx(0.5)
     np.testing.assert_allclose(sitk.GetArrayFromImage(right), 100.0, atol=1e-3)
     np.testing.assert_allclose(sitk.GetArrayFromImage(left), 0.0, atol=1e-3)
+    coarse = hemi_volume(ct, "R", spacing_mm=2.0)  # the engine's spacing
+    assert coarse.GetSize() == (5, 5, 4) and coarse.GetSpacing() == (2.0, 2.0, 2.0)
     with pytest.raises(VolumeError, match=r"side: expected R or L, got 'B'"):
         hemi_volume(ct, "B")
