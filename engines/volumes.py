@@ -522,28 +522,26 @@ def _slice_hu(
 
 def _stored_frames(series_uid: str, path: Path) -> npt.NDArray[np.float32]:
     """The stored values of every frame of a multi-frame image, [frame, row, column]."""
-    ds = dcmread(path)
-    try:
-        stored = ds.pixel_array
-    except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError) as exc:
-        raise VolumeError(
-            f"series {series_uid}, instance {_uid(ds)}: pixel data cannot be decoded ({exc})"
-        ) from exc
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    return np.asarray(stored, dtype=np.float32).reshape(-1, rows, cols)
+    ds, stored = _decoded(series_uid, path, modality_lut=False)
+    return np.asarray(stored, dtype=np.float32).reshape(-1, int(ds.Rows), int(ds.Columns))
 
 
 def _pixels(series_uid: str, path: Path) -> npt.NDArray[np.float32]:
     """The Hounsfield units of one slice (the Modality LUT of that instance applied)."""
+    return np.asarray(_decoded(series_uid, path, modality_lut=True)[1], dtype=np.float32)
+
+
+def _decoded(series_uid: str, path: Path, modality_lut: bool) -> tuple[Dataset, npt.NDArray[Any]]:
+    """The instance and its pixel values, stored or through its Modality LUT; pydicom's
+    errors (an unsupported transfer syntax raises NotImplementedError) become a VolumeError."""
     ds = dcmread(path)
     try:
         stored = ds.pixel_array
-        hu = apply_modality_lut(stored, ds)
+        return ds, apply_modality_lut(stored, ds) if modality_lut else stored
     except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError) as exc:
         raise VolumeError(
             f"series {series_uid}, instance {_uid(ds)}: pixel data cannot be decoded ({exc})"
         ) from exc
-    return np.asarray(hu, dtype=np.float32)
 
 
 def _fmt(values: Sequence[float] | npt.NDArray[np.float64]) -> str:
