@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dicom_node.models import SourceImage
+from dicom_node.route.plan import SIDES
 from engines.manifest import Preprocessing
 from engines.volumes import (
     BILATERAL_FIELD_MM,
@@ -38,7 +39,6 @@ from engines.volumes import (
 log = logging.getLogger(__name__)
 
 Volume = npt.NDArray[np.float32]
-SIDES = ("R", "L")
 
 
 class CtCache:
