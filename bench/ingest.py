@@ -115,6 +115,10 @@ def start_node(out: Path, port: int) -> subprocess.Popen[bytes]:
     config.write_text(
         f"node: {{host: 127.0.0.1, port: {port}, ae_title: TRIAGE, max_pdu: 262144}}\n"
         f"storage: {{spool_dir: {out}, min_free_bytes: 0}}\n"
+        # Ingest only: no engine to open (the shipped rules need the demo engines), so a
+        # completed study's job is skipped; the metrics endpoint on a free port.
+        "routing: {rules: [], cascade: []}\n"
+        "metrics: {port: 0}\n"
         "logging: {level: WARNING}\n"
     )
     return subprocess.Popen(
