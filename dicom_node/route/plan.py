@@ -8,9 +8,9 @@ alone, which the engine handles as a missing view. An engine with a CT input get
 the study's CT series that may show its hip (the one with the most slices: instances,
 or the frames of an enhanced multi-frame CT; not one lateralised to the other hip,
 see dicom_node/ct_input.py for which part of it); without one the engine masks the
-CT. A rule's ``requires`` holds it back unless the study has a CT series, clinical
-text, or the named demographics in the image's header. The cascade adds tasks for
-hips an earlier engine found with a finding.
+CT. A rule's ``requires`` holds it back unless the study has a CT series that may show
+the hip, clinical text, or the named demographics in the image's header. The cascade
+adds tasks for hips an earlier engine found with a finding.
 """
 
 from __future__ import annotations
@@ -77,9 +77,11 @@ def ct_series(images: Sequence[SourceImage], side: str | None = None) -> str | N
     return best[0] if best is not None and best[1] >= MIN_CT_SLICES else None
 
 
-def _has(requirement: str, image: SourceImage, images: Sequence[SourceImage]) -> bool:
+def _has(
+    requirement: str, image: SourceImage, images: Sequence[SourceImage], side: str | None
+) -> bool:
     if requirement == "ct":
-        return ct_series(images) is not None
+        return ct_series(images, side) is not None
     if image.clinical is None:
         return False
     if requirement == "text":
@@ -87,8 +89,12 @@ def _has(requirement: str, image: SourceImage, images: Sequence[SourceImage]) ->
     return not image.clinical.variables.is_missing(requirement)
 
 
-def requirements_met(rule: RoutingRule, image: SourceImage, images: Sequence[SourceImage]) -> bool:
-    return all(_has(r, image, images) for r in rule.requires)
+def requirements_met(
+    rule: RoutingRule, image: SourceImage, images: Sequence[SourceImage], side: str | None = None
+) -> bool:
+    """Does the study give ``rule`` what it requires (for hip ``side``: a CT that may show
+    that hip, not one of the other hip)?"""
+    return all(_has(r, image, images, side) for r in rule.requires)
 
 
 def _sides(image: SourceImage) -> tuple[str, ...]:
@@ -133,9 +139,9 @@ def plan_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[H
         for rule in routing.rules:
             if not rule_matches(rule, image.attributes):
                 continue
-            if not requirements_met(rule, image, images):
-                continue
             for side in _sides(image):
+                if not requirements_met(rule, image, images, side):
+                    continue
                 key = (rule.engine, image.sop_instance_uid, side)
                 if key not in seen:
                     seen.add(key)

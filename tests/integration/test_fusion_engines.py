@@ -132,7 +132,8 @@ def test_dx_ct_and_text_give_a_multimodal_sr_and_demographics_an_osteoporosis_sr
     assert len(a) == 2, "an SR and one overlay (the osteoporosis engine has no heat map)"
     multimodal = [g for g in groups(sr) if g["engine"] == "hip_multimodal"]
     assert len(multimodal) == 2, "the multimodal engine reported both hips of the pelvis"
-    # The CT is of the right hip (Laterality R): the right hip's group used it, the left's not.
+    # The CT is of the right hip (Laterality R): the right hip went by the CT rule and used
+    # it; the left hip, for which the CT rule holds back, by the text rule, its CT masked.
     with_ct = [g for g in multimodal if g["codes"]["Computed Tomography"] == "Present"]
     without_ct = [g for g in multimodal if g["codes"]["Computed Tomography"] == "Absent"]
     assert len(with_ct) == len(without_ct) == 1

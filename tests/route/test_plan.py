@@ -355,9 +355,16 @@ def test_a_ct_of_one_hip_goes_with_that_hip_only() -> None:
     assert (ct_series(right, "R"), ct_series(right, "L")) == ("1.2.3.400", None)
     assert ct_series([*right, *left], "L") == "1.2.3.500"
     tasks = plan_tasks([pelvis, *right], DEFAULT)
-    assert [(t.engine, t.side, t.ct_series) for t in tasks if t.engine == "hip_multimodal"] == [
+    # `requires: [ct]` is per hip: the left hip has no CT, so no multimodal task for it.
+    assert [(t.engine, t.side, t.ct_series) for t in tasks] == [
+        ("hip_screen", "R", None),
+        ("hip_screen", "L", None),
         ("hip_multimodal", "R", "1.2.3.400"),
-        ("hip_multimodal", "L", None),  # the study has a CT, not of this hip: masked
+    ]
+    tasks = plan_tasks([pelvis, *right, *left], DEFAULT)
+    assert [(t.side, t.ct_series) for t in tasks if t.engine == "hip_multimodal"] == [
+        ("R", "1.2.3.400"),
+        ("L", "1.2.3.500"),
     ]
 
 
