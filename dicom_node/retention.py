@@ -93,15 +93,21 @@ def _forget(db: sqlite3.Connection, study_uid: str, cutoff: float, now: float) -
     ).fetchone()
     if finished is None:
         return None
+    paths = _named_paths(db, study_uid)
+    db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
+    db.execute("DELETE FROM outbox WHERE study_uid = ?", (study_uid,))
+    db.execute("UPDATE studies SET purged_at = ? WHERE study_uid = ?", (now, study_uid))
+    return sorted(paths)
+
+
+def _named_paths(db: sqlite3.Connection, study_uid: str) -> set[str]:
+    """The spool files the study's instance and outbox rows name."""
     rows = db.execute(
         "SELECT path FROM instances WHERE study_uid = ? UNION SELECT path FROM outbox "
         "WHERE study_uid = ?",
         (study_uid, study_uid),
-    ).fetchall()
-    db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
-    db.execute("DELETE FROM outbox WHERE study_uid = ?", (study_uid,))
-    db.execute("UPDATE studies SET purged_at = ? WHERE study_uid = ?", (now, study_uid))
-    return sorted(str(r[0]) for r in rows)
+    )
+    return {str(r[0]) for r in rows}
 
 
 def _remove(spool: Spool, relatives: list[str]) -> tuple[int, int]:
@@ -153,14 +159,7 @@ def sweep(state: State, spool: Spool) -> Purged:
             continue
         with spool.study_lock(study_uid):
             with state.transaction() as db:
-                named = {
-                    str(r[0])
-                    for r in db.execute(
-                        "SELECT path FROM instances WHERE study_uid = ? UNION "
-                        "SELECT path FROM outbox WHERE study_uid = ?",
-                        (study_uid, study_uid),
-                    )
-                }
+                named = _named_paths(db, study_uid)
             orphans = [f for f in _folder_files(spool, study_uid) if f not in named]
             n, length = _remove(spool, orphans)
             _remove_empty_folders(spool, study_uid)
