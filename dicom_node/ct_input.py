@@ -11,8 +11,10 @@ Each hip gets the part of the series that shows it, in the engines' canonical
 orientation (the patient's right hip; a left hip is mirrored right-left, as its
 radiograph region is). A series with Laterality R or L shows that hip only: the other
 hip gets no CT. A bilateral series (Laterality B, or no laterality and a field at least
-:data:`engines.volumes.BILATERAL_FIELD_MM` wide) is split at the centre of its field;
-a narrower series without laterality is taken whole for either hip.
+:data:`engines.volumes.BILATERAL_FIELD_MM` wide) is split at the patient's midline, the
+axis of mirror symmetry of its bone (:func:`engines.volumes.midline_x_mm`; the centre of
+the field when none is found), into two halves of equal width; a narrower series without
+laterality is taken whole for either hip.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from engines.volumes import (
     engine_volume,
     field_width_mm,
     hemi_volume,
+    midline_x_mm,
     read_ct_series,
 )
 
@@ -47,6 +50,7 @@ class CtCache:
     def __init__(self, images: Sequence[SourceImage]) -> None:
         self._images = tuple(images)
         self._volumes: dict[str, CtVolume | None] = {}
+        self._midlines: dict[str, float | None] = {}
         self._inputs: dict[tuple[str, Preprocessing, str], Volume | None] = {}
 
     def volume(self, series_uid: str) -> CtVolume | None:
@@ -58,6 +62,28 @@ class CtCache:
                 log.warning("CT series %s not used: %s", series_uid, exc)
                 self._volumes[series_uid] = None
         return self._volumes[series_uid]
+
+    def midline(self, series_uid: str) -> float | None:
+        """Where a bilateral series is split (patient x, mm): the patient's midline, or
+        None (the field's centre) when the series' bone gives none."""
+        if series_uid not in self._midlines:
+            volume = self.volume(series_uid)
+            found = None if volume is None else midline_x_mm(volume)
+            self._midlines[series_uid] = found
+            if volume is not None:
+                if found is None:
+                    log.info(
+                        "CT series %s: both hips in one field, split at its centre "
+                        "(no mirror-symmetric bone found)",
+                        series_uid,
+                    )
+                else:
+                    log.info(
+                        "CT series %s: both hips in one field, split at the midline x = %.1f mm",
+                        series_uid,
+                        found,
+                    )
+        return self._midlines[series_uid]
 
     def part(self, series_uid: str, side: str) -> str | None:
         """Which part of the series shows hip ``side``: "whole", "half", or None (the
@@ -92,7 +118,9 @@ class CtCache:
                 self._inputs[key] = None
             else:
                 source = (
-                    hemi_volume(volume, side, pre.volume_spacing_mm) if part == "half" else volume
+                    hemi_volume(volume, side, pre.volume_spacing_mm, self.midline(series_uid))
+                    if part == "half"
+                    else volume
                 )
                 grid = engine_volume(
                     source,

@@ -77,6 +77,13 @@ SHIFT_TOLERANCE = 0.1
 # A field of view at least this wide (patient right-left, mm) shows both hips: an adult
 # pelvis is ~300 mm across the hips, a CT of one hip ~120-200 mm.
 BILATERAL_FIELD_MM = 250.0
+# The midline of a bilateral field is the axis of mirror symmetry of its bone (cortical and
+# dense trabecular bone: at least MIDLINE_BONE_HU), sampled on a MIDLINE_STEP_MM grid. Fewer
+# than MIDLINE_MIN_BONE bone samples, or an axis outside the field's central half, and the
+# field's centre is taken instead.
+MIDLINE_BONE_HU = 300.0
+MIDLINE_STEP_MM = 2.0
+MIDLINE_MIN_BONE = 50
 
 
 class VolumeError(DicomNodeError, ValueError):
@@ -268,26 +275,76 @@ def field_width_mm(volume: CtVolume | Any) -> float:
     return float(high[0] - low[0])
 
 
-def hemi_volume(volume: CtVolume | Any, side: str, spacing_mm: float | None = None) -> Any:
+def midline_x_mm(volume: CtVolume | Any) -> float | None:
+    """The patient's midline in patient x (mm) for a field that shows both hips, or None.
+
+    A pelvis is close to mirror-symmetric about the sagittal midline, wherever it lies in
+    the field: the profile of bone along x (bone samples per column of a
+    ``MIDLINE_STEP_MM`` grid) is autoconvolved, and its peak is the axis about which the
+    profile best matches its mirror image. None when the field holds too little bone or
+    the axis falls outside the field's central half (an estimate not to be trusted).
+    """
+    source = _image(volume)
+    low, high = _bounds(source)
+    step = MIDLINE_STEP_MM
+    size = np.maximum(1, np.floor((high - low) / step)).astype(int)
+    origin = low + 0.5 * (high - low - (size - 1) * step)  # the samples centred in the field
+    samples = sitk.Resample(
+        source,
+        [int(n) for n in size],
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        [float(v) for v in origin],
+        (step,) * 3,
+        (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        AIR_HU,
+        sitk.sitkFloat32,
+    )
+    bone = sitk.GetArrayFromImage(samples) >= MIDLINE_BONE_HU  # [z, y, x]
+    if int(bone.sum()) < MIDLINE_MIN_BONE:
+        return None
+    profile = bone.sum(axis=(0, 1)).astype(np.float64)
+    # c[s] = sum_i p[i] p[s - i] peaks where p[s - i] mirrors p[i]: the axis is at s / 2.
+    axis = 0.5 * float(np.argmax(np.convolve(profile, profile)))
+    midline = float(origin[0] + axis * step)
+    quarter = 0.25 * float(high[0] - low[0])
+    if not low[0] + quarter <= midline <= high[0] - quarter:
+        return None
+    return midline
+
+
+def hemi_volume(
+    volume: CtVolume | Any,
+    side: str,
+    spacing_mm: float | None = None,
+    midline_mm: float | None = None,
+) -> Any:
     """The patient's right (``"R"``) or left (``"L"``) half of a bilateral field.
 
-    The field is split at its centre in patient x (LPS: x grows toward the patient's
-    left), which is the midline when the patient lies centred, as for a pelvis CT. The
-    half is resampled onto an axis-aligned grid of ``spacing_mm`` cubes (the engine's, so
-    a whole pelvis is never held at a finer grid than needed; default the source's finest
-    spacing); what lies outside the source is -1024 HU. Returns a float32 ``sitk.Image``.
+    The field is split at ``midline_mm`` in patient x (LPS: x grows toward the patient's
+    left), by default the centre of the field. Both halves are the same width, the
+    narrower side's, so that for a symmetric patient the left half is the right one's
+    mirror image wherever the patient lay in the field (:func:`midline_x_mm` finds the
+    midline). The half is resampled onto an axis-aligned grid of ``spacing_mm`` cubes (the
+    engine's, so a whole pelvis is never held at a finer grid than needed; default the
+    source's finest spacing); what lies outside the source is -1024 HU. Returns a float32
+    ``sitk.Image``.
     """
     if side not in ("R", "L"):
         raise VolumeError(f"side: expected R or L, got {side!r}")
     source = _image(volume)
     low, high = _bounds(source)
-    middle = 0.5 * (low[0] + high[0])
-    if side == "R":
-        high = np.array([middle, high[1], high[2]])
-    else:
-        low = np.array([middle, low[1], low[2]])
+    middle = 0.5 * (low[0] + high[0]) if midline_mm is None else float(midline_mm)
+    if not (math.isfinite(middle) and low[0] < middle < high[0]):
+        raise VolumeError(
+            f"midline_mm: expected a position inside the field's x range "
+            f"{low[0]:.1f}..{high[0]:.1f} mm, got {midline_mm!r}"
+        )
     step = float(min(source.GetSpacing())) if spacing_mm is None else float(spacing_mm)
     size = np.maximum(1, np.ceil((high - low) / step - 1e-6))
+    # Both halves' grids start at the midline, so their samples mirror each other exactly.
+    size[0] = max(1, math.ceil(min(middle - low[0], high[0] - middle) / step - 1e-6))
+    low[0] = middle - size[0] * step if side == "R" else middle
     return _resample(
         source,
         [int(n) for n in size],

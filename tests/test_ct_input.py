@@ -11,11 +11,11 @@ import pydicom
 import pytest
 
 from dicom_node.ct_input import CtCache
-from dicom_node.route.plan import ct_series, source_image
+from dicom_node.route.plan import SIDES, ct_series, source_image
 from dicom_node.synthetic import StudyIdentity, make_ct_series, write
 from engines.manifest import Preprocessing
 from engines.phantoms.ct import ct_hip, phantom_image, write_ct_study_series
-from engines.volumes import VolumeError, engine_volume
+from engines.volumes import VolumeError, engine_volume, hemi_volume
 
 PRE = Preprocessing(size=64, volume=(8, 16, 16))
 
@@ -80,11 +80,13 @@ def test_an_enhanced_multi_frame_ct_is_the_same_input_as_its_series(tmp_path: Pa
     np.testing.assert_array_equal(volume, single)
 
 
-def bilateral(tmp_path: Path, width: int = 128) -> tuple[list[Path], str]:
+def bilateral(tmp_path: Path, width: int = 128, air: int = 0) -> tuple[list[Path], str]:
     """A pelvis CT without Laterality (the factory's "B"): the right-hip phantom and its mirror
-    image side by side (x: right->left), 2 mm voxels, so its field is ``2 * width`` mm wide."""
+    image side by side (x: right->left), 2 mm voxels, so its field is ``2 * width`` mm wide;
+    ``air`` more columns of air on the patient's left put the patient off the field's centre."""
     right = ct_hip("osteoarthritis", 7, shape=(10, 32, width // 2)).array
-    both = np.concatenate([right, right[:, :, ::-1]], axis=2)
+    air_columns = np.full((10, 32, air), -1024.0, dtype=np.float32)
+    both = np.concatenate([right, right[:, :, ::-1], air_columns], axis=2)
     series = "1.2.826.0.1.3680043.8.498.66"
     origin = (-(width - 1.0), -31.0, -9.0)  # centred on the patient: the midline at x = 0
     datasets = make_ct_series(both, identity=StudyIdentity.synthetic(6), series_uid=series,
@@ -105,6 +107,27 @@ def test_a_bilateral_ct_gives_each_hip_its_half_in_the_right_hips_pose(tmp_path:
     np.testing.assert_allclose(left, right, atol=1e-4)
     whole = engine_volume(cache.volume(series), (8, 16, 16))  # type: ignore[arg-type]
     assert np.abs(whole - right).max() > 0.1  # a half, not the field squeezed into the grid
+
+
+def test_a_bilateral_ct_is_split_at_the_patients_midline_not_the_fields_centre(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths, series = bilateral(tmp_path / "centred")
+    centred = CtCache(images(paths))
+    paths, series = bilateral(tmp_path / "off", air=40)  # 80 mm of air on the left: 336 mm
+    cache = CtCache(images(paths))
+    with caplog.at_level(logging.INFO, logger="dicom_node.ct_input"):
+        assert cache.midline(series) == pytest.approx(0.0, abs=1.0)  # the field's centre: 40
+    assert f"CT series {series}: both hips in one field, split at the midline x = " in caplog.text
+    for side in SIDES:
+        expected, got = centred.get(series, PRE, side), cache.get(series, PRE, side)
+        assert expected is not None and got is not None
+        np.testing.assert_allclose(got, expected, atol=1e-4)  # as if the patient were centred
+    volume = cache.volume(series)
+    assert volume is not None
+    # What splitting at the field's centre gave: the right half took part of the left hip.
+    at_centre = engine_volume(hemi_volume(volume, "R", PRE.volume_spacing_mm), (8, 16, 16))
+    assert np.abs(at_centre - centred.get(series, PRE, "R")).max() > 0.1  # type: ignore[operator]
 
 
 def test_a_narrow_ct_without_laterality_is_whole_unless_marked_bilateral(

@@ -32,9 +32,11 @@ from engines.volumes import (
     field_width_mm,
     hemi_volume,
     hu_window,
+    midline_x_mm,
     read_ct_series,
     resample_isotropic,
     to_grid,
+    volume_image,
 )
 
 SERIES = "1.2.826.0.1.3680043.8.498.77"
@@ -589,3 +591,46 @@ def test_hemi_volume_splits_the_field_at_its_centre_in_patient_x(tmp_path: Path)
     assert coarse.GetSize() == (5, 5, 4) and coarse.GetSpacing() == (2.0, 2.0, 2.0)
     with pytest.raises(VolumeError, match=r"side: expected R or L, got 'B'"):
         hemi_volume(ct, "B")
+
+
+def _pelvis(midline_mm: float, width_px: int = 150) -> Any:
+    """A field of 2 mm voxels, x from -150 mm, with two femur-like bone columns (and a
+    narrower sacrum-like one between them) mirror-symmetric about ``midline_mm``."""
+    array = np.full((6, 20, width_px), -1000.0, dtype=np.float32)
+    x = -150.0 + 1.0 + 2.0 * np.arange(width_px)  # voxel centres
+    for centre, radius in ((-90.0, 18.0), (90.0, 18.0), (0.0, 10.0)):
+        array[:, 5:15, np.abs(x - (midline_mm + centre)) <= radius] = 1200.0
+    return volume_image(array, (2.0, 2.0, 2.0), origin=(-149.0, 0.0, 0.0))
+
+
+@pytest.mark.parametrize("midline", [0.0, 24.0, -31.0])
+def test_midline_x_mm_is_the_axis_of_symmetry_of_the_bone_wherever_the_patient_lies(
+    midline: float,
+) -> None:
+    assert midline_x_mm(_pelvis(midline)) == pytest.approx(midline, abs=1.0)
+
+
+def test_midline_x_mm_gives_none_without_bone_or_when_the_axis_is_off_the_centre() -> None:
+    empty = volume_image(np.full((4, 8, 150), 40.0), (2.0, 2.0, 2.0), origin=(-149.0, 0.0, 0.0))
+    assert midline_x_mm(empty) is None  # soft tissue only
+    edge = np.full((4, 8, 150), -1000.0, dtype=np.float32)
+    edge[:, :, 5:15] = 1200.0  # one block of bone near the field's right edge
+    assert midline_x_mm(volume_image(edge, (2.0, 2.0, 2.0), origin=(-149.0, 0.0, 0.0))) is None
+
+
+def test_hemi_volume_splits_at_the_midline_into_mirror_halves_of_equal_width() -> None:
+    pelvis = _pelvis(24.0)  # the field spans -150..150 mm, the patient's midline at +24 mm
+    right = hemi_volume(pelvis, "R", 2.0, midline_mm=24.0)
+    left = hemi_volume(pelvis, "L", 2.0, midline_mm=24.0)
+    assert right.GetSize() == left.GetSize() == (63, 20, 6)  # 126 mm: the narrower side
+    assert right.GetOrigin()[0] == pytest.approx(24.0 - 126.0 + 1.0)
+    assert left.GetOrigin()[0] == pytest.approx(25.0)
+    np.testing.assert_allclose(
+        sitk.GetArrayFromImage(left)[:, :, ::-1], sitk.GetArrayFromImage(right), atol=1e-3
+    )
+    # Split at the field's centre instead, the halves of this patient are not mirror images.
+    right_c, left_c = (sitk.GetArrayFromImage(hemi_volume(pelvis, s, 2.0)) for s in "RL")
+    assert np.abs(left_c[:, :, ::-1] - right_c).max() > 1000.0
+    for bad in (-150.0, 151.0, math.nan):
+        with pytest.raises(VolumeError, match=r"midline_mm: expected a position inside the field"):
+            hemi_volume(pelvis, "R", 2.0, midline_mm=bad)
