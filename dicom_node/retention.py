@@ -124,8 +124,13 @@ def _remove(spool: Spool, relatives: list[str]) -> tuple[int, int]:
     return files, size
 
 
-def _study_folders(spool: Spool, study_uid: str) -> tuple[Path, Path]:
-    return spool.instances / study_uid, spool.root / "outputs" / study_uid
+def _study_roots(spool: Spool) -> tuple[Path, Path]:
+    """Where studies have folders: received instances and the node's own outputs."""
+    return spool.instances, spool.root / "outputs"
+
+
+def _study_folders(spool: Spool, study_uid: str) -> tuple[Path, ...]:
+    return tuple(root / study_uid for root in _study_roots(spool))
 
 
 def _folder_files(spool: Spool, study_uid: str) -> list[str]:
@@ -146,17 +151,36 @@ def _remove_empty_folders(spool: Spool, study_uid: str) -> None:
             continue
 
 
+def _spooled_studies(spool: Spool) -> list[str]:
+    """The studies with a folder in the spool (as many as the retention keeps)."""
+    return sorted(
+        {
+            entry.name
+            for root in _study_roots(spool)
+            if root.is_dir()
+            for entry in root.iterdir()
+            if entry.is_dir()
+        }
+    )
+
+
 def sweep(state: State, spool: Spool) -> Purged:
-    """Remove the files of purged studies that no row names (left by a crash mid-purge)."""
+    """Remove the files of purged studies that no row names (left by a crash mid-purge).
+
+    It walks the spool's study folders, not the history of purged studies, so a start
+    costs what the retention keeps, however long the node has run.
+    """
     with state.transaction() as db:
         purged = [
-            str(r[0])
-            for r in db.execute("SELECT study_uid FROM studies WHERE purged_at IS NOT NULL")
+            study_uid
+            for study_uid in _spooled_studies(spool)
+            if db.execute(
+                "SELECT 1 FROM studies WHERE study_uid = ? AND purged_at IS NOT NULL",
+                (study_uid,),
+            ).fetchone()
         ]
     files = size = 0
     for study_uid in purged:
-        if not any(f.is_dir() for f in _study_folders(spool, study_uid)):
-            continue
         with spool.study_lock(study_uid):
             with state.transaction() as db:
                 named = _named_paths(db, study_uid)

@@ -12,6 +12,7 @@ from dicom_clients import send_files
 from helpers import tiny_image
 from prometheus_client import CollectorRegistry
 
+from dicom_node import retention
 from dicom_node.cli import main
 from dicom_node.config import AssemblyConfig
 from dicom_node.config_results import SendingConfig
@@ -203,6 +204,28 @@ def test_sweep_removes_only_files_no_row_names(state: State, spool: Spool) -> No
     assert spool.path(kept).exists()
     assert len(list((spool.instances / OTHER).iterdir())) == 2
     assert sweep(state, spool).files == 0
+
+
+def test_sweep_walks_the_spools_study_folders_not_the_purge_history(
+    state: State, spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    processed(state, spool, STUDY, 100.0, destinations=())
+    purge_study(state, spool, STUDY, 200.0, now=300.0)  # history: a purged study, no folder
+    processed(state, spool, OTHER, 100.0, destinations=())  # in the spool, not purged
+    stray = "instances/1.2.826.0.1.3680043.8.498.73/x.dcm"  # a folder no study row names
+    spool.write(stray, [b"kept"])
+    assert retention._spooled_studies(spool) == sorted([OTHER, "1.2.826.0.1.3680043.8.498.73"])
+    visited: list[str] = []
+    study_folders = retention._study_folders
+
+    def recording(spool: Spool, study_uid: str) -> tuple[Path, ...]:
+        visited.append(study_uid)
+        return study_folders(spool, study_uid)
+
+    monkeypatch.setattr(retention, "_study_folders", recording)
+    assert sweep(state, spool).files == 0
+    assert visited == []  # neither the purged study without files nor a live one is visited
+    assert spool.path(stray).exists() and len(list((spool.instances / OTHER).iterdir())) == 2
 
 
 def test_purger_thread_purges_due_studies_counts_them_and_stops(state: State, spool: Spool) -> None:
