@@ -2,7 +2,7 @@
 
 The series' files are read from the spool (:func:`engines.volumes.read_ct_series`,
 geometry checked), resampled and fitted into the engine's grid with its HU window
-(:func:`engines.volumes.engine_volume`, the function training used). A series that
+(:func:`engines.ct_grid.engine_volume`, the function training used). A series that
 does not make a regular volume is logged with the reason and treated as missing:
 the engine masks its CT input and the report says the CT was not used, rather than
 the whole study failing for a scan the engine can do without.
@@ -11,8 +11,8 @@ Each hip gets the part of the series that shows it, in the engines' canonical
 orientation (the patient's right hip; a left hip is mirrored right-left, as its
 radiograph region is). A series with Laterality R or L shows that hip only: the other
 hip gets no CT. A bilateral series (Laterality B, or no laterality and a field at least
-:data:`engines.volumes.BILATERAL_FIELD_MM` wide) is split at the patient's midline, the
-axis of mirror symmetry of its bone (:func:`engines.volumes.midline_x_mm`; the centre of
+:data:`engines.ct_grid.BILATERAL_FIELD_MM` wide) is split at the patient's midline, the
+axis of mirror symmetry of its bone (:func:`engines.ct_grid.midline_x_mm`; the centre of
 the field when none is found), into two halves of equal width; a narrower series without
 laterality is taken whole for either hip.
 """
@@ -27,17 +27,15 @@ import numpy.typing as npt
 
 from dicom_node.models import SourceImage
 from dicom_node.route.plan import SIDES
-from engines.manifest import Preprocessing
-from engines.volumes import (
+from engines.ct_grid import (
     BILATERAL_FIELD_MM,
-    CtVolume,
-    VolumeError,
     engine_volume,
     field_width_mm,
     hemi_volume,
     midline_x_mm,
-    read_ct_series,
 )
+from engines.manifest import Preprocessing
+from engines.volumes import CtVolume, VolumeError, read_ct_series
 
 log = logging.getLogger(__name__)
 

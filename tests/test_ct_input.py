@@ -13,9 +13,10 @@ import pytest
 from dicom_node.ct_input import CtCache
 from dicom_node.route.plan import SIDES, ct_series, source_image
 from dicom_node.synthetic import StudyIdentity, make_ct_series, write
+from engines.ct_grid import engine_volume, hemi_volume
 from engines.manifest import Preprocessing
 from engines.phantoms.ct import ct_hip, phantom_image, write_ct_study_series
-from engines.volumes import VolumeError, engine_volume, hemi_volume
+from engines.volumes import VolumeError
 
 PRE = Preprocessing(size=64, volume=(8, 16, 16))
 

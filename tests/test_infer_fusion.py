@@ -19,11 +19,11 @@ from dicom_node.infer import MODALITY_ORDER, EngineSet, EngineUnavailableError, 
 from dicom_node.models import HipTask
 from dicom_node.preprocess import PreparedImage, hip_input, load_image
 from dicom_node.route.plan import source_image
+from engines.ct_grid import engine_volume
 from engines.models.hip_multimodal import MODALITIES
 from engines.phantoms.clinical import multimodal_case
 from engines.phantoms.ct import ct_hip, phantom_image
 from engines.phantoms.studies import write_study
-from engines.volumes import engine_volume
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,9 @@ import numpy.typing as npt
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_node.synthetic import StudyIdentity, make_ct_series, write
+from engines.ct_grid import volume_image
 from engines.models.hip_multimodal import MULTIMODAL_CLASSES
 from engines.phantoms.phantom import PhantomError, Streams, check_choice, check_seed
-from engines.volumes import volume_image
 
 Array = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]

@@ -7,7 +7,7 @@ Each phantom case draws its three modalities from one seed and label:
   drawn on CT and in the request text only, the AP radiograph looks normal. That is
   realistic for subtle cam lesions, and it makes the fusion matter (the radiograph alone
   cannot tell FAI from normal);
-- the CT is ``ct_hip`` through :func:`engines.volumes.engine_volume`, the function serving
+- the CT is ``ct_hip`` through :func:`engines.ct_grid.engine_volume`, the function serving
   applies to a CT series read from DICOM;
 - the text is ``multimodal_case(...).text`` (what serving reads from the header) encoded
   by :class:`engines.text_encoder.TextEncoder`; a case without text has a zero embedding
@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from engines.catalog import EngineSpec
+from engines.ct_grid import engine_volume
 from engines.manifest import Preprocessing
 from engines.models.hip_multimodal import MODALITIES, TEXT_DIM, HipMultimodal
 from engines.models.resnet import Bottleneck
@@ -55,7 +56,6 @@ from engines.training.data import DataError
 from engines.training.evaluate import confusion_and_recall
 from engines.training.loop import EpochSummary, Progress, TrainingError
 from engines.training.optimiser import adamw
-from engines.volumes import engine_volume
 
 log = logging.getLogger(__name__)
 

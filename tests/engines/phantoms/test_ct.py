@@ -10,6 +10,7 @@ from pydicom import dcmread
 from pydicom.uid import RLELossless
 
 from dicom_node.synthetic import StudyIdentity
+from engines.ct_grid import engine_volume
 from engines.models.hip_multimodal import MULTIMODAL_CLASSES
 from engines.phantoms.ct import (
     DEFAULT_SHAPE,
@@ -21,7 +22,7 @@ from engines.phantoms.ct import (
     write_ct_study_series,
 )
 from engines.phantoms.phantom import PhantomError
-from engines.volumes import engine_volume, read_ct_series
+from engines.volumes import read_ct_series
 
 LESIONS = [label for label in MULTIMODAL_CLASSES if label != "normal"]
 

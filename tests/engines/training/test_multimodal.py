@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from engines.catalog import engine_spec
+from engines.ct_grid import engine_volume
 from engines.models import create
 from engines.models.hip_multimodal import HipMultimodal
 from engines.phantoms import screen_hip
@@ -31,7 +32,6 @@ from engines.training.multimodal import (
     train_multimodal,
     zero_init_residual,
 )
-from engines.volumes import engine_volume
 
 SPEC = engine_spec("hip_multimodal")
 GRID = (16, 32, 32)
