@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from dicom_node.cli import main
-from engines import build
-from engines.build import Profile
+from engines import demo_profiles
+from engines.demo_profiles import Profile
 from engines.manifest import read_manifest
 from engines.training.loop import TrainOptions
 
@@ -16,7 +16,7 @@ from engines.training.loop import TrainOptions
 @pytest.fixture
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setitem(
-        build.DEMO_PROFILES,
+        demo_profiles.DEMO_PROFILES,
         "hip_screen",
         Profile(64, 2, 1, 1, TrainOptions(epochs=1, batch_size=8)),
     )

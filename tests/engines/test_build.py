@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engines import build
-from engines.build import (
-    DEMO_VERSION,
-    BuildError,
-    Profile,
-    WarmStart,
-    build_demo,
-    cached_demo,
-    train_and_package,
-    training_budget,
-)
+from engines import build, demo_profiles
+from engines.build import BuildError, WarmStart, build_demo, cached_demo, train_and_package
 from engines.catalog import engine_spec
+from engines.demo_profiles import DEMO_VERSION, Profile, training_budget
 from engines.manifest import read_manifest
 from engines.models import create
 from engines.package import package_engine
@@ -36,7 +28,7 @@ TINY = Profile(
 
 @pytest.fixture
 def tiny_profile(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(build.DEMO_PROFILES, "hip_screen", TINY)
+    monkeypatch.setitem(demo_profiles.DEMO_PROFILES, "hip_screen", TINY)
 
 
 @pytest.mark.usefixtures("tiny_profile")
@@ -67,7 +59,9 @@ def test_a_changed_profile_or_damaged_artefact_is_rebuilt(
     assert cached_demo(tmp_path, "hip_screen") is None
     assert "cached engine not reusable" in caplog.text
     build_demo(tmp_path, ("hip_screen",))
-    monkeypatch.setitem(build.DEMO_PROFILES, "hip_screen", Profile(**{**TINY.__dict__, "size": 96}))
+    monkeypatch.setitem(
+        demo_profiles.DEMO_PROFILES, "hip_screen", Profile(**{**TINY.__dict__, "size": 96})
+    )
     assert cached_demo(tmp_path, "hip_screen") is None
     assert cached_demo(tmp_path / "nothing", "hip_screen") is None
 
@@ -88,9 +82,11 @@ def test_hipnet_builds_after_the_screening_engine_within_the_deadline_it_leaves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     options = TrainOptions(epochs=1, batch_size=8, max_seconds=100.0)
-    monkeypatch.setitem(build.DEMO_PROFILES, "hipnet", replace(TINY_HIPNET, options=options))
+    monkeypatch.setitem(
+        demo_profiles.DEMO_PROFILES, "hipnet", replace(TINY_HIPNET, options=options)
+    )
     monkeypatch.setattr(build, "IMAGE_ENGINES_SECONDS", 30.0)
-    monkeypatch.setattr(build, "MIN_TRAINING_SECONDS", 0.5)
+    monkeypatch.setattr(demo_profiles, "MIN_TRAINING_SECONDS", 0.5)
     caplog.set_level("INFO", logger="engines.build")
     results = build_demo(tmp_path, ("hipnet", "hip_screen"))
     assert [r.manifest.name for r in results] == ["hip_screen", "hipnet"]
@@ -116,14 +112,14 @@ def test_a_training_budget_keeps_the_reserve_and_a_floor() -> None:
     profile = replace(TINY, options=TrainOptions(max_seconds=185.0), reserve_seconds=75.0)
     assert training_budget(profile, 470.0) == 185.0
     assert training_budget(profile, 230.0) == 155.0
-    assert training_budget(profile, 100.0) == build.MIN_TRAINING_SECONDS
+    assert training_budget(profile, 100.0) == demo_profiles.MIN_TRAINING_SECONDS
     assert training_budget(replace(TINY, reserve_seconds=10.0), 200.0) == 190.0  # no budget
 
 
 def test_hipnet_without_its_screening_engine_says_what_to_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(build.DEMO_PROFILES, "hipnet", TINY_HIPNET)
+    monkeypatch.setitem(demo_profiles.DEMO_PROFILES, "hipnet", TINY_HIPNET)
     with pytest.raises(
         BuildError,
         match=r"hipnet starts from the hip_screen engine's backbone, which is not built in .*"

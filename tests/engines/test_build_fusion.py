@@ -9,17 +9,10 @@ import pytest
 
 from dicom_node import engines_cli
 from dicom_node.clinical import VECTOR_FIELDS
-from engines import build
-from engines.build import (
-    DEMO_VERSION,
-    BuildError,
-    MultimodalProfile,
-    OsteoporosisProfile,
-    build_demo,
-    cached_demo,
-    image_profile,
-)
+from engines import demo_profiles
+from engines.build import BuildError, build_demo, cached_demo, image_profile
 from engines.catalog import engine_spec
+from engines.demo_profiles import DEMO_VERSION, MultimodalProfile, OsteoporosisProfile
 from engines.manifest import read_manifest, verify_artefacts
 from engines.models.hip_multimodal import MULTIMODAL_CLASSES
 from engines.models.osteoporosis import OSTEOPOROSIS_CLASSES
@@ -48,8 +41,8 @@ OSTEOPOROSIS_TINY = OsteoporosisProfile(
 
 @pytest.fixture
 def tiny_profiles(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(build.DEMO_PROFILES, "hip_multimodal", MULTIMODAL_TINY)
-    monkeypatch.setitem(build.DEMO_PROFILES, "osteoporosis", OSTEOPOROSIS_TINY)
+    monkeypatch.setitem(demo_profiles.DEMO_PROFILES, "hip_multimodal", MULTIMODAL_TINY)
+    monkeypatch.setitem(demo_profiles.DEMO_PROFILES, "osteoporosis", OSTEOPOROSIS_TINY)
 
 
 @pytest.mark.usefixtures("tiny_profiles")
@@ -99,4 +92,4 @@ def test_the_phantom_only_engines_refuse_labelled_folder_training(tmp_path: Path
         args = argparse.Namespace(name=name)
         with pytest.raises(BuildError, match=rf"it needs {needs} besides the radiograph"):
             engines_cli._train(tmp_path, args)
-    assert image_profile(engine_spec("hipnet")) is build.DEMO_PROFILES["hipnet"]
+    assert image_profile(engine_spec("hipnet")) is demo_profiles.DEMO_PROFILES["hipnet"]
