@@ -8,7 +8,8 @@ Each engine becomes ``<out>/<name>/config.pbtxt`` and ``<out>/<name>/1/<file>``:
 ``tensorrt``
     ``platform: "tensorrt_plan"`` expecting ``1/model.plan``. A plan only runs on the GPU
     model and TensorRT version that built it, so it is not written here: it must be built on
-    the serving machine from the ``model.onnx`` copied beside ``config.pbtxt``; the
+    the serving machine from the mixed-precision ``model-fp16.onnx`` copied beside
+    ``config.pbtxt`` (strongly typed, as :mod:`engines.runtimes.tensorrt` builds it); the
     ``README.txt`` written there holds the ``trtexec`` command with the batch profile.
 ``python``
     ``backend: "python"`` with a ``1/model.py`` that runs ``1/model.onnx`` with onnxruntime on
@@ -40,6 +41,7 @@ TRITON_VERSION = 1  # the one Triton version every model is written as (see the 
 VERSION_PARAMETER = "engine_version"
 SHA256_PARAMETER = "onnx_sha256"
 ONNX_FILE = "model.onnx"
+PLAN_ONNX_FILE = "model-fp16.onnx"  # what a TensorRT plan is built from
 PLAN_FILE = "model.plan"
 PYTHON_FILE = "model.py"
 
@@ -137,7 +139,9 @@ def write_triton_repo(
     # refused engine leaves the repository as it was.
     configs = []
     for manifest, folder in manifests:
-        verify_artefacts(manifest, folder, ("onnx_fp32",))
+        verify_artefacts(
+            manifest, folder, ("onnx_fp16",) if platform == "tensorrt" else ("onnx_fp32",)
+        )
         configs.append(
             model_config(
                 manifest,
@@ -159,7 +163,7 @@ def write_triton_repo(
         onnx = manifest.artefact_path(folder, "onnx_fp32")
         if platform == "tensorrt":
             # Beside the config, not in the version folder: Triton would try to load it there.
-            _copy(onnx, model_dir / ONNX_FILE)
+            _copy(manifest.artefact_path(folder, "onnx_fp16"), model_dir / PLAN_ONNX_FILE)
             _write_text(
                 model_dir / "README.txt",
                 trtexec_readme(manifest, max_batch_size, preferred_batch_sizes),
@@ -230,12 +234,15 @@ def trtexec_readme(
         f"{manifest.name} {manifest.version}: TensorRT plan for Triton's tensorrt_plan platform.\n"
         "A plan runs only on the GPU model and TensorRT version that built it, so build it on\n"
         "the serving machine (inside the tritonserver container, whose TensorRT matches):\n\n"
-        f"  trtexec --onnx={ONNX_FILE} --saveEngine={TRITON_VERSION}/{PLAN_FILE} --fp16 \\\n"
+        f"  trtexec --onnx={PLAN_ONNX_FILE} --saveEngine={TRITON_VERSION}/{PLAN_FILE} "
+        "--stronglyTyped \\\n"
         f"    --minShapes={shapes(1)} \\\n"
         f"    --optShapes={shapes(opt)} \\\n"
         f"    --maxShapes={shapes(max_batch_size)}\n\n"
-        f"{ONNX_FILE} here is the engine's fp32 ONNX (SHA-256 "
-        f"{manifest.artefacts['onnx_fp32'].sha256}).\n"
+        f"{PLAN_ONNX_FILE} here is the engine's mixed-precision ONNX: fp16, with fp32 inputs,\n"
+        "outputs and GeM/softmax layers, joined by Cast nodes. --stronglyTyped makes TensorRT\n"
+        "keep those types (opt-in on TensorRT 10; always on in 11, where --fp16 is gone).\n"
+        f"SHA-256: {manifest.artefacts['onnx_fp16'].sha256}\n"
     )
 
 

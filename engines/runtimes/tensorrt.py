@@ -1,9 +1,17 @@
-"""TensorRT 10 on an NVIDIA GPU: the production backend.
+"""TensorRT 10 and 11 on an NVIDIA GPU: the production backend.
 
-The engine is built from the manifest's fp32 ONNX (its SHA-256 checked first) with FP16
-enabled and one optimisation profile over the dynamic batch axis (1 .. ``max_batch``, tuned
-for ``opt_batch``). A plan only runs on the TensorRT version and GPU model that built it, and
-building takes minutes, so the serialized plan is cached in ``plan_cache`` under a key of
+The engine is built from the manifest's fp16 ONNX (its SHA-256 checked first) as a strongly
+typed network, with one optimisation profile over the dynamic batch axis (1 .. ``max_batch``,
+tuned for ``opt_batch``). That ONNX already says which tensor has which precision: fp16
+throughout, with fp32 inputs and outputs and GeM's clip/pow/mean/root, softmax and sigmoid
+kept in fp32 (``engines.export``; x**3 of feature values overflows half precision), joined
+by Cast nodes. A strongly typed network follows those types exactly. The older way,
+TensorRT's FP16 builder flag over the fp32 ONNX ("weak typing"), left TensorRT free to run
+any layer in fp16, GeM's power included; it is deprecated since TensorRT 10.12 and gone in 11,
+where every network is strongly typed (the creation flag is accepted and ignored there).
+
+A plan only runs on the TensorRT version and GPU model that built it, and building takes
+minutes, so the serialized plan is cached in ``plan_cache`` under a key of
 everything it depends on (:func:`plan_cache_key`) and written atomically, so a crash mid-write
 never leaves a plan that a later start would trust.
 
@@ -40,6 +48,8 @@ from engines.runtimes.base import Array, EngineRuntimeError, Runtime
 DEFAULT_MAX_BATCH = 8
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 PLAN_SUFFIX = ".plan"
+# The manifest artefact a plan is built from: the mixed-precision fp16 ONNX (see above).
+PLAN_SOURCE = "onnx_fp16"
 
 # TensorRT DataType names -> numpy. BF16 / FP8 / INT4 have no numpy dtype and never appear at
 # the I/O of an engine built from our fp32 ONNX, so they are refused rather than guessed.
@@ -218,7 +228,7 @@ class TensorRTRuntime(Runtime):
         self.opt_batch = check_batch_limits(max_batch, opt_batch)
         for spec in manifest.inputs:
             profile_shapes(spec, self.opt_batch, max_batch)  # refuse what no profile can cover
-        verify_artefacts(manifest, folder, ("onnx_fp32",))
+        verify_artefacts(manifest, folder, (PLAN_SOURCE,))
         self._trt, self._cuda = _import_gpu()
         self._logger = _make_logger(self._trt)
         self._bindings: list[_Binding] = []
@@ -254,7 +264,7 @@ class TensorRTRuntime(Runtime):
     def _load_or_build(self, plan_cache: Path) -> bytes:
         trt = self._trt
         key = plan_cache_key(
-            self.manifest.artefacts["onnx_fp32"].sha256,
+            self.manifest.artefacts[PLAN_SOURCE].sha256,
             str(trt.__version__),
             self.gpu_name,
             self.max_batch,
@@ -265,9 +275,9 @@ class TensorRTRuntime(Runtime):
         if path.is_file():
             log.info("%s: TensorRT plan from cache %s", self.manifest.name, path)
             return path.read_bytes()
-        onnx = self.manifest.artefact_path(self.folder, "onnx_fp32")
+        onnx = self.manifest.artefact_path(self.folder, PLAN_SOURCE)
         log.info(
-            "%s: building a TensorRT %s FP16 plan for %s from %s (batch 1..%d, opt %d)",
+            "%s: building a strongly typed TensorRT %s plan for %s from %s (batch 1..%d, opt %d)",
             self.manifest.name,
             trt.__version__,
             self.gpu_name,
@@ -283,8 +293,10 @@ class TensorRTRuntime(Runtime):
     def _build(self, onnx: Path) -> bytes:
         trt = self._trt
         builder = self._trt_call(lambda: trt.Builder(self._logger), "creating the builder")
-        # TensorRT 10 networks are always explicit-batch; the flag is gone, so flags are 0.
-        network = self._trt_call(lambda: builder.create_network(0), "creating the network")
+        # Explicit batch is implied since TensorRT 10; strong typing is opt-in on 10.x and
+        # always on in 11 (where the flag is accepted and ignored).
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = self._trt_call(lambda: builder.create_network(flags), "creating the network")
         parser = self._trt_call(
             lambda: trt.OnnxParser(network, self._logger), "creating the parser"
         )
@@ -295,8 +307,8 @@ class TensorRTRuntime(Runtime):
                 + ("; ".join(errors) or "no parser error reported")
             )
         config = self._trt_call(builder.create_builder_config, "creating the builder config")
+        # No precision flags: the strongly typed network's precision is the ONNX file's.
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_bytes)
-        config.set_flag(trt.BuilderFlag.FP16)
         profile = self._trt_call(builder.create_optimization_profile, "creating the profile")
         for spec in self.manifest.inputs:
             low, opt, high = profile_shapes(spec, self.opt_batch, self.max_batch)

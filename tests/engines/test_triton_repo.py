@@ -101,15 +101,17 @@ def test_tensorrt_model_leaves_the_plan_to_the_serving_gpu(engine: Path, tmp_pat
         "1",
         "README.txt",
         "config.pbtxt",
-        "model.onnx",
+        "model-fp16.onnx",
     ]
+    assert sha256_of(model / "model-fp16.onnx") == sha256_of(engine / "model-fp16.onnx")
     parsed = _parse(model / "config.pbtxt")
     _check_common(parsed, engine)
     assert parsed.platform == "tensorrt_plan"
     assert parsed.default_model_filename == "model.plan"
     assert [(g.count, g.kind) for g in parsed.instance_group] == [(1, 1)]  # KIND_GPU
     readme = (model / "README.txt").read_text()
-    assert "trtexec --onnx=model.onnx --saveEngine=1/model.plan --fp16" in readme
+    assert "trtexec --onnx=model-fp16.onnx --saveEngine=1/model.plan --stronglyTyped" in readme
+    assert "--fp16" not in readme.split("\n\n")[1]  # the command: gone in TensorRT 11
     assert "--minShapes=image:1x1x64x64" in readme
     assert "--optShapes=image:4x1x64x64" in readme
     assert "--maxShapes=image:8x1x64x64" in readme
@@ -121,7 +123,7 @@ def test_rewriting_replaces_the_model_folder(engine: Path, tmp_path: Path) -> No
     write_triton_repo([engine], repo, platform="tensorrt")
     write_triton_repo([engine], repo, platform="python")
     model = repo / "hip_screen"
-    assert not (model / "README.txt").exists() and not (model / "model.onnx").exists()
+    assert not (model / "README.txt").exists() and not (model / "model-fp16.onnx").exists()
     assert (model / "1" / "model.py").is_file()
     assert not list(model.rglob("*.tmp"))
 

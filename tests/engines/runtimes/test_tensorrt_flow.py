@@ -19,9 +19,10 @@ import pytest
 
 from engines.manifest import read_manifest
 from engines.runtimes import EngineRuntimeError
-from engines.runtimes.tensorrt import TensorRTRuntime
+from engines.runtimes.tensorrt import TensorRTRuntime, plan_cache_key
 
 OUTPUT_SHAPES = {"logits": (8,), "features": (2048, 2, 2)}
+STRONGLY_TYPED = 1  # the enum's value in TensorRT 10
 
 
 def _network(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -43,6 +44,7 @@ class _Stand:
         self.device: dict[int, _DeviceAllocation] = {}
         self.host_freed = 0
         self.parse_ok = True
+        self.parsed: list[str] = []  # the ONNX files the parser read
 
 
 class _DeviceAllocation:
@@ -158,6 +160,7 @@ def _trt_module(stand: _Stand) -> types.ModuleType:
 
         def parse_from_file(self, path: str) -> bool:
             assert Path(path).is_file()
+            stand.parsed.append(Path(path).name)
             return stand.parse_ok
 
         def get_error(self, index: int) -> str:
@@ -190,7 +193,7 @@ def _trt_module(stand: _Stand) -> types.ModuleType:
             pass
 
         def create_network(self, flags: int) -> object:
-            assert flags == 0
+            assert flags == 1 << STRONGLY_TYPED, "not a strongly typed network"
             return object()
 
         create_builder_config = Config
@@ -198,7 +201,7 @@ def _trt_module(stand: _Stand) -> types.ModuleType:
 
         def build_serialized_network(self, network: object, config: Config) -> bytes:
             assert stand.context_stack, "built outside a CUDA context"
-            assert config.flags == ["FP16"]
+            assert config.flags == [], "precision comes from the fp16 ONNX, not builder flags"
             ((low, opt, high),) = (p.shapes["image"] for p in config.profiles)
             stand.builds += 1
             return f"plan {low[0]} {opt[0]} {high[0]}".encode()
@@ -265,7 +268,7 @@ def _trt_module(stand: _Stand) -> types.ModuleType:
         "OnnxParser": Parser,
         "Runtime": Runtime,
         "MemoryPoolType": names(WORKSPACE="WORKSPACE"),
-        "BuilderFlag": names(FP16="FP16"),
+        "NetworkDefinitionCreationFlag": names(STRONGLY_TYPED=STRONGLY_TYPED),
         "TensorIOMode": names(INPUT="INPUT", OUTPUT="OUTPUT"),
     }.items():
         setattr(trt, name, value)
@@ -296,6 +299,7 @@ def test_builds_once_caches_and_splits_batches(
         got = runtime.infer({"image": images})
         assert not stand.context_stack
     assert stand.builds == 1 and stand.executions == [3, 3, 1]
+    assert stand.parsed == ["model-fp16.onnx"]  # the mixed-precision ONNX, strongly typed
     expected = _network(images)
     for name in ("logits", "features"):
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-6)
@@ -310,6 +314,11 @@ def test_builds_once_caches_and_splits_batches(
     with TensorRTRuntime(manifest, hip_screen_engine, plan_cache=cache, max_batch=3) as again:
         np.testing.assert_allclose(again.infer({"image": images[:2]})["logits"], got["logits"][:2])
     assert stand.builds == 1
+    # The plan's key is the fp16 ONNX's: re-exporting it (a changed file) makes a new plan.
+    assert runtime.plan_path.name.startswith(
+        plan_cache_key(manifest.artefacts["onnx_fp16"].sha256, "10.0.0-standin",
+                       "Stand-in GPU", 3, 3)
+    )  # fmt: skip
     # Another profile is another plan.
     TensorRTRuntime(manifest, hip_screen_engine, plan_cache=cache, max_batch=4, opt_batch=2).close()
     assert stand.builds == 2 and len(list(cache.glob("*.plan"))) == 2
@@ -317,7 +326,9 @@ def test_builds_once_caches_and_splits_batches(
 
 def test_parser_errors_are_listed(stand: _Stand, hip_screen_engine: Path, tmp_path: Path) -> None:
     stand.parse_ok = False
-    with pytest.raises(EngineRuntimeError, match=r"cannot parse .*model\.onnx: In node 3 \(Conv\)"):
+    with pytest.raises(
+        EngineRuntimeError, match=r"cannot parse .*model-fp16\.onnx: In node 3 \(Conv\)"
+    ):
         TensorRTRuntime(read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path)
     assert not stand.context_stack and not list(tmp_path.glob("*.plan"))
 
