@@ -17,6 +17,12 @@ a multiply-add counts as 2 FLOPs, and only operators with a FLOP formula
 pooling are not. Both backends run fp32, NCHW (torch's channels_last is not
 used), with one thread per core unless ``--threads`` says otherwise.
 
+The host's own rate is measured in the same run, before and after the engines: an fp32
+matrix product of ``MATMUL_EDGE`` x ``MATMUL_EDGE`` through onnxruntime with the same
+threads, in its own process. No network runs faster than that on the CPU, and a virtual
+machine's rate can change several-fold from one day to the next (docs/performance.md), so
+each row also gives its GFLOP/s as a share of that rate ("of matmul").
+
     .venv/bin/python bench/inference.py              # both engines, batch 1 and 4
     .venv/bin/python bench/inference.py --markdown   # also the table for docs/performance.md
     .venv/bin/python bench/inference.py --engines hip_screen --size 64 --batches 1 --iterations 1
@@ -41,6 +47,7 @@ TARGET_RATIO = 1.4  # onnxruntime images/s over torch eager images/s
 TARGET_GFLOPS = 150.0  # achieved by onnxruntime, about the fp32 peak of 2 cores
 SEED = 0
 BUSY_LOAD = 0.5  # 1-minute load average above which the machine was not idle
+MATMUL_EDGE = 2048  # the host reference: an fp32 matrix product of this edge
 VERSION = "bench-untrained"
 # What decides the exported graph: a change here re-packages the benchmark's engines.
 EXPORT_CODE = ("engines/models", "engines/export.py", "engines/serving.py", "engines/package.py")
@@ -77,6 +84,10 @@ class Row:
     @property
     def gflop_per_s(self) -> float:
         return self.gflop_per_image * self.images_per_s
+
+    def of_matmul(self, matmul_gflop_per_s: float) -> float:
+        """This row's GFLOP/s as a share of the host's matrix-product rate."""
+        return self.gflop_per_s / matmul_gflop_per_s
 
     @property
     def targets(self) -> str:
@@ -139,6 +150,37 @@ def run_worker(
                 samples.append((time.perf_counter() - started) / iterations)
             timings.append(Timing(batch, statistics.median(samples), tuple(samples)))
     return {"backend": backend, "threads": threads, "timings": [asdict(t) for t in timings]}
+
+
+def run_matmul_worker(threads: int, iterations: int, repeats: int) -> dict[str, object]:
+    """GFLOP/s of an fp32 MATMUL_EDGE-square matrix product through onnxruntime."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    n = MATMUL_EDGE
+    operands = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"]
+    product = helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", operands, [product]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(SEED)
+    feeds = {x: rng.standard_normal((n, n), dtype=np.float32) for x in "ab"}
+    session.run(None, feeds)  # warm-up
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(iterations):
+            session.run(None, feeds)
+        samples.append((time.perf_counter() - started) / iterations)
+    return {"matmul_gflop_per_s": 2.0 * n**3 / statistics.median(samples) / 1e9}
 
 
 # --- parent: package, count FLOPs, spawn one worker per backend -------------------------------
@@ -209,6 +251,19 @@ def gflop_per_image(name: str, size: int) -> float:
     return float(counter.get_total_flops()) / 1e9
 
 
+def spawn_matmul(threads: int, iterations: int, repeats: int) -> float:
+    """The host's matrix-product rate (GFLOP/s), measured in a process of its own."""
+    command = [
+        sys.executable, str(Path(__file__).resolve()), "--matmul-worker",
+        "--threads", str(threads), "--iterations", str(iterations), "--repeats", str(repeats),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"matmul worker exited with {done.returncode}: {done.stderr[-2000:]}")
+    return float(json.loads(lines[-1])["matmul_gflop_per_s"])
+
+
 def spawn_worker(
     folder: Path,
     backend: str,
@@ -259,11 +314,13 @@ def measure(name: str, size: int, args: argparse.Namespace, threads: int) -> lis
 
 HEADERS = (
     "engine", "size", "batch", "backend", "ms/batch", "images/s", "GFLOP/image", "GFLOP/s",
-    "onnxruntime/torch", f"targets (>= {TARGET_RATIO}x / >= {TARGET_GFLOPS:.0f} GFLOP/s)",
+    "of matmul", "onnxruntime/torch",
+    f"targets (>= {TARGET_RATIO}x / >= {TARGET_GFLOPS:.0f} GFLOP/s)",
 )  # fmt: skip
+TEXT_COLUMNS = {0, 3, len(HEADERS) - 1}  # left-aligned; numbers align right
 
 
-def cells(row: Row) -> tuple[str, ...]:
+def cells(row: Row, matmul_gflop_per_s: float) -> tuple[str, ...]:
     return (
         row.engine,
         f"{row.size}x{row.size}",
@@ -273,15 +330,16 @@ def cells(row: Row) -> tuple[str, ...]:
         f"{row.images_per_s:.2f}",
         f"{row.gflop_per_image:.2f}",
         f"{row.gflop_per_s:.1f}",
+        f"{row.of_matmul(matmul_gflop_per_s):.2f}",
         "-" if row.ratio is None else f"{row.ratio:.2f}x",
         row.targets,
     )
 
 
-def text_table(rows: list[Row]) -> str:
-    table = [HEADERS, *(cells(r) for r in rows)]
+def text_table(rows: list[Row], matmul_gflop_per_s: float) -> str:
+    table = [HEADERS, *(cells(r, matmul_gflop_per_s) for r in rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(HEADERS))]
-    left = {0, 3, 9}  # text columns; numbers align right
+    left = TEXT_COLUMNS
     lines = [
         "  ".join(
             c.ljust(w) if i in left else c.rjust(w)
@@ -293,9 +351,9 @@ def text_table(rows: list[Row]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def markdown_table(rows: list[Row]) -> str:
-    align = ["---" if i in {0, 3, 9} else "---:" for i in range(len(HEADERS))]
-    lines = [HEADERS, tuple(align), *(cells(r) for r in rows)]
+def markdown_table(rows: list[Row], matmul_gflop_per_s: float) -> str:
+    align = ["---" if i in TEXT_COLUMNS else "---:" for i in range(len(HEADERS))]
+    lines = [HEADERS, tuple(align), *(cells(r, matmul_gflop_per_s) for r in rows)]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
@@ -314,6 +372,7 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--matmul-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--backend", choices=BACKENDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -324,6 +383,9 @@ def main() -> int:
     if args.size is not None and args.size < 32:
         parser.error(f"--size: expected >= 32 (the backbones downsample 32x), got {args.size}")
     threads = args.threads or cores()
+    if args.matmul_worker:
+        print(json.dumps(run_matmul_worker(threads, args.iterations, args.repeats)), flush=True)
+        return 0
     if args.worker:
         if args.folder is None or args.backend is None:
             parser.error("--worker needs --folder and --backend")
@@ -340,10 +402,13 @@ def main() -> int:
     if unknown:
         parser.error(f"--engines: unknown {unknown}, expected some of {sorted(ENGINES)}")
     load = os.getloadavg()[0]
+    matmul_before = spawn_matmul(threads, args.iterations, args.repeats)
     rows: list[Row] = []
     for name in names:
         size = args.size or ENGINES[name].production_size
         rows.extend(measure(name, size, args, threads))
+    matmul_after = spawn_matmul(threads, args.iterations, args.repeats)
+    matmul = 0.5 * (matmul_before + matmul_after)
 
     print(
         f"inference benchmark: {threads} thread(s) on {cores()} core(s), fp32, NCHW "
@@ -359,15 +424,21 @@ def main() -> int:
         "an image is one network input item: one hip region for hip_screen, one hip case "
         "(AP + lateral view through the 4 members) for hipnet"
     )
+    print(
+        f"host reference: an fp32 {MATMUL_EDGE}x{MATMUL_EDGE} matrix product through "
+        f"onnxruntime on {threads} thread(s): {matmul_before:.1f} GFLOP/s before the engines, "
+        f"{matmul_after:.1f} after; 'of matmul' = GFLOP/s over their mean, {matmul:.1f}"
+    )
     if load > BUSY_LOAD:
         # Another process on these cores makes torch's OpenMP threads wait on each other.
         print(f"WARNING: load average {load:.2f} at start: the machine was busy, numbers are low")
-    print(text_table(rows))
+    print(text_table(rows, matmul))
     if args.markdown:
         print()
-        print(markdown_table(rows))
+        print(markdown_table(rows, matmul))
     if args.json:
-        payload = [{**asdict(r), "images_per_s": r.images_per_s, "gflop_per_s": r.gflop_per_s}
+        payload = [{**asdict(r), "images_per_s": r.images_per_s, "gflop_per_s": r.gflop_per_s,
+                    "matmul_gflop_per_s": matmul, "of_matmul": r.of_matmul(matmul)}
                    for r in rows]  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2))
     return 0

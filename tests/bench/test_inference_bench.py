@@ -31,7 +31,9 @@ def test_inference_bench_times_both_backends(tmp_path: Path) -> None:
         assert cells[1] == "64x64"
         assert all(float(value) > 0 for value in cells[4:8])  # ms, images/s, GFLOP, GFLOP/s
     assert "| hip_screen | 64x64 | 1 | onnxruntime |" in done.stdout
+    assert "host reference: an fp32 2048x2048 matrix product through onnxruntime" in done.stdout
     rows = json.loads(rows_json.read_text())
+    assert all(r["matmul_gflop_per_s"] > 0 and r["of_matmul"] > 0 for r in rows)
     assert [r["backend"] for r in rows] == ["torch", "onnxruntime"]
     assert all(r["seconds"] > 0 and r["gflop_per_image"] > 0 for r in rows)
     assert rows[1]["ratio"] > 0
