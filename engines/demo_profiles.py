@@ -84,10 +84,11 @@ MIN_TRAINING_SECONDS = 120.0  # below ~25 steps Hip-Net learns next to nothing
 # The lesion attention term (TrainOptions.attention_weight, on by default) and, for Hip-Net,
 # the warm start of its ResNet branches from the screening engine's backbone are what bring
 # the two image engines from 0.72 and 0.47 to ~0.95 and ~0.8 (docs/engines.md).
-# Hip-Net's time budget, not its epoch count, ends its training: on two AVX2 cores 45 to 55
-# of an epoch's 57 steps fit in 185 s; a CPU twice as fast fits two epochs in the same time,
-# which reached 0.87 here (in 420 s). Its BatchNorm statistics come from 64 items (~7 s
-# less than 128, for eight backbones).
+# Hip-Net's time budget, not its epoch count, ends its training: on the development
+# machine's two AVX2 cores at their 2026-11-23 speed 45 to 55 of an epoch's 57 steps fit in
+# 185 s (~0.75-0.8); at their 11-24 speed, about three times as fast, two epochs fit and
+# scored 0.93-0.94, and a third epoch (295 s) added nothing. Its BatchNorm statistics come
+# from 64 items (~7 s less than 128, for eight backbones).
 DEMO_PROFILES: dict[str, DemoProfile] = {
     "hip_screen": Profile(
         size=ENGINES["hip_screen"].demo_size,
