@@ -39,6 +39,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("torch", "onnxruntime")
@@ -251,17 +252,26 @@ def gflop_per_image(name: str, size: int) -> float:
     return float(counter.get_total_flops()) / 1e9
 
 
+def run_json_worker(what: str, *arguments: str) -> dict[str, Any]:
+    """Run this script with ``arguments`` in a process of its own; its last JSON line."""
+    command = [sys.executable, str(Path(__file__).resolve()), *arguments]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} exited with {done.returncode}: {done.stderr[-2000:]}")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{what} printed no result: {done.stdout!r}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
 def spawn_matmul(threads: int, iterations: int, repeats: int) -> float:
     """The host's matrix-product rate (GFLOP/s), measured in a process of its own."""
-    command = [
-        sys.executable, str(Path(__file__).resolve()), "--matmul-worker",
+    result = run_json_worker(
+        "matmul worker", "--matmul-worker",
         "--threads", str(threads), "--iterations", str(iterations), "--repeats", str(repeats),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"matmul worker exited with {done.returncode}: {done.stderr[-2000:]}")
-    return float(json.loads(lines[-1])["matmul_gflop_per_s"])
+    )  # fmt: skip
+    return float(result["matmul_gflop_per_s"])
 
 
 def spawn_worker(
@@ -272,22 +282,12 @@ def spawn_worker(
     repeats: int,
     threads: int,
 ) -> list[Timing]:
-    command = [
-        sys.executable, str(Path(__file__).resolve()), "--worker",
+    result = run_json_worker(
+        f"{backend} worker on {folder.name}", "--worker",
         "--folder", str(folder), "--backend", backend,
         "--batches", ",".join(map(str, batches)),
         "--iterations", str(iterations), "--repeats", str(repeats), "--threads", str(threads),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"{backend} worker on {folder.name} exited with {done.returncode}: "
-            f"{done.stderr[-2000:]}"
-        )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"{backend} worker on {folder.name} printed no result: {done.stdout!r}")
-    result = json.loads(lines[-1])
+    )  # fmt: skip
     return [
         Timing(int(t["batch"]), float(t["seconds"]), tuple(t["repeats"])) for t in result["timings"]
     ]
