@@ -36,6 +36,7 @@ class Case:
     bone: str = "no_osteoporosis"  # the patient's bone status (osteoporosis engine)
     ct: str | None = None  # the right hip's CT shows this (multimodal engine), else no CT
     request: str | None = None  # the request text points to this (multimodal classes)
+    request_side: str = "R"  # the hip the request names: the one the CT shows
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def _write(folder: Path, seed: int, case: Case) -> DemoStudy:
         transfer_syntax=case.transfer_syntax, bone=bone_factor(case.bone, seed),
     )  # fmt: skip
     clinical = osteoporosis_case(case.bone, seed)
-    texts = multimodal_case(case.request, seed).texts if case.request else {}
+    texts = multimodal_case(case.request, seed, case.request_side).texts if case.request else {}
     clinical = replace(clinical, texts=texts)
     for path in study.files:
         write(clinical.stamp(pydicom.dcmread(path)), path)

@@ -289,14 +289,34 @@ def _age_phrase(rng: np.random.Generator, age: int, sex: str) -> str:
     return _pick(rng, forms)
 
 
-def _side(rng: np.random.Generator) -> str:
-    return _pick(rng, ("right", "left", "R", "L", "bilateral"))
+_SIDE_FORMS = ("right", "left", "R", "L", "bilateral")
+# The wording of a side the caller names: the drawn form's style (word or letter) kept.
+_SIDE_WORDS = {"R": ("right", "R"), "L": ("left", "L"), "B": ("bilateral", "bilateral")}
 
 
-def multimodal_case(label: str, seed: int) -> ClinicalPhantom:
-    """A request text and demographics for a study of ``label`` (one of MULTIMODAL_CLASSES)."""
+def _side(rng: np.random.Generator, side: str | None = None) -> str:
+    """The side phrase: drawn at random, or naming ``side`` (R, L, B) in the drawn style.
+
+    The draw happens either way, so naming a side changes nothing else a seed gives.
+    """
+    drawn = _pick(rng, _SIDE_FORMS)
+    if side is None:
+        return drawn
+    word, letter = _SIDE_WORDS[side]
+    return letter if drawn in ("R", "L") else word
+
+
+def multimodal_case(label: str, seed: int, side: str | None = None) -> ClinicalPhantom:
+    """A request text and demographics for a study of ``label`` (one of MULTIMODAL_CLASSES).
+
+    The history names a hip: ``side`` (R, L or B for both) when given, as a study whose
+    images show that hip would; otherwise a random one, which is how training draws it
+    (its inputs are all in the right hip's pose, so the side word carries nothing there).
+    """
     index = check_choice("label", label, MULTIMODAL_CLASSES)
     seed = check_seed(seed)
+    if side is not None:
+        check_choice("side", side, tuple(_SIDE_WORDS))
     rng = np.random.default_rng([seed, _MULTIMODAL_PURPOSE, index])
     age, sex, height, weight = _person(rng, _MULTIMODAL_PEOPLE[label])
     offset = int(rng.integers(365))
@@ -310,7 +330,7 @@ def multimodal_case(label: str, seed: int) -> ClinicalPhantom:
         else:
             informative = True
             reason = _pick(rng, _FINDINGS[label])
-        phrases = [_age_phrase(rng, age, sex), f"{_side(rng)} hip"]
+        phrases = [_age_phrase(rng, age, sex), f"{_side(rng, side)} hip"]
         if informative and rng.random() < CONFOUNDER_RATE:
             confounded = True
             others = [other for other in MULTIMODAL_CLASSES if other not in (label, "normal")]

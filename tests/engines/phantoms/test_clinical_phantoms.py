@@ -209,6 +209,27 @@ def test_stamp_onto_a_factory_instance() -> None:
     assert bare.PatientBirthDate == ""
 
 
+def test_a_named_side_is_the_hip_the_history_names_and_changes_nothing_else() -> None:
+    words = {"R": ("right hip", "R hip"), "L": ("left hip", "L hip"), "B": ("bilateral hip",)}
+    for seed in range(40):
+        free = multimodal_case("femoroacetabular_impingement", seed)
+        for side, phrases in words.items():
+            named = multimodal_case("femoroacetabular_impingement", seed, side)
+            if "AdditionalPatientHistory" not in free.texts:  # no text drawn: none named
+                assert named == free
+                continue
+            history = named.texts["AdditionalPatientHistory"]
+            assert any(phrase in history for phrase in phrases), history
+            # Only the side phrase differs: same patient, reason and the rest of the history.
+            pattern = r"\b(right|left|R|L|bilateral) hip"
+            assert re.sub(pattern, "<side> hip", history) == re.sub(
+                pattern, "<side> hip", free.texts["AdditionalPatientHistory"]
+            )
+            others = {k: v for k, v in named.texts.items() if k != "AdditionalPatientHistory"}
+            assert others == {k: v for k, v in free.texts.items() if k in others}
+            assert (named.age_years, named.sex) == (free.age_years, free.sex)
+
+
 def test_errors() -> None:
     with pytest.raises(PhantomError, match=r'label: expected one of \(.*\), got "fracture"'):
         multimodal_case("fracture", 0)
@@ -216,5 +237,7 @@ def test_errors() -> None:
         osteoporosis_case("osteoarthritis", 0)
     with pytest.raises(PhantomError, match=r"seed: expected a non-negative integer, got -1"):
         multimodal_case("normal", -1)
+    with pytest.raises(PhantomError, match=r"side: expected one of \('R', 'L', 'B'\), got \"X\""):
+        multimodal_case("normal", 0, "X")
     with pytest.raises(PhantomError, match=r"seed: expected a non-negative integer, got 1.5"):
         osteoporosis_case("osteoporosis", 1.5)  # type: ignore[arg-type]
