@@ -68,19 +68,12 @@ class CtCache:
             volume = self.volume(series_uid)
             found = None if volume is None else midline_x_mm(volume)
             self._midlines[series_uid] = found
-            if volume is not None:
-                if found is None:
-                    log.info(
-                        "CT series %s: both hips in one field, split at its centre "
-                        "(no mirror-symmetric bone found)",
-                        series_uid,
-                    )
-                else:
-                    log.info(
-                        "CT series %s: both hips in one field, split at the midline x = %.1f mm",
-                        series_uid,
-                        found,
-                    )
+            where = (
+                "its centre (no mirror-symmetric bone found)"
+                if found is None
+                else f"the midline x = {found:.1f} mm"
+            )
+            log.info("CT series %s: both hips in one field, split at %s", series_uid, where)
         return self._midlines[series_uid]
 
     def part(self, series_uid: str, side: str) -> str | None:
