@@ -1,11 +1,13 @@
 -- Autorouting for the compose PACS (deploy/compose.yaml): every DX/CR instance Orthanc
--- stores goes to the modality 'node' (the triage node, AE title TRIAGE), except instances
+-- stores goes to the modality 'node' (the triage node, AE title TRIAGE), and every CT (the
+-- multimodal engine reads a hip CT of the same study; a CT study without radiographs is
+-- received and its job skipped), except instances
 -- sent by the node itself (its SR and Secondary Captures come back from AE title TRIAGE):
 -- that is the loop guard. The integration tests run this file (tests/support/orthanc.py swaps
 -- in its own SKIP list).
 -- Every decision is printed to Orthanc's log ("Lua says: route ..." / "Lua says: skip ...").
 local SKIP = { ["TRIAGE"] = true }
-local ROUTED = { ["DX"] = true, ["CR"] = true }
+local ROUTED = { ["DX"] = true, ["CR"] = true, ["CT"] = true }
 
 local function trim(s)
   return (string.gsub(s or '', '^%s*(.-)%s*$', '%1'))

@@ -467,7 +467,7 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 def test_orthanc_runs_the_compose_config_and_routes_with_the_loop_guard(tmp_path: Path) -> None:
     if not ORTHANC.exists() or shutil.which("storescu") is None:
         pytest.skip("Debian's orthanc and dcmtk are not installed (scripts/install-tools.sh)")
-    from dicom_node.synthetic import StudyIdentity, make_dx, write
+    from dicom_node.synthetic import StudyIdentity, make_ct_series, make_dx, write
 
     # The compose file as it is; only what ties it to containers changes: ports, storage,
     # the Lua path and the node's host (nothing listens there: routing is read from the log).
@@ -488,6 +488,9 @@ def test_orthanc_runs_the_compose_config_and_routes_with_the_loop_guard(tmp_path
     for n, caller in enumerate(("MODALITY", "TRIAGE"), start=1):
         ds = make_dx(image, identity=StudyIdentity.synthetic(n))
         files[caller] = (write(ds, tmp_path / f"{caller}.dcm"), str(ds.SOPInstanceUID))
+    # A CT slice: the multimodal engine reads the study's hip CT, so CT is routed too.
+    (ct,) = make_ct_series(np.zeros((1, 8, 8)), identity=StudyIdentity.synthetic(3))
+    files["CT"] = (write(ct, tmp_path / "CT.dcm"), str(ct.SOPInstanceUID))
 
     log_path = tmp_path / "orthanc.log"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -512,7 +515,8 @@ def test_orthanc_runs_the_compose_config_and_routes_with_the_loop_guard(tmp_path
     try:
         _wait(answers, 20, "Orthanc's REST API")
         assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
-        for caller, (path, _) in files.items():
+        for name, (path, _) in files.items():
+            caller = "TRIAGE" if name == "TRIAGE" else "MODALITY"
             sent = _run(
                 ["storescu", "-aet", caller, "-aec", config["DicomAet"], "127.0.0.1",
                  str(dicom_port), str(path)],
@@ -520,11 +524,12 @@ def test_orthanc_runs_the_compose_config_and_routes_with_the_loop_guard(tmp_path
             )  # fmt: skip
             assert sent.returncode == 0, sent.stdout + sent.stderr
         routed = re.compile(rf"route \S+ sop={re.escape(files['MODALITY'][1])} .*-> node")
+        routed_ct = re.compile(rf"route \S+ sop={re.escape(files['CT'][1])} modality=CT .*-> node")
         skipped = re.compile(rf"skip \S+ sop={re.escape(files['TRIAGE'][1])} .*skip list")
 
         def logged() -> bool:
             text = log_path.read_text(errors="replace")
-            return bool(routed.search(text) and skipped.search(text))
+            return all(p.search(text) for p in (routed, routed_ct, skipped))
 
         try:
             _wait(logged, 10, "the Lua route's decisions in Orthanc's log")
