@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Where torch comes from: pip's configured index by default (PyPI's Linux wheel is the CUDA
+# build, gigabytes); TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU wheel.
+TORCH_INDEX ?=
 # dcmtk and Orthanc are 20-40x slower without TCP_NODELAY (it is read from the environment).
 export TCP_NODELAY := 1
 
@@ -11,8 +14,8 @@ export TCP_NODELAY := 1
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch is pinned (a CPU build); never let pip choose it.
-	$(BIN)/pip install --quiet "torch==2.13.0"
+	# torch is pinned; never let pip choose it.
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

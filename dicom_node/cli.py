@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("studies", parents=[common], help="list studies with state and counts")
     sub.add_parser("jobs", parents=[common], help="list jobs made from completed studies")
     demo = sub.add_parser(
-        "demo", parents=[common], help="start a node, send a synthetic study, show the result"
+        "demo", parents=[common], help="start a node, send six phantom studies, show the results"
     )
     demo.add_argument("--out", default="var/demo", help="folder for the demo's spool and files")
     _engine_parsers(sub, common)

@@ -2,9 +2,10 @@
 
 Builds the demo engines if they are not cached (trained on phantoms; minutes on
 a CPU), starts a PACS stand-in (a pynetdicom Storage SCP) and a node that sends
-its results there, writes a handful of phantom studies (normal, femoral neck
-fracture, osteoarthritis, a loosening THA and a dislocated THA, with AP and
-lateral views, in several transfer syntaxes), sends them with dcmtk's
+its results there, writes six phantom studies (normal, femoral neck fracture,
+osteoarthritis with a CT series, a loosening THA and a dislocated THA with AP and
+lateral views, and an impingement seen only on CT and in the request text, in
+several transfer syntaxes), sends them with dcmtk's
 ``storescu`` (a real C-STORE client; pynetdicom when dcmtk is missing), waits
 for each study's SR at the PACS and reports per study: the findings and
 probabilities per hip, the priority and the time to result. Every Secondary
@@ -190,7 +191,7 @@ def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
         from engines.build import build_demo
 
         yield (f"building the demo engines {', '.join(missing)} in {cfg.engines.cache_dir} "
-               "(trained on phantoms; about 13 minutes on 2 CPU cores, once)")  # fmt: skip
+               "(trained on phantoms; 7-12 minutes on 2 CPU cores, once)")  # fmt: skip
         for result in build_demo(cfg.engines.cache_dir, tuple(missing)):
             yield f"  {result.manifest.name} {result.manifest.version} built"
     pacs = StandInPacs(out / "pacs")
