@@ -111,6 +111,13 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
 # Version 2 did not purge: its studies gain the time their files left the spool.
 _MIGRATE_2_TO_3 = "ALTER TABLE studies ADD COLUMN purged_at REAL;"
 
+# A StudySummary's columns; the instance count is of instances to process.
+_STUDY_SUMMARY = (
+    "SELECT s.study_uid, s.state, "
+    "(SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid AND i.process = 1), "
+    "s.first_received_at, s.last_received_at, s.open_associations, s.due_at, "
+    "s.completed_at, s.completions, s.completion_reason, s.purged_at FROM studies s"
+)
 
 _JOB_COLUMNS = (
     "id, study_uid, generation, created_at, state, instance_count, reason, "
@@ -173,18 +180,30 @@ class State:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
+                    self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    # Also when COMMIT itself failed: a connection left inside the
+                    # transaction would refuse every later BEGIN until a restart.
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path}: {exc}") from exc
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for a read, with database errors as StateError like writes."""
+        with self._lock:
+            try:
+                yield self._db
             except sqlite3.Error as exc:
                 raise StateError(f"{self.path}: {exc}") from exc
 
     # --- receiving -------------------------------------------------------------
 
     def existing_path(self, sop_instance_uid: str) -> str | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
             ).fetchone()
         return None if row is None else str(row[0])
@@ -306,10 +325,8 @@ class State:
     # --- assembling ------------------------------------------------------------
 
     def next_due(self) -> float | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT MIN(due_at) FROM studies WHERE state = 'receiving'"
-            ).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT MIN(due_at) FROM studies WHERE state = 'receiving'").fetchone()
         return None if row[0] is None else float(row[0])
 
     def complete_due(self, now: float) -> list[Job]:
@@ -345,36 +362,27 @@ class State:
     # --- reading ---------------------------------------------------------------
 
     def studies(self) -> list[StudySummary]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT s.study_uid, s.state, "
-                "(SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid "
-                " AND i.process = 1), "
-                "s.first_received_at, s.last_received_at, s.open_associations, s.due_at, "
-                "s.completed_at, s.completions, s.completion_reason, s.purged_at "
-                "FROM studies s ORDER BY s.last_received_at"
-            ).fetchall()
+        with self._reading() as db:
+            rows = db.execute(f"{_STUDY_SUMMARY} ORDER BY s.last_received_at").fetchall()
         return [StudySummary(*row) for row in rows]
 
     def jobs(self, state: str | None = None) -> list[Job]:
         where, params = ("WHERE state = ?", (state,)) if state else ("", ())
-        with self._lock:
-            rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id", params)
+        with self._reading() as db:
+            rows = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id", params)
             return [Job(*row) for row in rows.fetchall()]
 
     def job(self, job_id: int) -> Job:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
+        with self._reading() as db:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise StateError(f"{self.path}: no job {job_id}")
         return Job(*row)
 
     def study_sources(self, study_uid: str) -> list[tuple[str, str]]:
         """(spool path, calling AE) of the study's instances to process, in arrival order."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT path, calling_ae FROM instances WHERE study_uid = ? AND process = 1 "
                 "ORDER BY received_at, sop_instance_uid",
                 (study_uid,),
@@ -382,7 +390,10 @@ class State:
         return [(str(r[0]), str(r[1])) for r in rows]
 
     def study(self, study_uid: str) -> StudySummary | None:
-        return next((s for s in self.studies() if s.study_uid == study_uid), None)
+        # One row by its key: this runs on every completion, so it must not grow with history.
+        with self._reading() as db:
+            row = db.execute(f"{_STUDY_SUMMARY} WHERE s.study_uid = ?", (study_uid,)).fetchone()
+        return None if row is None else StudySummary(*row)
 
     def start_job(self, job_id: int, now: float) -> None:
         with self.transaction() as db:
@@ -427,8 +438,8 @@ class State:
                     )  # fmt: skip
 
     def instance_paths(self, study_uid: str) -> list[str]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT path FROM instances WHERE study_uid = ? ORDER BY received_at",
                 (study_uid,),
             ).fetchall()
@@ -436,10 +447,10 @@ class State:
 
     def counts(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
         """Studies by state, and outbox rows by (state, destination): for the metrics."""
-        with self._lock:
-            studies = self._db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state")
+        with self._reading() as db:
+            studies = db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state")
             study_counts = {str(s): int(n) for s, n in studies.fetchall()}
-            rows = self._db.execute(
+            rows = db.execute(
                 "SELECT state, destination, COUNT(*) FROM outbox GROUP BY state, destination"
             )
             outbox = {(str(s), str(d)): int(n) for s, d, n in rows.fetchall()}
@@ -448,5 +459,5 @@ class State:
         return study_counts, outbox
 
     def instance_count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+        with self._reading() as db:
+            return int(db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,3 +148,54 @@ def test_finish_job_queues_each_result_once_per_destination(tmp_path: Path) -> N
         state.finish_job(99, "done", 7.0)
     with pytest.raises(StateError, match=r"no job 98"):
         state.job(98)
+
+
+def test_study_reads_one_row_by_its_key(tmp_path: Path) -> None:
+    state = State(tmp_path / "s.db", RULES)
+    for n in range(3):
+        state.record_instance(instance(f"1.{n}", f"1.{n}.1", 100 + n), True, "new")
+    state.record_instance(instance("1.1", "1.1.2", 104), False, "new")
+    summary = state.study("1.1")
+    assert summary is not None
+    assert (summary.study_uid, summary.instance_count, summary.last_received_at) == ("1.1", 2, 104)
+    assert state.study("9.9") is None
+    assert summary in state.studies()
+
+
+class _FailingCommit:
+    """A connection whose next COMMIT fails, as a disk error at commit time would."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.fail = True
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
+
+
+def test_a_failed_commit_rolls_back_and_the_next_write_works(tmp_path: Path) -> None:
+    state = State(tmp_path / "s.db", RULES)
+    real = state._db
+    state._db = _FailingCommit(real)  # type: ignore[assignment]
+    with pytest.raises(StateError, match="disk I/O error"):
+        state.record_instance(instance("1.1", "1.1.1", 100), True, "new")
+    assert not real.in_transaction
+    assert state.studies() == []  # nothing of the failed transaction is visible
+    state.record_instance(instance("1.1", "1.1.1", 101), True, "new")
+    assert [s.study_uid for s in state.studies()] == ["1.1"]
+
+
+def test_a_failing_read_is_a_state_error(tmp_path: Path) -> None:
+    state = State(tmp_path / "s.db", RULES)
+    state._db.execute("DROP TABLE studies")
+    with pytest.raises(StateError, match="no such table: studies"):
+        state.next_due()
+    with pytest.raises(StateError, match="no such table: studies"):
+        state.study("1.1")

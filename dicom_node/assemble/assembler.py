@@ -60,7 +60,10 @@ class Assembler:
                 "study %s complete (%s): %d instances, job %d generation %d",
                 job.study_uid, job.reason, job.instance_count, job.id, job.generation,
             )  # fmt: skip
-            self.on_job(job)
+            try:
+                self.on_job(job)
+            except Exception:  # the job is durable already; the pipeline finds it anyway
+                log.exception("study %s: handing job %d on failed", job.study_uid, job.id)
         return jobs
 
     def _run(self) -> None:
@@ -71,6 +74,12 @@ class Assembler:
                 due = self.state.next_due()
             except StateError as exc:
                 log.error("assembler cannot read or update the state database: %s", exc)
+                self._wake.wait(_RETRY_AFTER_ERROR)
+                continue
+            except Exception:
+                # Whatever it was, this thread must live: without it no study ever
+                # completes while the node goes on acknowledging instances.
+                log.exception("assembler: unexpected error; retrying")
                 self._wake.wait(_RETRY_AFTER_ERROR)
                 continue
             sleep = _MAX_SLEEP if due is None else min(max(due - self.clock(), 0.0), _MAX_SLEEP)
