@@ -144,6 +144,7 @@ def _folder_files(spool: Spool, study_uid: str) -> list[str]:
 
 
 def _remove_empty_folders(spool: Spool, study_uid: str) -> None:
+    spool.forget_folder(study_uid)  # a folder made again must have its entry fsync'd again
     for folder in _study_folders(spool, study_uid):
         try:
             folder.rmdir()

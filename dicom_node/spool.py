@@ -32,6 +32,7 @@ from dicom_node.errors import SpoolError, SpoolFullError
 log = logging.getLogger(__name__)
 
 _LOCK_STRIPES = 64  # studies share a lock only when their UIDs hash alike
+_DURABLE_FOLDERS_KEPT = 100_000
 
 
 class Spool:
@@ -41,6 +42,11 @@ class Spool:
         self.instances = root / "instances"
         self.tmp = root / "tmp"
         self._study_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        # Study folders whose entry in instances/ is known to be on disk (fsync'd since
+        # this process started). A folder created by a write that failed before that fsync
+        # is not in here, so the next write into it makes its entry durable.
+        self._durable_folders: set[str] = set()
+        self._durable_lock = threading.Lock()
         try:
             for folder in (self.root, self.instances, self.tmp):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -65,7 +71,10 @@ class Spool:
         return self.root / relative
 
     def free_bytes(self) -> int:
-        return shutil.disk_usage(self.root).free
+        try:
+            return shutil.disk_usage(self.root).free
+        except OSError as exc:
+            raise SpoolError(f"cannot read the spool's free space ({exc.strerror})") from exc
 
     def check_space(self, size: int) -> None:
         """Refuse a write that would leave less than ``min_free_bytes`` free."""
@@ -79,25 +88,39 @@ class Spool:
     def write(self, relative: str, chunks: Iterable[bytes | memoryview]) -> None:
         """Write ``chunks`` durably to ``relative``, replacing any previous file atomically."""
         final = self.path(relative)
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
-        tmp = Path(tmp_name)
+        tmp: Path | None = None
         try:
+            # Inside the try: out of inodes is ENOSPC from here, and must read as full.
+            fd, tmp_name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+            tmp = Path(tmp_name)
             with os.fdopen(fd, "wb") as handle:
                 for chunk in chunks:
                     handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
-            created = not final.parent.exists()
-            final.parent.mkdir(parents=True, exist_ok=True)
+            folder = final.parent
+            folder.mkdir(parents=True, exist_ok=True)
             tmp.replace(final)
-            _fsync_dir(final.parent)
-            if created:
-                _fsync_dir(final.parent.parent)
+            _fsync_dir(folder)
+            with self._durable_lock:
+                known = str(folder) in self._durable_folders
+            if not known:
+                _fsync_dir(folder.parent)
+                with self._durable_lock:
+                    if len(self._durable_folders) >= _DURABLE_FOLDERS_KEPT:
+                        self._durable_folders.clear()  # costs one extra fsync per study
+                    self._durable_folders.add(str(folder))
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFullError(f"spool file system is full writing {relative}") from exc
             raise SpoolError(f"cannot write {relative} to the spool ({exc.strerror})") from exc
+
+    def forget_folder(self, study_uid: str) -> None:
+        """The study's folder is being removed: its next write must fsync instances/ again."""
+        with self._durable_lock:
+            self._durable_folders.discard(str(self.instances / study_uid))
 
     def ends_with(self, relative: str, stream: bytes | memoryview) -> bool:
         """Does the file at ``relative`` end with the data set ``stream``?
@@ -115,6 +138,16 @@ class Spool:
                 return handle.read() == stream
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            raise SpoolError(f"cannot read {relative} in the spool ({exc.strerror})") from exc
+
+    def remove(self, relative: str) -> None:
+        """Remove a file the index no longer refers to; a failure is logged, not raised
+        (the instance it replaced is already stored and indexed)."""
+        try:
+            self.path(relative).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s from the spool (%s)", relative, exc.strerror)
 
 
 def _fsync_dir(path: Path) -> None:

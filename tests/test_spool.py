@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from dicom_node import spool as spool_module
 from dicom_node.errors import SpoolError, SpoolFullError
 from dicom_node.spool import Spool
 
@@ -50,3 +55,79 @@ def test_write_failure_removes_the_partial(tmp_path: Path) -> None:
     with pytest.raises(SpoolError, match=r"cannot write instances/1\.2/1\.2\.3\.dcm"):
         spool.write("instances/1.2/1.2.3.dcm", [b"data"])
     assert list(spool.tmp.iterdir()) == []
+
+
+def test_out_of_inodes_reads_as_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One small file per instance: a spool can run out of inodes long before bytes, and
+    # creating the temporary file is then what fails (ENOSPC).
+    spool = Spool(tmp_path, min_free_bytes=0)
+
+    def no_inode(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_inode)
+    with pytest.raises(SpoolFullError, match=r"full writing instances/1\.2/1\.2\.3\.dcm"):
+        spool.write("instances/1.2/1.2.3.dcm", [b"data"])
+
+
+def test_unreadable_spool_state_is_a_spool_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path, min_free_bytes=0)
+
+    def broken(path: object) -> object:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(shutil, "disk_usage", broken)
+    with pytest.raises(SpoolError, match=r"free space \(Input/output error\)"):
+        spool.check_space(1)
+    rel = "instances/1.2/1.2.3.dcm"
+    spool.write(rel, [b"abc"])
+    spool.path(rel).chmod(0)
+    if os.access(spool.path(rel), os.R_OK):  # root reads anything: use a folder instead
+        spool.path(rel).chmod(0o644)
+        spool.path(rel).unlink()
+        spool.path(rel).mkdir()
+        with pytest.raises(SpoolError, match=r"cannot read instances/1\.2/1\.2\.3\.dcm"):
+            spool.ends_with(rel, b"ab")
+    else:
+        with pytest.raises(SpoolError, match=r"cannot read instances/1\.2/1\.2\.3\.dcm"):
+            spool.ends_with(rel, b"ab")
+
+
+def test_a_folder_left_by_a_failed_write_gets_its_entry_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path, min_free_bytes=0)
+    synced: list[Path] = []
+    failures = [OSError(errno.EIO, "Input/output error")]  # the first write's parent fsync
+    real = spool_module._fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        synced.append(path)
+        if path == spool.instances and failures:
+            raise failures.pop()
+        real(path)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
+    with pytest.raises(SpoolError, match="Input/output error"):
+        spool.write("instances/1.2/1.2.3.dcm", [b"a"])
+    assert (spool.instances / "1.2").is_dir()  # the folder stays, its entry maybe not on disk
+    synced.clear()
+    spool.write("instances/1.2/1.2.4.dcm", [b"b"])
+    assert synced == [spool.instances / "1.2", spool.instances]
+    synced.clear()
+    spool.write("instances/1.2/1.2.5.dcm", [b"c"])
+    assert synced == [spool.instances / "1.2"]  # known durable now: one fsync
+    spool.forget_folder("1.2")  # retention removes the folder
+    synced.clear()
+    spool.write("instances/1.2/1.2.6.dcm", [b"d"])
+    assert synced == [spool.instances / "1.2", spool.instances]
+
+
+def test_remove_logs_instead_of_raising(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(tmp_path, min_free_bytes=0)
+    (spool.instances / "1.2" / "1.2.3.dcm").mkdir(parents=True)  # unlink fails: a folder
+    spool.remove("instances/1.2/1.2.3.dcm")
+    assert "could not remove instances/1.2/1.2.3.dcm" in caplog.text
+    spool.remove("instances/1.2/absent.dcm")  # absent is fine

@@ -203,11 +203,11 @@ class Receiver:
             )
         except StateError:
             if kind == "new":
-                self.spool.path(relative).unlink(missing_ok=True)  # not acknowledged: no orphan
+                self.spool.remove(relative)  # not acknowledged: no orphan
             raise
         if previous is not None and previous != relative and kind == "replaced":
             # Same SOP Instance UID re-sent under another study: the index now points here.
-            self.spool.path(previous).unlink(missing_ok=True)
+            self.spool.remove(previous)
         if kind != "new":
             log.info("SOP instance %s of study %s received again (%s)",
                      header.sop_instance_uid, header.study_uid, kind)  # fmt: skip
