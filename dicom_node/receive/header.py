@@ -7,7 +7,8 @@ checks that each length fits, that sequences and encapsulated pixel data are
 delimited, that the stream ends on an element boundary, and that native Pixel
 Data holds as many bytes as Rows x Columns x frames need. It reads only the
 few top-level attributes the node routes on. It costs one pass over the
-element headers: values are skipped, never copied.
+element headers: values are skipped, never copied. A deflated data set is
+inflated first, never past the node's instance size limit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import struct
 import zlib
 
+from dicom_node.config import NodeConfig
 from dicom_node.errors import RejectedInstanceError
 from dicom_node.models import Header
 
@@ -24,6 +26,7 @@ MISSING_UIDS = 0xC211
 UID_MISMATCH = 0xC212
 INVALID_UID = 0xC213
 DOES_NOT_MATCH_SOP_CLASS = 0xA900
+OUT_OF_RESOURCES = 0xA700
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
@@ -74,14 +77,19 @@ class _Reader:
     def __init__(self, data: bytes | memoryview, little: bool, implicit: bool) -> None:
         self.data = memoryview(data)
         self.end = len(data)
-        self.implicit = implicit
-        self.u16 = struct.Struct("<H" if little else ">H")
-        self.u32 = struct.Struct("<I" if little else ">I")
-        self.tag_fmt = struct.Struct("<HH" if little else ">HH")
+        self.encoding(little, implicit)
         self.text: dict[str, str] = {}
         self.us: dict[str, int] = {}
         self.pixel_bytes: int | None = None
         self.encapsulated = False
+
+    def encoding(self, little: bool, implicit: bool) -> None:
+        """Read elements from here on in this byte order and VR encoding."""
+        self.little = little
+        self.implicit = implicit
+        self.u16 = struct.Struct("<H" if little else ">H")
+        self.u32 = struct.Struct("<I" if little else ">I")
+        self.tag_fmt = struct.Struct("<HH" if little else ">HH")
 
     def fail(self, pos: int, what: str) -> RejectedInstanceError:
         return RejectedInstanceError(CANNOT_UNDERSTAND, f"malformed data set at byte {pos}: {what}")
@@ -119,10 +127,15 @@ class _Reader:
                 raise self.fail(pos, f"tag ({tag >> 16:04X},{tag & 0xFFFF:04X}) out of order")
             last_tag = tag
             if length == _UNDEFINED:
-                if tag == _PIXEL_DATA and top:
-                    self.encapsulated = True
-                    pos = self.fragments(value)
-                elif vr in (b"", b"SQ", b"UN"):
+                if tag == _PIXEL_DATA:  # the only element A.4 lets encapsulate, at any level
+                    pos = self.fragments(value, top)
+                elif vr == b"UN":
+                    # PS3.5 6.2.2: its items are Implicit VR Little Endian, whatever the syntax.
+                    outer = (self.little, self.implicit)
+                    self.encoding(little=True, implicit=True)
+                    pos = self.sequence(value, end, delimited=True)
+                    self.encoding(*outer)
+                elif vr in (b"", b"SQ"):
                     pos = self.sequence(value, end, delimited=True)
                 else:
                     raise self.fail(pos, f"undefined length on VR {vr.decode(errors='replace')}")
@@ -156,14 +169,16 @@ class _Reader:
             raise self.fail(pos, "sequence without its delimiter")
         return pos
 
-    def fragments(self, pos: int) -> int:
+    def fragments(self, pos: int, top: bool) -> int:
         count = 0
         while True:
             tag, _, length, value = self.header(pos)
             if tag == _SEQ_END:
                 if count < 2:  # the basic offset table plus at least one fragment
                     raise self.fail(pos, "encapsulated Pixel Data without fragments")
-                self.pixel_bytes = count
+                if top:  # not an icon's, nested in a sequence item
+                    self.encapsulated = True
+                    self.pixel_bytes = count
                 return value
             if tag != _ITEM or length == _UNDEFINED or value + length > self.end:
                 raise self.fail(pos, "broken encapsulated Pixel Data fragment")
@@ -180,19 +195,20 @@ class _Reader:
             self.pixel_bytes = length
 
 
-def read_header(stream: bytes | memoryview, transfer_syntax: str) -> Header:
+def read_header(
+    stream: bytes | memoryview,
+    transfer_syntax: str,
+    *,
+    max_inflated_bytes: int = NodeConfig.max_instance_bytes,
+) -> Header:
     """Check ``stream`` (the data set as sent, without file meta) and return its header.
 
+    A deflated data set may inflate to at most ``max_inflated_bytes``.
     Raises :class:`RejectedInstanceError` with the DICOM status to answer.
     """
     data: bytes | memoryview = stream
     if transfer_syntax == DEFLATED:
-        try:
-            data = zlib.decompress(bytes(stream), wbits=-15)
-        except zlib.error as exc:
-            raise RejectedInstanceError(
-                CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}"
-            ) from None
+        data = _inflate(stream, max_inflated_bytes)
     reader = _Reader(
         data,
         little=transfer_syntax != EXPLICIT_VR_BE,
@@ -225,6 +241,26 @@ def read_header(stream: bytes | memoryview, transfer_syntax: str) -> Header:
         series_description=text.get("series_description", ""),
         has_pixel_data=reader.pixel_bytes is not None,
     )
+
+
+def _inflate(stream: bytes | memoryview, limit: int) -> bytes:
+    # A few MB of deflate can inflate to GB: stop one byte past the limit.
+    inflater = zlib.decompressobj(wbits=-15)
+    try:
+        data = inflater.decompress(stream, limit + 1)
+    except zlib.error as exc:
+        raise RejectedInstanceError(
+            CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}"
+        ) from None
+    if len(data) > limit:
+        raise RejectedInstanceError(
+            OUT_OF_RESOURCES, f"inflated data set exceeds the size limit ({limit} bytes)"
+        )
+    if not inflater.eof:
+        raise RejectedInstanceError(
+            CANNOT_UNDERSTAND, "deflated data set does not inflate: truncated stream"
+        )
+    return data
 
 
 def _check_pixels(reader: _Reader, transfer_syntax: str) -> None:

@@ -130,7 +130,9 @@ class Receiver:
                     f"instance of {len(stream)} bytes exceeds node.max_instance_bytes "
                     f"({self.max_instance_bytes})",
                 )
-            header = read_header(stream, transfer_syntax)
+            header = read_header(
+                stream, transfer_syntax, max_inflated_bytes=self.max_instance_bytes
+            )
             if header.sop_class_uid != request_sop_class:
                 raise RejectedInstanceError(
                     DOES_NOT_MATCH_SOP_CLASS,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import run_tool, tiny_image
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
@@ -218,3 +218,23 @@ def test_silent_connection_does_not_block_tls_peers(
         started = time.monotonic()
         assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=True)).returncode == 0
         assert time.monotonic() - started < 3
+
+
+def test_instance_size_limit_holds_for_what_a_deflated_instance_inflates_to(
+    start_node: StartNode,
+) -> None:
+    # 64x64x16 bit zeros deflate to a few hundred bytes but inflate past the 4 KiB limit.
+    node = start_node(node__max_instance_bytes=4096)
+    ae = AE("PACS")
+    ae.add_requested_context(CR, DeflatedExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="TRIAGE")
+    try:
+        ds = tiny_image(size=64)
+        ds.PixelData = bytes(len(ds.PixelData))
+        status = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    assert status.Status == 0xA700
+    assert "inflated data set exceeds the size limit (4096 bytes)" in status.ErrorComment
+    assert node.state is not None
+    assert node.state.instance_count() == 0

@@ -4,9 +4,11 @@ import zlib
 
 import pytest
 from helpers import tiny_image
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -72,6 +74,59 @@ def test_native_syntaxes_read_identifying_attributes(syntax: str) -> None:
     assert header.has_pixel_data
 
 
+def read_like_pydicom(data: bytes) -> Dataset:
+    return read_dataset(DicomBytesIO(data), is_implicit_VR=False, is_little_endian=True)
+
+
+def assert_same_identity(data: bytes, syntax: str) -> None:
+    header = read_header(data, syntax)
+    ds = read_like_pydicom(data)
+    assert (header.sop_class_uid, header.sop_instance_uid) == (ds.SOPClassUID, ds.SOPInstanceUID)
+    assert (header.study_uid, header.series_uid) == (ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    assert header.modality == ds.Modality
+
+
+def with_un_sequence(ds: Dataset) -> Dataset:
+    """A private sequence as an archive without its dictionary passes it on: UN, undefined length."""
+    holder = with_sequence(Dataset())
+    second = Dataset()
+    second.CodeValue = "12345"  # a defined-length item
+    holder.ViewCodeSequence.append(second)
+    holder["ViewCodeSequence"].is_undefined_length = True
+    holder.ViewCodeSequence[0].is_undefined_length_sequence_item = True
+    holder.ViewCodeSequence[0]["ConceptNameCodeSequence"].is_undefined_length = True
+    items = encode(holder, ImplicitVRLittleEndian)[8:-8]  # less the header and the delimiter
+    ds.add_new(0x00090010, "LO", "ACME 1.0")
+    ds.add_new(0x00091001, "UN", items)
+    ds[0x00091001].is_undefined_length = True  # pydicom writes the delimiter
+    return ds
+
+
+def test_undefined_length_un_holds_implicit_vr_items() -> None:
+    ds = with_un_sequence(tiny_image())
+    data = encode(ds, ExplicitVRLittleEndian)
+    assert_same_identity(data, ExplicitVRLittleEndian)
+    assert len(read_like_pydicom(data)[0x00091001].value) == 2  # pydicom reads the items too
+    # The items are walked, not skipped: a garbled item delimiter is refused.
+    assert data.index(b"\xfe\xff\x0d\xe0") > data.index(b"ACME 1.0")
+    broken = data.replace(b"\xfe\xff\x0d\xe0", b"\xfe\xff\x0d\xe1", 1)
+    with pytest.raises(RejectedInstanceError, match=r"malformed data set") as info:
+        read_header(broken, ExplicitVRLittleEndian)
+    assert info.value.status == 0xC210
+
+
+def test_undefined_length_un_without_its_delimiter_is_refused() -> None:
+    ds = tiny_image()
+    ds.add_new(0x00090010, "LO", "ACME 1.0")
+    ds.add_new(0x00091001, "UN", b"")
+    ds[0x00091001].is_undefined_length = True
+    data = encode(ds, ExplicitVRLittleEndian)
+    delimiter = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    assert delimiter in data
+    with pytest.raises(RejectedInstanceError, match=r"expected a sequence item"):
+        read_header(data.replace(delimiter, b""), ExplicitVRLittleEndian)
+
+
 def test_undefined_length_sequences_are_walked() -> None:
     ds = with_sequence(tiny_image())
     ds.ViewCodeSequence.is_undefined_length = True
@@ -92,6 +147,46 @@ def encapsulated(syntax: str, frames: list[bytes]) -> tuple[Dataset, bytes]:
 def test_encapsulated_pixel_data_is_accepted_without_decoding(syntax: str) -> None:
     ds, data = encapsulated(syntax, [b"\x01\x02\x03\x04"])
     assert read_header(data, syntax).sop_instance_uid == ds.SOPInstanceUID
+
+
+def with_icon(ds: Dataset, pixels: bytes, tag: int = 0x7FE00010) -> Dataset:
+    icon = Dataset()
+    icon.Rows = icon.Columns = 2
+    icon.SamplesPerPixel = 1
+    icon.PhotometricInterpretation = "MONOCHROME2"
+    icon.BitsAllocated = icon.BitsStored = 8
+    icon.HighBit = 7
+    icon.PixelRepresentation = 0
+    icon[tag] = DataElement(tag, "OB", pixels, is_undefined_length=True)
+    ds.IconImageSequence = Sequence([icon])
+    return ds
+
+
+def test_encapsulated_icon_pixel_data_is_accepted() -> None:
+    ds, _ = encapsulated(RLELossless, [b"\x01\x02\x03\x04"])
+    data = encode(with_icon(ds, encapsulate([b"\x05\x06"])), ExplicitVRLittleEndian)
+    assert_same_identity(data, RLELossless)
+    assert read_header(data, RLELossless).has_pixel_data
+    # The icon's fragments are walked: one cut short is refused.
+    with pytest.raises(RejectedInstanceError, match=r"broken encapsulated Pixel Data fragment"):
+        read_header(
+            data.replace(b"\x02\x00\x00\x00\x05\x06", b"\x02\x01\x00\x00\x05\x06"), RLELossless
+        )
+
+
+def test_encapsulated_icon_does_not_stand_for_the_image() -> None:
+    ds = with_icon(tiny_image(), encapsulate([b"\x05\x06"]))
+    del ds.PixelData
+    header = read_header(encode(ds, ExplicitVRLittleEndian), RLELossless)
+    assert not header.has_pixel_data
+
+
+def test_undefined_length_ob_other_than_pixel_data_is_refused() -> None:
+    ds, _ = encapsulated(RLELossless, [b"\x01\x02\x03\x04"])
+    data = encode(with_icon(ds, encapsulate([b"\x05\x06"]), tag=0x00091010), ExplicitVRLittleEndian)
+    with pytest.raises(RejectedInstanceError, match=r"undefined length on VR OB") as info:
+        read_header(data, RLELossless)
+    assert info.value.status == 0xC210
 
 
 def test_cut_anywhere_is_refused() -> None:
@@ -147,6 +242,51 @@ def test_garbage_and_empty_streams_are_refused() -> None:
         read_header(b"", ExplicitVRLittleEndian)
     with pytest.raises(RejectedInstanceError, match=r"deflated data set does not inflate"):
         read_header(b"\xff\xff\xff\xff" * 4, DeflatedExplicitVRLittleEndian)
+
+
+def zero_image(size: int) -> tuple[Dataset, bytes]:
+    """A large image of zeros: its deflated stream is a small fraction of its size."""
+    ds = tiny_image(transfer_syntax=DeflatedExplicitVRLittleEndian, size=size)
+    ds.PixelData = bytes(size * size * 2)
+    return ds, encode(ds, ExplicitVRLittleEndian)
+
+
+def test_deflated_data_set_inflates_up_to_the_limit() -> None:
+    ds, raw = zero_image(1024)
+    data = encode(ds, DeflatedExplicitVRLittleEndian)
+    assert len(data) * 100 < len(raw)
+    header = read_header(data, DeflatedExplicitVRLittleEndian, max_inflated_bytes=len(raw))
+    assert header.sop_instance_uid == ds.SOPInstanceUID
+    assert header.has_pixel_data
+    # A pad byte after the end of the deflate stream is ignored.
+    assert (
+        read_header(data + b"\x00", DeflatedExplicitVRLittleEndian).study_uid == ds.StudyInstanceUID
+    )
+
+
+def test_deflate_bomb_is_refused_at_the_limit() -> None:
+    ds, raw = zero_image(1024)
+    data = encode(ds, DeflatedExplicitVRLittleEndian)
+    limit = len(raw) - 1
+    with pytest.raises(
+        RejectedInstanceError,
+        match=rf"^inflated data set exceeds the size limit \({limit} bytes\)$",
+    ) as info:
+        read_header(data, DeflatedExplicitVRLittleEndian, max_inflated_bytes=limit)
+    assert info.value.status == 0xA700  # as for an instance sent over node.max_instance_bytes
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = packer.compress(bytes(64 * 1024**2)) + packer.flush()
+    with pytest.raises(RejectedInstanceError, match=r"exceeds the size limit \(1048576 bytes\)"):
+        read_header(bomb, DeflatedExplicitVRLittleEndian, max_inflated_bytes=1024**2)
+
+
+def test_truncated_deflated_data_set_is_refused() -> None:
+    data = encode(tiny_image(), DeflatedExplicitVRLittleEndian)
+    with pytest.raises(
+        RejectedInstanceError, match=r"deflated data set does not inflate: truncated stream"
+    ) as info:
+        read_header(data[: len(data) // 2], DeflatedExplicitVRLittleEndian)
+    assert info.value.status == 0xC210
 
 
 def test_elements_out_of_order_are_refused() -> None:
