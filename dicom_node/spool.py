@@ -101,11 +101,11 @@ class Spool:
             folder = final.parent
             folder.mkdir(parents=True, exist_ok=True)
             tmp.replace(final)
-            _fsync_dir(folder)
+            fsync_dir(folder)
             with self._durable_lock:
                 known = str(folder) in self._durable_folders
             if not known:
-                _fsync_dir(folder.parent)
+                fsync_dir(folder.parent)
                 with self._durable_lock:
                     if len(self._durable_folders) >= _DURABLE_FOLDERS_KEPT:
                         self._durable_folders.clear()  # costs one extra fsync per study
@@ -150,7 +150,8 @@ class Spool:
             log.warning("could not remove %s from the spool (%s)", relative, exc.strerror)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new file or folder in it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

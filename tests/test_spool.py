@@ -101,7 +101,7 @@ def test_a_folder_left_by_a_failed_write_gets_its_entry_fsynced(
     spool = Spool(tmp_path, min_free_bytes=0)
     synced: list[Path] = []
     failures = [OSError(errno.EIO, "Input/output error")]  # the first write's parent fsync
-    real = spool_module._fsync_dir
+    real = spool_module.fsync_dir
 
     def fsync_dir(path: Path) -> None:
         synced.append(path)
@@ -109,7 +109,7 @@ def test_a_folder_left_by_a_failed_write_gets_its_entry_fsynced(
             raise failures.pop()
         real(path)
 
-    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(spool_module, "fsync_dir", fsync_dir)
     with pytest.raises(SpoolError, match="Input/output error"):
         spool.write("instances/1.2/1.2.3.dcm", [b"a"])
     assert (spool.instances / "1.2").is_dir()  # the folder stays, its entry maybe not on disk

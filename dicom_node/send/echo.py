@@ -38,6 +38,7 @@ def echo(destination: Destination, calling_ae: str, timeout: float) -> str | Non
         return None
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout  # else a firewalled host holds connect() for minutes
     ae.add_requested_context(VERIFICATION)
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)

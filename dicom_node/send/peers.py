@@ -1,16 +1,19 @@
 """Delivering result files: C-STORE to a DICOM peer, or a copy into a folder.
 
-Each function takes a batch of outbox items for one destination and returns
-one :class:`Delivery` per item; it never raises for a peer's failure (the
-caller retries), only for a programming error.
+Each function takes a batch of outbox items for one destination and yields
+one :class:`Delivery` per item as soon as that item is done, so the caller records
+each delivery before the next is attempted (a stop or a crash mid-batch re-sends
+nothing already delivered). A failure to read or send one item is that item's
+failed delivery; the functions raise only for a programming error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +21,23 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
 
 from dicom_node.config_results import Destination
 from dicom_node.models import OutboxItem
+from dicom_node.spool import fsync_dir
 
 log = logging.getLogger(__name__)
 
-# C-STORE statuses that mean "stored" (PS3.4 B.2.3 warnings: coercion, elements discarded).
 SUCCESS = 0x0000
-WARNINGS = frozenset({0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007})
+
+
+def is_stored(code: int) -> bool:
+    """Does a C-STORE status mean the object was stored? Success, or a warning: PS3.7
+    Annex C gives 0x0001 and every 0xBxxx as warnings (PS3.4 B.2.3 names coercion
+    0xB000, elements discarded 0xB006, data set does not match 0xB007; vendors use the
+    rest of the range), and 0x0107 / 0x0116 (attribute list, value out of range)."""
+    return code in (SUCCESS, 0x0001, 0x0107, 0x0116) or code & 0xF000 == 0xB000
 
 
 @dataclass(frozen=True)
@@ -42,79 +53,92 @@ def send_dicom(
     spool_dir: Path,
     calling_ae: str,
     timeout: float,
-) -> list[Delivery]:
+) -> Generator[Delivery, None, None]:
     """C-STORE every item over one association; each answered status is checked."""
     ae = AE(ae_title=calling_ae)
+    # connection_timeout too: without it a firewalled host holds connect() for the OS's
+    # TCP timeout (minutes), not ``timeout``.
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
     for sop_class in sorted({i.sop_class_uid for i in items}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     except OSError as exc:  # e.g. a host name that does not resolve
-        return [Delivery(i, False, f"cannot reach {where}: {exc}") for i in items]
+        yield from (Delivery(i, False, f"cannot reach {where}: {exc}") for i in items)
+        return
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        return [Delivery(i, False, f"association to {where} {reason}") for i in items]
-    results: list[Delivery] = []
+        yield from (Delivery(i, False, f"association to {where} {reason}") for i in items)
+        return
     accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
     try:
         for item in items:
             if not assoc.is_established:
-                results.append(Delivery(item, False, f"association to {where} ended"))
-                continue
-            if item.sop_class_uid not in accepted:
-                results.append(
-                    Delivery(item, False, f"{where} accepted no context for {item.sop_class_uid}")
-                )
-                continue
-            try:
-                ds = dcmread(spool_dir / item.path)
-            except (OSError, InvalidDicomError) as exc:
-                results.append(Delivery(item, False, f"cannot read {item.path}: {exc}"))
-                continue
-            try:
-                status = assoc.send_c_store(ds)
-            except (ValueError, RuntimeError, OSError) as exc:  # e.g. no context for its syntax
-                results.append(Delivery(item, False, f"cannot send to {where}: {exc}"))
-                continue
-            code = int(status.Status) if "Status" in status else None
-            if code is None:
-                results.append(Delivery(item, False, f"no C-STORE response from {where}"))
-            elif code == SUCCESS or code in WARNINGS:
-                if code != SUCCESS:
-                    log.warning("%s stored %s with warning 0x%04X", where, item.sop_instance_uid,
-                                code)  # fmt: skip
-                results.append(Delivery(item, True, f"0x{code:04X}"))
+                yield Delivery(item, False, f"association to {where} ended")
+            elif item.sop_class_uid not in accepted:
+                yield Delivery(item, False, f"{where} accepted no context for {item.sop_class_uid}")
             else:
-                results.append(Delivery(item, False, f"{where} answered failure 0x{code:04X}"))
+                yield _store_one(assoc, item, spool_dir, where)
     finally:
         if assoc.is_established:
             assoc.release()
-    return results
+
+
+def _store_one(assoc: Association, item: OutboxItem, spool_dir: Path, where: str) -> Delivery:
+    # A damaged file fails its own item only, whatever pydicom or pynetdicom raise for it:
+    # a truncated file is struct.error while reading or (values are read lazily) while
+    # sending, a file without its UIDs AttributeError, no context for its syntax ValueError.
+    try:
+        ds = dcmread(spool_dir / item.path)
+    except (OSError, InvalidDicomError) as exc:
+        return Delivery(item, False, f"cannot read {item.path}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - see above
+        return Delivery(item, False, f"cannot read {item.path}: {type(exc).__name__}: {exc}")
+    try:
+        status = assoc.send_c_store(ds)
+    except Exception as exc:  # noqa: BLE001 - see above
+        return Delivery(item, False, f"cannot send {item.path} to {where}: "
+                        f"{type(exc).__name__}: {exc}")  # fmt: skip
+    code = int(status.Status) if "Status" in status else None
+    if code is None:
+        return Delivery(item, False, f"no C-STORE response from {where}")
+    if not is_stored(code):
+        return Delivery(item, False, f"{where} answered failure 0x{code:04X}")
+    if code != SUCCESS:
+        log.warning("%s stored %s with warning 0x%04X", where, item.sop_instance_uid, code)
+    return Delivery(item, True, f"0x{code:04X}")
 
 
 def copy_to_folder(
     destination: Destination, items: Sequence[OutboxItem], spool_dir: Path
-) -> list[Delivery]:
-    """Copy each item to ``path/<study>/<sop>.dcm`` (temporary file, fsync, atomic rename)."""
+) -> Generator[Delivery, None, None]:
+    """Copy each item to ``path/<study>/<sop>.dcm`` durably: temporary file, fsync,
+    atomic rename, then the folders' fsync (a new study folder's entry too), as the spool
+    writes, so an item marked sent survives a power loss."""
     if destination.path is None:
         raise ValueError(f"destination {destination.name}: a folder destination needs a path")
-    results = []
     for item in items:
         target = destination.path / item.study_uid / f"{item.sop_instance_uid}.dcm"
         source = spool_dir / item.path
         if not source.is_file():
-            results.append(Delivery(item, False, f"cannot read {item.path}: no such file"))
+            yield Delivery(item, False, f"cannot read {item.path}: no such file")
             continue
+        tmp = target.with_suffix(".tmp")
         try:
+            created = not target.parent.is_dir()
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp")
             shutil.copyfile(source, tmp)
             with tmp.open("rb") as handle:
                 os.fsync(handle.fileno())
             tmp.replace(target)
-            results.append(Delivery(item, True, str(target)))
+            fsync_dir(target.parent)
+            if created:
+                fsync_dir(target.parent.parent)
         except OSError as exc:
-            results.append(Delivery(item, False, f"cannot write {target}: {exc.strerror or exc}"))
-    return results
+            with contextlib.suppress(OSError):  # an unusable folder: the failure says why
+                tmp.unlink(missing_ok=True)
+            yield Delivery(item, False, f"cannot write {target}: {exc.strerror or exc}")
+            continue
+        yield Delivery(item, True, str(target))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
+from contextlib import closing
 from pathlib import Path
 
 from dicom_node.config_results import Destination
@@ -81,14 +82,19 @@ class Sender:
         for name, batch in by_destination.items():
             if self.stopping:
                 break
-            for result in self._deliver(name, batch):
-                delivered += self._record(result)
+            # Each delivery is recorded before the next item is sent, and a stop ends the
+            # batch between items (closing releases the association).
+            with closing(self._deliver(name, batch)) as deliveries:
+                for result in deliveries:
+                    delivered += self._record(result)
+                    if self.stopping:
+                        break
         return delivered
 
-    def _deliver(self, name: str, batch: list[OutboxItem]) -> list[Delivery]:
+    def _deliver(self, name: str, batch: list[OutboxItem]) -> Generator[Delivery, None, None]:
         destination = self.destinations.get(name)
         if destination is None:
-            return [Delivery(i, False, f"destination {name!r} is not configured") for i in batch]
+            return (Delivery(i, False, f"destination {name!r} is not configured") for i in batch)
         if destination.type == "folder":
             return copy_to_folder(destination, batch, self.spool_dir)
         timeout = self.outbox.cfg.timeout_seconds

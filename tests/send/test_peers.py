@@ -6,6 +6,7 @@ import os
 import time
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from store_peer import storage_scp
 
 from dicom_node.config_results import Destination
 from dicom_node.models import OutboxItem
-from dicom_node.send.peers import copy_to_folder, send_dicom
+from dicom_node.send import peers
+from dicom_node.send.peers import Delivery, is_stored
 
 SR = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SC = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
@@ -72,6 +74,15 @@ def result_file(spool: Path, sop_class: str, study: str = STUDY) -> OutboxItem:
     )
 
 
+def send_dicom(*args: Any) -> list[Delivery]:
+    """Every delivery of a batch (the functions yield them one by one)."""
+    return list(peers.send_dicom(*args))
+
+
+def copy_to_folder(*args: Any) -> list[Delivery]:
+    return list(peers.copy_to_folder(*args))
+
+
 def dicom_destination(port: int, ae_title: str = "PACS") -> Destination:
     return Destination(name="pacs", ae_title=ae_title, host="127.0.0.1", port=port)
 
@@ -88,7 +99,7 @@ def test_success_delivers_every_item_over_one_association(tmp_path: Path) -> Non
     assert peer.associations == 1
 
 
-@pytest.mark.parametrize("status", [0xB000, 0xB006, 0xB007], ids=hex)
+@pytest.mark.parametrize("status", [0xB000, 0xB006, 0xB007, 0xB001, 0xBFFF, 0x0001], ids=hex)
 def test_warning_status_counts_as_delivered(tmp_path: Path, status: int) -> None:
     items = [result_file(tmp_path, SR), result_file(tmp_path, SC)]
     with storage_scp(status=status) as peer:
@@ -108,6 +119,64 @@ def test_failure_status_is_not_delivered_and_names_the_status(tmp_path: Path, st
             f"pacs (PACS@127.0.0.1:{peer.port}) answered failure 0x{status:04X}"
         )
     assert len(peer.received) == 2  # each was tried: one failure does not end the batch
+
+
+def test_is_stored_follows_ps3_7_annex_c() -> None:
+    stored = [0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB001, 0xB006, 0xB007, 0xBFFF]
+    failed = [0xA700, 0xA7FF, 0xA900, 0xC000, 0xCFFF, 0x0110, 0x0122, 0x0211, 0xFE00]
+    assert all(is_stored(code) for code in stored)
+    assert not any(is_stored(code) for code in failed)
+
+
+def test_a_truncated_or_incomplete_file_fails_itself_only(tmp_path: Path) -> None:
+    good = result_file(tmp_path, SR)
+    truncated = result_file(tmp_path, SC)
+    data = (tmp_path / truncated.path).read_bytes()
+    (tmp_path / truncated.path).write_bytes(data[:152])  # inside the File Meta group
+    cut = result_file(tmp_path, SC)
+    ds = dcmread(tmp_path / cut.path)
+    del ds.SOPClassUID  # pynetdicom refuses it when sending
+    dcmwrite(tmp_path / cut.path, ds)
+    last = result_file(tmp_path, SR)
+    with storage_scp() as peer:
+        deliveries = send_dicom(
+            dicom_destination(peer.port), [good, truncated, cut, last], tmp_path, CALLING, 10
+        )
+    assert [d.ok for d in deliveries] == [True, False, False, True]
+    assert deliveries[1].detail.startswith(f"cannot read {truncated.path}: error: ")
+    assert deliveries[2].detail.startswith(f"cannot send {cut.path} to pacs")
+    assert [r[2] for r in peer.received] == [good.sop_instance_uid, last.sop_instance_uid]
+
+
+def test_a_host_that_never_answers_costs_the_timeout_not_the_os_connect_timeout(
+    tmp_path: Path,
+) -> None:
+    # A listening socket with a full backlog: SYNs go unanswered, as with a firewall that
+    # drops them. Without AE.connection_timeout, connect() waits for the OS (~2 minutes).
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(8):  # fill the accept queue (its length is backlog + 1 or so)
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            time.sleep(0.2)
+            started = time.monotonic()
+            deliveries = send_dicom(
+                dicom_destination(port), [result_file(tmp_path, SR)], tmp_path, CALLING, 1.0
+            )
+            elapsed = time.monotonic() - started
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert [d.ok for d in deliveries] == [False]
+    assert elapsed < 5.0
 
 
 def test_status_is_checked_per_item(tmp_path: Path) -> None:
@@ -258,3 +327,21 @@ def test_folder_destination_without_a_path_is_a_programming_error(tmp_path: Path
         ValueError, match=r"^destination archive: a folder destination needs a path$"
     ):
         copy_to_folder(folder_destination(None), [result_file(tmp_path, SR)], tmp_path)
+
+
+def test_copy_to_folder_makes_the_rename_and_a_new_study_folder_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool, target = tmp_path / "spool", tmp_path / "archive"
+    first, second = result_file(spool, SR), result_file(spool, SC)
+    synced: list[Path] = []
+    monkeypatch.setattr(peers, "fsync_dir", synced.append)
+    assert [d.ok for d in copy_to_folder(folder_destination(target), [first, second], spool)] == [
+        True,
+        True,
+    ]
+    study = target / STUDY
+    assert synced == [study, target, study]  # the new folder's entry once, each rename
+    assert sorted(p.name for p in study.iterdir()) == sorted(
+        f"{i.sop_instance_uid}.dcm" for i in (first, second)
+    )

@@ -18,6 +18,7 @@ from store_peer import storage_scp
 
 from dicom_node.config import AssemblyConfig
 from dicom_node.config_results import Destination, SendingConfig
+from dicom_node.errors import StateError
 from dicom_node.models import Header, OutboxItem, ReceivedInstance, ResultObject
 from dicom_node.send.outbox import Outbox
 from dicom_node.send.sender import Sender
@@ -333,3 +334,49 @@ def test_a_round_that_raises_does_not_spin(state: State, spool: Path) -> None:
             sender.stop()
     assert [r[1] for r in peer.received] == [SR]  # stored once
     assert peer.associations <= 8  # one round per backoff, at most
+
+
+def test_a_damaged_result_fails_itself_and_nothing_is_sent_twice(state: State, spool: Path) -> None:
+    good, damaged, last = write_result(spool, SR), write_result(spool, SC), write_result(spool, SR)
+    (spool / damaged.path).write_bytes((spool / damaged.path).read_bytes()[:152])
+    now = time.time()
+    queue_results(state, [good, damaged, last], ["pacs"], now)
+    outbox = Outbox(state, SendingConfig(max_attempts=2, backoff_seconds=0, max_backoff_seconds=0))
+    with storage_scp() as peer:
+        sender = Sender(outbox, [dicom_destination(peer.port)], spool, CALLING)
+        assert sender.send_due(now) == 2
+        assert sender.send_due(time.time() + 1) == 0
+    assert sorted(r[2] for r in peer.received) == sorted(
+        [good.sop_instance_uid, last.sop_instance_uid]
+    )
+    [dead] = outbox.items(["dead"])
+    assert (dead.sop_instance_uid, dead.attempts) == (damaged.sop_instance_uid, 2)
+    assert dead.last_error is not None and dead.last_error.startswith(f"cannot read {damaged.path}")
+
+
+def test_each_delivery_is_recorded_before_the_next_is_sent(
+    state: State, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = [write_result(spool, SR) for _ in range(3)]
+    now = time.time()
+    queue_results(state, results, ["pacs"], now)
+    outbox = Outbox(state, SendingConfig(timeout_seconds=10))
+    real = outbox.mark_sent
+    marked: list[int] = []
+
+    def mark_sent_then_fail(item_id: int, at: float) -> None:
+        if marked:
+            raise StateError("database is locked")  # the state fails after one delivery
+        real(item_id, at)
+        marked.append(item_id)
+
+    monkeypatch.setattr(outbox, "mark_sent", mark_sent_then_fail)
+    with storage_scp() as peer:
+        sender = Sender(outbox, [dicom_destination(peer.port)], spool, CALLING)
+        with pytest.raises(StateError, match="database is locked"):
+            sender.send_due(now)
+        assert len(peer.received) == 2  # the third was never sent
+        monkeypatch.setattr(outbox, "mark_sent", real)
+        assert sender.send_due(time.time()) == 2  # the second (not recorded) and the third
+    assert outbox.depth() == {"pending": 0, "sent": 3, "dead": 0}
+    assert [r[2] for r in peer.received].count(results[0].sop_instance_uid) == 1
