@@ -21,6 +21,11 @@ from engines.catalog import Finding
 
 MANIFEST_NAME = "manifest.yaml"
 SCHEMA = 1
+# What serving implements (dicom_node/preprocess.py, engines/regions.py): anything else is refused.
+CANONICAL_SIDES = ("R",)
+REGIONS = ("hip",)
+# A manifest that does not say otherwise: every result carries a clinical-use statement.
+NOT_FOR_CLINICAL_USE = "not for clinical use: trained on synthetic phantoms"
 
 
 class ManifestError(DicomNodeError, ValueError):
@@ -89,7 +94,7 @@ class Manifest:
     output_is_logits: bool  # True: apply softmax; False: already probabilities
     training: Mapping[str, Any] = field(default_factory=dict)
     evaluation: Mapping[str, Any] = field(default_factory=dict)
-    clinical_use: str = "not for clinical use: trained on synthetic phantoms"
+    clinical_use: str = NOT_FOR_CLINICAL_USE
     schema: int = SCHEMA
 
     @property
@@ -140,14 +145,14 @@ def read_manifest(folder: Path) -> Manifest:
             classes=tuple(Finding(**c) for c in raw["classes"]),
             inputs=tuple(_tensor(t) for t in raw["inputs"]),
             outputs=tuple(_tensor(t) for t in raw["outputs"]),
-            preprocessing=_preprocessing(raw["preprocessing"]),
+            preprocessing=_preprocessing(raw["preprocessing"], path),
             heatmap=Heatmap(**raw["heatmap"]),
             artefacts={k: Artefact(**v) for k, v in raw["artefacts"].items()},
             probability_output=str(raw["probability_output"]),
-            output_is_logits=bool(raw["output_is_logits"]),
+            output_is_logits=_boolean(raw["output_is_logits"], "output_is_logits", path),
             training=dict(raw.get("training") or {}),
             evaluation=dict(raw.get("evaluation") or {}),
-            clinical_use=str(raw.get("clinical_use", "")),
+            clinical_use=_clinical_use(raw, path),
             schema=SCHEMA,
         )
     except KeyError as exc:
@@ -172,11 +177,31 @@ def verify_artefacts(manifest: Manifest, folder: Path, keys: tuple[str, ...] = (
             )
 
 
-def _preprocessing(raw: Mapping[str, Any]) -> Preprocessing:
+def _boolean(value: Any, key: str, path: Path) -> bool:
+    # bool("false") is True: only a YAML true or false is taken.
+    if not isinstance(value, bool):
+        raise ManifestError(f"{path}: {key}: expected true or false, got {value!r}")
+    return value
+
+
+def _clinical_use(raw: Mapping[str, Any], path: Path) -> str:
+    value = raw.get("clinical_use", NOT_FOR_CLINICAL_USE)
+    if not isinstance(value, str) or not value.strip():
+        raise ManifestError(f"{path}: clinical_use: expected a non-empty statement, got {value!r}")
+    return value
+
+
+def _preprocessing(raw: Mapping[str, Any], path: Path) -> Preprocessing:
     values = dict(raw)
     if values.get("volume") is not None:
         values["volume"] = tuple(int(d) for d in values["volume"])
     values["clinical"] = tuple(str(c) for c in values.get("clinical") or ())
+    for key, supported in (("canonical_side", CANONICAL_SIDES), ("region", REGIONS)):
+        if key in values and values[key] not in supported:
+            raise ManifestError(
+                f"{path}: preprocessing.{key}: expected {' or '.join(map(repr, supported))} "
+                f"(what serving implements), got {values[key]!r}"
+            )
     return Preprocessing(**values)
 
 

@@ -1,14 +1,18 @@
 """From a DICOM radiograph to the [0, 1] picture an engine sees, and to its input size.
 
-Modality LUT (rescale slope/intercept or a LUT sequence), then the VOI: the
-first window (linear, PS3.3 C.11.2.1.2) or a VOI LUT sequence, else a robust
-percentile window (0.5-99.5 %); MONOCHROME1 is inverted so bone is bright.
-Resizing first makes pixels square using Pixel Spacing, then pads to a square
-and resamples with area averaging (anti-aliased), so anatomy keeps its shape.
+Modality LUT (rescale slope/intercept or a LUT sequence), then the VOI: a VOI
+LUT sequence, or the first window with its VOI LUT Function (LINEAR, LINEAR_EXACT
+or SIGMOID, PS3.3 C.11.2.1.2-3), else a robust percentile window (0.5-99.5 %),
+also for an empty window or one whose width the standard does not allow;
+MONOCHROME1 is inverted so bone is bright. Resizing first makes pixels square
+using Pixel Spacing (a non-positive or non-finite one is ignored), then pads to a
+square and resamples with area averaging (anti-aliased), so anatomy keeps its shape.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +26,10 @@ from torch.nn import functional
 
 from dicom_node.errors import DicomNodeError
 
+log = logging.getLogger(__name__)
+
 Image = npt.NDArray[np.float32]
+VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")  # PS3.3 C.11.2.1.3, LINEAR the default
 
 
 class PixelDataError(DicomNodeError, ValueError):
@@ -50,11 +57,8 @@ def display_pixels(ds: Dataset) -> Image:
     if "VOILUTSequence" in ds:
         lut = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
         picture = _stretch(lut, 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1))
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        center = float(_first(ds.WindowCenter))
-        width = max(float(_first(ds.WindowWidth)), 1.0)
-        # PS3.3 C.11.2.1.2.1: linear window, output 0..1.
-        picture = np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+    elif (window := _window(ds)) is not None:
+        picture = _apply_window(values, *window)
     else:
         low, high = np.percentile(values, (0.5, 99.5))
         picture = _stretch(values, float(low), float(high))
@@ -114,11 +118,34 @@ def prepare(
 
 
 def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """(row, column) spacing in mm, or None; an unusable value counts as absent."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(keyword)
-        if value is not None and len(value) == 2:
-            return float(value[0]), float(value[1])
+        if value is None or value == "":
+            continue
+        spacing = _positive_pair(value)
+        if spacing is not None:
+            return spacing
+        # 0\0 or a negative spacing would divide by zero or flip the image in square_pixels.
+        log.warning(
+            "SOP instance %s: %s %s is not two positive spacings; ignored",
+            ds.get("SOPInstanceUID", "?"),
+            keyword,
+            list(value) if isinstance(value, MultiValue) else value,
+        )
     return None
+
+
+def _positive_pair(value: Any) -> tuple[float, float] | None:
+    if not isinstance(value, MultiValue) or len(value) != 2:
+        return None
+    try:
+        row, col = float(value[0]), float(value[1])
+    except (TypeError, ValueError):  # an empty value ("0.2\")
+        return None
+    if not all(math.isfinite(s) and s > 0 for s in (row, col)):
+        return None
+    return row, col
 
 
 def _resample(image: Image, shape: tuple[int, int]) -> Image:
@@ -137,6 +164,50 @@ def _stretch(values: npt.NDArray[np.float64], low: float, high: float) -> npt.ND
     return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
+def _window(ds: Dataset) -> tuple[str, float, float] | None:
+    """The first window (VOI LUT Function, centre, width); None when absent, empty or unusable."""
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is None or center == "" or width is None or width == "":
+        return None
+    uid = ds.get("SOPInstanceUID", "?")
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    if function not in VOI_FUNCTIONS:
+        log.warning("SOP instance %s: VOILUTFunction %r is not defined; LINEAR used", uid, function)
+        function = "LINEAR"
+    c, w = float(center), float(width)
+    # C.11.2.1.2.1: LINEAR needs a width >= 1; C.11.2.1.3: LINEAR_EXACT and SIGMOID one > 0.
+    lowest_ok = w >= 1.0 if function == "LINEAR" else w > 0.0
+    if not (math.isfinite(c) and math.isfinite(w) and lowest_ok):
+        log.warning(
+            "SOP instance %s: window width %s (centre %s) is not valid for %s; "
+            "percentile window used",
+            uid,
+            w,
+            c,
+            function,
+        )
+        return None
+    return function, c, w
+
+
+def _apply_window(
+    values: npt.NDArray[np.float64], function: str, center: float, width: float
+) -> npt.NDArray[np.float64]:
+    """PS3.3 C.11.2.1.2-3 with the output range 0..1."""
+    if function == "SIGMOID":
+        # 1 / (1 + exp(-4 (x - c) / w)), written with tanh so that it cannot overflow.
+        return 0.5 * (1.0 + np.tanh(2.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    if width == 1.0:
+        # LINEAR's piecewise definition leaves no ramp at width 1: x <= c - 0.5 is the
+        # minimum, anything above the maximum, a threshold (the ramp would divide by w - 1 = 0).
+        return (values > center - 0.5).astype(np.float64)
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
 def _first(value: Any) -> Any:
-    """The first of a multi-valued element (several windows may be given)."""
-    return value[0] if isinstance(value, MultiValue) else value
+    """The first of a multi-valued element (several windows may be given), None when empty."""
+    if isinstance(value, MultiValue):
+        return value[0] if len(value) else None
+    return value

@@ -6,8 +6,10 @@ Hip-Net (AP + lateral): columns ``ap_file,lateral_file,label`` and optionally
 Paths are relative to the CSV's folder. ``side`` (R or L) picks that hip of an
 AP pelvis (split at the midline, the left hip mirrored); without it the image's
 (Image) Laterality decides: R or L is a single-hip image (L mirrored), B or
-none is split by ``side``, which is then required. No mask is known, so the
-pointing game is not computed for such a set.
+none is split by ``side``, which is then required. A lateral shows one hip, the
+AP's: it is used whole, mirrored for a left hip, whatever its laterality (as
+serving does; one lateralised to the other hip is refused). No mask is known, so
+the pointing game is not computed for such a set.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import torch
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from engines.catalog import EngineSpec
@@ -51,11 +54,14 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> HipSet:
                 f"({', '.join(spec.class_names)})"
             )
         side = (row.get("side") or "").strip().upper()
-        ap.append(_hip(base / row["ap_file" if dual else "file"], side, size, where))
+        image, side = _hip(base / row["ap_file" if dual else "file"], side, size, where)
+        ap.append(image)
         if dual:
             name = (row.get("lateral_file") or "").strip()
             seen = bool(name)
-            lateral.append(_hip(base / name, side, size, where) if seen else np.zeros_like(ap[-1]))
+            lateral.append(
+                _lateral(base / name, side, size, where) if seen else np.zeros_like(image)
+            )
             present.append(1.0 if seen else 0.0)
         labels.append(spec.class_names.index(label))
     return HipSet(
@@ -67,16 +73,9 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> HipSet:
     )
 
 
-def _hip(path: Path, side: str, size: int, where: str) -> Image:
-    try:
-        ds = pydicom.dcmread(path)
-    except (OSError, InvalidDicomError) as exc:
-        raise DataError(f"{where}: cannot read DICOM file {path} ({exc})") from exc
-    try:
-        picture = display_pixels(ds)
-    except PixelDataError as exc:
-        raise DataError(f"{where}: {exc}") from exc
-    laterality = str(ds.get("ImageLaterality") or ds.get("Laterality") or "").upper()
+def _hip(path: Path, side: str, size: int, where: str) -> tuple[Image, str]:
+    """The AP input of the row's hip, and that hip's side (R or L)."""
+    ds, picture, laterality = _read(path, where)
     if side and side not in ("R", "L"):
         raise DataError(f"{where}: side: expected R or L, got {side!r}")
     if laterality in ("R", "L"):
@@ -90,4 +89,29 @@ def _hip(path: Path, side: str, size: int, where: str) -> Image:
             f"{where}: {path.name} shows both hips (laterality {laterality or 'none'}); "
             "give the side column (R or L)"
         )
+    return prepare(region.cut(picture), pixel_spacing(ds), size)[0], region.side
+
+
+def _lateral(path: Path, side: str, size: int, where: str) -> Image:
+    """The lateral of hip ``side`` as serving prepares it (dicom_node/preprocess.py): serving
+    pairs a lateral whose laterality is the hip's and takes it whole, mirrored for L."""
+    ds, picture, laterality = _read(path, where)
+    if laterality in ("R", "L") and laterality != side:
+        raise DataError(
+            f"{where}: {path.name}: side {side} contradicts the image's laterality {laterality}"
+        )
+    [region] = hip_regions(picture.shape, side)
     return prepare(region.cut(picture), pixel_spacing(ds), size)[0]
+
+
+def _read(path: Path, where: str) -> tuple[Dataset, Image, str]:
+    """The data set, its displayed picture and its (Image) Laterality."""
+    try:
+        ds = pydicom.dcmread(path)
+    except (OSError, InvalidDicomError) as exc:
+        raise DataError(f"{where}: cannot read DICOM file {path} ({exc})") from exc
+    try:
+        picture = display_pixels(ds)
+    except PixelDataError as exc:
+        raise DataError(f"{where}: {exc}") from exc
+    return ds, picture, str(ds.get("ImageLaterality") or ds.get("Laterality") or "").upper()

@@ -1,13 +1,21 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 
 from engines.catalog import engine_spec
-from engines.manifest import ManifestError, read_manifest, verify_artefacts, write_manifest
+from engines.manifest import (
+    NOT_FOR_CLINICAL_USE,
+    ManifestError,
+    read_manifest,
+    verify_artefacts,
+    write_manifest,
+)
 from engines.models import create
 from engines.package import package_engine
 
@@ -81,3 +89,57 @@ def test_bad_manifest_files(tmp_path: Path) -> None:
     (tmp_path / "manifest.yaml").write_text("schema: 1\nname: x\n")
     with pytest.raises(ManifestError, match="missing key 'version'"):
         read_manifest(tmp_path)
+
+
+def _edited(packaged: Path, folder: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of the packaged manifest (without its artefacts) with ``edit`` applied."""
+    raw = yaml.safe_load((packaged / "manifest.yaml").read_text())
+    edit(raw)
+    folder.mkdir(exist_ok=True)
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return folder
+
+
+@pytest.mark.parametrize("value", ["false", "true", 0, 1, None])
+def test_output_is_logits_must_be_a_yaml_boolean(
+    packaged: Path, tmp_path: Path, value: object
+) -> None:
+    folder = _edited(packaged, tmp_path, lambda raw: raw.update(output_is_logits=value))
+    with pytest.raises(
+        ManifestError, match=rf"output_is_logits: expected true or false, got {value!r}"
+    ):
+        read_manifest(folder)
+    _edited(packaged, tmp_path, lambda raw: raw.update(output_is_logits=False))
+    assert read_manifest(folder).output_is_logits is False
+
+
+def test_clinical_use_defaults_to_not_for_clinical_use(packaged: Path, tmp_path: Path) -> None:
+    folder = _edited(packaged, tmp_path, lambda raw: raw.pop("clinical_use"))
+    clinical_use = read_manifest(folder).clinical_use
+    assert clinical_use == NOT_FOR_CLINICAL_USE  # the dataclass's default, not ""
+    assert clinical_use.startswith("not for clinical use")
+
+
+@pytest.mark.parametrize("value", ["", "   ", None, 3])
+def test_an_empty_clinical_use_is_refused(packaged: Path, tmp_path: Path, value: object) -> None:
+    folder = _edited(packaged, tmp_path, lambda raw: raw.update(clinical_use=value))
+    with pytest.raises(
+        ManifestError, match=rf"clinical_use: expected a non-empty statement, got {value!r}"
+    ):
+        read_manifest(folder)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "supported"),
+    [("canonical_side", "L", "'R'"), ("canonical_side", "r", "'R'"), ("region", "knee", "'hip'")],
+)
+def test_preprocessing_serving_does_not_implement_is_refused(
+    packaged: Path, tmp_path: Path, key: str, value: str, supported: str
+) -> None:
+    folder = _edited(packaged, tmp_path, lambda raw: raw["preprocessing"].update({key: value}))
+    with pytest.raises(
+        ManifestError,
+        match=rf"preprocessing\.{key}: expected {supported} \(what serving implements\), "
+        rf"got '{value}'",
+    ):
+        read_manifest(folder)

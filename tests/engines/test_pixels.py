@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut, apply_windowing
 
 from dicom_node.synthetic import StudyIdentity, make_dx
-from engines.pixels import PixelDataError, display_pixels, pixel_spacing, square_pixels, to_input
+from engines.pixels import (
+    PixelDataError,
+    display_pixels,
+    pixel_spacing,
+    prepare,
+    square_pixels,
+    to_input,
+)
 
 
 def _ramp() -> np.ndarray:
@@ -69,3 +79,104 @@ def test_square_pixels_and_input_size_keep_the_shape_of_anatomy() -> None:
     ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(6), pixel_spacing_mm=(0.2, 0.15))
     assert pixel_spacing(ds) == (0.2, 0.15)
     assert pixel_spacing(Dataset()) is None
+
+
+def _percentile_picture(ds: Dataset) -> np.ndarray:
+    plain = ds.copy()
+    for keyword in ("WindowCenter", "WindowWidth", "VOILUTFunction"):
+        if keyword in plain:
+            delattr(plain, keyword)
+    return display_pixels(plain)
+
+
+@pytest.mark.parametrize("empty", ["", None])
+@pytest.mark.parametrize("keyword", ["WindowCenter", "WindowWidth"])
+def test_an_empty_window_is_as_no_window(keyword: str, empty: str | None) -> None:
+    ds = make_dx(_ramp() * 0.2 + 0.4, identity=StudyIdentity.synthetic(7))
+    setattr(ds, keyword, empty)
+    picture = display_pixels(ds)
+    np.testing.assert_array_equal(picture, _percentile_picture(ds))
+    assert picture.min() == 0.0 and picture.max() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("function", "center", "width"),
+    [
+        (None, 2048, 1),  # LINEAR at width 1: a threshold at the centre
+        ("LINEAR", 1000, 2),
+        ("LINEAR", 2048, 4096),
+        ("LINEAR_EXACT", 2048, 0.5),
+        ("LINEAR_EXACT", 1500, 1000),
+        ("SIGMOID", 2048, 400),
+        ("SIGMOID", 1000, 4096),
+    ],
+)
+def test_voi_lut_function_follows_the_standard(
+    function: str | None, center: float, width: float
+) -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(8), bits_stored=12)
+    ds.WindowCenter, ds.WindowWidth = center, width
+    if function is not None:
+        ds.VOILUTFunction = function
+    picture = display_pixels(ds)
+    assert picture.min() >= 0.0 and picture.max() <= 1.0
+    # pydicom's windowing maps onto the stored range 0..4095 (identity rescale); ours onto 0..1.
+    values = apply_modality_lut(ds.pixel_array, ds)
+    expected = apply_windowing(values, ds.copy()) / 4095.0
+    np.testing.assert_allclose(picture, expected, atol=1e-6)
+
+
+def test_width_one_thresholds_at_the_centre() -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(9), bits_stored=12)
+    ds.WindowCenter, ds.WindowWidth = 2048, 1
+    picture = display_pixels(ds)
+    above = apply_modality_lut(ds.pixel_array, ds) > 2047.5
+    np.testing.assert_array_equal(picture, above.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("function", "width"),
+    [(None, 0.5), ("LINEAR", 0), ("LINEAR_EXACT", 0), ("SIGMOID", -10), ("LINEAR", float("inf"))],
+)
+def test_an_invalid_window_width_falls_back_to_the_percentile_window(
+    function: str | None, width: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = make_dx(_ramp() * 0.2 + 0.4, identity=StudyIdentity.synthetic(10))
+    ds.WindowWidth = width
+    if function is not None:
+        ds.VOILUTFunction = function
+    with caplog.at_level(logging.WARNING, logger="engines.pixels"):
+        picture = display_pixels(ds)
+    np.testing.assert_array_equal(picture, _percentile_picture(ds))
+    assert f"SOP instance {ds.SOPInstanceUID}: window width" in caplog.text
+    assert str(ds.PatientName) not in caplog.text and str(ds.PatientID) not in caplog.text
+
+
+def test_an_unknown_voi_lut_function_is_linear(caplog: pytest.LogCaptureFixture) -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(11))
+    linear = display_pixels(ds)
+    ds.VOILUTFunction = "GAMMA"
+    with caplog.at_level(logging.WARNING, logger="engines.pixels"):
+        np.testing.assert_array_equal(display_pixels(ds), linear)
+    assert f"SOP instance {ds.SOPInstanceUID}: VOILUTFunction 'GAMMA'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "bad", [[0.0, 0.0], [-0.2, 0.2], [0.2, float("inf")], [float("nan"), 0.2], [0.2, ""], 0.2]
+)
+def test_an_unusable_pixel_spacing_is_as_none(
+    bad: list[float | str] | float, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(12))
+    del ds.ImagerPixelSpacing
+    ds.PixelSpacing = bad
+    with caplog.at_level(logging.WARNING, logger="engines.pixels"):
+        assert pixel_spacing(ds) is None
+    assert f"SOP instance {ds.SOPInstanceUID}: PixelSpacing" in caplog.text
+    assert str(ds.PatientName) not in caplog.text and str(ds.PatientID) not in caplog.text
+    # The input is then prepared as without spacing (it was a ZeroDivisionError).
+    image = display_pixels(ds)
+    np.testing.assert_array_equal(prepare(image, pixel_spacing(ds), 32)[0], to_input(image, 32))
+    # An unusable PixelSpacing leaves the ImagerPixelSpacing to be used.
+    ds.ImagerPixelSpacing = [0.2, 0.1]
+    assert pixel_spacing(ds) == (0.2, 0.1)

@@ -2,10 +2,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 import torch
 
+from dicom_node.preprocess import hip_input, load_image
+from dicom_node.route.plan import source_image
 from engines.catalog import engine_spec
+from engines.manifest import Preprocessing
 from engines.phantoms import screen_hip
 from engines.phantoms.studies import write_study
 from engines.training.data import DataError
@@ -88,3 +93,63 @@ def test_bad_rows_name_the_line(tmp_path: Path) -> None:
             load_labelled_folder(spec, csv, 64)
     with pytest.raises(DataError, match="cannot read"):
         load_labelled_folder(spec, tmp_path / "absent.csv", 64)
+
+
+def _serving_lateral(path: Path, side: str, size: int) -> np.ndarray:
+    """The lateral input serving computes for hip ``side`` (it pairs only a lateral of that side)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    source = source_image(ds, path, "SITE")
+    assert source.laterality == side
+    return hip_input(load_image(source), side, Preprocessing(size=size)).pixels
+
+
+@pytest.mark.parametrize("tag", ["L", "B", ""])
+def test_a_lateral_is_used_whole_as_serving_does(tmp_path: Path, tag: str) -> None:
+    study = write_study(
+        tmp_path / "s", 5, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=96
+    )
+    pelvis, lateral = study.files
+    expected = _serving_lateral(lateral, "L", 64)
+    # The same file, whatever its laterality tag says: whole, mirrored for the left hip.
+    ds = pydicom.dcmread(lateral)
+    if tag:
+        ds.ImageLaterality = tag
+    else:
+        del ds.ImageLaterality
+    ds.save_as(tmp_path / "lateral.dcm")
+    csv = _write_csv(
+        tmp_path / "hipnet.csv",
+        "ap_file,lateral_file,side,label",
+        [f"{pelvis.relative_to(tmp_path)},lateral.dcm,L,dislocation"],
+    )
+    data = load_labelled_folder(engine_spec("hipnet"), csv, 64)
+    assert data.lateral is not None
+    np.testing.assert_array_equal(data.lateral[0, 0].numpy(), expected)
+
+
+def test_a_lateral_takes_the_side_of_its_ap(tmp_path: Path) -> None:
+    study = write_study(
+        tmp_path / "s", 6, "total_hip_arthroplasty", "normal", failure={"R": "dislocation"}, size=96
+    )
+    pelvis, lateral = study.files
+    expected = _serving_lateral(lateral, "R", 64)
+    # An AP of the right hip alone and an untagged lateral: no side column is needed.
+    ap = pydicom.dcmread(pelvis)
+    ap.ImageLaterality = "R"
+    ap.save_as(tmp_path / "ap.dcm")
+    ds = pydicom.dcmread(lateral)
+    del ds.ImageLaterality
+    ds.save_as(tmp_path / "lateral.dcm")
+    csv = _write_csv(
+        tmp_path / "hipnet.csv", "ap_file,lateral_file,label", ["ap.dcm,lateral.dcm,dislocation"]
+    )
+    data = load_labelled_folder(engine_spec("hipnet"), csv, 64)
+    assert data.lateral is not None
+    np.testing.assert_array_equal(data.lateral[0, 0].numpy(), expected)
+    # A lateral tagged for the other hip is not that hip's lateral.
+    ds.ImageLaterality = "L"
+    ds.save_as(tmp_path / "lateral.dcm")
+    with pytest.raises(
+        DataError, match=r"hipnet.csv:2: lateral.dcm: side R contradicts the image's laterality L"
+    ):
+        load_labelled_folder(engine_spec("hipnet"), csv, 64)
