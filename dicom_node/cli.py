@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_node import __version__
 from dicom_node.config import ENV_CONFIG, Config, default_config_path, load_config
 from dicom_node.engines_cli import ENGINE_NAMES
 from dicom_node.errors import DicomNodeError
 from dicom_node.logs import configure_logging
+
+if TYPE_CHECKING:
+    from dicom_node.node import Node
 
 # Flags that override a key of the configuration file.
 _OVERRIDES = {
@@ -134,9 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = _config(args)
         configure_logging(cfg.logging)
         if args.command == "serve":
-            from dicom_node.node import Node
-
-            return Node(cfg).serve()
+            return _serve(cfg)
         if args.command == "studies":
             return _studies(cfg)
         if args.command == "jobs":
@@ -159,6 +161,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dicom-node: error: {exc}", file=sys.stderr)
         return 2
     return 2  # pragma: no cover - argparse requires a command
+
+
+def _serve(cfg: Config) -> int:
+    from dicom_node.node import Node
+
+    node = Node(cfg)
+    try:
+        return node.serve()
+    except DicomNodeError:
+        raise  # main's own message (a SpoolError is an OSError too)
+    except OSError as exc:
+        why = _start_failure(cfg, node, exc)
+        node.stop(drain_seconds=0)  # what started before the failure (HTTP, sender, ...)
+        print(f"dicom-node: error: {why}", file=sys.stderr)
+        return 2
+
+
+def _start_failure(cfg: Config, node: Node, exc: OSError) -> str:
+    """One line for an OSError from ``Node.start``, naming the address and its key if a bind
+    failed. Node.start opens the state, then binds metrics, then (its results half having
+    stopped everything on failure) binds the DICOM port last."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+        if node.state is not None and node.http is None:
+            where = f"{cfg.metrics.host}:{cfg.metrics.port}"
+            return f"metrics.port: cannot listen on {where} ({reason})"
+        if node.http is not None:
+            return f"node.port: cannot listen on {cfg.node.host}:{cfg.node.port} ({reason})"
+    return f"cannot start the node: {exc}"
 
 
 def _time(value: float | None) -> str:

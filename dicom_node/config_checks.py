@@ -5,6 +5,7 @@ Every error is a :class:`ConfigError` naming the key path and the bad value.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -127,7 +128,15 @@ def pdu(value: Any, path: str) -> int:
 def as_number(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{path}: expected a number of seconds, got {show(value)}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a float's range
+        number = math.inf
+    # YAML's .nan and .inf are floats too: NaN compares false with every bound (and breaks the
+    # outbox's NOT NULL times), inf leaves whatever waits on it waiting forever.
+    if not math.isfinite(number):
+        raise ConfigError(f"{path}: expected a finite number of seconds, got {show(value)}")
+    return number
 
 
 def positive(value: Any, path: str) -> float:
@@ -161,9 +170,14 @@ def opt_path(raw: Mapping[str, Any], key: str, prefix: str, base: Path) -> Path 
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node = raw
     *parents, leaf = dotted.split(".")
-    for part in parents:
-        child = node.setdefault(part, {})
+    for i, part in enumerate(parents):
+        child = node.get(part)
+        if child is None:
+            # Absent, or present with every key commented out (YAML null): an empty section,
+            # as sub_mapping reads it.
+            child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"{part}: expected a mapping, got {show(child)}")
+            where = ".".join(parents[: i + 1])
+            raise ConfigError(f"{where}: expected a mapping, got {show(child)}")
         node = child
     node[leaf] = value

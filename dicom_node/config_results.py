@@ -43,6 +43,14 @@ ROUTING_ATTRIBUTES = (
     "SeriesDescription",
     "Manufacturer",
 )
+# Code String attributes: DICOM defines their values in upper case; senders and admins do not
+# always write them so. A header's values are upper-cased before matching (route.rules), a
+# condition's list values at load, and a condition's pattern matches ignoring case, so
+# `Modality: [dx]` and `"dx|cr"` select a DX image, as `[DX]` does. Other attributes
+# (UIDs, AE titles, descriptions) compare exactly.
+CODE_STRING_ATTRIBUTES = frozenset(
+    {"Modality", "BodyPartExamined", "ViewPosition", "ImageLaterality", "Laterality"}
+)
 # What a rule may require of a study besides its conditions: a CT series, clinical text,
 # or the patient's demographics in the image's header (dicom_node.clinical).
 REQUIREMENTS = ("ct", "text", "age", "sex", "height", "weight")
@@ -52,7 +60,8 @@ DESTINATION_TYPES = ("dicom", "folder")
 
 @dataclass(frozen=True)
 class Condition:
-    """One attribute test: a regular expression (full match) or a list of exact values."""
+    """One attribute test: a regular expression (full match; ignoring case for a Code String
+    attribute) or a list of exact values."""
 
     attribute: str
     pattern: str | None = None
@@ -60,7 +69,8 @@ class Condition:
 
     def matches(self, value: str) -> bool:
         if self.pattern is not None:
-            return re.fullmatch(self.pattern, value) is not None
+            flags = re.IGNORECASE if self.attribute in CODE_STRING_ATTRIBUTES else 0
+            return re.fullmatch(self.pattern, value, flags) is not None
         return value in self.values
 
 
@@ -201,6 +211,8 @@ def _condition(attribute: str, value: Any, path: str) -> Condition:
     if isinstance(value, list):
         if not value or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: expected a non-empty list of strings, got {show(value)}")
+        if attribute in CODE_STRING_ATTRIBUTES:
+            value = [v.upper() for v in value]  # headers are upper-cased too
         return Condition(attribute, values=tuple(value))
     if not isinstance(value, str):
         raise ConfigError(
@@ -360,6 +372,7 @@ def parse_destinations(value: Any, base: Path) -> tuple[Destination, ...]:
 
 
 __all__ = [
+    "CODE_STRING_ATTRIBUTES",
     "HEATMAP_POLICIES",
     "ROUTING_ATTRIBUTES",
     "CascadeRule",

@@ -7,6 +7,7 @@ WAL); the node's sender picks requeued items up within a second.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from dicom_node.config import Config
@@ -36,6 +37,14 @@ def _time(value: float | None) -> str:
 
 def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
     if not cfg.storage.database.exists():
+        if args.verb == "retry":
+            # Nothing could be requeued: a script must not take this for success.
+            print(
+                f"dicom-node: error: no state database at {cfg.storage.database}: "
+                "nothing to retry (the node has not run yet)",
+                file=sys.stderr,
+            )
+            return 2
         print(f"no state database at {cfg.storage.database}: the node has not run yet")
         return 0
     state = State(cfg.storage.database, cfg.assembly)

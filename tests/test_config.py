@@ -56,6 +56,38 @@ def test_overrides_win_over_the_file_and_are_validated(tmp_path: Path) -> None:
         load_config(tmp_path / "c.yaml", {"node.port": -1})
 
 
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", ".NaN"])
+def test_yaml_nan_and_infinity_are_refused_for_durations(tmp_path: Path, value: str) -> None:
+    # YAML reads these as floats; NaN would pass "0 or more" and break the outbox's times.
+    (tmp_path / "c.yaml").write_text(f"sending:\n  max_backoff_seconds: {value}\n")
+    with pytest.raises(
+        ConfigError, match=r"^sending\.max_backoff_seconds: expected a finite number of seconds"
+    ):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_an_empty_section_takes_command_line_overrides(tmp_path: Path) -> None:
+    # Every key commented out leaves the section null; it reads as empty, with or without flags.
+    (tmp_path / "c.yaml").write_text("node:\n  # port: 104\nstorage:\nmetrics:\n")
+    assert load_config(tmp_path / "c.yaml").node == load_config(None).node
+    cfg = load_config(
+        tmp_path / "c.yaml",
+        {"node.port": 0, "storage.spool_dir": "/srv/spool", "metrics.port": 9200},
+    )
+    assert (cfg.node.port, cfg.node.ae_title) == (0, "TRIAGE")
+    assert cfg.storage.spool_dir == Path("/srv/spool")
+    assert cfg.metrics.port == 9200
+    (tmp_path / "tls.yaml").write_text("node:\n  tls:\n")
+    tls = load_config(tmp_path / "tls.yaml", {"node.tls.require_client_certificate": False})
+    assert tls.node.tls == TlsConfig()
+
+
+def test_an_override_below_a_non_mapping_names_the_section(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("node:\n  tls: on\n")
+    with pytest.raises(ConfigError, match=r"^node\.tls: expected a mapping, got True"):
+        load_config(tmp_path / "c.yaml", {"node.tls.require_client_certificate": True})
+
+
 def test_environment_names_the_default_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,6 +177,26 @@ BAD: list[tuple[dict[str, Any], str]] = [
         r"^node\.drain_seconds: expected a number of seconds, got 'soon'",
     ),
     (
+        {"node": {"network_timeout_seconds": float("nan")}},
+        r"^node\.network_timeout_seconds: expected a finite number of seconds, got nan$",
+    ),
+    (
+        {"node": {"acse_timeout_seconds": float("inf")}},
+        r"^node\.acse_timeout_seconds: expected a finite number of seconds, got inf$",
+    ),
+    (
+        {"node": {"drain_seconds": float("nan")}},
+        r"^node\.drain_seconds: expected a finite number of seconds, got nan$",
+    ),
+    (
+        {"node": {"drain_seconds": float("-inf")}},
+        r"^node\.drain_seconds: expected a finite number of seconds, got -inf$",
+    ),
+    (
+        {"node": {"drain_seconds": 10**400}},
+        r"^node\.drain_seconds: expected a finite number of seconds, got 1000",
+    ),
+    (
         {"node": {"tls": {"certificate": "missing.pem", "key": "missing.pem"}}},
         r"^node\.tls\.certificate: file not found",
     ),
@@ -176,6 +228,18 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (
         {"assembly": {"quiet_seconds": 0}},
         r"^assembly\.quiet_seconds: expected a number greater than 0, got 0",
+    ),
+    (
+        {"assembly": {"quiet_seconds": float("inf")}},
+        r"^assembly\.quiet_seconds: expected a finite number of seconds, got inf$",
+    ),
+    (
+        {"assembly": {"after_release_seconds": float("nan")}},
+        r"^assembly\.after_release_seconds: expected a finite number of seconds, got nan$",
+    ),
+    (
+        {"assembly": {"max_wait_seconds": float("inf")}},
+        r"^assembly\.max_wait_seconds: expected a finite number of seconds, got inf$",
     ),
     (
         {"assembly": {"after_release_seconds": 9}},
@@ -212,6 +276,10 @@ BAD: list[tuple[dict[str, Any], str]] = [
         r"^metrics\.port: expected an integer from 0 to 65535, got 65536",
     ),
     ({"metrics": {"path": "/m"}}, r"^metrics\.path: unknown key"),
+    (
+        {"metrics": {"echo_interval_seconds": float("nan")}},
+        r"^metrics\.echo_interval_seconds: expected a finite number of seconds, got nan$",
+    ),
     ({"logging": {"level": "LOUD"}}, r"^logging\.level: expected one of DEBUG, .* got 'LOUD'"),
     ({"logging": {"format": "xml"}}, r"^logging\.format: expected 'plain' or 'json', got 'xml'"),
     (
@@ -231,6 +299,10 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (
         {"engines": {"triton": {"timeout_seconds": 0}}},
         r"^engines\.triton\.timeout_seconds: expected a number greater than 0, got 0",
+    ),
+    (
+        {"engines": {"triton": {"timeout_seconds": float("inf")}}},
+        r"^engines\.triton\.timeout_seconds: expected a finite number of seconds, got inf$",
     ),
     ({"engines": {"triton": []}}, r"^engines\.triton: expected a mapping, got \[\]"),
 ]

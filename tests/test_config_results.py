@@ -126,6 +126,21 @@ def test_condition_list_compares_exact_values() -> None:
     assert not Condition("Modality", values=("D.",)).matches("DX")
 
 
+def test_code_string_conditions_ignore_the_case_of_the_config() -> None:
+    # Headers' Code Strings are upper-cased before matching (route.rules); so are list values.
+    rule = {
+        "name": "lower",
+        "engine": "hip_screen",
+        "when": {"Modality": ["dx", "Cr"], "ViewPosition": "ap|pa", "CallingAE": ["ortho"]},
+    }
+    (parsed,) = parse_config({"routing": {"rules": [rule]}}).routing.rules
+    modality, view, calling = parsed.when
+    assert modality == Condition("Modality", values=("DX", "CR"))
+    assert view.matches("AP") and view.matches("PA") and not view.matches("LL")
+    assert calling == Condition("CallingAE", values=("ortho",))  # an AE title is not a CS
+    assert not Condition("SeriesDescription", pattern="hip").matches("HIP")
+
+
 def test_routing_rules_may_be_emptied() -> None:
     assert parse_config({"routing": {"rules": []}}).routing.rules == ()
 
@@ -350,6 +365,10 @@ BAD: list[tuple[dict[str, Any], str]] = [
         r"^triage\.thresholds\.hip_screen\.osteoarthritis: expected a probability .* got -0\.1",
     ),
     (
+        {"triage": {"thresholds": {"hip_screen": {"osteoarthritis": float("nan")}}}},
+        r"^triage\.thresholds\.hip_screen\.osteoarthritis: expected a probability .* got nan",
+    ),
+    (
         {"triage": {"thresholds": {"hip_screen": {"osteoarthritis": True}}}},
         r"^triage\.thresholds\.hip_screen\.osteoarthritis: expected a probability .* got True",
     ),
@@ -423,6 +442,22 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (
         {"sending": {"timeout_seconds": 0}},
         r"^sending\.timeout_seconds: expected a number greater than 0, got 0",
+    ),
+    (
+        {"sending": {"max_backoff_seconds": float("nan")}},
+        r"^sending\.max_backoff_seconds: expected a finite number of seconds, got nan$",
+    ),
+    (
+        {"sending": {"max_backoff_seconds": float("inf")}},
+        r"^sending\.max_backoff_seconds: expected a finite number of seconds, got inf$",
+    ),
+    (
+        {"sending": {"backoff_seconds": float("nan")}},
+        r"^sending\.backoff_seconds: expected a finite number of seconds, got nan$",
+    ),
+    (
+        {"sending": {"timeout_seconds": float("inf")}},
+        r"^sending\.timeout_seconds: expected a finite number of seconds, got inf$",
     ),
     (
         {"sending": {"max_backoff_seconds": 1}},

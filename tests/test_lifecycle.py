@@ -263,6 +263,29 @@ def test_check_config_exit_codes_and_overrides(tmp_path: Path) -> None:
     assert studies.returncode == 0 and "the node has not run yet" in studies.stdout
 
 
+@pytest.mark.parametrize("taken", ["node", "metrics"])
+def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path: Path, taken: str) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        ports = {"node": free_port(), "metrics": 0, taken: port}
+        config = tmp_path / "node.yaml"
+        config.write_text(
+            f"node: {{host: 127.0.0.1, port: {ports['node']}}}\n"
+            f"metrics: {{host: 127.0.0.1, port: {ports['metrics']}}}\n"
+            "storage: {spool_dir: spool, min_free_bytes: 0}\n"
+            "routing: {rules: [], cascade: []}\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "dicom_node", "serve", "--config", str(config)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"dicom-node: error: {taken}.port: cannot listen on 127.0.0.1:{port} (" in result.stderr
+
+
 def test_relative_spool_dir_flag_means_the_working_directory(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "work").mkdir()

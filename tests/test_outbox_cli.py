@@ -68,3 +68,16 @@ def test_outbox_before_the_node_ever_ran(
 ) -> None:
     assert main(["outbox", "--config", str(config_file(tmp_path))]) == 0
     assert "the node has not run yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("ids", [[], ["12"]], ids=["all", "one"])
+def test_outbox_retry_before_the_node_ever_ran_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ids: list[str]
+) -> None:
+    # A script must not take "nothing to retry in" for a successful requeue.
+    assert main(["outbox", "retry", *ids, "--config", str(config_file(tmp_path))]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("dicom-node: error: no state database at ")
+    assert "nothing to retry" in captured.err
+    assert not (tmp_path / "spool").exists()  # not created by asking

@@ -6,16 +6,13 @@ from collections.abc import Mapping
 
 from pydicom.dataset import Dataset
 
-from dicom_node.config_results import ROUTING_ATTRIBUTES, RoutingRule
-
-# Code String attributes: DICOM defines their values in upper case; senders do not always.
-_CODE_STRINGS = frozenset({"Modality", "BodyPartExamined", "ViewPosition", "ImageLaterality",
-                           "Laterality"})  # fmt: skip
+from dicom_node.config_results import CODE_STRING_ATTRIBUTES, ROUTING_ATTRIBUTES, RoutingRule
 
 
 def attributes_of(ds: Dataset, calling_ae: str) -> dict[str, str]:
     """The routing attributes of a header, each as text ("" when absent); Code Strings are
-    upper-cased, so a rule listing ``AP`` also matches a sender's ``ap``."""
+    upper-cased, so a rule listing ``AP`` also matches a sender's ``ap`` (rule values are
+    upper-cased at load, see CODE_STRING_ATTRIBUTES)."""
     values: dict[str, str] = {}
     for keyword in ROUTING_ATTRIBUTES:
         if keyword == "CallingAE":
@@ -23,7 +20,7 @@ def attributes_of(ds: Dataset, calling_ae: str) -> dict[str, str]:
             continue
         value = ds.get(keyword)
         text = "" if value is None else str(value).strip()
-        values[keyword] = text.upper() if keyword in _CODE_STRINGS else text
+        values[keyword] = text.upper() if keyword in CODE_STRING_ATTRIBUTES else text
     return values
 
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -183,6 +185,37 @@ def test_calling_ae_and_series_description_conditions() -> None:
         ("hipnet", "R", "1.2.3.1", "ortho"),
         ("hipnet", "L", "1.2.3.1", "ortho"),
     ]
+
+
+@pytest.mark.parametrize(
+    "when",
+    [{"Modality": ["dx", "cr"]}, {"Modality": "dx|cr"}, {"Modality": ["Dx"], "ViewPosition": "ap"}],
+    ids=["list", "pattern", "mixed"],
+)
+def test_code_string_rule_values_match_whatever_their_case(when: dict[str, Any]) -> None:
+    # A header's Code Strings are upper-cased; a rule's must match them as written by an admin.
+    routing = parse_config(
+        {"routing": {"rules": [{"name": "lower", "engine": "hip_screen", "when": when}]}}
+    ).routing
+    (rule,) = routing.rules
+    assert rule_matches(rule, image("1", Modality="DX").attributes)
+    assert not rule_matches(rule, image("2", Modality="CT").attributes)
+    assert [t.rule for t in plan_tasks([image("1")], routing)] == ["lower", "lower"]
+
+
+def test_other_attributes_still_match_exactly() -> None:
+    routing = parse_config(
+        {
+            "routing": {
+                "rules": [
+                    {"name": "ortho", "engine": "hip_screen", "when": {"CallingAE": ["ortho"]}}
+                ]
+            }
+        }
+    ).routing
+    (rule,) = routing.rules
+    assert rule_matches(rule, image("1", calling_ae="ortho").attributes)
+    assert not rule_matches(rule, image("2", calling_ae="ORTHO").attributes)
 
 
 def test_rule_matches_treats_a_missing_attribute_as_empty() -> None:
