@@ -136,7 +136,7 @@ class ResultsConfig:
 
 @dataclass(frozen=True)
 class SendingConfig:
-    max_attempts: int = 8
+    max_attempts: int = 24  # with the backoff below: 42-84 minutes of retries
     backoff_seconds: float = 2.0
     max_backoff_seconds: float = 300.0
     timeout_seconds: float = 30.0

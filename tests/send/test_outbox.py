@@ -289,3 +289,22 @@ def test_rows_survive_a_restart(tmp_path: Path) -> None:
         assert (again.id, again.attempts, again.last_error) == (item.id, 1, "down")
     finally:
         state.close()
+
+
+def test_the_default_retries_outlast_a_pacs_restart() -> None:
+    # A PACS restart or a short maintenance window must not turn results into dead letters:
+    # even with the shortest jitter, the default attempts span at least 40 minutes.
+    class Jitter(random.Random):
+        def __init__(self, value: float) -> None:
+            super().__init__()
+            self.value = value
+
+        def random(self) -> float:
+            return self.value
+
+    cfg = SendingConfig()
+    # The waits between the max_attempts attempts, at the shortest and longest jitter.
+    shortest = sum(backoff_seconds(n, cfg, Jitter(0.0)) for n in range(1, cfg.max_attempts))
+    longest = sum(backoff_seconds(n, cfg, Jitter(1.0)) for n in range(1, cfg.max_attempts))
+    assert shortest >= 40 * 60
+    assert longest <= 90 * 60  # and an unreachable destination is a dead letter within hours
