@@ -4,7 +4,9 @@ Every accepted transfer syntax is decoded by pydicom with the pylibjpeg,
 openjpeg and JPEG-LS plug-ins. The picture is what a viewer shows (Modality LUT,
 then VOI LUT or window, else a robust percentile window; MONOCHROME1 inverted),
 see :mod:`engines.pixels`. An AP pelvis is split into its hips, the left one
-mirrored; pixel spacing makes pixels square before the resize. Anything wrong
+mirrored, which half is which following the image's Patient Orientation (a PA or
+flipped image is mirrored the other way, see :mod:`engines.regions`); pixel spacing
+makes pixels square before the resize. Anything wrong
 with the pixel data raises :class:`PreprocessError` naming the instance.
 """
 
@@ -79,7 +81,7 @@ def load_image(source: SourceImage) -> PreparedImage:
         ) from exc
     try:
         picture = display_pixels(ds)
-        regions = hip_regions(picture.shape, source.laterality)
+        regions = hip_regions(picture.shape, source.laterality, ds.get("PatientOrientation"))
     except (PixelDataError, RegionError) as exc:
         message = str(exc)
         raise PreprocessError(

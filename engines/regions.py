@@ -1,12 +1,19 @@
 """Hip regions of an AP pelvis radiograph, in the canonical orientation the engines expect.
 
 The canonical hip is the patient's right hip as an AP displays it: femoral shaft toward
-column 0, the midline toward the last column. The left hip is mirrored into it, so one
-model sees every hip the same way round.
+column 0, the midline toward the last column, head up. The left hip is mirrored into it, so
+one model sees every hip the same way round.
+
+Which half of an image is which hip follows its Patient Orientation (0020,0020), not the
+display convention alone: an image whose rows run toward the patient's right (row
+direction R: a PA view, or a detector read out flipped) shows the right hip in its right
+half, and one whose columns run toward the head (column direction H) is upside down.
+Without an orientation the AP convention (rows toward L, columns toward F) is assumed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,37 +59,59 @@ class HipRegion:
     """Where one canonical hip region lies in its source image.
 
     ``columns`` is the half-open column range of the source picture; ``mirrored``
-    says the region was flipped left-right to be canonical (a left hip).
+    says the region was flipped left-right to be canonical (a left hip in an AP-oriented
+    image, a right hip in a flipped one); ``upside_down`` that it was flipped top-bottom.
     """
 
     side: str  # R or L
     rows: int
     columns: tuple[int, int]
     mirrored: bool
+    upside_down: bool = False
 
     def cut(self, picture: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """The canonical region of ``picture`` (the source image's grid), C-contiguous."""
         part = np.asarray(picture)[:, self.columns[0] : self.columns[1]]
-        return np.ascontiguousarray(np.fliplr(part) if self.mirrored else part)
+        return np.ascontiguousarray(self._canonical(part))
 
     def place(self, region: npt.NDArray[Any], canvas: npt.NDArray[Any]) -> None:
         """Write a canonical ``region`` (same shape as :meth:`cut` gives) back into ``canvas``."""
-        values = np.fliplr(region) if self.mirrored else region
-        canvas[:, self.columns[0] : self.columns[1]] = values
+        canvas[:, self.columns[0] : self.columns[1]] = self._canonical(region)
+
+    def _canonical(self, values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        # Each flip is its own inverse: the same flips map the source to canonical and back.
+        if self.mirrored:
+            values = np.fliplr(values)
+        return np.flipud(values) if self.upside_down else values
 
 
-def hip_regions(shape: tuple[int, int], laterality: str) -> tuple[HipRegion, ...]:
+def display_flips(orientation: Sequence[str] | None) -> tuple[bool, bool]:
+    """(rows run toward the patient's right, columns run toward the head) for a Patient
+    Orientation (row direction, column direction): an image flipped left-right, or upside
+    down, against the AP display convention. Absent or unreadable: neither."""
+    if orientation is None or len(orientation) != 2:
+        return False, False
+    row, column = (str(value).strip().upper() for value in orientation)
+    return row.startswith("R"), column.startswith("H")
+
+
+def hip_regions(
+    shape: tuple[int, int], laterality: str, orientation: Sequence[str] | None = None
+) -> tuple[HipRegion, ...]:
     """The hips an image of ``shape`` shows: both halves of a pelvis (laterality B or
-    unknown), or the whole image for one hip (R, or L mirrored)."""
+    unknown), or the whole image for one hip (R, or L mirrored), for an image displayed as
+    ``orientation`` (its Patient Orientation; see :func:`display_flips`)."""
     rows, cols = shape
     if cols < 2:
         raise RegionError(f"hip_regions: expected an image at least 2 columns wide, got {shape}")
-    if laterality == "R":
-        return (HipRegion("R", rows, (0, cols), False),)
-    if laterality == "L":
-        return (HipRegion("L", rows, (0, cols), True),)
+    flipped, upside_down = display_flips(orientation)
+    if laterality in ("R", "L"):
+        mirrored = (laterality == "L") != flipped
+        return (HipRegion(laterality, rows, (0, cols), mirrored, upside_down),)
     half = cols // 2
+    first, second = (0, half), (cols - half, cols)  # the image's left and right halves
+    right, left = (second, first) if flipped else (first, second)
     return (
-        HipRegion("R", rows, (0, half), False),
-        HipRegion("L", rows, (cols - half, cols), True),
+        HipRegion("R", rows, right, flipped, upside_down),
+        HipRegion("L", rows, left, not flipped, upside_down),
     )

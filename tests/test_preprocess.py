@@ -128,6 +128,55 @@ def test_image_without_laterality_is_taken_as_both_hips(
         image.region("X")
 
 
+def _reoriented(path: Path, tmp_path: Path, name: str, orientation: list[str], flip: str) -> Path:
+    """The image with its pixels flipped (``lr``, ``ud`` or both) and Patient Orientation
+    saying so: the same patient, stored the other way round."""
+    ds = pydicom.dcmread(path)
+    pixels = ds.pixel_array
+    if "lr" in flip:
+        pixels = np.fliplr(pixels)
+    if "ud" in flip:
+        pixels = np.flipud(pixels)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds.PatientOrientation = orientation
+    out = tmp_path / f"{name}.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("orientation", "flip"),
+    [(["R", "F"], "lr"), (["L", "H"], "ud"), (["R", "H"], "lrud"), (["RA", "FL"], "lr")],
+    ids=["PA", "upside-down", "both", "oblique-codes"],
+)
+def test_hips_follow_patient_orientation_not_the_image_halves(
+    study: PhantomStudy, tmp_path: Path, orientation: list[str], flip: str
+) -> None:
+    # A PA view (or a detector read out flipped) shows the patient's right hip in the
+    # image's right half: each hip must get the same input as in the AP-oriented image.
+    pre = Preprocessing(size=32)
+    as_ap = load_image(source(pelvis(study)))
+    stored = load_image(source(_reoriented(pelvis(study), tmp_path, "pelvis", orientation, flip)))
+    for side in "RL":
+        np.testing.assert_array_equal(
+            hip_input(stored, side, pre).pixels, hip_input(as_ap, side, pre).pixels
+        )
+    # Heat maps go back where the hip is in the stored image.
+    canvas = np.zeros_like(stored.picture)
+    right = stored.region("R")
+    right.place(right.cut(stored.picture), canvas)
+    expected = np.zeros_like(stored.picture)
+    columns = slice(SIZE, 2 * SIZE) if "lr" in flip else slice(0, SIZE)
+    expected[:, columns] = stored.picture[:, columns]
+    np.testing.assert_array_equal(canvas, expected)
+    # A single-hip image stored flipped is mirrored the other way.
+    side_view = load_image(source(_reoriented(lateral(study), tmp_path, "lat", orientation, flip)))
+    np.testing.assert_array_equal(
+        hip_input(side_view, "L", pre).pixels,
+        hip_input(load_image(source(lateral(study))), "L", pre).pixels,
+    )
+
+
 LOSSLESS = [
     ImplicitVRLittleEndian,
     ExplicitVRBigEndian,

@@ -81,9 +81,13 @@ def _hip(path: Path, side: str, size: int, where: str) -> tuple[Image, str]:
     if laterality in ("R", "L"):
         if side and side != laterality:
             raise DataError(f"{where}: side {side} contradicts the image's laterality {laterality}")
-        [region] = hip_regions(picture.shape, laterality)
+        [region] = hip_regions(picture.shape, laterality, ds.get("PatientOrientation"))
     elif side:
-        [region] = [r for r in hip_regions(picture.shape, "B") if r.side == side]
+        [region] = [
+            r
+            for r in hip_regions(picture.shape, "B", ds.get("PatientOrientation"))
+            if r.side == side
+        ]
     else:
         raise DataError(
             f"{where}: {path.name} shows both hips (laterality {laterality or 'none'}); "
@@ -100,7 +104,7 @@ def _lateral(path: Path, side: str, size: int, where: str) -> Image:
         raise DataError(
             f"{where}: {path.name}: side {side} contradicts the image's laterality {laterality}"
         )
-    [region] = hip_regions(picture.shape, side)
+    [region] = hip_regions(picture.shape, side, ds.get("PatientOrientation"))
     return prepare(region.cut(picture), pixel_spacing(ds), size)[0]
 
 

@@ -1,0 +1,56 @@
+"""Hip regions by laterality and Patient Orientation (split_hips is in tests/engines/phantoms)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engines.regions import RegionError, display_flips, hip_regions
+
+
+@pytest.mark.parametrize(
+    ("orientation", "flips"),
+    [
+        (None, (False, False)),
+        (["L", "F"], (False, False)),  # the AP display convention
+        (["R", "F"], (True, False)),  # PA, or a flipped read-out
+        (["L", "H"], (False, True)),
+        (["r", "h"], (True, True)),
+        (["RA", "FP"], (True, False)),  # oblique: the first letter leads
+        (["A", "F"], (False, False)),  # a lateral: neither
+        (["L"], (False, False)),  # unreadable: the convention
+        ([], (False, False)),
+    ],
+)
+def test_display_flips(orientation: list[str] | None, flips: tuple[bool, bool]) -> None:
+    assert display_flips(orientation) == flips
+
+
+def test_a_flipped_pelvis_has_its_right_hip_in_the_right_half() -> None:
+    right, left = hip_regions((4, 10), "B", ["R", "F"])
+    assert (right.side, right.columns, right.mirrored) == ("R", (5, 10), True)
+    assert (left.side, left.columns, left.mirrored) == ("L", (0, 5), False)
+    right, left = hip_regions((4, 10), "", None)
+    assert (right.columns, right.mirrored, left.columns, left.mirrored) == (
+        (0, 5),
+        False,
+        (5, 10),
+        True,
+    )
+
+
+def test_cut_and_place_undo_each_other_with_both_flips() -> None:
+    picture = np.arange(4 * 10, dtype=np.float32).reshape(4, 10)
+    for region in hip_regions(picture.shape, "B", ["R", "H"]):
+        assert region.upside_down
+        canvas = np.zeros_like(picture)
+        region.place(region.cut(picture), canvas)
+        part = slice(*region.columns)
+        np.testing.assert_array_equal(canvas[:, part], picture[:, part])
+    [single] = hip_regions(picture.shape, "R", ["R", "H"])
+    np.testing.assert_array_equal(single.cut(picture), np.flipud(np.fliplr(picture)))
+
+
+def test_too_narrow_an_image_is_refused() -> None:
+    with pytest.raises(RegionError, match=r"at least 2 columns wide, got \(4, 1\)"):
+        hip_regions((4, 1), "B", ["R", "F"])
