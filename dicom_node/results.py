@@ -22,6 +22,7 @@ from dicom_node.report import build_overlay_sc, build_sr, sc_identity, sr_identi
 from dicom_node.report.codes import HEATMAP_METHODS
 from dicom_node.report.sc import OverlayHip
 from dicom_node.report.sr import reported_findings
+from dicom_node.report.uids import SC_CONTENT, SR_CONTENT, with_content_uid
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +70,7 @@ def build_results(analysis: StudyAnalysis, engines: EngineSet, cfg: Config) -> R
         analysis.decisions, manifests, backends, headers, analysis.priority, identity,
         cfg.results.institution_name,
     )  # fmt: skip
+    with_content_uid(sr, "sr", SR_CONTENT)
     overlays: list[Dataset] = []
     if cfg.results.heatmaps != "none":
         groups: dict[tuple[str, str], list[OverlayHip]] = {}
@@ -80,26 +82,25 @@ def build_results(analysis: StudyAnalysis, engines: EngineSet, cfg: Config) -> R
         for (engine, uid), hips in groups.items():
             manifest = manifests[engine]
             image = images[uid]
-            overlays.append(
-                build_overlay_sc(
-                    image.header,
-                    image.picture,
-                    sorted(hips, key=lambda h: h.region.side != "R"),
-                    engine,
-                    manifest.version,
-                    manifest.clinical_use,
-                    sc_identity(
-                        analysis.study_uid,
-                        (engine, manifest.version),
-                        uid,
-                        cfg.results.sc_series_number,
-                        len(overlays) + 1,
-                    ),
-                    method=HEATMAP_METHODS[manifest.heatmap.kind],
-                    max_edge=cfg.results.max_overlay_edge,
-                    institution_name=cfg.results.institution_name,
-                )
+            sc = build_overlay_sc(
+                image.header,
+                image.picture,
+                sorted(hips, key=lambda h: h.region.side != "R"),
+                engine,
+                manifest.version,
+                manifest.clinical_use,
+                sc_identity(
+                    analysis.study_uid,
+                    (engine, manifest.version),
+                    uid,
+                    cfg.results.sc_series_number,
+                    len(overlays) + 1,
+                ),
+                method=HEATMAP_METHODS[manifest.heatmap.kind],
+                max_edge=cfg.results.max_overlay_edge,
+                institution_name=cfg.results.institution_name,
             )
+            overlays.append(with_content_uid(sc, "sc", SC_CONTENT))
     return ResultSet(sr, tuple(overlays))
 
 

@@ -206,17 +206,28 @@ def build_sr(
                     headers, len(groups) + 1, study_uid,
                 )
             )  # fmt: skip
-    groups.append(
-        hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=generate_uid(entropy_srcs=[f"dicom-node/tracking\x1f{study_uid}\x1fstudy"]),
-                identifier="study triage",
-            ),
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(codes.PRIORITY, codes.PRIORITY_VALUES[priority])
-            ],
-        )
+    study_group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=[f"dicom-node/tracking\x1f{study_uid}\x1fstudy"]),
+            identifier="study triage",
+        ),
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(codes.PRIORITY, codes.PRIORITY_VALUES[priority])
+        ],
     )
+    # Every engine's clinical-use statement, in the report itself: an engine without
+    # overlays (osteoporosis) has no banner to carry it, and the SR is what a viewer lists.
+    used = sorted({d.prediction.task.engine for d in decisions})
+    for name in used:
+        manifest = manifests[name]
+        study_group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.COMMENT,
+                value=f"{manifest.name} {manifest.version}: {manifest.clinical_use}",
+                relationship_type=RelationshipTypeValues.CONTAINS,
+            )
+        )
+    groups.append(study_group)
     observer = hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

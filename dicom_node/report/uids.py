@@ -1,18 +1,25 @@
 """Deterministic identities of the node's results.
 
-Series and SOP Instance UIDs are derived from the study, the engines and
-versions, and the source instances, so a resend after a crash (or a rerun of
-the same study) is the same object and a PACS never holds duplicates. A study
-that gains instances gets new SOP Instance UIDs (its sources differ) in the
-same series.
+Series UIDs are derived from the study. An object is built with a provisional SOP
+Instance UID (from the study, the engines and versions, and the source
+instances) and then given its final one from what it shows
+(:func:`with_content_uid`: a digest of its content and evidence). A resend after a
+crash, or a rerun of the same study that finds the same, is the same object, so a
+PACS never holds duplicates; a rerun whose result differs (a lateral or a CT that
+arrived later, new thresholds, a re-sent image) is a new object, which the outbox
+sends, instead of new content under a UID the PACS already holds.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID, generate_uid
 
 _ROOT = "dicom-node/results"
 
@@ -62,6 +69,34 @@ def sc_identity(
         series_number=series_number,
         instance_number=instance_number,
     )
+
+
+def with_content_uid(ds: Dataset, kind: str, keywords: Sequence[str]) -> Dataset:
+    """``ds`` with its SOP Instance UID (data set and File Meta) derived from its study,
+    ``kind`` and the encoded ``keywords`` elements: what the object shows, so equal
+    content gives an equal UID and different content a different one."""
+    shown = Dataset()
+    digest = hashlib.sha256()
+    for keyword in keywords:
+        if keyword == "PixelData" and keyword in ds:
+            digest.update(ds.PixelData)  # its bytes: its VR depends on the rest of the image
+        elif keyword in ds:
+            shown[keyword] = ds[keyword]
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, shown)
+    digest.update(buffer.getvalue())
+    uid = _uid(str(ds.StudyInstanceUID), kind, digest.hexdigest())
+    ds.SOPInstanceUID = uid
+    if "MediaStorageSOPInstanceUID" in getattr(ds, "file_meta", Dataset()):
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(uid)
+    return ds
+
+
+# What each result shows: the SR its content tree and evidence, an overlay its pixels
+# (heat map and banner) and the image it was made from.
+SR_CONTENT = ("ContentSequence", "CurrentRequestedProcedureEvidenceSequence")
+SC_CONTENT = ("PixelData", "SourceImageSequence", "DerivationDescription")
 
 
 def device_uid() -> str:

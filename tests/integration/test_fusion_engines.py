@@ -188,3 +188,38 @@ def test_dx_ct_and_text_give_a_multimodal_sr_and_demographics_an_osteoporosis_sr
     # The request text stayed inside the node: no log line carries it.
     for phrase in text_case.texts.values():
         assert not any(phrase in record.getMessage() for record in caplog.records), phrase
+
+
+def test_a_ct_that_arrives_after_the_radiographs_gives_a_new_sr_that_is_sent(
+    fusion_node: Node, tmp_path: Path
+) -> None:
+    # The radiograph and request text complete a study; its CT comes later and reopens
+    # it. The rerun's SR says the CT was used, so it is a new object (its UID follows its
+    # content) and reaches the destination; the first SR stays as it was sent.
+    out = tmp_path / "out"
+    study = write_study(tmp_path / "late", 614, "osteoarthritis", "normal", size=64)
+    stamp(study, multimodal_case("femoroacetabular_impingement", 3))
+    assert send_files(fusion_node.port, list(study.files)) == [0]
+    first = results_of(out, study.identity.study_uid, 2)
+    (first_sr,) = [ds for ds in first if ds.SOPClassUID == SR_CLASS]
+    assert {
+        g["codes"]["Computed Tomography"]
+        for g in groups(first_sr)
+        if g["engine"] == "hip_multimodal"
+    } == {"Absent"}
+
+    ct = write_ct_study_series(tmp_path / "late", ct_hip("osteoarthritis", 614), study.identity)
+    assert send_files(fusion_node.port, ct) == [0] * len(ct)
+    files = results_of(out, study.identity.study_uid, 3)
+    srs = [ds for ds in files if ds.SOPClassUID == SR_CLASS]
+    assert len(srs) == 2
+    (second_sr,) = [ds for ds in srs if ds.SOPInstanceUID != first_sr.SOPInstanceUID]
+    present = {
+        g["codes"]["Computed Tomography"]
+        for g in groups(second_sr)
+        if g["engine"] == "hip_multimodal"
+    }
+    assert present == {"Present", "Absent"}  # the right hip used its CT, the left none
+    # The overlay shows the radiograph branch's map: unchanged content, the same object.
+    overlays = [ds for ds in files if ds.SOPClassUID != SR_CLASS]
+    assert len(overlays) == 1

@@ -414,6 +414,18 @@ def test_study_triage_group_carries_the_study_priority(study: Study, priority: s
     assert sr.SeriesDescription.startswith(f"AI triage {priority}: ")
 
 
+def test_the_report_states_each_engines_clinical_use(study: Study) -> None:
+    # In the SR itself: the osteoporosis engine has no overlay banner to carry it.
+    site = replace(HIPNET, clinical_use="site-trained: validate locally")
+    sr = make_sr(study, hipnet_case(study), manifests={**MANIFESTS, HIPNET.name: site})
+    last = groups_of(sr)[-1]
+    assert text_items(last, "121106") == [
+        f"hip_screen {SCREEN.version}: {SCREEN.clinical_use}",
+        f"hipnet {HIPNET.version}: site-trained: validate locally",
+    ]
+    assert SCREEN.clinical_use.startswith("not for clinical use")
+
+
 def test_normal_hips_report_normal_present(study: Study) -> None:
     decisions = [
         triage(SCREEN, side, study.ap_source, normal=0.93 if side == "R" else 0.88)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import re
 
-from dicom_node.report.uids import ResultIdentity, device_uid, sc_identity, sr_identity
+from pydicom.dataset import Dataset, FileMetaDataset
+
+from dicom_node.report.uids import (
+    SC_CONTENT,
+    SR_CONTENT,
+    ResultIdentity,
+    device_uid,
+    sc_identity,
+    sr_identity,
+    with_content_uid,
+)
 
 STUDY = "1.2.826.0.1.3680043.8.498.1001"
 OTHER_STUDY = "1.2.826.0.1.3680043.8.498.1002"
@@ -125,3 +135,45 @@ def test_device_uid_is_stable() -> None:
     assert device_uid() == device_uid()
     assert device_uid() not in {sr().series_uid, sc().series_uid}
     assert device_uid().startswith("1.2.826.0.1.3680043.8.498.")
+
+
+def _result(value: str, uid: str = "1.2.3") -> Dataset:
+    ds = Dataset()
+    ds.StudyInstanceUID = STUDY
+    ds.SOPInstanceUID = uid
+    ds.ContentSequence = [Dataset()]
+    ds.ContentSequence[0].TextValue = value
+    ds.ContentDate = "20261124"  # not content: a rerun's new date keeps the UID
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    return ds
+
+
+def test_content_uid_follows_what_the_object_shows() -> None:
+    first = with_content_uid(_result("fracture R"), "sr", SR_CONTENT)
+    again = _result("fracture R", uid="9.9")
+    again.ContentDate = "20261125"
+    with_content_uid(again, "sr", SR_CONTENT)
+    changed = with_content_uid(_result("fracture L"), "sr", SR_CONTENT)
+    assert first.SOPInstanceUID == again.SOPInstanceUID != changed.SOPInstanceUID
+    assert first.file_meta.MediaStorageSOPInstanceUID == first.SOPInstanceUID
+    assert valid(str(first.SOPInstanceUID))
+    # The same content under another kind (an overlay) is another object.
+    assert with_content_uid(_result("fracture R"), "sc", SR_CONTENT).SOPInstanceUID != (
+        first.SOPInstanceUID
+    )
+
+
+def test_an_overlay_uid_follows_its_pixels() -> None:
+    def overlay(pixels: bytes) -> Dataset:
+        ds = Dataset()
+        ds.StudyInstanceUID = STUDY
+        ds.SOPInstanceUID = "1.2.3"
+        ds.PixelData = pixels  # no BitsAllocated: its VR is ambiguous, its bytes are not
+        return ds
+
+    a, b = (with_content_uid(overlay(p), "sc", SC_CONTENT) for p in (b"\x00\x01", b"\x00\x02"))
+    assert a.SOPInstanceUID != b.SOPInstanceUID
+    assert with_content_uid(overlay(b"\x00\x01"), "sc", SC_CONTENT).SOPInstanceUID == (
+        a.SOPInstanceUID
+    )
