@@ -51,6 +51,14 @@ _FINISHED = f"""s.state = 'complete'
     AND {_FINISHED_AT} <= ?"""
 
 
+# Our own results that came back for a study this node has no record of (another node with
+# the same software, or a state database reset): indexed, never a study, and purged once
+# their last instance is older than the retention.
+_OWN_ONLY = """SELECT i.study_uid FROM instances i
+    WHERE NOT EXISTS (SELECT 1 FROM studies s WHERE s.study_uid = i.study_uid)
+    GROUP BY i.study_uid HAVING MAX(i.process) = 0 AND MAX(i.received_at) <= ?"""
+
+
 @dataclass(frozen=True)
 class Purged:
     """What one study's purge removed."""
@@ -61,13 +69,16 @@ class Purged:
 
 
 def purgeable(state: State, cutoff: float, limit: int = _BATCH) -> list[str]:
-    """Studies finished at or before ``cutoff`` that still have files, oldest first."""
+    """Studies finished at or before ``cutoff`` that still have files, oldest first; then
+    studies that are only our own returned results, received at or before ``cutoff``."""
     with state.transaction() as db:
         rows = db.execute(
             f"SELECT s.study_uid FROM studies s WHERE {_FINISHED} "
             "ORDER BY s.last_received_at LIMIT ?",
             (cutoff, limit),
         ).fetchall()
+        if len(rows) < limit:
+            rows += db.execute(f"{_OWN_ONLY} LIMIT ?", (cutoff, limit - len(rows))).fetchall()
     return [str(r[0]) for r in rows]
 
 
@@ -92,7 +103,11 @@ def _forget(db: sqlite3.Connection, study_uid: str, cutoff: float, now: float) -
         f"SELECT 1 FROM studies s WHERE s.study_uid = ? AND {_FINISHED}", (study_uid, cutoff)
     ).fetchone()
     if finished is None:
-        return None
+        own_only = db.execute(
+            f"SELECT 1 FROM ({_OWN_ONLY}) WHERE study_uid = ?", (cutoff, study_uid)
+        ).fetchone()
+        if own_only is None:
+            return None
     paths = _named_paths(db, study_uid)
     db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
     db.execute("DELETE FROM outbox WHERE study_uid = ?", (study_uid,))

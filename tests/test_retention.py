@@ -146,6 +146,28 @@ def test_a_late_own_output_keeps_the_study_until_its_own_retention(
     assert not spool.path(back).exists()
 
 
+def test_own_results_of_a_study_this_node_never_saw_are_purged_after_the_retention(
+    state: State, spool: Spool
+) -> None:
+    # Another node with the same software (or a reset state database): our Manufacturer on
+    # results of a study with no row here. Indexed, never processed, and yet purged.
+    other = "1.2.826.0.1.3680043.8.498.99"
+    files = [receive(state, spool, other, f"{other}.{n}", 100.0 + n, own=True) for n in (1, 2)]
+    processed(state, spool, STUDY, 500.0)  # a real study, not finished: kept
+    assert state.studies()[0].study_uid == STUDY  # no row for the other study
+    assert purgeable(state, 101.5) == []  # its newest instance is younger
+    assert purgeable(state, 102.0) == [other]
+    purged = purge_study(state, spool, other, 102.0, now=600.0)
+    assert purged is not None and (purged.study_uid, purged.files) == (other, 2)
+    assert not any(spool.path(f).exists() for f in files)
+    assert not (spool.instances / other).exists()
+    assert purgeable(state, 1e12) == []  # STUDY's result is still pending: kept
+    # A study with a real instance is never purged as "own results only".
+    receive(state, spool, other, f"{other}.3", 700.0, own=True)
+    receive(state, spool, other, f"{other}.4", 700.0)
+    assert purge_study(state, spool, other, 800.0, now=900.0) is None
+
+
 def test_a_study_received_again_after_its_purge_is_a_new_episode(
     state: State, spool: Spool
 ) -> None:
