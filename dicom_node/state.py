@@ -251,10 +251,14 @@ class State:
             "FROM studies WHERE study_uid = ?",
             (study_uid,),
         ).fetchone()
-        if row is None or row[0] == "complete":
-            # A new study, or a late instance opening a new episode of a completed one
-            # (its completion makes a new job).
+        if row is None:
             first, open_count, released = now, 1, None
+        elif row[0] == "complete":
+            # A late instance opening a new episode of a completed study (its completion
+            # makes a new job). Associations that carried the study and are still open
+            # still count: one of them ending must not pass for the study's release.
+            first, released = now, None
+            open_count = row[2] + (1 if new_carrier else 0)
         else:
             first = row[1]
             open_count = row[2] + (1 if new_carrier else 0)
@@ -276,12 +280,19 @@ class State:
         with self.transaction() as db:
             for uid in study_uids:
                 row = db.execute(
-                    "SELECT first_received_at, last_received_at, open_associations FROM studies "
-                    "WHERE study_uid = ? AND state = 'receiving'",
+                    "SELECT first_received_at, last_received_at, open_associations, state "
+                    "FROM studies WHERE study_uid = ?",
                     (uid,),
                 ).fetchone()
-                if row is not None:
+                if row is None:
+                    continue
+                if row[3] == "receiving":
                     self._rearm(db, uid, row[0], row[1], max(row[2] - 1, 0), now)
+                else:  # complete: only the count, for a later episode (see _touch_study)
+                    db.execute(
+                        "UPDATE studies SET open_associations = ? WHERE study_uid = ?",
+                        (max(row[2] - 1, 0), uid),
+                    )
 
     def _rearm(
         self,
@@ -320,6 +331,11 @@ class State:
                         "UPDATE studies SET due_at = ?, due_reason = ? WHERE study_uid = ?",
                         (due.due_at, due.reason, uid),
                     )
+            # Completed studies keep their count for a later episode: none is open now.
+            db.execute(
+                "UPDATE studies SET open_associations = 0 "
+                "WHERE state = 'complete' AND open_associations != 0"
+            )
         return len(rows)
 
     # --- assembling ------------------------------------------------------------

@@ -199,3 +199,25 @@ def test_a_failing_read_is_a_state_error(tmp_path: Path) -> None:
         state.next_due()
     with pytest.raises(StateError, match="no such table: studies"):
         state.study("1.1")
+
+
+def test_a_reopened_study_still_counts_the_associations_that_carry_it(tmp_path: Path) -> None:
+    # A and B carry the study; it completes (quiet) while both stay open; A reopens it.
+    # B ending must not pass for the release of the new episode while A still sends.
+    state = State(tmp_path / "s.db", RULES)
+    state.record_instance(instance("1.1", "1.1.1", 100), True, "new")  # A
+    state.record_instance(instance("1.1", "1.1.2", 100.5), True, "new")  # B
+    assert [j.reason for j in state.complete_due(106)] == ["quiet"]
+    state.record_instance(instance("1.1", "1.1.3", 110), False, "new")  # A again: reopened
+    state.release({"1.1"}, 111)  # B ends
+    summary = state.study("1.1")
+    assert summary is not None
+    assert (summary.state, summary.open_associations) == ("receiving", 1)
+    assert state.complete_due(112) == []  # not "released" after 1 s: A is still open
+    assert [j.reason for j in state.complete_due(115)] == ["quiet"]
+    # A restart closes every association: a completed study's count starts again at 0.
+    state.close()
+    state = State(tmp_path / "s.db", RULES)
+    state.recover(200)
+    summary = state.study("1.1")
+    assert summary is not None and summary.open_associations == 0
