@@ -45,9 +45,20 @@ class ReportError(DicomNodeError, ValueError):
 
 
 def reported_findings(decision: TriageDecision) -> tuple[HipFinding, ...]:
-    """The findings a hip reports: every positive one, else its most probable class."""
+    """The findings a hip reports: every positive one, most probable first; else the
+    normal class when it is present; else the most probable finding, absent.
+
+    Never the normal class absent: "Normal: absent" reads as abnormal when nothing
+    crossed its threshold, and its heat map would show where the hip looks normal.
+    """
     positives = sorted(decision.positives, key=lambda f: -f.probability)
-    return tuple(positives) or (decision.top,)
+    if positives:
+        return tuple(positives)
+    normal = [f for f in decision.findings if f.normal and f.present]
+    if normal:
+        return (max(normal, key=lambda f: f.probability),)
+    candidates = [f for f in decision.findings if not f.normal] or list(decision.findings)
+    return (max(candidates, key=lambda f: f.probability),)
 
 
 def description(priority: str, decisions: Sequence[TriageDecision]) -> str:

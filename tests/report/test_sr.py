@@ -247,6 +247,15 @@ def test_reported_findings_without_a_positive_is_the_top_class(study: Study) -> 
     assert (top.name, top.present, top.normal) == ("normal", True, True)
 
 
+def test_normal_below_its_threshold_is_never_reported_absent(study: Study) -> None:
+    # Nothing crossed its threshold and normal is the most probable class, below its own:
+    # "Normal: absent" would read as abnormal. The most probable finding is reported absent.
+    unsure = triage(SCREEN, "R", study.ap_source, normal=0.45, osteoarthritis=0.3)
+    assert unsure.positives == () and unsure.top.name == "normal"
+    (reported,) = reported_findings(unsure)
+    assert (reported.name, reported.present, reported.normal) == ("osteoarthritis", False, False)
+
+
 def test_description_states_priority_and_positive_findings(study: Study) -> None:
     right, left = screen_case(study)
     # Most probable first, as the SR's groups are ordered.
