@@ -56,7 +56,7 @@ def test_defaults_route_ap_radiographs_to_hip_screen_and_cascade_to_hipnet() -> 
         institution_name=None,
     )
     assert cfg.sending == SendingConfig(
-        max_attempts=8, backoff_seconds=2.0, max_backoff_seconds=300.0, timeout_seconds=30.0
+        max_attempts=24, backoff_seconds=2.0, max_backoff_seconds=300.0, timeout_seconds=30.0
     )
     assert cfg.destinations == ()
 
