@@ -13,8 +13,12 @@ radiograph region is). A series with Laterality R or L shows that hip only: the 
 hip gets no CT. A bilateral series (Laterality B, or no laterality and a field at least
 :data:`engines.ct_grid.BILATERAL_FIELD_MM` wide) is split at the patient's midline, the
 axis of mirror symmetry of its bone (:func:`engines.ct_grid.midline_x_mm`; the centre of
-the field when none is found), into two halves of equal width; a narrower series without
-laterality is taken whole for either hip.
+the field when none is found), into two halves of equal width. A narrower series without
+laterality shows one hip, which one its position says: the patient lies about centred on
+the table, whose centre is near x = 0 in patient coordinates, and a hip lies ~90 mm to a
+side, so a field centred at least :data:`SIDE_OFFSET_MM` to the patient's right (x < 0)
+shows the right hip and one as far to the left the left hip. A field nearer the centre
+is used for neither hip (logged): a wrong-side CT is worse than none.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dicom_node.route.plan import SIDES
 from engines.ct_grid import (
     BILATERAL_FIELD_MM,
     engine_volume,
+    field_centre_x_mm,
     field_width_mm,
     hemi_volume,
     midline_x_mm,
@@ -41,6 +46,9 @@ log = logging.getLogger(__name__)
 
 Volume = npt.NDArray[np.float32]
 
+# How far from x = 0 a one-hip field without laterality must be centred to say which hip.
+SIDE_OFFSET_MM = 30.0
+
 
 class CtCache:
     """Each CT series of a study read once, each engine grid computed once."""
@@ -49,6 +57,7 @@ class CtCache:
         self._images = tuple(images)
         self._volumes: dict[str, CtVolume | None] = {}
         self._midlines: dict[str, float | None] = {}
+        self._sides_logged: set[str] = set()
         self._inputs: dict[tuple[str, Preprocessing, str], Volume | None] = {}
 
     def volume(self, series_uid: str) -> CtVolume | None:
@@ -92,7 +101,24 @@ class CtCache:
             return None
         if laterality == "B" or field_width_mm(volume) >= BILATERAL_FIELD_MM:
             return "half"
-        return "whole"
+        shown = self._side_by_position(series_uid, volume)
+        return "whole" if shown == side else None
+
+    def _side_by_position(self, series_uid: str, volume: CtVolume) -> str | None:
+        centre = field_centre_x_mm(volume)
+        shown = "R" if centre <= -SIDE_OFFSET_MM else "L" if centre >= SIDE_OFFSET_MM else None
+        if series_uid not in self._sides_logged:
+            self._sides_logged.add(series_uid)
+            if shown is None:
+                log.warning(
+                    "CT series %s: one hip without laterality, its field centred at x = %.1f mm "
+                    "(within %.0f mm of the table's centre): not used for either hip",
+                    series_uid, centre, SIDE_OFFSET_MM,
+                )  # fmt: skip
+            else:
+                log.info("CT series %s: one hip without laterality, at x = %.1f mm: the %s hip",
+                         series_uid, centre, "right" if shown == "R" else "left")  # fmt: skip
+        return shown
 
     def get(self, series_uid: str | None, pre: Preprocessing, side: str) -> Volume | None:
         """The engine input (D, H, W) for hip ``side`` of the series, canonical (a left hip

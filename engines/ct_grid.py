@@ -150,6 +150,12 @@ def field_width_mm(volume: CtVolume | Any) -> float:
     return float(high[0] - low[0])
 
 
+def field_centre_x_mm(volume: CtVolume | Any) -> float:
+    """The centre of the volume's field in patient x (LPS: negative toward the right), mm."""
+    low, high = _bounds(_image(volume))
+    return float(0.5 * (low[0] + high[0]))
+
+
 def midline_x_mm(volume: CtVolume | Any) -> float | None:
     """The patient's midline in patient x (mm) for a field that shows both hips, or None.
 

@@ -69,6 +69,7 @@ def test_an_enhanced_multi_frame_ct_is_the_same_input_as_its_series(tmp_path: Pa
     enhanced = LegacyConvertedEnhancedCTImage(
         [pydicom.dcmread(p) for p in paths], series, 1, pydicom.uid.generate_uid(), 1
     )
+    enhanced.Laterality = "R"  # the conversion keeps no laterality; the series had R
     path = tmp_path / "enhanced.dcm"
     enhanced.save_as(path, enforce_file_format=True)
     [image] = images([path])
@@ -131,15 +132,29 @@ def test_a_bilateral_ct_is_split_at_the_patients_midline_not_the_fields_centre(
     assert np.abs(at_centre - centred.get(series, PRE, "R")).max() > 0.1  # type: ignore[operator]
 
 
-def test_a_narrow_ct_without_laterality_is_whole_unless_marked_bilateral(
-    tmp_path: Path,
+def _shifted(paths: list[Path], x_mm: float) -> None:
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [x_mm, *ds.ImagePositionPatient[1:]]
+        ds.save_as(path)
+
+
+def test_a_narrow_ct_without_laterality_shows_the_hip_its_position_says(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    paths, series = bilateral(tmp_path, width=64)  # 128 mm: one hip, side unknown
+    caplog.set_level(logging.INFO)
+    paths, series = bilateral(tmp_path, width=64)  # 128 mm, centred on x = 0: side unknown
     cache = CtCache(images(paths))
-    assert (cache.part(series, "R"), cache.part(series, "L")) == ("whole", "whole")
-    right, left = cache.get(series, PRE, "R"), cache.get(series, PRE, "L")
-    assert right is not None and left is not None
-    np.testing.assert_array_equal(left, right[:, :, ::-1])  # whole, mirrored for the left
+    assert (cache.part(series, "R"), cache.part(series, "L")) == (None, None)
+    assert cache.get(series, PRE, "R") is None and cache.get(series, PRE, "L") is None
+    assert "not used for either hip" in caplog.text
+    _shifted(paths, -150.0)  # centred at x = -87 mm: the patient's right
+    cache = CtCache(images(paths))
+    assert (cache.part(series, "R"), cache.part(series, "L")) == ("whole", None)
+    assert cache.get(series, PRE, "R") is not None and cache.get(series, PRE, "L") is None
+    _shifted(paths, 24.0)  # centred at x = +87 mm: the left hip, mirrored
+    cache = CtCache(images(paths))
+    assert (cache.part(series, "R"), cache.part(series, "L")) == (None, "whole")
     for path in paths:  # Image Laterality B says both hips whatever the field
         ds = pydicom.dcmread(path)
         ds.ImageLaterality = "B"
