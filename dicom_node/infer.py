@@ -50,6 +50,10 @@ class EngineUnavailableError(DicomNodeError, RuntimeError):
     """An engine the routing needs is not built or cannot be opened."""
 
 
+class EngineOutputError(DicomNodeError, ValueError):
+    """An engine answered with values no finding can be read from (NaN or infinite)."""
+
+
 @dataclass(frozen=True)
 class HipBatchItem:
     task: HipTask
@@ -166,6 +170,20 @@ class EngineSet:
         maps = self._heatmaps(engine, outputs, probabilities.shape[1])
         attention = outputs.get("attention")
         pji = outputs.get("pji_risk")
+        # A NaN compares false with every threshold: it would read as "absent", in a report
+        # that says every algorithm succeeded. Refuse the batch instead.
+        for label, values in (("probabilities", probabilities), ("pji_risk", pji),
+                              ("attention", attention)):  # fmt: skip
+            if values is not None and not np.all(np.isfinite(values)):
+                hips = ", ".join(
+                    f"{i.task.side} of {i.ap.image.source.sop_instance_uid}"
+                    for n, i in enumerate(items)
+                    if not np.all(np.isfinite(values[n]))
+                )
+                raise EngineOutputError(
+                    f"engine {m.name} {m.version} ({engine.runtime.backend}) gave non-finite "
+                    f"{label} for hip {hips}"
+                )
         predictions = []
         for n, item in enumerate(items):
             predictions.append(

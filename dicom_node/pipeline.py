@@ -26,7 +26,7 @@ from pydicom.filewriter import dcmwrite
 from dicom_node.analyse import StudyAnalysis, analyse_study, read_sources
 from dicom_node.config import Config
 from dicom_node.errors import DicomNodeError, SpoolError
-from dicom_node.infer import EngineSet
+from dicom_node.infer import EngineOutputError, EngineSet
 from dicom_node.metrics import Metrics
 from dicom_node.models import Job, ResultObject
 from dicom_node.preprocess import PreprocessError
@@ -140,6 +140,9 @@ class Pipeline(Worker):
             return
         except PreprocessError as exc:
             self._fail(job, "pixel_data", str(exc))
+            return
+        except EngineOutputError as exc:
+            self._fail(job, "engine", str(exc))
             return
         except ReportError as exc:
             self._fail(job, "report", str(exc))

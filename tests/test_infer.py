@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dicom_node.config import EnginesConfig
-from dicom_node.infer import EngineSet, EngineUnavailableError, HipBatchItem
+from dicom_node.infer import EngineOutputError, EngineSet, EngineUnavailableError, HipBatchItem
 from dicom_node.models import HipTask, Prediction
 from dicom_node.preprocess import PreparedImage, hip_input, load_image, normalise
 from dicom_node.route.plan import source_image
@@ -258,3 +258,35 @@ def test_a_closed_runtime_refuses_to_run(engine_cache: Path) -> None:
     runtime.close()
     with pytest.raises(EngineRuntimeError, match=r"^hip_screen on onnxruntime: runtime is closed$"):
         runtime.infer({"image": np.zeros((1, 1, 64, 64), dtype=np.float32)})
+
+
+def test_a_non_finite_output_is_refused_naming_the_engine_and_hip(
+    engine_cache: Path,
+    images: tuple[PreparedImage, PreparedImage],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A NaN compares false with every threshold: it must not become an "absent" finding.
+    engines = EngineSet(config(engine_cache), ["hip_screen"])
+    try:
+        runtime = engines._engine("hip_screen").runtime
+        real = runtime.infer
+
+        def nan_for_the_left_hip(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            outputs = dict(real(batch))
+            name = engines.manifest("hip_screen").probability_output
+            scores = np.array(outputs[name], copy=True)
+            scores[1, 2] = np.nan
+            outputs[name] = scores
+            return outputs
+
+        monkeypatch.setattr(runtime, "infer", nan_for_the_left_hip)
+        items = items_for(engines, "hip_screen", images)
+        uid = re.escape(items[1].ap.image.source.sop_instance_uid)
+        with pytest.raises(
+            EngineOutputError,
+            match=rf"^engine hip_screen 0\.0\.1-test \(onnxruntime\) gave non-finite "
+            rf"probabilities for hip L of {uid}$",
+        ):
+            engines.predict("hip_screen", items)
+    finally:
+        engines.close()
