@@ -10,6 +10,7 @@ for Grad-CAM, (130402, DCM, "Class activation") for an interpretive head's maps.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -159,4 +160,32 @@ def build_overlay_sc(
         [_code_item(codes.SOURCE_FOR_PROCESSING)]
     )
     sc.SourceImageSequence = DicomSequence([reference])
+    _copy_patient_and_study(source, sc)
+    if str(source.get("LossyImageCompression", "")) == "01":
+        # PS3.3 C.7.6.1.1.5: an image derived from a lossy compressed one stays marked so.
+        sc.LossyImageCompression = "01"
+        for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+            if keyword in source:
+                sc[keyword] = copy.deepcopy(source[keyword])
     return sc
+
+
+# Patient and General Study attributes highdicom's from_ref_dataset leaves out: the SR
+# (from the same evidence) carries them, and a PACS that tracks several patient-ID issuers
+# files the overlay by them.
+_PATIENT_AND_STUDY = (
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "OtherPatientIDsSequence",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "StudyDescription",
+    "IssuerOfAccessionNumberSequence",
+)
+
+
+def _copy_patient_and_study(source: Dataset, sc: Dataset) -> None:
+    for keyword in _PATIENT_AND_STUDY:
+        if keyword in source and keyword not in sc:
+            sc[keyword] = copy.deepcopy(source[keyword])

@@ -407,3 +407,31 @@ def test_a_region_of_another_picture_is_refused(ap: Image, lateral: Image) -> No
         ReportError, match=r"region of 128 rows does not fit a picture of shape \(64, 128\)"
     ):
         overlay(ap, [wrong])
+
+
+def test_the_overlay_keeps_the_sources_patient_and_study_attributes(
+    ap: Image, tmp_path: Path
+) -> None:
+    # What highdicom's from_ref_dataset leaves out and the SR carries: a PACS tracking
+    # several patient-ID issuers files the overlay by them. A lossy source marks it lossy.
+    header = copy.deepcopy(ap.header)
+    header.IssuerOfPatientID = "PHANTOM-HOSPITAL"
+    header.PatientAge = "071Y"
+    header.StudyDescription = "XR PELVIS AP"
+    header.LossyImageCompression = "01"
+    header.LossyImageCompressionRatio = [10.0]
+    header.LossyImageCompressionMethod = ["ISO_10918_1"]
+    sc = overlay(Image(header, ap.picture), both_hips(ap))
+    for keyword in (
+        "IssuerOfPatientID",
+        "PatientAge",
+        "StudyDescription",
+        "LossyImageCompression",
+        "LossyImageCompressionRatio",
+        "LossyImageCompressionMethod",
+    ):
+        assert sc[keyword].value == header[keyword].value, keyword
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    assert dciodvfy_findings(path) == []
+    assert "LossyImageCompression" not in overlay(ap, both_hips(ap))  # a lossless source
