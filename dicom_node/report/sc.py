@@ -62,6 +62,11 @@ def _orientation(source: Dataset) -> tuple[str, str]:
     return ("L", "F") if str(source.get("ViewPosition", "AP")) in ("AP", "PA") else ("A", "F")
 
 
+# Each map is scaled to its own peak; a hip whose finding is below its threshold is drawn at
+# half strength (fainter, cooler colours), so it never looks as hot as a present finding.
+BELOW_THRESHOLD_STRENGTH = 0.5
+
+
 def overlay_pixels(
     picture: npt.NDArray[np.float32],
     hips: Sequence[OverlayHip],
@@ -74,7 +79,8 @@ def overlay_pixels(
             raise ReportError(
                 f"region of {hip.region.rows} rows does not fit a picture of shape {picture.shape}"
             )
-        hip.region.place(np.clip(hip.geometry.to_region(hip.heatmap), 0.0, 1.0), heat)
+        strength = 1.0 if hip.present else BELOW_THRESHOLD_STRENGTH
+        hip.region.place(strength * np.clip(hip.geometry.to_region(hip.heatmap), 0.0, 1.0), heat)
     return with_banner(blend(scale_down(picture, max_edge), scale_down(heat, max_edge)), lines)
 
 

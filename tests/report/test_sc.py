@@ -435,3 +435,13 @@ def test_the_overlay_keeps_the_sources_patient_and_study_attributes(
     sc.save_as(path, enforce_file_format=True)
     assert dciodvfy_findings(path) == []
     assert "LossyImageCompression" not in overlay(ap, both_hips(ap))  # a lossless source
+
+
+def test_a_finding_below_its_threshold_is_drawn_fainter(ap: Image) -> None:
+    right, left = hip_regions(ap.picture.shape, "B")
+    present, absent = hip(ap, right), hip(ap, left, present=False, priority="NONE")
+    pixels = below_banner(overlay(ap, [present, absent]), SIZE).astype(np.float64)
+    shade = np.abs(pixels - grey(ap.picture)[..., None])  # how far from the radiograph
+    right_half, left_half = shade[:, : SIZE // 2], shade[:, SIZE:]
+    assert left_half.max() > 0  # still shown
+    assert left_half.max() < 0.6 * right_half.max()  # but never as hot as a present finding
