@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.analyse import HipOutcome, StudyAnalysis
@@ -59,6 +60,8 @@ def build_results(analysis: StudyAnalysis, engines: EngineSet, cfg: Config) -> R
     backends = {name: engines.backend(name) for name in engines.names}
     images = {i.source.sop_instance_uid: i for i in analysis.cache.images()}
     headers = {uid: image.header for uid, image in images.items()}
+    # The CT series an engine fused is evidence too (its headers only; never decoded here).
+    headers.update(_ct_headers(analysis))
     used = sorted({m for m in (h.decision.prediction.task.engine for h in analysis.hips)})
     identity = sr_identity(
         analysis.study_uid,
@@ -102,6 +105,19 @@ def build_results(analysis: StudyAnalysis, engines: EngineSet, cfg: Config) -> R
             )
             overlays.append(with_content_uid(sc, "sc", SC_CONTENT))
     return ResultSet(sr, tuple(overlays))
+
+
+def _ct_headers(analysis: StudyAnalysis) -> dict[str, Dataset]:
+    used = {
+        hip.decision.prediction.task.ct_series
+        for hip in analysis.hips
+        if hip.decision.prediction.inputs.get("ct")
+    }
+    return {
+        image.sop_instance_uid: pydicom.dcmread(image.path, stop_before_pixels=True)
+        for image in analysis.images
+        if image.series_uid in used
+    }
 
 
 def summary(analysis: StudyAnalysis) -> str:

@@ -220,6 +220,15 @@ def test_a_ct_that_arrives_after_the_radiographs_gives_a_new_sr_that_is_sent(
         if g["engine"] == "hip_multimodal"
     }
     assert present == {"Present", "Absent"}  # the right hip used its CT, the left none
+    # The CT it fused is evidence of the report, with the radiograph.
+    evidence = {
+        str(item.ReferencedSOPInstanceUID)
+        for study_item in second_sr.CurrentRequestedProcedureEvidenceSequence
+        for series_item in study_item.ReferencedSeriesSequence
+        for item in series_item.ReferencedSOPSequence
+    }
+    ct_uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in ct}
+    assert ct_uids <= evidence and len(evidence) == len(ct_uids) + 1
     # The overlay shows the radiograph branch's map: unchanged content, the same object.
     overlays = [ds for ds in files if ds.SOPClassUID != SR_CLASS]
     assert len(overlays) == 1
