@@ -24,6 +24,7 @@ from dicom_node.report.codes import HEATMAP_METHODS
 from dicom_node.report.sc import OverlayHip
 from dicom_node.report.sr import reported_findings
 from dicom_node.report.uids import SC_CONTENT, SR_CONTENT, with_content_uid
+from engines.manifest import Manifest
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,9 +103,19 @@ def build_results(analysis: StudyAnalysis, engines: EngineSet, cfg: Config) -> R
                 method=HEATMAP_METHODS[manifest.heatmap.kind],
                 max_edge=cfg.results.max_overlay_edge,
                 institution_name=cfg.results.institution_name,
+                map_branch=_map_branch(manifest),
             )
             overlays.append(with_content_uid(sc, "sc", SC_CONTENT))
     return ResultSet(sr, tuple(overlays))
+
+
+def _map_branch(manifest: Manifest) -> str | None:
+    """The branch a heat map comes from when it is another head than the reported
+    probabilities' (the multimodal engine's ``radiograph_logits``: "radiograph")."""
+    head = manifest.heatmap.logits_output
+    if head is None or head == manifest.probability_output:
+        return None
+    return head.removesuffix("_logits") or head
 
 
 def _ct_headers(analysis: StudyAnalysis) -> dict[str, Dataset]:

@@ -85,7 +85,12 @@ def overlay_pixels(
 
 
 def banner_lines(
-    engine: str, version: str, clinical_use: str, hips: Sequence[OverlayHip], method: Code
+    engine: str,
+    version: str,
+    clinical_use: str,
+    hips: Sequence[OverlayHip],
+    method: Code,
+    map_branch: str | None = None,
 ) -> list[tuple[str, bool]]:
     lines = [("AI RESULT - TO BE VERIFIED BY A RADIOLOGIST", False)]
     if clinical_use:
@@ -99,7 +104,8 @@ def banner_lines(
                 hip.priority == "URGENT",
             )
         )
-    lines.append((f"{engine} {version}, heat map: {method.meaning.lower()}", False))
+    branch = f" of its {map_branch} branch" if map_branch else ""
+    lines.append((f"{engine} {version}, heat map: {method.meaning.lower()}{branch}", False))
     return lines
 
 
@@ -114,14 +120,20 @@ def build_overlay_sc(
     method: Code = codes.GRADCAM,
     max_edge: int = 1536,
     institution_name: str | None = None,
+    map_branch: str | None = None,
 ) -> hd.sc.SCImage:
-    """The overlay of ``source`` (its header) whose displayed ``picture`` the hips annotate."""
+    """The overlay of ``source`` (its header) whose displayed ``picture`` the hips annotate.
+
+    ``map_branch`` names the part of a fusion engine the maps come from (``"radiograph"``)
+    when they are not of the reported, fused result itself: the banner and the derivation
+    say so.
+    """
     if not hips:
         raise ReportError("build_overlay_sc: expected at least one hip, got none")
     if method not in codes.HEATMAP_METHODS.values():
         known = ", ".join(sorted({c.value for c in codes.HEATMAP_METHODS.values()}))
         raise ReportError(f"method: expected a CID 217 code ({known}), got {method.value}")
-    lines = banner_lines(engine, version, clinical_use, hips, method)
+    lines = banner_lines(engine, version, clinical_use, hips, method, map_branch)
     pixels = overlay_pixels(picture, hips, lines, max_edge)
     part = str(source.get("BodyPartExamined", "")).upper()
     laterality = str(source.get("ImageLaterality") or source.get("Laterality") or "")
@@ -154,8 +166,14 @@ def build_overlay_sc(
     sc.ConversionType = "WSD"  # made by software on a workstation, not digitised
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
+    of = (
+        f"its {map_branch} branch's classifier for the reported finding per hip (the reported "
+        "result fuses other inputs too)"
+        if map_branch
+        else "the reported finding per hip"
+    )
     sc.DerivationDescription = (
-        f"{engine} {version}: {method.meaning.lower()} map of the reported finding per hip, "
+        f"{engine} {version}: {method.meaning.lower()} map of {of}, "
         "blended over the windowed source image; AI result to be verified"
     )[:1024]
     sc.DerivationCodeSequence = DicomSequence([_code_item(method)])

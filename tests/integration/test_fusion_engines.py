@@ -152,6 +152,8 @@ def test_dx_ct_and_text_give_a_multimodal_sr_and_demographics_an_osteoporosis_sr
     assert "CodingSchemeIdentificationSequence" not in sr  # standard schemes only
     (overlay,) = [ds for ds in a if ds.SOPClassUID != SR_CLASS]
     assert "hip_multimodal" in str(overlay.SeriesDescription) + str(overlay.DerivationDescription)
+    # The map is the radiograph branch's, not the fused result's: the overlay says so.
+    assert "map of its radiograph branch's classifier" in overlay.DerivationDescription
     state = fusion_node.state
     assert state is not None
     (job,) = [j for j in state.jobs() if j.study_uid == full.identity.study_uid]

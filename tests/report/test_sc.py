@@ -445,3 +445,15 @@ def test_a_finding_below_its_threshold_is_drawn_fainter(ap: Image) -> None:
     right_half, left_half = shade[:, : SIZE // 2], shade[:, SIZE:]
     assert left_half.max() > 0  # still shown
     assert left_half.max() < 0.6 * right_half.max()  # but never as hot as a present finding
+
+
+def test_a_map_of_a_fusion_engines_branch_says_so(ap: Image) -> None:
+    sc = build_overlay_sc(
+        ap.header, ap.picture, both_hips(ap), "hip_multimodal", VERSION, CLINICAL_USE,
+        identity_of(ap, "hip_multimodal"), map_branch="radiograph",
+    )  # fmt: skip
+    assert "map of its radiograph branch's classifier" in sc.DerivationDescription
+    lines = banner_lines("hip_multimodal", VERSION, CLINICAL_USE, both_hips(ap), codes.GRADCAM,
+                         "radiograph")  # fmt: skip
+    assert lines[-1][0].endswith("of its radiograph branch")
+    assert "branch" not in overlay(ap, both_hips(ap)).DerivationDescription
