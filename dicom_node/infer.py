@@ -107,6 +107,14 @@ class EngineSet:
         try:
             runtime = open_runtime(folder, options)
             manifest = runtime.manifest
+            if manifest.name != name:
+                # Routing, triage overrides and the SR name engines by their folder: a
+                # manifest of another name would have its overrides silently ignored.
+                runtime.close()
+                raise ManifestError(
+                    f"name: the manifest names engine {manifest.name!r}, but it is in the "
+                    f"folder of engine {name!r} (rename one of them)"
+                )
             head = None
             if manifest.heatmap.head_artefact:
                 verify_artefacts(manifest, folder, (manifest.heatmap.head_artefact,))

@@ -191,6 +191,19 @@ def linked_copy(source: Path, target: Path) -> Path:
     return target
 
 
+def test_a_manifest_in_another_engines_folder_is_refused(
+    engine_cache: Path, tmp_path: Path
+) -> None:
+    # Routing and triage overrides name engines by folder: a mismatch would be ignored.
+    linked_copy(engine_cache / "hip_screen", tmp_path / "screening")
+    with pytest.raises(
+        EngineUnavailableError,
+        match=r"^engine 'screening' in .*: name: the manifest names engine 'hip_screen', but "
+        r"it is in the folder of engine 'screening' \(rename one of them\)$",
+    ):
+        EngineSet(config(tmp_path), ["screening"])
+
+
 @pytest.mark.parametrize("artefact", ["onnx_fp32", "head"])
 def test_a_tampered_artefact_hash_is_refused(
     engine_cache: Path, tmp_path: Path, artefact: str
