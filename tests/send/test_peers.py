@@ -128,26 +128,6 @@ def test_is_stored_follows_ps3_7_annex_c() -> None:
     assert not any(is_stored(code) for code in failed)
 
 
-def test_a_truncated_or_incomplete_file_fails_itself_only(tmp_path: Path) -> None:
-    good = result_file(tmp_path, SR)
-    truncated = result_file(tmp_path, SC)
-    data = (tmp_path / truncated.path).read_bytes()
-    (tmp_path / truncated.path).write_bytes(data[:152])  # inside the File Meta group
-    cut = result_file(tmp_path, SC)
-    ds = dcmread(tmp_path / cut.path)
-    del ds.SOPClassUID  # pynetdicom refuses it when sending
-    dcmwrite(tmp_path / cut.path, ds)
-    last = result_file(tmp_path, SR)
-    with storage_scp() as peer:
-        deliveries = send_dicom(
-            dicom_destination(peer.port), [good, truncated, cut, last], tmp_path, CALLING, 10
-        )
-    assert [d.ok for d in deliveries] == [True, False, False, True]
-    assert deliveries[1].detail.startswith(f"cannot read {truncated.path}: error: ")
-    assert deliveries[2].detail.startswith(f"cannot send {cut.path} to pacs")
-    assert [r[2] for r in peer.received] == [good.sop_instance_uid, last.sop_instance_uid]
-
-
 def test_a_host_that_never_answers_costs_the_timeout_not_the_os_connect_timeout(
     tmp_path: Path,
 ) -> None:
@@ -214,20 +194,29 @@ def test_rejected_association_fails_every_item(tmp_path: Path) -> None:
 
 
 def test_missing_or_unreadable_file_fails_and_the_rest_is_delivered(tmp_path: Path) -> None:
+    # Each damaged file fails its own item only, whatever pydicom or pynetdicom raise.
     good = result_file(tmp_path, SR)
     missing = result_file(tmp_path, SC)
     (tmp_path / missing.path).unlink()
     garbage = result_file(tmp_path, SR)
     (tmp_path / garbage.path).write_bytes(b"not a DICOM file at all" * 10)
+    truncated = result_file(tmp_path, SC)
+    data = (tmp_path / truncated.path).read_bytes()
+    (tmp_path / truncated.path).write_bytes(data[:152])  # inside the File Meta group
+    no_class = result_file(tmp_path, SC)
+    ds = dcmread(tmp_path / no_class.path)
+    del ds.SOPClassUID  # pynetdicom refuses it when sending
+    dcmwrite(tmp_path / no_class.path, ds)
     last = result_file(tmp_path, SC)
+    items = [good, missing, garbage, truncated, no_class, last]
     with storage_scp() as peer:
-        deliveries = send_dicom(
-            dicom_destination(peer.port), [good, missing, garbage, last], tmp_path, CALLING, 10
-        )
-    assert [d.ok for d in deliveries] == [True, False, False, True]
+        deliveries = send_dicom(dicom_destination(peer.port), items, tmp_path, CALLING, 10)
+    assert [d.ok for d in deliveries] == [True, False, False, False, False, True]
     assert deliveries[1].detail.startswith(f"cannot read {missing.path}: ")
     assert "No such file" in deliveries[1].detail
     assert deliveries[2].detail.startswith(f"cannot read {garbage.path}: ")
+    assert deliveries[3].detail.startswith(f"cannot read {truncated.path}: error: ")
+    assert deliveries[4].detail.startswith(f"cannot send {no_class.path} to pacs")
     assert [r[2] for r in peer.received] == [good.sop_instance_uid, last.sop_instance_uid]
 
 
