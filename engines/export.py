@@ -7,18 +7,22 @@ Hip-Net its probabilities, probability maps and PJI risk. This uses torch's
 TorchScript-based exporter (``dynamo=False``): the new exporter needs
 onnxscript, which adds nothing here. fp16 uses ONNX Runtime's converter with
 fp32 inputs and outputs kept, and GeM's power/clip kept in fp32 (x**3 of
-feature values overflows half precision).
+feature values overflows half precision). :func:`check_fp16` runs both files on the
+same inputs and refuses an fp16 copy whose outputs are not finite or drift from fp32's
+(activations past fp16's range of 65504), so no runtime ever serves NaN from it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dicom_node.errors import DicomNodeError
 from engines.serving import example_inputs, input_names, output_names, serving_graph
@@ -26,6 +30,9 @@ from engines.serving import example_inputs, input_names, output_names, serving_g
 OPSET = 17
 # Kept in fp32 by the fp16 conversion: GeM's clamp, pow, mean and 1/p root, softmax, sigmoid.
 FP16_KEEP_FP32 = ("Clip", "Pow", "Reciprocal", "ReduceMean", "Softmax", "Sigmoid", "Div", "Resize")
+# How far an fp16 output may drift from fp32's: this share of the fp32 output's range, plus
+# the same absolute amount (fp16 keeps ~3 significant digits; the engines' drift is ~1e-2).
+FP16_TOLERANCE = 0.05
 
 
 class ExportError(DicomNodeError, RuntimeError):
@@ -82,6 +89,46 @@ def export_onnx(
             dynamo=False,
         )
     return ExportedModel(path, sha256_of(path), inputs, outputs)
+
+
+def check_fp16(fp32: Path, fp16: Path, inputs: Sequence[Tensor], names: Sequence[str]) -> None:
+    """Run both ONNX files on ``inputs`` and on seeded random images of their shapes; raise
+    :class:`ExportError` when an fp16 output is not finite or drifts from fp32's."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    # No graph rewrites: they may drop a Cast pair and compute an fp16 stretch in fp32 on the
+    # CPU, hiding an overflow that a GPU running the same file would hit.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sessions = [
+        ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+        for p in (fp32, fp16)
+    ]
+    given = {n: t.detach().numpy() for n, t in zip(names, inputs, strict=True)}
+    rng = np.random.default_rng(0)
+    # Images (and volumes) as a normalised picture spreads: zeros alone may hide an overflow.
+    noisy = {
+        n: rng.standard_normal(a.shape).astype(a.dtype) if a.ndim >= 4 else a
+        for n, a in given.items()
+    }
+    outputs = [o.name for o in sessions[0].get_outputs()]
+    for feed in (given, noisy):
+        full, half = (s.run(None, feed) for s in sessions)
+        for name, a, b in zip(outputs, full, half, strict=True):
+            if not np.all(np.isfinite(b)):
+                raise ExportError(
+                    f"{fp16.name}: output {name!r} is not finite in fp16 (its activations "
+                    "exceed fp16's range): recalibrate the BatchNorm statistics or keep "
+                    "those layers in fp32"
+                )
+            scale = float(np.max(np.abs(a))) if a.size else 0.0
+            drift = float(np.max(np.abs(a - b))) if a.size else 0.0
+            if drift > FP16_TOLERANCE * (1.0 + scale):
+                raise ExportError(
+                    f"{fp16.name}: output {name!r} differs from fp32 by {drift:.3g} "
+                    f"(fp32 range {scale:.3g}; at most {FP16_TOLERANCE:g} of it allowed)"
+                )
 
 
 def convert_fp16(source: Path, target: Path) -> ExportedModel:

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from engines.catalog import EngineSpec
-from engines.export import convert_fp16, export_onnx, sha256_of
+from engines.export import check_fp16, convert_fp16, export_onnx, sha256_of
 from engines.manifest import Artefact, Heatmap, Manifest, Preprocessing, write_manifest
 from engines.models.hip_multimodal import HipMultimodal
 from engines.models.hipnet import HipNet
 from engines.models.osteoporosis import OsteoporosisNet
-from engines.serving import gem_exponent, head_weights, tensor_specs
+from engines.serving import example_inputs, gem_exponent, head_weights, tensor_specs
 
 CHECKPOINT = "model.pt"
 ONNX_FP32 = "model.onnx"
@@ -59,6 +59,9 @@ def package_engine(
     torch.save(model.state_dict(), folder / CHECKPOINT)
     fp32 = export_onnx(model, folder / ONNX_FP32, size, volume=volume)
     fp16 = convert_fp16(fp32.path, folder / ONNX_FP16)
+    check_fp16(
+        fp32.path, fp16.path, example_inputs(model, size, batch=2, volume=volume), fp32.input_names
+    )
     artefacts = {
         "checkpoint": _artefact(folder, CHECKPOINT),
         "onnx_fp32": Artefact(ONNX_FP32, fp32.sha256),

@@ -14,8 +14,10 @@ reset and averaged with equal weight per batch (``momentum=None``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from engines.manifest import Preprocessing
 from engines.models.hipnet import HipNet
@@ -33,11 +35,34 @@ def recalibrate_batch_norm(
     """Recompute every BatchNorm layer's running statistics from up to ``items`` items of
     ``data`` (a seeded random sample, so batches mix classes). Return the items used
     (0 when the model has no BatchNorm layer or ``items`` is 0; nothing changes then)."""
+
+    def forward(index: Tensor) -> None:
+        part = data.subset(index)
+        ap = normalise(part.ap, pre)
+        if isinstance(model, HipNet):
+            model(ap, *lateral_inputs(part, pre))
+        else:
+            model(ap)
+
+    return recompute_running_stats(model, len(data), forward, items, batch_size, seed)
+
+
+def recompute_running_stats(
+    model: nn.Module,
+    size: int,
+    forward: Callable[[Tensor], object],
+    items: int,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> int:
+    """Precise BN over any data: ``forward(index)`` runs ``model`` on the items ``index``
+    (of ``size``) in training mode without gradients; every BatchNorm layer's running
+    statistics are reset and averaged over up to ``items`` items. Returns the items used."""
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    count = min(items, len(data))
+    count = min(items, size)
     if not layers or count < 2:
         return 0
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count]
     momenta = [layer.momentum for layer in layers]
     was_training = model.training
     for layer in layers:
@@ -51,13 +76,8 @@ def recalibrate_batch_norm(
                 index = order[begin : begin + batch_size]
                 if len(index) < 2:  # a batch of one has no variance
                     continue
-                part = data.subset(index)
                 used += len(index)
-                ap = normalise(part.ap, pre)
-                if isinstance(model, HipNet):
-                    model(ap, *lateral_inputs(part, pre))
-                else:
-                    model(ap)
+                forward(index)
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum

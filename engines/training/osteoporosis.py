@@ -55,6 +55,7 @@ from engines.osteoporosis.importance import (
 from engines.osteoporosis.reduction import FeatureReduction, fit_reduction
 from engines.phantoms.clinical import osteoporosis_case
 from engines.phantoms.osteoporosis import osteoporosis_hip
+from engines.training.batch_norm import recompute_running_stats
 from engines.training.data import DataError
 from engines.training.evaluate import confusion_and_recall
 from engines.training.loop import Progress, TrainingError
@@ -78,6 +79,10 @@ class OsteoporosisOptions:
     components_per_backbone: int = 6  # PCA components kept per backbone
     clusters: int = 12  # correlation clusters = selected components = the head's image width
     backbone_steps: int = 0  # brief training of the backbones before they are frozen
+    # BatchNorm statistics of the frozen backbones recomputed from this many training images:
+    # a random initialisation's defaults (mean 0, variance 1) let activations grow layer by
+    # layer (~1e7 in InceptionV3's last blocks), past fp16's range (65504).
+    batch_norm_items: int = 128
     backbone_batch_size: int = 16
     backbone_learning_rate: float = 2e-3
     head_steps: int = 300
@@ -94,6 +99,8 @@ class OsteoporosisOptions:
                 raise TrainingError(f"{name}: expected at least 1, got {getattr(self, name)}")
         if self.backbone_steps < 0:
             raise TrainingError(f"backbone_steps: expected >= 0, got {self.backbone_steps}")
+        if self.batch_norm_items < 0:
+            raise TrainingError(f"batch_norm_items: expected >= 0, got {self.batch_norm_items}")
         for name in ("backbone_batch_size", "head_batch_size"):
             if getattr(self, name) < 2:
                 raise TrainingError(f"{name}: expected at least 2, got {getattr(self, name)}")
@@ -250,6 +257,13 @@ def fit_osteoporosis(
     torch.manual_seed(options.seed)
     start = time.monotonic()
     backbone_loss = train_backbones(model, train_set, options, progress)
+    calibrated = recompute_running_stats(
+        model.backbones,
+        len(train_set),
+        lambda index: model.pooled_features(train_set.image[index]),
+        options.batch_norm_items,
+        seed=options.seed,
+    )
     backbone_seconds = time.monotonic() - start
     reduction = fit_reduction(
         pooled_features(model, train_set.image),
@@ -268,6 +282,7 @@ def fit_osteoporosis(
         "backbone_steps": options.backbone_steps,
         "backbone_loss": round(backbone_loss, 5),
         "backbone_seconds": round(backbone_seconds, 1),
+        "batch_norm_items": calibrated,
         "selected_components": list(reduction.names()),
         **head,
     }

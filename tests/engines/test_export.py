@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engines.export import ExportError, convert_fp16, export_onnx, sha256_of
+from engines.export import ExportError, check_fp16, convert_fp16, export_onnx, sha256_of
 from engines.models import create
 from engines.models.base import create_classifier
 
@@ -101,3 +101,49 @@ def test_hipnet_exports_probabilities_maps_and_risk(tmp_path: Path) -> None:
 def test_export_refuses_old_opset(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="opset: expected 17 or newer, got 13"):
         export_onnx(create("hip_screen"), tmp_path / "x.onnx", 64, opset=13)
+
+
+def _graph(path: Path, k: float, nan: bool = False) -> Path:
+    """image (N,1,2,2) -> logits = k * image, or NaN (a stand-in for an fp16 copy whose
+    activations overflowed: ORT's CPU kernels may compute fp16 stretches in fp32)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    constant = helper.make_tensor("k", TensorProto.FLOAT, [], [k])
+    nodes = [
+        helper.make_node("Constant", [], ["k"], value=constant),
+        helper.make_node("Mul", ["image", "k"], ["y"]),
+    ]
+    if nan:  # y + sqrt(-1)
+        minus = helper.make_tensor("m", TensorProto.FLOAT, [], [-1.0])
+        nodes += [
+            helper.make_node("Constant", [], ["minus"], value=minus),
+            helper.make_node("Sqrt", ["minus"], ["root"]),
+            helper.make_node("Add", ["y", "root"], ["logits"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["y"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, 2, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 1, 2, 2])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_check_fp16_refuses_an_fp16_copy_that_is_not_finite_or_drifts(tmp_path: Path) -> None:
+    inputs, names = (torch.zeros(2, 1, 2, 2),), ["image"]
+    full = _graph(tmp_path / "m.onnx", 2.0)
+    check_fp16(full, _graph(tmp_path / "same.onnx", 2.0), inputs, names)
+    with pytest.raises(
+        ExportError,
+        match=r"^nan\.onnx: output 'logits' is not finite in fp16 \(its activations "
+        r"exceed fp16's range\)",
+    ):
+        check_fp16(full, _graph(tmp_path / "nan.onnx", 2.0, nan=True), inputs, names)
+    # Zeros give equal outputs; the seeded random images show the drift.
+    with pytest.raises(ExportError, match=r"^off\.onnx: output 'logits' differs from fp32 by "):
+        check_fp16(full, _graph(tmp_path / "off.onnx", 2.5), inputs, names)

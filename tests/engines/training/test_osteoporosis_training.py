@@ -82,6 +82,11 @@ def test_fit_evaluate_and_importance(patients: OsteoporosisSet, network: Osteopo
     assert not torch.equal(before, next(model.backbones["vgg19"].parameters()))  # trained
     assert [(p.epoch, p.epochs) for p in seen] == [(1, 2)] + [(2, 2)] * 12
     assert record["backbone_steps"] == 1 and record["head_steps"] == 12
+    # The frozen backbones' BatchNorm statistics come from the training images, not the
+    # initialisation's (0, 1), which let activations outgrow fp16 (~1e7 in InceptionV3).
+    assert record["batch_norm_items"] == len(patients)
+    norms = [m for m in model.backbones.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(not torch.all(m.running_var == 1.0) for m in norms)
     assert len(record["selected_components"]) == TINY.clusters
     # The packaged graph (image, clinical, missing -> logits) is what was evaluated.
     result = evaluate_osteoporosis(SPEC, model, patients, repeats=2)
@@ -119,6 +124,7 @@ def test_bad_options_and_data_raise(patients: OsteoporosisSet, network: Osteopor
     for changes, message in (
         ({"clusters": 0}, "clusters: expected at least 1, got 0"),
         ({"backbone_steps": -1}, "backbone_steps: expected >= 0, got -1"),
+        ({"batch_norm_items": -1}, "batch_norm_items: expected >= 0, got -1"),
         ({"head_batch_size": 1}, "head_batch_size: expected at least 2, got 1"),
         ({"learning_rate": 0.0}, r"learning rates: expected > 0, got 0\.0"),
         ({"clusters": 5}, "the network's head takes 4 components, the options select 5"),
