@@ -20,28 +20,38 @@ log = logging.getLogger(__name__)
 
 Readiness = Callable[[], dict[str, str]]  # problem name -> why; empty when ready
 
+_INTERNAL_ERROR = b"internal error in the node; see its log\n"
+
+
+def _json(code: int, body: object) -> tuple[int, str, bytes]:
+    return code, "application/json", json.dumps(body, sort_keys=True).encode() + b"\n"
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        try:
+            code, content_type, body = self._answer(path)
+        except Exception:  # the boundary: a bug answers 500, it never drops the connection
+            log.exception("http: GET %r failed", path)
+            code, content_type, body = 500, "text/plain; charset=utf-8", _INTERNAL_ERROR
+        self._send(code, content_type, body)
+
+    def _answer(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
-            self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry))
-        elif path == "/healthz":
-            self._json(200, {"status": "alive"})
-        elif path == "/readyz":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry)
+        if path == "/healthz":
+            return _json(200, {"status": "alive"})
+        if path == "/readyz":
             try:
                 problems = self.server.readiness()
             except Exception as exc:  # a broken check is "not ready", never a crash
                 log.exception("readiness check failed")
                 problems = {"readiness": f"check failed: {exc}"}
-            self._json(503 if problems else 200, {"ready": not problems, "not_ready": problems})
-        else:
-            self._json(404, {"error": f"no such endpoint: {path}"})
-
-    def _json(self, code: int, body: object) -> None:
-        self._send(code, "application/json", json.dumps(body, sort_keys=True).encode() + b"\n")
+            return _json(503 if problems else 200, {"ready": not problems, "not_ready": problems})
+        return _json(404, {"error": f"no such endpoint: {path}"})
 
     def _send(self, code: int, content_type: str, body: bytes) -> None:
         self.send_response(code)
@@ -63,6 +73,10 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.registry = registry
         self.readiness = readiness
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # socketserver's default prints the traceback to stderr (e.g. a scraper that left).
+        log.warning("http: error serving %s", client_address, exc_info=True)
 
 
 class HttpEndpoints:

@@ -6,13 +6,19 @@ Histogram buckets fit the durations measured: milliseconds for a C-STORE,
 seconds for inference and the pipeline, up to minutes for assembly and time to
 result. Values the state database already holds (studies by state, the outbox)
 are read at scrape time by a collector, so they survive restarts and never drift.
+A value read at scrape time that fails is left out (or exported as NaN, or 0 for
+``dicom_node_ready``) with a logged warning: one broken source never fails the scrape.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import shutil
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -27,6 +33,14 @@ RESULT_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 12
 
 FAILURE_REASONS = ("pixel_data", "report", "spool", "engine", "other")
 
+# Distinct calling_ae label values kept; later titles are counted as "other". Any peer may
+# call when node.allowed_calling_aes is empty, and each title would be new series forever.
+MAX_CALLING_AE_LABELS = 64
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
 
 def sop_class_name(uid: str) -> str:
     """A readable, bounded label: the SOP class's name, or "other" for an unknown UID."""
@@ -34,14 +48,47 @@ def sop_class_name(uid: str) -> str:
     return "other" if name == uid else name
 
 
+class _Failures:
+    """Logs a scrape-time read's failure once per distinct error, and again after a recovery."""
+
+    def __init__(self, what: str, outcome: str) -> None:
+        self._what = what
+        self._outcome = outcome
+        self._last: str | None = None
+
+    def read(self, read: Callable[[], _T]) -> _T | None:
+        """``read()``, or None when it raised (the scrape goes on without it)."""
+        try:
+            value = read()
+        except Exception as exc:  # one broken source costs only its own samples
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self._last:  # once per distinct error, not once per scrape
+                self._last = error
+                log.warning(
+                    "metrics: cannot read %s (%s); %s", self._what, error, self._outcome,
+                    exc_info=True,
+                )  # fmt: skip
+            return None
+        if self._last is not None:
+            self._last = None
+            log.info("metrics: %s readable again", self._what)
+        return value
+
+
 class _StateCollector(Collector):
     """Studies by state, the outbox by state and destination: read from SQLite per scrape."""
 
     def __init__(self, read: Callable[[], tuple[dict[str, int], dict[tuple[str, str], int]]]):
         self._read = read
+        self._failures = _Failures(
+            "the state database", "studies, outbox and dead letters left out of the scrape"
+        )
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        studies, outbox = self._read()
+        counts = self._failures.read(self._read)
+        if counts is None:
+            return
+        studies, outbox = counts
         study_family = GaugeMetricFamily(
             "dicom_node_studies", "Studies in the state database by state", labels=["state"]
         )
@@ -67,14 +114,18 @@ class _StateCollector(Collector):
 class _DestinationCollector(Collector):
     def __init__(self, read: Callable[[], dict[str, bool]]) -> None:
         self._read = read
+        self._failures = _Failures("destination status", "dicom_node_destination_up left out")
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        destinations = self._failures.read(self._read)
+        if destinations is None:
+            return
         family = GaugeMetricFamily(
             "dicom_node_destination_up",
             "1 when the destination answered its last C-ECHO (or its folder is writable)",
             labels=["destination"],
         )
-        for name, up in sorted(self._read().items()):
+        for name, up in sorted(destinations.items()):
             family.add_metric([name], 1.0 if up else 0.0)
         yield family
 
@@ -166,9 +217,37 @@ class Metrics:
             self.job_failures.labels(reason)  # exported at 0 from the start, so rate() works
         for outcome in ("done", "failed", "skipped"):
             self.jobs.labels(outcome)
+        self._calling_aes: set[str] = set()
+        self._calling_aes_overflowed = False
+        self._calling_aes_lock = threading.Lock()
+
+    def calling_ae_label(self, calling_ae: str) -> str:
+        """The calling_ae label: the title itself for the first MAX_CALLING_AE_LABELS distinct
+        titles, "other" after that (bounded series; with node.allowed_calling_aes set, only
+        those titles get this far)."""
+        with self._calling_aes_lock:
+            if calling_ae in self._calling_aes:
+                return calling_ae
+            if len(self._calling_aes) < MAX_CALLING_AE_LABELS:
+                self._calling_aes.add(calling_ae)
+                return calling_ae
+            first_overflow, self._calling_aes_overflowed = not self._calling_aes_overflowed, True
+        if first_overflow:
+            log.warning(
+                "metrics: more than %d distinct calling AE titles; later ones are counted as "
+                'calling_ae="other" (restrict callers with node.allowed_calling_aes)',
+                MAX_CALLING_AE_LABELS,
+            )
+        return "other"
 
     def watch_spool(self, root: Path) -> None:
-        self.spool_free_bytes.set_function(lambda: float(shutil.disk_usage(root).free))
+        failures = _Failures("the spool's free space", "dicom_node_spool_free_bytes is NaN")
+
+        def free() -> float:
+            usage = failures.read(lambda: shutil.disk_usage(root))
+            return math.nan if usage is None else float(usage.free)
+
+        self.spool_free_bytes.set_function(free)
 
     def watch_readiness(
         self,
@@ -177,7 +256,13 @@ class Metrics:
     ) -> None:
         """dicom_node_ready from the readiness check, dicom_node_destination_up per destination
         from the last C-ECHO (both evaluated at scrape time)."""
-        self.ready.set_function(lambda: 0.0 if problems() else 1.0)
+        failures = _Failures("the readiness check", "dicom_node_ready is 0, as /readyz says")
+
+        def ready() -> float:
+            found = failures.read(problems)
+            return 0.0 if found is None or found else 1.0  # a broken check is "not ready"
+
+        self.ready.set_function(ready)
         self.registry.register(_DestinationCollector(destinations))
 
     def watch_state(

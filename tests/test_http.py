@@ -1,13 +1,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from http.client import RemoteDisconnected
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from dicom_node import http as http_module
 from dicom_node.http import HttpEndpoints
 from dicom_node.metrics import Metrics
 
@@ -21,12 +27,15 @@ def get(port: int, path: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def endpoints() -> Iterator[Callable[[Callable[[], dict[str, str]]], int]]:
+def endpoints() -> Iterator[Callable[..., int]]:
     started: list[HttpEndpoints] = []
 
-    def start(readiness: Callable[[], dict[str, str]]) -> int:
-        registry = CollectorRegistry()
-        Metrics(registry).jobs.labels("done").inc()
+    def start(
+        readiness: Callable[[], dict[str, str]], registry: CollectorRegistry | None = None
+    ) -> int:
+        if registry is None:
+            registry = CollectorRegistry()
+            Metrics(registry).jobs.labels("done").inc()
         http = HttpEndpoints("127.0.0.1", 0, registry, readiness)
         http.start()
         started.append(http)
@@ -70,3 +79,70 @@ def test_a_failing_readiness_check_is_not_ready_rather_than_an_error(
     code, _, body = get(endpoints(broken), "/readyz")
     assert code == 503 and "state database locked" in body
     assert get(endpoints(dict), "/nowhere")[0] == 404
+
+
+def test_metrics_are_served_when_scrape_time_sources_fail(
+    endpoints: Callable[..., int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def counts() -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        raise RuntimeError("state database locked")
+
+    def problems() -> dict[str, str]:
+        raise RuntimeError("readiness check crashed")
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.jobs.labels("done").inc()
+    metrics.watch_spool(tmp_path / "missing")
+    metrics.watch_state(counts)
+    metrics.watch_readiness(problems, dict)
+    code, _, body = get(endpoints(dict, registry), "/metrics")
+    assert code == 200
+    assert 'dicom_node_jobs_total{outcome="done"} 1.0' in body
+    assert "dicom_node_spool_free_bytes NaN" in body
+    assert "dicom_node_ready 0.0" in body
+    assert "dicom_node_studies{" not in body
+    assert capsys.readouterr().err == ""
+
+
+class _Broken(Collector):
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        raise RuntimeError("collector bug")
+
+
+def test_an_unexpected_error_answers_500_and_is_logged(
+    endpoints: Callable[..., int],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    registry = CollectorRegistry()
+    registry.register(_Broken())
+    with caplog.at_level(logging.ERROR, logger="dicom_node.http"):
+        code, kind, body = get(endpoints(dict, registry), "/metrics")
+    assert (code, kind, body) == (
+        500,
+        "text/plain; charset=utf-8",
+        "internal error in the node; see its log\n",
+    )
+    assert "GET '/metrics' failed" in caplog.text and "collector bug" in caplog.text
+    assert capsys.readouterr().err == ""
+
+
+def test_an_error_while_answering_is_logged_not_printed(
+    endpoints: Callable[..., int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def send(*_: object) -> None:
+        raise BrokenPipeError("scraper went away")
+
+    monkeypatch.setattr(http_module._Handler, "_send", send)
+    port = endpoints(dict)
+    with (
+        caplog.at_level(logging.WARNING, logger="dicom_node.http"),
+        pytest.raises(RemoteDisconnected, match="without response"),
+    ):
+        get(port, "/healthz")
+    assert "error serving" in caplog.text and "scraper went away" in caplog.text
+    assert capsys.readouterr().err == ""

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import logging
+import math
+import sqlite3
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from dicom_node.config import AssemblyConfig
-from dicom_node.metrics import FAILURE_REASONS, Metrics, sop_class_name
+from dicom_node.metrics import FAILURE_REASONS, MAX_CALLING_AE_LABELS, Metrics, sop_class_name
 from dicom_node.state import State
 
 
@@ -59,3 +63,55 @@ def test_studies_and_outbox_are_read_from_the_state_at_scrape_time(tmp_path: Pat
     assert found["dicom_node_dead_letters"] == [("dicom_node_dead_letters", {}, 0.0)]
     assert found["dicom_node_spool_free_bytes"][0][2] > 0
     state.close()
+
+
+def test_a_failing_scrape_time_source_costs_only_its_own_samples(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = True
+
+    def counts() -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        if broken:
+            raise sqlite3.OperationalError("database is locked")
+        return {"receiving": 1}, {}
+
+    def problems() -> dict[str, str]:
+        raise RuntimeError("readiness probe crashed")
+
+    def destinations() -> dict[str, bool]:
+        raise RuntimeError("echo monitor gone")
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.jobs.labels("done").inc()
+    metrics.watch_spool(tmp_path / "missing")
+    metrics.watch_state(counts)
+    metrics.watch_readiness(problems, destinations)
+    with caplog.at_level(logging.WARNING, logger="dicom_node.metrics"):
+        found = families(registry)
+        generate_latest(registry)  # a second scrape: the same errors are not logged again
+    assert math.isnan(found["dicom_node_spool_free_bytes"][0][2])
+    assert found["dicom_node_ready"] == [("dicom_node_ready", {}, 0.0)]  # as /readyz: not ready
+    assert "dicom_node_studies" not in found and "dicom_node_dead_letters" not in found
+    assert "dicom_node_destination_up" not in found
+    assert ("dicom_node_jobs_total", {"outcome": "done"}, 1.0) in found["dicom_node_jobs"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 4
+    assert any("spool's free space" in m and "FileNotFoundError" in m for m in messages)
+    assert any("state database" in m and "database is locked" in m for m in messages)
+    broken = False
+    with caplog.at_level(logging.INFO, logger="dicom_node.metrics"):
+        found = families(registry)
+    assert found["dicom_node_studies"][0] == ("dicom_node_studies", {"state": "receiving"}, 1.0)
+    assert "state database readable again" in caplog.text
+
+
+def test_calling_ae_labels_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    with caplog.at_level(logging.WARNING, logger="dicom_node.metrics"):
+        labels = [metrics.calling_ae_label(f"MODALITY{i}") for i in range(100)]
+    assert labels[:MAX_CALLING_AE_LABELS] == [f"MODALITY{i}" for i in range(MAX_CALLING_AE_LABELS)]
+    assert set(labels[MAX_CALLING_AE_LABELS:]) == {"other"}
+    assert metrics.calling_ae_label("MODALITY0") == "MODALITY0"  # a known title keeps its own
+    assert len(caplog.records) == 1 and 'calling_ae="other"' in caplog.text

@@ -111,7 +111,7 @@ class Receiver:
         self.metrics.store_seconds.observe(time.perf_counter() - started)
         status = int(response.Status)
         if status == SUCCESS:
-            labels = (sop_class_name(request_sop_class), calling_ae)
+            labels = (sop_class_name(request_sop_class), self.metrics.calling_ae_label(calling_ae))
             self.metrics.instances_received.labels(*labels).inc()
             self.metrics.bytes_received.labels(*labels).inc(len(stream))
         else:
