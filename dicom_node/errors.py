@@ -38,3 +38,7 @@ class StateError(DicomNodeError, RuntimeError):
 
 class FactoryError(DicomNodeError, ValueError):
     """The synthetic DICOM factory was asked for something it cannot make."""
+
+
+class ReportError(DicomNodeError, ValueError):
+    """The inputs of a report do not fit together."""

@@ -25,12 +25,12 @@ from pydicom.filewriter import dcmwrite
 
 from dicom_node.analyse import StudyAnalysis, analyse_study, read_sources
 from dicom_node.config import Config
-from dicom_node.errors import DicomNodeError, SpoolError
+from dicom_node.errors import DicomNodeError, ReportError, SpoolError
 from dicom_node.infer import EngineOutputError, EngineSet
 from dicom_node.metrics import Metrics
 from dicom_node.models import Job, ResultObject
 from dicom_node.preprocess import PreprocessError
-from dicom_node.report.sr import ReportError, reported_findings
+from dicom_node.report.sr import reported_findings
 from dicom_node.results import build_results, summary
 from dicom_node.spool import Spool
 from dicom_node.state import State

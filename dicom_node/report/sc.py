@@ -21,10 +21,12 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.coding import Code
 
+from dicom_node.errors import ReportError
 from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
 from dicom_node.report import codes
 from dicom_node.report.overlay import blend, scale_down, with_banner
-from dicom_node.report.sr import SIDE_WORDS, ReportError
+from dicom_node.report.patient import building, evidence_header
+from dicom_node.report.sr import SIDE_WORDS
 from dicom_node.report.uids import ResultIdentity
 from engines.pixels import InputGeometry
 from engines.regions import HipRegion
@@ -137,25 +139,26 @@ def build_overlay_sc(
     pixels = overlay_pixels(picture, hips, lines, max_edge)
     part = str(source.get("BodyPartExamined", "")).upper()
     laterality = str(source.get("ImageLaterality") or source.get("Laterality") or "")
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,
-        pixel_array=pixels,
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        series_instance_uid=identity.series_uid,
-        series_number=identity.series_number,
-        sop_instance_uid=identity.sop_instance_uid,
-        instance_number=identity.instance_number,
-        manufacturer=MANUFACTURER,
-        laterality=laterality if part in PAIRED_PARTS and laterality in ("R", "L") else None,
-        patient_orientation=_orientation(source),
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=SOFTWARE_VERSION,
-        institution_name=institution_name,
-        series_description=f"AI heat maps {engine}"[:64],
-    )
+    with building("overlay"):
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=evidence_header(source),
+            pixel_array=pixels,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=identity.series_uid,
+            series_number=identity.series_number,
+            sop_instance_uid=identity.sop_instance_uid,
+            instance_number=identity.instance_number,
+            manufacturer=MANUFACTURER,
+            laterality=laterality if part in PAIRED_PARTS and laterality in ("R", "L") else None,
+            patient_orientation=_orientation(source),
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            manufacturer_model_name=MODEL_NAME,
+            software_versions=SOFTWARE_VERSION,
+            institution_name=institution_name,
+            series_description=f"AI heat maps {engine}"[:64],
+        )
     if part:
         sc.BodyPartExamined = part  # with it, Laterality (Type 2C) is only needed for a paired part
         if part in PAIRED_PARTS and laterality not in ("R", "L"):

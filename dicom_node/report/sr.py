@@ -29,19 +29,16 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import ReportError
 from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
 from dicom_node.models import HipFinding, TriageDecision
 from dicom_node.report import codes
+from dicom_node.report.patient import building, evidence_header
 from dicom_node.report.uids import ResultIdentity, device_uid
 from engines.manifest import Manifest
 
 SIDE_WORDS = {"R": "right", "L": "left"}
 IMPORTANCE_SHOWN = 6  # the most important features the TEXT names
-
-
-class ReportError(DicomNodeError, ValueError):
-    """The inputs of a report do not fit together."""
 
 
 def reported_findings(decision: TriageDecision) -> tuple[HipFinding, ...]:
@@ -253,18 +250,21 @@ def build_sr(
         procedure_reported=codes.PROCEDURE,
         imaging_measurements=groups,
     )
-    evidence = sorted(headers.values(), key=lambda h: str(h.SOPInstanceUID))
-    return hd.sr.Comprehensive3DSR(
-        evidence=evidence,
-        content=report,
-        series_instance_uid=identity.series_uid,
-        series_number=identity.series_number,
-        sop_instance_uid=identity.sop_instance_uid,
-        instance_number=identity.instance_number,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=SOFTWARE_VERSION,
-        institution_name=institution_name,
-        series_description=description(priority, decisions),
-        is_complete=True,
-    )
+    evidence = [
+        evidence_header(h) for h in sorted(headers.values(), key=lambda h: str(h.SOPInstanceUID))
+    ]
+    with building("SR"):
+        return hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=report,
+            series_instance_uid=identity.series_uid,
+            series_number=identity.series_number,
+            sop_instance_uid=identity.sop_instance_uid,
+            instance_number=identity.instance_number,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=MODEL_NAME,
+            software_versions=SOFTWARE_VERSION,
+            institution_name=institution_name,
+            series_description=description(priority, decisions),
+            is_complete=True,
+        )

@@ -17,11 +17,11 @@ from helpers import run_tool
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
+from dicom_node.errors import ReportError
 from dicom_node.identity import MANUFACTURER, MODEL_NAME
 from dicom_node.report import codes
 from dicom_node.report.overlay import with_banner
 from dicom_node.report.sc import OverlayHip, banner_lines, build_overlay_sc, overlay_pixels
-from dicom_node.report.sr import ReportError
 from dicom_node.report.uids import ResultIdentity, sc_identity
 from engines.phantoms.studies import write_study
 from engines.pixels import display_pixels, pixel_spacing, prepare

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -575,3 +576,47 @@ def test_unknown_class_is_refused(study: Study) -> None:
     decision = TriageDecision(right.prediction, (bogus,), "FLAG")
     with pytest.raises(ReportError, match="hip_screen: no class 'bogus_class' in its manifest"):
         make_sr(study, [decision])
+
+
+# appended to tests/report/test_sr.py
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("PatientSex", "U"),
+        ("PatientSex", "f"),
+        ("PatientBirthDate", "1950615"),
+        ("PatientBirthDate", "1950-01-01"),
+        ("PatientName", "DOE JANE"),
+        ("PatientSex", None),
+        ("StudyID", None),
+    ],
+)
+def test_an_odd_patient_header_still_gives_a_report_and_quotes_nothing(
+    study: Study,
+    keyword: str,
+    value: str | None,
+    caplog: pytest.LogCaptureFixture,
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    # One odd value (PatientSex U, a malformed birth date, a missing Type 2 attribute) must
+    # not fail the study's report, and nothing may quote it (it is patient data).
+    caplog.set_level(logging.DEBUG)
+    headers = {uid: copy.deepcopy(h) for uid, h in study.headers.items()}
+    for header in headers.values():
+        if value is None:
+            if keyword in header:
+                del header[keyword]
+        else:
+            setattr(header, keyword, value)
+    caplog.clear()  # setting a malformed value above made pydicom report it: the test's own doing
+    recwarn.clear()
+    sr = make_sr(study, screen_case(study), headers=headers)
+    shown = str(sr.get(keyword, ""))
+    if keyword == "PatientSex":
+        assert shown in ("", "F")  # F for "f"; U is not a PatientSex value: left empty
+    if keyword == "PatientBirthDate":
+        assert shown == ""
+    for text in (caplog.text, *(str(w.message) for w in recwarn)):
+        assert "1950" not in text and "DOE" not in text

@@ -13,6 +13,7 @@ from engines.catalog import engine_spec
 from engines.models import create
 from engines.osteoporosis.reduction import fit_reduction
 from engines.package import package_engine
+from engines.training.batch_norm import recompute_running_stats
 
 MULTIMODAL_SIZE = 64
 MULTIMODAL_VOLUME = (16, 32, 32)
@@ -35,6 +36,8 @@ def package_fusion_engines(cache: Path) -> Path:
     )  # fmt: skip
     model = create("osteoporosis", **OSTEOPOROSIS_KWARGS).eval()
     images = torch.randn(16, 1, OSTEOPOROSIS_SIZE, OSTEOPOROSIS_SIZE)
+    # As training does: without it the random backbones outgrow fp16, and packaging refuses.
+    recompute_running_stats(model.backbones, 16, lambda i: model.pooled_features(images[i]), 16)
     with torch.no_grad():
         features = model.pooled_features(images)
         reduction = fit_reduction(
