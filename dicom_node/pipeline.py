@@ -26,7 +26,7 @@ from pydicom.filewriter import dcmwrite
 from dicom_node.analyse import StudyAnalysis, analyse_study, read_sources
 from dicom_node.config import Config
 from dicom_node.errors import DicomNodeError, ReportError, SpoolError
-from dicom_node.infer import EngineOutputError, EngineSet
+from dicom_node.infer import EngineOutputError, EngineSet, EngineUnavailableError
 from dicom_node.metrics import Metrics
 from dicom_node.models import Job, ResultObject
 from dicom_node.preprocess import PreprocessError
@@ -135,7 +135,8 @@ class Pipeline(Worker):
             clock = self._stage("report", clock)
             kinds = [(results.sr, "sr")] + [(ds, "sc") for ds in results.overlays]
             objects = [self._write(study, ds, kind) for ds, kind in kinds]
-        except EngineRuntimeError as exc:
+        except (EngineRuntimeError, EngineUnavailableError) as exc:
+            # Also an engine closed under a running job (a stop): retried, not failed.
             self._engine_unavailable(job, exc)
             return
         except PreprocessError as exc:
@@ -160,17 +161,22 @@ class Pipeline(Worker):
             results=objects,
             destinations=[d.name for d in self.cfg.destinations],
         )  # fmt: skip
-        self._stage("write", clock)
-        self._record(analysis)
         self._engine_failures.pop(job.id, None)
         self._retry_at.pop(job.id, None)
-        log.info(
-            "study %s: priority %s, %d hips, SR and %d overlays in %.2f s (inference %.2f s)",
-            study, analysis.priority, len(analysis.hips), len(objects) - 1,
-            time.time() - started, analysis.inference_seconds,
-        )  # fmt: skip
-        if self.on_results is not None:
-            self.on_results()
+        # The job is done and its results are queued: nothing after this may fail it.
+        try:
+            self._stage("write", clock)
+            self._record(analysis)
+            log.info(
+                "study %s: priority %s, %d hips, SR and %d overlays in %.2f s (inference %.2f s)",
+                study, analysis.priority, len(analysis.hips), len(objects) - 1,
+                time.time() - started, analysis.inference_seconds,
+            )  # fmt: skip
+            if self.on_results is not None:
+                self.on_results()
+        except Exception:
+            log.exception("study %s: done; recording its metrics or waking the sender failed",
+                          study)  # fmt: skip
 
     def _record(self, analysis: StudyAnalysis) -> None:
         m = self.metrics
@@ -196,7 +202,9 @@ class Pipeline(Worker):
         self.spool.write(relative, [encode(ds)])
         return ResultObject(str(ds.SOPInstanceUID), str(ds.SOPClassUID), relative, kind)
 
-    def _engine_unavailable(self, job: Job, exc: EngineRuntimeError) -> None:
+    def _engine_unavailable(
+        self, job: Job, exc: EngineRuntimeError | EngineUnavailableError
+    ) -> None:
         failures = self._engine_failures.get(job.id, 0) + 1
         self._engine_failures[job.id] = failures
         if failures >= _MAX_ENGINE_RETRIES:

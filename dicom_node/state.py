@@ -233,8 +233,13 @@ class State:
                     "SELECT state FROM studies WHERE study_uid = ?", (h.study_uid,)
                 ).fetchone()
                 # A resent identical instance keeps a receiving study open but does not
-                # reopen a completed one: it carries nothing new.
-                if kind != "duplicate" or (row is not None and row[0] == "receiving"):
+                # reopen a completed one: it carries nothing new. Unless the study's last
+                # job failed: resending it from the PACS is how an admin reruns it.
+                if (
+                    kind != "duplicate"
+                    or (row is not None and row[0] == "receiving")
+                    or (row is not None and self._last_job_failed(db, h.study_uid))
+                ):
                     started = row is None or row[0] == "complete"
                     reopened = row is not None and row[0] == "complete"
                     self._touch_study(db, h.study_uid, inst.received_at, first_for_association)
@@ -242,6 +247,14 @@ class State:
         return StoreOutcome(
             kind=kind, study_touched=touched, study_started=started, study_reopened=reopened
         )
+
+    @staticmethod
+    def _last_job_failed(db: sqlite3.Connection, study_uid: str) -> bool:
+        row = db.execute(
+            "SELECT state FROM jobs WHERE study_uid = ? ORDER BY generation DESC LIMIT 1",
+            (study_uid,),
+        ).fetchone()
+        return row is not None and row[0] == "failed"
 
     def _touch_study(
         self, db: sqlite3.Connection, study_uid: str, now: float, new_carrier: bool

@@ -165,3 +165,50 @@ def test_an_engine_that_cannot_run_leaves_the_job_pending_for_a_retry(
         assert pipeline.run_pending() == 0  # not before the retry time
     finally:
         engines.close()
+
+
+def test_a_done_job_stays_done_when_recording_it_fails(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    # After the results are committed nothing may turn the job into 'failed': the results
+    # are queued and will be sent.
+    node = results_node()
+    assert node.state is not None and node.spool is not None
+    if node.pipeline is not None:
+        node.pipeline.stop()
+    study = write_study(tmp_path / "s", 504, "normal", "normal", size=64)
+    assert send_files(node.port, list(study.files)) == [0]
+    wait_for(lambda: node.state.jobs("pending") or None, 30, "a pending job")  # type: ignore[union-attr]
+    engines = EngineSet(node.config.engines, engines_needed(node.config))
+
+    def wake_a_stopped_sender() -> None:
+        raise RuntimeError("the sender is gone")
+
+    try:
+        pipeline = Pipeline(
+            node.config, node.state, node.spool, engines, on_results=wake_a_stopped_sender
+        )
+        assert pipeline.run_pending() == 1
+    finally:
+        engines.close()
+    [job] = node.state.jobs()
+    assert (job.state, job.error) == ("done", None)
+    assert node.outbox is not None and node.outbox.depth()["pending"] >= 1
+
+
+def test_an_engine_closed_under_a_job_leaves_it_pending(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    node = results_node()
+    assert node.state is not None and node.spool is not None
+    if node.pipeline is not None:
+        node.pipeline.stop()
+    study = write_study(tmp_path / "s", 505, "normal", "normal", size=64)
+    assert send_files(node.port, list(study.files)) == [0]
+    wait_for(lambda: node.state.jobs("pending") or None, 30, "a pending job")  # type: ignore[union-attr]
+    engines = EngineSet(node.config.engines, engines_needed(node.config))
+    pipeline = Pipeline(node.config, node.state, node.spool, engines)
+    engines.close()  # the stop closed them before this job ran
+    assert pipeline.run_pending() == 1
+    [job] = node.state.jobs()
+    assert job.state == "pending"  # for the next start, not failed

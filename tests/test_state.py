@@ -221,3 +221,20 @@ def test_a_reopened_study_still_counts_the_associations_that_carry_it(tmp_path: 
     state.recover(200)
     summary = state.study("1.1")
     assert summary is not None and summary.open_associations == 0
+
+
+def test_resending_a_study_whose_job_failed_reruns_it(tmp_path: Path) -> None:
+    # The runbook's fix for a failed job: resend the study from the PACS once the cause
+    # is fixed. Identical instances must then make a new job, not be ignored.
+    state = State(tmp_path / "s.db", RULES)
+    state.record_instance(instance("1.1", "1.1.1", 100), True, "new")
+    [job] = state.complete_due(200)
+    state.finish_job(job.id, "failed", 201, error="engine failed 5 times")
+    outcome = state.record_instance(instance("1.1", "1.1.1", 300), True, "duplicate")
+    assert (outcome.study_touched, outcome.study_reopened) == (True, True)
+    [again] = state.complete_due(400)
+    assert (again.generation, again.instance_count) == (2, 1)
+    # A study whose job succeeded is not rerun by a resend.
+    state.finish_job(again.id, "done", 401)
+    outcome = state.record_instance(instance("1.1", "1.1.1", 500), True, "duplicate")
+    assert (outcome.study_touched, outcome.study_reopened) == (False, False)
