@@ -11,6 +11,12 @@ see dicom_node/ct_input.py for which part of it); without one the engine masks t
 CT. A rule's ``requires`` holds it back unless the study has a CT series that may show
 the hip, clinical text, or the named demographics in the image's header. The cascade
 adds tasks for hips an earlier engine found with a finding.
+
+A DX image For Processing (raw detector data, not what a viewer or an engine trained on
+displayed images sees; a modality may send it beside the For Presentation copy of the same
+exposure) is never routed nor paired. A lateral partner is a radiograph (DX or CR) of the
+hip or pelvis (or with no body part), like the AP, so a knee or a secondary capture that
+carries a lateral View Position is not taken for the hip's lateral.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ log = logging.getLogger(__name__)
 
 SIDES = ("R", "L")
 MIN_CT_SLICES = 2
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+# What a lateral partner may be: a radiograph of the hip region (as the default AP rules).
+LATERAL_MODALITIES = ("DX", "CR")
+LATERAL_BODY_PARTS = ("", "HIP", "PELVIS")
 
 
 def source_image(ds: Dataset, path: Path, calling_ae: str) -> SourceImage:
@@ -106,7 +116,13 @@ def _lateral(
 ) -> SourceImage | None:
     views = {v.upper() for v in routing.lateral_views}
     for image in images:
-        if image.view in views and image.laterality == side:
+        if (
+            image.view in views
+            and image.laterality == side
+            and image.sop_class_uid != DX_FOR_PROCESSING
+            and image.attributes.get("Modality") in LATERAL_MODALITIES
+            and image.attributes.get("BodyPartExamined", "") in LATERAL_BODY_PARTS
+        ):
             return image
     return None
 
@@ -136,6 +152,8 @@ def plan_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[H
     for image in images:
         if image.view in lateral_views:
             continue  # a lateral view is only ever the partner of an AP region
+        if image.sop_class_uid == DX_FOR_PROCESSING:
+            continue  # raw detector data; its For Presentation copy is the one to read
         for rule in routing.rules:
             if not rule_matches(rule, image.attributes):
                 continue

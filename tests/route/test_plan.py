@@ -12,7 +12,7 @@ from dicom_node.config import parse_config
 from dicom_node.config_results import ROUTING_ATTRIBUTES, RoutingConfig
 from dicom_node.models import HipFinding, HipTask, Prediction, SourceImage, TriageDecision
 from dicom_node.route import attributes_of, cascade_tasks, plan_tasks, rule_matches, source_image
-from dicom_node.route.plan import ct_series
+from dicom_node.route.plan import DX_FOR_PROCESSING, ct_series
 from engines.catalog import engine_spec
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -435,3 +435,28 @@ def test_a_rule_may_require_clinical_text() -> None:
     # The text is kept for the engine, never shown in a repr (logs).
     assert "FAI" not in repr(told) and told.clinical is not None
     assert "FAI" in told.clinical.text.text
+
+
+def test_the_lateral_partner_is_a_hip_radiograph_not_any_lateral() -> None:
+    # A knee lateral of the same side, a CT slice and a For Processing copy arrive first:
+    # none is the hip's lateral.
+    routing = parse_config(
+        {"routing": {"rules": [{"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"]}}]}}
+    ).routing
+    pelvis = image("1")
+    knee = image("2", ViewPosition="LL", ImageLaterality="L", BodyPartExamined="KNEE")
+    ct = image("3", ViewPosition="LL", ImageLaterality="L", Modality="CT")
+    raw = image("4", ViewPosition="LL", ImageLaterality="L", SOPClassUID=DX_FOR_PROCESSING)
+    hip = image("5", ViewPosition="LL", ImageLaterality="L", BodyPartExamined="HIP")
+    tasks = plan_tasks([knee, ct, raw, pelvis, hip], routing)
+    assert summary(tasks)[1] == ("hipnet", "L", "1.2.3.1", "1.2.3.5", "dual")
+    assert summary(plan_tasks([knee, ct, raw, pelvis], routing))[1][3] is None  # AP alone
+
+
+def test_a_for_processing_copy_is_not_analysed_beside_its_presentation_copy() -> None:
+    shown = image("1")
+    raw = image("2", SOPClassUID=DX_FOR_PROCESSING)
+    assert [t.ap.sop_instance_uid for t in plan_tasks([shown, raw], DEFAULT)] == [
+        "1.2.3.1",
+        "1.2.3.1",
+    ]
