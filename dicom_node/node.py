@@ -208,20 +208,28 @@ class Node:
                 give_up = time.monotonic() + 2.0
                 for assoc in left:
                     assoc.join(timeout=max(give_up - time.monotonic(), 0.0))
+        # Every background thread is told first, so their waits overlap (the longest one
+        # bounds the stop, not their sum); after a second signal nothing is waited for.
+        for worker in (self.purger, self.pipeline, self.echo):
+            if worker is not None:
+                worker.request_stop()
+        if self.sender is not None:
+            for lane in self.sender.lanes:
+                lane.request_stop()
         if self.purger is not None:
-            self.purger.stop()
+            self.purger.stop(self._wait(10.0))
             self.purger = None
         if self.assembler is not None:
-            self.assembler.stop()
+            self.assembler.stop(self._wait(5.0))
             self.assembler = None
         if self.pipeline is not None:
-            self.pipeline.stop()
+            self.pipeline.stop(self._wait(30.0))
             self.pipeline = None
         if self.sender is not None:
-            self.sender.stop()
+            self.sender.stop(self._wait(10.0))
             self.sender = None
         if self.echo is not None:
-            self.echo.stop()
+            self.echo.stop(self._wait(self.echo.timeout + 5.0))
             self.echo = None
         if self.engines is not None:
             self.engines.close()
@@ -234,6 +242,11 @@ class Node:
             self.state = None
         self._stopped.set()
         log.info("dicom-node stopped")
+
+    def _wait(self, seconds: float) -> float:
+        """How long to wait for a thread to finish: none once a second signal forced the stop
+        (the threads are daemons; the process exits without them)."""
+        return 0.0 if self._signals > 1 else seconds
 
     def serve(self) -> int:
         """Run until a signal; the first drains gracefully, a second forces."""

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from dicom_node.config import AssemblyConfig
+from dicom_node.node import Node
 from dicom_node.state import State
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -297,3 +298,22 @@ def test_relative_spool_dir_flag_means_the_working_directory(tmp_path: Path) -> 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"no state database at {tmp_path / 'work' / 'myspool'}" in result.stdout
+
+
+def test_a_forced_stop_does_not_wait_for_a_hanging_destination(
+    start_node: Callable[..., Node],
+) -> None:
+    # The echo monitor is inside a C-ECHO to a PACS that accepts and never answers: a
+    # graceful stop waits for it (up to its timeout), a forced one (second signal) does not.
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:
+        port = silent.getsockname()[1]
+        node = start_node(
+            destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": port}],
+            sending={"timeout_seconds": 30},
+            metrics={"port": 0, "echo_interval_seconds": 60},
+        )
+        time.sleep(0.5)  # the first C-ECHO is under way
+        node._signals = 2  # as after a second SIGTERM
+        started = time.monotonic()
+        node.stop(drain_seconds=0)
+        assert time.monotonic() - started < 3.0
