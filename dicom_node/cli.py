@@ -104,6 +104,9 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     export.add_argument("name", choices=list(ENGINE_NAMES))
     export.add_argument("--checkpoint", help="a checkpoint file (default: the engine's own)")
     export.add_argument("--version", help="version for the manifest (default: unchanged)")
+    export.add_argument(
+        "--size", type=int, metavar="PX", help="input edge in pixels (default: the manifest's)"
+    )
     verbs.add_parser("list", parents=[common], help="list built engines with their figures")
     repo = verbs.add_parser(
         "triton-repo", parents=[common], help="write a Triton model repository of the engines"

@@ -7,10 +7,14 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_node.config import Config
 from dicom_node.errors import DicomNodeError
+
+if TYPE_CHECKING:
+    from engines.catalog import EngineSpec
+    from engines.manifest import Manifest
 
 ENGINE_NAMES = ("hip_screen", "hipnet", "hip_multimodal", "osteoporosis")
 # Artefacts made by training rather than by packaging, kept when re-exporting.
@@ -73,7 +77,7 @@ def _build(cache: Path, names: tuple[str, ...], force: bool) -> int:
 def _train(cache: Path, args: argparse.Namespace) -> int:
     from engines.build import image_profile, train_on_data, train_on_phantoms
     from engines.catalog import engine_spec
-    from engines.training.dicom_folder import load_labelled_folder
+    from engines.training.dicom_folder import file_groups, load_labelled_folder
     from engines.training.loop import TrainOptions
 
     spec = engine_spec(args.name)
@@ -103,6 +107,12 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
             options,
             progress=lambda p: bar(spec.name, p),
             source=str(args.data),
+            groups=file_groups(spec, Path(args.data)),
+        )
+        parts = manifest.training["split"]
+        print(
+            f"split by file: {parts['train']} hips to train, {parts['validation']} to pick the "
+            f"epoch, {parts['test']} held out for the figures"
         )
     else:
         profile = replace(demo, size=size, train_per_class=args.phantoms, options=options)
@@ -126,42 +136,101 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
 
     from engines.build import engine_folder
     from engines.catalog import engine_spec
-    from engines.manifest import read_manifest
+    from engines.manifest import MANIFEST_NAME, read_manifest
     from engines.models import create
     from engines.package import CHECKPOINT, package_engine
 
+    spec = engine_spec(args.name)
     folder = engine_folder(cache, args.name)
-    old = read_manifest(folder)
+    size: int | None = args.size
     if args.checkpoint and not args.version:
         raise DicomNodeError("engines export --checkpoint: give --version for the new weights")
+    if not (folder / MANIFEST_NAME).exists():
+        return _export_new(spec, folder, args, size)
+    old = read_manifest(folder)
+    print(f"{spec.name}: {_taken_from(old, size is None)} from {folder / MANIFEST_NAME}")
+    if size is None:
+        size = old.preprocessing.size
     model = create(old.model, **old.model_kwargs)
     checkpoint = Path(args.checkpoint) if args.checkpoint else folder / CHECKPOINT
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    # Figures measured on other weights would be false for a new checkpoint: drop them.
-    evaluation = old.evaluation if not args.checkpoint else {}
+    # Figures measured on other weights, or at another input size, would be false: drop them
+    # (and the importance plot, which describes them).
+    same = not args.checkpoint and size == old.preprocessing.size
     training = old.training if not args.checkpoint else {"data": f"checkpoint {checkpoint}"}
     manifest = package_engine(
-        engine_spec(args.name),
+        spec,
         model,
-        old.preprocessing.size,
+        size,
         folder,
         args.version or old.version,
         model_kwargs=old.model_kwargs,
         training=training,
-        evaluation=evaluation,
+        evaluation=old.evaluation if same else {},
         clinical_use=old.clinical_use
         if not args.checkpoint
         else "external checkpoint: validate locally before clinical use",
         volume=old.preprocessing.volume,
         clinical=old.preprocessing.clinical,
-        # The importance plot describes the old weights; a new checkpoint drops it.
-        extras={k: a.path for k, a in old.artefacts.items() if k in EXTRAS}
-        if not args.checkpoint
-        else {},
+        extras={k: a.path for k, a in old.artefacts.items() if k in EXTRAS} if same else {},
     )
     for key, artefact in manifest.artefacts.items():
         print(f"{key:<10} {folder / artefact.path}  sha256 {artefact.sha256}")
     return 0
+
+
+def _export_new(spec: EngineSpec, folder: Path, args: argparse.Namespace, size: int | None) -> int:
+    """Package a checkpoint where no engine was built: an image engine, at ``--size``."""
+    import torch
+
+    from engines.models import create
+    from engines.package import package_engine
+
+    if not args.checkpoint:
+        raise DicomNodeError(
+            f"engines export {spec.name}: no engine in {folder} to re-export; "
+            "give --checkpoint FILE, --version V and --size PX"
+        )
+    if size is None:
+        raise DicomNodeError(
+            f"engines export {spec.name} --checkpoint: no engine in {folder} to take the "
+            "input size from; give --size PX"
+        )
+    if spec.modalities:
+        raise DicomNodeError(
+            f"engines export {spec.name} --checkpoint: no engine in {folder}; the "
+            f"{', '.join(spec.modalities)} input settings and model arguments come from its "
+            f"manifest: build it first (dicom-node engines build --demo --engine {spec.name})"
+        )
+    print(f"{spec.name}: input {size} px (--size), no existing engine in {folder}")
+    model = create(spec.model)
+    checkpoint = Path(args.checkpoint)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    manifest = package_engine(
+        spec,
+        model,
+        size,
+        folder,
+        args.version,
+        training={"data": f"checkpoint {checkpoint}"},
+        clinical_use="external checkpoint: validate locally before clinical use",
+    )
+    for key, artefact in manifest.artefacts.items():
+        print(f"{key:<10} {folder / artefact.path}  sha256 {artefact.sha256}")
+    return 0
+
+
+def _taken_from(old: Manifest, size_too: bool) -> str:
+    """What an export keeps of the engine's manifest: the preprocessing it packages again
+    (input size unless --size, CT grid, clinical columns) and the model's arguments."""
+    pre = old.preprocessing
+    kept = [f"input {pre.size} px (--size PX for another)"] if size_too else []
+    if pre.volume:
+        kept.append(f"CT grid {'x'.join(str(d) for d in pre.volume)}")
+    if pre.clinical:
+        kept.append(f"clinical columns {', '.join(pre.clinical)}")
+    kept.append(f"model arguments {old.model_kwargs or 'none'}")
+    return ", ".join(kept)
 
 
 def _list(cfg: Config) -> int:

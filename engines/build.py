@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from dicom_node.clinical import VECTOR_FIELDS
 from dicom_node.errors import DicomNodeError
@@ -49,7 +50,7 @@ from engines.models.hip_multimodal import HipMultimodal
 from engines.models.osteoporosis import OsteoporosisNet
 from engines.models.warm_start import backbone_state, warm_start
 from engines.package import package_engine
-from engines.training.data import HipSet, phantom_set, split
+from engines.training.data import HipSet, phantom_set, split_by_file
 from engines.training.evaluate import Evaluation, evaluate
 from engines.training.loop import EpochSummary, Progress, TrainOptions, channels_last, train
 from engines.training.multimodal import (
@@ -253,15 +254,30 @@ def train_on_data(
     validation_share: float = 0.2,
     progress: Callable[[Progress], None] | None = None,
     source: str = "",
+    groups: Sequence[str] | None = None,
+    test_share: float = 0.2,
 ) -> Manifest:
-    """Train on a site's labelled images; the validation split doubles as the test set."""
-    train_set, validation = split(data, validation_share, options.seed)
-    training = {"data": source or "labelled DICOM", "items": len(data), "options": asdict(options)}
+    """Train on a site's labelled images. The validation split picks the best epoch; the
+    test split, held out from both, gives the manifest's figures. ``groups`` names each
+    item's file (:func:`file_groups`): the hips of one file stay in one split (default: every
+    item its own file)."""
+    keys = [str(i) for i in range(len(data))] if groups is None else list(groups)
+    train_set, validation, test = split_by_file(
+        data, keys, spec.class_names, validation_share, test_share, options.seed
+    )
+    name = Path(source).name if source else "labelled DICOM"
+    training = {
+        "data": source or "labelled DICOM",
+        "items": len(data),
+        "files": len(set(keys)),
+        "split": {"train": len(train_set), "validation": len(validation), "test": len(test)},
+        "options": asdict(options),
+    }
     return train_and_package(
         spec,
         train_set,
         validation,
-        validation,
+        test,
         size,
         folder,
         version,
@@ -269,6 +285,7 @@ def train_on_data(
         training,
         progress,
         clinical_use="site-trained: validate locally before clinical use",
+        test_data=f"held-out test split of {name} (used neither to train nor to pick the epoch)",
     )
 
 
@@ -285,10 +302,13 @@ def train_and_package(
     progress: Callable[[Progress], None] | None,
     clinical_use: str = "not for clinical use: trained on synthetic phantoms",
     source: WarmStart | None = None,
+    test_data: str = "held-out phantoms",
 ) -> Manifest:
+    """Train on ``train_set`` (``validation`` picks the epoch), evaluate on ``test``
+    (``test_data`` says what it is, in the manifest), package into ``folder``."""
     image_profile(spec)  # refuses the engines that train on phantoms only
     pre = Preprocessing(size=size)
-    model = create(spec.model, **TRAIN_INIT.get(spec.name, {}))
+    model = initial_model(spec, options.seed)
     if source is not None:
         branches = warm_start(model, source.backbone)
         if not branches:
@@ -325,9 +345,15 @@ def train_and_package(
         folder,
         version,
         training=training,
-        evaluation=_evaluation(result),
+        evaluation=_evaluation(result, test_data),
         clinical_use=clinical_use,
     )
+
+
+def initial_model(spec: EngineSpec, seed: int) -> nn.Module:
+    """``spec``'s network before training, its initial weights drawn from ``seed``."""
+    torch.manual_seed(seed)
+    return create(spec.model, **TRAIN_INIT.get(spec.name, {}))
 
 
 def image_profile(spec: EngineSpec) -> Profile:
@@ -497,9 +523,9 @@ def _history(history: list[EpochSummary]) -> list[dict[str, float]]:
     ]
 
 
-def _evaluation(result: Evaluation) -> dict[str, Any]:
+def _evaluation(result: Evaluation, data: str) -> dict[str, Any]:
     return {
-        "data": "held-out phantoms",
+        "data": data,
         "items": result.items,
         "accuracy": round(result.accuracy, 4),
         "pointing_game": None if result.pointing_game is None else round(result.pointing_game, 4),

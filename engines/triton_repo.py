@@ -44,6 +44,7 @@ ONNX_FILE = "model.onnx"
 PLAN_ONNX_FILE = "model-fp16.onnx"  # what a TensorRT plan is built from
 PLAN_FILE = "model.plan"
 PYTHON_FILE = "model.py"
+PREFERRED_BATCH_SIZES = (4, 8)  # the dynamic batcher's defaults, clipped to max_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +109,18 @@ def write_triton_repo(
     platform: str = "onnxruntime",
     max_batch_size: int = 8,
     instances: int = 1,
-    preferred_batch_sizes: Sequence[int] = (4, 8),
+    preferred_batch_sizes: Sequence[int] | None = None,
     max_queue_delay_microseconds: int = 2000,
     instance_kind: str | None = None,
 ) -> list[Path]:
     """Write one Triton model per engine folder into ``out``; return the model folders.
 
-    An existing model folder of the same name is replaced, so rewriting a repository after
-    repackaging an engine leaves no stale version behind.
+    ``preferred_batch_sizes`` defaults to :func:`default_preferred_batch_sizes`. An existing
+    model folder of the same name is replaced, so rewriting a repository after repackaging an
+    engine leaves no stale version behind.
     """
+    if preferred_batch_sizes is None:
+        preferred_batch_sizes = default_preferred_batch_sizes(max_batch_size)
     _check_arguments(
         engine_folders,
         platform,
@@ -184,10 +188,12 @@ def model_config(
     max_batch_size: int = 8,
     instances: int = 1,
     instance_kind: str = "KIND_GPU",
-    preferred_batch_sizes: Sequence[int] = (4, 8),
+    preferred_batch_sizes: Sequence[int] | None = None,
     max_queue_delay_microseconds: int = 2000,
 ) -> str:
     """The ``config.pbtxt`` text (protobuf text format) of one engine."""
+    if preferred_batch_sizes is None:
+        preferred_batch_sizes = default_preferred_batch_sizes(max_batch_size)
     if platform == "python":
         serving = 'backend: "python"'
     elif platform == "tensorrt":
@@ -220,9 +226,11 @@ def model_config(
 
 
 def trtexec_readme(
-    manifest: Manifest, max_batch_size: int, preferred_batch_sizes: Sequence[int] = (4, 8)
+    manifest: Manifest, max_batch_size: int, preferred_batch_sizes: Sequence[int] | None = None
 ) -> str:
     """How to build ``1/model.plan`` on the serving GPU (the command with the batch profile)."""
+    if preferred_batch_sizes is None:
+        preferred_batch_sizes = default_preferred_batch_sizes(max_batch_size)
     opt = max(s for s in preferred_batch_sizes if s <= max_batch_size)
 
     def shapes(batch: int) -> str:
@@ -244,6 +252,11 @@ def trtexec_readme(
         "keep those types (opt-in on TensorRT 10; always on in 11, where --fp16 is gone).\n"
         f"SHA-256: {manifest.artefacts['onnx_fp16'].sha256}\n"
     )
+
+
+def default_preferred_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """4 and 8 where ``max_batch_size`` allows them, else ``max_batch_size`` alone."""
+    return tuple(s for s in PREFERRED_BATCH_SIZES if s <= max_batch_size) or (max_batch_size,)
 
 
 def _check_arguments(

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
-from dicom_node.cli import main
-from engines import demo_profiles
+from dicom_node.cli import _config, _parser, main
+from dicom_node.engines_cli import run_engines
+from dicom_node.errors import DicomNodeError
+from engines import build, demo_profiles
 from engines.demo_profiles import Profile
-from engines.manifest import read_manifest
+from engines.manifest import read_manifest, write_manifest
+from engines.training.data import HipSet
 from engines.training.loop import TrainOptions
 
 
@@ -118,6 +125,22 @@ def test_triton_repo_needs_built_engines(
     assert "no built engine in" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("max_batch", [4, 1])
+def test_triton_repo_with_a_small_max_batch_size(
+    engine_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], max_batch: int
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"engines:\n  cache_dir: {engine_cache}\n  backend: onnxruntime\n")
+    out = tmp_path / "repo"
+    args = ["engines", "triton-repo", str(out), "--max-batch-size", str(max_batch)]
+    assert main([*args, "--config", str(config)]) == 0
+    assert f"wrote {out / 'hip_screen'}" in capsys.readouterr().out
+    for name in ("hip_screen", "hipnet"):
+        text = (out / name / "config.pbtxt").read_text()
+        assert f"max_batch_size: {max_batch}\n" in text
+        assert f"preferred_batch_size: [ {max_batch} ]" in text
+
+
 def test_export_of_the_fusion_engines_keeps_their_inputs_and_artefacts(
     fusion_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -134,6 +157,9 @@ def test_export_of_the_fusion_engines_keeps_their_inputs_and_artefacts(
         assert main(args) == 0
     out = capsys.readouterr().out
     assert "text_encoder" in out and "reduction" in out
+    # What the export takes from the manifest, besides the input size, is named.
+    assert "hip_multimodal: input 64 px (--size PX for another), CT grid 16x32x32," in out
+    assert "osteoporosis: input 80 px (--size PX for another), clinical columns age, " in out
     multimodal = read_manifest(cache / "hip_multimodal")
     assert multimodal.version == "0.0.2-test"
     assert multimodal.preprocessing.volume == (16, 32, 32)
@@ -157,3 +183,118 @@ def test_train_defaults_are_those_of_train_options() -> None:
     assert {name: getattr(args, name) for name in flags} == {
         name: getattr(TrainOptions(), name) for name in flags
     }
+
+
+def _engines(config: Path, argv: list[str], **flags: Any) -> int:
+    """``dicom-node engines ARGV`` with ``flags`` set on the parsed arguments, its errors raised."""
+    args = _parser().parse_args(["engines", *argv, "--config", str(config)])
+    for name, value in flags.items():
+        setattr(args, name, value)
+    return run_engines(_config(args), args)
+
+
+def _cache_config(tmp_path: Path, cache: Path) -> Path:
+    config = tmp_path / f"{cache.name}.yaml"
+    config.write_text(f"engines:\n  cache_dir: {cache}\n  backend: onnxruntime\n")
+    return config
+
+
+def test_export_keeps_the_engines_input_size_unless_given_one(
+    engine_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "cache" / "hip_screen"
+    shutil.copytree(engine_cache / "hip_screen", folder)
+    write_manifest(replace(read_manifest(folder), evaluation={"accuracy": 0.5}), folder)
+    config = _cache_config(tmp_path, tmp_path / "cache")
+
+    assert (
+        main(["engines", "export", "hip_screen", "--version", "0.0.2", "--config", str(config)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert (
+        f"hip_screen: input 64 px (--size PX for another), model arguments none "
+        f"from {folder / 'manifest.yaml'}"
+    ) in out
+    manifest = read_manifest(folder)
+    assert manifest.preprocessing.size == 64 and manifest.evaluation == {"accuracy": 0.5}
+
+    assert _engines(config, ["export", "hip_screen", "--version", "0.0.3"], size=96) == 0
+    out = capsys.readouterr().out
+    assert f"hip_screen: model arguments none from {folder / 'manifest.yaml'}" in out
+    manifest = read_manifest(folder)
+    assert manifest.preprocessing.size == 96 and manifest.inputs[0].shape == (-1, 1, 96, 96)
+    assert manifest.evaluation == {}  # measured at 64 px: not this engine's figures
+
+
+def test_export_of_a_checkpoint_without_an_engine_needs_its_size(
+    engine_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "empty"
+    config = _cache_config(tmp_path, cache)
+    checkpoint = str(engine_cache / "hip_screen" / "model.pt")
+    export = ["export", "hip_screen", "--checkpoint", checkpoint, "--version", "1.0.0-site"]
+    with pytest.raises(
+        DicomNodeError,
+        match=rf"engines export hip_screen --checkpoint: no engine in {cache / 'hip_screen'} "
+        "to take the input size from; give --size PX",
+    ):
+        _engines(config, export)
+    assert main(["engines", *export, "--config", str(config)]) == 2  # the message, not a trace
+    assert "give --size PX" in capsys.readouterr().err
+    with pytest.raises(
+        DicomNodeError,
+        match=r"engines export hip_screen: no engine in .* to re-export; give --checkpoint FILE",
+    ):
+        _engines(config, ["export", "hip_screen", "--version", "1.0.0-site"], size=64)
+    with pytest.raises(
+        DicomNodeError,
+        match=r"engines export osteoporosis --checkpoint: no engine in .*; the clinical input "
+        r"settings and model arguments come from its manifest: build it first",
+    ):
+        _engines(config, ["export", "osteoporosis", *export[2:]], size=64)
+
+    assert _engines(config, export, size=64) == 0
+    assert "hip_screen: input 64 px (--size), no existing engine in" in capsys.readouterr().out
+    manifest = read_manifest(cache / "hip_screen")
+    assert manifest.version == "1.0.0-site" and manifest.preprocessing.size == 64
+    assert manifest.evaluation == {} and "validate locally" in manifest.clinical_use
+    assert (
+        manifest.artefacts["checkpoint"]
+        == read_manifest(engine_cache / "hip_screen").artefacts["checkpoint"]
+    )  # the same weights
+
+
+def test_train_on_a_labelled_folder_reports_figures_of_its_test_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engines.training import dicom_folder
+
+    csv = tmp_path / "site" / "labels.csv"
+    csv.parent.mkdir()
+    rows = [f"pelvis{i // 2}.dcm,{('normal', 'osteoarthritis')[i % 3 == 0]},{'RL'[i % 2]}"
+            for i in range(30)]  # fmt: skip
+    csv.write_text("file,label,side\n" + "\n".join(rows) + "\n")
+    labels = [int(i % 3 == 0) for i in range(30)]
+    data = HipSet(
+        ap=torch.rand(30, 1, 64, 64, generator=torch.Generator().manual_seed(0)),
+        labels=torch.tensor(labels),
+        masks=torch.zeros(30, 64, 64, dtype=torch.bool),
+    )
+    monkeypatch.setattr(dicom_folder, "load_labelled_folder", lambda spec, path, size: data)
+    monkeypatch.setattr(build, "train", lambda *args: [])  # the mechanics, not the training
+    config = _cache_config(tmp_path, tmp_path / "cache")
+    train = ["engines", "train", "hip_screen", "--data", str(csv), "--size", "64"]
+    assert main([*train, "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    manifest = read_manifest(tmp_path / "cache" / "hip_screen")
+    split = manifest.training["split"]
+    assert sum(split.values()) == 30 and manifest.training["files"] == 15
+    assert (
+        f"split by file: {split['train']} hips to train, {split['validation']} to pick the "
+        f"epoch, {split['test']} held out for the figures"
+    ) in out
+    assert manifest.evaluation["items"] == split["test"]
+    assert manifest.evaluation["data"] == (
+        "held-out test split of labels.csv (used neither to train nor to pick the epoch)"
+    )

@@ -9,6 +9,8 @@ unknown). A Hip-Net set holds ``ap`` and ``lateral`` (N, 1, S, S),
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,3 +125,71 @@ def split(data: HipSet, validation_share: float, seed: int) -> tuple[HipSet, Hip
         val_index.append(members[:cut])
         train_index.append(members[cut:])
     return data.subset(torch.cat(train_index)), data.subset(torch.cat(val_index))
+
+
+PARTS = ("training", "validation", "test")
+
+
+def split_by_file(
+    data: HipSet,
+    groups: Sequence[str],
+    class_names: Sequence[str],
+    validation_share: float,
+    test_share: float,
+    seed: int,
+) -> tuple[HipSet, HipSet, HipSet]:
+    """Training, validation and test sets, stratified by class, with the items of one group
+    (``groups[i]`` is item i's file) on one side. Every class needs items in each part.
+
+    Greedy: groups holding the rarest classes first (in a seeded order), each to the part
+    lacking one of its classes, else to the part furthest below its share of them.
+    """
+    if len(groups) != len(data):
+        raise DataError(f"groups: expected one per item ({len(data)}), got {len(groups)}")
+    for key, share in (("validation_share", validation_share), ("test_share", test_share)):
+        if not 0.0 < share < 1.0:
+            raise DataError(f"{key}: expected a share in (0, 1), got {share}")
+    if validation_share + test_share >= 1.0:
+        raise DataError(
+            f"validation_share + test_share: expected below 1, "
+            f"got {validation_share} + {test_share}"
+        )
+    labels = [int(label) for label in data.labels]
+    members: dict[str, list[int]] = {}
+    for index, key in enumerate(groups):
+        members.setdefault(key, []).append(index)
+    counts = Counter(labels)
+    files = {c: len({groups[i] for i, label in enumerate(labels) if label == c}) for c in counts}
+    for c in sorted(counts):
+        if files[c] < len(PARTS):
+            raise DataError(
+                f"class {class_names[c]!r} has {counts[c]} item(s) from {files[c]} file(s): "
+                "too few for training, validation and test (a file each at least)"
+            )
+    shares = (1.0 - validation_share - test_share, validation_share, test_share)
+    target = [{c: share * n for c, n in counts.items()} for share in shares]
+    have: list[Counter[int]] = [Counter() for _ in PARTS]
+    parts: list[list[int]] = [[] for _ in PARTS]
+    order = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed)).tolist()
+    keys = list(members)
+    ranked = sorted(
+        (keys[i] for i in order), key=lambda k: min(counts[labels[i]] for i in members[k])
+    )
+    for key in ranked:
+        classes = [labels[i] for i in members[key]]
+        needs = [
+            (len({c for c in classes if got[c] == 0}), sum(want[c] - got[c] for c in classes))
+            for want, got in zip(target, have, strict=True)
+        ]
+        best = needs.index(max(needs))
+        parts[best].extend(members[key])
+        have[best].update(classes)
+    for c in sorted(counts):
+        if any(part[c] == 0 for part in have):
+            raise DataError(
+                f"class {class_names[c]!r}: its {counts[c]} item(s) from {files[c]} file(s) "
+                "cannot give training, validation and test an item each with every file on "
+                "one side; add items of it from other files"
+            )
+    train_set, validation, test = (data.subset(torch.tensor(sorted(p))) for p in parts)
+    return train_set, validation, test

@@ -15,6 +15,7 @@ the pointing game is not computed for such a set.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,16 @@ def _read(path: Path, where: str) -> tuple[Dataset, Image, str]:
     except PixelDataError as exc:
         raise DataError(f"{where}: {exc}") from exc
     return ds, picture, str(ds.get("ImageLaterality") or ds.get("Laterality") or "").upper()
+
+
+def file_groups(spec: EngineSpec, csv_path: Path) -> list[str]:
+    """The DICOM file of each row of a labelled folder's CSV (``file``, Hip-Net's
+    ``ap_file``), in row order as :func:`~engines.training.dicom_folder.load_labelled_folder`
+    reads them: the two hips of an AP pelvis are two rows of one file."""
+    column = "ap_file" if "LATERAL" in spec.views else "file"
+    try:
+        with csv_path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise DataError(f"{csv_path}: cannot read ({exc.strerror})") from exc
+    return [os.path.normpath((row.get(column) or "").strip()) for row in rows]

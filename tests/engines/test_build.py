@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from hip_sets import indices, numbered
 
 from engines import build, demo_profiles
-from engines.build import BuildError, WarmStart, build_demo, cached_demo, train_and_package
+from engines.build import (
+    BuildError,
+    WarmStart,
+    build_demo,
+    cached_demo,
+    train_and_package,
+    train_on_data,
+)
 from engines.catalog import engine_spec
 from engines.demo_profiles import DEMO_VERSION, Profile, training_budget
 from engines.manifest import read_manifest
 from engines.models import create
 from engines.package import package_engine
-from engines.training.data import phantom_set
+from engines.training.data import HipSet, phantom_set
 from engines.training.loop import TrainOptions
 
 TINY = Profile(
@@ -147,3 +157,56 @@ def test_a_warm_start_that_fits_no_branch_is_refused(tmp_path: Path) -> None:
             None,
             source=source,
         )
+
+
+def test_train_on_data_picks_the_epoch_on_validation_and_reports_the_test_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_train_and_package(spec: Any, train_set: HipSet, validation: HipSet, test: HipSet,
+                               *args: Any, **kwargs: Any) -> None:  # fmt: skip
+        seen.update(parts=[indices(p) for p in (train_set, validation, test)], **kwargs)
+        seen["training"] = args[4]
+
+    monkeypatch.setattr(build, "train_and_package", fake_train_and_package)
+    labels = [0, 1, 2] * 10
+    groups = [f"pelvis{i // 2}.dcm" for i in range(30)]
+    train_on_data(engine_spec("hip_screen"), numbered(labels), 64, tmp_path, "1.0.0",
+                  TINY.options, source="site/labels.csv", groups=groups)  # fmt: skip
+    train, validation, test = seen["parts"]
+    assert validation and test and not validation & test and not train & (validation | test)
+    assert seen["test_data"] == (
+        "held-out test split of labels.csv (used neither to train nor to pick the epoch)"
+    )
+    record = seen["training"]
+    assert record["files"] == 15 and record["items"] == 30
+    assert record["split"] == {
+        "train": len(train),
+        "validation": len(validation),
+        "test": len(test),
+    }
+
+
+def test_train_on_data_seeds_the_initial_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class StopError(Exception):
+        """Stops train_on_data once the model is made (the test needs no training)."""
+
+    initial: list[dict[str, torch.Tensor]] = []
+
+    def fake_train(spec: Any, model: torch.nn.Module, *args: Any) -> None:
+        initial.append({k: v.clone() for k, v in model.state_dict().items()})
+        raise StopError
+
+    monkeypatch.setattr(build, "train", fake_train)
+    data = numbered([0, 1] * 5)
+    for seed in (7, 7, 8):
+        torch.manual_seed(len(initial))  # whatever ran before must not matter
+        options = replace(TINY.options, seed=seed)
+        with pytest.raises(StopError):
+            train_on_data(engine_spec("hip_screen"), data, 64, tmp_path, "1.0.0", options)
+    first, second, other = initial
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)

@@ -118,6 +118,21 @@ def test_tensorrt_model_leaves_the_plan_to_the_serving_gpu(engine: Path, tmp_pat
     assert "serving machine" in readme and "TensorRT version" in readme
 
 
+@pytest.mark.parametrize(("max_batch", "preferred"), [(4, [4]), (1, [1]), (16, [4, 8])])
+def test_default_preferred_batch_sizes_follow_max_batch_size(
+    engine: Path, tmp_path: Path, max_batch: int, preferred: list[int]
+) -> None:
+    # What `engines triton-repo OUT --max-batch-size N` asks for (no preferred sizes given).
+    repo = tmp_path / "models"
+    write_triton_repo([engine], repo, platform="tensorrt", max_batch_size=max_batch)
+    parsed = _parse(repo / "hip_screen" / "config.pbtxt")
+    _check_common(parsed, engine, max_batch=max_batch)
+    assert list(parsed.dynamic_batching.preferred_batch_size) == preferred
+    readme = (repo / "hip_screen" / "README.txt").read_text()
+    assert f"--optShapes=image:{preferred[-1]}x1x64x64" in readme
+    assert f"--maxShapes=image:{max_batch}x1x64x64" in readme
+
+
 def test_rewriting_replaces_the_model_folder(engine: Path, tmp_path: Path) -> None:
     repo = tmp_path / "models"
     write_triton_repo([engine], repo, platform="tensorrt")

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hip_sets import indices, numbered
 
 from engines.catalog import engine_spec
-from engines.training.data import DataError, phantom_set, split
+from engines.training.data import DataError, phantom_set, split, split_by_file
 
 
 def test_phantom_set_for_one_view_engine() -> None:
@@ -47,3 +48,77 @@ def test_bad_requests() -> None:
         split(data, 0, seed=0)
     with pytest.raises(DataError, match="has 1 item"):
         split(data, 0.5, seed=0)
+
+
+CLASSES = engine_spec("hip_screen").class_names
+
+
+def test_split_by_file_keeps_both_hips_of_a_file_together() -> None:
+    # 30 AP pelvises, two hips each (the second hip's class differs from the first's now and
+    # then), and 6 single-hip files.
+    labels, groups = [], []
+    for f in range(30):
+        labels += [f % 3, (f % 3 + f // 10) % 3]
+        groups += [f"pelvis{f}.dcm"] * 2
+    labels += [0, 1, 2] * 2
+    groups += [f"hip{f}.dcm" for f in range(6)]
+    data = numbered(labels)
+    train, validation, test = split_by_file(data, groups, CLASSES, 0.2, 0.2, seed=3)
+    parts = [indices(p) for p in (train, validation, test)]
+    assert sorted(i for p in parts for i in p) == list(range(len(data)))  # each item once
+    files = [{groups[i] for i in p} for p in parts]
+    assert not files[0] & files[1] and not files[0] & files[2] and not files[1] & files[2]
+    for part in (train, validation, test):
+        assert all(n > 0 for n in part.class_counts(3))
+    assert 0.5 < len(train) / len(data) < 0.7 and abs(len(validation) - len(test)) <= 4
+    again = split_by_file(data, groups, CLASSES, 0.2, 0.2, seed=3)
+    assert [indices(p) for p in again] == parts
+    assert [indices(p) for p in split_by_file(data, groups, CLASSES, 0.2, 0.2, seed=4)] != parts
+
+
+@pytest.mark.parametrize(
+    ("labels", "groups", "shares", "match"),
+    [
+        ([0, 0, 0], ["a", "b"], (0.2, 0.2), r"groups: expected one per item \(3\), got 2"),
+        (
+            [0] * 3,
+            list("abc"),
+            (0.0, 0.2),
+            r"validation_share: expected a share in \(0, 1\), got 0",
+        ),
+        ([0] * 3, list("abc"), (0.2, 1.0), r"test_share: expected a share in \(0, 1\), got 1"),
+        (
+            [0] * 3,
+            list("abc"),
+            (0.5, 0.5),
+            r"validation_share \+ test_share: expected below 1, got 0\.5 \+ 0\.5",
+        ),
+        # Four rows of osteoarthritis, but both hips of two pelvises: two files.
+        (
+            [0, 0, 0, 1, 1, 1, 1],
+            list("abcddee"),
+            (0.2, 0.2),
+            r"class 'osteoarthritis' has 4 item\(s\) from 2 file\(s\): too few for training, "
+            r"validation and test",
+        ),
+    ],
+)
+def test_split_by_file_refusals(
+    labels: list[int], groups: list[str], shares: tuple[float, float], match: str
+) -> None:
+    with pytest.raises(DataError, match=match):
+        split_by_file(numbered(labels), groups, CLASSES, *shares, seed=0)
+
+
+def test_split_by_file_refuses_files_that_cannot_be_placed() -> None:
+    # Four files, each holding three of four classes: every pair of files shares a class, so
+    # two files in one part leave that class out of another part.
+    files = {"f1": [0, 1, 2], "f2": [0, 1, 3], "f3": [0, 2, 3], "f4": [1, 2, 3]}
+    labels = [c for cs in files.values() for c in cs]
+    groups = [f for f, cs in files.items() for _ in cs]
+    with pytest.raises(
+        DataError,
+        match=r"class '\w+': its 3 item\(s\) from 3 file\(s\) cannot give training, "
+        r"validation and test an item each with every file on one side",
+    ):
+        split_by_file(numbered(labels), groups, CLASSES, 0.2, 0.2, seed=0)

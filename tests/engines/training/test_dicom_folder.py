@@ -14,7 +14,7 @@ from engines.manifest import Preprocessing
 from engines.phantoms import screen_hip
 from engines.phantoms.studies import write_study
 from engines.training.data import DataError
-from engines.training.dicom_folder import load_labelled_folder
+from engines.training.dicom_folder import file_groups, load_labelled_folder
 
 
 def _write_csv(path: Path, header: str, rows: list[str]) -> Path:
@@ -153,3 +153,13 @@ def test_a_lateral_takes_the_side_of_its_ap(tmp_path: Path) -> None:
         DataError, match=r"hipnet.csv:2: lateral.dcm: side R contradicts the image's laterality L"
     ):
         load_labelled_folder(engine_spec("hipnet"), csv, 64)
+
+
+def test_file_groups_name_each_rows_file(tmp_path: Path) -> None:
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,label,side\npelvis.dcm,normal,R\n./pelvis.dcm,normal,L\nhip.dcm,normal,\n")
+    assert file_groups(engine_spec("hip_screen"), csv) == ["pelvis.dcm", "pelvis.dcm", "hip.dcm"]
+    csv.write_text("ap_file,lateral_file,label\na/ap.dcm,a/lat.dcm,normal\na/ap.dcm,,loosening\n")
+    assert file_groups(engine_spec("hipnet"), csv) == ["a/ap.dcm", "a/ap.dcm"]
+    with pytest.raises(DataError, match=r"missing\.csv: cannot read \(No such file"):
+        file_groups(engine_spec("hip_screen"), tmp_path / "missing.csv")
