@@ -137,6 +137,19 @@ def test_a_study_no_rule_selects_is_skipped(
     assert node.outbox is not None and node.outbox.depth() == {"pending": 0, "sent": 0, "dead": 0}
 
 
+def pending_study(node: Node, tmp_path: Path, seed: int) -> Node:
+    """``node`` with its own pipeline stopped (the test drives one by hand) and one phantom
+    study received and complete: its job pending."""
+    if node.state is None or node.spool is None:
+        raise AssertionError("node is not running")
+    if node.pipeline is not None:
+        node.pipeline.stop()
+    study = write_study(tmp_path / "s", seed, "normal", "normal", size=64)
+    assert send_files(node.port, list(study.files)) == [0]
+    wait_for(lambda: node.state.jobs("pending") or None, 30, "a pending job")  # type: ignore[union-attr]
+    return node
+
+
 class FailingEngines(EngineSet):
     """The real engines, except that inference fails as a Triton server away would."""
 
@@ -147,15 +160,7 @@ class FailingEngines(EngineSet):
 def test_an_engine_that_cannot_run_leaves_the_job_pending_for_a_retry(
     results_node: Callable[..., Node], tmp_path: Path
 ) -> None:
-    node = results_node()
-    if node.state is None or node.spool is None:
-        raise AssertionError("node is not running")
-    # Stop the node's own worker: this test drives a pipeline by hand.
-    if node.pipeline is not None:
-        node.pipeline.stop()
-    study = write_study(tmp_path / "s", 503, "normal", "normal", size=64)
-    assert send_files(node.port, list(study.files)) == [0]
-    wait_for(lambda: node.state.jobs("pending") or None, 30, "a pending job")  # type: ignore[union-attr]
+    node = pending_study(results_node(), tmp_path, 503)
     engines = FailingEngines(node.config.engines, engines_needed(node.config))
     try:
         pipeline = Pipeline(node.config, node.state, node.spool, engines)
@@ -172,13 +177,7 @@ def test_a_done_job_stays_done_when_recording_it_fails(
 ) -> None:
     # After the results are committed nothing may turn the job into 'failed': the results
     # are queued and will be sent.
-    node = results_node()
-    assert node.state is not None and node.spool is not None
-    if node.pipeline is not None:
-        node.pipeline.stop()
-    study = write_study(tmp_path / "s", 504, "normal", "normal", size=64)
-    assert send_files(node.port, list(study.files)) == [0]
-    wait_for(lambda: node.state.jobs("pending") or None, 30, "a pending job")  # type: ignore[union-attr]
+    node = pending_study(results_node(), tmp_path, 504)
     engines = EngineSet(node.config.engines, engines_needed(node.config))
 
     def wake_a_stopped_sender() -> None:
@@ -199,13 +198,7 @@ def test_a_done_job_stays_done_when_recording_it_fails(
 def test_an_engine_closed_under_a_job_leaves_it_pending(
     results_node: Callable[..., Node], tmp_path: Path
 ) -> None:
-    node = results_node()
-    assert node.state is not None and node.spool is not None
-    if node.pipeline is not None:
-        node.pipeline.stop()
-    study = write_study(tmp_path / "s", 505, "normal", "normal", size=64)
-    assert send_files(node.port, list(study.files)) == [0]
-    wait_for(lambda: node.state.jobs("pending") or None, 30, "a pending job")  # type: ignore[union-attr]
+    node = pending_study(results_node(), tmp_path, 505)
     engines = EngineSet(node.config.engines, engines_needed(node.config))
     pipeline = Pipeline(node.config, node.state, node.spool, engines)
     engines.close()  # the stop closed them before this job ran
