@@ -15,6 +15,7 @@ def restore_logging() -> object:
     saved = (root.handlers[:], root.level)
     yield None
     root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    logging.captureWarnings(False)  # configure_logging routed warnings into logging
 
 
 def test_json_lines(capsys: pytest.CaptureFixture[str], restore_logging: object) -> None:
@@ -43,3 +44,22 @@ def test_plain_lines_and_levels(
     assert "hidden" not in err
     assert "WARNING dicom_node.test: shown 1" in err
     assert logging.getLogger("pynetdicom").level == logging.WARNING
+
+
+def test_values_the_dicom_libraries_quote_are_withheld(
+    capsys: pytest.CaptureFixture[str], restore_logging: object
+) -> None:
+    import warnings
+
+    configure_logging(LoggingConfig(level="INFO", format="json"))
+    assert warnings.showwarning.__module__ == "logging"  # warnings become log records
+    logging.getLogger("pydicom").warning("Invalid value for VR DA: '19500615'.")
+    logging.getLogger("highdicom.base").info('copy attributes from "DOE^JANE"')
+    logging.getLogger("py.warnings").warning('UserWarning: "DOE JANE" is not a name')
+    logging.getLogger("dicom_node.test").info("study '1.2.3' complete")  # ours: as is
+    lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
+    text = " ".join(entry["message"] for entry in lines)
+    assert "1950" not in text and "DOE" not in text
+    assert lines[0]["message"] == "Invalid value for VR DA: '…'."
+    assert lines[2]["message"] == "UserWarning: '…' is not a name"
+    assert lines[3]["message"] == "study '1.2.3' complete"
