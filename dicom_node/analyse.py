@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
@@ -79,7 +79,15 @@ def _run(
     for task in tasks:
         pre = engines.manifest(task.engine).preprocessing
         ap = hip_input(cache.get(task.ap), task.side, pre)
-        lateral = hip_input(cache.get(task.lateral), task.side, pre) if task.lateral else None
+        lateral = None
+        if task.lateral is not None:
+            try:
+                lateral = hip_input(cache.get(task.lateral), task.side, pre)
+            except PreprocessError as exc:
+                # A lateral that cannot be read is a missing view (the engine handles one),
+                # not a reason to lose the AP's triage; the report then says AP only.
+                log.warning("%s hip: lateral not used: %s", task.side, exc)
+                task = replace(task, lateral=None)
         ct = volumes.get(task.ct_series, pre, task.side) if pre.volume is not None else None
         item = HipBatchItem(task, ap, lateral, ct, task.ap.clinical)
         by_engine.setdefault(task.engine, []).append(item)

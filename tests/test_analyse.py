@@ -1,0 +1,47 @@
+"""A study through the engines: what happens to a view that cannot be read."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pydicom
+import pytest
+from helpers import pipeline_config
+
+from dicom_node.analyse import analyse_study, read_sources
+from dicom_node.infer import EngineSet
+from engines.phantoms.studies import write_study
+
+DUAL = {"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"], "ViewPosition": ["AP"]}}
+
+
+def test_a_lateral_that_cannot_be_decoded_is_a_missing_view(
+    tmp_path: Path, engine_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The AP's triage must not be lost to a broken lateral: Hip-Net runs on the AP alone,
+    # and the hip's task says so (the SR then reads views=AP).
+    study = write_study(
+        tmp_path, 9, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
+    )
+    pelvis, lateral = study.files
+    ds = pydicom.dcmread(lateral)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(lateral, enforce_file_format=True)
+    cfg = pipeline_config(
+        tmp_path / "spool", engine_cache, routing={"rules": [DUAL], "cascade": []}
+    )
+    engines = EngineSet(cfg.engines, ["hipnet"])
+    try:
+        with caplog.at_level(logging.WARNING, logger="dicom_node.analyse"):
+            analysis = analyse_study(
+                study.identity.study_uid, read_sources([(pelvis, "PACS"), (lateral, "PACS")]),
+                engines, cfg,
+            )  # fmt: skip
+    finally:
+        engines.close()
+    tasks = {h.decision.prediction.task.side: h.decision.prediction.task for h in analysis.hips}
+    assert set(tasks) == {"R", "L"}
+    assert tasks["L"].lateral is None  # dropped, not failed
+    assert analysis.hips[1].decision.prediction.inputs.get("lateral", False) is False
+    assert "L hip: lateral not used: SOP instance" in caplog.text
