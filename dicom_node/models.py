@@ -81,6 +81,7 @@ class Job:
     priority: str | None = None  # URGENT, FLAG or NONE once done
     summary: str | None = None  # JSON: the findings per hip, for tables and audits
     error: str | None = None  # why a failed job failed
+    runs: int = 0  # times the pipeline started it
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 _IDLE_POLL = 1.0
 _RETRY_SECONDS = 10.0  # after an engine could not run
+_MAX_INTERRUPTED = 2  # starts of a job cut short by a stop or a crash before it fails
 _MAX_ENGINE_RETRIES = 5
 
 
@@ -103,6 +104,15 @@ class Pipeline(Worker):
         return count
 
     def process(self, job: Job) -> None:
+        if job.runs >= _MAX_INTERRUPTED:
+            # Each earlier start ended with the node stopped or crashed mid-job (a job that
+            # runs the node out of memory would otherwise take it down at every start).
+            why = (
+                f"interrupted {job.runs} times (the node stopped or crashed while analysing "
+                "this study); resend the study to retry"
+            )
+            self._fail(job, "other", why)
+            return
         started = time.time()
         self.state.start_job(job.id, started)
         try:
@@ -211,5 +221,6 @@ class Pipeline(Worker):
             self._fail(job, "engine", f"engine failed {failures} times: {exc}")
             return
         self._retry_at[job.id] = time.time() + _RETRY_SECONDS
+        self.state.job_ran_out(job.id)  # pending by choice, not cut short
         log.warning("study %s: engine could not run (%s); retry %d in %.0f s", job.study_uid,
                     exc, failures, _RETRY_SECONDS)  # fmt: skip

@@ -20,7 +20,7 @@ from dicom_node.config import AssemblyConfig
 from dicom_node.errors import StateError
 from dicom_node.models import Job, ReceivedInstance, ResultObject, StoreOutcome, StudySummary
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The outbox: one row per result object and destination, durable until delivered
 # (dicom_node/send/outbox.py works on it).
@@ -89,6 +89,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority TEXT,
     summary TEXT,
     error TEXT,
+    runs INTEGER NOT NULL DEFAULT 0,
     UNIQUE (study_uid, generation)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
@@ -110,6 +111,8 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
 
 # Version 2 did not purge: its studies gain the time their files left the spool.
 _MIGRATE_2_TO_3 = "ALTER TABLE studies ADD COLUMN purged_at REAL;"
+# Version 3 did not count how often a job was started (a crash mid-job left no trace).
+_MIGRATE_3_TO_4 = "ALTER TABLE jobs ADD COLUMN runs INTEGER NOT NULL DEFAULT 0;"
 
 # A StudySummary's columns; the instance count is of instances to process.
 _STUDY_SUMMARY = (
@@ -121,7 +124,7 @@ _STUDY_SUMMARY = (
 
 _JOB_COLUMNS = (
     "id, study_uid, generation, created_at, state, instance_count, reason, "
-    "started_at, finished_at, priority, summary, error"
+    "started_at, finished_at, priority, summary, error, runs"
 )
 
 
@@ -159,6 +162,15 @@ class State:
                 + "UPDATE meta SET value = '3' WHERE key = 'schema_version'; COMMIT;"
             )  # fmt: skip
             row = ("3",)
+        if row is not None and row[0] == "3":
+            has_jobs = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+            ).fetchone()
+            self._db.executescript(
+                "BEGIN IMMEDIATE;" + (_MIGRATE_3_TO_4 if has_jobs else "")
+                + "UPDATE meta SET value = '4' WHERE key = 'schema_version'; COMMIT;"
+            )  # fmt: skip
+            row = ("4",)
         self._db.executescript(_SCHEMA)
         if row is None:
             self._db.execute(
@@ -425,8 +437,18 @@ class State:
         return None if row is None else StudySummary(*row)
 
     def start_job(self, job_id: int, now: float) -> None:
+        """Mark the job started, and count the start: a job started again and again never
+        finished (the node stopped or crashed during it)."""
         with self.transaction() as db:
-            db.execute("UPDATE jobs SET started_at = ? WHERE id = ?", (now, job_id))
+            db.execute(
+                "UPDATE jobs SET started_at = ?, runs = runs + 1 WHERE id = ?", (now, job_id)
+            )
+
+    def job_ran_out(self, job_id: int) -> None:
+        """The job's run ended in order but left it pending (a retry later): not a start
+        that was cut short."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET runs = 0 WHERE id = ?", (job_id,))
 
     def finish_job(
         self,

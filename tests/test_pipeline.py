@@ -205,3 +205,23 @@ def test_an_engine_closed_under_a_job_leaves_it_pending(
     assert pipeline.run_pending() == 1
     [job] = node.state.jobs()
     assert job.state == "pending"  # for the next start, not failed
+
+
+def test_a_study_whose_runs_were_cut_short_twice_fails_instead_of_running_again(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    # A study that takes the node down (out of memory mid-inference) would otherwise run
+    # first at every start, and take it down again.
+    node = pending_study(results_node(), tmp_path, 506)
+    assert node.state is not None and node.spool is not None
+    [job] = node.state.jobs("pending")
+    node.state.start_job(job.id, 1.0)  # two starts that never ended: crashes
+    node.state.start_job(job.id, 2.0)
+    engines = EngineSet(node.config.engines, engines_needed(node.config))
+    try:
+        assert Pipeline(node.config, node.state, node.spool, engines).run_pending() == 1
+    finally:
+        engines.close()
+    [job] = node.state.jobs()
+    assert job.state == "failed"
+    assert job.error is not None and job.error.startswith("interrupted 2 times")

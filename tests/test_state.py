@@ -74,7 +74,7 @@ def test_schema_version_mismatch_is_refused(tmp_path: Path) -> None:
     State(tmp_path / "s.db", RULES).close()
     with sqlite3.connect(tmp_path / "s.db") as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StateError, match=r"schema version 99, this node needs 3"):
+    with pytest.raises(StateError, match=r"schema version 99, this node needs 4"):
         State(tmp_path / "s.db", RULES)
 
 
@@ -107,7 +107,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> 
     assert state.job(job.id).state == "skipped"
     state.close()
     with sqlite3.connect(tmp_path / "s.db") as db:
-        assert db.execute("SELECT value FROM meta").fetchone() == ("3",)
+        assert db.execute("SELECT value FROM meta").fetchone() == ("4",)
 
 
 def test_a_version_2_database_gains_purged_at_and_keeps_its_studies(tmp_path: Path) -> None:
@@ -116,15 +116,33 @@ def test_a_version_2_database_gains_purged_at_and_keeps_its_studies(tmp_path: Pa
     state.close()
     with sqlite3.connect(tmp_path / "s.db") as db:  # back to what version 2 wrote
         db.execute("ALTER TABLE studies DROP COLUMN purged_at")
+        db.execute("ALTER TABLE jobs DROP COLUMN runs")
         db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     state = State(tmp_path / "s.db", RULES)
     [study] = state.studies()
     assert (study.study_uid, study.instance_count, study.purged_at) == ("1.9", 1, None)
     state.close()
     with sqlite3.connect(tmp_path / "s.db") as db:
-        assert db.execute("SELECT value FROM meta").fetchone() == ("3",)
+        assert db.execute("SELECT value FROM meta").fetchone() == ("4",)
         columns = [r[1] for r in db.execute("PRAGMA table_info(studies)")]
         assert columns[-1] == "purged_at"
+
+
+def test_a_version_3_database_counts_job_runs_from_zero(tmp_path: Path) -> None:
+    state = State(tmp_path / "s.db", RULES)
+    state.record_instance(instance("1.9", "1.9.1", 100), True, "new")
+    [job] = state.complete_due(200)
+    state.close()
+    with sqlite3.connect(tmp_path / "s.db") as db:  # back to what version 3 wrote
+        db.execute("ALTER TABLE jobs DROP COLUMN runs")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    state = State(tmp_path / "s.db", RULES)
+    assert state.job(job.id).runs == 0
+    state.start_job(job.id, 300)
+    state.start_job(job.id, 400)  # started again: the first run was cut short
+    assert state.job(job.id).runs == 2
+    state.job_ran_out(job.id)  # a run that left it pending on purpose (an engine retry)
+    assert state.job(job.id).runs == 0
 
 
 def test_finish_job_queues_each_result_once_per_destination(tmp_path: Path) -> None:
