@@ -184,7 +184,7 @@ class Pipeline(Worker):
             )  # fmt: skip
             if self.on_results is not None:
                 self.on_results()
-        except Exception:
+        except Exception:  # after the commit: logged, never a failed job
             log.exception("study %s: done; recording its metrics or waking the sender failed",
                           study)  # fmt: skip
 

@@ -113,6 +113,13 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
 _MIGRATE_2_TO_3 = "ALTER TABLE studies ADD COLUMN purged_at REAL;"
 # Version 3 did not count how often a job was started (a crash mid-job left no trace).
 _MIGRATE_3_TO_4 = "ALTER TABLE jobs ADD COLUMN runs INTEGER NOT NULL DEFAULT 0;"
+# From a version to the next: the table the step alters (None: always runs; a database
+# that never had the table gets it, whole, from _SCHEMA) and the step's SQL.
+_MIGRATIONS: dict[str, tuple[str | None, str]] = {
+    "1": (None, _MIGRATE_1_TO_2 + OUTBOX_SCHEMA),
+    "2": ("studies", _MIGRATE_2_TO_3),
+    "3": ("jobs", _MIGRATE_3_TO_4),
+}
 
 # A StudySummary's columns; the instance count is of instances to process.
 _STUDY_SUMMARY = (
@@ -147,30 +154,20 @@ class State:
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
         )
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is not None and row[0] == "1":
+        while row is not None and row[0] in _MIGRATIONS:
+            table, script = _MIGRATIONS[row[0]]
+            present = (
+                table is None
+                or self._db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+                ).fetchone()
+            )
+            following = str(int(row[0]) + 1)
             self._db.executescript(
-                "BEGIN IMMEDIATE;" + _MIGRATE_1_TO_2 + OUTBOX_SCHEMA
-                + "UPDATE meta SET value = '2' WHERE key = 'schema_version'; COMMIT;"
+                "BEGIN IMMEDIATE;" + (script if present else "")
+                + f"UPDATE meta SET value = '{following}' WHERE key = 'schema_version'; COMMIT;"
             )  # fmt: skip
-            row = ("2",)
-        if row is not None and row[0] == "2":
-            has_studies = self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'"
-            ).fetchone()
-            self._db.executescript(
-                "BEGIN IMMEDIATE;" + (_MIGRATE_2_TO_3 if has_studies else "")
-                + "UPDATE meta SET value = '3' WHERE key = 'schema_version'; COMMIT;"
-            )  # fmt: skip
-            row = ("3",)
-        if row is not None and row[0] == "3":
-            has_jobs = self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
-            ).fetchone()
-            self._db.executescript(
-                "BEGIN IMMEDIATE;" + (_MIGRATE_3_TO_4 if has_jobs else "")
-                + "UPDATE meta SET value = '4' WHERE key = 'schema_version'; COMMIT;"
-            )  # fmt: skip
-            row = ("4",)
+            row = (following,)
         self._db.executescript(_SCHEMA)
         if row is None:
             self._db.execute(

@@ -76,9 +76,9 @@ class Assembler:
                 log.error("assembler cannot read or update the state database: %s", exc)
                 self._wake.wait(_RETRY_AFTER_ERROR)
                 continue
-            except Exception:
-                # Whatever it was, this thread must live: without it no study ever
-                # completes while the node goes on acknowledging instances.
+            except Exception:  # the thread's boundary: it must outlive any one error
+                # Without it no study ever completes while the node goes on acknowledging
+                # instances.
                 log.exception("assembler: unexpected error; retrying")
                 self._wake.wait(_RETRY_AFTER_ERROR)
                 continue
