@@ -101,6 +101,11 @@ def cached_demo(cache_dir: Path, name: str) -> Manifest | None:
     if manifest.version != DEMO_VERSION or manifest.training.get("profile") != expected:
         log.info("%s: cached engine is from another version or profile; rebuilding", name)
         return None
+    if tuple(manifest.classes) != tuple(engine_spec(name).findings):
+        # The catalogue's classes, thresholds, high-risk flags and codes are baked into the
+        # manifest, and triage reads them there: a changed catalogue needs a new package.
+        log.info("%s: cached engine's classes differ from the catalogue's; rebuilding", name)
+        return None
     return manifest
 
 

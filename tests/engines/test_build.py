@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,15 @@ def test_a_changed_profile_or_damaged_artefact_is_rebuilt(
     assert cached_demo(tmp_path, "hip_screen") is None
     assert "cached engine not reusable" in caplog.text
     build_demo(tmp_path, ("hip_screen",))
+    # A catalogue change (here a threshold) is baked into the manifest: the cache is stale.
+    spec = engine_spec("hip_screen")
+    changed = replace(spec, findings=(replace(spec.findings[0], threshold=0.9), *spec.findings[1:]))
+    caplog.set_level(logging.INFO, logger="engines.build")
+    with monkeypatch.context() as patch:
+        patch.setattr(build, "engine_spec", lambda name: changed)
+        assert cached_demo(tmp_path, "hip_screen") is None
+        assert "classes differ from the catalogue's" in caplog.text
+    assert cached_demo(tmp_path, "hip_screen") is not None
     monkeypatch.setitem(
         demo_profiles.DEMO_PROFILES, "hip_screen", Profile(**{**TINY.__dict__, "size": 96})
     )
