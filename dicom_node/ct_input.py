@@ -33,10 +33,12 @@ from dicom_node.models import SourceImage
 from dicom_node.route.plan import SIDES
 from engines.ct_grid import (
     BILATERAL_FIELD_MM,
+    SIDE_OFFSET_MM,
     engine_volume,
     field_centre_x_mm,
     field_width_mm,
     hemi_volume,
+    hip_of_field,
     midline_x_mm,
 )
 from engines.manifest import Preprocessing
@@ -45,9 +47,6 @@ from engines.volumes import CtVolume, VolumeError, read_ct_series
 log = logging.getLogger(__name__)
 
 Volume = npt.NDArray[np.float32]
-
-# How far from x = 0 a one-hip field without laterality must be centred to say which hip.
-SIDE_OFFSET_MM = 30.0
 
 
 class CtCache:
@@ -106,7 +105,7 @@ class CtCache:
 
     def _side_by_position(self, series_uid: str, volume: CtVolume) -> str | None:
         centre = field_centre_x_mm(volume)
-        shown = "R" if centre <= -SIDE_OFFSET_MM else "L" if centre >= SIDE_OFFSET_MM else None
+        shown = hip_of_field(centre, centre)  # the centre alone: the field is narrow
         if series_uid not in self._sides_logged:
             self._sides_logged.add(series_uid)
             if shown is None:

@@ -127,6 +127,8 @@ class SourceImage:
     # The study's clinical text and the patient's variables from this header (never logged).
     clinical: ClinicalContext | None = None
     frames: int = 1  # Number of Frames: an enhanced CT image holds a whole series' slices
+    # A single-frame CT image's extent in patient x (mm, LPS), from its geometry; else None.
+    x_range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ BONE_WINDOW = (500.0, 2000.0)
 # A field of view at least this wide (patient right-left, mm) shows both hips: an adult
 # pelvis is ~300 mm across the hips, a CT of one hip ~120-200 mm.
 BILATERAL_FIELD_MM = 250.0
+# How far from x = 0 (the table's centre in patient coordinates, near the patient's midline)
+# a narrower field without laterality must be centred to say which hip it shows: a hip lies
+# ~90 mm to a side.
+SIDE_OFFSET_MM = 30.0
 # The midline of a bilateral field is the axis of mirror symmetry of its bone (cortical and
 # dense trabecular bone: at least MIDLINE_BONE_HU), sampled on a MIDLINE_STEP_MM grid. Fewer
 # than MIDLINE_MIN_BONE bone samples, or an axis outside the field's central half, and the
@@ -148,6 +152,17 @@ def field_width_mm(volume: CtVolume | Any) -> float:
     """The extent of the volume's field in patient x (right-left), in mm."""
     low, high = _bounds(_image(volume))
     return float(high[0] - low[0])
+
+
+def hip_of_field(low_x_mm: float, high_x_mm: float) -> str | None:
+    """What a CT field spanning patient x from ``low_x_mm`` to ``high_x_mm`` shows, by its
+    geometry alone: "B" (both hips: at least :data:`BILATERAL_FIELD_MM` wide), "R" or "L"
+    (one hip, centred at least :data:`SIDE_OFFSET_MM` to that side; LPS: x < 0 is the
+    patient's right), or None (one hip, too near the centre to say which)."""
+    if high_x_mm - low_x_mm >= BILATERAL_FIELD_MM:
+        return "B"
+    centre = 0.5 * (low_x_mm + high_x_mm)
+    return "R" if centre <= -SIDE_OFFSET_MM else "L" if centre >= SIDE_OFFSET_MM else None
 
 
 def field_centre_x_mm(volume: CtVolume | Any) -> float:

@@ -6,9 +6,10 @@ the study's lateral view of the same side (View Position in
 ``routing.lateral_views``, laterality R or L); without one it runs on the AP
 alone, which the engine handles as a missing view. An engine with a CT input gets
 the study's CT series that may show its hip (the one with the most slices: instances,
-or the frames of an enhanced multi-frame CT; not one lateralised to the other hip,
-see dicom_node/ct_input.py for which part of it); without one the engine masks the
-CT. A rule's ``requires`` holds it back unless the study has a CT series that may show
+or the frames of an enhanced multi-frame CT; not one lateralised to the other hip, nor,
+without laterality, one whose field's position shows the other hip or no side, as
+dicom_node/ct_input.py decides, see there for which part of it); without one the engine
+masks the CT. A rule's ``requires`` holds it back unless the study has a CT series that may show
 the hip, clinical text, or the named demographics in the image's header. The cascade
 adds tasks for hips an earlier engine found with a finding.
 
@@ -33,6 +34,7 @@ from dicom_node.config_results import RoutingConfig, RoutingRule
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.route.rules import attributes_of, rule_matches
 from engines.catalog import engine_spec
+from engines.ct_grid import hip_of_field
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,28 @@ def source_image(ds: Dataset, path: Path, calling_ae: str) -> SourceImage:
         attributes=attributes,
         clinical=clinical,
         frames=_frames(ds),
+        x_range=_x_range(ds) if attributes["Modality"] == "CT" else None,
     )
+
+
+def _x_range(ds: Dataset) -> tuple[float, float] | None:
+    """The image's extent in patient x: its pixels' outer edges through Image Position and
+    Orientation (Patient) and Pixel Spacing; None when the geometry is absent or malformed."""
+    try:
+        position = [float(v) for v in ds.ImagePositionPatient]
+        row_x, col_x = float(ds.ImageOrientationPatient[0]), float(ds.ImageOrientationPatient[3])
+        row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+        return None
+    # Column index i moves along the row direction by the column spacing, row index j
+    # along the column direction by the row spacing; the edges lie half a pixel out.
+    xs = [
+        position[0] + i * col_spacing * row_x + j * row_spacing * col_x
+        for i in (-0.5, columns - 0.5)
+        for j in (-0.5, rows - 0.5)
+    ]
+    return min(xs), max(xs)
 
 
 def _frames(ds: Dataset) -> int:
@@ -83,8 +106,24 @@ def ct_series(images: Sequence[SourceImage], side: str | None = None) -> str | N
         if side is not None and image.laterality in SIDES and image.laterality != side:
             continue
         counts[image.series_uid] += image.frames
+    if side is not None:  # a series without laterality: what its geometry shows
+        for series in list(counts):
+            shown = _shown_by_geometry([i for i in images if i.series_uid == series])
+            if shown is not None and shown not in ("B", side):
+                del counts[series]
     best = max(counts.items(), key=lambda item: item[1], default=None)
     return best[0] if best is not None and best[1] >= MIN_CT_SLICES else None
+
+
+def _shown_by_geometry(series: Sequence[SourceImage]) -> str | None:
+    """B, R or L for a series without laterality whose every image has its geometry (as
+    dicom_node.ct_input decides from the volume; "" when its field is too near the centre to
+    say), else None: nothing to go by, the series stays a candidate."""
+    if any(i.laterality for i in series) or any(i.x_range is None for i in series):
+        return None
+    low = min(i.x_range[0] for i in series if i.x_range is not None)
+    high = max(i.x_range[1] for i in series if i.x_range is not None)
+    return hip_of_field(low, high) or ""
 
 
 def _has(

@@ -460,3 +460,35 @@ def test_a_for_processing_copy_is_not_analysed_beside_its_presentation_copy() ->
         "1.2.3.1",
         "1.2.3.1",
     ]
+
+
+def test_a_ct_without_laterality_goes_to_the_hip_its_geometry_shows() -> None:
+    # Two one-hip CTs without Laterality: the right one has more slices, but the left hip
+    # gets the left one (what dicom_node.ct_input would use), not the right one it would
+    # then refuse. A field near the table's centre says no side: no hip gets it.
+    import numpy as np
+
+    from dicom_node.synthetic import StudyIdentity, make_ct_series
+
+    def series(uid: str, slices: int, x_mm: float) -> list[SourceImage]:
+        datasets = make_ct_series(
+            np.zeros((slices, 8, 8)), identity=StudyIdentity.synthetic(1), series_uid=uid,
+            spacing_mm=(2.0, 16.0, 16.0), origin_mm=(x_mm, 0.0, 0.0), laterality="B",
+        )  # fmt: skip
+        images = []
+        for ds in datasets:
+            if "Laterality" in ds:
+                del ds.Laterality  # a site's CT often has none
+            images.append(source_image(ds, Path(f"spool/{ds.SOPInstanceUID}.dcm"), "PACS"))
+        return images
+
+    right = series("1.2.3.700", 6, -150.0)  # 128 mm wide, centred at x = -94 mm
+    left = series("1.2.3.800", 4, 30.0)  # centred at x = +86 mm
+    assert right[0].x_range == pytest.approx((-158.0, -30.0))
+    assert (ct_series([*right, *left], "R"), ct_series([*right, *left], "L")) == (
+        "1.2.3.700",
+        "1.2.3.800",
+    )
+    assert ct_series([*right, *left]) == "1.2.3.700"  # without a side: the largest
+    centred = series("1.2.3.900", 6, -60.0)  # centred at x = +4 mm
+    assert (ct_series(centred, "R"), ct_series(centred, "L")) == (None, None)
