@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import Config
 from dicom_node.ct_input import CtCache
+from dicom_node.errors import describe
 from dicom_node.infer import EngineSet, HipBatchItem
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.preprocess import HipInput, ImageCache, PreprocessError, hip_input
@@ -64,7 +65,7 @@ def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             images.append(source_image(ds, path, calling_ae))
         except (OSError, InvalidDicomError, AttributeError) as exc:
-            raise PreprocessError(f"{path.name}: cannot read its header ({exc})") from exc
+            raise PreprocessError(f"{path.name}: cannot read its header ({describe(exc)})") from exc
     return tuple(images)
 
 

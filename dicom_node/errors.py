@@ -2,9 +2,19 @@
 
 Every error the node raises on purpose derives from :class:`DicomNodeError` and,
 where it refines a builtin, from that builtin too, so callers can catch either.
+
+Another library's error can quote what it was given: pydicom "Invalid value for VR DA:
+'19500615'", a float() of a header value "could not convert string to float: 'DOE'".
+:func:`describe` is how such an error's text reaches a log line, the jobs table, a
+delivery error or an HTTP answer: with every quoted value withheld.
 """
 
 from __future__ import annotations
+
+import re
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+WITHHELD = "'…'"
 
 
 class DicomNodeError(Exception):
@@ -42,3 +52,23 @@ class FactoryError(DicomNodeError, ValueError):
 
 class ReportError(DicomNodeError, ValueError):
     """The inputs of a report do not fit together."""
+
+
+def withhold_quoted(text: str) -> str:
+    """``text`` with every quoted value ('…' or "…") replaced by '…'."""
+    return _QUOTED.sub(WITHHELD, text)
+
+
+def describe(exc: BaseException) -> str:
+    """An error as text that never carries header values.
+
+    The node's own errors (:class:`DicomNodeError`) as they are: their messages quote UIDs,
+    paths, config keys and values, never patient data, and any other library's text they
+    include went through this function. Any other error as "Type: message": an OSError's
+    message as it is (errno, reason, file name: the spool's paths are UIDs), another's with
+    its quoted values withheld.
+    """
+    if isinstance(exc, DicomNodeError):
+        return str(exc)
+    message = str(exc) if isinstance(exc, OSError) else withhold_quoted(str(exc))
+    return f"{type(exc).__name__}: {message}"

@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from dicom_node.errors import describe
+
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], dict[str, str]]  # problem name -> why; empty when ready
@@ -49,7 +51,7 @@ class _Handler(BaseHTTPRequestHandler):
                 problems = self.server.readiness()
             except Exception as exc:  # a broken check is "not ready", never a crash
                 log.exception("readiness check failed")
-                problems = {"readiness": f"check failed: {exc}"}
+                problems = {"readiness": f"check failed: {describe(exc)}"}
             return _json(503 if problems else 200, {"ready": not problems, "not_ready": problems})
         return _json(404, {"error": f"no such endpoint: {path}"})
 

@@ -4,21 +4,34 @@ Log lines identify work by Study/SOP Instance UID and association; the code
 never passes patient names or IDs to a logger. The DICOM libraries do quote header
 values (pydicom: "Invalid value for VR DA: '19500615'"; its warnings; highdicom's
 person-name warning): their records, and Python warnings (routed into logging, so a
-JSON log stays JSON), have every quoted value withheld.
+JSON log stays JSON), have every quoted value withheld. So do the exception lines of every
+traceback a record carries (``log.exception`` after another library's error), whichever
+logger wrote it; the frames (file, line, code) stay as they are.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
+from types import TracebackType
 
 from dicom_node.config import LoggingConfig
+from dicom_node.errors import withhold_quoted
+
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
 
-class JsonFormatter(logging.Formatter):
+class _Formatter(logging.Formatter):
+    def formatException(self, ei: _ExcInfo) -> str:  # noqa: N802 - logging's name
+        """The traceback with quoted values withheld on its exception lines (those not
+        indented: "ValueError: …", "pydicom.errors.InvalidDicomError: …"); frames as they are."""
+        lines = super().formatException(ei).split("\n")
+        return "\n".join(line if line[:1].isspace() else withhold_quoted(line) for line in lines)
+
+
+class JsonFormatter(_Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -35,7 +48,6 @@ class JsonFormatter(logging.Formatter):
 
 # Loggers whose messages may quote header values (patient data) they were given.
 QUOTING_LOGGERS = ("pydicom", "highdicom", "py.warnings")
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 class WithholdValues(logging.Filter):
@@ -43,7 +55,7 @@ class WithholdValues(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.split(".")[0] in {n.split(".")[0] for n in QUOTING_LOGGERS}:
-            record.msg = _QUOTED.sub("'…'", record.getMessage())
+            record.msg = withhold_quoted(record.getMessage())
             record.args = None
         return True
 
@@ -55,7 +67,7 @@ def configure_logging(cfg: LoggingConfig) -> None:
     if cfg.format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(_Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level)

@@ -25,6 +25,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydicom.uid import UID
 
+from dicom_node.errors import describe
+
 STORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 INFERENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -61,7 +63,7 @@ class _Failures:
         try:
             value = read()
         except Exception as exc:  # one broken source costs only its own samples
-            error = f"{type(exc).__name__}: {exc}"
+            error = describe(exc)
             if error != self._last:  # once per distinct error, not once per scrape
                 self._last = error
                 log.warning(

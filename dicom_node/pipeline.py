@@ -25,7 +25,7 @@ from pydicom.filewriter import dcmwrite
 
 from dicom_node.analyse import StudyAnalysis, analyse_study, read_sources
 from dicom_node.config import Config
-from dicom_node.errors import DicomNodeError, ReportError, SpoolError
+from dicom_node.errors import DicomNodeError, ReportError, SpoolError, describe
 from dicom_node.infer import EngineOutputError, EngineSet, EngineUnavailableError
 from dicom_node.metrics import Metrics
 from dicom_node.models import Job, ResultObject
@@ -119,7 +119,7 @@ class Pipeline(Worker):
             self._process(job, started)
         except Exception as exc:  # a bug must fail one study, not stop (or spin) the worker
             log.exception("study %s: internal error", job.study_uid)
-            self._fail(job, "other", f"internal error: {type(exc).__name__}: {exc}")
+            self._fail(job, "other", f"internal error: {describe(exc)}")
 
     def _stage(self, name: str, since: float) -> float:
         now = time.perf_counter()
@@ -218,7 +218,7 @@ class Pipeline(Worker):
         failures = self._engine_failures.get(job.id, 0) + 1
         self._engine_failures[job.id] = failures
         if failures >= _MAX_ENGINE_RETRIES:
-            self._fail(job, "engine", f"engine failed {failures} times: {exc}")
+            self._fail(job, "engine", f"engine failed {failures} times: {describe(exc)}")
             return
         self._retry_at[job.id] = time.time() + _RETRY_SECONDS
         self.state.job_ran_out(job.id)  # pending by choice, not cut short

@@ -21,7 +21,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import DicomNodeError, describe
 from dicom_node.models import SourceImage
 from engines.manifest import Preprocessing
 from engines.pixels import (
@@ -77,7 +77,7 @@ def load_image(source: SourceImage) -> PreparedImage:
     except (OSError, EOFError, ValueError, InvalidDicomError, zlib.error) as exc:
         # ValueError and zlib.error: a truncated or malformed (deflated) data set.
         raise PreprocessError(
-            f"SOP instance {uid}: cannot read {source.path.name} ({exc})"
+            f"SOP instance {uid}: cannot read {source.path.name} ({describe(exc)})"
         ) from exc
     try:
         picture = display_pixels(ds)

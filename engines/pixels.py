@@ -24,7 +24,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from torch.nn import functional
 
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import DicomNodeError, describe
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def display_pixels(ds: Dataset) -> Image:
         stored = ds.pixel_array
     except (ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
         raise PixelDataError(
-            f"SOP instance {ds.get('SOPInstanceUID', '?')}: pixel data cannot be decoded ({exc})"
+            f"SOP instance {ds.get('SOPInstanceUID', '?')}: pixel data cannot be decoded "
+            f"({describe(exc)})"
         ) from exc
     if stored.ndim != 2:
         raise PixelDataError(f"pixel data: expected one 2-D frame, got shape {stored.shape}")

@@ -47,7 +47,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut
 
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import DicomNodeError, describe
 
 # SimpleITK's wrappers are unannotated; going through one Any keeps that out of mypy's way
 # (sitk.Image values are typed Any below, and every function here returns typed values
@@ -161,7 +161,7 @@ def _header(path: Path) -> Dataset:
     try:
         return dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise VolumeError(f"file {path}: not a readable DICOM file ({exc})") from exc
+        raise VolumeError(f"file {path}: not a readable DICOM file ({describe(exc)})") from exc
 
 
 def _uid(ds: Dataset) -> str:
@@ -270,7 +270,7 @@ def _frames(series_uid: str, path: Path, ds: Dataset, frames: int) -> list[_Slic
         except (TypeError, ValueError) as exc:
             raise VolumeError(
                 f"series {series_uid}, instance {name}: Rescale Slope and Intercept expected "
-                f"numbers ({exc})"
+                f"numbers ({describe(exc)})"
             ) from exc
         slices.append(_slice(series_uid, path, ds, geometry, name, i, rescale))
     return slices
@@ -379,7 +379,8 @@ def _decoded(series_uid: str, path: Path, modality_lut: bool) -> tuple[Dataset, 
         return ds, apply_modality_lut(stored, ds) if modality_lut else stored
     except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError) as exc:
         raise VolumeError(
-            f"series {series_uid}, instance {_uid(ds)}: pixel data cannot be decoded ({exc})"
+            f"series {series_uid}, instance {_uid(ds)}: pixel data cannot be decoded "
+            f"({describe(exc)})"
         ) from exc
 
 

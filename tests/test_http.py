@@ -78,6 +78,15 @@ def test_a_failing_readiness_check_is_not_ready_rather_than_an_error(
 
     code, _, body = get(endpoints(broken), "/readyz")
     assert code == 503 and "state database locked" in body
+
+    def quoting() -> dict[str, str]:  # a library's error quoting what it read
+        raise ValueError("invalid literal for int() with base 10: 'DOE'")
+
+    code, _, body = get(endpoints(quoting), "/readyz")
+    assert code == 503 and "DOE" not in body
+    assert json.loads(body)["not_ready"]["readiness"] == (
+        "check failed: ValueError: invalid literal for int() with base 10: '…'"
+    )
     assert get(endpoints(dict), "/nowhere")[0] == 404
 
 

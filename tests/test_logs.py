@@ -63,3 +63,26 @@ def test_values_the_dicom_libraries_quote_are_withheld(
     assert lines[0]["message"] == "Invalid value for VR DA: '…'."
     assert lines[2]["message"] == "UserWarning: '…' is not a name"
     assert lines[3]["message"] == "study '1.2.3' complete"
+
+
+def test_tracebacks_withhold_what_the_error_quotes(
+    capsys: pytest.CaptureFixture[str], restore_logging: object
+) -> None:
+    # log.exception after another library's error: its message may quote a header value.
+    name = bytes([68, 79, 69]).decode() + "^JANE"  # a patient name read from a header
+    for fmt in ("plain", "json"):
+        configure_logging(LoggingConfig(level="INFO", format=fmt))
+        try:
+            try:
+                float(name)
+            except ValueError as exc:
+                raise RuntimeError(f'while reading "{name}"') from exc
+        except RuntimeError:
+            logging.getLogger("dicom_node.test").exception("study %s: internal error", "1.2.3")
+        err = capsys.readouterr().err
+        text = err if fmt == "plain" else json.loads(err)["exception"]
+        assert "DOE" not in text
+        assert "ValueError: could not convert string to float: '…'" in text
+        assert "RuntimeError: while reading '…'" in text
+        assert "float(name)" in text  # the frames' code lines are kept as they are
+        assert "study 1.2.3: internal error" in err

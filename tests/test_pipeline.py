@@ -172,6 +172,28 @@ def test_an_engine_that_cannot_run_leaves_the_job_pending_for_a_retry(
         engines.close()
 
 
+class BuggyEngines(EngineSet):
+    """The real engines, except that inference hits a bug in another library whose message
+    quotes a header value it was given."""
+
+    def predict(self, name, items):  # type: ignore[no-untyped-def]
+        raise ValueError("could not convert string to float: 'DOE^JANE'")
+
+
+def test_an_internal_error_fails_the_job_without_the_values_it_quotes(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    node = pending_study(results_node(), tmp_path, 507)
+    engines = BuggyEngines(node.config.engines, engines_needed(node.config))
+    try:
+        assert Pipeline(node.config, node.state, node.spool, engines).run_pending() == 1
+    finally:
+        engines.close()
+    [job] = node.state.jobs()
+    assert job.state == "failed"
+    assert job.error == "internal error: ValueError: could not convert string to float: '…'"
+
+
 def test_a_done_job_stays_done_when_recording_it_fails(
     results_node: Callable[..., Node], tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from dicom_node.config_results import Destination
+from dicom_node.errors import describe
 from dicom_node.models import OutboxItem
 from dicom_node.spool import fsync_dir
 
@@ -93,14 +94,14 @@ def _store_one(assoc: Association, item: OutboxItem, spool_dir: Path, where: str
     try:
         ds = dcmread(spool_dir / item.path)
     except (OSError, InvalidDicomError) as exc:
-        return Delivery(item, False, f"cannot read {item.path}: {exc}")
+        return Delivery(item, False, f"cannot read {item.path}: {describe(exc)}")
     except Exception as exc:  # noqa: BLE001 - see above
-        return Delivery(item, False, f"cannot read {item.path}: {type(exc).__name__}: {exc}")
+        return Delivery(item, False, f"cannot read {item.path}: {describe(exc)}")
     try:
         status = assoc.send_c_store(ds)
     except Exception as exc:  # noqa: BLE001 - see above
         return Delivery(item, False, f"cannot send {item.path} to {where}: "
-                        f"{type(exc).__name__}: {exc}")  # fmt: skip
+                        f"{describe(exc)}")  # fmt: skip
     code = int(status.Status) if "Status" in status else None
     if code is None:
         return Delivery(item, False, f"no C-STORE response from {where}")

@@ -1,0 +1,35 @@
+"""How an error's text reaches logs, the jobs table and HTTP answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from dicom_node.errors import ConfigError, SpoolError, describe, withhold_quoted
+
+
+def test_quoted_values_are_withheld() -> None:
+    assert (
+        withhold_quoted("Invalid value for VR DA: '19500615'.") == "Invalid value for VR DA: '…'."
+    )
+    assert withhold_quoted("name \"DOE^JANE\" and 'x'") == "name '…' and '…'"
+    assert withhold_quoted("nothing quoted") == "nothing quoted"
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        # Another library's error: its type, and what it quotes withheld.
+        (ValueError("could not convert string to float: 'DOE^JANE'"),
+         "ValueError: could not convert string to float: '…'"),
+        (KeyError("PatientName"), "KeyError: '…'"),
+        # The node's own errors name keys and values of its config, never header data.
+        (ConfigError("node.port: expected an integer, got 'abc'"),
+         "node.port: expected an integer, got 'abc'"),
+        (SpoolError("spool: cannot write 'a/b.dcm'"), "spool: cannot write 'a/b.dcm'"),
+        # An OSError's text is errno, reason and a path (the spool's paths are UIDs).
+        (FileNotFoundError(2, "No such file or directory", "/spool/1.2.3.dcm"),
+         "FileNotFoundError: [Errno 2] No such file or directory: '/spool/1.2.3.dcm'"),
+    ],
+)  # fmt: skip
+def test_describe(error: BaseException, text: str) -> None:
+    assert describe(error) == text
