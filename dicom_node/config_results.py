@@ -55,6 +55,11 @@ CODE_STRING_ATTRIBUTES = frozenset(
 # or the patient's demographics in the image's header (dicom_node.clinical).
 REQUIREMENTS = ("ct", "text", "age", "sex", "height", "weight")
 HEATMAP_POLICIES = ("positive", "positive-or-top", "none")
+# Body Part Examined of a CT that may show the hips (PS3.16 Annex L terms; "" when absent, as
+# many CTs carry none): its field is fitted whole into a CT engine's grid, so a chest CT in
+# the same study must not be taken for the hips' (docs/results.md).
+CT_BODY_PARTS = ("", "HIP", "PELVIS", "ABDOMENPELVIS", "CHESTABDPELVIS", "WHOLEBODY")
+_CODE_STRING = re.compile(r"[A-Z0-9 _]{0,16}")
 DESTINATION_TYPES = ("dicom", "folder")
 
 
@@ -115,6 +120,9 @@ class RoutingConfig:
     )
     # ViewPosition values that make an image of one hip a lateral view for dual-view engines.
     lateral_views: tuple[str, ...] = ("LATERAL", "LL", "RL", "LLO", "RLO")
+    # Body Part Examined values (upper case; "" for none) of a CT series that may show the
+    # hips: a chest or head CT in the same study is never an engine's CT input.
+    ct_body_parts: tuple[str, ...] = CT_BODY_PARTS
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,26 @@ def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingCo
             as_str(v, f"routing.lateral_views[{i}]")
             for i, v in enumerate(as_list(raw["lateral_views"], "routing.lateral_views"))
         )
-    return RoutingConfig(rules=rules, cascade=cascade, lateral_views=lateral)
+    body_parts = d.ct_body_parts
+    if "ct_body_parts" in raw:
+        body_parts = tuple(
+            _code_string(v, f"routing.ct_body_parts[{i}]")
+            for i, v in enumerate(as_list(raw["ct_body_parts"], "routing.ct_body_parts"))
+        )
+    return RoutingConfig(
+        rules=rules, cascade=cascade, lateral_views=lateral, ct_body_parts=body_parts
+    )
+
+
+def _code_string(value: Any, path: str) -> str:
+    """A Code String value in upper case ("" allowed: the attribute absent or empty)."""
+    text = value.strip().upper() if isinstance(value, str) else None
+    if text is None or not _CODE_STRING.fullmatch(text):
+        raise ConfigError(
+            f"{path}: expected a Code String (up to 16 letters, digits, spaces or '_'; "
+            f'"" for none), got {show(value)}'
+        )
+    return text
 
 
 def _rule(item: Any, path: str, engines: tuple[str, ...]) -> RoutingRule:

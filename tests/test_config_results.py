@@ -85,6 +85,7 @@ def test_custom_rule_with_regex_and_list_conditions() -> None:
                 ],
                 "cascade": [],
                 "lateral_views": ["LATERAL", "XTABLE"],
+                "ct_body_parts": ["", " pelvis", "LOWER LIMB"],
             }
         }
     )
@@ -102,6 +103,7 @@ def test_custom_rule_with_regex_and_list_conditions() -> None:
         ),
         cascade=(),
         lateral_views=("LATERAL", "XTABLE"),
+        ct_body_parts=("", "PELVIS", "LOWER LIMB"),  # Code Strings: stripped, upper case
     )
 
 
@@ -204,7 +206,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"routing": []}, r"^routing: expected a mapping, got \[\]"),
     (
         {"routing": {"rule": []}},
-        r"^routing\.rule: unknown key in routing \(known: cascade, lateral_views, rules\)",
+        r"^routing\.rule: unknown key in routing "
+        r"\(known: cascade, ct_body_parts, lateral_views, rules\)",
     ),
     ({"routing": {"rules": {"name": "x"}}}, r"^routing\.rules: expected a list, got \{'name'"),
     ({"routing": {"rules": ["x"]}}, r"^routing\.rules\[0\]: expected a mapping, got 'x'"),
@@ -332,6 +335,19 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (
         {"routing": {"lateral_views": ["LL", ""]}},
         r"^routing\.lateral_views\[1\]: expected a non-empty string, got ''",
+    ),
+    (
+        {"routing": {"ct_body_parts": ["HIP", 3]}},
+        r"^routing\.ct_body_parts\[1\]: expected a Code String \(up to 16 letters, digits, "
+        r"spaces or '_'; \"\" for none\), got 3",
+    ),
+    (
+        {"routing": {"ct_body_parts": ["CHEST/ABDOMEN"]}},
+        r"^routing\.ct_body_parts\[0\]: expected a Code String .*, got 'CHEST/ABDOMEN'",
+    ),
+    (
+        {"routing": {"ct_body_parts": "HIP"}},
+        r"^routing\.ct_body_parts: expected a list, got 'HIP'",
     ),
     # --- triage ----------------------------------------------------------------
     ({"triage": "on"}, r"^triage: expected a mapping, got 'on'"),

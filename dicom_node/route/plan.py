@@ -5,7 +5,8 @@ an image of one hip that hip). A dual-view engine pairs the hip's AP region with
 the study's lateral view of the same side (View Position in
 ``routing.lateral_views``, laterality R or L); without one it runs on the AP
 alone, which the engine handles as a missing view. An engine with a CT input gets
-the study's CT series that may show its hip (the one with the most slices: instances,
+the study's CT series that may show its hip (Body Part Examined one of
+``routing.ct_body_parts``, so not a chest or head CT; the one with the most slices: instances,
 or the frames of an enhanced multi-frame CT; not one lateralised to the other hip, nor,
 without laterality, one whose field's position shows the other hip or no side, as
 dicom_node/ct_input.py decides, see there for which part of it); without one the engine
@@ -24,13 +25,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
 from dicom_node.clinical import ClinicalContext, ClinicalError, from_dataset
-from dicom_node.config_results import RoutingConfig, RoutingRule
+from dicom_node.config_results import CT_BODY_PARTS, RoutingConfig, RoutingRule
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.route.rules import attributes_of, rule_matches
 from engines.catalog import engine_spec
@@ -96,12 +97,19 @@ def _frames(ds: Dataset) -> int:
         return 1
 
 
-def ct_series(images: Sequence[SourceImage], side: str | None = None) -> str | None:
-    """The study's CT series with the most slices (at least MIN_CT_SLICES), else None;
-    with ``side``, only series that may show that hip (not one lateralised to the other)."""
+def ct_series(
+    images: Sequence[SourceImage],
+    side: str | None = None,
+    body_parts: Collection[str] = CT_BODY_PARTS,
+) -> str | None:
+    """The study's CT series with the most slices (at least MIN_CT_SLICES) among those whose
+    Body Part Examined is one of ``body_parts``, else None; with ``side``, only series that
+    may show that hip (not one lateralised to the other)."""
     counts: Counter[str] = Counter()
     for image in images:
         if image.attributes.get("Modality") != "CT":
+            continue
+        if image.attributes.get("BodyPartExamined", "") not in body_parts:
             continue
         if side is not None and image.laterality in SIDES and image.laterality != side:
             continue
@@ -127,10 +135,14 @@ def _shown_by_geometry(series: Sequence[SourceImage]) -> str | None:
 
 
 def _has(
-    requirement: str, image: SourceImage, images: Sequence[SourceImage], side: str | None
+    requirement: str,
+    image: SourceImage,
+    images: Sequence[SourceImage],
+    side: str | None,
+    routing: RoutingConfig,
 ) -> bool:
     if requirement == "ct":
-        return ct_series(images, side) is not None
+        return ct_series(images, side, routing.ct_body_parts) is not None
     if image.clinical is None:
         return False
     if requirement == "text":
@@ -139,11 +151,15 @@ def _has(
 
 
 def requirements_met(
-    rule: RoutingRule, image: SourceImage, images: Sequence[SourceImage], side: str | None = None
+    rule: RoutingRule,
+    image: SourceImage,
+    images: Sequence[SourceImage],
+    routing: RoutingConfig,
+    side: str | None = None,
 ) -> bool:
     """Does the study give ``rule`` what it requires (for hip ``side``: a CT that may show
     that hip, not one of the other hip)?"""
-    return all(_has(r, image, images, side) for r in rule.requires)
+    return all(_has(r, image, images, side, routing) for r in rule.requires)
 
 
 def _sides(image: SourceImage) -> tuple[str, ...]:
@@ -176,7 +192,7 @@ def _task(
 ) -> HipTask:
     spec = engine_spec(engine)
     lateral = _lateral(images, side, routing) if "LATERAL" in spec.views else None
-    ct = ct_series(images, side) if "ct" in spec.modalities else None
+    ct = ct_series(images, side, routing.ct_body_parts) if "ct" in spec.modalities else None
     return HipTask(engine=engine, side=side, ap=ap, lateral=lateral, rule=rule, ct_series=ct)
 
 
@@ -197,7 +213,7 @@ def plan_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[H
             if not rule_matches(rule, image.attributes):
                 continue
             for side in _sides(image):
-                if not requirements_met(rule, image, images, side):
+                if not requirements_met(rule, image, images, routing, side):
                     continue
                 key = (rule.engine, image.sop_instance_uid, side)
                 if key not in seen:

@@ -357,7 +357,7 @@ def test_cascade_only_follows_its_first_engine() -> None:
 
 
 def ct_slice(uid: str, series: str = "1.2.3.200", **extra: str) -> SourceImage:
-    ds = header(uid, Modality="CT", ViewPosition="", BodyPartExamined="HIP", **extra)
+    ds = header(uid, **{"Modality": "CT", "ViewPosition": "", "BodyPartExamined": "HIP", **extra})
     ds.SOPClassUID = CT
     ds.SeriesInstanceUID = series
     return source_image(ds, Path(f"spool/{uid}.dcm"), "PACS")
@@ -460,6 +460,25 @@ def test_a_for_processing_copy_is_not_analysed_beside_its_presentation_copy() ->
         "1.2.3.1",
         "1.2.3.1",
     ]
+
+
+def test_only_a_ct_that_may_show_the_hips_is_a_ct_input() -> None:
+    # A CT engine fits the series' whole field into its grid: a chest CT in the same study
+    # (more slices than the hip CT) must not become the hips' CT, nor satisfy `requires`.
+    pelvis = image("1")
+    chest = [ct_slice(str(n), series="1.2.3.910", BodyPartExamined="CHEST") for n in range(30, 40)]
+    hips = [ct_slice(str(n), series="1.2.3.920", BodyPartExamined="PELVIS") for n in range(40, 44)]
+    unnamed = [ct_slice(str(n), series="1.2.3.930", BodyPartExamined="") for n in range(50, 52)]
+    assert ct_series([*chest, *hips]) == "1.2.3.920"
+    assert ct_series(chest) is None
+    assert ct_series(unnamed) == "1.2.3.930"  # many CTs carry no body part: kept
+    assert {t.engine for t in plan_tasks([pelvis, *chest], DEFAULT)} == {"hip_screen"}
+    tasks = plan_tasks([pelvis, *chest, *hips], DEFAULT)
+    assert {t.ct_series for t in tasks if t.engine == "hip_multimodal"} == {"1.2.3.920"}
+    # A site whose hip CTs are labelled otherwise lists that value.
+    routing = parse_config({"routing": {"ct_body_parts": ["chest"]}}).routing
+    tasks = plan_tasks([pelvis, *chest, *hips], routing)
+    assert {t.ct_series for t in tasks if t.engine == "hip_multimodal"} == {"1.2.3.910"}
 
 
 def test_a_ct_without_laterality_goes_to_the_hip_its_geometry_shows() -> None:
