@@ -12,6 +12,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -36,11 +37,17 @@ OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
 
 
+# Ended associations remembered for a C-STORE still being handled when its association's
+# end arrives (pynetdicom reports a closed connection from another thread); bounded.
+_ENDED_KEPT = 256
+
+
 @dataclass
 class _Association:
     id: str
     calling_ae: str
     studies: set[str] = field(default_factory=set)
+    ended: bool = False
 
 
 class Receiver:
@@ -63,6 +70,7 @@ class Receiver:
         self.metrics = metrics if metrics is not None else Metrics()
         self._lock = threading.Lock()
         self._associations: dict[int, _Association] = {}
+        self._ended: OrderedDict[int, _Association] = OrderedDict()
         self._counter = itertools.count(1)
 
     # --- associations ------------------------------------------------------------
@@ -71,27 +79,38 @@ class Receiver:
         assoc = _Association(f"{calling_ae}@{address}#{next(self._counter)}", calling_ae)
         with self._lock:
             self._associations[key] = assoc
+            self._ended.pop(key, None)  # the key of an ended association, reused
         self.metrics.associations.labels("accepted", "").inc()
         self.metrics.associations_active.inc()
         log.info("association %s accepted", assoc.id)
 
     def association_ended(self, key: int, how: str) -> None:
+        """Release the studies the association carried. A C-STORE of it still being handled
+        (its connection closed meanwhile) releases the study it adds itself (_count_study)."""
         with self._lock:
             assoc = self._associations.pop(key, None)
-        if assoc is None:
-            return  # already handled (release, then connection close) or never accepted
+            if assoc is None:
+                return  # already handled (release, then connection close) or never accepted
+            assoc.ended = True
+            studies = set(assoc.studies)
+            self._ended[key] = assoc
+            while len(self._ended) > _ENDED_KEPT:
+                self._ended.popitem(last=False)
         self.metrics.associations_active.dec()
-        log.info("association %s ended (%s), carried %d studies", assoc.id, how, len(assoc.studies))
-        if assoc.studies:
+        log.info("association %s ended (%s), carried %d studies", assoc.id, how, len(studies))
+        self._release(assoc, studies)
+
+    def _release(self, assoc: _Association, studies: set[str]) -> None:
+        if studies:
             try:
-                self.state.release(assoc.studies, self.clock())
+                self.state.release(studies, self.clock())
             except StateError as exc:
                 log.error("association %s: cannot record release (%s)", assoc.id, exc)
             self.on_change()
 
     def _association(self, key: int, calling_ae: str) -> _Association:
         with self._lock:
-            assoc = self._associations.get(key)
+            assoc = self._associations.get(key) or self._ended.get(key)
             if assoc is None:  # EVT_ACCEPTED not seen (handler bound late); track anyway
                 assoc = _Association(f"{calling_ae}#{next(self._counter)}", calling_ae)
                 self._associations[key] = assoc
@@ -199,10 +218,9 @@ class Receiver:
             received_at=self.clock(),
             own_output=own,
         )
+        counted = header.study_uid not in assoc.studies  # one more association carrying it
         try:
-            outcome = self.state.record_instance(
-                instance, header.study_uid not in assoc.studies, kind
-            )
+            outcome = self.state.record_instance(instance, counted, kind)
         except StateError:
             if kind == "new":
                 self.spool.remove(relative)  # not acknowledged: no orphan
@@ -217,7 +235,7 @@ class Receiver:
             log.info("SOP instance %s is the node's own output; kept, not processed",
                      header.sop_instance_uid)  # fmt: skip
         if outcome.study_touched:
-            assoc.studies.add(header.study_uid)
+            self._count_study(assoc, header.study_uid, counted)
             if outcome.study_reopened:
                 log.info("study %s reopened by a late instance", header.study_uid)
             if outcome.study_started:
@@ -225,6 +243,16 @@ class Receiver:
                 # when it wakes. A new deadline may be the earliest, so wake it now.
                 self.on_change()
         return outcome
+
+    def _count_study(self, assoc: _Association, study_uid: str, counted: bool) -> None:
+        """Note that ``assoc`` carries the study; if the association ended while this
+        instance was being stored, its end did not see the study: release it here, or the
+        study would count an open association forever and wait out quiet_seconds."""
+        with self._lock:
+            assoc.studies.add(study_uid)
+            late = assoc.ended and counted
+        if late:
+            self._release(assoc, {study_uid})
 
 
 def _status(code: int, comment: str | None) -> Dataset:

@@ -1,0 +1,75 @@
+"""The Receiver's bookkeeping of which associations carry which studies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dicom_clients import dataset_bytes
+from helpers import tiny_image
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_node.config import AssemblyConfig
+from dicom_node.receive.store import SUCCESS, Receiver
+from dicom_node.spool import Spool
+from dicom_node.state import State
+
+RULES = AssemblyConfig(quiet_seconds=30.0, after_release_seconds=2.0, max_wait_seconds=600.0)
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Receiver:
+    state = State(tmp_path / "state.db", RULES)
+    yield Receiver(Spool(tmp_path / "spool", 0), state, 10**7, clock=lambda: 1000.0)  # type: ignore[misc]
+    state.close()
+
+
+def store(receiver: Receiver, key: int, tmp_path: Path, number: int) -> str:
+    """Store one instance of one study over association ``key``; its study UID."""
+    ds = tiny_image()
+    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.10.9999.{number}"
+    path = tmp_path / f"in{number}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    response = receiver.store(
+        key, "SCANNER", ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian,
+        dataset_bytes(path),
+    )  # fmt: skip
+    assert int(response.Status) == SUCCESS
+    return str(ds.StudyInstanceUID)
+
+
+def test_a_released_association_lets_its_study_complete_sooner(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.association_started(1, "SCANNER", "127.0.0.1")
+    study = store(receiver, 1, tmp_path, 1)
+    summary = receiver.state.study(study)
+    assert summary is not None and summary.open_associations == 1
+    assert summary.due_at == pytest.approx(1000.0 + RULES.quiet_seconds)
+    receiver.association_ended(1, "released")
+    summary = receiver.state.study(study)
+    assert summary is not None and summary.open_associations == 0
+    assert summary.due_at == pytest.approx(1000.0 + RULES.after_release_seconds)
+
+
+def test_a_store_that_outlives_its_association_releases_its_study(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    # pynetdicom reports a closed connection from its network thread while the C-STORE
+    # handler may still be storing the association's last instance: that study's count
+    # of open associations must not stay at 1 (it would wait out quiet_seconds).
+    receiver.association_started(1, "SCANNER", "127.0.0.1")
+    first = store(receiver, 1, tmp_path, 1)
+    receiver.association_ended(1, "connection closed")
+    late = store(receiver, 1, tmp_path, 2)  # handled after the end was reported
+    for study in (first, late):
+        summary = receiver.state.study(study)
+        assert summary is not None
+        assert summary.open_associations == 0, study
+        assert summary.due_at == pytest.approx(1000.0 + RULES.after_release_seconds)
+    receiver.association_ended(1, "connection closed")  # reported twice: no effect
+    # The same key for a new association (object ids are reused) starts afresh.
+    receiver.association_started(1, "SCANNER", "127.0.0.1")
+    again = store(receiver, 1, tmp_path, 3)
+    summary = receiver.state.study(again)
+    assert summary is not None and summary.open_associations == 1
