@@ -35,7 +35,7 @@ def check_array(pixels: npt.ArrayLike, ndim: int, name: str) -> npt.NDArray[np.g
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise FactoryError(f"{name}: expected real pixels, got dtype {arr.dtype}")
     if not np.all(np.isfinite(arr)):
-        raise FactoryError(f"{name}: pixels must be finite (found NaN or infinity)")
+        raise FactoryError(f"{name}: expected finite values, found NaN or infinity")
     if max(arr.shape[-2:]) > 0xFFFF:
         raise FactoryError(f"{name}: rows and columns must be at most 65535, got {arr.shape}")
     return arr
