@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from dicom_node.clinical import VECTOR_FIELDS
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import DicomNodeError, describe
 from engines.catalog import EngineSpec, engine_spec
 from engines.demo_profiles import (
     DEMO_ENGINES,
@@ -72,7 +72,8 @@ log = logging.getLogger(__name__)
 
 
 class BuildError(DicomNodeError, RuntimeError):
-    """A build would overwrite an engine that is not a demo engine."""
+    """A build cannot go ahead: it would overwrite an engine that is not a demo engine, its
+    engine trains on phantoms only, or its spec names a network the trainer cannot train."""
 
 
 @dataclass(frozen=True)
@@ -449,7 +450,13 @@ def train_osteoporosis_on_phantoms(
     test = osteoporosis_set(spec, profile.test_per_class, profile.size, TEST_SEED)
     data_seconds = time.monotonic() - start
     kwargs = {"clinical_width": len(VECTOR_FIELDS), "components": options.clusters}
-    model = create(spec.model, **kwargs)
+    try:
+        model = create(spec.model, **kwargs)
+    except TypeError as exc:  # another network: it takes no clinical_width or components
+        raise BuildError(
+            f"engine {spec.name!r}: model {spec.model!r} is not the osteoporosis network "
+            f"({describe(exc)})"
+        ) from exc
     if not isinstance(model, OsteoporosisNet):
         raise BuildError(
             f"engine {spec.name!r}: model {spec.model!r} is not the osteoporosis network"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,14 @@ import pytest
 from dicom_node import engines_cli
 from dicom_node.clinical import VECTOR_FIELDS
 from engines import demo_profiles
-from engines.build import BuildError, build_demo, cached_demo, image_profile
+from engines.build import (
+    BuildError,
+    build_demo,
+    cached_demo,
+    image_profile,
+    train_multimodal_on_phantoms,
+    train_osteoporosis_on_phantoms,
+)
 from engines.catalog import engine_spec
 from engines.demo_profiles import DEMO_VERSION, MultimodalProfile, OsteoporosisProfile
 from engines.manifest import read_manifest, verify_artefacts
@@ -93,3 +101,32 @@ def test_the_phantom_only_engines_refuse_labelled_folder_training(tmp_path: Path
         with pytest.raises(BuildError, match=rf"it needs {needs} besides the radiograph"):
             engines_cli._train(tmp_path, args)
     assert image_profile(engine_spec("hipnet")) is demo_profiles.DEMO_PROFILES["hipnet"]
+
+
+def test_a_multimodal_spec_naming_another_network_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    # The phantom studies are made first (one per class, tiny), then the model is checked.
+    spec = dataclasses.replace(engine_spec("hip_multimodal"), model="hip_screen")
+    profile = dataclasses.replace(MULTIMODAL_TINY, volume=(8, 16, 16))
+    folder = tmp_path / "hip_multimodal"
+    with pytest.raises(
+        BuildError,
+        match=r"^engine 'hip_multimodal': model 'hip_screen' is not the multimodal network$",
+    ):
+        train_multimodal_on_phantoms(spec, profile, folder, DEMO_VERSION)
+    assert not folder.exists()
+
+
+def test_an_osteoporosis_spec_naming_another_network_is_refused(tmp_path: Path) -> None:
+    # The trainer passes clinical_width and components, which any other network refuses:
+    # a BuildError naming the engine, not a bare TypeError.
+    spec = dataclasses.replace(engine_spec("osteoporosis"), model="hip_screen")
+    folder = tmp_path / "osteoporosis"
+    with pytest.raises(
+        BuildError,
+        match=r"^engine 'osteoporosis': model 'hip_screen' is not the osteoporosis network "
+        r"\(TypeError: .*unexpected keyword argument '…'\)$",
+    ):
+        train_osteoporosis_on_phantoms(spec, OSTEOPOROSIS_TINY, folder, DEMO_VERSION)
+    assert not folder.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from ct_files import NORMAL, ORIGIN, SERIES, TILTED, random_hu, write_series
 from engines.ct_grid import (
     AIR_HU,
     BONE_WINDOW,
+    engine_volume,
     field_width_mm,
     hemi_volume,
     hu_window,
@@ -133,6 +135,24 @@ def test_hu_window_bone_default_and_clipping() -> None:
         hu_window(values, 400.0, 0.0)
     with pytest.raises(VolumeError, match=r"got nan/1800"):
         hu_window(values, math.nan, 1800.0)
+
+
+def test_volume_image_refuses_a_non_3d_array_or_bad_spacing() -> None:
+    with pytest.raises(VolumeError, match=r"^array: expected \[z, y, x\], got shape \[4, 4\]$"):
+        volume_image(np.zeros((4, 4)), (1.0, 1.0, 1.0))
+    for bad in ((1.0, 1.0), (0.0, 1.0, 1.0), (1.0, -2.0, 1.0), (1.0, 1.0, math.inf)):
+        with pytest.raises(
+            VolumeError,
+            match=rf"^spacing: expected three positive mm values, got {re.escape(repr(bad))}$",
+        ):
+            volume_image(np.zeros((2, 4, 4)), bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("std", [0.0, -0.25, math.nan])
+def test_engine_volume_refuses_a_non_positive_std(std: float) -> None:
+    image = _constant(0.0, (4, 4, 4), (1.0, 1.0, 1.0))
+    with pytest.raises(VolumeError, match=rf"^std: expected a positive number, got {std!r}$"):
+        engine_volume(image, (4, 4, 4), std=std)
 
 
 # Halves of a bilateral field ------------------------------------------------------------

@@ -89,6 +89,16 @@ def test_bad_manifest_files(tmp_path: Path) -> None:
     (tmp_path / "manifest.yaml").write_text("schema: 1\nname: x\n")
     with pytest.raises(ManifestError, match="missing key 'version'"):
         read_manifest(tmp_path)
+    # A class entry with a key Finding does not have: the TypeError, named with the file.
+    (tmp_path / "manifest.yaml").write_text(
+        "schema: 1\nname: x\nversion: '1'\nmodel: m\ntitle: t\n"
+        "classes: [{name: normal, colour: red}]\n"
+    )
+    with pytest.raises(
+        ManifestError,
+        match=r"manifest\.yaml: malformed entry \(.*unexpected keyword argument 'colour'\)$",
+    ):
+        read_manifest(tmp_path)
 
 
 def _edited(packaged: Path, folder: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
