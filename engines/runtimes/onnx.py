@@ -49,7 +49,12 @@ class OnnxRuntime(Runtime):
         self._names = [o.name for o in self._session.get_outputs()]
 
     def _run(self, batch: dict[str, Array]) -> Mapping[str, npt.ArrayLike]:
-        values = self._session.run(self._names, batch)
+        # One read: a close() from another thread (a stop) drops the attribute, not this run's
+        # session, which lives until the run ends.
+        session = self._session
+        if session is None:
+            raise EngineRuntimeError(f"{self.manifest.name} on onnxruntime: runtime is closed")
+        values = session.run(self._names, batch)
         return dict(zip(self._names, values, strict=True))
 
     def _release(self) -> None:

@@ -31,10 +31,11 @@ class TorchRuntime(Runtime):
 
     def _run(self, batch: dict[str, Array]) -> Mapping[str, npt.ArrayLike]:
         names = [spec.name for spec in self.input_spec]
-        if self._graph is None:
+        graph = self._graph  # one read, as in OnnxRuntime._run
+        if graph is None:
             raise EngineRuntimeError(f"{self.manifest.name} on torch: runtime is closed")
         with torch.inference_mode():
-            outputs = self._graph(*(torch.from_numpy(batch[n]) for n in names))
+            outputs = graph(*(torch.from_numpy(batch[n]) for n in names))
         return {spec.name: out.numpy() for spec, out in zip(self.output_spec, outputs, strict=True)}
 
     def _release(self) -> None:

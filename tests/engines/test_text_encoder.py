@@ -312,7 +312,53 @@ def test_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         model_dir()
 
 
+def test_incomplete_model_package_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An install that lost files: only the config is left in the package's model folder.
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    monkeypatch.setattr(te.importlib.resources, "files", lambda package: tmp_path)
+    with pytest.raises(
+        TextEncoderError,
+        match=r"^model files \['model\.safetensors', 'tokenizer\.json'\] are missing from "
+        rf'"{tmp_path / "model"}"$',
+    ):
+        model_dir()
+
+
+def test_tokenizer_without_a_pad_token_is_refused(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    path = tmp_path / "tokenizer.json"
+    Tokenizer(WordLevel({"[UNK]": 0, "hip": 1}, unk_token="[UNK]")).save(str(path))
+    with pytest.raises(TextEncoderError, match=rf'^tokenizer: "{path}" has no \[PAD\] token$'):
+        TextTokenizer(path)
+
+
 def test_export_errors(encoder: TextEncoder, tmp_path: Path) -> None:
     with pytest.raises(TextInputError, match=r"opset: expected 17 or newer, got 16"):
         export_text_encoder_onnx(tmp_path, encoder, opset=16)
+    assert not (tmp_path / "text_encoder.onnx").exists()
+    # An opset newer than this torch can write: the exporter's own error, with the path.
+    with pytest.raises(
+        TextEncoderError,
+        match=rf'^ONNX export to "{tmp_path / "text_encoder.onnx"}" failed: '
+        r".*opset.*: 999",
+    ):
+        export_text_encoder_onnx(tmp_path, encoder, opset=999)
+    assert not (tmp_path / "text_encoder.onnx").exists()
+    assert next(encoder.module.parameters()).device.type == "cpu"
+
+
+def test_export_refuses_a_module_that_is_not_a_pooled_text_model(
+    encoder: TextEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch import nn
+
+    # ``module`` is public (it is fine-tuned); something else put there cannot be exported.
+    monkeypatch.setattr(encoder, "module", nn.Linear(EMBEDDING_DIM, EMBEDDING_DIM))
+    with pytest.raises(
+        TextEncoderError, match=r"^encoder\.module: expected a pooled text model, got Linear$"
+    ):
+        export_text_encoder_onnx(tmp_path, encoder)
     assert not (tmp_path / "text_encoder.onnx").exists()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engines.manifest import MANIFEST_NAME, ManifestError
+from engines.manifest import MANIFEST_NAME, ManifestError, read_manifest
 from engines.runtimes import (
     EngineRuntimeError,
     InferenceInputError,
@@ -16,6 +17,7 @@ from engines.runtimes import (
     open_runtime,
     resolve_backend,
 )
+from engines.runtimes.base import Runtime
 from engines.runtimes.onnx import OnnxRuntime
 from engines.runtimes.torch_runtime import TorchRuntime
 
@@ -112,3 +114,50 @@ def test_tampered_onnx_is_refused(hip_screen_engine: Path, tmp_path: Path) -> No
         handle.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(ManifestError, match=r"artefact 'onnx_fp32' .* has SHA-256 [0-9a-f]{64}"):
         open_runtime(folder, RuntimeOptions(backend="onnxruntime"))
+
+
+def test_unknown_onnx_precision_is_refused(hip_screen_engine: Path) -> None:
+    manifest = read_manifest(hip_screen_engine)
+    with pytest.raises(
+        EngineRuntimeError, match=r"^precision: expected one of \('fp32', 'fp16'\), got 'int8'$"
+    ):
+        OnnxRuntime(manifest, hip_screen_engine, precision="int8")
+
+
+def test_unavailable_onnx_providers_are_refused(hip_screen_engine: Path) -> None:
+    manifest = read_manifest(hip_screen_engine)
+    with pytest.raises(
+        EngineRuntimeError,
+        match=r"^onnxruntime: none of the providers \['NoSuchExecutionProvider'\] is available "
+        r"\(available: \[.*'CPUExecutionProvider'.*\]\)$",
+    ):
+        OnnxRuntime(manifest, hip_screen_engine, providers=("NoSuchExecutionProvider",))
+
+
+class _ClosingBatch(dict[str, np.ndarray]):
+    """A batch whose first read closes the runtime from another thread: a close that lands
+    between infer's closed check and the backend's run."""
+
+    def __init__(self, runtime: Runtime, images: np.ndarray) -> None:
+        super().__init__(image=images)
+        self.runtime = runtime
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        closer = threading.Thread(target=self.runtime.close)
+        closer.start()
+        closer.join()
+        return super().__getitem__(name)
+
+
+@pytest.mark.parametrize("backend", [TorchRuntime, OnnxRuntime])
+def test_a_runtime_closed_while_a_batch_is_checked(
+    hip_screen_engine: Path, backend: type[Runtime]
+) -> None:
+    # A stop closes the engines while a job's batch may be on its way in: an
+    # EngineRuntimeError (the job is retried), never an AttributeError on a released session.
+    runtime = backend(read_manifest(hip_screen_engine), hip_screen_engine)
+    with pytest.raises(
+        EngineRuntimeError, match=rf"^hip_screen on {backend.backend}: runtime is closed$"
+    ) as info:
+        runtime.infer(_ClosingBatch(runtime, _images(1)))
+    assert info.traceback[-1].name == "_run"  # the backend's own guard, not infer's

@@ -10,6 +10,7 @@ are exercised by the gpu-marked parity test in test_tensorrt.py.
 from __future__ import annotations
 
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class _Stand:
         self.host_freed = 0
         self.parse_ok = True
         self.parsed: list[str] = []  # the ONNX files the parser read
+        self.unresolved: str | None = None  # a tensor whose shape TensorRT leaves at -1
 
 
 class _DeviceAllocation:
@@ -217,7 +219,7 @@ def _trt_module(stand: _Stand) -> types.ModuleType:
             return name == "image" and 1 <= shape[0] <= self.max_batch
 
         def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-            batch = self.shapes["image"][0]
+            batch = -1 if name == stand.unresolved else self.shapes["image"][0]
             return self.shapes["image"] if name == "image" else (batch, *OUTPUT_SHAPES[name])
 
         def set_tensor_address(self, name: str, address: int) -> bool:
@@ -345,3 +347,83 @@ def test_corrupt_cached_plan_is_named(
     ):
         TensorRTRuntime(manifest, hip_screen_engine, plan_cache=tmp_path)
     assert not stand.context_stack
+
+
+@pytest.mark.parametrize("device", [1, -1])
+def test_absent_cuda_device_is_refused(
+    stand: _Stand, hip_screen_engine: Path, tmp_path: Path, device: int
+) -> None:
+    with pytest.raises(
+        EngineRuntimeError, match=rf"^tensorrt device: expected 0\.\.0, got {device}$"
+    ):
+        TensorRTRuntime(
+            read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path, device=device
+        )
+    assert not stand.context_stack and not list(tmp_path.glob("*.plan"))
+
+
+def test_unresolved_output_shape_is_refused(
+    stand: _Stand, hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    stand.unresolved = "features"
+    with pytest.raises(
+        EngineRuntimeError,
+        match=r"^hip_screen: features has an unresolved shape \(-1, 2048, 2, 2\)$",
+    ):
+        TensorRTRuntime(read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path)
+    # What was allocated before the refusal is freed, inside the context, which is popped.
+    assert stand.device and all(d.freed for d in stand.device.values())
+    assert not stand.context_stack
+
+
+def test_cuda_errors_name_the_failing_step(
+    stand: _Stand, hip_screen_engine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cuda = sys.modules["pycuda.driver"]
+    allocate = cuda.mem_alloc
+    calls: list[int] = []
+
+    def out_of_memory(nbytes: int) -> _DeviceAllocation:
+        calls.append(nbytes)
+        if len(calls) == 2:  # the second tensor (logits) does not fit
+            raise cuda.Error("cuMemAlloc failed: out of memory")
+        return allocate(nbytes)
+
+    monkeypatch.setattr(cuda, "mem_alloc", out_of_memory)
+    with pytest.raises(
+        EngineRuntimeError,
+        match=r"^hip_screen: CUDA error allocating GPU logits: cuMemAlloc failed: out of memory$",
+    ):
+        TensorRTRuntime(read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path)
+    assert len(stand.device) == 1 and all(d.freed for d in stand.device.values())
+    assert not stand.context_stack
+
+
+class _ClosingBatch(dict[str, np.ndarray]):
+    """A batch whose first read closes the runtime from another thread: a close that lands
+    between infer's closed check and the backend taking its lock."""
+
+    def __init__(self, runtime: TensorRTRuntime, images: np.ndarray) -> None:
+        super().__init__(image=images)
+        self.runtime = runtime
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        closer = threading.Thread(target=self.runtime.close)
+        closer.start()
+        closer.join()
+        return super().__getitem__(name)
+
+
+def test_closed_by_another_thread_while_waiting(
+    stand: _Stand, hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    runtime = TensorRTRuntime(
+        read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path
+    )
+    images = np.zeros((2, 1, 64, 64), np.float32)
+    with pytest.raises(
+        EngineRuntimeError, match=r"^hip_screen on tensorrt: runtime is closed$"
+    ) as info:
+        runtime.infer(_ClosingBatch(runtime, images))
+    assert info.traceback[-1].name == "_run"  # the locked check, not infer's
+    assert stand.executions == [] and not stand.context_stack

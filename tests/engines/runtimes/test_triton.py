@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from engines.manifest import read_manifest
+from engines.manifest import Manifest, read_manifest
 from engines.runtimes import EngineRuntimeError, RuntimeOptions, open_runtime
 from engines.runtimes.onnx import OnnxRuntime
 from engines.runtimes.triton import TritonRuntime
+from engines.triton_repo import model_config
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:
@@ -84,3 +92,99 @@ def test_unreachable_server_names_the_url(hip_screen_engine: Path, free_port: in
 def test_bad_timeout_is_refused(hip_screen_engine: Path) -> None:
     with pytest.raises(EngineRuntimeError, match="timeout_seconds: expected > 0, got 0"):
         TritonRuntime(read_manifest(hip_screen_engine), hip_screen_engine, timeout_seconds=0)
+
+
+def test_missing_tritonclient_is_named(
+    hip_screen_engine: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # not installed
+    with pytest.raises(
+        EngineRuntimeError,
+        match=r"^the triton backend needs tritonclient: pip install 'tritonclient\[grpc\]'$",
+    ):
+        TritonRuntime(read_manifest(hip_screen_engine), hip_screen_engine)
+
+
+class _FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """A Triton gRPC peer that answers as told: not live, not ready, or an incomplete
+    response (what a real tritonserver cannot be made to do on demand)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.live = True
+        self.ready = True
+        self.outputs = ("logits", "features")  # what ModelInfer answers with
+        # The config write_triton_repo would have written for this engine.
+        self.config = text_format.Parse(
+            model_config(manifest, "onnxruntime"), model_config_pb2.ModelConfig()
+        )
+
+    def ServerLive(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerLiveResponse(live=self.live)
+
+    def ServerReady(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.ready)
+
+    def ModelReady(self, request: Any, context: Any) -> Any:
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    def ModelConfig(self, request: Any, context: Any) -> Any:
+        return service_pb2.ModelConfigResponse(config=self.config)
+
+    def ModelInfer(self, request: Any, context: Any) -> Any:
+        batch = request.inputs[0].shape[0]
+        shapes = {"logits": (batch, 8), "features": (batch, 2048, 2, 2)}
+        response = service_pb2.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version
+        )
+        for name in self.outputs:
+            response.outputs.add(name=name, datatype="FP32", shape=shapes[name])
+            response.raw_output_contents.append(np.zeros(shapes[name], np.float32).tobytes())
+        return response
+
+
+@pytest.fixture
+def fake_triton(hip_screen_engine: Path) -> Iterator[tuple[str, _FakeTriton]]:
+    """The fake's loopback gRPC address (an ephemeral port) and the fake, stopped after."""
+    fake = _FakeTriton(read_manifest(hip_screen_engine))
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", fake
+    finally:
+        server.stop(None).wait()
+
+
+@pytest.mark.parametrize(
+    ("live", "ready", "state"), [(False, True, "live"), (True, False, "ready")]
+)
+def test_server_not_live_or_not_ready_is_refused(
+    hip_screen_engine: Path,
+    fake_triton: tuple[str, _FakeTriton],
+    live: bool,
+    ready: bool,
+    state: str,
+) -> None:
+    url, fake = fake_triton
+    fake.live, fake.ready = live, ready
+    with pytest.raises(
+        EngineRuntimeError,
+        match=rf"^Triton at {url}, model 'hip_screen' version 1: server is not {state}$",
+    ):
+        TritonRuntime(read_manifest(hip_screen_engine), hip_screen_engine, url=url)
+
+
+def test_response_without_an_output_is_refused(
+    hip_screen_engine: Path, fake_triton: tuple[str, _FakeTriton]
+) -> None:
+    url, fake = fake_triton
+    with TritonRuntime(read_manifest(hip_screen_engine), hip_screen_engine, url=url) as runtime:
+        assert runtime.infer({"image": _images(2)})["features"].shape == (2, 2048, 2, 2)
+        fake.outputs = ("logits",)
+        with pytest.raises(
+            EngineRuntimeError,
+            match=rf"^Triton at {url}, model 'hip_screen' version 1: "
+            r"response lacks output 'features'$",
+        ):
+            runtime.infer({"image": _images(2)})
