@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -11,6 +12,7 @@ from helpers import pipeline_config
 
 from dicom_node.analyse import analyse_study, read_sources
 from dicom_node.infer import EngineSet
+from dicom_node.preprocess import PreprocessError
 from engines.phantoms.studies import write_study
 
 DUAL = {"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"], "ViewPosition": ["AP"]}}
@@ -45,3 +47,33 @@ def test_a_lateral_that_cannot_be_decoded_is_a_missing_view(
     assert tasks["L"].lateral is None  # dropped, not failed
     assert analysis.hips[1].decision.prediction.inputs.get("lateral", False) is False
     assert "L hip: lateral not used: SOP instance" in caplog.text
+
+
+def _header_without_uids(path: Path) -> None:
+    """A DICOM file whose header lacks the SOP Instance UID (and every other UID)."""
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.Modality = "DX"
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize(
+    ("write", "cause"),
+    [
+        (None, r"FileNotFoundError: \[Errno 2\] No such file or directory"),
+        (lambda p: p.write_bytes(b"not a DICOM file" * 16), r"InvalidDicomError: "),
+        (_header_without_uids, r"AttributeError: "),
+    ],
+    ids=["missing", "not-dicom", "no-uids"],
+)
+def test_a_header_that_cannot_be_read_names_the_file(
+    tmp_path: Path, write: Callable[[Path], object] | None, cause: str
+) -> None:
+    path = tmp_path / "broken.dcm"
+    if write is not None:
+        write(path)
+    with pytest.raises(PreprocessError, match=rf"^broken\.dcm: cannot read its header \({cause}"):
+        read_sources([(path, "PACS")])

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from dicom_node.config import Config, EnginesConfig
+import pytest
+from helpers import tiny_image
+
+from dicom_node import demo
+from dicom_node.config import Config, EnginesConfig, parse_config
 from dicom_node.config_results import Destination
-from dicom_node.demo import run_demo
+from dicom_node.demo import DemoError, _send, run_demo
 from dicom_node.demo.cases import CASES, SEED
 from dicom_node.demo.pacs import StandInPacs
+from dicom_node.node import Node
 from dicom_node.send.echo import echo
 from engines.phantoms.clinical import osteoporosis_case
 
@@ -66,3 +73,53 @@ def test_the_pacs_stand_in_answers_c_echo(tmp_path: Path) -> None:
         assert echo(peer, "TRIAGE", timeout=5.0) is None
     finally:
         pacs.stop()
+
+
+def test_the_pacs_stand_in_has_no_port_unless_started(tmp_path: Path) -> None:
+    pacs = StandInPacs(tmp_path / "pacs")
+    with pytest.raises(RuntimeError, match=r"^the PACS stand-in is not started$"):
+        _ = pacs.port
+    pacs.start()
+    try:
+        assert pacs.port > 0
+    finally:
+        pacs.stop()
+    with pytest.raises(RuntimeError, match=r"^the PACS stand-in is not started$"):
+        _ = pacs.port
+
+
+@pytest.fixture
+def refusing_node(start_node: Callable[..., Node]) -> Node:
+    """A node that accepts associations from PACS only, not from the demo's modality."""
+    return start_node(node__allowed_calling_aes=["PACS"])
+
+
+def _one_file(tmp_path: Path) -> list[Path]:
+    path = tmp_path / "image.dcm"
+    tiny_image().save_as(path, enforce_file_format=True)
+    return [path]
+
+
+def test_a_refused_storescu_send_stops_the_demo(
+    refusing_node: Node, tmp_path: Path, dcmtk_env: dict[str, str]
+) -> None:
+    with pytest.raises(DemoError, match=r"^storescu failed: .*\S"):
+        _send(refusing_node, _one_file(tmp_path), tmp_path)
+
+
+def test_a_refused_pynetdicom_send_stops_the_demo(
+    refusing_node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # as where dcmtk is not installed
+    with pytest.raises(DemoError, match=r"^the node refused the demo's association$"):
+        _send(refusing_node, _one_file(tmp_path), tmp_path)
+
+
+def test_studies_without_a_result_in_time_stop_the_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No rules, so no engines to build; no time to wait, as if the results never came.
+    monkeypatch.setattr(demo, "WAIT_SECONDS", 0.0)
+    cfg = parse_config({"routing": {"rules": [], "cascade": []}})
+    with pytest.raises(DemoError, match=rf"^{len(CASES)} studies got no result within 0 s$"):
+        list(run_demo(cfg, tmp_path / "demo"))

@@ -227,6 +227,17 @@ def test_export_keeps_the_engines_input_size_unless_given_one(
     assert manifest.evaluation == {}  # measured at 64 px: not this engine's figures
 
 
+def test_export_of_a_checkpoint_needs_a_version(tmp_path: Path) -> None:
+    # Refused before any file is read: new weights under the old version would pass for them.
+    config = _cache_config(tmp_path, tmp_path / "cache")
+    export = ["export", "hip_screen", "--checkpoint", str(tmp_path / "site.pt")]
+    with pytest.raises(
+        DicomNodeError,
+        match=r"^engines export --checkpoint: give --version for the new weights$",
+    ):
+        _engines(config, export)
+
+
 def test_export_of_a_checkpoint_without_an_engine_needs_its_size(
     engine_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

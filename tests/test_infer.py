@@ -303,3 +303,34 @@ def test_a_non_finite_output_is_refused_naming_the_engine_and_hip(
             engines.predict("hip_screen", items)
     finally:
         engines.close()
+
+
+@pytest.mark.parametrize(
+    ("heatmap", "kind"),
+    [
+        ({"head_artefact": None}, "gradcam-gem"),  # Grad-CAM without the linear head
+        ({"kind": "interpretive-map", "features_output": None}, "interpretive-map"),  # no map
+    ],
+    ids=["gradcam-without-head", "interpretive-map-without-output"],
+)
+def test_a_manifest_without_a_way_to_its_heat_map_is_refused_at_predict(
+    engine_cache: Path,
+    images: tuple[PreparedImage, PreparedImage],
+    tmp_path: Path,
+    heatmap: dict[str, object],
+    kind: str,
+) -> None:
+    folder = linked_copy(engine_cache / "hip_screen", tmp_path / "hip_screen")
+    manifest = folder / "manifest.yaml"
+    raw = yaml.safe_load(manifest.read_text())
+    raw["heatmap"].update(heatmap)
+    manifest.write_text(yaml.safe_dump(raw))
+    engines = EngineSet(config(tmp_path), ["hip_screen"])
+    try:
+        with pytest.raises(
+            EngineUnavailableError,
+            match=rf"^engine hip_screen: manifest gives no way to a heat map \(kind '{kind}'\)$",
+        ):
+            engines.predict("hip_screen", items_for(engines, "hip_screen", images))
+    finally:
+        engines.close()

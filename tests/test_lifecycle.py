@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import tiny_image
+from helpers import config_for, tiny_image
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
@@ -317,3 +317,20 @@ def test_a_forced_stop_does_not_wait_for_a_hanging_destination(
         started = time.monotonic()
         node.stop(drain_seconds=0)
         assert time.monotonic() - started < 3.0
+
+
+def test_an_unstarted_or_stopped_node_has_no_ports(tmp_path: Path) -> None:
+    def no_ports(node: Node) -> None:
+        with pytest.raises(RuntimeError, match=r"^node is not started$"):
+            _ = node.port
+        with pytest.raises(RuntimeError, match=r"^node is not started$"):
+            _ = node.http_port
+
+    node = Node(config_for(tmp_path / "spool"))
+    no_ports(node)
+    node.start()
+    try:
+        assert node.port > 0 and node.http_port > 0
+    finally:
+        node.stop(drain_seconds=0)
+    no_ports(node)
