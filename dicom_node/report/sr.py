@@ -31,7 +31,7 @@ from pydicom.uid import generate_uid
 
 from dicom_node.errors import ReportError
 from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
-from dicom_node.models import HipFinding, TriageDecision
+from dicom_node.models import HipFinding, HipTask, TriageDecision
 from dicom_node.report import codes
 from dicom_node.report.patient import building, evidence_header
 from dicom_node.report.uids import ResultIdentity, device_uid
@@ -128,7 +128,7 @@ def _group(
         for k, given in prediction.inputs.items()
     ]
     tracking = hd.sr.TrackingIdentifier(
-        uid=_tracking_uid(study_uid, manifest, task.side, finding),
+        uid=_tracking_uid(study_uid, manifest, task, finding),
         identifier=f"{manifest.name} {SIDE_WORDS[task.side]} hip #{number}",
     )
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -178,8 +178,14 @@ def importance_summary(manifest: Manifest) -> str:
     return f"permutation importance (drop of ROC AUC, {data}): " + ", ".join(parts)
 
 
-def _tracking_uid(study_uid: str, manifest: Manifest, side: str, finding: HipFinding) -> str:
-    parts = ["dicom-node/tracking", study_uid, manifest.name, manifest.version, side, finding.name]
+def _tracking_uid(study_uid: str, manifest: Manifest, task: HipTask, finding: HipFinding) -> str:
+    """Derived, so a rebuilt report tracks the same finding under the same UID; one per hip,
+    finding and AP image (a hip shown by a pelvis and by an AP of its own gives two groups,
+    two tracked observations)."""
+    parts = [
+        "dicom-node/tracking", study_uid, manifest.name, manifest.version, task.side,
+        finding.name, task.ap.sop_instance_uid,
+    ]  # fmt: skip
     uid: str = generate_uid(entropy_srcs=["\x1f".join(parts)])
     return uid
 

@@ -519,6 +519,26 @@ def test_tracking_uids_are_stable_across_builds(study: Study) -> None:
     assert first[:-1] == second[:-1]
 
 
+def test_one_hip_on_two_ap_images_is_tracked_twice(study: Study) -> None:
+    # The left hip on the pelvis and on an AP of its own: two groups, two observations, each
+    # with its own tracking UID (one UID for two groups would say they are one).
+    own = copy.deepcopy(study.ap)
+    own.SOPInstanceUID = "1.2.826.0.1.3680043.10.9999.77"
+    own.ImageLaterality = "L"
+    source = replace(study.ap_source, sop_instance_uid=str(own.SOPInstanceUID), laterality="L")
+    decisions = [
+        triage(SCREEN, "L", study.ap_source, osteoarthritis=0.8),
+        triage(SCREEN, "L", source, osteoarthritis=0.7),
+    ]
+    headers = {**study.headers, str(own.SOPInstanceUID): own}
+    groups = groups_of(make_sr(study, decisions, headers=headers))[:-1]
+    assert [image_references(g) for g in groups] == [
+        [str(study.ap.SOPInstanceUID)],
+        [str(own.SOPInstanceUID)],
+    ]
+    assert len({g.tracking_uid for g in groups}) == 2
+
+
 @pytest.mark.parametrize("case", [screen_case, hipnet_case])
 def test_dciodvfy_reports_no_errors_or_warnings(study: Study, case: Any, tmp_path: Path) -> None:
     path = saved(make_sr(study, case(study)), tmp_path / "sr.dcm")
