@@ -287,6 +287,7 @@ def _figures(evaluation: Any) -> str:
     for key, words in (
         ("accuracy_without_ct", "without CT"),
         ("accuracy_without_text", "without text"),
+        ("accuracy_without_lateral", "AP alone"),
     ):
         if isinstance(evaluation.get(key), float | int):
             figures.append(f"{words} {evaluation[key]:.3f}")

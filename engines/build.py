@@ -335,12 +335,13 @@ def train_and_package(
             spec, model, train_set, validation, pre, options, folder / "checkpoints", progress
         )
     train_seconds = time.monotonic() - start
-    result = evaluate(spec, model, test, pre)
+    result = evaluate(spec, model, test, pre, ap_alone=True)
     log.info(
-        "%s: test accuracy %.3f on %d items, pointing game %s",
+        "%s: test accuracy %.3f on %d items (AP alone %s), pointing game %s",
         spec.name,
         result.accuracy,
         result.items,
+        _fmt(result.accuracy_without_lateral),
         _fmt(result.pointing_game),
     )
     training = {**training, "seconds": round(train_seconds, 1), "history": _history(history)}
@@ -536,10 +537,12 @@ def _history(history: list[EpochSummary]) -> list[dict[str, float]]:
 
 
 def _evaluation(result: Evaluation, data: str) -> dict[str, Any]:
+    alone = result.accuracy_without_lateral
     return {
         "data": data,
         "items": result.items,
         "accuracy": round(result.accuracy, 4),
+        **({} if alone is None else {"accuracy_without_lateral": round(alone, 4)}),
         "pointing_game": None if result.pointing_game is None else round(result.pointing_game, 4),
         "positives": result.positives,
         "recall": {k: round(v, 4) for k, v in result.recall.items()},

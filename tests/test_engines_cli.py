@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from dicom_node import engines_cli
 from dicom_node.cli import _config, _parser, main
 from dicom_node.engines_cli import run_engines
 from dicom_node.errors import DicomNodeError
@@ -30,6 +31,14 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "c.yaml"
     path.write_text(f"engines:\n  cache_dir: {tmp_path / 'cache'}\n  backend: onnxruntime\n")
     return path
+
+
+def test_listed_figures_name_each_held_out_figure() -> None:
+    hipnet = {"accuracy": 0.9, "items": 60, "accuracy_without_lateral": 0.8, "pointing_game": 0.85}
+    assert engines_cli._figures(hipnet) == (
+        "accuracy 0.900 on 60 items, AP alone 0.800, heat-map peak in lesion 0.850"
+    )
+    assert engines_cli._figures({}) == "not evaluated"
 
 
 def test_build_list_export_and_train(

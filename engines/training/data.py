@@ -49,6 +49,19 @@ class HipSet:
             lateral_present=None if self.lateral_present is None else self.lateral_present[index],
         )
 
+    def without_laterals(self) -> HipSet:
+        """The same hips with every lateral view missing (zeros, ``lateral_present`` 0): how
+        a dual-view engine sees a study sent without laterals."""
+        if self.lateral is None:
+            return self
+        return HipSet(
+            ap=self.ap,
+            labels=self.labels,
+            masks=self.masks,
+            lateral=torch.zeros_like(self.lateral),
+            lateral_present=torch.zeros(len(self)),
+        )
+
     def class_counts(self, num_classes: int) -> list[int]:
         return [int(c) for c in torch.bincount(self.labels, minlength=num_classes)]
 

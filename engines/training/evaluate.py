@@ -32,6 +32,8 @@ class Evaluation:
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     pointing_game: float | None  # share of positive items whose peak hits the lesion
     positives: int
+    # A dual-view engine's accuracy on the same items with every lateral view missing.
+    accuracy_without_lateral: float | None = None
 
 
 def predict(
@@ -88,8 +90,15 @@ def confusion_and_recall(
 
 
 def evaluate(
-    spec: EngineSpec, model: nn.Module, data: HipSet, pre: Preprocessing, heatmaps: bool = True
+    spec: EngineSpec,
+    model: nn.Module,
+    data: HipSet,
+    pre: Preprocessing,
+    heatmaps: bool = True,
+    ap_alone: bool = False,
 ) -> Evaluation:
+    """Accuracy, recall, confusion and (with ``heatmaps``) the pointing game on ``data``;
+    with ``ap_alone``, for a set with lateral views, also the accuracy without them."""
     probabilities, maps = predict(model, data, pre, heatmaps=heatmaps)
     truth = data.labels.numpy()
     predicted = probabilities.argmax(axis=1)
@@ -103,6 +112,10 @@ def evaluate(
         if positive:
             hits = sum(peak_hits_mask(maps[i], masks[i]) for i in positive)
             pointing = hits / len(positive)
+    without_lateral = None
+    if ap_alone and data.lateral is not None:
+        alone, _ = predict(model, data.without_laterals(), pre, heatmaps=False)
+        without_lateral = float((alone.argmax(axis=1) == truth).mean())
     return Evaluation(
         items=len(data),
         accuracy=float((predicted == truth).mean()),
@@ -110,6 +123,7 @@ def evaluate(
         confusion=confusion.tolist(),
         pointing_game=pointing,
         positives=positives,
+        accuracy_without_lateral=without_lateral,
     )
 
 

@@ -26,6 +26,7 @@ from engines.manifest import read_manifest
 from engines.models import create
 from engines.package import package_engine
 from engines.training.data import HipSet, phantom_set
+from engines.training.evaluate import Evaluation
 from engines.training.loop import TrainOptions
 
 TINY = Profile(
@@ -220,3 +221,14 @@ def test_train_on_data_seeds_the_initial_weights(
     first, second, other = initial
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_the_manifest_records_hipnets_accuracy_on_an_ap_alone() -> None:
+    result = Evaluation(
+        items=60, accuracy=0.9, recall={}, confusion=[], pointing_game=None, positives=0,
+        accuracy_without_lateral=0.61234,
+    )  # fmt: skip
+    record = build._evaluation(result, "held-out phantoms")
+    assert record["accuracy_without_lateral"] == 0.6123
+    single = replace(result, accuracy_without_lateral=None)  # a single-view engine
+    assert "accuracy_without_lateral" not in build._evaluation(single, "held-out phantoms")

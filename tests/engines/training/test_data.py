@@ -29,6 +29,17 @@ def test_phantom_set_for_hipnet_drops_lateral_views_on_request() -> None:
     assert data.class_counts(5) == [4] * 5
 
 
+def test_without_laterals_removes_every_lateral_view() -> None:
+    data = phantom_set(engine_spec("hipnet"), 1, 64, seed=0)
+    alone = data.without_laterals()
+    assert alone.lateral is not None and alone.lateral_present is not None
+    assert alone.lateral.shape == data.lateral.shape and alone.lateral.abs().max() == 0  # type: ignore[union-attr]
+    assert alone.lateral_present.tolist() == [0.0] * 5
+    assert torch.equal(alone.ap, data.ap) and torch.equal(alone.labels, data.labels)
+    single = phantom_set(engine_spec("hip_screen"), 1, 64, seed=0)
+    assert single.without_laterals() is single
+
+
 def test_split_is_stratified_and_disjoint() -> None:
     data = phantom_set(engine_spec("hip_screen"), 5, 64, seed=0)
     train, validation = split(data, 0.2, seed=1)

@@ -47,6 +47,27 @@ def test_hipnet_pointing_uses_its_probability_maps() -> None:
     torch.manual_seed(0)
     spec = engine_spec("hipnet")
     data = phantom_set(spec, 1, 64, seed=0)
-    result = evaluate(spec, create("hipnet"), data, Preprocessing(size=64))
+    model = create("hipnet")
+    result = evaluate(spec, model, data, Preprocessing(size=64))
     assert result.items == 5 and result.positives == 5
     assert result.pointing_game is not None
+    assert result.accuracy_without_lateral is None  # only when asked: validation skips it
+
+
+def test_ap_alone_is_the_accuracy_with_every_lateral_missing() -> None:
+    torch.manual_seed(0)
+    spec = engine_spec("hipnet")
+    pre = Preprocessing(size=64)
+    data = phantom_set(spec, 2, 64, seed=0)
+    model = create("hipnet")
+    result = evaluate(spec, model, data, pre, heatmaps=False, ap_alone=True)
+    alone, _ = predict(model, data.without_laterals(), pre, heatmaps=False)
+    truth = data.labels.numpy()
+    assert result.accuracy_without_lateral == float((alone.argmax(axis=1) == truth).mean())
+    both, _ = predict(model, data, pre, heatmaps=False)
+    assert not np.allclose(alone, both)  # the lateral branch did count
+    # A single-view engine has no lateral to remove.
+    screen = engine_spec("hip_screen")
+    single = phantom_set(screen, 1, 64, seed=0)
+    result = evaluate(screen, create("hip_screen"), single, pre, heatmaps=False, ap_alone=True)
+    assert result.accuracy_without_lateral is None
