@@ -157,19 +157,25 @@ class FailingEngines(EngineSet):
         raise EngineRuntimeError("triton at 127.0.0.1:8001 is unavailable")
 
 
-def test_an_engine_that_cannot_run_leaves_the_job_pending_for_a_retry(
-    results_node: Callable[..., Node], tmp_path: Path
-) -> None:
-    node = pending_study(results_node(), tmp_path, 503)
-    engines = FailingEngines(node.config.engines, engines_needed(node.config))
+def run_with(node: Node, engine_set: type[EngineSet]) -> Job:
+    """Run ``node``'s one pending job twice (the second run: only if it is due again) with
+    ``engine_set`` instead of the real engines; the job afterwards."""
+    engines = engine_set(node.config.engines, engines_needed(node.config))
     try:
         pipeline = Pipeline(node.config, node.state, node.spool, engines)
         assert pipeline.run_pending() == 1
-        [job] = node.state.jobs()
-        assert job.state == "pending"  # kept for the retry
-        assert pipeline.run_pending() == 0  # not before the retry time
+        assert pipeline.run_pending() == 0  # a retried job waits for its retry time
     finally:
         engines.close()
+    [job] = node.state.jobs()  # type: ignore[union-attr]
+    return job
+
+
+def test_an_engine_that_cannot_run_leaves_the_job_pending_for_a_retry(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    job = run_with(pending_study(results_node(), tmp_path, 503), FailingEngines)
+    assert job.state == "pending"  # kept for the retry
 
 
 class BuggyEngines(EngineSet):
@@ -183,13 +189,7 @@ class BuggyEngines(EngineSet):
 def test_an_internal_error_fails_the_job_without_the_values_it_quotes(
     results_node: Callable[..., Node], tmp_path: Path
 ) -> None:
-    node = pending_study(results_node(), tmp_path, 507)
-    engines = BuggyEngines(node.config.engines, engines_needed(node.config))
-    try:
-        assert Pipeline(node.config, node.state, node.spool, engines).run_pending() == 1
-    finally:
-        engines.close()
-    [job] = node.state.jobs()
+    job = run_with(pending_study(results_node(), tmp_path, 507), BuggyEngines)
     assert job.state == "failed"
     assert job.error == "internal error: ValueError: could not convert string to float: '…'"
 

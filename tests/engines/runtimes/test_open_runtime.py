@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from races import ClosingBatch
 
 from engines.manifest import MANIFEST_NAME, ManifestError, read_manifest
 from engines.runtimes import (
@@ -134,21 +134,6 @@ def test_unavailable_onnx_providers_are_refused(hip_screen_engine: Path) -> None
         OnnxRuntime(manifest, hip_screen_engine, providers=("NoSuchExecutionProvider",))
 
 
-class _ClosingBatch(dict[str, np.ndarray]):
-    """A batch whose first read closes the runtime from another thread: a close that lands
-    between infer's closed check and the backend's run."""
-
-    def __init__(self, runtime: Runtime, images: np.ndarray) -> None:
-        super().__init__(image=images)
-        self.runtime = runtime
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        closer = threading.Thread(target=self.runtime.close)
-        closer.start()
-        closer.join()
-        return super().__getitem__(name)
-
-
 @pytest.mark.parametrize("backend", [TorchRuntime, OnnxRuntime])
 def test_a_runtime_closed_while_a_batch_is_checked(
     hip_screen_engine: Path, backend: type[Runtime]
@@ -159,5 +144,5 @@ def test_a_runtime_closed_while_a_batch_is_checked(
     with pytest.raises(
         EngineRuntimeError, match=rf"^hip_screen on {backend.backend}: runtime is closed$"
     ) as info:
-        runtime.infer(_ClosingBatch(runtime, _images(1)))
+        runtime.infer(ClosingBatch(runtime, _images(1)))
     assert info.traceback[-1].name == "_run"  # the backend's own guard, not infer's

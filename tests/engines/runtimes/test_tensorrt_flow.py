@@ -10,13 +10,13 @@ are exercised by the gpu-marked parity test in test_tensorrt.py.
 from __future__ import annotations
 
 import sys
-import threading
 import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from races import ClosingBatch
 
 from engines.manifest import read_manifest
 from engines.runtimes import EngineRuntimeError
@@ -399,21 +399,6 @@ def test_cuda_errors_name_the_failing_step(
     assert not stand.context_stack
 
 
-class _ClosingBatch(dict[str, np.ndarray]):
-    """A batch whose first read closes the runtime from another thread: a close that lands
-    between infer's closed check and the backend taking its lock."""
-
-    def __init__(self, runtime: TensorRTRuntime, images: np.ndarray) -> None:
-        super().__init__(image=images)
-        self.runtime = runtime
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        closer = threading.Thread(target=self.runtime.close)
-        closer.start()
-        closer.join()
-        return super().__getitem__(name)
-
-
 def test_closed_by_another_thread_while_waiting(
     stand: _Stand, hip_screen_engine: Path, tmp_path: Path
 ) -> None:
@@ -424,6 +409,6 @@ def test_closed_by_another_thread_while_waiting(
     with pytest.raises(
         EngineRuntimeError, match=r"^hip_screen on tensorrt: runtime is closed$"
     ) as info:
-        runtime.infer(_ClosingBatch(runtime, images))
+        runtime.infer(ClosingBatch(runtime, images))
     assert info.traceback[-1].name == "_run"  # the locked check, not infer's
     assert stand.executions == [] and not stand.context_stack
