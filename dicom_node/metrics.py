@@ -155,8 +155,9 @@ class Metrics:
             ["status"], registry=r,
         )  # fmt: skip
         self.purged_studies = Counter(
-            "dicom_node_purged_studies", "Finished studies whose files left the spool "
-            "(storage.retention_hours)", registry=r,
+            "dicom_node_purged_studies", "Finished studies (or studies holding only the node's "
+            "own returned results) whose files left the spool (storage.retention_hours)",
+            registry=r,
         )  # fmt: skip
         self.purged_bytes = Counter(
             "dicom_node_purged_bytes", "Bytes of instances and results removed from the spool",

@@ -28,6 +28,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_node import __version__
 from dicom_node.assemble.assembler import Assembler
 from dicom_node.config import Config
+from dicom_node.errors import SpoolError
 from dicom_node.http import HttpEndpoints
 from dicom_node.infer import EngineSet
 from dicom_node.metrics import Metrics
@@ -153,6 +154,16 @@ class Node:
                 Path(name).unlink()
             except OSError as exc:
                 problems["spool"] = f"not writable: {exc.strerror or exc}"
+            else:
+                try:  # below the guard every C-STORE is refused (0xA700): not ready either
+                    free = spool.free_bytes()
+                    if free < spool.min_free_bytes:
+                        problems["spool"] = (
+                            f"{free} bytes free, below storage.min_free_bytes "
+                            f"({spool.min_free_bytes}): refusing instances"
+                        )
+                except SpoolError as exc:
+                    problems["spool"] = str(exc)
         if self.echo is not None:
             for name, why in self.echo.problems(time.time()).items():
                 problems[f"destination:{name}"] = why

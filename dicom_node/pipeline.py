@@ -190,14 +190,15 @@ class Pipeline(Worker):
 
     def _record(self, analysis: StudyAnalysis) -> None:
         m = self.metrics
+        # The study's own counts first: the alerts on studies and their priority rely on them.
+        m.jobs.labels("done").inc()
+        m.study_priority.labels(analysis.priority).inc()
         for engine, seconds in analysis.inference:
             m.inference_seconds.labels(engine, self.engines.backend(engine)).observe(seconds)
         for hip in analysis.hips:
             decision = hip.decision
             finding = reported_findings(decision)[0].name
             m.triage.labels(decision.prediction.task.engine, finding, decision.priority).inc()
-        m.study_priority.labels(analysis.priority).inc()
-        m.jobs.labels("done").inc()
 
     def _fail(self, job: Job, reason: str, error: str) -> None:
         self.state.finish_job(job.id, "failed", time.time(), error=error)

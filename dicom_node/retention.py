@@ -227,6 +227,7 @@ class Purger(Worker):
             left = sweep(self.state, self.spool)
             self._swept = True
             if left.files:
+                self.metrics.purged_bytes.inc(left.bytes)
                 log.info("removed %d files (%d bytes) left by an interrupted purge",
                          left.files, left.bytes)  # fmt: skip
         return 0.0 if self.purge_due(time.time()) == _BATCH else self.interval

@@ -334,3 +334,21 @@ def test_an_unstarted_or_stopped_node_has_no_ports(tmp_path: Path) -> None:
     finally:
         node.stop(drain_seconds=0)
     no_ports(node)
+
+
+def test_a_spool_below_its_free_space_guard_is_not_ready(tmp_path: Path) -> None:
+    # Every C-STORE is refused (0xA700) below storage.min_free_bytes: /readyz must say so.
+    node = Node(config_for(tmp_path / "spool", storage__min_free_bytes=2**62))
+    node.start()
+    try:
+        assert node.not_ready()["spool"].endswith(
+            f"bytes free, below storage.min_free_bytes ({2**62}): refusing instances"
+        )
+    finally:
+        node.stop(drain_seconds=0)
+    node = Node(config_for(tmp_path / "spool"))  # min_free_bytes 0
+    node.start()
+    try:
+        assert "spool" not in node.not_ready()
+    finally:
+        node.stop(drain_seconds=0)

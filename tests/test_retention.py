@@ -228,6 +228,19 @@ def test_sweep_removes_only_files_no_row_names(state: State, spool: Spool) -> No
     assert sweep(state, spool).files == 0
 
 
+def test_the_purger_counts_what_its_first_sweep_removes(state: State, spool: Spool) -> None:
+    files = processed(state, spool, STUDY, 100.0, destinations=())
+    purge_study(state, spool, STUDY, 200.0, now=300.0)
+    for relative in files:  # left by a crash between the purge's commit and its unlinks
+        spool.write(relative, [b"left by a crash"])
+    metrics = Metrics(CollectorRegistry())
+    Purger(state, spool, retention_hours=1.0, metrics=metrics).round()
+    assert metrics.registry.get_sample_value("dicom_node_purged_bytes_total") == 3 * len(
+        b"left by a crash"
+    )
+    assert metrics.registry.get_sample_value("dicom_node_purged_studies_total") == 0
+
+
 def test_sweep_walks_the_spools_study_folders_not_the_purge_history(
     state: State, spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -270,6 +270,7 @@ def _status(code: int, comment: str | None) -> Dataset:
 def handle_store(event: events.Event, receiver: Receiver) -> Dataset:
     request = cast(C_STORE, event.request)
     if request.DataSet is None:
+        receiver.metrics.instances_refused.labels(f"0x{PROCESSING_FAILURE:04X}").inc()
         return _status(PROCESSING_FAILURE, "C-STORE request without a data set")
     # A view, not a copy: a large instance is already held once by pynetdicom.
     with request.DataSet.getbuffer() as stream:
@@ -284,6 +285,7 @@ def handle_store(event: events.Event, receiver: Receiver) -> Dataset:
             )
         except Exception:  # the boundary: a bug must cost one refused instance, not the node
             log.exception("internal error storing SOP instance %s", request.AffectedSOPInstanceUID)
+            receiver.metrics.instances_refused.labels(f"0x{PROCESSING_FAILURE:04X}").inc()
             return _status(PROCESSING_FAILURE, "internal error in the node; see its log")
 
 

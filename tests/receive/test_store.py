@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from dicom_clients import dataset_bytes
 from helpers import tiny_image
 from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.dimse_primitives import C_STORE
 
 from dicom_node.config import AssemblyConfig
-from dicom_node.receive.store import SUCCESS, Receiver
+from dicom_node.receive.store import PROCESSING_FAILURE, SUCCESS, Receiver, handle_store
 from dicom_node.spool import Spool
 from dicom_node.state import State
 
+CR = "1.2.840.10008.5.1.4.1.1.1"
 RULES = AssemblyConfig(quiet_seconds=30.0, after_release_seconds=2.0, max_wait_seconds=600.0)
 
 
@@ -73,3 +77,37 @@ def test_a_store_that_outlives_its_association_releases_its_study(
     again = store(receiver, 1, tmp_path, 3)
     summary = receiver.state.study(again)
     assert summary is not None and summary.open_associations == 1
+
+
+def _event(request: C_STORE) -> SimpleNamespace:
+    """What handle_store reads of a pynetdicom C-STORE event."""
+    return SimpleNamespace(
+        request=request,
+        assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="SCANNER")),
+        context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian),
+    )
+
+
+def test_requests_refused_before_the_receiver_are_counted(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused() -> float:
+        value = receiver.metrics.registry.get_sample_value(
+            "dicom_node_instances_refused_total", {"status": "0x0110"}
+        )
+        return value or 0.0
+
+    request = C_STORE()  # no data set
+    assert int(handle_store(_event(request), receiver).Status) == PROCESSING_FAILURE
+    assert refused() == 1.0
+
+    def bug(*args: object) -> None:
+        raise RuntimeError("a bug in the node")
+
+    monkeypatch.setattr(receiver, "store", bug)
+    request.DataSet = BytesIO(b"\x00" * 8)
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = CR, "1.2.3.4"
+    response = handle_store(_event(request), receiver)
+    assert int(response.Status) == PROCESSING_FAILURE
+    assert response.ErrorComment == "internal error in the node; see its log"
+    assert refused() == 2.0
