@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from dicom_node import __version__
 from dicom_node.config import ENV_CONFIG, Config, default_config_path, load_config
-from dicom_node.engines_cli import ENGINE_NAMES
+from dicom_node.engines_cli import ENGINE_NAMES, pixels
 from dicom_node.errors import DicomNodeError
 from dicom_node.logs import configure_logging
 
@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", parents=[common], help="start a node, send six phantom studies, show the results"
     )
-    demo.add_argument("--out", default="var/demo", help="folder for the demo's spool and files")
+    demo.add_argument("--out", default="var/demo",
+                      help="folder for the demo's spool and files (replaced by the next demo; "
+                           "one holding anything else is refused)")  # fmt: skip
     _engine_parsers(sub, common)
     from dicom_node.outbox_cli import add_parser
 
@@ -83,7 +85,8 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     source.add_argument("--phantoms", type=int, metavar="N", default=40,
                         help="train on N phantoms per class (default 40)")  # fmt: skip
     source.add_argument("--data", metavar="CSV", help="a labelled DICOM folder's CSV")
-    train.add_argument("--size", type=int, help="input edge in pixels (default: demo size)")
+    train.add_argument("--size", type=pixels, metavar="PX",
+                       help="input edge in pixels, 64-4096 (default: demo size)")  # fmt: skip
     train.add_argument("--epochs", type=int, default=4)
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--learning-rate", type=float, default=2e-3)
@@ -105,7 +108,10 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     export.add_argument("--checkpoint", help="a checkpoint file (default: the engine's own)")
     export.add_argument("--version", help="version for the manifest (default: unchanged)")
     export.add_argument(
-        "--size", type=int, metavar="PX", help="input edge in pixels (default: the manifest's)"
+        "--size",
+        type=pixels,
+        metavar="PX",
+        help="input edge in pixels, 64-4096 (default: the manifest's)",
     )
     verbs.add_parser("list", parents=[common], help="list built engines with their figures")
     repo = verbs.add_parser(
@@ -162,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     except DicomNodeError as exc:
         print(f"dicom-node: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a folder the command was given cannot be written, ...
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"dicom-node: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     return 2  # pragma: no cover - argparse requires a command
 

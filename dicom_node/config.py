@@ -174,6 +174,11 @@ def load_config(
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{file}: cannot read configuration file ({exc.strerror})") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at offset "
+                f"{exc.start}); save it as UTF-8"
+            ) from exc
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:

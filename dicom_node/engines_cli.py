@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dicom_node.config import Config
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import DicomNodeError, describe
 
 if TYPE_CHECKING:
     from engines.catalog import EngineSpec
     from engines.manifest import Manifest
 
 ENGINE_NAMES = ("hip_screen", "hipnet", "hip_multimodal", "osteoporosis")
+# Input edges an engine may be trained or exported at (the phantoms' range, tested equal to
+# engines.phantoms.phantom's; kept here so the CLI parses without importing torch).
+MIN_SIZE, MAX_SIZE = 64, 4096
 # Artefacts made by training rather than by packaging, kept when re-exporting.
 EXTRAS = ("importance_plot",)
 
@@ -61,6 +64,17 @@ def run_engines(cfg: Config, args: argparse.Namespace) -> int:
     return 2  # pragma: no cover - argparse requires a verb
 
 
+def pixels(text: str) -> int:
+    """``--size``: an input edge from MIN_SIZE to MAX_SIZE pixels."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, got {text!r}") from None
+    if not MIN_SIZE <= value <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"expected {MIN_SIZE}-{MAX_SIZE} pixels, got {value}")
+    return value
+
+
 def _build(cache: Path, names: tuple[str, ...], force: bool) -> int:
     from engines.build import build_demo
 
@@ -82,7 +96,7 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
 
     spec = engine_spec(args.name)
     demo = image_profile(spec)  # refuses the engines that train on phantoms only
-    size = args.size or spec.demo_size
+    size = spec.demo_size if args.size is None else args.size
     options = TrainOptions(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -132,7 +146,6 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
 
 
 def _export(cache: Path, args: argparse.Namespace) -> int:
-    import torch
 
     from engines.build import engine_folder
     from engines.catalog import engine_spec
@@ -153,7 +166,7 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
         size = old.preprocessing.size
     model = create(old.model, **old.model_kwargs)
     checkpoint = Path(args.checkpoint) if args.checkpoint else folder / CHECKPOINT
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    _load_weights(model, checkpoint, old.model)
     # Figures measured on other weights, or at another input size, would be false: drop them
     # (and the importance plot, which describes them).
     same = not args.checkpoint and size == old.preprocessing.size
@@ -179,9 +192,24 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_weights(model: Any, checkpoint: Path, network: str) -> None:
+    """``checkpoint``'s state dict into ``model``; one line naming the file if it is missing,
+    not a torch checkpoint, or the weights of another network."""
+    import torch
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # torch raises many kinds (unpickling, zip, key mismatch)
+        why = describe(exc).splitlines()[0]
+        why = why if len(why) <= 200 else why[:200] + "…"  # a key mismatch lists every key
+        raise DicomNodeError(
+            f"--checkpoint {checkpoint}: cannot load it as {network!r} weights ({why})"
+        ) from exc
+
+
 def _export_new(spec: EngineSpec, folder: Path, args: argparse.Namespace, size: int | None) -> int:
     """Package a checkpoint where no engine was built: an image engine, at ``--size``."""
-    import torch
 
     from engines.models import create
     from engines.package import package_engine
@@ -205,7 +233,7 @@ def _export_new(spec: EngineSpec, folder: Path, args: argparse.Namespace, size: 
     print(f"{spec.name}: input {size} px (--size), no existing engine in {folder}")
     model = create(spec.model)
     checkpoint = Path(args.checkpoint)
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    _load_weights(model, checkpoint, spec.model)
     manifest = package_engine(
         spec,
         model,

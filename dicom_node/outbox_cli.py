@@ -25,10 +25,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     )
     outbox.add_argument("verb", nargs="?", choices=["list", "retry"], default="list",
                         help="list (default) or retry (requeue dead letters)")  # fmt: skip
-    outbox.add_argument("ids", nargs="*", type=int,
+    outbox.add_argument("ids", nargs="*", type=_item_id,
                         help="retry: item ids (default: every dead letter)")  # fmt: skip
     outbox.add_argument("--state", action="append", choices=STATES,
                         help="list: only this state (repeatable)")  # fmt: skip
+
+
+def _item_id(text: str) -> int:
+    """An outbox item id: a positive SQLite integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an item id, got {text!r}") from None
+    if not 1 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an item id from 1 to 2^63-1, got {text}")
+    return value
 
 
 def _time(value: float | None) -> str:
@@ -54,7 +65,7 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
             try:
                 count = outbox.retry(time.time(), args.ids)
             except StateError as exc:
-                print(f"dicom-node: error: {exc}")
+                print(f"dicom-node: error: {exc}", file=sys.stderr)
                 return 2
             print(f"requeued {count} dead letter{'s' if count != 1 else ''}")
             return 0

@@ -6,10 +6,16 @@ artefacts: the multimodal engine carries its text encoder (ONNX + tokenizer,
 ``text_encoder/``); the osteoporosis engine its fitted reduction (``reduction.npz``,
 also inside the network's buffers and so inside the ONNX graph) and whatever the
 caller adds in ``extras`` (the feature-importance plot).
+
+Packaging writes into a staging folder beside the engine's and moves the files in only when
+every artefact is written and checked, the manifest last: an export that fails (a size the
+network cannot take, an fp16 copy that drifts) leaves a previous engine in ``folder`` as it
+was, never its old manifest beside new weights.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +26,14 @@ from torch import nn
 
 from engines.catalog import EngineSpec
 from engines.export import check_fp16, convert_fp16, export_onnx, sha256_of
-from engines.manifest import Artefact, Heatmap, Manifest, Preprocessing, write_manifest
+from engines.manifest import (
+    MANIFEST_NAME,
+    Artefact,
+    Heatmap,
+    Manifest,
+    Preprocessing,
+    write_manifest,
+)
 from engines.models.hip_multimodal import HipMultimodal
 from engines.models.hipnet import HipNet
 from engines.models.osteoporosis import OsteoporosisNet
@@ -56,7 +69,47 @@ def package_engine(
     engine with clinical variables; ``extras`` maps artefact keys to files the caller has
     already written into ``folder`` (relative paths), to be hashed into the manifest.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    stage = folder.parent / f".{folder.name}.packaging"
+    shutil.rmtree(stage, ignore_errors=True)  # left by an earlier failure
+    stage.mkdir(parents=True)
+    try:
+        for relative in (extras or {}).values():
+            (stage / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder / relative, stage / relative)
+        manifest = _package(
+            spec, model, size, stage, version, model_kwargs, training, evaluation,
+            clinical_use, volume, clinical, extras,
+        )  # fmt: skip
+        _install(stage, folder)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return manifest
+
+
+def _install(stage: Path, folder: Path) -> None:
+    """Move every file of ``stage`` into ``folder``, replacing what is there, the manifest
+    last (a reader never sees the new manifest before its artefacts)."""
+    files = sorted(p for p in stage.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    for path in [*files, stage / MANIFEST_NAME]:
+        target = folder / path.relative_to(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.replace(target)
+
+
+def _package(
+    spec: EngineSpec,
+    model: nn.Module,
+    size: int,
+    folder: Path,
+    version: str,
+    model_kwargs: Mapping[str, Any] | None,
+    training: Mapping[str, Any] | None,
+    evaluation: Mapping[str, Any] | None,
+    clinical_use: str,
+    volume: tuple[int, int, int] | None,
+    clinical: tuple[str, ...],
+    extras: Mapping[str, str] | None,
+) -> Manifest:
     model = model.eval()
     torch.save(model.state_dict(), folder / CHECKPOINT)
     fp32 = export_onnx(model, folder / ONNX_FP32, size, volume=volume)

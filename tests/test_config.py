@@ -349,6 +349,12 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         ConfigError, match=r"list\.yaml: expected a mapping at the top level, got \['a', 'b'\]"
     ):
         load_config(tmp_path / "list.yaml")
+    (tmp_path / "latin1.yaml").write_bytes(b'results:\n  institution_name: "Klinikum M\xfcnster"\n')
+    with pytest.raises(
+        ConfigError,
+        match=r"latin1\.yaml: not UTF-8 text \(byte 0xFC at offset 40\); save it as UTF-8$",
+    ):
+        load_config(tmp_path / "latin1.yaml")
     (tmp_path / "empty.yaml").write_text("")
     assert load_config(tmp_path / "empty.yaml").node.ae_title == "TRIAGE"
     (tmp_path / "scalar.yaml").write_text("node: 5\n")

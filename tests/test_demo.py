@@ -123,3 +123,30 @@ def test_studies_without_a_result_in_time_stop_the_demo(
     cfg = parse_config({"routing": {"rules": [], "cascade": []}})
     with pytest.raises(DemoError, match=rf"^{len(CASES)} studies got no result within 0 s$"):
         list(run_demo(cfg, tmp_path / "demo"))
+
+
+def test_an_out_folder_holding_anything_else_is_never_wiped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `demo --out /var/lib/dicom-node` must not delete a production spool as leftovers.
+    out = tmp_path / "node"
+    (out / "spool").mkdir(parents=True)
+    (out / "spool" / "state.sqlite3").write_text("precious")
+    cfg = parse_config({"routing": {"rules": [], "cascade": []}})
+    with pytest.raises(DemoError, match=r"^--out .*node: holds spool that no demo wrote; give "):
+        list(run_demo(cfg, out))
+    assert (out / "spool" / "state.sqlite3").read_text() == "precious"
+    # A demo's own folder (its mark, or the PACS and incoming folders it wrote before the
+    # mark existed) is replaced: the run gets past the check (and, with no time to wait for
+    # results, stops there).
+    monkeypatch.setattr(demo, "WAIT_SECONDS", 0.0)
+    marked, older = tmp_path / "marked", tmp_path / "older"
+    for folder in (marked, older):
+        (folder / "spool").mkdir(parents=True)
+    (marked / demo.DEMO_MARK).write_text("")
+    (older / "pacs").mkdir()
+    (older / "incoming").mkdir()
+    for folder in (marked, older):
+        with pytest.raises(DemoError, match=r"studies got no result within 0 s$"):
+            list(run_demo(cfg, folder))
+        assert (folder / demo.DEMO_MARK).is_file()

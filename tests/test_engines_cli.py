@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -318,3 +319,58 @@ def test_train_on_a_labelled_folder_reports_figures_of_its_test_split(
     assert manifest.evaluation["data"] == (
         "held-out test split of labels.csv (used neither to train nor to pick the epoch)"
     )
+
+
+def test_size_is_checked_when_parsed(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engines.phantoms.phantom import MAX_SIZE, MIN_SIZE
+
+    assert (engines_cli.MIN_SIZE, engines_cli.MAX_SIZE) == (MIN_SIZE, MAX_SIZE)
+    for verb in (["train", "hip_screen"], ["export", "hip_screen"]):
+        for size, why in (
+            ("0", "expected 64-4096 pixels, got 0"),
+            ("x", "expected a number of pixels, got 'x'"),
+        ):
+            with pytest.raises(SystemExit) as exited:
+                main(["engines", *verb, "--size", size, "--config", str(config)])
+            assert exited.value.code == 2
+            assert capsys.readouterr().err.strip().endswith(f"argument --size: {why}")
+
+
+def test_a_checkpoint_that_cannot_be_loaded_is_one_line(
+    engine_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(engine_cache / "hip_screen", cache / "hip_screen")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"engines:\n  cache_dir: {cache}\n")
+    other = tmp_path / "hipnet.pt"
+    shutil.copyfile(engine_cache / "hipnet" / "model.pt", other)
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    before = (cache / "hip_screen" / "model.pt").read_bytes()
+    for checkpoint, why in (
+        (tmp_path / "missing.pt", r"FileNotFoundError: \[Errno 2\] No such file or directory: .*"),
+        (tmp_path / "notes.pt", r"UnpicklingError: .*"),
+        (other, r"RuntimeError: Error\(s\) in loading state_dict for .*"),
+    ):
+        export = ["engines", "export", "hip_screen", "--checkpoint", str(checkpoint)]
+        assert main([*export, "--version", "2.0.0", "--config", str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and len(err) < 400
+        assert re.fullmatch(
+            rf"dicom-node: error: --checkpoint {re.escape(str(checkpoint))}: cannot load it as "
+            rf"'hip_screen' weights \({why}\)",
+            err,
+        ), err
+    assert (cache / "hip_screen" / "model.pt").read_bytes() == before  # left as it was
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(
+    engine_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"engines:\n  cache_dir: {engine_cache}\n")
+    out = tmp_path / "repo"
+    out.write_text("a file, not a folder")
+    assert main(["engines", "triton-repo", str(out), "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"dicom-node: error: [^\n]+: {re.escape(str(out))}\S*", err), err

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -60,7 +61,23 @@ def test_outbox_retry_of_an_unknown_id_is_an_error(
 ) -> None:
     dead_letter(tmp_path / "spool")
     assert main(["outbox", "retry", "42", "--config", str(config_file(tmp_path))]) == 2
-    assert "no dead letter with id 42" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "no dead letter with id 42" in captured.err and not captured.out
+
+
+@pytest.mark.parametrize(
+    ("item", "why"),
+    [("0", "expected an item id from 1 to 2\\^63-1, got 0"),
+     ("99999999999999999999", "expected an item id from 1 to 2\\^63-1, got 9+"),
+     ("x", "expected an item id, got 'x'")],
+)  # fmt: skip
+def test_outbox_retry_ids_are_checked_when_parsed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], item: str, why: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["outbox", "retry", item, "--config", str(config_file(tmp_path))])
+    assert exited.value.code == 2
+    assert re.search(rf"argument ids: {why}$", capsys.readouterr().err.strip())
 
 
 def test_outbox_before_the_node_ever_ran(

@@ -40,6 +40,9 @@ from engines.manifest import ManifestError, read_manifest, verify_artefacts
 WAIT_SECONDS = 120.0
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+# The folders a demo run writes under --out, replaced by the next run; the mark says so.
+DEMO_FOLDERS = ("spool", "incoming", "pacs", "results")
+DEMO_MARK = ".dicom-node-demo"
 
 
 class DemoError(DicomNodeError, RuntimeError):
@@ -182,9 +185,19 @@ def _inputs(hip: dict[str, object]) -> str:
 def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
     """Run the demo; yield the lines of its report as they happen."""
     out = Path(out).resolve()
-    for stale in ("spool", "incoming", "pacs", "results"):
-        shutil.rmtree(out / stale, ignore_errors=True)
+    made = [out / name for name in DEMO_FOLDERS if (out / name).exists()]
+    # A demo's folder: its mark, or (written before the mark) its PACS and incoming folders.
+    ours = (out / DEMO_MARK).exists() or all((out / n).is_dir() for n in ("pacs", "incoming"))
+    if made and not ours:
+        # Someone's spool (--out /var/lib/dicom-node) must never be wiped as a demo's leftovers.
+        raise DemoError(
+            f"--out {out}: holds {', '.join(p.name for p in made)} that no demo wrote; give "
+            "an empty folder or one a demo used before"
+        )
+    for stale in made:
+        shutil.rmtree(stale, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).write_text("written by dicom-node demo: its folders here are replaced\n")
     names = engines_needed(cfg)
     missing = _engines_ready(cfg, names)
     if missing:

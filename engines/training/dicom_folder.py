@@ -34,11 +34,7 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> HipSet:
     """Read every row of ``csv_path`` into a :class:`HipSet` at ``size`` pixels."""
     dual = "LATERAL" in spec.views
     required = {"ap_file", "label"} if dual else {"file", "label"}
-    try:
-        with csv_path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise DataError(f"{csv_path}: cannot read ({exc.strerror})") from exc
+    rows = _rows(csv_path)
     if not rows:
         raise DataError(f"{csv_path}: no rows")
     missing = required - set(rows[0])
@@ -127,9 +123,18 @@ def file_groups(spec: EngineSpec, csv_path: Path) -> list[str]:
     ``ap_file``), in row order as :func:`~engines.training.dicom_folder.load_labelled_folder`
     reads them: the two hips of an AP pelvis are two rows of one file."""
     column = "ap_file" if "LATERAL" in spec.views else "file"
+    return [os.path.normpath((row.get(column) or "").strip()) for row in _rows(csv_path)]
+
+
+def _rows(csv_path: Path) -> list[dict[str, str]]:
+    """The CSV's rows: UTF-8, with or without the byte-order mark Excel's "CSV UTF-8" writes."""
     try:
-        with csv_path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+            return list(csv.DictReader(handle))
     except OSError as exc:
         raise DataError(f"{csv_path}: cannot read ({exc.strerror})") from exc
-    return [os.path.normpath((row.get(column) or "").strip()) for row in rows]
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{csv_path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at offset "
+            f"{exc.start}); save it as CSV UTF-8"
+        ) from exc

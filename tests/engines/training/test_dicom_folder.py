@@ -163,3 +163,21 @@ def test_file_groups_name_each_rows_file(tmp_path: Path) -> None:
     assert file_groups(engine_spec("hipnet"), csv) == ["a/ap.dcm", "a/ap.dcm"]
     with pytest.raises(DataError, match=r"missing\.csv: cannot read \(No such file"):
         file_groups(engine_spec("hip_screen"), tmp_path / "missing.csv")
+
+
+def test_csv_encodings_a_spreadsheet_writes(tmp_path: Path) -> None:
+    spec = engine_spec("hip_screen")
+    study = write_study(tmp_path / "s", 3, "normal", "normal", size=64)
+    pelvis = study.files[0].relative_to(tmp_path)
+    text = f"file,side,label\n{pelvis},R,normal\n"
+    csv = tmp_path / "labels.csv"
+    csv.write_bytes(b"\xef\xbb\xbf" + text.encode())  # Excel's "CSV UTF-8": a byte-order mark
+    assert len(load_labelled_folder(spec, csv, 64)) == 1
+    assert file_groups(spec, csv) == [str(pelvis)]
+    csv.write_bytes(text.encode() + "x.dcm,R,M\u00fcnster\n".encode("cp1252"))  # Excel's "CSV"
+    for read in (lambda: load_labelled_folder(spec, csv, 64), lambda: file_groups(spec, csv)):
+        with pytest.raises(
+            DataError,
+            match=r"labels\.csv: not UTF-8 text \(byte 0xFC at offset \d+\); save it as CSV UTF-8$",
+        ):
+            read()
