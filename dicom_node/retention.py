@@ -13,7 +13,9 @@ the study and its jobs keep their rows (``dicom-node studies`` and ``jobs`` stil
 Both steps run under the study's spool lock, which the receiver holds while it writes and
 indexes an instance, so an instance arriving for the study is either purged with it (it was
 indexed before) or untouched (it reopens the study, which is then no longer finished). A crash
-between the two steps leaves files no row names; ``sweep`` removes them at the next start.
+between the two steps leaves files no row names; ``sweep`` removes them at the next start
+(also those of a study the node has no record of). A study has files exactly when its
+``purged_at`` is NULL (state.py keeps it so), which is what a round's query selects on.
 A study that receives instances after a purge is a new episode: its next job sees only them.
 """
 
@@ -43,11 +45,11 @@ _FINISHED_AT = """MAX(
     COALESCE((SELECT MAX(sent_at) FROM outbox o WHERE o.study_uid = s.study_uid), 0),
     COALESCE((SELECT MAX(received_at) FROM instances i WHERE i.study_uid = s.study_uid), 0))"""
 
-_FINISHED = f"""s.state = 'complete'
+# A study has files in the spool exactly when purged_at is NULL (state.py keeps it so; an
+# index on it keeps the round's cost to what the spool holds, not to every study seen).
+_FINISHED = f"""s.state = 'complete' AND s.purged_at IS NULL
     AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = s.study_uid AND j.state = 'pending')
     AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid AND o.state != 'sent')
-    AND (EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = s.study_uid)
-         OR EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid))
     AND {_FINISHED_AT} <= ?"""
 
 
@@ -134,6 +136,10 @@ def _remove(spool: Spool, relatives: list[str]) -> tuple[int, int]:
             path.unlink()
         except FileNotFoundError:
             continue
+        except OSError as exc:  # one file must not stop the retention; the next sweep retries
+            log.warning("cannot remove %s from the spool (%s); left in place",
+                        relative, exc.strerror or exc)  # fmt: skip
+            continue
         files += 1
         size += length
     return files, size
@@ -181,24 +187,23 @@ def _spooled_studies(spool: Spool) -> list[str]:
 
 
 def sweep(state: State, spool: Spool) -> Purged:
-    """Remove the files of purged studies that no row names (left by a crash mid-purge).
+    """Remove the files no row names of purged studies (left by a crash mid-purge) and of
+    studies the node has no record of (a purge of the node's own returned results cut short,
+    an instance never acknowledged because the node stopped before indexing it).
 
     It walks the spool's study folders, not the history of purged studies, so a start
-    costs what the retention keeps, however long the node has run.
+    costs what the retention keeps, however long the node has run. Each study is checked
+    under its spool lock: one reopened (or first received) meanwhile is live and left alone.
     """
-    with state.transaction() as db:
-        purged = [
-            study_uid
-            for study_uid in _spooled_studies(spool)
-            if db.execute(
-                "SELECT 1 FROM studies WHERE study_uid = ? AND purged_at IS NOT NULL",
-                (study_uid,),
-            ).fetchone()
-        ]
     files = size = 0
-    for study_uid in purged:
+    for study_uid in _spooled_studies(spool):
         with spool.study_lock(study_uid):
             with state.transaction() as db:
+                row = db.execute(
+                    "SELECT purged_at FROM studies WHERE study_uid = ?", (study_uid,)
+                ).fetchone()
+                if row is not None and row[0] is None:
+                    continue  # a live study: its files are its own
                 named = _named_paths(db, study_uid)
             orphans = [f for f in _folder_files(spool, study_uid) if f not in named]
             n, length = _remove(spool, orphans)

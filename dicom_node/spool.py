@@ -118,9 +118,11 @@ class Spool:
             raise SpoolError(f"cannot write {relative} to the spool ({exc.strerror})") from exc
 
     def forget_folder(self, study_uid: str) -> None:
-        """The study's folder is being removed: its next write must fsync instances/ again."""
+        """The study's folders are being removed: the next write into one must fsync its
+        parent (instances/, outputs/) again."""
         with self._durable_lock:
             self._durable_folders.discard(str(self.instances / study_uid))
+            self._durable_folders.discard(str(self.root / "outputs" / study_uid))
 
     def ends_with(self, relative: str, stream: bytes | memoryview) -> bool:
         """Does the file at ``relative`` end with the data set ``stream``?

@@ -20,7 +20,7 @@ from dicom_node.config import AssemblyConfig
 from dicom_node.errors import StateError
 from dicom_node.models import Job, ReceivedInstance, ResultObject, StoreOutcome, StudySummary
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # The outbox: one row per result object and destination, durable until delivered
 # (dicom_node/send/outbox.py works on it).
@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS studies (
     purged_at REAL
 );
 CREATE INDEX IF NOT EXISTS studies_due ON studies (state, due_at);
+CREATE INDEX IF NOT EXISTS studies_unpurged ON studies (state) WHERE purged_at IS NULL;
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     study_uid TEXT NOT NULL,
@@ -113,12 +114,18 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
 _MIGRATE_2_TO_3 = "ALTER TABLE studies ADD COLUMN purged_at REAL;"
 # Version 3 did not count how often a job was started (a crash mid-job left no trace).
 _MIGRATE_3_TO_4 = "ALTER TABLE jobs ADD COLUMN runs INTEGER NOT NULL DEFAULT 0;"
+# Version 4 left purged_at set when the node's own results came back for a purged study:
+# from 5 on, a study has files in the spool exactly when purged_at is NULL.
+_MIGRATE_4_TO_5 = """UPDATE studies SET purged_at = NULL WHERE purged_at IS NOT NULL
+    AND (EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = studies.study_uid)
+         OR EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = studies.study_uid));"""
 # From a version to the next: the table the step alters (None: always runs; a database
 # that never had the table gets it, whole, from _SCHEMA) and the step's SQL.
 _MIGRATIONS: dict[str, tuple[str | None, str]] = {
     "1": (None, _MIGRATE_1_TO_2 + OUTBOX_SCHEMA),
     "2": ("studies", _MIGRATE_2_TO_3),
     "3": ("jobs", _MIGRATE_3_TO_4),
+    "4": ("studies", _MIGRATE_4_TO_5),
 }
 
 # A StudySummary's columns; the instance count is of instances to process.
@@ -237,7 +244,13 @@ class State:
                         inst.calling_ae, inst.received_at, 0 if inst.own_output else 1,
                     ),
                 )  # fmt: skip
-            if not inst.own_output:
+            if inst.own_output:  # kept, not processed; a purged study has files again
+                db.execute(
+                    "UPDATE studies SET purged_at = NULL "
+                    "WHERE study_uid = ? AND purged_at IS NOT NULL",
+                    (h.study_uid,),
+                )
+            else:
                 row = db.execute(
                     "SELECT state FROM studies WHERE study_uid = ?", (h.study_uid,)
                 ).fetchone()

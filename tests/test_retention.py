@@ -138,7 +138,8 @@ def test_a_late_own_output_keeps_the_study_until_its_own_retention(
     purge_study(state, spool, STUDY, 200.0, now=300.0)
     # The PACS sends our SR back after the purge: kept, then purged a retention later.
     back = receive(state, spool, STUDY, f"{STUDY}.100", 400.0, own=True)
-    assert [s.purged_at for s in state.studies()] == [300.0]  # own outputs do not reopen
+    # Own outputs do not reopen the study; it has files again, so it is no longer purged.
+    assert [(s.state, s.purged_at) for s in state.studies()] == [("complete", None)]
     assert purgeable(state, 399.0) == []
     assert purgeable(state, 400.0) == [STUDY]
     purged = purge_study(state, spool, STUDY, 400.0, now=500.0)
@@ -217,28 +218,32 @@ def test_sweep_removes_only_files_no_row_names(state: State, spool: Spool) -> No
     # A crash after the purge's commit, before its unlinks, leaves files no row names.
     for relative in files:
         spool.write(relative, [b"left by a crash"])
-    kept = receive(state, spool, STUDY, f"{STUDY}.100", 400.0, own=True)  # named by a row
-    processed(state, spool, OTHER, 100.0, destinations=())  # never purged: not swept
+    # A study the node has no record of: our own results back (named by rows, kept) and a
+    # file no row names (a purge of such results cut short, or never acknowledged).
+    rowless = "1.2.826.0.1.3680043.8.498.73"
+    kept = receive(state, spool, rowless, f"{rowless}.1", 400.0, own=True)
+    spool.write(f"instances/{rowless}/x.dcm", [b"stray"])
+    processed(state, spool, OTHER, 100.0, destinations=())  # live: never swept
+    spool.write(f"instances/{OTHER}/unindexed.dcm", [b"being stored"])
     swept = sweep(state, spool)
-    assert (swept.files, swept.bytes) == (3, 3 * len(b"left by a crash"))
+    assert (swept.files, swept.bytes) == (4, 3 * len(b"left by a crash") + len(b"stray"))
     assert [spool.path(r).exists() for r in files] == [False, False, False]
     assert not (spool.root / "outputs" / STUDY).exists()
-    assert spool.path(kept).exists()
-    assert len(list((spool.instances / OTHER).iterdir())) == 2
+    assert not (spool.instances / STUDY).exists()
+    assert spool.path(kept).exists() and not spool.path(f"instances/{rowless}/x.dcm").exists()
+    assert len(list((spool.instances / OTHER).iterdir())) == 3
     assert sweep(state, spool).files == 0
 
 
-def test_the_purger_counts_what_its_first_sweep_removes(state: State, spool: Spool) -> None:
+def test_sweep_leaves_a_study_reopened_since_its_purge_alone(state: State, spool: Spool) -> None:
     files = processed(state, spool, STUDY, 100.0, destinations=())
     purge_study(state, spool, STUDY, 200.0, now=300.0)
-    for relative in files:  # left by a crash between the purge's commit and its unlinks
-        spool.write(relative, [b"left by a crash"])
-    metrics = Metrics(CollectorRegistry())
-    Purger(state, spool, retention_hours=1.0, metrics=metrics).round()
-    assert metrics.registry.get_sample_value("dicom_node_purged_bytes_total") == 3 * len(
-        b"left by a crash"
-    )
-    assert metrics.registry.get_sample_value("dicom_node_purged_studies_total") == 0
+    late = receive(state, spool, STUDY, f"{STUDY}.9", 400.0)  # reopens it: a new episode
+    result = f"outputs/{STUDY}/{STUDY}.200.dcm"  # its job's result, not yet committed
+    spool.write(result, [b"the new SR"])
+    assert sweep(state, spool).files == 0
+    assert spool.path(late).exists() and spool.path(result).exists()
+    assert not any(spool.path(f).exists() for f in files[:2])  # purged before: gone
 
 
 def test_sweep_walks_the_spools_study_folders_not_the_purge_history(
@@ -247,9 +252,7 @@ def test_sweep_walks_the_spools_study_folders_not_the_purge_history(
     processed(state, spool, STUDY, 100.0, destinations=())
     purge_study(state, spool, STUDY, 200.0, now=300.0)  # history: a purged study, no folder
     processed(state, spool, OTHER, 100.0, destinations=())  # in the spool, not purged
-    stray = "instances/1.2.826.0.1.3680043.8.498.73/x.dcm"  # a folder no study row names
-    spool.write(stray, [b"kept"])
-    assert retention._spooled_studies(spool) == sorted([OTHER, "1.2.826.0.1.3680043.8.498.73"])
+    assert retention._spooled_studies(spool) == [OTHER]
     visited: list[str] = []
     study_folders = retention._study_folders
 
@@ -259,8 +262,42 @@ def test_sweep_walks_the_spools_study_folders_not_the_purge_history(
 
     monkeypatch.setattr(retention, "_study_folders", recording)
     assert sweep(state, spool).files == 0
-    assert visited == []  # neither the purged study without files nor a live one is visited
-    assert spool.path(stray).exists() and len(list((spool.instances / OTHER).iterdir())) == 2
+    assert visited == []  # neither the purged study without files nor the live one is read
+    assert len(list((spool.instances / OTHER).iterdir())) == 2
+
+
+def test_one_file_that_cannot_be_removed_does_not_stop_the_retention(
+    state: State, spool: Spool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = processed(state, spool, STUDY, 100.0, destinations=())
+    stuck = spool.path(files[0])
+    unlink = Path.unlink
+
+    def refusing(path: Path, missing_ok: bool = False) -> None:
+        if path == stuck:
+            raise PermissionError(13, "Permission denied", str(path))
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refusing)
+    purged = purge_study(state, spool, STUDY, 200.0, now=300.0)
+    assert purged is not None and purged.files == 2  # the other two went
+    assert stuck.exists() and "cannot remove" in caplog.text and "Permission denied" in caplog.text
+    assert sweep(state, spool).files == 0  # tried again, still refused: no exception
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert sweep(state, spool).files == 1 and not stuck.exists()
+
+
+def test_a_study_whose_instances_all_moved_has_its_results_purged(
+    state: State, spool: Spool
+) -> None:
+    # A PACS correction re-sends every instance under another Study UID (same SOP UIDs): the
+    # old study keeps no instance row; its results (no destination) must still leave.
+    files = processed(state, spool, STUDY, 100.0, destinations=())
+    for sop in (f"{STUDY}.1", f"{STUDY}.2"):
+        receive(state, spool, OTHER, sop, 150.0)
+    assert purgeable(state, 200.0) == [STUDY]
+    purged = purge_study(state, spool, STUDY, 200.0, now=300.0)
+    assert purged is not None and not spool.path(files[2]).exists()
 
 
 def test_purger_thread_purges_due_studies_counts_them_and_stops(state: State, spool: Spool) -> None:

@@ -123,6 +123,13 @@ def test_a_folder_left_by_a_failed_write_gets_its_entry_fsynced(
     synced.clear()
     spool.write("instances/1.2/1.2.6.dcm", [b"d"])
     assert synced == [spool.instances / "1.2", spool.instances]
+    # The study's results folder too: a later episode's results must have their entry synced.
+    outputs = spool.root / "outputs"
+    spool.write("outputs/1.2/1.2.100.dcm", [b"sr"])
+    spool.forget_folder("1.2")
+    synced.clear()
+    spool.write("outputs/1.2/1.2.101.dcm", [b"sr"])
+    assert synced == [outputs / "1.2", outputs]
 
 
 def test_remove_logs_instead_of_raising(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

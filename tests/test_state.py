@@ -74,7 +74,7 @@ def test_schema_version_mismatch_is_refused(tmp_path: Path) -> None:
     State(tmp_path / "s.db", RULES).close()
     with sqlite3.connect(tmp_path / "s.db") as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StateError, match=r"schema version 99, this node needs 4"):
+    with pytest.raises(StateError, match=r"schema version 99, this node needs 5$"):
         State(tmp_path / "s.db", RULES)
 
 
@@ -107,7 +107,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_jobs(tmp_path: Path) -> 
     assert state.job(job.id).state == "skipped"
     state.close()
     with sqlite3.connect(tmp_path / "s.db") as db:
-        assert db.execute("SELECT value FROM meta").fetchone() == ("4",)
+        assert db.execute("SELECT value FROM meta").fetchone() == ("5",)
 
 
 def test_a_version_2_database_gains_purged_at_and_keeps_its_studies(tmp_path: Path) -> None:
@@ -115,6 +115,7 @@ def test_a_version_2_database_gains_purged_at_and_keeps_its_studies(tmp_path: Pa
     state.record_instance(instance("1.9", "1.9.1", 100), True, "new")
     state.close()
     with sqlite3.connect(tmp_path / "s.db") as db:  # back to what version 2 wrote
+        db.execute("DROP INDEX studies_unpurged")
         db.execute("ALTER TABLE studies DROP COLUMN purged_at")
         db.execute("ALTER TABLE jobs DROP COLUMN runs")
         db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
@@ -123,7 +124,7 @@ def test_a_version_2_database_gains_purged_at_and_keeps_its_studies(tmp_path: Pa
     assert (study.study_uid, study.instance_count, study.purged_at) == ("1.9", 1, None)
     state.close()
     with sqlite3.connect(tmp_path / "s.db") as db:
-        assert db.execute("SELECT value FROM meta").fetchone() == ("4",)
+        assert db.execute("SELECT value FROM meta").fetchone() == ("5",)
         columns = [r[1] for r in db.execute("PRAGMA table_info(studies)")]
         assert columns[-1] == "purged_at"
 
@@ -143,6 +144,25 @@ def test_a_version_3_database_counts_job_runs_from_zero(tmp_path: Path) -> None:
     assert state.job(job.id).runs == 2
     state.job_ran_out(job.id)  # a run that left it pending on purpose (an engine retry)
     assert state.job(job.id).runs == 0
+
+
+def test_a_version_4_database_unmarks_purged_studies_that_have_files_again(
+    tmp_path: Path,
+) -> None:
+    # Version 4 left purged_at set when our own results came back for a purged study; from 5
+    # on, purged_at is NULL exactly when the study has files (the retention relies on it).
+    state = State(tmp_path / "s.db", RULES)
+    state.record_instance(instance("1.9", "1.9.1", 100), True, "new")
+    state.record_instance(instance("1.8", "1.8.1", 100), True, "new")
+    state.close()
+    with sqlite3.connect(tmp_path / "s.db") as db:  # as version 4 left them
+        db.execute("UPDATE studies SET purged_at = 300")
+        db.execute("DELETE FROM instances WHERE study_uid = '1.8'")  # purged, no files
+        db.execute("DROP INDEX studies_unpurged")
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    state = State(tmp_path / "s.db", RULES)
+    assert {s.study_uid: s.purged_at for s in state.studies()} == {"1.9": None, "1.8": 300.0}
+    state.close()
 
 
 def test_finish_job_queues_each_result_once_per_destination(tmp_path: Path) -> None:
