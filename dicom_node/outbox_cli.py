@@ -21,12 +21,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     outbox = sub.add_parser(
         "outbox",
         parents=[common],
-        help="list results waiting to be sent and dead letters; `outbox retry` requeues",
+        help="list results waiting to be sent and dead letters; `outbox retry` requeues, "
+        "`outbox discard ID...` gives up on dead letters",
     )
-    outbox.add_argument("verb", nargs="?", choices=["list", "retry"], default="list",
-                        help="list (default) or retry (requeue dead letters)")  # fmt: skip
+    outbox.add_argument("verb", nargs="?", choices=["list", "retry", "discard"], default="list",
+                        help="list (default), retry (requeue dead letters) or discard "
+                             "(give up on the named dead letters)")  # fmt: skip
     outbox.add_argument("ids", nargs="*", type=_item_id,
-                        help="retry: item ids (default: every dead letter)")  # fmt: skip
+                        help="retry: item ids (default: every dead letter); discard: the "
+                             "item ids (required)")  # fmt: skip
     outbox.add_argument("--state", action="append", choices=STATES,
                         help="list: only this state (repeatable)")  # fmt: skip
 
@@ -48,11 +51,11 @@ def _time(value: float | None) -> str:
 
 def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
     if not cfg.storage.database.exists():
-        if args.verb == "retry":
-            # Nothing could be requeued: a script must not take this for success.
+        if args.verb in ("retry", "discard"):
+            # Nothing could be requeued or discarded: a script must not take this for success.
             print(
                 f"dicom-node: error: no state database at {cfg.storage.database}: "
-                "nothing to retry (the node has not run yet)",
+                f"nothing to {args.verb} (the node has not run yet)",
                 file=sys.stderr,
             )
             return 2
@@ -61,13 +64,17 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
     state = State(cfg.storage.database, cfg.assembly)
     try:
         outbox = Outbox(state, cfg.sending)
-        if args.verb == "retry":
+        if args.verb in ("retry", "discard"):
             try:
-                count = outbox.retry(time.time(), args.ids)
+                if args.verb == "retry":
+                    count = outbox.retry(time.time(), args.ids)
+                else:
+                    count = len(outbox.discard(args.ids))
             except StateError as exc:
                 print(f"dicom-node: error: {exc}", file=sys.stderr)
                 return 2
-            print(f"requeued {count} dead letter{'s' if count != 1 else ''}")
+            done = "requeued" if args.verb == "retry" else "discarded"
+            print(f"{done} {count} dead letter{'s' if count != 1 else ''}")
             return 0
         items = outbox.items(args.state or ("pending", "dead"))
         depth = outbox.depth()

@@ -10,6 +10,7 @@ from dicom_node.cli import main
 from dicom_node.config import AssemblyConfig
 from dicom_node.config_results import SendingConfig
 from dicom_node.models import Header, ReceivedInstance, ResultObject
+from dicom_node.retention import purgeable
 from dicom_node.send.outbox import Outbox
 from dicom_node.state import State
 
@@ -56,6 +57,31 @@ def test_outbox_lists_dead_letters_and_retry_requeues_them(
     assert f"{item:>5}  pending" in capsys.readouterr().out
 
 
+def test_outbox_discard_gives_up_on_named_dead_letters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    item = dead_letter(tmp_path / "spool")
+    cfg = str(config_file(tmp_path))
+    assert main(["outbox", "discard", "--config", cfg]) == 2  # never all by default
+    assert "outbox discard: give the ids of the dead letters" in capsys.readouterr().err
+    assert main(["outbox", "discard", str(item + 1), "--config", cfg]) == 2
+    assert f"outbox discard: no dead letter with id {item + 1}" in capsys.readouterr().err
+    assert main(["outbox", "discard", str(item), "--config", cfg]) == 0
+    captured = capsys.readouterr()  # main logs to stderr
+    assert "discarded 1 dead letter" in captured.out
+    assert f"dead letter {item} (SOP instance 1.9.99 of study 1.9, to pacs) discarded" in (
+        captured.err
+    )
+    assert main(["outbox", "--config", cfg]) == 0
+    assert capsys.readouterr().out.strip().endswith("0 pending, 0 sent, 0 dead")
+    # Nothing keeps the study from the retention any more.
+    state = State(tmp_path / "spool" / "state.sqlite3", AssemblyConfig())
+    try:
+        assert purgeable(state, 1e12) == ["1.9"]
+    finally:
+        state.close()
+
+
 def test_outbox_retry_of_an_unknown_id_is_an_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -87,14 +113,14 @@ def test_outbox_before_the_node_ever_ran(
     assert "the node has not run yet" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("ids", [[], ["12"]], ids=["all", "one"])
+@pytest.mark.parametrize(("verb", "ids"), [("retry", []), ("retry", ["12"]), ("discard", ["12"])])
 def test_outbox_retry_before_the_node_ever_ran_is_an_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], ids: list[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], verb: str, ids: list[str]
 ) -> None:
     # A script must not take "nothing to retry in" for a successful requeue.
-    assert main(["outbox", "retry", *ids, "--config", str(config_file(tmp_path))]) == 2
+    assert main(["outbox", verb, *ids, "--config", str(config_file(tmp_path))]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("dicom-node: error: no state database at ")
-    assert "nothing to retry" in captured.err
+    assert f"nothing to {verb}" in captured.err
     assert not (tmp_path / "spool").exists()  # not created by asking

@@ -4,12 +4,14 @@ Rows live in the node's SQLite state (the ``outbox`` table of :mod:`dicom_node.s
 results queued by a job survive a crash and are delivered after a restart.
 A failed attempt is retried after an exponential backoff with jitter; after
 ``sending.max_attempts`` the row becomes a dead letter until an operator
-requeues it (``dicom-node outbox retry``).
+requeues it (``dicom-node outbox retry``) or gives up on it (``dicom-node outbox discard``).
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +19,8 @@ from dicom_node.config_results import SendingConfig
 from dicom_node.errors import StateError
 from dicom_node.models import OutboxItem
 from dicom_node.state import State
+
+log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "id, job_id, study_uid, sop_instance_uid, sop_class_uid, path, destination, state, "
@@ -118,17 +122,7 @@ class Outbox:
         """Requeue dead letters (all, or those named) for immediate delivery; returns how many."""
         with self.state.transaction() as db:
             if item_ids:
-                marks = ",".join("?" * len(item_ids))
-                found = db.execute(
-                    f"SELECT id FROM outbox WHERE state = 'dead' AND id IN ({marks})",
-                    tuple(item_ids),
-                ).fetchall()
-                missing = sorted(set(item_ids) - {int(r[0]) for r in found})
-                if missing:
-                    raise StateError(
-                        f"outbox retry: no dead letter with id {', '.join(map(str, missing))}"
-                    )
-                ids = tuple(int(r[0]) for r in found)
+                ids = _dead_letters(db, "retry", item_ids)
             else:
                 rows = db.execute("SELECT id FROM outbox WHERE state = 'dead'").fetchall()
                 ids = tuple(int(r[0]) for r in rows)
@@ -140,9 +134,42 @@ class Outbox:
                 )
         return len(ids)
 
+    def discard(self, item_ids: Sequence[int]) -> list[OutboxItem]:
+        """Give up on the named dead letters for good (a destination removed from the config,
+        a result delivered by hand): their rows go, so they no longer keep their study from
+        the retention; the result files go with the study. Returns what was discarded."""
+        with self.state.transaction() as db:
+            ids = _dead_letters(db, "discard", item_ids)
+            marks = ",".join("?" * len(ids))
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE id IN ({marks}) ORDER BY id", ids
+            ).fetchall()
+            db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)
+        items = [OutboxItem(*row) for row in rows]
+        for item in items:
+            log.warning(
+                "outbox: dead letter %d (SOP instance %s of study %s, to %s) discarded",
+                item.id, item.sop_instance_uid, item.study_uid, item.destination,
+            )  # fmt: skip
+        return items
+
     def depth(self) -> dict[str, int]:
         with self.state.transaction() as db:
             rows = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
         counts = dict.fromkeys(STATES, 0)
         counts.update({str(s): int(n) for s, n in rows})
         return counts
+
+
+def _dead_letters(db: sqlite3.Connection, verb: str, item_ids: Sequence[int]) -> tuple[int, ...]:
+    """``item_ids``, each a dead letter, else a StateError naming those that are not."""
+    if not item_ids:
+        raise StateError(f"outbox {verb}: give the ids of the dead letters")
+    marks = ",".join("?" * len(item_ids))
+    found = db.execute(
+        f"SELECT id FROM outbox WHERE state = 'dead' AND id IN ({marks})", tuple(item_ids)
+    ).fetchall()
+    missing = sorted(set(item_ids) - {int(r[0]) for r in found})
+    if missing:
+        raise StateError(f"outbox {verb}: no dead letter with id {', '.join(map(str, missing))}")
+    return tuple(sorted(int(r[0]) for r in found))
