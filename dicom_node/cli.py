@@ -173,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"dicom-node: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in a demo or a build: a line, not a traceback
+        print("dicom-node: interrupted", file=sys.stderr)
+        return 130
     return 2  # pragma: no cover - argparse requires a command
 
 

@@ -201,19 +201,33 @@ def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> Config:
     base = base or Path.cwd()
     known(raw, "", set(Config.__dataclass_fields__))
     engine_names = tuple(ENGINES)
+    storage = _storage(sub_mapping(raw, "storage"), base)
+    destinations = parse_destinations(raw.get("destinations", []), base)
+    _outside_the_spool(destinations, storage.spool_dir)
     return Config(
         node=_node(sub_mapping(raw, "node"), base),
-        storage=_storage(sub_mapping(raw, "storage"), base),
+        storage=storage,
         assembly=_assembly(sub_mapping(raw, "assembly")),
         routing=parse_routing(sub_mapping(raw, "routing"), engine_names),
         triage=parse_triage(sub_mapping(raw, "triage"), engine_names),
         results=parse_results(sub_mapping(raw, "results")),
         sending=parse_sending(sub_mapping(raw, "sending")),
-        destinations=parse_destinations(raw.get("destinations", []), base),
+        destinations=destinations,
         metrics=_metrics(sub_mapping(raw, "metrics")),
         engines=_engines(sub_mapping(raw, "engines"), base),
         logging=_logging(sub_mapping(raw, "logging")),
     )
+
+
+def _outside_the_spool(destinations: tuple[Destination, ...], spool_dir: Path) -> None:
+    """A folder destination inside the spool would have its deliveries purged with it."""
+    spool = spool_dir.resolve()
+    for i, dest in enumerate(destinations):
+        if dest.path is not None and dest.path.resolve().is_relative_to(spool):
+            raise ConfigError(
+                f"destinations[{i}].path: must be outside storage.spool_dir ({spool_dir}), whose "
+                f"folders the retention purges, got {str(dest.path)!r}"
+            )
 
 
 def _node(raw: Mapping[str, Any], base: Path) -> NodeConfig:

@@ -147,7 +147,7 @@ def _remove(spool: Spool, relatives: list[str]) -> tuple[int, int]:
 
 def _study_roots(spool: Spool) -> tuple[Path, Path]:
     """Where studies have folders: received instances and the node's own outputs."""
-    return spool.instances, spool.root / "outputs"
+    return spool.instances, spool.outputs
 
 
 def _study_folders(spool: Spool, study_uid: str) -> tuple[Path, ...]:

@@ -40,6 +40,7 @@ class Spool:
         self.root = root
         self.min_free_bytes = min_free_bytes
         self.instances = root / "instances"
+        self.outputs = root / "outputs"
         self.tmp = root / "tmp"
         self._study_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         # Study folders whose entry in instances/ is known to be on disk (fsync'd since
@@ -48,8 +49,9 @@ class Spool:
         self._durable_folders: set[str] = set()
         self._durable_lock = threading.Lock()
         try:
-            for folder in (self.root, self.instances, self.tmp):
+            for folder in (self.root, self.instances, self.outputs, self.tmp):
                 folder.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.root)  # the entries of instances/, outputs/ and tmp/ on disk
         except OSError as exc:
             raise SpoolError(f"storage.spool_dir: cannot create {folder} ({exc.strerror})") from exc
         self._purge_partials()
@@ -122,7 +124,7 @@ class Spool:
         parent (instances/, outputs/) again."""
         with self._durable_lock:
             self._durable_folders.discard(str(self.instances / study_uid))
-            self._durable_folders.discard(str(self.root / "outputs" / study_uid))
+            self._durable_folders.discard(str(self.outputs / study_uid))
 
     def ends_with(self, relative: str, stream: bytes | memoryview) -> bool:
         """Does the file at ``relative`` end with the data set ``stream``?

@@ -499,6 +499,14 @@ BAD: list[tuple[dict[str, Any], str]] = [
         r"^destinations\[0\]\.path: required, got nothing",
     ),
     (
+        {
+            "storage": {"spool_dir": "/srv/spool"},
+            "destinations": [{"name": "out", "type": "folder", "path": "/srv/spool/results"}],
+        },
+        r"^destinations\[0\]\.path: must be outside storage\.spool_dir \(/srv/spool\), whose "
+        r"folders the retention purges, got '/srv/spool/results'$",
+    ),
+    (
         {"destinations": [{"type": "folder", "path": "out"}]},
         r"^destinations\[0\]\.name: required, got nothing",
     ),

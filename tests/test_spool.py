@@ -138,3 +138,13 @@ def test_remove_logs_instead_of_raising(tmp_path: Path, caplog: pytest.LogCaptur
     spool.remove("instances/1.2/1.2.3.dcm")
     assert "could not remove instances/1.2/1.2.3.dcm" in caplog.text
     spool.remove("instances/1.2/absent.dcm")  # absent is fine
+
+
+def test_a_new_spool_has_its_folders_entries_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    monkeypatch.setattr(spool_module, "fsync_dir", synced.append)
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    assert synced == [spool.root]
+    assert {p.name for p in spool.root.iterdir()} == {"instances", "outputs", "tmp"}
