@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pynetdicom import AE
@@ -82,16 +83,26 @@ class EchoMonitor(Worker):
         return self.interval
 
     def check_all(self) -> None:
-        for destination in self.destinations:
-            reason = echo(destination, self.calling_ae, self.timeout)
-            with self._lock:
-                if reason is None:
-                    self._last_ok[destination.name] = time.time()
-                    self._last_error.pop(destination.name, None)
-                else:
-                    self._last_error[destination.name] = reason
-            if reason is not None:
-                log.warning("destination %s not reachable: %s", destination.name, reason)
+        """Each destination at once, in its own thread: one that never answers (a firewall
+        dropping its packets costs a whole timeout) must not hold the others' checks back
+        past their deadline, which would mark healthy destinations not ready."""
+        if len(self.destinations) <= 1:
+            for destination in self.destinations:
+                self._check(destination)
+            return
+        with ThreadPoolExecutor(len(self.destinations), thread_name_prefix="echo") as pool:
+            list(pool.map(self._check, self.destinations))
+
+    def _check(self, destination: Destination) -> None:
+        reason = echo(destination, self.calling_ae, self.timeout)
+        with self._lock:
+            if reason is None:
+                self._last_ok[destination.name] = time.time()
+                self._last_error.pop(destination.name, None)
+            else:
+                self._last_error[destination.name] = reason
+        if reason is not None:
+            log.warning("destination %s not reachable: %s", destination.name, reason)
 
     def up(self) -> dict[str, bool]:
         """Whether each destination's last check succeeded (False before the first)."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -41,3 +42,18 @@ def test_monitor_reports_destinations_without_a_recent_answer(tmp_path: Path) ->
     monitor.check_all()
     assert monitor.problems(time.time()) == {"pacs": "no association"}
     assert set(monitor.problems(time.time() + 1000)) == {"files", "pacs"}  # stale answers
+
+
+def test_a_destination_that_never_answers_does_not_delay_the_others(tmp_path: Path) -> None:
+    # A PACS whose packets a firewall drops costs a whole timeout; checked one after the
+    # other, the destinations after it would be checked late (and shown not ready).
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:
+        hanging = Destination("silent", "PACS", "127.0.0.1", silent.getsockname()[1])
+        ok = Destination("files", type="folder", path=tmp_path / "ok")
+        monitor = EchoMonitor([hanging, ok], "TRIAGE", interval=60, timeout=2)
+        started = time.time()
+        monitor.check_all()
+        took = time.time() - started
+    assert 1.5 < took < 3.5  # one timeout, not the sum of the checks
+    assert set(monitor.problems(time.time())) == {"silent"}
+    assert monitor._last_ok["files"] - started < 1.0  # checked at once, not after "silent"
