@@ -32,5 +32,7 @@ def test_ingest_bench_runs_the_node_beside_storescp(tmp_path: Path) -> None:
     assert receivers == {"storescp", "storescp+sync", "fsync ceiling", "node"}
     assert all(r["files"] == 40 and r["seconds"] > 0 for r in row["runs"])
     assert row["ratio"] == pytest.approx(row["storescp_s"] / row["node_s"])
-    assert row["target"] == 0.5 and row["met"] == (row["ratio"] >= 0.5)
+    # One run is a smoke run: no verdict on the target from it.
+    assert row["target"] == 0.5 and row["met"] is None
     assert "node/storescp" in done.stdout and "small     40" in done.stdout
+    assert ">= 0.5x n/a" in done.stdout
