@@ -34,7 +34,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,7 +52,8 @@ PLAN_SUFFIX = ".plan"
 PLAN_SOURCE = "onnx_fp16"
 
 # TensorRT DataType names -> numpy. BF16 / FP8 / INT4 have no numpy dtype and never appear at
-# the I/O of an engine built from our fp32 ONNX, so they are refused rather than guessed.
+# the I/O of an engine built from our ONNX (fp32 inputs and outputs, fp16 inside), so they are
+# refused rather than guessed.
 _NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "FLOAT": np.dtype(np.float32),
     "HALF": np.dtype(np.float16),
@@ -250,8 +251,8 @@ class TensorRTRuntime(Runtime):
         # make_context() leaves the new context current; pop it at once so every later call
         # pushes and pops it explicitly (see _active).
         self._cuda_context = self._check(gpu.make_context, "creating a CUDA context")
-        self._check(cuda.Context.pop, "releasing the CUDA context")
         try:
+            self._check(cuda.Context.pop, "releasing the CUDA context")
             with self._active():
                 plan = self._load_or_build(plan_cache)
                 self._open_engine(plan)
@@ -272,6 +273,7 @@ class TensorRTRuntime(Runtime):
         )
         path = plan_path(plan_cache, key)
         self.plan_path = path
+        self._logger.errors.clear()  # _failure must not quote an earlier failure's errors
         if path.is_file():
             log.info("%s: TensorRT plan from cache %s", self.manifest.name, path)
             return path.read_bytes()
@@ -286,7 +288,14 @@ class TensorRTRuntime(Runtime):
             self.opt_batch,
         )
         plan = self._build(onnx)
-        write_atomic(path, plan)
+        try:
+            write_atomic(path, plan)
+        except OSError as exc:  # a build of minutes is not thrown away for a full disk
+            log.warning(
+                "%s: TensorRT plan not cached at %s (%s); it is built again at the next start",
+                self.manifest.name, path, exc.strerror or exc,
+            )  # fmt: skip
+            return plan
         log.info("%s: TensorRT plan cached at %s", self.manifest.name, path)
         return plan
 
@@ -363,9 +372,14 @@ class TensorRTRuntime(Runtime):
             host = self._check(
                 functools.partial(cuda.pagelocked_empty, count, dtype), f"allocating host {name}"
             )
-            device = self._check(
-                functools.partial(cuda.mem_alloc, count * dtype.itemsize), f"allocating GPU {name}"
-            )
+            try:
+                device = self._check(
+                    functools.partial(cuda.mem_alloc, count * dtype.itemsize),
+                    f"allocating GPU {name}",
+                )
+            except BaseException:
+                host.base.free()  # not yet in _bindings, which _free_all frees
+                raise
             self._bindings.append(_Binding(name, name in inputs, dtype, host, device))
             if not self._context.set_tensor_address(name, int(device)):
                 raise EngineRuntimeError(self._failure(f"set_tensor_address({name!r}) failed"))
@@ -393,6 +407,17 @@ class TensorRTRuntime(Runtime):
         return {name: np.concatenate(values, axis=0) for name, values in parts.items()}
 
     def _run_chunk(self, chunk: dict[str, Array]) -> dict[str, Array]:
+        self._logger.errors.clear()
+        try:
+            return self._run_chunk_queued(chunk)
+        except BaseException:
+            # Copies queued before the failure may still be running: the next call must not
+            # overwrite their page-locked buffers under them.
+            with suppress(self._cuda.Error):
+                self._stream.synchronize()
+            raise
+
+    def _run_chunk_queued(self, chunk: dict[str, Array]) -> dict[str, Array]:
         cuda = self._cuda
         for binding in self._bindings:
             if binding.is_input:
@@ -474,6 +499,8 @@ class TensorRTRuntime(Runtime):
             self._trt_runtime = None
             self._stream = None
         finally:
-            self._cuda.Context.pop()
-            self._cuda_context.detach()
-            self._cuda_context = None
+            # Detached while current, which destroys it (and pops it) on any thread; pycuda
+            # destroys a context that is not current only on the thread that made it, and a
+            # close() from another thread would leak it with its memory.
+            context, self._cuda_context = self._cuda_context, None
+            context.detach()

@@ -10,6 +10,7 @@ are exercised by the gpu-marked parity test in test_tensorrt.py.
 from __future__ import annotations
 
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ class _Stand:
         self.parse_ok = True
         self.parsed: list[str] = []  # the ONNX files the parser read
         self.unresolved: str | None = None  # a tensor whose shape TensorRT leaves at -1
+        self.contexts_destroyed = 0
+        self.contexts_leaked = 0  # detached where pycuda cannot destroy them
+        self.syncs = 0
 
 
 class _DeviceAllocation:
@@ -73,6 +77,8 @@ def _cuda_module(stand: _Stand) -> types.ModuleType:
             stand.host_freed += 1
 
     class Context:
+        thread = 0  # the thread that made it (make_context)
+
         def push(self) -> None:
             stand.context_stack.append(self)
 
@@ -83,7 +89,15 @@ def _cuda_module(stand: _Stand) -> types.ModuleType:
             stand.context_stack.pop()
 
         def detach(self) -> None:
-            pass
+            # pycuda: a current context is destroyed (and popped) on any thread; one that is
+            # not current only on the thread that made it, else it is left behind.
+            if stand.context_stack and stand.context_stack[-1] is self:
+                stand.context_stack.pop()
+                stand.contexts_destroyed += 1
+            elif threading.get_ident() == self.thread:
+                stand.contexts_destroyed += 1
+            else:
+                stand.contexts_leaked += 1
 
     class Device:
         def __init__(self, index: int) -> None:
@@ -98,6 +112,7 @@ def _cuda_module(stand: _Stand) -> types.ModuleType:
 
         def make_context(self) -> Context:
             context = Context()
+            context.thread = threading.get_ident()
             context.push()
             return context
 
@@ -105,7 +120,7 @@ def _cuda_module(stand: _Stand) -> types.ModuleType:
         handle = 1234
 
         def synchronize(self) -> None:
-            pass
+            stand.syncs += 1
 
     def in_context() -> None:
         if not stand.context_stack:
@@ -396,7 +411,53 @@ def test_cuda_errors_name_the_failing_step(
     ):
         TensorRTRuntime(read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path)
     assert len(stand.device) == 1 and all(d.freed for d in stand.device.values())
+    assert stand.host_freed == 2  # the first tensor's and the one whose GPU buffer failed
+    assert not stand.context_stack and stand.contexts_destroyed == 1
+
+
+def test_a_close_from_another_thread_destroys_the_context(
+    stand: _Stand, hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    runtime = TensorRTRuntime(
+        read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path
+    )
+    closer = threading.Thread(target=runtime.close)  # a stop, from the node's main thread
+    closer.start()
+    closer.join()
+    assert (stand.contexts_destroyed, stand.contexts_leaked) == (1, 0)
     assert not stand.context_stack
+
+
+def test_a_failed_chunk_waits_for_the_copies_it_queued(
+    stand: _Stand, hip_screen_engine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = TensorRTRuntime(
+        read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path
+    )
+    cuda = sys.modules["pycuda.driver"]
+
+    def fails(*args: object) -> None:
+        raise cuda.Error("cuMemcpyDtoHAsync failed: an illegal memory access")
+
+    monkeypatch.setattr(cuda, "memcpy_dtoh_async", fails)
+    before = stand.syncs
+    with pytest.raises(EngineRuntimeError, match=r"CUDA error copying \w+ from the GPU"):
+        runtime.infer({"image": np.zeros((2, 1, 64, 64), np.float32)})
+    assert stand.syncs == before + 1  # the input copy queued before the failure is waited for
+    runtime.close()
+
+
+def test_a_plan_that_cannot_be_cached_is_used_and_said_so(
+    stand: _Stand, hip_screen_engine: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "cache"
+    cache.write_text("a file where the plan cache should be")  # the folder cannot be made
+    with TensorRTRuntime(
+        read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=cache
+    ) as runtime:
+        out = runtime.infer({"image": np.zeros((2, 1, 64, 64), np.float32)})
+    assert out["logits"].shape == (2, 8) and stand.builds == 1
+    assert "TensorRT plan not cached at" in caplog.text and "built again" in caplog.text
 
 
 def test_closed_by_another_thread_while_waiting(
