@@ -71,15 +71,36 @@ T = TypeVar("T")
 # --- pure helpers (no GPU; unit-tested everywhere) ------------------------------------------
 
 
+# How this module builds a plan (strongly typed network from the fp16 ONNX, one batch
+# profile, the workspace limit): a change to the recipe must not reuse older plans.
+PLAN_RECIPE = "strongly-typed-fp16-onnx/1"
+
+
+@dataclass(frozen=True)
+class PlanTarget:
+    """What a serialized plan is bound to besides its ONNX: TensorRT, the GPU, CUDA."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # e.g. "9.0"
+    cuda_version: str  # the CUDA pycuda was built against, e.g. "12.4"
+
+
 def plan_cache_key(
-    onnx_sha256: str, tensorrt_version: str, gpu_name: str, max_batch: int, opt_batch: int
+    onnx_sha256: str, target: PlanTarget, max_batch: int, opt_batch: int, workspace_bytes: int
 ) -> str:
     """The plan's cache key: SHA-256 over everything a serialized plan depends on.
 
     The optimisation batch is included with the maximum because both are baked into the
-    profile; fields are joined with a separator so ("1", "23") and ("12", "3") differ.
+    profile; the GPU's compute capability and the CUDA version with its name, since one name
+    can cover boards a plan does not move between; fields are joined with a separator so
+    ("1", "23") and ("12", "3") differ.
     """
-    fields = (onnx_sha256, tensorrt_version, gpu_name, str(max_batch), str(opt_batch))
+    fields = (
+        PLAN_RECIPE, onnx_sha256, target.tensorrt_version, target.gpu_name,
+        target.compute_capability, target.cuda_version, str(max_batch), str(opt_batch),
+        str(workspace_bytes),
+    )  # fmt: skip
     return hashlib.sha256("\n".join(fields).encode("utf-8")).hexdigest()
 
 
@@ -248,6 +269,12 @@ class TensorRTRuntime(Runtime):
             raise EngineRuntimeError(f"tensorrt device: expected 0..{count - 1}, got {device}")
         gpu = self._check(lambda: cuda.Device(device), f"opening CUDA device {device}")
         self.gpu_name = str(self._check(gpu.name, "reading the GPU name"))
+        major, minor = self._check(gpu.compute_capability, "reading the compute capability")
+        cuda_version = self._check(cuda.get_version, "reading the CUDA version")
+        self.target = PlanTarget(
+            str(self._trt.__version__), self.gpu_name, f"{major}.{minor}",
+            ".".join(str(v) for v in cuda_version[:2]),
+        )  # fmt: skip
         # make_context() leaves the new context current; pop it at once so every later call
         # pushes and pops it explicitly (see _active).
         self._cuda_context = self._check(gpu.make_context, "creating a CUDA context")
@@ -266,10 +293,10 @@ class TensorRTRuntime(Runtime):
         trt = self._trt
         key = plan_cache_key(
             self.manifest.artefacts[PLAN_SOURCE].sha256,
-            str(trt.__version__),
-            self.gpu_name,
+            self.target,
             self.max_batch,
             self.opt_batch,
+            self.workspace_bytes,
         )
         path = plan_path(plan_cache, key)
         self.plan_path = path

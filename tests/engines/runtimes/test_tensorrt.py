@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from engines.manifest import TensorSpec, read_manifest
 from engines.runtimes import EngineRuntimeError, RuntimeOptions, open_runtime
 from engines.runtimes.tensorrt import (
+    PlanTarget,
     batch_slices,
     check_batch_limits,
     cuda_device_count,
@@ -25,16 +27,22 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
 def test_cache_key_changes_with_everything_the_plan_depends_on() -> None:
-    base = ("a" * 64, "10.3.0", "NVIDIA H100 80GB HBM3", 8, 8)
+    target = PlanTarget("10.3.0", "NVIDIA H100 80GB HBM3", "9.0", "12.4")
+    base = ("a" * 64, target, 8, 8, 4 << 30)
     key = plan_cache_key(*base)
     assert len(key) == 64 and int(key, 16) >= 0
     assert plan_cache_key(*base) == key  # stable across calls and processes
-    for i, other in enumerate(("b" * 64, "10.4.0", "NVIDIA A100", 16, 4)):
+    others = ("b" * 64, replace(target, tensorrt_version="10.4.0"), 16, 4, 2 << 30)
+    for i, other in enumerate(others):
         changed = list(base)
         changed[i] = other
         assert plan_cache_key(*changed) != key, f"field {i} is not in the key"  # type: ignore[arg-type]
+    for field, value in (("gpu_name", "NVIDIA A100"), ("compute_capability", "8.0"),
+                         ("cuda_version", "11.8")):  # fmt: skip
+        assert plan_cache_key("a" * 64, replace(target, **{field: value}), 8, 8, 4 << 30) != key
     # Fields are separated: moving a character between fields changes the key.
-    assert plan_cache_key("x1", "23", "g", 1, 1) != plan_cache_key("x12", "3", "g", 1, 1)
+    split = PlanTarget("23", "g", "9.0", "12.4"), PlanTarget("3", "g", "9.0", "12.4")
+    assert plan_cache_key("x1", split[0], 1, 1, 1) != plan_cache_key("x12", split[1], 1, 1, 1)
     assert plan_path(Path("/cache"), key) == Path(f"/cache/{key}.plan")
 
 

@@ -21,7 +21,7 @@ from races import ClosingBatch
 
 from engines.manifest import read_manifest
 from engines.runtimes import EngineRuntimeError
-from engines.runtimes.tensorrt import TensorRTRuntime, plan_cache_key
+from engines.runtimes.tensorrt import PlanTarget, TensorRTRuntime, plan_cache_key
 
 OUTPUT_SHAPES = {"logits": (8,), "features": (2048, 2, 2)}
 STRONGLY_TYPED = 1  # the enum's value in TensorRT 10
@@ -110,6 +110,9 @@ def _cuda_module(stand: _Stand) -> types.ModuleType:
         def name(self) -> str:
             return "Stand-in GPU"
 
+        def compute_capability(self) -> tuple[int, int]:
+            return (9, 0)
+
         def make_context(self) -> Context:
             context = Context()
             context.thread = threading.get_ident()
@@ -125,6 +128,9 @@ def _cuda_module(stand: _Stand) -> types.ModuleType:
     def in_context() -> None:
         if not stand.context_stack:
             raise Error("CUDA call outside a context")
+
+    def get_version() -> tuple[int, int, int]:
+        return (12, 4, 0)
 
     def pagelocked_empty(count: int, dtype: Any) -> np.ndarray:
         in_context()
@@ -151,6 +157,7 @@ def _cuda_module(stand: _Stand) -> types.ModuleType:
         "Device": Device,
         "Stream": Stream,
         "init": lambda: None,
+        "get_version": get_version,
         "pagelocked_empty": pagelocked_empty,
         "mem_alloc": mem_alloc,
         "memcpy_htod_async": memcpy_htod_async,
@@ -332,10 +339,11 @@ def test_builds_once_caches_and_splits_batches(
         np.testing.assert_allclose(again.infer({"image": images[:2]})["logits"], got["logits"][:2])
     assert stand.builds == 1
     # The plan's key is the fp16 ONNX's: re-exporting it (a changed file) makes a new plan.
+    target = PlanTarget("10.0.0-standin", "Stand-in GPU", "9.0", "12.4")
+    assert runtime.target == target
     assert runtime.plan_path.name.startswith(
-        plan_cache_key(manifest.artefacts["onnx_fp16"].sha256, "10.0.0-standin",
-                       "Stand-in GPU", 3, 3)
-    )  # fmt: skip
+        plan_cache_key(manifest.artefacts["onnx_fp16"].sha256, target, 3, 3, 1 << 30)
+    )
     # Another profile is another plan.
     TensorRTRuntime(manifest, hip_screen_engine, plan_cache=cache, max_batch=4, opt_batch=2).close()
     assert stand.builds == 2 and len(list(cache.glob("*.plan"))) == 2
