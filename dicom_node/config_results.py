@@ -294,6 +294,7 @@ def parse_triage(raw: Mapping[str, Any], engines: tuple[str, ...]) -> TriageConf
             )
         thresholds[engine] = {}
         for name, value in classes.items():
+            _class(engine, name, f"{where}.{name}")
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
                 raise ConfigError(
                     f"{where}.{name}: expected a probability between 0 and 1, got {show(value)}"
@@ -306,9 +307,21 @@ def parse_triage(raw: Mapping[str, Any], engines: tuple[str, ...]) -> TriageConf
         if classes is None:
             continue  # null: the manifest's high-risk classes, as if the key were absent
         urgent[engine] = tuple(
-            as_str(c, f"{where}[{i}]") for i, c in enumerate(as_list(classes, where))
+            _class(engine, as_str(c, f"{where}[{i}]"), where)
+            for i, c in enumerate(as_list(classes, where))
         )
     return TriageConfig(thresholds=thresholds, urgent=urgent)
+
+
+def _class(engine: str, name: Any, path: str) -> str:
+    """A class of ``engine`` (its catalogue's; the node checks its manifest's again at start),
+    so check-config finds a misspelt class, not only serve."""
+    classes = engine_spec(engine).class_names
+    if name not in classes:
+        raise ConfigError(
+            f"{path}: not a class of {engine} ({', '.join(classes)}), got {show(name)}"
+        )
+    return str(name)
 
 
 def parse_results(raw: Mapping[str, Any]) -> ResultsConfig:

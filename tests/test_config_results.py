@@ -369,6 +369,16 @@ BAD: list[tuple[dict[str, Any], str]] = [
         r"^triage\.thresholds\.hip_screen: expected a mapping of class to threshold, got null",
     ),
     (
+        {"triage": {"thresholds": {"hip_screen": {"fracture": 0.5}}}},
+        r"^triage\.thresholds\.hip_screen\.fracture: not a class of hip_screen "
+        r"\(normal, osteoarthritis, .*\), got 'fracture'$",
+    ),
+    (
+        {"triage": {"urgent": {"hipnet": ["dislocation", "loosening"]}}},
+        r"^triage\.urgent\.hipnet: not a class of hipnet \(periprosthetic_joint_infection, "
+        r".*\), got 'loosening'$",
+    ),
+    (
         {"triage": {"thresholds": {"hip_screen": {"osteoarthritis": 0}}}},
         r"^triage\.thresholds\.hip_screen\.osteoarthritis: expected a probability between 0 and 1, got 0$",
     ),
