@@ -51,7 +51,7 @@ from dicom_node.config_results import (
     parse_sending,
     parse_triage,
 )
-from dicom_node.errors import ConfigError
+from dicom_node.errors import ConfigError, not_utf8
 from engines.catalog import ENGINES
 
 ENV_CONFIG = "DICOM_NODE_CONFIG"
@@ -175,10 +175,7 @@ def load_config(
         except OSError as exc:
             raise ConfigError(f"{file}: cannot read configuration file ({exc.strerror})") from exc
         except UnicodeDecodeError as exc:
-            raise ConfigError(
-                f"{file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at offset "
-                f"{exc.start}); save it as UTF-8"
-            ) from exc
+            raise ConfigError(f"{file}: {not_utf8(exc)}; save it as UTF-8") from exc
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -59,6 +59,11 @@ def withhold_quoted(text: str) -> str:
     return _QUOTED.sub(WITHHELD, text)
 
 
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """Where a file that should be UTF-8 is not: "not UTF-8 text (byte 0xFC at offset 40)"."""
+    return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at offset {exc.start})"
+
+
 def describe(exc: BaseException) -> str:
     """An error as text that never carries header values.
 

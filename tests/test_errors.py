@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicom_node.errors import ConfigError, SpoolError, describe, withhold_quoted
+from dicom_node.errors import ConfigError, SpoolError, describe, not_utf8, withhold_quoted
 
 
 def test_quoted_values_are_withheld() -> None:
@@ -33,3 +33,9 @@ def test_quoted_values_are_withheld() -> None:
 )  # fmt: skip
 def test_describe(error: BaseException, text: str) -> None:
     assert describe(error) == text
+
+
+def test_not_utf8_names_the_byte_and_its_offset() -> None:
+    with pytest.raises(UnicodeDecodeError) as info:
+        b"abc\xfcd".decode("utf-8")
+    assert not_utf8(info.value) == "not UTF-8 text (byte 0xFC at offset 3)"

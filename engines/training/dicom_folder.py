@@ -24,6 +24,7 @@ import torch
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from dicom_node.errors import not_utf8
 from engines.catalog import EngineSpec
 from engines.pixels import Image, PixelDataError, display_pixels, pixel_spacing, prepare
 from engines.regions import hip_regions
@@ -134,7 +135,4 @@ def _rows(csv_path: Path) -> list[dict[str, str]]:
     except OSError as exc:
         raise DataError(f"{csv_path}: cannot read ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{csv_path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at offset "
-            f"{exc.start}); save it as CSV UTF-8"
-        ) from exc
+        raise DataError(f"{csv_path}: {not_utf8(exc)}; save it as CSV UTF-8") from exc
