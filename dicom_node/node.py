@@ -132,7 +132,9 @@ class Node:
     def _job_created(self, job: Job, pipeline: Pipeline) -> None:
         state = self.state
         study = None if state is None else state.study(job.study_uid)
-        if study is not None:
+        # A late instance may have reopened the study since: its first instance is then the
+        # new episode's, and this job's wait is not known any more.
+        if study is not None and study.first_received_at <= job.created_at:
             self.metrics.assembly_wait_seconds.observe(job.created_at - study.first_received_at)
         pipeline.wake()
 

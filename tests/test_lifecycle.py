@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from dicom_node.config import AssemblyConfig
+from dicom_node.models import Header, ReceivedInstance
 from dicom_node.node import Node
 from dicom_node.state import State
 
@@ -350,5 +352,38 @@ def test_a_spool_below_its_free_space_guard_is_not_ready(tmp_path: Path) -> None
     node.start()
     try:
         assert "spool" not in node.not_ready()
+    finally:
+        node.stop(drain_seconds=0)
+
+
+def test_assembly_wait_is_not_measured_from_a_later_episode(tmp_path: Path) -> None:
+    node = Node(config_for(tmp_path / "spool"))
+    node.start()
+    try:
+        assert node.state is not None and node.pipeline is not None
+        assert node.assembler is not None
+        node.assembler.stop()  # the test completes the study itself
+        study = "1.2.826.0.1.3680043.8.498.77"
+
+        def receive(sop: str, at: float) -> None:
+            header = Header(CR, sop, study, study + ".1", "CR", "", "", True)
+            instance = ReceivedInstance(header, ExplicitVRLittleEndian, "PACS", "a", sop, 1, at,
+                                        False)  # fmt: skip
+            node.state.record_instance(instance, True, "new")  # type: ignore[union-attr]
+
+        receive(study + ".1", 100.0)
+        node.state.release({study}, 100.0)
+        [job] = node.state.complete_due(110.0)
+        receive(study + ".2", 200.0)  # reopened before the job was reported: a new episode
+
+        def waits() -> float:
+            value = node.metrics.registry.get_sample_value("dicom_node_assembly_wait_seconds_count")
+            return value or 0.0
+
+        before = waits()
+        node._job_created(job, node.pipeline)
+        assert waits() == before  # its first instance is the new episode's: not measured
+        node._job_created(replace(job, created_at=250.0), node.pipeline)
+        assert waits() == before + 1
     finally:
         node.stop(drain_seconds=0)

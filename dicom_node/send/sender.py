@@ -130,7 +130,9 @@ class Sender:
         if item.sop_class_uid != SR_CLASS:
             return
         study = self.outbox.state.study(item.study_uid)
-        if study is not None:
+        # An SR queued before the study was reopened belongs to the earlier episode, whose
+        # first instance the study no longer records: not measured.
+        if study is not None and study.first_received_at <= item.created_at:
             self.metrics.time_to_result_seconds.labels(item.destination).observe(
                 now - study.first_received_at
             )

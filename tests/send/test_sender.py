@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from orthanc import free_port, wait_for
+from prometheus_client import CollectorRegistry
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -19,6 +20,7 @@ from store_peer import storage_scp
 from dicom_node.config import AssemblyConfig
 from dicom_node.config_results import Destination, SendingConfig
 from dicom_node.errors import StateError
+from dicom_node.metrics import Metrics
 from dicom_node.models import Header, OutboxItem, ReceivedInstance, ResultObject
 from dicom_node.send.outbox import Outbox
 from dicom_node.send.sender import Sender
@@ -380,3 +382,28 @@ def test_each_delivery_is_recorded_before_the_next_is_sent(
         assert sender.send_due(time.time()) == 2  # the second (not recorded) and the third
     assert outbox.depth() == {"pending": 0, "sent": 3, "dead": 0}
     assert [r[2] for r in peer.received].count(results[0].sop_instance_uid) == 1
+
+
+def test_time_to_result_is_not_measured_from_a_later_episode(
+    state: State, spool: Path, tmp_path: Path
+) -> None:
+    now = time.time()
+    queue_results(state, [write_result(spool, SR)], ["archive"], now - 100)
+    # A late instance reopens the study before the SR goes out: its first instance is the new
+    # episode's, later than this SR was queued, so the SR's wait is not known.
+    header = Header("1.2.840.10008.5.1.4.1.1.1", STUDY + ".9", STUDY, STUDY + ".2", "DX", "", "",
+                    True)  # fmt: skip
+    late = ReceivedInstance(header, ExplicitVRLittleEndian, "PACS", "a#2", "i/9.dcm", 10, now - 5,
+                            False)  # fmt: skip
+    state.record_instance(late, True, "new")
+    metrics = Metrics(CollectorRegistry())
+    sender = Sender(
+        Outbox(state, SendingConfig()),
+        [Destination(name="archive", type="folder", path=tmp_path / "archive")],
+        spool, CALLING, metrics=metrics,
+    )  # fmt: skip
+    assert sender.send_due(now) == 1
+    count = metrics.registry.get_sample_value(
+        "dicom_node_time_to_result_seconds_count", {"destination": "archive"}
+    )
+    assert count in (None, 0.0)
