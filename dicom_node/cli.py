@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
         "(research software, not for clinical use).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # Also before the command (`dicom-node --config node.yaml studies`), as admins type it;
+    # its own dest, so the command's --config (None when not given) does not overwrite it.
+    parser.add_argument("--config", dest="config_before_command", metavar="PATH",
+                        help="configuration file (also accepted after the command)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", parents=[common], help="run the node until SIGTERM")
     check = sub.add_parser("check-config", parents=[common], help="validate a configuration file")
@@ -132,14 +136,15 @@ def _config(args: argparse.Namespace, path: str | None = None) -> Config:
         overrides["storage.spool_dir"] = str(Path(overrides["storage.spool_dir"]).resolve())
     if getattr(args, "port", None) is not None:
         overrides["node.port"] = args.port
-    return load_config(default_config_path(path or args.config), overrides)
+    given = path or args.config or args.config_before_command
+    return load_config(default_config_path(given), overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":
-            target = args.path or args.config
+            target = args.path or args.config or args.config_before_command
             cfg = _config(args, target)
             where = default_config_path(target) or "built-in defaults"
             print(f"{where}: OK ({len(cfg.destinations)} destinations, AE {cfg.node.ae_title})")

@@ -23,3 +23,19 @@ def test_an_interrupt_is_one_line_and_status_130(
     captured = capsys.readouterr()
     assert captured.out == "building the demo engines ...\n"
     assert captured.err == "dicom-node: interrupted\n"
+
+
+def test_config_is_taken_before_or_after_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text("node: {ae_title: BEFORE}\nstorage: {spool_dir: spool}\n")
+    assert main(["--config", str(config), "check-config"]) == 0
+    assert f"{config}: OK (0 destinations, AE BEFORE)" in capsys.readouterr().out
+    assert main(["--config", str(config), "studies"]) == 0
+    assert "the node has not run yet" in capsys.readouterr().out
+    after = tmp_path / "after.yaml"
+    after.write_text("node: {ae_title: AFTER}\n")
+    # After the command wins (it is the more specific), as with every other flag.
+    assert main(["--config", str(config), "check-config", "--config", str(after)]) == 0
+    assert "AE AFTER" in capsys.readouterr().out
