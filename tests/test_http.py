@@ -9,6 +9,7 @@ from http.client import RemoteDisconnected
 from pathlib import Path
 
 import pytest
+from metric_sources import watched_metrics
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -99,12 +100,7 @@ def test_metrics_are_served_when_scrape_time_sources_fail(
     def problems() -> dict[str, str]:
         raise RuntimeError("readiness check crashed")
 
-    registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    metrics.jobs.labels("done").inc()
-    metrics.watch_spool(tmp_path / "missing")
-    metrics.watch_state(counts)
-    metrics.watch_readiness(problems, dict)
+    registry = watched_metrics(tmp_path / "missing", counts, problems, dict).registry
     code, _, body = get(endpoints(dict, registry), "/metrics")
     assert code == 200
     assert 'dicom_node_jobs_total{outcome="done"} 1.0' in body

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from metric_sources import watched_metrics
 from prometheus_client import CollectorRegistry, generate_latest
 
 from dicom_node.config import AssemblyConfig
@@ -81,12 +82,7 @@ def test_a_failing_scrape_time_source_costs_only_its_own_samples(
     def destinations() -> dict[str, bool]:
         raise RuntimeError("echo monitor gone")
 
-    registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    metrics.jobs.labels("done").inc()
-    metrics.watch_spool(tmp_path / "missing")
-    metrics.watch_state(counts)
-    metrics.watch_readiness(problems, destinations)
+    registry = watched_metrics(tmp_path / "missing", counts, problems, destinations).registry
     with caplog.at_level(logging.WARNING, logger="dicom_node.metrics"):
         found = families(registry)
         generate_latest(registry)  # a second scrape: the same errors are not logged again
