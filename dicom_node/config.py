@@ -284,7 +284,7 @@ def _storage(raw: Mapping[str, Any], base: Path) -> StorageConfig:
     known(raw, "storage", {"spool_dir", "min_free_bytes", "retention_hours"})
     spool = get_key(raw, "spool_dir", "storage", str(d.spool_dir), as_str)
     return StorageConfig(
-        spool_dir=resolve(spool, base),
+        spool_dir=resolve(spool, base, "storage.spool_dir"),
         min_free_bytes=get_key(
             raw, "min_free_bytes", "storage", d.min_free_bytes, int_range(0, 2**62)
         ),
@@ -363,9 +363,10 @@ def _engines(raw: Mapping[str, Any], base: Path) -> EnginesConfig:
     url = get_key(triton_raw, "url", "engines.triton", d.triton.url, as_str)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+:\d{1,5}", url):
         raise ConfigError(f"engines.triton.url: expected HOST:PORT (gRPC), got {url!r}")
+    cache_dir = get_key(raw, "cache_dir", "engines", str(d.cache_dir), as_str)
     return EnginesConfig(
         backend=backend,
-        cache_dir=resolve(get_key(raw, "cache_dir", "engines", str(d.cache_dir), as_str), base),
+        cache_dir=resolve(cache_dir, base, "engines.cache_dir"),
         precision=precision,
         threads=get_key(raw, "threads", "engines", d.threads, int_range(0, 256)),
         triton=TritonConfig(

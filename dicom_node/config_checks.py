@@ -153,15 +153,19 @@ def non_negative(value: Any, path: str) -> float:
     return number
 
 
-def resolve(value: str, base: Path) -> Path:
-    path = Path(value).expanduser()
+def resolve(value: str, base: Path, key: str) -> Path:
+    """``value`` as a path: ``~`` expanded, relative to ``base`` (the config file's folder)."""
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError as exc:  # ~user with no such user, or no home directory
+        raise ConfigError(f"{key}: cannot expand '~' ({exc}), got {value!r}") from None
     return path if path.is_absolute() else base / path
 
 
 def opt_path(raw: Mapping[str, Any], key: str, prefix: str, base: Path) -> Path | None:
     if raw.get(key) is None:
         return None
-    path = resolve(as_str(raw[key], join(prefix, key)), base)
+    path = resolve(as_str(raw[key], join(prefix, key)), base, join(prefix, key))
     if not path.is_file():
         raise ConfigError(f"{join(prefix, key)}: file not found, got {str(path)!r}")
     return path

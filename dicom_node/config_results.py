@@ -396,7 +396,7 @@ def parse_destinations(value: Any, base: Path) -> tuple[Destination, ...]:
             dest = Destination(
                 name=get_key(item, "name", path, "", as_name),
                 type="folder",
-                path=resolve(as_str(item["path"], f"{path}.path"), base),
+                path=resolve(as_str(item["path"], f"{path}.path"), base, f"{path}.path"),
             )
         else:
             dest = Destination(

@@ -37,6 +37,29 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
     assert cfg.storage.database == tmp_path / "data" / "spool" / "state.sqlite3"
 
 
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("storage", "spool_dir"), ("engines", "cache_dir"), ("node.tls", "certificate")],
+)
+def test_a_home_of_no_such_user_names_the_key(section: str, key: str) -> None:
+    raw: dict[str, Any] = {}
+    parent = raw
+    for part in section.split("."):
+        parent = parent.setdefault(part, {})
+    parent[key] = "~no-such-user-here/x"
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{section}\.{key}: cannot expand '~' \(.+\), got '~no-such-user-here/x'$",
+    ):
+        parse_config(raw, ROOT)
+
+
+def test_a_folder_destination_under_no_such_home_names_the_key() -> None:
+    raw = {"destinations": [{"name": "disk", "type": "folder", "path": "~no-such-user-here"}]}
+    with pytest.raises(ConfigError, match=r"^destinations\[0\]\.path: cannot expand '~'"):
+        parse_config(raw, ROOT)
+
+
 @pytest.mark.parametrize(("value", "hours"), [("null", None), ("0", 0.0), ("36.5", 36.5)])
 def test_retention_hours_is_a_number_or_null(
     tmp_path: Path, value: str, hours: float | None
