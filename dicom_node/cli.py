@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -128,14 +129,15 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, path: str | None = None) -> Config:
+    # A flag given empty (--host "") is checked like the key it overrides, and refused.
     overrides: dict[str, Any] = {
-        key: getattr(args, flag) for flag, key in _OVERRIDES.items() if getattr(args, flag, None)
+        key: getattr(args, flag)
+        for flag, key in _OVERRIDES.items()
+        if getattr(args, flag, None) is not None
     }
-    if overrides.get("storage.spool_dir"):
+    if overrides.get("storage.spool_dir", "").strip():
         # A path on the command line means the working directory, not the config's folder.
         overrides["storage.spool_dir"] = str(Path(overrides["storage.spool_dir"]).resolve())
-    if getattr(args, "port", None) is not None:
-        overrides["node.port"] = args.port
     given = path or args.config or args.config_before_command
     return load_config(default_config_path(given), overrides)
 
@@ -204,11 +206,18 @@ def _start_failure(cfg: Config, node: Node, exc: OSError) -> str:
     failed. Node.start opens the state, then binds metrics, then (its results half having
     stopped everything on failure) binds the DICOM port last."""
     reason = exc.strerror or str(exc)
+    binding_metrics = node.state is not None and node.http is None
+    binding_dicom = node.http is not None
+    if isinstance(exc, socket.gaierror):  # the host name did not resolve
+        if binding_metrics:
+            return f"metrics.host: cannot resolve {cfg.metrics.host!r} ({reason})"
+        if binding_dicom:
+            return f"node.host: cannot resolve {cfg.node.host!r} ({reason})"
     if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
-        if node.state is not None and node.http is None:
+        if binding_metrics:
             where = f"{cfg.metrics.host}:{cfg.metrics.port}"
             return f"metrics.port: cannot listen on {where} ({reason})"
-        if node.http is not None:
+        if binding_dicom:
             return f"node.port: cannot listen on {cfg.node.host}:{cfg.node.port} ({reason})"
     return f"cannot start the node: {exc}"
 

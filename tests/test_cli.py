@@ -39,3 +39,15 @@ def test_config_is_taken_before_or_after_the_command(
     # After the command wins (it is the more specific), as with every other flag.
     assert main(["--config", str(config), "check-config", "--config", str(after)]) == 0
     assert "AE AFTER" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flag", "key"),
+    [("--host", "node.host"), ("--ae-title", "node.ae_title"),
+     ("--spool-dir", "storage.spool_dir"), ("--log-level", "logging.level")],
+)  # fmt: skip
+def test_an_empty_override_is_refused_naming_the_key(
+    flag: str, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-config", f"{flag}="]) == 2
+    assert capsys.readouterr().err.startswith(f"dicom-node: error: {key}: expected ")

@@ -289,6 +289,30 @@ def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path: Path, taken: str) 
     assert f"dicom-node: error: {taken}.port: cannot listen on 127.0.0.1:{port} (" in result.stderr
 
 
+@pytest.mark.parametrize("unresolvable", ["node", "metrics"])
+def test_serve_on_a_host_that_does_not_resolve_names_the_key(
+    tmp_path: Path, unresolvable: str
+) -> None:
+    hosts = {"node": "127.0.0.1", "metrics": "127.0.0.1", unresolvable: "no-such-host.invalid"}
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        f"node: {{host: {hosts['node']}, port: {free_port()}}}\n"
+        f"metrics: {{host: {hosts['metrics']}, port: 0}}\n"
+        "storage: {spool_dir: spool, min_free_bytes: 0}\n"
+        "routing: {rules: [], cascade: []}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (
+        f"dicom-node: error: {unresolvable}.host: cannot resolve 'no-such-host.invalid' ("
+        in result.stderr
+    )
+
+
 def test_relative_spool_dir_flag_means_the_working_directory(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "work").mkdir()
