@@ -128,6 +128,19 @@ _MIGRATIONS: dict[str, tuple[str | None, str]] = {
     "4": ("studies", _MIGRATE_4_TO_5),
 }
 
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of ``script`` one by one (``executescript`` would commit the
+    transaction a migration step runs in)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+
+
 # A StudySummary's columns; the instance count is of instances to process.
 _STUDY_SUMMARY = (
     "SELECT s.study_uid, s.state, "
@@ -160,30 +173,53 @@ class State:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
         )
+        while self._migrate_one_step():
+            pass
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        while row is not None and row[0] in _MIGRATIONS:
-            table, script = _MIGRATIONS[row[0]]
-            present = (
-                table is None
-                or self._db.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-                ).fetchone()
-            )
-            following = str(int(row[0]) + 1)
-            self._db.executescript(
-                "BEGIN IMMEDIATE;" + (script if present else "")
-                + f"UPDATE meta SET value = '{following}' WHERE key = 'schema_version'; COMMIT;"
-            )  # fmt: skip
-            row = (following,)
-        self._db.executescript(_SCHEMA)
-        if row is None:
-            self._db.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        elif row[0] != str(SCHEMA_VERSION):
+        if row is not None and row[0] != str(SCHEMA_VERSION):  # before touching its tables
             raise StateError(
                 f"{self.path}: schema version {row[0]}, this node needs {SCHEMA_VERSION}"
             )
+        self._db.executescript(_SCHEMA)
+        # OR IGNORE: a second process creating the same new database at the same moment.
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+
+    def _migrate_one_step(self) -> bool:
+        """Apply the next migration step, if any; False when there is none.
+
+        The version is read inside the step's write transaction: another process opening
+        the same database (a CLI command beside the starting node) may have applied the
+        step while this one waited for the lock, and a step must not run twice.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None or row[0] not in _MIGRATIONS:
+                db.execute("COMMIT")
+                return False
+            table, script = _MIGRATIONS[row[0]]
+            present = (
+                table is None
+                or db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+                ).fetchone()
+            )
+            if present:
+                for statement in _statements(script):
+                    db.execute(statement)
+            db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(int(row[0]) + 1),)
+            )
+            db.execute("COMMIT")
+            return True
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:

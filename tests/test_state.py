@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,47 @@ def test_a_version_2_database_gains_purged_at_and_keeps_its_studies(tmp_path: Pa
         assert db.execute("SELECT value FROM meta").fetchone() == ("5",)
         columns = [r[1] for r in db.execute("PRAGMA table_info(studies)")]
         assert columns[-1] == "purged_at"
+
+
+def test_a_step_migrated_by_another_process_meanwhile_is_not_run_again(tmp_path: Path) -> None:
+    State(tmp_path / "s.db", RULES).close()
+    with sqlite3.connect(tmp_path / "s.db") as db:  # back to version 3
+        db.execute("ALTER TABLE jobs DROP COLUMN runs")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process, inside its step 3 -> 4
+    opened: list[object] = []
+
+    def open_state() -> None:
+        try:
+            opened.append(State(tmp_path / "s.db", RULES))
+        except StateError as exc:
+            opened.append(exc)
+
+    second = threading.Thread(target=open_state)
+    second.start()
+    time.sleep(0.3)  # it reads the version while waiting for the write lock
+    other.execute("ALTER TABLE jobs ADD COLUMN runs INTEGER NOT NULL DEFAULT 0")
+    other.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    other.execute("COMMIT")
+    other.close()
+    second.join(timeout=20)
+    [state] = opened
+    assert isinstance(state, State), state  # was: "duplicate column name: runs"
+    state.close()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("SELECT value FROM meta").fetchone() == ("5",)
+
+
+def test_a_newer_database_is_refused_before_its_tables_are_touched(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('schema_version', '99')")
+    with pytest.raises(StateError, match=r"schema version 99, this node needs 5$"):
+        State(tmp_path / "s.db", RULES)
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"meta"}
 
 
 def test_a_version_3_database_counts_job_runs_from_zero(tmp_path: Path) -> None:
