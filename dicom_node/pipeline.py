@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -76,7 +77,8 @@ class Pipeline(Worker):
         self.engines = engines
         self.on_results = on_results
         self._engine_failures: dict[int, int] = {}
-        self._retry_at: dict[int, float] = {}
+        self._retry_at: dict[int, float] = {}  # time.monotonic(): a wall-clock step can't hold it
+        self._in_hand: int | None = None  # the job being processed, by id
 
     def start(self) -> None:
         if not self.cfg.destinations:
@@ -84,8 +86,17 @@ class Pipeline(Worker):
         super().start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the job in hand (an unfinished job stays pending for the next start)."""
+        """Stop after the job in hand (an unfinished job stays pending for the next start).
+
+        A job still running after ``timeout`` is cut short by the process's exit. That was
+        asked for, not a crash: the start is not counted towards failing the job.
+        """
         super().stop(timeout)
+        in_hand = self._in_hand
+        if in_hand is not None:
+            log.warning("stopping in the middle of job %d; it runs again at the next start",
+                        in_hand)  # fmt: skip
+            self.state.job_ran_out(in_hand)
 
     def round(self) -> float:
         self.run_pending()
@@ -97,13 +108,25 @@ class Pipeline(Worker):
         for job in self.state.jobs("pending"):
             if self.stopping:
                 break
-            if self._retry_at.get(job.id, 0.0) > time.time():
+            if self._retry_at.get(job.id, -math.inf) > time.monotonic():
                 continue
             self.process(job)
             count += 1
         return count
 
     def process(self, job: Job) -> None:
+        self._in_hand = job.id
+        try:
+            self._process_in_hand(job)
+        finally:
+            self._in_hand = None
+
+    def _process_in_hand(self, job: Job) -> None:
+        superseded = self.state.skip_if_superseded(job, time.time())
+        if superseded is not None:
+            self.metrics.jobs.labels("skipped").inc()
+            log.info("study %s: job %d %s", job.study_uid, job.id, superseded)
+            return
         if job.runs >= _MAX_INTERRUPTED:
             # Each earlier start ended with the node stopped or crashed mid-job (a job that
             # runs the node out of memory would otherwise take it down at every start).
@@ -221,7 +244,7 @@ class Pipeline(Worker):
         if failures >= _MAX_ENGINE_RETRIES:
             self._fail(job, "engine", f"engine failed {failures} times: {describe(exc)}")
             return
-        self._retry_at[job.id] = time.time() + _RETRY_SECONDS
+        self._retry_at[job.id] = time.monotonic() + _RETRY_SECONDS
         self.state.job_ran_out(job.id)  # pending by choice, not cut short
         log.warning("study %s: engine could not run (%s); retry %d in %.0f s", job.study_uid,
                     exc, failures, _RETRY_SECONDS)  # fmt: skip

@@ -482,6 +482,30 @@ class State:
             row = db.execute(f"{_STUDY_SUMMARY} WHERE s.study_uid = ?", (study_uid,)).fetchone()
         return None if row is None else StudySummary(*row)
 
+    def skip_if_superseded(self, job: Job, now: float) -> str | None:
+        """Mark ``job`` skipped, and say why, when a later episode of its study has begun.
+
+        A late instance reopening a completed study makes the study's next completion a
+        new job over every instance; the earlier job, still pending, would analyse a study
+        being received again, or repeat that later job's work. None: the job is current.
+        """
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT state, completions FROM studies WHERE study_uid = ?", (job.study_uid,)
+            ).fetchone()
+            if row is None or (row[0] == "complete" and row[1] <= job.generation):
+                return None
+            why = (
+                "superseded: the study received more instances after this job was created; "
+                "a later job analyses all of them"
+            )
+            db.execute(
+                "UPDATE jobs SET state = 'skipped', finished_at = ?, error = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (now, why, job.id),
+            )
+        return why
+
     def start_job(self, job_id: int, now: float) -> None:
         """Mark the job started, and count the start: a job started again and again never
         finished (the node stopped or crashed during it)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -247,3 +249,69 @@ def test_a_study_whose_runs_were_cut_short_twice_fails_instead_of_running_again(
     [job] = node.state.jobs()
     assert job.state == "failed"
     assert job.error is not None and job.error.startswith("interrupted 2 times")
+
+
+def test_a_job_superseded_by_a_late_instance_is_skipped_and_the_later_job_runs(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    node = pending_study(results_node(), tmp_path, 508)
+    assert node.state is not None and node.spool is not None
+    [first] = node.state.jobs("pending")
+    late = pydicom.dcmread(next((tmp_path / "s").rglob("*.dcm")))
+    late.SOPInstanceUID = f"2.25.{uuid.uuid4().int}"
+    write(late, tmp_path / "late.dcm")
+    assert send_files(node.port, [tmp_path / "late.dcm"]) == [0]  # reopens the study
+    state = node.state
+
+    def two_pending() -> list[Job] | None:
+        jobs = state.jobs("pending")
+        return jobs if len(jobs) == 2 else None
+
+    [_, second] = wait_for(two_pending, 30, "the later job")
+    assert (second.generation, second.instance_count) == (2, first.instance_count + 1)
+    engines = EngineSet(node.config.engines, engines_needed(node.config))
+    try:
+        assert Pipeline(node.config, node.state, node.spool, engines).run_pending() == 2
+    finally:
+        engines.close()
+    skipped = node.state.job(first.id)
+    assert skipped.state == "skipped"  # was: both analysed the same instances
+    assert skipped.error is not None and skipped.error.startswith("superseded: ")
+    assert node.state.job(second.id).state == "done"
+
+
+class HeldEngines(EngineSet):
+    """The real engines, except that inference waits until released, then finds them closed
+    (as a stop that ran out of time closes them under the job)."""
+
+    entered = threading.Event()
+    release = threading.Event()
+
+    def predict(self, name, items):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        self.release.wait(30)
+        raise EngineRuntimeError("runtime is closed")
+
+
+def test_a_stop_in_the_middle_of_a_job_is_not_counted_as_a_crash(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    node = pending_study(results_node(), tmp_path, 509)
+    assert node.state is not None and node.spool is not None
+    engines = HeldEngines(node.config.engines, engines_needed(node.config))
+    pipeline = Pipeline(node.config, node.state, node.spool, engines)
+    try:
+        pipeline.start()
+        thread = pipeline._thread
+        assert HeldEngines.entered.wait(30)
+        [job] = node.state.jobs("pending")
+        assert job.runs == 1  # started
+        pipeline.stop(timeout=0.1)  # the job does not finish in time
+        # Two such stops (deploys) used to fail the study as "interrupted 2 times".
+        assert node.state.job(job.id).runs == 0
+    finally:
+        HeldEngines.release.set()
+        if thread is not None:
+            thread.join(30)
+        engines.close()
+    assert node.state.job(job.id).state == "pending"

@@ -319,3 +319,18 @@ def test_resending_a_study_whose_job_failed_reruns_it(tmp_path: Path) -> None:
     state.finish_job(again.id, "done", 401)
     outcome = state.record_instance(instance("1.1", "1.1.1", 500), True, "duplicate")
     assert (outcome.study_touched, outcome.study_reopened) == (False, False)
+
+
+def test_a_pending_job_of_a_reopened_study_is_superseded(tmp_path: Path) -> None:
+    state = State(tmp_path / "s.db", RULES)
+    state.record_instance(instance("1.9", "1.9.1", 100), True, "new")
+    [first] = state.complete_due(200)
+    assert state.skip_if_superseded(first, 201) is None  # current: it runs
+    state.record_instance(instance("1.9", "1.9.2", 300), True, "new")  # a late instance
+    why = state.skip_if_superseded(first, 301)  # the study is being received again
+    assert why is not None and why.startswith("superseded: ")
+    assert (state.job(first.id).state, state.job(first.id).error) == ("skipped", why)
+    [second] = state.complete_due(400)
+    assert (second.generation, second.instance_count) == (2, 2)
+    assert state.skip_if_superseded(second, 401) is None
+    state.close()
