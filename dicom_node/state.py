@@ -9,6 +9,7 @@ none of it, and a study cannot be completed twice.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,8 @@ from dicom_node.assemble.timing import deadline
 from dicom_node.config import AssemblyConfig
 from dicom_node.errors import StateError
 from dicom_node.models import Job, ReceivedInstance, ResultObject, StoreOutcome, StudySummary
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 5
 
@@ -389,6 +392,7 @@ class State:
         number of studies re-armed.
         """
         with self.transaction() as db:
+            self._rearm_after_clock_step(db, now)
             rows = db.execute(
                 "SELECT study_uid, first_received_at, last_received_at, open_associations, "
                 "released_at FROM studies WHERE state = 'receiving'"
@@ -409,6 +413,32 @@ class State:
             )
         return len(rows)
 
+    def _rearm_after_clock_step(self, db: sqlite3.Connection, now: float) -> None:
+        """Studies received "after" ``now``: the wall clock stepped back (NTP correcting a
+        clock that ran fast). Their times are taken as ``now`` and their deadlines
+        recomputed; otherwise each would wait for the clock to catch up, hours perhaps."""
+        rows = db.execute(
+            "SELECT study_uid, first_received_at, last_received_at, open_associations, "
+            "released_at FROM studies WHERE state = 'receiving' "
+            "AND MAX(first_received_at, last_received_at, COALESCE(released_at, 0)) > ?",
+            (now,),
+        ).fetchall()
+        for uid, first, last, open_count, released in rows:
+            first, last = min(first, now), min(last, now)
+            released = None if released is None else min(released, now)
+            due = deadline(first, last, open_count, released, self.rules)
+            db.execute(
+                "UPDATE studies SET first_received_at = ?, last_received_at = ?, "
+                "released_at = ?, due_at = ?, due_reason = ? WHERE study_uid = ?",
+                (first, last, released, due.due_at, due.reason, uid),
+            )
+        if rows:
+            log.warning(
+                "the clock is behind the receipt times of %d studies (it was set back?): "
+                "their deadlines now count from the current time",
+                len(rows),
+            )
+
     # --- assembling ------------------------------------------------------------
 
     def next_due(self) -> float | None:
@@ -420,6 +450,7 @@ class State:
         """Complete every study whose deadline has passed; each gets exactly one new job."""
         jobs: list[Job] = []
         with self.transaction() as db:
+            self._rearm_after_clock_step(db, now)
             due = db.execute(
                 "SELECT study_uid, completions, due_reason FROM studies "
                 "WHERE state = 'receiving' AND due_at <= ? ORDER BY due_at",

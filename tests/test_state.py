@@ -334,3 +334,27 @@ def test_a_pending_job_of_a_reopened_study_is_superseded(tmp_path: Path) -> None
     assert (second.generation, second.instance_count) == (2, 2)
     assert state.skip_if_superseded(second, 401) is None
     state.close()
+
+
+def test_a_clock_set_back_does_not_hold_studies_until_it_catches_up(tmp_path: Path) -> None:
+    state = State(tmp_path / "s.db", RULES)
+    # Received while the clock ran two hours fast; then NTP set it back.
+    state.record_instance(instance("1.9", "1.9.1", 10_000 + 7_200), True, "new")
+    state.release({"1.9"}, 10_000 + 7_200)
+    assert state.complete_due(10_000) == []  # re-armed from now: released 1 s from now
+    [job] = state.complete_due(10_000 + RULES.after_release_seconds)  # was: two hours later
+    assert (job.study_uid, job.reason) == ("1.9", "released")
+    [study] = state.studies()
+    assert study.first_received_at == study.last_received_at == 10_000
+    state.close()
+
+
+def test_recovery_after_a_clock_set_back_counts_from_the_restart(tmp_path: Path) -> None:
+    state = State(tmp_path / "s.db", RULES)
+    state.record_instance(instance("1.9", "1.9.1", 10_000 + 7_200), True, "new")
+    state.release({"1.9"}, 10_000 + 7_200)
+    state.close()  # the node was killed; it starts again with the clock corrected
+    state = State(tmp_path / "s.db", RULES)
+    assert state.recover(10_000) == 1
+    assert state.next_due() == 10_000 + RULES.after_release_seconds
+    state.close()
