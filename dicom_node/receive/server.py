@@ -11,7 +11,8 @@ pynetdicom's socket reads a PDU 4096 bytes per ``recv`` call, extending a bytear
 time: a 15 MB instance costs ~3,700 calls and as many copies in Python. The node's
 connections read each PDU into one buffer with ``recv_into`` (same contract: the bytes asked
 for, or what arrived before the peer closed); large instances arrive ~16 % faster
-(docs/performance.md).
+(docs/performance.md). The buffer grows with what arrives, not with the length a peer
+declares.
 """
 
 from __future__ import annotations
@@ -39,19 +40,27 @@ class DeferredHandshakeServer(ThreadedAssociationServer):
         return client, address
 
 
+# The most a read allocates before the bytes arrive. ``nr_bytes`` is a PDU length the peer
+# declared (any caller, before its AE title is checked): six bytes claiming 4 GiB must not
+# cost 4 GiB. Beyond this the buffer doubles as data comes, as pynetdicom's grows.
+_PREALLOCATE = 1 << 20
+
+
 class BulkReadSocket(AssociationSocket):
     """pynetdicom's association socket, reading what a PDU asks for into one buffer."""
 
     def recv(self, nr_bytes: int) -> bytearray:
         sock = cast(socket.socket, self.socket)
-        data = bytearray(nr_bytes)
-        with memoryview(data) as view:
-            got = 0
-            while got < nr_bytes:
-                n = sock.recv_into(view[got:], nr_bytes - got)
-                if not n:  # the peer closed: what arrived, as pynetdicom's recv returns
-                    break
-                got += n
+        data = bytearray(min(nr_bytes, _PREALLOCATE))
+        got = 0
+        while got < nr_bytes:
+            if got == len(data):
+                data.extend(bytes(min(len(data), nr_bytes - got)))
+            with memoryview(data) as view:
+                n = sock.recv_into(view[got:], len(data) - got)
+            if not n:  # the peer closed: what arrived, as pynetdicom's recv returns
+                break
+            got += n
         return data if got == nr_bytes else data[:got]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import tracemalloc
 from pathlib import Path
 
 from helpers import config_for
@@ -34,6 +35,32 @@ def test_recv_returns_the_bytes_asked_for_or_what_came_before_the_close() -> Non
         assert reader.recv(100) == bytearray(b"tail")  # fewer arrived before the close
         assert reader.recv(6) == bytearray()
         writer.join(5)
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_a_declared_length_costs_memory_only_as_its_bytes_arrive() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        reader = BulkReadSocket.__new__(BulkReadSocket)
+        reader.socket = ours
+
+        def send() -> None:  # ~3 MB of the 4 GiB a hostile PDU header claims, then close
+            peer.sendall(b"x" * 3_000_000)
+            peer.shutdown(socket.SHUT_WR)
+
+        writer = threading.Thread(target=send)
+        tracemalloc.start()
+        try:
+            writer.start()
+            data = reader.recv(2**32 - 1)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            writer.join(5)
+        assert data == b"x" * 3_000_000
+        assert peak < 16_000_000  # was: a 4 GiB buffer allocated up front
     finally:
         ours.close()
         peer.close()
