@@ -27,6 +27,25 @@ class Header:
 
 
 @dataclass(frozen=True)
+class IndexedInstance:
+    """What the index holds of an instance already stored: where, and what it said."""
+
+    path: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    transfer_syntax: str
+    size: int  # of the data set, File Meta excluded
+
+    def describes(self, header: Header, transfer_syntax: str, size: int) -> bool:
+        """Would indexing this instance again write the same facts?"""
+        return (self.sop_class_uid, self.study_uid, self.series_uid, self.modality,
+                self.transfer_syntax, self.size) == (header.sop_class_uid, header.study_uid,
+                header.series_uid, header.modality, transfer_syntax, size)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class ReceivedInstance:
     """An instance written to the spool, about to be indexed and acknowledged."""
 

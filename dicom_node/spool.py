@@ -31,6 +31,9 @@ from dicom_node.errors import SpoolError, SpoolFullError
 
 log = logging.getLogger(__name__)
 
+# A spooled file: 128-byte preamble, "DICM", then (0002,0000) UL 4 <group length>.
+_GROUP_LENGTH_ELEMENT = b"DICM\x02\x00\x00\x00UL\x04\x00"
+_META_HEAD = 144  # up to the end of the group length's value, where the rest of group 2 begins
 _LOCK_STRIPES = 64  # studies share a lock only when their UIDs hash alike
 _DURABLE_FOLDERS_KEPT = 100_000
 
@@ -126,19 +129,24 @@ class Spool:
             self._durable_folders.discard(str(self.instances / study_uid))
             self._durable_folders.discard(str(self.outputs / study_uid))
 
-    def ends_with(self, relative: str, stream: bytes | memoryview) -> bool:
-        """Does the file at ``relative`` end with the data set ``stream``?
+    def holds_data_set(self, relative: str, stream: bytes | memoryview) -> bool:
+        """Is the data set of the spooled file at ``relative`` exactly ``stream``?
 
         Only the data set is compared: the File Meta before it names the calling AE,
-        which may differ when the same instance is re-sent by another sender.
+        which may differ when the same instance is re-sent by another sender. Its length
+        comes from the File Meta's group length, so a data set that is only the end of
+        the stored one (elements removed from its start) is not taken for it.
         """
         path = self.path(relative)
         try:
-            size = path.stat().st_size
-            if size <= len(stream):
-                return False
             with path.open("rb") as handle:
-                handle.seek(size - len(stream))
+                head = handle.read(_META_HEAD)
+                if len(head) < _META_HEAD or head[128:140] != _GROUP_LENGTH_ELEMENT:
+                    return False
+                start = _META_HEAD + int.from_bytes(head[140:144], "little")
+                if os.fstat(handle.fileno()).st_size - start != len(stream):
+                    return False
+                handle.seek(start)
                 return handle.read() == stream
         except FileNotFoundError:
             return False

@@ -19,7 +19,14 @@ from pathlib import Path
 from dicom_node.assemble.timing import deadline
 from dicom_node.config import AssemblyConfig
 from dicom_node.errors import StateError
-from dicom_node.models import Job, ReceivedInstance, ResultObject, StoreOutcome, StudySummary
+from dicom_node.models import (
+    IndexedInstance,
+    Job,
+    ReceivedInstance,
+    ResultObject,
+    StoreOutcome,
+    StudySummary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,12 +263,14 @@ class State:
 
     # --- receiving -------------------------------------------------------------
 
-    def existing_path(self, sop_instance_uid: str) -> str | None:
+    def indexed(self, sop_instance_uid: str) -> IndexedInstance | None:
         with self._reading() as db:
             row = db.execute(
-                "SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+                "SELECT path, sop_class_uid, study_uid, series_uid, modality, transfer_syntax, "
+                "size FROM instances WHERE sop_instance_uid = ?",
+                (sop_instance_uid,),
             ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else IndexedInstance(*row)
 
     def record_instance(
         self, inst: ReceivedInstance, first_for_association: bool, kind: str

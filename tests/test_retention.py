@@ -103,7 +103,7 @@ def test_a_delivered_study_is_purged_after_its_retention_and_its_history_stays(
     assert (study.state, study.instance_count, study.purged_at) == ("complete", 0, 5000.0)
     assert [j.state for j in state.jobs()] == ["done"]
     assert Outbox(state, SendingConfig()).items() == []
-    assert state.existing_path(f"{STUDY}.1") is None
+    assert state.indexed(f"{STUDY}.1") is None
     assert purgeable(state, 1e12) == []  # nothing left to purge
     assert purge_study(state, spool, STUDY, 1e12, now=6000.0) is None
 

@@ -10,6 +10,7 @@ import pytest
 
 from dicom_node import spool as spool_module
 from dicom_node.errors import SpoolError, SpoolFullError
+from dicom_node.receive.file_meta import PREAMBLE, file_meta
 from dicom_node.spool import Spool
 
 
@@ -22,10 +23,19 @@ def test_write_is_atomic_and_leaves_no_partial(tmp_path: Path) -> None:
     spool.write(rel, [b"xyz"])  # replaced atomically
     assert spool.path(rel).read_bytes() == b"xyz"
     assert list(spool.tmp.iterdir()) == []
-    assert spool.ends_with(rel, b"yz")
-    assert not spool.ends_with(rel, b"yy")
-    assert not spool.ends_with(rel, b"xyz")  # nothing before it: not a spooled file
-    assert not spool.ends_with("instances/none.dcm", b"z")
+    assert not spool.holds_data_set(rel, b"xyz")  # no File Meta: not a spooled file
+    assert not spool.holds_data_set("instances/none.dcm", b"z")
+
+
+def test_holds_data_set_compares_the_whole_data_set_after_the_file_meta(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    rel = spool.relative_path("1.2.3", "1.2.3.4")
+    meta = file_meta("1.2.840.10008.5.1.4.1.1.1", "1.2.3.4", "1.2.840.10008.1.2.1", "PACS")
+    spool.write(rel, [PREAMBLE, meta, b"abcdef"])
+    assert spool.holds_data_set(rel, b"abcdef")
+    assert not spool.holds_data_set(rel, b"def")  # its end only: elements dropped in front
+    assert not spool.holds_data_set(rel, b"abcdeg")
+    assert not spool.holds_data_set(rel, b"zabcdef")
 
 
 def test_partials_from_a_crash_are_purged_at_start(tmp_path: Path) -> None:
@@ -89,10 +99,10 @@ def test_unreadable_spool_state_is_a_spool_error(
         spool.path(rel).unlink()
         spool.path(rel).mkdir()
         with pytest.raises(SpoolError, match=r"cannot read instances/1\.2/1\.2\.3\.dcm"):
-            spool.ends_with(rel, b"ab")
+            spool.holds_data_set(rel, b"ab")
     else:
         with pytest.raises(SpoolError, match=r"cannot read instances/1\.2/1\.2\.3\.dcm"):
-            spool.ends_with(rel, b"ab")
+            spool.holds_data_set(rel, b"ab")
 
 
 def test_a_folder_left_by_a_failed_write_gets_its_entry_fsynced(

@@ -69,7 +69,7 @@ def test_own_outputs_are_indexed_but_never_make_a_study(tmp_path: Path) -> None:
     assert not outcome.study_touched
     assert state.studies() == []
     assert state.instance_count() == 1
-    assert state.existing_path("1.9.1") == "i/1.9.1"
+    assert state.indexed("1.9.1").path == "i/1.9.1"  # type: ignore[union-attr]
 
 
 def test_schema_version_mismatch_is_refused(tmp_path: Path) -> None:

@@ -198,8 +198,15 @@ class Receiver:
     ) -> StoreOutcome:
         own = is_own_output(header)
         relative = self.spool.relative_path(header.study_uid, header.sop_instance_uid)
-        previous = self.state.existing_path(header.sop_instance_uid)
-        if previous is not None and self.spool.ends_with(previous, stream):
+        indexed = self.state.indexed(header.sop_instance_uid)
+        previous = None if indexed is None else indexed.path
+        # The same bytes, and the index already says what indexing them would (a replacement
+        # whose indexing failed left the new file under the old row: its resend must fix it).
+        if (
+            indexed is not None
+            and indexed.describes(header, transfer_syntax, len(stream))
+            and self.spool.holds_data_set(indexed.path, stream)
+        ):
             kind = "duplicate"
         else:
             kind = "new" if previous is None else "replaced"
@@ -222,8 +229,8 @@ class Receiver:
         try:
             outcome = self.state.record_instance(instance, counted, kind)
         except StateError:
-            if kind == "new":
-                self.spool.remove(relative)  # not acknowledged: no orphan
+            if kind == "new" or (kind == "replaced" and relative != previous):
+                self.spool.remove(relative)  # not acknowledged, not indexed: no orphan
             raise
         if previous is not None and previous != relative and kind == "replaced":
             # Same SOP Instance UID re-sent under another study: the index now points here.

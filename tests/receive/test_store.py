@@ -5,15 +5,26 @@ from __future__ import annotations
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from dicom_clients import dataset_bytes
 from helpers import tiny_image
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.dimse_primitives import C_STORE
 
 from dicom_node.config import AssemblyConfig
-from dicom_node.receive.store import PROCESSING_FAILURE, SUCCESS, Receiver, handle_store
+from dicom_node.errors import StateError
+from dicom_node.receive.store import (
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    Receiver,
+    handle_store,
+)
 from dicom_node.spool import Spool
 from dicom_node.state import State
 
@@ -111,3 +122,71 @@ def test_requests_refused_before_the_receiver_are_counted(
     assert int(response.Status) == PROCESSING_FAILURE
     assert response.ErrorComment == "internal error in the node; see its log"
     assert refused() == 2.0
+
+
+def _encoded(ds: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def _store_bytes(receiver: Receiver, ds: Dataset, stream: bytes) -> int:
+    response = receiver.store(
+        1, "SCANNER", ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian, stream
+    )
+    return int(response.Status)
+
+
+def test_a_resend_that_drops_leading_elements_replaces_the_stored_one(
+    receiver: Receiver,
+) -> None:
+    ds = tiny_image()
+    ds.SpecificCharacterSet, ds.ImageType = "ISO_IR 192", ["ORIGINAL", "PRIMARY"]
+    original = _encoded(ds)
+    del ds.SpecificCharacterSet, ds.ImageType  # a correction removing (0008,0005), (0008,0008)
+    corrected = _encoded(ds)
+    assert original.endswith(corrected)  # the old check took it for a duplicate
+    assert _store_bytes(receiver, ds, original) == SUCCESS
+    assert _store_bytes(receiver, ds, corrected) == SUCCESS
+    indexed = receiver.state.indexed(ds.SOPInstanceUID)
+    assert indexed is not None
+    assert dataset_bytes(receiver.spool.path(indexed.path)) == corrected
+
+
+def test_a_replacement_whose_indexing_failed_is_indexed_when_resent(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = tiny_image()
+    assert _store_bytes(receiver, ds, _encoded(ds)) == SUCCESS
+    ds.Modality = "DX"  # corrected at the modality, sent again
+    corrected = _encoded(ds)
+    record = receiver.state.record_instance
+
+    def locked_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(receiver.state, "record_instance", record)
+        raise StateError("database is locked")
+
+    monkeypatch.setattr(receiver.state, "record_instance", locked_once)
+    assert _store_bytes(receiver, ds, corrected) == OUT_OF_RESOURCES  # the file is replaced
+    assert _store_bytes(receiver, ds, corrected) == SUCCESS  # the sender's retry
+    indexed = receiver.state.indexed(ds.SOPInstanceUID)
+    assert indexed is not None and indexed.modality == "DX"  # was: 'CR' for good
+
+
+def test_a_move_to_another_study_whose_indexing_failed_leaves_no_orphan(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = tiny_image("1.2.3.1")
+    assert _store_bytes(receiver, ds, _encoded(ds)) == SUCCESS
+    ds.StudyInstanceUID = "1.2.3.2"
+
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        raise StateError("database is locked")
+
+    monkeypatch.setattr(receiver.state, "record_instance", locked)
+    assert _store_bytes(receiver, ds, _encoded(ds)) == OUT_OF_RESOURCES
+    assert not receiver.spool.path(
+        receiver.spool.relative_path("1.2.3.2", ds.SOPInstanceUID)
+    ).exists()
+    assert receiver.spool.path(receiver.spool.relative_path("1.2.3.1", ds.SOPInstanceUID)).exists()

@@ -66,7 +66,7 @@ def test_pynetdicom_store_is_byte_identical_and_indexed(
         meta = dcmread(stored).file_meta
         assert meta.TransferSyntaxUID == syntax
         assert meta.SourceApplicationEntityTitle == "PACS"
-        assert node.state.existing_path(sop) == f"instances/{study}/{sop}.dcm"
+        assert node.state.indexed(sop).path == f"instances/{study}/{sop}.dcm"
     [summary] = node.state.studies()
     assert (summary.study_uid, summary.instance_count) == (study, 3)
 
@@ -299,7 +299,7 @@ def assert_spooled_unchanged(node: Node, files: list[Path]) -> None:
             == ds.file_meta.TransferSyntaxUID
         )
         assert dataset_bytes(stored) == dataset_bytes(path), path.name
-        assert node.state.existing_path(ds.SOPInstanceUID) == str(
+        assert node.state.indexed(ds.SOPInstanceUID).path == str(
             stored.relative_to(node.spool.root)
         )  # type: ignore[union-attr]
     assert node.state.instance_count() == len(files)
