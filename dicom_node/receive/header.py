@@ -53,6 +53,9 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQ_END = 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
+# Deep enough for any real SR content tree, shallow enough for the recursive walk (two
+# Python frames a level) inside pynetdicom's thread.
+_MAX_DEPTH = 128
 
 # Top-level attributes read as text, by tag.
 _TEXT_TAGS = {
@@ -63,6 +66,7 @@ _TEXT_TAGS = {
     0x0008103E: "series_description",
     0x0020000D: "study_uid",
     0x0020000E: "series_uid",
+    0x00280004: "photometric_interpretation",
     0x00280008: "number_of_frames",
 }
 _US_TAGS = {
@@ -82,6 +86,7 @@ class _Reader:
         self.us: dict[str, int] = {}
         self.pixel_bytes: int | None = None
         self.encapsulated = False
+        self.depth = 0  # sequences open around the element being read
 
     def encoding(self, little: bool, implicit: bool) -> None:
         """Read elements from here on in this byte order and VR encoding."""
@@ -152,6 +157,15 @@ class _Reader:
         return pos
 
     def sequence(self, pos: int, end: int, delimited: bool) -> int:
+        if self.depth >= _MAX_DEPTH:  # the walk recurses: a hostile nesting must not crash it
+            raise self.fail(pos, f"sequences nested deeper than {_MAX_DEPTH} levels")
+        self.depth += 1
+        try:
+            return self._items(pos, end, delimited)
+        finally:
+            self.depth -= 1
+
+    def _items(self, pos: int, end: int, delimited: bool) -> int:
         while pos < end:
             tag, _, length, value = self.header(pos)
             if tag == _SEQ_END:
@@ -287,8 +301,10 @@ def _check_pixels(reader: _Reader, transfer_syntax: str) -> None:
         raise RejectedInstanceError(
             CANNOT_UNDERSTAND, f"invalid Number of Frames {reader.text['number_of_frames']!r}"
         ) from None
-    bits = us["rows"] * us["columns"] * us.get("samples_per_pixel", 1) * frames
-    bits *= us["bits_allocated"]
+    samples = us["rows"] * us["columns"] * us.get("samples_per_pixel", 1) * frames
+    if reader.text.get("photometric_interpretation") == "YBR_FULL_422":
+        samples = samples // 3 * 2  # PS3.3 C.7.6.3.1.2: two chroma samples per two pixels
+    bits = samples * us["bits_allocated"]
     expected = (bits + 7) // 8
     if reader.pixel_bytes < expected:
         raise RejectedInstanceError(

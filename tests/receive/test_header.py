@@ -345,3 +345,34 @@ def test_uid_grammar() -> None:
     assert not is_valid_uid("1..2")
     assert not is_valid_uid("../../etc")
     assert not is_valid_uid("1.2.٣")
+
+
+def test_native_ybr_full_422_needs_two_thirds_of_three_samples() -> None:
+    ds = tiny_image(size=10)  # 10 x 10
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_FULL_422"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PlanarConfiguration = 7, 0
+    ds.PixelData = bytes(10 * 10 * 2)  # Y Y Cb Cr for every two pixels
+    header = read_header(encode(ds, ExplicitVRLittleEndian), ExplicitVRLittleEndian)
+    assert header.has_pixel_data  # was refused: "holds 200 bytes, the image needs 300"
+    ds.PixelData = bytes(198)
+    with pytest.raises(RejectedInstanceError, match=r"holds 198 bytes, the image needs 200$"):
+        read_header(encode(ds, ExplicitVRLittleEndian), ExplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_sequences_nested_beyond_the_limit_are_refused_not_a_crash(syntax: str) -> None:
+    def nested(levels: int) -> bytes:
+        """tiny_image without its pixels, then Content Sequences nested ``levels`` deep
+        (undefined lengths, written by hand: pydicom's writer recurses too)."""
+        ds = tiny_image()
+        del ds.PixelData
+        sq = b"\x40\x00\x30\xa7" + (b"" if syntax == ImplicitVRLittleEndian else b"SQ\x00\x00")
+        opened = sq + b"\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+        closed = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+        return encode(ds, syntax) + opened * levels + closed * levels
+
+    assert read_header(nested(128), syntax).sop_instance_uid
+    with pytest.raises(RejectedInstanceError, match=r"nested deeper than 128 levels") as info:
+        read_header(nested(600), syntax)  # was: RecursionError, answered 0x0110
+    assert info.value.status == 0xC210
