@@ -21,7 +21,6 @@ from dicom_node.config_checks import (
     get_key,
     int_range,
     known,
-    non_negative,
     positive,
     resolve,
     show,
@@ -357,9 +356,11 @@ def parse_sending(raw: Mapping[str, Any]) -> SendingConfig:
     known(raw, "sending", set(d.__dataclass_fields__))
     cfg = SendingConfig(
         max_attempts=get_key(raw, "max_attempts", "sending", d.max_attempts, int_range(1, 1000)),
-        backoff_seconds=get_key(raw, "backoff_seconds", "sending", d.backoff_seconds, non_negative),
+        # Greater than 0: the backoff doubles from it, and from 0 it would stay 0 (a short
+        # outage would use up every attempt within seconds).
+        backoff_seconds=get_key(raw, "backoff_seconds", "sending", d.backoff_seconds, positive),
         max_backoff_seconds=get_key(
-            raw, "max_backoff_seconds", "sending", d.max_backoff_seconds, non_negative
+            raw, "max_backoff_seconds", "sending", d.max_backoff_seconds, positive
         ),
         timeout_seconds=get_key(raw, "timeout_seconds", "sending", d.timeout_seconds, positive),
     )

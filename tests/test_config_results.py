@@ -165,8 +165,8 @@ def test_triage_results_and_sending_parse() -> None:
             },
             "sending": {
                 "max_attempts": 1,
-                "backoff_seconds": 0,
-                "max_backoff_seconds": 0,
+                "backoff_seconds": 0.1,
+                "max_backoff_seconds": 0.1,
                 "timeout_seconds": 0.5,
             },
         }
@@ -179,7 +179,7 @@ def test_triage_results_and_sending_parse() -> None:
         "hipnet": (),
     }
     assert cfg.results == ResultsConfig("none", 7001, 7002, 256, "General Hospital")
-    assert cfg.sending == SendingConfig(1, 0.0, 0.0, 0.5)
+    assert cfg.sending == SendingConfig(1, 0.1, 0.1, 0.5)
 
 
 def test_folder_destination_resolves_against_base(tmp_path: Path) -> None:
@@ -463,7 +463,11 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"sending": {"backoff_seconds": -1}},
-        r"^sending\.backoff_seconds: expected a number of 0 or more, got -1",
+        r"^sending\.backoff_seconds: expected a number greater than 0, got -1",
+    ),
+    (  # no backoff at all: a short outage would use up every attempt in seconds
+        {"sending": {"backoff_seconds": 0, "max_backoff_seconds": 0}},
+        r"^sending\.backoff_seconds: expected a number greater than 0, got 0$",
     ),
     (
         {"sending": {"timeout_seconds": 0}},

@@ -46,6 +46,9 @@ class Delivery:
     item: OutboxItem
     ok: bool
     detail: str  # the status or the reason
+    # False for an item never offered to the peer because the association ended after an
+    # earlier item: the item did not fail, it waits for the next association.
+    counts_as_attempt: bool = True
 
 
 def send_dicom(
@@ -74,13 +77,18 @@ def send_dicom(
         yield from (Delivery(i, False, f"association to {where} {reason}") for i in items)
         return
     accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
+    offered = False  # has an item of this batch been sent to the peer?
     try:
         for item in items:
             if not assoc.is_established:
-                yield Delivery(item, False, f"association to {where} ended")
+                # Charged only when no item was offered: else a peer that aborts right after
+                # accepting would have the batch retried at once, for ever.
+                ended = f"association to {where} ended"
+                yield Delivery(item, False, ended, counts_as_attempt=not offered)
             elif item.sop_class_uid not in accepted:
                 yield Delivery(item, False, f"{where} accepted no context for {item.sop_class_uid}")
             else:
+                offered = True
                 yield _store_one(assoc, item, spool_dir, where)
     finally:
         if assoc.is_established:

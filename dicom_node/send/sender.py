@@ -111,6 +111,10 @@ class Sender:
             if self.on_sent is not None:
                 self.on_sent(item, now)
             return 1
+        if not result.counts_as_attempt:  # still due: the next round sends it
+            log.info("%s to %s not sent yet (%s); it goes in the next association",
+                     item.sop_instance_uid, item.destination, result.detail)  # fmt: skip
+            return 0
         after = self.outbox.mark_failed(item.id, now, result.detail)
         outcome = "dead" if after.state == "dead" else "failed"
         self.metrics.send_attempts.labels(item.destination, outcome).inc()

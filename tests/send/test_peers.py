@@ -231,6 +231,8 @@ def test_peer_that_does_not_answer_in_time_fails_the_rest(tmp_path: Path) -> Non
     where = f"pacs (PACS@127.0.0.1:{peer.port})"
     assert deliveries[0].detail == f"no C-STORE response from {where}"
     assert deliveries[1].detail == f"association to {where} ended"
+    # The first was offered and failed; the second never reached the peer: not charged.
+    assert [d.counts_as_attempt for d in deliveries] == [True, False]
 
 
 def test_peer_refusing_one_sop_class_fails_that_item_only(tmp_path: Path) -> None:

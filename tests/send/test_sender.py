@@ -23,6 +23,7 @@ from dicom_node.errors import StateError
 from dicom_node.metrics import Metrics
 from dicom_node.models import Header, OutboxItem, ReceivedInstance, ResultObject
 from dicom_node.send.outbox import Outbox
+from dicom_node.send.peers import Delivery
 from dicom_node.send.sender import Sender
 from dicom_node.state import State
 
@@ -407,3 +408,27 @@ def test_time_to_result_is_not_measured_from_a_later_episode(
         "dicom_node_time_to_result_seconds_count", {"destination": "archive"}
     )
     assert count in (None, 0.0)
+
+
+def test_items_the_peer_was_never_offered_are_not_charged(
+    state: State, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    queue_results(state, [write_result(spool, SR), write_result(spool, SC)], ["pacs"], now)
+    outbox = Outbox(state, SendingConfig(max_attempts=2, backoff_seconds=60))
+    sender = Sender(outbox, [dicom_destination(free_port())], spool, CALLING)
+    first, second = outbox.items()
+
+    def stored_then_aborted(name: str, batch: list[OutboxItem]) -> Iterator[Delivery]:
+        yield Delivery(batch[0], True, "0x0000")
+        for item in batch[1:]:  # the peer aborted after the first: never offered
+            yield Delivery(item, False, "association to pacs ended", counts_as_attempt=False)
+
+    monkeypatch.setattr(sender, "_deliver", stored_then_aborted)
+    assert sender.send_due(time.time()) == 1
+    after = {i.id: i for i in outbox.items()}
+    assert after[first.id].state == "sent"
+    # Not a failed attempt: still due now, for the next association (was: charged, and
+    # after max_attempts such rounds a dead letter the peer never saw).
+    assert (after[second.id].state, after[second.id].attempts) == ("pending", 0)
+    assert [i.id for i in outbox.due(time.time())] == [second.id]
