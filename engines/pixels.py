@@ -4,7 +4,8 @@ Modality LUT (rescale slope/intercept or a LUT sequence), then the VOI: a VOI
 LUT sequence, or the first window with its VOI LUT Function (LINEAR, LINEAR_EXACT
 or SIGMOID, PS3.3 C.11.2.1.2-3), else a robust percentile window (0.5-99.5 %),
 also for an empty window or one whose width the standard does not allow;
-MONOCHROME1 is inverted so bone is bright. Resizing first makes pixels square
+MONOCHROME1 is inverted so bone is bright. Padding (Pixel Padding Value, with its range
+limit) is left out of the percentile window and shown black. Resizing first makes pixels square
 using Pixel Spacing (a non-positive or non-finite one is ignored), then pads to a
 square and resamples with area averaging (anti-aliased), so anatomy keeps its shape.
 """
@@ -54,6 +55,7 @@ def display_pixels(ds: Dataset) -> Image:
         ) from exc
     if stored.ndim != 2:
         raise PixelDataError(f"pixel data: expected one 2-D frame, got shape {stored.shape}")
+    padding = _padding(stored, ds)
     values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
     if "VOILUTSequence" in ds:
         lut = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
@@ -61,11 +63,34 @@ def display_pixels(ds: Dataset) -> Image:
     elif (window := _window(ds)) is not None:
         picture = _apply_window(values, *window)
     else:
-        low, high = np.percentile(values, (0.5, 99.5))
+        # Over the image only: a collimator border of padding would squeeze the anatomy's
+        # contrast into the top of the range.
+        image = values if padding is None or padding.all() else values[~padding]
+        low, high = np.percentile(image, (0.5, 99.5))
         picture = _stretch(values, float(low), float(high))
     if photometric == "MONOCHROME1":
         picture = 1.0 - picture
+    if padding is not None:
+        picture[padding] = 0.0  # not image: black, whatever the photometric interpretation
     return picture.astype(np.float32)
+
+
+def _padding(stored: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.bool_] | None:
+    """The pixels that are padding, not image (PS3.3 C.7.5.1.1.2): stored values equal to
+    Pixel Padding Value or, with a Pixel Padding Range Limit, between the two inclusive.
+    None when there is no padding."""
+    value, limit = ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")
+    if not isinstance(value, int):
+        if value not in (None, ""):
+            log.warning("SOP instance %s: Pixel Padding Value %r is not a number; ignored",
+                        ds.get("SOPInstanceUID", "?"), value)  # fmt: skip
+        return None
+    if isinstance(limit, int):
+        low, high = min(value, limit), max(value, limit)
+        mask = (stored >= low) & (stored <= high)
+    else:
+        mask = stored == value
+    return mask if mask.any() else None
 
 
 def square_pixels(image: Image, spacing: tuple[float, float] | None) -> Image:

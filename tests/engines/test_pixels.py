@@ -180,3 +180,50 @@ def test_an_unusable_pixel_spacing_is_as_none(
     # An unusable PixelSpacing leaves the ImagerPixelSpacing to be used.
     ds.ImagerPixelSpacing = [0.2, 0.1]
     assert pixel_spacing(ds) == (0.2, 0.1)
+
+
+def _padded_dx(photometric: str, padding: dict[str, int] | None, border: bool = True) -> Dataset:
+    """A 12-bit ramp (anatomy stored 2048..4095) whose left quarter is a collimator border
+    stored as 0 (without ``border``: the anatomy alone), and no window: the percentile
+    window applies."""
+    stored = (2048 + _ramp() * 2047).astype(np.uint16)
+    if border:
+        stored[:, :16] = 0
+    else:
+        stored = np.ascontiguousarray(stored[:, 16:])
+    ds = make_dx(
+        stored / 4095.0, identity=StudyIdentity.synthetic(9), bits_stored=12,
+        photometric=photometric,
+    )  # fmt: skip
+    del ds.WindowCenter, ds.WindowWidth
+    ds.PixelData = stored.astype("<u2").tobytes()
+    for keyword, value in (padding or {}).items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize(
+    "padding",
+    [{"PixelPaddingValue": 0}, {"PixelPaddingValue": 0, "PixelPaddingRangeLimit": 10}],
+)
+def test_padding_is_black_and_left_out_of_the_window(
+    photometric: str, padding: dict[str, int]
+) -> None:
+    anatomy = display_pixels(_padded_dx(photometric, None, border=False))
+    padded = display_pixels(_padded_dx(photometric, padding))
+    assert padded[:, :16].max() == 0.0  # black, whichever way the values are stored
+    # The anatomy looks as it does without the border (was: squeezed into a narrower
+    # range by the border's values in the percentile window).
+    np.testing.assert_allclose(padded[:, 16:], anatomy, atol=1e-6)
+
+
+def test_a_padding_value_that_is_not_a_number_is_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ds = _padded_dx("MONOCHROME2", None)
+    ds.add_new("PixelPaddingValue", "OB", b"\x00\x00")  # a broken header
+    with caplog.at_level(logging.WARNING, logger="engines.pixels"):
+        picture = display_pixels(ds)
+    assert "Pixel Padding Value b'\\x00\\x00' is not a number; ignored" in caplog.text
+    np.testing.assert_allclose(picture, display_pixels(_padded_dx("MONOCHROME2", None)))
