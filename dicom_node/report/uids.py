@@ -93,10 +93,18 @@ def with_content_uid(ds: Dataset, kind: str, keywords: Sequence[str]) -> Dataset
     return ds
 
 
+# Whose and which study's it is, as the PACS files it: a study resent with a corrected
+# patient name, ID or accession makes results with new UIDs, which are sent (the same UIDs
+# would be taken for the objects already delivered, and the PACS would keep the old ones).
+_PATIENT_AND_STUDY = (
+    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID",
+    "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyDescription",
+)  # fmt: skip
 # What each result shows: the SR its content tree and evidence, an overlay its pixels
-# (heat map and banner) and the image it was made from.
-SR_CONTENT = ("ContentSequence", "CurrentRequestedProcedureEvidenceSequence")
-SC_CONTENT = ("PixelData", "SourceImageSequence", "DerivationDescription")
+# (heat map and banner) and the image it was made from; both, whose they are.
+SR_CONTENT = ("ContentSequence", "CurrentRequestedProcedureEvidenceSequence", *_PATIENT_AND_STUDY)
+SC_CONTENT = ("PixelData", "SourceImageSequence", "DerivationDescription", *_PATIENT_AND_STUDY)
 
 
 def device_uid() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from dicom_node.report.uids import (
@@ -177,3 +178,28 @@ def test_an_overlay_uid_follows_its_pixels() -> None:
     assert with_content_uid(overlay(b"\x00\x01"), "sc", SC_CONTENT).SOPInstanceUID == (
         a.SOPInstanceUID
     )
+
+
+_ORIGINAL = {"PatientName": "DOE^JANE", "PatientID": "ID-1", "AccessionNumber": "ACC-1"}
+
+
+@pytest.mark.parametrize("content", [SR_CONTENT, SC_CONTENT])
+@pytest.mark.parametrize(
+    ("keyword", "corrected"),
+    [("PatientName", "CORRECTED^NAME"), ("PatientName", "山田^太郎"), ("PatientID", "ID-2"),
+     ("AccessionNumber", "ACC-2")],
+)  # fmt: skip
+def test_a_corrected_patient_or_study_attribute_is_a_new_object(
+    content: tuple[str, ...], keyword: str, corrected: str
+) -> None:
+    def result(**values: str) -> Dataset:
+        ds = _result("fracture R")
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        for name, value in {**_ORIGINAL, **values}.items():
+            setattr(ds, name, value)
+        return with_content_uid(ds, "sr", content)
+
+    assert result().SOPInstanceUID == result().SOPInstanceUID
+    # Was the same UID: the outbox took the rerun's objects for those already delivered,
+    # and the PACS kept the old name, ID or accession.
+    assert result(**{keyword: corrected}).SOPInstanceUID != result().SOPInstanceUID
