@@ -53,6 +53,7 @@ def _overlay_hip(hip: HipOutcome, policy: str) -> OverlayHip | None:
         probability=finding.probability,
         present=finding.present,
         priority=decision.priority,
+        normal=finding.normal,
     )
 
 

@@ -17,7 +17,10 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from highdicom.enum import SpecificCharacterSetValues
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import DA, TM
 
 from dicom_node.errors import ReportError
 
@@ -52,11 +55,49 @@ def evidence_header(source: Dataset) -> Dataset:
     sex = _raw(header, "PatientSex")
     if sex.upper() != sex or sex not in ("", *_SEXES):
         _put(header, "PatientSex", sex.upper() if sex.upper() in _SEXES else "")
-    for keyword, pattern in (("PatientBirthDate", _DATE), ("StudyDate", _DATE),
-                             ("StudyTime", _TIME)):  # fmt: skip
-        if not pattern.fullmatch(_raw(header, keyword)):
-            _put(header, keyword, "")
+    for keyword, pattern, vr in (("PatientBirthDate", _DATE, DA), ("StudyDate", _DATE, DA),
+                                 ("StudyTime", _TIME, TM)):  # fmt: skip
+        text = _raw(header, keyword)
+        if text and not (pattern.fullmatch(text) and _is_valid(vr, text)):
+            _put(header, keyword, "")  # also an impossible one: 00000000, 19500231, 250000
+    for keyword in ("PatientName", "ReferringPhysicianName"):  # VM 1: the first if several
+        value = header.get_item(keyword).value
+        if isinstance(value, bytes) and b"\\" in value:
+            _put(header, keyword, value.split(b"\\")[0].decode("ascii", "replace"))
+        elif isinstance(value, MultiValue):
+            _put(header, keyword, str(value[0]) if len(value) else "")
     return header
+
+
+def _is_valid(vr: type[DA] | type[TM], text: str) -> bool:
+    """Does pydicom (and so highdicom) take ``text`` as a date or time? Silently: its
+    warnings quote the value."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return vr(text) is not None
+        except ValueError:
+            return False
+
+
+def output_charset(source: Dataset) -> str | None:
+    """The Specific Character Set a result of ``source`` is written in.
+
+    The source's own when it is one set without code extensions (ISO_IR 100, ISO_IR 192,
+    ...), so a PACS gets what it sent; else UTF-8 (ISO_IR 192). highdicom refuses the ISO
+    2022 forms Japanese and Korean studies use (a first value left empty, ISO 2022 IR
+    149), and by the time a result is written every value is decoded text, which UTF-8
+    encodes whatever set it came in.
+    """
+    value = source.get("SpecificCharacterSet")
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value in _SINGLE_SETS:
+        return value
+    return "ISO_IR 192"
+
+
+_SINGLE_SETS = {v.value for v in SpecificCharacterSetValues if not v.value.startswith("ISO 2022")}
 
 
 def _put(header: Dataset, keyword: str, value: str) -> None:

@@ -11,6 +11,7 @@ for Grad-CAM, (130402, DCM, "Class activation") for an interpretive head's maps.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,13 +26,11 @@ from dicom_node.errors import ReportError
 from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
 from dicom_node.report import codes
 from dicom_node.report.overlay import blend, scale_down, with_banner
-from dicom_node.report.patient import building, evidence_header
+from dicom_node.report.patient import building, evidence_header, output_charset
 from dicom_node.report.sr import SIDE_WORDS
 from dicom_node.report.uids import ResultIdentity
 from engines.pixels import InputGeometry
 from engines.regions import HipRegion
-
-PAIRED_PARTS = ("HIP",)
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,7 @@ class OverlayHip:
     probability: float
     present: bool
     priority: str
+    normal: bool = False  # the normal class (a hip without findings): drawn faint, not hot
 
 
 def _code_item(code: Code) -> Dataset:
@@ -58,10 +58,13 @@ def _code_item(code: Code) -> Dataset:
 def _orientation(source: Dataset) -> tuple[str, str]:
     """The source's Patient Orientation (the overlay keeps its rows and columns)."""
     value = source.get("PatientOrientation")
-    if value is not None and len(value) == 2 and all(value):
-        return str(value[0]), str(value[1])
-    # Not given: an AP or PA radiograph's usual display, else a lateral's.
+    if value is not None and len(value) == 2 and all(_ORIENTATION.fullmatch(str(v)) for v in value):
+        return str(value[0]), str(value[1])  # also oblique (PS3.3 C.7.6.1.1.1): A\FR, LP\F
+    # Not given (or not valid): an AP or PA radiograph's usual display, else a lateral's.
     return ("L", "F") if str(source.get("ViewPosition", "AP")) in ("AP", "PA") else ("A", "F")
+
+
+_ORIENTATION = re.compile(r"[APRLHF]{1,3}")
 
 
 # Each map is scaled to its own peak; a hip whose finding is below its threshold is drawn at
@@ -81,7 +84,7 @@ def overlay_pixels(
             raise ReportError(
                 f"region of {hip.region.rows} rows does not fit a picture of shape {picture.shape}"
             )
-        strength = 1.0 if hip.present else BELOW_THRESHOLD_STRENGTH
+        strength = 1.0 if hip.present and not hip.normal else BELOW_THRESHOLD_STRENGTH
         hip.region.place(strength * np.clip(hip.geometry.to_region(hip.heatmap), 0.0, 1.0), heat)
     return with_banner(blend(scale_down(picture, max_edge), scale_down(heat, max_edge)), lines)
 
@@ -139,6 +142,7 @@ def build_overlay_sc(
     pixels = overlay_pixels(picture, hips, lines, max_edge)
     part = str(source.get("BodyPartExamined", "")).upper()
     laterality = str(source.get("ImageLaterality") or source.get("Laterality") or "")
+    orientation = _orientation(source)
     with building("overlay"):
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=evidence_header(source),
@@ -151,20 +155,25 @@ def build_overlay_sc(
             sop_instance_uid=identity.sop_instance_uid,
             instance_number=identity.instance_number,
             manufacturer=MANUFACTURER,
-            laterality=laterality if part in PAIRED_PARTS and laterality in ("R", "L") else None,
-            patient_orientation=_orientation(source),
+            laterality=laterality if laterality in ("R", "L") else None,
+            # highdicom takes single letters only: the source's own value is set below.
+            patient_orientation=(orientation[0][0], orientation[1][0]),
             transfer_syntax_uid="1.2.840.10008.1.2.1",
             manufacturer_model_name=MODEL_NAME,
             software_versions=SOFTWARE_VERSION,
             institution_name=institution_name,
             series_description=f"AI heat maps {engine}"[:64],
+            specific_character_set=output_charset(source),
         )
+    sc.PatientOrientation = list(orientation)
     if part:
-        sc.BodyPartExamined = part  # with it, Laterality (Type 2C) is only needed for a paired part
-        if part in PAIRED_PARTS and laterality not in ("R", "L"):
-            # Both sides of a paired part: Laterality (R or L only) cannot say so; Image
-            # Laterality B can, and its presence is what lifts the Type 2C condition.
-            sc.ImageLaterality = "B"
+        sc.BodyPartExamined = part
+    if laterality in ("B", "U"):
+        # Laterality (R or L only) cannot say both or unpaired; Image Laterality can, and
+        # its presence lifts Laterality's Type 2C condition (a paired part, or none named).
+        sc.ImageLaterality = laterality
+    elif laterality not in ("R", "L"):
+        sc.ImageLaterality = "B"  # no side given: the node analysed the image as both hips
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.ConversionType = "WSD"  # made by software on a workstation, not digitised
     sc.BurnedInAnnotation = "YES"

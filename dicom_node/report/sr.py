@@ -33,7 +33,7 @@ from dicom_node.errors import ReportError
 from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
 from dicom_node.models import HipFinding, HipTask, TriageDecision
 from dicom_node.report import codes
-from dicom_node.report.patient import building, evidence_header
+from dicom_node.report.patient import building, evidence_header, output_charset
 from dicom_node.report.uids import ResultIdentity, device_uid
 from engines.manifest import Manifest
 
@@ -273,4 +273,5 @@ def build_sr(
             institution_name=institution_name,
             series_description=description(priority, decisions),
             is_complete=True,
+            specific_character_set=output_charset(evidence[0]),
         )

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from dicom_node.errors import ReportError
-from dicom_node.report.patient import building, evidence_header
+from dicom_node.report.patient import building, evidence_header, output_charset
 
 
 def _raw(tag: int, vr: str, value: bytes) -> RawDataElement:
@@ -59,3 +59,45 @@ def test_building_hides_the_values_in_third_party_errors() -> None:
         building("SR"),  # our own errors pass unchanged
     ):
         raise ReportError("no header for source instance(s) 1.2")
+
+
+@pytest.mark.parametrize(
+    ("keyword", "vr", "value"),
+    [("PatientBirthDate", "DA", b"00000000"), ("PatientBirthDate", "DA", b"19500231"),
+     ("StudyDate", "DA", b"20261301"), ("StudyTime", "TM", b"250000")],
+)  # fmt: skip
+def test_dates_and_times_of_the_right_form_but_impossible_are_emptied(
+    keyword: str, vr: str, value: bytes
+) -> None:
+    source = Dataset()
+    tag = Tag(keyword)
+    source[tag] = _raw(tag, vr, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as highdicom would refuse them: was a failed study
+        assert getattr(evidence_header(source), keyword) == ""
+
+
+def test_a_person_name_given_several_values_keeps_the_first() -> None:
+    source = Dataset()
+    source[0x00100010] = _raw(0x00100010, "PN", b"DOE^JANE\\ROE^J")
+    source.ReferringPhysicianName = ["SMITH^A", "JONES^B"]
+    header = evidence_header(source)
+    assert (str(header.PatientName), str(header.ReferringPhysicianName)) == (
+        "DOE^JANE",
+        "SMITH^A",
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "written"),
+    [(None, None), ("ISO_IR 100", "ISO_IR 100"), ("ISO_IR 192", "ISO_IR 192"),
+     (["", "ISO 2022 IR 87"], "ISO_IR 192"), ("ISO 2022 IR 149", "ISO_IR 192"),
+     (["ISO 2022 IR 6", "ISO 2022 IR 100"], "ISO_IR 192")],
+)  # fmt: skip
+def test_results_keep_a_single_character_set_else_use_utf_8(
+    source: str | list[str] | None, written: str | None
+) -> None:
+    header = Dataset()
+    if source is not None:
+        header.SpecificCharacterSet = source
+    assert output_charset(header) == written

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import shutil
 from collections.abc import Sequence
@@ -457,3 +458,68 @@ def test_a_map_of_a_fusion_engines_branch_says_so(ap: Image) -> None:
                          "radiograph")  # fmt: skip
     assert lines[-1][0].endswith("of its radiograph branch")
     assert "branch" not in overlay(ap, both_hips(ap)).DerivationDescription
+
+
+def test_a_normal_hip_is_drawn_faint_like_a_finding_below_threshold(ap: Image) -> None:
+    right, left = hip_regions(ap.picture.shape, "B")
+    present = hip(ap, right)
+    normal = hip(ap, left, finding="normal", probability=0.9, priority="NONE")
+    normal = dataclasses.replace(normal, normal=True)  # present, but nothing to point at
+    pixels = below_banner(overlay(ap, [present, normal]), SIZE).astype(np.float64)
+    shade = np.abs(pixels - grey(ap.picture)[..., None])
+    right_half, left_half = shade[:, : SIZE // 2], shade[:, SIZE:]
+    assert left_half.max() > 0
+    assert left_half.max() < 0.6 * right_half.max()  # was: as hot as the fracture
+
+
+@pytest.mark.parametrize(
+    ("part", "side", "laterality", "image_laterality"),
+    [(None, "L", "L", None), ("", "B", None, "B"), ("FEMUR", "R", "R", None),
+     ("PELVIS", None, None, "B"), ("HIP", "U", None, "U"), (None, None, None, "B")],
+)  # fmt: skip
+def test_the_side_is_kept_whatever_the_body_part(
+    ap: Image, tmp_path: Path, part: str | None, side: str | None,
+    laterality: str | None, image_laterality: str | None,
+) -> None:  # fmt: skip
+    header = copy.deepcopy(ap.header)
+    for keyword in ("BodyPartExamined", "ImageLaterality", "Laterality"):
+        if keyword in header:
+            del header[keyword]
+    if part is not None:
+        header.BodyPartExamined = part
+    if side is not None:
+        header.ImageLaterality = side
+    sc = overlay(Image(header, ap.picture), both_hips(ap))
+    # Was: no side at all when the body part was absent, empty or not HIP.
+    assert (sc.get("Laterality"), sc.get("ImageLaterality")) == (laterality, image_laterality)
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    assert dciodvfy_findings(path) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [(["A", "FR"], ["A", "FR"]), (["LP", "F"], ["LP", "F"]), (["X", "F"], ["L", "F"])],
+)
+def test_an_oblique_patient_orientation_is_kept(
+    ap: Image, tmp_path: Path, given: list[str], kept: list[str]
+) -> None:
+    header = copy.deepcopy(ap.header)
+    header.PatientOrientation = given
+    sc = overlay(Image(header, ap.picture), both_hips(ap))  # was: ReportError, study failed
+    assert list(sc.PatientOrientation) == kept
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    assert dciodvfy_findings(path) == []
+
+
+def test_a_japanese_character_set_is_written_as_utf_8(ap: Image, tmp_path: Path) -> None:
+    header = copy.deepcopy(ap.header)
+    header.SpecificCharacterSet = ["", "ISO 2022 IR 87"]  # PS3.5 Annex H
+    header.PatientName = "Yamada^Tarou"
+    sc = overlay(Image(header, ap.picture), both_hips(ap))  # was: ReportError, study failed
+    assert sc.SpecificCharacterSet == "ISO_IR 192"
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    assert str(pydicom.dcmread(path).PatientName) == "Yamada^Tarou"
+    assert dciodvfy_findings(path) == []

@@ -640,3 +640,15 @@ def test_an_odd_patient_header_still_gives_a_report_and_quotes_nothing(
         assert shown == ""
     for text in (caplog.text, *(str(w.message) for w in recwarn)):
         assert "1950" not in text and "DOE" not in text
+
+
+def test_a_korean_character_set_is_written_as_utf_8(study: Study, tmp_path: Path) -> None:
+    headers = {uid: copy.deepcopy(ds) for uid, ds in study.headers.items()}
+    for ds in headers.values():
+        ds.SpecificCharacterSet = "ISO 2022 IR 149"  # PS3.5 Annex I; highdicom refuses it
+        ds.PatientName = "Hong^Gildong"
+    sr = make_sr(study, screen_case(study), headers=headers)  # was: ReportError, study failed
+    assert sr.SpecificCharacterSet == "ISO_IR 192"
+    path = saved(sr, tmp_path / "sr.dcm")
+    assert str(pydicom.dcmread(path).PatientName) == "Hong^Gildong"
+    assert dciodvfy_findings(path) == []
