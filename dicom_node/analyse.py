@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from dicom_node.config import Config
 from dicom_node.ct_input import CtCache
@@ -57,6 +58,14 @@ class StudyAnalysis:
         return tuple(h.decision for h in self.hips)
 
 
+# A file damaged on disk since it was received: pydicom raises any of these for a truncated
+# or garbled header.
+_UNREADABLE = (
+    OSError, InvalidDicomError, BytesLengthException, AttributeError, EOFError, ValueError,
+    struct.error,
+)  # fmt: skip
+
+
 def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]:
     """The headers of the study's instances (path, calling AE), without pixels."""
     images = []
@@ -64,7 +73,7 @@ def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             images.append(source_image(ds, path, calling_ae))
-        except (OSError, InvalidDicomError, AttributeError) as exc:
+        except _UNREADABLE as exc:
             raise PreprocessError(f"{path.name}: cannot read its header ({describe(exc)})") from exc
     return tuple(images)
 

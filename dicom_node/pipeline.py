@@ -26,7 +26,7 @@ from pydicom.filewriter import dcmwrite
 
 from dicom_node.analyse import StudyAnalysis, analyse_study, read_sources
 from dicom_node.config import Config
-from dicom_node.errors import DicomNodeError, ReportError, SpoolError, describe
+from dicom_node.errors import DicomNodeError, ReportError, SpoolError, SpoolFullError, describe
 from dicom_node.infer import EngineOutputError, EngineSet, EngineUnavailableError
 from dicom_node.metrics import Metrics
 from dicom_node.models import Job, ResultObject
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _IDLE_POLL = 1.0
 _RETRY_SECONDS = 10.0  # after an engine could not run
+_SPOOL_FULL_RETRY_SECONDS = 60.0  # after the results could not be written for want of space
 _MAX_INTERRUPTED = 2  # starts of a job cut short by a stop or a crash before it fails
 _MAX_ENGINE_RETRIES = 5
 
@@ -180,6 +181,12 @@ class Pipeline(Worker):
             return
         except ReportError as exc:
             self._fail(job, "report", str(exc))
+            return
+        except SpoolFullError as exc:
+            # Passing (the retention, or an admin, frees space): the results wait, not fail.
+            self._retry_at[job.id] = time.monotonic() + _SPOOL_FULL_RETRY_SECONDS
+            self.state.job_ran_out(job.id)
+            log.warning("study %s: %s; retrying in %.0f s", study, exc, _SPOOL_FULL_RETRY_SECONDS)
             return
         except SpoolError as exc:
             self._fail(job, "spool", str(exc))

@@ -49,6 +49,9 @@ def test_a_lateral_that_cannot_be_decoded_is_a_missing_view(
     assert "L hip: lateral not used: SOP instance" in caplog.text
 
 
+_META_START = b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00"  # group length
+
+
 def _header_without_uids(path: Path) -> None:
     """A DICOM file whose header lacks the SOP Instance UID (and every other UID)."""
     ds = pydicom.Dataset()
@@ -66,8 +69,10 @@ def _header_without_uids(path: Path) -> None:
         (None, r"FileNotFoundError: \[Errno 2\] No such file or directory"),
         (lambda p: p.write_bytes(b"not a DICOM file" * 16), r"InvalidDicomError: "),
         (_header_without_uids, r"AttributeError: "),
+        # Damaged on disk since it was received: was an "internal error" (category other).
+        (lambda p: p.write_bytes(_META_START + b"\x10"), r"BytesLengthException: "),
     ],
-    ids=["missing", "not-dicom", "no-uids"],
+    ids=["missing", "not-dicom", "no-uids", "cut-in-a-value"],
 )
 def test_a_header_that_cannot_be_read_names_the_file(
     tmp_path: Path, write: Callable[[Path], object] | None, cause: str

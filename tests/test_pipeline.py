@@ -17,6 +17,7 @@ from orthanc import wait_for
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
+from dicom_node.errors import SpoolFullError
 from dicom_node.infer import EngineSet
 from dicom_node.models import Job
 from dicom_node.node import Node
@@ -315,3 +316,18 @@ def test_a_stop_in_the_middle_of_a_job_is_not_counted_as_a_crash(
             thread.join(30)
         engines.close()
     assert node.state.job(job.id).state == "pending"
+
+
+def test_results_that_cannot_be_written_for_want_of_space_wait_for_a_retry(
+    results_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = pending_study(results_node(), tmp_path, 510)
+    assert node.state is not None and node.spool is not None
+
+    def full(relative: str, parts: object) -> None:
+        raise SpoolFullError(f"spool file system is full writing {relative}")
+
+    monkeypatch.setattr(node.spool, "write", full)
+    job = run_with(node, EngineSet)  # run once, then not again before its retry time
+    # Was: failed for good ("spool"), its results lost until the study was resent.
+    assert (job.state, job.runs, job.error) == ("pending", 0, None)
