@@ -73,7 +73,9 @@ def send_dicom(
         yield from (Delivery(i, False, f"cannot reach {where}: {exc}") for i in items)
         return
     if not assoc.is_established:
-        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+        reason = _rejection(assoc) if assoc.is_rejected else (
+            "aborted" if assoc.is_aborted else "failed"
+        )  # fmt: skip
         yield from (Delivery(i, False, f"association to {where} {reason}") for i in items)
         return
     accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
@@ -93,6 +95,20 @@ def send_dicom(
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _rejection(assoc: Association) -> str:
+    """``rejected (<result>, <source>: <reason>)``: what the admin fixes (an AE title, ...)."""
+    rsp = assoc.acceptor.primitive
+    if rsp is None:
+        return "rejected"
+    try:
+        return (
+            f"rejected ({rsp.result_str.lower()}, {rsp.source_str.lower()}: "
+            f"{rsp.reason_str.lower()})"
+        )
+    except (KeyError, ValueError, TypeError):  # codes outside PS3.8's tables
+        return "rejected"
 
 
 def _store_one(assoc: Association, item: OutboxItem, spool_dir: Path, where: str) -> Delivery:

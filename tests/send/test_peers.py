@@ -188,7 +188,11 @@ def test_rejected_association_fails_every_item(tmp_path: Path) -> None:
         deliveries = send_dicom(dicom_destination(peer.port), items, tmp_path, CALLING, 10)
     assert [d.ok for d in deliveries] == [False, False]
     for delivery in deliveries:
-        assert delivery.detail == f"association to pacs (PACS@127.0.0.1:{peer.port}) rejected"
+        # Why, as the peer said it: the admin fixes the AE title.
+        assert delivery.detail == (
+            f"association to pacs (PACS@127.0.0.1:{peer.port}) rejected (rejected permanent, "
+            "service user: called ae title not recognised)"
+        )
     assert peer.received == []
     assert peer.associations == 0
 
