@@ -146,8 +146,12 @@ class SourceImage:
     # The study's clinical text and the patient's variables from this header (never logged).
     clinical: ClinicalContext | None = None
     frames: int = 1  # Number of Frames: an enhanced CT image holds a whole series' slices
-    # A single-frame CT image's extent in patient x (mm, LPS), from its geometry; else None.
+    # A CT image's extent in patient x (mm, LPS), from its geometry (every frame's, for an
+    # enhanced one); else None.
     x_range: tuple[float, float] | None = None
+    # A slice of a CT volume: a CT image (or enhanced / legacy converted enhanced CT) that is
+    # not a localizer. A topogram or a dose report of Modality CT is no hip's CT.
+    ct_slice: bool = False
 
 
 @dataclass(frozen=True)

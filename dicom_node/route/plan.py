@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 SIDES = ("R", "L")
 MIN_CT_SLICES = 2
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+# CT Image, Enhanced CT Image and Legacy Converted Enhanced CT Image Storage.
+CT_VOLUME_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"
+)  # fmt: skip
 # What a lateral partner may be: a radiograph of the hip region (as the default AP rules).
 LATERAL_MODALITIES = ("DX", "CR")
 LATERAL_BODY_PARTS = ("", "HIP", "PELVIS")
@@ -67,27 +72,57 @@ def source_image(ds: Dataset, path: Path, calling_ae: str) -> SourceImage:
         clinical=clinical,
         frames=_frames(ds),
         x_range=_x_range(ds) if attributes["Modality"] == "CT" else None,
+        ct_slice=_is_ct_slice(ds, attributes),
     )
+
+
+def _is_ct_slice(ds: Dataset, attributes: Mapping[str, str]) -> bool:
+    if attributes["Modality"] != "CT" or attributes["SOPClassUID"] not in CT_VOLUME_CLASSES:
+        return False
+    image_type = ds.get("ImageType") or ()
+    values = [image_type] if isinstance(image_type, str) else list(image_type)
+    return "LOCALIZER" not in (str(v).strip().upper() for v in values)
 
 
 def _x_range(ds: Dataset) -> tuple[float, float] | None:
     """The image's extent in patient x: its pixels' outer edges through Image Position and
-    Orientation (Patient) and Pixel Spacing; None when the geometry is absent or malformed."""
+    Orientation (Patient) and Pixel Spacing (of every frame, from the functional groups, for
+    an enhanced CT); None when the geometry is absent or malformed."""
     try:
-        position = [float(v) for v in ds.ImagePositionPatient]
-        row_x, col_x = float(ds.ImageOrientationPatient[0]), float(ds.ImageOrientationPatient[3])
-        row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+        positions, orientation, spacing = _geometry(ds)
+        row_x, col_x = float(orientation[0]), float(orientation[3])
+        row_spacing, col_spacing = (float(v) for v in spacing)
         rows, columns = int(ds.Rows), int(ds.Columns)
+        # Column index i moves along the row direction by the column spacing, row index j
+        # along the column direction by the row spacing; the edges lie half a pixel out.
+        xs = [
+            float(position[0]) + i * col_spacing * row_x + j * row_spacing * col_x
+            for position in positions
+            for i in (-0.5, columns - 0.5)
+            for j in (-0.5, rows - 0.5)
+        ]
     except (AttributeError, TypeError, ValueError, IndexError, KeyError):
         return None
-    # Column index i moves along the row direction by the column spacing, row index j
-    # along the column direction by the row spacing; the edges lie half a pixel out.
-    xs = [
-        position[0] + i * col_spacing * row_x + j * row_spacing * col_x
-        for i in (-0.5, columns - 0.5)
-        for j in (-0.5, rows - 0.5)
-    ]
-    return min(xs), max(xs)
+    return (min(xs), max(xs)) if xs else None
+
+
+def _geometry(ds: Dataset) -> tuple[list[Any], Any, Any]:
+    """(Image Position (Patient) of each frame, Image Orientation (Patient), Pixel Spacing):
+    at the top level of a single-frame image, in the functional groups of an enhanced one."""
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        return [ds.ImagePositionPatient], ds.ImageOrientationPatient, ds.PixelSpacing
+    frames = ds.PerFrameFunctionalGroupsSequence
+    shared = ds.get("SharedFunctionalGroupsSequence") or [Dataset()]
+
+    def group(frame: Dataset, name: str) -> Any:
+        found = frame.get(name) or shared[0].get(name)
+        return found[0]  # absent: TypeError, as a malformed value
+
+    first = frames[0]
+    orientation = group(first, "PlaneOrientationSequence").ImageOrientationPatient
+    spacing = group(first, "PixelMeasuresSequence").PixelSpacing
+    positions = [group(f, "PlanePositionSequence").ImagePositionPatient for f in frames]
+    return positions, orientation, spacing
 
 
 def _frames(ds: Dataset) -> int:
@@ -107,7 +142,7 @@ def ct_series(
     may show that hip (not one lateralised to the other)."""
     counts: Counter[str] = Counter()
     for image in images:
-        if image.attributes.get("Modality") != "CT":
+        if not image.ct_slice:
             continue
         if image.attributes.get("BodyPartExamined", "") not in body_parts:
             continue

@@ -511,3 +511,54 @@ def test_a_ct_without_laterality_goes_to_the_hip_its_geometry_shows() -> None:
     assert ct_series([*right, *left]) == "1.2.3.700"  # without a side: the largest
     centred = series("1.2.3.900", 6, -60.0)  # centred at x = +4 mm
     assert (ct_series(centred, "R"), ct_series(centred, "L")) == (None, None)
+
+
+def test_a_localizer_or_a_dose_report_is_no_hips_ct() -> None:
+    pelvis = image("1")
+    right = [ct_slice(str(n), series="1.2.3.400", Laterality="R") for n in range(10, 16)]
+    topogram = [
+        ct_slice(str(n), series="1.2.3.450", ImageType="ORIGINAL\\PRIMARY\\LOCALIZER")
+        for n in (30, 31)
+    ]
+    dose = []  # a dose report: two Secondary Capture pages of Modality CT
+    for n in (40, 41):
+        ds = header(str(n), Modality="CT", ViewPosition="", BodyPartExamined="HIP")
+        ds.SOPClassUID, ds.SeriesInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.460"
+        dose.append(source_image(ds, Path(f"spool/{n}.dcm"), "PACS"))
+    for extra in (topogram, dose):
+        assert not any(i.ct_slice for i in extra)
+        tasks = plan_tasks([pelvis, *right, *extra], DEFAULT)
+        # Was: the left hip went to the multimodal engine with a CT it then refused.
+        assert [(t.side, t.ct_series) for t in tasks if t.engine == "hip_multimodal"] == [
+            ("R", "1.2.3.400")
+        ]
+
+
+def test_an_enhanced_ct_shows_its_side_through_its_functional_groups() -> None:
+    ds = header("50", Modality="CT", ViewPosition="", BodyPartExamined="HIP")
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT Image
+    ds.SeriesInstanceUID = "1.2.3.600"
+    ds.Rows = ds.Columns = 8
+    ds.NumberOfFrames = 10
+    shared, orientation, measures = Dataset(), Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    measures.PixelSpacing = [16.0, 16.0]
+    shared.PlaneOrientationSequence = [orientation]
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for z in range(10):
+        frame, position = Dataset(), Dataset()
+        position.ImagePositionPatient = [30.0, 0.0, 2.0 * z]  # the left hip's side
+        frame.PlanePositionSequence = [position]
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    enhanced = source_image(ds, Path("spool/50.dcm"), "PACS")
+    assert enhanced.ct_slice and enhanced.x_range == pytest.approx((22.0, 150.0))  # was: None
+    right = [ct_slice(str(n), series="1.2.3.400", Laterality="R") for n in range(10, 13)]
+    # Was: it outranked the right hip's own CT (10 frames to 3 slices) and the right hip
+    # lost it; now it is the left hip's.
+    assert (ct_series([*right, enhanced], "R"), ct_series([*right, enhanced], "L")) == (
+        "1.2.3.400",
+        "1.2.3.600",
+    )
