@@ -115,6 +115,16 @@ def test_a_refused_pynetdicom_send_stops_the_demo(
         _send(refusing_node, _one_file(tmp_path), tmp_path)
 
 
+def test_an_instance_the_node_does_not_store_stops_the_pynetdicom_send(
+    start_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = start_node(storage__min_free_bytes=2**62)  # every instance: 0xA700
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    # Was: "sent" regardless, then a misleading time-out waiting for results.
+    with pytest.raises(DemoError, match=r"^the node did not store [0-9.]+ \(status 0xA700\)$"):
+        _send(full, _one_file(tmp_path), tmp_path)
+
+
 def test_studies_without_a_result_in_time_stop_the_demo(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -104,9 +104,15 @@ def _send(node: Node, files: Sequence[Path], work: Path) -> str:
     assoc = client.associate("127.0.0.1", node.port, ae_title=ae)
     if not assoc.is_established:
         raise DemoError("the node refused the demo's association")
-    for ds in datasets:
-        assoc.send_c_store(ds)
-    assoc.release()
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            code = int(status.Status) if "Status" in status else None
+            if code != 0:
+                shown = "no response" if code is None else f"status 0x{code:04X}"
+                raise DemoError(f"the node did not store {ds.SOPInstanceUID} ({shown})")
+    finally:
+        assoc.release()
     return "pynetdicom"
 
 

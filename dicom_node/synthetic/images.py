@@ -22,6 +22,7 @@ from dicom_node.synthetic.modules import (
     check_laterality,
     check_photometric,
     code_item,
+    ds_number,
     new_image,
     set_anatomy,
     set_pixels,
@@ -102,7 +103,7 @@ def _projection(
     ds.PatientOrientation = projection.orientation
     set_anatomy(ds, side, image_laterality=sop_class_uid != CR_IMAGE)
     set_pixels(ds, stored, bits_stored, mono)
-    spacing = [float(s) for s in pixel_spacing_mm]
+    spacing = [ds_number(float(s)) for s in pixel_spacing_mm]  # DS: at most 16 characters
     # Basic Pixel Spacing Calibration macro: the phantom is drawn at this spacing,
     # so the detector and patient planes coincide (magnification 1).
     ds.ImagerPixelSpacing = spacing

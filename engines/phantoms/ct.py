@@ -121,7 +121,8 @@ def write_ct_study_series(
     """Write ``phantom`` as a CT series of the study ``identity``; the files in slice order.
 
     The field is centred on the patient origin; the Series Instance UID derives from the
-    study and the series number unless given, so writing twice gives the same series.
+    study, the series number and what the volume shows unless given, so writing the same
+    phantom twice gives the same series.
     Files are named ``CT<series>_<slice>.dcm``; ``out_dir`` is created when missing.
     """
     if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 0:
@@ -129,9 +130,11 @@ def write_ct_study_series(
     depth, height, width = phantom.array.shape
     dz, dy, dx = phantom.spacing
     origin = (-0.5 * (width - 1) * dx, -0.5 * (height - 1) * dy, -0.5 * (depth - 1) * dz)
+    # The label and shape enter too: another volume is another series, not the same UIDs.
     uid = series_uid or generate_uid(
-        entropy_srcs=[identity.study_uid, "ct-phantom", str(series_number)]
-    )
+        entropy_srcs=[identity.study_uid, "ct-phantom", str(series_number), phantom.label,
+                      repr(phantom.array.shape), repr(phantom.spacing)]
+    )  # fmt: skip
     datasets = make_ct_series(
         phantom.array,
         identity=identity,

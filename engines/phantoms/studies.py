@@ -89,7 +89,10 @@ def write_study(
     pelvis = draw_pelvis_study(right, left, seed, size, failures, float(bone))
 
     def series_uid(n: int) -> str:
-        uid: str = generate_uid(entropy_srcs=[identity.study_uid, "phantom-series", str(n)])
+        # What is drawn enters too: the same seed with other labels, failures, size or bone
+        # is other pixels, so other instances (not the same UIDs with different content).
+        drawn = [right, left, repr(sorted(failures.items())), str(size), repr(float(bone))]
+        uid: str = generate_uid(entropy_srcs=[identity.study_uid, "phantom-series", str(n), *drawn])
         return uid
 
     ds = make_dx(

@@ -253,3 +253,14 @@ def test_invalid_pixels_are_refused(
 ) -> None:
     with pytest.raises(FactoryError, match=message):
         make_dx(pixels, identity=identity)
+
+
+def test_a_spacing_with_many_digits_is_a_valid_decimal_string(
+    identity: StudyIdentity, image: np.ndarray, tmp_path: Path,
+    dciodvfy: Callable[[Path], list[str]],
+) -> None:  # fmt: skip
+    ds = make_dx(image, identity=identity, pixel_spacing_mm=(200 / 96, 200 / 96))
+    # Was 2.0833333333333335: 18 characters, over DS's 16 (dciodvfy: length invalid).
+    assert all(len(str(v)) <= 16 for v in (*ds.PixelSpacing, *ds.ImagerPixelSpacing))
+    assert float(ds.PixelSpacing[0]) == pytest.approx(200 / 96)
+    assert dciodvfy(write(ds, tmp_path / "dx.dcm")) == []

@@ -109,3 +109,13 @@ def test_bone_factor_changes_only_the_bone(tmp_path: Path) -> None:
     for bad in (0.1, True, "0.8"):
         with pytest.raises(PhantomError, match=r"bone: expected a factor from 0\.3 to 1\.5"):
             write_study(tmp_path / "bad", 8, "normal", "normal", size=64, bone=bad)  # type: ignore[arg-type]
+
+
+def test_other_pixels_under_the_same_seed_are_other_instances(tmp_path: Path) -> None:
+    normal = write_study(tmp_path / "a", 7, "normal", "normal", size=64)
+    arthritic = write_study(tmp_path / "b", 7, "osteoarthritis", "normal", size=64)
+    uids = [pydicom.dcmread(s.files[0]).SOPInstanceUID for s in (normal, arthritic)]
+    # Was the same SOP Instance UID for different pixels: a node took the second for a
+    # corrected version of the first.
+    assert uids[0] != uids[1]
+    assert normal.identity.study_uid == arthritic.identity.study_uid  # the same patient
