@@ -5,6 +5,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pydicom
 import pytest
 from helpers import tiny_image
 
@@ -13,6 +14,7 @@ from dicom_node.config import Config, EnginesConfig, parse_config
 from dicom_node.config_results import Destination
 from dicom_node.demo import DemoError, _send, run_demo
 from dicom_node.demo.cases import CASES, SEED
+from dicom_node.demo.cases import _write as _write_case
 from dicom_node.demo.pacs import StandInPacs
 from dicom_node.node import Node
 from dicom_node.send.echo import echo
@@ -160,3 +162,22 @@ def test_an_out_folder_holding_anything_else_is_never_wiped(
         with pytest.raises(DemoError, match=r"studies got no result within 0 s$"):
             list(run_demo(cfg, folder))
         assert (folder / demo.DEMO_MARK).is_file()
+
+
+def test_every_header_of_a_demo_case_tells_of_one_patient_and_one_request(
+    tmp_path: Path,
+) -> None:
+    cases = [c for c in CASES if c.ct or c.request]
+    for n, case in enumerate(cases):
+        written = _write_case(tmp_path / case.name, SEED + 100 + n, case)
+        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in written.files]
+        keywords = ("PatientSex", "PatientAge", "PatientBirthDate", "PatientSize",
+                    "AdditionalPatientHistory")  # fmt: skip
+        # Was: the CT series kept another patient's sex, age and birth date.
+        assert len({tuple(str(h.get(k, "")) for k in keywords) for h in headers}) == 1
+        if case.request:
+            said = written.patient.texts.get("AdditionalPatientHistory", "")
+            assert said, case.name  # was: no text at all for the osteoarthritis case
+            age = written.patient.age_years
+            # Was: "18yo M" in the header of a 77-year-old woman.
+            assert age is None or str(age) in said, (case.name, said)

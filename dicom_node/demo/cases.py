@@ -114,13 +114,17 @@ def _write(folder: Path, seed: int, case: Case) -> DemoStudy:
         transfer_syntax=case.transfer_syntax, bone=bone_factor(case.bone, seed),
     )  # fmt: skip
     clinical = osteoporosis_case(case.bone, seed)
-    texts = multimodal_case(case.request, seed, case.request_side).texts if case.request else {}
-    clinical = replace(clinical, texts=texts)
-    for path in study.files:
-        write(clinical.stamp(pydicom.dcmread(path)), path)
+    if case.request:  # about this patient, and always a text (the case is there to show it)
+        person = (clinical.age_years, clinical.sex)
+        request = multimodal_case(
+            case.request, seed, case.request_side, person=person, always_text=True
+        )
+        clinical = replace(clinical, texts=request.texts)
     files = list(study.files)
     if case.ct:
         files += write_ct_study_series(folder, ct_hip(case.ct, seed), study.identity)
+    for path in files:  # the CT too: one patient, one request, in every header
+        write(clinical.stamp(pydicom.dcmread(path)), path)
     return DemoStudy(study, tuple(files), case, clinical)
 
 

@@ -306,12 +306,22 @@ def _side(rng: np.random.Generator, side: str | None = None) -> str:
     return letter if drawn in ("R", "L") else word
 
 
-def multimodal_case(label: str, seed: int, side: str | None = None) -> ClinicalPhantom:
+def multimodal_case(
+    label: str,
+    seed: int,
+    side: str | None = None,
+    *,
+    person: tuple[int | None, str | None] | None = None,
+    always_text: bool = False,
+) -> ClinicalPhantom:
     """A request text and demographics for a study of ``label`` (one of MULTIMODAL_CLASSES).
 
     The history names a hip: ``side`` (R, L or B for both) when given, as a study whose
     images show that hip would; otherwise a random one, which is how training draws it
     (its inputs are all in the right hip's pose, so the side word carries nothing there).
+    ``person`` (age, sex) is the patient the text speaks of when the header already
+    names one (no age phrase when either is unknown); ``always_text`` skips the draw of
+    no text at all (an uninformative text instead). Neither changes any other draw.
     """
     index = check_choice("label", label, MULTIMODAL_CLASSES)
     seed = check_seed(seed)
@@ -323,14 +333,17 @@ def multimodal_case(label: str, seed: int, side: str | None = None) -> ClinicalP
     kind = rng.random()
     texts: dict[str, str] = {}
     informative = confounded = False
-    if kind >= NO_TEXT_RATE:
+    if kind >= NO_TEXT_RATE or always_text:
         texts["RequestedProcedureDescription"] = _pick(rng, _PROCEDURES)
         if kind < NO_TEXT_RATE + UNINFORMATIVE_RATE:
             reason = _pick(rng, _UNINFORMATIVE)
         else:
             informative = True
             reason = _pick(rng, _FINDINGS[label])
-        phrases = [_age_phrase(rng, age, sex), f"{_side(rng, side)} hip"]
+        said = person if person is not None else (age, sex)
+        phrase = _age_phrase(rng, said[0] or age, said[1] or sex)  # drawn either way
+        phrases = [phrase] if None not in said else []
+        phrases.append(f"{_side(rng, side)} hip")
         if informative and rng.random() < CONFOUNDER_RATE:
             confounded = True
             others = [other for other in MULTIMODAL_CLASSES if other not in (label, "normal")]
