@@ -136,7 +136,7 @@ def read_manifest(folder: Path) -> Manifest:
     if raw.get("schema") != SCHEMA:
         raise ManifestError(f"{path}: schema: expected {SCHEMA}, got {raw.get('schema')!r}")
     try:
-        return Manifest(
+        manifest = Manifest(
             name=str(raw["name"]),
             version=str(raw["version"]),
             model=str(raw["model"]),
@@ -157,8 +157,52 @@ def read_manifest(folder: Path) -> Manifest:
         )
     except KeyError as exc:
         raise ManifestError(f"{path}: missing key {exc.args[0]!r}") from None
-    except TypeError as exc:
+    except (TypeError, ValueError, AttributeError) as exc:  # e.g. a shape of 'x', a list
         raise ManifestError(f"{path}: malformed entry ({exc})") from None
+    return _consistent(manifest, path)
+
+
+def _consistent(m: Manifest, path: Path) -> Manifest:
+    """What must hold between a manifest's parts: checked once, when the engine opens,
+    rather than failing every study (a class list one short of the output, a threshold of
+    'high', a heat map reading an output that is not there)."""
+    names = m.class_names
+    if not names:
+        raise ManifestError(f"{path}: classes: expected at least one, got none")
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ManifestError(f"{path}: classes: {twice!r} is listed twice")
+    for c in m.classes:
+        threshold = c.threshold
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not (0.0 <= threshold <= 1.0)
+        ):
+            raise ManifestError(
+                f"{path}: classes[{c.name}].threshold: expected a number from 0 to 1, "
+                f"got {threshold!r}"
+            )
+        _boolean(c.high_risk, f"classes[{c.name}].high_risk", path)
+        _boolean(c.normal, f"classes[{c.name}].normal", path)
+    outputs = {o.name: o for o in m.outputs}
+    for key, name in (
+        ("probability_output", m.probability_output),
+        ("heatmap.features_output", m.heatmap.features_output),
+        ("heatmap.logits_output", m.heatmap.logits_output),
+        ("heatmap.map_output", m.heatmap.map_output),
+    ):
+        if name is not None and name not in outputs:
+            raise ManifestError(
+                f"{path}: {key}: expected one of the outputs ({', '.join(outputs)}), got {name!r}"
+            )
+    width = outputs[m.probability_output].shape[-1]
+    if width != len(names):
+        raise ManifestError(
+            f"{path}: classes: output {m.probability_output!r} gives {width} values per case, "
+            f"the manifest lists {len(names)} classes"
+        )
+    return m
 
 
 def verify_artefacts(manifest: Manifest, folder: Path, keys: tuple[str, ...] = ()) -> None:

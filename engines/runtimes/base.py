@@ -11,7 +11,7 @@ triton (remote).
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
@@ -84,6 +84,38 @@ class Runtime(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def check_signature(
+    manifest: Manifest,
+    backend: str,
+    inputs: Mapping[str, Sequence[object]],
+    outputs: Mapping[str, Sequence[object]],
+) -> None:
+    """Does the model take and give what the manifest says (names, ranks, fixed dims)?
+
+    ``inputs``/``outputs`` map the model's tensor names to its shapes, a dimension being
+    an int or, when dynamic, anything else (a name, None). Checked at open: a manifest
+    written for another export would otherwise fail (or mislabel) every study.
+    """
+    sides = (("input", manifest.inputs, inputs), ("output", manifest.outputs, outputs))
+    for kind, specs, model in sides:
+        for spec in specs:
+            if spec.name not in model:
+                raise EngineRuntimeError(
+                    f"{manifest.name} on {backend}: the model has no {kind} {spec.name!r} "
+                    f"(has: {', '.join(model)})"
+                )
+            shape = list(model[spec.name])
+            fixed = [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+            if len(shape) != len(spec.shape) or any(
+                want != -1 and got != -1 and want != got
+                for want, got in zip(spec.shape, fixed, strict=True)
+            ):
+                raise EngineRuntimeError(
+                    f"{manifest.name} on {backend}: {kind} {spec.name!r} is {fixed} in the "
+                    f"model, the manifest says {list(spec.shape)} (-1 = any)"
+                )
 
 
 def check_batch(

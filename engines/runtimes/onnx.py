@@ -9,7 +9,7 @@ from typing import Any
 import numpy.typing as npt
 
 from engines.manifest import Manifest, verify_artefacts
-from engines.runtimes.base import Array, EngineRuntimeError, Runtime
+from engines.runtimes.base import Array, EngineRuntimeError, Runtime, check_signature
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -43,8 +43,21 @@ class OnnxRuntime(Runtime):
                 f"(available: {sorted(available)})"
             )
         self.precision = precision
-        self._session: Any = ort.InferenceSession(
-            str(manifest.artefact_path(folder, key)), sess_options=options, providers=chosen
+        path = manifest.artefact_path(folder, key)
+        try:
+            self._session: Any = ort.InferenceSession(
+                str(path), sess_options=options, providers=chosen
+            )
+        except Exception as exc:  # onnxruntime's own types (InvalidProtobuf, Fail, ...)
+            raise EngineRuntimeError(
+                f"{manifest.name} on onnxruntime: cannot load {path.name} "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        check_signature(
+            manifest,
+            "onnxruntime",
+            {i.name: i.shape for i in self._session.get_inputs()},
+            {o.name: o.shape for o in self._session.get_outputs()},
         )
         self._names = [o.name for o in self._session.get_outputs()]
 

@@ -11,7 +11,7 @@ import torch
 from engines.manifest import Manifest, verify_artefacts
 from engines.models import create
 from engines.runtimes.base import Array, EngineRuntimeError, Runtime
-from engines.serving import serving_graph
+from engines.serving import output_names, serving_graph
 
 
 class TorchRuntime(Runtime):
@@ -22,12 +22,24 @@ class TorchRuntime(Runtime):
         verify_artefacts(manifest, folder, ("checkpoint",))
         if threads:
             torch.set_num_threads(threads)
-        model = create(manifest.model, **manifest.model_kwargs)
-        state = torch.load(
-            manifest.artefact_path(folder, "checkpoint"), map_location="cpu", weights_only=True
-        )
-        model.load_state_dict(state)
+        path = manifest.artefact_path(folder, "checkpoint")
+        try:
+            model = create(manifest.model, **manifest.model_kwargs)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as exc:  # torch's unpickling and state-dict errors
+            raise EngineRuntimeError(
+                f"{manifest.name} on torch: cannot load {path.name} ({type(exc).__name__}: {exc})"
+            ) from exc
         self._graph: torch.nn.Module | None = serving_graph(model).eval()
+        # Outputs by name: the manifest may list them in any order.
+        self._outputs = output_names(model)
+        missing = [s.name for s in self.output_spec if s.name not in self._outputs]
+        if missing:
+            raise EngineRuntimeError(
+                f"{manifest.name} on torch: the model has no output {missing[0]!r} "
+                f"(has: {', '.join(self._outputs)})"
+            )
 
     def _run(self, batch: dict[str, Array]) -> Mapping[str, npt.ArrayLike]:
         names = [spec.name for spec in self.input_spec]
@@ -36,7 +48,7 @@ class TorchRuntime(Runtime):
             raise EngineRuntimeError(f"{self.manifest.name} on torch: runtime is closed")
         with torch.inference_mode():
             outputs = graph(*(torch.from_numpy(batch[n]) for n in names))
-        return {spec.name: out.numpy() for spec, out in zip(self.output_spec, outputs, strict=True)}
+        return {name: out.numpy() for name, out in zip(self._outputs, outputs, strict=True)}
 
     def _release(self) -> None:
         self._graph = None

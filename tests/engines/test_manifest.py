@@ -153,3 +153,43 @@ def test_preprocessing_serving_does_not_implement_is_refused(
         rf"got '{value}'",
     ):
         read_manifest(folder)
+
+
+def _drop_last_class(raw: dict[str, Any]) -> None:
+    raw["classes"].pop()
+
+
+def _repeat_first_class(raw: dict[str, Any]) -> None:
+    raw["classes"][1]["name"] = raw["classes"][0]["name"]
+
+
+def _threshold(value: object) -> Callable[[dict[str, Any]], None]:
+    return lambda raw: raw["classes"][0].update(threshold=value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (_drop_last_class, r"classes: output '\w+' gives \d+ values per case, the manifest "
+                           r"lists \d+ classes$"),
+        (_repeat_first_class, r"classes: '\w+' is listed twice$"),
+        (lambda raw: raw.update(classes=[]), r"classes: expected at least one, got none$"),
+        (_threshold("high"), r"classes\[\w+\]\.threshold: expected a number from 0 to 1, got 'high'$"),
+        (_threshold(1.5), r"\.threshold: expected a number from 0 to 1, got 1\.5$"),
+        (_threshold(True), r"\.threshold: expected a number from 0 to 1, got True$"),
+        (lambda raw: raw["classes"][0].update(high_risk="false"),
+         r"classes\[\w+\]\.high_risk: expected true or false, got 'false'$"),
+        (lambda raw: raw.update(probability_output="nope"),
+         r"probability_output: expected one of the outputs \(.+\), got 'nope'$"),
+        (lambda raw: raw["outputs"][0].update(shape=[-1, "x"]), r"malformed entry \(.+\)$"),
+        (lambda raw: raw.update(artefacts=["model.onnx"]), r"malformed entry \(.+\)$"),
+    ],
+)  # fmt: skip
+def test_a_manifest_that_contradicts_itself_is_refused_when_opened(
+    packaged: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None], match: str
+) -> None:
+    # Was accepted, and every study then failed as an internal error (IndexError, zip,
+    # TypeError, KeyError), or a threshold of "false" made every hip URGENT.
+    folder = _edited(packaged, tmp_path, edit)
+    with pytest.raises(ManifestError, match=match):
+        read_manifest(folder)

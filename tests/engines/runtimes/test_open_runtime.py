@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from races import ClosingBatch
 
-from engines.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from engines.export import sha256_of
+from engines.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest, write_manifest
 from engines.runtimes import (
     EngineRuntimeError,
     InferenceInputError,
@@ -146,3 +149,68 @@ def test_a_runtime_closed_while_a_batch_is_checked(
     ) as info:
         runtime.infer(ClosingBatch(runtime, _images(1)))
     assert info.traceback[-1].name == "_run"  # the backend's own guard, not infer's
+
+
+def _copy_with_manifest(
+    engine: Path, folder: Path, artefact: str, edit: Callable[[Manifest], Manifest]
+) -> Manifest:
+    """``engine``'s manifest (edited) and one artefact in ``folder``."""
+    folder.mkdir()
+    shutil.copyfile(engine / artefact, folder / artefact)
+    manifest = edit(read_manifest(engine))
+    write_manifest(manifest, folder)
+    return read_manifest(folder)
+
+
+def test_an_onnx_file_onnxruntime_cannot_load_is_an_engine_error(
+    hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "hip_screen"
+
+    def truncated(manifest: Manifest) -> Manifest:  # its hash matches: only the load fails
+        data = (hip_screen_engine / "model.onnx").read_bytes()[:5000]
+        (folder / "model.onnx").write_bytes(data)
+        key = "onnx_fp32"
+        artefact = dataclasses.replace(
+            manifest.artefacts[key], sha256=sha256_of(folder / "model.onnx")
+        )
+        return dataclasses.replace(manifest, artefacts={**manifest.artefacts, key: artefact})
+
+    manifest = _copy_with_manifest(hip_screen_engine, folder, "model.onnx", truncated)
+    # Was onnxruntime's InvalidProtobuf: neither retried nor a one-line error at start.
+    with pytest.raises(
+        EngineRuntimeError, match=r"^hip_screen on onnxruntime: cannot load model\.onnx \(\w+"
+    ):
+        OnnxRuntime(manifest, folder)
+
+
+def test_a_manifest_for_another_export_is_refused_when_opened(
+    hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    def other_size(manifest: Manifest) -> Manifest:
+        [image] = manifest.inputs
+        bigger = dataclasses.replace(image, shape=(-1, 1, 96, 96))
+        return dataclasses.replace(manifest, inputs=(bigger,))
+
+    manifest = _copy_with_manifest(hip_screen_engine, tmp_path / "e", "model.onnx", other_size)
+    # Was: opened, then every study failed with onnxruntime's InvalidArgument.
+    with pytest.raises(
+        EngineRuntimeError,
+        match=r"^hip_screen on onnxruntime: input 'image' is \[-1, 1, 64, 64\] in the model, "
+        r"the manifest says \[-1, 1, 96, 96\] \(-1 = any\)$",
+    ):
+        OnnxRuntime(manifest, tmp_path / "e")
+
+
+def test_torch_returns_outputs_by_name_whatever_the_manifests_order(
+    hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    def reversed_outputs(manifest: Manifest) -> Manifest:
+        return dataclasses.replace(manifest, outputs=tuple(reversed(manifest.outputs)))
+
+    manifest = _copy_with_manifest(hip_screen_engine, tmp_path / "e", "model.pt", reversed_outputs)
+    with TorchRuntime(manifest, tmp_path / "e") as runtime:
+        outputs = runtime.infer({"image": _images(2)})
+    # Was: the logits under "features" and the feature map under "logits".
+    assert outputs["logits"].shape == (2, 8)
+    assert outputs["features"].shape[:2] == (2, 2048)
