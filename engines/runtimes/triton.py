@@ -75,6 +75,12 @@ class TritonRuntime(Runtime):
             )
         except InferenceServerException as exc:
             raise EngineRuntimeError(f"{self._where}: {what} failed: {exc}") from exc
+        except ValueError as exc:
+            if self._closed:  # close() from another thread (a stop) closed the channel under us
+                raise EngineRuntimeError(
+                    f"{self.manifest.name} on {self.backend}: runtime is closed"
+                ) from exc
+            raise
 
     def _check_served(self) -> int:
         """Refuse a server or model that is not ready or not ours; return the max batch size."""

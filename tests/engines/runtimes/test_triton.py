@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import text_format
+from races import ClosingBatch
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from engines.manifest import Manifest, read_manifest
@@ -188,3 +189,14 @@ def test_response_without_an_output_is_refused(
             r"response lacks output 'features'$",
         ):
             runtime.infer({"image": _images(2)})
+
+
+def test_a_close_under_a_running_batch_is_an_engine_error(
+    hip_screen_engine: Path, fake_triton: tuple[str, _FakeTriton]
+) -> None:
+    url, _ = fake_triton
+    runtime = TritonRuntime(read_manifest(hip_screen_engine), hip_screen_engine, url=url)
+    # A stop closes the client while a job's batch is on its way: was gRPC's ValueError
+    # ("Cannot invoke RPC on closed channel!"), failed for good as an internal error.
+    with pytest.raises(EngineRuntimeError, match=r"^hip_screen on triton: runtime is closed$"):
+        runtime.infer(ClosingBatch(runtime, _images(1)))
