@@ -149,7 +149,7 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
 
     from engines.build import engine_folder
     from engines.catalog import engine_spec
-    from engines.manifest import MANIFEST_NAME, read_manifest
+    from engines.manifest import MANIFEST_NAME, read_manifest, verify_artefacts
     from engines.models import create
     from engines.package import CHECKPOINT, package_engine
 
@@ -165,6 +165,10 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
     if size is None:
         size = old.preprocessing.size
     model = create(old.model, **old.model_kwargs)
+    if not args.checkpoint:
+        # The engine's own weights are repackaged with its figures and fresh hashes: they
+        # must be the ones those figures were measured on.
+        verify_artefacts(old, folder, ("checkpoint",))
     checkpoint = Path(args.checkpoint) if args.checkpoint else folder / CHECKPOINT
     _load_weights(model, checkpoint, old.model)
     # Figures measured on other weights, or at another input size, would be false: drop them

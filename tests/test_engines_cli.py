@@ -17,7 +17,8 @@ from dicom_node.engines_cli import run_engines
 from dicom_node.errors import DicomNodeError
 from engines import build, demo_profiles
 from engines.demo_profiles import Profile
-from engines.manifest import read_manifest, write_manifest
+from engines.manifest import ManifestError, read_manifest, write_manifest
+from engines.models import create
 from engines.training.data import HipSet
 from engines.training.loop import TrainOptions
 
@@ -235,6 +236,19 @@ def test_export_keeps_the_engines_input_size_unless_given_one(
     manifest = read_manifest(folder)
     assert manifest.preprocessing.size == 96 and manifest.inputs[0].shape == (-1, 1, 96, 96)
     assert manifest.evaluation == {}  # measured at 64 px: not this engine's figures
+
+
+def test_reexporting_weights_changed_since_they_were_measured_is_refused(
+    engine_cache: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "cache" / "hip_screen"
+    shutil.copytree(engine_cache / "hip_screen", folder)
+    model = create("hip_screen")  # other weights than those the manifest's figures measured
+    torch.save(model.state_dict(), folder / "model.pt")
+    config = _cache_config(tmp_path, tmp_path / "cache")
+    # Was: repackaged under the old version and figures, with fresh hashes that matched.
+    with pytest.raises(ManifestError, match=r"artefact 'checkpoint' at .* has SHA-256 [0-9a-f]+"):
+        _engines(config, ["export", "hip_screen", "--version", "0.0.2"])
 
 
 def test_export_of_a_checkpoint_needs_a_version(tmp_path: Path) -> None:
