@@ -266,38 +266,14 @@ def test_check_config_exit_codes_and_overrides(tmp_path: Path) -> None:
     assert studies.returncode == 0 and "the node has not run yet" in studies.stdout
 
 
-@pytest.mark.parametrize("taken", ["node", "metrics"])
-def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path: Path, taken: str) -> None:
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        port = squatter.getsockname()[1]
-        ports = {"node": free_port(), "metrics": 0, taken: port}
-        config = tmp_path / "node.yaml"
-        config.write_text(
-            f"node: {{host: 127.0.0.1, port: {ports['node']}}}\n"
-            f"metrics: {{host: 127.0.0.1, port: {ports['metrics']}}}\n"
-            "storage: {spool_dir: spool, min_free_bytes: 0}\n"
-            "routing: {rules: [], cascade: []}\n"
-        )
-        result = subprocess.run(
-            [sys.executable, "-m", "dicom_node", "serve", "--config", str(config)],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    assert f"dicom-node: error: {taken}.port: cannot listen on 127.0.0.1:{port} (" in result.stderr
-
-
-@pytest.mark.parametrize("unresolvable", ["node", "metrics"])
-def test_serve_on_a_host_that_does_not_resolve_names_the_key(
-    tmp_path: Path, unresolvable: str
-) -> None:
-    hosts = {"node": "127.0.0.1", "metrics": "127.0.0.1", unresolvable: "no-such-host.invalid"}
+def _serve_failing_to_start(
+    tmp_path: Path, node: tuple[str, int], metrics: tuple[str, int]
+) -> subprocess.CompletedProcess[str]:
+    """``dicom-node serve`` on these (host, port) addresses, expected to fail at start."""
     config = tmp_path / "node.yaml"
     config.write_text(
-        f"node: {{host: {hosts['node']}, port: {free_port()}}}\n"
-        f"metrics: {{host: {hosts['metrics']}, port: 0}}\n"
+        f"node: {{host: {node[0]}, port: {node[1]}}}\n"
+        f"metrics: {{host: {metrics[0]}, port: {metrics[1]}}}\n"
         "storage: {spool_dir: spool, min_free_bytes: 0}\n"
         "routing: {rules: [], cascade: []}\n"
     )
@@ -307,6 +283,28 @@ def test_serve_on_a_host_that_does_not_resolve_names_the_key(
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
+    return result
+
+
+@pytest.mark.parametrize("taken", ["node", "metrics"])
+def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path: Path, taken: str) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        ports = {"node": free_port(), "metrics": 0, taken: port}
+        result = _serve_failing_to_start(
+            tmp_path, ("127.0.0.1", ports["node"]), ("127.0.0.1", ports["metrics"])
+        )
+    assert f"dicom-node: error: {taken}.port: cannot listen on 127.0.0.1:{port} (" in result.stderr
+
+
+@pytest.mark.parametrize("unresolvable", ["node", "metrics"])
+def test_serve_on_a_host_that_does_not_resolve_names_the_key(
+    tmp_path: Path, unresolvable: str
+) -> None:
+    hosts = {"node": "127.0.0.1", "metrics": "127.0.0.1", unresolvable: "no-such-host.invalid"}
+    result = _serve_failing_to_start(tmp_path, (hosts["node"], free_port()), (hosts["metrics"], 0))
     assert (
         f"dicom-node: error: {unresolvable}.host: cannot resolve 'no-such-host.invalid' ("
         in result.stderr
