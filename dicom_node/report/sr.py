@@ -12,7 +12,8 @@ the Series Description also states so a worklist column shows it.
 Multi-input engines say what they were given: one Present/Absent evaluation per
 input (radiograph, CT, clinical text; or age, sex, height, weight), so a missing
 modality is on record. Two Comments (TEXT) say the rest in words: the multimodal
-engine's attention over its modalities (its reliance on each input, summing to 1)
+engine's attention weights over its modalities (summing to 1; how it weighted each input,
+which attention alone does not show to be what decided the result)
 and, for an engine whose manifest carries a feature-importance analysis
 (osteoporosis), its ranking. A class without a confirmed SNOMED CT concept has the
 generic finding type DCM "Finding" and a Comment that names it: only standard
@@ -92,7 +93,10 @@ def _comments(
             f"{codes.INPUT_WORDS.get(k, k)} {w:.2f}" + ("" if inputs.get(k, True) else " (missing)")
             for k, w in attention.items()
         ]
-        texts.append("model reliance on each input (attention weights): " + ", ".join(parts))
+        texts.append(
+            "attention weights over the inputs (how the engine weighted each; not a measure "
+            "of what decided the result): " + ", ".join(parts)
+        )
     summary = importance_summary(manifest)
     if summary:
         texts.append(summary)

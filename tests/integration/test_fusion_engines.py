@@ -73,7 +73,9 @@ def groups(sr: Dataset) -> list[dict[str, Any]]:
 
 def reliance(group: dict[str, Any]) -> dict[str, float]:
     """The attention weights the group's Comment states, by input."""
-    (text,) = [t for t in group["texts"]["Comment"] if t.startswith("model reliance")]
+    (text,) = [
+        t for t in group["texts"]["Comment"] if t.startswith("attention weights over the inputs")
+    ]
     return {m: float(w) for m, w in re.findall(r"(radiograph|CT|clinical text) ([0-9.]+)", text)}
 
 
