@@ -16,6 +16,7 @@ from contextlib import closing
 from pathlib import Path
 
 from dicom_node.config_results import Destination
+from dicom_node.errors import StateError
 from dicom_node.metrics import Metrics
 from dicom_node.models import OutboxItem
 from dicom_node.send.outbox import DestinationLane, Outbox
@@ -86,7 +87,19 @@ class Sender:
             # batch between items (closing releases the association).
             with closing(self._deliver(name, batch)) as deliveries:
                 for result in deliveries:
-                    delivered += self._record(result)
+                    try:
+                        delivered += self._record(result)
+                    except StateError:
+                        if not self.stopping:
+                            raise
+                        # The stop outwaited this send (a C-STORE may take
+                        # sending.timeout_seconds) and closed the state under it.
+                        log.warning(
+                            "%s to %s: outcome not recorded, the node stopped during the "
+                            "send; it is sent again at the next start",
+                            result.item.sop_instance_uid, result.item.destination,
+                        )  # fmt: skip
+                        break
                     if self.stopping:
                         break
         return delivered

@@ -432,3 +432,41 @@ def test_items_the_peer_was_never_offered_are_not_charged(
     # after max_attempts such rounds a dead letter the peer never saw).
     assert (after[second.id].state, after[second.id].attempts) == ("pending", 0)
     assert [i.id for i in outbox.due(time.time())] == [second.id]
+
+
+def test_a_stop_that_closed_the_state_under_a_send_is_a_warning_not_a_traceback(
+    state: State, spool: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = time.time()
+    queue_results(state, [write_result(spool, SR)], ["pacs"], now)
+    outbox = Outbox(state, SendingConfig())
+    sender = Sender(outbox, [dicom_destination(free_port())], spool, CALLING)
+
+    def outwaited_by_the_stop(name: str, batch: list[OutboxItem]) -> Iterator[Delivery]:
+        for lane in sender.lanes:  # the node stopped the lanes, waited 10 s, closed the state
+            lane.request_stop()
+        state.close()
+        yield Delivery(batch[0], True, "0x0000")  # the C-STORE answered after all that
+
+    monkeypatch.setattr(sender, "_deliver", outwaited_by_the_stop)
+    assert sender.send_due(time.time()) == 0  # was: StateError, a traceback at every such stop
+    assert "outcome not recorded, the node stopped during the send" in caplog.text
+
+
+def test_a_state_error_outside_a_stop_still_ends_the_round(
+    state: State, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_results(state, [write_result(spool, SR)], ["pacs"], time.time())
+    outbox = Outbox(state, SendingConfig())
+    sender = Sender(outbox, [dicom_destination(free_port())], spool, CALLING)
+
+    def answered(name: str, batch: list[OutboxItem]) -> Iterator[Delivery]:
+        yield Delivery(batch[0], True, "0x0000")
+
+    def locked(item_id: int, now: float) -> None:
+        raise StateError("database is locked")
+
+    monkeypatch.setattr(sender, "_deliver", answered)
+    monkeypatch.setattr(outbox, "mark_sent", locked)
+    with pytest.raises(StateError, match=r"^database is locked$"):  # the worker logs it
+        sender.send_due(time.time())
