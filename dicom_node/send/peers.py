@@ -73,7 +73,7 @@ def send_dicom(
         yield from (Delivery(i, False, f"cannot reach {where}: {exc}") for i in items)
         return
     if not assoc.is_established:
-        reason = _rejection(assoc) if assoc.is_rejected else (
+        reason = rejection(assoc) if assoc.is_rejected else (
             "aborted" if assoc.is_aborted else "failed"
         )  # fmt: skip
         yield from (Delivery(i, False, f"association to {where} {reason}") for i in items)
@@ -97,7 +97,7 @@ def send_dicom(
             assoc.release()
 
 
-def _rejection(assoc: Association) -> str:
+def rejection(assoc: Association) -> str:
     """``rejected (<result>, <source>: <reason>)``: what the admin fixes (an AE title, ...)."""
     rsp = assoc.acceptor.primitive
     if rsp is None:

@@ -22,7 +22,11 @@ def test_echo_reaches_a_verification_scp_and_names_why_another_is_not_reached(
         assert echo(up, "TRIAGE", 5) is None
         wrong_ae = Destination("pacs", "OTHER", "127.0.0.1", up.port)
         ae.require_called_aet = True
-        assert echo(wrong_ae, "TRIAGE", 5) == "association rejected"
+        # /readyz says why, as the peer did: the admin fixes the AE title.
+        assert echo(wrong_ae, "TRIAGE", 5) == (
+            "association rejected (rejected permanent, service user: called ae title not "
+            "recognised)"
+        )
     finally:
         server.shutdown()
     down = Destination("pacs", "PACS", "127.0.0.1", free_port())
