@@ -88,10 +88,18 @@ class HipRegion:
 def display_flips(orientation: Sequence[str] | None) -> tuple[bool, bool]:
     """(rows run toward the patient's right, columns run toward the head) for a Patient
     Orientation (row direction, column direction): an image flipped left-right, or upside
-    down, against the AP display convention. Absent or unreadable: neither."""
+    down, against the AP display convention. Absent or unreadable: neither. An image
+    turned 90 degrees (rows toward the head or feet) is refused (:class:`RegionError`)."""
     if orientation is None or len(orientation) != 2:
         return False, False
     row, column = (str(value).strip().upper() for value in orientation)
+    if row.startswith(("H", "F")):
+        # Turned 90 degrees: the halves would each hold parts of both hips.
+        raise RegionError(
+            f"Patient Orientation {row}\\{column}: the image's rows run toward the "
+            f"{'head' if row.startswith('H') else 'feet'} (turned 90 degrees); hips are found "
+            "only in images whose rows run left-right or front-back"
+        )
     return row.startswith("R"), column.startswith("H")
 
 

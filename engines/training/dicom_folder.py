@@ -27,7 +27,7 @@ from pydicom.errors import InvalidDicomError
 from dicom_node.errors import not_utf8
 from engines.catalog import EngineSpec
 from engines.pixels import Image, PixelDataError, display_pixels, pixel_spacing, prepare
-from engines.regions import hip_regions
+from engines.regions import HipRegion, RegionError, hip_regions
 from engines.training.data import DataError, HipSet
 
 
@@ -79,13 +79,9 @@ def _hip(path: Path, side: str, size: int, where: str) -> tuple[Image, str]:
     if laterality in ("R", "L"):
         if side and side != laterality:
             raise DataError(f"{where}: side {side} contradicts the image's laterality {laterality}")
-        [region] = hip_regions(picture.shape, laterality, ds.get("PatientOrientation"))
+        [region] = _regions(picture, laterality, ds, where)
     elif side:
-        [region] = [
-            r
-            for r in hip_regions(picture.shape, "B", ds.get("PatientOrientation"))
-            if r.side == side
-        ]
+        [region] = [r for r in _regions(picture, "B", ds, where) if r.side == side]
     else:
         raise DataError(
             f"{where}: {path.name} shows both hips (laterality {laterality or 'none'}); "
@@ -102,8 +98,15 @@ def _lateral(path: Path, side: str, size: int, where: str) -> Image:
         raise DataError(
             f"{where}: {path.name}: side {side} contradicts the image's laterality {laterality}"
         )
-    [region] = hip_regions(picture.shape, side, ds.get("PatientOrientation"))
+    [region] = _regions(picture, side, ds, where)
     return prepare(region.cut(picture), pixel_spacing(ds), size)[0]
+
+
+def _regions(picture: Image, laterality: str, ds: Dataset, where: str) -> tuple[HipRegion, ...]:
+    try:
+        return hip_regions(picture.shape, laterality, ds.get("PatientOrientation"))
+    except RegionError as exc:  # e.g. an image turned 90 degrees: the row names it
+        raise DataError(f"{where}: {exc}") from exc
 
 
 def _read(path: Path, where: str) -> tuple[Dataset, Image, str]:

@@ -54,3 +54,14 @@ def test_cut_and_place_undo_each_other_with_both_flips() -> None:
 def test_too_narrow_an_image_is_refused() -> None:
     with pytest.raises(RegionError, match=r"at least 2 columns wide, got \(4, 1\)"):
         hip_regions((4, 1), "B", ["R", "F"])
+
+
+@pytest.mark.parametrize(("orientation", "toward"), [(["F", "L"], "feet"), (["HR", "L"], "head")])
+def test_an_image_turned_90_degrees_is_refused(orientation: list[str], toward: str) -> None:
+    # Was split into halves that each held parts of both hips, analysed without a word.
+    with pytest.raises(
+        RegionError,
+        match=rf"^Patient Orientation {orientation[0]}\\{orientation[1]}: the image's rows "
+        rf"run toward the {toward} \(turned 90 degrees\)",
+    ):
+        hip_regions((10, 8), "B", orientation)
