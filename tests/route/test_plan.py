@@ -562,3 +562,15 @@ def test_an_enhanced_ct_shows_its_side_through_its_functional_groups() -> None:
         "1.2.3.400",
         "1.2.3.600",
     )
+
+
+def test_several_values_are_joined_as_dicom_writes_them() -> None:
+    ds = header("1")
+    ds.ViewPosition = ["AP", "PA"]  # VM 1 by the standard; some senders write two
+    # Was "['AP', 'PA']", which no rule could mean.
+    assert attributes_of(ds, "PACS")["ViewPosition"] == "AP\\PA"
+    routing = parse_config(
+        {"routing": {"rules": [{"name": "ap", "engine": "hip_screen",
+                                "when": {"ViewPosition": "AP(\\\\.*)?"}}]}}
+    ).routing  # fmt: skip
+    assert rule_matches(routing.rules[0], attributes_of(ds, "PACS"))
