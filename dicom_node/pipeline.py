@@ -184,8 +184,7 @@ class Pipeline(Worker):
             return
         except SpoolFullError as exc:
             # Passing (the retention, or an admin, frees space): the results wait, not fail.
-            self._retry_at[job.id] = time.monotonic() + _SPOOL_FULL_RETRY_SECONDS
-            self.state.job_ran_out(job.id)
+            self._retry_later(job, _SPOOL_FULL_RETRY_SECONDS)
             log.warning("study %s: %s; retrying in %.0f s", study, exc, _SPOOL_FULL_RETRY_SECONDS)
             return
         except SpoolError as exc:
@@ -243,6 +242,11 @@ class Pipeline(Worker):
         self.spool.write(relative, [encode(ds)])
         return ResultObject(str(ds.SOPInstanceUID), str(ds.SOPClassUID), relative, kind)
 
+    def _retry_later(self, job: Job, seconds: float) -> None:
+        """Leave ``job`` pending, by choice (not a start cut short), for ``seconds``."""
+        self._retry_at[job.id] = time.monotonic() + seconds
+        self.state.job_ran_out(job.id)
+
     def _engine_unavailable(
         self, job: Job, exc: EngineRuntimeError | EngineUnavailableError
     ) -> None:
@@ -251,7 +255,6 @@ class Pipeline(Worker):
         if failures >= _MAX_ENGINE_RETRIES:
             self._fail(job, "engine", f"engine failed {failures} times: {describe(exc)}")
             return
-        self._retry_at[job.id] = time.monotonic() + _RETRY_SECONDS
-        self.state.job_ran_out(job.id)  # pending by choice, not cut short
+        self._retry_later(job, _RETRY_SECONDS)
         log.warning("study %s: engine could not run (%s); retry %d in %.0f s", job.study_uid,
                     exc, failures, _RETRY_SECONDS)  # fmt: skip
