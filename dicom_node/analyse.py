@@ -11,18 +11,16 @@
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from dicom_node.config import Config
 from dicom_node.ct_input import CtCache
-from dicom_node.errors import describe
+from dicom_node.errors import UNREADABLE_DICOM, describe
 from dicom_node.infer import EngineSet, HipBatchItem
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.preprocess import HipInput, ImageCache, PreprocessError, hip_input
@@ -58,14 +56,6 @@ class StudyAnalysis:
         return tuple(h.decision for h in self.hips)
 
 
-# A file damaged on disk since it was received: pydicom raises any of these for a truncated
-# or garbled header.
-_UNREADABLE = (
-    OSError, InvalidDicomError, BytesLengthException, AttributeError, EOFError, ValueError,
-    struct.error,
-)  # fmt: skip
-
-
 def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]:
     """The headers of the study's instances (path, calling AE), without pixels."""
     images = []
@@ -73,7 +63,7 @@ def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             images.append(source_image(ds, path, calling_ae))
-        except _UNREADABLE as exc:
+        except UNREADABLE_DICOM as exc:
             raise PreprocessError(f"{path.name}: cannot read its header ({describe(exc)})") from exc
     return tuple(images)
 

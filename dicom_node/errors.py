@@ -12,6 +12,10 @@ delivery error or an HTTP answer: with every quoted value withheld.
 from __future__ import annotations
 
 import re
+import struct
+import zlib
+
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 WITHHELD = "'…'"
@@ -52,6 +56,15 @@ class FactoryError(DicomNodeError, ValueError):
 
 class ReportError(DicomNodeError, ValueError):
     """The inputs of a report do not fit together."""
+
+
+# What reading a DICOM file can raise when it is not one, or is truncated or garbled (on disk
+# since it was received, or in a site's training folder): ValueError and struct.error for a
+# short or malformed element, zlib.error for a damaged deflated data set.
+UNREADABLE_DICOM = (
+    OSError, EOFError, ValueError, AttributeError, struct.error, zlib.error, InvalidDicomError,
+    BytesLengthException,
+)  # fmt: skip
 
 
 def withhold_quoted(text: str) -> str:

@@ -12,16 +12,14 @@ with the pixel data raises :class:`PreprocessError` naming the instance.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
-from dicom_node.errors import DicomNodeError, describe
+from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe
 from dicom_node.models import SourceImage
 from engines.manifest import Preprocessing
 from engines.pixels import (
@@ -74,8 +72,7 @@ def load_image(source: SourceImage) -> PreparedImage:
     uid = source.sop_instance_uid
     try:
         ds = pydicom.dcmread(source.path)
-    except (OSError, EOFError, ValueError, InvalidDicomError, zlib.error) as exc:
-        # ValueError and zlib.error: a truncated or malformed (deflated) data set.
+    except UNREADABLE_DICOM as exc:
         raise PreprocessError(
             f"SOP instance {uid}: cannot read {source.path.name} ({describe(exc)})"
         ) from exc

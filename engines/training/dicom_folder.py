@@ -22,9 +22,8 @@ import numpy as np
 import pydicom
 import torch
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
-from dicom_node.errors import not_utf8
+from dicom_node.errors import UNREADABLE_DICOM, describe, not_utf8
 from engines.catalog import EngineSpec
 from engines.pixels import Image, PixelDataError, display_pixels, pixel_spacing, prepare
 from engines.regions import HipRegion, RegionError, hip_regions
@@ -34,28 +33,32 @@ from engines.training.data import DataError, HipSet
 def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> HipSet:
     """Read every row of ``csv_path`` into a :class:`HipSet` at ``size`` pixels."""
     dual = "LATERAL" in spec.views
-    required = {"ap_file", "label"} if dual else {"file", "label"}
-    rows = _rows(csv_path)
+    required = ("ap_file", "label") if dual else ("file", "label")
+    header, rows = _rows(csv_path)
+    if not header:
+        raise DataError(f"{csv_path}: no rows")
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise DataError(
+            f"{csv_path}: missing column(s) {missing} for engine {spec.name} "
+            f"(the header has: {', '.join(header)})"
+        )
     if not rows:
         raise DataError(f"{csv_path}: no rows")
-    missing = required - set(rows[0])
-    if missing:
-        raise DataError(f"{csv_path}: missing column(s) {sorted(missing)} for engine {spec.name}")
     base = csv_path.parent
     ap, lateral, present, labels = [], [], [], []
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
-        where = f"{csv_path}:{number}"
-        label = row["label"].strip()
+    for where, row in rows:
+        label = row["label"]
         if label not in spec.class_names:
             raise DataError(
                 f"{where}: label {label!r} is not a class of {spec.name} "
                 f"({', '.join(spec.class_names)})"
             )
-        side = (row.get("side") or "").strip().upper()
-        image, side = _hip(base / row["ap_file" if dual else "file"], side, size, where)
+        side = row.get("side", "").upper()
+        image, side = _hip(base / _path(row, required[0], where), side, size, where)
         ap.append(image)
         if dual:
-            name = (row.get("lateral_file") or "").strip()
+            name = row.get("lateral_file", "")
             seen = bool(name)
             lateral.append(
                 _lateral(base / name, side, size, where) if seen else np.zeros_like(image)
@@ -69,6 +72,12 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> HipSet:
         lateral=torch.from_numpy(np.stack(lateral)[:, None]) if dual else None,
         lateral_present=torch.tensor(present) if dual else None,
     )
+
+
+def _path(row: dict[str, str], column: str, where: str) -> str:
+    if not row[column]:
+        raise DataError(f"{where}: {column}: expected a DICOM file's path, got an empty field")
+    return row[column]
 
 
 def _hip(path: Path, side: str, size: int, where: str) -> tuple[Image, str]:
@@ -113,8 +122,8 @@ def _read(path: Path, where: str) -> tuple[Dataset, Image, str]:
     """The data set, its displayed picture and its (Image) Laterality."""
     try:
         ds = pydicom.dcmread(path)
-    except (OSError, InvalidDicomError) as exc:
-        raise DataError(f"{where}: cannot read DICOM file {path} ({exc})") from exc
+    except UNREADABLE_DICOM as exc:  # absent, not DICOM, truncated, garbled
+        raise DataError(f"{where}: cannot read DICOM file {path} ({describe(exc)})") from exc
     try:
         picture = display_pixels(ds)
     except PixelDataError as exc:
@@ -127,15 +136,31 @@ def file_groups(spec: EngineSpec, csv_path: Path) -> list[str]:
     ``ap_file``), in row order as :func:`~engines.training.dicom_folder.load_labelled_folder`
     reads them: the two hips of an AP pelvis are two rows of one file."""
     column = "ap_file" if "LATERAL" in spec.views else "file"
-    return [os.path.normpath((row.get(column) or "").strip()) for row in _rows(csv_path)]
+    return [os.path.normpath(row.get(column, "")) for _, row in _rows(csv_path)[1]]
 
 
-def _rows(csv_path: Path) -> list[dict[str, str]]:
-    """The CSV's rows: UTF-8, with or without the byte-order mark Excel's "CSV UTF-8" writes."""
+def _rows(csv_path: Path) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:
+    """The CSV's column names and its rows, each with its place ("labels.csv:7") and its
+    fields stripped; blank lines and rows of empty fields (a spreadsheet's) are skipped.
+    UTF-8, with or without the byte-order mark Excel's "CSV UTF-8" writes."""
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-            return list(csv.DictReader(handle))
+            reader = csv.reader(handle)
+            header = [name.strip() for name in next(reader, [])]
+            rows = []
+            for fields in reader:
+                values = [value.strip() for value in fields]
+                if not any(values):
+                    continue
+                where = f"{csv_path}:{reader.line_num}"
+                if len(values) != len(header):
+                    raise DataError(
+                        f"{where}: expected {len(header)} fields ({', '.join(header)}), "
+                        f"got {len(values)}"
+                    )
+                rows.append((where, dict(zip(header, values, strict=True))))
     except OSError as exc:
         raise DataError(f"{csv_path}: cannot read ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{csv_path}: {not_utf8(exc)}; save it as CSV UTF-8") from exc
+    return header, rows

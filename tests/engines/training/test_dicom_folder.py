@@ -95,6 +95,40 @@ def test_bad_rows_name_the_line(tmp_path: Path) -> None:
         load_labelled_folder(spec, tmp_path / "absent.csv", 64)
 
 
+def test_rows_a_hand_or_a_spreadsheet_writes(tmp_path: Path) -> None:
+    spec = engine_spec("hip_screen")
+    study = write_study(tmp_path / "s", 1, "normal", "normal", size=64)
+    pelvis = study.files[0].relative_to(tmp_path)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(study.files[0].read_bytes()[:153])
+    cases = [
+        # A row short of a field (a missing label), one with an extra (a comma in a path).
+        ("file,side,label", [f"{pelvis},R"], r"labels.csv:2: expected 3 fields \(file, side, "
+         r"label\), got 2$"),
+        ("file,side,label", [f"{pelvis},R,normal,x"], r"labels.csv:2: expected 3 fields"),
+        # The line of a bad row counts the blank lines and spreadsheet rows skipped before it.
+        ("file,side,label", ["", ",,", f"{pelvis},R,broken"], r"labels.csv:4: label 'broken'"),
+        ("file,side,label", [",R,normal"], r"labels.csv:2: file: expected a DICOM file's path, "
+         r"got an empty field$"),
+        # A semicolon-separated export: the message shows the header as read.
+        ("file;side;label", [f"{pelvis};R;normal"], r"missing column\(s\) \['file', 'label'\] "
+         r"for engine hip_screen \(the header has: file;side;label\)$"),
+        ("", [], r"labels.csv: no rows$"),
+        # A truncated file: pydicom's struct.error, named with the row and the file.
+        ("file,side,label", ["truncated.dcm,R,normal"], r"labels.csv:2: cannot read DICOM file "
+         r".*truncated\.dcm \(error: unpack requires"),
+    ]  # fmt: skip
+    for header, rows, message in cases:
+        csv = _write_csv(tmp_path / "labels.csv", header, rows)
+        with pytest.raises(DataError, match=message):
+            load_labelled_folder(spec, csv, 64)
+    # Spaces around names and values, blank lines and empty rows are fine.
+    csv = _write_csv(
+        tmp_path / "labels.csv", "file , side , label", ["", f" {pelvis} , r , normal"]
+    )
+    assert load_labelled_folder(spec, csv, 64).labels.tolist() == [0]
+
+
 def _serving_lateral(path: Path, side: str, size: int) -> np.ndarray:
     """The lateral input serving computes for hip ``side`` (it pairs only a lateral of that side)."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
