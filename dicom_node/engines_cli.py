@@ -91,7 +91,7 @@ def _build(cache: Path, names: tuple[str, ...], force: bool) -> int:
 def _train(cache: Path, args: argparse.Namespace) -> int:
     from engines.build import image_profile, train_on_data, train_on_phantoms
     from engines.catalog import engine_spec
-    from engines.training.dicom_folder import file_groups, load_labelled_folder
+    from engines.training.dicom_folder import load_labelled_folder
     from engines.training.loop import TrainOptions
 
     spec = engine_spec(args.name)
@@ -110,22 +110,25 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
     folder = Path(args.out).resolve() if args.out else cache / spec.name
     bar = ProgressBar()
     if args.data:
-        data = load_labelled_folder(spec, Path(args.data), size)
-        print(f"{spec.name}: {len(data)} labelled hips from {args.data}, input {size} px")
+        labelled = load_labelled_folder(spec, Path(args.data), size)
+        print(
+            f"{spec.name}: {len(labelled.hips)} labelled hips of "
+            f"{len(set(labelled.patients))} patients from {args.data}, input {size} px"
+        )
         manifest = train_on_data(
             spec,
-            data,
+            labelled.hips,
             size,
             folder,
             args.version,
             options,
             progress=lambda p: bar(spec.name, p),
             source=str(args.data),
-            groups=file_groups(spec, Path(args.data)),
+            patients=labelled.patients,
         )
         parts = manifest.training["split"]
         print(
-            f"split by file: {parts['train']} hips to train, {parts['validation']} to pick the "
+            f"split by patient: {parts['train']} hips to train, {parts['validation']} to pick the "
             f"epoch, {parts['test']} held out for the figures"
         )
     else:

@@ -50,7 +50,7 @@ from engines.models.hip_multimodal import HipMultimodal
 from engines.models.osteoporosis import OsteoporosisNet
 from engines.models.warm_start import backbone_state, warm_start
 from engines.package import package_engine
-from engines.training.data import HipSet, phantom_set, split_by_file
+from engines.training.data import HipSet, phantom_set, split_by_patient
 from engines.training.evaluate import Evaluation, evaluate
 from engines.training.loop import EpochSummary, Progress, TrainOptions, channels_last, train
 from engines.training.multimodal import (
@@ -260,22 +260,22 @@ def train_on_data(
     validation_share: float = 0.2,
     progress: Callable[[Progress], None] | None = None,
     source: str = "",
-    groups: Sequence[str] | None = None,
+    patients: Sequence[str] | None = None,
     test_share: float = 0.2,
 ) -> Manifest:
     """Train on a site's labelled images. The validation split picks the best epoch; the
-    test split, held out from both, gives the manifest's figures. ``groups`` names each
-    item's file (:func:`file_groups`): the hips of one file stay in one split (default: every
-    item its own file)."""
-    keys = [str(i) for i in range(len(data))] if groups is None else list(groups)
-    train_set, validation, test = split_by_file(
+    test split, held out from both, gives the manifest's figures. ``patients`` names each
+    item's patient (:class:`~engines.training.dicom_folder.LabelledFolder`): a patient's hips
+    stay in one split (default: every item its own patient)."""
+    keys = [str(i) for i in range(len(data))] if patients is None else list(patients)
+    train_set, validation, test = split_by_patient(
         data, keys, spec.class_names, validation_share, test_share, options.seed
     )
     name = Path(source).name if source else "labelled DICOM"
     training = {
         "data": source or "labelled DICOM",
         "items": len(data),
-        "files": len(set(keys)),
+        "patients": len(set(keys)),
         "split": {"train": len(train_set), "validation": len(validation), "test": len(test)},
         "options": asdict(options),
     }

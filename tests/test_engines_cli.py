@@ -316,7 +316,10 @@ def test_train_on_a_labelled_folder_reports_figures_of_its_test_split(
         labels=torch.tensor(labels),
         masks=torch.zeros(30, 64, 64, dtype=torch.bool),
     )
-    monkeypatch.setattr(dicom_folder, "load_labelled_folder", lambda spec, path, size: data)
+    # Rows of one file are one patient here (the pelvises have no Patient ID in common).
+    patients = tuple(f"pelvis{i // 2}" for i in range(30))
+    folder = dicom_folder.LabelledFolder(data, patients)
+    monkeypatch.setattr(dicom_folder, "load_labelled_folder", lambda spec, path, size: folder)
     monkeypatch.setattr(build, "train", lambda *args: [])  # the mechanics, not the training
     config = _cache_config(tmp_path, tmp_path / "cache")
     train = ["engines", "train", "hip_screen", "--data", str(csv), "--size", "64"]
@@ -324,9 +327,9 @@ def test_train_on_a_labelled_folder_reports_figures_of_its_test_split(
     out = capsys.readouterr().out
     manifest = read_manifest(tmp_path / "cache" / "hip_screen")
     split = manifest.training["split"]
-    assert sum(split.values()) == 30 and manifest.training["files"] == 15
+    assert sum(split.values()) == 30 and manifest.training["patients"] == 15
     assert (
-        f"split by file: {split['train']} hips to train, {split['validation']} to pick the "
+        f"split by patient: {split['train']} hips to train, {split['validation']} to pick the "
         f"epoch, {split['test']} held out for the figures"
     ) in out
     assert manifest.evaluation["items"] == split["test"]

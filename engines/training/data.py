@@ -143,7 +143,7 @@ def split(data: HipSet, validation_share: float, seed: int) -> tuple[HipSet, Hip
 PARTS = ("training", "validation", "test")
 
 
-def split_by_file(
+def split_by_patient(
     data: HipSet,
     groups: Sequence[str],
     class_names: Sequence[str],
@@ -151,8 +151,8 @@ def split_by_file(
     test_share: float,
     seed: int,
 ) -> tuple[HipSet, HipSet, HipSet]:
-    """Training, validation and test sets, stratified by class, with the items of one group
-    (``groups[i]`` is item i's file) on one side. Every class needs items in each part.
+    """Training, validation and test sets, stratified by class, with the items of one patient
+    (``groups[i]`` is item i's) on one side. Every class needs items in each part.
 
     Greedy: groups holding the rarest classes first (in a seeded order), each to the part
     lacking one of its classes, else to the part furthest below its share of them.
@@ -172,12 +172,12 @@ def split_by_file(
     for index, key in enumerate(groups):
         members.setdefault(key, []).append(index)
     counts = Counter(labels)
-    files = {c: len({groups[i] for i, label in enumerate(labels) if label == c}) for c in counts}
+    patients = {c: len({groups[i] for i, label in enumerate(labels) if label == c}) for c in counts}
     for c in sorted(counts):
-        if files[c] < len(PARTS):
+        if patients[c] < len(PARTS):
             raise DataError(
-                f"class {class_names[c]!r} has {counts[c]} item(s) from {files[c]} file(s): "
-                "too few for training, validation and test (a file each at least)"
+                f"class {class_names[c]!r} has {counts[c]} item(s) from {patients[c]} patient(s): "
+                "too few for training, validation and test (a patient each at least)"
             )
     shares = (1.0 - validation_share - test_share, validation_share, test_share)
     target = [{c: share * n for c, n in counts.items()} for share in shares]
@@ -200,9 +200,9 @@ def split_by_file(
     for c in sorted(counts):
         if any(part[c] == 0 for part in have):
             raise DataError(
-                f"class {class_names[c]!r}: its {counts[c]} item(s) from {files[c]} file(s) "
-                "cannot give training, validation and test an item each with every file on "
-                "one side; add items of it from other files"
+                f"class {class_names[c]!r}: its {counts[c]} item(s) from {patients[c]} patient(s) "
+                "cannot give training, validation and test an item each with every patient "
+                "on one side; add items of it from other patients"
             )
     train_set, validation, test = (data.subset(torch.tensor(sorted(p))) for p in parts)
     return train_set, validation, test

@@ -10,12 +10,18 @@ none is split by ``side``, which is then required. A lateral shows one hip, the
 AP's: it is used whole, mirrored for a left hip, whatever its laterality (as
 serving does; one lateralised to the other hip is refused). No mask is known, so
 the pointing game is not computed for such a set.
+
+Each row's patient comes from the headers: Patient ID (0010,0020), else the Study Instance
+UID; an AP and its lateral join their patients into one. The split keeps a patient's rows
+on one side, so copies of an image under two paths, or two studies of one patient, do not
+sit in training and test at once. A hip (SOP Instance UID and side) given twice is refused.
 """
 
 from __future__ import annotations
 
 import csv
-import os
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +36,16 @@ from engines.regions import HipRegion, RegionError, hip_regions
 from engines.training.data import DataError, HipSet
 
 
-def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> HipSet:
+@dataclass(frozen=True)
+class LabelledFolder:
+    """A labelled folder's hips and each hip's patient (an opaque key: a digest of the
+    Patient ID or Study Instance UID, never the value)."""
+
+    hips: HipSet
+    patients: tuple[str, ...]
+
+
+def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> LabelledFolder:
     """Read every row of ``csv_path`` into a :class:`HipSet` at ``size`` pixels."""
     dual = "LATERAL" in spec.views
     required = ("ap_file", "label") if dual else ("file", "label")
@@ -47,6 +62,8 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> HipSet:
         raise DataError(f"{csv_path}: no rows")
     base = csv_path.parent
     ap, lateral, present, labels = [], [], [], []
+    patients, row_patients = _Patients(), []
+    hips: dict[tuple[str, str], str] = {}  # (SOP Instance UID, side) -> its row
     for where, row in rows:
         label = row["label"]
         if label not in spec.class_names:
@@ -55,23 +72,58 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> HipSet:
                 f"({', '.join(spec.class_names)})"
             )
         side = row.get("side", "").upper()
-        image, side = _hip(base / _path(row, required[0], where), side, size, where)
+        path = base / _path(row, required[0], where)
+        ds, image, side = _hip(path, side, size, where)
+        hip = (str(ds.get("SOPInstanceUID", "")) or str(path.resolve()), side)
+        if hip in hips:
+            raise DataError(
+                f"{where}: the {side} hip of {path.name} is already on {hips[hip]} (a hip "
+                "given twice would count twice, or carry two labels)"
+            )
+        hips[hip] = where
+        patient = patients.key(ds)
+        row_patients.append(patient)
         ap.append(image)
         if dual:
             name = row.get("lateral_file", "")
             seen = bool(name)
-            lateral.append(
-                _lateral(base / name, side, size, where) if seen else np.zeros_like(image)
-            )
+            if seen:
+                lateral_ds, lateral_image = _lateral(base / name, side, size, where)
+                patients.join(patient, patients.key(lateral_ds))
+            lateral.append(lateral_image if seen else np.zeros_like(image))
             present.append(1.0 if seen else 0.0)
         labels.append(spec.class_names.index(label))
-    return HipSet(
+    data = HipSet(
         ap=torch.from_numpy(np.stack(ap)[:, None]),
         labels=torch.tensor(labels, dtype=torch.long),
         masks=torch.zeros(len(labels), size, size, dtype=torch.bool),
         lateral=torch.from_numpy(np.stack(lateral)[:, None]) if dual else None,
         lateral_present=torch.tensor(present) if dual else None,
     )
+    return LabelledFolder(data, tuple(patients.root(key) for key in row_patients))
+
+
+class _Patients:
+    """Each row's patient; a row's AP and lateral of two keys (a Patient ID on one, none on
+    the other) join them into one patient (union-find)."""
+
+    def __init__(self) -> None:
+        self._parent: dict[str, str] = {}
+
+    def key(self, ds: Dataset) -> str:
+        patient_id = str(ds.get("PatientID") or "").strip()
+        value = f"patient {patient_id}" if patient_id else f"study {ds.get('StudyInstanceUID')}"
+        key = hashlib.sha256(value.encode()).hexdigest()[:16]
+        self._parent.setdefault(key, key)
+        return key
+
+    def join(self, a: str, b: str) -> None:
+        self._parent[self.root(b)] = self.root(a)
+
+    def root(self, key: str) -> str:
+        while self._parent[key] != key:
+            key = self._parent[key]
+        return key
 
 
 def _path(row: dict[str, str], column: str, where: str) -> str:
@@ -80,8 +132,8 @@ def _path(row: dict[str, str], column: str, where: str) -> str:
     return row[column]
 
 
-def _hip(path: Path, side: str, size: int, where: str) -> tuple[Image, str]:
-    """The AP input of the row's hip, and that hip's side (R or L)."""
+def _hip(path: Path, side: str, size: int, where: str) -> tuple[Dataset, Image, str]:
+    """The AP's data set, the input of the row's hip, and that hip's side (R or L)."""
     ds, picture, laterality = _read(path, where)
     if side and side not in ("R", "L"):
         raise DataError(f"{where}: side: expected R or L, got {side!r}")
@@ -96,10 +148,10 @@ def _hip(path: Path, side: str, size: int, where: str) -> tuple[Image, str]:
             f"{where}: {path.name} shows both hips (laterality {laterality or 'none'}); "
             "give the side column (R or L)"
         )
-    return prepare(region.cut(picture), pixel_spacing(ds), size)[0], region.side
+    return ds, prepare(region.cut(picture), pixel_spacing(ds), size)[0], region.side
 
 
-def _lateral(path: Path, side: str, size: int, where: str) -> Image:
+def _lateral(path: Path, side: str, size: int, where: str) -> tuple[Dataset, Image]:
     """The lateral of hip ``side`` as serving prepares it (dicom_node/preprocess.py): serving
     pairs a lateral whose laterality is the hip's and takes it whole, mirrored for L."""
     ds, picture, laterality = _read(path, where)
@@ -108,7 +160,7 @@ def _lateral(path: Path, side: str, size: int, where: str) -> Image:
             f"{where}: {path.name}: side {side} contradicts the image's laterality {laterality}"
         )
     [region] = _regions(picture, side, ds, where)
-    return prepare(region.cut(picture), pixel_spacing(ds), size)[0]
+    return ds, prepare(region.cut(picture), pixel_spacing(ds), size)[0]
 
 
 def _regions(picture: Image, laterality: str, ds: Dataset, where: str) -> tuple[HipRegion, ...]:
@@ -129,14 +181,6 @@ def _read(path: Path, where: str) -> tuple[Dataset, Image, str]:
     except PixelDataError as exc:
         raise DataError(f"{where}: {exc}") from exc
     return ds, picture, str(ds.get("ImageLaterality") or ds.get("Laterality") or "").upper()
-
-
-def file_groups(spec: EngineSpec, csv_path: Path) -> list[str]:
-    """The DICOM file of each row of a labelled folder's CSV (``file``, Hip-Net's
-    ``ap_file``), in row order as :func:`~engines.training.dicom_folder.load_labelled_folder`
-    reads them: the two hips of an AP pelvis are two rows of one file."""
-    column = "ap_file" if "LATERAL" in spec.views else "file"
-    return [os.path.normpath(row.get(column, "")) for _, row in _rows(csv_path)[1]]
 
 
 def _rows(csv_path: Path) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:

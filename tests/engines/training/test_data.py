@@ -5,7 +5,7 @@ import torch
 from hip_sets import indices, numbered
 
 from engines.catalog import engine_spec
-from engines.training.data import DataError, phantom_set, split, split_by_file
+from engines.training.data import DataError, phantom_set, split, split_by_patient
 
 
 def test_phantom_set_for_one_view_engine() -> None:
@@ -66,7 +66,7 @@ def test_bad_requests() -> None:
 CLASSES = engine_spec("hip_screen").class_names
 
 
-def test_split_by_file_keeps_both_hips_of_a_file_together() -> None:
+def test_split_by_patient_keeps_a_patients_hips_together() -> None:
     # 30 AP pelvises, two hips each (the second hip's class differs from the first's now and
     # then), and 6 single-hip files.
     labels, groups = [], []
@@ -76,7 +76,7 @@ def test_split_by_file_keeps_both_hips_of_a_file_together() -> None:
     labels += [0, 1, 2] * 2
     groups += [f"hip{f}.dcm" for f in range(6)]
     data = numbered(labels)
-    train, validation, test = split_by_file(data, groups, CLASSES, 0.2, 0.2, seed=3)
+    train, validation, test = split_by_patient(data, groups, CLASSES, 0.2, 0.2, seed=3)
     parts = [indices(p) for p in (train, validation, test)]
     assert sorted(i for p in parts for i in p) == list(range(len(data)))  # each item once
     files = [{groups[i] for i in p} for p in parts]
@@ -84,9 +84,9 @@ def test_split_by_file_keeps_both_hips_of_a_file_together() -> None:
     for part in (train, validation, test):
         assert all(n > 0 for n in part.class_counts(3))
     assert 0.5 < len(train) / len(data) < 0.7 and abs(len(validation) - len(test)) <= 4
-    again = split_by_file(data, groups, CLASSES, 0.2, 0.2, seed=3)
+    again = split_by_patient(data, groups, CLASSES, 0.2, 0.2, seed=3)
     assert [indices(p) for p in again] == parts
-    assert [indices(p) for p in split_by_file(data, groups, CLASSES, 0.2, 0.2, seed=4)] != parts
+    assert [indices(p) for p in split_by_patient(data, groups, CLASSES, 0.2, 0.2, seed=4)] != parts
 
 
 @pytest.mark.parametrize(
@@ -106,24 +106,24 @@ def test_split_by_file_keeps_both_hips_of_a_file_together() -> None:
             (0.5, 0.5),
             r"validation_share \+ test_share: expected below 1, got 0\.5 \+ 0\.5",
         ),
-        # Four rows of osteoarthritis, but both hips of two pelvises: two files.
+        # Four rows of osteoarthritis, but both hips of two pelvises: two patients.
         (
             [0, 0, 0, 1, 1, 1, 1],
             list("abcddee"),
             (0.2, 0.2),
-            r"class 'osteoarthritis' has 4 item\(s\) from 2 file\(s\): too few for training, "
+            r"class 'osteoarthritis' has 4 item\(s\) from 2 patient\(s\): too few for training, "
             r"validation and test",
         ),
     ],
 )
-def test_split_by_file_refusals(
+def test_split_by_patient_refusals(
     labels: list[int], groups: list[str], shares: tuple[float, float], match: str
 ) -> None:
     with pytest.raises(DataError, match=match):
-        split_by_file(numbered(labels), groups, CLASSES, *shares, seed=0)
+        split_by_patient(numbered(labels), groups, CLASSES, *shares, seed=0)
 
 
-def test_split_by_file_refuses_files_that_cannot_be_placed() -> None:
+def test_split_by_patient_refuses_patients_that_cannot_be_placed() -> None:
     # Four files, each holding three of four classes: every pair of files shares a class, so
     # two files in one part leave that class out of another part.
     files = {"f1": [0, 1, 2], "f2": [0, 1, 3], "f3": [0, 2, 3], "f4": [1, 2, 3]}
@@ -131,7 +131,7 @@ def test_split_by_file_refuses_files_that_cannot_be_placed() -> None:
     groups = [f for f, cs in files.items() for _ in cs]
     with pytest.raises(
         DataError,
-        match=r"class '\w+': its 3 item\(s\) from 3 file\(s\) cannot give training, "
-        r"validation and test an item each with every file on one side",
+        match=r"class '\w+': its 3 item\(s\) from 3 patient\(s\) cannot give training, "
+        r"validation and test an item each with every patient on one side",
     ):
-        split_by_file(numbered(labels), groups, CLASSES, 0.2, 0.2, seed=0)
+        split_by_patient(numbered(labels), groups, CLASSES, 0.2, 0.2, seed=0)

@@ -14,7 +14,7 @@ from engines.manifest import Preprocessing
 from engines.phantoms import screen_hip
 from engines.phantoms.studies import write_study
 from engines.training.data import DataError
-from engines.training.dicom_folder import file_groups, load_labelled_folder
+from engines.training.dicom_folder import load_labelled_folder
 
 
 def _write_csv(path: Path, header: str, rows: list[str]) -> Path:
@@ -30,7 +30,7 @@ def test_screening_rows_take_each_hip_of_a_pelvis(tmp_path: Path) -> None:
         "file,side,label",
         [f"{pelvis},R,femoral_neck_fracture", f"{pelvis},L,normal"],
     )
-    data = load_labelled_folder(engine_spec("hip_screen"), csv, 64)
+    data = load_labelled_folder(engine_spec("hip_screen"), csv, 64).hips
     assert data.ap.shape == (2, 1, 64, 64)
     assert data.labels.tolist() == [3, 0]
     assert not data.masks.any()  # masks are unknown for a site's images
@@ -55,12 +55,13 @@ def test_hipnet_rows_pair_ap_and_lateral(tmp_path: Path) -> None:
         size=128,
     )
     pelvis, lateral = (f.relative_to(tmp_path) for f in study.files)
+    other = write_study(tmp_path / "o", 4, "normal", "total_hip_arthroplasty", size=128).files[0]
     csv = _write_csv(
         tmp_path / "hipnet.csv",
         "ap_file,lateral_file,side,label",
-        [f"{pelvis},{lateral},L,dislocation", f"{pelvis},,L,dislocation"],
+        [f"{pelvis},{lateral},L,dislocation", f"{other.relative_to(tmp_path)},,L,dislocation"],
     )
-    data = load_labelled_folder(engine_spec("hipnet"), csv, 64)
+    data = load_labelled_folder(engine_spec("hipnet"), csv, 64).hips
     assert data.lateral is not None and data.lateral_present is not None
     assert data.lateral_present.tolist() == [1.0, 0.0]
     assert data.lateral[1].abs().max() == 0
@@ -126,7 +127,7 @@ def test_rows_a_hand_or_a_spreadsheet_writes(tmp_path: Path) -> None:
     csv = _write_csv(
         tmp_path / "labels.csv", "file , side , label", ["", f" {pelvis} , r , normal"]
     )
-    assert load_labelled_folder(spec, csv, 64).labels.tolist() == [0]
+    assert load_labelled_folder(spec, csv, 64).hips.labels.tolist() == [0]
 
 
 def _serving_lateral(path: Path, side: str, size: int) -> np.ndarray:
@@ -156,7 +157,7 @@ def test_a_lateral_is_used_whole_as_serving_does(tmp_path: Path, tag: str) -> No
         "ap_file,lateral_file,side,label",
         [f"{pelvis.relative_to(tmp_path)},lateral.dcm,L,dislocation"],
     )
-    data = load_labelled_folder(engine_spec("hipnet"), csv, 64)
+    data = load_labelled_folder(engine_spec("hipnet"), csv, 64).hips
     assert data.lateral is not None
     np.testing.assert_array_equal(data.lateral[0, 0].numpy(), expected)
 
@@ -177,7 +178,7 @@ def test_a_lateral_takes_the_side_of_its_ap(tmp_path: Path) -> None:
     csv = _write_csv(
         tmp_path / "hipnet.csv", "ap_file,lateral_file,label", ["ap.dcm,lateral.dcm,dislocation"]
     )
-    data = load_labelled_folder(engine_spec("hipnet"), csv, 64)
+    data = load_labelled_folder(engine_spec("hipnet"), csv, 64).hips
     assert data.lateral is not None
     np.testing.assert_array_equal(data.lateral[0, 0].numpy(), expected)
     # A lateral tagged for the other hip is not that hip's lateral.
@@ -189,14 +190,60 @@ def test_a_lateral_takes_the_side_of_its_ap(tmp_path: Path) -> None:
         load_labelled_folder(engine_spec("hipnet"), csv, 64)
 
 
-def test_file_groups_name_each_rows_file(tmp_path: Path) -> None:
-    csv = tmp_path / "labels.csv"
-    csv.write_text("file,label,side\npelvis.dcm,normal,R\n./pelvis.dcm,normal,L\nhip.dcm,normal,\n")
-    assert file_groups(engine_spec("hip_screen"), csv) == ["pelvis.dcm", "pelvis.dcm", "hip.dcm"]
-    csv.write_text("ap_file,lateral_file,label\na/ap.dcm,a/lat.dcm,normal\na/ap.dcm,,loosening\n")
-    assert file_groups(engine_spec("hipnet"), csv) == ["a/ap.dcm", "a/ap.dcm"]
-    with pytest.raises(DataError, match=r"missing\.csv: cannot read \(No such file"):
-        file_groups(engine_spec("hip_screen"), tmp_path / "missing.csv")
+def test_rows_are_grouped_by_patient_from_the_headers(tmp_path: Path) -> None:
+    spec = engine_spec("hip_screen")
+    first = write_study(tmp_path / "s1", 1, "normal", "osteoarthritis", size=64).files[0]
+    second = write_study(tmp_path / "s2", 2, "normal", "normal", size=64).files[0]
+    assert pydicom.dcmread(first).PatientID != pydicom.dcmread(second).PatientID
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / "pelvis.dcm"
+    copy.write_bytes(first.read_bytes())  # the same image under a second path
+    rows = [f"{first.relative_to(tmp_path)},R,normal", "copy/pelvis.dcm,L,osteoarthritis",
+            f"{second.relative_to(tmp_path)},R,normal"]  # fmt: skip
+    csv = _write_csv(tmp_path / "labels.csv", "file,side,label", rows)
+    patients = load_labelled_folder(spec, csv, 64).patients
+    assert patients[0] == patients[1] != patients[2]
+    assert all(len(key) == 16 and "PAT" not in key for key in patients)  # digests, not IDs
+    # The same hip twice, under another path: counted twice, or with a second label.
+    csv = _write_csv(
+        tmp_path / "labels.csv", "file,side,label", [*rows, "copy/pelvis.dcm,R,osteoarthritis"]
+    )
+    with pytest.raises(
+        DataError,
+        match=r"labels.csv:5: the R hip of pelvis.dcm is already on .*labels.csv:2 \(a hip given "
+        r"twice would count twice, or carry two labels\)$",
+    ):
+        load_labelled_folder(spec, csv, 64)
+    # Without a Patient ID, a file's study is its patient.
+    for n, (path, uid) in enumerate(((first, "1.2.3.1"), (second, "1.2.3.1"), (copy, "1.2.3.2"))):
+        ds = pydicom.dcmread(path)
+        ds.PatientID, ds.StudyInstanceUID, ds.SOPInstanceUID = "", uid, f"{uid}.{n}"
+        ds.save_as(path)
+    csv = _write_csv(tmp_path / "labels.csv", "file,side,label", rows)
+    patients = load_labelled_folder(spec, csv, 64).patients
+    assert patients[0] == patients[2] != patients[1]
+
+
+def test_a_lateral_joins_its_aps_patient(tmp_path: Path) -> None:
+    study = write_study(
+        tmp_path / "s", 3, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
+    )
+    pelvis, lateral = study.files
+    # The lateral has no Patient ID, so its patient is its study: the one of a second AP.
+    ds = pydicom.dcmread(lateral)
+    ds.PatientID, ds.StudyInstanceUID = "", "1.2.3.7"
+    ds.save_as(lateral)
+    other = write_study(tmp_path / "o", 4, "normal", "total_hip_arthroplasty", size=64).files[0]
+    ds = pydicom.dcmread(other)
+    ds.PatientID, ds.StudyInstanceUID = "", "1.2.3.7"
+    ds.save_as(other)
+    third = write_study(tmp_path / "t", 5, "normal", "total_hip_arthroplasty", size=64).files[0]
+    names = [p.relative_to(tmp_path) for p in (pelvis, lateral, other, third)]
+    rows = [f"{names[0]},{names[1]},L,dislocation", f"{names[2]},,L,dislocation",
+            f"{names[3]},,L,dislocation"]  # fmt: skip
+    csv = _write_csv(tmp_path / "hipnet.csv", "ap_file,lateral_file,side,label", rows)
+    patients = load_labelled_folder(engine_spec("hipnet"), csv, 64).patients
+    assert patients[0] == patients[1] != patients[2]
 
 
 def test_csv_encodings_a_spreadsheet_writes(tmp_path: Path) -> None:
@@ -206,12 +253,10 @@ def test_csv_encodings_a_spreadsheet_writes(tmp_path: Path) -> None:
     text = f"file,side,label\n{pelvis},R,normal\n"
     csv = tmp_path / "labels.csv"
     csv.write_bytes(b"\xef\xbb\xbf" + text.encode())  # Excel's "CSV UTF-8": a byte-order mark
-    assert len(load_labelled_folder(spec, csv, 64)) == 1
-    assert file_groups(spec, csv) == [str(pelvis)]
+    assert len(load_labelled_folder(spec, csv, 64).hips) == 1
     csv.write_bytes(text.encode() + "x.dcm,R,M\u00fcnster\n".encode("cp1252"))  # Excel's "CSV"
-    for read in (lambda: load_labelled_folder(spec, csv, 64), lambda: file_groups(spec, csv)):
-        with pytest.raises(
-            DataError,
-            match=r"labels\.csv: not UTF-8 text \(byte 0xFC at offset \d+\); save it as CSV UTF-8$",
-        ):
-            read()
+    with pytest.raises(
+        DataError,
+        match=r"labels\.csv: not UTF-8 text \(byte 0xFC at offset \d+\); save it as CSV UTF-8$",
+    ):
+        load_labelled_folder(spec, csv, 64)
