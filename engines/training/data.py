@@ -154,8 +154,9 @@ def split_by_patient(
     """Training, validation and test sets, stratified by class, with the items of one patient
     (``groups[i]`` is item i's) on one side. Every class needs items in each part.
 
-    Greedy: groups holding the rarest classes first (in a seeded order), each to the part
-    lacking one of its classes, else to the part furthest below its share of them.
+    First the fewest patients that give every part an item of every class (a search in a
+    seeded order, the smallest patients of the rarest classes first), then every other
+    patient to the part furthest below its share of that patient's classes.
     """
     if len(groups) != len(data):
         raise DataError(f"groups: expected one per item ({len(data)}), got {len(groups)}")
@@ -179,30 +180,74 @@ def split_by_patient(
                 f"class {class_names[c]!r} has {counts[c]} item(s) from {patients[c]} patient(s): "
                 "too few for training, validation and test (a patient each at least)"
             )
-    shares = (1.0 - validation_share - test_share, validation_share, test_share)
-    target = [{c: share * n for c, n in counts.items()} for share in shares]
-    have: list[Counter[int]] = [Counter() for _ in PARTS]
-    parts: list[list[int]] = [[] for _ in PARTS]
     order = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed)).tolist()
     keys = list(members)
     ranked = sorted(
         (keys[i] for i in order), key=lambda k: min(counts[labels[i]] for i in members[k])
     )
+    classes_of = {key: [labels[i] for i in members[key]] for key in ranked}
+    placed = _cover(classes_of, sorted(counts))
+    if placed is None:
+        c = min(counts, key=lambda c: (patients[c], counts[c], c))
+        raise DataError(
+            f"class {class_names[c]!r}: its {counts[c]} item(s) from {patients[c]} patient(s) "
+            "cannot give training, validation and test an item each with every patient "
+            "on one side; add items of it from other patients"
+        )
+    shares = (1.0 - validation_share - test_share, validation_share, test_share)
+    target = [{c: share * n for c, n in counts.items()} for share in shares]
+    have: list[Counter[int]] = [Counter() for _ in PARTS]
+    for key, part in placed.items():
+        have[part].update(classes_of[key])
     for key in ranked:
-        classes = [labels[i] for i in members[key]]
+        if key in placed:
+            continue
         needs = [
-            (len({c for c in classes if got[c] == 0}), sum(want[c] - got[c] for c in classes))
+            sum((want[c] - got[c]) / want[c] for c in classes_of[key])
             for want, got in zip(target, have, strict=True)
         ]
-        best = needs.index(max(needs))
-        parts[best].extend(members[key])
-        have[best].update(classes)
-    for c in sorted(counts):
-        if any(part[c] == 0 for part in have):
-            raise DataError(
-                f"class {class_names[c]!r}: its {counts[c]} item(s) from {patients[c]} patient(s) "
-                "cannot give training, validation and test an item each with every patient "
-                "on one side; add items of it from other patients"
-            )
+        placed[key] = needs.index(max(needs))
+        have[placed[key]].update(classes_of[key])
+    parts: list[list[int]] = [[] for _ in PARTS]
+    for key, part in placed.items():
+        parts[part].extend(members[key])
     train_set, validation, test = (data.subset(torch.tensor(sorted(p))) for p in parts)
     return train_set, validation, test
+
+
+def _cover(
+    classes_of: dict[str, list[int]], classes: Sequence[int], budget: int = 100_000
+) -> dict[str, int] | None:
+    """Patients (``classes_of``: each one's item classes, in preference order) placed into
+    parts so that every part has an item of every class, or None where no placement does
+    (or ``budget`` steps of the search did not find one). Depth-first: the class and part
+    with the fewest patients left to fill it first, its smallest patients first."""
+    holders = {c: [k for k in classes_of if c in classes_of[k]] for c in classes}
+    for c in classes:
+        holders[c].sort(key=lambda k: len(classes_of[k]))  # stable: preference order kept
+    placed: dict[str, int] = {}
+    have: list[Counter[int]] = [Counter() for _ in PARTS]
+    steps = 0
+
+    def solve() -> bool:
+        nonlocal steps
+        steps += 1
+        gaps = [(c, p) for c in classes for p in range(len(PARTS)) if not have[p][c]]
+        if not gaps:
+            return True
+        free = {c: [k for k in holders[c] if k not in placed] for c in classes}
+        if steps > budget or any(
+            len(free[c]) < sum(1 for p in range(len(PARTS)) if not have[p][c]) for c in classes
+        ):
+            return False
+        c, p = min(gaps, key=lambda gap: len(free[gap[0]]))
+        for key in free[c]:
+            placed[key] = p
+            have[p].update(classes_of[key])
+            if solve():
+                return True
+            del placed[key]
+            have[p].subtract(classes_of[key])
+        return False
+
+    return placed if solve() else None

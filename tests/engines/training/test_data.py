@@ -135,3 +135,61 @@ def test_split_by_patient_refuses_patients_that_cannot_be_placed() -> None:
         r"validation and test an item each with every patient on one side",
     ):
         split_by_patient(numbered(labels), groups, CLASSES, 0.2, 0.2, seed=0)
+
+
+def test_split_by_patient_finds_a_placement_where_one_exists() -> None:
+    # Every class has three patients, but placing them greedily (the rarest first, each to
+    # the part lacking one of its classes) left one part without a class.
+    patients = [[0, 2], [2, 1], [1, 2], [0, 1], [0, 0], [0]]
+    labels = [c for classes in patients for c in classes]
+    groups = [f"p{n}" for n, classes in enumerate(patients) for _ in classes]
+    for seed in range(4):
+        parts = split_by_patient(numbered(labels), groups, CLASSES, 0.2, 0.2, seed=seed)
+        assert all(n > 0 for part in parts for n in part.class_counts(3))
+
+
+def test_split_by_patient_refuses_only_what_no_placement_can_split() -> None:
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    outcomes = []
+    for _ in range(300):
+        # Up to six patients holding two or three of four classes: small enough to try every
+        # placement, and about a quarter of those with three patients per class cannot split.
+        patients = [rng.sample(range(4), rng.randint(2, 3)) for _ in range(rng.randint(3, 6))]
+        labels = [c for classes in patients for c in classes]
+        groups = [f"p{n}" for n, classes in enumerate(patients) for _ in classes]
+        possible = any(
+            all(any(c in patients[n] for n, p in enumerate(placing) if p == part)
+                for c in set(labels) for part in range(3))
+            for placing in itertools.product(range(3), repeat=len(patients))
+        )  # fmt: skip
+        if all(sum(c in classes for classes in patients) >= 3 for c in set(labels)):
+            outcomes.append(possible)
+            try:
+                parts = split_by_patient(numbered(labels), groups, CLASSES, 0.2, 0.2, seed=0)
+            except DataError:
+                assert not possible, patients
+            else:
+                assert possible
+                assert all(part.class_counts(4)[c] > 0 for part in parts for c in set(labels))
+    assert outcomes.count(True) > 20 and outcomes.count(False) > 5
+
+
+def test_split_by_patient_keeps_each_class_near_its_shares() -> None:
+    # 2000 patients of one or two hips, common and rare classes mixed: filling each part by
+    # its absolute shortfall gave training ~64 % of the rarer classes (its target is largest).
+    import random
+
+    rng = random.Random(1)
+    labels, groups = [], []
+    for patient in range(2000):
+        for _ in range(rng.randint(1, 2)):
+            labels.append(min(int(rng.expovariate(0.7)), 4))
+            groups.append(f"p{patient}")
+    parts = split_by_patient(numbered(labels), groups, CLASSES, 0.2, 0.2, seed=0)
+    counts = [part.class_counts(5) for part in parts]
+    for c in range(5):
+        total = sum(part[c] for part in counts)
+        assert [round(part[c] / total, 2) for part in counts] == [0.6, 0.2, 0.2], (c, counts)
