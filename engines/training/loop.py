@@ -35,6 +35,7 @@ from engines.manifest import Preprocessing
 from engines.models.hip_screen import HipScreen
 from engines.models.hipnet import HipNet
 from engines.training.batch_norm import recalibrate_batch_norm
+from engines.training.checkpoints import load_best, save_epoch, start_run
 from engines.training.data import HipSet, lateral_inputs, normalise
 from engines.training.evaluate import evaluate
 from engines.training.optimiser import adamw
@@ -111,7 +112,7 @@ def train(
         raise TrainingError(f"training set has no item of class(es) {missing}")
     focal = ClassBalancedFocalLoss(counts, beta=options.beta, gamma=options.gamma)
     criterion = Criterion(focal, options.attention_weight)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    start_run(checkpoint_dir)
     optimiser = adamw(model.parameters(), options.learning_rate, options.weight_decay)
     steps = math.ceil(len(train_set) / options.batch_size)
     total_steps = steps * options.epochs
@@ -168,15 +169,14 @@ def train(
             summary.train_loss,
             summary.val_accuracy,
         )
-        torch.save(model.state_dict(), checkpoint_dir / f"epoch-{epoch:03d}.pt")
+        save_epoch(model, checkpoint_dir, epoch, best=result.accuracy > best)
         if result.accuracy > best:
             best, best_epoch = result.accuracy, epoch
-            torch.save(model.state_dict(), checkpoint_dir / "best.pt")
         if options.max_seconds is not None and time.monotonic() - start > options.max_seconds:
             log.info("%s: training time budget of %.0f s reached", spec.name, options.max_seconds)
             break
     if best_epoch != history[-1].epoch:  # the model holds the last epoch's weights
-        model.load_state_dict(torch.load(checkpoint_dir / "best.pt", weights_only=True))
+        load_best(model, checkpoint_dir)
     return history
 
 

@@ -52,6 +52,7 @@ from engines.models.resnet3d import Bottleneck3d
 from engines.phantoms.clinical import multimodal_case
 from engines.phantoms.ct import ct_hip, phantom_image
 from engines.phantoms.screen import screen_hip
+from engines.training.checkpoints import load_best, save_epoch, start_run
 from engines.training.data import DataError
 from engines.training.evaluate import confusion_and_recall
 from engines.training.loop import EpochSummary, Progress, TrainingError
@@ -239,7 +240,7 @@ def train_multimodal(
     if bool((counts == 0).any()):
         missing = [spec.class_names[i] for i, c in enumerate(counts.tolist()) if c == 0]
         raise TrainingError(f"training set has no item of class(es) {missing}")
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    start_run(checkpoint_dir)
     generator = torch.Generator().manual_seed(options.seed)
     start = time.monotonic()
     stages = 1 + options.epochs
@@ -254,15 +255,13 @@ def train_multimodal(
         history.append(EpochSummary(epoch, train_loss, accuracy, time.monotonic() - start))
         log.info("%s stage %d: loss %.4f, validation accuracy %.3f", spec.name, epoch,
                  train_loss, accuracy)  # fmt: skip
-        torch.save(model.state_dict(), checkpoint_dir / f"epoch-{epoch:03d}.pt")
-        if accuracy > best:
-            best = accuracy
-            torch.save(model.state_dict(), checkpoint_dir / "best.pt")
+        save_epoch(model, checkpoint_dir, epoch, best=accuracy > best)
+        best = max(best, accuracy)
 
     keep(0, loss)
     if options.epochs:
         _fine_tune(spec, model, train_set, options, generator, start, progress, keep)
-    model.load_state_dict(torch.load(checkpoint_dir / "best.pt", weights_only=True))
+    load_best(model, checkpoint_dir)
     model.eval()
     return history
 

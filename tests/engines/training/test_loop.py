@@ -192,3 +192,17 @@ def test_a_network_with_3d_kernels_keeps_its_layout() -> None:
     kernel = _kernel(model)
     with channels_last(model):
         assert kernel.is_contiguous()
+
+
+def test_a_run_removes_an_earlier_runs_checkpoints(tmp_path: Path) -> None:
+    spec = engine_spec("hip_screen")
+    data = phantom_set(spec, 2, 64, seed=0)
+    model = create("hip_screen")
+    train(spec, model, data, data, PRE, TrainOptions(epochs=2, batch_size=8), tmp_path)
+    (tmp_path / "notes.txt").write_text("the engineer's")
+    options = TrainOptions(epochs=3, batch_size=8, max_seconds=0.0)  # stops after epoch 1
+    train(spec, model, data, data, PRE, options, tmp_path)
+    names = sorted(f.name for f in tmp_path.iterdir())
+    assert names == ["best.pt", "epoch-001.pt", "notes.txt"]  # no epoch-002.pt of the first run
+    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
