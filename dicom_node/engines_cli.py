@@ -107,6 +107,7 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
         attention_weight=args.attention_weight,
         batch_norm_items=args.batch_norm_items,
     )
+    options.check()  # before minutes of reading a folder's images
     folder = Path(args.out).resolve() if args.out else cache / spec.name
     bar = ProgressBar()
     if args.data:

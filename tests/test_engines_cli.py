@@ -391,3 +391,18 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(
     assert main(["engines", "triton-repo", str(out), "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(rf"dicom-node: error: [^\n]+: {re.escape(str(out))}\S*", err), err
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [(["--epochs", "0"], "epochs: expected at least 1, got 0"),
+     (["--beta", "1"], r"beta: expected 0 <= beta < 1, got 1\.0")],
+)  # fmt: skip
+def test_train_options_are_checked_before_the_folder_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: list[str], message: str
+) -> None:
+    config = _cache_config(tmp_path, tmp_path / "cache")
+    absent = tmp_path / "absent.csv"  # reading it would fail: the options fail first
+    train = ["engines", "train", "hip_screen", "--data", str(absent), "--size", "64", *flag]
+    assert main([*train, "--config", str(config)]) == 2
+    assert re.search(message, capsys.readouterr().err)

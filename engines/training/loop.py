@@ -71,6 +71,7 @@ class TrainOptions:
             raise TrainingError(f"attention_weight: expected >= 0, got {self.attention_weight}")
         if self.batch_norm_items < 0:
             raise TrainingError(f"batch_norm_items: expected >= 0, got {self.batch_norm_items}")
+        ClassBalancedFocalLoss([1], beta=self.beta, gamma=self.gamma)  # its checks, up front
 
 
 @dataclass(frozen=True)

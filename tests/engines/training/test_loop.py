@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engines.catalog import engine_spec
-from engines.losses import ClassBalancedFocalLoss, lesion_attention_loss
+from engines.losses import ClassBalancedFocalLoss, LossConfigError, lesion_attention_loss
 from engines.manifest import Preprocessing
 from engines.models import create
 from engines.training.batch_norm import recalibrate_batch_norm
@@ -99,6 +99,12 @@ def test_bad_options_and_data(tmp_path: Path) -> None:
     ]:
         with pytest.raises(TrainingError, match=message):
             train(spec, model, data, data, PRE, options, tmp_path)
+    for options, message in [
+        (TrainOptions(beta=1.0), r"beta: expected 0 <= beta < 1, got 1\.0"),
+        (TrainOptions(gamma=-0.5), r"gamma: expected >= 0, got -0\.5"),
+    ]:
+        with pytest.raises(LossConfigError, match=message):
+            options.check()  # the loss's own checks, before any data is read
     without_normal = data.subset(torch.arange(1, 8))
     with pytest.raises(TrainingError, match=r"no item of class\(es\) \['normal'\]"):
         train(spec, model, without_normal, data, PRE, TrainOptions(), tmp_path)
