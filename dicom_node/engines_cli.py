@@ -135,7 +135,12 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
     else:
         profile = replace(demo, size=size, train_per_class=args.phantoms, options=options)
         manifest = train_on_phantoms(
-            spec, profile, folder, args.version, progress=lambda p: bar(spec.name, p)
+            spec,
+            profile,
+            folder,
+            args.version,
+            progress=lambda p: bar(spec.name, p),
+            cache_dir=cache,  # a warm start's source is built there, whatever --out says
         )
     for epoch in manifest.training.get("history", []):
         print(

@@ -186,12 +186,15 @@ def train_on_phantoms(
     version: str,
     progress: Callable[[Progress], None] | None = None,
     max_seconds: float | None = None,
+    cache_dir: Path | None = None,
 ) -> Manifest:
     """Train on phantoms, evaluate on held-out phantoms, package into ``folder``; a given
-    ``max_seconds`` replaces the profile's training budget (and is recorded)."""
+    ``max_seconds`` replaces the profile's training budget (and is recorded). A warm start
+    comes from the engine built in ``cache_dir`` (default: the folder's parent)."""
     source = None
     if profile.warm_start:
-        source = warm_start_source(spec, folder.parent / profile.warm_start)
+        built = folder.parent if cache_dir is None else cache_dir
+        source = warm_start_source(spec, built / profile.warm_start)
     torch.manual_seed(profile.options.seed)
     size = profile.size
     train_set = phantom_set(

@@ -406,3 +406,25 @@ def test_train_options_are_checked_before_the_folder_is_read(
     train = ["engines", "train", "hip_screen", "--data", str(absent), "--size", "64", *flag]
     assert main([*train, "--config", str(config)]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_train_hipnet_into_another_folder_warm_starts_from_the_cache(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = Profile(64, 2, 1, 1, TrainOptions(epochs=1, batch_size=8), warm_start="hip_screen")
+    monkeypatch.setitem(demo_profiles.DEMO_PROFILES, "hipnet", tiny)
+    build_screen = ["engines", "build", "--demo", "--engine", "hip_screen"]
+    assert main([*build_screen, "--config", str(config)]) == 0
+    screen = read_manifest(tmp_path / "cache" / "hip_screen")
+    sources: list[Any] = []
+
+    def package(*args: Any, source: Any = None, **kwargs: Any) -> Any:
+        sources.append(source)  # the wiring, not the training (tested in tests/engines)
+        return screen
+
+    monkeypatch.setattr(build, "train_and_package", package)
+    out = tmp_path / "elsewhere" / "hipnet"  # hip_screen is in the cache, not beside it
+    train = ["engines", "train", "hipnet", "--phantoms", "2", "--epochs", "1", "--size", "64"]
+    assert main([*train, "--out", str(out), "--config", str(config)]) == 0
+    [source] = sources
+    assert source.checkpoint_sha256 == screen.artefacts["checkpoint"].sha256
