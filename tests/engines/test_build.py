@@ -182,16 +182,16 @@ def test_train_on_data_picks_the_epoch_on_validation_and_reports_the_test_split(
 
     monkeypatch.setattr(build, "train_and_package", fake_train_and_package)
     labels = [0, 1, 2] * 10
-    groups = [f"pelvis{i // 2}.dcm" for i in range(30)]
+    patients = [f"pelvis{i // 2}" for i in range(30)]
     train_on_data(engine_spec("hip_screen"), numbered(labels), 64, tmp_path, "1.0.0",
-                  TINY.options, source="site/labels.csv", groups=groups)  # fmt: skip
+                  TINY.options, source="site/labels.csv", patients=patients)  # fmt: skip
     train, validation, test = seen["parts"]
     assert validation and test and not validation & test and not train & (validation | test)
     assert seen["test_data"] == (
         "held-out test split of labels.csv (used neither to train nor to pick the epoch)"
     )
     record = seen["training"]
-    assert record["files"] == 15 and record["items"] == 30
+    assert record["patients"] == 15 and record["items"] == 30
     assert record["split"] == {
         "train": len(train),
         "validation": len(validation),
