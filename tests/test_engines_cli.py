@@ -314,7 +314,6 @@ def test_train_on_a_labelled_folder_reports_figures_of_its_test_split(
     data = HipSet(
         ap=torch.rand(30, 1, 64, 64, generator=torch.Generator().manual_seed(0)),
         labels=torch.tensor(labels),
-        masks=torch.zeros(30, 64, 64, dtype=torch.bool),
     )
     # Rows of one file are one patient here (the pelvises have no Patient ID in common).
     patients = tuple(f"pelvis{i // 2}" for i in range(30))

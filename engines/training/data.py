@@ -1,7 +1,7 @@
 """Training data as tensors: phantom sets and labelled DICOM folders, one shape for both.
 
 A screening set holds hip regions ``images`` (N, 1, S, S) in canonical
-orientation, ``labels`` (N,) and lesion ``masks`` (N, S, S; empty when
+orientation, ``labels`` (N,) and lesion ``masks`` (N, S, S; None when
 unknown). A Hip-Net set holds ``ap`` and ``lateral`` (N, 1, S, S),
 ``lateral_present`` (N,) and the failure ``labels``. Pixels are in [0, 1];
 :func:`normalise` applies the manifest's mean and std.
@@ -33,7 +33,7 @@ class HipSet:
 
     ap: Tensor
     labels: Tensor
-    masks: Tensor
+    masks: Tensor | None = None  # lesion masks (phantoms); None where unknown (a site's images)
     lateral: Tensor | None = None
     lateral_present: Tensor | None = None
 
@@ -44,7 +44,7 @@ class HipSet:
         return HipSet(
             ap=self.ap[index],
             labels=self.labels[index],
-            masks=self.masks[index],
+            masks=None if self.masks is None else self.masks[index],
             lateral=None if self.lateral is None else self.lateral[index],
             lateral_present=None if self.lateral_present is None else self.lateral_present[index],
         )

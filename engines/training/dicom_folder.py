@@ -96,7 +96,6 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> Labelle
     data = HipSet(
         ap=torch.from_numpy(np.stack(ap)[:, None]),
         labels=torch.tensor(labels, dtype=torch.long),
-        masks=torch.zeros(len(labels), size, size, dtype=torch.bool),
         lateral=torch.from_numpy(np.stack(lateral)[:, None]) if dual else None,
         lateral_present=torch.tensor(present) if dual else None,
     )

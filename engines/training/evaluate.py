@@ -105,7 +105,7 @@ def evaluate(
     confusion, recall = confusion_and_recall(spec.class_names, truth, predicted)
     pointing = None
     positives = 0
-    if maps is not None:
+    if maps is not None and data.masks is not None:
         masks = data.masks.numpy()
         positive = [i for i in range(len(data)) if masks[i].any()]
         positives = len(positive)

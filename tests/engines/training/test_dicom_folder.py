@@ -33,7 +33,7 @@ def test_screening_rows_take_each_hip_of_a_pelvis(tmp_path: Path) -> None:
     data = load_labelled_folder(engine_spec("hip_screen"), csv, 64).hips
     assert data.ap.shape == (2, 1, 64, 64)
     assert data.labels.tolist() == [3, 0]
-    assert not data.masks.any()  # masks are unknown for a site's images
+    assert data.masks is None  # masks are unknown for a site's images (no N x S x S zeros)
     # The right hip region is the canonical phantom, read back through DICOM and resized.
     expected = torch.nn.functional.interpolate(
         torch.from_numpy(screen_hip("femoral_neck_fracture", 7, 128).image)[None, None],
