@@ -56,10 +56,15 @@ def display_pixels(ds: Dataset) -> Image:
     if stored.ndim != 2:
         raise PixelDataError(f"pixel data: expected one 2-D frame, got shape {stored.shape}")
     padding = _padding(stored, ds)
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    if "VOILUTSequence" in ds:
-        lut = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
-        picture = _stretch(lut, 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1))
+    try:
+        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    except (TypeError, ValueError, IndexError, AttributeError) as exc:  # an empty Rescale Slope
+        raise PixelDataError(
+            f"SOP instance {ds.get('SOPInstanceUID', '?')}: the Modality LUT (Rescale "
+            f"Slope/Intercept or Modality LUT Sequence) is not usable ({describe(exc)})"
+        ) from exc
+    if (lut := _voi_lut(values, ds)) is not None:
+        picture = lut
     elif (window := _window(ds)) is not None:
         picture = _apply_window(values, *window)
     else:
@@ -190,6 +195,23 @@ def _stretch(values: npt.NDArray[np.float64], low: float, high: float) -> npt.ND
     return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
+def _voi_lut(values: npt.NDArray[np.float64], ds: Dataset) -> npt.NDArray[np.float64] | None:
+    """The first VOI LUT of the VOI LUT Sequence, scaled to 0..1; None when there is none or
+    it is unusable (then the window, if any, applies)."""
+    if not ds.get("VOILUTSequence"):  # absent, or present with no item
+        return None
+    try:
+        # A LUT maps integer inputs: modality values (rescaled, maybe fractional) rounded.
+        indices = np.rint(values).astype(np.int64)
+        lut = np.asarray(apply_voi_lut(indices, ds, index=0), dtype=np.float64)
+        top = float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+    except (TypeError, ValueError, IndexError, AttributeError, KeyError) as exc:
+        log.warning("SOP instance %s: VOI LUT Sequence not usable (%s); window used",
+                    ds.get("SOPInstanceUID", "?"), describe(exc))  # fmt: skip
+        return None
+    return _stretch(lut, 0.0, top)
+
+
 def _window(ds: Dataset) -> tuple[str, float, float] | None:
     """The first window (VOI LUT Function, centre, width); None when absent, empty or unusable."""
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
@@ -200,7 +222,12 @@ def _window(ds: Dataset) -> tuple[str, float, float] | None:
     if function not in VOI_FUNCTIONS:
         log.warning("SOP instance %s: VOILUTFunction %r is not defined; LINEAR used", uid, function)
         function = "LINEAR"
-    c, w = float(center), float(width)
+    try:
+        c, w = float(center), float(width)
+    except (TypeError, ValueError):
+        log.warning("SOP instance %s: window centre or width is not a number; percentile "
+                    "window used", uid)  # fmt: skip
+        return None
     # C.11.2.1.2.1: LINEAR needs a width >= 1; C.11.2.1.3: LINEAR_EXACT and SIGMOID one > 0.
     lowest_ok = w >= 1.0 if function == "LINEAR" else w > 0.0
     if not (math.isfinite(c) and math.isfinite(w) and lowest_ok):

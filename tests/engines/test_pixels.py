@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import io
 import logging
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_windowing
+from pydicom.sequence import Sequence
 
 from dicom_node.synthetic import StudyIdentity, make_dx
 from engines.pixels import (
@@ -227,3 +230,67 @@ def test_a_padding_value_that_is_not_a_number_is_ignored(
         picture = display_pixels(ds)
     assert "Pixel Padding Value b'\\x00\\x00' is not a number; ignored" in caplog.text
     np.testing.assert_allclose(picture, display_pixels(_padded_dx("MONOCHROME2", None)))
+
+
+def _reread(ds: Dataset, old: bytes = b"", new: bytes = b"") -> Dataset:
+    """``ds`` written and read back, with ``old`` bytes replaced by ``new`` on the way: how
+    a value pydicom would refuse to set reaches the node."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    raw = buffer.getvalue()
+    assert raw.count(old) == 1 or not old
+    return pydicom.dcmread(io.BytesIO(raw.replace(old, new)))
+
+
+def test_a_window_that_is_not_a_number_falls_back_to_the_percentile_window(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ds = make_dx(_ramp() * 0.2 + 0.4, identity=StudyIdentity.synthetic(12))
+    ds.WindowCenter = "2048"
+    ds = _reread(ds, b"DS\x04\x002048", b"DS\x04\x00abcd")
+    with caplog.at_level(logging.WARNING, logger="engines.pixels"):
+        picture = display_pixels(ds)
+    np.testing.assert_array_equal(picture, _percentile_picture(ds))
+    assert "window centre or width is not a number; percentile window used" in caplog.text
+
+
+def test_an_empty_or_unusable_voi_lut_sequence_leaves_the_window(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(13))
+    windowed = display_pixels(ds)
+    ds.VOILUTSequence = Sequence([])  # present, no item
+    np.testing.assert_array_equal(display_pixels(_reread(ds)), windowed)
+    item = Dataset()
+    item.LUTDescriptor = [4, 0, 12]
+    item.LUTData = [0, 1000]  # two entries where the descriptor says four
+    ds.VOILUTSequence = Sequence([item])
+    with caplog.at_level(logging.WARNING, logger="engines.pixels"):
+        np.testing.assert_array_equal(display_pixels(ds), windowed)
+    assert "VOI LUT Sequence not usable" in caplog.text
+
+
+@pytest.mark.parametrize("keyword", ["RescaleSlope", "RescaleIntercept"])
+def test_an_empty_rescale_is_a_pixel_data_error(keyword: str) -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(14))
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    setattr(ds, keyword, "")
+    with pytest.raises(
+        PixelDataError, match=r"the Modality LUT \(Rescale Slope/Intercept or Modality LUT "
+        r"Sequence\) is not usable \(\w*TypeError"
+    ):  # fmt: skip
+        display_pixels(_reread(ds))
+
+
+def test_a_voi_lut_maps_the_modality_values() -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(15), bits_stored=12)
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 12]
+    item.LUTData = [4095 - v for v in range(4096)]  # an inverting LUT, 12 bits out
+    ds.VOILUTSequence = Sequence([item])
+    stored = ds.pixel_array.astype(np.float64)
+    np.testing.assert_allclose(display_pixels(ds), 1.0 - stored / 4095, atol=1e-6)
+    ds.RescaleSlope, ds.RescaleIntercept = 0.5, 0.25  # fractional inputs: rounded to the LUT
+    expected = 1.0 - np.rint(stored * 0.5 + 0.25) / 4095
+    np.testing.assert_allclose(display_pixels(ds), expected, atol=1e-6)
