@@ -44,10 +44,9 @@ import numpy.typing as npt
 import SimpleITK
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut
 
-from dicom_node.errors import DicomNodeError, describe
+from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe
 
 # SimpleITK's wrappers are unannotated; going through one Any keeps that out of mypy's way
 # (sitk.Image values are typed Any below, and every function here returns typed values
@@ -109,7 +108,22 @@ class _Slice:
 
 
 def read_ct_series(paths: Sequence[Path], series_uid: str) -> CtVolume:
-    """The volume of the instances of ``series_uid`` among ``paths`` (other series are skipped)."""
+    """The volume of the instances of ``series_uid`` among ``paths`` (other series are skipped).
+
+    Whatever makes the files unusable as one volume raises VolumeError, a header value of
+    the wrong kind too (an empty Rescale Slope, NumberOfFrames 'x?'), so a caller that
+    treats a bad series as missing never sees another error."""
+    try:
+        return _read_series(paths, series_uid)
+    except VolumeError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        raise VolumeError(
+            f"series {series_uid}: a header value is not usable ({describe(exc)})"
+        ) from exc
+
+
+def _read_series(paths: Sequence[Path], series_uid: str) -> CtVolume:
     headers = [_header(Path(p)) for p in paths]
     members = [
         (Path(p), ds)
@@ -160,7 +174,7 @@ def read_ct_series(paths: Sequence[Path], series_uid: str) -> CtVolume:
 def _header(path: Path) -> Dataset:
     try:
         return dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+    except UNREADABLE_DICOM as exc:
         raise VolumeError(f"file {path}: not a readable DICOM file ({describe(exc)})") from exc
 
 
@@ -373,11 +387,16 @@ def _pixels(series_uid: str, path: Path) -> npt.NDArray[np.float32]:
 def _decoded(series_uid: str, path: Path, modality_lut: bool) -> tuple[Dataset, npt.NDArray[Any]]:
     """The instance and its pixel values, stored or through its Modality LUT; pydicom's
     errors (an unsupported transfer syntax raises NotImplementedError) become a VolumeError."""
-    ds = dcmread(path)
+    try:
+        ds = dcmread(path)
+    except UNREADABLE_DICOM as exc:  # changed on disk since its header was read
+        raise VolumeError(f"file {path}: not a readable DICOM file ({describe(exc)})") from exc
     try:
         stored = ds.pixel_array
         return ds, apply_modality_lut(stored, ds) if modality_lut else stored
-    except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError) as exc:
+    except (
+        ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError, TypeError
+    ) as exc:  # fmt: skip
         raise VolumeError(
             f"series {series_uid}, instance {_uid(ds)}: pixel data cannot be decoded "
             f"({describe(exc)})"

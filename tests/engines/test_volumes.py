@@ -417,3 +417,24 @@ def test_undecodable_pixel_data_is_named(tmp_path: Path) -> None:
         VolumeError, match=rf"instance {ds.SOPInstanceUID}: pixel data cannot be decoded"
     ):
         read_ct_series(paths, SERIES)
+
+
+def test_an_empty_rescale_slope_is_a_volume_error(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, random_hu(depth=3, rows=8, cols=8))
+    _edit(paths[1], RescaleSlope="")
+    with pytest.raises(VolumeError, match=r"pixel data cannot be decoded \(TypeError"):
+        read_ct_series(paths, SERIES)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
+def test_a_header_value_of_the_wrong_kind_is_a_volume_error(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, random_hu(depth=3, rows=8, cols=8))
+    _edit(paths[0], NumberOfFrames="77")
+    raw = paths[0].read_bytes()
+    tag = b"\x28\x00\x08\x00IS\x02\x00"  # (0028,0008) IS, explicit VR little endian
+    assert raw.count(tag + b"77") == 1
+    paths[0].write_bytes(raw.replace(tag + b"77", tag + b"x?"))  # pydicom refuses to set it
+    with pytest.raises(
+        VolumeError, match=rf"series {SERIES}: a header value is not usable \(ValueError"
+    ):
+        read_ct_series(paths, SERIES)
