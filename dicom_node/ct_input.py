@@ -61,7 +61,9 @@ class CtCache:
 
     def volume(self, series_uid: str) -> CtVolume | None:
         if series_uid not in self._volumes:
-            paths = [i.path for i in self._images if i.series_uid == series_uid]
+            # The series' slices only: a localizer (topogram) kept in the series has another
+            # orientation and would make the whole series unusable.
+            paths = [i.path for i in self._images if i.series_uid == series_uid and i.ct_slice]
             try:
                 self._volumes[series_uid] = read_ct_series(paths, series_uid)
             except VolumeError as exc:

@@ -55,6 +55,19 @@ def test_a_series_with_a_missing_slice_is_logged_and_treated_as_missing(
     assert f"CT series {series} not used" in caplog.text and "missing" in caplog.text
 
 
+def test_a_localizer_kept_in_the_series_is_left_out_of_the_volume(tmp_path: Path) -> None:
+    paths, series = written(tmp_path)
+    topogram = pydicom.dcmread(paths[0])
+    topogram.SOPInstanceUID = "1.2.3.799"
+    topogram.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    topogram.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # coronal: not the slices' plane
+    topogram.save_as(tmp_path / "topogram.dcm")
+    cache = CtCache(images([*paths, tmp_path / "topogram.dcm"]))
+    volume = cache.volume(series)
+    assert volume is not None and "1.2.3.799" not in volume.instance_uids
+    assert cache.get(series, PRE, "R") is not None
+
+
 def test_an_engine_without_a_ct_grid_is_refused(tmp_path: Path) -> None:
     paths, series = written(tmp_path)
     with pytest.raises(VolumeError, match="gives no CT grid"):

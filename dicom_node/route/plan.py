@@ -151,7 +151,8 @@ def ct_series(
         counts[image.series_uid] += image.frames
     if side is not None:  # a series without laterality: what its geometry shows
         for series in list(counts):
-            shown = _shown_by_geometry([i for i in images if i.series_uid == series])
+            slices = [i for i in images if i.series_uid == series and i.ct_slice]
+            shown = _shown_by_geometry(slices)
             if shown is not None and shown not in ("B", side):
                 del counts[series]
     best = max(counts.items(), key=lambda item: item[1], default=None)

@@ -574,3 +574,29 @@ def test_several_values_are_joined_as_dicom_writes_them() -> None:
                                 "when": {"ViewPosition": "AP(\\\\.*)?"}}]}}
     ).routing  # fmt: skip
     assert rule_matches(routing.rules[0], attributes_of(ds, "PACS"))
+
+
+def test_a_localizer_in_the_series_does_not_widen_its_field() -> None:
+    import copy
+
+    import numpy as np
+
+    from dicom_node.synthetic import StudyIdentity, make_ct_series
+
+    datasets = make_ct_series(
+        np.zeros((6, 8, 8)), identity=StudyIdentity.synthetic(1), series_uid="1.2.3.700",
+        spacing_mm=(2.0, 16.0, 16.0), origin_mm=(-150.0, 0.0, 0.0), laterality="B",
+    )  # fmt: skip
+    topogram = copy.deepcopy(datasets[0])  # kept in the slices' series, as some scanners do
+    topogram.SOPInstanceUID = "1.2.3.799"
+    topogram.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    topogram.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    topogram.ImagePositionPatient = [-250, 0, 0]
+    topogram.PixelSpacing = [64, 64]  # 512 mm across: both hips
+    images = []
+    for ds in [*datasets, topogram]:
+        if "Laterality" in ds:
+            del ds.Laterality  # a site's CT often has none
+        images.append(source_image(ds, Path(f"spool/{ds.SOPInstanceUID}.dcm"), "PACS"))
+    # The slices show the right hip alone; the topogram's width does not make them both.
+    assert (ct_series(images, "R"), ct_series(images, "L")) == ("1.2.3.700", None)
