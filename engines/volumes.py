@@ -64,6 +64,9 @@ SPACING_TOLERANCE = 1e-4
 DUPLICATE_MM = 0.01
 # A gap may differ from the series' slice step by this fraction (or 0.01 mm).
 STEP_TOLERANCE = 0.05
+# How far (share of a slice spacing) a slice may lie from its place on the volume's regular
+# grid: gaps within STEP_TOLERANCE each may still add up along the series.
+DRIFT_TOLERANCE = 0.25
 # The in-plane offset a slice may have from the first one, as a fraction of a pixel.
 SHIFT_TOLERANCE = 0.1
 
@@ -344,7 +347,18 @@ def _check_steps(series_uid: str, slices: list[_Slice], along: npt.NDArray[np.fl
         if missing >= 1 and abs(gap - (missing + 1) * step) <= tolerance * (missing + 1):
             raise VolumeError(f"series {series_uid}: {missing} slice(s) missing {between}")
         raise VolumeError(f"series {series_uid}: irregular slice spacing {between}")
-    return float((along[-1] - along[0]) / (len(along) - 1))
+    # Each gap within tolerance is not enough: gaps that creep (1.0 mm, then 1.045 mm)
+    # would put slices a whole step from where the volume's regular grid shows them.
+    mean = float((along[-1] - along[0]) / (len(along) - 1))
+    drift = np.abs(along - (along[0] + mean * np.arange(len(along))))
+    worst = int(np.argmax(drift))
+    if drift[worst] > max(DUPLICATE_MM, DRIFT_TOLERANCE * mean):
+        raise VolumeError(
+            f"series {series_uid}: irregular slice spacing: instance {slices[worst].uid} at "
+            f"{along[worst]:.3f} mm along the slice normal is {drift[worst]:.3f} mm from its "
+            f"place on a regular grid of {mean:.3f} mm slices"
+        )
+    return mean
 
 
 def _check_stacked(series_uid: str, slices: list[_Slice], normal: npt.NDArray[np.float64]) -> None:

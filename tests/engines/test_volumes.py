@@ -438,3 +438,20 @@ def test_a_header_value_of_the_wrong_kind_is_a_volume_error(tmp_path: Path) -> N
         VolumeError, match=rf"series {SERIES}: a header value is not usable \(ValueError"
     ):
         read_ct_series(paths, SERIES)
+
+
+def test_gaps_that_creep_are_refused(tmp_path: Path) -> None:
+    # 20 gaps of 2.5 mm, then 19 of 2.6 mm: each within 5 % of the step, yet the last
+    # slices end up ~0.9 mm (over a third of a slice) from the regular grid's places.
+    paths = write_series(tmp_path, random_hu(depth=40, rows=4, cols=4))
+    start = np.asarray(_position(paths[0]))
+    offset = 0.0
+    for k, path in enumerate(paths[1:], start=1):
+        offset += 2.5 if k <= 20 else 2.6
+        _edit(path, ImagePositionPatient=[f"{v:.6f}" for v in start + offset * NORMAL])
+    with pytest.raises(
+        VolumeError,
+        match=r"irregular slice spacing: instance \S+ at \S+ mm along the slice normal is "
+        r"0\.9\d\d mm from its place on a regular grid of 2\.549 mm slices",
+    ):
+        read_ct_series(paths, SERIES)
