@@ -56,8 +56,10 @@ REQUIREMENTS = ("ct", "text", "age", "sex", "height", "weight")
 HEATMAP_POLICIES = ("positive", "positive-or-top", "none")
 # Body Part Examined of a CT that may show the hips (PS3.16 Annex L terms; "" when absent, as
 # many CTs carry none): its field is fitted whole into a CT engine's grid, so a chest CT in
-# the same study must not be taken for the hips' (docs/results.md).
-CT_BODY_PARTS = ("", "HIP", "PELVIS", "ABDOMENPELVIS", "CHESTABDPELVIS", "WHOLEBODY")
+# the same study must not be taken for the hips', nor by default a chest-abdomen-pelvis or
+# whole-body CT, whose 600-1500 mm would squeeze the hips into a few slices of the grid
+# (docs/results.md).
+CT_BODY_PARTS = ("", "HIP", "PELVIS", "ABDOMENPELVIS")
 _CODE_STRING = re.compile(r"[A-Z0-9 _]{0,16}")
 DESTINATION_TYPES = ("dicom", "folder")
 

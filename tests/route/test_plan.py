@@ -472,6 +472,10 @@ def test_only_a_ct_that_may_show_the_hips_is_a_ct_input() -> None:
     assert ct_series([*chest, *hips]) == "1.2.3.920"
     assert ct_series(chest) is None
     assert ct_series(unnamed) == "1.2.3.930"  # many CTs carry no body part: kept
+    # Chest-abdomen-pelvis and whole body: 600-1500 mm fitted into the grid squeeze the hips.
+    for long in ("CHESTABDPELVIS", "WHOLEBODY"):
+        body = [ct_slice(str(n), series="1.2.3.940", BodyPartExamined=long) for n in range(60, 90)]
+        assert ct_series([*body, *hips]) == "1.2.3.920"
     assert {t.engine for t in plan_tasks([pelvis, *chest], DEFAULT)} == {"hip_screen"}
     tasks = plan_tasks([pelvis, *chest, *hips], DEFAULT)
     assert {t.ct_series for t in tasks if t.engine == "hip_multimodal"} == {"1.2.3.920"}
