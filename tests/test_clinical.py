@@ -228,6 +228,9 @@ def test_patient_age_wins_over_dates_and_dates_back_it_up() -> None:
     variables = variables_from_dataset(ds)
     assert variables.age_years == pytest.approx(60.0)
     assert variables.invalid == ()
+    # "000Y" is what many modalities write for an unknown age: the dates say more.
+    ds.PatientAge = "000Y"
+    assert variables_from_dataset(ds).age_years == pytest.approx(60.0)
 
 
 def test_age_with_datetime_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
