@@ -46,6 +46,13 @@ from dicom_node.triage import check_overrides
 
 log = logging.getLogger(__name__)
 
+# A stop, after node.drain_seconds of draining: aborted associations get ABORT_SECONDS to
+# end, then the job in hand JOB_STOP_SECONDS to finish (the other threads' waits overlap
+# it). A service manager must wait for all of it (deploy/ allows drain_seconds + 45 s): a
+# job killed mid-run counts as a crash, and a study's second crash fails it.
+ABORT_SECONDS = 2.0
+JOB_STOP_SECONDS = 30.0
+
 
 class Node:
     def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
@@ -218,7 +225,7 @@ class Node:
                 log.warning("aborting %d associations still open after draining", len(left))
                 for assoc in left:
                     assoc.abort()
-                give_up = time.monotonic() + 2.0
+                give_up = time.monotonic() + ABORT_SECONDS
                 for assoc in left:
                     assoc.join(timeout=max(give_up - time.monotonic(), 0.0))
         # Every background thread is told first, so their waits overlap (the longest one
@@ -236,7 +243,7 @@ class Node:
             self.assembler.stop(self._wait(5.0))
             self.assembler = None
         if self.pipeline is not None:
-            self.pipeline.stop(self._wait(30.0))
+            self.pipeline.stop(self._wait(JOB_STOP_SECONDS))
             self.pipeline = None
         if self.sender is not None:
             self.sender.stop(self._wait(10.0))

@@ -926,3 +926,25 @@ def test_template_renderer_follows_go_trim_markers() -> None:
     )
     with pytest.raises(ValueError, match="unsupported"):
         engine.parse("{{ range .x }}{{ end }}")
+
+
+def test_service_managers_wait_for_the_whole_stop() -> None:
+    # drain_seconds, the aborts, the job in hand, and the echo thread's 5 s beyond its C-ECHO
+    # timeout (which overlaps the job's wait): a SIGKILL before that counts as a crash.
+    from dicom_node.node import ABORT_SECONDS, JOB_STOP_SECONDS
+
+    container = yaml.safe_load((DEPLOY / "docker" / "config.yaml").read_text())
+    values = yaml.safe_load((DEPLOY / "helm" / "dicom-node" / "values.yaml").read_text())
+    drain = max(container["node"]["drain_seconds"], values["config"]["node"]["drain_seconds"])
+    needed = drain + ABORT_SECONDS + JOB_STOP_SECONDS
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    unit = (DEPLOY / "systemd" / "dicom-node.service").read_text()
+    [systemd] = re.findall(r"^TimeoutStopSec=(\d+)$", unit, re.M)
+    graces = {
+        "compose": float(compose["services"]["node"]["stop_grace_period"].rstrip("s")),
+        "helm": float(values["terminationGracePeriodSeconds"]),
+        "systemd": float(systemd),
+    }
+    assert all(grace >= needed + 5 for grace in graces.values()), (needed, graces)
+    readme = (DEPLOY / "README.md").read_text()
+    assert f"--stop-timeout {graces['compose']:.0f}" in readme
