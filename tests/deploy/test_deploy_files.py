@@ -897,6 +897,14 @@ def test_helm_chart_with_service_monitor_triton_and_a_storage_class() -> None:
     # The job label comes from this Service label: the alert rules select job="dicom-node".
     assert scraped[0]["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "dicom-node"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # A renamed release keeps job="dicom-node", or the alerts on a dead node never fire.
+    renamed = _by_kind(_render_chart({"serviceMonitor.enabled": True, "nameOverride": "triage"}))
+    (monitor,) = renamed["ServiceMonitor"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    (service,) = [
+        s for s in renamed["Service"] if selector.items() <= s["metadata"]["labels"].items()
+    ]
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "dicom-node"
 
     (triton,) = kinds["Deployment"]
     (server,) = triton["spec"]["template"]["spec"]["containers"]

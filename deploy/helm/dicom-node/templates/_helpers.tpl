@@ -18,6 +18,7 @@ app.kubernetes.io/name: {{ include "dicom-node.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: dicom-node
 {{- end -}}
 
 {{/* Selects the node's pod (the Triton pods carry component: triton instead). */}}
