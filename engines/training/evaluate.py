@@ -128,7 +128,11 @@ def evaluate(
 
 
 def peak_hits_mask(heatmap: npt.NDArray[np.floating], mask: npt.NDArray[np.bool_]) -> bool:
-    """Whether the block of pixels under the map's peak cell holds any lesion pixel."""
+    """Whether the block of pixels under the map's peak cell holds any lesion pixel. A map
+    without a peak (all cells equal: a Grad-CAM with nothing left after its ReLU) points
+    nowhere, a miss; argmax would have picked the first cell."""
+    if not np.ptp(heatmap) > 0:
+        return False
     h, w = heatmap.shape
     rows, cols = mask.shape
     r, c = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)

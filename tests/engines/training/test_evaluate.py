@@ -25,6 +25,10 @@ def test_peak_hits_mask_checks_the_block_under_the_peak_cell() -> None:
     heat[:] = 0
     heat[2, 2] = 1
     assert peak_hits_mask(heat, odd)
+    # A map with no peak points nowhere: a miss, even over a lesion in the first cell.
+    corner = np.zeros((96, 96), dtype=bool)
+    corner[0, 0] = True
+    assert not peak_hits_mask(np.zeros((3, 3)), corner)
 
 
 def test_evaluate_reports_accuracy_confusion_and_pointing() -> None:
