@@ -115,7 +115,10 @@ def train(
     criterion = Criterion(focal, options.attention_weight)
     start_run(checkpoint_dir)
     optimiser = adamw(model.parameters(), options.learning_rate, options.weight_decay)
-    steps = math.ceil(len(train_set) / options.batch_size)
+    # A last batch of one item is left out of the epoch (BatchNorm needs two), and out of
+    # the count of steps the progress bar and the schedule go by.
+    whole, rest = divmod(len(train_set), options.batch_size)
+    steps = whole + (rest >= 2)  # at least 1: every class has an item, and there are several
     total_steps = steps * options.epochs
     generator = torch.Generator().manual_seed(options.seed)
     start = time.monotonic()
@@ -127,8 +130,6 @@ def train(
         total, done = 0.0, 0
         for step in range(steps):
             index = order[step * options.batch_size : (step + 1) * options.batch_size]
-            if len(index) < 2:  # BatchNorm needs two items
-                continue
             share = run_share(
                 ((epoch - 1) * steps + step) / total_steps,
                 time.monotonic() - start,

@@ -212,3 +212,14 @@ def test_a_run_removes_an_earlier_runs_checkpoints(tmp_path: Path) -> None:
     assert names == ["best.pt", "epoch-001.pt", "notes.txt"]  # no epoch-002.pt of the first run
     state = torch.load(tmp_path / "best.pt", weights_only=True)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_last_batch_of_one_is_left_out_of_the_steps(tmp_path: Path) -> None:
+    # 16 hips in batches of 5: three batches and one hip BatchNorm cannot train on alone.
+    spec = engine_spec("hip_screen")
+    data = phantom_set(spec, 2, 64, seed=0)
+    seen: list[Progress] = []
+    options = TrainOptions(epochs=1, batch_size=5, batch_norm_items=0)
+    train(spec, create("hip_screen"), data, data, PRE, options, tmp_path, seen.append)
+    # The last event ends the epoch (the progress bar closes its line on it).
+    assert [(p.step, p.steps) for p in seen] == [(1, 3), (2, 3), (3, 3)]
