@@ -67,6 +67,11 @@ STEP_TOLERANCE = 0.05
 # How far (share of a slice spacing) a slice may lie from its place on the volume's regular
 # grid: gaps within STEP_TOLERANCE each may still add up along the series.
 DRIFT_TOLERANCE = 0.25
+# The most voxels a series may have: 2**28 is 1024 slices of 512 x 512, 1 GiB in float32,
+# ~3 GiB at the peak of reading and resampling it. A larger one (a thin whole-body
+# reconstruction) is refused before it is decoded, as unusable, rather than risk the node's
+# memory on one study.
+MAX_VOXELS = 2**28
 # The in-plane offset a slice may have from the first one, as a fraction of a pixel.
 SHIFT_TOLERANCE = 0.1
 
@@ -143,6 +148,13 @@ def _read_series(paths: Sequence[Path], series_uid: str) -> CtVolume:
     first = slices[0]
     for s in slices[1:]:
         _check_plane(series_uid, first, s)
+    voxels = len(slices) * first.shape[0] * first.shape[1]
+    if voxels > MAX_VOXELS:  # checked on the headers, before any pixel is decoded
+        raise VolumeError(
+            f"series {series_uid}: {len(slices)} slices of {first.shape[0]} x {first.shape[1]} "
+            f"are {voxels} voxels, over the {MAX_VOXELS} a series may have (reading it takes "
+            "about three times its size in float32)"
+        )
     row, col = first.orientation[:3], first.orientation[3:]
     normal = np.cross(row, col)
     along = np.array([float(np.dot(s.position, normal)) for s in slices])

@@ -455,3 +455,17 @@ def test_gaps_that_creep_are_refused(tmp_path: Path) -> None:
         r"0\.9\d\d mm from its place on a regular grid of 2\.549 mm slices",
     ):
         read_ct_series(paths, SERIES)
+
+
+def test_a_series_over_the_voxel_limit_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engines import volumes
+
+    paths = write_series(tmp_path, random_hu(depth=4, rows=8, cols=8))
+    monkeypatch.setattr(volumes, "MAX_VOXELS", 255)
+    monkeypatch.setattr(volumes, "_slice_hu", None)  # never reached: no pixel is decoded
+    with pytest.raises(
+        VolumeError, match=rf"series {SERIES}: 4 slices of 8 x 8 are 256 voxels, over the 255"
+    ):
+        read_ct_series(paths, SERIES)
