@@ -843,7 +843,8 @@ def test_helm_chart_default_manifests() -> None:
     assert pod["terminationGracePeriodSeconds"] > config.node.drain_seconds
     assert pod["securityContext"]["runAsNonRoot"] is True
     (container,) = pod["containers"]
-    assert container["command"] == [
+    # args, not command: the image's entrypoint (NGC's, in the GPU image) still runs.
+    assert "command" not in container and container["args"] == [
         "dicom-node", "serve", "--config", "/etc/dicom-node/config.yaml",
     ]  # fmt: skip
     assert container["image"] == f"dicom-node:{chart['appVersion']}"
@@ -852,6 +853,7 @@ def test_helm_chart_default_manifests() -> None:
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["timeoutSeconds"] == 5
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["spool"] == str(config.storage.spool_dir)
@@ -860,7 +862,12 @@ def test_helm_chart_default_manifests() -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["config"]["configMap"]["name"] == configmap["metadata"]["name"]
     (init,) = pod["initContainers"]  # demo engines, built before the node starts
-    assert init["command"][:4] == ["dicom-node", "engines", "build", "--demo"]
+    assert "command" not in init and init["args"][:4] == [
+        "dicom-node",
+        "engines",
+        "build",
+        "--demo",
+    ]
 
     values = _load_yaml(CHART / "values.yaml")
     claims = {c["metadata"]["name"]: c["spec"] for c in spec["volumeClaimTemplates"]}
