@@ -88,7 +88,15 @@ def _run(
                 # not a reason to lose the AP's triage; the report then says AP only.
                 log.warning("%s hip: lateral not used: %s", task.side, exc)
                 task = replace(task, lateral=None)
-        ct = volumes.get(task.ct_series, pre, task.side) if pre.volume is not None else None
+        ct = None
+        if pre.volume is not None:
+            # The first usable series: a thin reconstruction that cannot be read (a missing
+            # slice, over the voxel limit) leaves the study's thicker one.
+            for series in (task.ct_series, *task.ct_alternatives):
+                ct = volumes.get(series, pre, task.side)
+                if ct is not None:
+                    task = replace(task, ct_series=series, ct_alternatives=())
+                    break
         item = HipBatchItem(task, ap, lateral, ct, task.ap.clinical)
         by_engine.setdefault(task.engine, []).append(item)
     outcomes: list[HipOutcome] = []

@@ -164,6 +164,7 @@ class HipTask:
     lateral: SourceImage | None = None
     rule: str = ""  # the routing rule or cascade that chose it
     ct_series: str | None = None  # the study's CT series, for engines with a CT input
+    ct_alternatives: tuple[str, ...] = ()  # the next ones, should it be unusable
 
 
 @dataclass(frozen=True)

@@ -82,3 +82,37 @@ def test_a_header_that_cannot_be_read_names_the_file(
         write(path)
     with pytest.raises(PreprocessError, match=rf"^broken\.dcm: cannot read its header \({cause}"):
         read_sources([(path, "PACS")])
+
+
+def test_an_unusable_ct_reconstruction_leaves_the_studys_next_one(
+    tmp_path: Path, fusion_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A thin reconstruction (more slices, so routing's first choice) with a slice missing,
+    # and a thicker one of the same hip: the engine gets the thicker one, and the SR's CT
+    # is the one used.
+    from engines.phantoms.ct import ct_hip, write_ct_study_series
+
+    study = write_study(tmp_path / "xr", 9, "osteoarthritis", "normal", size=64)
+    thin = write_ct_study_series(tmp_path / "thin", ct_hip("osteoarthritis", 9, shape=(12, 32, 32)),
+                                 study.identity, series_number=301)  # fmt: skip
+    thick = write_ct_study_series(tmp_path / "thick", ct_hip("osteoarthritis", 9, shape=(8, 32, 32)),
+                                  study.identity, series_number=302)  # fmt: skip
+    thin.pop(5).unlink()  # 11 slices left, with a gap
+    rule = {"name": "mm", "engine": "hip_multimodal", "when": {"Modality": ["DX"]}}
+    cfg = pipeline_config(
+        tmp_path / "spool", fusion_cache, routing={"rules": [rule], "cascade": []}
+    )
+    images = read_sources([(p, "PACS") for p in (study.files[0], *thin, *thick)])
+    thin_uid, thick_uid = (pydicom.dcmread(s[0]).SeriesInstanceUID for s in (thin, thick))
+    engines = EngineSet(cfg.engines, ["hip_multimodal"])
+    try:
+        with caplog.at_level(logging.WARNING, logger="dicom_node.ct_input"):
+            analysis = analyse_study(study.identity.study_uid, images, engines, cfg)
+    finally:
+        engines.close()
+    (right,) = [
+        h.decision.prediction for h in analysis.hips if h.decision.prediction.task.side == "R"
+    ]
+    assert right.inputs["ct"] is True
+    assert right.task.ct_series == thick_uid and right.task.ct_alternatives == ()
+    assert f"CT series {thin_uid} not used" in caplog.text and "missing" in caplog.text

@@ -140,6 +140,18 @@ def ct_series(
     """The study's CT series with the most slices (at least MIN_CT_SLICES) among those whose
     Body Part Examined is one of ``body_parts``, else None; with ``side``, only series that
     may show that hip (not one lateralised to the other)."""
+    candidates = ct_candidates(images, side, body_parts)
+    return candidates[0] if candidates else None
+
+
+def ct_candidates(
+    images: Sequence[SourceImage],
+    side: str | None = None,
+    body_parts: Collection[str] = CT_BODY_PARTS,
+) -> tuple[str, ...]:
+    """Every CT series :func:`ct_series` could pick, the most slices first (ties by UID): a
+    study often holds several reconstructions, and the next is used where the first cannot
+    be read (dicom_node.analyse)."""
     counts: Counter[str] = Counter()
     for image in images:
         if not image.ct_slice:
@@ -155,8 +167,8 @@ def ct_series(
             shown = _shown_by_geometry(slices)
             if shown is not None and shown not in ("B", side):
                 del counts[series]
-    best = max(counts.items(), key=lambda item: item[1], default=None)
-    return best[0] if best is not None and best[1] >= MIN_CT_SLICES else None
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return tuple(series for series, slices in ranked if slices >= MIN_CT_SLICES)
 
 
 def _shown_by_geometry(series: Sequence[SourceImage]) -> str | None:
@@ -228,8 +240,9 @@ def _task(
 ) -> HipTask:
     spec = engine_spec(engine)
     lateral = _lateral(images, side, routing) if "LATERAL" in spec.views else None
-    ct = ct_series(images, side, routing.ct_body_parts) if "ct" in spec.modalities else None
-    return HipTask(engine=engine, side=side, ap=ap, lateral=lateral, rule=rule, ct_series=ct)
+    ct = ct_candidates(images, side, routing.ct_body_parts) if "ct" in spec.modalities else ()
+    return HipTask(engine=engine, side=side, ap=ap, lateral=lateral, rule=rule,
+                   ct_series=ct[0] if ct else None, ct_alternatives=ct[1:])  # fmt: skip
 
 
 def plan_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[HipTask, ...]:

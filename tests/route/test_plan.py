@@ -12,7 +12,7 @@ from dicom_node.config import parse_config
 from dicom_node.config_results import ROUTING_ATTRIBUTES, RoutingConfig
 from dicom_node.models import HipFinding, HipTask, Prediction, SourceImage, TriageDecision
 from dicom_node.route import attributes_of, cascade_tasks, plan_tasks, rule_matches, source_image
-from dicom_node.route.plan import DX_FOR_PROCESSING, ct_series
+from dicom_node.route.plan import DX_FOR_PROCESSING, ct_candidates, ct_series
 from engines.catalog import engine_spec
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -472,6 +472,8 @@ def test_only_a_ct_that_may_show_the_hips_is_a_ct_input() -> None:
     assert ct_series([*chest, *hips]) == "1.2.3.920"
     assert ct_series(chest) is None
     assert ct_series(unnamed) == "1.2.3.930"  # many CTs carry no body part: kept
+    # Every candidate, the most slices first: the next is used where one cannot be read.
+    assert ct_candidates([*unnamed, *chest, *hips]) == ("1.2.3.920", "1.2.3.930")
     # Chest-abdomen-pelvis and whole body: 600-1500 mm fitted into the grid squeeze the hips.
     for long in ("CHESTABDPELVIS", "WHOLEBODY"):
         body = [ct_slice(str(n), series="1.2.3.940", BodyPartExamined=long) for n in range(60, 90)]
