@@ -19,9 +19,10 @@ used), with one thread per core unless ``--threads`` says otherwise.
 
 The host's own rate is measured in the same run, before and after the engines: an fp32
 matrix product of ``MATMUL_EDGE`` x ``MATMUL_EDGE`` through onnxruntime with the same
-threads, in its own process. No network runs faster than that on the CPU, and a virtual
-machine's rate can change several-fold from one day to the next (docs/performance.md), so
-each row also gives its GFLOP/s as a share of that rate ("of matmul").
+threads, in its own process. It is a reference, not a ceiling (a network's convolutions can
+run a little above it), and a virtual machine's rate can change several-fold from one day
+to the next (docs/performance.md), so each row also gives its GFLOP/s as a share of that
+rate ("of matmul").
 
     .venv/bin/python bench/inference.py              # both engines, batch 1 and 4
     .venv/bin/python bench/inference.py --markdown   # also the table for docs/performance.md

@@ -5,9 +5,10 @@ it is 20-40x slower without it) and accept the same maximum PDU (``MAX_PDU``, st
 largest), so ``storescu`` cuts each file into the same P-DATA PDUs for both; it sends every
 file of a set over one association. The node spools durably (fsync of file, folder and
 SQLite per instance); storescp writes files without fsync. Each run times ``storescu`` from
-its start to its exit, for every receiver alike (its start-up, ~20 ms, is in both). Runs
-alternate between the receivers, each run starting with the next one (no receiver is always
-first), to spread machine noise; the table shows medians. A verdict on the targets is
+its start to its exit, for every receiver alike (its start-up, ~20 ms, is in both). Each
+run takes the receivers in its own seeded order (printed), so that neither the first place
+nor the receiver before, whose files were just deleted, is always the same one's; the table
+shows medians. A verdict on the targets is
 printed only from three runs or more (``--quick`` is a smoke run).
 
     .venv/bin/python bench/ingest.py            # 200 x 512x512 and 50 x 3000x2500, 3 runs
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -225,8 +227,11 @@ def main() -> int:
             files = make_files(work / f"files-{name}", count, r, c)
             results: dict[str, list[Result]] = {r: [] for r in RECEIVERS}
             for i in range(runs):
-                first = i % len(RECEIVERS)  # each run starts with the next receiver
-                for receiver in RECEIVERS[first:] + RECEIVERS[:first]:
+                # A seeded shuffle per run: a rotation kept each receiver behind the same
+                # one (the node always after the fsync ceiling deleting its 750 MB).
+                order = random.Random(f"{name}-{i}").sample(RECEIVERS, len(RECEIVERS))
+                print(f"{name} run {i + 1}: {', '.join(order)}", file=sys.stderr, flush=True)
+                for receiver in order:
                     results[receiver].append(run_once(receiver, files, work, i))
             med = {k: statistics.median(r.seconds for r in v) for k, v in results.items()}
             mb = results["node"][0].megabytes
