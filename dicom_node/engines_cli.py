@@ -173,6 +173,12 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
     print(f"{spec.name}: {_taken_from(old, size is None)} from {folder / MANIFEST_NAME}")
     if size is None:
         size = old.preprocessing.size
+    if size != old.preprocessing.size and not args.version:
+        # Another input size is another engine: its results must not carry the old version.
+        raise DicomNodeError(
+            f"engines export --size {size}: the input changes from {old.preprocessing.size} "
+            f"px; give --version for the re-sized engine"
+        )
     model = create(old.model, **old.model_kwargs)
     if not args.checkpoint:
         # The engine's own weights are repackaged with its figures and fresh hashes: they

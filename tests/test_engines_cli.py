@@ -230,6 +230,13 @@ def test_export_keeps_the_engines_input_size_unless_given_one(
     manifest = read_manifest(folder)
     assert manifest.preprocessing.size == 64 and manifest.evaluation == {"accuracy": 0.5}
 
+    # Another input size is another engine: a new version is required.
+    with pytest.raises(
+        DicomNodeError,
+        match=r"--size 96: the input changes from 64 px; give --version for the re-sized engine",
+    ):
+        _engines(config, ["export", "hip_screen"], size=96)
+    assert read_manifest(folder).version == "0.0.2"  # left as it was
     assert _engines(config, ["export", "hip_screen", "--version", "0.0.3"], size=96) == 0
     out = capsys.readouterr().out
     assert f"hip_screen: model arguments none from {folder / 'manifest.yaml'}" in out
