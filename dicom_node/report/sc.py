@@ -28,7 +28,7 @@ from dicom_node.report import codes
 from dicom_node.report.overlay import blend, scale_down, with_banner
 from dicom_node.report.patient import building, evidence_header, output_charset
 from dicom_node.report.sr import SIDE_WORDS
-from dicom_node.report.uids import ResultIdentity
+from dicom_node.report.uids import ResultIdentity, series_uid
 from engines.pixels import InputGeometry
 from engines.regions import HipRegion
 
@@ -143,6 +143,10 @@ def build_overlay_sc(
     part = str(source.get("BodyPartExamined", "")).upper()
     laterality = str(source.get("ImageLaterality") or source.get("Laterality") or "")
     orientation = _orientation(source)
+    side = laterality if laterality in ("R", "L") else ""
+    series_description = f"AI heat maps {engine}"[:64]
+    series = series_uid(str(source.StudyInstanceUID), "sc", str(identity.series_number),
+                        series_description, side, part)  # fmt: skip
     with building("overlay"):
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=evidence_header(source),
@@ -150,19 +154,19 @@ def build_overlay_sc(
             photometric_interpretation="RGB",
             bits_allocated=8,
             coordinate_system="PATIENT",
-            series_instance_uid=identity.series_uid,
+            series_instance_uid=series,
             series_number=identity.series_number,
             sop_instance_uid=identity.sop_instance_uid,
             instance_number=identity.instance_number,
             manufacturer=MANUFACTURER,
-            laterality=laterality if laterality in ("R", "L") else None,
+            laterality=side or None,
             # highdicom takes single letters only: the source's own value is set below.
             patient_orientation=(orientation[0][0], orientation[1][0]),
             transfer_syntax_uid="1.2.840.10008.1.2.1",
             manufacturer_model_name=MODEL_NAME,
             software_versions=SOFTWARE_VERSION,
             institution_name=institution_name,
-            series_description=f"AI heat maps {engine}"[:64],
+            series_description=series_description,
             specific_character_set=output_charset(source),
         )
     sc.PatientOrientation = list(orientation)

@@ -35,7 +35,7 @@ from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
 from dicom_node.models import HipFinding, HipTask, TriageDecision
 from dicom_node.report import codes
 from dicom_node.report.patient import building, evidence_header, output_charset
-from dicom_node.report.uids import ResultIdentity, device_uid
+from dicom_node.report.uids import ResultIdentity, device_uid, series_uid
 from engines.manifest import Manifest
 
 SIDE_WORDS = {"R": "right", "L": "left"}
@@ -263,11 +263,14 @@ def build_sr(
     evidence = [
         evidence_header(h) for h in sorted(headers.values(), key=lambda h: str(h.SOPInstanceUID))
     ]
+    series_description = description(priority, decisions)
+    series = series_uid(str(evidence[0].StudyInstanceUID), "sr", str(identity.series_number),
+                        series_description)  # fmt: skip
     with building("SR"):
         return hd.sr.Comprehensive3DSR(
             evidence=evidence,
             content=report,
-            series_instance_uid=identity.series_uid,
+            series_instance_uid=series,
             series_number=identity.series_number,
             sop_instance_uid=identity.sop_instance_uid,
             instance_number=identity.instance_number,
@@ -275,7 +278,7 @@ def build_sr(
             manufacturer_model_name=MODEL_NAME,
             software_versions=SOFTWARE_VERSION,
             institution_name=institution_name,
-            series_description=description(priority, decisions),
+            series_description=series_description,
             is_complete=True,
             specific_character_set=output_charset(evidence[0]),
         )

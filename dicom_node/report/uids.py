@@ -1,7 +1,10 @@
 """Deterministic identities of the node's results.
 
-Series UIDs are derived from the study. An object is built with a provisional SOP
-Instance UID (from the study, the engines and versions, and the source
+Series UIDs are derived from the study and the series' own attributes
+(:func:`series_uid`): the results that share a series agree on every series-level value
+(an SR's priority in its Series Description, an overlay's engine, laterality and body
+part), so a PACS's series list describes each of them truly. An object is built with a
+provisional SOP Instance UID (from the study, the engines and versions, and the source
 instances) and then given its final one from what it shows
 (:func:`with_content_uid`: a digest of its content and evidence). A resend after a
 crash, or a rerun of the same study that finds the same, is the same object, so a
@@ -33,10 +36,18 @@ def _uid(*parts: str) -> str:
 
 @dataclass(frozen=True)
 class ResultIdentity:
-    series_uid: str
     sop_instance_uid: str
     series_number: int
     instance_number: int
+
+
+def series_uid(study_uid: str, kind: str, *attributes: str) -> str:
+    """The series of the node's results of ``kind`` ("sr", "sc") in the study whose
+    series-level attributes (General Series: number, description, laterality, body part)
+    are ``attributes``. A series' attributes hold for all its instances: a rerun that
+    finds another priority, or an overlay of another engine or hip, is in another series
+    (an SR named "AI triage NONE" must not hold the URGENT one of a reopened study)."""
+    return _uid(study_uid, f"{kind}-series", *attributes)
 
 
 def sr_identity(
@@ -48,7 +59,6 @@ def sr_identity(
     """The SR of a study: one per study, engine versions and source instances."""
     tag = ";".join(f"{name}={version}" for name, version in sorted(engines))
     return ResultIdentity(
-        series_uid=_uid(study_uid, "sr-series"),
         sop_instance_uid=_uid(study_uid, "sr", tag, *sorted(sources)),
         series_number=series_number,
         instance_number=1,
@@ -64,7 +74,6 @@ def sc_identity(
 ) -> ResultIdentity:
     """The overlay of one source image by one engine version."""
     return ResultIdentity(
-        series_uid=_uid(study_uid, "sc-series"),
         sop_instance_uid=_uid(study_uid, "sc", f"{engine[0]}={engine[1]}", source),
         series_number=series_number,
         instance_number=instance_number,

@@ -23,7 +23,7 @@ from dicom_node.identity import MANUFACTURER, MODEL_NAME
 from dicom_node.report import codes
 from dicom_node.report.overlay import with_banner
 from dicom_node.report.sc import OverlayHip, banner_lines, build_overlay_sc, overlay_pixels
-from dicom_node.report.uids import ResultIdentity, sc_identity
+from dicom_node.report.uids import ResultIdentity, sc_identity, series_uid
 from engines.phantoms.studies import write_study
 from engines.pixels import display_pixels, pixel_spacing, prepare
 from engines.regions import HipRegion, hip_regions
@@ -288,9 +288,9 @@ def test_secondary_capture_attributes(ap: Image) -> None:
     source = ap.header
     identity = identity_of(ap)
     assert sc.SOPClassUID == SC_STORAGE
-    assert (sc.SeriesInstanceUID, sc.SOPInstanceUID) == (
-        identity.series_uid,
-        identity.sop_instance_uid,
+    assert sc.SOPInstanceUID == identity.sop_instance_uid
+    assert sc.SeriesInstanceUID == series_uid(
+        source.StudyInstanceUID, "sc", "9002", "AI heat maps hip_screen", "", "PELVIS"
     )
     assert sc.SeriesInstanceUID != source.SeriesInstanceUID
     assert (sc.SeriesNumber, sc.InstanceNumber) == (9002, 1)
@@ -523,3 +523,30 @@ def test_a_japanese_character_set_is_written_as_utf_8(ap: Image, tmp_path: Path)
     sc.save_as(path, enforce_file_format=True)
     assert str(pydicom.dcmread(path).PatientName) == "Yamada^Tarou"
     assert dciodvfy_findings(path) == []
+
+
+def test_overlays_share_a_series_only_where_their_series_attributes_agree(
+    ap: Image, lateral: Image
+) -> None:
+    # A series' Laterality, Body Part Examined and Series Description hold for all of its
+    # instances (dcentvfy): overlays of an R and an L image, of another body part or
+    # another engine go to other series; the same attributes keep one series.
+    def single(image: Image, side: str) -> Image:
+        header = copy.deepcopy(image.header)
+        header.ImageLaterality = side
+        return Image(header, image.picture)
+
+    (region,) = hip_regions(lateral.picture.shape, "L")
+    right, left = (single(lateral, side) for side in "RL")
+    by_side = {s: overlay(img, [hip(img, region)]) for s, img in (("R", right), ("L", left))}
+    assert (by_side["R"].Laterality, by_side["L"].Laterality) == ("R", "L")
+    assert by_side["R"].SeriesInstanceUID != by_side["L"].SeriesInstanceUID
+    assert overlay(left, [hip(left, region)]).SeriesInstanceUID == by_side["L"].SeriesInstanceUID
+    pelvis = overlay(ap, both_hips(ap))
+    assert pelvis.SeriesInstanceUID not in {s.SeriesInstanceUID for s in by_side.values()}
+    hipnet = build_overlay_sc(
+        ap.header, ap.picture, both_hips(ap), "hipnet", VERSION, CLINICAL_USE,
+        identity_of(ap, "hipnet"), method=codes.GRADCAM,
+    )  # fmt: skip
+    assert hipnet.SeriesDescription == "AI heat maps hipnet"
+    assert hipnet.SeriesInstanceUID != pelvis.SeriesInstanceUID

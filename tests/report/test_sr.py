@@ -27,7 +27,7 @@ from dicom_node.report.sr import (
     description,
     reported_findings,
 )
-from dicom_node.report.uids import ResultIdentity, device_uid, sr_identity
+from dicom_node.report.uids import ResultIdentity, device_uid, series_uid, sr_identity
 from dicom_node.triage import decide, study_priority
 from engines.catalog import Finding
 from engines.manifest import Manifest
@@ -295,9 +295,9 @@ def test_document_header(study: Study) -> None:
     sr = make_sr(study, decisions)
     assert sr.SOPClassUID == COMPREHENSIVE_3D_SR
     assert sr.Modality == "SR"
-    assert (sr.SeriesInstanceUID, sr.SOPInstanceUID) == (
-        identity.series_uid,
-        identity.sop_instance_uid,
+    assert sr.SOPInstanceUID == identity.sop_instance_uid
+    assert sr.SeriesInstanceUID == series_uid(
+        study.ap.StudyInstanceUID, "sr", "9001", sr.SeriesDescription
     )
     assert (sr.SeriesNumber, sr.InstanceNumber) == (9001, 1)
     assert sr.SeriesInstanceUID not in {study.ap.SeriesInstanceUID, study.lateral.SeriesInstanceUID}

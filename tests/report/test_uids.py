@@ -13,6 +13,7 @@ from dicom_node.report.uids import (
     ResultIdentity,
     device_uid,
     sc_identity,
+    series_uid,
     sr_identity,
     with_content_uid,
 )
@@ -54,12 +55,11 @@ def sc(
 def test_same_inputs_give_the_same_identity() -> None:
     assert sr() == sr()
     assert sc() == sc()
-    assert sr().series_uid == sr_identity(STUDY, list(ENGINES), list(SOURCES), 9001).series_uid
+    assert sr() == sr_identity(STUDY, list(ENGINES), list(SOURCES), 9001)
 
 
 def test_uids_are_valid() -> None:
     for identity in (sr(), sc(), sr(OTHER_STUDY), sc(engine=("hipnet", "2.1.0"))):
-        assert valid(identity.series_uid), identity.series_uid
         assert valid(identity.sop_instance_uid), identity.sop_instance_uid
     assert valid(device_uid())
 
@@ -76,26 +76,23 @@ def test_numbers_are_passed_through() -> None:
 
 def test_sr_differs_per_study() -> None:
     a, b = sr(), sr(OTHER_STUDY)
-    assert a.series_uid != b.series_uid
     assert a.sop_instance_uid != b.sop_instance_uid
 
 
-def test_sr_instance_differs_per_engine_version_in_the_same_series() -> None:
+def test_sr_instance_differs_per_engine_version() -> None:
     newer = sr(engines=[("hip_screen", "1.0.1"), ("hipnet", "2.1.0")])
     assert newer.sop_instance_uid != sr().sop_instance_uid
-    assert newer.series_uid == sr().series_uid
     fewer = sr(engines=[("hip_screen", "1.0.0")])
     assert fewer.sop_instance_uid not in {sr().sop_instance_uid, newer.sop_instance_uid}
     renamed = sr(engines=[("hip_screen2", "1.0.0"), ("hipnet", "2.1.0")])
     assert renamed.sop_instance_uid != sr().sop_instance_uid
 
 
-def test_sr_instance_differs_per_source_set_in_the_same_series() -> None:
+def test_sr_instance_differs_per_source_set() -> None:
     gained = sr(sources=[*SOURCES, "1.2.826.0.1.3680043.8.498.2003"])
     lost = sr(sources=SOURCES[:1])
     uids = {sr().sop_instance_uid, gained.sop_instance_uid, lost.sop_instance_uid}
     assert len(uids) == 3
-    assert gained.series_uid == lost.series_uid == sr().series_uid
 
 
 def test_sr_is_independent_of_order() -> None:
@@ -119,22 +116,32 @@ def test_sc_differs_per_study_engine_version_and_source() -> None:
     ]
     uids = {base.sop_instance_uid, *(v.sop_instance_uid for v in variants)}
     assert len(uids) == 1 + len(variants)
-    # One overlay series per study, whatever the engine or source.
-    assert {v.series_uid for v in variants[1:]} == {base.series_uid}
-    assert variants[0].series_uid != base.series_uid
 
 
-def test_sr_and_sc_are_in_different_series() -> None:
-    assert sr().series_uid != sc().series_uid
+def test_a_series_is_one_per_study_kind_and_series_attributes() -> None:
+    base = series_uid(STUDY, "sc", "9002", "AI heat maps hip_screen", "", "PELVIS")
+    assert base == series_uid(STUDY, "sc", "9002", "AI heat maps hip_screen", "", "PELVIS")
+    others = {
+        series_uid(OTHER_STUDY, "sc", "9002", "AI heat maps hip_screen", "", "PELVIS"),
+        series_uid(STUDY, "sr", "9002", "AI heat maps hip_screen", "", "PELVIS"),
+        series_uid(STUDY, "sc", "9002", "AI heat maps hipnet", "", "PELVIS"),
+        series_uid(STUDY, "sc", "9002", "AI heat maps hip_screen", "R", "PELVIS"),
+        series_uid(STUDY, "sc", "9002", "AI heat maps hip_screen", "", "HIP"),
+        series_uid(STUDY, "sc", "9003", "AI heat maps hip_screen", "", "PELVIS"),
+        # Joined with a separator: ("ab", "") and ("a", "b") are different series.
+        series_uid(STUDY, "sc", "9002", "AI heat maps hip_screen", "PELVIS", ""),
+    }
+    assert base not in others and len(others) == 7
+    assert all(valid(uid) for uid in (base, *others))
+
+
+def test_sr_and_sc_instances_differ() -> None:
     assert sr().sop_instance_uid != sc().sop_instance_uid
-    assert (
-        len({sr().series_uid, sc().series_uid, sr().sop_instance_uid, sc().sop_instance_uid}) == 4
-    )
 
 
 def test_device_uid_is_stable() -> None:
     assert device_uid() == device_uid()
-    assert device_uid() not in {sr().series_uid, sc().series_uid}
+    assert device_uid() not in {sr().sop_instance_uid, sc().sop_instance_uid}
     assert device_uid().startswith("1.2.826.0.1.3680043.8.498.")
 
 
