@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 SIDES = ("R", "L")
 MIN_CT_SLICES = 2
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+# What an engine reads as an AP or a lateral: Computed Radiography and Digital X-Ray For
+# Presentation images. Not For Processing (raw detector data, whose For Presentation copy is
+# the one to read), nor a Secondary Capture (another product's picture of an image, often in
+# colour, that may copy its source's Modality and View Position), nor a CT slice.
+RADIOGRAPH_CLASSES = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1")
 # CT Image, Enhanced CT Image and Legacy Converted Enhanced CT Image Storage.
 CT_VOLUME_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"
@@ -222,7 +227,7 @@ def _lateral(
         if (
             image.view in views
             and image.laterality == side
-            and image.sop_class_uid != DX_FOR_PROCESSING
+            and image.sop_class_uid in RADIOGRAPH_CLASSES
             and image.attributes.get("Modality") in LATERAL_MODALITIES
             and image.attributes.get("BodyPartExamined", "") in LATERAL_BODY_PARTS
         ):
@@ -256,8 +261,8 @@ def plan_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[H
     for image in images:
         if image.view in lateral_views:
             continue  # a lateral view is only ever the partner of an AP region
-        if image.sop_class_uid == DX_FOR_PROCESSING:
-            continue  # raw detector data; its For Presentation copy is the one to read
+        if image.sop_class_uid not in RADIOGRAPH_CLASSES:
+            continue  # whatever a rule says: the engines read radiographs
         for rule in routing.rules:
             if not rule_matches(rule, image.attributes):
                 continue

@@ -606,3 +606,21 @@ def test_a_localizer_in_the_series_does_not_widen_its_field() -> None:
         images.append(source_image(ds, Path(f"spool/{ds.SOPInstanceUID}.dcm"), "PACS"))
     # The slices show the right hip alone; the topogram's width does not make them both.
     assert (ct_series(images, "R"), ct_series(images, "L")) == ("1.2.3.700", None)
+
+
+def test_only_radiographs_are_read_as_an_ap_or_a_lateral() -> None:
+    # Another product's colour Secondary Capture that copies its source's Modality, body
+    # part and view was routed as an AP and failed the study (RGB); a rule without `when`
+    # matched CT slices too.
+    pelvis = image("1")
+    capture = image("2", SOPClassUID="1.2.840.10008.5.1.4.1.1.7")  # DX, PELVIS, AP
+    lateral_capture = image("3", SOPClassUID="1.2.840.10008.5.1.4.1.1.7", ViewPosition="LL",
+                            ImageLaterality="L", BodyPartExamined="HIP")  # fmt: skip
+    cr = image("4", SOPClassUID="1.2.840.10008.5.1.4.1.1.1", Modality="CR")
+    ct = ct_slice("5", series="1.2.3.500")
+    routing = parse_config(
+        {"routing": {"rules": [{"name": "all", "engine": "hipnet"}], "cascade": []}}
+    ).routing
+    tasks = plan_tasks([pelvis, capture, lateral_capture, cr, ct], routing)
+    pairs = {(t.ap.sop_instance_uid, t.lateral and t.lateral.sop_instance_uid) for t in tasks}
+    assert pairs == {("1.2.3.1", None), ("1.2.3.4", None)}
