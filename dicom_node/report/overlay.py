@@ -6,7 +6,7 @@ above the image so it never hides anatomy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -64,25 +64,50 @@ def scale_down(image: npt.NDArray[np.floating], max_edge: int) -> npt.NDArray[np
 
 
 def with_banner(image: RGB, lines: Sequence[tuple[str, bool]]) -> RGB:
-    """``image`` under a black banner with one text line per entry (True: urgent colour)."""
+    """``image`` under a black banner with each entry's text (True: urgent colour), wrapped
+    at spaces to the image's width: on a narrow image a line takes several rows rather than
+    losing its end (the priority, the warning)."""
     width = image.shape[1]
     size = max(11, min(28, width // 48))
     font = ImageFont.load_default(size=size)
     line_height = int(size * 1.35)
-    height = line_height * len(lines) + size // 2
+    measure = ImageDraw.Draw(PILImage.new("RGB", (1, 1)))
+    rows = [
+        (row, urgent)
+        for text, urgent in lines
+        for row in _wrapped(text, lambda t: measure.textlength(t, font=font) <= width - size)
+    ]
+    height = line_height * len(rows) + size // 2
     banner = PILImage.new("RGB", (width, height), BANNER_BACKGROUND)
     draw = ImageDraw.Draw(banner)
-    for n, (text, urgent) in enumerate(lines):
-        fitted = text
-        while fitted and draw.textlength(fitted, font=font) > width - size:
-            fitted = fitted[:-2]
-        if fitted != text:
-            fitted = fitted[:-1] + "~"
+    for n, (text, urgent) in enumerate(rows):
         draw.text(
             (size // 2, size // 4 + n * line_height),
-            fitted,
+            text,
             fill=URGENT_TEXT if urgent else BANNER_TEXT,
             font=font,
         )
     out: RGB = np.concatenate([np.asarray(banner, dtype=np.uint8), image], axis=0)
     return out
+
+
+def _wrapped(text: str, fits: Callable[[str], bool]) -> list[str]:
+    """``text`` in rows that each ``fit``: broken at spaces, a word too long for a row of its
+    own broken between characters (at least one character per row)."""
+    rows: list[str] = []
+    row = ""
+    for word in text.split():
+        joined = f"{row} {word}" if row else word
+        if fits(joined):
+            row = joined
+            continue
+        if row:
+            rows.append(row)
+        row = word
+        while not fits(row) and len(row) > 1:
+            cut = max(n for n in range(1, len(row)) if fits(row[:n]) or n == 1)
+            rows.append(row[:cut])
+            row = row[cut:]
+    if row or not rows:
+        rows.append(row)
+    return rows
