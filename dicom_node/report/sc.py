@@ -29,7 +29,7 @@ from dicom_node.report.overlay import blend, scale_down, with_banner
 from dicom_node.report.patient import building, evidence_header, output_charset
 from dicom_node.report.sr import SIDE_WORDS
 from dicom_node.report.uids import ResultIdentity, series_uid
-from engines.pixels import InputGeometry
+from engines.pixels import InputGeometry, pixel_spacing, square_pixels
 from engines.regions import HipRegion
 
 
@@ -77,7 +77,12 @@ def overlay_pixels(
     hips: Sequence[OverlayHip],
     lines: Sequence[tuple[str, bool]],
     max_edge: int,
+    spacing: tuple[float, float] | None = None,
 ) -> npt.NDArray[np.uint8]:
+    """The overlay's RGB pixels: the maps placed on the source's grid, both made square by
+    the source's (row, column) ``spacing`` (a Secondary Capture carries no spacing, so an
+    anisotropic grid would show the anatomy stretched in every viewer), scaled down to
+    ``max_edge`` and put under the banner."""
     heat = np.zeros(picture.shape, dtype=np.float32)
     for hip in hips:
         if hip.region.rows != picture.shape[0]:
@@ -86,6 +91,7 @@ def overlay_pixels(
             )
         strength = 1.0 if hip.present and not hip.normal else BELOW_THRESHOLD_STRENGTH
         hip.region.place(strength * np.clip(hip.geometry.to_region(hip.heatmap), 0.0, 1.0), heat)
+    picture, heat = square_pixels(picture, spacing), square_pixels(heat, spacing)
     return with_banner(blend(scale_down(picture, max_edge), scale_down(heat, max_edge)), lines)
 
 
@@ -139,7 +145,7 @@ def build_overlay_sc(
         known = ", ".join(sorted({c.value for c in codes.HEATMAP_METHODS.values()}))
         raise ReportError(f"method: expected a CID 217 code ({known}), got {method.value}")
     lines = banner_lines(engine, version, clinical_use, hips, method, map_branch)
-    pixels = overlay_pixels(picture, hips, lines, max_edge)
+    pixels = overlay_pixels(picture, hips, lines, max_edge, pixel_spacing(source))
     part = str(source.get("BodyPartExamined", "")).upper()
     laterality = str(source.get("ImageLaterality") or source.get("Laterality") or "")
     orientation = _orientation(source)

@@ -550,3 +550,15 @@ def test_overlays_share_a_series_only_where_their_series_attributes_agree(
     )  # fmt: skip
     assert hipnet.SeriesDescription == "AI heat maps hipnet"
     assert hipnet.SeriesInstanceUID != pelvis.SeriesInstanceUID
+
+
+def test_an_anisotropic_source_makes_a_square_pixel_overlay(ap: Image) -> None:
+    # 0.1 mm rows, 0.15 mm columns: a Secondary Capture carries no spacing, so the overlay
+    # was the source's grid and showed the pelvis stretched 1.5 times in every viewer.
+    header = copy.deepcopy(ap.header)
+    header.PixelSpacing = [0.1, 0.15]
+    wide = Image(header, ap.picture)
+    sc = overlay(wide, both_hips(wide))
+    rows = sc.Rows - banner_height(3 * SIZE, both_hips(wide))
+    assert (rows, sc.Columns) == (SIZE, 3 * SIZE)  # 128 columns of 0.15 mm: 192 of 0.1 mm
+    assert "PixelAspectRatio" not in sc  # square: nothing for a viewer to honour or ignore
