@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 from dicom_clients import send_files
@@ -233,6 +234,12 @@ def test_a_ct_that_arrives_after_the_radiographs_gives_a_new_sr_that_is_sent(
     }
     ct_uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in ct}
     assert ct_uids <= evidence and len(evidence) == len(ct_uids) + 1
-    # The overlay shows the radiograph branch's map: unchanged content, the same object.
+    # The overlay shows the radiograph branch's map, unchanged, but its banner gives the
+    # rerun's fused probability (whole since the banner wraps its lines): a new object, in
+    # the same series.
+    files = results_of(out, study.identity.study_uid, 4)
     overlays = [ds for ds in files if ds.SOPClassUID != SR_CLASS]
-    assert len(overlays) == 1
+    assert len(overlays) == 2 and len({ds.SeriesInstanceUID for ds in overlays}) == 1
+    old, new = (ds.pixel_array for ds in overlays)
+    assert np.array_equal(old[-64:], new[-64:])  # the picture and its map
+    assert not np.array_equal(old[:-64], new[:-64])  # the banner
