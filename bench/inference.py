@@ -52,7 +52,11 @@ BUSY_LOAD = 0.5  # 1-minute load average above which the machine was not idle
 MATMUL_EDGE = 2048  # the host reference: an fp32 matrix product of this edge
 VERSION = "bench-untrained"
 # What decides the exported graph: a change here re-packages the benchmark's engines.
-EXPORT_CODE = ("engines/models", "engines/export.py", "engines/serving.py", "engines/package.py")
+# The catalog too: it names each engine's network (a change there packages another model).
+EXPORT_CODE = (
+    "engines/models", "engines/catalog.py", "engines/export.py", "engines/serving.py",
+    "engines/package.py",
+)  # fmt: skip
 FINGERPRINT_FILE = "export-code.sha256"
 
 
@@ -214,14 +218,15 @@ def package(name: str, size: int, work: Path) -> Path:
     folder = work / f"{name}-{size}"
     fingerprint = export_code_fingerprint()
     stamp = folder / FINGERPRINT_FILE
+    spec = engine_spec(name)
     try:
         manifest = read_manifest(folder)
         same_code = stamp.is_file() and stamp.read_text().strip() == fingerprint
-        if manifest.name == name and manifest.preprocessing.size == size and same_code:
+        same_model = (manifest.name, manifest.model) == (name, spec.model)
+        if same_model and manifest.preprocessing.size == size and same_code:
             return folder
     except ManifestError:
         pass  # not packaged yet (or unreadable): package it below
-    spec = engine_spec(name)
     torch.manual_seed(SEED)
     print(f"packaging {name} at {size}x{size} into {folder} ...", flush=True)
     package_engine(

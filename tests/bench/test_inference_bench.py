@@ -41,3 +41,26 @@ def test_inference_bench_times_both_backends(tmp_path: Path) -> None:
     assert (folder / "manifest.yaml").is_file()
     # The folder is stamped with the export code it was packaged by (see package()).
     assert len((folder / "export-code.sha256").read_text().strip()) == 64
+
+
+def test_a_folder_packaged_for_another_network_is_packaged_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The catalog names each engine's network: a folder of another one would count one
+    # model's FLOPs and time another's.
+    import dataclasses
+    import importlib.util
+
+    from engines.manifest import read_manifest, write_manifest
+
+    spec = importlib.util.spec_from_file_location("inference_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    assert "engines/catalog.py" in bench.EXPORT_CODE
+    folder = bench.package("hip_screen", 64, tmp_path)
+    manifest = read_manifest(folder)
+    write_manifest(dataclasses.replace(manifest, model="resnet50"), folder)
+    assert bench.package("hip_screen", 64, tmp_path) == folder
+    assert read_manifest(folder).model == manifest.model == "hip_screen"
