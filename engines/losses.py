@@ -20,9 +20,16 @@ class LossConfigError(DicomNodeError, ValueError):
     """beta, gamma or the class counts are out of range."""
 
 
-def class_balanced_weights(counts: Sequence[int], beta: float) -> Tensor:
+def check_focal_parameters(beta: float, gamma: float = 0.0) -> None:
+    """The class-balanced focal loss's own parameters, checked before any data is at hand."""
     if not 0 <= beta < 1:
         raise LossConfigError(f"beta: expected 0 <= beta < 1, got {beta}")
+    if gamma < 0:
+        raise LossConfigError(f"gamma: expected >= 0, got {gamma}")
+
+
+def class_balanced_weights(counts: Sequence[int], beta: float) -> Tensor:
+    check_focal_parameters(beta)
     if not counts or any(c < 1 for c in counts):
         raise LossConfigError(f"class counts: expected positive integers, got {list(counts)}")
     n = torch.tensor(counts, dtype=torch.float64)
@@ -34,8 +41,7 @@ def class_balanced_weights(counts: Sequence[int], beta: float) -> Tensor:
 class ClassBalancedFocalLoss(nn.Module):
     def __init__(self, counts: Sequence[int], beta: float = 0.9999, gamma: float = 2.0) -> None:
         super().__init__()
-        if gamma < 0:
-            raise LossConfigError(f"gamma: expected >= 0, got {gamma}")
+        check_focal_parameters(beta, gamma)
         self.gamma = gamma
         self.weights: Tensor
         self.register_buffer("weights", class_balanced_weights(counts, beta))

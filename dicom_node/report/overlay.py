@@ -105,7 +105,9 @@ def _wrapped(text: str, fits: Callable[[str], bool]) -> list[str]:
             rows.append(row)
         row = word
         while not fits(row) and len(row) > 1:
-            cut = max(n for n in range(1, len(row)) if fits(row[:n]) or n == 1)
+            cut = 1  # the longest start that fits, one character at least
+            while cut + 1 < len(row) and fits(row[: cut + 1]):
+                cut += 1
             rows.append(row[:cut])
             row = row[cut:]
     if row or not rows:

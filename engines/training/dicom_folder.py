@@ -50,7 +50,7 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> Labelle
     dual = "LATERAL" in spec.views
     required = ("ap_file", "label") if dual else ("file", "label")
     header, rows = _rows(csv_path)
-    if not header:
+    if not rows:
         raise DataError(f"{csv_path}: no rows")
     missing = [name for name in required if name not in header]
     if missing:
@@ -58,8 +58,6 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> Labelle
             f"{csv_path}: missing column(s) {missing} for engine {spec.name} "
             f"(the header has: {', '.join(header)})"
         )
-    if not rows:
-        raise DataError(f"{csv_path}: no rows")
     base = csv_path.parent
     ap, lateral, present, labels = [], [], [], []
     patients, row_patients = _Patients(), []

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from dicom_node.errors import DicomNodeError
 from engines.catalog import EngineSpec
-from engines.losses import ClassBalancedFocalLoss, lesion_attention_loss
+from engines.losses import ClassBalancedFocalLoss, check_focal_parameters, lesion_attention_loss
 from engines.manifest import Preprocessing
 from engines.models.hip_screen import HipScreen
 from engines.models.hipnet import HipNet
@@ -71,7 +71,7 @@ class TrainOptions:
             raise TrainingError(f"attention_weight: expected >= 0, got {self.attention_weight}")
         if self.batch_norm_items < 0:
             raise TrainingError(f"batch_norm_items: expected >= 0, got {self.batch_norm_items}")
-        ClassBalancedFocalLoss([1], beta=self.beta, gamma=self.gamma)  # its checks, up front
+        check_focal_parameters(self.beta, self.gamma)
 
 
 @dataclass(frozen=True)
