@@ -451,21 +451,25 @@ def _date(ds: Dataset, keyword: str) -> dt.date | None:
 
 def _age(ds: Dataset, invalid: list[str]) -> float | None:
     stated = _raw(ds, "PatientAge")
-    zero = None  # "000Y": many modalities write it when they do not know the age
+    zero = None  # "000D", "000W", "000M": a newborn's age
+    unknown = False  # "000Y": what many modalities write when they do not know the age
     if stated is not None:
         match = _AGE.fullmatch(stated.upper())
         if match is not None:
             years = int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)]
             if years > 0:
                 return years
-            zero = years
+            unknown = match.group(2) == "Y"
+            zero = None if unknown else years
     birth = _date(ds, "PatientBirthDate")
     study = next((d for d in (_date(ds, k) for k in _STUDY_DATES) if d is not None), None)
     if birth is not None and study is not None:
         # A negative age (birth after the study) is caught by the plausibility check.
         return (study - birth).days / _DAYS_PER_YEAR
-    if zero is not None:
-        return zero  # a newborn's, or an unknown one: nothing says otherwise
+    if zero is not None or unknown:
+        # A newborn's age stands; an unknown one is missing, not a patient of age 0 (an
+        # engine trained on adults would read it far outside anything it has seen).
+        return zero
     if stated is not None or (birth is None and _raw(ds, "PatientBirthDate") is not None):
         invalid.append("age")
     return None

@@ -254,6 +254,9 @@ def test_age_with_datetime_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"PatientBirthDate": b"19600315"}, ()),  # no study date: missing, not invalid
         ({"StudyDate": b"20200315"}, ()),
         ({"PatientAge": b"", "PatientBirthDate": b""}, ()),
+        # "000Y" without the dates: an unknown age, not a patient of age 0.
+        ({"PatientAge": b"000Y"}, ()),
+        ({"PatientAge": b"000Y", "PatientBirthDate": b"19600315"}, ()),
     ],
 )
 def test_age_missing(elements: dict[str, bytes], invalid: tuple[str, ...]) -> None:
