@@ -36,14 +36,27 @@ class FusionHead(nn.Module):
         )
 
     def fit_scaling(self, image: Tensor, clinical: Tensor, missing: Tensor) -> None:
-        """Store the training set's mean and spread (missing values left out of them)."""
+        """Store the training set's mean and spread (missing values left out of them).
+
+        A column that never varies in training (a category no training patient had, such
+        as sex O in phantoms of F and M) keeps a spread of 1: dividing by a spread of ~0
+        would turn its first nonzero value at serving into logits of ~1e5.
+        """
         values = torch.cat([image, clinical], dim=1)
         known = torch.cat([torch.ones_like(image), 1.0 - missing], dim=1)
         count = known.sum(dim=0).clamp_min(1.0)
         mean = (values * known).sum(dim=0) / count
         var = (((values - mean) * known) ** 2).sum(dim=0) / count
         self.mean.copy_(mean)
-        self.scale.copy_(var.sqrt().clamp_min(1e-6))
+        self.scale.copy_(torch.where(var > 1e-12, var.sqrt(), torch.ones_like(var)))
+
+    def unseen_clinical_columns(self) -> tuple[int, ...]:
+        """The clinical columns that were 0 in every training case where present (mean 0,
+        no spread: 1 since the fix above, 1e-6 in a checkpoint from before it)."""
+        mean = self.mean[self.image_width :]
+        scale = self.scale[self.image_width :]
+        constant = (scale == 1.0) | (scale <= 1e-6)
+        return tuple(int(i) for i in torch.nonzero((mean == 0.0) & constant).flatten())
 
     def forward(self, image: Tensor, clinical: Tensor, missing: Tensor) -> Tensor:
         values = (torch.cat([image, clinical], dim=1) - self.mean) / self.scale

@@ -29,6 +29,29 @@ def test_head_ignores_the_value_behind_a_missing_variable() -> None:
     assert head.mean[3 + 2] == 0.0  # missing values stay out of the scaling statistics
 
 
+def test_a_column_constant_in_training_keeps_a_spread_of_one() -> None:
+    # Phantoms are F or M: the sex_other column is 0 in every training row. A spread of
+    # ~0 would blow its first 1 at serving up to logits of ~1e5.
+    torch.manual_seed(0)
+    head = FusionHead(image_width=2, clinical_width=3).eval()
+    image, clinical = torch.randn(6, 2), torch.randn(6, 3)
+    clinical[:, 1] = 0.0
+    head.fit_scaling(image, clinical, torch.zeros(6, 3))
+    assert head.scale[2 + 1] == 1.0 and head.mean[2 + 1] == 0.0
+    assert torch.all(head.scale[[0, 1, 2, 4]] != 1.0)
+    unseen = clinical.clone()
+    unseen[:, 1] = 1.0
+    assert head(image, unseen, torch.zeros(6, 3)).abs().max() < 100.0
+    assert head.unseen_clinical_columns() == (1,)
+    # A checkpoint from before the fix: the same column with a spread of 1e-6.
+    head.scale[2 + 1] = 1e-6
+    assert head.unseen_clinical_columns() == (1,)
+    all_missing = torch.zeros(6, 3)
+    all_missing[:, 2] = 1.0  # a variable no training case had: unseen too
+    head.fit_scaling(image, clinical, all_missing)
+    assert head.unseen_clinical_columns() == (1, 2)
+
+
 def test_permutation_importance_finds_the_column_the_model_uses(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 3)).astype(np.float32)
