@@ -21,7 +21,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -253,6 +253,31 @@ class ClinicalVariables:
             raise ClinicalError(f"required: expected a sequence of names, got {required!r}")
         _check_names(required, "required")
         return all(not self.missing[name] for name in required)
+
+    def unseen(self, columns: Sequence[str]) -> tuple[str, ...]:
+        """The present variables whose value lies in one of ``columns`` (names from
+        VECTOR_FIELDS): for sex the column of its category, for a number its own column.
+        An engine's manifest lists the columns no training case set; a value there is one
+        the engine has never seen (sex O where it learnt from F and M only)."""
+        values, missing = self.as_vector(standardise=False)
+        held = {  # the column holding each present variable's value
+            field if field in VARIABLES else field.split("_")[0]: field
+            for n, field in enumerate(VECTOR_FIELDS)
+            if not missing[n] and (field in VARIABLES or values[n])
+        }
+        return tuple(name for name in VARIABLES if held.get(name) in columns)
+
+    def without(self, names: Sequence[str]) -> ClinicalVariables:
+        """These variables with ``names`` (from VARIABLES) made missing."""
+        _check_names(names, "names")
+        return replace(
+            self,
+            age_years=None if "age" in names else self.age_years,
+            sex=None if "sex" in names else self.sex,
+            height_m=None if "height" in names else self.height_m,
+            weight_kg=None if "weight" in names else self.weight_kg,
+            bmi=None if "bmi" in names else self.bmi,
+        )
 
     def as_vector(
         self, standardise: bool = True

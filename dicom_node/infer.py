@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from dicom_node.clinical import VECTOR_FIELDS, ClinicalContext
+from dicom_node.clinical import VECTOR_FIELDS, ClinicalContext, ClinicalVariables
 from dicom_node.config import EnginesConfig
 from dicom_node.errors import DicomNodeError
 from dicom_node.models import HipTask, Prediction
@@ -128,6 +128,12 @@ class EngineSet:
                     f"preprocessing.clinical: expected the columns {list(VECTOR_FIELDS)}, "
                     f"got {list(clinical)}"
                 )
+            if clinical and manifest.preprocessing.clinical_unseen is None:
+                log.warning(
+                    "engine %s: its manifest does not record which clinical values training "
+                    "saw, so one it never saw (such as sex O) is read as given; re-export it "
+                    "(dicom-node engines export %s)", name, name,
+                )  # fmt: skip
         except (ManifestError, EngineRuntimeError, TextEncoderError, OSError, KeyError) as exc:
             raise EngineUnavailableError(f"engine {name!r} in {folder}: {exc}") from exc
         log.info("engine %s %s ready (%s)", manifest.name, manifest.version, runtime.backend)
@@ -171,7 +177,7 @@ class EngineSet:
             return []
         engine = self._engine(name)
         m = engine.manifest
-        batch, inputs = self._batch(engine, items)
+        batch, inputs, notes = self._batch(engine, items)
         outputs = engine.runtime.infer(batch)
         scores = outputs[m.probability_output]
         probabilities = _softmax(scores) if m.output_is_logits else scores
@@ -204,6 +210,7 @@ class EngineSet:
                     {c: maps[n, k] for k, c in enumerate(m.class_names)},
                     pji_risk=None if pji is None else float(pji[n]),
                     inputs=inputs[n],
+                    notes=notes[n],
                     attention={} if attention is None else
                     {k: float(w) for k, w in zip(MODALITY_ORDER, attention[n], strict=True)},
                 )
@@ -213,14 +220,16 @@ class EngineSet:
     @staticmethod
     def _batch(
         engine: _Engine, items: Sequence[HipBatchItem]
-    ) -> tuple[dict[str, npt.NDArray[np.float32]], list[dict[str, bool]]]:
-        """The engine's named inputs for ``items``, and which inputs each item had."""
+    ) -> tuple[dict[str, npt.NDArray[np.float32]], list[dict[str, bool]], list[tuple[str, ...]]]:
+        """The engine's named inputs for ``items``, which inputs each item had, and notes on
+        what it had and the engine did not read."""
         m = engine.manifest
         pre = m.preprocessing
         names = [spec.name for spec in m.inputs]
         ap = np.stack([normalise(i.ap.pixels, pre) for i in items])[:, None]
         batch: dict[str, npt.NDArray[np.float32]] = {names[0]: ap}
         inputs: list[dict[str, bool]] = [{} for _ in items]
+        notes: list[tuple[str, ...]] = [() for _ in items]
         if "lateral" in names:
             present = np.array([i.lateral is not None for i in items], dtype=np.float32)
             lateral = np.stack(
@@ -244,16 +253,38 @@ class EngineSet:
             for n, flag in enumerate(flags):
                 inputs[n] = dict(zip(MODALITY_ORDER, flag, strict=True))
         if "clinical" in names:
-            vectors = [EngineSet._clinical(i) for i in items]
+            known = [EngineSet._variables(m, i) for i in items]
+            vectors = [EngineSet._clinical(v) for v, _ in known]
             batch["clinical"] = np.stack([v for v, _ in vectors])
             batch["missing"] = np.stack([gone for _, gone in vectors]).astype(np.float32)
-            for n, item in enumerate(items):
-                variables = item.clinical.variables if item.clinical else None
+            for n, (variables, unseen) in enumerate(known):
                 inputs[n] = {
                     k: variables is not None and not variables.is_missing(k)
                     for k in CLINICAL_INPUTS
                 }
-        return batch, inputs
+                if unseen:
+                    notes[n] = (
+                        f"not used: {', '.join(unseen)} (a value no training case of this "
+                        "engine had; read as missing)",
+                    )
+        return batch, inputs, notes
+
+    @staticmethod
+    def _variables(
+        m: Manifest, item: HipBatchItem
+    ) -> tuple[ClinicalVariables | None, tuple[str, ...]]:
+        """The hip's variables as the engine may read them, and those it may not: a value in
+        a column no training case set (sex O for an engine trained on F and M) is missing."""
+        if item.clinical is None:
+            return None, ()
+        variables = item.clinical.variables
+        unseen = variables.unseen(m.preprocessing.clinical_unseen or ())
+        if unseen:
+            log.warning(
+                "engine %s: %s hip of %s: %s read as missing (a value no training case had)",
+                m.name, item.task.side, item.ap.image.source.sop_instance_uid, ", ".join(unseen),
+            )  # fmt: skip
+        return variables.without(unseen), unseen
 
     @staticmethod
     def _embeddings(
@@ -268,11 +299,13 @@ class EngineSet:
         return out, has_text
 
     @staticmethod
-    def _clinical(item: HipBatchItem) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-        if item.clinical is None:
+    def _clinical(
+        variables: ClinicalVariables | None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        if variables is None:
             width = len(VECTOR_FIELDS)
             return np.zeros(width, dtype=np.float32), np.ones(width, dtype=np.bool_)
-        return item.clinical.variables.as_vector(standardise=True)
+        return variables.as_vector(standardise=True)
 
     @staticmethod
     def _heatmaps(

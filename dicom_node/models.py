@@ -179,6 +179,8 @@ class Prediction:
     pji_risk: float | None = None
     # Each input of a multi-input engine and whether it was there (a missing one is masked).
     inputs: Mapping[str, bool] = field(default_factory=dict)
+    # What the report should say about the inputs beyond that (one given but not read).
+    notes: tuple[str, ...] = ()
     # The engine's attention over its modalities (multimodal engine), summing to 1.
     attention: Mapping[str, float] = field(default_factory=dict)
 

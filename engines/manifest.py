@@ -59,6 +59,10 @@ class Preprocessing:
     # Engines with clinical variables: the columns of the clinical input, in order
     # (dicom_node.clinical.VECTOR_FIELDS), standardised as ClinicalVariables.as_vector does.
     clinical: tuple[str, ...] = ()
+    # Of those columns, the ones no training case set (a category such as sex O that no
+    # training patient had, a variable missing throughout): serving reads a value there as
+    # missing. None: not recorded (a manifest written before 0.1.0 recorded it; re-export).
+    clinical_unseen: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,8 @@ def read_manifest(folder: Path) -> Manifest:
         )
     except KeyError as exc:
         raise ManifestError(f"{path}: missing key {exc.args[0]!r}") from None
+    except ManifestError:
+        raise  # already names the file and the key
     except (TypeError, ValueError, AttributeError) as exc:  # e.g. a shape of 'x', a list
         raise ManifestError(f"{path}: malformed entry ({exc})") from None
     return _consistent(manifest, path)
@@ -240,6 +246,15 @@ def _preprocessing(raw: Mapping[str, Any], path: Path) -> Preprocessing:
     if values.get("volume") is not None:
         values["volume"] = tuple(int(d) for d in values["volume"])
     values["clinical"] = tuple(str(c) for c in values.get("clinical") or ())
+    if values.get("clinical_unseen") is not None:
+        unseen = values["clinical_unseen"]
+        if not isinstance(unseen, list) or any(c not in values["clinical"] for c in unseen):
+            raise ManifestError(
+                f"{path}: preprocessing.clinical_unseen: expected a list of columns of "
+                f"preprocessing.clinical ({', '.join(values['clinical']) or 'none'}), "
+                f"got {unseen!r}"
+            )
+        values["clinical_unseen"] = tuple(str(c) for c in unseen)
     for key, supported in (("canonical_side", CANONICAL_SIDES), ("region", REGIONS)):
         if key in values and values[key] not in supported:
             raise ManifestError(

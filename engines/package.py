@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from engines.catalog import EngineSpec
-from engines.export import check_fp16, convert_fp16, export_onnx, sha256_of
+from engines.export import ExportError, check_fp16, convert_fp16, export_onnx, sha256_of
 from engines.manifest import (
     MANIFEST_NAME,
     Artefact,
@@ -110,6 +110,11 @@ def _package(
     clinical: tuple[str, ...],
     extras: Mapping[str, str] | None,
 ) -> Manifest:
+    if isinstance(model, OsteoporosisNet) and len(clinical) != model.head.clinical_width:
+        raise ExportError(
+            f"clinical: the network takes {model.head.clinical_width} clinical columns, "
+            f"got {len(clinical)} names ({', '.join(clinical) or 'none'})"
+        )
     model = model.eval()
     torch.save(model.state_dict(), folder / CHECKPOINT)
     fp32 = export_onnx(model, folder / ONNX_FP32, size, volume=volume)
@@ -127,6 +132,7 @@ def _package(
         artefacts[key] = _artefact(folder, relative)
     inputs, outputs = tensor_specs(model, size, volume=volume)
     probability_output, is_logits = "logits", True
+    unseen: tuple[str, ...] | None = None
     if isinstance(model, HipNet):
         heatmap = Heatmap(kind="interpretive-map", map_output="maps")
         probability_output, is_logits = "probabilities", False
@@ -135,6 +141,7 @@ def _package(
         heatmap = Heatmap(kind="none")
         np.savez(folder / REDUCTION, **_reduction_arrays(model))  # type: ignore[arg-type]
         artefacts["reduction"] = _artefact(folder, REDUCTION)
+        unseen = tuple(clinical[i] for i in model.head.unseen_clinical_columns())
     else:
         branch = model.radiograph if isinstance(model, HipMultimodal) else model
         weight, bias = head_weights(branch)
@@ -159,7 +166,9 @@ def _package(
         classes=spec.findings,
         inputs=inputs,
         outputs=outputs,
-        preprocessing=Preprocessing(size=size, volume=volume, clinical=tuple(clinical)),
+        preprocessing=Preprocessing(
+            size=size, volume=volume, clinical=tuple(clinical), clinical_unseen=unseen
+        ),
         heatmap=heatmap,
         artefacts=artefacts,
         probability_output=probability_output,

@@ -422,6 +422,21 @@ def test_vector_missing_values_are_zero_and_masked() -> None:
     assert values[0] != 0.0 and values[4] != 0.0
 
 
+def test_values_in_columns_an_engine_never_saw() -> None:
+    variables = ClinicalVariables.from_values(70.0, "O", 1.6, 60.0)
+    assert variables.unseen(["sex_other"]) == ("sex",)
+    assert variables.unseen(["sex_male", "sex_female"]) == ()  # only the patient's category
+    assert variables.unseen(["height", "bmi"]) == ("height", "bmi")
+    assert ClinicalVariables(sex="O").unseen(["age", "height"]) == ()  # missing: nothing seen
+    assert ClinicalVariables(age_years=0.0).unseen(["age"]) == ("age",)  # a newborn's 0 counts
+    without = variables.without(("sex", "bmi"))
+    assert without.missing["sex"] and without.missing["bmi"]
+    assert without.present == ("age", "height", "weight")
+    assert without.unseen(["sex_other"]) == ()
+    with pytest.raises(ClinicalError, match=r"names: expected names from .*, got 'sex_other'"):
+        variables.without(("sex_other",))
+
+
 def test_complete_enough() -> None:
     variables = variables_from_dataset(full_variables_dataset())
     assert variables.complete_enough()

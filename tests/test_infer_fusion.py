@@ -4,8 +4,10 @@ masked and recorded, attention per modality; the osteoporosis engine has no heat
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +103,50 @@ def test_osteoporosis_reads_the_clinical_variables_and_has_no_heat_map(
     assert known.probabilities != unknown.probabilities
 
 
+def test_a_category_no_training_case_had_is_read_as_missing(
+    engines: EngineSet, pelvis: PreparedImage, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The engine learnt from F and M: sex O would be a value it never saw (with a spread of
+    # ~0, logits of ~1e5 and a certain "no osteoporosis"), so it is read as missing.
+    assert engines.manifest("osteoporosis").preprocessing.clinical_unseen == ("sex_other",)
+    female = item(engines, "osteoporosis", pelvis, "R", ct=False, text=False)
+    assert female.clinical is not None
+    variables = female.clinical.variables
+    other = replace(
+        female, clinical=replace(female.clinical, variables=replace(variables, sex="O"))
+    )
+    unknown = replace(
+        female, clinical=replace(female.clinical, variables=replace(variables, sex=None))
+    )
+    with caplog.at_level(logging.WARNING, logger="dicom_node.infer"):
+        seen, unseen, missing = engines.predict("osteoporosis", [female, other, unknown])
+    assert unseen.probabilities == pytest.approx(missing.probabilities, abs=1e-6)
+    assert unseen.probabilities != pytest.approx(seen.probabilities, abs=1e-6)
+    assert unseen.inputs == {"age": True, "sex": False, "height": True, "weight": True}
+    assert unseen.notes == (
+        "not used: sex (a value no training case of this engine had; read as missing)",
+    )
+    assert seen.notes == () and missing.notes == ()
+    (record,) = caplog.records
+    assert "R hip of" in record.message and "sex read as missing" in record.message
+    assert "O" not in record.message.split("missing")[0].split("hip of")[0]
+
+
+def test_a_manifest_without_the_unseen_record_is_served_with_a_warning(
+    fusion_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    copy = tmp_path / "osteoporosis"
+    shutil.copytree(fusion_cache / "osteoporosis", copy)
+    manifest = yaml.safe_load((copy / "manifest.yaml").read_text())
+    del manifest["preprocessing"]["clinical_unseen"]  # packaged by an earlier version
+    (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    cfg = EnginesConfig(cache_dir=tmp_path, backend="onnxruntime", threads=1)
+    with caplog.at_level(logging.WARNING, logger="dicom_node.infer"):
+        EngineSet(cfg, ["osteoporosis"]).close()
+    assert "does not record which clinical values training saw" in caplog.text
+    assert "dicom-node engines export osteoporosis" in caplog.text
+
+
 def test_clinical_columns_that_differ_from_the_nodes_are_refused(
     fusion_cache: Path, tmp_path: Path
 ) -> None:
@@ -108,6 +154,7 @@ def test_clinical_columns_that_differ_from_the_nodes_are_refused(
     shutil.copytree(fusion_cache / "osteoporosis", copy)
     manifest = yaml.safe_load((copy / "manifest.yaml").read_text())
     manifest["preprocessing"]["clinical"] = ["age", "sex"]
+    manifest["preprocessing"]["clinical_unseen"] = []
     (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     cfg = EnginesConfig(cache_dir=tmp_path, backend="onnxruntime", threads=1)
     with pytest.raises(

@@ -82,9 +82,9 @@ def _finding_code(manifest: Manifest, name: str) -> Code:
 
 def _comments(
     manifest: Manifest, finding: HipFinding, attention: Mapping[str, float],
-    inputs: Mapping[str, bool],
+    inputs: Mapping[str, bool], notes: Sequence[str] = (),
 ) -> list[str]:  # fmt: skip
-    texts = []
+    texts = list(notes)
     spec = next(c for c in manifest.classes if c.name == finding.name)
     if spec.code is None:
         texts.append(f"finding: {spec.display} (no SNOMED CT concept confirmed)")
@@ -158,7 +158,9 @@ def _group(
             hd.sr.SourceImageForMeasurementGroup.from_source_image(headers[uid]) for uid in sources
         ],
     )
-    for text in _comments(manifest, finding, prediction.attention, prediction.inputs):
+    for text in _comments(
+        manifest, finding, prediction.attention, prediction.inputs, prediction.notes
+    ):
         group[0].ContentSequence.append(
             hd.sr.TextContentItem(
                 name=codes.COMMENT, value=text, relationship_type=RelationshipTypeValues.CONTAINS

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dicom_node import engines_cli
 from dicom_node.clinical import VECTOR_FIELDS
@@ -91,6 +92,15 @@ def test_build_packages_both_engines_and_then_reuses_the_cache(tmp_path: Path) -
     assert [r.reused for r in second] == [True, True]
     assert [r.manifest for r in second] == [multimodal, osteoporosis]
     assert cached_demo(tmp_path, "osteoporosis") == osteoporosis
+    # Phantom patients are F or M: serving reads sex O as missing for this engine.
+    assert osteoporosis.preprocessing.clinical_unseen is not None
+    assert "sex_other" in osteoporosis.preprocessing.clinical_unseen
+    # Packaged before the manifest recorded it (and the head's spread of ~0 was fixed).
+    path = tmp_path / "osteoporosis" / "manifest.yaml"
+    raw = yaml.safe_load(path.read_text())
+    del raw["preprocessing"]["clinical_unseen"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert cached_demo(tmp_path, "osteoporosis") is None
 
 
 def test_the_phantom_only_engines_refuse_labelled_folder_training(tmp_path: Path) -> None:

@@ -150,9 +150,32 @@ def test_preprocessing_serving_does_not_implement_is_refused(
     with pytest.raises(
         ManifestError,
         match=rf"preprocessing\.{key}: expected {supported} \(what serving implements\), "
-        rf"got '{value}'",
+        rf"got '{value}'$",
     ):
         read_manifest(folder)
+
+
+@pytest.mark.parametrize(
+    ("unseen", "shown"), [(["sex_other"], r"\['sex_other'\]"), ("age", "'age'")]
+)
+def test_clinical_unseen_must_name_clinical_columns(
+    packaged: Path, tmp_path: Path, unseen: object, shown: str
+) -> None:
+    def edit(raw: dict[str, Any]) -> None:
+        raw["preprocessing"].update(clinical=["age"], clinical_unseen=unseen)
+
+    with pytest.raises(
+        ManifestError,
+        match=r"preprocessing\.clinical_unseen: expected a list of columns of "
+        rf"preprocessing\.clinical \(age\), got {shown}$",
+    ):
+        read_manifest(_edited(packaged, tmp_path, edit))
+    fine = _edited(
+        packaged, tmp_path / "fine",
+        lambda raw: raw["preprocessing"].update(clinical=["age"], clinical_unseen=["age"]),
+    )  # fmt: skip
+    assert read_manifest(fine).preprocessing.clinical_unseen == ("age",)
+    assert read_manifest(packaged).preprocessing.clinical_unseen is None  # no clinical input
 
 
 def _drop_last_class(raw: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from engines.catalog import engine_spec
+from engines.export import ExportError
 from engines.manifest import MANIFEST_NAME, read_manifest, verify_artefacts
 from engines.models import create
 from engines.package import package_engine
@@ -48,3 +49,14 @@ def test_packaging_replaces_every_artefact_and_keeps_other_files(
     assert (folder / "checkpoints" / "epoch-001.pt").read_bytes() == b"the user's"
     assert (folder / MANIFEST_NAME).is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["hip_screen"]
+
+
+def test_an_osteoporosis_network_needs_a_name_for_each_clinical_column(tmp_path: Path) -> None:
+    model = create("osteoporosis", clinical_width=7, components=6)
+    with pytest.raises(
+        ExportError, match=r"clinical: the network takes 7 clinical columns, got 1 names \(age\)"
+    ):
+        package_engine(
+            engine_spec("osteoporosis"), model, 80, tmp_path / "o", "1.0", clinical=("age",)
+        )
+    assert not (tmp_path / "o").exists()

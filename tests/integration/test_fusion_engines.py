@@ -128,6 +128,11 @@ def test_dx_ct_and_text_give_a_multimodal_sr_and_demographics_an_osteoporosis_sr
     assert send_files(fusion_node.port, [*full.files, *ct]) == [0] * (len(full.files) + len(ct))
     assert send_files(fusion_node.port, list(no_ct.files)) == [0]
     assert send_files(fusion_node.port, list(bone.files)) == [0]
+    # D: as C, but sex O, which no training case of the engine had: read as missing.
+    other = write_study(tmp_path / "d", 614, "normal", "normal", size=64)
+    stamp(other, dataclasses.replace(bone_case, texts={}, age_years=bone_case.age_years or 74,
+                                     sex="O"))  # fmt: skip
+    assert send_files(fusion_node.port, list(other.files)) == [0]
 
     # A: one SR (both engines' groups) and the multimodal engine's Grad-CAM overlay.
     a = results_of(out, full.identity.study_uid, 2)
@@ -188,6 +193,15 @@ def test_dx_ct_and_text_give_a_multimodal_sr_and_demographics_an_osteoporosis_sr
         (importance,) = g["texts"]["Comment"]
         assert importance.startswith("permutation importance (drop of ROC AUC, held-out")
         assert "age 0.121, image 0.080, bmi 0.011" in importance
+    # D: the SR says sex was not used and why; the importance summary follows.
+    (sr,) = results_of(out, other.identity.study_uid, 1)
+    for g in [g for g in groups(sr) if g["engine"] == "osteoporosis"]:
+        assert g["codes"]["Subject Sex"] == "Absent" and g["codes"]["Subject Age"] == "Present"
+        note, importance = g["texts"]["Comment"]
+        assert (
+            note == "not used: sex (a value no training case of this engine had; read as missing)"
+        )
+        assert importance.startswith("permutation importance")
     assert {j.state for j in state.jobs()} == {"done"}
 
     # The request text stayed inside the node: no log line carries it.

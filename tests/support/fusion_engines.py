@@ -46,6 +46,10 @@ def package_fusion_engines(cache: Path) -> Path:
         model.set_reduction(reduction)
         # Standardised inputs keep the untrained head's outputs away from 0 and 1.
         clinical = torch.randn(16, len(VECTOR_FIELDS))
+        # As the phantoms: every patient F or M, so no training case sets sex_other.
+        female, male, other = (VECTOR_FIELDS.index(f"sex_{s}") for s in ("female", "male", "other"))
+        clinical[:, [female, male, other]] = 0.0
+        clinical[torch.arange(16), torch.where(torch.arange(16) % 2 == 0, female, male)] = 1.0
         model.head.fit_scaling(model.image_components(images), clinical, torch.zeros_like(clinical))
     package_engine(
         engine_spec("osteoporosis"), model, OSTEOPOROSIS_SIZE, cache / "osteoporosis",
