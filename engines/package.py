@@ -139,7 +139,7 @@ def _package(
     elif isinstance(model, OsteoporosisNet):
         # Pooled features through PCA and a nonlinear head: no linear map back to pixels.
         heatmap = Heatmap(kind="none")
-        np.savez(folder / REDUCTION, **_reduction_arrays(model))  # type: ignore[arg-type]
+        model.reduction().save(folder / REDUCTION)  # FeatureReduction.load reads it
         artefacts["reduction"] = _artefact(folder, REDUCTION)
         unseen = tuple(clinical[i] for i in model.head.unseen_clinical_columns())
     else:
@@ -190,14 +190,6 @@ def _text_encoder(folder: Path) -> dict[str, Artefact]:
         "text_encoder": _artefact(folder, f"{TEXT_ENCODER_DIR}/{ONNX_FILENAME}"),
         "text_tokenizer": _artefact(folder, f"{TEXT_ENCODER_DIR}/{TOKENIZER_FILENAME}"),
     }
-
-
-def _reduction_arrays(model: OsteoporosisNet) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {"selected": model.selected.numpy()}
-    for name in model.backbone_names:
-        arrays[f"mean_{name}"] = getattr(model, f"mean_{name}").numpy()
-        arrays[f"basis_{name}"] = getattr(model, f"basis_{name}").numpy()
-    return arrays
 
 
 def _artefact(folder: Path, name: str) -> Artefact:

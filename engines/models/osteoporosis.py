@@ -114,6 +114,17 @@ class OsteoporosisNet(nn.Module):
             setattr(self, f"basis_{name}", torch.from_numpy(np.asarray(basis, np.float32)))
         self.selected = torch.from_numpy(reduction.selected.astype(np.int64))
 
+    def reduction(self) -> FeatureReduction:
+        """The fitted reduction as the network holds it (its clusters are not kept)."""
+        if getattr(self, f"basis_{self.backbone_names[0]}").shape[0] == 0:
+            raise ArchitectureError("reduction: not set (fit it and call set_reduction)")
+        return FeatureReduction(
+            backbones=self.backbone_names,
+            means=tuple(getattr(self, f"mean_{b}").numpy() for b in self.backbone_names),
+            components=tuple(getattr(self, f"basis_{b}").numpy() for b in self.backbone_names),
+            selected=self.selected.numpy().astype(np.int64),
+        )
+
     def image_components(self, image: Tensor) -> Tensor:
         """The selected PCA components of the image, exactly as the fitted reduction gives."""
         parts = []

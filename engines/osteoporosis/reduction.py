@@ -41,7 +41,9 @@ class FeatureReduction:
     means: tuple[npt.NDArray[np.float32], ...]  # (C_b,) per backbone
     components: tuple[npt.NDArray[np.float32], ...]  # (K_b, C_b) per backbone
     selected: npt.NDArray[np.int64]  # indices into the concatenated components
-    clusters: npt.NDArray[np.int64]  # cluster of each concatenated component
+    # Cluster of each concatenated component; None when not known (a reduction read back
+    # from a network's buffers, which keep what serving needs: means, bases, selection).
+    clusters: npt.NDArray[np.int64] | None = None
 
     @property
     def width(self) -> int:
@@ -75,8 +77,9 @@ class FeatureReduction:
         arrays: dict[str, npt.NDArray[np.generic]] = {
             "backbones": np.array(self.backbones),
             "selected": self.selected,
-            "clusters": self.clusters,
         }
+        if self.clusters is not None:
+            arrays["clusters"] = self.clusters
         for name, mean, comp in zip(self.backbones, self.means, self.components, strict=True):
             arrays[f"{name}.mean"] = mean
             arrays[f"{name}.components"] = comp
@@ -95,7 +98,9 @@ class FeatureReduction:
                         np.asarray(npz[f"{b}.components"], np.float32) for b in backbones
                     ),
                     selected=np.asarray(npz["selected"], np.int64),
-                    clusters=np.asarray(npz["clusters"], np.int64),
+                    clusters=np.asarray(npz["clusters"], np.int64)
+                    if "clusters" in npz.files
+                    else None,
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise ReductionError(f"{path}: not a feature reduction ({exc})") from exc

@@ -25,6 +25,7 @@ from engines.demo_profiles import DEMO_VERSION, MultimodalProfile, OsteoporosisP
 from engines.manifest import read_manifest, verify_artefacts
 from engines.models.hip_multimodal import MULTIMODAL_CLASSES
 from engines.models.osteoporosis import OSTEOPOROSIS_CLASSES
+from engines.osteoporosis.reduction import FeatureReduction
 from engines.training.multimodal import MultimodalOptions
 from engines.training.osteoporosis import OsteoporosisOptions
 
@@ -79,6 +80,10 @@ def test_build_packages_both_engines_and_then_reuses_the_cache(tmp_path: Path) -
     assert osteoporosis.model_kwargs == {"clinical_width": 7, "components": 3}
     assert {"reduction", "importance_plot", "onnx_fp32"} <= set(osteoporosis.artefacts)
     verify_artefacts(osteoporosis, tmp_path / "osteoporosis")
+    reduction = FeatureReduction.load(
+        osteoporosis.artefact_path(tmp_path / "osteoporosis", "reduction")
+    )
+    assert reduction.backbones == ("inception_v3", "resnet50", "vgg19") and reduction.width == 3
     plot = osteoporosis.artefact_path(tmp_path / "osteoporosis", "importance_plot")
     assert plot.name == "importance.png" and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     evaluation = osteoporosis.evaluation

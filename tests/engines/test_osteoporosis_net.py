@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from engines.models import create
 from engines.models.layers import ArchitectureError
 from engines.models.osteoporosis import BACKBONES, OsteoporosisNet
 from engines.models.vgg import VGG
-from engines.osteoporosis.reduction import fit_reduction
+from engines.osteoporosis.reduction import FeatureReduction, fit_reduction
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,7 @@ def net() -> OsteoporosisNet:
 
 
 def test_the_fitted_reduction_inside_the_network_gives_what_numpy_gives(
-    net: OsteoporosisNet,
+    net: OsteoporosisNet, tmp_path: Path
 ) -> None:
     images = torch.randn(12, 1, 80, 80, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -32,12 +34,21 @@ def test_the_fitted_reduction_inside_the_network_gives_what_numpy_gives(
     reduction = fit_reduction(features, components_per_backbone=3, clusters=4)
     with pytest.raises(ArchitectureError, match=r"reduction: not set"):
         net.image_components(images[:1])
+    with pytest.raises(ArchitectureError, match=r"reduction: not set"):
+        net.reduction()
     net.set_reduction(reduction)
     with torch.no_grad():
         inside = net.image_components(images).numpy()
         logits = net(images, torch.zeros(12, 7), torch.ones(12, 7))
     assert np.allclose(inside, reduction.transform(features), atol=1e-3, rtol=1e-4)
     assert logits.shape == (12, 2)
+    # What packaging writes as reduction.npz: the network's copy, readable by load().
+    path = tmp_path / "reduction.npz"
+    net.reduction().save(path)
+    again = FeatureReduction.load(path)
+    assert again.backbones == reduction.backbones and again.clusters is None
+    assert np.array_equal(again.selected, reduction.selected)
+    assert np.allclose(again.transform(features), inside, atol=1e-3, rtol=1e-4)
 
 
 def test_a_reduction_must_fit_the_network(net: OsteoporosisNet) -> None:
