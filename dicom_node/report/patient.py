@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from highdicom.enum import SpecificCharacterSetValues
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.valuerep import DA, TM
+from pydicom.valuerep import DA, TEXT_VR_DELIMS, TM
 
 from dicom_node.errors import ReportError
 
@@ -63,7 +64,11 @@ def evidence_header(source: Dataset) -> Dataset:
     for keyword in ("PatientName", "ReferringPhysicianName"):  # VM 1: the first if several
         value = header.get_item(keyword).value
         if isinstance(value, bytes) and b"\\" in value:
-            _put(header, keyword, value.split(b"\\")[0].decode("ascii", "replace"))
+            # Decoded before it is split, as pydicom does: in ISO 2022 IR 87 (Japanese) and
+            # GBK a 0x5C byte is also the second byte of many characters (山本, 宮崎).
+            encodings = convert_encodings(source.get("SpecificCharacterSet"))
+            text = decode_bytes(value.rstrip(b"\x00 "), encodings, TEXT_VR_DELIMS)
+            _put(header, keyword, text.split("\\")[0])
         elif isinstance(value, MultiValue):
             _put(header, keyword, str(value[0]) if len(value) else "")
     return header

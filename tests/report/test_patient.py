@@ -6,9 +6,11 @@ import logging
 import warnings
 
 import pytest
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from pydicom.valuerep import PersonName
 
 from dicom_node.errors import ReportError
 from dicom_node.report.patient import building, evidence_header, output_charset
@@ -86,6 +88,30 @@ def test_a_person_name_given_several_values_keeps_the_first() -> None:
         "DOE^JANE",
         "SMITH^A",
     )
+
+
+@pytest.mark.parametrize(
+    ("charset", "name"),
+    [
+        # In ISO 2022 IR 87, 本 and 崎 encode with a 0x5C second byte: not a separator.
+        (["", "ISO 2022 IR 87"], "Yamamoto^Tarou=山本^太郎=やまもと^たろう"),
+        (["", "ISO 2022 IR 87"], "Miyazaki^Hanako=宮崎^花子"),
+        ("ISO_IR 192", "Müller^Jörg"),
+        ("ISO_IR 100", "Müller^Jörg"),
+    ],
+)
+def test_a_name_is_decoded_in_its_character_set_before_its_first_value_is_taken(
+    charset: str | list[str], name: str
+) -> None:
+    encodings = convert_encodings(charset)
+    source = Dataset()
+    source.SpecificCharacterSet = charset
+    for keyword, values in (("PatientName", [name]), ("ReferringPhysicianName", [name, "X^Y"])):
+        raw = b"\\".join(PersonName(v).encode(encodings) for v in values)
+        source[Tag(keyword)] = _raw(Tag(keyword), "PN", raw)
+    header = evidence_header(source)
+    assert str(header.PatientName) == name
+    assert str(header.ReferringPhysicianName) == name  # the first of two
 
 
 @pytest.mark.parametrize(

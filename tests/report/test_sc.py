@@ -15,8 +15,11 @@ import numpy.typing as npt
 import pydicom
 import pytest
 from helpers import run_tool
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
+from pydicom.tag import Tag
+from pydicom.valuerep import PersonName
 
 from dicom_node.errors import ReportError
 from dicom_node.identity import MANUFACTURER, MODEL_NAME
@@ -516,12 +519,17 @@ def test_an_oblique_patient_orientation_is_kept(
 def test_a_japanese_character_set_is_written_as_utf_8(ap: Image, tmp_path: Path) -> None:
     header = copy.deepcopy(ap.header)
     header.SpecificCharacterSet = ["", "ISO 2022 IR 87"]  # PS3.5 Annex H
-    header.PatientName = "Yamada^Tarou"
+    # As read from a file: raw bytes, where 本 is encoded with a 0x5C (backslash) byte.
+    name = "Yamamoto^Tarou=山本^太郎=やまもと^たろう"
+    encoded = PersonName(name).encode(["iso8859", "iso2022_jp"])
+    assert b"\\" in encoded
+    header[0x00100010] = RawDataElement(Tag(0x00100010), "PN", len(encoded), encoded, 0,
+                                        False, True)  # fmt: skip
     sc = overlay(Image(header, ap.picture), both_hips(ap))  # was: ReportError, study failed
     assert sc.SpecificCharacterSet == "ISO_IR 192"
     path = tmp_path / "sc.dcm"
     sc.save_as(path, enforce_file_format=True)
-    assert str(pydicom.dcmread(path).PatientName) == "Yamada^Tarou"
+    assert str(pydicom.dcmread(path).PatientName) == name  # was: 'Yamamoto^Tarou=\x1b$B;3K'
     assert dciodvfy_findings(path) == []
 
 
