@@ -165,7 +165,7 @@ def build_overlay_sc(
             sop_instance_uid=identity.sop_instance_uid,
             instance_number=identity.instance_number,
             manufacturer=MANUFACTURER,
-            laterality=side or None,
+            laterality=None,  # the side goes into Image Laterality, below
             # highdicom takes single letters only: the source's own value is set below.
             patient_orientation=(orientation[0][0], orientation[1][0]),
             transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -178,12 +178,11 @@ def build_overlay_sc(
     sc.PatientOrientation = list(orientation)
     if part:
         sc.BodyPartExamined = part
-    if laterality in ("B", "U"):
-        # Laterality (R or L only) cannot say both or unpaired; Image Laterality can, and
-        # its presence lifts Laterality's Type 2C condition (a paired part, or none named).
-        sc.ImageLaterality = laterality
-    elif laterality not in ("R", "L"):
-        sc.ImageLaterality = "B"  # no side given: the node analysed the image as both hips
+    # Image Laterality, not the series' Laterality: it can say both (B) or unpaired (U), and
+    # its presence lifts Laterality's Type 2C condition (a paired part), while a Laterality
+    # beside an unpaired part (a single hip taken as PELVIS) is an error (dciodvfy).
+    # No side given: the node analysed the image as both hips.
+    sc.ImageLaterality = laterality if laterality in ("R", "L", "B", "U") else "B"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.ConversionType = "WSD"  # made by software on a workstation, not digitised
     sc.BurnedInAnnotation = "YES"
