@@ -70,6 +70,18 @@ def as_str(value: Any, path: str) -> str:
     return value
 
 
+def as_long_string(value: Any, path: str) -> str:
+    """A DICOM LO value the node writes into its results: at most 64 characters, no
+    backslash (the value separator) nor control characters."""
+    text = as_str(value, path)
+    if len(text) > 64 or "\\" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ConfigError(
+            f"{path}: expected at most 64 characters without backslash or control "
+            f"characters (a DICOM Long String), got {text!r} ({len(text)} characters)"
+        )
+    return text
+
+
 def as_name(value: Any, path: str) -> str:
     text = as_str(value, path)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):

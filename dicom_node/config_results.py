@@ -16,6 +16,7 @@ from dicom_node.config_checks import (
     as_ae_title,
     as_host,
     as_list,
+    as_long_string,
     as_name,
     as_str,
     get_key,
@@ -343,7 +344,7 @@ def parse_results(raw: Mapping[str, Any]) -> ResultsConfig:
         ),
         institution_name=None
         if raw.get("institution_name") is None
-        else as_str(raw["institution_name"], "results.institution_name"),
+        else as_long_string(raw["institution_name"], "results.institution_name"),
     )
     if cfg.sr_series_number == cfg.sc_series_number:
         raise ConfigError(

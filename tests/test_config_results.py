@@ -452,6 +452,19 @@ BAD: list[tuple[dict[str, Any], str]] = [
         {"results": {"institution_name": "   "}},
         r"^results\.institution_name: expected a non-empty string, got '   '",
     ),
+    (  # was accepted, then failed every study with an overlay as 'the source headers...'
+        {"results": {"institution_name": "H" * 65}},
+        r"^results\.institution_name: expected at most 64 characters without backslash or "
+        r"control characters \(a DICOM Long String\), got 'H{65}' \(65 characters\)$",
+    ),
+    (
+        {"results": {"institution_name": "North\\South"}},
+        r"^results\.institution_name: expected at most 64 .*, got 'North\\\\South' \(11 ",
+    ),
+    (
+        {"results": {"institution_name": "North\tSouth"}},
+        r"^results\.institution_name: expected at most 64 .*, got 'North\\tSouth' \(11 ",
+    ),
     # --- sending ---------------------------------------------------------------
     (
         {"sending": {"retries": 3}},

@@ -19,9 +19,10 @@ from contextlib import contextmanager
 
 from highdicom.enum import SpecificCharacterSetValues
 from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.valuerep import DA, TEXT_VR_DELIMS, TM
+from pydicom.valuerep import DA, TEXT_VR_DELIMS, TM, PersonName
 
 from dicom_node.errors import ReportError
 
@@ -99,10 +100,43 @@ def output_charset(source: Dataset) -> str | None:
         return None
     if isinstance(value, str) and value in _SINGLE_SETS:
         return value
-    return "ISO_IR 192"
+    return UTF_8
 
 
 _SINGLE_SETS = {v.value for v in SpecificCharacterSetValues if not v.value.startswith("ISO 2022")}
+UTF_8 = "ISO_IR 192"
+
+
+def fit_charset(result: Dataset) -> None:
+    """Make ``result`` UTF-8 (ISO_IR 192) where its character set cannot encode one of its
+    texts. The source's set fits what came from the source; the node adds its own text
+    (the configured institution name, an engine's clinical-use statement or class names),
+    and a source without a Specific Character Set allows ASCII only: 'Hôpital' in it was an
+    invalid object, 'Łódź' under ISO_IR 100 was written as '?ód?'."""
+    charset = result.get("SpecificCharacterSet")
+    if charset == UTF_8:
+        return
+    codec = "ascii" if not charset else convert_encodings(charset)[0]
+    if not _encodes(result, codec):
+        result.SpecificCharacterSet = UTF_8
+
+
+def _encodes(ds: Dataset, codec: str) -> bool:
+    for element in ds.elements():
+        if isinstance(element, RawDataElement):
+            continue  # bytes as the source encoded them, in the source's own set
+        if element.VR == "SQ":
+            if not all(_encodes(item, codec) for item in element.value):
+                return False
+            continue
+        values = element.value if isinstance(element.value, MultiValue) else [element.value]
+        for value in values:
+            if isinstance(value, str | PersonName):
+                try:
+                    str(value).encode(codec)
+                except UnicodeEncodeError:
+                    return False
+    return True
 
 
 def _put(header: Dataset, keyword: str, value: str) -> None:

@@ -26,7 +26,7 @@ from dicom_node.errors import ReportError
 from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
 from dicom_node.report import codes
 from dicom_node.report.overlay import blend, scale_down, with_banner
-from dicom_node.report.patient import building, evidence_header, output_charset
+from dicom_node.report.patient import building, evidence_header, fit_charset, output_charset
 from dicom_node.report.sr import SIDE_WORDS
 from dicom_node.report.uids import ResultIdentity, series_uid
 from engines.pixels import InputGeometry, pixel_spacing, square_pixels
@@ -212,6 +212,7 @@ def build_overlay_sc(
         for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
             if keyword in source:
                 sc[keyword] = copy.deepcopy(source[keyword])
+    fit_charset(sc)
     return sc
 
 

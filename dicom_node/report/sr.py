@@ -34,7 +34,7 @@ from dicom_node.errors import ReportError
 from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
 from dicom_node.models import HipFinding, HipTask, TriageDecision
 from dicom_node.report import codes
-from dicom_node.report.patient import building, evidence_header, output_charset
+from dicom_node.report.patient import building, evidence_header, fit_charset, output_charset
 from dicom_node.report.uids import ResultIdentity, device_uid, series_uid
 from engines.manifest import Manifest
 
@@ -269,7 +269,7 @@ def build_sr(
     series = series_uid(str(evidence[0].StudyInstanceUID), "sr", str(identity.series_number),
                         series_description)  # fmt: skip
     with building("SR"):
-        return hd.sr.Comprehensive3DSR(
+        sr = hd.sr.Comprehensive3DSR(
             evidence=evidence,
             content=report,
             series_instance_uid=series,
@@ -284,3 +284,5 @@ def build_sr(
             is_complete=True,
             specific_character_set=output_charset(evidence[0]),
         )
+    fit_charset(sr)
+    return sr

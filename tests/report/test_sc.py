@@ -123,6 +123,7 @@ def overlay(
     hips: Sequence[OverlayHip],
     method: Code = codes.GRADCAM,
     max_edge: int = 1536,
+    institution_name: str = "Phantom Hospital",
 ) -> Dataset:
     return build_overlay_sc(
         image.header,
@@ -134,7 +135,7 @@ def overlay(
         identity_of(image),
         method=method,
         max_edge=max_edge,
-        institution_name="Phantom Hospital",
+        institution_name=institution_name,
     )
 
 
@@ -573,3 +574,30 @@ def test_an_anisotropic_source_makes_a_square_pixel_overlay(ap: Image) -> None:
     rows = sc.Rows - banner_height(3 * SIZE, both_hips(wide))
     assert (rows, sc.Columns) == (SIZE, 3 * SIZE)  # 128 columns of 0.15 mm: 192 of 0.1 mm
     assert "PixelAspectRatio" not in sc  # square: nothing for a viewer to honour or ignore
+
+
+@pytest.mark.parametrize(
+    ("charset", "institution", "written"),
+    [(None, "Hôpital Saint-Éloi", "ISO_IR 192"), ("ISO_IR 100", "Szpital Łódź", "ISO_IR 192"),
+     ("ISO_IR 100", "Hôpital Saint-Éloi", "ISO_IR 100"), (None, "Phantom Hospital", None)],
+)  # fmt: skip
+def test_the_configured_institution_gets_a_character_set_that_can_write_it(
+    ap: Image, tmp_path: Path, charset: str | None, institution: str, written: str | None
+) -> None:
+    header = copy.deepcopy(ap.header)
+    if "SpecificCharacterSet" in header:
+        del header.SpecificCharacterSet
+    if charset is not None:
+        header.SpecificCharacterSet = charset
+        name = "Müller^Jörg".encode("latin_1")  # raw, as read from a file
+        header[0x00100010] = RawDataElement(Tag(0x00100010), "PN", len(name), name, 0,
+                                            False, True)  # fmt: skip
+    sc = overlay(Image(header, ap.picture), both_hips(ap), institution_name=institution)
+    assert sc.get("SpecificCharacterSet") == written
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    back = pydicom.dcmread(path)
+    assert back.InstitutionName == institution
+    if charset is not None:
+        assert str(back.PatientName) == "Müller^Jörg"
+    assert dciodvfy_findings(path) == []

@@ -16,7 +16,9 @@ import pydicom
 import pytest
 from helpers import dciodvfy_findings, run_tool
 from manifests import manifest_for
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from dicom_node.config_results import TriageConfig
 from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
@@ -139,6 +141,7 @@ def make_sr(
     priority: str | None = None,
     headers: Mapping[str, Dataset] | None = None,
     manifests: Mapping[str, Manifest] = MANIFESTS,
+    institution_name: str = "Phantom Hospital",
 ) -> hd.sr.Comprehensive3DSR:
     return build_sr(
         decisions,
@@ -147,7 +150,7 @@ def make_sr(
         study.headers if headers is None else headers,
         priority or study_priority(decisions),
         identity_for(study, decisions),
-        institution_name="Phantom Hospital",
+        institution_name=institution_name,
     )
 
 
@@ -652,3 +655,44 @@ def test_a_korean_character_set_is_written_as_utf_8(study: Study, tmp_path: Path
     path = saved(sr, tmp_path / "sr.dcm")
     assert str(pydicom.dcmread(path).PatientName) == "Hong^Gildong"
     assert dciodvfy_findings(path) == []
+
+
+@pytest.mark.parametrize(
+    ("charset", "institution", "clinical_use", "written"),
+    [
+        # No Specific Character Set allows ASCII only: was an invalid object (0xf4).
+        (None, "Hôpital Saint-Éloi", None, "ISO_IR 192"),
+        # Was a TEXT item dsrdump could not parse.
+        (None, "Phantom Hospital", "Forschungsmodell, nicht für die Klinik", "ISO_IR 192"),
+        # Latin-1 cannot write Ł or ź: was 'Szpital ?ód?'.
+        ("ISO_IR 100", "Szpital Łódź", None, "ISO_IR 192"),
+        ("ISO_IR 100", "Hôpital Saint-Éloi", None, "ISO_IR 100"),  # it can write these
+        (None, "Phantom Hospital", None, None),
+    ],
+)
+def test_the_nodes_own_text_gets_a_character_set_that_can_write_it(
+    study: Study, tmp_path: Path, charset: str | None, institution: str,
+    clinical_use: str | None, written: str | None,
+) -> None:  # fmt: skip
+    headers = {uid: copy.deepcopy(ds) for uid, ds in study.headers.items()}
+    for ds in headers.values():
+        if charset is not None:
+            ds.SpecificCharacterSet = charset
+            # As read from a file: the name's raw bytes in the source's own set.
+            name = "Müller^Jörg".encode("latin_1")
+            ds[0x00100010] = RawDataElement(Tag(0x00100010), "PN", len(name), name, 0, False, True)
+    manifests = dict(MANIFESTS)
+    if clinical_use is not None:
+        manifests[SCREEN.name] = replace(SCREEN, clinical_use=clinical_use)
+    sr = make_sr(study, screen_case(study), headers=headers, manifests=manifests,
+                 institution_name=institution)  # fmt: skip
+    assert sr.get("SpecificCharacterSet") == written
+    path = saved(sr, tmp_path / "sr.dcm")
+    back = pydicom.dcmread(path)
+    assert back.InstitutionName == institution
+    if charset is not None:
+        assert str(back.PatientName) == "Müller^Jörg"
+    assert dciodvfy_findings(path) == []
+    if clinical_use is not None and shutil.which("dsrdump") is not None:
+        result = run_tool(["dsrdump", "+Pt", str(path)], env=dict(os.environ))
+        assert result.returncode == 0, result.stderr
