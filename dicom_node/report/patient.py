@@ -41,6 +41,8 @@ _TYPE_2 = (
 _SEXES = ("M", "F", "O")
 _DATE = re.compile(r"\d{8}")
 _TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+_AGE = re.compile(r"\d{3}[DWMY]")
+_DS = re.compile(r"(?=.{1,16}$)[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def evidence_header(source: Dataset) -> Dataset:
@@ -62,6 +64,10 @@ def evidence_header(source: Dataset) -> Dataset:
         text = _raw(header, keyword)
         if text and not (pattern.fullmatch(text) and _is_valid(vr, text)):
             _put(header, keyword, "")  # also an impossible one: 00000000, 19500231, 250000
+    for keyword, pattern in (("PatientAge", _AGE), ("PatientSize", _DS), ("PatientWeight", _DS)):
+        text = _raw(header, keyword) if keyword in header else ""
+        if text and not pattern.fullmatch(text):
+            del header[keyword]  # Type 3: an age of "67" (no unit) is left out, not copied
     for keyword in ("PatientName", "ReferringPhysicianName"):  # VM 1: the first if several
         value = header.get_item(keyword).value
         if isinstance(value, bytes) and b"\\" in value:

@@ -153,9 +153,10 @@ def build_overlay_sc(
     series_description = f"AI heat maps {engine}"[:64]
     series = series_uid(str(source.StudyInstanceUID), "sc", str(identity.series_number),
                         series_description, side, part)  # fmt: skip
+    evidence = evidence_header(source)
     with building("overlay"):
         sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=evidence_header(source),
+            ref_dataset=evidence,
             pixel_array=pixels,
             photometric_interpretation="RGB",
             bits_allocated=8,
@@ -205,7 +206,7 @@ def build_overlay_sc(
         [_code_item(codes.SOURCE_FOR_PROCESSING)]
     )
     sc.SourceImageSequence = DicomSequence([reference])
-    _copy_patient_and_study(source, sc)
+    _copy_patient_and_study(evidence, sc)
     if str(source.get("LossyImageCompression", "")) == "01":
         # PS3.3 C.7.6.1.1.5: an image derived from a lossy compressed one stays marked so.
         sc.LossyImageCompression = "01"

@@ -46,6 +46,22 @@ def test_malformed_values_read_from_a_file_are_emptied_silently(
     assert lower.get_item(0x00100040).value == b"f "
 
 
+def test_malformed_type_3_patient_values_are_left_out_silently() -> None:
+    source = Dataset()
+    source[0x00101010] = _raw(0x00101010, "AS", b"67")  # no unit: not an Age String
+    source[0x00101020] = _raw(0x00101020, "DS", b"1,75")  # a decimal comma
+    source[0x00101030] = _raw(0x00101030, "DS", b"70.5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom's check would quote the value
+        header = evidence_header(source)
+    assert "PatientAge" not in header and "PatientSize" not in header
+    assert header.get_item(0x00101030).value == b"70.5"
+    assert "PatientAge" in source  # the source is untouched
+    fine = Dataset()
+    fine[0x00101010] = _raw(0x00101010, "AS", b"067Y")
+    assert evidence_header(fine).PatientAge == "067Y"
+
+
 def test_building_hides_the_values_in_third_party_errors() -> None:
     with (
         pytest.raises(

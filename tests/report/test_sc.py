@@ -601,3 +601,14 @@ def test_the_configured_institution_gets_a_character_set_that_can_write_it(
     if charset is not None:
         assert str(back.PatientName) == "Müller^Jörg"
     assert dciodvfy_findings(path) == []
+
+
+def test_a_malformed_patients_age_is_not_copied(ap: Image, tmp_path: Path) -> None:
+    header = copy.deepcopy(ap.header)
+    age = b"67"  # as many modalities write it: not an Age String (nnnD/W/M/Y)
+    header[0x00101010] = RawDataElement(Tag(0x00101010), "AS", len(age), age, 0, False, True)
+    sc = overlay(Image(header, ap.picture), both_hips(ap))
+    assert "PatientAge" not in sc  # was copied: dciodvfy 'Length invalid for this VR'
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    assert dciodvfy_findings(path) == []
