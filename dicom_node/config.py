@@ -177,8 +177,11 @@ def load_config(
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{file}: {not_utf8(exc)}; save it as UTF-8") from exc
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
         except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML ({exc})") from exc
+        except (ValueError, TypeError, OverflowError) as exc:
+            # PyYAML's constructors: a date that does not exist (2001-02-30), `!!int abc`.
             raise ConfigError(f"{file}: not valid YAML ({exc})") from exc
         if loaded is None:
             loaded = {}
@@ -193,6 +196,27 @@ def load_config(
     return parse_config(raw, base)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping: PyYAML keeps the last, so
+    a second `node:` block at the end of the file would silently drop the first (its
+    calling-AE allow-list, its spool folder)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"key {key!r} given twice (lines {seen[key]} and {line}); the second "
+                    "would replace the first",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> Config:
     """Validate a plain mapping (as YAML gives it) into a :class:`Config`."""
     base = base or Path.cwd()
@@ -201,8 +225,11 @@ def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> Config:
     storage = _storage(sub_mapping(raw, "storage"), base)
     destinations = parse_destinations(raw.get("destinations", []), base)
     _outside_the_spool(destinations, storage.spool_dir)
+    node = _node(sub_mapping(raw, "node"), base)
+    metrics = _metrics(sub_mapping(raw, "metrics"))
+    _apart(node, metrics)
     return Config(
-        node=_node(sub_mapping(raw, "node"), base),
+        node=node,
         storage=storage,
         assembly=_assembly(sub_mapping(raw, "assembly")),
         routing=parse_routing(sub_mapping(raw, "routing"), engine_names),
@@ -210,10 +237,24 @@ def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> Config:
         results=parse_results(sub_mapping(raw, "results")),
         sending=parse_sending(sub_mapping(raw, "sending")),
         destinations=destinations,
-        metrics=_metrics(sub_mapping(raw, "metrics")),
+        metrics=metrics,
         engines=_engines(sub_mapping(raw, "engines"), base),
         logging=_logging(sub_mapping(raw, "logging")),
     )
+
+
+_ANY_HOST = ("0.0.0.0", "::", "")
+
+
+def _apart(node: NodeConfig, metrics: MetricsConfig) -> None:
+    """The DICOM listener and the HTTP endpoints cannot share a port on one address: the
+    second to bind would fail, blaming a port 'already in use' by the node itself."""
+    same_host = node.host == metrics.host or {node.host, metrics.host} & set(_ANY_HOST)
+    if node.port and node.port == metrics.port and same_host:
+        raise ConfigError(
+            f"metrics.port: must differ from node.port ({node.port}) on the same address "
+            f"(node.host {node.host}, metrics.host {metrics.host}), got {metrics.port}"
+        )
 
 
 def _outside_the_spool(destinations: tuple[Destination, ...], spool_dir: Path) -> None:

@@ -137,6 +137,9 @@ def pdu(value: Any, path: str) -> int:
     return value
 
 
+MAX_SECONDS = 1e7
+
+
 def as_number(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{path}: expected a number of seconds, got {show(value)}")
@@ -148,6 +151,11 @@ def as_number(value: Any, path: str) -> float:
     # outbox's NOT NULL times), inf leaves whatever waits on it waiting forever.
     if not math.isfinite(number):
         raise ConfigError(f"{path}: expected a finite number of seconds, got {show(value)}")
+    if abs(number) > MAX_SECONDS:
+        # Socket timeouts and waits overflow the platform's time_t near 9.2e9 s.
+        raise ConfigError(
+            f"{path}: expected at most {MAX_SECONDS:.0f} seconds (115 days), got {show(value)}"
+        )
     return number
 
 

@@ -195,6 +195,24 @@ BAD: list[tuple[dict[str, Any], str]] = [
         {"node": {"drain_seconds": -1}},
         r"^node\.drain_seconds: expected a number of 0 or more, got -1",
     ),
+    (  # was accepted; serve died with OverflowError (timestamp out of range for time_t)
+        {"node": {"network_timeout_seconds": 1.0e12}},
+        r"^node\.network_timeout_seconds: expected at most 10000000 seconds \(115 days\), "
+        r"got 1000000000000\.0$",
+    ),
+    (
+        {"sending": {"timeout_seconds": 2e7}},
+        r"^sending\.timeout_seconds: expected at most 10000000 seconds",
+    ),
+    (  # the metrics endpoint would take the DICOM port; serve blamed node.port
+        {"metrics": {"port": 11112}},
+        r"^metrics\.port: must differ from node\.port \(11112\) on the same address "
+        r"\(node\.host 0\.0\.0\.0, metrics\.host 127\.0\.0\.1\), got 11112$",
+    ),
+    (
+        {"node": {"host": "127.0.0.1", "port": 9200}, "metrics": {"port": 9200}},
+        r"^metrics\.port: must differ from node\.port \(9200\)",
+    ),
     (
         {"node": {"drain_seconds": "soon"}},
         r"^node\.drain_seconds: expected a number of seconds, got 'soon'",
@@ -378,8 +396,38 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         match=r"latin1\.yaml: not UTF-8 text \(byte 0xFC at offset 40\); save it as UTF-8$",
     ):
         load_config(tmp_path / "latin1.yaml")
+    # PyYAML's constructors raise ValueError: was a traceback and exit status 1.
+    for name, text, reason in (
+        ("date.yaml", "node:\n  ae_title: 2001-02-30\n", "day is out of range for month"),
+        ("tag.yaml", "node:\n  port: !!int abc\n", "invalid literal for int"),
+    ):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=rf"{name}: not valid YAML \({reason}"):
+            load_config(tmp_path / name)
     (tmp_path / "empty.yaml").write_text("")
     assert load_config(tmp_path / "empty.yaml").node.ae_title == "TRIAGE"
     (tmp_path / "scalar.yaml").write_text("node: 5\n")
     with pytest.raises(ConfigError, match=r"^node: expected a mapping, got 5"):
         load_config(tmp_path / "scalar.yaml", {"node.port": 1})
+
+
+def test_a_key_given_twice_is_refused_not_replaced(tmp_path: Path) -> None:
+    # PyYAML keeps the last: a second node block silently dropped the first one's
+    # calling-AE allow-list (any caller accepted) and a second storage block its spool.
+    (tmp_path / "c.yaml").write_text(
+        "node:\n  allowed_calling_aes: [PACS]\nstorage:\n  spool_dir: /srv/spool\n"
+        "node:\n  max_associations: 20\n"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"c\.yaml: not valid YAML \(key 'node' given twice \(lines 1 and 5\); the second "
+        r"would replace the first",
+    ):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "inner.yaml").write_text("node: {port: 1, port: 2}\n")
+    with pytest.raises(ConfigError, match=r"key 'port' given twice \(lines 1 and 1\)"):
+        load_config(tmp_path / "inner.yaml")
+    (tmp_path / "apart.yaml").write_text(  # the same keys in different mappings are fine
+        "node:\n  port: 104\nmetrics:\n  port: 9200\n"
+    )
+    assert load_config(tmp_path / "apart.yaml").metrics.port == 9200
