@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,15 +32,25 @@ def _json(code: int, body: object) -> tuple[int, str, bytes]:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    # Seconds a connection may stay silent: the server runs a thread per connection, and
+    # clients that connect and send nothing (or vanish without a FIN) would otherwise hold
+    # theirs for ever, in the process that needs threads for DICOM associations.
+    timeout = 10.0
 
     def do_GET(self) -> None:
+        self._reply(head=False)
+
+    def do_HEAD(self) -> None:  # uptime checkers: the GET's status and headers, no body
+        self._reply(head=True)
+
+    def _reply(self, head: bool) -> None:
         path = self.path.split("?", 1)[0]
         try:
             code, content_type, body = self._answer(path)
         except Exception:  # the boundary: a bug answers 500, it never drops the connection
-            log.exception("http: GET %r failed", path)
+            log.exception("http: %s %r failed", self.command, path)
             code, content_type, body = 500, "text/plain; charset=utf-8", _INTERNAL_ERROR
-        self._send(code, content_type, body)
+        self._send(code, content_type, body, head)
 
     def _answer(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
@@ -55,12 +66,13 @@ class _Handler(BaseHTTPRequestHandler):
             return _json(503 if problems else 200, {"ready": not problems, "not_ready": problems})
         return _json(404, {"error": f"no such endpoint: {path}"})
 
-    def _send(self, code: int, content_type: str, body: bytes) -> None:
+    def _send(self, code: int, content_type: str, body: bytes, head: bool) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if not head:
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("http %s %s", self.address_string(), format % args)
@@ -72,6 +84,8 @@ class _Server(ThreadingHTTPServer):
     def __init__(
         self, address: tuple[str, int], registry: CollectorRegistry, readiness: Readiness
     ) -> None:
+        # metrics.host may be an IPv6 address (as node.host may): the socket must be too.
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
         self.registry = registry
         self.readiness = readiness

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
@@ -151,3 +153,45 @@ def test_an_error_while_answering_is_logged_not_printed(
         get(port, "/healthz")
     assert "error serving" in caplog.text and "scraper went away" in caplog.text
     assert capsys.readouterr().err == ""
+
+
+def test_head_answers_the_gets_status_and_headers_without_a_body(
+    endpoints: Callable[..., int],
+) -> None:
+    port = endpoints(dict)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/healthz", method="HEAD")
+    with urllib.request.urlopen(request, timeout=5) as response:  # was: 501
+        assert response.status == 200
+        assert int(response.headers["Content-Length"]) > 0
+        assert response.read() == b""
+
+
+def test_a_silent_connection_is_closed_after_the_handlers_timeout(
+    endpoints: Callable[..., int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each connection holds a thread: one that never sends was held for ever.
+    assert http_module._Handler.timeout == 10.0
+    monkeypatch.setattr(http_module._Handler, "timeout", 0.3)
+    port = endpoints(dict)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as silent:
+        started = time.monotonic()
+        assert silent.recv(1) == b""  # closed by the node, not by us
+        assert time.monotonic() - started < 4
+    assert get(port, "/healthz")[0] == 200
+
+
+def test_an_ipv6_metrics_host_is_served(endpoints: Callable[..., int]) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("::1 is not configured on this host")
+    http = HttpEndpoints("::1", 0, CollectorRegistry(), dict)  # was: 'cannot resolve'
+    http.start()
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{http.port}/healthz", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        http.stop()
