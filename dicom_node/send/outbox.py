@@ -27,6 +27,7 @@ _COLUMNS = (
     "attempts, next_attempt_at, last_error, created_at, sent_at"
 )
 STATES = ("pending", "sent", "dead")
+CLOCK_STEP_SECONDS = 60.0  # a step back by more than this past the longest backoff is one
 
 
 def backoff_seconds(attempts: int, cfg: SendingConfig, rng: random.Random | None = None) -> float:
@@ -63,9 +64,24 @@ class Outbox:
     def due(
         self, now: float, limit: int = 200, lane: DestinationLane | None = None
     ) -> list[OutboxItem]:
-        """Pending rows whose next attempt is due, oldest first (only ``lane``'s, if given)."""
+        """Pending rows whose next attempt is due, oldest first (only ``lane``'s, if given).
+
+        A row scheduled further ahead than any backoff (``sending.max_backoff_seconds``,
+        plus a minute for a small clock correction) was scheduled before the wall clock
+        stepped back: it is due now, rather than when the clock catches up, an hour later
+        perhaps (as the state re-arms studies at a restart, :meth:`State.recover`)."""
         where, params = _lane_clause(lane)
         with self.state.transaction() as db:
+            stepped = db.execute(
+                "UPDATE outbox SET next_attempt_at = ? WHERE state = 'pending' "
+                "AND next_attempt_at > ?",
+                (now, now + self.cfg.max_backoff_seconds + CLOCK_STEP_SECONDS),
+            ).rowcount
+            if stepped:
+                log.warning(
+                    "outbox: %d item(s) were due after more than the longest backoff: the "
+                    "clock stepped back; they are due now", stepped,
+                )  # fmt: skip
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?"
                 f"{where} ORDER BY next_attempt_at, id LIMIT ?",

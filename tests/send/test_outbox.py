@@ -48,11 +48,11 @@ def result(sop: str, kind: str = "sr") -> ResultObject:
 
 def test_due_returns_pending_rows_whose_time_has_come_oldest_first(state: State) -> None:
     outbox = Outbox(state, CFG)
-    late = finished_job(state, "1.2.1", 200.0, [result("1.2.1.100")])
+    late = finished_job(state, "1.2.1", 130.0, [result("1.2.1.100")])
     early = finished_job(state, "1.2.2", 100.0, [result("1.2.2.100"), result("1.2.2.101", "sc")])
     assert outbox.due(99.9) == []
-    assert [i.sop_instance_uid for i in outbox.due(150.0)] == ["1.2.2.100", "1.2.2.101"]
-    due = outbox.due(200.0)
+    assert [i.sop_instance_uid for i in outbox.due(120.0)] == ["1.2.2.100", "1.2.2.101"]
+    due = outbox.due(130.0)
     # Oldest (earliest next attempt) first, then by id: the later job's row comes last
     # although it was inserted first.
     assert [i.sop_instance_uid for i in due] == ["1.2.2.100", "1.2.2.101", "1.2.1.100"]
@@ -71,7 +71,7 @@ def test_due_returns_pending_rows_whose_time_has_come_oldest_first(state: State)
         None,
     )
     assert (first.created_at, first.sent_at) == (100.0, None)
-    assert [i.sop_instance_uid for i in outbox.due(200.0, limit=2)] == ["1.2.2.100", "1.2.2.101"]
+    assert [i.sop_instance_uid for i in outbox.due(130.0, limit=2)] == ["1.2.2.100", "1.2.2.101"]
     assert outbox.next_due() == 100.0
 
 
@@ -95,6 +95,24 @@ def test_a_lane_sees_only_its_destination_or_the_unconfigured_ones(state: State)
     assert outbox.next_due(archive) is not None and 151.0 <= outbox.next_due(archive) <= 152.0
     assert (outbox.next_due(pacs), outbox.next_due(unconfigured)) == (100.0, 100.0)
     assert outbox.next_due(DestinationLane("backup")) is None
+
+
+def test_rows_scheduled_past_any_backoff_are_due_after_the_clock_stepped_back(
+    state: State, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = Outbox(state, CFG)  # max_backoff_seconds=5: nothing waits more than 5 s
+    finished_job(state, "1.9", 10_000.0, [result("1.9.100")])
+    [item] = outbox.due(10_000.0)
+    failed = outbox.mark_failed(item.id, 10_000.0, "refused")
+    assert outbox.due(10_000.0) == []
+    # Within the longest backoff and a minute: an ordinary wait, or a small correction.
+    assert outbox.due(10_000.0 - 60.0) == []
+    # NTP stepped the clock back an hour: was a wait of an hour, nothing logged.
+    back = 10_000.0 - 3600.0
+    assert [i.id for i in outbox.due(back)] == [item.id]
+    assert "the clock stepped back" in caplog.text
+    assert outbox.next_due() == back
+    assert failed.attempts == outbox.items()[0].attempts  # nothing counted
 
 
 def test_next_due_is_none_without_pending_rows(state: State) -> None:
