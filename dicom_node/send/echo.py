@@ -17,7 +17,7 @@ from pathlib import Path
 from pynetdicom import AE
 
 from dicom_node.config_results import Destination
-from dicom_node.send.peers import rejection
+from dicom_node.send.peers import not_established
 from dicom_node.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def echo(destination: Destination, calling_ae: str, timeout: float) -> str | Non
     except OSError as exc:
         return f"cannot reach {destination.host}:{destination.port}: {exc}"
     if not assoc.is_established:
-        return f"association {rejection(assoc)}" if assoc.is_rejected else "no association"
+        return f"association {not_established(assoc)}"
     try:
         status = assoc.send_c_echo()
     except RuntimeError as exc:  # the association ended under it (pynetdicom's own check)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
@@ -73,9 +73,7 @@ def send_dicom(
         yield from (Delivery(i, False, f"cannot reach {where}: {exc}") for i in items)
         return
     if not assoc.is_established:
-        reason = rejection(assoc) if assoc.is_rejected else (
-            "aborted" if assoc.is_aborted else "failed"
-        )  # fmt: skip
+        reason = not_established(assoc)
         yield from (Delivery(i, False, f"association to {where} {reason}") for i in items)
         return
     accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
@@ -95,6 +93,25 @@ def send_dicom(
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def not_established(assoc: Association) -> str:
+    """Why an association request failed, in the words an admin acts on. pynetdicom marks
+    a refused connection, a peer that never answers and one that accepts none of the
+    proposed contexts alike as aborted; the response (or its absence) tells them apart."""
+    if assoc.is_rejected:
+        return rejection(assoc)
+    rsp = assoc.acceptor.primitive
+    if rsp is None:
+        return (
+            "got no answer (connection refused, the peer down or unreachable, or silent "
+            "for the timeout)"
+        )
+    if getattr(rsp, "result", None) == 0 and not assoc.accepted_contexts:
+        refused = sorted({str(c.abstract_syntax) for c in assoc.rejected_contexts})
+        named = ", ".join(f"{uid} ({UID(uid).name})" for uid in refused) or "none proposed"
+        return f"accepted none of the proposed SOP classes: {named}"
+    return "aborted" if assoc.is_aborted else "failed"
 
 
 def rejection(assoc: Association) -> str:

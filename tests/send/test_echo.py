@@ -30,7 +30,10 @@ def test_echo_reaches_a_verification_scp_and_names_why_another_is_not_reached(
     finally:
         server.shutdown()
     down = Destination("pacs", "PACS", "127.0.0.1", free_port())
-    assert echo(down, "TRIAGE", 2) == "no association"
+    assert echo(down, "TRIAGE", 2) == (
+        "association got no answer (connection refused, the peer down or unreachable, or "
+        "silent for the timeout)"
+    )
     folder = Destination("files", type="folder", path=tmp_path / "results")
     assert echo(folder, "TRIAGE", 2) is None and (tmp_path / "results").is_dir()
     (tmp_path / "file").write_text("")
@@ -44,7 +47,7 @@ def test_monitor_reports_destinations_without_a_recent_answer(tmp_path: Path) ->
     monitor = EchoMonitor([ok, down], "TRIAGE", interval=60, timeout=2)
     assert set(monitor.problems(time.time())) == {"files", "pacs"}  # nothing checked yet
     monitor.check_all()
-    assert monitor.problems(time.time()) == {"pacs": "no association"}
+    assert monitor.problems(time.time()) == {"pacs": echo(down, "TRIAGE", 2)}
     assert set(monitor.problems(time.time() + 1000)) == {"files", "pacs"}  # stale answers
 
 

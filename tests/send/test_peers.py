@@ -19,6 +19,7 @@ from store_peer import storage_scp
 from dicom_node.config_results import Destination
 from dicom_node.models import OutboxItem
 from dicom_node.send import peers
+from dicom_node.send.echo import echo
 from dicom_node.send.peers import Delivery, is_stored
 
 SR = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
@@ -178,8 +179,11 @@ def test_nothing_listening_fails_every_item_naming_the_association(tmp_path: Pat
     assert [d.item for d in deliveries] == items
     assert [d.ok for d in deliveries] == [False, False]
     for delivery in deliveries:
-        assert "association" in delivery.detail
-        assert f"pacs (PACS@127.0.0.1:{port})" in delivery.detail
+        # Was "... aborted": the admin looked for a PACS that aborts, not one that is down.
+        assert delivery.detail == (
+            f"association to pacs (PACS@127.0.0.1:{port}) got no answer (connection refused, "
+            "the peer down or unreachable, or silent for the timeout)"
+        )
 
 
 def test_rejected_association_fails_every_item(tmp_path: Path) -> None:
@@ -245,6 +249,24 @@ def test_peer_refusing_one_sop_class_fails_that_item_only(tmp_path: Path) -> Non
         deliveries = send_dicom(dicom_destination(peer.port), [sr, sc], tmp_path, CALLING, 10)
     assert [d.ok for d in deliveries] == [True, False]
     assert SC in deliveries[1].detail or "Secondary Capture" in deliveries[1].detail
+
+
+def test_a_peer_accepting_none_of_the_classes_says_which_it_refused(tmp_path: Path) -> None:
+    # pynetdicom aborts an association with no accepted context: the batch of overlays to a
+    # PACS that takes no Secondary Capture read "aborted", as a PACS that is down.
+    with storage_scp(contexts=(SR,)) as peer:
+        deliveries = send_dicom(
+            dicom_destination(peer.port), [result_file(tmp_path, SC)], tmp_path, CALLING, 10
+        )
+        assert echo(dicom_destination(peer.port), CALLING, 5) == (
+            "association accepted none of the proposed SOP classes: 1.2.840.10008.1.1 "
+            "(Verification SOP Class)"
+        )
+    assert [d.ok for d in deliveries] == [False]
+    assert deliveries[0].detail == (
+        f"association to pacs (PACS@127.0.0.1:{peer.port}) accepted none of the proposed SOP "
+        f"classes: {SC} (Secondary Capture Image Storage)"
+    )
 
 
 # --- copy_to_folder ----------------------------------------------------------
