@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
+import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +22,8 @@ from dicom_node.logs import configure_logging
 
 if TYPE_CHECKING:
     from dicom_node.node import Node
+
+log = logging.getLogger(__name__)
 
 # Flags that override a key of the configuration file.
 _OVERRIDES = {
@@ -191,7 +196,9 @@ def _serve(cfg: Config) -> int:
 
     node = Node(cfg)
     try:
-        return node.serve()
+        code = node.serve()
+        _exit_without_lingering_threads(code)
+        return code
     except DicomNodeError:
         raise  # main's own message (a SpoolError is an OSError too)
     except OSError as exc:
@@ -199,6 +206,24 @@ def _serve(cfg: Config) -> int:
         node.stop(drain_seconds=0)  # what started before the failure (HTTP, sender, ...)
         print(f"dicom-node: error: {why}", file=sys.stderr)
         return 2
+
+
+def _exit_without_lingering_threads(code: int) -> None:
+    """Exit now if a thread outlived the stop. pynetdicom's association threads are not
+    daemons: one still in a C-STORE or C-ECHO to a silent PACS kept the process alive for
+    up to sending.timeout_seconds after the node had stopped, past a second signal's 'at
+    once' and a service manager's stop timeout. The state is closed by then; an object
+    whose C-STORE was cut is sent again at the next start (same UID: the PACS keeps one)."""
+    left = [t.name for t in threading.enumerate()
+            if t.is_alive() and not t.daemon and t is not threading.main_thread()]  # fmt: skip
+    if not left:
+        return
+    log.warning("exiting without %d thread(s) still in a network call: %s", len(left),
+                ", ".join(sorted(left)))  # fmt: skip
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _start_failure(cfg: Config, node: Node, exc: OSError) -> str:

@@ -324,6 +324,34 @@ def test_relative_spool_dir_flag_means_the_working_directory(tmp_path: Path) -> 
     assert f"no state database at {tmp_path / 'work' / 'myspool'}" in result.stdout
 
 
+def test_a_second_signal_exits_at_once_with_a_c_echo_to_a_silent_pacs(tmp_path: Path) -> None:
+    # pynetdicom's association threads are not daemons: the one waiting on the silent PACS
+    # kept the process alive for sending.timeout_seconds after the node had stopped.
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:
+        node = NodeProcess(tmp_path)
+        config = node.config.read_text().replace(
+            "metrics: {port: 0}\n", "metrics: {port: 0, echo_interval_seconds: 60}\n"
+        )
+        node.config.write_text(
+            config + "sending: {timeout_seconds: 30}\n"
+            f"destinations: [{{name: pacs, ae_title: PACS, host: 127.0.0.1, "
+            f"port: {silent.getsockname()[1]}}}]\n"
+        )
+        try:
+            node.start()
+            time.sleep(0.5)  # the first C-ECHO is under way, to a peer that never answers
+            node.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            started = time.monotonic()
+            node.signal(signal.SIGTERM)
+            assert node.wait(20) == 0
+            assert time.monotonic() - started < 5  # was ~30 s: the C-ECHO's timeout
+            log = node.log.read_text()
+            assert "exiting without 1 thread(s) still in a network call" in log
+        finally:
+            node.kill()
+
+
 def test_a_forced_stop_does_not_wait_for_a_hanging_destination(
     start_node: Callable[..., Node],
 ) -> None:
