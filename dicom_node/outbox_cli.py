@@ -12,6 +12,7 @@ import time
 
 from dicom_node.config import Config
 from dicom_node.errors import StateError
+from dicom_node.models import OutboxItem
 from dicom_node.send.outbox import STATES, Outbox
 from dicom_node.state import State
 
@@ -28,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         help="list (default), retry (requeue dead letters) or discard "
                              "(give up on the named dead letters)")  # fmt: skip
     outbox.add_argument("ids", nargs="*", type=_item_id,
-                        help="retry: item ids (default: every dead letter); discard: the "
-                             "item ids (required)")  # fmt: skip
+                        help="list: only these items; retry: item ids (default: every dead "
+                             "letter); discard: the item ids (required)")  # fmt: skip
     outbox.add_argument("--state", action="append", choices=STATES,
                         help="list: only this state (repeatable)")  # fmt: skip
 
@@ -76,17 +77,34 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
             done = "requeued" if args.verb == "retry" else "discarded"
             print(f"{done} {count} dead letter{'s' if count != 1 else ''}")
             return 0
-        items = outbox.items(args.state or ("pending", "dead"))
+        # With ids, those items whatever their state; else pending and dead (or --state).
+        items = outbox.items(args.state or (STATES if args.ids else ("pending", "dead")))
+        if args.ids:
+            items = [i for i in items if i.id in set(args.ids)]
         depth = outbox.depth()
     finally:
         state.close()
-    print(f"{'ID':>5}  {'STATE':<7}  {'DEST':<12}  {'TRIES':>5}  {'NEXT ATTEMPT':<19}  "
-          f"{'SOP INSTANCE UID':<64}  LAST ERROR")  # fmt: skip
-    for item in items:
-        print(
-            f"{item.id:>5}  {item.state:<7}  {item.destination[:12]:<12}  {item.attempts:>5}  "
-            f"{_time(item.next_attempt_at if item.state == 'pending' else None):<19}  "
-            f"{item.sop_instance_uid:<64}  {item.last_error or '-'}"
-        )
+    for line in _table(items):
+        print(line)
     print(", ".join(f"{n} {s}" for s, n in depth.items()))
     return 0
+
+
+_KINDS = {"1.2.840.10008.5.1.4.1.1.88.34": "SR", "1.2.840.10008.5.1.4.1.1.7": "SC"}
+
+
+def _table(items: list[OutboxItem]) -> list[str]:
+    """One line per item: WHEN is the next attempt of a pending item, the delivery of a sent
+    one; the study says whose result it is (UIDs only, no patient data)."""
+    dest = max([4, *(len(i.destination) for i in items)])
+    lines = [f"{'ID':>5}  {'STATE':<7}  {'DEST':<{dest}}  {'KIND':<4}  {'TRIES':>5}  "
+             f"{'WHEN':<19}  {'STUDY INSTANCE UID':<64}  {'SOP INSTANCE UID':<64}  "
+             "LAST ERROR"]  # fmt: skip
+    for item in items:
+        when = {"pending": item.next_attempt_at, "sent": item.sent_at}.get(item.state)
+        lines.append(
+            f"{item.id:>5}  {item.state:<7}  {item.destination:<{dest}}  "
+            f"{_KINDS.get(item.sop_class_uid, '?'):<4}  {item.attempts:>5}  {_time(when):<19}  "
+            f"{item.study_uid:<64}  {item.sop_instance_uid:<64}  {item.last_error or '-'}"
+        )
+    return lines

@@ -15,7 +15,7 @@ from dicom_node.send.outbox import Outbox
 from dicom_node.state import State
 
 
-def dead_letter(spool: Path) -> int:
+def dead_letter(spool: Path, destination: str = "pacs") -> int:
     """A state database whose one outbox item has become a dead letter; returns its id."""
     spool.mkdir(parents=True)
     state = State(spool / "state.sqlite3", AssemblyConfig())
@@ -28,7 +28,7 @@ def dead_letter(spool: Path) -> int:
     state.release({"1.9"}, 1.0)
     [job] = state.complete_due(1e12)
     result = ResultObject("1.9.99", "1.2.840.10008.5.1.4.1.1.88.34", "outputs/1.9/x.dcm", "sr")
-    state.finish_job(job.id, "done", time.time(), results=[result], destinations=["pacs"])
+    state.finish_job(job.id, "done", time.time(), results=[result], destinations=[destination])
     outbox = Outbox(state, SendingConfig(max_attempts=1))
     [item] = outbox.items(["pending"])
     outbox.mark_failed(item.id, time.time(), "association to pacs rejected")
@@ -55,6 +55,24 @@ def test_outbox_lists_dead_letters_and_retry_requeues_them(
     assert "requeued 1 dead letter" in capsys.readouterr().out
     assert main(["outbox", "list", "--state", "pending", "--config", cfg]) == 0
     assert f"{item:>5}  pending" in capsys.readouterr().out
+
+
+def test_outbox_list_shows_whole_names_the_study_and_the_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    item = dead_letter(tmp_path / "spool", destination="radiology-pacs-backup")
+    cfg = str(config_file(tmp_path))
+    assert main(["outbox", "--config", cfg]) == 0
+    header, row, _ = capsys.readouterr().out.splitlines()
+    assert header.split()[:7] == ["ID", "STATE", "DEST", "KIND", "TRIES", "WHEN", "STUDY"]
+    # Was cut to 'radiology-pa'; no study, no kind: whose result was it?
+    assert row.split()[:5] == [str(item), "dead", "radiology-pacs-backup", "SR", "1"]
+    assert row.split()[6:8] == ["1.9", "1.9.99"]
+    # An id lists that item, whatever its state (was ignored: every item was listed).
+    assert main(["outbox", "list", str(item + 1), "--config", cfg]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2  # the header and the counts
+    assert main(["outbox", "list", str(item), "--config", cfg]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
 
 
 def test_outbox_discard_gives_up_on_named_dead_letters(
