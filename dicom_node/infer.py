@@ -106,11 +106,24 @@ class EngineSet:
             )
         try:
             runtime = open_runtime(folder, options)
-            manifest = runtime.manifest
+        except (ManifestError, EngineRuntimeError, OSError, KeyError) as exc:
+            raise EngineUnavailableError(f"engine {name!r} in {folder}: {exc}") from exc
+        try:
+            return EngineSet._complete(runtime, folder, name, options)
+        except BaseException:
+            # A TensorRT context with its device memory, a Triton channel: freed, not left
+            # behind by an engine whose head or text encoder failed its check.
+            runtime.close()
+            raise
+
+    @staticmethod
+    def _complete(runtime: Runtime, folder: Path, name: str, options: RuntimeOptions) -> _Engine:
+        """The opened runtime's engine with what it needs besides: head, text encoder."""
+        manifest = runtime.manifest
+        try:
             if manifest.name != name:
                 # Routing, triage overrides and the SR name engines by their folder: a
                 # manifest of another name would have its overrides silently ignored.
-                runtime.close()
                 raise ManifestError(
                     f"name: the manifest names engine {manifest.name!r}, but it is in the "
                     f"folder of engine {name!r} (rename one of them)"

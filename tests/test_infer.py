@@ -11,13 +11,14 @@ import pydicom
 import pytest
 import yaml
 
+from dicom_node import infer
 from dicom_node.config import EnginesConfig
 from dicom_node.infer import EngineOutputError, EngineSet, EngineUnavailableError, HipBatchItem
 from dicom_node.models import HipTask, Prediction
 from dicom_node.preprocess import PreparedImage, hip_input, load_image, normalise
 from dicom_node.route.plan import source_image
 from engines.phantoms.studies import write_study
-from engines.runtimes import EngineRuntimeError, RuntimeOptions, open_runtime
+from engines.runtimes import EngineRuntimeError, Runtime, RuntimeOptions, open_runtime
 
 THA = "total_hip_arthroplasty"
 
@@ -228,10 +229,27 @@ def test_a_tampered_artefact_file_is_refused(engine_cache: Path, tmp_path: Path)
     head.unlink()
     data[-1] ^= 0xFF
     head.write_bytes(bytes(data))
-    with pytest.raises(
-        EngineUnavailableError, match=r"^engine 'hip_screen' in .*: hip_screen: artefact 'head' "
+    opened: list[Runtime] = []
+
+    def spied(folder: Path, options: RuntimeOptions) -> Runtime:
+        runtime = open_runtime(folder, options)
+        opened.append(runtime)
+        return runtime
+
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        pytest.raises(
+            EngineUnavailableError,
+            match=r"^engine 'hip_screen' in .*: hip_screen: artefact 'head' ",
+        ),
     ):
+        patch.setattr(infer, "open_runtime", spied)
         EngineSet(config(tmp_path), ["hip_screen"])
+    # The runtime opened before the head failed its check is closed (was left open: on
+    # TensorRT a CUDA context and its device memory).
+    (runtime,) = opened
+    with pytest.raises(EngineRuntimeError, match=r"closed"):
+        runtime.infer({})
 
 
 def test_an_engine_that_is_not_open(
