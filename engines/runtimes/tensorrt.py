@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.manifest import Manifest, TensorSpec, verify_artefacts
-from engines.runtimes.base import Array, EngineRuntimeError, Runtime
+from engines.runtimes.base import Array, EngineRuntimeError, Runtime, check_signature
 
 DEFAULT_MAX_BATCH = 8
 DEFAULT_WORKSPACE_BYTES = 1 << 30
@@ -383,6 +383,12 @@ class TensorRTRuntime(Runtime):
                 f"{self.manifest.name}: engine has inputs {sorted(inputs)} and outputs "
                 f"{sorted(outputs)}, manifest says {want_in} and {want_out}"
             )
+        # Ranks and fixed dimensions too, as onnxruntime checks them (dynamic ones are -1).
+        shape = self._engine.get_tensor_shape
+        check_signature(
+            self.manifest, self.backend,
+            {n: tuple(shape(n)) for n in inputs}, {n: tuple(shape(n)) for n in outputs},
+        )  # fmt: skip
         # Size every buffer for the largest batch: set the inputs to their max shapes and
         # read the output shapes TensorRT infers from them.
         for spec in self.input_spec:

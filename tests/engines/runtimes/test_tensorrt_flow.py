@@ -48,6 +48,7 @@ class _Stand:
         self.parse_ok = True
         self.parsed: list[str] = []  # the ONNX files the parser read
         self.unresolved: str | None = None  # a tensor whose shape TensorRT leaves at -1
+        self.plan_outputs = dict(OUTPUT_SHAPES)  # the plan's outputs (without the batch)
         self.contexts_destroyed = 0
         self.contexts_leaked = 0  # detached where pycuda cannot destroy them
         self.syncs = 0
@@ -274,6 +275,10 @@ def _trt_module(stand: _Stand) -> types.ModuleType:
         def get_tensor_dtype(self, name: str) -> Any:
             return names(name="FLOAT")
 
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            # The plan's own shapes, dynamic dimensions -1, as TensorRT gives them.
+            return (-1, 1, -1, -1) if name == "image" else (-1, *stand.plan_outputs[name])
+
         def create_execution_context(self) -> Context:
             return Context(self.max_batch)
 
@@ -396,6 +401,21 @@ def test_unresolved_output_shape_is_refused(
         TensorRTRuntime(read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path)
     # What was allocated before the refusal is freed, inside the context, which is popped.
     assert stand.device and all(d.freed for d in stand.device.values())
+    assert not stand.context_stack
+
+
+def test_a_plan_whose_outputs_differ_from_the_manifest_is_refused(
+    stand: _Stand, hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    # As onnxruntime refuses it at open: heat maps of another grid (or logits of another
+    # class list) were returned as if they matched the manifest.
+    stand.plan_outputs["features"] = (2048, 3, 3)
+    with pytest.raises(
+        EngineRuntimeError,
+        match=r"^hip_screen on tensorrt: output 'features' is \[-1, 2048, 3, 3\] in the model, "
+        r"the manifest says \[-1, 2048, 2, 2\] \(-1 = any\)$",
+    ):
+        TensorRTRuntime(read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path)
     assert not stand.context_stack
 
 
