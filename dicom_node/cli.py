@@ -131,6 +131,9 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     repo.add_argument("--platform", choices=["onnxruntime", "tensorrt", "python"],
                       default="onnxruntime")  # fmt: skip
     repo.add_argument("--max-batch-size", type=int, default=8)
+    repo.add_argument("--instance-kind", choices=["KIND_GPU", "KIND_CPU"], default=None,
+                      help="where Triton runs each model (default: KIND_GPU, KIND_CPU for "
+                           "--platform python); a server without a GPU needs KIND_CPU")  # fmt: skip
 
 
 def _config(args: argparse.Namespace, path: str | None = None) -> Config:

@@ -317,8 +317,9 @@ def _triton_repo(cache: Path, args: argparse.Namespace) -> int:
     if not built:
         raise DicomNodeError(f"no built engine in {cache}: run 'dicom-node engines build --demo'")
     written = write_triton_repo(
-        built, Path(args.out), platform=args.platform, max_batch_size=args.max_batch_size
-    )
+        built, Path(args.out), platform=args.platform, max_batch_size=args.max_batch_size,
+        instance_kind=args.instance_kind,
+    )  # fmt: skip
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -150,6 +150,10 @@ def test_triton_repo_with_a_small_max_batch_size(
         text = (out / name / "config.pbtxt").read_text()
         assert f"max_batch_size: {max_batch}\n" in text
         assert f"preferred_batch_size: [ {max_batch} ]" in text
+        assert "kind: KIND_GPU" in text  # onnxruntime_onnx's default
+    # A Triton server without a GPU refuses KIND_GPU models: the flag was missing.
+    assert main([*args, "--instance-kind", "KIND_CPU", "--config", str(config)]) == 0
+    assert "kind: KIND_CPU" in (out / "hip_screen" / "config.pbtxt").read_text()
 
 
 def test_export_of_the_fusion_engines_keeps_their_inputs_and_artefacts(
