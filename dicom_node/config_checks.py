@@ -99,9 +99,11 @@ def as_list(value: Any, path: str) -> list[Any]:
 
 def as_ae_title(value: Any, path: str) -> str:
     if not isinstance(value, str) or not _AE_TITLE.match(value) or not value.strip():
+        # YAML reads NO, OFF, YES and ON as booleans and 1234 as a number: say so.
+        hint = "; quote it in YAML" if isinstance(value, bool | int | float) else ""
         raise ConfigError(
             f"{path}: expected an AE title of 1-16 printable ASCII characters without "
-            f"backslash, got {show(value)}"
+            f"backslash, got {show(value)}{hint}"
         )
     return value.strip()
 
@@ -142,7 +144,11 @@ MAX_SECONDS = 1e7
 
 def as_number(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{path}: expected a number of seconds, got {show(value)}")
+        # PyYAML (YAML 1.1) reads 1e3 as a string; 1.0e+3 is a float.
+        hint = ""
+        if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value):
+            hint = f" (YAML reads it as text: write {float(value):.1f})"
+        raise ConfigError(f"{path}: expected a number of seconds, got {show(value)}{hint}")
     try:
         number = float(value)
     except OverflowError:  # an integer beyond a float's range

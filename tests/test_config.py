@@ -154,7 +154,13 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"node": {"ae_title": ""}}, r"^node\.ae_title: expected an AE title .* got ''"),
     ({"node": {"ae_title": "A" * 17}}, r"^node\.ae_title: expected an AE title"),
     ({"node": {"ae_title": "BAD\\AE"}}, r"^node\.ae_title: .*backslash"),
-    ({"node": {"ae_title": 42}}, r"^node\.ae_title: .* got 42"),
+    ({"node": {"ae_title": 42}}, r"^node\.ae_title: .* got 42; quote it in YAML$"),
+    ({"node": {"ae_title": False}}, r"^node\.ae_title: .* got False; quote it in YAML$"),
+    (
+        {"assembly": {"quiet_seconds": "1e3"}},
+        r"^assembly\.quiet_seconds: expected a number of seconds, got '1e3' \(YAML reads it "
+        r"as text: write 1000\.0\)$",
+    ),
     ({"node": {"port": 70000}}, r"^node\.port: expected an integer from 0 to 65535, got 70000"),
     ({"node": {"port": "11112"}}, r"^node\.port: .* got '11112'"),
     ({"node": {"port": True}}, r"^node\.port: .* got True"),
