@@ -7,6 +7,7 @@ objects when a PACS routes them back (see ``receive/own_output.py``).
 from __future__ import annotations
 
 from pydicom.uid import generate_uid
+from pynetdicom import AE
 
 from dicom_node import __version__
 
@@ -17,3 +18,10 @@ SOFTWARE_VERSION = __version__
 # every build of the same version names itself the same way.
 IMPLEMENTATION_CLASS_UID = generate_uid(entropy_srcs=["dicom-node", "implementation-class"])
 IMPLEMENTATION_VERSION_NAME = f"DICOMNODE_{__version__.replace('.', '')}"[:16]
+
+
+def name_the_node(ae: AE) -> None:
+    """The node's Implementation Class UID and Version Name in ``ae``'s associations (the
+    conformance statement gives them; pynetdicom's own would name the library)."""
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME

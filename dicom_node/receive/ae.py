@@ -7,7 +7,8 @@ from typing import Any
 from pynetdicom import AE, evt
 
 from dicom_node.config import NodeConfig
-from dicom_node.receive.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from dicom_node.identity import name_the_node
+from dicom_node.receive.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, UNCOMPRESSED
 from dicom_node.receive.store import (
     Receiver,
     handle_accepted,
@@ -23,7 +24,8 @@ VERIFICATION = "1.2.840.10008.1.1"
 def build_ae(node: NodeConfig) -> AE:
     """An AE that accepts Verification and the storage classes in every listed syntax."""
     ae = AE(ae_title=node.ae_title)
-    ae.add_supported_context(VERIFICATION, TRANSFER_SYNTAXES[:2])  # implicit, explicit LE
+    name_the_node(ae)
+    ae.add_supported_context(VERIFICATION, UNCOMPRESSED[:2])  # explicit, implicit LE
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     # An empty list means any calling AE; pynetdicom rejects others with

@@ -31,20 +31,29 @@ SC_SOP_CLASSES = frozenset(
     c for c in STORAGE_SOP_CLASSES if c.startswith("1.2.840.10008.5.1.4.1.1.7")
 )
 
-# The calling AE's proposal order decides which one an association uses; this is
-# only the set accepted (also the set the synthetic factory writes).
-TRANSFER_SYNTAXES: tuple[uid.UID, ...] = (
-    uid.ImplicitVRLittleEndian,
-    uid.ExplicitVRLittleEndian,
-    uid.ExplicitVRBigEndian,
+# Every syntax accepted (also the set the synthetic factory writes), in the node's order
+# of preference: where one presentation context proposes several, pynetdicom takes the
+# first of this list that the caller proposed, not the caller's first. Lossless
+# compression first, so a PACS that stores it and offers it beside uncompressed
+# fallbacks need not decompress; then uncompressed; lossy syntaxes last, so an image the
+# caller could send uncompressed is never lossy-compressed for the node.
+LOSSLESS_COMPRESSED: tuple[uid.UID, ...] = (
+    uid.JPEG2000Lossless,
+    uid.JPEGLSLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLossless,
+    uid.RLELossless,
     uid.DeflatedExplicitVRLittleEndian,
+)
+UNCOMPRESSED: tuple[uid.UID, ...] = (
+    uid.ExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,
+)
+LOSSY: tuple[uid.UID, ...] = (
     uid.JPEGBaseline8Bit,
     uid.JPEGExtended12Bit,
-    uid.JPEGLossless,
-    uid.JPEGLosslessSV1,
-    uid.JPEGLSLossless,
     uid.JPEGLSNearLossless,
-    uid.JPEG2000Lossless,
     uid.JPEG2000,
-    uid.RLELossless,
 )
+TRANSFER_SYNTAXES: tuple[uid.UID, ...] = LOSSLESS_COMPRESSED + UNCOMPRESSED + LOSSY

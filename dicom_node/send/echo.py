@@ -17,6 +17,7 @@ from pathlib import Path
 from pynetdicom import AE
 
 from dicom_node.config_results import Destination
+from dicom_node.identity import name_the_node
 from dicom_node.send.peers import not_established
 from dicom_node.worker import Worker
 
@@ -39,6 +40,7 @@ def echo(destination: Destination, calling_ae: str, timeout: float) -> str | Non
             return f"cannot write {destination.path}: {exc.strerror or exc}"
         return None
     ae = AE(ae_title=calling_ae)
+    name_the_node(ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout  # else a firewalled host holds connect() for minutes
     ae.add_requested_context(VERIFICATION)

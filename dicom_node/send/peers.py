@@ -25,6 +25,7 @@ from pynetdicom.association import Association
 
 from dicom_node.config_results import Destination
 from dicom_node.errors import describe
+from dicom_node.identity import name_the_node
 from dicom_node.models import OutboxItem
 from dicom_node.spool import fsync_dir
 
@@ -60,6 +61,7 @@ def send_dicom(
 ) -> Generator[Delivery, None, None]:
     """C-STORE every item over one association; each answered status is checked."""
     ae = AE(ae_title=calling_ae)
+    name_the_node(ae)
     # connection_timeout too: without it a firewalled host holds connect() for the OS's
     # TCP timeout (minutes), not ``timeout``.
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout

@@ -18,11 +18,18 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
     generate_uid,
 )
 from pynetdicom import AE
 
-from dicom_node.identity import MANUFACTURER
+from dicom_node.identity import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    MANUFACTURER,
+)
 from dicom_node.node import Node
 from dicom_node.synthetic.dcmtk import storescu_profile
 
@@ -244,6 +251,38 @@ def test_verification(start_node: StartNode, dcmtk_env: dict[str, str]) -> None:
         ["echoscu", "-aet", "PACS", "-aec", "TRIAGE", "127.0.0.1", str(node.port)], dcmtk_env
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("proposed", "accepted"),
+    [
+        # A PACS that stores J2K lossless and offers fallbacks in the same context keeps
+        # its compression (was: Implicit VR, so the PACS had to decompress every image).
+        ([JPEG2000Lossless, ExplicitVRLittleEndian, ImplicitVRLittleEndian], JPEG2000Lossless),
+        ([ImplicitVRLittleEndian, JPEGLosslessSV1], JPEGLosslessSV1),
+        # Never lossy where the caller offers uncompressed: no loss made for the node.
+        ([JPEGBaseline8Bit, ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+         ExplicitVRLittleEndian),
+        ([ImplicitVRLittleEndian, ExplicitVRLittleEndian], ExplicitVRLittleEndian),
+        ([JPEGBaseline8Bit], JPEGBaseline8Bit),  # an image already lossy: as it is
+    ],
+)  # fmt: skip
+def test_one_context_of_several_syntaxes_gets_the_nodes_preference(
+    start_node: StartNode, proposed: list[str], accepted: str
+) -> None:
+    node = start_node()
+    ae = AE("PACS")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", proposed)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="TRIAGE")
+    try:
+        assert assoc.is_established
+        (context,) = assoc.accepted_contexts
+        assert context.transfer_syntax[0] == accepted
+        # The node names itself as its conformance statement says (was pynetdicom's).
+        assert assoc.acceptor.implementation_class_uid == IMPLEMENTATION_CLASS_UID
+        assert assoc.acceptor.implementation_version_name == IMPLEMENTATION_VERSION_NAME
+    finally:
+        assoc.release()
 
 
 def factory_files(folder: Path) -> list[Path]:

@@ -69,21 +69,24 @@ def _assert_same_decoding(dcmtk: np.ndarray, pydicom_: np.ndarray, uid: str) -> 
 
 
 def test_the_accepted_syntaxes_in_order() -> None:
+    # The node's preference (pynetdicom takes the first of it the caller proposed in a
+    # context): lossless compression, then uncompressed, lossy last.
     assert [uid for uid in TRANSFER_SYNTAXES] == [
-        "1.2.840.10008.1.2",
-        "1.2.840.10008.1.2.1",
-        "1.2.840.10008.1.2.2",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.5",
         "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.2",
         "1.2.840.10008.1.2.4.50",
         "1.2.840.10008.1.2.4.51",
-        "1.2.840.10008.1.2.4.57",
-        "1.2.840.10008.1.2.4.70",
-        "1.2.840.10008.1.2.4.80",
         "1.2.840.10008.1.2.4.81",
-        "1.2.840.10008.1.2.4.90",
         "1.2.840.10008.1.2.4.91",
-        "1.2.840.10008.1.2.5",
     ]
+    assert set(TRANSFER_SYNTAXES[-4:]) == LOSSY_TRANSFER_SYNTAXES
 
 
 @pytest.mark.parametrize(("bits", "photometric", "processing"), DX_VARIANTS)
