@@ -20,7 +20,7 @@ import pydicom
 
 from dicom_node.config import Config
 from dicom_node.ct_input import CtCache
-from dicom_node.errors import UNREADABLE_DICOM, describe
+from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe
 from dicom_node.infer import EngineSet, HipBatchItem
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.preprocess import HipInput, ImageCache, PreprocessError, hip_input
@@ -56,16 +56,50 @@ class StudyAnalysis:
         return tuple(h.decision for h in self.hips)
 
 
+class MixedPatientsError(DicomNodeError, ValueError):
+    """The study's instances name more than one patient."""
+
+
 def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]:
-    """The headers of the study's instances (path, calling AE), without pixels."""
+    """The headers of the study's instances (path, calling AE), without pixels.
+
+    A study whose instances carry different Patient IDs (a Study Instance UID reused by a
+    misconfigured modality, a wrong-patient correction half done in the PACS) is refused:
+    its one SR would report every hip under the first patient's name.
+    """
     images = []
+    patients: dict[tuple[str, str], list[str]] = {}
     for path, calling_ae in sources:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            images.append(source_image(ds, path, calling_ae))
+            image = source_image(ds, path, calling_ae)
         except UNREADABLE_DICOM as exc:
             raise PreprocessError(f"{path.name}: cannot read its header ({describe(exc)})") from exc
+        images.append(image)
+        patient = _patient(ds)
+        if patient[0]:
+            patients.setdefault(patient, []).append(image.sop_instance_uid)
+    if len(patients) > 1:
+        groups = "; ".join(", ".join(sorted(uids)) for uids in patients.values())
+        # UIDs only: the Patient IDs themselves never go into a message or a log.
+        raise MixedPatientsError(
+            f"instances of {len(patients)} patients (Patient ID and Issuer) under one Study "
+            f"Instance UID, refused rather than reported under one patient's name: correct "
+            f"the study in the PACS and resend it (SOP instances by patient: {groups})"
+        )
     return tuple(images)
+
+
+def _patient(ds: pydicom.Dataset) -> tuple[str, str]:
+    """(Patient ID, Issuer of Patient ID), stripped; read raw, so pydicom's checks of
+    them, which quote the value, are not run."""
+    values = []
+    for keyword in ("PatientID", "IssuerOfPatientID"):
+        value = ds.get_item(keyword).value if keyword in ds else None
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        values.append("" if value is None else str(value).strip(" \x00"))
+    return values[0], values[1]
 
 
 def _run(

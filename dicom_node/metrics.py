@@ -33,7 +33,7 @@ STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 WAIT_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 RESULT_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
-FAILURE_REASONS = ("pixel_data", "report", "spool", "engine", "other")
+FAILURE_REASONS = ("pixel_data", "patients", "report", "spool", "engine", "other")
 
 # Distinct calling_ae label values kept; later titles are counted as "other". Any peer may
 # call when node.allowed_calling_aes is empty, and each title would be new series forever.

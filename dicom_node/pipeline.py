@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
-from dicom_node.analyse import StudyAnalysis, analyse_study, read_sources
+from dicom_node.analyse import MixedPatientsError, StudyAnalysis, analyse_study, read_sources
 from dicom_node.config import Config
 from dicom_node.errors import DicomNodeError, ReportError, SpoolError, SpoolFullError, describe
 from dicom_node.infer import EngineOutputError, EngineSet, EngineUnavailableError
@@ -175,6 +175,9 @@ class Pipeline(Worker):
             return
         except PreprocessError as exc:
             self._fail(job, "pixel_data", str(exc))
+            return
+        except MixedPatientsError as exc:
+            self._fail(job, "patients", str(exc))
             return
         except EngineOutputError as exc:
             self._fail(job, "engine", str(exc))

@@ -10,11 +10,12 @@ import pydicom
 import pytest
 from helpers import pipeline_config
 
-from dicom_node.analyse import analyse_study, read_sources
+from dicom_node.analyse import MixedPatientsError, analyse_study, read_sources
 from dicom_node.infer import EngineSet
 from dicom_node.preprocess import PreprocessError
 from engines.phantoms.studies import write_study
 
+THA = "total_hip_arthroplasty"
 DUAL = {"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"], "ViewPosition": ["AP"]}}
 
 
@@ -82,6 +83,36 @@ def test_a_header_that_cannot_be_read_names_the_file(
         write(path)
     with pytest.raises(PreprocessError, match=rf"^broken\.dcm: cannot read its header \({cause}"):
         read_sources([(path, "PACS")])
+
+
+def test_a_study_of_two_patients_is_refused_naming_instances_not_patients(
+    tmp_path: Path,
+) -> None:
+    study = write_study(tmp_path / "s", 31, "normal", THA, {"L": "dislocation"}, size=64)
+    ap, lateral = study.files
+    assert len(read_sources([(ap, "PACS"), (lateral, "PACS")])) == 2  # one patient: fine
+    ds = pydicom.dcmread(lateral)
+    ds.PatientID = "OTHER-PATIENT-7"
+    ds.save_as(lateral)
+    uids = sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in (ap, lateral))
+    with pytest.raises(
+        MixedPatientsError,
+        match=r"^instances of 2 patients \(Patient ID and Issuer\) under one Study Instance "
+        r"UID, refused rather than reported under one patient's name: correct the study in the "
+        rf"PACS and resend it \(SOP instances by patient: ({uids[0]}; {uids[1]}|{uids[1]}; "
+        rf"{uids[0]})\)$",
+    ) as info:
+        read_sources([(ap, "PACS"), (lateral, "PACS")])
+    assert "OTHER-PATIENT-7" not in str(info.value)
+    # The same ID from another issuer is another patient; an empty ID says nothing.
+    ds.PatientID = pydicom.dcmread(ap).PatientID
+    ds.IssuerOfPatientID = "OTHER-HOSPITAL"
+    ds.save_as(lateral)
+    with pytest.raises(MixedPatientsError, match=r"^instances of 2 patients"):
+        read_sources([(ap, "PACS"), (lateral, "PACS")])
+    ds.PatientID = ""
+    ds.save_as(lateral)
+    assert len(read_sources([(ap, "PACS"), (lateral, "PACS")])) == 2
 
 
 def test_an_unusable_ct_reconstruction_leaves_the_studys_next_one(

@@ -189,6 +189,28 @@ class BuggyEngines(EngineSet):
         raise ValueError("could not convert string to float: 'DOE^JANE'")
 
 
+def test_a_study_uid_shared_by_two_patients_gets_no_report(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    # One SR would have carried both patients' hips under the first one's name.
+    node = results_node()
+    first = write_study(tmp_path / "a", 503, "normal", "normal", size=64)
+    second = write_study(tmp_path / "b", 504, "osteoarthritis", "normal", size=64)
+    ds = pydicom.dcmread(second.files[0])
+    other_id = str(ds.PatientID)
+    assert other_id != str(pydicom.dcmread(first.files[0]).PatientID)
+    ds.StudyInstanceUID = first.identity.study_uid  # a modality that reused the UID
+    write(ds, second.files[0])
+    assert send_files(node.port, [*first.files, *second.files]) == [0, 0]
+    (job,) = finished(node, 1)
+    assert job.state == "failed"
+    assert (job.error or "").startswith("instances of 2 patients (Patient ID and Issuer)")
+    assert other_id not in (job.error or "")
+    assert not list((tmp_path / "out").rglob("*.dcm"))
+    metrics = scrape(node.http_port, "/metrics")
+    assert 'dicom_node_job_failures_total{reason="patients"} 1.0' in metrics
+
+
 def test_an_internal_error_fails_the_job_without_the_values_it_quotes(
     results_node: Callable[..., Node], tmp_path: Path
 ) -> None:
