@@ -26,7 +26,14 @@ from pydicom.filewriter import dcmwrite
 
 from dicom_node.analyse import MixedPatientsError, StudyAnalysis, analyse_study, read_sources
 from dicom_node.config import Config
-from dicom_node.errors import DicomNodeError, ReportError, SpoolError, SpoolFullError, describe
+from dicom_node.errors import (
+    DicomNodeError,
+    ReportError,
+    SpoolError,
+    SpoolFullError,
+    StateError,
+    describe,
+)
 from dicom_node.infer import EngineOutputError, EngineSet, EngineUnavailableError
 from dicom_node.metrics import Metrics
 from dicom_node.models import Job, ResultObject
@@ -43,6 +50,7 @@ log = logging.getLogger(__name__)
 _IDLE_POLL = 1.0
 _RETRY_SECONDS = 10.0  # after an engine could not run
 _SPOOL_FULL_RETRY_SECONDS = 60.0  # after the results could not be written for want of space
+STATE_RETRY_SECONDS = 10.0  # after the state database could not be written
 _MAX_INTERRUPTED = 2  # starts of a job cut short by a stop or a crash before it fails
 _MAX_ENGINE_RETRIES = 5
 
@@ -141,6 +149,8 @@ class Pipeline(Worker):
         self.state.start_job(job.id, started)
         try:
             self._process(job, started)
+        except StateError as exc:
+            self._state_unwritable(job, exc)
         except Exception as exc:  # a bug must fail one study, not stop (or spin) the worker
             log.exception("study %s: internal error", job.study_uid)
             self._fail(job, "other", f"internal error: {describe(exc)}")
@@ -193,6 +203,8 @@ class Pipeline(Worker):
         except SpoolError as exc:
             self._fail(job, "spool", str(exc))
             return
+        except StateError:
+            raise  # passing: the job waits (_state_unwritable), it does not fail
         except DicomNodeError as exc:
             self._fail(job, "other", str(exc))
             return
@@ -244,6 +256,17 @@ class Pipeline(Worker):
         relative = f"outputs/{study}/{ds.SOPInstanceUID}.dcm"
         self.spool.write(relative, [encode(ds)])
         return ResultObject(str(ds.SOPInstanceUID), str(ds.SOPClassUID), relative, kind)
+
+    def _state_unwritable(self, job: Job, exc: StateError) -> None:
+        """The state database could not be written (locked past its busy timeout, a full
+        disk, an I/O error): passing, like a full spool. The job waits and is retried; it
+        neither fails as an internal error nor counts as a start cut short by a crash."""
+        log.warning("study %s: %s; retrying in %.0f s", job.study_uid, exc, STATE_RETRY_SECONDS)
+        self._retry_at[job.id] = time.monotonic() + STATE_RETRY_SECONDS
+        try:
+            self.state.job_ran_out(job.id)
+        except StateError as again:  # still unwritable: this start may count, logged
+            log.warning("study %s: its start could not be undone: %s", job.study_uid, again)
 
     def _retry_later(self, job: Job, seconds: float) -> None:
         """Leave ``job`` pending, by choice (not a start cut short), for ``seconds``."""

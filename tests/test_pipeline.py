@@ -17,7 +17,8 @@ from orthanc import wait_for
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
-from dicom_node.errors import SpoolFullError
+from dicom_node import pipeline as pipeline_module
+from dicom_node.errors import SpoolFullError, StateError
 from dicom_node.infer import EngineSet
 from dicom_node.models import Job
 from dicom_node.node import Node
@@ -238,6 +239,40 @@ def test_a_done_job_stays_done_when_recording_it_fails(
     finally:
         engines.close()
     [job] = node.state.jobs()
+    assert (job.state, job.error) == ("done", None)
+    assert node.outbox is not None and node.outbox.depth()["pending"] >= 1
+
+
+@pytest.mark.parametrize("failures", [1, 3])
+def test_a_state_database_that_cannot_be_written_makes_the_job_wait_not_fail(
+    results_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    failures: int,
+) -> None:  # fmt: skip
+    # Locked past its busy timeout, a full disk: was "internal error" (one failure), or with
+    # the failure write failing too, rounds that each used up a crash start until the job
+    # failed as "interrupted 2 times" though nothing had stopped or crashed.
+    node = pending_study(results_node(), tmp_path, 509)
+    state = node.state
+    assert state is not None
+    real = state.finish_job
+    left = [failures]
+
+    def locked(*args: object, **kwargs: object) -> None:
+        if left[0]:
+            left[0] -= 1
+            raise StateError(f"{state.path}: database is locked")
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(state, "finish_job", locked)
+    monkeypatch.setattr(pipeline_module, "STATE_RETRY_SECONDS", 0.0)
+    engines = EngineSet(node.config.engines, engines_needed(node.config))
+    try:
+        pipeline = Pipeline(node.config, state, node.spool, engines)
+        for _ in range(failures + 1):
+            pipeline.run_pending()
+    finally:
+        engines.close()
+    [job] = state.jobs()
     assert (job.state, job.error) == ("done", None)
     assert node.outbox is not None and node.outbox.depth()["pending"] >= 1
 
