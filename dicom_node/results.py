@@ -1,8 +1,8 @@
 """A study's analysis to the objects sent back: one SR and the heat-map Secondary Captures.
 
 Which overlays are made follows ``results.heatmaps``: one per source AP image
-and engine, showing each hip's reported finding (its positive findings, the
-most probable one first) and, with ``positive-or-top``, the most probable class
+and engine, showing each hip's first reported finding (of its positive findings, an
+urgent one, the most probable first) and, with ``positive-or-top``, the most probable class
 of hips with none. Lateral views get no overlay: the engines' maps are on the
 AP grid. An engine without heat maps (osteoporosis) gets none.
 """

@@ -43,13 +43,16 @@ IMPORTANCE_SHOWN = 6  # the most important features the TEXT names
 
 
 def reported_findings(decision: TriageDecision) -> tuple[HipFinding, ...]:
-    """The findings a hip reports: every positive one, most probable first; else the
-    normal class when it is present; else the most probable finding, absent.
+    """The findings a hip reports: every positive one, the urgent ones first, each kind most
+    probable first; else the normal class when it is present; else the most probable
+    finding, absent. The first is the one the overlay maps and its banner names beside
+    the hip's priority: an URGENT hip's is an urgent finding (a fracture at 0.35 under
+    osteoarthritis at 0.55 was shown as "osteoarthritis ... URGENT").
 
     Never the normal class absent: "Normal: absent" reads as abnormal when nothing
     crossed its threshold, and its heat map would show where the hip looks normal.
     """
-    positives = sorted(decision.positives, key=lambda f: -f.probability)
+    positives = sorted(decision.positives, key=lambda f: (not f.urgent, -f.probability))
     if positives:
         return tuple(positives)
     normal = [f for f in decision.findings if f.normal and f.present]
@@ -63,7 +66,7 @@ def description(priority: str, decisions: Sequence[TriageDecision]) -> str:
     """``AI triage URGENT: femoral neck fracture R`` (a Series Description, at most 64 chars)."""
     parts = []
     for d in decisions:
-        for f in sorted(d.positives, key=lambda f: -f.probability):
+        for f in reported_findings(d) if d.positives else ():
             parts.append(f"{f.name.replace('_', ' ')} {d.prediction.task.side}")
     text = f"AI triage {priority}" + (": " + ", ".join(dict.fromkeys(parts)) if parts else "")
     return text if len(text) <= 64 else text[:61] + "..."

@@ -236,6 +236,24 @@ def test_reported_findings_are_the_positives_most_probable_first(study: Study) -
     ]
 
 
+def test_an_urgent_finding_comes_first_whatever_its_probability(study: Study) -> None:
+    # The overlay maps the first and its banner names it beside the hip's priority: was
+    # "osteoarthritis p=0.55 - priority URGENT", the fracture that made it urgent unnamed.
+    manifest = replace(
+        SCREEN,
+        classes=tuple(
+            replace(c, threshold=0.3) if c.name == "femoral_neck_fracture" else c
+            for c in SCREEN.classes
+        ),
+    )
+    hip = triage(manifest, "R", study.ap_source, osteoarthritis=0.55, femoral_neck_fracture=0.35)
+    assert hip.priority == "URGENT"
+    assert [f.name for f in reported_findings(hip)] == ["femoral_neck_fracture", "osteoarthritis"]
+    assert description("URGENT", [hip]) == (
+        "AI triage URGENT: femoral neck fracture R, osteoarthritis R"
+    )
+
+
 def test_reported_findings_without_a_positive_is_the_top_class(study: Study) -> None:
     _, left = screen_case(study)
     (only,) = reported_findings(left)
@@ -262,7 +280,7 @@ def test_normal_below_its_threshold_is_never_reported_absent(study: Study) -> No
 
 def test_description_states_priority_and_positive_findings(study: Study) -> None:
     right, left = screen_case(study)
-    # Most probable first, as the SR's groups are ordered.
+    # Urgent first, then most probable, as the SR's groups are ordered.
     assert description("URGENT", [right, left]) == (
         "AI triage URGENT: femoral neck fracture R, osteoarthritis R"
     )
