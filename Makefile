@@ -51,5 +51,7 @@ bench: setup
 	$(BIN)/dicom-node engines build --demo --config config.yaml
 	$(BIN)/python bench/e2e.py
 
+# Build outputs and caches only: never var/spool (the default spool: received instances,
+# the state database, results not yet delivered).
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) var/engines var/bench var/demo var/triton-venv .mypy_cache .ruff_cache .pytest_cache
