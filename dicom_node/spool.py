@@ -24,7 +24,8 @@ import shutil
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dicom_node.errors import SpoolError, SpoolFullError
@@ -46,6 +47,9 @@ class Spool:
         self.outputs = root / "outputs"
         self.tmp = root / "tmp"
         self._study_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._instance_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._space_lock = threading.Lock()
+        self._reserved = 0  # bytes that writes in progress have checked for, not yet written
         # Study folders whose entry in instances/ is known to be on disk (fsync'd since
         # this process started). A folder created by a write that failed before that fsync
         # is not in here, so the next write into it makes its entry durable.
@@ -69,6 +73,12 @@ class Spool:
         """The lock held while a study's files are written and indexed, or removed."""
         return self._study_locks[zlib.crc32(study_uid.encode()) % _LOCK_STRIPES]
 
+    def instance_lock(self, sop_instance_uid: str) -> threading.Lock:
+        """The lock held, before its study's, while an instance is looked up, written and
+        indexed: the same SOP Instance UID sent under two studies at once would otherwise
+        be indexed once and written twice, one file an orphan."""
+        return self._instance_locks[zlib.crc32(sop_instance_uid.encode()) % _LOCK_STRIPES]
+
     def relative_path(self, study_uid: str, sop_instance_uid: str) -> str:
         return f"instances/{study_uid}/{sop_instance_uid}.dcm"
 
@@ -83,12 +93,29 @@ class Spool:
 
     def check_space(self, size: int) -> None:
         """Refuse a write that would leave less than ``min_free_bytes`` free."""
-        free = self.free_bytes()
-        if free - size < self.min_free_bytes:
-            raise SpoolFullError(
-                f"spool has {free} bytes free; storing {size} more would go below "
-                f"storage.min_free_bytes ({self.min_free_bytes})"
-            )
+        with self.reserve(size):
+            pass
+
+    @contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        """Hold ``size`` bytes of free space while they are written, or refuse them when
+        they would leave less than ``min_free_bytes`` free. Writes at once each count what
+        the others have yet to write: checked alone, two large instances could both pass
+        and together take the spool below its guard."""
+        with self._space_lock:
+            free = self.free_bytes()
+            if free - self._reserved - size < self.min_free_bytes:
+                pending = f" ({self._reserved} being written)" if self._reserved else ""
+                raise SpoolFullError(
+                    f"spool has {free} bytes free{pending}; storing {size} more would go "
+                    f"below storage.min_free_bytes ({self.min_free_bytes})"
+                )
+            self._reserved += size
+        try:
+            yield
+        finally:
+            with self._space_lock:
+                self._reserved -= size
 
     def write(self, relative: str, chunks: Iterable[bytes | memoryview]) -> None:
         """Write ``chunks`` durably to ``relative``, replacing any previous file atomically."""

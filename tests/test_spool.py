@@ -158,3 +158,21 @@ def test_a_new_spool_has_its_folders_entries_on_disk(
     spool = Spool(tmp_path / "spool", min_free_bytes=0)
     assert synced == [spool.root]
     assert {p.name for p in spool.root.iterdir()} == {"instances", "outputs", "tmp"}
+
+
+def test_writes_in_progress_count_against_the_free_space_guard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checked alone, two large instances stored at once could both pass and together take
+    # the spool below storage.min_free_bytes.
+    spool = Spool(tmp_path / "spool", min_free_bytes=1000)
+    monkeypatch.setattr(spool, "free_bytes", lambda: 1250)
+    with spool.reserve(200):
+        with pytest.raises(
+            SpoolFullError,
+            match=r"^spool has 1250 bytes free \(200 being written\); storing 200 more would "
+            r"go below storage\.min_free_bytes \(1000\)$",
+        ):
+            spool.check_space(200)
+        spool.check_space(50)  # what is left
+    spool.check_space(200)  # the first write is done (its bytes are in free_bytes now)

@@ -178,7 +178,7 @@ class Receiver:
         except (SpoolError, StateError) as exc:
             log.error("association %s: could not store SOP instance %s: %s",
                       assoc.id, request_sop_instance, exc)  # fmt: skip
-            return _status(OUT_OF_RESOURCES, f"node could not store the instance: {exc}")
+            return _status(OUT_OF_RESOURCES, f"not stored: {_cause(exc)}")
         log.debug(
             "association %s: stored SOP instance %s of study %s (%s, %d bytes, %s)",
             assoc.id, header.sop_instance_uid, header.study_uid, transfer_syntax, len(stream),
@@ -189,8 +189,12 @@ class Receiver:
     def _spool_and_index(
         self, assoc: _Association, header: Header, transfer_syntax: str, stream: bytes | memoryview
     ) -> StoreOutcome:
-        # Held from the index lookup to the index update: a purge of the study waits.
-        with self.spool.study_lock(header.study_uid):
+        # Held from the index lookup to the index update: a purge of the study waits, and so
+        # does the same instance arriving on another association (under another study).
+        with (
+            self.spool.instance_lock(header.sop_instance_uid),
+            self.spool.study_lock(header.study_uid),
+        ):
             return self._spool_and_index_locked(assoc, header, transfer_syntax, stream)
 
     def _spool_and_index_locked(
@@ -213,8 +217,8 @@ class Receiver:
             meta = file_meta(
                 header.sop_class_uid, header.sop_instance_uid, transfer_syntax, assoc.calling_ae
             )
-            self.spool.check_space(len(PREAMBLE) + len(meta) + len(stream))
-            self.spool.write(relative, (PREAMBLE, meta, stream))
+            with self.spool.reserve(len(PREAMBLE) + len(meta) + len(stream)):
+                self.spool.write(relative, (PREAMBLE, meta, stream))
         instance = ReceivedInstance(
             header=header,
             transfer_syntax=transfer_syntax,
@@ -260,6 +264,15 @@ class Receiver:
             late = assoc.ended and counted
         if late:
             self._release(assoc, {study_uid})
+
+
+def _cause(exc: Exception) -> str:
+    """What went wrong, without the spool or database path the message starts with: the
+    Error Comment keeps 64 characters ('No space left on device', 'database is locked')."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return str(cause or exc)
 
 
 def _status(code: int, comment: str | None) -> Dataset:

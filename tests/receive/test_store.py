@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
@@ -168,7 +169,12 @@ def test_a_replacement_whose_indexing_failed_is_indexed_when_resent(
         raise StateError("database is locked")
 
     monkeypatch.setattr(receiver.state, "record_instance", locked_once)
-    assert _store_bytes(receiver, ds, corrected) == OUT_OF_RESOURCES  # the file is replaced
+    response = receiver.store(
+        1, "SCANNER", ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian, corrected
+    )
+    assert int(response.Status) == OUT_OF_RESOURCES  # the file is replaced
+    # The cause, not the database's path, in the 64 characters the PACS shows.
+    assert response.ErrorComment == "not stored: database is locked"
     assert _store_bytes(receiver, ds, corrected) == SUCCESS  # the sender's retry
     indexed = receiver.state.indexed(ds.SOPInstanceUID)
     assert indexed is not None and indexed.modality == "DX"  # was: 'CR' for good
@@ -190,3 +196,40 @@ def test_a_move_to_another_study_whose_indexing_failed_leaves_no_orphan(
         receiver.spool.relative_path("1.2.3.2", ds.SOPInstanceUID)
     ).exists()
     assert receiver.spool.path(receiver.spool.relative_path("1.2.3.1", ds.SOPInstanceUID)).exists()
+
+
+def test_one_instance_under_two_studies_at_once_is_stored_once(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each store took its own study's lock only: both found the SOP Instance UID new, both
+    # wrote, one file was left unindexed (an orphan) and its study complete and empty.
+    first, second = tiny_image("1.2.3.1"), tiny_image("1.2.3.2")
+    second.SOPInstanceUID = first.SOPInstanceUID
+    writing, go_on = threading.Event(), threading.Event()
+    write = receiver.spool.write
+
+    def slow_write(relative: str, chunks: Any) -> None:
+        if "1.2.3.1" in relative:
+            writing.set()
+            go_on.wait(5)
+        write(relative, chunks)
+
+    monkeypatch.setattr(receiver.spool, "write", slow_write)
+    statuses: list[int] = []
+    one = threading.Thread(target=lambda: statuses.append(_store_bytes(receiver, first,
+                                                                      _encoded(first))))  # fmt: skip
+    one.start()
+    assert writing.wait(5)
+    two = threading.Thread(target=lambda: statuses.append(_store_bytes(receiver, second,
+                                                                      _encoded(second))))  # fmt: skip
+    two.start()
+    two.join(0.3)
+    assert two.is_alive()  # waits for the first store of the same instance
+    go_on.set()
+    one.join(5)
+    two.join(5)
+    assert statuses == [SUCCESS, SUCCESS]
+    files = list((receiver.spool.root / "instances").rglob("*.dcm"))
+    indexed = receiver.state.indexed(first.SOPInstanceUID)
+    assert indexed is not None and indexed.path.startswith("instances/1.2.3.2/")
+    assert [receiver.spool.path(indexed.path)] == files  # moved, not copied: no orphan
