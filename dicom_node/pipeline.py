@@ -40,6 +40,7 @@ from dicom_node.models import Job, ResultObject
 from dicom_node.preprocess import PreprocessError
 from dicom_node.report.sr import reported_findings
 from dicom_node.results import build_results, summary
+from dicom_node.route.plan import why_none
 from dicom_node.spool import Spool
 from dicom_node.state import State
 from dicom_node.worker import Worker
@@ -170,7 +171,7 @@ class Pipeline(Worker):
             analysis = analyse_study(study, images, self.engines, self.cfg)
             clock = self._stage("analyse", clock)
             if not analysis.hips:
-                reason = "no routing rule selected an image of this study"
+                reason = why_none(images, self.cfg.routing)
                 self.state.finish_job(job.id, "skipped", time.time(), error=reason)
                 self.metrics.jobs.labels("skipped").inc()
                 log.info("study %s: %s (%d instances)", study, reason, len(images))

@@ -276,6 +276,24 @@ def plan_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[H
     return tuple(tasks)
 
 
+def why_none(images: Sequence[SourceImage], routing: RoutingConfig) -> str:
+    """Why :func:`plan_tasks` gave no task, for the skipped job: a rule matched only images
+    the engines never read (For Processing, a Secondary Capture) is worth saying, since the
+    admin would otherwise look for a fault in the rules."""
+    unread = [
+        image for image in images
+        if image.sop_class_uid not in RADIOGRAPH_CLASSES
+        and any(rule_matches(rule, image.attributes) for rule in routing.rules)
+    ]  # fmt: skip
+    reason = "no routing rule selected an image of this study"
+    if unread:
+        reason += (
+            f" ({len(unread)} matched a rule but are of a class the engines never read: "
+            "DX For Processing, Secondary Capture or CT; send the For Presentation copy)"
+        )
+    return reason
+
+
 def cascade_tasks(
     decisions: Sequence[TriageDecision],
     images: Sequence[SourceImage],

@@ -12,7 +12,7 @@ from dicom_node.config import parse_config
 from dicom_node.config_results import ROUTING_ATTRIBUTES, RoutingConfig
 from dicom_node.models import HipFinding, HipTask, Prediction, SourceImage, TriageDecision
 from dicom_node.route import attributes_of, cascade_tasks, plan_tasks, rule_matches, source_image
-from dicom_node.route.plan import DX_FOR_PROCESSING, ct_candidates, ct_series
+from dicom_node.route.plan import DX_FOR_PROCESSING, ct_candidates, ct_series, why_none
 from engines.catalog import engine_spec
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -460,6 +460,19 @@ def test_a_for_processing_copy_is_not_analysed_beside_its_presentation_copy() ->
         "1.2.3.1",
         "1.2.3.1",
     ]
+
+
+def test_a_study_of_for_processing_images_only_says_why_it_was_skipped() -> None:
+    # Was "no routing rule selected an image": the admin looked for a fault in the rules.
+    raw = image("2", SOPClassUID=DX_FOR_PROCESSING)
+    assert plan_tasks([raw], DEFAULT) == ()
+    assert why_none([raw], DEFAULT) == (
+        "no routing rule selected an image of this study (1 matched a rule but are of a "
+        "class the engines never read: DX For Processing, Secondary Capture or CT; send the "
+        "For Presentation copy)"
+    )
+    knee = image("3", BodyPartExamined="KNEE")  # no rule matches: nothing more to say
+    assert why_none([knee], DEFAULT) == "no routing rule selected an image of this study"
 
 
 def test_only_a_ct_that_may_show_the_hips_is_a_ct_input() -> None:
