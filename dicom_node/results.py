@@ -10,6 +10,7 @@ AP grid. An engine without heat maps (osteoporosis) gets none.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from dicom_node.config import Config
 from dicom_node.infer import EngineSet
 from dicom_node.report import build_overlay_sc, build_sr, sc_identity, sr_identity
 from dicom_node.report.codes import HEATMAP_METHODS
-from dicom_node.report.sc import OverlayHip
+from dicom_node.report.sc import OverlayHip, overlay_series
 from dicom_node.report.sr import reported_findings
 from dicom_node.report.uids import SC_CONTENT, SR_CONTENT, with_content_uid
 from engines.manifest import Manifest
@@ -84,9 +85,14 @@ def build_results(analysis: StudyAnalysis, engines: EngineSet, cfg: Config) -> R
             if overlay is not None:
                 key = (hip.decision.prediction.task.engine, hip.ap.image.source.sop_instance_uid)
                 groups.setdefault(key, []).append(overlay)
+        numbers: Counter[tuple[str, str, str]] = Counter()
         for (engine, uid), hips in groups.items():
             manifest = manifests[engine]
             image = images[uid]
+            # Numbered within each overlay series, from 1 (was across all of them: a
+            # series whose only image was numbered 2).
+            series = overlay_series(image.header, engine)
+            numbers[series] += 1
             sc = build_overlay_sc(
                 image.header,
                 image.picture,
@@ -99,7 +105,7 @@ def build_results(analysis: StudyAnalysis, engines: EngineSet, cfg: Config) -> R
                     (engine, manifest.version),
                     uid,
                     cfg.results.sc_series_number,
-                    len(overlays) + 1,
+                    numbers[series],
                 ),
                 method=HEATMAP_METHODS[manifest.heatmap.kind],
                 max_edge=cfg.results.max_overlay_edge,

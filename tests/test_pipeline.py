@@ -96,6 +96,10 @@ def test_bad_pixel_data_fails_its_study_and_the_next_study_still_gets_results(
     out = tmp_path / "out"
     wait_for(lambda: len(list(out.rglob("*.dcm"))) == 3 or None, 20, "three result files")
     assert [p.name for p in out.iterdir()] == [good.identity.study_uid]
+    # hip_screen's and Hip-Net's overlays: a series each, each numbered from 1 (was 1, 2).
+    overlays = [d for d in map(pydicom.dcmread, out.rglob("*.dcm")) if d.Modality != "SR"]
+    assert len({str(d.SeriesInstanceUID) for d in overlays}) == 2
+    assert [int(d.InstanceNumber) for d in overlays] == [1, 1]
     # The failure is counted, and the node is ready (its only destination is a folder).
     sent = 'dicom_node_send_attempts_total{destination="files",result="sent"} 3.0'
 

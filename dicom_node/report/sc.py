@@ -120,6 +120,15 @@ def banner_lines(
     return lines
 
 
+def overlay_series(source: Dataset, engine: str) -> tuple[str, str, str]:
+    """What puts an overlay in a series of its own: (Series Description, side, body part).
+    Overlays of one engine share a series only where their side and body part agree."""
+    part = str(source.get("BodyPartExamined", "")).upper()
+    laterality = str(source.get("ImageLaterality") or source.get("Laterality") or "")
+    side = laterality if laterality in ("R", "L") else ""
+    return f"AI heat maps {engine}"[:64], side, part
+
+
 def build_overlay_sc(
     source: Dataset,
     picture: npt.NDArray[np.float32],
@@ -146,11 +155,9 @@ def build_overlay_sc(
         raise ReportError(f"method: expected a CID 217 code ({known}), got {method.value}")
     lines = banner_lines(engine, version, clinical_use, hips, method, map_branch)
     pixels = overlay_pixels(picture, hips, lines, max_edge, pixel_spacing(source))
-    part = str(source.get("BodyPartExamined", "")).upper()
     laterality = str(source.get("ImageLaterality") or source.get("Laterality") or "")
     orientation = _orientation(source)
-    side = laterality if laterality in ("R", "L") else ""
-    series_description = f"AI heat maps {engine}"[:64]
+    series_description, side, part = overlay_series(source, engine)
     series = series_uid(str(source.StudyInstanceUID), "sc", str(identity.series_number),
                         series_description, side, part)  # fmt: skip
     evidence = evidence_header(source)
