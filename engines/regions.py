@@ -114,7 +114,12 @@ def hip_regions(
         raise RegionError(f"hip_regions: expected an image at least 2 columns wide, got {shape}")
     flipped, upside_down = display_flips(orientation)
     if laterality in ("R", "L"):
-        mirrored = (laterality == "L") != flipped
+        row = _row_direction(orientation)
+        # A lateral view (rows front-back): canonical is the right lateral as the engines
+        # learnt it, rows toward the patient's posterior (anterior on the left). The
+        # orientation says how this one is displayed, whichever hip it shows: a site that
+        # hangs its left laterals that way too needs no mirroring (was: every L mirrored).
+        mirrored = row == "A" if row in ("A", "P") else (laterality == "L") != flipped
         return (HipRegion(laterality, rows, (0, cols), mirrored, upside_down),)
     half = cols // 2
     first, second = (0, half), (cols - half, cols)  # the image's left and right halves
@@ -123,3 +128,10 @@ def hip_regions(
         HipRegion("R", rows, right, flipped, upside_down),
         HipRegion("L", rows, left, not flipped, upside_down),
     )
+
+
+def _row_direction(orientation: Sequence[str] | None) -> str:
+    """The first letter of the row direction of a Patient Orientation, or ""."""
+    if orientation is None or len(orientation) != 2:
+        return ""
+    return str(orientation[0]).strip().upper()[:1]

@@ -39,6 +39,25 @@ def test_a_flipped_pelvis_has_its_right_hip_in_the_right_half() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("laterality", "orientation", "mirrored"),
+    [
+        ("R", ["P", "F"], False),  # the right lateral as the phantoms draw it: canonical
+        ("L", ["A", "F"], True),  # the left lateral, the mirror image
+        ("L", ["P", "F"], False),  # a site that hangs left laterals as right ones (was: True)
+        ("R", ["A", "F"], True),  # and one that hangs right laterals the other way round
+        ("L", None, True),  # no orientation: the side decides
+        ("L", ["L", "F"], True),  # a single-hip AP: as before
+        ("L", ["R", "F"], False),
+    ],
+)
+def test_a_single_hip_is_mirrored_by_how_it_is_displayed(
+    laterality: str, orientation: list[str] | None, mirrored: bool
+) -> None:
+    [region] = hip_regions((4, 10), laterality, orientation)
+    assert (region.side, region.mirrored) == (laterality, mirrored)
+
+
 def test_cut_and_place_undo_each_other_with_both_flips() -> None:
     picture = np.arange(4 * 10, dtype=np.float32).reshape(4, 10)
     for region in hip_regions(picture.shape, "B", ["R", "H"]):
