@@ -166,7 +166,9 @@ def make_dx(
     ds.PresentationIntentType = "FOR PROCESSING" if for_processing else "FOR PRESENTATION"
     # DX Image module.
     ds.PixelIntensityRelationship = "LIN"
-    ds.PixelIntensityRelationshipSign = 1
+    # PS3.3 C.8.11.3.1.2: +1 is lower values for less X-ray intensity (bone low), as a
+    # MONOCHROME1 image stores it; the MONOCHROME2 picture stores bone high: -1.
+    ds.PixelIntensityRelationshipSign = 1 if ds.PhotometricInterpretation == "MONOCHROME1" else -1
     if not for_processing:
         # A VOI window may only be present in, and is required by, For Presentation images.
         _set_window(ds, bits_stored)

@@ -26,6 +26,7 @@ whatever the label; the label adds its lesion, marked in ``mask``:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -130,10 +131,12 @@ def write_ct_study_series(
     depth, height, width = phantom.array.shape
     dz, dy, dx = phantom.spacing
     origin = (-0.5 * (width - 1) * dx, -0.5 * (height - 1) * dy, -0.5 * (depth - 1) * dz)
-    # The label and shape enter too: another volume is another series, not the same UIDs.
+    # What the volume shows enters too (its voxels, not only its label and shape: two seeds
+    # of one class are other images): another volume is another series, not the same UIDs.
+    voxels = hashlib.sha256(np.ascontiguousarray(phantom.array).tobytes()).hexdigest()
     uid = series_uid or generate_uid(
         entropy_srcs=[identity.study_uid, "ct-phantom", str(series_number), phantom.label,
-                      repr(phantom.array.shape), repr(phantom.spacing)]
+                      repr(phantom.array.shape), repr(phantom.spacing), voxels]
     )  # fmt: skip
     datasets = make_ct_series(
         phantom.array,

@@ -173,6 +173,9 @@ def test_monochrome1_stores_inverted_values(identity: StudyIdentity, image: np.n
     assert mono1.PhotometricInterpretation == "MONOCHROME1"
     assert mono1.PresentationLUTShape == "INVERSE"
     assert mono2.PresentationLUTShape == "IDENTITY"
+    # PS3.3 C.8.11.3.1.2: +1 when lower values mean less X-ray intensity (bone low, as
+    # MONOCHROME1 stores it); MONOCHROME2 stores bone high: -1 (was +1 for both).
+    assert (mono1.PixelIntensityRelationshipSign, mono2.PixelIntensityRelationshipSign) == (1, -1)
     np.testing.assert_array_equal(mono1.pixel_array, 4095 - mono2.pixel_array)
 
 

@@ -171,6 +171,16 @@ def test_series_reads_back_with_the_phantom_geometry(tmp_path: Path) -> None:
     np.testing.assert_allclose(ct.array(), phantom.array, atol=0.5)
 
 
+def test_two_volumes_of_one_class_are_two_series(tmp_path: Path) -> None:
+    # Seeds 1 and 2 of one class under one study: were the same Series and SOP Instance
+    # UIDs for other pixels, which a PACS (or the node's spool) keeps only one of.
+    identity = StudyIdentity.synthetic(1)
+    one = write_ct_study_series(tmp_path / "1", ct_hip("normal", 1, shape=(8, 16, 16)), identity)
+    two = write_ct_study_series(tmp_path / "2", ct_hip("normal", 2, shape=(8, 16, 16)), identity)
+    assert dcmread(one[0]).SeriesInstanceUID != dcmread(two[0]).SeriesInstanceUID
+    assert dcmread(one[0]).SOPInstanceUID != dcmread(two[0]).SOPInstanceUID
+
+
 def test_series_uid_is_stable_and_syntax_selectable(tmp_path: Path) -> None:
     phantom = ct_hip("femoroacetabular_impingement", 1, shape=(8, 32, 32))
     identity = StudyIdentity.synthetic(1)
