@@ -432,7 +432,7 @@ def test_truncated_deflated_file(tmp_path: Path) -> None:
     [pelvis_file, _] = phantom(tmp_path / "in", DeflatedExplicitVRLittleEndian).files
     data = pelvis_file.read_bytes()
     path = tmp_path / "cut.dcm"
-    path.write_bytes(data[: len(data) - 1])
+    path.write_bytes(data[: len(data) - 32])  # into the deflated pixel data, not only its end
     uid = re.escape(uid_of(pelvis_file))
     with pytest.raises(PreprocessError, match=rf"^SOP instance {uid}: "):
         load_image(source(path, header_from=pelvis_file))
