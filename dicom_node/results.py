@@ -25,6 +25,7 @@ from dicom_node.report.codes import HEATMAP_METHODS
 from dicom_node.report.sc import OverlayHip, overlay_series
 from dicom_node.report.sr import reported_findings
 from dicom_node.report.uids import SC_CONTENT, SR_CONTENT, with_content_uid
+from dicom_node.triage import probability_text, shown_probability
 from engines.manifest import Manifest
 
 
@@ -51,7 +52,7 @@ def _overlay_hip(hip: HipOutcome, policy: str) -> OverlayHip | None:
         geometry=hip.ap.geometry,
         heatmap=decision.prediction.heatmaps[finding.name],
         finding=finding.name.replace("_", " "),
-        probability=finding.probability,
+        probability=probability_text(finding),
         present=finding.present,
         priority=decision.priority,
         normal=finding.normal,
@@ -152,7 +153,7 @@ def summary(analysis: StudyAnalysis) -> str:
                 "views": "AP+LATERAL" if task.lateral else "AP",
                 "priority": d.priority,
                 "reported": [
-                    {"name": f.name, "probability": round(f.probability, 4), "present": f.present}
+                    {"name": f.name, "probability": shown_probability(f, 4), "present": f.present}
                     for f in reported_findings(d)
                 ],
                 "pji_risk": d.prediction.pji_risk,

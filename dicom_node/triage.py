@@ -10,6 +10,7 @@ highest priority of its hips.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 from dicom_node.config_results import TriageConfig
 from dicom_node.errors import ConfigError, DicomNodeError
@@ -75,3 +76,36 @@ def decide(prediction: Prediction, manifest: Manifest, cfg: TriageConfig) -> Tri
 
 def study_priority(decisions: Iterable[TriageDecision]) -> str:
     return max((d.priority for d in decisions), key=PRIORITIES.index, default="NONE")
+
+
+def shown_probability(finding: HipFinding, digits: int) -> float:
+    """The finding's probability rounded to ``digits`` places, kept on its side of the
+    threshold: 0.3996 under a threshold of 0.4 reads 0.39, not 0.40 beside "below
+    threshold"; 0.4004 over a threshold of 0.4004 reads 0.41."""
+    exact = Decimal(repr(finding.probability))
+    step = Decimal(1).scaleb(-digits)
+    value = exact.quantize(step, rounding=ROUND_HALF_UP)
+    threshold = Decimal(repr(finding.threshold))
+    if finding.present and value < threshold:
+        value = exact.quantize(step, rounding=ROUND_CEILING)
+    elif not finding.present and value >= threshold:
+        value = exact.quantize(step, rounding=ROUND_FLOOR)
+    return float(value)
+
+
+def probability_text(finding: HipFinding, digits: int = 2) -> str:
+    """The probability as a line of text prints it, ``p=0.39``: :func:`shown_probability`,
+    with a model's output short of 0 or 1 never printed as that certainty (0.9996 reads
+    ``p>0.99``)."""
+    value = shown_probability(finding, digits)
+    step = 10.0**-digits
+    if value >= 1 > finding.probability:
+        return f"p>{1 - step:.{digits}f}"
+    if value <= 0 < finding.probability:
+        return f"p<{step:.{digits}f}"
+    return f"p={value:.{digits}f}"
+
+
+def shown_threshold(threshold: float) -> str:
+    """A threshold as reports print it: three decimals, more where it has them."""
+    return f"{threshold:.3f}" if round(threshold, 3) == threshold else f"{threshold:.6g}"

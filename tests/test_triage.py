@@ -9,8 +9,17 @@ from manifests import manifest_for
 from dicom_node.config import parse_config
 from dicom_node.config_results import TriageConfig
 from dicom_node.errors import ConfigError
-from dicom_node.models import HipTask, Prediction, SourceImage, TriageDecision
-from dicom_node.triage import PRIORITIES, TriageError, check_overrides, decide, study_priority
+from dicom_node.models import HipFinding, HipTask, Prediction, SourceImage, TriageDecision
+from dicom_node.triage import (
+    PRIORITIES,
+    TriageError,
+    check_overrides,
+    decide,
+    probability_text,
+    shown_probability,
+    shown_threshold,
+    study_priority,
+)
 from engines.catalog import engine_spec
 from engines.manifest import Manifest
 
@@ -208,3 +217,55 @@ def test_a_prediction_with_other_classes_than_the_manifest_is_refused() -> None:
     wrong = replace(predict(manifest), classes=tuple(reversed(manifest.class_names)))
     with pytest.raises(TriageError, match=r"hip_screen: prediction classes .* differ from"):
         decide(wrong, manifest, TriageConfig())
+
+
+def finding(probability: float, threshold: float) -> HipFinding:
+    return HipFinding(
+        name="femoral_neck_fracture",
+        probability=probability,
+        threshold=threshold,
+        present=probability >= threshold,
+        urgent=True,
+        normal=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("probability", "threshold", "two", "four"),
+    [
+        (0.3996, 0.4, 0.39, 0.3996),  # was 0.40 beside "below threshold"
+        (0.39996, 0.4, 0.39, 0.3999),  # was 0.4 in the SR, Presence Absent
+        (0.4, 0.4, 0.4, 0.4),
+        (0.40004, 0.40004, 0.41, 0.4001),  # present: never printed under its threshold
+        (0.8312, 0.4, 0.83, 0.8312),  # away from the threshold: plain rounding
+        (0.825, 0.4, 0.83, 0.825),  # half up, on the decimal text of the float (not 0.82)
+    ],
+)
+def test_a_shown_probability_stays_on_its_side_of_the_threshold(
+    probability: float, threshold: float, two: float, four: float
+) -> None:
+    assert shown_probability(finding(probability, threshold), 2) == two
+    assert shown_probability(finding(probability, threshold), 4) == four
+
+
+@pytest.mark.parametrize(
+    ("probability", "threshold", "text"),
+    [
+        (0.3996, 0.4, "p=0.39"),
+        (0.9996, 0.4, "p>0.99"),  # a model's output short of 1 is not printed as certainty
+        (1.0, 0.4, "p=1.00"),
+        (0.0004, 0.4, "p<0.01"),
+        (0.0, 0.4, "p=0.00"),
+        (0.5, 0.4, "p=0.50"),
+    ],
+)
+def test_probability_text(probability: float, threshold: float, text: str) -> None:
+    assert probability_text(finding(probability, threshold)) == text
+
+
+@pytest.mark.parametrize(
+    ("threshold", "text"),
+    [(0.4, "0.400"), (0.35, "0.350"), (0.3472, "0.3472"), (0.1234567, "0.123457")],
+)
+def test_shown_threshold_keeps_the_digits_it_has(threshold: float, text: str) -> None:
+    assert shown_threshold(threshold) == text

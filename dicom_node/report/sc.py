@@ -41,7 +41,7 @@ class OverlayHip:
     geometry: InputGeometry
     heatmap: npt.NDArray[np.float32]  # [0, 1] on the engine's grid
     finding: str  # display wording
-    probability: float
+    probability: str  # as the banner prints it, "p=0.83" (triage.probability_text)
     present: bool
     priority: str
     normal: bool = False  # the normal class (a hip without findings): drawn faint, not hot
@@ -111,7 +111,7 @@ def banner_lines(
         lines.append(
             (
                 f"{SIDE_WORDS[hip.region.side].upper()} HIP: {hip.finding} "
-                f"p={hip.probability:.2f}{state} - priority {hip.priority}",
+                f"{hip.probability}{state} - priority {hip.priority}",
                 hip.priority == "URGENT",
             )
         )

@@ -36,6 +36,7 @@ from dicom_node.models import HipFinding, HipTask, TriageDecision
 from dicom_node.report import codes
 from dicom_node.report.patient import building, evidence_header, fit_charset, output_charset
 from dicom_node.report.uids import ResultIdentity, device_uid, series_uid
+from dicom_node.triage import shown_probability, shown_threshold
 from engines.manifest import Manifest
 
 SIDE_WORDS = {"R": "right", "L": "left"}
@@ -124,7 +125,7 @@ def _group(
         raise ReportError(f"no header for source instance(s) {', '.join(missing)}")
     parameters = [
         f"backend={backend}",
-        f"threshold={finding.threshold:.3f}",
+        f"threshold={shown_threshold(finding.threshold)}",
         f"views={'AP+LATERAL' if task.lateral else 'AP'}",
     ]
     prediction = decision.prediction
@@ -147,7 +148,7 @@ def _group(
         ),
         measurements=[
             hd.sr.Measurement(
-                name=codes.PROBABILITY, value=round(finding.probability, 4), unit=codes.NO_UNITS
+                name=codes.PROBABILITY, value=shown_probability(finding, 4), unit=codes.NO_UNITS
             )
         ],
         qualitative_evaluations=[

@@ -86,7 +86,7 @@ def hip(
     region: HipRegion,
     heatmap: npt.NDArray[np.float32] | None = None,
     finding: str = "femoral neck fracture",
-    probability: float = 0.83,
+    probability: str = "p=0.83",
     present: bool = True,
     priority: str = "URGENT",
 ) -> OverlayHip:
@@ -107,7 +107,14 @@ def both_hips(image: Image) -> list[OverlayHip]:
     right, left = hip_regions(image.picture.shape, "B")
     return [
         hip(image, right),
-        hip(image, left, finding="osteoarthritis", probability=0.3, present=False, priority="NONE"),
+        hip(
+            image,
+            left,
+            finding="osteoarthritis",
+            probability="p=0.30",
+            present=False,
+            priority="NONE",
+        ),
     ]
 
 
@@ -404,7 +411,7 @@ def test_a_region_of_another_picture_is_refused(ap: Image, lateral: Image) -> No
         geometry=hip(lateral, hip_regions(lateral.picture.shape, "L")[0]).geometry,
         heatmap=peaked(0, 0),
         finding="dislocation",
-        probability=0.9,
+        probability="p=0.90",
         present=True,
         priority="URGENT",
     )
@@ -467,7 +474,7 @@ def test_a_map_of_a_fusion_engines_branch_says_so(ap: Image) -> None:
 def test_a_normal_hip_is_drawn_faint_like_a_finding_below_threshold(ap: Image) -> None:
     right, left = hip_regions(ap.picture.shape, "B")
     present = hip(ap, right)
-    normal = hip(ap, left, finding="normal", probability=0.9, priority="NONE")
+    normal = hip(ap, left, finding="normal", probability="p=0.90", priority="NONE")
     normal = dataclasses.replace(normal, normal=True)  # present, but nothing to point at
     pixels = below_banner(overlay(ap, [present, normal]), SIZE).astype(np.float64)
     shade = np.abs(pixels - grey(ap.picture)[..., None])

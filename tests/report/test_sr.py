@@ -400,6 +400,17 @@ def test_screen_groups_one_per_reported_finding(study: Study) -> None:
     assert len({g.tracking_uid for g in groups}) == len(groups)
 
 
+def test_a_probability_just_under_its_threshold_is_not_rounded_onto_it(study: Study) -> None:
+    # round(0.39996, 4) is 0.4: the NUM read 0.4 beside threshold=0.400 and Presence Absent.
+    hip = triage(SCREEN, "R", study.ap_source, normal=0.2, femoral_neck_fracture=0.39996)
+    assert hip.priority == "NONE"
+    (group, _) = groups_of(make_sr(study, [hip]))
+    (measurement,) = group.get_measurements()
+    assert float(measurement.value) == 0.3999
+    assert "threshold=0.400" in text_items(group, ALGORITHM_PARAMETERS)
+    assert qualitative(group)[PRESENCE_CONCEPT] == ABSENT
+
+
 def test_hipnet_group_references_the_lateral(study: Study) -> None:
     sr = make_sr(study, hipnet_case(study))
     groups = groups_of(sr)
