@@ -66,7 +66,20 @@ def grad_cam(
 
 
 def normalise(cam: FloatArray) -> FloatArray:
-    """Scale each map to [0, 1] for display; an all-zero map stays zero."""
-    peak = cam.reshape(cam.shape[0], -1).max(axis=1)[:, None, None]
-    scaled: FloatArray = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+    """Stretch each map from its lowest value (0) to its highest (1) for display.
+
+    Min-max, not division by the peak: Hip-Net's maps are sigmoid probabilities whose
+    lowest cell sat at a third of the peak on the demo phantoms, so scaled to the peak the
+    whole hip was coloured. A flat map is all 1 (the engine looked everywhere alike), an
+    all-zero one stays 0 (it looked nowhere). A Grad-CAM map (ReLU'd, its lowest cell
+    usually 0) is nearly unchanged."""
+    flat = cam.reshape(cam.shape[0], -1)
+    low = flat.min(axis=1)[:, None, None]
+    high = flat.max(axis=1)[:, None, None]
+    span = high - low
+    scaled: FloatArray = np.where(
+        span > 0,
+        (cam - low) / np.where(span > 0, span, 1),
+        np.where(high > 0, np.ones_like(cam), np.zeros_like(cam)),
+    ).astype(cam.dtype)
     return scaled

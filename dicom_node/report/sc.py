@@ -67,8 +67,9 @@ def _orientation(source: Dataset) -> tuple[str, str]:
 _ORIENTATION = re.compile(r"[APRLHF]{1,3}")
 
 
-# Each map is scaled to its own peak; a hip whose finding is below its threshold is drawn at
-# half strength (fainter, cooler colours), so it never looks as hot as a present finding.
+# Each map is stretched from its lowest to its highest value (engines.gradcam.normalise); a
+# hip whose finding is below its threshold is drawn at half strength (fainter, cooler
+# colours), so it never looks as hot as a present finding.
 BELOW_THRESHOLD_STRENGTH = 0.5
 
 

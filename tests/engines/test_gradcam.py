@@ -32,6 +32,18 @@ def test_single_pass_equals_autograd(pool: str) -> None:
     np.testing.assert_allclose(cam, expected, rtol=1e-4, atol=1e-6)
 
 
+def test_normalise_stretches_each_map_from_its_lowest_to_its_highest_value() -> None:
+    # A Hip-Net map of sigmoid probabilities: its lowest cell was a third of its peak, so
+    # divided by the peak every cell of the hip stayed over the overlay's 20 % colour floor.
+    sigmoid = np.array([[[0.35, 0.55], [1.0, 0.68]]], dtype=np.float32)
+    np.testing.assert_allclose(
+        normalise(sigmoid), [[[0.0, 0.2 / 0.65], [1.0, 0.33 / 0.65]]], rtol=1e-6
+    )
+    assert normalise(sigmoid).dtype == np.float32
+    flat = np.full((1, 2, 2), 0.7)
+    np.testing.assert_array_equal(normalise(flat), np.ones((1, 2, 2)))  # looked everywhere alike
+
+
 def test_normalise_and_errors() -> None:
     cam = np.array([[[0.0, 2.0], [1.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
     out = normalise(cam)
