@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicom_node.metrics import Metrics
+from dicom_node.receive.header import is_valid_uid
 from dicom_node.spool import Spool
 from dicom_node.state import State
 from dicom_node.worker import Worker
@@ -155,13 +156,19 @@ def _study_folders(spool: Spool, study_uid: str) -> tuple[Path, ...]:
 
 
 def _folder_files(spool: Spool, study_uid: str) -> list[str]:
-    return [
-        os.path.relpath(path, spool.root)
-        for folder in _study_folders(spool, study_uid)
-        if folder.is_dir()
-        for path in sorted(folder.iterdir())
-        if path.is_file()
-    ]
+    """The files in the study's folders; a folder that cannot be listed (its permissions
+    changed under the node, a disk error) is logged and skipped: one study must not stop
+    the retention of the others."""
+    files: list[str] = []
+    for folder in _study_folders(spool, study_uid):
+        try:
+            if folder.is_dir():
+                entries = sorted(folder.iterdir())
+                files += [os.path.relpath(p, spool.root) for p in entries if p.is_file()]
+        except OSError as exc:
+            log.warning("cannot list %s in the spool (%s); its files are left in place",
+                        os.path.relpath(folder, spool.root), exc.strerror or exc)  # fmt: skip
+    return files
 
 
 def _remove_empty_folders(spool: Spool, study_uid: str) -> None:
@@ -174,16 +181,22 @@ def _remove_empty_folders(spool: Spool, study_uid: str) -> None:
 
 
 def _spooled_studies(spool: Spool) -> list[str]:
-    """The studies with a folder in the spool (as many as the retention keeps)."""
-    return sorted(
-        {
-            entry.name
-            for root in _study_roots(spool)
-            if root.is_dir()
-            for entry in root.iterdir()
-            if entry.is_dir()
-        }
-    )
+    """The studies with a folder in the spool (as many as the retention keeps). A folder
+    whose name is not a UID is not the node's: it is logged and left alone."""
+    names: set[str] = set()
+    for root in _study_roots(spool):
+        try:
+            entries = [e for e in root.iterdir() if e.is_dir()] if root.is_dir() else []
+        except OSError as exc:
+            log.warning("cannot list %s in the spool (%s)", root.name, exc.strerror or exc)
+            continue
+        for entry in entries:
+            if is_valid_uid(entry.name):
+                names.add(entry.name)
+            else:
+                log.warning("%s/%s in the spool is not a study folder; left alone",
+                            root.name, ascii(entry.name))  # fmt: skip
+    return sorted(names)
 
 
 def sweep(state: State, spool: Spool) -> Purged:

@@ -3,6 +3,7 @@
 Layout under ``storage.spool_dir``::
 
     instances/<Study Instance UID>/<SOP Instance UID>.dcm   one file per instance
+    outputs/<Study Instance UID>/<SOP Instance UID>.dcm     the node's results (pipeline)
     tmp/                                                  partial writes, emptied at start-up
     state.sqlite3                                         the index (see state.py)
 

@@ -287,6 +287,54 @@ def test_one_file_that_cannot_be_removed_does_not_stop_the_retention(
     assert sweep(state, spool).files == 1 and not stuck.exists()
 
 
+def test_a_folder_that_cannot_be_listed_does_not_stop_the_retention(
+    state: State, spool: Spool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A study folder the node cannot read (restored with another owner) raised out of every
+    # round: no study was purged again, and the spool filled until every store got 0xA700.
+    processed(state, spool, STUDY, 100.0, destinations=())
+    processed(state, spool, OTHER, 100.0, destinations=())
+    purge_study(state, spool, OTHER, 200.0, now=300.0)
+    spool.write(f"instances/{OTHER}/left-by-a-crash.dcm", [b"orphan"])
+    locked = spool.root / "outputs" / STUDY
+    iterdir = Path.iterdir
+
+    def refusing(path: Path) -> Iterator[Path]:
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return iterdir(path)
+
+    monkeypatch.setattr(Path, "iterdir", refusing)
+    assert sweep(state, spool).files == 1  # the other study's orphan still went
+    purger = Purger(state, spool, 0.0)
+    assert purger.purge_due(1000.0) == 1  # STUDY: its rows go, its readable files too
+    assert not spool.path(f"instances/{STUDY}/{STUDY}.1.dcm").exists()
+    assert spool.path(f"outputs/{STUDY}/{STUDY}.100.dcm").exists()  # left, and said so
+    assert f"cannot list outputs/{STUDY} in the spool (Permission denied)" in caplog.text
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert sweep(state, spool).files == 1  # readable again: the next start removes it
+
+
+def test_a_folder_not_named_as_a_study_is_left_alone(
+    state: State, spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A name that is not a UID (not even UTF-8: study_lock() raised UnicodeEncodeError on it)
+    # is no folder of the node's.
+    processed(state, spool, STUDY, 100.0, destinations=())
+    purge_study(state, spool, STUDY, 200.0, now=300.0)
+    spool.write(f"instances/{STUDY}/left-by-a-crash.dcm", [b"orphan"])
+    strange = spool.instances / "1.2.\udcff"
+    admins = spool.instances / "lost+found"
+    for folder in (strange, admins):
+        folder.mkdir()
+        (folder / "keep").write_bytes(b"not ours")
+    assert retention._spooled_studies(spool) == [STUDY]
+    assert sweep(state, spool).files == 1
+    assert (strange / "keep").exists() and (admins / "keep").exists()
+    assert "instances/'lost+found' in the spool is not a study folder; left alone" in caplog.text
+    assert "instances/'1.2.\\udcff'" in caplog.text
+
+
 def test_a_study_whose_instances_all_moved_has_its_results_purged(
     state: State, spool: Spool
 ) -> None:
