@@ -17,7 +17,13 @@ import zlib
 
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+# A quoted value as libraries write it: as it is ('A\B', 'A\'), or by repr(), which escapes a
+# quote of its own kind ('O\'BRIEN "JR"'). Each reading alone leaves part of the other's
+# values in view; every stretch either finds quoted is withheld.
+_QUOTED = (
+    re.compile(r"'[^']*'|\"[^\"]*\""),
+    re.compile(r"'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"", re.DOTALL),
+)
 WITHHELD = "'…'"
 
 
@@ -69,7 +75,17 @@ UNREADABLE_DICOM = (
 
 def withhold_quoted(text: str) -> str:
     """``text`` with every quoted value ('…' or "…") replaced by '…'."""
-    return _QUOTED.sub(WITHHELD, text)
+    merged: list[list[int]] = []
+    for start, end in sorted(m.span() for pattern in _QUOTED for m in pattern.finditer(text)):
+        if merged and start < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    parts, last = [], 0
+    for start, end in merged:
+        parts += [text[last:start], WITHHELD]
+        last = end
+    return "".join(parts) + text[last:]
 
 
 def not_utf8(exc: UnicodeDecodeError) -> str:

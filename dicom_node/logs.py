@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from types import TracebackType
 
 from dicom_node.config import LoggingConfig
@@ -25,10 +26,30 @@ _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tup
 
 class _Formatter(logging.Formatter):
     def formatException(self, ei: _ExcInfo) -> str:  # noqa: N802 - logging's name
-        """The traceback with quoted values withheld on its exception lines (those not
-        indented: "ValueError: …", "pydicom.errors.InvalidDicomError: …"); frames as they are."""
-        lines = super().formatException(ei).split("\n")
-        return "\n".join(line if line[:1].isspace() else withhold_quoted(line) for line in lines)
+        """The traceback with quoted values withheld in the text of each exception of its
+        chain ("ValueError: …", "pydicom.errors.InvalidDicomError: …"), a value that runs
+        over several lines too; frames (file, line, code) as they are."""
+        text = super().formatException(ei)
+        exc, seen = ei[1], set()
+        while exc is not None and id(exc) not in seen:
+            seen.add(id(exc))
+            only = "".join(traceback.format_exception_only(type(exc), exc)).rstrip("\n")
+            text = text.replace(only, withhold_quoted(only))
+            exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        return text
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        """One record, one line: a line break in a message (a peer's UID quoted by a
+        library) is written as \\n, so it cannot forge a line of its own."""
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters (line breaks too) escaped, tabs kept."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in text)
 
 
 class JsonFormatter(_Formatter):

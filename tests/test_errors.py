@@ -13,6 +13,12 @@ def test_quoted_values_are_withheld() -> None:
     )
     assert withhold_quoted("name \"DOE^JANE\" and 'x'") == "name '…' and '…'"
     assert withhold_quoted("nothing quoted") == "nothing quoted"
+    # repr() of a text holding both quotes escapes one; a value may span lines or end in \.
+    assert withhold_quoted(repr('O\'DOE "JR"') + " x") == "'…' x"
+    assert (
+        withhold_quoted("Unable to convert '1950\nDOE' to 'DA'") == "Unable to convert '…' to '…'"
+    )
+    assert withhold_quoted("value 'A\\' for 'DOE^JANE'") == "value '…'"  # the stretch between too
 
 
 @pytest.mark.parametrize(

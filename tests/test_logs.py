@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 import pytest
+from pydicom.valuerep import DA
 
 from dicom_node.config import LoggingConfig
 from dicom_node.logs import configure_logging
@@ -86,3 +88,47 @@ def test_tracebacks_withhold_what_the_error_quotes(
         assert "RuntimeError: while reading '…'" in text
         assert "float(name)" in text  # the frames' code lines are kept as they are
         assert "study 1.2.3: internal error" in err
+
+
+@pytest.mark.parametrize(
+    ("convert", "value", "shown"),
+    [
+        # pydicom quotes the value as it is: over two lines, neither held a whole quote.
+        (DA, "1950\nDOE^JANE", "ValueError: Unable to convert '…' to '…' object"),
+        (DA, "1950\r\n  DOE^JANE", "ValueError: Unable to convert '…' to '…' object"),
+        # repr() escapes the ' inside: the value ran on past it.
+        (float, 'O\'DOE^JANE "JR"', "ValueError: could not convert string to float: '…'"),
+    ],
+)
+def test_tracebacks_withhold_a_quoted_value_over_lines_or_with_quotes(
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: object,
+    convert: Callable[[str], object],
+    value: str,
+    shown: str,
+) -> None:
+    for fmt in ("plain", "json"):
+        configure_logging(LoggingConfig(level="INFO", format=fmt))
+        try:
+            convert(value)
+        except ValueError:
+            logging.getLogger("dicom_node.test").exception("study %s: internal error", "1.2.3")
+        err = capsys.readouterr().err
+        text = err if fmt == "plain" else json.loads(err)["exception"]
+        assert "JANE" not in text and "1950" not in text
+        assert shown in text
+
+
+def test_a_line_break_in_a_message_cannot_forge_a_line(
+    capsys: pytest.CaptureFixture[str], restore_logging: object
+) -> None:
+    # A peer's request UID, as pynetdicom quotes it in its own warning.
+    forged = "1.2.3\n2026-01-01 00:00:00,000 INFO    dicom_node.x: study 9 done"
+    configure_logging(LoggingConfig(level="INFO", format="plain"))
+    logging.getLogger("pynetdicom.utils").warning("Non-conformant UID value %s", forged)
+    logging.getLogger("dicom_node.test").info("tab\tand é kept")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith(r"Non-conformant UID value 1.2.3\n2026-01-01 00:00:00,000 INFO    "
+                             "dicom_node.x: study 9 done")  # fmt: skip
+    assert lines[1].endswith("tab\tand é kept")
