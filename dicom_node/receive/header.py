@@ -110,7 +110,7 @@ class _Reader:
             return tag, b"", length, pos + 8
         vr = bytes(self.data[pos + 4 : pos + 6])
         if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
-            raise self.fail(pos, f"invalid VR {vr!r} for tag ({group:04X},{elem:04X})")
+            raise self.fail(pos, f"invalid VR 0x{vr.hex()} for tag ({group:04X},{elem:04X})")
         if vr in _LONG_VRS:
             if pos + 12 > self.end:
                 raise self.fail(pos, "truncated element header")

@@ -25,7 +25,12 @@ from dicom_node.errors import RejectedInstanceError, SpoolError, SpoolFullError,
 from dicom_node.metrics import Metrics, sop_class_name
 from dicom_node.models import Header, ReceivedInstance, StoreOutcome
 from dicom_node.receive.file_meta import PREAMBLE, file_meta
-from dicom_node.receive.header import DOES_NOT_MATCH_SOP_CLASS, UID_MISMATCH, read_header
+from dicom_node.receive.header import (
+    DOES_NOT_MATCH_SOP_CLASS,
+    UID_MISMATCH,
+    is_valid_uid,
+    read_header,
+)
 from dicom_node.receive.own_output import is_own_output
 from dicom_node.spool import Spool
 from dicom_node.state import State
@@ -155,29 +160,29 @@ class Receiver:
             if header.sop_class_uid != request_sop_class:
                 raise RejectedInstanceError(
                     DOES_NOT_MATCH_SOP_CLASS,
-                    f"SOP Class UID {header.sop_class_uid} differs from the request's "
-                    f"{request_sop_class}",
+                    f"SOP Class UID differs from the request's: {header.sop_class_uid} in "
+                    f"the data set, {shown_uid(request_sop_class)} in the request",
                 )
             if header.sop_instance_uid != request_sop_instance:
                 raise RejectedInstanceError(
                     UID_MISMATCH,
-                    f"SOP Instance UID {header.sop_instance_uid} differs from the request's "
-                    f"{request_sop_instance}",
+                    f"SOP Instance UID differs from the request's: {header.sop_instance_uid} "
+                    f"in the data set, {shown_uid(request_sop_instance)} in the request",
                 )
             outcome = self._spool_and_index(assoc, header, transfer_syntax, stream)
         except RejectedInstanceError as exc:
             log.warning(
                 "association %s: refused SOP instance %s with status 0x%04X: %s",
-                assoc.id, request_sop_instance, exc.status, exc.reason,
+                assoc.id, shown_uid(request_sop_instance), exc.status, exc.reason,
             )  # fmt: skip
             return _status(exc.status, exc.reason)
         except SpoolFullError as exc:
             log.error("association %s: refused SOP instance %s: %s",
-                      assoc.id, request_sop_instance, exc)  # fmt: skip
+                      assoc.id, shown_uid(request_sop_instance), exc)  # fmt: skip
             return _status(OUT_OF_RESOURCES, str(exc))
         except (SpoolError, StateError) as exc:
             log.error("association %s: could not store SOP instance %s: %s",
-                      assoc.id, request_sop_instance, exc)  # fmt: skip
+                      assoc.id, shown_uid(request_sop_instance), exc)  # fmt: skip
             return _status(OUT_OF_RESOURCES, f"not stored: {_cause(exc)}")
         log.debug(
             "association %s: stored SOP instance %s of study %s (%s, %d bytes, %s)",
@@ -275,12 +280,25 @@ def _cause(exc: Exception) -> str:
     return str(cause or exc)
 
 
+def shown_uid(uid: str) -> str:
+    """A UID a peer sent, as a log line or comment may show it: itself when it is one, else
+    its ascii() (a newline in it would forge a log line of its own)."""
+    return uid if is_valid_uid(uid) else ascii(uid)
+
+
+def error_comment(text: str) -> str:
+    """``text`` as an Error Comment: an LO of the command set (default repertoire), so
+    printable ASCII without the backslash (the value separator: a peer kept only what came
+    before it) and at most 64 characters, cut with "..."."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text).replace("\\", "/")
+    return clean if len(clean) <= 64 else clean[:61] + "..."
+
+
 def _status(code: int, comment: str | None) -> Dataset:
     status = Dataset()
     status.Status = code
     if comment:
-        # Error Comment is LO: at most 64 characters.
-        status.ErrorComment = comment[:64]
+        status.ErrorComment = error_comment(comment)
     return status
 
 
@@ -304,7 +322,8 @@ def handle_store(event: events.Event, receiver: Receiver) -> Dataset:
                 stream,
             )
         except Exception:  # the boundary: a bug must cost one refused instance, not the node
-            log.exception("internal error storing SOP instance %s", request.AffectedSOPInstanceUID)
+            uid = shown_uid(str(request.AffectedSOPInstanceUID))
+            log.exception("internal error storing SOP instance %s", uid)
             receiver.metrics.instances_refused.labels(f"0x{PROCESSING_FAILURE:04X}").inc()
             return _status(PROCESSING_FAILURE, "internal error in the node; see its log")
 

@@ -19,11 +19,13 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from dicom_node.config import AssemblyConfig
 from dicom_node.errors import StateError
+from dicom_node.receive.header import UID_MISMATCH
 from dicom_node.receive.store import (
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
     SUCCESS,
     Receiver,
+    error_comment,
     handle_store,
 )
 from dicom_node.spool import Spool
@@ -233,3 +235,42 @@ def test_one_instance_under_two_studies_at_once_is_stored_once(
     indexed = receiver.state.indexed(first.SOPInstanceUID)
     assert indexed is not None and indexed.path.startswith("instances/1.2.3.2/")
     assert [receiver.spool.path(indexed.path)] == files  # moved, not copied: no orphan
+
+
+def test_a_request_uid_that_is_no_uid_is_logged_escaped(
+    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The request's Affected SOP Instance UID is the peer's text: a line break in it wrote a
+    # forged line into a plain log. It is shown by its ascii() where it is not a UID.
+    ds = tiny_image()
+    path = tmp_path / "in.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    forged = "1.2.3\n2026-01-01 00:00:00 INFO dicom_node.x: study 9 done"
+    response = receiver.store(
+        1, "SCANNER", ds.SOPClassUID, forged, ExplicitVRLittleEndian, dataset_bytes(path)
+    )
+    assert int(response.Status) == UID_MISMATCH
+    assert (
+        response.ErrorComment
+        == (f"SOP Instance UID differs from the request's: {ds.SOPInstanceUID} in the data set, ")[
+            :61
+        ]
+        + "..."
+    )
+    (record,) = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert "\n" not in record.getMessage()
+    assert "'1.2.3\\n2026-01-01 00:00:00 INFO dicom_node.x: study 9 done'" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("reason", "comment"),
+    [
+        # The backslash is LO's value separator: a peer kept only "... invalid VR b'".
+        ("invalid VR b'\\x00\\x01'", "invalid VR b'/x00/x01'"),
+        ("line\nbreak and é", "line?break and ?"),  # the command set's repertoire: ASCII
+        ("x" * 64, "x" * 64),
+        ("y" * 65, "y" * 61 + "..."),
+    ],
+)
+def test_an_error_comment_is_one_lo_value(reason: str, comment: str) -> None:
+    assert error_comment(reason) == comment
