@@ -156,7 +156,7 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
 
 def _export(cache: Path, args: argparse.Namespace) -> int:
 
-    from engines.build import engine_folder
+    from engines.build import engine_folder, phantom_samples
     from engines.catalog import engine_spec
     from engines.manifest import MANIFEST_NAME, read_manifest, verify_artefacts
     from engines.models import create
@@ -205,6 +205,7 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
         volume=old.preprocessing.volume,
         clinical=old.preprocessing.clinical,
         extras={k: a.path for k, a in old.artefacts.items() if k in EXTRAS} if same else {},
+        samples=phantom_samples(spec, replace(old.preprocessing, size=size)),
     )
     for key, artefact in manifest.artefacts.items():
         print(f"{key:<10} {folder / artefact.path}  sha256 {artefact.sha256}")
@@ -230,6 +231,8 @@ def _load_weights(model: Any, checkpoint: Path, network: str) -> None:
 def _export_new(spec: EngineSpec, folder: Path, args: argparse.Namespace, size: int | None) -> int:
     """Package a checkpoint where no engine was built: an image engine, at ``--size``."""
 
+    from engines.build import phantom_samples
+    from engines.manifest import Preprocessing
     from engines.models import create
     from engines.package import package_engine
 
@@ -261,6 +264,7 @@ def _export_new(spec: EngineSpec, folder: Path, args: argparse.Namespace, size: 
         args.version,
         training={"data": f"checkpoint {checkpoint}"},
         clinical_use="external checkpoint: validate locally before clinical use",
+        samples=phantom_samples(spec, Preprocessing(size=size)),
     )
     for key, artefact in manifest.artefacts.items():
         print(f"{key:<10} {folder / artefact.path}  sha256 {artefact.sha256}")

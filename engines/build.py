@@ -47,10 +47,11 @@ from engines.demo_profiles import (
 from engines.manifest import Manifest, ManifestError, Preprocessing, read_manifest, verify_artefacts
 from engines.models import create
 from engines.models.hip_multimodal import HipMultimodal
+from engines.models.hipnet import HipNet
 from engines.models.osteoporosis import OsteoporosisNet
 from engines.models.warm_start import backbone_state, warm_start
 from engines.package import package_engine
-from engines.training.data import HipSet, phantom_set, split_by_patient
+from engines.training.data import HipSet, phantom_set, serving_inputs, split_by_patient
 from engines.training.evaluate import Evaluation, evaluate
 from engines.training.loop import EpochSummary, Progress, TrainOptions, channels_last, train
 from engines.training.multimodal import (
@@ -69,6 +70,8 @@ from engines.training.osteoporosis import (
 from engines.training.osteoporosis import evaluation_record as osteoporosis_record
 
 log = logging.getLogger(__name__)
+
+FP16_SAMPLE_ITEMS = 8  # held-out items the fp16 copy's drift is measured on at packaging
 
 
 class BuildError(DicomNodeError, RuntimeError):
@@ -364,7 +367,24 @@ def train_and_package(
         training=training,
         evaluation=_evaluation(result, test_data),
         clinical_use=clinical_use,
+        samples=serving_inputs(test.subset(_samples(len(test))), pre, isinstance(model, HipNet)),
     )
+
+
+def phantom_samples(spec: EngineSpec, pre: Preprocessing) -> tuple[torch.Tensor, ...] | None:
+    """An image engine's phantoms (one per class), as serving feeds them, for packaging
+    weights that come without their test set (``engines export --checkpoint``); None for an
+    engine whose other inputs (CT, text, clinical variables) no phantom image gives."""
+    if spec.modalities:
+        return None
+    items = phantom_set(spec, 1, pre.size, TEST_SEED)
+    return serving_inputs(items.subset(_samples(len(items))), pre, "LATERAL" in spec.views)
+
+
+def _samples(items: int) -> torch.Tensor:
+    """The held-out items fp16's drift from fp32 is measured on at packaging (the first
+    :data:`FP16_SAMPLE_ITEMS` of a test set)."""
+    return torch.arange(min(items, FP16_SAMPLE_ITEMS))
 
 
 def initial_model(spec: EngineSpec, seed: int) -> nn.Module:
@@ -432,6 +452,7 @@ def train_multimodal_on_phantoms(
         result.accuracy_without_text,
     )
     training = _phantom_record(profile, data_seconds, train_seconds, history=_history(history))
+    held_out = test.subset(_samples(len(test)))
     return package_engine(
         spec,
         model,
@@ -441,6 +462,7 @@ def train_multimodal_on_phantoms(
         training=training,
         evaluation=multimodal_record(result),
         volume=profile.volume,
+        samples=(held_out.radiograph, held_out.ct, held_out.text, held_out.present),
     )
 
 
@@ -489,6 +511,7 @@ def train_osteoporosis_on_phantoms(
     folder.mkdir(parents=True, exist_ok=True)
     plot = write_importance_plot(result.importance, folder)
     training = _phantom_record(profile, data_seconds, train_seconds, **record)
+    held_out = test.subset(_samples(len(test)))
     return package_engine(
         spec,
         model,
@@ -500,6 +523,7 @@ def train_osteoporosis_on_phantoms(
         evaluation=osteoporosis_record(result),
         clinical=VECTOR_FIELDS,
         extras={"importance_plot": plot},
+        samples=(held_out.image, held_out.clinical, held_out.missing),
     )
 
 

@@ -16,13 +16,13 @@ was, never its old manifest beside new weights.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from engines.catalog import EngineSpec
 from engines.export import ExportError, check_fp16, convert_fp16, export_onnx, sha256_of
@@ -62,12 +62,15 @@ def package_engine(
     volume: tuple[int, int, int] | None = None,
     clinical: tuple[str, ...] = (),
     extras: Mapping[str, str] | None = None,
+    samples: Sequence[Tensor] | None = None,
 ) -> Manifest:
     """Write every artefact of ``model`` into ``folder`` and return the manifest written.
 
     ``volume`` is the CT grid of an engine with a CT input, ``clinical`` the columns of an
     engine with clinical variables; ``extras`` maps artefact keys to files the caller has
     already written into ``folder`` (relative paths), to be hashed into the manifest.
+    ``samples`` are a few items as serving feeds them (held-out images) on which the fp16
+    copy's drift from fp32 is measured; without them, zeros of the input shapes.
     """
     stage = folder.parent / f".{folder.name}.packaging"
     shutil.rmtree(stage, ignore_errors=True)  # left by an earlier failure
@@ -78,7 +81,7 @@ def package_engine(
             shutil.copy2(folder / relative, stage / relative)
         manifest = _package(
             spec, model, size, stage, version, model_kwargs, training, evaluation,
-            clinical_use, volume, clinical, extras,
+            clinical_use, volume, clinical, extras, samples,
         )  # fmt: skip
         _install(stage, folder)
     finally:
@@ -109,6 +112,7 @@ def _package(
     volume: tuple[int, int, int] | None,
     clinical: tuple[str, ...],
     extras: Mapping[str, str] | None,
+    samples: Sequence[Tensor] | None,
 ) -> Manifest:
     if isinstance(model, OsteoporosisNet) and len(clinical) != model.head.clinical_width:
         raise ExportError(
@@ -120,7 +124,8 @@ def _package(
     fp32 = export_onnx(model, folder / ONNX_FP32, size, volume=volume)
     fp16 = convert_fp16(fp32.path, folder / ONNX_FP16)
     check_fp16(
-        fp32.path, fp16.path, example_inputs(model, size, batch=2, volume=volume),
+        fp32.path, fp16.path,
+        samples if samples is not None else example_inputs(model, size, batch=2, volume=volume),
         fp32.input_names, compared=FINDING_OUTPUTS,
     )  # fmt: skip
     artefacts = {

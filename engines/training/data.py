@@ -120,6 +120,13 @@ def lateral_inputs(part: HipSet, pre: Preprocessing) -> tuple[Tensor, Tensor]:
     return normalise(part.lateral, pre) * present[:, None, None, None], present
 
 
+def serving_inputs(part: HipSet, pre: Preprocessing, dual: bool) -> tuple[Tensor, ...]:
+    """``part`` as an image engine's serving graph takes it: the normalised AP, and for a
+    dual-view engine (``dual``) the lateral and ``lateral_present``."""
+    ap = normalise(part.ap, pre)
+    return (ap, *lateral_inputs(part, pre)) if dual else (ap,)
+
+
 def split(data: HipSet, validation_share: float, seed: int) -> tuple[HipSet, HipSet]:
     """A stratified split: each class keeps ``validation_share`` of its items for validation."""
     if not 0.0 < validation_share < 1.0:

@@ -22,7 +22,7 @@ from engines.build import (
 )
 from engines.catalog import engine_spec
 from engines.demo_profiles import DEMO_VERSION, Profile, training_budget
-from engines.manifest import read_manifest
+from engines.manifest import Preprocessing, read_manifest
 from engines.models import create
 from engines.package import package_engine
 from engines.training.data import HipSet, phantom_set
@@ -232,3 +232,41 @@ def test_the_manifest_records_hipnets_accuracy_on_an_ap_alone() -> None:
     assert record["accuracy_without_lateral"] == 0.6123
     single = replace(result, accuracy_without_lateral=None)  # a single-view engine
     assert "accuracy_without_lateral" not in build._evaluation(single, "held-out phantoms")
+
+
+@pytest.mark.parametrize("name", ["hip_screen", "hipnet"])
+def test_fp16_is_checked_on_held_out_items_as_serving_feeds_them(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Drift was measured on zeros and noise only: a site-trained Hip-Net was refused on noise.
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(build, "train", lambda *args: [])
+    monkeypatch.setattr(
+        build, "evaluate", lambda *args, **kwargs: Evaluation(
+            items=1, accuracy=1.0, recall={}, confusion=[], pointing_game=None, positives=0
+        ),
+    )  # fmt: skip
+    monkeypatch.setattr(build, "package_engine", lambda *args, **kwargs: seen.update(kwargs))
+    spec = engine_spec(name)
+    test = phantom_set(spec, 2, 64, 5, lateral_missing=0.5 if name == "hipnet" else 0.0)
+    train_and_package(
+        spec, test, test, test, 64, tmp_path, "1.0.0", TINY.options, {}, None
+    )  # fmt: skip
+    samples = seen["samples"]
+    shown = min(len(test), build.FP16_SAMPLE_ITEMS)
+    assert samples[0].shape == (shown, 1, 64, 64)
+    torch.testing.assert_close(samples[0], (test.ap[:shown] - 0.5) / 0.25)  # normalised
+    if name == "hipnet":
+        assert test.lateral_present is not None
+        assert len(samples) == 3 and torch.equal(samples[2], test.lateral_present[:shown])
+    else:
+        assert len(samples) == 1
+
+
+def test_phantom_samples_stand_in_for_a_checkpoints_missing_test_set() -> None:
+    pre = Preprocessing(size=64, mean=0.4, std=0.2)
+    (ap,) = build.phantom_samples(engine_spec("hip_screen"), pre) or ()
+    assert ap.shape == (8, 1, 64, 64) and float(ap.std()) > 0.0
+    hipnet = build.phantom_samples(engine_spec("hipnet"), pre)
+    assert hipnet is not None and [t.shape[0] for t in hipnet] == [5, 5, 5]
+    assert build.phantom_samples(engine_spec("osteoporosis"), pre) is None  # not images alone
