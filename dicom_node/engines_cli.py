@@ -112,8 +112,10 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
     bar = ProgressBar()
     if args.data:
         labelled = load_labelled_folder(spec, Path(args.data), size)
+        present = labelled.hips.lateral_present
+        laterals = "" if present is None else f" ({int(present.sum())} with a lateral)"
         print(
-            f"{spec.name}: {len(labelled.hips)} labelled hips of "
+            f"{spec.name}: {len(labelled.hips)} labelled hips{laterals} of "
             f"{len(set(labelled.patients))} patients from {args.data}, input {size} px"
         )
         manifest = train_on_data(

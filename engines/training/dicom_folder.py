@@ -2,7 +2,10 @@
 
 Screening engines (one view): columns ``file,label`` and optionally ``side``.
 Hip-Net (AP + lateral): columns ``ap_file,lateral_file,label`` and optionally
-``side``; ``lateral_file`` may be empty (the hip is trained without it).
+``side``; ``lateral_file`` may be empty (the hip is trained without it). Any other
+column, or one given twice, is refused (a misspelt one would be ignored). An image whose
+View Position contradicts its column (a lateral as the AP, an AP as the lateral) is
+refused; one without a View Position is taken as the column says.
 Paths are relative to the CSV's folder. ``side`` (R or L) picks that hip of an
 AP pelvis (split at the midline, the left hip mirrored); without it the image's
 (Image) Laterality decides: R or L is a single-hip image (L mirrored), B or
@@ -29,11 +32,15 @@ import pydicom
 import torch
 from pydicom.dataset import Dataset
 
+from dicom_node.config_results import RoutingConfig
 from dicom_node.errors import UNREADABLE_DICOM, describe, not_utf8
 from engines.catalog import EngineSpec
 from engines.pixels import Image, PixelDataError, display_pixels, pixel_spacing, prepare
 from engines.regions import HipRegion, RegionError, hip_regions
 from engines.training.data import DataError, HipSet
+
+# The View Positions serving pairs as a hip's lateral (routing.lateral_views' default).
+LATERAL_VIEWS = RoutingConfig().lateral_views
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class LabelledFolder:
 def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> LabelledFolder:
     """Read every row of ``csv_path`` into a :class:`HipSet` at ``size`` pixels."""
     dual = "LATERAL" in spec.views
-    required = ("ap_file", "label") if dual else ("file", "label")
+    required = ("ap_file", "lateral_file", "label") if dual else ("file", "label")
     header, rows = _rows(csv_path)
     if not rows:
         raise DataError(f"{csv_path}: no rows")
@@ -57,6 +64,16 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> Labelle
         raise DataError(
             f"{csv_path}: missing column(s) {missing} for engine {spec.name} "
             f"(the header has: {', '.join(header)})"
+        )
+    # A misspelt column was ignored: "lateral_path" trained a Hip-Net without a lateral.
+    unknown = [name for name in header if name not in (*required, "side")]
+    twice = sorted({name for name in header if header.count(name) > 1})
+    problems = [f"unknown column(s) {unknown}"] if unknown else []
+    problems += [f"column(s) {twice} given twice"] if twice else []
+    if problems:
+        raise DataError(
+            f"{csv_path}: {'; '.join(problems)} (the columns of engine {spec.name}: "
+            f"{', '.join(required)}, side)"
         )
     base = csv_path.parent
     ap, lateral, present, labels = [], [], [], []
@@ -71,7 +88,7 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> Labelle
             )
         side = row.get("side", "").upper()
         path = base / _path(row, required[0], where)
-        ds, image, side = _hip(path, side, size, where)
+        ds, image, side = _hip(path, side, size, where, required[0])
         hip = (str(ds.get("SOPInstanceUID", "")) or str(path.resolve()), side)
         if hip in hips:
             raise DataError(
@@ -129,9 +146,15 @@ def _path(row: dict[str, str], column: str, where: str) -> str:
     return row[column]
 
 
-def _hip(path: Path, side: str, size: int, where: str) -> tuple[Dataset, Image, str]:
+def _hip(path: Path, side: str, size: int, where: str, column: str) -> tuple[Dataset, Image, str]:
     """The AP's data set, the input of the row's hip, and that hip's side (R or L)."""
     ds, picture, laterality = _read(path, where)
+    view = _view(ds)
+    if view in LATERAL_VIEWS:  # serving never gives a lateral to this input
+        raise DataError(
+            f"{where}: {column}: {path.name} is a lateral view (View Position {view}); "
+            "this column takes an AP or PA image"
+        )
     if side and side not in ("R", "L"):
         raise DataError(f"{where}: side: expected R or L, got {side!r}")
     if laterality in ("R", "L"):
@@ -152,12 +175,22 @@ def _lateral(path: Path, side: str, size: int, where: str) -> tuple[Dataset, Ima
     """The lateral of hip ``side`` as serving prepares it (dicom_node/preprocess.py): serving
     pairs a lateral whose laterality is the hip's and takes it whole, mirrored for L."""
     ds, picture, laterality = _read(path, where)
+    view = _view(ds)
+    if view and view not in LATERAL_VIEWS:  # serving pairs only a lateral view here
+        raise DataError(
+            f"{where}: lateral_file: {path.name} is not a lateral view (View Position "
+            f"{view}; serving takes {', '.join(LATERAL_VIEWS)})"
+        )
     if laterality in ("R", "L") and laterality != side:
         raise DataError(
             f"{where}: {path.name}: side {side} contradicts the image's laterality {laterality}"
         )
     [region] = _regions(picture, side, ds, where)
     return ds, prepare(region.cut(picture), pixel_spacing(ds), size)[0]
+
+
+def _view(ds: Dataset) -> str:
+    return str(ds.get("ViewPosition") or "").strip().upper()
 
 
 def _regions(picture: Image, laterality: str, ds: Dataset, where: str) -> tuple[HipRegion, ...]:

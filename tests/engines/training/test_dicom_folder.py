@@ -96,6 +96,67 @@ def test_bad_rows_name_the_line(tmp_path: Path) -> None:
         load_labelled_folder(spec, tmp_path / "absent.csv", 64)
 
 
+def test_columns_outside_the_engines_are_refused(tmp_path: Path) -> None:
+    study = write_study(
+        tmp_path / "s", 3, "total_hip_arthroplasty", "normal", failure={"R": "dislocation"},
+        size=64,
+    )  # fmt: skip
+    pelvis, lateral = (f.relative_to(tmp_path) for f in study.files)
+    hipnet, screen = engine_spec("hipnet"), engine_spec("hip_screen")
+    cases = [
+        # A misspelt lateral column was ignored: every hip trained without its lateral.
+        (hipnet, "ap_file,lateral_path,label,side", f"{pelvis},{lateral},dislocation,R",
+         r"missing column\(s\) \['lateral_file'\] for engine hipnet"),
+        (hipnet, "ap_file,lateral_file,label,side,lateral_path",
+         f"{pelvis},{lateral},dislocation,R,x",
+         r"unknown column\(s\) \['lateral_path'\] \(the columns of engine hipnet: "
+         r"ap_file, lateral_file, label, side\)"),
+        (screen, "file,label,label,side", f"{pelvis},normal,normal,R",
+         r"column\(s\) \['label'\] given twice"),
+        (screen, "file,label,side,notes", f"{pelvis},normal,R,ok",
+         r"unknown column\(s\) \['notes'\]"),
+    ]  # fmt: skip
+    for spec, header, row, message in cases:
+        csv = _write_csv(tmp_path / "labels.csv", header, [row])
+        with pytest.raises(DataError, match=message):
+            load_labelled_folder(spec, csv, 64)
+
+
+def test_an_image_whose_view_contradicts_its_column_is_refused(tmp_path: Path) -> None:
+    # Serving routes by View Position: a lateral is never an engine's AP input, nor an AP
+    # its lateral; trained so, the engine learns from inputs it will never be given.
+    study = write_study(
+        tmp_path / "s", 3, "total_hip_arthroplasty", "normal", failure={"R": "dislocation"},
+        size=64,
+    )  # fmt: skip
+    pelvis, lateral = (f.relative_to(tmp_path) for f in study.files)
+    hipnet, screen = engine_spec("hipnet"), engine_spec("hip_screen")
+    cases = [
+        (screen, "file,label,side", f"{lateral},normal,R",
+         r"labels.csv:2: file: r_hip_lateral.dcm is a lateral view \(View Position RL\); this "
+         r"column takes an AP or PA image"),
+        (hipnet, "ap_file,lateral_file,label,side", f"{lateral},{pelvis},dislocation,R",
+         r"labels.csv:2: ap_file: r_hip_lateral.dcm is a lateral view"),
+        (hipnet, "ap_file,lateral_file,label,side", f"{pelvis},{pelvis},dislocation,R",
+         r"labels.csv:2: lateral_file: pelvis_ap.dcm is not a lateral view \(View Position AP; "
+         r"serving takes LATERAL, LL, RL, LLO, RLO\)"),
+    ]  # fmt: skip
+    for spec, header, row, message in cases:
+        csv = _write_csv(tmp_path / "labels.csv", header, [row])
+        with pytest.raises(DataError, match=message):
+            load_labelled_folder(spec, csv, 64)
+    # Without a View Position the column says what the image is.
+    ds = pydicom.dcmread(tmp_path / lateral)
+    del ds.ViewPosition
+    ds.save_as(tmp_path / "unnamed.dcm")
+    csv = _write_csv(
+        tmp_path / "labels.csv", "ap_file,lateral_file,label,side",
+        [f"{pelvis},unnamed.dcm,dislocation,R"],
+    )  # fmt: skip
+    hips = load_labelled_folder(hipnet, csv, 64).hips
+    assert hips.lateral_present is not None and hips.lateral_present.tolist() == [1.0]
+
+
 def test_rows_a_hand_or_a_spreadsheet_writes(tmp_path: Path) -> None:
     spec = engine_spec("hip_screen")
     study = write_study(tmp_path / "s", 1, "normal", "normal", size=64)
