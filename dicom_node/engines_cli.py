@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from dicom_node.config import Config
 from dicom_node.errors import DicomNodeError, describe
+from dicom_node.logs import one_line
 
 if TYPE_CHECKING:
     from engines.catalog import EngineSpec
@@ -216,18 +217,59 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
 
 def _load_weights(model: Any, checkpoint: Path, network: str) -> None:
     """``checkpoint``'s state dict into ``model``; one line naming the file if it is missing,
-    not a torch checkpoint, or the weights of another network."""
+    not a torch checkpoint, or the weights of another network (with the keys that differ).
+    The usual wrappers are taken off: ``{"state_dict": ...}`` or ``{"model": ...}`` (what
+    training frameworks save) and the ``module.`` prefix of a DataParallel model."""
     import torch
 
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:  # torch raises many kinds (unpickling, zip, key mismatch)
-        why = describe(exc).splitlines()[0]
-        why = why if len(why) <= 200 else why[:200] + "…"  # a key mismatch lists every key
+    except Exception as exc:  # torch raises many kinds (unpickling, zip, a text file)
+        why = one_line(describe(exc).splitlines()[0])
+        why = why if len(why) <= 200 else why[:200] + "…"
         raise DicomNodeError(
-            f"--checkpoint {checkpoint}: cannot load it as {network!r} weights ({why})"
+            f"--checkpoint {checkpoint}: cannot read it as torch weights ({why})"
         ) from exc
+    state = _unwrapped(state)
+    if not isinstance(state, dict):
+        raise DicomNodeError(
+            f"--checkpoint {checkpoint}: expected a state dict of {network!r} weights, got "
+            f"a {type(state).__name__}"
+        )
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise DicomNodeError(
+            f"--checkpoint {checkpoint}: not {network!r} weights: {len(missing)} of its "
+            f"{len(expected)} tensors missing ({_first(missing)}), {len(unexpected)} "
+            f"unexpected ({_first(unexpected)})"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # the same names, other shapes (another width or class count)
+        lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise DicomNodeError(
+            f"--checkpoint {checkpoint}: not {network!r} weights of this configuration "
+            f"({len(lines)} tensors of another shape; first: {lines[0] if lines else exc})"
+        ) from exc
+
+
+def _unwrapped(state: Any) -> Any:
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):  # in a state dict it would be a tensor
+                state = state[key]
+                break
+        if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+            state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _first(names: list[str], shown: int = 3) -> str:
+    if not names:
+        return "none"
+    more = f", and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _export_new(spec: EngineSpec, folder: Path, args: argparse.Namespace, size: int | None) -> int:

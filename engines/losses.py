@@ -7,6 +7,7 @@ of classes; the focal term ``(1 - p_t)**gamma`` down-weights easy examples.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -24,8 +25,8 @@ def check_focal_parameters(beta: float, gamma: float = 0.0) -> None:
     """The class-balanced focal loss's own parameters, checked before any data is at hand."""
     if not 0 <= beta < 1:
         raise LossConfigError(f"beta: expected 0 <= beta < 1, got {beta}")
-    if gamma < 0:
-        raise LossConfigError(f"gamma: expected >= 0, got {gamma}")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise LossConfigError(f"gamma: expected a number >= 0, got {gamma}")
 
 
 def class_balanced_weights(counts: Sequence[int], beta: float) -> Tensor:

@@ -375,20 +375,52 @@ def test_a_checkpoint_that_cannot_be_loaded_is_one_line(
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     before = (cache / "hip_screen" / "model.pt").read_bytes()
     for checkpoint, why in (
-        (tmp_path / "missing.pt", r"FileNotFoundError: \[Errno 2\] No such file or directory: .*"),
-        (tmp_path / "notes.pt", r"UnpicklingError: .*"),
-        (other, r"RuntimeError: Error\(s\) in loading state_dict for .*"),
-    ):
+        (tmp_path / "missing.pt",
+         r"cannot read it as torch weights \(FileNotFoundError: \[Errno 2\] No such file or "
+         r"directory: .*\)"),
+        (tmp_path / "notes.pt", r"cannot read it as torch weights \(UnpicklingError: .*\)"),
+        # Was the heading of torch's message only: "Error(s) in loading state_dict for ...:".
+        (other,
+         r"not 'hip_screen' weights: \d+ of its \d+ tensors missing \(\S+, \S+, \S+, and \d+ "
+         r"more\), \d+ unexpected \(members\.0\.\S+, members\.0\.\S+, members\.0\.\S+, and \d+ more\)"),
+    ):  # fmt: skip
         export = ["engines", "export", "hip_screen", "--checkpoint", str(checkpoint)]
         assert main([*export, "--version", "2.0.0", "--config", str(config)]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and len(err) < 400
         assert re.fullmatch(
-            rf"dicom-node: error: --checkpoint {re.escape(str(checkpoint))}: cannot load it as "
-            rf"'hip_screen' weights \({why}\)",
-            err,
+            rf"dicom-node: error: --checkpoint {re.escape(str(checkpoint))}: {why}", err
         ), err
     assert (cache / "hip_screen" / "model.pt").read_bytes() == before  # left as it was
+
+
+def test_a_checkpoint_in_a_training_frameworks_wrapper_is_unwrapped(tmp_path: Path) -> None:
+    import torch
+
+    from dicom_node.engines_cli import _load_weights
+    from engines.models import create
+
+    weights = create("hip_screen").state_dict()
+    for name, saved in (
+        ("lightning.pt", {"state_dict": weights, "epoch": 3}),
+        ("parallel.pt", {f"module.{k}": v for k, v in weights.items()}),
+        ("plain.pt", weights),
+    ):
+        torch.save(saved, tmp_path / name)
+        model = create("hip_screen")
+        _load_weights(model, tmp_path / name, "hip_screen")
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(
+        DicomNodeError, match=r"list\.pt: expected a state dict of 'hip_screen' weights, got a list"
+    ):
+        _load_weights(create("hip_screen"), tmp_path / "list.pt", "hip_screen")
+    with pytest.raises(
+        DicomNodeError,
+        match=r"plain\.pt: not 'hip_screen' weights of this configuration \(2 tensors of "
+        r"another shape; first: size mismatch for \S+",
+    ):
+        _load_weights(create("hip_screen", num_classes=5), tmp_path / "plain.pt", "hip_screen")
 
 
 def test_an_output_folder_that_cannot_be_written_is_one_line(

@@ -65,10 +65,20 @@ class TrainOptions:
             raise TrainingError(f"epochs: expected at least 1, got {self.epochs}")
         if self.batch_size < 2:
             raise TrainingError(f"batch_size: expected at least 2, got {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise TrainingError(f"learning_rate: expected > 0, got {self.learning_rate}")
-        if self.attention_weight < 0:
-            raise TrainingError(f"attention_weight: expected >= 0, got {self.attention_weight}")
+        # inf passed "> 0" and trained to an inf loss; NaN passed ">= 0" and turned the
+        # attention term off without a word.
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise TrainingError(f"learning_rate: expected a number > 0, got {self.learning_rate}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise TrainingError(f"weight_decay: expected a number >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.attention_weight) and self.attention_weight >= 0):
+            raise TrainingError(
+                f"attention_weight: expected a number >= 0, got {self.attention_weight}"
+            )
+        if self.max_seconds is not None and not (
+            math.isfinite(self.max_seconds) and self.max_seconds > 0
+        ):
+            raise TrainingError(f"max_seconds: expected a number > 0, got {self.max_seconds}")
         if self.batch_norm_items < 0:
             raise TrainingError(f"batch_norm_items: expected >= 0, got {self.batch_norm_items}")
         check_focal_parameters(self.beta, self.gamma)
@@ -141,7 +151,13 @@ def train(
             optimiser.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             optimiser.step()
-            total += float(loss.item())
+            value = float(loss.item())
+            if not math.isfinite(value):  # diverged: every later step and checkpoint is lost
+                raise TrainingError(
+                    f"epoch {epoch} step {step + 1}: the training loss is {value}; the run "
+                    f"diverged (lower the learning rate, {options.learning_rate:g})"
+                )
+            total += value
             done += 1
             if progress:
                 progress(

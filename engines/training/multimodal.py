@@ -96,8 +96,8 @@ class MultimodalOptions:
             raise TrainingError(f"fusion_steps: expected at least 1, got {self.fusion_steps}")
         if self.batch_size < 2:
             raise TrainingError(f"batch_size: expected at least 2, got {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise TrainingError(f"learning_rate: expected > 0, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise TrainingError(f"learning_rate: expected a number > 0, got {self.learning_rate}")
         for name in ("ct_missing", "text_missing"):
             share = getattr(self, name)
             if not 0.0 <= share < 1.0:

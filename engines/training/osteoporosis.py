@@ -104,9 +104,10 @@ class OsteoporosisOptions:
         for name in ("backbone_batch_size", "head_batch_size"):
             if getattr(self, name) < 2:
                 raise TrainingError(f"{name}: expected at least 2, got {getattr(self, name)}")
-        if not (self.learning_rate > 0 and self.backbone_learning_rate > 0):
+        rates = (self.learning_rate, self.backbone_learning_rate)
+        if not all(math.isfinite(r) and r > 0 for r in rates):
             raise TrainingError(
-                f"learning rates: expected > 0, got {self.learning_rate} and "
+                f"learning rates: expected numbers > 0, got {self.learning_rate} and "
                 f"{self.backbone_learning_rate}"
             )
 

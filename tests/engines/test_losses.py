@@ -46,7 +46,7 @@ def test_bad_parameters() -> None:
         LossConfigError, match=r"class counts: expected positive integers, got \[3, 0\]"
     ):
         class_balanced_weights([3, 0], beta=0.9)
-    with pytest.raises(LossConfigError, match=r"gamma: expected >= 0, got -1"):
+    with pytest.raises(LossConfigError, match=r"gamma: expected a number >= 0, got -1"):
         ClassBalancedFocalLoss([1], gamma=-1)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,15 +94,24 @@ def test_bad_options_and_data(tmp_path: Path) -> None:
     for options, message in [
         (TrainOptions(epochs=0), "epochs: expected at least 1, got 0"),
         (TrainOptions(batch_size=1), "batch_size: expected at least 2, got 1"),
-        (TrainOptions(learning_rate=0.0), "learning_rate: expected > 0, got 0.0"),
-        (TrainOptions(attention_weight=-1.0), "attention_weight: expected >= 0, got -1.0"),
+        (TrainOptions(learning_rate=0.0), "learning_rate: expected a number > 0, got 0.0"),
+        # inf trained to an inf loss; NaN turned the attention term off silently.
+        (TrainOptions(learning_rate=math.inf), "learning_rate: expected a number > 0, got inf"),
+        (TrainOptions(attention_weight=-1.0), "attention_weight: expected a number >= 0, got -1.0"),
+        (
+            TrainOptions(attention_weight=math.nan),
+            "attention_weight: expected a number >= 0, got nan",
+        ),
+        (TrainOptions(weight_decay=-1e-4), "weight_decay: expected a number >= 0, got -0.0001"),
+        (TrainOptions(max_seconds=math.inf), "max_seconds: expected a number > 0, got inf"),
         (TrainOptions(batch_norm_items=-1), "batch_norm_items: expected >= 0, got -1"),
     ]:
         with pytest.raises(TrainingError, match=message):
             train(spec, model, data, data, PRE, options, tmp_path)
     for options, message in [
         (TrainOptions(beta=1.0), r"beta: expected 0 <= beta < 1, got 1\.0"),
-        (TrainOptions(gamma=-0.5), r"gamma: expected >= 0, got -0\.5"),
+        (TrainOptions(gamma=-0.5), r"gamma: expected a number >= 0, got -0\.5"),
+        (TrainOptions(gamma=math.nan), r"gamma: expected a number >= 0, got nan"),
     ]:
         with pytest.raises(LossConfigError, match=message):
             options.check()  # the loss's own checks, before any data is read
@@ -120,6 +130,24 @@ def test_bad_options_and_data(tmp_path: Path) -> None:
             TrainOptions(batch_size=5),
             tmp_path,
         )
+
+
+def test_a_run_whose_loss_is_not_finite_stops_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It trained on: the inf checkpoints were saved and packaging blamed fp16's range.
+    from engines.training import loop
+
+    real = loop._loss
+    monkeypatch.setattr(loop, "_loss", lambda *args: real(*args) * math.inf)
+    spec = engine_spec("hip_screen")
+    data = phantom_set(spec, 1, 64, seed=0)
+    with pytest.raises(
+        TrainingError,
+        match=r"epoch 1 step 1: the training loss is inf; the run diverged \(lower the "
+        r"learning rate, 0\.002\)",
+    ):
+        train(spec, create("hip_screen"), data, data, PRE, TrainOptions(), tmp_path)
 
 
 def test_one_cycle_rises_from_a_25th_to_the_peak_then_falls_to_a_ten_thousandth() -> None:

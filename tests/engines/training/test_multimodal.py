@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -158,7 +159,8 @@ def test_bad_options_and_data_raise(
         ({"epochs": -1}, "epochs: expected at least 0, got -1"),
         ({"fusion_steps": 0}, "fusion_steps: expected at least 1, got 0"),
         ({"batch_size": 1}, "batch_size: expected at least 2, got 1"),
-        ({"learning_rate": 0.0}, r"learning_rate: expected > 0, got 0\.0"),
+        ({"learning_rate": 0.0}, r"learning_rate: expected a number > 0, got 0\.0"),
+        ({"learning_rate": math.inf}, r"learning_rate: expected a number > 0, got inf"),
         ({"ct_missing": 1.0}, r"ct_missing: expected a share in \[0, 1\), got 1\.0"),
         ({"text_missing": -0.1}, r"text_missing: expected a share in \[0, 1\), got -0\.1"),
     ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -126,7 +127,11 @@ def test_bad_options_and_data_raise(patients: OsteoporosisSet, network: Osteopor
         ({"backbone_steps": -1}, "backbone_steps: expected >= 0, got -1"),
         ({"batch_norm_items": -1}, "batch_norm_items: expected >= 0, got -1"),
         ({"head_batch_size": 1}, "head_batch_size: expected at least 2, got 1"),
-        ({"learning_rate": 0.0}, r"learning rates: expected > 0, got 0\.0"),
+        ({"learning_rate": 0.0}, r"learning rates: expected numbers > 0, got 0\.0"),
+        (
+            {"backbone_learning_rate": math.nan},
+            r"learning rates: expected numbers > 0, got .* and nan",
+        ),
         ({"clusters": 5}, "the network's head takes 4 components, the options select 5"),
     ):
         with pytest.raises(TrainingError, match=message):
