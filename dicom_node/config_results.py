@@ -163,6 +163,13 @@ class Destination:
     type: str = "dicom"
     path: Path | None = None
 
+    @property
+    def described(self) -> str:
+        """As logs name it: ``pacs (ORTHANC@10.0.0.5:4242)`` or ``copies (folder /srv/x)``."""
+        if self.type == "folder":
+            return f"{self.name} (folder {self.path})"
+        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
+
 
 def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingConfig:
     d = RoutingConfig()

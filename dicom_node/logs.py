@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from types import TracebackType
 
 from dicom_node.config import LoggingConfig
@@ -81,6 +83,35 @@ class WithholdValues(logging.Filter):
         return True
 
 
+class Repeats(logging.Filter):
+    """Lets a message through once per ``seconds``: pynetdicom logs two ERROR lines for each
+    connection that fails ("unable to connect to remote", "TCP Initialisation Error: ..."),
+    which the reachability check of a PACS that is down repeats every round; the node's own
+    lines say which destination and when it is back."""
+
+    def __init__(self, seconds: float = 900.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.seconds = seconds
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message, now = record.getMessage(), self.clock()
+        with self._lock:
+            last = self._last.get(message)
+            if last is not None and now - last < self.seconds:
+                return False
+            if len(self._last) >= 1000:  # bounded: drop what is older than the window
+                self._last = {m: t for m, t in self._last.items() if now - t < self.seconds}
+            self._last[message] = now
+        return True
+
+
+# pynetdicom's loggers whose lines repeat as long as a peer is down.
+REPEATING_LOGGERS = ("pynetdicom.transport",)
+
+
 def configure_logging(cfg: LoggingConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(WithholdValues())
@@ -97,3 +128,7 @@ def configure_logging(cfg: LoggingConfig) -> None:
     logging.getLogger("pynetdicom").setLevel(
         logging.DEBUG if cfg.level == "DEBUG" else logging.WARNING
     )
+    for name in REPEATING_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.filters[:] = [f for f in logger.filters if not isinstance(f, Repeats)]
+        logger.addFilter(Repeats())

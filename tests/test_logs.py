@@ -8,7 +8,7 @@ import pytest
 from pydicom.valuerep import DA
 
 from dicom_node.config import LoggingConfig
-from dicom_node.logs import configure_logging
+from dicom_node.logs import Repeats, configure_logging
 
 
 @pytest.fixture
@@ -132,3 +132,30 @@ def test_a_line_break_in_a_message_cannot_forge_a_line(
     assert lines[0].endswith(r"Non-conformant UID value 1.2.3\n2026-01-01 00:00:00,000 INFO    "
                              "dicom_node.x: study 9 done")  # fmt: skip
     assert lines[1].endswith("tab\tand é kept")
+
+
+def test_pynetdicoms_connection_errors_are_let_through_once_a_quarter_hour(
+    capsys: pytest.CaptureFixture[str], restore_logging: object
+) -> None:
+    # Two ERROR lines per failed connection, each round of the reachability check.
+    configure_logging(LoggingConfig(level="INFO", format="plain"))
+    configure_logging(LoggingConfig(level="INFO", format="plain"))  # a second set-up: one filter
+    transport = logging.getLogger("pynetdicom.transport")
+    try:
+        (repeats,) = [f for f in transport.filters if isinstance(f, Repeats)]
+        clock = [0.0]
+        repeats.clock = lambda: clock[0]
+        for _ in range(3):
+            transport.error("TCP Initialisation Error: [Errno 111] Connection refused")
+            clock[0] += 30
+        transport.error("TCP Initialisation Error: [Errno 113] No route to host")
+        clock[0] += repeats.seconds
+        transport.error("TCP Initialisation Error: [Errno 111] Connection refused")
+        lines = capsys.readouterr().err.splitlines()
+        assert [line.split(": ", 1)[1] for line in lines] == [
+            "TCP Initialisation Error: [Errno 111] Connection refused",
+            "TCP Initialisation Error: [Errno 113] No route to host",
+            "TCP Initialisation Error: [Errno 111] Connection refused",
+        ]
+    finally:
+        transport.filters.clear()

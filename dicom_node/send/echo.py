@@ -24,6 +24,7 @@ from dicom_node.worker import Worker
 log = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"
+REPEAT_SECONDS = 900.0  # while a destination stays unreachable for the same reason
 
 
 def echo(destination: Destination, calling_ae: str, timeout: float) -> str | None:
@@ -78,6 +79,7 @@ class EchoMonitor(Worker):
         self.timeout = timeout
         self._last_ok: dict[str, float] = {}
         self._last_error: dict[str, str] = {}
+        self._logged: dict[str, tuple[str, float]] = {}  # the reason last logged, and when
         self._lock = threading.Lock()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -100,14 +102,25 @@ class EchoMonitor(Worker):
 
     def _check(self, destination: Destination) -> None:
         reason = echo(destination, self.calling_ae, self.timeout)
+        now, fresh = time.time(), False
         with self._lock:
+            logged = self._logged.pop(destination.name, None)
             if reason is None:
-                self._last_ok[destination.name] = time.time()
+                self._last_ok[destination.name] = now
                 self._last_error.pop(destination.name, None)
             else:
                 self._last_error[destination.name] = reason
-        if reason is not None:
-            log.warning("destination %s not reachable: %s", destination.name, reason)
+                # Logged when it goes down, when its reason changes and every REPEAT_SECONDS
+                # while it stays down: not every round (2,880 lines a day at 30 s).
+                if logged is not None and logged[0] == reason and now - logged[1] < REPEAT_SECONDS:
+                    self._logged[destination.name] = logged
+                else:
+                    self._logged[destination.name] = (reason, now)
+                    fresh = True
+        if reason is None and logged is not None:
+            log.info("destination %s reachable again", destination.described)
+        elif reason is not None and fresh:
+            log.warning("destination %s not reachable: %s", destination.described, reason)
 
     def up(self) -> dict[str, bool]:
         """Whether each destination's last check succeeded (False before the first)."""

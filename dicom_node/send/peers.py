@@ -68,7 +68,7 @@ def send_dicom(
     ae.connection_timeout = timeout
     for sop_class in sorted({i.sop_class_uid for i in items}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
+    where = destination.described
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     except OSError as exc:  # e.g. a host name that does not resolve

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from pathlib import Path
 
+import pytest
 from orthanc import free_port
 from pynetdicom import AE
 
 from dicom_node.config_results import Destination
-from dicom_node.send.echo import VERIFICATION, EchoMonitor, echo
+from dicom_node.send import echo as echo_module
+from dicom_node.send.echo import REPEAT_SECONDS, VERIFICATION, EchoMonitor, echo
 
 
 def test_echo_reaches_a_verification_scp_and_names_why_another_is_not_reached(
@@ -64,3 +67,34 @@ def test_a_destination_that_never_answers_does_not_delay_the_others(tmp_path: Pa
     assert 1.5 < took < 3.5  # one timeout, not the sum of the checks
     assert set(monitor.problems(time.time())) == {"silent"}
     assert monitor._last_ok["files"] - started < 1.0  # checked at once, not after "silent"
+
+
+def test_a_destination_down_is_logged_when_it_goes_down_and_when_it_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every round logged a warning naming only the destination's name: 2,880 lines a day.
+    (tmp_path / "file").write_text("")
+    blocked = Destination("files", type="folder", path=tmp_path / "file" / "below")
+    monitor = EchoMonitor([blocked], "TRIAGE", interval=30, timeout=2)
+    clock = [1000.0]
+    monkeypatch.setattr(echo_module.time, "time", lambda: clock[0])
+    with caplog.at_level(logging.INFO, logger="dicom_node.send.echo"):
+        for _ in range(3):
+            monitor.check_all()
+            clock[0] += 30
+        assert [r.levelname for r in caplog.records] == ["WARNING"]
+        assert (
+            caplog.records[0]
+            .getMessage()
+            .startswith(f"destination files (folder {blocked.path}) not reachable: cannot write")
+        )
+        clock[0] += REPEAT_SECONDS  # still down a quarter of an hour on: said again
+        monitor.check_all()
+        assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]
+        (tmp_path / "file").unlink()
+        monitor.check_all()
+        monitor.check_all()
+    assert [r.getMessage() for r in caplog.records[2:]] == [
+        f"destination files (folder {blocked.path}) reachable again"
+    ]
+    assert monitor.problems(clock[0]) == {}
