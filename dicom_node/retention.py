@@ -17,6 +17,8 @@ between the two steps leaves files no row names; ``sweep`` removes them at the n
 (also those of a study the node has no record of). A study has files exactly when its
 ``purged_at`` is NULL (state.py keeps it so), which is what a round's query selects on.
 A study that receives instances after a purge is a new episode: its next job sees only them.
+Each round first takes finish times later than the current time as the current time
+(:func:`clamp_future_times`: a clock that ran fast, then was set back).
 """
 
 from __future__ import annotations
@@ -45,6 +47,36 @@ _FINISHED_AT = """MAX(
     COALESCE((SELECT MAX(finished_at) FROM jobs j WHERE j.study_uid = s.study_uid), 0),
     COALESCE((SELECT MAX(sent_at) FROM outbox o WHERE o.study_uid = s.study_uid), 0),
     COALESCE((SELECT MAX(received_at) FROM instances i WHERE i.study_uid = s.study_uid), 0))"""
+
+# The times _FINISHED_AT reads that a wall clock running fast may have put in the future
+# (a study still receiving keeps its own: state.py re-arms its deadlines from them).
+_CLOCKED = (
+    ("instances", "received_at", ""),
+    ("jobs", "finished_at", ""),
+    ("outbox", "sent_at", ""),
+    ("studies", "last_received_at", " AND state = 'complete'"),
+    ("studies", "completed_at", " AND state = 'complete'"),
+)
+
+
+def clamp_future_times(state: State, now: float) -> int:
+    """Take the finish times later than ``now`` as ``now``; how many there were. They were
+    written while the wall clock ran fast (a VM booted with a wrong RTC, then corrected by
+    NTP): the retention would keep their studies until the clock caught up, plus the
+    retention, weeks perhaps, however short ``retention_hours`` is."""
+    changed = 0
+    with state.transaction() as db:
+        for table, column, only in _CLOCKED:
+            changed += db.execute(
+                f"UPDATE {table} SET {column} = ? WHERE {column} > ?{only}", (now, now)
+            ).rowcount
+    if changed:
+        log.warning(
+            "%d receipt, job and delivery times were after the current time (the clock was "
+            "set back?): the retention counts them from now", changed,
+        )  # fmt: skip
+    return changed
+
 
 # A study has files in the spool exactly when purged_at is NULL (state.py keeps it so; an
 # index on it keeps the round's cost to what the spool holds, not to every study seen).
@@ -248,7 +280,9 @@ class Purger(Worker):
                 self.metrics.purged_bytes.inc(left.bytes)
                 log.info("removed %d files (%d bytes) left by an interrupted purge",
                          left.files, left.bytes)  # fmt: skip
-        return 0.0 if self.purge_due(time.time()) == _BATCH else self.interval
+        now = time.time()
+        clamp_future_times(self.state, now)
+        return 0.0 if self.purge_due(now) == _BATCH else self.interval
 
     def purge_due(self, now: float) -> int:
         """One batch: purge studies finished ``retention_hours`` ago; returns how many."""

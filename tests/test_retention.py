@@ -408,3 +408,26 @@ def test_the_node_purges_a_finished_study_with_retention_zero(
     assert row.split()[-2] == time.strftime(
         "%Y-%m-%d", time.localtime(state.studies()[0].purged_at)
     )
+
+
+def test_times_written_while_the_clock_ran_fast_do_not_hold_a_study_for_weeks(
+    state: State, spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Received and processed with the clock 30 days fast, then NTP set it back: the study
+    # "finished" 30 days ahead, and a 72 h retention kept it for 33 days.
+    month = 30 * 86400.0
+    files = processed(state, spool, STUDY, 1000.0 + month)
+    deliver_all(state, 1020.0 + month)
+    processed(state, spool, OTHER, 900.0)  # honest times: left as they are
+    deliver_all(state, 950.0)
+    purger = Purger(state, spool, 72.0)
+    now = 2000.0
+    # Its 2 receipts, its job, its delivery, and the study's last receipt and completion.
+    assert retention.clamp_future_times(state, now) == 6
+    assert "6 receipt, job and delivery times were after the current time" in caplog.text
+    assert retention.clamp_future_times(state, now) == 0
+    # purgeable() takes the cutoff (now - retention): the study now finished at ``now``.
+    assert purgeable(state, now - 1) == [OTHER]
+    assert sorted(purgeable(state, now)) == sorted([OTHER, STUDY])
+    assert purger.purge_due(now + 72 * 3600.0) == 2
+    assert not any(spool.path(f).exists() for f in files)
