@@ -66,16 +66,27 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
     try:
         outbox = Outbox(state, cfg.sending)
         if args.verb in ("retry", "discard"):
+            discarded = []
             try:
                 if args.verb == "retry":
                     count = outbox.retry(time.time(), args.ids)
                 else:
-                    count = len(outbox.discard(args.ids))
+                    discarded = outbox.discard(args.ids)
+                    count = len(discarded)
             except StateError as exc:
                 print(f"dicom-node: error: {exc}", file=sys.stderr)
                 return 2
             done = "requeued" if args.verb == "retry" else "discarded"
             print(f"{done} {count} dead letter{'s' if count != 1 else ''}")
+            for item in discarded:
+                print(f"  {item.id}: {cfg.storage.spool_dir / item.path}")
+            if discarded and cfg.storage.retention_hours is not None:
+                # A study finished long ago leaves at the next round: within a minute.
+                print(
+                    "their files leave the spool with their study: at the purge's next round "
+                    f"if it finished more than {cfg.storage.retention_hours:g} h ago; copy "
+                    "them first to deliver them by hand"
+                )
             return 0
         # With ids, those items whatever their state; else pending and dead (or --state).
         items = outbox.items(args.state or (STATES if args.ids else ("pending", "dead")))

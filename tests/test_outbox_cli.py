@@ -87,6 +87,11 @@ def test_outbox_discard_gives_up_on_named_dead_letters(
     assert main(["outbox", "discard", str(item), "--config", cfg]) == 0
     captured = capsys.readouterr()  # main logs to stderr
     assert "discarded 1 dead letter" in captured.out
+    # Where its file is, and that it may leave within a minute (a study finished long ago).
+    assert f"  {item}: {tmp_path / 'spool'}/outputs/1.9/" in captured.out
+    assert "at the purge's next round if it finished more than 72 h ago; copy them first" in (
+        captured.out
+    )
     assert f"dead letter {item} (SOP instance 1.9.99 of study 1.9, to pacs) discarded" in (
         captured.err
     )
