@@ -92,6 +92,7 @@ def _build(cache: Path, names: tuple[str, ...], force: bool) -> int:
 def _train(cache: Path, args: argparse.Namespace) -> int:
     from engines.build import image_profile, train_on_data, train_on_phantoms
     from engines.catalog import engine_spec
+    from engines.export import sha256_of
     from engines.training.dicom_folder import load_labelled_folder
     from engines.training.loop import TrainOptions
 
@@ -127,7 +128,9 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
             args.version,
             options,
             progress=lambda p: bar(spec.name, p),
-            source=str(args.data),
+            # Where it was, and which version of it: "data/labels.csv" names nothing later.
+            source=str(Path(args.data).resolve()),
+            source_sha256=sha256_of(Path(args.data)),
             patients=labelled.patients,
         )
         parts = manifest.training["split"]
@@ -192,7 +195,7 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
     # Figures measured on other weights, or at another input size, would be false: drop them
     # (and the importance plot, which describes them).
     same = not args.checkpoint and size == old.preprocessing.size
-    training = old.training if not args.checkpoint else {"data": f"checkpoint {checkpoint}"}
+    training = old.training if not args.checkpoint else _checkpoint_record(checkpoint)
     manifest = package_engine(
         spec,
         model,
@@ -254,6 +257,16 @@ def _load_weights(model: Any, checkpoint: Path, network: str) -> None:
         ) from exc
 
 
+def _checkpoint_record(checkpoint: Path) -> dict[str, str]:
+    """The manifest's ``training`` of packaged weights: which file (resolved), which bytes."""
+    from engines.export import sha256_of
+
+    return {
+        "data": f"checkpoint {checkpoint.resolve()}",
+        "checkpoint_sha256": sha256_of(checkpoint),
+    }
+
+
 def _unwrapped(state: Any) -> Any:
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
@@ -306,7 +319,7 @@ def _export_new(spec: EngineSpec, folder: Path, args: argparse.Namespace, size: 
         size,
         folder,
         args.version,
-        training={"data": f"checkpoint {checkpoint}"},
+        training=_checkpoint_record(checkpoint),
         clinical_use="external checkpoint: validate locally before clinical use",
         samples=phantom_samples(spec, Preprocessing(size=size)),
     )

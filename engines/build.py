@@ -275,11 +275,13 @@ def train_on_data(
     source: str = "",
     patients: Sequence[str] | None = None,
     test_share: float = 0.2,
+    source_sha256: str | None = None,
 ) -> Manifest:
     """Train on a site's labelled images. The validation split picks the best epoch; the
     test split, held out from both, gives the manifest's figures. ``patients`` names each
     item's patient (:class:`~engines.training.dicom_folder.LabelledFolder`): a patient's hips
-    stay in one split (default: every item its own patient)."""
+    stay in one split (default: every item its own patient). ``source`` (the label file)
+    and its ``source_sha256`` go into the manifest's ``training``."""
     keys = [str(i) for i in range(len(data))] if patients is None else list(patients)
     train_set, validation, test = split_by_patient(
         data, keys, spec.class_names, validation_share, test_share, options.seed
@@ -287,6 +289,7 @@ def train_on_data(
     name = Path(source).name if source else "labelled DICOM"
     training = {
         "data": source or "labelled DICOM",
+        **({"data_sha256": source_sha256} if source_sha256 else {}),
         "items": len(data),
         "patients": len(set(keys)),
         "split": {"train": len(train_set), "validation": len(validation), "test": len(test)},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from dataclasses import replace
@@ -338,6 +339,9 @@ def test_train_on_a_labelled_folder_reports_figures_of_its_test_split(
     manifest = read_manifest(tmp_path / "cache" / "hip_screen")
     split = manifest.training["split"]
     assert sum(split.values()) == 30 and manifest.training["patients"] == 15
+    # Which label file, resolved (a path as typed names nothing later) and by its bytes.
+    assert manifest.training["data"] == str(csv.resolve())
+    assert manifest.training["data_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
     assert (
         f"split by patient: {split['train']} hips to train, {split['validation']} to pick the "
         f"epoch, {split['test']} held out for the figures"
@@ -397,7 +401,7 @@ def test_a_checkpoint_that_cannot_be_loaded_is_one_line(
 def test_a_checkpoint_in_a_training_frameworks_wrapper_is_unwrapped(tmp_path: Path) -> None:
     import torch
 
-    from dicom_node.engines_cli import _load_weights
+    from dicom_node.engines_cli import _checkpoint_record, _load_weights
     from engines.models import create
 
     weights = create("hip_screen").state_dict()
@@ -410,6 +414,10 @@ def test_a_checkpoint_in_a_training_frameworks_wrapper_is_unwrapped(tmp_path: Pa
         model = create("hip_screen")
         _load_weights(model, tmp_path / name, "hip_screen")
         assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    assert _checkpoint_record(tmp_path / "plain.pt") == {
+        "data": f"checkpoint {(tmp_path / 'plain.pt').resolve()}",
+        "checkpoint_sha256": hashlib.sha256((tmp_path / "plain.pt").read_bytes()).hexdigest(),
+    }
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(
         DicomNodeError, match=r"list\.pt: expected a state dict of 'hip_screen' weights, got a list"
