@@ -92,11 +92,6 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot read the spool's free space ({exc.strerror})") from exc
 
-    def check_space(self, size: int) -> None:
-        """Refuse a write that would leave less than ``min_free_bytes`` free."""
-        with self.reserve(size):
-            pass
-
     @contextmanager
     def reserve(self, size: int) -> Iterator[None]:
         """Hold ``size`` bytes of free space while they are written, or refuse them when

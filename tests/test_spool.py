@@ -47,9 +47,13 @@ def test_partials_from_a_crash_are_purged_at_start(tmp_path: Path) -> None:
 
 def test_disk_guard(tmp_path: Path) -> None:
     spool = Spool(tmp_path, min_free_bytes=10**18)
-    with pytest.raises(SpoolFullError, match=r"would go below storage\.min_free_bytes"):
-        spool.check_space(1)
-    Spool(tmp_path, min_free_bytes=0).check_space(1)
+    with (
+        pytest.raises(SpoolFullError, match=r"would go below storage\.min_free_bytes"),
+        spool.reserve(1),
+    ):
+        pass
+    with Spool(tmp_path, min_free_bytes=0).reserve(1):
+        pass
 
 
 def test_unwritable_spool_is_a_clear_error(tmp_path: Path) -> None:
@@ -89,8 +93,8 @@ def test_unreadable_spool_state_is_a_spool_error(
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(shutil, "disk_usage", broken)
-    with pytest.raises(SpoolError, match=r"free space \(Input/output error\)"):
-        spool.check_space(1)
+    with pytest.raises(SpoolError, match=r"free space \(Input/output error\)"), spool.reserve(1):
+        pass
     rel = "instances/1.2/1.2.3.dcm"
     spool.write(rel, [b"abc"])
     spool.path(rel).chmod(0)
@@ -168,11 +172,16 @@ def test_writes_in_progress_count_against_the_free_space_guard(
     spool = Spool(tmp_path / "spool", min_free_bytes=1000)
     monkeypatch.setattr(spool, "free_bytes", lambda: 1250)
     with spool.reserve(200):
-        with pytest.raises(
-            SpoolFullError,
-            match=r"^spool has 1250 bytes free \(200 being written\); storing 200 more would "
-            r"go below storage\.min_free_bytes \(1000\)$",
+        with (
+            pytest.raises(
+                SpoolFullError,
+                match=r"^spool has 1250 bytes free \(200 being written\); storing 200 more "
+                r"would go below storage\.min_free_bytes \(1000\)$",
+            ),
+            spool.reserve(200),
         ):
-            spool.check_space(200)
-        spool.check_space(50)  # what is left
-    spool.check_space(200)  # the first write is done (its bytes are in free_bytes now)
+            pass
+        with spool.reserve(50):  # what is left
+            pass
+    with spool.reserve(200):  # the first write is done (its bytes are in free_bytes now)
+        pass
