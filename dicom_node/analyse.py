@@ -46,6 +46,9 @@ class StudyAnalysis:
     priority: str
     cache: ImageCache
     inference: tuple[tuple[str, float], ...]  # (engine, seconds) per batch run
+    # AP images that could not be analysed, (SOP Instance UID, why): the others' results
+    # are reported, and the report says the study was not analysed whole.
+    not_analysed: tuple[tuple[str, str], ...] = ()
 
     @property
     def inference_seconds(self) -> float:
@@ -108,11 +111,21 @@ def _run(
     cache: ImageCache,
     volumes: CtCache,
     cfg: Config,
+    not_analysed: dict[str, str],
 ) -> tuple[list[HipOutcome], list[tuple[str, float]]]:
     by_engine: dict[str, list[HipBatchItem]] = {}
     for task in tasks:
         pre = engines.manifest(task.engine).preprocessing
-        ap = hip_input(cache.get(task.ap), task.side, pre)
+        try:
+            ap = hip_input(cache.get(task.ap), task.side, pre)
+        except PreprocessError as exc:
+            # One AP that cannot be decoded (a compression the node has no codec for, a
+            # damaged file) must not cost the study's other images their triage.
+            uid = task.ap.sop_instance_uid
+            if uid not in not_analysed:
+                log.warning("SOP instance %s not analysed: %s", uid, exc)
+            not_analysed.setdefault(uid, str(exc))
+            continue
         lateral = None
         if task.lateral is not None:
             try:
@@ -154,14 +167,17 @@ def analyse_study(
     done: list[HipTask] = []
     hips: list[HipOutcome] = []
     seconds: list[tuple[str, float]] = []
+    not_analysed: dict[str, str] = {}
     for _ in range(_MAX_CASCADE_DEPTH):
         if not tasks:
             break
-        outcomes, spent = _run(tasks, engines, cache, volumes, cfg)
+        outcomes, spent = _run(tasks, engines, cache, volumes, cfg, not_analysed)
         hips += outcomes
         seconds += spent
         done += tasks
         tasks = cascade_tasks([o.decision for o in outcomes], images, cfg.routing, done)
+    if not_analysed and not hips:  # nothing to report: the job fails, saying why
+        raise PreprocessError("; ".join(not_analysed.values()))
     return StudyAnalysis(
         study_uid=study_uid,
         images=tuple(images),
@@ -169,4 +185,5 @@ def analyse_study(
         priority=study_priority(h.decision for h in hips),
         cache=cache,
         inference=tuple(seconds),
+        not_analysed=tuple(not_analysed.items()),
     )

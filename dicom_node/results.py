@@ -75,7 +75,7 @@ def build_results(analysis: StudyAnalysis, engines: EngineSet, cfg: Config) -> R
     )
     sr = build_sr(
         analysis.decisions, manifests, backends, headers, analysis.priority, identity,
-        cfg.results.institution_name,
+        cfg.results.institution_name, analysis.not_analysed,
     )  # fmt: skip
     with_content_uid(sr, "sr", SR_CONTENT)
     overlays: list[Dataset] = []
@@ -166,6 +166,7 @@ def summary(analysis: StudyAnalysis) -> str:
             "priority": analysis.priority,
             "inference_seconds": round(analysis.inference_seconds, 4),
             "hips": hips,
+            "not_analysed": [{"sop_instance_uid": u, "why": w} for u, w in analysis.not_analysed],
         },
         sort_keys=True,
     )

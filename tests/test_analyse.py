@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
-from helpers import pipeline_config
+from helpers import SCREEN_RULE, pipeline_config
 
 from dicom_node.analyse import MixedPatientsError, analyse_study, read_sources
 from dicom_node.infer import EngineSet
 from dicom_node.preprocess import PreprocessError
+from dicom_node.results import summary
 from engines.phantoms.studies import write_study
 
 THA = "total_hip_arthroplasty"
@@ -147,3 +149,44 @@ def test_an_unusable_ct_reconstruction_leaves_the_studys_next_one(
     assert right.inputs["ct"] is True
     assert right.task.ct_series == thick_uid and right.task.ct_alternatives == ()
     assert f"CT series {thin_uid} not used" in caplog.text and "missing" in caplog.text
+
+
+def test_an_ap_that_cannot_be_decoded_leaves_the_others_triage(
+    tmp_path: Path, engine_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Was: the whole study failed (pixel_data) and its readable pelvis got no triage either.
+    study = write_study(tmp_path, 9, "femoral_neck_fracture", "normal", size=64)
+    (pelvis,) = study.files
+    repeat = pydicom.dcmread(pelvis)  # a repeat exposure, damaged on its way
+    repeat.SOPInstanceUID = f"{str(repeat.SOPInstanceUID)[:60]}.2"
+    repeat.PixelData = repeat.PixelData[: len(repeat.PixelData) // 2]
+    repeat.save_as(tmp_path / "repeat.dcm", enforce_file_format=True)
+    cfg = pipeline_config(
+        tmp_path / "spool", engine_cache, routing={"rules": [SCREEN_RULE], "cascade": []}
+    )
+    engines = EngineSet(cfg.engines, ["hip_screen"])
+    try:
+        with caplog.at_level(logging.WARNING, logger="dicom_node.analyse"):
+            analysis = analyse_study(
+                study.identity.study_uid,
+                read_sources([(pelvis, "PACS"), (tmp_path / "repeat.dcm", "PACS")]),
+                engines, cfg,
+            )  # fmt: skip
+            assert sorted(h.decision.prediction.task.side for h in analysis.hips) == ["L", "R"]
+            assert {h.ap.image.source.sop_instance_uid for h in analysis.hips} == {
+                str(pydicom.dcmread(pelvis).SOPInstanceUID)
+            }
+            ((uid, why),) = analysis.not_analysed  # once, though both its hips were tasks
+            assert uid == repeat.SOPInstanceUID and "pixel data" in why
+            assert caplog.text.count(f"SOP instance {uid} not analysed") == 1
+            assert json.loads(summary(analysis))["not_analysed"] == [
+                {"sop_instance_uid": uid, "why": why}
+            ]
+            # Nothing left to report: the job fails as before, saying why.
+            only = read_sources([(tmp_path / "repeat.dcm", "PACS")])
+            with pytest.raises(
+                PreprocessError, match=rf"^SOP instance {uid}: pixel data cannot be decoded"
+            ):
+                analyse_study(study.identity.study_uid, only, engines, cfg)
+    finally:
+        engines.close()

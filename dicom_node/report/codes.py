@@ -24,6 +24,12 @@ PRIORITY_VALUES = {
     "FLAG": Code("111242", "DCM", "All algorithms succeeded; with findings"),
     "NONE": Code("111241", "DCM", "All algorithms succeeded; without findings"),
 }
+# The same where an image of the study could not be analysed: "all succeeded" would be false.
+INCOMPLETE_PRIORITY_VALUES = {
+    "URGENT": PRIORITY_VALUES["URGENT"],
+    "FLAG": Code("111244", "DCM", "Not all algorithms succeeded; with findings"),
+    "NONE": Code("111243", "DCM", "Not all algorithms succeeded; without findings"),
+}
 GRADCAM = Code("130403", "DCM", "Gradient-weighted class activation")  # CID 217
 CLASS_ACTIVATION = Code("130402", "DCM", "Class activation")  # CID 217
 # How each manifest heat-map kind is made, as CID 217 "Visual Explanation" codes it.

@@ -63,13 +63,17 @@ def reported_findings(decision: TriageDecision) -> tuple[HipFinding, ...]:
     return (max(candidates, key=lambda f: f.probability),)
 
 
-def description(priority: str, decisions: Sequence[TriageDecision]) -> str:
-    """``AI triage URGENT: femoral neck fracture R`` (a Series Description, at most 64 chars)."""
+def description(
+    priority: str, decisions: Sequence[TriageDecision], incomplete: bool = False
+) -> str:
+    """``AI triage URGENT: femoral neck fracture R`` (a Series Description, at most 64 chars);
+    ``AI triage NONE (incomplete)`` where an image of the study could not be analysed."""
     parts = []
     for d in decisions:
         for f in reported_findings(d) if d.positives else ():
             parts.append(f"{f.name.replace('_', ' ')} {d.prediction.task.side}")
-    text = f"AI triage {priority}" + (": " + ", ".join(dict.fromkeys(parts)) if parts else "")
+    head = f"AI triage {priority}" + (" (incomplete)" if incomplete else "")
+    text = head + (": " + ", ".join(dict.fromkeys(parts)) if parts else "")
     return text if len(text) <= 64 else text[:61] + "..."
 
 
@@ -208,8 +212,12 @@ def build_sr(
     priority: str,
     identity: ResultIdentity,
     institution_name: str | None = None,
+    not_analysed: Sequence[tuple[str, str]] = (),
 ) -> hd.sr.Comprehensive3DSR:
-    """The study's SR from its triage decisions; ``headers`` are the source instances' headers."""
+    """The study's SR from its triage decisions; ``headers`` are the source instances' headers.
+    ``not_analysed`` names the images that could not be (SOP Instance UID, why): the report
+    is then PARTIAL, its study priority "Not all algorithms succeeded" (CID 6047) unless
+    URGENT, and a Comment names each image."""
     if not decisions:
         raise ReportError("build_sr: expected at least one triage decision, got none")
     if priority not in codes.PRIORITY_VALUES:
@@ -236,7 +244,12 @@ def build_sr(
             identifier="study triage",
         ),
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(codes.PRIORITY, codes.PRIORITY_VALUES[priority])
+            hd.sr.QualitativeEvaluation(
+                codes.PRIORITY,
+                (codes.INCOMPLETE_PRIORITY_VALUES if not_analysed else codes.PRIORITY_VALUES)[
+                    priority
+                ],
+            )
         ],
     )
     # Every engine's clinical-use statement, in the report itself: an engine without
@@ -248,6 +261,14 @@ def build_sr(
             hd.sr.TextContentItem(
                 name=codes.COMMENT,
                 value=f"{manifest.name} {manifest.version}: {manifest.clinical_use}",
+                relationship_type=RelationshipTypeValues.CONTAINS,
+            )
+        )
+    for uid, why in not_analysed:
+        study_group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.COMMENT,
+                value=f"not analysed: SOP instance {uid} ({why})",
                 relationship_type=RelationshipTypeValues.CONTAINS,
             )
         )
@@ -269,7 +290,7 @@ def build_sr(
     evidence = [
         evidence_header(h) for h in sorted(headers.values(), key=lambda h: str(h.SOPInstanceUID))
     ]
-    series_description = description(priority, decisions)
+    series_description = description(priority, decisions, incomplete=bool(not_analysed))
     series = series_uid(str(evidence[0].StudyInstanceUID), "sr", str(identity.series_number),
                         series_description)  # fmt: skip
     with building("SR"):
@@ -285,7 +306,7 @@ def build_sr(
             software_versions=SOFTWARE_VERSION,
             institution_name=institution_name,
             series_description=series_description,
-            is_complete=True,
+            is_complete=not not_analysed,
             specific_character_set=output_charset(evidence[0]),
         )
     fit_charset(sr)

@@ -142,6 +142,7 @@ def make_sr(
     headers: Mapping[str, Dataset] | None = None,
     manifests: Mapping[str, Manifest] = MANIFESTS,
     institution_name: str = "Phantom Hospital",
+    not_analysed: Sequence[tuple[str, str]] = (),
 ) -> hd.sr.Comprehensive3DSR:
     return build_sr(
         decisions,
@@ -151,6 +152,7 @@ def make_sr(
         priority or study_priority(decisions),
         identity_for(study, decisions),
         institution_name=institution_name,
+        not_analysed=not_analysed,
     )
 
 
@@ -575,6 +577,29 @@ def test_one_hip_on_two_ap_images_is_tracked_twice(study: Study) -> None:
 def test_dciodvfy_reports_no_errors_or_warnings(study: Study, case: Any, tmp_path: Path) -> None:
     path = saved(make_sr(study, case(study)), tmp_path / "sr.dcm")
     assert dciodvfy_findings(path) == []
+
+
+@pytest.mark.parametrize(
+    ("priority", "code"),
+    [("NONE", ("111243", "DCM")), ("FLAG", ("111244", "DCM")), ("URGENT", ("103391001", "SCT"))],
+)
+def test_a_study_not_analysed_whole_says_so(
+    study: Study, tmp_path: Path, priority: str, code: tuple[str, str]
+) -> None:
+    # "All algorithms succeeded; without findings" over a study whose second AP could not be
+    # decoded read as a study found normal.
+    lost = ("1.2.826.0.1.3680043.8.498.99", "pixel data cannot be decoded (ValueError: …)")
+    sr = make_sr(study, screen_case(study), priority=priority, not_analysed=[lost])
+    assert sr.CompletionFlag == "PARTIAL"
+    last = groups_of(sr)[-1]
+    assert qualitative(last) == {PRIORITY_CONCEPT: code}
+    assert text_items(last, "121106")[-1] == (
+        "not analysed: SOP instance 1.2.826.0.1.3680043.8.498.99 (pixel data cannot be decoded "
+        "(ValueError: …))"
+    )
+    assert sr.SeriesDescription.startswith(f"AI triage {priority} (incomplete): ")
+    assert make_sr(study, screen_case(study), priority=priority).CompletionFlag == "COMPLETE"
+    assert dciodvfy_findings(saved(sr, tmp_path / "sr.dcm")) == []
 
 
 def test_dsrdump_reads_a_tid_1500_document(study: Study, tmp_path: Path) -> None:
