@@ -22,7 +22,7 @@ import numpy.typing as npt
 import torch
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.processing import apply_modality_lut
 from torch.nn import functional
 
 from dicom_node.errors import DicomNodeError, describe
@@ -197,19 +197,54 @@ def _stretch(values: npt.NDArray[np.float64], low: float, high: float) -> npt.ND
 
 def _voi_lut(values: npt.NDArray[np.float64], ds: Dataset) -> npt.NDArray[np.float64] | None:
     """The first VOI LUT of the VOI LUT Sequence, scaled to 0..1; None when there is none or
-    it is unusable (then the window, if any, applies)."""
+    it is unusable (then the window, if any, applies).
+
+    The lookup is done here (PS3.3 C.11.2.1.1), not by pydicom 3.0's ``apply_voi_lut``,
+    which indexed an 8-bit LUT with 8-bit integers: every input above 255 wrapped around,
+    and the picture came out as a sawtooth. A LUT whose entries stay below half its declared
+    range (16 bits declared, 12 used: some vendors) is scaled by the bits it uses, as
+    viewers do (cornerstone, DCMTK); else the image read nearly black."""
     if not ds.get("VOILUTSequence"):  # absent, or present with no item
         return None
+    uid = ds.get("SOPInstanceUID", "?")
     try:
-        # A LUT maps integer inputs: modality values (rescaled, maybe fractional) rounded.
-        indices = np.rint(values).astype(np.int64)
-        lut = np.asarray(apply_voi_lut(indices, ds, index=0), dtype=np.float64)
-        top = float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+        entries, first, bits, table = _lut_table(ds.VOILUTSequence[0], ds)
     except (TypeError, ValueError, IndexError, AttributeError, KeyError) as exc:
         log.warning("SOP instance %s: VOI LUT Sequence not usable (%s); window used",
-                    ds.get("SOPInstanceUID", "?"), describe(exc))  # fmt: skip
+                    uid, describe(exc))  # fmt: skip
         return None
-    return _stretch(lut, 0.0, top)
+    # A LUT maps integer inputs: modality values (rescaled, maybe fractional) rounded; those
+    # below the first mapped value take the first entry, those past the last the last one.
+    indices = np.clip(np.rint(values).astype(np.int64) - first, 0, entries - 1)
+    used = int(table.max()).bit_length() if table.size else 0
+    if 0 < used < bits - 1:
+        log.warning("SOP instance %s: VOI LUT entries use %d of the %d bits its descriptor "
+                    "declares; scaled by %d", uid, used, bits, used)  # fmt: skip
+        bits = used
+    return _stretch(table[indices].astype(np.float64), 0.0, float(2**bits - 1))
+
+
+def _lut_table(item: Dataset, ds: Dataset) -> tuple[int, int, int, npt.NDArray[np.int64]]:
+    """(entries, first input mapped, bits per entry, entries as integers) of a LUT item."""
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    if len(descriptor) != 3:
+        raise ValueError(f"LUT Descriptor has {len(descriptor)} values, not 3")
+    entries, first, bits = descriptor
+    entries = entries or 65536  # 0 stands for 2**16
+    if first >= 2**15 and int(ds.get("PixelRepresentation", 0)) == 1:
+        first -= 2**16  # the first mapped value of signed data, read as unsigned
+    if not 1 <= bits <= 16:
+        raise ValueError(f"LUT Descriptor's bits per entry is {bits}, not 1-16")
+    data = item.LUTData
+    if isinstance(data, bytes):  # OW: 16-bit words in the data set's byte order
+        little = getattr(ds, "original_encoding", (None, True))[1] is not False
+        table = np.frombuffer(data, dtype="<u2" if little else ">u2")
+    else:
+        table = np.asarray(data if isinstance(data, list | MultiValue) else [data])
+    table = table.astype(np.int64)
+    if table.size < entries:
+        raise ValueError(f"LUT Data has {table.size} entries where its descriptor says {entries}")
+    return entries, first, bits, table[:entries]
 
 
 def _window(ds: Dataset) -> tuple[str, float, float] | None:

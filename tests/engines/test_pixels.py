@@ -294,3 +294,68 @@ def test_a_voi_lut_maps_the_modality_values() -> None:
     ds.RescaleSlope, ds.RescaleIntercept = 0.5, 0.25  # fractional inputs: rounded to the LUT
     expected = 1.0 - np.rint(stored * 0.5 + 0.25) / 4095
     np.testing.assert_allclose(display_pixels(ds), expected, atol=1e-6)
+
+
+def test_an_8_bit_voi_lut_maps_every_input_not_its_low_byte() -> None:
+    # pydicom 3.0's apply_voi_lut indexed an 8-bit LUT with uint8: 4000 read as 4000 % 256.
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(16), bits_stored=12)
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 8]
+    item.LUTData = [v // 16 for v in range(4096)]  # identity-shaped, 8 bits out
+    ds.VOILUTSequence = Sequence([item])
+    stored = ds.pixel_array.astype(np.int64)
+    picture = display_pixels(ds)
+    np.testing.assert_allclose(picture, (stored // 16) / 255, atol=1e-6)
+    assert np.all(np.diff(picture[0][np.argsort(stored[0])]) >= 0)  # monotone, no sawtooth
+
+
+def test_a_voi_lut_using_fewer_bits_than_declared_is_scaled_by_those_it_uses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 16 bits declared, 0-4095 given (some vendors): divided by 65535 the image read black.
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(17), bits_stored=12)
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new("LUTData", "OW", np.arange(4096, dtype="<u2").tobytes())
+    ds.VOILUTSequence = Sequence([item])
+    with caplog.at_level(logging.WARNING, logger="engines.pixels"):
+        picture = display_pixels(_reread(ds))
+    np.testing.assert_allclose(picture, ds.pixel_array / 4095, atol=1e-6)
+    assert "VOI LUT entries use 12 of the 16 bits its descriptor declares" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "data", "why"),
+    [
+        # Short OW data raised struct.error, 9 bits NotImplementedError: neither was caught,
+        # and the study failed as an internal error.
+        ([4096, 0, 16], np.arange(1000, dtype="<u2").tobytes(),
+         "LUT Data has 1000 entries where its descriptor says 4096"),
+        ([4096, 0, 17], np.arange(4096, dtype="<u2").tobytes(),
+         "LUT Descriptor's bits per entry is 17, not 1-16"),
+    ],
+)  # fmt: skip
+def test_a_malformed_voi_lut_leaves_the_window(
+    descriptor: list[int], data: bytes, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(18), bits_stored=12)
+    windowed = display_pixels(ds)
+    item = Dataset()
+    item.LUTDescriptor = descriptor
+    item.add_new("LUTData", "OW", data)
+    ds.VOILUTSequence = Sequence([item])
+    with caplog.at_level(logging.WARNING, logger="engines.pixels"):
+        np.testing.assert_array_equal(display_pixels(ds), windowed)
+    assert f"VOI LUT Sequence not usable (ValueError: {why}); window used" in caplog.text
+
+
+def test_a_9_bit_voi_lut_is_applied() -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(19), bits_stored=12)
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 9]
+    item.LUTData = [v // 8 for v in range(4096)]
+    ds.VOILUTSequence = Sequence([item])
+    np.testing.assert_allclose(display_pixels(ds), (ds.pixel_array // 8) / 511, atol=1e-6)
