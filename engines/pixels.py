@@ -148,6 +148,10 @@ def prepare(
     return to_input(squared, size), geometry
 
 
+# Rows and columns spaced further apart than this are a typo, not a detector.
+MAX_SPACING_RATIO = 4.0
+
+
 def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     """(row, column) spacing in mm, or None; an unusable value counts as absent."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
@@ -157,12 +161,15 @@ def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
         spacing = _positive_pair(value)
         if spacing is not None:
             return spacing
-        # 0\0 or a negative spacing would divide by zero or flip the image in square_pixels.
+        # 0\0 or a negative spacing would divide by zero or flip the image in square_pixels;
+        # a typo such as 0.15\15 would stretch it a hundredfold (gigabytes of float32).
         log.warning(
-            "SOP instance %s: %s %s is not two positive spacings; ignored",
+            "SOP instance %s: %s %s is not two positive spacings within %g times of each "
+            "other; ignored",
             ds.get("SOPInstanceUID", "?"),
             keyword,
             list(value) if isinstance(value, MultiValue) else value,
+            MAX_SPACING_RATIO,
         )
     return None
 
@@ -175,6 +182,8 @@ def _positive_pair(value: Any) -> tuple[float, float] | None:
     except (TypeError, ValueError):  # an empty value ("0.2\")
         return None
     if not all(math.isfinite(s) and s > 0 for s in (row, col)):
+        return None
+    if max(row, col) > MAX_SPACING_RATIO * min(row, col):
         return None
     return row, col
 

@@ -165,8 +165,12 @@ def test_an_unknown_voi_lut_function_is_linear(caplog: pytest.LogCaptureFixture)
 
 
 @pytest.mark.parametrize(
-    "bad", [[0.0, 0.0], [-0.2, 0.2], [0.2, float("inf")], [float("nan"), 0.2], [0.2, ""], 0.2]
-)
+    "bad",
+    [
+        [0.0, 0.0], [-0.2, 0.2], [0.2, float("inf")], [float("nan"), 0.2], [0.2, ""], 0.2,
+        [0.15, 15.0],  # a typo: squared, the image would be a hundred times wider
+    ],
+)  # fmt: skip
 def test_an_unusable_pixel_spacing_is_as_none(
     bad: list[float | str] | float, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -176,6 +180,7 @@ def test_an_unusable_pixel_spacing_is_as_none(
     with caplog.at_level(logging.WARNING, logger="engines.pixels"):
         assert pixel_spacing(ds) is None
     assert f"SOP instance {ds.SOPInstanceUID}: PixelSpacing" in caplog.text
+    assert "is not two positive spacings within 4 times of each other; ignored" in caplog.text
     assert str(ds.PatientName) not in caplog.text and str(ds.PatientID) not in caplog.text
     # The input is then prepared as without spacing (it was a ZeroDivisionError).
     image = display_pixels(ds)
