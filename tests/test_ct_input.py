@@ -82,11 +82,19 @@ def test_an_enhanced_multi_frame_ct_is_the_same_input_as_its_series(tmp_path: Pa
     enhanced = LegacyConvertedEnhancedCTImage(
         [pydicom.dcmread(p) for p in paths], series, 1, pydicom.uid.generate_uid(), 1
     )
-    enhanced.Laterality = "R"  # the conversion keeps no laterality; the series had R
+    # The conversion puts the series' R in Frame Laterality (shared functional groups) and
+    # none at the top: read as no side, the CT was split and half given to the left hip.
+    assert "Laterality" not in enhanced and "ImageLaterality" not in enhanced
+    shared = enhanced.SharedFunctionalGroupsSequence[0]
+    assert shared.FrameAnatomySequence[0].FrameLaterality == "R"
     path = tmp_path / "enhanced.dcm"
     enhanced.save_as(path, enforce_file_format=True)
     [image] = images([path])
-    assert (image.frames, image.attributes["Modality"]) == (10, "CT")
+    assert (image.frames, image.attributes["Modality"], image.laterality) == (10, "CT", "R")
+    assert (CtCache([image]).part(series, "R"), CtCache([image]).part(series, "L")) == (
+        "whole",
+        None,
+    )
     # One instance, ten slices: a CT series for `requires: [ct]` and the engine's input.
     assert ct_series([image]) == series
     assert ct_series(images(paths[:1])) is None  # one single-frame slice is not

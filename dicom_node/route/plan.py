@@ -59,7 +59,9 @@ LATERAL_BODY_PARTS = ("", "HIP", "PELVIS")
 
 def source_image(ds: Dataset, path: Path, calling_ae: str) -> SourceImage:
     attributes = attributes_of(ds, calling_ae)
-    laterality = (attributes["ImageLaterality"] or attributes["Laterality"]).upper()
+    laterality = (
+        attributes["ImageLaterality"] or attributes["Laterality"] or _frame_laterality(ds)
+    ).upper()
     clinical: ClinicalContext | None = None
     if attributes["Modality"] != "CT":  # the radiographs carry what the engines read
         try:
@@ -79,6 +81,22 @@ def source_image(ds: Dataset, path: Path, calling_ae: str) -> SourceImage:
         x_range=_x_range(ds) if attributes["Modality"] == "CT" else None,
         ct_slice=_is_ct_slice(ds, attributes),
     )
+
+
+def _frame_laterality(ds: Dataset) -> str:
+    """The side an enhanced multi-frame image (Enhanced CT, a Legacy Converted one) gives
+    in its Frame Anatomy functional group, where it is required and the series-level
+    Laterality is left out: shared, or the same in every frame; else ""."""
+
+    def side(group: Dataset) -> str:
+        anatomy = group.get("FrameAnatomySequence") or [Dataset()]
+        return str(anatomy[0].get("FrameLaterality") or "").strip()
+
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    if shared and side(shared[0]):
+        return side(shared[0])
+    sides = {side(group) for group in ds.get("PerFrameFunctionalGroupsSequence") or []}
+    return sides.pop() if len(sides) == 1 else ""
 
 
 def _is_ct_slice(ds: Dataset, attributes: Mapping[str, str]) -> bool:

@@ -111,6 +111,31 @@ def test_ap_pelvis_gives_two_hip_screen_tasks_right_then_left() -> None:
     assert all(t.ap is pelvis for t in tasks)
 
 
+def test_an_enhanced_image_gives_its_side_in_frame_laterality() -> None:
+    # Required in the Frame Anatomy group of an Enhanced (or Legacy Converted) CT, where the
+    # series-level Laterality is left out: read as no side, a right-hip CT fed both hips.
+    def frames(*sides: str) -> list[Dataset]:
+        groups = []
+        for side in sides:
+            anatomy, group = Dataset(), Dataset()
+            anatomy.FrameLaterality = side
+            group.FrameAnatomySequence = [anatomy]
+            groups.append(group)
+        return groups
+
+    ds = header("5", Modality="CT")
+    ds.SharedFunctionalGroupsSequence = frames("L")
+    assert source_image(ds, Path("spool/5.dcm"), "PACS").laterality == "L"
+    ds.Laterality = "R"  # the series' own value, where given, comes first
+    assert source_image(ds, Path("spool/5.dcm"), "PACS").laterality == "R"
+    del ds.Laterality
+    ds.SharedFunctionalGroupsSequence = frames("")
+    ds.PerFrameFunctionalGroupsSequence = frames("R", "R")
+    assert source_image(ds, Path("spool/5.dcm"), "PACS").laterality == "R"
+    ds.PerFrameFunctionalGroupsSequence = frames("R", "L")  # frames disagree: no one side
+    assert source_image(ds, Path("spool/5.dcm"), "PACS").laterality == ""
+
+
 def test_ap_without_laterality_is_taken_as_both_hips() -> None:
     tasks = plan_tasks([image("1", BodyPartExamined="")], DEFAULT)
     assert [t.side for t in tasks] == ["R", "L"]
