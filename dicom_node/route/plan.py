@@ -190,6 +190,13 @@ def ct_candidates(
             shown = _shown_by_geometry(slices)
             if shown is not None and shown not in ("B", side):
                 del counts[series]
+                if shown == "":  # ct_input logs this for a series it reads; this one it never will
+                    centre = sum(_field(slices)) / 2
+                    log.warning(
+                        "CT series %s: one hip without laterality, its field centred at "
+                        "x = %.1f mm (too near the table's centre to tell which): not used "
+                        "for the %s hip", series, centre, "right" if side == "R" else "left",
+                    )  # fmt: skip
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return tuple(series for series, slices in ranked if slices >= MIN_CT_SLICES)
 
@@ -200,9 +207,14 @@ def _shown_by_geometry(series: Sequence[SourceImage]) -> str | None:
     say), else None: nothing to go by, the series stays a candidate."""
     if any(i.laterality for i in series) or any(i.x_range is None for i in series):
         return None
+    return hip_of_field(*_field(series)) or ""
+
+
+def _field(series: Sequence[SourceImage]) -> tuple[float, float]:
+    """The series' extent along x (patient's right to left), mm."""
     low = min(i.x_range[0] for i in series if i.x_range is not None)
     high = max(i.x_range[1] for i in series if i.x_range is not None)
-    return hip_of_field(low, high) or ""
+    return low, high
 
 
 def _has(

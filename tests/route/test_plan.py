@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -525,7 +526,9 @@ def test_only_a_ct_that_may_show_the_hips_is_a_ct_input() -> None:
     assert {t.ct_series for t in tasks if t.engine == "hip_multimodal"} == {"1.2.3.910"}
 
 
-def test_a_ct_without_laterality_goes_to_the_hip_its_geometry_shows() -> None:
+def test_a_ct_without_laterality_goes_to_the_hip_its_geometry_shows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # Two one-hip CTs without Laterality: the right one has more slices, but the left hip
     # gets the left one (what dicom_node.ct_input would use), not the right one it would
     # then refuse. A field near the table's centre says no side: no hip gets it.
@@ -553,8 +556,14 @@ def test_a_ct_without_laterality_goes_to_the_hip_its_geometry_shows() -> None:
         "1.2.3.800",
     )
     assert ct_series([*right, *left]) == "1.2.3.700"  # without a side: the largest
-    centred = series("1.2.3.900", 6, -60.0)  # centred at x = +4 mm
-    assert (ct_series(centred, "R"), ct_series(centred, "L")) == (None, None)
+    centred = series("1.2.3.900", 6, -60.0)  # centred at x = -4 mm
+    with caplog.at_level(logging.WARNING, logger="dicom_node.route.plan"):
+        assert (ct_series(centred, "R"), ct_series(centred, "L")) == (None, None)
+    # Dropped before ct_input ever reads it: the docs' promised log line was never written.
+    assert (
+        "CT series 1.2.3.900: one hip without laterality, its field centred at x = -4.0 mm "
+        "(too near the table's centre to tell which): not used for the right hip"
+    ) in caplog.text
 
 
 def test_a_localizer_or_a_dose_report_is_no_hips_ct() -> None:
