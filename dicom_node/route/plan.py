@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from dicom_node.clinical import ClinicalContext, ClinicalError, from_dataset
 from dicom_node.config_results import CT_BODY_PARTS, RoutingConfig, RoutingRule
@@ -307,21 +308,46 @@ def plan_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[H
 
 
 def why_none(images: Sequence[SourceImage], routing: RoutingConfig) -> str:
-    """Why :func:`plan_tasks` gave no task, for the skipped job: a rule matched only images
-    the engines never read (For Processing, a Secondary Capture) is worth saying, since the
-    admin would otherwise look for a fault in the rules."""
-    unread = [
-        image for image in images
-        if image.sop_class_uid not in RADIOGRAPH_CLASSES
-        and any(rule_matches(rule, image.attributes) for rule in routing.rules)
-    ]  # fmt: skip
+    """Why :func:`plan_tasks` gave no task, for the skipped job. Each image a rule matched
+    says what held it back (a lateral view, a class the engines never read, a rule's
+    ``requires``): otherwise the admin would look for a fault in the rules' ``when``."""
+    lateral_views = {v.upper() for v in routing.lateral_views}
+    laterals, classes = 0, Counter[str]()
+    required: Counter[tuple[str, str]] = Counter()
+    for image in images:
+        rules = [rule for rule in routing.rules if rule_matches(rule, image.attributes)]
+        if not rules:
+            continue
+        if image.view in lateral_views:
+            laterals += 1
+        elif image.sop_class_uid not in RADIOGRAPH_CLASSES:
+            classes[_class_name(image.sop_class_uid)] += 1
+        else:  # a radiograph a rule matched: its requires held it back
+            for rule in rules:
+                if rule.requires:
+                    required[(rule.name, ", ".join(rule.requires))] += 1
+    held = []
+    if laterals:
+        are = "is a lateral view" if laterals == 1 else "are lateral views"
+        held.append(f"{laterals} matched a rule but {are}, which are only ever an AP's partner")
+    held += [
+        f"{n} matched a rule but {'is' if n == 1 else 'are'} {name}, which the engines never "
+        f"read" + ("; send the For Presentation copy" if name == "DX For Processing" else "")
+        for name, n in sorted(classes.items())
+    ]
+    held += [
+        f"{n} matched rule {name!r}, held back by its requires ({what}: not in the study)"
+        for (name, what), n in sorted(required.items())
+    ]
     reason = "no routing rule selected an image of this study"
-    if unread:
-        reason += (
-            f" ({len(unread)} matched a rule but are of a class the engines never read: "
-            "DX For Processing, Secondary Capture or CT; send the For Presentation copy)"
-        )
-    return reason
+    return reason + (f" ({'; '.join(held)})" if held else "")
+
+
+def _class_name(uid: str) -> str:
+    if uid == DX_FOR_PROCESSING:
+        return "DX For Processing"
+    name = UID(uid).name
+    return name if name != uid else f"SOP class {uid}"
 
 
 def cascade_tasks(

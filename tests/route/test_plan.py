@@ -493,12 +493,28 @@ def test_a_study_of_for_processing_images_only_says_why_it_was_skipped() -> None
     raw = image("2", SOPClassUID=DX_FOR_PROCESSING)
     assert plan_tasks([raw], DEFAULT) == ()
     assert why_none([raw], DEFAULT) == (
-        "no routing rule selected an image of this study (1 matched a rule but are of a "
-        "class the engines never read: DX For Processing, Secondary Capture or CT; send the "
-        "For Presentation copy)"
+        "no routing rule selected an image of this study (1 matched a rule but is DX For "
+        "Processing, which the engines never read; send the For Presentation copy)"
     )
     knee = image("3", BodyPartExamined="KNEE")  # no rule matches: nothing more to say
     assert why_none([knee], DEFAULT) == "no routing rule selected an image of this study"
+
+
+def test_why_none_names_what_held_each_matched_image_back() -> None:
+    # Every case read "no routing rule selected an image", sending the admin to the rules'
+    # `when`; a CT got the advice to send "the For Presentation copy".
+    rule = {"name": "mm", "engine": "hip_multimodal", "when": {"Modality": ["DX", "CT"]},
+            "requires": ["ct"]}  # fmt: skip
+    routing = parse_config({"routing": {"rules": [rule], "cascade": []}}).routing
+    lateral = image("4", ViewPosition="LL", ImageLaterality="L")
+    ct = image("5", Modality="CT", SOPClassUID="1.2.840.10008.5.1.4.1.1.2")
+    assert plan_tasks([image("1"), lateral, ct], routing) == ()
+    assert why_none([image("1"), lateral, ct], routing) == (
+        "no routing rule selected an image of this study (1 matched a rule but is a lateral "
+        "view, which are only ever an AP's partner; 1 matched a rule but is CT Image Storage, "
+        "which the engines never read; 1 matched rule 'mm', held back by its requires (ct: "
+        "not in the study))"
+    )
 
 
 def test_only_a_ct_that_may_show_the_hips_is_a_ct_input() -> None:
