@@ -171,6 +171,15 @@ class Destination:
         return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
 
 
+# What an engine reads as an AP or a lateral: Computed Radiography and Digital X-Ray For
+# Presentation images. Not For Processing (raw detector data, whose For Presentation copy is
+# the one to read), nor a Secondary Capture (another product's picture of an image, often in
+# colour, that may copy its source's Modality and View Position), nor a CT slice.
+RADIOGRAPH_CLASSES = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1")
+# The views the engines analyse: never a lateral.
+AP_VIEWS = ("AP", "PA")
+
+
 def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingConfig:
     d = RoutingConfig()
     known(raw, "routing", set(d.__dataclass_fields__))
@@ -196,6 +205,13 @@ def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingCo
             as_str(v, f"routing.lateral_views[{i}]")
             for i, v in enumerate(as_list(raw["lateral_views"], "routing.lateral_views"))
         )
+        aps = [v for v in lateral if v.strip().upper() in AP_VIEWS]
+        if aps:  # every AP would count as a lateral: every study skipped
+            raise ConfigError(
+                f"routing.lateral_views: {', '.join(AP_VIEWS)} are the views the engines "
+                f"analyse, not laterals, got {show(list(lateral))}"
+            )
+    _never_select(rules, lateral)
     body_parts = d.ct_body_parts
     if "ct_body_parts" in raw:
         body_parts = tuple(
@@ -205,6 +221,32 @@ def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingCo
     return RoutingConfig(
         rules=rules, cascade=cascade, lateral_views=lateral, ct_body_parts=body_parts
     )
+
+
+def _never_select(rules: tuple[RoutingRule, ...], lateral_views: tuple[str, ...]) -> None:
+    """Refuse a rule that can select no image whatever the study: one that names only
+    lateral views (only ever an AP's partner) or only SOP classes the engines never read.
+    check-config passed them, and every study was skipped."""
+    laterals = {v.strip().upper() for v in lateral_views}
+    for i, rule in enumerate(rules):
+        for condition in rule.when:
+            path = f"routing.rules[{i}].when.{condition.attribute}"
+            values = condition.values
+            if not values:
+                continue  # a regular expression: not judged here
+            if condition.attribute == "ViewPosition" and all(
+                v.strip().upper() in laterals for v in values
+            ):
+                raise ConfigError(
+                    f"{path}: only lateral views (routing.lateral_views), which are only ever "
+                    f"an AP's partner: the rule can select no image, got {show(list(values))}"
+                )
+            if condition.attribute == "SOPClassUID" and not set(values) & set(RADIOGRAPH_CLASSES):
+                raise ConfigError(
+                    f"{path}: no class the engines read ({', '.join(RADIOGRAPH_CLASSES)}: CR "
+                    f"and DX For Presentation): the rule can select no image, got "
+                    f"{show(list(values))}"
+                )
 
 
 def _code_string(value: Any, path: str) -> str:

@@ -336,6 +336,45 @@ BAD: list[tuple[dict[str, Any], str]] = [
         {"routing": {"lateral_views": ["LL", ""]}},
         r"^routing\.lateral_views\[1\]: expected a non-empty string, got ''",
     ),
+    # Rules that can select nothing, and an AP counted as a lateral: check-config passed
+    # them, and every study was skipped.
+    (
+        {"routing": {"lateral_views": ["LL", "ap"]}},
+        r"^routing\.lateral_views: AP, PA are the views the engines analyse, not laterals, "
+        r"got \['LL', 'ap'\]",
+    ),
+    (
+        {
+            "routing": {
+                "rules": [
+                    {
+                        "name": "x",
+                        "engine": "hip_screen",
+                        "when": {"ViewPosition": ["LL", "LATERAL"]},
+                    }
+                ]
+            }
+        },
+        r"^routing\.rules\[0\]\.when\.ViewPosition: only lateral views \(routing\.lateral_views\)"
+        r", which are only ever an AP's partner: the rule can select no image, got "
+        r"\['LL', 'LATERAL'\]",
+    ),
+    (
+        {
+            "routing": {
+                "rules": [
+                    {
+                        "name": "x",
+                        "engine": "hip_screen",
+                        "when": {"SOPClassUID": ["1.2.840.10008.5.1.4.1.1.1.1.1"]},
+                    }
+                ]
+            }
+        },
+        r"^routing\.rules\[0\]\.when\.SOPClassUID: no class the engines read "
+        r"\(1\.2\.840\.10008\.5\.1\.4\.1\.1\.1, 1\.2\.840\.10008\.5\.1\.4\.1\.1\.1\.1: CR and DX "
+        r"For Presentation\): the rule can select no image, got \['1\.2\.840\.10008\.5\.1\.4\.1\.1\.1\.1\.1'\]",
+    ),
     (
         {"routing": {"ct_body_parts": ["HIP", 3]}},
         r"^routing\.ct_body_parts\[1\]: expected a Code String \(up to 16 letters, digits, "

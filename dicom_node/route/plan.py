@@ -33,7 +33,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from dicom_node.clinical import ClinicalContext, ClinicalError, from_dataset
-from dicom_node.config_results import CT_BODY_PARTS, RoutingConfig, RoutingRule
+from dicom_node.config_results import (
+    CT_BODY_PARTS,
+    RADIOGRAPH_CLASSES,
+    RoutingConfig,
+    RoutingRule,
+)
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.route.rules import attributes_of, rule_matches
 from engines.catalog import engine_spec
@@ -44,11 +49,6 @@ log = logging.getLogger(__name__)
 SIDES = ("R", "L")
 MIN_CT_SLICES = 2
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
-# What an engine reads as an AP or a lateral: Computed Radiography and Digital X-Ray For
-# Presentation images. Not For Processing (raw detector data, whose For Presentation copy is
-# the one to read), nor a Secondary Capture (another product's picture of an image, often in
-# colour, that may copy its source's Modality and View Position), nor a CT slice.
-RADIOGRAPH_CLASSES = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1")
 # CT Image, Enhanced CT Image and Legacy Converted Enhanced CT Image Storage.
 CT_VOLUME_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"
