@@ -29,6 +29,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -125,9 +126,21 @@ def _x_range(ds: Dataset) -> tuple[float, float] | None:
             for i in (-0.5, columns - 0.5)
             for j in (-0.5, rows - 0.5)
         ]
+        pad = _half_step([float(p[0]) for p in positions])
     except (AttributeError, TypeError, ValueError, IndexError, KeyError):
         return None
-    return (min(xs), max(xs)) if xs else None
+    return (min(xs) - pad, max(xs) + pad) if xs else None
+
+
+def _half_step(xs: Sequence[float]) -> float:
+    """Half the slices' typical step along x: what a volume's bounds add beyond the outer
+    slices' planes (dicom_node.ct_input measures the volume so). 0 for axial slices, which
+    all lie at one x; half the slice spacing for a sagittal series, whose slice planes have
+    no width in x (it was read 2 mm narrower than the volume: a bilateral field near the
+    250 mm threshold was dropped for both hips)."""
+    steps = np.diff(np.sort(np.asarray(xs, dtype=np.float64)))
+    steps = steps[steps > 1e-3]
+    return float(np.median(steps)) / 2 if steps.size else 0.0
 
 
 def _geometry(ds: Dataset) -> tuple[list[Any], Any, Any]:
@@ -212,10 +225,10 @@ def _shown_by_geometry(series: Sequence[SourceImage]) -> str | None:
 
 
 def _field(series: Sequence[SourceImage]) -> tuple[float, float]:
-    """The series' extent along x (patient's right to left), mm."""
-    low = min(i.x_range[0] for i in series if i.x_range is not None)
-    high = max(i.x_range[1] for i in series if i.x_range is not None)
-    return low, high
+    """The series' extent along x (patient's right to left), mm, as its volume's bounds."""
+    ranges = [i.x_range for i in series if i.x_range is not None]
+    pad = _half_step([(low + high) / 2 for low, high in ranges])
+    return min(r[0] for r in ranges) - pad, max(r[1] for r in ranges) + pad
 
 
 def _has(

@@ -687,3 +687,26 @@ def test_only_radiographs_are_read_as_an_ap_or_a_lateral() -> None:
     tasks = plan_tasks([pelvis, capture, lateral_capture, cr, ct], routing)
     pairs = {(t.ap.sop_instance_uid, t.lateral and t.lateral.sop_instance_uid) for t in tasks}
     assert pairs == {("1.2.3.1", None), ("1.2.3.4", None)}
+
+
+def test_a_sagittal_series_measures_as_wide_as_its_volume() -> None:
+    # Each sagittal slice has no width in x: the series read one slice spacing narrower than
+    # its volume, and a 250 mm bilateral field (248 mm so) was dropped for both hips.
+    import numpy as np
+
+    from dicom_node.synthetic import StudyIdentity, make_ct_series
+    from engines.ct_grid import BILATERAL_FIELD_MM
+
+    slices, step = 125, 2.0
+    datasets = make_ct_series(
+        np.zeros((slices, 8, 8)), identity=StudyIdentity.synthetic(2), series_uid="1.2.3.950",
+        spacing_mm=(step, 2.0, 2.0), origin_mm=(slices * step / 2 - step / 2, 0.0, 0.0),
+        orientation=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0), laterality="B",
+    )  # fmt: skip
+    images = []
+    for ds in datasets:
+        if "Laterality" in ds:
+            del ds.Laterality
+        images.append(source_image(ds, Path(f"spool/{ds.SOPInstanceUID}.dcm"), "PACS"))
+    assert slices * step == BILATERAL_FIELD_MM
+    assert (ct_series(images, "R"), ct_series(images, "L")) == ("1.2.3.950", "1.2.3.950")
