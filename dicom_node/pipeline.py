@@ -21,12 +21,15 @@ import math
 import time
 from collections.abc import Callable
 
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
+from pydicom.uid import Comprehensive3DSRStorage
 
 from dicom_node.analyse import MixedPatientsError, StudyAnalysis, analyse_study, read_sources
 from dicom_node.config import Config
 from dicom_node.errors import (
+    UNREADABLE_DICOM,
     DicomNodeError,
     ReportError,
     SpoolError,
@@ -47,6 +50,10 @@ from dicom_node.worker import Worker
 from engines.runtimes import EngineRuntimeError
 
 log = logging.getLogger(__name__)
+
+# What an earlier report's header needs to be superseded (report.sr.supersede).
+_REPORT_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                "InstanceNumber"]  # fmt: skip
 
 _IDLE_POLL = 1.0
 _RETRY_SECONDS = 10.0  # after an engine could not run
@@ -176,7 +183,7 @@ class Pipeline(Worker):
                 self.metrics.jobs.labels("skipped").inc()
                 log.info("study %s: %s (%d instances)", study, reason, len(images))
                 return
-            results = build_results(analysis, self.engines, self.cfg)
+            results = build_results(analysis, self.engines, self.cfg, self._previous_reports(study))
             clock = self._stage("report", clock)
             kinds = [(results.sr, "sr")] + [(ds, "sc") for ds in results.overlays]
             objects = [self._write(study, ds, kind) for ds, kind in kinds]
@@ -252,6 +259,22 @@ class Pipeline(Worker):
         self._engine_failures.pop(job.id, None)
         self._retry_at.pop(job.id, None)
         log.error("study %s failed (%s): %s", job.study_uid, reason, error)
+
+    def _previous_reports(self, study: str) -> list[Dataset]:
+        """The headers of the SRs earlier jobs of this study wrote (in its outputs folder
+        until the study is purged: a study received again after that is a new episode)."""
+        folder = self.spool.path(f"outputs/{study}")
+        previous: list[Dataset] = []
+        for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else ():
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_REPORT_TAGS)
+            except UNREADABLE_DICOM as exc:  # one unreadable file must not fail the study
+                log.warning("study %s: earlier result %s not read (%s)", study, path.name,
+                            describe(exc))  # fmt: skip
+                continue
+            if str(ds.get("SOPClassUID", "")) == Comprehensive3DSRStorage:
+                previous.append(ds)
+        return previous
 
     def _write(self, study: str, ds: Dataset, kind: str) -> ResultObject:
         relative = f"outputs/{study}/{ds.SOPInstanceUID}.dcm"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from dicom_node.infer import EngineSet
 from dicom_node.report import build_overlay_sc, build_sr, sc_identity, sr_identity
 from dicom_node.report.codes import HEATMAP_METHODS
 from dicom_node.report.sc import OverlayHip, overlay_series
-from dicom_node.report.sr import reported_findings
+from dicom_node.report.sr import reported_findings, supersede
 from dicom_node.report.uids import SC_CONTENT, SR_CONTENT, with_content_uid
 from dicom_node.triage import probability_text, shown_probability
 from engines.manifest import Manifest
@@ -59,7 +60,11 @@ def _overlay_hip(hip: HipOutcome, policy: str) -> OverlayHip | None:
     )
 
 
-def build_results(analysis: StudyAnalysis, engines: EngineSet, cfg: Config) -> ResultSet:
+def build_results(
+    analysis: StudyAnalysis, engines: EngineSet, cfg: Config, previous: Sequence[Dataset] = ()
+) -> ResultSet:
+    """The study's SR and overlays; ``previous`` are the headers of the SRs earlier jobs of
+    the study wrote, which a new SR supersedes (:func:`~dicom_node.report.sr.supersede`)."""
     manifests = {name: engines.manifest(name) for name in engines.names}
     backends = {name: engines.backend(name) for name in engines.names}
     images = {i.source.sop_instance_uid: i for i in analysis.cache.images()}
@@ -77,7 +82,7 @@ def build_results(analysis: StudyAnalysis, engines: EngineSet, cfg: Config) -> R
         analysis.decisions, manifests, backends, headers, analysis.priority, identity,
         cfg.results.institution_name, analysis.not_analysed,
     )  # fmt: skip
-    with_content_uid(sr, "sr", SR_CONTENT)
+    supersede(with_content_uid(sr, "sr", SR_CONTENT), previous)
     overlays: list[Dataset] = []
     if cfg.results.heatmaps != "none":
         groups: dict[tuple[str, str], list[OverlayHip]] = {}

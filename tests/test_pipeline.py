@@ -342,6 +342,46 @@ def test_a_job_superseded_by_a_late_instance_is_skipped_and_the_later_job_runs(
     assert node.state.job(second.id).state == "done"
 
 
+def test_a_rerun_reports_as_the_newer_version_of_the_studys_report(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    # A study reopened by a late image got a second SR numbered 1 beside the first, with
+    # nothing saying which one replaces which.
+    node = pending_study(results_node(), tmp_path, 509)
+    assert node.state is not None and node.spool is not None
+    engines = EngineSet(node.config.engines, engines_needed(node.config))
+    try:
+        pipeline = Pipeline(node.config, node.state, node.spool, engines)
+        assert pipeline.run_pending() == 1
+
+        def reports() -> list[pydicom.Dataset]:
+            assert node.spool is not None
+            paths = (node.spool.root / "outputs").rglob("*.dcm")
+            return [d for d in map(pydicom.dcmread, paths) if d.Modality == "SR"]
+
+        [first] = reports()
+        assert first.InstanceNumber == 1 and "PredecessorDocumentsSequence" not in first
+        late = pydicom.dcmread(next((tmp_path / "s").rglob("*.dcm")))
+        late.SOPInstanceUID = f"2.25.{uuid.uuid4().int}"  # a second AP: another result
+        write(late, tmp_path / "late.dcm")
+        assert send_files(node.port, [tmp_path / "late.dcm"]) == [0]  # reopens the study
+        wait_for(lambda: node.state.jobs("pending") or None, 30, "the rerun's job")  # type: ignore[union-attr]
+        assert pipeline.run_pending() == 1
+    finally:
+        engines.close()
+    [second] = [r for r in reports() if r.SOPInstanceUID != first.SOPInstanceUID]
+    assert second.InstanceNumber == 2
+    [study] = second.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == first.StudyInstanceUID
+    [series] = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == first.SeriesInstanceUID
+    [item] = series.ReferencedSOPSequence
+    assert (item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID) == (
+        first.SOPClassUID,
+        first.SOPInstanceUID,
+    )
+
+
 class HeldEngines(EngineSet):
     """The real engines, except that inference waits until released, then finds them closed
     (as a stop that ran out of time closes them under the job)."""

@@ -311,3 +311,46 @@ def build_sr(
         )
     fit_charset(sr)
     return sr
+
+
+def supersede(sr: Dataset, previous: Sequence[Dataset]) -> Dataset:
+    """``sr`` as the newer version of the study's earlier reports ``previous`` (their
+    headers: the node's SRs of the same study, written by earlier jobs): each is referenced
+    in the Predecessor Documents Sequence (PS3.3 C.17.2: "shall also refer to SR SOP
+    Instances that are replaced by this document"), and the Instance Number follows them,
+    so a viewer tells the latest from the one it replaces (both were numbered 1). A
+    previous report with ``sr``'s own UID is the same report rebuilt: not its predecessor.
+    """
+    replaced = sorted(
+        (p for p in previous if str(p.SOPInstanceUID) != str(sr.SOPInstanceUID)),
+        key=lambda p: (int(p.get("InstanceNumber") or 0), str(p.SOPInstanceUID)),
+    )
+    for p in replaced:
+        if str(p.StudyInstanceUID) != str(sr.StudyInstanceUID):
+            raise ReportError(
+                f"previous report {p.SOPInstanceUID} is of study {p.StudyInstanceUID}, not "
+                f"{sr.StudyInstanceUID}"
+            )
+    sr.InstanceNumber = len(replaced) + 1
+    if "PredecessorDocumentsSequence" in sr:
+        del sr.PredecessorDocumentsSequence
+    if not replaced:
+        return sr
+    by_series: dict[str, list[Dataset]] = {}
+    for p in replaced:
+        by_series.setdefault(str(p.SeriesInstanceUID), []).append(p)
+    study = Dataset()
+    study.StudyInstanceUID = sr.StudyInstanceUID
+    study.ReferencedSeriesSequence = []
+    for uid, reports in by_series.items():
+        series = Dataset()
+        series.SeriesInstanceUID = uid
+        series.ReferencedSOPSequence = []
+        for p in reports:
+            item = Dataset()
+            item.ReferencedSOPClassUID = p.SOPClassUID
+            item.ReferencedSOPInstanceUID = p.SOPInstanceUID
+            series.ReferencedSOPSequence.append(item)
+        study.ReferencedSeriesSequence.append(series)
+    sr.PredecessorDocumentsSequence = [study]
+    return sr

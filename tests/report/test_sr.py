@@ -28,6 +28,7 @@ from dicom_node.report.sr import (
     build_sr,
     description,
     reported_findings,
+    supersede,
 )
 from dicom_node.report.uids import ResultIdentity, device_uid, series_uid, sr_identity
 from dicom_node.triage import decide, study_priority
@@ -750,3 +751,27 @@ def test_the_nodes_own_text_gets_a_character_set_that_can_write_it(
     if clinical_use is not None and shutil.which("dsrdump") is not None:
         result = run_tool(["dsrdump", "+Pt", str(path)], env=dict(os.environ))
         assert result.returncode == 0, result.stderr
+
+
+def test_a_report_supersedes_the_studys_earlier_ones(study: Study, tmp_path: Path) -> None:
+    earlier = make_sr(study, screen_case(study))
+    again = make_sr(study, screen_case(study))  # the same report rebuilt: not its own
+    assert supersede(again, [earlier]).InstanceNumber == 1
+    assert "PredecessorDocumentsSequence" not in again
+    newer = make_sr(study, hipnet_case(study))
+    second = copy.deepcopy(earlier)
+    second.SOPInstanceUID, second.InstanceNumber = "1.2.826.0.1.3680043.8.498.5", 2
+    supersede(newer, [second, earlier])
+    assert newer.InstanceNumber == 3
+    [item] = newer.PredecessorDocumentsSequence
+    assert item.StudyInstanceUID == earlier.StudyInstanceUID
+    [series] = item.ReferencedSeriesSequence
+    assert [r.ReferencedSOPInstanceUID for r in series.ReferencedSOPSequence] == [
+        earlier.SOPInstanceUID,  # by Instance Number
+        "1.2.826.0.1.3680043.8.498.5",
+    ]
+    assert dciodvfy_findings(saved(newer, tmp_path / "sr.dcm")) == []
+    other = copy.deepcopy(earlier)
+    other.SOPInstanceUID, other.StudyInstanceUID = "1.2.3.4", "1.2.3"
+    with pytest.raises(ReportError, match=r"previous report 1\.2\.3\.4 is of study 1\.2\.3, not "):
+        supersede(newer, [other])
