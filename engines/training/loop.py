@@ -76,9 +76,9 @@ class TrainOptions:
                 f"attention_weight: expected a number >= 0, got {self.attention_weight}"
             )
         if self.max_seconds is not None and not (
-            math.isfinite(self.max_seconds) and self.max_seconds > 0
-        ):
-            raise TrainingError(f"max_seconds: expected a number > 0, got {self.max_seconds}")
+            math.isfinite(self.max_seconds) and self.max_seconds >= 0
+        ):  # 0: one step (the budget is checked after each)
+            raise TrainingError(f"max_seconds: expected a number >= 0, got {self.max_seconds}")
         if self.batch_norm_items < 0:
             raise TrainingError(f"batch_norm_items: expected >= 0, got {self.batch_norm_items}")
         check_focal_parameters(self.beta, self.gamma)

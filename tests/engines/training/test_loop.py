@@ -103,7 +103,7 @@ def test_bad_options_and_data(tmp_path: Path) -> None:
             "attention_weight: expected a number >= 0, got nan",
         ),
         (TrainOptions(weight_decay=-1e-4), "weight_decay: expected a number >= 0, got -0.0001"),
-        (TrainOptions(max_seconds=math.inf), "max_seconds: expected a number > 0, got inf"),
+        (TrainOptions(max_seconds=math.inf), "max_seconds: expected a number >= 0, got inf"),
         (TrainOptions(batch_norm_items=-1), "batch_norm_items: expected >= 0, got -1"),
     ]:
         with pytest.raises(TrainingError, match=message):
