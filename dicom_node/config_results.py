@@ -333,6 +333,9 @@ def _engine(value: Any, path: str, engines: tuple[str, ...]) -> str:
     return name
 
 
+NORMAL_CODE = "17621005"  # SNOMED CT "Normal": the class that is not a finding
+
+
 def parse_triage(raw: Mapping[str, Any], engines: tuple[str, ...]) -> TriageConfig:
     known(raw, "triage", {"thresholds", "urgent"})
     thresholds: dict[str, dict[str, float]] = {}
@@ -361,6 +364,13 @@ def parse_triage(raw: Mapping[str, Any], engines: tuple[str, ...]) -> TriageConf
             _class(engine, as_str(c, f"{where}[{i}]"), where)
             for i, c in enumerate(as_list(classes, where))
         )
+        for name in urgent[engine]:
+            finding = engine_spec(engine).finding(name)
+            if finding.normal or finding.code == NORMAL_CODE:  # as triage.decide reads it
+                raise ConfigError(
+                    f"{where}: {name!r} is {engine}'s normal class, which is never a finding "
+                    "(a normal hip is never urgent), got it listed"
+                )
     return TriageConfig(thresholds=thresholds, urgent=urgent)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
-from dicom_node.config_results import TriageConfig
+from dicom_node.config_results import NORMAL_CODE, TriageConfig
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.models import HipFinding, Prediction, TriageDecision
 from engines.manifest import Manifest
@@ -23,7 +23,6 @@ class TriageError(DicomNodeError, ValueError):
 
 
 PRIORITIES = ("NONE", "FLAG", "URGENT")  # in rising order
-NORMAL_CODE = "17621005"  # SNOMED CT "Normal": the class that is not a finding
 
 
 def check_overrides(cfg: TriageConfig, manifest: Manifest) -> None:

@@ -388,6 +388,11 @@ BAD: list[tuple[dict[str, Any], str]] = [
         {"routing": {"ct_body_parts": "HIP"}},
         r"^routing\.ct_body_parts: expected a list, got 'HIP'",
     ),
+    (
+        {"triage": {"urgent": {"hip_screen": ["femoral_neck_fracture", "normal"]}}},
+        r"^triage\.urgent\.hip_screen: 'normal' is hip_screen's normal class, which is never a "
+        r"finding \(a normal hip is never urgent\), got it listed",
+    ),
     # --- triage ----------------------------------------------------------------
     ({"triage": "on"}, r"^triage: expected a mapping, got 'on'"),
     (
