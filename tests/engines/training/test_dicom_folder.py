@@ -9,7 +9,7 @@ import torch
 
 from dicom_node.preprocess import hip_input, load_image
 from dicom_node.route.plan import source_image
-from engines.catalog import engine_spec
+from engines.catalog import EngineSpec, engine_spec
 from engines.manifest import Preprocessing
 from engines.phantoms import screen_hip
 from engines.phantoms.studies import write_study
@@ -96,12 +96,26 @@ def test_bad_rows_name_the_line(tmp_path: Path) -> None:
         load_labelled_folder(spec, tmp_path / "absent.csv", 64)
 
 
-def test_columns_outside_the_engines_are_refused(tmp_path: Path) -> None:
+def _right_tha_with_its_lateral(tmp_path: Path) -> tuple[Path, Path]:
+    """An AP pelvis (THA on the right, dislocated) and its right lateral, relative paths."""
     study = write_study(
         tmp_path / "s", 3, "total_hip_arthroplasty", "normal", failure={"R": "dislocation"},
         size=64,
     )  # fmt: skip
     pelvis, lateral = (f.relative_to(tmp_path) for f in study.files)
+    return pelvis, lateral
+
+
+def _each_refused(tmp_path: Path, cases: list[tuple[EngineSpec, str, str, str]]) -> None:
+    """Each (engine, CSV header, one row, message) is refused with its message."""
+    for spec, header, row, message in cases:
+        csv = _write_csv(tmp_path / "labels.csv", header, [row])
+        with pytest.raises(DataError, match=message):
+            load_labelled_folder(spec, csv, 64)
+
+
+def test_columns_outside_the_engines_are_refused(tmp_path: Path) -> None:
+    pelvis, lateral = _right_tha_with_its_lateral(tmp_path)
     hipnet, screen = engine_spec("hipnet"), engine_spec("hip_screen")
     cases = [
         # A misspelt lateral column was ignored: every hip trained without its lateral.
@@ -116,20 +130,13 @@ def test_columns_outside_the_engines_are_refused(tmp_path: Path) -> None:
         (screen, "file,label,side,notes", f"{pelvis},normal,R,ok",
          r"unknown column\(s\) \['notes'\]"),
     ]  # fmt: skip
-    for spec, header, row, message in cases:
-        csv = _write_csv(tmp_path / "labels.csv", header, [row])
-        with pytest.raises(DataError, match=message):
-            load_labelled_folder(spec, csv, 64)
+    _each_refused(tmp_path, cases)
 
 
 def test_an_image_whose_view_contradicts_its_column_is_refused(tmp_path: Path) -> None:
     # Serving routes by View Position: a lateral is never an engine's AP input, nor an AP
     # its lateral; trained so, the engine learns from inputs it will never be given.
-    study = write_study(
-        tmp_path / "s", 3, "total_hip_arthroplasty", "normal", failure={"R": "dislocation"},
-        size=64,
-    )  # fmt: skip
-    pelvis, lateral = (f.relative_to(tmp_path) for f in study.files)
+    pelvis, lateral = _right_tha_with_its_lateral(tmp_path)
     hipnet, screen = engine_spec("hipnet"), engine_spec("hip_screen")
     cases = [
         (screen, "file,label,side", f"{lateral},normal,R",
@@ -141,10 +148,7 @@ def test_an_image_whose_view_contradicts_its_column_is_refused(tmp_path: Path) -
          r"labels.csv:2: lateral_file: pelvis_ap.dcm is not a lateral view \(View Position AP; "
          r"serving takes LATERAL, LL, RL, LLO, RLO\)"),
     ]  # fmt: skip
-    for spec, header, row, message in cases:
-        csv = _write_csv(tmp_path / "labels.csv", header, [row])
-        with pytest.raises(DataError, match=message):
-            load_labelled_folder(spec, csv, 64)
+    _each_refused(tmp_path, cases)
     # Without a View Position the column says what the image is.
     ds = pydicom.dcmread(tmp_path / lateral)
     del ds.ViewPosition
