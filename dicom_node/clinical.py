@@ -74,7 +74,14 @@ STANDARDISATION: Mapping[str, tuple[float, float]] = MappingProxyType(
     }
 )
 # Plausible ranges (inclusive); a value outside is missing and reported in `invalid`.
-AGE_RANGE = (0.0, 130.0)  # years
+# Ages over 120 are placeholders, not patients: 19000101 as a birth date (a registration
+# system's "unknown") gave 124 years, which the osteoporosis engine read as certain disease.
+AGE_RANGE = (0.0, 120.0)  # years
+# Birth dates registration systems write when the patient's is unknown: an age from them is
+# no age (some give under 120 years, so the range alone does not catch them).
+PLACEHOLDER_BIRTH_DATES = frozenset(
+    dt.date(*d) for d in ((1900, 1, 1), (1899, 12, 31), (1901, 1, 1), (1800, 1, 1))
+)
 HEIGHT_RANGE = (0.5, 2.5)  # metres
 WEIGHT_RANGE = (2.0, 400.0)  # kilograms
 BMI_RANGE = (10.0, 80.0)  # kg/m^2
@@ -487,6 +494,9 @@ def _age(ds: Dataset, invalid: list[str]) -> float | None:
             unknown = match.group(2) == "Y"
             zero = None if unknown else years
     birth = _date(ds, "PatientBirthDate")
+    if birth in PLACEHOLDER_BIRTH_DATES:
+        invalid.append("age")
+        return zero
     study = next((d for d in (_date(ds, k) for k in _STUDY_DATES) if d is not None), None)
     if birth is not None and study is not None:
         # A negative age (birth after the study) is caught by the plausibility check.

@@ -191,6 +191,7 @@ def test_text_errors() -> None:
         ("052W", 52 * 7 / 365.25),
         ("010D", 10 / 365.25),
         ("100Y", 100.0),
+        ("120Y", 120.0),
         ("000D", 0.0),
     ],
 )
@@ -257,8 +258,14 @@ def test_age_with_datetime_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
         # "000Y" without the dates: an unknown age, not a patient of age 0.
         ({"PatientAge": b"000Y"}, ()),
         ({"PatientAge": b"000Y", "PatientBirthDate": b"19600315"}, ()),
+        # Placeholders, not ages: read as 124 years, certain osteoporosis.
+        ({"PatientBirthDate": b"19000101", "StudyDate": b"20240601"}, ("age",)),
+        ({"PatientBirthDate": b"18991231", "StudyDate": b"20240601"}, ("age",)),
+        ({"PatientAge": b"124Y"}, ("age",)),
+        ({"PatientAge": b"000Y", "PatientBirthDate": b"19010101", "StudyDate": b"20200101"},
+         ("age",)),
     ],
-)
+)  # fmt: skip
 def test_age_missing(elements: dict[str, bytes], invalid: tuple[str, ...]) -> None:
     ds = Dataset()
     for keyword, value in elements.items():
@@ -337,7 +344,7 @@ def test_boundary_values_are_plausible() -> None:
     low = ClinicalVariables.from_values(age_years=0.0, height_m=0.5, weight_kg=2.5)
     assert (low.age_years, low.height_m, low.weight_kg) == (0.0, 0.5, 2.5)
     assert low.bmi == pytest.approx(10.0) and low.invalid == ()
-    high = ClinicalVariables.from_values(age_years=130.0, height_m=2.5, weight_kg=400.0)
+    high = ClinicalVariables.from_values(age_years=120.0, height_m=2.5, weight_kg=400.0)
     assert high.bmi == pytest.approx(64.0) and high.invalid == ()
 
 
