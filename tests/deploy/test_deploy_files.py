@@ -819,6 +819,16 @@ def test_helm_lint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _millicores(value: str | int) -> int:
+    text = str(value)
+    return int(text[:-1]) if text.endswith("m") else int(float(text) * 1000)
+
+
+def _bytes(value: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    return int(value[:-2]) * units[value[-2:]] if value[-2:] in units else int(value)
+
+
 def test_helm_chart_default_manifests() -> None:
     chart = _load_yaml(CHART / "Chart.yaml")
     assert chart["apiVersion"] == "v2" and chart["name"] == "dicom-node"
@@ -827,7 +837,11 @@ def test_helm_chart_default_manifests() -> None:
     (configmap,) = kinds["ConfigMap"]
     (statefulset,) = kinds["StatefulSet"]
     services = {s["metadata"]["name"]: s for s in kinds["Service"]}
-    assert set(services) == {"test-dicom-node", "test-dicom-node-headless"}
+    assert set(services) == {
+        "test-dicom-node",
+        "test-dicom-node-metrics",
+        "test-dicom-node-headless",
+    }
 
     # The ConfigMap's config.yaml is a valid node configuration.
     config: Config = parse_config(yaml.safe_load(configmap["data"]["config.yaml"]))
@@ -879,11 +893,23 @@ def test_helm_chart_default_manifests() -> None:
 
     service = services["test-dicom-node"]
     assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
-        "dicom": 11112,
-        "metrics": 9108,
-    }
-    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"dicom", "metrics"}
+    # The DICOM Service only: a LoadBalancer must not publish /metrics and /readyz.
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"dicom": 11112}
+    metrics = services["test-dicom-node-metrics"]
+    assert metrics["spec"]["type"] == "ClusterIP"
+    assert metrics["spec"]["selector"] == spec["selector"]["matchLabels"]
+    assert [(p["port"], p["targetPort"]) for p in metrics["spec"]["ports"]] == [(9108, "metrics")]
+    published = _by_kind(_render_chart({"service.type": "LoadBalancer"}))["Service"]
+    types = {s["metadata"]["name"]: s["spec"].get("type") for s in published}
+    assert types["test-dicom-node"] == "LoadBalancer"
+    assert types["test-dicom-node-metrics"] == "ClusterIP"
+    # Sized for a 2-core node (a request of 2 CPUs never schedules there), and the instances
+    # pynetdicom may hold at once fit the memory limit beside the engines (~2.5 GiB).
+    resources = container["resources"]
+    assert _millicores(resources["requests"]["cpu"]) < 2000
+    limit = _bytes(resources["limits"]["memory"])
+    in_flight = config.node.max_associations * config.node.max_instance_bytes
+    assert in_flight + int(2.5 * 2**30) <= limit
 
 
 def test_helm_chart_with_service_monitor_triton_and_a_storage_class() -> None:
@@ -900,7 +926,7 @@ def test_helm_chart_with_service_monitor_triton_and_a_storage_class() -> None:
     (monitor,) = kinds["ServiceMonitor"]
     selector = monitor["spec"]["selector"]["matchLabels"]
     scraped = [s for s in kinds["Service"] if selector.items() <= s["metadata"]["labels"].items()]
-    assert [s["metadata"]["name"] for s in scraped] == ["test-dicom-node"]
+    assert [s["metadata"]["name"] for s in scraped] == ["test-dicom-node-metrics"]
     # The job label comes from this Service label: the alert rules select job="dicom-node".
     assert scraped[0]["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "dicom-node"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
