@@ -73,6 +73,14 @@ STANDARDISATION: Mapping[str, tuple[float, float]] = MappingProxyType(
         "bmi": (26.5, 5.0),  # kg/m^2
     }
 )
+# What a value in `invalid` was not, as a report says it (the value itself is never shown).
+INVALID_WORDS = {
+    "age": "a usable age (malformed, over 120 years, or from a placeholder birth date)",
+    "sex": "M, F or O",
+    "height": "a height in metres from 0.5 to 2.5 (centimetres or inches?)",
+    "weight": "a weight in kilograms from 2 to 400",
+    "bmi": "a plausible BMI from the height and weight (10 to 80)",
+}
 # Plausible ranges (inclusive); a value outside is missing and reported in `invalid`.
 # Ages over 120 are placeholders, not patients: 19000101 as a birth date (a registration
 # system's "unknown") gave 124 years, which the osteoporosis engine read as certain disease.

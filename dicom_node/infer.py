@@ -25,7 +25,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from dicom_node.clinical import VECTOR_FIELDS, ClinicalContext, ClinicalVariables
+from dicom_node.clinical import (
+    INVALID_WORDS,
+    VECTOR_FIELDS,
+    ClinicalContext,
+    ClinicalVariables,
+)
 from dicom_node.config import EnginesConfig
 from dicom_node.errors import DicomNodeError
 from dicom_node.models import HipTask, Prediction
@@ -275,8 +280,22 @@ class EngineSet:
                     k: variables is not None and not variables.is_missing(k)
                     for k in CLINICAL_INPUTS
                 }
+                # A value the header gave but the node could not use (height 162: cm, not
+                # m) looked in the SR exactly like one never sent.
+                invalid = () if variables is None else variables.invalid
+                notes[n] = tuple(
+                    f"not used: {name} (in the header, but not {INVALID_WORDS[name]}; read "
+                    "as missing)"
+                    for name in invalid
+                )
+                if invalid:
+                    log.warning(
+                        "engine %s: %s hip of %s: %s in the header but not usable; read as "
+                        "missing", m.name, items[n].task.side,
+                        items[n].ap.image.source.sop_instance_uid, ", ".join(invalid),
+                    )  # fmt: skip
                 if unseen:
-                    notes[n] = (
+                    notes[n] += (
                         f"not used: {', '.join(unseen)} (a value no training case of this "
                         "engine had; read as missing)",
                     )

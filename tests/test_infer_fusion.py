@@ -132,6 +132,28 @@ def test_a_category_no_training_case_had_is_read_as_missing(
     assert "O" not in record.message.split("missing")[0].split("hip of")[0]
 
 
+def test_a_value_in_the_header_that_is_not_usable_is_named_in_the_notes(
+    engines: EngineSet, pelvis: PreparedImage, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Patient's Size 162 (centimetres) was read as missing: the SR said Body height Absent,
+    # as if it had never been sent, and the site never learnt its modality writes cm.
+    female = item(engines, "osteoporosis", pelvis, "R", ct=False, text=False)
+    assert female.clinical is not None
+    variables = female.clinical.variables
+    centimetres = replace(variables, height_m=None, bmi=None, invalid=("height",))
+    hip = replace(female, clinical=replace(female.clinical, variables=centimetres))
+    with caplog.at_level(logging.WARNING, logger="dicom_node.infer"):
+        (prediction,) = engines.predict("osteoporosis", [hip])
+    assert prediction.inputs["height"] is False
+    assert prediction.notes == (
+        "not used: height (in the header, but not a height in metres from 0.5 to 2.5 "
+        "(centimetres or inches?); read as missing)",
+    )
+    (record,) = caplog.records
+    assert record.message.endswith("R hip of " + hip.ap.image.source.sop_instance_uid
+                                   + ": height in the header but not usable; read as missing")  # fmt: skip
+
+
 def test_a_manifest_without_the_unseen_record_is_served_with_a_warning(
     fusion_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
