@@ -265,6 +265,16 @@ class EngineSet:
         has_text = [False] * len(items)
         if "text" in names:
             batch["text"], has_text = EngineSet._embeddings(engine, items)
+            for n, (i, used) in enumerate(zip(items, has_text, strict=True)):
+                if not used and i.clinical is not None and i.clinical.text.request.text:
+                    notes[n] += (
+                        "not used: clinical text (no word the engine's English text encoder "
+                        "reads: a placeholder such as '-' or 'N/A', or another script; read "
+                        "as missing)",
+                    )
+                    log.warning("engine %s: %s hip of %s: clinical text has no word the "
+                                "text encoder reads; read as missing", m.name, i.task.side,
+                                i.ap.image.source.sop_instance_uid)  # fmt: skip
         if "present" in names:
             flags = [(True, i.ct is not None, t) for i, t in zip(items, has_text, strict=True)]
             batch["present"] = np.array(flags, dtype=np.float32)
@@ -323,7 +333,9 @@ class EngineSet:
         engine: _Engine, items: Sequence[HipBatchItem]
     ) -> tuple[npt.NDArray[np.float32], list[bool]]:
         texts = ["" if i.clinical is None else i.clinical.text.request.text for i in items]
-        has_text = [bool(t) for t in texts]
+        has_text = [
+            bool(t) and (engine.text is None or engine.text.tokenizer.readable(t)) for t in texts
+        ]
         out = np.zeros((len(items), EMBEDDING_DIM), dtype=np.float32)
         if any(has_text) and engine.text is not None:
             rows = [n for n, t in enumerate(has_text) if t]

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 import yaml
 
-from dicom_node.clinical import from_dataset
+from dicom_node.clinical import ClinicalText, TextPart, from_dataset
 from dicom_node.config import EnginesConfig
 from dicom_node.infer import MODALITY_ORDER, EngineSet, EngineUnavailableError, HipBatchItem
 from dicom_node.models import HipTask
@@ -101,6 +101,27 @@ def test_osteoporosis_reads_the_clinical_variables_and_has_no_heat_map(
     assert known.inputs == {"age": True, "sex": True, "height": True, "weight": True}
     assert unknown.inputs == {"age": False, "sex": False, "height": False, "weight": False}
     assert known.probabilities != unknown.probabilities
+
+
+@pytest.mark.parametrize("placeholder", ["-", "N/A", "股関節痛 転倒 大腿骨頸部骨折疑い"])
+def test_text_without_a_readable_word_is_missing(
+    engines: EngineSet, pelvis: PreparedImage, placeholder: str
+) -> None:
+    # "-" or Japanese (almost all [UNK]) counted as text: the engine's text branch took 85 %
+    # of the attention and flipped its finding, and the SR said the text was present.
+    told = item(engines, "hip_multimodal", pelvis, "R", ct=True, text=True)
+    assert told.clinical is not None
+    text = ClinicalText((TextPart("ReasonForStudy", placeholder),))
+    said = replace(told, clinical=replace(told.clinical, text=text))
+    silent = item(engines, "hip_multimodal", pelvis, "R", ct=True, text=False)
+    nothing, missing = engines.predict("hip_multimodal", [said, silent])
+    assert nothing.inputs["text"] is False
+    assert nothing.probabilities == pytest.approx(missing.probabilities, abs=1e-6)
+    assert nothing.notes == (
+        "not used: clinical text (no word the engine's English text encoder reads: a "
+        "placeholder such as '-' or 'N/A', or another script; read as missing)",
+    )
+    assert missing.notes == ()
 
 
 def test_a_category_no_training_case_had_is_read_as_missing(

@@ -362,3 +362,20 @@ def test_export_refuses_a_module_that_is_not_a_pooled_text_model(
     ):
         export_text_encoder_onnx(tmp_path, encoder)
     assert not (tmp_path / "text_encoder.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "readable"),
+    [
+        ("right hip pain after a fall", True),
+        ("pain", True),
+        ("R/O fx", True),  # "fx": an abbreviation is a word
+        ("-", False),  # what a RIS sends for "no reason given"
+        (".", False),
+        ("N/A", False),  # n / a: single letters
+        ("?", False),
+        ("股関節痛 転倒 大腿骨頸部骨折疑い", False),  # 12 of 15 pieces [UNK]
+    ],
+)
+def test_readable_text_holds_a_word_the_tokenizer_knows(text: str, readable: bool) -> None:
+    assert TextTokenizer().readable(text) is readable
