@@ -75,7 +75,8 @@ STANDARDISATION: Mapping[str, tuple[float, float]] = MappingProxyType(
 )
 # What a value in `invalid` was not, as a report says it (the value itself is never shown).
 INVALID_WORDS = {
-    "age": "a usable age (malformed, over 120 years, or from a placeholder birth date)",
+    "age": "a usable age (malformed, over 120 years, from a placeholder birth date, or "
+    "not what the birth and study dates give)",
     "sex": "M, F or O",
     "height": "a height in metres from 0.5 to 2.5 (centimetres or inches?)",
     "weight": "a weight in kilograms from 2 to 400",
@@ -493,22 +494,32 @@ def _age(ds: Dataset, invalid: list[str]) -> float | None:
     stated = _raw(ds, "PatientAge")
     zero = None  # "000D", "000W", "000M": a newborn's age
     unknown = False  # "000Y": what many modalities write when they do not know the age
+    birth = _date(ds, "PatientBirthDate")
+    study = next((d for d in (_date(ds, k) for k in _STUDY_DATES) if d is not None), None)
+    dated = None
+    if birth is not None and study is not None and birth not in PLACEHOLDER_BIRTH_DATES:
+        dated = (study - birth).days / _DAYS_PER_YEAR
     if stated is not None:
         match = _AGE.fullmatch(stated.upper())
         if match is not None:
-            years = int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)]
+            unit = _AGE_UNIT_YEARS[match.group(2)]
+            years = int(match.group(1)) * unit
             if years > 0:
+                # Patient's Age and the dates that disagree (045Y for a patient the dates
+                # make 62; 062M written for 062Y): one of them is wrong, and the engines
+                # would read either silently; the age is missing, and the report says so.
+                if dated is not None and abs(years - dated) > 1.0 + unit:
+                    invalid.append("age")
+                    return None
                 return years
             unknown = match.group(2) == "Y"
             zero = None if unknown else years
-    birth = _date(ds, "PatientBirthDate")
     if birth in PLACEHOLDER_BIRTH_DATES:
         invalid.append("age")
         return zero
-    study = next((d for d in (_date(ds, k) for k in _STUDY_DATES) if d is not None), None)
-    if birth is not None and study is not None:
+    if dated is not None:
         # A negative age (birth after the study) is caught by the plausibility check.
-        return (study - birth).days / _DAYS_PER_YEAR
+        return dated
     if zero is not None or unknown:
         # A newborn's age stands; an unknown one is missing, not a patient of age 0 (an
         # engine trained on adults would read it far outside anything it has seen).

@@ -219,19 +219,28 @@ def test_age_from_birth_and_study_dates() -> None:
     assert variables_from_dataset(ds).age_years == pytest.approx(62.0, abs=0.01)
 
 
-def test_patient_age_wins_over_dates_and_dates_back_it_up() -> None:
+def test_patient_age_stands_where_the_dates_agree_and_dates_back_it_up() -> None:
     ds = Dataset()
+    ds.PatientAge = "060Y"
+    ds.PatientBirthDate = "19600915"
+    ds.StudyDate = "20200315"  # 59.5 years by the dates: an age in whole years agrees
+    assert variables_from_dataset(ds).age_years == 60.0
+    # Disagreeing, one of them is wrong (was: the stated 70 read silently): no age.
     ds.PatientAge = "070Y"
-    ds.PatientBirthDate = "19600315"
-    ds.StudyDate = "20200315"
-    assert variables_from_dataset(ds).age_years == 70.0
+    variables = variables_from_dataset(ds)
+    assert variables.age_years is None and variables.invalid == ("age",)
+    ds.PatientAge = "714M"  # 59.5 years in months: agrees
+    assert variables_from_dataset(ds).age_years == pytest.approx(59.5)
+    ds.PatientAge = "060M"  # months written for years
+    assert variables_from_dataset(ds).invalid == ("age",)
+    ds.PatientAge = "070Y"
     raw(ds, "PatientAge", "AS", b"70  ")  # no unit: not an AS value, the dates are used
     variables = variables_from_dataset(ds)
-    assert variables.age_years == pytest.approx(60.0)
+    assert variables.age_years == pytest.approx(59.5, abs=0.01)
     assert variables.invalid == ()
     # "000Y" is what many modalities write for an unknown age: the dates say more.
     ds.PatientAge = "000Y"
-    assert variables_from_dataset(ds).age_years == pytest.approx(60.0)
+    assert variables_from_dataset(ds).age_years == pytest.approx(59.5, abs=0.01)
 
 
 def test_age_with_datetime_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
