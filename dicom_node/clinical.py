@@ -283,6 +283,18 @@ class ClinicalVariables:
         }
         return tuple(name for name in VARIABLES if held.get(name) in columns)
 
+    def outside(self, limits: Mapping[str, tuple[float, float]]) -> tuple[str, ...]:
+        """The present numeric variables whose value lies outside their ``limits`` (natural
+        units, as a manifest's ``preprocessing.clinical_limits``: what training covered)."""
+        values = {"age": self.age_years, "height": self.height_m, "weight": self.weight_kg,
+                  "bmi": self.bmi}  # fmt: skip
+        return tuple(
+            name
+            for name, value in values.items()
+            if value is not None and name in limits
+            and not limits[name][0] <= value <= limits[name][1]
+        )  # fmt: skip
+
     def without(self, names: Sequence[str]) -> ClinicalVariables:
         """These variables with ``names`` (from VARIABLES) made missing."""
         _check_names(names, "names")

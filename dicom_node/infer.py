@@ -146,11 +146,12 @@ class EngineSet:
                     f"preprocessing.clinical: expected the columns {list(VECTOR_FIELDS)}, "
                     f"got {list(clinical)}"
                 )
-            if clinical and manifest.preprocessing.clinical_unseen is None:
+            pre = manifest.preprocessing
+            if clinical and (pre.clinical_unseen is None or pre.clinical_limits is None):
                 log.warning(
                     "engine %s: its manifest does not record which clinical values training "
-                    "saw, so one it never saw (such as sex O) is read as given; re-export it "
-                    "(dicom-node engines export %s)", name, name,
+                    "saw, so one it never saw (such as sex O, or a weight in pounds) is read "
+                    "as given; re-export it (dicom-node engines export %s)", name, name,
                 )  # fmt: skip
         except (ManifestError, EngineRuntimeError, TextEncoderError, OSError, KeyError) as exc:
             raise EngineUnavailableError(f"engine {name!r} in {folder}: {exc}") from exc
@@ -307,7 +308,8 @@ class EngineSet:
                 if unseen:
                     notes[n] += (
                         f"not used: {', '.join(unseen)} (a value no training case of this "
-                        "engine had; read as missing)",
+                        "engine had, or outside the range its training covered; read as "
+                        "missing)",
                     )
         return batch, inputs, notes
 
@@ -321,9 +323,11 @@ class EngineSet:
             return None, ()
         variables = item.clinical.variables
         unseen = variables.unseen(m.preprocessing.clinical_unseen or ())
+        unseen += variables.outside(m.preprocessing.clinical_limits or {})
         if unseen:
             log.warning(
-                "engine %s: %s hip of %s: %s read as missing (a value no training case had)",
+                "engine %s: %s hip of %s: %s read as missing (a value no training case had, "
+                "or outside what training covered)",
                 m.name, item.task.side, item.ap.image.source.sop_instance_uid, ", ".join(unseen),
             )  # fmt: skip
         return variables.without(unseen), unseen

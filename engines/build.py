@@ -111,11 +111,12 @@ def cached_demo(cache_dir: Path, name: str) -> Manifest | None:
         log.info("%s: cached engine's classes differ from the catalogue's; rebuilding", name)
         return None
     pre = manifest.preprocessing
-    if pre.clinical and pre.clinical_unseen is None:
-        # Packaged before the manifest recorded the clinical values training never saw, and
-        # before the head stopped dividing by a spread of ~0 for them (sex O).
-        log.info("%s: cached engine predates the record of unseen clinical values; "
-                 "rebuilding", name)  # fmt: skip
+    if pre.clinical and (pre.clinical_unseen is None or pre.clinical_limits is None):
+        # Packaged before the manifest recorded the clinical values training never saw (and
+        # before the head stopped dividing by a spread of ~0 for them, sex O), or the range
+        # of the numbers it saw (a weight in pounds read as a real one).
+        log.info("%s: cached engine predates the record of the clinical values its training "
+                 "saw; rebuilding", name)  # fmt: skip
         return None
     return manifest
 

@@ -9,7 +9,8 @@ nothing else (an artefact whose hash differs is refused).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,10 @@ class Preprocessing:
     # training patient had, a variable missing throughout): serving reads a value there as
     # missing. None: not recorded (a manifest written before 0.1.0 recorded it; re-export).
     clinical_unseen: tuple[str, ...] | None = None
+    # Of the numeric columns, the range (natural units: years, metres, kilograms, kg/m^2)
+    # training covered, as its mean +- 4 SD: serving reads a value outside as missing (a
+    # weight in pounds, a child's age). None: not recorded (before 0.1.0; re-export).
+    clinical_limits: Mapping[str, tuple[float, float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,29 @@ def _clinical_use(raw: Mapping[str, Any], path: Path) -> str:
     return value
 
 
+def _limits(raw: Any, columns: Sequence[str], path: Path) -> Mapping[str, tuple[float, float]]:
+    where = f"{path}: preprocessing.clinical_limits"
+    if not isinstance(raw, Mapping):
+        raise ManifestError(f"{where}: expected a mapping of column to [low, high], got {raw!r}")
+    limits = {}
+    for name, pair in raw.items():
+        ok = (
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in pair
+            )
+        )
+        if name not in columns or not ok or not pair[0] < pair[1]:
+            raise ManifestError(
+                f"{where}.{name}: expected [low, high] for a column of preprocessing.clinical "
+                f"({', '.join(columns) or 'none'}), got {pair!r}"
+            )
+        limits[str(name)] = (float(pair[0]), float(pair[1]))
+    return limits
+
+
 def _preprocessing(raw: Mapping[str, Any], path: Path) -> Preprocessing:
     values = dict(raw)
     if values.get("volume") is not None:
@@ -255,6 +283,8 @@ def _preprocessing(raw: Mapping[str, Any], path: Path) -> Preprocessing:
                 f"got {unseen!r}"
             )
         values["clinical_unseen"] = tuple(str(c) for c in unseen)
+    if values.get("clinical_limits") is not None:
+        values["clinical_limits"] = _limits(values["clinical_limits"], values["clinical"], path)
     for key, supported in (("canonical_side", CANONICAL_SIDES), ("region", REGIONS)):
         if key in values and values[key] not in supported:
             raise ManifestError(

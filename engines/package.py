@@ -138,6 +138,7 @@ def _package(
     inputs, outputs = tensor_specs(model, size, volume=volume)
     probability_output, is_logits = "logits", True
     unseen: tuple[str, ...] | None = None
+    limits: dict[str, tuple[float, float]] | None = None
     if isinstance(model, HipNet):
         heatmap = Heatmap(kind="interpretive-map", map_output="maps")
         probability_output, is_logits = "probabilities", False
@@ -147,6 +148,7 @@ def _package(
         model.reduction().save(folder / REDUCTION)  # FeatureReduction.load reads it
         artefacts["reduction"] = _artefact(folder, REDUCTION)
         unseen = tuple(clinical[i] for i in model.head.unseen_clinical_columns())
+        limits = _clinical_limits(model, clinical, unseen)
     else:
         branch = model.radiograph if isinstance(model, HipMultimodal) else model
         weight, bias = head_weights(branch)
@@ -172,7 +174,11 @@ def _package(
         inputs=inputs,
         outputs=outputs,
         preprocessing=Preprocessing(
-            size=size, volume=volume, clinical=tuple(clinical), clinical_unseen=unseen
+            size=size,
+            volume=volume,
+            clinical=tuple(clinical),
+            clinical_unseen=unseen,
+            clinical_limits=limits,
         ),
         heatmap=heatmap,
         artefacts=artefacts,
@@ -199,3 +205,28 @@ def _text_encoder(folder: Path) -> dict[str, Artefact]:
 
 def _artefact(folder: Path, name: str) -> Artefact:
     return Artefact(name, sha256_of(folder / name))
+
+
+# How far from the training mean, in its standard deviations, a clinical value may lie and
+# still be read (beyond: outside what the engine learnt from; read as missing).
+CLINICAL_LIMIT_SDS = 4.0
+
+
+def _clinical_limits(
+    model: OsteoporosisNet, clinical: Sequence[str], unseen: Sequence[str]
+) -> dict[str, tuple[float, float]]:
+    """Each numeric column's training range, mean +- CLINICAL_LIMIT_SDS SD, in natural units
+    (the head's scaling is fitted on ClinicalVariables.as_vector's standardised values)."""
+    from dicom_node.clinical import STANDARDISATION
+
+    head = model.head
+    mean = head.mean[head.image_width :].tolist()
+    scale = head.scale[head.image_width :].tolist()
+    limits = {}
+    for n, name in enumerate(clinical):
+        if name not in STANDARDISATION or name in unseen:
+            continue  # a category column (sex), or one training never set
+        centre, sd = STANDARDISATION[name]
+        low, high = (mean[n] + k * CLINICAL_LIMIT_SDS * scale[n] for k in (-1, 1))
+        limits[name] = (round(centre + sd * low, 3), round(centre + sd * high, 3))
+    return limits

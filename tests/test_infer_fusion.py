@@ -15,7 +15,7 @@ import pydicom
 import pytest
 import yaml
 
-from dicom_node.clinical import ClinicalText, TextPart, from_dataset
+from dicom_node.clinical import ClinicalText, ClinicalVariables, TextPart, from_dataset
 from dicom_node.config import EnginesConfig
 from dicom_node.infer import MODALITY_ORDER, EngineSet, EngineUnavailableError, HipBatchItem
 from dicom_node.models import HipTask
@@ -145,7 +145,8 @@ def test_a_category_no_training_case_had_is_read_as_missing(
     assert unseen.probabilities != pytest.approx(seen.probabilities, abs=1e-6)
     assert unseen.inputs == {"age": True, "sex": False, "height": True, "weight": True}
     assert unseen.notes == (
-        "not used: sex (a value no training case of this engine had; read as missing)",
+        "not used: sex (a value no training case of this engine had, or outside the range its "
+        "training covered; read as missing)",
     )
     assert seen.notes == () and missing.notes == ()
     (record,) = caplog.records
@@ -175,6 +176,30 @@ def test_a_value_in_the_header_that_is_not_usable_is_named_in_the_notes(
                                    + ": height in the header but not usable; read as missing")  # fmt: skip
 
 
+def test_a_number_outside_what_training_covered_is_read_as_missing(
+    engines: EngineSet, pelvis: PreparedImage
+) -> None:
+    # A weight of 150 (pounds, for 68 kg) beside a height in metres gave BMI 57: read as real,
+    # the demo engine's osteoporosis probability went from 0.92 to 0.000.
+    limits = engines.manifest("osteoporosis").preprocessing.clinical_limits
+    assert limits is not None and limits["weight"][1] < 160 and limits["bmi"][1] < 60
+    female = item(engines, "osteoporosis", pelvis, "R", ct=False, text=False)
+    assert female.clinical is not None
+    given = female.clinical.variables
+    heavy = ClinicalVariables.from_values(given.age_years, given.sex, 1.62, 160.0)
+    assert heavy.invalid == () and heavy.bmi is not None and heavy.bmi > limits["bmi"][1]
+    hip = replace(female, clinical=replace(female.clinical, variables=heavy))
+    unknown = replace(hip, clinical=replace(female.clinical, variables=heavy.without(
+        ("weight", "bmi"))))  # fmt: skip
+    read, missing = engines.predict("osteoporosis", [hip, unknown])
+    assert read.probabilities == pytest.approx(missing.probabilities, abs=1e-6)
+    assert read.inputs == {"age": True, "sex": True, "height": True, "weight": False}
+    assert read.notes == (
+        "not used: weight, bmi (a value no training case of this engine had, or outside the "
+        "range its training covered; read as missing)",
+    )
+
+
 def test_a_manifest_without_the_unseen_record_is_served_with_a_warning(
     fusion_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -198,6 +223,7 @@ def test_clinical_columns_that_differ_from_the_nodes_are_refused(
     manifest = yaml.safe_load((copy / "manifest.yaml").read_text())
     manifest["preprocessing"]["clinical"] = ["age", "sex"]
     manifest["preprocessing"]["clinical_unseen"] = []
+    manifest["preprocessing"]["clinical_limits"] = {"age": [0, 120]}
     (copy / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     cfg = EnginesConfig(cache_dir=tmp_path, backend="onnxruntime", threads=1)
     with pytest.raises(

@@ -106,6 +106,15 @@ def test_build_packages_both_engines_and_then_reuses_the_cache(tmp_path: Path) -
     del raw["preprocessing"]["clinical_unseen"]
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert cached_demo(tmp_path, "osteoporosis") is None
+    # Nor the range of the numbers its training saw (a weight in pounds read as real).
+    limits = osteoporosis.preprocessing.clinical_limits
+    assert limits is not None and set(limits) == {"age", "height", "weight", "bmi"}
+    low, high = limits["age"]
+    assert low < 40 and 90 < high < 140  # around the phantoms' ages (25-98): mean +- 4 SD
+    raw["preprocessing"]["clinical_unseen"] = list(osteoporosis.preprocessing.clinical_unseen)
+    del raw["preprocessing"]["clinical_limits"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert cached_demo(tmp_path, "osteoporosis") is None
 
 
 def test_the_phantom_only_engines_refuse_labelled_folder_training(tmp_path: Path) -> None:

@@ -178,6 +178,24 @@ def test_clinical_unseen_must_name_clinical_columns(
     assert read_manifest(packaged).preprocessing.clinical_unseen is None  # no clinical input
 
 
+@pytest.mark.parametrize(
+    "limits", [{"weight": [20, 120]}, {"age": [90, 20]}, {"age": [20]}, {"age": ["a", 9]}, [1]]
+)
+def test_clinical_limits_must_be_ranges_of_clinical_columns(
+    packaged: Path, tmp_path: Path, limits: object
+) -> None:
+    def edit(raw: dict[str, Any]) -> None:
+        raw["preprocessing"].update(clinical=["age"], clinical_limits=limits)
+
+    with pytest.raises(ManifestError, match=r"preprocessing\.clinical_limits"):
+        read_manifest(_edited(packaged, tmp_path, edit))
+    fine = _edited(
+        packaged, tmp_path / "fine",
+        lambda raw: raw["preprocessing"].update(clinical=["age"], clinical_limits={"age": [20, 110.5]}),
+    )  # fmt: skip
+    assert read_manifest(fine).preprocessing.clinical_limits == {"age": (20.0, 110.5)}
+
+
 def _drop_last_class(raw: dict[str, Any]) -> None:
     raw["classes"].pop()
 

@@ -198,8 +198,9 @@ def test_dx_ct_and_text_give_a_multimodal_sr_and_demographics_an_osteoporosis_sr
     for g in [g for g in groups(sr) if g["engine"] == "osteoporosis"]:
         assert g["codes"]["Subject Sex"] == "Absent" and g["codes"]["Subject Age"] == "Present"
         note, importance = g["texts"]["Comment"]
-        assert (
-            note == "not used: sex (a value no training case of this engine had; read as missing)"
+        assert note == (
+            "not used: sex (a value no training case of this engine had, or outside the range "
+            "its training covered; read as missing)"
         )
         assert importance.startswith("permutation importance")
     assert {j.state for j in state.jobs()} == {"done"}
