@@ -11,8 +11,18 @@ export TCP_NODELAY := 1
 
 .PHONY: setup tools triton test lint typecheck pytest demo bench clean
 
+# A venv whose interpreter no longer runs (a Python upgrade, a copied or half-deleted .venv)
+# is made again: its stamp alone would keep every target failing with "No such file".
+ifneq ($(shell $(BIN)/python -c "print('ok')" 2>/dev/null),ok)
+$(shell rm -f $(STAMP))
+endif
+
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "error: $(PYTHON) is older than Python 3.11 (give PYTHON=python3.11)" >&2; exit 1; }
+	@# Debian and Ubuntu ship venv's ensurepip in a package of its own (python3-venv).
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || bash scripts/install-tools.sh --venv "$(PYTHON)"
+	@$(BIN)/python -c 'import sys' 2>/dev/null || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch is pinned; never let pip choose it.
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "torch==2.13.0"
@@ -41,7 +51,9 @@ pytest: setup
 test: setup lint typecheck pytest
 
 # Builds the demo engines once (minutes; cached in var/engines), then runs the main job.
-demo: setup
+# It needs the venv only: its PACS stand-in is the node's own, and it sends with pynetdicom
+# where dcmtk is missing (the Debian tools and the Triton venv are for the tests).
+demo: $(STAMP)
 	$(BIN)/dicom-node engines build --demo --config config.yaml
 	$(BIN)/dicom-node demo --config config.yaml
 

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Install the Debian tools the tests and the demo use, when missing:
+# Install the Debian tools the tests use, when missing:
 #   dcmtk (storescu, echoscu, storescp), dicom3tools (dciodvfy), orthanc (a real PACS),
 #   prometheus (promtool checks and unit-tests deploy/prometheus/).
+# With --venv PYTHON: only what `PYTHON -m venv` needs (Debian's python3.X-venv).
 set -euo pipefail
 
 need=()
-command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
-command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
-[ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
-command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+if [ "${1:-}" = "--venv" ]; then
+  # Only what `python -m venv` needs: Debian's python3.X-venv (ensurepip), for ${2:-python3}.
+  version=$("${2:-python3}" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  need+=("python${version}-venv")
+else
+  command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
+  command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+  [ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+  command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "installing Debian packages: ${need[*]}"

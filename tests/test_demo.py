@@ -181,3 +181,50 @@ def test_every_header_of_a_demo_case_tells_of_one_patient_and_one_request(
             age = written.patient.age_years
             # Was: "18yo M" in the header of a 77-year-old woman.
             assert age is None or str(age) in said, (case.name, said)
+
+
+def test_a_study_without_a_result_ends_the_demo_in_failure(
+    tmp_path: Path, all_engines: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Was printed as "failed: ..." and the demo still exited 0: `make demo` passed.
+    from dicom_node import pipeline
+    from dicom_node.errors import ReportError
+
+    real, calls = pipeline.build_results, []
+
+    def first_fails(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ReportError("a simulated report failure")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "build_results", first_fails)
+    cfg = dataclasses.replace(
+        Config(), engines=EnginesConfig(cache_dir=all_engines, backend="onnxruntime", threads=2)
+    )
+    lines: list[str] = []
+    with pytest.raises(
+        DemoError, match=rf"^1 of {len(CASES)} studies got no result \(see above\)$"
+    ):
+        for line in run_demo(cfg, tmp_path / "demo"):
+            lines.append(line)
+    assert "  failed: a simulated report failure" in lines
+    assert lines[-1].endswith("not for clinical use")  # the report is printed whole first
+
+
+def test_a_stale_demo_engine_is_rebuilt_and_a_sites_own_is_used(
+    tmp_path: Path, all_engines: Path
+) -> None:
+    # The demo checked only that the files were intact: a demo engine `engines build` would
+    # rebuild (another version, a record its manifest lacks) was served as it was.
+    import yaml
+
+    cache = tmp_path / "cache"
+    shutil.copytree(all_engines / "hip_screen", cache / "hip_screen")
+    cfg = dataclasses.replace(Config(), engines=EnginesConfig(cache_dir=cache))
+    assert demo._engines_ready(cfg, ["hip_screen"]) == []  # a site's (test) engine: used
+    path = cache / "hip_screen" / "manifest.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["version"] = "0.0.9-demo"  # a demo engine of another release
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert demo._engines_ready(cfg, ["hip_screen", "hipnet"]) == ["hip_screen", "hipnet"]

@@ -50,13 +50,21 @@ class DemoError(DicomNodeError, RuntimeError):
 
 
 def _engines_ready(cfg: Config, names: Sequence[str]) -> list[str]:
-    """The engines that still need building (missing, or failing verification)."""
+    """The engines that still need building: missing, failing verification, or a demo
+    engine `engines build --demo` would rebuild (another version or profile, a record its
+    manifest lacks); a site's own engine in the cache is used as it is."""
+    from engines.build import cached_demo
+
     missing = []
     for name in names:
         folder = cfg.engines.cache_dir / name
         try:
-            verify_artefacts(read_manifest(folder), folder)
+            manifest = read_manifest(folder)
+            verify_artefacts(manifest, folder)
         except ManifestError:
+            missing.append(name)
+            continue
+        if manifest.version.endswith("-demo") and cached_demo(cfg.engines.cache_dir, name) is None:
             missing.append(name)
     return missing
 
@@ -244,6 +252,7 @@ def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
         if pending:
             raise DemoError(f"{len(pending)} studies got no result within {WAIT_SECONDS:.0f} s")
         jobs = {j.study_uid: j for j in node.state.jobs()}
+        failed = 0
         yield ""
         for n, written in enumerate(cases, start=1):
             uid = written.study.identity.study_uid
@@ -251,6 +260,7 @@ def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
             yield f"study {n} {written.case.name}  ({uid})"
             if job.state != "done" or job.summary is None:
                 yield f"  {job.state}: {job.error}"
+                failed += 1
                 continue
             sr_at = min(at for _, cls, at in pacs.objects(uid) if cls == SR_CLASS)
             yield from _table(written, json.loads(job.summary), sr_at - sent_at[uid])
@@ -259,6 +269,8 @@ def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
         yield ""
         yield ("synthetic phantoms and demo engines trained on them: the results show the "
                "pipeline, not clinical accuracy; not for clinical use")  # fmt: skip
+        if failed:  # printed above; `make demo` must not end in success
+            raise DemoError(f"{failed} of {len(cases)} studies got no result (see above)")
     finally:
         if node is not None:
             node.stop(drain_seconds=2)
