@@ -108,6 +108,8 @@ class Repeats(logging.Filter):
         return True
 
 
+# Libraries that log routine work at INFO.
+CHATTY_LOGGERS = ("pynetdicom", "highdicom", "openjpeg")
 # pynetdicom's loggers whose lines repeat as long as a peer is down.
 REPEATING_LOGGERS = ("pynetdicom.transport",)
 
@@ -123,11 +125,13 @@ def configure_logging(cfg: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level)
-    # pynetdicom logs every PDU at INFO; keep its own chatter to warnings and up
-    # unless the node itself is debugging.
-    logging.getLogger("pynetdicom").setLevel(
-        logging.DEBUG if cfg.level == "DEBUG" else logging.WARNING
-    )
+    # pynetdicom logs every PDU at INFO, highdicom every module it copies into a result
+    # (seven lines per SR or overlay), openjpeg each encode: keep their chatter to warnings
+    # and up unless the node itself is debugging.
+    for chatty in CHATTY_LOGGERS:
+        logging.getLogger(chatty).setLevel(
+            logging.DEBUG if cfg.level == "DEBUG" else logging.WARNING
+        )
     for name in REPEATING_LOGGERS:
         logger = logging.getLogger(name)
         logger.filters[:] = [f for f in logger.filters if not isinstance(f, Repeats)]
