@@ -128,6 +128,7 @@ class Node:
             event_handlers(receiver),
             ssl_context,
             cfg.node.network_timeout_seconds,
+            cfg.node.max_instance_bytes,
         )
         log.info(
             "dicom-node %s listening as %s on %s:%d%s; spool %s; metrics on http://%s:%d",

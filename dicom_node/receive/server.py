@@ -17,6 +17,7 @@ declares.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from typing import Any, cast
@@ -25,13 +26,19 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+log = logging.getLogger(__name__)
+
 
 class DeferredHandshakeServer(ThreadedAssociationServer):
     handshake_timeout: float = 60.0
+    max_instance_bytes: int = 0  # what BulkReadSocket lets one data set grow to (+16 MiB)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         listener = cast(socket.socket, self.socket)  # bound before serve_forever runs
         client, address = listener.accept()
+        # A peer that vanished without a FIN (a PACS rebooted, a firewall dropping the
+        # connection's state) is found by the kernel, not left half-open for ever.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if self.ssl_context:
             client.settimeout(self.handshake_timeout)
             client = self.ssl_context.wrap_socket(
@@ -46,10 +53,86 @@ class DeferredHandshakeServer(ThreadedAssociationServer):
 _PREALLOCATE = 1 << 20
 
 
+# The longest PDU a peer may send before its association is established (an A-ASSOCIATE-RQ
+# is a few kilobytes), and a release or an abort at any time.
+_CONTROL_PDU_LIMIT = 1 << 20
+_P_DATA_TF = 0x04
+# How far past node.max_instance_bytes a data set may run and still be answered 0xA700 by
+# the store handler; further, the connection is closed as it streams.
+_OVERSIZE_GRACE = 16 << 20
+
+
 class BulkReadSocket(AssociationSocket):
-    """pynetdicom's association socket, reading what a PDU asks for into one buffer."""
+    """pynetdicom's association socket, reading what a PDU asks for into one buffer, and
+    bounding what a peer may make the node hold or wait for:
+
+    - each read waits at most ``acse_timeout`` before the association is established (a
+      peer that sent three bytes, or half a TLS handshake, held its association slot for
+      ever: pynetdicom's timers run in the thread blocked in the read) and
+      ``network_timeout`` after (a connection half-open mid-PDU leaked its thread);
+    - a PDU longer than the node receives (``node.max_pdu`` for P-DATA, 1 MiB for others)
+      closes the connection before its body is read (six bytes claiming 4 GiB made the node
+      buffer whatever followed);
+    - a DIMSE data set more than 16 MiB past ``node.max_instance_bytes`` closes it
+      mid-stream (the store handler's size check, which answers 0xA700, runs only once
+      the whole instance is in memory: an endless stream grew the node without bound).
+
+    pynetdicom reads a PDU as ``recv(6)`` (its header) then ``recv(length)``; a read that
+    raises OSError is a closed connection to it (Evt17).
+    """
+
+    max_instance_bytes = 0  # set by BulkReadHandler from node.max_instance_bytes; 0: none
+    _header: bytes | None = None  # the last PDU header read, its body not yet read
+    _message_bytes = 0  # data-set bytes of the DIMSE message being received
 
     def recv(self, nr_bytes: int) -> bytearray:
+        assoc = getattr(self, "_assoc", None)
+        header, self._header = self._header, None
+        if assoc is not None:
+            established = assoc.is_established
+            timeout = assoc.network_timeout if established else assoc.acse_timeout
+            cast(socket.socket, self.socket).settimeout(timeout)
+            if header is not None:
+                self._check_length(assoc, established, header[0], nr_bytes)
+        data = self._read(nr_bytes)
+        if header is None and nr_bytes == 6 and len(data) == 6:
+            self._header = bytes(data)  # the next read is its body
+        elif header is not None and header[0] == _P_DATA_TF and assoc is not None:
+            self._count(assoc, data)
+        return data
+
+    def _check_length(self, assoc: Any, established: bool, pdu_type: int, length: int) -> None:
+        limit = _CONTROL_PDU_LIMIT
+        if established and pdu_type == _P_DATA_TF:
+            most = int(assoc.acceptor.maximum_length or 0)  # 0: the node set no limit
+            limit = most + 6 if most else 2**32  # the largest PDV item, its header too
+        if length > limit:
+            self._refuse(assoc, f"a PDU of {length} bytes announced, over the {limit} the "
+                         "node receives (node.max_pdu)")  # fmt: skip
+
+    def _count(self, assoc: Any, body: bytearray) -> None:
+        """Add the P-DATA body's data-set fragments to the message being received."""
+        at = 0
+        while at + 6 <= len(body):
+            length = int.from_bytes(body[at : at + 4], "big")
+            control = body[at + 5]
+            if not control & 0x01:  # a data-set fragment (bit 0 set: a command's)
+                self._message_bytes += max(0, length - 2)
+                limit = self.max_instance_bytes + _OVERSIZE_GRACE
+                if self.max_instance_bytes and self._message_bytes > limit:
+                    self._refuse(assoc, f"a data set past {self._message_bytes} bytes, more "
+                                 f"than 16 MiB over node.max_instance_bytes "
+                                 f"({self.max_instance_bytes})")  # fmt: skip
+                if control & 0x02:  # its last fragment: the next message starts at 0
+                    self._message_bytes = 0
+            at += 4 + length
+
+    def _refuse(self, assoc: Any, why: str) -> None:
+        peer = getattr(assoc.requestor, "address", "?")
+        log.warning("connection from %s closed: %s", peer, why)
+        raise ConnectionAbortedError(why)
+
+    def _read(self, nr_bytes: int) -> bytearray:
         sock = cast(socket.socket, self.socket)
         data = bytearray(min(nr_bytes, _PREALLOCATE))
         got = 0
@@ -72,11 +155,18 @@ class BulkReadHandler(RequestHandler):
         # The same socket object, reading in bulk: a new one would announce the connection
         # to the state machine a second time (AssociationSocket.__init__ queues Evt5).
         cast(Any, assoc.dul.socket).__class__ = BulkReadSocket
+        limit = getattr(self.server, "max_instance_bytes", 0)
+        cast(Any, assoc.dul.socket).max_instance_bytes = limit
         return assoc
 
 
 def start_server(
-    ae: AE, address: tuple[str, int], handlers: list[Any], ssl_context: Any, timeout: float
+    ae: AE,
+    address: tuple[str, int],
+    handlers: list[Any],
+    ssl_context: Any,
+    timeout: float,
+    max_instance_bytes: int = 0,
 ) -> ThreadedAssociationServer:
     """Start serving in a daemon thread, like ``AE.start_server(block=False)``."""
     server = cast(DeferredHandshakeServer, ae.make_server(
@@ -84,6 +174,7 @@ def start_server(
         server_class=DeferredHandshakeServer, request_handler=BulkReadHandler,
     ))  # fmt: skip
     server.handshake_timeout = timeout
+    server.max_instance_bytes = max_instance_bytes
     threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
     ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() find it
     return server

@@ -342,6 +342,14 @@ def handle_ended(event: events.Event, receiver: Receiver) -> None:
     receiver.association_ended(id(event.assoc), event.event.description.lower())
 
 
+# Why, as the log says it (the metric label below names the same).
+_REJECT_WORDS = {
+    "application_context": "application context not supported",
+    "calling_ae": "calling AE title not in node.allowed_calling_aes",
+    "called_ae": "called AE title is not the node's",
+    "congestion": "the node is stopping or too busy",
+    "max_associations": "node.max_associations reached",
+}
 # (result source, diagnostic) of an A-ASSOCIATE-RJ, PS3.8 Table 9-21, as a metric label.
 _REJECT_REASONS = {
     (1, 2): "application_context",
@@ -356,15 +364,17 @@ def handle_rejected(event: events.Event, receiver: Receiver) -> None:
     primitive = getattr(event.assoc.acceptor, "primitive", None)
     source = int(getattr(primitive, "result_source", None) or 0)
     key = (source, int(getattr(primitive, "diagnostic", None) or 0))
-    receiver.metrics.associations.labels("rejected", _REJECT_REASONS.get(key, "other")).inc()
+    reason = _REJECT_REASONS.get(key, "other")
+    receiver.metrics.associations.labels("rejected", reason).inc()
     rq = event.assoc.requestor
     called = getattr(rq.primitive, "called_ae_title", "?")
+    # The reason the node worked out, not a list of what it might have been.
     log.warning(
-        "association from calling AE %r at %s to called AE %r rejected "
-        "(not allowed, wrong called AE, or node.max_associations reached)",
+        "association from calling AE %r at %s to called AE %r rejected: %s",
         _calling_ae(event),
         rq.address,
         str(called).strip(),
+        _REJECT_WORDS.get(reason, f"result source {key[0]}, diagnostic {key[1]}"),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import subprocess
@@ -47,9 +48,17 @@ def echo(port: int, env: dict[str, str], *args: str) -> subprocess.CompletedProc
     return run_tool(["echoscu", *args, "127.0.0.1", str(port)], env, timeout=20)
 
 
-def test_unknown_calling_ae_is_rejected(start_node: StartNode, dcmtk_env: dict[str, str]) -> None:
+def test_unknown_calling_ae_is_rejected(
+    start_node: StartNode, dcmtk_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
     node = start_node(node__allowed_calling_aes=["GOOD"])
-    assert rejection(associate(node.port, calling="BAD")) == (1, 1, 3)
+    with caplog.at_level(logging.WARNING, logger="dicom_node.receive.store"):
+        assert rejection(associate(node.port, calling="BAD")) == (1, 1, 3)
+        assert rejection(associate(node.port, calling="GOOD", called="WRONG")) == (1, 1, 7)
+    # The reason the node found, not "not allowed, wrong called AE, or max_associations".
+    assert "calling AE 'BAD' at " in caplog.text
+    assert "rejected: calling AE title not in node.allowed_calling_aes" in caplog.text
+    assert "rejected: called AE title is not the node's" in caplog.text
     refused = echo(node.port, dcmtk_env, "-aet", "BAD", "-aec", "TRIAGE")
     assert refused.returncode != 0
     assert "Rejected" in refused.stderr or "rejected" in refused.stderr.lower()

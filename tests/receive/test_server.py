@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 
-from helpers import config_for
+import pytest
+from helpers import CR_STORAGE, config_for, tiny_image
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
@@ -81,3 +85,89 @@ def test_the_nodes_associations_read_through_it(tmp_path: Path) -> None:
     finally:
         node.stop(drain_seconds=0)
     assert sockets == [BulkReadSocket]
+
+
+def _closed_by_the_node(sock: socket.socket, within: float) -> float | None:
+    """Seconds until the node closed ``sock`` (EOF or reset), or None within ``within``."""
+    sock.settimeout(within)
+    start = time.monotonic()
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - start
+
+
+def _echo(port: int) -> bool:
+    ae = AE("PACS")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
+    if not assoc.is_established:
+        return False
+    try:
+        return int(assoc.send_c_echo().Status) == 0
+    finally:
+        assoc.release()
+
+
+def test_a_peer_that_stops_mid_pdu_loses_its_slot_after_the_acse_timeout(tmp_path: Path) -> None:
+    # Three bytes of a PDU header held the one association slot for ever: pynetdicom's
+    # timers run in the thread that was blocked in the read.
+    node = Node(config_for(tmp_path / "spool", node__acse_timeout_seconds=1,
+                           node__max_associations=1))  # fmt: skip
+    node.start()
+    try:
+        with socket.create_connection(("127.0.0.1", node.port)) as stalled:
+            stalled.sendall(b"\x01\x00\x00")
+            closed = _closed_by_the_node(stalled, 10)
+            assert closed is not None and closed < 5
+        assert _echo(node.port)  # the slot is free again
+    finally:
+        node.stop(drain_seconds=0)
+
+
+def test_a_pdu_longer_than_the_node_receives_closes_the_connection_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Six bytes claiming 4 GiB made the node buffer whatever followed (1.4 GB for 600 MB).
+    node = Node(config_for(tmp_path / "spool"))
+    node.start()
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="dicom_node.receive.server"),
+            socket.create_connection(("127.0.0.1", node.port)) as hostile,
+        ):
+            hostile.sendall(b"\x01\x00\xff\xff\xff\xff" + b"\x00" * 65536)
+            closed = _closed_by_the_node(hostile, 10)
+        assert closed is not None and closed < 2
+        assert "a PDU of 4294967295 bytes announced, over the 1048576 the node receives" in (
+            caplog.text
+        )
+        assert _echo(node.port)
+    finally:
+        node.stop(drain_seconds=0)
+
+
+def test_a_data_set_far_past_the_instance_limit_is_cut_off_as_it_streams(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The size check answered 0xA700 only once the whole instance was in memory: an endless
+    # stream grew the node without bound. One a little over the limit still gets 0xA700.
+    node = Node(config_for(tmp_path / "spool", node__max_instance_bytes=1024))
+    node.start()
+    try:
+        ae = AE("PACS")
+        ae.add_requested_context(CR_STORAGE, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="TRIAGE")
+        assert assoc.is_established
+        with caplog.at_level(logging.WARNING, logger="dicom_node.receive.server"):
+            status = assoc.send_c_store(tiny_image(size=3000))  # 18 MB
+        assert "Status" not in status and assoc.is_aborted  # no answer: the link was cut
+        assert "more than 16 MiB over node.max_instance_bytes (1024)" in caplog.text
+        assert node.state is not None and node.state.instance_count() == 0
+        assert _echo(node.port)
+    finally:
+        node.stop(drain_seconds=0)
