@@ -127,7 +127,6 @@ class Node:
             (cfg.node.host, cfg.node.port),
             event_handlers(receiver),
             ssl_context,
-            cfg.node.network_timeout_seconds,
             cfg.node.max_instance_bytes,
         )
         log.info(

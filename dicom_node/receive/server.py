@@ -5,7 +5,8 @@ pynetdicom's server wraps each accepted socket in TLS inside its single accept
 loop, so one connection that never speaks (a load balancer's TCP probe) blocks
 every other TLS peer and the node's shutdown. Here the socket is wrapped
 without the handshake, which then happens on the first read in that
-connection's own thread, bounded by a socket timeout.
+connection's own thread, bounded like any read before the association by
+``node.acse_timeout_seconds`` (:class:`BulkReadSocket`).
 
 pynetdicom's socket reads a PDU 4096 bytes per ``recv`` call, extending a bytearray each
 time: a 15 MB instance costs ~3,700 calls and as many copies in Python. The node's
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 
 class DeferredHandshakeServer(ThreadedAssociationServer):
-    handshake_timeout: float = 60.0
     max_instance_bytes: int = 0  # what BulkReadSocket lets one data set grow to (+16 MiB)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
@@ -40,7 +40,6 @@ class DeferredHandshakeServer(ThreadedAssociationServer):
         # connection's state) is found by the kernel, not left half-open for ever.
         client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if self.ssl_context:
-            client.settimeout(self.handshake_timeout)
             client = self.ssl_context.wrap_socket(
                 client, server_side=True, do_handshake_on_connect=False
             )
@@ -165,7 +164,6 @@ def start_server(
     address: tuple[str, int],
     handlers: list[Any],
     ssl_context: Any,
-    timeout: float,
     max_instance_bytes: int = 0,
 ) -> ThreadedAssociationServer:
     """Start serving in a daemon thread, like ``AE.start_server(block=False)``."""
@@ -173,7 +171,6 @@ def start_server(
         address, evt_handlers=handlers, ssl_context=ssl_context,
         server_class=DeferredHandshakeServer, request_handler=BulkReadHandler,
     ))  # fmt: skip
-    server.handshake_timeout = timeout
     server.max_instance_bytes = max_instance_bytes
     threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
     ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() find it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -227,6 +228,27 @@ def test_silent_connection_does_not_block_tls_peers(
         started = time.monotonic()
         assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=True)).returncode == 0
         assert time.monotonic() - started < 3
+
+
+def test_a_tls_handshake_left_half_done_loses_its_slot_after_the_acse_timeout(
+    start_node: StartNode, pki: Path, dcmtk_env: dict[str, str]
+) -> None:
+    # The handshake runs in the connection's first read, which waits at most
+    # node.acse_timeout_seconds like any read before the association.
+    node = start_node(
+        node__tls__certificate=str(pki / "server.crt"),
+        node__tls__key=str(pki / "server.key"),
+        node__acse_timeout_seconds=1,
+        node__max_associations=1,
+    )
+    with socket.create_connection(("127.0.0.1", node.port)) as stalled:
+        stalled.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, no more
+        stalled.settimeout(10)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):  # closed by the node, either way
+            assert stalled.recv(65536) == b""
+        assert time.monotonic() - started < 5
+    assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=True)).returncode == 0
 
 
 def test_instance_size_limit_holds_for_what_a_deflated_instance_inflates_to(
