@@ -158,7 +158,14 @@ def summary(analysis: StudyAnalysis) -> str:
                 "views": "AP+LATERAL" if task.lateral else "AP",
                 "priority": d.priority,
                 "reported": [
-                    {"name": f.name, "probability": shown_probability(f, 4), "present": f.present}
+                    {
+                        "name": f.name,
+                        "probability": shown_probability(f, 4),
+                        # As the SR's banner and the overlays print it: 0.3996 under a
+                        # threshold of 0.4 reads p=0.39, 0.9996 p>0.99.
+                        "shown": probability_text(f),
+                        "present": f.present,
+                    }
                     for f in reported_findings(d)
                 ],
                 "pji_risk": d.prediction.pji_risk,

@@ -14,7 +14,9 @@ from helpers import SCREEN_RULE, pipeline_config
 from dicom_node.analyse import MixedPatientsError, analyse_study, read_sources
 from dicom_node.infer import EngineSet
 from dicom_node.preprocess import PreprocessError
+from dicom_node.report.sr import reported_findings
 from dicom_node.results import summary
+from dicom_node.triage import probability_text
 from engines.phantoms.studies import write_study
 
 THA = "total_hip_arthroplasty"
@@ -179,8 +181,11 @@ def test_an_ap_that_cannot_be_decoded_leaves_the_others_triage(
             ((uid, why),) = analysis.not_analysed  # once, though both its hips were tasks
             assert uid == repeat.SOPInstanceUID and "pixel data" in why
             assert caplog.text.count(f"SOP instance {uid} not analysed") == 1
-            assert json.loads(summary(analysis))["not_analysed"] == [
-                {"sop_instance_uid": uid, "why": why}
+            recorded = json.loads(summary(analysis))
+            assert recorded["not_analysed"] == [{"sop_instance_uid": uid, "why": why}]
+            # Each finding as the SR's banner prints it, kept on its side of the threshold.
+            assert [r["shown"] for h in recorded["hips"] for r in h["reported"]] == [
+                probability_text(f) for h in analysis.hips for f in reported_findings(h.decision)
             ]
             # Nothing left to report: the job fails as before, saying why.
             only = read_sources([(tmp_path / "repeat.dcm", "PACS")])

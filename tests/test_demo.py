@@ -12,7 +12,7 @@ from helpers import tiny_image
 from dicom_node import demo
 from dicom_node.config import Config, EnginesConfig, parse_config
 from dicom_node.config_results import Destination
-from dicom_node.demo import DemoError, _send, run_demo
+from dicom_node.demo import DemoError, _send, _table, run_demo
 from dicom_node.demo.cases import CASES, SEED
 from dicom_node.demo.cases import _write as _write_case
 from dicom_node.demo.pacs import StandInPacs
@@ -228,3 +228,16 @@ def test_a_stale_demo_engine_is_rebuilt_and_a_sites_own_is_used(
     raw["version"] = "0.0.9-demo"  # a demo engine of another release
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert demo._engines_ready(cfg, ["hip_screen", "hipnet"]) == ["hip_screen", "hipnet"]
+
+
+def test_the_table_prints_findings_as_the_report_does(tmp_path: Path) -> None:
+    written = _write_case(tmp_path, SEED, CASES[0])
+    hip = {"engine": "hip_screen", "side": "L", "views": "AP", "priority": "NONE",
+           "pji_risk": None, "inputs": {}, "reported": [
+               {"name": "osteoarthritis", "probability": 0.3996, "shown": "p=0.39",
+                "present": False},
+               {"name": "normal", "probability": 0.9996, "shown": "p>0.99", "present": True},
+           ]}  # fmt: skip
+    lines = _table(written, {"priority": "NONE", "hips": [hip]}, 1.0)
+    # Was "osteoarthritis 0.40 (below threshold)" under a threshold of 0.4, and "normal 1.00".
+    assert lines[-1].endswith("osteoarthritis p=0.39 (below threshold), normal p>0.99")

@@ -172,7 +172,7 @@ def _table(written: DemoStudy, summary: dict[str, object], seconds: float) -> li
     )
     for hip in hips if isinstance(hips, list) else []:
         reported = ", ".join(
-            f"{r['name'].replace('_', ' ')} {r['probability']:.2f}"
+            f"{r['name'].replace('_', ' ')} {r['shown']}"
             + ("" if r["present"] else " (below threshold)")
             for r in hip["reported"]
         )
