@@ -132,8 +132,12 @@ def _run(
                 lateral = hip_input(cache.get(task.lateral), task.side, pre)
             except PreprocessError as exc:
                 # A lateral that cannot be read is a missing view (the engine handles one),
-                # not a reason to lose the AP's triage; the report then says AP only.
-                log.warning("%s hip: lateral not used: %s", task.side, exc)
+                # not a reason to lose the AP's triage; the report then says AP only, and
+                # names the image left out like an AP's (PARTIAL, not "all succeeded").
+                uid = task.lateral.sop_instance_uid
+                if uid not in not_analysed:
+                    log.warning("%s hip: lateral not used: %s", task.side, exc)
+                not_analysed.setdefault(uid, str(exc))
                 task = replace(task, lateral=None)
         ct = None
         if pre.volume is not None:

@@ -52,6 +52,9 @@ def test_a_lateral_that_cannot_be_decoded_is_a_missing_view(
     assert tasks["L"].lateral is None  # dropped, not failed
     assert analysis.hips[1].decision.prediction.inputs.get("lateral", False) is False
     assert "L hip: lateral not used: SOP instance" in caplog.text
+    # The report names it: a lateral sent and left out is not "all algorithms succeeded".
+    ((uid, why),) = analysis.not_analysed
+    assert uid == ds.SOPInstanceUID and "pixel data" in why
 
 
 _META_START = b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00"  # group length
