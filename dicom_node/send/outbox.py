@@ -56,6 +56,16 @@ def _lane_clause(lane: DestinationLane | None) -> tuple[str, tuple[str, ...]]:
     return f" AND destination NOT IN ({','.join('?' * len(lane.configured))})", lane.configured
 
 
+def _in_order(items: list[OutboxItem]) -> list[OutboxItem]:
+    """Each study's rows for one destination together, in the order they were queued; the
+    groups earliest due first."""
+    groups: dict[tuple[str, str], list[OutboxItem]] = {}
+    for item in items:
+        groups.setdefault((item.study_uid, item.destination), []).append(item)
+    ordered = sorted(groups.values(), key=lambda g: min((i.next_attempt_at, i.id) for i in g))
+    return [item for group in ordered for item in sorted(group, key=lambda i: i.id)]
+
+
 class Outbox:
     def __init__(self, state: State, cfg: SendingConfig) -> None:
         self.state = state
@@ -64,7 +74,13 @@ class Outbox:
     def due(
         self, now: float, limit: int = 200, lane: DestinationLane | None = None
     ) -> list[OutboxItem]:
-        """Pending rows whose next attempt is due, oldest first (only ``lane``'s, if given).
+        """Pending rows whose next attempt is due, earliest due first (only ``lane``'s, if
+        given), at most ``limit``.
+
+        A study's rows for one destination go in the order they were queued, and an earlier
+        one is due with any later one: a report superseded by a rerun's (its Predecessor
+        Documents name it), still waiting out the backoff of an outage, was delivered after
+        the report that replaces it, and a PACS that shows the newest report showed it.
 
         A row scheduled further ahead than any backoff (``sending.max_backoff_seconds``,
         plus a minute for a small clock correction) was scheduled before the wall clock
@@ -83,11 +99,14 @@ class Outbox:
                     "clock stepped back; they are due now", stepped,
                 )  # fmt: skip
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?"
-                f"{where} ORDER BY next_attempt_at, id LIMIT ?",
-                (now, *params, limit),
+                f"SELECT {_COLUMNS} FROM outbox AS row WHERE state = 'pending' "
+                "AND (next_attempt_at <= ? OR EXISTS (SELECT 1 FROM outbox AS later "
+                "WHERE later.state = 'pending' AND later.study_uid = row.study_uid "
+                "AND later.destination = row.destination AND later.id > row.id "
+                f"AND later.next_attempt_at <= ?)){where}",
+                (now, now, *params),
             ).fetchall()
-        return [OutboxItem(*row) for row in rows]
+        return _in_order([OutboxItem(*row) for row in rows])[:limit]
 
     def next_due(self, lane: DestinationLane | None = None) -> float | None:
         where, params = _lane_clause(lane)

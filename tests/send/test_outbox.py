@@ -75,6 +75,32 @@ def test_due_returns_pending_rows_whose_time_has_come_oldest_first(state: State)
     assert outbox.next_due() == 100.0
 
 
+def test_a_superseded_report_waiting_out_a_backoff_goes_before_the_one_replacing_it(
+    state: State,
+) -> None:
+    # The PACS was down: the first report waits out its backoff. A late image reopens the
+    # study and the rerun's report (which names the first as its predecessor) is due at
+    # once; sent first, it was followed by the report it replaces.
+    outbox = Outbox(state, CFG)
+    first = finished_job(state, "1.2.1", 100.0, [result("1.2.1.100")])
+    [old] = outbox.due(100.0)
+    outbox.mark_failed(old.id, 100.0, "PACS down")  # next attempt at 101-102
+    outbox.mark_failed(old.id, 101.0, "PACS down")  # next attempt at 103-105
+    header = Header("1.2.840.10008.5.1.4.1.1.1", "1.2.1.9", "1.2.1", "1.2.1.2", "DX", "", "", True)
+    state.record_instance(ReceivedInstance(header, "1.2.840.10008.1.2.1", "PACS", "a#2",
+                                           "instances/late.dcm", 10, 101.5, False), True, "new")  # fmt: skip
+    state.release({"1.2.1"}, 101.5)
+    [rerun] = state.complete_due(102.6)
+    state.finish_job(rerun.id, "done", 102.7, results=[result("1.2.1.200"), result("1.2.1.201", "sc")],
+                     destinations=["pacs"])  # fmt: skip
+    finished_job(state, "1.2.2", 102.8, [result("1.2.2.100")])  # another study's: not yet due
+    due = outbox.due(102.7)
+    assert [i.sop_instance_uid for i in due] == ["1.2.1.100", "1.2.1.200", "1.2.1.201"]
+    assert [i.job_id for i in due] == [first.id, rerun.id, rerun.id]
+    # A limit never takes the later report without the earlier one.
+    assert [i.sop_instance_uid for i in outbox.due(102.7, limit=1)] == ["1.2.1.100"]
+
+
 def test_a_lane_sees_only_its_destination_or_the_unconfigured_ones(state: State) -> None:
     outbox = Outbox(state, CFG)
     finished_job(state, "1.2.1", 100.0, [result("1.2.1.100")], ("pacs", "archive", "gone"))
