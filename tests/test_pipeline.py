@@ -49,6 +49,7 @@ def results_node(tmp_path: Path, engine_cache: Path) -> Callable[..., Node]:
     nodes: list[Node] = []
 
     def start(**dotted: object) -> Node:
+        (tmp_path / "out").mkdir(exist_ok=True)
         cfg = pipeline_config(
             tmp_path / "spool", engine_cache, triage=FORCE_FINDINGS,
             destinations=[{"name": "files", "type": "folder", "path": str(tmp_path / "out")}],

@@ -1,6 +1,6 @@
 """Destination reachability for /readyz: a C-ECHO to each DICOM destination, periodically.
 
-A folder destination is reachable when its folder can be created and written.
+A folder destination is reachable when its folder exists and can be written.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pynetdicom import AE
 
 from dicom_node.config_results import Destination
 from dicom_node.identity import name_the_node
-from dicom_node.send.peers import not_established
+from dicom_node.send.peers import folder_missing, not_established
 from dicom_node.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,10 @@ def echo(destination: Destination, calling_ae: str, timeout: float) -> str | Non
     if destination.type == "folder":
         if destination.path is None:
             return "folder destination without a path"
+        missing = folder_missing(destination.path)
+        if missing is not None:
+            return missing
         try:
-            destination.path.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=destination.path, suffix=".probe")
             os.close(fd)
             Path(name).unlink()

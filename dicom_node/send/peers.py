@@ -160,10 +160,18 @@ def copy_to_folder(
 ) -> Generator[Delivery, None, None]:
     """Copy each item to ``path/<study>/<sop>.dcm`` durably: temporary file, fsync,
     atomic rename, then the folders' fsync (a new study folder's entry too), as the spool
-    writes, so an item marked sent survives a power loss."""
+    writes, so an item marked sent survives a power loss.
+
+    ``path`` itself must exist: only the study folders are made. Made with its parents,
+    an unmounted share's mount point filled up with results on the local disk, each
+    marked sent."""
     if destination.path is None:
         raise ValueError(f"destination {destination.name}: a folder destination needs a path")
     for item in items:
+        missing = folder_missing(destination.path)
+        if missing is not None:
+            yield Delivery(item, False, missing)
+            continue
         target = destination.path / item.study_uid / f"{item.sop_instance_uid}.dcm"
         source = spool_dir / item.path
         if not source.is_file():
@@ -172,7 +180,7 @@ def copy_to_folder(
         tmp = target.with_suffix(".tmp")
         try:
             created = not target.parent.is_dir()
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(exist_ok=True)
             shutil.copyfile(source, tmp)
             with tmp.open("rb") as handle:
                 os.fsync(handle.fileno())
@@ -186,3 +194,13 @@ def copy_to_folder(
             yield Delivery(item, False, f"cannot write {target}: {exc.strerror or exc}")
             continue
         yield Delivery(item, True, str(target))
+
+
+def folder_missing(path: Path) -> str | None:
+    """Why a folder destination's ``path`` cannot take results, when it is not a folder."""
+    if path.is_dir():
+        return None
+    what = "is not a folder" if path.exists() else "does not exist"
+    return (
+        f"folder {path} {what} (a share not mounted?): the node makes only the study folders in it"
+    )

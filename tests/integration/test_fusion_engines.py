@@ -95,6 +95,7 @@ def results_of(out: Path, study_uid: str, count: int) -> list[Dataset]:
 
 @pytest.fixture
 def fusion_node(tmp_path: Path, fusion_cache: Path) -> Iterator[Node]:
+    (tmp_path / "out").mkdir()
     cfg = pipeline_config(
         tmp_path / "spool", fusion_cache,
         routing={"rules": RULES, "cascade": []},

@@ -80,6 +80,7 @@ def value(port: int, expr: str) -> float | None:
 def test_prometheus_scrapes_the_node_and_sees_a_study_go_through(
     tmp_path: Path, engine_cache: Path
 ) -> None:
+    (tmp_path / "out").mkdir()
     cfg = pipeline_config(
         tmp_path / "spool", engine_cache,
         destinations=[{"name": "files", "type": "folder", "path": str(tmp_path / "out")}],

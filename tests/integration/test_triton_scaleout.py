@@ -28,6 +28,7 @@ from engines.phantoms.studies import write_study
 
 
 def node_config(tmp: Path, engine_cache: Path, url: str) -> dict[str, object]:
+    (tmp / "results").mkdir(exist_ok=True)
     return {
         "node": {"host": "127.0.0.1", "port": free_port(), "drain_seconds": 2},
         "storage": {"spool_dir": str(tmp / "spool"), "min_free_bytes": 0},

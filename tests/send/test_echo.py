@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -37,14 +38,30 @@ def test_echo_reaches_a_verification_scp_and_names_why_another_is_not_reached(
         "association got no answer (connection refused, the peer down or unreachable, or "
         "silent for the timeout)"
     )
+    (tmp_path / "results").mkdir()
     folder = Destination("files", type="folder", path=tmp_path / "results")
-    assert echo(folder, "TRIAGE", 2) is None and (tmp_path / "results").is_dir()
+    assert echo(folder, "TRIAGE", 2) is None
+    # A share not mounted: its mount point filled up with results on the local disk, and
+    # the destination read reachable.
+    unmounted = Destination("files", type="folder", path=tmp_path / "mnt" / "share")
+    assert echo(unmounted, "TRIAGE", 2) == (
+        f"folder {tmp_path / 'mnt' / 'share'} does not exist (a share not mounted?): the node "
+        "makes only the study folders in it"
+    )
+    assert not (tmp_path / "mnt").exists()
     (tmp_path / "file").write_text("")
-    blocked = Destination("files", type="folder", path=tmp_path / "file" / "below")
-    assert "cannot write" in (echo(blocked, "TRIAGE", 2) or "")
+    a_file = Destination("files", type="folder", path=tmp_path / "file")
+    assert "file is not a folder" in (echo(a_file, "TRIAGE", 2) or "")
+    if os.geteuid() != 0:  # root writes into read-only folders
+        (tmp_path / "results").chmod(0o500)
+        try:
+            assert "cannot write" in (echo(folder, "TRIAGE", 2) or "")
+        finally:
+            (tmp_path / "results").chmod(0o700)
 
 
 def test_monitor_reports_destinations_without_a_recent_answer(tmp_path: Path) -> None:
+    (tmp_path / "ok").mkdir()
     ok = Destination("files", type="folder", path=tmp_path / "ok")
     down = Destination("pacs", "PACS", "127.0.0.1", free_port())
     monitor = EchoMonitor([ok, down], "TRIAGE", interval=60, timeout=2)
@@ -59,6 +76,7 @@ def test_a_destination_that_never_answers_does_not_delay_the_others(tmp_path: Pa
     # other, the destinations after it would be checked late (and shown not ready).
     with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:
         hanging = Destination("silent", "PACS", "127.0.0.1", silent.getsockname()[1])
+        (tmp_path / "ok").mkdir()
         ok = Destination("files", type="folder", path=tmp_path / "ok")
         monitor = EchoMonitor([hanging, ok], "TRIAGE", interval=60, timeout=2)
         started = time.time()
@@ -86,12 +104,13 @@ def test_a_destination_down_is_logged_when_it_goes_down_and_when_it_is_back(
         assert (
             caplog.records[0]
             .getMessage()
-            .startswith(f"destination files (folder {blocked.path}) not reachable: cannot write")
+            .startswith(f"destination files (folder {blocked.path}) not reachable: folder ")
         )
         clock[0] += REPEAT_SECONDS  # still down a quarter of an hour on: said again
         monitor.check_all()
         assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]
         (tmp_path / "file").unlink()
+        blocked.path.mkdir(parents=True)  # type: ignore[union-attr]
         monitor.check_all()
         monitor.check_all()
     assert [r.getMessage() for r in caplog.records[2:]] == [

@@ -272,7 +272,10 @@ def test_a_peer_accepting_none_of_the_classes_says_which_it_refused(tmp_path: Pa
 # --- copy_to_folder ----------------------------------------------------------
 
 
-def folder_destination(path: Path | None) -> Destination:
+def folder_destination(path: Path | None, make: bool = True) -> Destination:
+    """A folder destination; its folder made unless ``make`` is False."""
+    if make and path is not None:
+        path.mkdir(parents=True, exist_ok=True)
     return Destination(name="archive", type="folder", path=path)
 
 
@@ -302,17 +305,21 @@ def test_copy_to_folder_replaces_an_earlier_copy(tmp_path: Path) -> None:
     assert written.read_bytes() == (spool / item.path).read_bytes()
 
 
-def test_unwritable_folder_is_a_failed_delivery(tmp_path: Path) -> None:
-    spool = tmp_path / "spool"
+def test_a_folder_that_is_not_there_fails_each_delivery_and_is_not_made(tmp_path: Path) -> None:
+    # A share not mounted: its mount point was filled with results on the local disk, each
+    # marked sent.
+    spool, share = tmp_path / "spool", tmp_path / "mnt" / "share"
+    items = [result_file(spool, SR), result_file(spool, SC)]
+    deliveries = copy_to_folder(folder_destination(share, make=False), items, spool)
+    assert [(d.ok, d.detail) for d in deliveries] == [
+        (False, f"folder {share} does not exist (a share not mounted?): the node makes only "
+                "the study folders in it"),
+    ] * 2  # fmt: skip
+    assert not (tmp_path / "mnt").exists()
     blocker = tmp_path / "a-file"
     blocker.write_text("a regular file, not a folder")
-    items = [result_file(spool, SR), result_file(spool, SC)]
-    deliveries = copy_to_folder(folder_destination(blocker / "archive"), items, spool)
-    assert [d.ok for d in deliveries] == [False, False]
-    for item, delivery in zip(items, deliveries, strict=True):
-        target = blocker / "archive" / item.study_uid / f"{item.sop_instance_uid}.dcm"
-        assert delivery.detail.startswith(f"cannot write {target}: ")
-        assert "Not a directory" in delivery.detail
+    [delivery] = copy_to_folder(folder_destination(blocker, make=False), items[:1], spool)
+    assert not delivery.ok and delivery.detail.startswith(f"folder {blocker} is not a folder")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

@@ -101,6 +101,13 @@ def silent_peer() -> Iterator[int]:
         yield listener.getsockname()[1]
 
 
+def archive_folder(tmp_path: Path) -> Path:
+    """The folder a folder destination delivers into (made: the node makes none)."""
+    folder = tmp_path / "archive"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def test_send_due_delivers_to_a_folder_and_a_peer_and_marks_sent(
     state: State, spool: Path, tmp_path: Path
 ) -> None:
@@ -109,6 +116,7 @@ def test_send_due_delivers_to_a_folder_and_a_peer_and_marks_sent(
     queue_results(state, results, ["archive", "pacs"], now)
     outbox = Outbox(state, SendingConfig(timeout_seconds=10))
     archive = tmp_path / "archive"
+    archive.mkdir()
     sent: list[tuple[OutboxItem, float]] = []
     with storage_scp() as peer:
         sender = Sender(
@@ -182,7 +190,7 @@ def test_one_destination_down_does_not_hold_back_another(
     outbox = Outbox(state, SendingConfig(timeout_seconds=5))
     destinations = [
         dicom_destination(free_port()),  # nothing listens
-        Destination(name="archive", type="folder", path=tmp_path / "archive"),
+        Destination(name="archive", type="folder", path=archive_folder(tmp_path)),
     ]
     sender = Sender(outbox, destinations, spool, CALLING)
     assert sender.send_due(now) == 2
@@ -204,7 +212,7 @@ def test_a_hanging_destination_holds_back_only_its_own_rows(
         destinations = [
             dicom_destination(port),  # "pacs": accepts the connection, never answers
             Destination(name="backup", ae_title="BACKUP", host="127.0.0.1", port=peer.port),
-            Destination(name="archive", type="folder", path=tmp_path / "archive"),
+            Destination(name="archive", type="folder", path=archive_folder(tmp_path)),
         ]
         sender = Sender(
             outbox, destinations, spool, CALLING,
@@ -303,7 +311,7 @@ def test_wake_sends_new_work_without_waiting_for_the_idle_poll(
 ) -> None:
     outbox = Outbox(state, SendingConfig())
     sent: list[float] = []
-    archive = Destination(name="archive", type="folder", path=tmp_path / "archive")
+    archive = Destination(name="archive", type="folder", path=archive_folder(tmp_path))
     sender = Sender(outbox, [archive], spool, CALLING, on_sent=lambda i, at: sent.append(at))
     sender.start()
     try:
@@ -402,7 +410,7 @@ def test_time_to_result_is_not_measured_from_a_later_episode(
     metrics = Metrics(CollectorRegistry())
     sender = Sender(
         Outbox(state, SendingConfig()),
-        [Destination(name="archive", type="folder", path=tmp_path / "archive")],
+        [Destination(name="archive", type="folder", path=archive_folder(tmp_path))],
         spool, CALLING, metrics=metrics,
     )  # fmt: skip
     assert sender.send_due(now) == 1
