@@ -65,13 +65,16 @@ def build_results(
 ) -> ResultSet:
     """The study's SR and overlays; ``previous`` are the headers of the SRs earlier jobs of
     the study wrote, which a new SR supersedes (:func:`~dicom_node.report.sr.supersede`)."""
-    manifests = {name: engines.manifest(name) for name in engines.names}
-    backends = {name: engines.backend(name) for name in engines.names}
+    used = sorted({m for m in (h.decision.prediction.task.engine for h in analysis.hips)})
+    # Asked of the engine set by name: engines a stop closed under this job raise
+    # EngineUnavailableError (the job stays pending); a snapshot of the open ones came out
+    # empty and failed the job for good with a KeyError.
+    manifests = {name: engines.manifest(name) for name in used}
+    backends = {name: engines.backend(name) for name in used}
     images = {i.source.sop_instance_uid: i for i in analysis.cache.images()}
     headers = {uid: image.header for uid, image in images.items()}
     # The CT series an engine fused is evidence too (its headers only; never decoded here).
     headers.update(_ct_headers(analysis))
-    used = sorted({m for m in (h.decision.prediction.task.engine for h in analysis.hips)})
     identity = sr_identity(
         analysis.study_uid,
         [(name, manifests[name].version) for name in used],

@@ -8,6 +8,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -292,6 +293,27 @@ def test_an_engine_closed_under_a_job_leaves_it_pending(
     assert pipeline.run_pending() == 1
     [job] = node.state.jobs()
     assert job.state == "pending"  # for the next start, not failed
+
+
+def test_engines_closed_between_analysis_and_report_leave_the_job_pending(
+    results_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stop that outwaits a job closes the engines under it: closed after the analysis,
+    # the report's manifests came out empty and the job failed for good (KeyError).
+    node = pending_study(results_node(), tmp_path, 509)
+    engines = EngineSet(node.config.engines, engines_needed(node.config))
+    analyse = pipeline_module.analyse_study
+
+    def analyse_then_stop(*args: Any, **kwargs: Any) -> Any:
+        analysis = analyse(*args, **kwargs)
+        engines.close()
+        return analysis
+
+    monkeypatch.setattr(pipeline_module, "analyse_study", analyse_then_stop)
+    assert node.state is not None and node.spool is not None
+    assert Pipeline(node.config, node.state, node.spool, engines).run_pending() == 1
+    [job] = node.state.jobs()
+    assert (job.state, job.error) == ("pending", None)
 
 
 def test_a_study_whose_runs_were_cut_short_twice_fails_instead_of_running_again(
