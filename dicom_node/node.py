@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -52,6 +53,12 @@ log = logging.getLogger(__name__)
 # job killed mid-run counts as a crash, and a study's second crash fails it.
 ABORT_SECONDS = 2.0
 JOB_STOP_SECONDS = 30.0
+_AWAIT_SLICE = 0.05  # how soon a wait for a thread sees a second signal
+
+
+class _Stoppable(Protocol):
+    @property
+    def alive(self) -> bool: ...
 
 
 class Node:
@@ -229,7 +236,8 @@ class Node:
                 for assoc in left:
                     assoc.join(timeout=max(give_up - time.monotonic(), 0.0))
         # Every background thread is told first, so their waits overlap (the longest one
-        # bounds the stop, not their sum); after a second signal nothing is waited for.
+        # bounds the stop, not their sum); a second signal ends the wait in hand and skips
+        # the rest, also one that began before it (a job still running).
         for worker in (self.purger, self.pipeline, self.echo):
             if worker is not None:
                 worker.request_stop()
@@ -237,19 +245,24 @@ class Node:
             for lane in self.sender.lanes:
                 lane.request_stop()
         if self.purger is not None:
-            self.purger.stop(self._wait(10.0))
+            self._await(self.purger, 10.0)
+            self.purger.stop(0.0)
             self.purger = None
         if self.assembler is not None:
-            self.assembler.stop(self._wait(5.0))
+            self.assembler.stop(0.0)
+            self._await(self.assembler, 5.0)
             self.assembler = None
         if self.pipeline is not None:
-            self.pipeline.stop(self._wait(JOB_STOP_SECONDS))
+            self._await(self.pipeline, JOB_STOP_SECONDS)
+            self.pipeline.stop(0.0)  # a job still in hand stays pending, not counted a crash
             self.pipeline = None
         if self.sender is not None:
-            self.sender.stop(self._wait(10.0))
+            self._await(self.sender, 10.0)
+            self.sender.stop(0.0)
             self.sender = None
         if self.echo is not None:
-            self.echo.stop(self._wait(self.echo.timeout + 5.0))
+            self._await(self.echo, self.echo.timeout + 5.0)
+            self.echo.stop(0.0)
             self.echo = None
         if self.engines is not None:
             self.engines.close()
@@ -263,10 +276,14 @@ class Node:
         self._stopped.set()
         log.info("dicom-node stopped")
 
-    def _wait(self, seconds: float) -> float:
-        """How long to wait for a thread to finish: none once a second signal forced the stop
-        (the threads are daemons; the process exits without them)."""
-        return 0.0 if self._signals > 1 else seconds
+    def _await(self, worker: _Stoppable, seconds: float) -> None:
+        """Wait up to ``seconds`` for a worker's thread to finish. A second signal
+        ends the wait, also one already under way: a join's timeout, taken when it began,
+        held a forced stop for the rest of a running job's 30 s. The threads are daemons;
+        the process exits without them."""
+        deadline = time.monotonic() + seconds
+        while worker.alive and self._signals < 2 and time.monotonic() < deadline:
+            time.sleep(_AWAIT_SLICE)
 
     def serve(self) -> int:
         """Run until a signal; the first drains gracefully, a second forces."""

@@ -48,6 +48,11 @@ class Worker(abc.ABC):
         self._stop.set()
         self._wake.set()
 
+    @property
+    def alive(self) -> bool:
+        """Is the thread still running (a round in hand, or not yet told to stop)?"""
+        return self._thread is not None and self._thread.is_alive()
+
     def join(self, timeout: float) -> None:
         if self._thread is not None:
             self._thread.join(timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from dicom_node.infer import EngineSet
 from dicom_node.models import Job
 from dicom_node.node import Node
 from dicom_node.pipeline import Pipeline, engines_needed
+from dicom_node.state import State
 from dicom_node.synthetic import StudyIdentity, make_ct_series, write
 from engines.phantoms.studies import write_study
 from engines.runtimes import EngineRuntimeError
@@ -314,6 +316,43 @@ def test_engines_closed_between_analysis_and_report_leave_the_job_pending(
     assert Pipeline(node.config, node.state, node.spool, engines).run_pending() == 1
     [job] = node.state.jobs()
     assert (job.state, job.error) == ("pending", None)
+
+
+def test_a_second_signal_ends_the_stops_wait_for_a_job_in_hand(
+    results_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stop was inside the pipeline's 30 s join when the second signal came, and a
+    # join's timeout is taken when it begins: the forced stop still took the 30 s.
+    started, release = threading.Event(), threading.Event()
+    analyse = pipeline_module.analyse_study
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        release.wait(60)
+        return analyse(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "analyse_study", slow)
+    node = results_node()
+    study = write_study(tmp_path / "s", 510, "normal", "normal", size=64)
+    assert send_files(node.port, list(study.files)) == [0]
+    assert started.wait(30)
+    stopper = threading.Thread(target=node.stop, kwargs={"drain_seconds": 0})
+    began = time.monotonic()
+    stopper.start()
+    try:
+        time.sleep(0.5)  # the stop waits for the job
+        node._signals = 2  # as after a second SIGTERM
+        stopper.join(10)
+        took = time.monotonic() - began
+    finally:
+        release.set()
+    assert not stopper.is_alive() and took < 3
+    state = State(tmp_path / "spool" / "state.sqlite3", node.config.assembly)
+    try:
+        [job] = state.jobs()
+        assert (job.state, job.runs) == ("pending", 0)  # runs again at the next start
+    finally:
+        state.close()
 
 
 def test_a_study_whose_runs_were_cut_short_twice_fails_instead_of_running_again(

@@ -23,9 +23,11 @@ class Counting(Worker):
 
 def test_wake_starts_the_next_round_and_stop_joins() -> None:
     worker = Counting()
+    assert not worker.alive
     worker.start()
     try:
         assert worker.ran.wait(5)
+        assert worker.alive
         before = worker.rounds
         worker.wake()
         deadline = time.monotonic() + 5
@@ -34,7 +36,7 @@ def test_wake_starts_the_next_round_and_stop_joins() -> None:
         assert worker.rounds == before + 1
     finally:
         worker.stop(timeout=5)
-    assert worker._thread is None and worker.stopping
+    assert worker._thread is None and worker.stopping and not worker.alive
 
 
 def test_a_failing_round_is_logged_and_the_worker_goes_on() -> None:

@@ -46,6 +46,10 @@ class Assembler:
         """Something changed (a deadline may be earlier now): look again."""
         self._wake.set()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()

@@ -69,6 +69,10 @@ class Sender:
             lane.join(max(give_up - time.monotonic(), 0.0))
 
     @property
+    def alive(self) -> bool:
+        return any(lane.alive for lane in self.lanes)
+
+    @property
     def stopping(self) -> bool:
         return any(lane.stopping for lane in self.lanes)
 
