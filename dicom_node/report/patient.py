@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from highdicom.enum import SpecificCharacterSetValues
+from pydicom import config
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.dataelem import RawDataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, TEXT_VR_DELIMS, TM, PersonName
@@ -51,8 +53,17 @@ def evidence_header(source: Dataset) -> Dataset:
     Values are read raw: pydicom's own check of a malformed value logs the value, and
     these are patient data."""
     header = Dataset()
+    encodings = convert_encodings(source.get("SpecificCharacterSet"))
     for tag in source.keys():  # noqa: SIM118 - iterating converts (and checks) values
-        header[tag] = source.get_item(tag)
+        element = source.get_item(tag)
+        if _vr(element) == "SQ":
+            # A sequence's texts (an issuer of Other Patient IDs, of the Accession Number)
+            # were copied as the source's bytes, kept when a result is written in another
+            # set: ISO 2022 escapes and Latin-1 bytes in a UTF-8 object.
+            items = [_decoded(item, encodings) for item in source[tag].value]
+            header.add(DataElement(tag, "SQ", items))
+        else:
+            header[tag] = element
     for keyword in _TYPE_2:
         if keyword not in header or header.get_item(keyword).value is None:
             _put(header, keyword, "")
@@ -79,6 +90,39 @@ def evidence_header(source: Dataset) -> Dataset:
         elif isinstance(value, MultiValue):
             _put(header, keyword, str(value[0]) if len(value) else "")
     return header
+
+
+# Value representations whose bytes depend on the Specific Character Set (PS3.5 6.1.2.3).
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+
+
+def _vr(element: DataElement | RawDataElement) -> str | None:
+    """The element's VR, from the dictionary where an implicit-VR file gave none."""
+    if element.VR:
+        return str(element.VR)
+    return dictionary_VR(element.tag) if dictionary_has_tag(element.tag) else None
+
+
+def _decoded(item: Dataset, encodings: list[str]) -> Dataset:
+    """A copy of a sequence item whose texts are decoded (without pydicom's value checks,
+    which log the value) from the source's character set: a result encodes them in its
+    own. Other values are shared, as the header's are."""
+    out = Dataset()
+    for tag in item.keys():  # noqa: SIM118 - iterating converts (and checks) values
+        element = item.get_item(tag)
+        vr = _vr(element)
+        if vr == "SQ":
+            out.add(DataElement(tag, "SQ", [_decoded(i, encodings) for i in item[tag].value]))
+        elif vr in _TEXT_VRS and isinstance(element.value, bytes):
+            raw = element.value.rstrip(b"\x00 ")  # padding, as pydicom strips it
+            if vr == "PN":
+                value: str | PersonName = PersonName(str(PersonName(raw, encodings)))
+            else:
+                value = decode_bytes(raw, encodings, TEXT_VR_DELIMS)
+            out.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
+        else:
+            out[tag] = element
+    return out
 
 
 def _is_valid(vr: type[DA] | type[TM], text: str) -> bool:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import warnings
+from io import BytesIO
 
 import pytest
+from pydicom import dcmread
 from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
 from dicom_node.errors import ReportError
@@ -143,3 +146,49 @@ def test_results_keep_a_single_character_set_else_use_utf_8(
     if source is not None:
         header.SpecificCharacterSet = source
     assert output_charset(header) == written
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize(
+    ("charset", "issuer", "name"),
+    [
+        (["", "ISO 2022 IR 87"], "別病院", "Yamamoto^Tarou=山本^太郎"),
+        ("ISO_IR 100", "Clinique Ñandú", "Müller^Zoë"),
+    ],
+)
+def test_texts_in_sequences_are_decoded_in_the_sources_character_set(
+    charset: str | list[str], issuer: str, name: str, implicit: bool
+) -> None:
+    # Sequence items were copied as the source's bytes, which a result in UTF-8 then
+    # declared UTF-8: ISO 2022 escapes (and Latin-1 bytes) in the SR and the overlays.
+    source = Dataset()
+    source.SpecificCharacterSet = charset
+    other = Dataset()
+    other.PatientID = "X123"
+    other.IssuerOfPatientID = issuer
+    qualifiers = Dataset()
+    qualifiers.UniversalEntityID = f"{issuer} root"
+    other.IssuerOfPatientIDQualifiersSequence = [qualifiers]
+    other.PatientName = name  # a PN in an item, decoded as a name is
+    source.OtherPatientIDsSequence = [other]
+    read = dcmread(_written(source, implicit))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom's checks quote values: none may run
+        header = evidence_header(read)
+    header.SpecificCharacterSet = "ISO_IR 192"  # a result's own set, as fit_charset picks
+    back = dcmread(_written(header, implicit))  # written untouched, as the builders do
+    [item] = back.OtherPatientIDsSequence
+    assert (item.PatientID, item.IssuerOfPatientID) == ("X123", issuer)
+    assert item.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID == f"{issuer} root"
+    assert str(item.PatientName) == name
+
+
+def _written(ds: Dataset, implicit: bool) -> BytesIO:
+    out = BytesIO()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.save_as(out, enforce_file_format=True)
+    out.seek(0)
+    return out
