@@ -10,8 +10,9 @@ AP grid. An engine without heat maps (osteoporosis) gets none.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,14 @@ from dicom_node.config import Config
 from dicom_node.infer import EngineSet
 from dicom_node.report import build_overlay_sc, build_sr, sc_identity, sr_identity
 from dicom_node.report.codes import HEATMAP_METHODS
+from dicom_node.report.patient import disagreements
 from dicom_node.report.sc import OverlayHip, overlay_series
 from dicom_node.report.sr import reported_findings, supersede
 from dicom_node.report.uids import SC_CONTENT, SR_CONTENT, with_content_uid
 from dicom_node.triage import probability_text, shown_probability
 from engines.manifest import Manifest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +79,7 @@ def build_results(
     headers = {uid: image.header for uid, image in images.items()}
     # The CT series an engine fused is evidence too (its headers only; never decoded here).
     headers.update(_ct_headers(analysis))
+    study = _study_header(analysis, headers)
     identity = sr_identity(
         analysis.study_uid,
         [(name, manifests[name].version) for name in used],
@@ -83,7 +88,7 @@ def build_results(
     )
     sr = build_sr(
         analysis.decisions, manifests, backends, headers, analysis.priority, identity,
-        cfg.results.institution_name, analysis.not_analysed,
+        cfg.results.institution_name, analysis.not_analysed, study,
     )  # fmt: skip
     supersede(with_content_uid(sr, "sr", SR_CONTENT), previous)
     overlays: list[Dataset] = []
@@ -120,9 +125,26 @@ def build_results(
                 max_edge=cfg.results.max_overlay_edge,
                 institution_name=cfg.results.institution_name,
                 map_branch=_map_branch(manifest),
+                study=study,
             )
             overlays.append(with_content_uid(sc, "sc", SC_CONTENT))
     return ResultSet(sr, tuple(overlays))
+
+
+def _study_header(analysis: StudyAnalysis, headers: Mapping[str, Dataset]) -> Dataset:
+    """The header whose patient and study attributes every result of the study carries: of
+    the images the results cite, the one received last (a name or an accession corrected in
+    the PACS comes with the images sent again). The SR took the first by UID, each overlay
+    its own image's: one study's results named two accessions."""
+    cited = [i.sop_instance_uid for i in analysis.images if i.sop_instance_uid in headers]
+    chosen = headers[cited[-1]] if cited else headers[min(headers)]
+    differing = disagreements(headers.values(), chosen)
+    if differing:
+        log.warning(
+            "study %s: its images disagree on %s; every result carries those of SOP instance "
+            "%s, received last", analysis.study_uid, ", ".join(differing), chosen.SOPInstanceUID,
+        )  # fmt: skip
+    return chosen
 
 
 def _map_branch(manifest: Manifest) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from highdicom.enum import SpecificCharacterSetValues
@@ -24,6 +24,7 @@ from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.valuerep import DA, TEXT_VR_DELIMS, TM, PersonName
 
 from dicom_node.errors import ReportError
@@ -123,6 +124,70 @@ def _decoded(item: Dataset, encodings: list[str]) -> Dataset:
         else:
             out[tag] = element
     return out
+
+
+# The Patient and (Patient) Study attributes a result carries: one set per study.
+STUDY_LEVEL = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "OtherPatientIDsSequence",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "IssuerOfAccessionNumberSequence",
+    "ReferringPhysicianName",
+    "StudyDescription",
+)
+
+
+def with_patient_and_study(evidence: Dataset, study: Dataset) -> Dataset:
+    """A copy of ``evidence`` (an :func:`evidence_header`) carrying the patient and study
+    attributes of ``study`` (another), decoded from ``study``'s character set so they read
+    the same in ``evidence``'s. The images of one study can disagree (a name or an
+    accession corrected in the PACS for some of them): its results must not."""
+    picked = Dataset()
+    for keyword in STUDY_LEVEL:
+        if keyword in study:
+            picked[Tag(keyword)] = study.get_item(keyword)
+    decoded = _decoded(picked, convert_encodings(study.get("SpecificCharacterSet")))
+    out = Dataset()
+    for tag in evidence.keys():  # noqa: SIM118 - iterating converts (and checks) values
+        out[tag] = evidence.get_item(tag)
+    for keyword in STUDY_LEVEL:
+        if keyword in out:
+            del out[keyword]
+        if keyword in decoded:
+            out[Tag(keyword)] = decoded.get_item(keyword)
+    return out
+
+
+def disagreements(headers: Iterable[Dataset], study: Dataset) -> list[str]:
+    """The patient and study attributes (not the sequences) on which ``headers`` differ
+    from ``study``'s, compared as stored (no value is converted, checked or logged)."""
+    return [
+        k
+        for k in STUDY_LEVEL
+        if not k.endswith("Sequence") and any(_stored(h, k) != _stored(study, k) for h in headers)
+    ]
+
+
+def _stored(ds: Dataset, keyword: str) -> str | None:
+    if keyword not in ds:
+        return None
+    value = ds.get_item(keyword).value
+    if isinstance(value, bytes):
+        return value.rstrip(b"\x00 ").decode("latin-1")
+    if isinstance(value, MultiValue):
+        return "\\".join(str(v) for v in value)
+    return "" if value is None else str(value)
 
 
 def _is_valid(vr: type[DA] | type[TM], text: str) -> bool:

@@ -26,7 +26,13 @@ from dicom_node.errors import ReportError
 from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
 from dicom_node.report import codes
 from dicom_node.report.overlay import blend, scale_down, with_banner
-from dicom_node.report.patient import building, evidence_header, fit_charset, output_charset
+from dicom_node.report.patient import (
+    building,
+    evidence_header,
+    fit_charset,
+    output_charset,
+    with_patient_and_study,
+)
 from dicom_node.report.sr import SIDE_WORDS
 from dicom_node.report.uids import ResultIdentity, series_uid
 from engines.pixels import InputGeometry, pixel_spacing, square_pixels
@@ -142,12 +148,14 @@ def build_overlay_sc(
     max_edge: int = 1536,
     institution_name: str | None = None,
     map_branch: str | None = None,
+    study: Dataset | None = None,
 ) -> hd.sc.SCImage:
     """The overlay of ``source`` (its header) whose displayed ``picture`` the hips annotate.
 
     ``map_branch`` names the part of a fusion engine the maps come from (``"radiograph"``)
     when they are not of the reported, fused result itself: the banner and the derivation
-    say so.
+    say so. ``study`` is the header whose patient and study attributes the overlay carries
+    (default: ``source``'s), the same for every result of the study.
     """
     if not hips:
         raise ReportError("build_overlay_sc: expected at least one hip, got none")
@@ -162,6 +170,8 @@ def build_overlay_sc(
     series = series_uid(str(source.StudyInstanceUID), "sc", str(identity.series_number),
                         series_description, side, part)  # fmt: skip
     evidence = evidence_header(source)
+    if study is not None and str(study.SOPInstanceUID) != str(source.SOPInstanceUID):
+        evidence = with_patient_and_study(evidence, evidence_header(study))
     with building("overlay"):
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=evidence,

@@ -213,11 +213,14 @@ def build_sr(
     identity: ResultIdentity,
     institution_name: str | None = None,
     not_analysed: Sequence[tuple[str, str]] = (),
+    study: Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The study's SR from its triage decisions; ``headers`` are the source instances' headers.
     ``not_analysed`` names the images that could not be (SOP Instance UID, why): the report
     is then PARTIAL, its study priority "Not all algorithms succeeded" (CID 6047) unless
-    URGENT, and a Comment names each image."""
+    URGENT, and a Comment names each image. ``study`` (one of ``headers``) is the header whose
+    patient and study attributes the report carries (default: the first by SOP Instance
+    UID); the overlays take the same (:func:`~dicom_node.report.sc.build_overlay_sc`)."""
     if not decisions:
         raise ReportError("build_sr: expected at least one triage decision, got none")
     if priority not in codes.PRIORITY_VALUES:
@@ -287,9 +290,10 @@ def build_sr(
         procedure_reported=codes.PROCEDURE,
         imaging_measurements=groups,
     )
-    evidence = [
-        evidence_header(h) for h in sorted(headers.values(), key=lambda h: str(h.SOPInstanceUID))
-    ]
+    ordered = sorted(headers.values(), key=lambda h: str(h.SOPInstanceUID))
+    if study is not None:  # first: highdicom takes the patient and study from evidence[0]
+        ordered.sort(key=lambda h: str(h.SOPInstanceUID) != str(study.SOPInstanceUID))
+    evidence = [evidence_header(h) for h in ordered]
     series_description = description(priority, decisions, incomplete=bool(not_analysed))
     series = series_uid(str(evidence[0].StudyInstanceUID), "sr", str(identity.series_number),
                         series_description)  # fmt: skip

@@ -16,7 +16,13 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
 from dicom_node.errors import ReportError
-from dicom_node.report.patient import building, evidence_header, output_charset
+from dicom_node.report.patient import (
+    building,
+    disagreements,
+    evidence_header,
+    output_charset,
+    with_patient_and_study,
+)
 
 
 def _raw(tag: int, vr: str, value: bytes) -> RawDataElement:
@@ -192,3 +198,42 @@ def _written(ds: Dataset, implicit: bool) -> BytesIO:
     ds.save_as(out, enforce_file_format=True)
     out.seek(0)
     return out
+
+
+def test_a_study_header_lends_its_patient_and_study_whatever_its_character_set() -> None:
+    image = Dataset()
+    image.SpecificCharacterSet = "ISO_IR 100"
+    image.PatientName = "Müller^Zoë"
+    image.AccessionNumber = "ACC-OLD"
+    image.Manufacturer = "Ærø Imaging"  # the image's own, kept
+    image.StudyDescription = "Hüfte"
+    study = Dataset()
+    study.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    study.PatientName = "Yamamoto^Tarou=山本^太郎"
+    study.AccessionNumber = "ACC-NEW"
+    lent = with_patient_and_study(
+        evidence_header(dcmread(_written(image, False))),
+        evidence_header(dcmread(_written(study, False))),
+    )
+    assert lent.Manufacturer == "Ærø Imaging"  # the image's own, in its own set
+    lent.SpecificCharacterSet = "ISO_IR 192"  # as fit_charset makes it for the name
+    back = dcmread(_written(lent, False))
+    assert (str(back.PatientName), back.AccessionNumber) == ("Yamamoto^Tarou=山本^太郎", "ACC-NEW")
+    assert "StudyDescription" not in back  # the study header has none: not the image's
+
+
+def test_disagreements_name_the_attributes_that_differ_as_stored() -> None:
+    first = dcmread(_written(_header("DOE^JANE", "A1"), False))
+    same = dcmread(_written(_header("DOE^JANE", "A1"), False))
+    _ = same.PatientName  # converted in one, raw in the other: still the same
+    other = dcmread(_written(_header("DOE^JANET", "A2"), False))
+    assert disagreements([first, same], first) == []
+    assert disagreements([first, same, other], first) == ["PatientName", "AccessionNumber"]
+
+
+def _header(name: str, accession: str) -> Dataset:
+    ds = Dataset()
+    ds.PatientName = name
+    ds.AccessionNumber = accession
+    ds.StudyDate = "20261124"
+    return ds

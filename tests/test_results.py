@@ -1,0 +1,53 @@
+"""The study's result objects from its analysis: one patient and study in all of them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pydicom
+import pytest
+from helpers import FORCE_FINDINGS, pipeline_config
+
+from dicom_node.analyse import analyse_study, read_sources
+from dicom_node.infer import EngineSet
+from dicom_node.results import build_results
+from engines.phantoms.studies import write_study
+
+DUAL = {"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"], "ViewPosition": ["AP"]}}
+
+
+def test_every_result_carries_the_patient_and_study_of_the_image_received_last(
+    tmp_path: Path, engine_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A name and an accession corrected in the PACS for the lateral only: the SR took the
+    # first header by UID, each overlay its own image's, and one study's results named
+    # two patients' names and two accessions.
+    study = write_study(
+        tmp_path, 12, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
+    )
+    pelvis, lateral = study.files
+    corrected = pydicom.dcmread(lateral)
+    corrected.PatientName = "CORRECTED^NAME"
+    corrected.AccessionNumber = "ACC-NEW"
+    corrected.save_as(lateral, enforce_file_format=True)
+    cfg = pipeline_config(
+        tmp_path / "spool", engine_cache, triage=FORCE_FINDINGS,
+        routing={"rules": [DUAL], "cascade": []},
+    )  # fmt: skip
+    engines = EngineSet(cfg.engines, ["hipnet"])
+    try:
+        images = read_sources([(pelvis, "PACS"), (lateral, "PACS")])  # the lateral last
+        analysis = analyse_study(study.identity.study_uid, images, engines, cfg)
+        with caplog.at_level(logging.WARNING, logger="dicom_node.results"):
+            results = build_results(analysis, engines, cfg)
+    finally:
+        engines.close()
+    assert results.overlays  # the AP's, built from the pelvis image
+    for result in (results.sr, *results.overlays):
+        assert (str(result.PatientName), result.AccessionNumber) == ("CORRECTED^NAME", "ACC-NEW")
+    assert (
+        f"images disagree on PatientName, AccessionNumber; every result carries those of SOP "
+        f"instance {corrected.SOPInstanceUID}, received last" in caplog.text
+    )
+    assert "CORRECTED" not in caplog.text  # which attributes, never their values
