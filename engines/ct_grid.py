@@ -23,13 +23,12 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK
 
-from engines.volumes import CtVolume, Vector, VolumeError
+from engines.volumes import AIR_HU, CtVolume, Vector, VolumeError
 
 # SimpleITK's wrappers are unannotated (as in engines.volumes): one Any keeps that out of
 # mypy's way.
 sitk: Any = SimpleITK
 
-AIR_HU = -1024.0
 # Bone window for hip CT: -500..1500 HU, the factory's window. Air and fat sit at or
 # near 0, soft tissue (~40 HU) at 0.27, trabecular bone (200-400 HU) at 0.35-0.45 and
 # cortical bone (1000-1500 HU) at 0.75-1.0, so sclerosis and lucencies stay apart.

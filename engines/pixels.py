@@ -55,7 +55,7 @@ def display_pixels(ds: Dataset) -> Image:
         ) from exc
     if stored.ndim != 2:
         raise PixelDataError(f"pixel data: expected one 2-D frame, got shape {stored.shape}")
-    padding = _padding(stored, ds)
+    padding = padding_mask(stored, ds)
     try:
         values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
     except (TypeError, ValueError, IndexError, AttributeError) as exc:  # an empty Rescale Slope
@@ -80,7 +80,7 @@ def display_pixels(ds: Dataset) -> Image:
     return picture.astype(np.float32)
 
 
-def _padding(stored: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.bool_] | None:
+def padding_mask(stored: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.bool_] | None:
     """The pixels that are padding, not image (PS3.3 C.7.5.1.1.2): stored values equal to
     Pixel Padding Value or, with a Pixel Padding Range Limit, between the two inclusive.
     None when there is no padding."""

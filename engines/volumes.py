@@ -47,6 +47,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
 
 from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe
+from engines.pixels import padding_mask
 
 # SimpleITK's wrappers are unannotated; going through one Any keeps that out of mypy's way
 # (sitk.Image values are typed Any below, and every function here returns typed values
@@ -56,6 +57,7 @@ sitk: Any = SimpleITK
 Vector = tuple[float, float, float]
 Direction = tuple[float, float, float, float, float, float, float, float, float]
 
+AIR_HU = -1024.0  # what Pixel Padding (not image) reads as, and the grid outside the field
 # Direction cosines of two slices that agree (DS values carry about 10 digits).
 ORIENTATION_TOLERANCE = 1e-4
 # Relative tolerance of Pixel Spacing between slices.
@@ -396,30 +398,44 @@ def _slice_hu(
     if s.path not in frames:
         frames[s.path] = _stored_frames(series_uid, s.path)
     slope, intercept = s.rescale
-    return np.asarray(frames[s.path][s.frame] * slope + intercept, dtype=np.float32)
+    hu = frames[s.path][s.frame] * slope + intercept
+    return np.asarray(np.nan_to_num(hu, nan=AIR_HU), dtype=np.float32)
 
 
 def _stored_frames(series_uid: str, path: Path) -> npt.NDArray[np.float32]:
-    """The stored values of every frame of a multi-frame image, [frame, row, column]."""
+    """The stored values of every frame of a multi-frame image, [frame, row, column]; NaN
+    where they are padding."""
     ds, stored = _decoded(series_uid, path, modality_lut=False)
-    return np.asarray(stored, dtype=np.float32).reshape(-1, int(ds.Rows), int(ds.Columns))
+    return stored.reshape(-1, int(ds.Rows), int(ds.Columns))
 
 
 def _pixels(series_uid: str, path: Path) -> npt.NDArray[np.float32]:
     """The Hounsfield units of one slice (the Modality LUT of that instance applied)."""
-    return np.asarray(_decoded(series_uid, path, modality_lut=True)[1], dtype=np.float32)
+    hu = _decoded(series_uid, path, modality_lut=True)[1]
+    return np.asarray(np.nan_to_num(hu, nan=AIR_HU), dtype=np.float32)
 
 
-def _decoded(series_uid: str, path: Path, modality_lut: bool) -> tuple[Dataset, npt.NDArray[Any]]:
-    """The instance and its pixel values, stored or through its Modality LUT; pydicom's
-    errors (an unsupported transfer syntax raises NotImplementedError) become a VolumeError."""
+def _decoded(
+    series_uid: str, path: Path, modality_lut: bool
+) -> tuple[Dataset, npt.NDArray[np.float32]]:
+    """The instance and its pixel values, stored or through its Modality LUT, NaN where
+    they are padding (Pixel Padding Value, with its range limit: outside the reconstruction
+    circle, read as real values, -33792 HU dragged the tissue beside it out of the window
+    in the resampling); pydicom's errors (an unsupported transfer syntax raises
+    NotImplementedError) become a VolumeError."""
     try:
         ds = dcmread(path)
     except UNREADABLE_DICOM as exc:  # changed on disk since its header was read
         raise VolumeError(f"file {path}: not a readable DICOM file ({describe(exc)})") from exc
     try:
         stored = ds.pixel_array
-        return ds, apply_modality_lut(stored, ds) if modality_lut else stored
+        values = np.asarray(
+            apply_modality_lut(stored, ds) if modality_lut else stored, dtype=np.float32
+        )
+        padding = padding_mask(stored, ds)
+        if padding is not None:
+            values[padding] = np.nan
+        return ds, values
     except (
         ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError, TypeError
     ) as exc:  # fmt: skip

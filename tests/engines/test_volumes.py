@@ -24,7 +24,7 @@ from dicom_node.synthetic import (
     TRANSFER_SYNTAXES,
     make_ct_series,
 )
-from engines.volumes import CtVolume, VolumeError, read_ct_series
+from engines.volumes import AIR_HU, CtVolume, VolumeError, read_ct_series
 
 
 def _edit(path: Path, **values: Any) -> None:
@@ -469,3 +469,28 @@ def test_a_series_over_the_voxel_limit_is_refused_before_decoding(
         VolumeError, match=rf"series {SERIES}: 4 slices of 8 x 8 are 256 voxels, over the 255"
     ):
         read_ct_series(paths, SERIES)
+
+
+def _padded(path: Path, value: int) -> None:
+    """Mark the first 3 x 3 pixels of every frame as padding (stored ``value``)."""
+    ds = dcmread(path)
+    stored = ds.pixel_array.copy()
+    stored[..., :3, :3] = value
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.add_new("PixelPaddingValue", "US", value)
+    ds.save_as(path)
+
+
+def test_pixel_padding_reads_as_air(tmp_path: Path) -> None:
+    # Outside the reconstruction circle: read as a value (4000 stored: 2976 HU here, -33792
+    # for the common signed -32768) it dragged the tissue beside it out of the window.
+    volume = random_hu(depth=3, rows=8, cols=8)
+    paths = write_series(tmp_path / "single", volume)
+    for path in paths:
+        _padded(path, 4000)
+    enhanced = _enhanced(tmp_path / "enhanced", volume)
+    _padded(enhanced, 4000)
+    expected = volume.copy()
+    expected[:, :3, :3] = AIR_HU
+    np.testing.assert_array_equal(read_ct_series(paths, SERIES).array(), expected)
+    np.testing.assert_array_equal(read_ct_series([enhanced], SERIES).array(), expected)
