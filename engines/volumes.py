@@ -76,6 +76,13 @@ DRIFT_TOLERANCE = 0.25
 MAX_VOXELS = 2**28
 # The in-plane offset a slice may have from the first one, as a fraction of a pixel.
 SHIFT_TOLERANCE = 0.1
+# The widest slice spacing a series may have and be a volume (mm): slices further apart (a
+# femoral-version protocol's neck and knee, 400 mm) left the engine's 1 mm grid to
+# interpolation alone.
+MAX_SLICE_STEP_MM = 10.0
+# How far ImageOrientationPatient's row and column cosines may be from unit length and
+# from orthogonal (DS values carry 6-16 significant digits).
+COSINE_TOLERANCE = 1e-3
 
 
 class VolumeError(DicomNodeError, ValueError):
@@ -251,10 +258,23 @@ def _slice(
             f"series {series_uid}, instance {name}: PixelSpacing expected positive values, "
             f"got {tuple(float(v) for v in spacing)}"
         )
+    orientation = _numbers(series_uid, geometry, "ImageOrientationPatient", 6, name)
+    row, col = orientation[:3], orientation[3:]
+    if (
+        abs(float(np.linalg.norm(row)) - 1.0) > COSINE_TOLERANCE
+        or abs(float(np.linalg.norm(col)) - 1.0) > COSINE_TOLERANCE
+        or abs(float(np.dot(row, col))) > COSINE_TOLERANCE
+    ):
+        # Else the slice normal is wrong, and the refusal blamed a duplicated slice or a
+        # gantry tilt.
+        raise VolumeError(
+            f"series {series_uid}, instance {name}: ImageOrientationPatient {_fmt(orientation)} "
+            "is not two orthogonal unit vectors (row and column direction cosines)"
+        )
     return _Slice(
         path=path,
         uid=name,
-        orientation=_numbers(series_uid, geometry, "ImageOrientationPatient", 6, name),
+        orientation=orientation,
         position=_numbers(series_uid, geometry, "ImagePositionPatient", 3, name),
         shape=(rows, cols),
         pixel_spacing=(float(spacing[0]), float(spacing[1])),
@@ -292,7 +312,17 @@ def _frames(series_uid: str, path: Path, ds: Dataset, frames: int) -> list[_Slic
                     f"shared {sequence}"
                 )
             geometry[keyword] = item[keyword]
-        transform = _group_item(group, shared, "PixelValueTransformationSequence") or Dataset()
+        transform = _group_item(group, shared, "PixelValueTransformationSequence")
+        if transform is None:
+            if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
+                # Enhanced CT requires the group: without it the Hounsfield units are not
+                # known (read as slope 1, intercept 0, every value was 1024 HU off).
+                raise VolumeError(
+                    f"series {series_uid}, instance {name}: no Rescale Slope or Intercept in "
+                    "the frame's or the shared PixelValueTransformationSequence, nor at the "
+                    "top level: its Hounsfield units are not known"
+                )
+            transform = ds  # a non-conformant image that puts them at the top level
         try:
             rescale = (
                 float(transform.get("RescaleSlope", 1.0)),
@@ -364,6 +394,12 @@ def _check_steps(series_uid: str, slices: list[_Slice], along: npt.NDArray[np.fl
     # Each gap within tolerance is not enough: gaps that creep (1.0 mm, then 1.045 mm)
     # would put slices a whole step from where the volume's regular grid shows them.
     mean = float((along[-1] - along[0]) / (len(along) - 1))
+    if mean > MAX_SLICE_STEP_MM + DUPLICATE_MM:
+        raise VolumeError(
+            f"series {series_uid}: slices {mean:.3f} mm apart, more than the "
+            f"{MAX_SLICE_STEP_MM:g} mm a volume may have (a localizer pair or a protocol of "
+            "separate levels: its inside would be interpolation)"
+        )
     drift = np.abs(along - (along[0] + mean * np.arange(len(along))))
     worst = int(np.argmax(drift))
     if drift[worst] > max(DUPLICATE_MM, DRIFT_TOLERANCE * mean):

@@ -494,3 +494,55 @@ def test_pixel_padding_reads_as_air(tmp_path: Path) -> None:
     expected[:, :3, :3] = AIR_HU
     np.testing.assert_array_equal(read_ct_series(paths, SERIES).array(), expected)
     np.testing.assert_array_equal(read_ct_series([enhanced], SERIES).array(), expected)
+
+
+def test_slices_too_far_apart_are_not_a_volume(tmp_path: Path) -> None:
+    # A femoral-version protocol's neck and knee, 400 mm apart: the engine's 1 mm grid
+    # between them was interpolation alone.
+    paths = write_series(tmp_path, random_hu(depth=2, rows=8, cols=8), spacing_mm=(400, 1, 1))
+    with pytest.raises(
+        VolumeError,
+        match=rf"^series {SERIES}: slices 400\.000 mm apart, more than the 10 mm a volume may",
+    ):
+        read_ct_series(paths, SERIES)
+    ten = write_series(tmp_path / "ten", random_hu(depth=2, rows=8, cols=8), spacing_mm=(10, 1, 1))
+    assert read_ct_series(ten, SERIES).spacing[2] == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(
+    "orientation",
+    [[0, 0, 0, 0, 0, 0], [1, 0, 0, 1, 0, 0], [1, 0, 0, 0, 1, 0.2], [1, 0, 0, 0.3, 0.953939, 0]],
+)
+def test_orientation_cosines_that_are_not_orthonormal_are_named(
+    tmp_path: Path, orientation: list[float]
+) -> None:
+    # Each was refused as a duplicated slice or a gantry tilt, which sent the admin
+    # looking for a resend or a tilt that were not there.
+    paths = write_series(tmp_path, random_hu(depth=3, rows=8, cols=8))
+    for path in paths:
+        _edit(path, ImageOrientationPatient=orientation)
+    with pytest.raises(
+        VolumeError, match=r"ImageOrientationPatient \(.*\) is not two orthogonal unit vectors"
+    ):
+        read_ct_series(paths, SERIES)
+
+
+def test_a_multi_frame_image_without_its_rescale_group_uses_the_top_levels_or_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Read as slope 1, intercept 0: every value 1024 HU off.
+    volume = random_hu(depth=3, rows=8, cols=8)
+    path = _enhanced(tmp_path, volume)
+    ds = dcmread(path)
+    del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    for group in ds.PerFrameFunctionalGroupsSequence:
+        if "PixelValueTransformationSequence" in group:
+            del group.PixelValueTransformationSequence
+    ds.save_as(path)
+    with pytest.raises(
+        VolumeError, match=r"#1: no Rescale Slope or Intercept in the frame's or the shared"
+    ):
+        read_ct_series([path], SERIES)
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.save_as(path)
+    np.testing.assert_array_equal(read_ct_series([path], SERIES).array(), volume)
