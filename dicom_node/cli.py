@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from dicom_node import __version__
 from dicom_node.config import ENV_CONFIG, Config, default_config_path, load_config
+from dicom_node.config_checks import resolve
 from dicom_node.engines_cli import ENGINE_NAMES, pixels
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -81,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     engines = sub.add_parser("engines", help="build, train, export and list the engines")
+    # Also between `engines` and its verb (README: --config on every subcommand); its own
+    # dest, as before the command.
+    engines.add_argument("--config", dest="config_before_verb", metavar="PATH",
+                         help="configuration file (also accepted after the verb)")  # fmt: skip
     verbs = engines.add_subparsers(dest="verb", required=True)
     build = verbs.add_parser(
         "build", parents=[common], help="build the demo engines (trained on phantoms)"
@@ -144,17 +149,33 @@ def _config(args: argparse.Namespace, path: str | None = None) -> Config:
         if getattr(args, flag, None) is not None
     }
     if overrides.get("storage.spool_dir", "").strip():
-        # A path on the command line means the working directory, not the config's folder.
-        overrides["storage.spool_dir"] = str(Path(overrides["storage.spool_dir"]).resolve())
-    given = path or args.config or args.config_before_command
-    return load_config(default_config_path(given), overrides)
+        # A path on the command line means the working directory, not the config's folder;
+        # ~ the home folder, as in the file (quoted, or after "=", no shell expands it).
+        spool = resolve(overrides["storage.spool_dir"], Path.cwd(), "storage.spool_dir")
+        overrides["storage.spool_dir"] = str(spool.resolve())
+    return load_config(default_config_path(_config_path(args, path)), overrides)
+
+
+def _config_path(args: argparse.Namespace, path: str | None = None) -> str | None:
+    """The configuration file given on the command line: the most specific of check-config's
+    PATH, --config after the command (or the engines verb), before the verb, before the
+    command. An empty one is refused: ``--config "$UNSET"`` ran the node on the built-in
+    defaults (port 11112 on every interface, any calling AE)."""
+    for flag, value in (("PATH", path), ("--config", args.config),
+                        ("--config", getattr(args, "config_before_verb", None)),
+                        ("--config", args.config_before_command)):  # fmt: skip
+        if value is not None:
+            if not value.strip():
+                raise ConfigError(f"{flag}: expected a configuration file, got {value!r}")
+            return str(value)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":
-            target = args.path or args.config or args.config_before_command
+            target = _config_path(args, args.path)
             cfg = _config(args, target)
             where = default_config_path(target) or "built-in defaults"
             print(f"{where}: OK ({len(cfg.destinations)} destinations, AE {cfg.node.ae_title})")

@@ -51,3 +51,42 @@ def test_an_empty_override_is_refused_naming_the_key(
 ) -> None:
     assert main(["check-config", f"{flag}="]) == 2
     assert capsys.readouterr().err.startswith(f"dicom-node: error: {key}: expected ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "given"),
+    [(["check-config", "--config", ""], "--config", ""), (["check-config", " "], "PATH", " "),
+     (["--config", "", "studies"], "--config", ""),
+     (["engines", "--config", "", "list"], "--config", "")],
+)  # fmt: skip
+def test_an_empty_config_path_is_refused_not_read_as_none(
+    argv: list[str], flag: str, given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `serve --config "$UNSET"` ran the node on the built-in defaults: every interface,
+    # any calling AE.
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"dicom-node: error: {flag}: expected a configuration file, got {given!r}\n"
+    )
+
+
+def test_config_is_taken_between_engines_and_its_verb(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text(f"engines: {{cache_dir: {tmp_path / 'engines'}}}\n")
+    assert main(["engines", "--config", str(config), "list"]) == 0
+    assert f"0 engines built in {tmp_path / 'engines'}" in capsys.readouterr().out
+
+
+def test_a_spool_dir_flag_expands_the_home_folder_as_the_file_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["studies", "--spool-dir", "~/spool"]) == 0  # was <cwd>/~/spool
+    assert f"no state database at {tmp_path / 'spool' / 'state.sqlite3'}" in capsys.readouterr().out
+    assert main(["studies", "--spool-dir", "~no-such-user-here/spool"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "dicom-node: error: storage.spool_dir: cannot expand '~'"
+    )
