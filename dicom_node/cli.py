@@ -280,7 +280,7 @@ def _open_state(cfg: Config) -> Any:
 
     if not cfg.storage.database.exists():
         return None
-    return State(cfg.storage.database, cfg.assembly)
+    return State(cfg.storage.database, cfg.assembly, readonly=True)
 
 
 def _studies(cfg: Config) -> int:

@@ -51,6 +51,13 @@ def _time(value: float | None) -> str:
 
 
 def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
+    if args.state and args.verb != "list":
+        # It was ignored: `retry --state sent` requeued every dead letter.
+        print(
+            f"dicom-node: error: --state: only for list ({args.verb} acts on dead letters)",
+            file=sys.stderr,
+        )
+        return 2
     if not cfg.storage.database.exists():
         if args.verb in ("retry", "discard"):
             # Nothing could be requeued or discarded: a script must not take this for success.
@@ -62,7 +69,7 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
             return 2
         print(f"no state database at {cfg.storage.database}: the node has not run yet")
         return 0
-    state = State(cfg.storage.database, cfg.assembly)
+    state = State(cfg.storage.database, cfg.assembly, readonly=args.verb == "list")
     try:
         outbox = Outbox(state, cfg.sending)
         if args.verb in ("retry", "discard"):
@@ -95,6 +102,14 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
         depth = outbox.depth()
     finally:
         state.close()
+    missing = sorted(set(args.ids) - {i.id for i in items})
+    if missing:  # as retry and discard say: a script must tell "not found" from "nothing"
+        where = f" in state {', '.join(args.state)}" if args.state else ""
+        print(
+            f"dicom-node: error: no outbox item with id {', '.join(map(str, missing))}{where}",
+            file=sys.stderr,
+        )
+        return 2
     for line in _table(items):
         print(line)
     print(", ".join(f"{n} {s}" for s, n in depth.items()))

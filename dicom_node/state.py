@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from dicom_node.assemble.timing import deadline
@@ -166,11 +166,26 @@ _JOB_COLUMNS = (
 
 
 class State:
-    def __init__(self, path: Path, rules: AssemblyConfig) -> None:
+    def __init__(self, path: Path, rules: AssemblyConfig, readonly: bool = False) -> None:
+        """Open (or create, and migrate) the node's state database at ``path``.
+
+        ``readonly`` is for commands that only list: the file is opened read-only, nothing
+        is created or migrated, and a file that is not a state database of this version is
+        refused (an empty one came back as a new database and "0 jobs"; an admin account
+        that may only read the node's files got "attempt to write a readonly database").
+        """
         self.path = path
         self.rules = rules
         self._lock = threading.Lock()
         try:
+            if readonly:
+                self._db = sqlite3.connect(
+                    f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                    isolation_level=None, check_same_thread=False,
+                )  # fmt: skip
+                self._db.execute("PRAGMA busy_timeout=10000")
+                self._check_version_readonly()
+                return
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -178,6 +193,28 @@ class State:
             self._check_version()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{path}: cannot open the node's state database ({exc})") from exc
+
+    def _check_version_readonly(self) -> None:
+        has_meta = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        row = (
+            self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if has_meta
+            else None
+        )
+        if row is None:
+            self._db.close()
+            raise StateError(
+                f"{self.path}: not a state database of the node (empty or damaged; a node "
+                "started on it would make a new one)"
+            )
+        if row[0] != str(SCHEMA_VERSION):
+            self._db.close()
+            raise StateError(
+                f"{self.path}: schema version {row[0]}, this node reads {SCHEMA_VERSION}: start "
+                "the node once to migrate it"
+            )
 
     def _check_version(self) -> None:
         self._db.execute(
@@ -251,6 +288,10 @@ class State:
                     raise
             except sqlite3.Error as exc:
                 raise StateError(f"{self.path}: {exc}") from exc
+
+    def reading(self) -> AbstractContextManager[sqlite3.Connection]:
+        """The connection for reads only (what a read-only state allows)."""
+        return self._reading()
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from dicom_node.config_results import SendingConfig
 from dicom_node.models import Header, ReceivedInstance, ResultObject
 from dicom_node.retention import purgeable
 from dicom_node.send.outbox import Outbox
-from dicom_node.state import State
+from dicom_node.state import SCHEMA_VERSION, State
 
 
 def dead_letter(spool: Path, destination: str = "pacs") -> int:
@@ -69,10 +70,54 @@ def test_outbox_list_shows_whole_names_the_study_and_the_kind(
     assert row.split()[:5] == [str(item), "dead", "radiology-pacs-backup", "SR", "1"]
     assert row.split()[6:8] == ["1.9", "1.9.99"]
     # An id lists that item, whatever its state (was ignored: every item was listed).
-    assert main(["outbox", "list", str(item + 1), "--config", cfg]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2  # the header and the counts
     assert main(["outbox", "list", str(item), "--config", cfg]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
+    # One that is not there is an error, as for retry and discard (was: an empty table, 0).
+    assert main(["outbox", "list", str(item), str(item + 1), "--config", cfg]) == 2
+    assert capsys.readouterr().err == f"dicom-node: error: no outbox item with id {item + 1}\n"
+    assert main(["outbox", "list", str(item), "--state", "sent", "--config", cfg]) == 2
+    assert capsys.readouterr().err.endswith(f"no outbox item with id {item} in state sent\n")
+
+
+def test_state_is_refused_where_it_would_be_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `retry --state sent` requeued every dead letter.
+    item = dead_letter(tmp_path / "spool")
+    cfg = str(config_file(tmp_path))
+    for verb in ("retry", "discard"):
+        assert main(["outbox", verb, str(item), "--state", "sent", "--config", cfg]) == 2
+        assert capsys.readouterr().err == (
+            f"dicom-node: error: --state: only for list ({verb} acts on dead letters)\n"
+        )
+    assert main(["outbox", "--config", cfg]) == 0
+    assert " dead " in capsys.readouterr().out  # still a dead letter
+
+
+def test_listing_commands_read_the_state_and_never_write_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = str(config_file(tmp_path))
+    database = tmp_path / "spool" / "state.sqlite3"
+    database.parent.mkdir(parents=True)
+    database.write_bytes(b"")  # a failed restore: came back as a new database and "0 jobs"
+    for command in (["studies"], ["jobs"], ["outbox"]):
+        assert main([*command, "--config", cfg]) == 2
+        assert capsys.readouterr().err == (
+            f"dicom-node: error: {database}: not a state database of the node (empty or "
+            "damaged; a node started on it would make a new one)\n"
+        )
+    assert database.read_bytes() == b"" and sorted(database.parent.iterdir()) == [database]
+    old = State(database, AssemblyConfig())  # a database of an older version
+    old.close()
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    before = database.read_bytes()
+    assert main(["jobs", "--config", cfg]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"schema version 3, this node reads {SCHEMA_VERSION}: start the node once to migrate it\n"
+    )
+    assert database.read_bytes() == before
 
 
 def test_outbox_discard_gives_up_on_named_dead_letters(

@@ -147,7 +147,7 @@ class Outbox:
         if unknown:
             raise StateError(f"outbox state: expected {', '.join(STATES)}, got {unknown[0]!r}")
         marks = ",".join("?" * len(states))
-        with self.state.transaction() as db:
+        with self.state.reading() as db:  # also on a read-only state (dicom-node outbox)
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM outbox WHERE state IN ({marks}) ORDER BY id", tuple(states)
             ).fetchall()
@@ -189,7 +189,7 @@ class Outbox:
         return items
 
     def depth(self) -> dict[str, int]:
-        with self.state.transaction() as db:
+        with self.state.reading() as db:
             rows = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
         counts = dict.fromkeys(STATES, 0)
         counts.update({str(s): int(n) for s, n in rows})
