@@ -179,11 +179,7 @@ class State:
         self._lock = threading.Lock()
         try:
             if readonly:
-                self._db = sqlite3.connect(
-                    f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                    isolation_level=None, check_same_thread=False,
-                )  # fmt: skip
-                self._db.execute("PRAGMA busy_timeout=10000")
+                self._db = self._open_readonly(path)
                 self._check_version_readonly()
                 return
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -193,6 +189,26 @@ class State:
             self._check_version()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{path}: cannot open the node's state database ({exc})") from exc
+
+    @staticmethod
+    def _open_readonly(path: Path) -> sqlite3.Connection:
+        """A read-only connection. A WAL database needs its -shm file to be read; with the
+        node stopped there is none, and an account that may not write the spool cannot make
+        one: then, with no -wal file either (nothing in it but the database), the file is
+        read as immutable."""
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            db.close()
+            if Path(f"{path}-wal").exists():
+                raise
+            db = sqlite3.connect(
+                f"{uri}&immutable=1", uri=True, isolation_level=None, check_same_thread=False
+            )
+        return db
 
     def _check_version_readonly(self) -> None:
         has_meta = self._db.execute(

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -192,3 +197,31 @@ def test_outbox_retry_before_the_node_ever_ran_is_an_error(
     assert captured.err.startswith("dicom-node: error: no state database at ")
     assert f"nothing to {verb}" in captured.err
     assert not (tmp_path / "spool").exists()  # not created by asking
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to become nobody"
+)
+def test_an_account_that_may_only_read_the_spool_lists_it() -> None:
+    # A WAL database is read through its -shm file, which the node removes when it stops
+    # and a reader without write access cannot make.
+    folder = Path(tempfile.mkdtemp(prefix="readonly-spool-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        dead_letter(folder / "spool")
+        (folder / "spool").chmod(0o755)
+        database = folder / "spool" / "state.sqlite3"
+        assert sorted(p.name for p in database.parent.iterdir()) == ["state.sqlite3"]
+        database.chmod(0o644)
+        config = config_file(folder)
+        config.chmod(0o644)
+        for command in ("jobs", "outbox"):
+            done = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 sys.executable, "-m", "dicom_node", command, "--config", str(config)],
+                capture_output=True, text=True, timeout=60, cwd=folder,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+        assert "1 dead" in done.stdout
+    finally:
+        shutil.rmtree(folder)
