@@ -179,7 +179,7 @@ def load_config(
         try:
             loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: not valid YAML ({exc})") from exc
+            raise ConfigError(f"{file}{_yaml_problem(exc)}") from exc
         except (ValueError, TypeError, OverflowError) as exc:
             # PyYAML's constructors: a date that does not exist (2001-02-30), `!!int abc`.
             raise ConfigError(f"{file}: not valid YAML ({exc})") from exc
@@ -194,6 +194,18 @@ def load_config(
         if value is not None:
             set_dotted(raw, dotted, value)
     return parse_config(raw, base)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error as one line after the file name, ``:LINE:COLUMN: not valid YAML (what)``;
+    its own text ran over 4-8 lines quoting the line, and named the file
+    '<unicode string>'."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return f": not valid YAML ({' '.join(str(exc).split())})"
+    mark = exc.problem_mark or exc.context_mark
+    where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    what = "; ".join(" ".join(p.split()) for p in (exc.context, exc.problem) if p)
+    return f"{where}: not valid YAML ({what or 'a syntax error'})"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -284,7 +296,7 @@ def _node(raw: Mapping[str, Any], base: Path) -> NodeConfig:
     if (tls.certificate is None) != (tls.key is None):
         raise ConfigError(
             "node.tls: certificate and key must be given together, got "
-            f"certificate={show(tls.certificate)} key={show(tls.key)}"
+            f"certificate={_shown_path(tls.certificate)} key={_shown_path(tls.key)}"
         )
     if tls.require_client_certificate and tls.ca is None:
         raise ConfigError(
@@ -422,12 +434,18 @@ def _engines(raw: Mapping[str, Any], base: Path) -> EnginesConfig:
 def _logging(raw: Mapping[str, Any]) -> LoggingConfig:
     d = LoggingConfig()
     known(raw, "logging", set(d.__dataclass_fields__))
-    level = get_key(raw, "level", "logging", d.level, as_str).upper()
+    given = get_key(raw, "level", "logging", d.level, as_str)
+    level = given.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(
-            f"logging.level: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {level!r}"
+            f"logging.level: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {given!r}"
         )
     fmt = get_key(raw, "format", "logging", d.format, as_str)
     if fmt not in {"plain", "json"}:
         raise ConfigError(f"logging.format: expected 'plain' or 'json', got {fmt!r}")
     return LoggingConfig(level=level, format=fmt)
+
+
+def _shown_path(path: Path | None) -> str:
+    """A path in an error as the admin wrote it (not PosixPath('...'))."""
+    return "null" if path is None else repr(str(path))

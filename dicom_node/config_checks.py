@@ -147,7 +147,12 @@ def as_number(value: Any, path: str) -> float:
         # PyYAML (YAML 1.1) reads 1e3 as a string; 1.0e+3 is a float.
         hint = ""
         if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value):
-            hint = f" (YAML reads it as text: write {float(value):.1f})"
+            # With a dot in the mantissa YAML reads a float: 1e-2 is 1.0e-2 (not 0.0, which
+            # a key allowing 0 took, changing what was meant).
+            mantissa, _, exponent = value.lower().partition("e")
+            if "." not in mantissa:
+                mantissa += ".0"
+            hint = f" (YAML reads it as text: write {mantissa}e{exponent})"
         raise ConfigError(f"{path}: expected a number of seconds, got {show(value)}{hint}")
     try:
         number = float(value)

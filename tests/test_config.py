@@ -159,7 +159,11 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (
         {"assembly": {"quiet_seconds": "1e3"}},
         r"^assembly\.quiet_seconds: expected a number of seconds, got '1e3' \(YAML reads it "
-        r"as text: write 1000\.0\)$",
+        r"as text: write 1\.0e3\)$",
+    ),
+    (  # was "write 0.0": a key that allows 0 took it, and meant something else
+        {"assembly": {"after_release_seconds": "1e-2"}},
+        r"^assembly\.after_release_seconds: .* got '1e-2' \(YAML reads it as text: write 1\.0e-2\)$",
     ),
     ({"node": {"port": 70000}}, r"^node\.port: expected an integer from 0 to 65535, got 70000"),
     ({"node": {"port": "11112"}}, r"^node\.port: .* got '11112'"),
@@ -327,7 +331,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
         {"metrics": {"echo_interval_seconds": float("nan")}},
         r"^metrics\.echo_interval_seconds: expected a finite number of seconds, got nan$",
     ),
-    ({"logging": {"level": "LOUD"}}, r"^logging\.level: expected one of DEBUG, .* got 'LOUD'"),
+    # As written: ' info ' was shown upper-cased, ' INFO ', as if that had been typed.
+    ({"logging": {"level": " loud "}}, r"^logging\.level: expected one of DEBUG, .* got ' loud '$"),
     ({"logging": {"format": "xml"}}, r"^logging\.format: expected 'plain' or 'json', got 'xml'"),
     (
         {"engines": {"backend": "cuda"}},
@@ -365,7 +370,9 @@ def test_tls_pairing_rules(tmp_path: Path) -> None:
     for name in ("c.pem", "k.pem", "ca.pem"):
         (tmp_path / name).write_text("x")
     with pytest.raises(
-        ConfigError, match=r"^node\.tls: certificate and key must be given together"
+        ConfigError,
+        match=rf"^node\.tls: certificate and key must be given together, got "
+        rf"certificate='{tmp_path / 'c.pem'}' key=null$",  # was PosixPath('...')
     ):
         parse_config({"node": {"tls": {"certificate": "c.pem"}}}, tmp_path)
     with pytest.raises(ConfigError, match=r"^node\.tls\.ca: required when .*require_client"):
@@ -389,8 +396,17 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read configuration file"):
         load_config(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("node: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+    # One line with the line and column (was 8 lines naming '<unicode string>').
+    with pytest.raises(
+        ConfigError,
+        match=r"bad\.yaml:2:1: not valid YAML \(while parsing a flow sequence; expected ',' or "
+        r"'\]', but got '<stream end>'\)$",
+    ) as raised:
         load_config(tmp_path / "bad.yaml")
+    assert "\n" not in str(raised.value) and "<unicode string>" not in str(raised.value)
+    (tmp_path / "tab.yaml").write_text("node:\n  port: 1\n\tae_title: X\n")
+    with pytest.raises(ConfigError, match=r"tab\.yaml:3:1: not valid YAML \(.*'\\t'.*\)$"):
+        load_config(tmp_path / "tab.yaml")
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(
         ConfigError, match=r"list\.yaml: expected a mapping at the top level, got \['a', 'b'\]"
@@ -426,7 +442,7 @@ def test_a_key_given_twice_is_refused_not_replaced(tmp_path: Path) -> None:
     )
     with pytest.raises(
         ConfigError,
-        match=r"c\.yaml: not valid YAML \(key 'node' given twice \(lines 1 and 5\); the second "
+        match=r"c\.yaml:5:1: not valid YAML \(key 'node' given twice \(lines 1 and 5\); the second "
         r"would replace the first",
     ):
         load_config(tmp_path / "c.yaml")
