@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from dicom_node import __version__
 from dicom_node.config import ENV_CONFIG, Config, default_config_path, load_config
 from dicom_node.config_checks import resolve
-from dicom_node.engines_cli import ENGINE_NAMES, pixels
+from dicom_node.engines_cli import ENGINE_NAMES, at_least, pixels, positive
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.logs import configure_logging
 
@@ -97,20 +97,20 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     train = verbs.add_parser("train", parents=[common], help="train one engine and package it")
     train.add_argument("name", choices=["hip_screen", "hipnet"])
     source = train.add_mutually_exclusive_group()
-    source.add_argument("--phantoms", type=int, metavar="N", default=40,
+    source.add_argument("--phantoms", type=at_least(1), metavar="N", default=40,
                         help="train on N phantoms per class (default 40)")  # fmt: skip
     source.add_argument("--data", metavar="CSV", help="a labelled DICOM folder's CSV")
     train.add_argument("--size", type=pixels, metavar="PX",
                        help="input edge in pixels, 64-4096 (default: demo size)")  # fmt: skip
-    train.add_argument("--epochs", type=int, default=4)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--learning-rate", type=float, default=2e-3)
+    train.add_argument("--epochs", type=at_least(1), default=4)
+    train.add_argument("--batch-size", type=at_least(2), default=16)
+    train.add_argument("--learning-rate", type=positive, default=2e-3)
     train.add_argument("--beta", type=float, default=0.999, help="class-balanced loss beta")
     train.add_argument("--gamma", type=float, default=2.0, help="focal loss gamma")
     train.add_argument("--attention-weight", type=float, default=1.0,
                        help="weight of the lesion attention term where masks are known "
                             "(phantoms; 0 turns it off)")  # fmt: skip
-    train.add_argument("--batch-norm-items", type=int, default=128, metavar="N",
+    train.add_argument("--batch-norm-items", type=at_least(0), default=128, metavar="N",
                        help="recompute BatchNorm statistics from N training items after each "
                             "epoch (0 turns it off)")  # fmt: skip
     train.add_argument("--seed", type=int, default=0)
@@ -135,7 +135,7 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     repo.add_argument("out", help="the repository folder to write")
     repo.add_argument("--platform", choices=["onnxruntime", "tensorrt", "python"],
                       default="onnxruntime")  # fmt: skip
-    repo.add_argument("--max-batch-size", type=int, default=8)
+    repo.add_argument("--max-batch-size", type=at_least(1), default=8)
     repo.add_argument("--instance-kind", choices=["KIND_GPU", "KIND_CPU"], default=None,
                       help="where Triton runs each model (default: KIND_GPU, KIND_CPU for "
                            "--platform python); a server without a GPU needs KIND_CPU")  # fmt: skip

@@ -445,7 +445,7 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(
 
 @pytest.mark.parametrize(
     ("flag", "message"),
-    [(["--epochs", "0"], "epochs: expected at least 1, got 0"),
+    [(["--attention-weight", "-1"], r"attention_weight: expected a number >= 0, got -1\.0"),
      (["--beta", "1"], r"beta: expected 0 <= beta < 1, got 1\.0")],
 )  # fmt: skip
 def test_train_options_are_checked_before_the_folder_is_read(
@@ -478,3 +478,23 @@ def test_train_hipnet_into_another_folder_warm_starts_from_the_cache(
     assert main([*train, "--out", str(out), "--config", str(config)]) == 0
     [source] = sources
     assert source.checkpoint_sha256 == screen.artefacts["checkpoint"].sha256
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["train", "hip_screen", "--phantoms", "-1"], "argument --phantoms: expected at least 1, got -1"),
+     (["train", "hip_screen", "--epochs", "0"], "argument --epochs: expected at least 1, got 0"),
+     (["train", "hip_screen", "--batch-size", "1"], "argument --batch-size: expected at least 2, got 1"),
+     (["train", "hip_screen", "--batch-norm-items", "x"], "argument --batch-norm-items: expected an integer, got 'x'"),
+     (["train", "hip_screen", "--learning-rate", "inf"], "argument --learning-rate: expected a finite number > 0, got inf"),
+     (["triton-repo", "out", "--max-batch-size", "0"], "argument --max-batch-size: expected at least 1, got 0")],
+)  # fmt: skip
+def test_bad_numbers_are_refused_under_their_flag(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A check further in named the option's field ("per_class: expected at least 1" for
+    # --phantoms -1), which the admin never typed.
+    with pytest.raises(SystemExit) as exited:
+        _parser().parse_args(["engines", *argv])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.rstrip().endswith(message)
