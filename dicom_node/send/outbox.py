@@ -96,7 +96,8 @@ class Outbox:
             if stepped:
                 log.warning(
                     "outbox: %d item(s) were due after more than the longest backoff: the "
-                    "clock stepped back; they are due now", stepped,
+                    "clock stepped back, or sending.max_backoff_seconds was lowered; they are "
+                    "due now", stepped,
                 )  # fmt: skip
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM outbox AS row WHERE state = 'pending' "
