@@ -361,11 +361,12 @@ class State:
                 ).fetchone()
                 # A resent identical instance keeps a receiving study open but does not
                 # reopen a completed one: it carries nothing new. Unless the study's last
-                # job failed: resending it from the PACS is how an admin reruns it.
+                # job failed, or was skipped (no routing rule selected an image, until the
+                # config was fixed): resending it from the PACS is how an admin reruns it.
                 if (
                     kind != "duplicate"
                     or (row is not None and row[0] == "receiving")
-                    or (row is not None and self._last_job_failed(db, h.study_uid))
+                    or (row is not None and self._last_job_rerunnable(db, h.study_uid))
                 ):
                     started = row is None or row[0] == "complete"
                     reopened = row is not None and row[0] == "complete"
@@ -376,12 +377,12 @@ class State:
         )
 
     @staticmethod
-    def _last_job_failed(db: sqlite3.Connection, study_uid: str) -> bool:
+    def _last_job_rerunnable(db: sqlite3.Connection, study_uid: str) -> bool:
         row = db.execute(
             "SELECT state FROM jobs WHERE study_uid = ? ORDER BY generation DESC LIMIT 1",
             (study_uid,),
         ).fetchone()
-        return row is not None and row[0] == "failed"
+        return row is not None and row[0] in ("failed", "skipped")
 
     def _touch_study(
         self, db: sqlite3.Connection, study_uid: str, now: float, new_carrier: bool

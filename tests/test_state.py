@@ -304,7 +304,7 @@ def test_a_reopened_study_still_counts_the_associations_that_carry_it(tmp_path: 
     assert summary is not None and summary.open_associations == 0
 
 
-def test_resending_a_study_whose_job_failed_reruns_it(tmp_path: Path) -> None:
+def test_resending_a_study_whose_job_failed_or_was_skipped_reruns_it(tmp_path: Path) -> None:
     # The runbook's fix for a failed job: resend the study from the PACS once the cause
     # is fixed. Identical instances must then make a new job, not be ignored.
     state = State(tmp_path / "s.db", RULES)
@@ -315,9 +315,16 @@ def test_resending_a_study_whose_job_failed_reruns_it(tmp_path: Path) -> None:
     assert (outcome.study_touched, outcome.study_reopened) == (True, True)
     [again] = state.complete_due(400)
     assert (again.generation, again.instance_count) == (2, 1)
+    # Skipped (no routing rule selected an image): the admin fixes the config and resends;
+    # the resend was ignored as a duplicate, and the study could never be rerun.
+    state.finish_job(again.id, "skipped", 401, error="no routing rule selected an image")
+    outcome = state.record_instance(instance("1.1", "1.1.1", 450), True, "duplicate")
+    assert (outcome.study_touched, outcome.study_reopened) == (True, True)
+    [third] = state.complete_due(550)
+    assert third.generation == 3
     # A study whose job succeeded is not rerun by a resend.
-    state.finish_job(again.id, "done", 401)
-    outcome = state.record_instance(instance("1.1", "1.1.1", 500), True, "duplicate")
+    state.finish_job(third.id, "done", 551)
+    outcome = state.record_instance(instance("1.1", "1.1.1", 600), True, "duplicate")
     assert (outcome.study_touched, outcome.study_reopened) == (False, False)
 
 
