@@ -262,10 +262,17 @@ class Pipeline(Worker):
 
     def _previous_reports(self, study: str) -> list[Dataset]:
         """The headers of the SRs earlier jobs of this study wrote (in its outputs folder
-        until the study is purged: a study received again after that is a new episode)."""
+        until the study is purged: a study received again after that is a new episode).
+
+        With destinations, only those an earlier job queued: a job cut short between
+        writing its SR and recording its outcome (a crash), then superseded, left an SR
+        that no PACS ever got, and the next report named it as the one it replaces."""
         folder = self.spool.path(f"outputs/{study}")
+        queued = self.state.queued_results(study) if self.cfg.destinations else None
         previous: list[Dataset] = []
         for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else ():
+            if queued is not None and path.stem not in queued:
+                continue
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_REPORT_TAGS)
             except UNREADABLE_DICOM as exc:  # one unreadable file must not fail the study

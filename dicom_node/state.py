@@ -656,6 +656,15 @@ class State:
                          result.path, destination, now, now),
                     )  # fmt: skip
 
+    def queued_results(self, study_uid: str) -> set[str]:
+        """The SOP Instance UIDs of the study's results that finished jobs queued for a
+        destination (whatever became of them since)."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT DISTINCT sop_instance_uid FROM outbox WHERE study_uid = ?", (study_uid,)
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def instance_paths(self, study_uid: str) -> list[str]:
         with self._reading() as db:
             rows = db.execute(

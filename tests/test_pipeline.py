@@ -423,6 +423,16 @@ def test_a_rerun_reports_as_the_newer_version_of_the_studys_report(
 
         [first] = reports()
         assert first.InstanceNumber == 1 and "PredecessorDocumentsSequence" not in first
+        # An SR a job wrote and never recorded (a crash before its outcome, the job then
+        # superseded): no PACS got it, and the next report named it as the one it replaces.
+        stray = next(
+            d for d in map(pydicom.dcmread, (node.spool.root / "outputs").rglob("*.dcm"))
+            if d.Modality == "SR"
+        )  # fmt: skip
+        stray.SOPInstanceUID = f"2.25.{uuid.uuid4().int}"
+        stray.save_as(
+            node.spool.root / "outputs" / first.StudyInstanceUID / f"{stray.SOPInstanceUID}.dcm"
+        )
         late = pydicom.dcmread(next((tmp_path / "s").rglob("*.dcm")))
         late.SOPInstanceUID = f"2.25.{uuid.uuid4().int}"  # a second AP: another result
         write(late, tmp_path / "late.dcm")
@@ -431,7 +441,9 @@ def test_a_rerun_reports_as_the_newer_version_of_the_studys_report(
         assert pipeline.run_pending() == 1
     finally:
         engines.close()
-    [second] = [r for r in reports() if r.SOPInstanceUID != first.SOPInstanceUID]
+    [second] = [
+        r for r in reports() if r.SOPInstanceUID not in (first.SOPInstanceUID, stray.SOPInstanceUID)
+    ]
     assert second.InstanceNumber == 2
     [study] = second.PredecessorDocumentsSequence
     assert study.StudyInstanceUID == first.StudyInstanceUID
