@@ -156,6 +156,19 @@ def _config(args: argparse.Namespace, path: str | None = None) -> Config:
     return load_config(default_config_path(_config_path(args, path)), overrides)
 
 
+def _from_environment(args: argparse.Namespace, exc: DicomNodeError) -> str:
+    """Where the file came from, when no flag named it: a variable set in another shell or
+    a unit file is easy to forget."""
+    env = os.environ.get(ENV_CONFIG)
+    if not env or not isinstance(exc, ConfigError) or not str(exc).startswith(f"{env}:"):
+        return ""
+    try:
+        named = _config_path(args, getattr(args, "path", None))
+    except ConfigError:
+        return ""
+    return f" (named by ${ENV_CONFIG})" if named is None else ""
+
+
 def _config_path(args: argparse.Namespace, path: str | None = None) -> str | None:
     """The configuration file given on the command line: the most specific of check-config's
     PATH, --config after the command (or the engines verb), before the verb, before the
@@ -172,6 +185,17 @@ def _config_path(args: argparse.Namespace, path: str | None = None) -> str | Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is this handler's, below
+        return code
+    except BrokenPipeError:  # `dicom-node jobs | head -1`: the reader has what it wanted
+        # Python would report the pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":
@@ -203,8 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(line, flush=True)
             return 0
     except DicomNodeError as exc:
-        print(f"dicom-node: error: {exc}", file=sys.stderr)
+        print(f"dicom-node: error: {exc}{_from_environment(args, exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # main's: not an error of the command
     except OSError as exc:  # a folder the command was given cannot be written, ...
         where = f": {exc.filename}" if exc.filename else ""
         print(f"dicom-node: error: {exc.strerror or exc}{where}", file=sys.stderr)

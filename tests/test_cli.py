@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +92,32 @@ def test_a_spool_dir_flag_expands_the_home_folder_as_the_file_does(
     assert capsys.readouterr().err.startswith(
         "dicom-node: error: storage.spool_dir: cannot expand '~'"
     )
+
+
+def test_a_missing_file_named_by_the_environment_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.yaml"
+    monkeypatch.setenv("DICOM_NODE_CONFIG", str(missing))
+    assert main(["check-config"]) == 2
+    assert capsys.readouterr().err == (
+        f"dicom-node: error: {missing}: cannot read configuration file (No such file or "
+        "directory) (named by $DICOM_NODE_CONFIG)\n"
+    )
+    assert main(["check-config", "--config", str(missing)]) == 2  # named here: no hint
+    assert "DICOM_NODE_CONFIG" not in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:
+    # `dicom-node outbox | head -1` printed "dicom-node: error: Broken pipe", status 2.
+    config = tmp_path / "node.yaml"
+    config.write_text(f"engines: {{cache_dir: {tmp_path / 'engines'}}}\n")
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "dicom_node", "engines", "list", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()  # before anything was read
+    assert reader.wait(timeout=60) == 0
+    assert reader.stderr.read() == b""
+    reader.stderr.close()
