@@ -96,6 +96,7 @@ class Pipeline(Worker):
         self._engine_failures: dict[int, int] = {}
         self._retry_at: dict[int, float] = {}  # time.monotonic(): a wall-clock step can't hold it
         self._in_hand: int | None = None  # the job being processed, by id
+        self.device_uid = state.device_uid()  # this installation, as the SRs' observer
 
     def start(self) -> None:
         if not self.cfg.destinations:
@@ -183,7 +184,9 @@ class Pipeline(Worker):
                 self.metrics.jobs.labels("skipped").inc()
                 log.info("study %s: %s (%d instances)", study, reason, len(images))
                 return
-            results = build_results(analysis, self.engines, self.cfg, self._previous_reports(study))
+            results = build_results(
+                analysis, self.engines, self.cfg, self._previous_reports(study), self.device_uid
+            )
             clock = self._stage("report", clock)
             kinds = [(results.sr, "sr")] + [(ds, "sc") for ds in results.overlays]
             objects = [self._write(study, ds, kind) for ds, kind in kinds]

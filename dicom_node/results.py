@@ -65,10 +65,15 @@ def _overlay_hip(hip: HipOutcome, policy: str) -> OverlayHip | None:
 
 
 def build_results(
-    analysis: StudyAnalysis, engines: EngineSet, cfg: Config, previous: Sequence[Dataset] = ()
+    analysis: StudyAnalysis,
+    engines: EngineSet,
+    cfg: Config,
+    previous: Sequence[Dataset] = (),
+    device: str | None = None,
 ) -> ResultSet:
     """The study's SR and overlays; ``previous`` are the headers of the SRs earlier jobs of
-    the study wrote, which a new SR supersedes (:func:`~dicom_node.report.sr.supersede`)."""
+    the study wrote, which a new SR supersedes (:func:`~dicom_node.report.sr.supersede`);
+    ``device`` the installation's Device Observer UID (:meth:`State.device_uid`)."""
     used = sorted({m for m in (h.decision.prediction.task.engine for h in analysis.hips)})
     # Asked of the engine set by name: engines a stop closed under this job raise
     # EngineUnavailableError (the job stays pending); a snapshot of the open ones came out
@@ -88,7 +93,7 @@ def build_results(
     )
     sr = build_sr(
         analysis.decisions, manifests, backends, headers, analysis.priority, identity,
-        cfg.results.institution_name, analysis.not_analysed, study,
+        cfg.results.institution_name, analysis.not_analysed, study, device,
     )  # fmt: skip
     supersede(with_content_uid(sr, "sr", SR_CONTENT), previous)
     overlays: list[Dataset] = []

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from pydicom.uid import generate_uid
+
 from dicom_node.assemble.timing import deadline
 from dicom_node.config import AssemblyConfig
 from dicom_node.errors import StateError
@@ -655,6 +657,18 @@ class State:
                         (job_id, row[0], result.sop_instance_uid, result.sop_class_uid,
                          result.path, destination, now, now),
                     )  # fmt: skip
+
+    def device_uid(self) -> str:
+        """This installation's Device Observer UID (the SRs' TID 1004), made at its first
+        use and kept with the state: every node wrote one UID, so reports from two sites'
+        nodes claimed to come from the same device."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('device_uid', ?)",
+                (generate_uid(),),
+            )
+            row = db.execute("SELECT value FROM meta WHERE key = 'device_uid'").fetchone()
+        return str(row[0])
 
     def queued_results(self, study_uid: str) -> set[str]:
         """The SOP Instance UIDs of the study's results that finished jobs queued for a

@@ -423,6 +423,8 @@ def test_a_rerun_reports_as_the_newer_version_of_the_studys_report(
 
         [first] = reports()
         assert first.InstanceNumber == 1 and "PredecessorDocumentsSequence" not in first
+        observer = [i for i in first.ContentSequence if i.ValueType == "UIDREF"]
+        assert [str(i.UID) for i in observer] == [node.state.device_uid()]  # this node's own
         # An SR a job wrote and never recorded (a crash before its outcome, the job then
         # superseded): no PACS got it, and the next report named it as the one it replaces.
         stray = next(

@@ -11,6 +11,7 @@ import pytest
 from dicom_node.config import AssemblyConfig
 from dicom_node.errors import StateError
 from dicom_node.models import Header, ReceivedInstance
+from dicom_node.receive.header import is_valid_uid
 from dicom_node.state import State
 
 RULES = AssemblyConfig(quiet_seconds=5, after_release_seconds=1, max_wait_seconds=60)
@@ -365,3 +366,17 @@ def test_recovery_after_a_clock_set_back_counts_from_the_restart(tmp_path: Path)
     assert state.recover(10_000) == 1
     assert state.next_due() == 10_000 + RULES.after_release_seconds
     state.close()
+
+
+def test_each_installation_has_its_own_device_uid_kept_with_its_state(tmp_path: Path) -> None:
+    # Every node wrote the same Device Observer UID: two sites' reports claimed one device.
+    state = State(tmp_path / "a.db", RULES)
+    mine = state.device_uid()
+    assert mine == state.device_uid() and is_valid_uid(mine)
+    state.close()
+    state = State(tmp_path / "a.db", RULES)
+    assert state.device_uid() == mine  # kept across restarts
+    state.close()
+    other = State(tmp_path / "b.db", RULES)
+    assert other.device_uid() != mine
+    other.close()

@@ -214,13 +214,16 @@ def build_sr(
     institution_name: str | None = None,
     not_analysed: Sequence[tuple[str, str]] = (),
     study: Dataset | None = None,
+    device: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The study's SR from its triage decisions; ``headers`` are the source instances' headers.
     ``not_analysed`` names the images that could not be (SOP Instance UID, why): the report
     is then PARTIAL, its study priority "Not all algorithms succeeded" (CID 6047) unless
     URGENT, and a Comment names each image. ``study`` (one of ``headers``) is the header whose
     patient and study attributes the report carries (default: the first by SOP Instance
-    UID); the overlays take the same (:func:`~dicom_node.report.sc.build_overlay_sc`)."""
+    UID); the overlays take the same (:func:`~dicom_node.report.sc.build_overlay_sc`).
+    ``device`` is the Device Observer UID (TID 1004) of this installation of the node
+    (default: the software's own, :func:`~dicom_node.report.uids.device_uid`)."""
     if not decisions:
         raise ReportError("build_sr: expected at least one triage decision, got none")
     if priority not in codes.PRIORITY_VALUES:
@@ -279,7 +282,7 @@ def build_sr(
     observer = hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid(),
+            uid=device or device_uid(),
             name="dicom-node",
             manufacturer_name=MANUFACTURER,
             model_name=MODEL_NAME,

@@ -117,5 +117,6 @@ SC_CONTENT = ("PixelData", "SourceImageSequence", "DerivationDescription", *_PAT
 
 
 def device_uid() -> str:
-    """The node as a device observer: one UID for every installation of this software."""
+    """The software as a device observer, where no installation's own UID is given (the
+    node gives its own: :meth:`dicom_node.state.State.device_uid`)."""
     return _uid("device-observer")

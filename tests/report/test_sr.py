@@ -144,6 +144,7 @@ def make_sr(
     manifests: Mapping[str, Manifest] = MANIFESTS,
     institution_name: str = "Phantom Hospital",
     not_analysed: Sequence[tuple[str, str]] = (),
+    device: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     return build_sr(
         decisions,
@@ -154,6 +155,7 @@ def make_sr(
         identity_for(study, decisions),
         institution_name=institution_name,
         not_analysed=not_analysed,
+        device=device,
     )
 
 
@@ -352,6 +354,10 @@ def test_device_observer_and_procedure(study: Study) -> None:
     root = {concept(item): item for item in sr.ContentSequence}
     assert code_of(root[("121005", "DCM")].ConceptCodeSequence[0]) == ("121007", "DCM")
     assert str(root[("121012", "DCM")].UID) == device_uid()
+    # An installation's own, as the node passes it (State.device_uid).
+    mine = make_sr(study, screen_case(study), device="2.25.1234")
+    root = {concept(item): item for item in mine.ContentSequence}
+    assert str(root[("121012", "DCM")].UID) == "2.25.1234"
     assert root[("121013", "DCM")].TextValue == "dicom-node"
     assert root[("121014", "DCM")].TextValue == MANUFACTURER
     assert root[("121015", "DCM")].TextValue == MODEL_NAME
