@@ -140,6 +140,7 @@ def _run(
                 not_analysed.setdefault(uid, str(exc))
                 task = replace(task, lateral=None)
         ct = None
+        notes: tuple[str, ...] = ()
         if pre.volume is not None:
             # The first usable series: a thin reconstruction that cannot be read (a missing
             # slice, over the voxel limit) leaves the study's thicker one.
@@ -148,7 +149,17 @@ def _run(
                 if ct is not None:
                     task = replace(task, ct_series=series, ct_alternatives=())
                     break
-        item = HipBatchItem(task, ap, lateral, ct, task.ap.clinical)
+            if ct is None:
+                # A CT the study holds for this hip, unused: the SR said only that the
+                # engine had none, as for a study sent without one.
+                notes = tuple(
+                    f"not used: CT series {series} "
+                    f"({why.removeprefix(f'series {series}: ').removeprefix(f'series {series}, ')}"
+                    "; read as missing)"
+                    for series in (task.ct_series, *task.ct_alternatives)
+                    if series is not None and (why := volumes.unusable(series)) is not None
+                )
+        item = HipBatchItem(task, ap, lateral, ct, task.ap.clinical, notes)
         by_engine.setdefault(task.engine, []).append(item)
     outcomes: list[HipOutcome] = []
     seconds: list[tuple[str, float]] = []

@@ -55,6 +55,7 @@ class CtCache:
     def __init__(self, images: Sequence[SourceImage]) -> None:
         self._images = tuple(images)
         self._volumes: dict[str, CtVolume | None] = {}
+        self._unusable: dict[str, str] = {}  # why a series is not a volume, by series UID
         self._midlines: dict[str, float | None] = {}
         self._sides_logged: set[str] = set()
         self._inputs: dict[tuple[str, Preprocessing, str], Volume | None] = {}
@@ -69,7 +70,12 @@ class CtCache:
             except VolumeError as exc:
                 log.warning("CT series %s not used: %s", series_uid, exc)
                 self._volumes[series_uid] = None
+                self._unusable[series_uid] = str(exc)
         return self._volumes[series_uid]
+
+    def unusable(self, series_uid: str) -> str | None:
+        """Why the series (once read) is not a volume; None if it is, or is not read yet."""
+        return self._unusable.get(series_uid)
 
     def midline(self, series_uid: str) -> float | None:
         """Where a bilateral series is split (patient x, mm): the patient's midline, or

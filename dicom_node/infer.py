@@ -66,6 +66,7 @@ class HipBatchItem:
     lateral: HipInput | None
     ct: npt.NDArray[np.float32] | None = None  # the engine's CT input (D, H, W)
     clinical: ClinicalContext | None = None
+    notes: tuple[str, ...] = ()  # what the study had and this hip's inputs do not use
 
 
 @dataclass
@@ -248,7 +249,7 @@ class EngineSet:
         ap = np.stack([normalise(i.ap.pixels, pre) for i in items])[:, None]
         batch: dict[str, npt.NDArray[np.float32]] = {names[0]: ap}
         inputs: list[dict[str, bool]] = [{} for _ in items]
-        notes: list[tuple[str, ...]] = [() for _ in items]
+        notes: list[tuple[str, ...]] = [i.notes for i in items]
         if "lateral" in names:
             present = np.array([i.lateral is not None for i in items], dtype=np.float32)
             lateral = np.stack(
@@ -294,7 +295,7 @@ class EngineSet:
                 # A value the header gave but the node could not use (height 162: cm, not
                 # m) looked in the SR exactly like one never sent.
                 invalid = () if variables is None else variables.invalid
-                notes[n] = tuple(
+                notes[n] += tuple(
                     f"not used: {name} (in the header, but not {INVALID_WORDS[name]}; read "
                     "as missing)"
                     for name in invalid
