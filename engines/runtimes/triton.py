@@ -23,6 +23,8 @@ from engines.triton_repo import SHA256_PARAMETER, TRITON_VERSION, VERSION_PARAME
 
 log = logging.getLogger(__name__)
 
+RECONNECT_MS = 1000  # the longest gRPC waits between attempts to reach a server that was gone
+
 
 class TritonRuntime(Runtime):
     backend = "triton"
@@ -47,7 +49,13 @@ class TritonRuntime(Runtime):
         self.timeout_seconds = timeout_seconds
         self.model_version = str(TRITON_VERSION)
         self._grpc: Any = grpcclient
-        self._client: Any = grpcclient.InferenceServerClient(url=url)
+        # gRPC waits up to 120 s between reconnect attempts by default: a server back from
+        # a restart was refused "Connection refused" for ~25 s more, using up the pipeline's
+        # retries of a job. Reconnect at least once a second.
+        self._client: Any = grpcclient.InferenceServerClient(
+            url=url, channel_args=[("grpc.max_reconnect_backoff_ms", RECONNECT_MS)]
+        )
+        self._recheck = False  # a call failed: the server may have restarted with other models
         try:
             self.max_batch_size = self._check_served()
         except BaseException:
@@ -120,6 +128,20 @@ class TritonRuntime(Runtime):
         return int(config.get("max_batch_size", 0))
 
     def _run(self, batch: dict[str, Array]) -> Mapping[str, npt.ArrayLike]:
+        if self._recheck:
+            # After a failure the server may be another one, or restarted with another
+            # repository: checked once, as at opening (a different engine had its answers
+            # labelled with this manifest's version, and a smaller max batch failed every
+            # pelvis until the node restarted).
+            self.max_batch_size = self._check_served()
+            self._recheck = False
+        try:
+            return self._chunks(batch)
+        except EngineRuntimeError:
+            self._recheck = True
+            raise
+
+    def _chunks(self, batch: dict[str, Array]) -> Mapping[str, npt.ArrayLike]:
         size = next(iter(batch.values())).shape[0]
         # Triton rejects a request over the model's max_batch_size; 0 means no batching limit.
         step = self.max_batch_size or size

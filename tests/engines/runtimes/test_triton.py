@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -114,6 +115,8 @@ class _FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
         self.live = True
         self.ready = True
         self.outputs = ("logits", "features")  # what ModelInfer answers with
+        self.failing = False  # ModelInfer answers UNAVAILABLE (a server restarting)
+        self.batches: list[int] = []  # the batch size of each ModelInfer request
         # The config write_triton_repo would have written for this engine.
         self.config = text_format.Parse(
             model_config(manifest, "onnxruntime"), model_config_pb2.ModelConfig()
@@ -132,7 +135,10 @@ class _FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
         return service_pb2.ModelConfigResponse(config=self.config)
 
     def ModelInfer(self, request: Any, context: Any) -> Any:
+        if self.failing:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the server is restarting")
         batch = request.inputs[0].shape[0]
+        self.batches.append(batch)
         shapes = {"logits": (batch, 8), "features": (batch, 2048, 2, 2)}
         response = service_pb2.ModelInferResponse(
             model_name=request.model_name, model_version=request.model_version
@@ -143,14 +149,19 @@ class _FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignor
         return response
 
 
+def _serve(fake: _FakeTriton, port: int = 0) -> tuple[Any, int]:
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server, port
+
+
 @pytest.fixture
 def fake_triton(hip_screen_engine: Path) -> Iterator[tuple[str, _FakeTriton]]:
     """The fake's loopback gRPC address (an ephemeral port) and the fake, stopped after."""
     fake = _FakeTriton(read_manifest(hip_screen_engine))
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = _serve(fake)
     try:
         yield f"127.0.0.1:{port}", fake
     finally:
@@ -200,3 +211,59 @@ def test_a_close_under_a_running_batch_is_an_engine_error(
     # ("Cannot invoke RPC on closed channel!"), failed for good as an internal error.
     with pytest.raises(EngineRuntimeError, match=r"^hip_screen on triton: runtime is closed$"):
         runtime.infer(ClosingBatch(runtime, _images(1)))
+
+
+def test_after_a_failure_the_served_model_is_checked_again(
+    hip_screen_engine: Path, fake_triton: tuple[str, _FakeTriton]
+) -> None:
+    # The server restarted with another repository: its engine's answers were labelled with
+    # this manifest's version, and a smaller max batch failed every pelvis until a restart.
+    url, fake = fake_triton
+    with TritonRuntime(read_manifest(hip_screen_engine), hip_screen_engine, url=url) as runtime:
+        runtime.infer({"image": _images(2)})
+        fake.failing = True
+        with pytest.raises(EngineRuntimeError, match=r"inference failed: .*restarting"):
+            runtime.infer({"image": _images(2)})
+        fake.failing = False
+        served = fake.config.parameters["engine_version"]
+        served.string_value = "2.0.0-other"
+        with pytest.raises(EngineRuntimeError, match=r"serves engine version '2\.0\.0-other'"):
+            runtime.infer({"image": _images(2)})
+        served.string_value = read_manifest(hip_screen_engine).version
+        fake.config.max_batch_size = 1  # the new repository's
+        fake.batches.clear()
+        assert runtime.infer({"image": _images(2)})["logits"].shape == (2, 8)
+        assert fake.batches == [1, 1]
+        runtime.infer({"image": _images(2)})  # checked once: no failure since
+        assert fake.batches == [1, 1, 1, 1]
+
+
+def test_a_server_back_from_a_restart_is_reached_within_seconds(hip_screen_engine: Path) -> None:
+    # gRPC's reconnect backoff grows to 120 s: a server ready again was still refused
+    # ("Connection refused") for ~25 s, using up the pipeline's retries of a job.
+    manifest = read_manifest(hip_screen_engine)
+    fake = _FakeTriton(manifest)
+    server, port = _serve(fake)
+    url = f"127.0.0.1:{port}"
+    runtime = TritonRuntime(manifest, hip_screen_engine, url=url, timeout_seconds=2)
+    try:
+        runtime.infer({"image": _images(1)})
+        server.stop(None).wait()
+        down = time.monotonic()
+        while time.monotonic() - down < 12:  # the node retrying while the server is down
+            with pytest.raises(EngineRuntimeError):
+                runtime.infer({"image": _images(1)})
+            time.sleep(0.5)
+        server, _ = _serve(fake, port)
+        back = time.monotonic()
+        while True:
+            try:
+                runtime.infer({"image": _images(1)})
+                break
+            except EngineRuntimeError:
+                assert time.monotonic() - back < 30
+                time.sleep(0.1)
+        assert time.monotonic() - back < 2.5
+    finally:
+        runtime.close()
+        server.stop(None).wait()
