@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from engines.manifest import Manifest, verify_artefacts
@@ -59,6 +60,19 @@ class OnnxRuntime(Runtime):
             {i.name: i.shape for i in self._session.get_inputs()},
             {o.name: o.shape for o in self._session.get_outputs()},
         )
+        for tensor in self._session.get_inputs():
+            # Inputs go as float32 (check_batch): an export whose inputs are float16 (an fp16
+            # conversion without keep_io_types) opened, then failed every study.
+            if tensor.type != "tensor(float)":
+                raise EngineRuntimeError(
+                    f"{manifest.name} on onnxruntime: {path.name} takes input {tensor.name!r} "
+                    f"as {tensor.type}; the node sends tensor(float) (float32): export it with "
+                    "float32 inputs and outputs"
+                )
+        # A batch dimension the export fixed (no dynamic axes): batches go in pieces of that
+        # size (a pelvis is a batch of 2, which failed every study).
+        fixed = {d for i in self._session.get_inputs() for d in i.shape[:1] if isinstance(d, int)}
+        self.max_batch_size = min(fixed) if fixed else 0
         self._names = [o.name for o in self._session.get_outputs()]
 
     def _run(self, batch: dict[str, Array]) -> Mapping[str, npt.ArrayLike]:
@@ -67,8 +81,24 @@ class OnnxRuntime(Runtime):
         session = self._session
         if session is None:
             raise EngineRuntimeError(f"{self.manifest.name} on onnxruntime: runtime is closed")
-        values = session.run(self._names, batch)
-        return dict(zip(self._names, values, strict=True))
+        size = next(iter(batch.values())).shape[0]
+        step = self.max_batch_size or size
+        parts: list[list[Any]] = []
+        for start in range(0, size, step):
+            chunk = {name: array[start : start + step] for name, array in batch.items()}
+            try:
+                parts.append(session.run(self._names, chunk))
+            except Exception as exc:  # onnxruntime's own types (InvalidArgument, Fail, ...)
+                raise EngineRuntimeError(
+                    f"{self.manifest.name} on onnxruntime: inference failed "
+                    f"({type(exc).__name__}: {' '.join(str(exc).split())})"
+                ) from exc
+        if len(parts) == 1:
+            return dict(zip(self._names, parts[0], strict=True))
+        return {
+            name: np.concatenate([p[i] for p in parts], axis=0)
+            for i, name in enumerate(self._names)
+        }
 
     def _release(self) -> None:
         self._session = None

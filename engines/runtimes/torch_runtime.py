@@ -11,7 +11,7 @@ import torch
 from engines.manifest import Manifest, verify_artefacts
 from engines.models import create
 from engines.runtimes.base import Array, EngineRuntimeError, Runtime
-from engines.serving import output_names, serving_graph
+from engines.serving import input_names, output_names, serving_graph
 
 
 class TorchRuntime(Runtime):
@@ -32,7 +32,15 @@ class TorchRuntime(Runtime):
                 f"{manifest.name} on torch: cannot load {path.name} ({type(exc).__name__}: {exc})"
             ) from exc
         self._graph: torch.nn.Module | None = serving_graph(model).eval()
-        # Outputs by name: the manifest may list them in any order.
+        # Inputs and outputs by name: the manifest may list them in any order (inputs went
+        # in the manifest's order, so one listing clinical and missing the other way round
+        # had the model read each as the other).
+        self._inputs = input_names(model)
+        if sorted(self._inputs) != sorted(s.name for s in self.input_spec):
+            raise EngineRuntimeError(
+                f"{manifest.name} on torch: the model takes inputs {list(self._inputs)}, the "
+                f"manifest says {[s.name for s in self.input_spec]}"
+            )
         self._outputs = output_names(model)
         missing = [s.name for s in self.output_spec if s.name not in self._outputs]
         if missing:
@@ -42,7 +50,7 @@ class TorchRuntime(Runtime):
             )
 
     def _run(self, batch: dict[str, Array]) -> Mapping[str, npt.ArrayLike]:
-        names = [spec.name for spec in self.input_spec]
+        names = self._inputs
         graph = self._graph  # one read, as in OnnxRuntime._run
         if graph is None:
             raise EngineRuntimeError(f"{self.manifest.name} on torch: runtime is closed")

@@ -6,6 +6,7 @@ import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -214,3 +215,100 @@ def test_torch_returns_outputs_by_name_whatever_the_manifests_order(
     # Was: the logits under "features" and the feature map under "logits".
     assert outputs["logits"].shape == (2, 8)
     assert outputs["features"].shape[:2] == (2, 2048)
+
+
+def _edited_onnx(engine: Path, folder: Path, edit: Callable[[Any], None]) -> Manifest:
+    """``engine``'s ONNX file edited (``edit`` on its onnx.ModelProto), under a manifest
+    with its new SHA-256: what a site's own export would bring."""
+    import onnx
+
+    def rehashed(manifest: Manifest) -> Manifest:
+        model = onnx.load(str(engine / "model.onnx"))
+        edit(model)
+        onnx.save(model, str(folder / "model.onnx"))
+        artefact = dataclasses.replace(
+            manifest.artefacts["onnx_fp32"], sha256=sha256_of(folder / "model.onnx")
+        )
+        return dataclasses.replace(
+            manifest, artefacts={**manifest.artefacts, "onnx_fp32": artefact}
+        )
+
+    return _copy_with_manifest(engine, folder, "model.onnx", rehashed)
+
+
+def test_an_export_with_a_fixed_batch_runs_batches_in_pieces(
+    hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    # Exported without dynamic axes: opened, then every pelvis (a batch of 2) failed with
+    # onnxruntime's InvalidArgument, an "internal error" never retried.
+    def batch_of_one(model: Any) -> None:
+        for value in [*model.graph.input, *model.graph.output]:
+            first = value.type.tensor_type.shape.dim[0]
+            first.ClearField("dim_param")
+            first.dim_value = 1
+
+    manifest = _edited_onnx(hip_screen_engine, tmp_path / "e", batch_of_one)
+    batch = {"image": _images(3)}
+    with OnnxRuntime(manifest, tmp_path / "e") as fixed:
+        assert fixed.max_batch_size == 1
+        pieces = fixed.infer(batch)
+    with OnnxRuntime(read_manifest(hip_screen_engine), hip_screen_engine) as dynamic:
+        assert dynamic.max_batch_size == 0
+        whole = dynamic.infer(batch)
+    for name, value in whole.items():
+        np.testing.assert_allclose(pieces[name], value, rtol=1e-5, atol=1e-5)
+
+
+def test_an_export_taking_float16_inputs_is_refused_when_opened(
+    hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    # An fp16 conversion without keep_io_types: opened, then every study failed.
+    import onnx
+    from onnx import TensorProto, helper
+
+    def float16_input(model: Any) -> None:
+        [image] = model.graph.input
+        inner = "image_as_float"
+        for node in model.graph.node:
+            node.input[:] = [inner if n == "image" else n for n in node.input]
+        model.graph.node.insert(
+            0, helper.make_node("Cast", ["image"], [inner], to=TensorProto.FLOAT)
+        )
+        image.type.tensor_type.elem_type = TensorProto.FLOAT16
+        onnx.checker.check_model(model)
+
+    manifest = _edited_onnx(hip_screen_engine, tmp_path / "e", float16_input)
+    with pytest.raises(
+        EngineRuntimeError,
+        match=r"^hip_screen on onnxruntime: model\.onnx takes input 'image' as tensor\(float16\); "
+        r"the node sends tensor\(float\)",
+    ):
+        OnnxRuntime(manifest, tmp_path / "e")
+
+
+def test_torch_takes_inputs_by_name_whatever_the_manifests_order(
+    fusion_cache: Path, tmp_path: Path
+) -> None:
+    # Passed in the manifest's order: one listing clinical and missing the other way round
+    # had the model read the values as the mask and the mask as the values.
+    engine = fusion_cache / "osteoporosis"
+
+    def reordered(manifest: Manifest) -> Manifest:
+        image, clinical, missing = manifest.inputs
+        return dataclasses.replace(manifest, inputs=(image, missing, clinical))
+
+    manifest = _copy_with_manifest(engine, tmp_path / "e", "model.pt", reordered)
+    assert [s.name for s in manifest.inputs] == ["image", "missing", "clinical"]
+    rng = np.random.default_rng(0)
+    missing = np.array([[0, 0, 0, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0, 0]], np.float32)
+    batch = {
+        "image": rng.normal(size=(2, 1, 80, 80)).astype(np.float32),
+        "clinical": rng.normal(size=(2, 7)).astype(np.float32) * (1 - missing),
+        "missing": missing,
+    }
+    with TorchRuntime(manifest, tmp_path / "e") as listed_otherwise:
+        got = listed_otherwise.infer(batch)
+    with TorchRuntime(read_manifest(engine), engine) as listed_so:
+        want = listed_so.infer(batch)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value)
