@@ -266,7 +266,11 @@ def _sides(image: SourceImage) -> tuple[str, ...]:
 def _lateral(
     images: Sequence[SourceImage], side: str, routing: RoutingConfig
 ) -> SourceImage | None:
+    """The hip's lateral partner: of the study's laterals of that side, the one received last
+    (``images`` are in arrival order): a retake follows the exposure it replaces, which the
+    first match took."""
     views = {v.upper() for v in routing.lateral_views}
+    partner = None
     for image in images:
         if (
             image.view in views
@@ -275,8 +279,8 @@ def _lateral(
             and image.attributes.get("Modality") in LATERAL_MODALITIES
             and image.attributes.get("BodyPartExamined", "") in LATERAL_BODY_PARTS
         ):
-            return image
-    return None
+            partner = image
+    return partner
 
 
 def _task(

@@ -284,6 +284,11 @@ def test_dual_view_rule_pairs_the_lateral_of_the_same_side() -> None:
         ("hipnet", "R", "1.2.3.1", None, "dual"),
         ("hipnet", "L", "1.2.3.1", "1.2.3.2", "dual"),
     ]
+    # A retake, received after the exposure it replaces, is the partner (was: the first).
+    retake = image("3", ViewPosition="LL", ImageLaterality="L")
+    assert summary(plan_tasks([lateral_l, pelvis, retake], routing))[1] == (
+        "hipnet", "L", "1.2.3.1", "1.2.3.3", "dual"
+    )  # fmt: skip
 
 
 def test_custom_lateral_views_are_upper_cased() -> None:
