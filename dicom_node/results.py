@@ -185,6 +185,9 @@ def summary(analysis: StudyAnalysis) -> str:
                 "engine": task.engine,
                 "version": d.prediction.version,
                 "side": task.side,
+                # Which AP: a hip shown by two (a pelvis and a separate AP of that hip) has
+                # two entries, which read the same without it.
+                "ap": task.ap.sop_instance_uid,
                 "views": "AP+LATERAL" if task.lateral else "AP",
                 "priority": d.priority,
                 "reported": [

@@ -198,6 +198,9 @@ def test_an_ap_that_cannot_be_decoded_leaves_the_others_triage(
             assert uid == repeat.SOPInstanceUID and "pixel data" in why
             assert caplog.text.count(f"SOP instance {uid} not analysed") == 1
             recorded = json.loads(summary(analysis))
+            assert [h["ap"] for h in recorded["hips"]] == [
+                h.decision.prediction.task.ap.sop_instance_uid for h in analysis.hips
+            ]
             assert recorded["not_analysed"] == [{"sop_instance_uid": uid, "why": why}]
             # Each finding as the SR's banner prints it, kept on its side of the threshold.
             assert [r["shown"] for h in recorded["hips"] for r in h["reported"]] == [
