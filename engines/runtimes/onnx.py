@@ -86,8 +86,15 @@ class OnnxRuntime(Runtime):
         parts: list[list[Any]] = []
         for start in range(0, size, step):
             chunk = {name: array[start : start + step] for name, array in batch.items()}
+            short = step - len(next(iter(chunk.values())))
+            if self.max_batch_size and short:
+                # The last piece of a batch the fixed size does not divide: padded with
+                # copies of its last item, whose outputs are dropped.
+                chunk = {n: np.concatenate([a, np.repeat(a[-1:], short, axis=0)])
+                         for n, a in chunk.items()}  # fmt: skip
             try:
-                parts.append(session.run(self._names, chunk))
+                outputs = session.run(self._names, chunk)
+                parts.append([o[: len(o) - short] if short else o for o in outputs])
             except Exception as exc:  # onnxruntime's own types (InvalidArgument, Fail, ...)
                 raise EngineRuntimeError(
                     f"{self.manifest.name} on onnxruntime: inference failed "
