@@ -100,10 +100,10 @@ class Outbox:
                     "due now", stepped,
                 )  # fmt: skip
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM outbox AS row WHERE state = 'pending' "
+                f"SELECT {_COLUMNS} FROM outbox AS item WHERE state = 'pending' "
                 "AND (next_attempt_at <= ? OR EXISTS (SELECT 1 FROM outbox AS later "
-                "WHERE later.state = 'pending' AND later.study_uid = row.study_uid "
-                "AND later.destination = row.destination AND later.id > row.id "
+                "WHERE later.state = 'pending' AND later.study_uid = item.study_uid "
+                "AND later.destination = item.destination AND later.id > item.id "
                 f"AND later.next_attempt_at <= ?)){where}",
                 (now, now, *params),
             ).fetchall()
