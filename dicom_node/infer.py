@@ -21,6 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -365,17 +366,14 @@ class EngineSet:
         spec = engine.manifest.heatmap
         if spec.kind == "none":
             return None
-        if spec.kind == "interpretive-map" and spec.map_output:
-            raw = outputs[spec.map_output]
-        elif spec.features_output and engine.head is not None:
-            features = outputs[spec.features_output]
-            raw = np.stack(
-                [grad_cam(features, engine.head, k, spec.gem_p) for k in range(classes)], axis=1
-            )
+        # What each kind needs is there: read_manifest refuses a manifest without it.
+        if spec.kind == "interpretive-map":
+            raw = outputs[cast(str, spec.map_output)]
         else:
-            raise EngineUnavailableError(
-                f"engine {engine.manifest.name}: manifest gives no way to a heat map "
-                f"(kind {spec.kind!r})"
+            features = outputs[cast(str, spec.features_output)]
+            head = cast(npt.NDArray[np.float32], engine.head)
+            raw = np.stack(
+                [grad_cam(features, head, k, spec.gem_p) for k in range(classes)], axis=1
             )
         n, k, h, w = raw.shape
         flat = normalise_map(raw.reshape(n * k, h, w).astype(np.float32))

@@ -10,9 +10,10 @@ nothing else (an artefact whose hash differs is refused).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -144,6 +145,12 @@ def read_manifest(folder: Path) -> Manifest:
         raise ManifestError(f"{path}: expected a mapping, got {type(raw).__name__}")
     if raw.get("schema") != SCHEMA:
         raise ManifestError(f"{path}: schema: expected {SCHEMA}, got {raw.get('schema')!r}")
+    known = set(Manifest.__dataclass_fields__)
+    unknown = sorted(str(k) for k in raw if k not in known)
+    if unknown:  # a typo (clinical_usage) was dropped, and the default said instead
+        raise ManifestError(
+            f"{path}: {unknown[0]}: unknown key (known: {', '.join(sorted(known))})"
+        )
     try:
         manifest = Manifest(
             name=str(raw["name"]),
@@ -152,11 +159,11 @@ def read_manifest(folder: Path) -> Manifest:
             model_kwargs=dict(raw.get("model_kwargs") or {}),
             title=str(raw["title"]),
             classes=tuple(Finding(**c) for c in raw["classes"]),
-            inputs=tuple(_tensor(t) for t in raw["inputs"]),
-            outputs=tuple(_tensor(t) for t in raw["outputs"]),
+            inputs=tuple(_tensor(t, f"inputs[{i}]", path) for i, t in enumerate(raw["inputs"])),
+            outputs=tuple(_tensor(t, f"outputs[{i}]", path) for i, t in enumerate(raw["outputs"])),
             preprocessing=_preprocessing(raw["preprocessing"], path),
             heatmap=Heatmap(**raw["heatmap"]),
-            artefacts={k: Artefact(**v) for k, v in raw["artefacts"].items()},
+            artefacts={k: _artefact(k, v, path) for k, v in raw["artefacts"].items()},
             probability_output=str(raw["probability_output"]),
             output_is_logits=_boolean(raw["output_is_logits"], "output_is_logits", path),
             training=dict(raw.get("training") or {}),
@@ -188,14 +195,32 @@ def _consistent(m: Manifest, path: Path) -> Manifest:
         if (
             isinstance(threshold, bool)
             or not isinstance(threshold, int | float)
-            or not (0.0 <= threshold <= 1.0)
+            or not (0.0 < threshold < 1.0)
         ):
+            # As triage.thresholds in the config: 0 called every hip present, 1 never.
             raise ManifestError(
-                f"{path}: classes[{c.name}].threshold: expected a number from 0 to 1, "
+                f"{path}: classes[{c.name}].threshold: expected a probability between 0 and 1, "
                 f"got {threshold!r}"
             )
         _boolean(c.high_risk, f"classes[{c.name}].high_risk", path)
         _boolean(c.normal, f"classes[{c.name}].normal", path)
+    version = m.version
+    if not version or len(version) > 64 or any(c.isspace() or c == "\\" for c in version):
+        raise ManifestError(
+            f"{path}: version: expected up to 64 characters without spaces or backslashes "
+            f"(it goes into the SR), got {version!r}"
+        )
+    for c in m.classes:
+        if c.code is not None and not (isinstance(c.code, str) and _CODE.fullmatch(c.code)):
+            raise ManifestError(
+                f"{path}: classes[{c.name}].code: expected a SNOMED CT or DICOM code as a "
+                f"quoted string of digits, or null, got {c.code!r}"
+            )
+        if c.source not in CODE_SOURCES:
+            raise ManifestError(
+                f"{path}: classes[{c.name}].source: expected one of {', '.join(CODE_SOURCES)}, "
+                f"got {c.source!r}"
+            )
     outputs = {o.name: o for o in m.outputs}
     for key, name in (
         ("probability_output", m.probability_output),
@@ -213,7 +238,51 @@ def _consistent(m: Manifest, path: Path) -> Manifest:
             f"{path}: classes: output {m.probability_output!r} gives {width} values per case, "
             f"the manifest lists {len(names)} classes"
         )
+    _check_heatmap(m, path)
+    first = m.inputs[0].shape if m.inputs else ()
+    size = m.preprocessing.size
+    if len(first) == 4 and tuple(first[2:]) != (size, size):
+        raise ManifestError(
+            f"{path}: preprocessing.size: {size}, but input {m.inputs[0].name!r} is "
+            f"{list(first)}: the hip region must be resized to the input's edge"
+        )
     return m
+
+
+HEATMAP_KINDS = ("gradcam-gem", "gradcam-avg", "interpretive-map", "none")
+CODE_SOURCES = ("dicom", "snomed-valueset", "broader", "none")
+_CODE = re.compile(r"[0-9]{5,18}")
+
+
+def _check_heatmap(m: Manifest, path: Path) -> None:
+    """The heat map's kind and what it needs, at load: an unknown kind fell back to
+    Grad-CAM (or failed the report), a missing output failed every study."""
+    spec = m.heatmap
+    if spec.kind not in HEATMAP_KINDS:
+        raise ManifestError(
+            f"{path}: heatmap.kind: expected one of {', '.join(HEATMAP_KINDS)}, got {spec.kind!r}"
+        )
+    needs: tuple[str, ...] = {
+        "gradcam-gem": ("features_output", "head_artefact", "gem_p"),
+        "gradcam-avg": ("features_output", "head_artefact"),
+        "interpretive-map": ("map_output",),
+        "none": (),
+    }[spec.kind]
+    for key in needs:
+        if getattr(spec, key) is None:
+            raise ManifestError(f"{path}: heatmap.{key}: required for kind {spec.kind!r}")
+    if spec.head_artefact is not None and spec.head_artefact not in m.artefacts:
+        raise ManifestError(
+            f"{path}: heatmap.head_artefact: expected one of the artefacts "
+            f"({', '.join(m.artefacts)}), got {spec.head_artefact!r}"
+        )
+    gem_p = spec.gem_p
+    if gem_p is not None and (
+        isinstance(gem_p, bool)
+        or not isinstance(gem_p, int | float)
+        or not (math.isfinite(gem_p) and gem_p > 0)
+    ):
+        raise ManifestError(f"{path}: heatmap.gem_p: expected a number > 0, got {gem_p!r}")
 
 
 def verify_artefacts(manifest: Manifest, folder: Path, keys: tuple[str, ...] = ()) -> None:
@@ -271,6 +340,39 @@ def _limits(raw: Any, columns: Sequence[str], path: Path) -> Mapping[str, tuple[
 
 def _preprocessing(raw: Mapping[str, Any], path: Path) -> Preprocessing:
     values = dict(raw)
+    # Each loaded, then failed every study (a negative size, a std of 0, a mean of NaN).
+    for key, positive in (("size", True), ("mean", False), ("std", True),
+                          ("volume_spacing_mm", True), ("hu_center", False),
+                          ("hu_width", True)):  # fmt: skip
+        value = values.get(key)
+        if value is None and key != "size":
+            continue
+        whole = key != "size" or (isinstance(value, int) and 1 <= value <= 4096)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or (positive and value <= 0)
+            or not whole
+        ):
+            wanted = (
+                "a whole number of pixels from 1 to 4096"
+                if key == "size"
+                else "a number > 0"
+                if positive
+                else "a finite number"
+            )
+            raise ManifestError(f"{path}: preprocessing.{key}: expected {wanted}, got {value!r}")
+    volume = values.get("volume")
+    if volume is not None and (
+        not isinstance(volume, list)
+        or len(volume) != 3
+        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in volume)
+    ):
+        raise ManifestError(
+            f"{path}: preprocessing.volume: expected three whole numbers > 0 (D, H, W), "
+            f"got {volume!r}"
+        )
     if values.get("volume") is not None:
         values["volume"] = tuple(int(d) for d in values["volume"])
     values["clinical"] = tuple(str(c) for c in values.get("clinical") or ())
@@ -294,8 +396,41 @@ def _preprocessing(raw: Mapping[str, Any], path: Path) -> Preprocessing:
     return Preprocessing(**values)
 
 
-def _tensor(raw: Mapping[str, Any]) -> TensorSpec:
-    return TensorSpec(str(raw["name"]), tuple(int(d) for d in raw["shape"]), str(raw["dtype"]))
+def _tensor(raw: Mapping[str, Any], key: str, path: Path) -> TensorSpec:
+    shape = raw["shape"]
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or any(isinstance(d, bool) or not isinstance(d, int) for d in shape)
+        or any(d < 1 for d in shape[1:])
+        or not (shape[0] == -1 or shape[0] >= 1)
+    ):
+        # An empty shape failed reading the classes' width with an IndexError.
+        raise ManifestError(
+            f"{path}: {key}.shape: expected a list of whole numbers, -1 (any) only for the "
+            f"batch, got {shape!r}"
+        )
+    return TensorSpec(str(raw["name"]), tuple(shape), str(raw["dtype"]))
+
+
+def _artefact(key: str, raw: Mapping[str, Any], path: Path) -> Artefact:
+    artefact = Artefact(**raw)
+    relative = PurePosixPath(str(artefact.path))
+    if not artefact.path or relative.is_absolute() or ".." in relative.parts:
+        # ../../ ran a file from outside the engine's folder; /etc/passwd was read and hashed.
+        raise ManifestError(
+            f"{path}: artefacts.{key}.path: expected a path inside the engine's folder, got "
+            f"{artefact.path!r}"
+        )
+    if not (isinstance(artefact.sha256, str) and _SHA256.fullmatch(artefact.sha256)):
+        raise ManifestError(
+            f"{path}: artefacts.{key}.sha256: expected 64 lower-case hexadecimal digits, got "
+            f"{artefact.sha256!r}"
+        )
+    return artefact
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _plain(value: Any) -> Any:

@@ -191,7 +191,8 @@ def test_a_manifest_for_another_export_is_refused_when_opened(
     def other_size(manifest: Manifest) -> Manifest:
         [image] = manifest.inputs
         bigger = dataclasses.replace(image, shape=(-1, 1, 96, 96))
-        return dataclasses.replace(manifest, inputs=(bigger,))
+        resized = dataclasses.replace(manifest.preprocessing, size=96)
+        return dataclasses.replace(manifest, inputs=(bigger,), preprocessing=resized)
 
     manifest = _copy_with_manifest(hip_screen_engine, tmp_path / "e", "model.onnx", other_size)
     # Was: opened, then every study failed with onnxruntime's InvalidArgument.
