@@ -381,14 +381,22 @@ def _list(cfg: Config) -> int:
     print(f"{header}  FIGURES (held-out data)")
     count = 0
     for name in ENGINE_NAMES:
+        folder = engine_folder(cfg.engines.cache_dir, name)
+        empty = f"{name:<{width}} {'-':<12} {backend:<12} {'-':>5}"
+        if not (folder / "manifest.yaml").exists():
+            print(f"{empty}  not built")
+            continue
         try:
-            m = read_manifest(engine_folder(cfg.engines.cache_dir, name))
-        except ManifestError:
-            print(f"{name:<{width}} {'-':<12} {backend:<12} {'-':>5}  not built")
+            m = read_manifest(folder)
+        except ManifestError as exc:  # was "not built": the site's edit, not the build
+            print(f"{empty}  BROKEN: {exc}")
+            continue
+        if m.name != name:  # the node refuses it (EngineSet): was listed as the other engine
+            print(f"{empty}  BROKEN: its manifest names engine {m.name!r}")
             continue
         count += 1
         print(
-            f"{m.name:<{width}} {m.version:<12} {backend:<12} {m.preprocessing.size:>5}  "
+            f"{name:<{width}} {m.version:<12} {backend:<12} {m.preprocessing.size:>5}  "
             f"{_figures(m.evaluation)}"
         )
     print(f"{count} engines built in {cfg.engines.cache_dir}")
@@ -415,13 +423,21 @@ def _triton_repo(cache: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _figure(value: Any) -> str:
+    """A recorded figure to three decimals; a site's manifest may hold anything there (a
+    string crashed the listing)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.3f}"
+    return "n/a" if value is None else repr(value)
+
+
 def _figures(evaluation: Any) -> str:
     """The held-out figures an engine's manifest records (each engine has its own)."""
     if not isinstance(evaluation, dict) or "accuracy" not in evaluation:
         return "not evaluated"
-    figures = [f"accuracy {evaluation['accuracy']:.3f} on {evaluation.get('items')} items"]
+    figures = [f"accuracy {_figure(evaluation['accuracy'])} on {evaluation.get('items')} items"]
     if "roc_auc" in evaluation:
-        figures.append(f"ROC AUC {evaluation['roc_auc']:.3f}")
+        figures.append(f"ROC AUC {_figure(evaluation['roc_auc'])}")
     for key, words in (
         ("accuracy_without_ct", "without CT"),
         ("accuracy_without_text", "without text"),
@@ -433,7 +449,5 @@ def _figures(evaluation: Any) -> str:
     if isinstance(importance, list) and importance and isinstance(importance[0], dict):
         figures.append(f"most important input {importance[0].get('name')}")
     if "roc_auc" not in evaluation and "accuracy_without_ct" not in evaluation:
-        pointing = evaluation.get("pointing_game")
-        shown = "n/a" if pointing is None else f"{pointing:.3f}"
-        figures.append(f"heat-map peak in lesion {shown}")
+        figures.append(f"heat-map peak in lesion {_figure(evaluation.get('pointing_game'))}")
     return ", ".join(figures)

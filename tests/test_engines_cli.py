@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from dicom_node import engines_cli
 from dicom_node.cli import _config, _parser, main
@@ -42,6 +43,34 @@ def test_listed_figures_name_each_held_out_figure() -> None:
         "accuracy 0.900 on 60 items, AP alone 0.800, heat-map peak in lesion 0.850"
     )
     assert engines_cli._figures({}) == "not evaluated"
+    # A site's manifest may record anything there: a string crashed the listing.
+    assert engines_cli._figures({"accuracy": "0.96", "pointing_game": "high"}) == (
+        "accuracy '0.96' on None items, heat-map peak in lesion 'high'"
+    )
+
+
+def test_a_broken_engine_is_listed_as_broken_with_the_reason(
+    engine_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was "not built" for a manifest the site broke, and a manifest naming another engine
+    # was listed under that engine's name (the node refuses both).
+    cache = tmp_path / "cache"
+    for name in ("hip_screen", "hipnet"):
+        shutil.copytree(engine_cache / name, cache / name)
+    broken = yaml.safe_load((cache / "hip_screen" / "manifest.yaml").read_text())
+    broken["classes"][0]["threshold"] = 1.5
+    (cache / "hip_screen" / "manifest.yaml").write_text(yaml.safe_dump(broken))
+    renamed = yaml.safe_load((cache / "hipnet" / "manifest.yaml").read_text())
+    renamed["name"] = "hip_screen"
+    (cache / "hipnet" / "manifest.yaml").write_text(yaml.safe_dump(renamed))
+    assert main(["engines", "list", "--config", str(_cache_config(tmp_path, cache))]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert (
+        "BROKEN: " in rows["hip_screen"]
+        and "threshold: expected a probability" in rows["hip_screen"]
+    )
+    assert rows["hipnet"].endswith("BROKEN: its manifest names engine 'hip_screen'")
+    assert rows["osteoporosis"].endswith("not built")
 
 
 def test_build_list_export_and_train(
