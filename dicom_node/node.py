@@ -43,7 +43,7 @@ from dicom_node.send import Outbox, Sender
 from dicom_node.send.echo import EchoMonitor
 from dicom_node.spool import Spool
 from dicom_node.state import State
-from dicom_node.triage import check_overrides
+from dicom_node.triage import check_cascade, check_overrides
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,7 @@ class Node:
         self.engines = EngineSet(cfg.engines, engines_needed(cfg))
         for name in self.engines.names:
             check_overrides(cfg.triage, self.engines.manifest(name))
+            check_cascade(cfg.routing, self.engines.manifest(name))
             manifest = self.engines.manifest(name)
             self.metrics.engine_info.labels(name, manifest.version, self.engines.backend(name)).set(
                 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
-from dicom_node.config_results import NORMAL_CODE, TriageConfig
+from dicom_node.config_results import NORMAL_CODE, RoutingConfig, TriageConfig
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.models import HipFinding, Prediction, TriageDecision
 from engines.manifest import Manifest
@@ -39,6 +39,18 @@ def check_overrides(cfg: TriageConfig, manifest: Manifest) -> None:
             raise ConfigError(
                 f"triage.urgent.{manifest.name}: not a class of {manifest.name} "
                 f"({', '.join(manifest.class_names)}), got {name!r}"
+            )
+
+
+def check_cascade(routing: RoutingConfig, manifest: Manifest) -> None:
+    """Refuse cascade rules after ``manifest``'s engine that name a class it does not have:
+    a site's engine whose class is spelt otherwise (``tha``) never started the next engine,
+    and nothing said so (the config checks the built-in catalogue only)."""
+    for i, rule in enumerate(routing.cascade):
+        if rule.after == manifest.name and rule.finding not in manifest.class_names:
+            raise ConfigError(
+                f"routing.cascade[{i}].finding: not a class of {manifest.name} "
+                f"({', '.join(manifest.class_names)}), got {rule.finding!r}"
             )
 
 

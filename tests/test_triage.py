@@ -13,6 +13,7 @@ from dicom_node.models import HipFinding, HipTask, Prediction, SourceImage, Tria
 from dicom_node.triage import (
     PRIORITIES,
     TriageError,
+    check_cascade,
     check_overrides,
     decide,
     probability_text,
@@ -269,3 +270,20 @@ def test_probability_text(probability: float, threshold: float, text: str) -> No
 )
 def test_shown_threshold_keeps_the_digits_it_has(threshold: float, text: str) -> None:
     assert shown_threshold(threshold) == text
+
+
+def test_a_cascade_finding_the_engine_does_not_have_is_refused() -> None:
+    # A site's hip_screen that calls its class `tha`: the default cascade to Hip-Net never
+    # started, and nothing said so (the config checks the built-in catalogue only).
+    routing = parse_config({}).routing
+    check_cascade(routing, SCREEN)  # the default cascade, the built-in classes
+    check_cascade(routing, HIPNET)  # no rule after hipnet
+    renamed = tuple(
+        replace(c, name="tha") if c.name == "total_hip_arthroplasty" else c for c in SCREEN.classes
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^routing\.cascade\[0\]\.finding: not a class of hip_screen \(normal, .*tha.*\), "
+        r"got 'total_hip_arthroplasty'$",
+    ):
+        check_cascade(routing, replace(SCREEN, classes=renamed))
