@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -156,14 +156,19 @@ def read_manifest(folder: Path) -> Manifest:
             name=str(raw["name"]),
             version=str(raw["version"]),
             model=str(raw["model"]),
-            model_kwargs=dict(raw.get("model_kwargs") or {}),
+            model_kwargs=dict(_mapping(raw.get("model_kwargs") or {}, "model_kwargs", path)),
             title=str(raw["title"]),
-            classes=tuple(Finding(**c) for c in raw["classes"]),
+            classes=tuple(
+                _entry(Finding, c, f"classes[{i}]", path) for i, c in enumerate(raw["classes"])
+            ),
             inputs=tuple(_tensor(t, f"inputs[{i}]", path) for i, t in enumerate(raw["inputs"])),
             outputs=tuple(_tensor(t, f"outputs[{i}]", path) for i, t in enumerate(raw["outputs"])),
             preprocessing=_preprocessing(raw["preprocessing"], path),
-            heatmap=Heatmap(**raw["heatmap"]),
-            artefacts={k: _artefact(k, v, path) for k, v in raw["artefacts"].items()},
+            heatmap=_entry(Heatmap, raw["heatmap"], "heatmap", path),
+            artefacts={
+                k: _artefact(k, v, path)
+                for k, v in _mapping(raw["artefacts"], "artefacts", path).items()
+            },
             probability_output=str(raw["probability_output"]),
             output_is_logits=_boolean(raw["output_is_logits"], "output_is_logits", path),
             training=dict(raw.get("training") or {}),
@@ -397,6 +402,9 @@ def _preprocessing(raw: Mapping[str, Any], path: Path) -> Preprocessing:
 
 
 def _tensor(raw: Mapping[str, Any], key: str, path: Path) -> TensorSpec:
+    for name in ("name", "shape", "dtype"):
+        if name not in _mapping(raw, key, path):
+            raise ManifestError(f"{path}: {key}.{name}: required")
     shape = raw["shape"]
     if (
         not isinstance(shape, list)
@@ -413,8 +421,36 @@ def _tensor(raw: Mapping[str, Any], key: str, path: Path) -> TensorSpec:
     return TensorSpec(str(raw["name"]), tuple(shape), str(raw["dtype"]))
 
 
+def _mapping(value: Any, key: str, path: Path) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ManifestError(f"{path}: {key}: expected a mapping, got {value!r}")
+    return value
+
+
+def _entry(kind: Any, raw: Any, key: str, path: Path) -> Any:
+    """``kind`` (a dataclass) from the mapping ``raw``, its missing and unknown keys named
+    (was "malformed entry (Finding.__init__() missing 1 required positional argument...)",
+    which did not say which class)."""
+    fields = kind.__dataclass_fields__
+    where = f"{key} ({raw['name']})" if isinstance(raw, Mapping) and "name" in raw else key
+    values = _mapping(raw, where, path)
+    unknown = sorted(str(k) for k in values if k not in fields)
+    if unknown:
+        raise ManifestError(
+            f"{path}: {where}.{unknown[0]}: unknown key (known: {', '.join(fields)})"
+        )
+    required = [
+        n for n, f in fields.items()
+        if f.default is MISSING and f.default_factory is MISSING
+    ]  # fmt: skip
+    for name in required:
+        if name not in values:
+            raise ManifestError(f"{path}: {where}.{name}: required")
+    return kind(**values)
+
+
 def _artefact(key: str, raw: Mapping[str, Any], path: Path) -> Artefact:
-    artefact = Artefact(**raw)
+    artefact: Artefact = _entry(Artefact, raw, f"artefacts.{key}", path)
     relative = PurePosixPath(str(artefact.path))
     if not artefact.path or relative.is_absolute() or ".." in relative.parts:
         # ../../ ran a file from outside the engine's folder; /etc/passwd was read and hashed.

@@ -96,7 +96,8 @@ def test_bad_manifest_files(tmp_path: Path) -> None:
     )
     with pytest.raises(
         ManifestError,
-        match=r"manifest\.yaml: malformed entry \(.*unexpected keyword argument 'colour'\)$",
+        match=r"manifest\.yaml: classes\[0\] \(\w+\)\.colour: unknown key \(known: name, "
+        r"display, .*\)$",
     ):
         read_manifest(tmp_path)
 
@@ -224,7 +225,12 @@ def _threshold(value: object) -> Callable[[dict[str, Any]], None]:
          r"probability_output: expected one of the outputs \(.+\), got 'nope'$"),
         (lambda raw: raw["outputs"][0].update(shape=[-1, "x"]),
          r"outputs\[0\]\.shape: expected a list of whole numbers, .* got \[-1, 'x'\]$"),
-        (lambda raw: raw.update(artefacts=["model.onnx"]), r"malformed entry \(.+\)$"),
+        (lambda raw: raw.update(artefacts=["model.onnx"]),
+         r"artefacts: expected a mapping, got \['model\.onnx'\]$"),
+        # Errors that did not say where ("malformed entry (Finding.__init__() missing ...").
+        (lambda raw: raw["classes"][1].pop("threshold"), r"classes\[1\] \(\w+\)\.threshold: required$"),
+        (lambda raw: raw["inputs"][0].pop("dtype"), r"inputs\[0\]\.dtype: required$"),
+        (lambda raw: raw.update(model_kwargs=["a"]), r"model_kwargs: expected a mapping, got \['a'\]$"),
         # Each below loaded, then crashed a listing or failed every study, or was used wrongly.
         (lambda raw: raw["outputs"][0].update(shape=[]),  # was an IndexError
          r"outputs\[0\]\.shape: expected a list of whole numbers, .* got \[\]$"),
