@@ -106,13 +106,13 @@ def shown_probability(finding: HipFinding, digits: int) -> float:
 
 def probability_text(finding: HipFinding, digits: int = 2) -> str:
     """The probability as a line of text prints it, ``p=0.39``: :func:`shown_probability`,
-    with a model's output short of 0 or 1 never printed as that certainty (0.9996 reads
-    ``p>0.99``)."""
+    with a model's output never printed as certainty: 0.9996 reads ``p>0.99``, and so does
+    an output of exactly 1 (a float32 softmax saturates; the demo printed "p=1.00")."""
     value = shown_probability(finding, digits)
     step = 10.0**-digits
-    if value >= 1 > finding.probability:
+    if value >= 1:
         return f"p>{1 - step:.{digits}f}"
-    if value <= 0 < finding.probability:
+    if value <= 0:
         return f"p<{step:.{digits}f}"
     return f"p={value:.{digits}f}"
 

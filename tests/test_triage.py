@@ -254,9 +254,9 @@ def test_a_shown_probability_stays_on_its_side_of_the_threshold(
     [
         (0.3996, 0.4, "p=0.39"),
         (0.9996, 0.4, "p>0.99"),  # a model's output short of 1 is not printed as certainty
-        (1.0, 0.4, "p=1.00"),
+        (1.0, 0.4, "p>0.99"),  # a saturated output is not certainty either (was p=1.00)
         (0.0004, 0.4, "p<0.01"),
-        (0.0, 0.4, "p=0.00"),
+        (0.0, 0.4, "p<0.01"),
         (0.5, 0.4, "p=0.50"),
     ],
 )
