@@ -26,6 +26,24 @@ log = logging.getLogger(__name__)
 RECONNECT_MS = 1000  # the longest gRPC waits between attempts to reach a server that was gone
 
 
+def channel_args(grpcclient: Any) -> list[tuple[str, int]]:
+    """tritonclient's own channel options, plus the reconnect cap: given any channel_args,
+    tritonclient sets none of its own, and gRPC's 4 MiB receive limit then refused a
+    pelvis's features at the production size (2 MiB per hip)."""
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
+
+    keepalive = grpcclient.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_MS),
+    ]
+
+
 class TritonRuntime(Runtime):
     backend = "triton"
 
@@ -53,7 +71,7 @@ class TritonRuntime(Runtime):
         # a restart was refused "Connection refused" for ~25 s more, using up the pipeline's
         # retries of a job. Reconnect at least once a second.
         self._client: Any = grpcclient.InferenceServerClient(
-            url=url, channel_args=[("grpc.max_reconnect_backoff_ms", RECONNECT_MS)]
+            url=url, channel_args=channel_args(grpcclient)
         )
         self._recheck = False  # a call failed: the server may have restarted with other models
         try:

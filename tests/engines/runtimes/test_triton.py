@@ -267,3 +267,16 @@ def test_a_server_back_from_a_restart_is_reached_within_seconds(hip_screen_engin
     finally:
         runtime.close()
         server.stop(None).wait()
+
+
+def test_a_reply_over_grpcs_default_4_mib_is_received(
+    hip_screen_engine: Path, fake_triton: tuple[str, _FakeTriton]
+) -> None:
+    # Giving tritonclient any channel_args drops its own (a 2 GiB message limit): a
+    # pelvis's features at the production size (2 MiB per hip) were refused as larger
+    # than gRPC's default 4 MiB.
+    url, fake = fake_triton
+    fake.config.max_batch_size = 0  # one request for the whole batch
+    with TritonRuntime(read_manifest(hip_screen_engine), hip_screen_engine, url=url) as runtime:
+        features = runtime.infer({"image": _images(140)})["features"]
+    assert features.shape == (140, 2048, 2, 2) and features.nbytes > 4 * 2**20
