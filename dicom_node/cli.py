@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from dicom_node import __version__
 from dicom_node.config import ENV_CONFIG, Config, default_config_path, load_config
 from dicom_node.config_checks import resolve
-from dicom_node.engines_cli import ENGINE_NAMES, at_least, pixels, positive
+from dicom_node.engines_cli import ENGINE_NAMES, at_least, engine_version, pixels, positive
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.logs import configure_logging
 
@@ -114,14 +114,16 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="recompute BatchNorm statistics from N training items after each "
                             "epoch (0 turns it off)")  # fmt: skip
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--version", default="1.0.0", help="version written to the manifest")
+    train.add_argument("--version", type=engine_version, default="1.0.0",
+                       help="version written to the manifest")  # fmt: skip
     train.add_argument("--out", help="engine folder (default: <engines.cache_dir>/NAME)")
     export = verbs.add_parser(
         "export", parents=[common], help="re-export an engine's checkpoint to ONNX fp32 and fp16"
     )
     export.add_argument("name", choices=list(ENGINE_NAMES))
     export.add_argument("--checkpoint", help="a checkpoint file (default: the engine's own)")
-    export.add_argument("--version", help="version for the manifest (default: unchanged)")
+    export.add_argument("--version", type=engine_version,
+                        help="version for the manifest (default: unchanged)")  # fmt: skip
     export.add_argument(
         "--size",
         type=pixels,

@@ -94,6 +94,18 @@ def at_least(least: int) -> Callable[[str], int]:
     return parse
 
 
+def engine_version(text: str) -> str:
+    """An argparse type: a version the manifest will take (checked before a training run
+    that would write a manifest the node then refuses)."""
+    from engines.manifest import valid_version
+
+    if not valid_version(text):
+        raise argparse.ArgumentTypeError(
+            f"expected up to 64 characters without spaces or backslashes, got {text!r}"
+        )
+    return text
+
+
 def positive(text: str) -> float:
     """An argparse type: a finite number greater than 0."""
     try:

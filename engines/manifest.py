@@ -210,7 +210,7 @@ def _consistent(m: Manifest, path: Path) -> Manifest:
         _boolean(c.high_risk, f"classes[{c.name}].high_risk", path)
         _boolean(c.normal, f"classes[{c.name}].normal", path)
     version = m.version
-    if not version or len(version) > 64 or any(c.isspace() or c == "\\" for c in version):
+    if not valid_version(version):
         raise ManifestError(
             f"{path}: version: expected up to 64 characters without spaces or backslashes "
             f"(it goes into the SR), got {version!r}"
@@ -252,6 +252,11 @@ def _consistent(m: Manifest, path: Path) -> Manifest:
             f"{list(first)}: the hip region must be resized to the input's edge"
         )
     return m
+
+
+def valid_version(version: str) -> bool:
+    """An engine version the manifest may carry: it goes into the SR (a Long String)."""
+    return 0 < len(version) <= 64 and not any(c.isspace() or c == "\\" for c in version)
 
 
 HEATMAP_KINDS = ("gradcam-gem", "gradcam-avg", "interpretive-map", "none")

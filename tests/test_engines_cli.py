@@ -516,7 +516,10 @@ def test_train_hipnet_into_another_folder_warm_starts_from_the_cache(
      (["train", "hip_screen", "--batch-size", "1"], "argument --batch-size: expected at least 2, got 1"),
      (["train", "hip_screen", "--batch-norm-items", "x"], "argument --batch-norm-items: expected an integer, got 'x'"),
      (["train", "hip_screen", "--learning-rate", "inf"], "argument --learning-rate: expected a finite number > 0, got inf"),
-     (["triton-repo", "out", "--max-batch-size", "0"], "argument --max-batch-size: expected at least 1, got 0")],
+     (["triton-repo", "out", "--max-batch-size", "0"], "argument --max-batch-size: expected at least 1, got 0"),
+     # Trained, then written into a manifest the node refuses to open.
+     (["train", "hip_screen", "--version", "2.0 site-A"], "argument --version: expected up to 64 characters without spaces or backslashes, got '2.0 site-A'"),
+     (["export", "hip_screen", "--version", ""], "argument --version: expected up to 64 characters without spaces or backslashes, got ''")],
 )  # fmt: skip
 def test_bad_numbers_are_refused_under_their_flag(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
