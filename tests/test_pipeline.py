@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 import urllib.request
@@ -20,7 +21,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
 from dicom_node import pipeline as pipeline_module
-from dicom_node.errors import SpoolFullError, StateError
+from dicom_node.errors import ConfigError, SpoolFullError, StateError
 from dicom_node.infer import EngineSet
 from dicom_node.models import Job
 from dicom_node.node import Node
@@ -508,3 +509,26 @@ def test_results_that_cannot_be_written_for_want_of_space_wait_for_a_retry(
     job = run_with(node, EngineSet)  # run once, then not again before its retry time
     # Was: failed for good ("spool"), its results lost until the study was resent.
     assert (job.state, job.runs, job.error) == ("pending", 0, None)
+
+
+def test_a_cascade_finding_the_engines_manifest_lacks_stops_the_start(
+    engine_cache: Path, tmp_path: Path
+) -> None:
+    # A site's screening engine that spells the prosthesis class "tha": the default cascade
+    # (after total_hip_arthroplasty, run hipnet) would never start Hip-Net, and nothing said so.
+    cache = tmp_path / "engines"
+    shutil.copytree(engine_cache / "hip_screen", cache / "hip_screen")
+    (cache / "hipnet").symlink_to(engine_cache / "hipnet", target_is_directory=True)
+    manifest = cache / "hip_screen" / "manifest.yaml"
+    text = manifest.read_text()
+    assert "name: total_hip_arthroplasty" in text
+    manifest.write_text(text.replace("name: total_hip_arthroplasty", "name: tha"))
+    node = Node(pipeline_config(tmp_path / "spool", cache))
+    with pytest.raises(
+        ConfigError,
+        match=r"^routing\.cascade\[0\]\.finding: not a class of hip_screen \(normal, .*, tha, .*\), "
+        r"got 'total_hip_arthroplasty'$",
+    ):
+        node.start()
+    with pytest.raises(RuntimeError, match=r"^node is not started$"):
+        _ = node.port  # what it had started is stopped again
