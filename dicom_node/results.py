@@ -154,7 +154,10 @@ def _study_header(analysis: StudyAnalysis, headers: Mapping[str, Dataset]) -> Da
 
 def _map_branch(manifest: Manifest) -> str | None:
     """The branch a heat map comes from when it is another head than the reported
-    probabilities' (the multimodal engine's ``radiograph_logits``: "radiograph")."""
+    probabilities' (the multimodal engine's ``radiograph_logits``: "radiograph"; Hip-Net's
+    maps, of its members' AP branches, while its probabilities fuse the lateral's: "AP")."""
+    if manifest.heatmap.kind == "interpretive-map":
+        return "AP" if "lateral" in {t.name for t in manifest.inputs} else None
     head = manifest.heatmap.logits_output
     if head is None or head == manifest.probability_output:
         return None

@@ -51,3 +51,30 @@ def test_every_result_carries_the_patient_and_study_of_the_image_received_last(
         f"instance {corrected.SOPInstanceUID}, received last" in caplog.text
     )
     assert "CORRECTED" not in caplog.text  # which attributes, never their values
+
+
+def test_a_hipnet_overlay_says_its_map_is_of_the_ap_branch(
+    tmp_path: Path, engine_cache: Path
+) -> None:
+    # Hip-Net's maps are its members' AP-branch maps; its probabilities fuse the lateral's
+    # logits too. The overlay read "class activation map of the reported finding", though
+    # the lateral can change the finding and the map stays the same.
+    study = write_study(
+        tmp_path, 13, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
+    )
+    cfg = pipeline_config(
+        tmp_path / "spool", engine_cache, triage=FORCE_FINDINGS,
+        routing={"rules": [DUAL], "cascade": []},
+    )  # fmt: skip
+    engines = EngineSet(cfg.engines, ["hipnet"])
+    try:
+        images = read_sources([(path, "PACS") for path in study.files])
+        analysis = analyse_study(study.identity.study_uid, images, engines, cfg)
+        results = build_results(analysis, engines, cfg)
+    finally:
+        engines.close()
+    [overlay] = results.overlays
+    assert overlay.DerivationDescription.startswith(
+        "hipnet 0.0.1-test: class activation map of its AP branch's classifier for the "
+        "reported finding per hip (the reported result fuses other inputs too)"
+    )
