@@ -24,7 +24,7 @@ from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe
 from dicom_node.infer import EngineSet, HipBatchItem
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.preprocess import HipInput, ImageCache, PreprocessError, hip_input
-from dicom_node.route import cascade_tasks, plan_tasks, source_image
+from dicom_node.route import cascade_tasks, held_back, plan_tasks, source_image
 from dicom_node.triage import decide, study_priority
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ class StudyAnalysis:
     # AP images that could not be analysed, (SOP Instance UID, why): the others' results
     # are reported, and the report says the study was not analysed whole.
     not_analysed: tuple[tuple[str, str], ...] = ()
+    # Engines a rule chose for an image but whose requires a header value, present but not
+    # usable, held back (route.held_back): the report names them.
+    held_back: tuple[str, ...] = ()
 
     @property
     def inference_seconds(self) -> float:
@@ -179,6 +182,9 @@ def analyse_study(
     cache = ImageCache()
     volumes = CtCache(images)
     tasks = plan_tasks(images, cfg.routing)
+    held = held_back(images, cfg.routing, tasks)
+    for note in held:
+        log.warning("study %s: %s", study_uid, note)
     done: list[HipTask] = []
     hips: list[HipOutcome] = []
     seconds: list[tuple[str, float]] = []
@@ -201,4 +207,5 @@ def analyse_study(
         cache=cache,
         inference=tuple(seconds),
         not_analysed=tuple(not_analysed.items()),
+        held_back=held,
     )

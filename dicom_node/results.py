@@ -94,6 +94,7 @@ def build_results(
     sr = build_sr(
         analysis.decisions, manifests, backends, headers, analysis.priority, identity,
         cfg.results.institution_name, analysis.not_analysed, study, device,
+        analysis.held_back,
     )  # fmt: skip
     supersede(with_content_uid(sr, "sr", SR_CONTENT), previous)
     overlays: list[Dataset] = []
@@ -215,6 +216,7 @@ def summary(analysis: StudyAnalysis) -> str:
             "inference_seconds": round(analysis.inference_seconds, 4),
             "hips": hips,
             "not_analysed": [{"sop_instance_uid": u, "why": w} for u, w in analysis.not_analysed],
+            "held_back": list(analysis.held_back),
         },
         sort_keys=True,
     )

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 from helpers import FORCE_FINDINGS, pipeline_config
+from pydicom.dataset import Dataset
 
 from dicom_node.analyse import analyse_study, read_sources
 from dicom_node.infer import EngineSet
-from dicom_node.results import build_results
+from dicom_node.results import build_results, summary
 from engines.phantoms.studies import write_study
 
 DUAL = {"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"], "ViewPosition": ["AP"]}}
@@ -78,3 +81,45 @@ def test_a_hipnet_overlay_says_its_map_is_of_the_ap_branch(
         "hipnet 0.0.1-test: class activation map of its AP branch's classifier for the "
         "reported finding per hip (the reported result fuses other inputs too)"
     )
+
+
+def texts(item: Dataset) -> Iterator[str]:
+    """Every TEXT value under ``item``'s content tree."""
+    for child in item.get("ContentSequence", []):
+        if child.ValueType == "TEXT":
+            yield str(child.TextValue)
+        yield from texts(child)
+
+
+def test_an_engine_an_unusable_header_value_held_back_is_named_in_the_report(
+    tmp_path: Path, engine_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rule requiring the sex, and a Patient's Sex of U: the engine was left out of the SR
+    # as silently as for a sex never sent, though the docs promised a Comment naming it.
+    study = write_study(tmp_path, 14, "normal", "osteoarthritis", size=64)
+    [pelvis] = study.files
+    ds = pydicom.dcmread(pelvis)
+    ds.PatientSex = "U"
+    ds.save_as(pelvis, enforce_file_format=True)
+    needs_sex = {**DUAL, "name": "needs-sex", "requires": ["sex"]}
+    screen = {**DUAL, "name": "screen", "engine": "hip_screen"}
+    cfg = pipeline_config(
+        tmp_path / "spool", engine_cache, triage=FORCE_FINDINGS,
+        routing={"rules": [screen, needs_sex], "cascade": []},
+    )  # fmt: skip
+    engines = EngineSet(cfg.engines, ["hip_screen", "hipnet"])
+    try:
+        images = read_sources([(pelvis, "PACS")])
+        with caplog.at_level(logging.WARNING, logger="dicom_node.analyse"):
+            analysis = analyse_study(study.identity.study_uid, images, engines, cfg)
+        results = build_results(analysis, engines, cfg)
+    finally:
+        engines.close()
+    note = (
+        f"not run: hipnet on SOP instance {ds.SOPInstanceUID} (rule 'needs-sex' requires sex; "
+        "sex: in the header, but not M, F or O)"
+    )
+    assert {h.decision.prediction.task.engine for h in analysis.hips} == {"hip_screen"}
+    assert note in list(texts(results.sr))
+    assert json.loads(summary(analysis))["held_back"] == [note]
+    assert note in caplog.text

@@ -215,6 +215,7 @@ def build_sr(
     not_analysed: Sequence[tuple[str, str]] = (),
     study: Dataset | None = None,
     device: str | None = None,
+    held_back: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The study's SR from its triage decisions; ``headers`` are the source instances' headers.
     ``not_analysed`` names the images that could not be (SOP Instance UID, why): the report
@@ -223,7 +224,9 @@ def build_sr(
     patient and study attributes the report carries (default: the first by SOP Instance
     UID); the overlays take the same (:func:`~dicom_node.report.sc.build_overlay_sc`).
     ``device`` is the Device Observer UID (TID 1004) of this installation of the node
-    (default: the software's own, :func:`~dicom_node.report.uids.device_uid`)."""
+    (default: the software's own, :func:`~dicom_node.report.uids.device_uid`).
+    ``held_back`` says which engines a header value, present but not usable, kept from an
+    image (:func:`~dicom_node.route.plan.held_back`): a Comment each."""
     if not decisions:
         raise ReportError("build_sr: expected at least one triage decision, got none")
     if priority not in codes.PRIORITY_VALUES:
@@ -276,6 +279,12 @@ def build_sr(
                 name=codes.COMMENT,
                 value=f"not analysed: SOP instance {uid} ({why})",
                 relationship_type=RelationshipTypeValues.CONTAINS,
+            )
+        )
+    for note in held_back:
+        study_group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.COMMENT, value=note, relationship_type=RelationshipTypeValues.CONTAINS
             )
         )
     groups.append(study_group)

@@ -33,7 +33,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from dicom_node.clinical import ClinicalContext, ClinicalError, from_dataset
+from dicom_node.clinical import INVALID_WORDS, ClinicalContext, ClinicalError, from_dataset
 from dicom_node.config_results import (
     CT_BODY_PARTS,
     RADIOGRAPH_CLASSES,
@@ -247,6 +247,31 @@ def _has(
     return not image.clinical.variables.is_missing(requirement)
 
 
+def _unusable(requirement: str, image: SourceImage) -> bool:
+    """Does ``image``'s header give the value ``requirement`` names, but one not usable (a
+    sex of U, an age the dates contradict)? Not what "not sent" means."""
+    return image.clinical is not None and requirement in image.clinical.variables.invalid
+
+
+def _unmet(
+    rule: RoutingRule,
+    image: SourceImage,
+    images: Sequence[SourceImage],
+    routing: RoutingConfig,
+    side: str | None = None,
+) -> tuple[str, ...]:
+    """What of ``rule``'s requires the study does not give, as a report says it."""
+    unmet = []
+    for requirement in rule.requires:
+        if _has(requirement, image, images, side, routing):
+            continue
+        if _unusable(requirement, image):
+            unmet.append(f"{requirement}: in the header, but not {INVALID_WORDS[requirement]}")
+        else:
+            unmet.append(f"{requirement}: not in the study")
+    return tuple(unmet)
+
+
 def requirements_met(
     rule: RoutingRule,
     image: SourceImage,
@@ -341,8 +366,11 @@ def why_none(images: Sequence[SourceImage], routing: RoutingConfig) -> str:
             classes[_class_name(image.sop_class_uid)] += 1
         else:  # a radiograph a rule matched: its requires held it back
             for rule in rules:
-                if rule.requires:
-                    required[(rule.name, ", ".join(rule.requires))] += 1
+                unmet = {
+                    u for side in _sides(image) for u in _unmet(rule, image, images, routing, side)
+                }
+                if unmet:
+                    required[(rule.name, "; ".join(sorted(unmet)))] += 1
     held = []
     if laterals:
         are = "is a lateral view" if laterals == 1 else "are lateral views"
@@ -353,7 +381,7 @@ def why_none(images: Sequence[SourceImage], routing: RoutingConfig) -> str:
         for name, n in sorted(classes.items())
     ]
     held += [
-        f"{n} matched rule {name!r}, held back by its requires ({what}: not in the study)"
+        f"{n} matched rule {name!r}, held back by its requires ({what})"
         for (name, what), n in sorted(required.items())
     ]
     reason = "no routing rule selected an image of this study"
@@ -365,6 +393,37 @@ def _class_name(uid: str) -> str:
         return "DX For Processing"
     name = UID(uid).name
     return name if name != uid else f"SOP class {uid}"
+
+
+def held_back(
+    images: Sequence[SourceImage], routing: RoutingConfig, tasks: Sequence[HipTask]
+) -> tuple[str, ...]:
+    """The engines a rule selected for an AP image but did not run there because a value its
+    ``requires`` names is in the header but not usable (a Patient's Sex U, an age the birth
+    and study dates contradict), for the report: otherwise the osteoporosis engine left out
+    of the SR by a bad header looks like one never asked for. A value not sent at all says
+    nothing (``requires`` is how a site says "only when given"). UIDs, never values."""
+    lateral_views = {v.upper() for v in routing.lateral_views}
+    ran = {(t.engine, t.ap.sop_instance_uid) for t in tasks}
+    notes: list[str] = []
+    for image in images:
+        if image.view in lateral_views or image.sop_class_uid not in RADIOGRAPH_CLASSES:
+            continue
+        for rule in routing.rules:
+            if (rule.engine, image.sop_instance_uid) in ran or not rule_matches(
+                rule, image.attributes
+            ):
+                continue
+            if not any(_unusable(r, image) for r in rule.requires):
+                continue
+            unmet = {
+                u for side in _sides(image) for u in _unmet(rule, image, images, routing, side)
+            }
+            notes.append(
+                f"not run: {rule.engine} on SOP instance {image.sop_instance_uid} (rule "
+                f"{rule.name!r} requires {', '.join(rule.requires)}; {'; '.join(sorted(unmet))})"
+            )
+    return tuple(dict.fromkeys(notes))
 
 
 def cascade_tasks(

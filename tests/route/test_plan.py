@@ -13,7 +13,13 @@ from dicom_node.config import parse_config
 from dicom_node.config_results import ROUTING_ATTRIBUTES, RoutingConfig
 from dicom_node.models import HipFinding, HipTask, Prediction, SourceImage, TriageDecision
 from dicom_node.route import attributes_of, cascade_tasks, plan_tasks, rule_matches, source_image
-from dicom_node.route.plan import DX_FOR_PROCESSING, ct_candidates, ct_series, why_none
+from dicom_node.route.plan import (
+    DX_FOR_PROCESSING,
+    ct_candidates,
+    ct_series,
+    held_back,
+    why_none,
+)
 from engines.catalog import engine_spec
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -715,3 +721,64 @@ def test_a_sagittal_series_measures_as_wide_as_its_volume() -> None:
         images.append(source_image(ds, Path(f"spool/{ds.SOPInstanceUID}.dcm"), "PACS"))
     assert slices * step == BILATERAL_FIELD_MM
     assert (ct_series(images, "R"), ct_series(images, "L")) == ("1.2.3.950", "1.2.3.950")
+
+
+# --- a header value present but unusable ---------------------------------------------
+
+AGE_WORDS = (
+    "age: in the header, but not a usable age (malformed, over 120 years, from a placeholder "
+    "birth date, or not what the birth and study dates give)"
+)
+
+
+def test_an_unusable_header_value_that_holds_an_engine_back_is_named() -> None:
+    # The default osteoporosis rule requires age and sex: a Patient's Sex U, or an age the
+    # dates contradict, left the engine out of the SR as silently as a value never sent.
+    contradicted = image("1", PatientAge="045Y", PatientBirthDate="19580301",
+                         StudyDate="20250301", PatientSex="U")  # fmt: skip
+    tasks = plan_tasks([contradicted], DEFAULT)
+    assert {t.engine for t in tasks} == {"hip_screen"}
+    assert held_back([contradicted], DEFAULT, tasks) == (
+        "not run: osteoporosis on SOP instance 1.2.3.1 (rule 'hip-osteoporosis-risk' requires "
+        f"age, sex; {AGE_WORDS}; sex: in the header, but not M, F or O)",
+    )
+    # Not sent at all: what `requires` is for; nothing to say.
+    absent = image("2")
+    assert held_back([absent], DEFAULT, plan_tasks([absent], DEFAULT)) == ()
+    # Usable: the engine runs.
+    usable = image("3", PatientAge="067Y", PatientSex="F")
+    tasks = plan_tasks([usable], DEFAULT)
+    assert "osteoporosis" in {t.engine for t in tasks}
+    assert held_back([usable], DEFAULT, tasks) == ()
+
+
+def test_held_back_names_only_what_is_unusable_and_not_an_engine_another_rule_ran() -> None:
+    rules = [
+        {"name": "needs-weight", "engine": "osteoporosis", "when": {"Modality": ["DX"]},
+         "requires": ["weight", "ct"]},
+        {"name": "needs-sex", "engine": "hip_screen", "when": {"Modality": ["DX"]},
+         "requires": ["sex"]},
+        {"name": "plain", "engine": "hip_screen", "when": {"Modality": ["DX"]}},
+    ]  # fmt: skip
+    routing = parse_config({"routing": {"rules": rules, "cascade": []}}).routing
+    # A weight in grams and a sex of U; hip_screen still ran (by "plain"): not held back.
+    grams = image("1", PatientWeight="70000", PatientSex="U")
+    tasks = plan_tasks([grams], routing)
+    assert {t.engine for t in tasks} == {"hip_screen"}
+    assert held_back([grams], routing, tasks) == (
+        "not run: osteoporosis on SOP instance 1.2.3.1 (rule 'needs-weight' requires weight, "
+        "ct; ct: not in the study; weight: in the header, but not a weight in kilograms from "
+        "2 to 400)",
+    )
+
+
+def test_why_none_says_which_requirement_is_unusable_rather_than_not_sent() -> None:
+    rule = {"name": "needs-age", "engine": "osteoporosis", "when": {"Modality": ["DX"]},
+            "requires": ["age", "sex"]}  # fmt: skip
+    routing = parse_config({"routing": {"rules": [rule], "cascade": []}}).routing
+    placeholder = image("1", PatientBirthDate="19000101", StudyDate="20250301")
+    assert plan_tasks([placeholder], routing) == ()
+    assert why_none([placeholder], routing) == (
+        "no routing rule selected an image of this study (1 matched rule 'needs-age', held "
+        f"back by its requires ({AGE_WORDS}; sex: not in the study))"
+    )
