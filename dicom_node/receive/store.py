@@ -32,6 +32,7 @@ from dicom_node.receive.header import (
     read_header,
 )
 from dicom_node.receive.own_output import is_own_output
+from dicom_node.receive.sop_classes import STORAGE_SOP_CLASSES
 from dicom_node.spool import Spool
 from dicom_node.state import State
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
 # Ended associations remembered for a C-STORE still being handled when its association's
@@ -126,12 +128,16 @@ class Receiver:
     def store(
         self, assoc_key: int, calling_ae: str, request_sop_class: str,
         request_sop_instance: str, transfer_syntax: str, stream: bytes | memoryview,
+        context_sop_class: str | None = None,
     ) -> Dataset:  # fmt: skip
-        """Store one instance; return the C-STORE response status dataset."""
+        """Store one instance; return the C-STORE response status dataset.
+        ``context_sop_class`` is the abstract syntax of the presentation context it came on
+        (None: not checked)."""
         started = time.perf_counter()
         response = self._store(
-            assoc_key, calling_ae, request_sop_class, request_sop_instance, transfer_syntax, stream
-        )
+            assoc_key, calling_ae, request_sop_class, request_sop_instance, transfer_syntax,
+            stream, context_sop_class,
+        )  # fmt: skip
         self.metrics.store_seconds.observe(time.perf_counter() - started)
         status = int(response.Status)
         if status == SUCCESS:
@@ -145,9 +151,23 @@ class Receiver:
     def _store(
         self, assoc_key: int, calling_ae: str, request_sop_class: str,
         request_sop_instance: str, transfer_syntax: str, stream: bytes | memoryview,
+        context_sop_class: str | None,
     ) -> Dataset:  # fmt: skip
         assoc = self._association(assoc_key, calling_ae)
         try:
+            # pynetdicom does not check the request against the context it came on: an MR
+            # instance sent on a DX context was stored, answered 0x0000 and counted.
+            if request_sop_class not in STORAGE_SOP_CLASSES or (
+                context_sop_class is not None and request_sop_class != context_sop_class
+            ):
+                shown = shown_uid(request_sop_class)
+                raise RejectedInstanceError(
+                    SOP_CLASS_NOT_SUPPORTED,
+                    f"SOP class not supported: {shown}"
+                    if request_sop_class not in STORAGE_SOP_CLASSES
+                    # The request's class first: the comment keeps 64 characters.
+                    else f"SOP class {shown} on another class's context ({context_sop_class})",
+                )
             if len(stream) > self.max_instance_bytes:
                 raise RejectedInstanceError(
                     OUT_OF_RESOURCES,
@@ -320,6 +340,7 @@ def handle_store(event: events.Event, receiver: Receiver) -> Dataset:
                 str(request.AffectedSOPInstanceUID),
                 str(event.context.transfer_syntax),
                 stream,
+                str(event.context.abstract_syntax),
             )
         except Exception:  # the boundary: a bug must cost one refused instance, not the node
             uid = shown_uid(str(request.AffectedSOPInstanceUID))

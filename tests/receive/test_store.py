@@ -23,6 +23,7 @@ from dicom_node.receive.header import UID_MISMATCH
 from dicom_node.receive.store import (
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
+    SOP_CLASS_NOT_SUPPORTED,
     SUCCESS,
     Receiver,
     error_comment,
@@ -93,12 +94,47 @@ def test_a_store_that_outlives_its_association_releases_its_study(
     assert summary is not None and summary.open_associations == 1
 
 
-def _event(request: C_STORE) -> SimpleNamespace:
+def _event(request: C_STORE, abstract_syntax: str = CR) -> SimpleNamespace:
     """What handle_store reads of a pynetdicom C-STORE event."""
     return SimpleNamespace(
         request=request,
         assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="SCANNER")),
-        context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian),
+        context=SimpleNamespace(
+            transfer_syntax=ExplicitVRLittleEndian, abstract_syntax=abstract_syntax
+        ),
+    )
+
+
+MR = "1.2.840.10008.5.1.4.1.1.4"
+DX = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "context", "comment"),
+    [
+        # pynetdicom does not check the request against its context: an MR instance sent
+        # on a DX context was written, answered 0x0000 and counted in its study.
+        (MR, DX, f"SOP class not supported: {MR}"),
+        (CR, DX, f"SOP class {CR} on another class's context ({DX})"[:61] + "..."),
+    ],
+    ids=["unsupported", "other-context"],
+)
+def test_a_sop_class_not_the_contexts_is_refused_and_not_stored(
+    receiver: Receiver, tmp_path: Path, sop_class: str, context: str, comment: str
+) -> None:
+    ds = tiny_image(sop_class=sop_class)
+    request = C_STORE()
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = sop_class, ds.SOPInstanceUID
+    request.DataSet = BytesIO(_encoded(ds))
+    response = handle_store(_event(request, context), receiver)
+    assert (int(response.Status), response.ErrorComment) == (SOP_CLASS_NOT_SUPPORTED, comment)
+    assert receiver.state.study_sources(str(ds.StudyInstanceUID)) == []
+    assert not any(p.is_file() for p in (tmp_path / "spool").rglob("*"))
+    assert (
+        receiver.metrics.registry.get_sample_value(
+            "dicom_node_instances_refused_total", {"status": "0x0122"}
+        )
+        == 1.0
     )
 
 
