@@ -66,8 +66,10 @@ def _orientation(source: Dataset) -> tuple[str, str]:
     value = source.get("PatientOrientation")
     if value is not None and len(value) == 2 and all(_ORIENTATION.fullmatch(str(v)) for v in value):
         return str(value[0]), str(value[1])  # also oblique (PS3.3 C.7.6.1.1.1): A\FR, LP\F
-    # Not given (or not valid): an AP or PA radiograph's usual display, else a lateral's.
-    return ("L", "F") if str(source.get("ViewPosition", "AP")) in ("AP", "PA") else ("A", "F")
+    # Not given (or not valid): the display engines.regions assumed when it placed the hips
+    # (an AP or PA radiograph's; only those get overlays). It read the View Position, so an
+    # empty one (Type 2) stamped A/F, a lateral's, on an image split left and right.
+    return ("L", "F")
 
 
 _ORIENTATION = re.compile(r"[APRLHF]{1,3}")

@@ -527,6 +527,22 @@ def test_an_oblique_patient_orientation_is_kept(
     assert dciodvfy_findings(path) == []
 
 
+@pytest.mark.parametrize("view", ["", None, "AP"], ids=["empty", "absent", "ap"])
+def test_without_a_patient_orientation_the_overlay_says_how_its_hips_were_placed(
+    ap: Image, view: str | None
+) -> None:
+    # An empty View Position (Type 2) stamped A/F, a lateral's rows, on an image whose
+    # halves were read as the right and left hip (L/F).
+    header = copy.deepcopy(ap.header)
+    del header.PatientOrientation
+    if view is None:
+        del header.ViewPosition
+    else:
+        header.ViewPosition = view
+    sc = overlay(Image(header, ap.picture), both_hips(ap))
+    assert list(sc.PatientOrientation) == ["L", "F"]
+
+
 def test_a_japanese_character_set_is_written_as_utf_8(ap: Image, tmp_path: Path) -> None:
     header = copy.deepcopy(ap.header)
     header.SpecificCharacterSet = ["", "ISO 2022 IR 87"]  # PS3.5 Annex H
