@@ -153,8 +153,13 @@ MAX_SPACING_RATIO = 4.0
 
 
 def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
-    """(row, column) spacing in mm, or None; an unusable value counts as absent."""
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+    """(row, column) spacing in mm, or None; an unusable value counts as absent. Without a
+    usable spacing in mm, Pixel Aspect Ratio (vertical\\horizontal, PS3.3 C.7.6.3.1.7)
+    gives the two in proportion, which is all squaring the pixels needs (an image with 2\\1
+    pixels and no spacing was read, and shown in its overlay, at half its height)."""
+    for keyword in (
+        "PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing", "PixelAspectRatio"
+    ):  # fmt: skip
         value = ds.get(keyword)
         if value is None or value == "":
             continue

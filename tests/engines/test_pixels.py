@@ -190,6 +190,22 @@ def test_an_unusable_pixel_spacing_is_as_none(
     assert pixel_spacing(ds) == (0.2, 0.1)
 
 
+def test_without_a_spacing_the_pixel_aspect_ratio_squares_the_pixels() -> None:
+    # A CR or secondary capture with 2\\1 pixels and no spacing was read (and shown in its
+    # overlay) at half its height.
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(13))
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.PixelAspectRatio = [2, 1]  # vertical\\horizontal
+    assert pixel_spacing(ds) == (2.0, 1.0)
+    assert square_pixels(display_pixels(ds), pixel_spacing(ds)).shape == (96, 64)
+    ds.NominalScannedPixelSpacing = [0.3, 0.2]  # a spacing in mm wins
+    assert pixel_spacing(ds) == (0.3, 0.2)
+    ds.PixelSpacing = [0.1, 0.1]
+    assert pixel_spacing(ds) == (0.1, 0.1)
+
+
 def _padded_dx(photometric: str, padding: dict[str, int] | None, border: bool = True) -> Dataset:
     """A 12-bit ramp (anatomy stored 2048..4095) whose left quarter is a collimator border
     stored as 0 (without ``border``: the anatomy alone), and no window: the percentile
