@@ -152,6 +152,7 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
     )
     options.check()  # before minutes of reading a folder's images
     folder = Path(args.out).resolve() if args.out else cache / spec.name
+    _refuse_same_version(folder, spec.name, args.version)
     bar = ProgressBar()
     if args.data:
         labelled = load_labelled_folder(spec, Path(args.data), size)
@@ -199,6 +200,24 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
         print(f"  recall {name:<32} {value:.3f}")
     print(f"checkpoints in {folder / 'checkpoints'}; engine packaged in {folder}")
     return 0
+
+
+def _refuse_same_version(folder: Path, name: str, version: str) -> None:
+    """New weights under the version of the engine they replace would make two models'
+    results name the same one (every ``engines train`` without --version wrote 1.0.0)."""
+    from engines.manifest import MANIFEST_NAME, ManifestError, read_manifest
+
+    if not (folder / MANIFEST_NAME).exists():
+        return
+    try:
+        old = read_manifest(folder)
+    except ManifestError:
+        return  # a broken engine: nothing whose version results carry
+    if old.name == name and old.version == version:
+        raise DicomNodeError(
+            f"engines train: {folder} already holds {name} {version}; give another --version "
+            f"for the new weights (the results name the version: two models must not share one)"
+        )
 
 
 def _export(cache: Path, args: argparse.Namespace) -> int:
@@ -405,6 +424,13 @@ def _list(cfg: Config) -> int:
             continue
         if m.name != name:  # the node refuses it (EngineSet): was listed as the other engine
             print(f"{empty}  BROKEN: its manifest names engine {m.name!r}")
+            continue
+        # Present, not hashed (gigabytes each listing): the node checks each hash on opening.
+        missing = [
+            f"{k} ({a.path})" for k, a in m.artefacts.items() if not (folder / a.path).is_file()
+        ]
+        if missing:  # was listed as built, then refused by the node
+            print(f"{empty}  BROKEN: artefact missing: {', '.join(missing)}")
             continue
         count += 1
         print(

@@ -46,7 +46,7 @@ class EngineSpec:
     seed: str  # the paper it follows (../shared/seeds)
     findings: tuple[Finding, ...]
     views: tuple[str, ...]  # the views it takes per hip
-    production_size: int  # input edge in pixels for a site's own training
+    production_size: int  # the published input edge (bench/inference.py measures it)
     demo_size: int  # input edge of the demo profile (CPU build in minutes)
     heatmap: str  # gradcam-gem | gradcam-avg (from logits + feature map) | interpretive-map | none
     single_label: bool = True

@@ -73,6 +73,20 @@ def test_a_broken_engine_is_listed_as_broken_with_the_reason(
     assert rows["osteoporosis"].endswith("not built")
 
 
+def test_an_engine_missing_an_artefact_is_listed_as_broken(
+    engine_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was listed as built; the node then refused to open it.
+    cache = tmp_path / "cache"
+    shutil.copytree(engine_cache / "hip_screen", cache / "hip_screen")
+    (cache / "hip_screen" / "model-fp16.onnx").unlink()
+    assert main(["engines", "list", "--config", str(_cache_config(tmp_path, cache))]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:-1]}
+    assert rows["hip_screen"].endswith("BROKEN: artefact missing: onnx_fp16 (model-fp16.onnx)")
+    assert out.splitlines()[-1].startswith("0 engines built")
+
+
 def test_build_list_export_and_train(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -485,6 +499,26 @@ def test_train_options_are_checked_before_the_folder_is_read(
     train = ["engines", "train", "hip_screen", "--data", str(absent), "--size", "64", *flag]
     assert main([*train, "--config", str(config)]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_train_refuses_to_replace_an_engine_under_its_own_version(
+    tmp_path: Path, engine_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every `engines train` without --version wrote 1.0.0 over the last: two sets of weights
+    # whose results named the same model.
+    config = _cache_config(tmp_path, tmp_path / "cache")
+    folder = tmp_path / "cache" / "hip_screen"
+    shutil.copytree(engine_cache / "hip_screen", folder)
+    absent = tmp_path / "absent.csv"  # reading it would fail: the version is checked first
+    train = ["engines", "train", "hip_screen", "--data", str(absent), "--config", str(config)]
+    assert main([*train, "--version", "0.0.1-test"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dicom-node: error: engines train: {folder} already holds hip_screen 0.0.1-test; give "
+        "another --version for the new weights (the results name the version: two models must "
+        "not share one)"
+    )
+    assert main([*train, "--version", "0.0.2-test"]) == 2  # another version goes on
+    assert "absent.csv" in capsys.readouterr().err
 
 
 def test_train_hipnet_into_another_folder_warm_starts_from_the_cache(
