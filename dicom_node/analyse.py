@@ -26,6 +26,7 @@ from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.preprocess import HipInput, ImageCache, PreprocessError, hip_input
 from dicom_node.route import cascade_tasks, held_back, plan_tasks, source_image
 from dicom_node.triage import decide, study_priority
+from engines.manifest import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -129,21 +130,8 @@ def _run(
                 log.warning("SOP instance %s not analysed: %s", uid, exc)
             not_analysed.setdefault(uid, str(exc))
             continue
-        lateral = None
-        if task.lateral is not None:
-            try:
-                lateral = hip_input(cache.get(task.lateral), task.side, pre)
-            except PreprocessError as exc:
-                # A lateral that cannot be read is a missing view (the engine handles one),
-                # not a reason to lose the AP's triage; the report then says AP only, and
-                # names the image left out like an AP's (PARTIAL, not "all succeeded").
-                uid = task.lateral.sop_instance_uid
-                if uid not in not_analysed:
-                    log.warning("%s hip: lateral not used: %s", task.side, exc)
-                not_analysed.setdefault(uid, str(exc))
-                task = replace(task, lateral=None)
+        lateral, task, notes = _lateral_input(task, cache, pre, not_analysed)
         ct = None
-        notes: tuple[str, ...] = ()
         if pre.volume is not None:
             # The first usable series: a thin reconstruction that cannot be read (a missing
             # slice, over the voxel limit) leaves the study's thicker one.
@@ -155,7 +143,7 @@ def _run(
             if ct is None:
                 # A CT the study holds for this hip, unused: the SR said only that the
                 # engine had none, as for a study sent without one.
-                notes = tuple(
+                notes += tuple(
                     f"not used: CT series {series} "
                     f"({why.removeprefix(f'series {series}: ').removeprefix(f'series {series}, ')}"
                     "; read as missing)"
@@ -174,6 +162,41 @@ def _run(
         for item, prediction in zip(items, predictions, strict=True):
             outcomes.append(HipOutcome(decide(prediction, manifest, cfg.triage), item.ap))
     return outcomes, seconds
+
+
+def _lateral_input(
+    task: HipTask, cache: ImageCache, pre: Preprocessing, not_analysed: dict[str, str]
+) -> tuple[HipInput | None, HipTask, tuple[str, ...]]:
+    """The hip's lateral input, the task naming the lateral used, and notes for the report.
+
+    The newest lateral first; one that cannot be read leaves the one before it (a retake in
+    a compression the node cannot decode left the hip AP-only, though the study held a
+    readable lateral), and the hip's notes name the one left out. With none readable the
+    hip goes on AP-only (the engine handles a missing view) and each is named like an AP
+    left out (PARTIAL, not "all succeeded")."""
+    failed: list[tuple[str, str]] = []
+    for image in (task.lateral, *task.lateral_alternatives):
+        if image is None:
+            break
+        try:
+            lateral = hip_input(cache.get(image), task.side, pre)
+        except PreprocessError as exc:
+            failed.append((image.sop_instance_uid, str(exc)))
+            continue
+        notes = tuple(
+            f"not used: lateral SOP instance {uid} ({why}); the earlier lateral "
+            f"{image.sop_instance_uid} used instead"
+            for uid, why in failed
+        )
+        for uid, why in failed:
+            log.warning("%s hip: lateral %s not used (%s); %s used instead",
+                        task.side, uid, why, image.sop_instance_uid)  # fmt: skip
+        return lateral, replace(task, lateral=image, lateral_alternatives=()), notes
+    for uid, why in failed:
+        if uid not in not_analysed:
+            log.warning("%s hip: lateral not used: %s", task.side, why)
+        not_analysed.setdefault(uid, why)
+    return None, replace(task, lateral=None, lateral_alternatives=()), ()
 
 
 def analyse_study(

@@ -162,6 +162,8 @@ class HipTask:
     side: str  # R or L
     ap: SourceImage
     lateral: SourceImage | None = None
+    # The study's earlier laterals of that hip, newest first, should ``lateral`` be unreadable.
+    lateral_alternatives: tuple[SourceImage, ...] = ()
     rule: str = ""  # the routing rule or cascade that chose it
     ct_series: str | None = None  # the study's CT series, for engines with a CT input
     ct_alternatives: tuple[str, ...] = ()  # the next ones, should it be unusable

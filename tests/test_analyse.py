@@ -58,6 +58,42 @@ def test_a_lateral_that_cannot_be_decoded_is_a_missing_view(
     assert uid == ds.SOPInstanceUID and "pixel data" in why
 
 
+def test_an_unreadable_retake_leaves_the_earlier_lateral_to_be_used(
+    tmp_path: Path, engine_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The lateral received last is the hip's partner; when it cannot be read, the study's
+    # earlier lateral of that hip was not tried and the hip went on AP alone.
+    study = write_study(
+        tmp_path, 10, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
+    )
+    pelvis, earlier = study.files
+    retake = pydicom.dcmread(earlier)
+    retake.SOPInstanceUID = pydicom.uid.generate_uid()
+    retake.PixelData = retake.PixelData[: len(retake.PixelData) // 2]
+    broken = tmp_path / "retake.dcm"
+    retake.save_as(broken, enforce_file_format=True)
+    cfg = pipeline_config(
+        tmp_path / "spool", engine_cache, routing={"rules": [DUAL], "cascade": []}
+    )
+    sources = [(pelvis, "PACS"), (earlier, "PACS"), (broken, "PACS")]  # the retake last
+    engines = EngineSet(cfg.engines, ["hipnet"])
+    try:
+        with caplog.at_level(logging.WARNING, logger="dicom_node.analyse"):
+            analysis = analyse_study(study.identity.study_uid, read_sources(sources), engines, cfg)
+    finally:
+        engines.close()
+    prediction = analysis.hips[1].decision.prediction
+    assert prediction.task.side == "L"
+    used = pydicom.dcmread(earlier, stop_before_pixels=True).SOPInstanceUID
+    assert prediction.task.lateral is not None
+    assert prediction.task.lateral.sop_instance_uid == used
+    [note] = [n for n in prediction.notes if n.startswith("not used: lateral")]
+    assert note.startswith(f"not used: lateral SOP instance {retake.SOPInstanceUID} (")
+    assert note.endswith(f"); the earlier lateral {used} used instead")
+    assert analysis.not_analysed == ()  # the hip was analysed with a lateral
+    assert f"lateral {retake.SOPInstanceUID} not used" in caplog.text
+
+
 _META_START = b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00"  # group length
 
 

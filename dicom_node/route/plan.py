@@ -288,24 +288,22 @@ def _sides(image: SourceImage) -> tuple[str, ...]:
     return (image.laterality,) if image.laterality in SIDES else SIDES
 
 
-def _lateral(
+def _laterals(
     images: Sequence[SourceImage], side: str, routing: RoutingConfig
-) -> SourceImage | None:
-    """The hip's lateral partner: of the study's laterals of that side, the one received last
-    (``images`` are in arrival order): a retake follows the exposure it replaces, which the
-    first match took."""
+) -> tuple[SourceImage, ...]:
+    """The hip's lateral partners, newest first: its partner is the lateral of that side
+    received last (``images`` are in arrival order; a retake follows the exposure it
+    replaces, which the first match took), the others are for when it cannot be read."""
     views = {v.upper() for v in routing.lateral_views}
-    partner = None
-    for image in images:
-        if (
-            image.view in views
-            and image.laterality == side
-            and image.sop_class_uid in RADIOGRAPH_CLASSES
-            and image.attributes.get("Modality") in LATERAL_MODALITIES
-            and image.attributes.get("BodyPartExamined", "") in LATERAL_BODY_PARTS
-        ):
-            partner = image
-    return partner
+    return tuple(
+        image
+        for image in reversed(images)
+        if image.view in views
+        and image.laterality == side
+        and image.sop_class_uid in RADIOGRAPH_CLASSES
+        and image.attributes.get("Modality") in LATERAL_MODALITIES
+        and image.attributes.get("BodyPartExamined", "") in LATERAL_BODY_PARTS
+    )
 
 
 def _task(
@@ -317,9 +315,10 @@ def _task(
     rule: str,
 ) -> HipTask:
     spec = engine_spec(engine)
-    lateral = _lateral(images, side, routing) if "LATERAL" in spec.views else None
+    laterals = _laterals(images, side, routing) if "LATERAL" in spec.views else ()
     ct = ct_candidates(images, side, routing.ct_body_parts) if "ct" in spec.modalities else ()
-    return HipTask(engine=engine, side=side, ap=ap, lateral=lateral, rule=rule,
+    return HipTask(engine=engine, side=side, ap=ap, rule=rule,
+                   lateral=laterals[0] if laterals else None, lateral_alternatives=laterals[1:],
                    ct_series=ct[0] if ct else None, ct_alternatives=ct[1:])  # fmt: skip
 
 

@@ -292,9 +292,11 @@ def test_dual_view_rule_pairs_the_lateral_of_the_same_side() -> None:
     ]
     # A retake, received after the exposure it replaces, is the partner (was: the first).
     retake = image("3", ViewPosition="LL", ImageLaterality="L")
-    assert summary(plan_tasks([lateral_l, pelvis, retake], routing))[1] == (
-        "hipnet", "L", "1.2.3.1", "1.2.3.3", "dual"
-    )  # fmt: skip
+    tasks = plan_tasks([lateral_l, pelvis, retake], routing)
+    assert summary(tasks)[1] == ("hipnet", "L", "1.2.3.1", "1.2.3.3", "dual")
+    # The earlier one stays at hand, should the retake be unreadable.
+    assert [i.sop_instance_uid for i in tasks[1].lateral_alternatives] == ["1.2.3.2"]
+    assert tasks[0].lateral_alternatives == ()
 
 
 def test_custom_lateral_views_are_upper_cased() -> None:
