@@ -119,6 +119,7 @@ def positive(text: str) -> float:
 
 def _build(cache: Path, names: tuple[str, ...], force: bool) -> int:
     from engines.build import build_demo
+    from engines.demo_profiles import ACCURACY_TARGETS
 
     print(f"building demo engines in {cache} (trained on synthetic phantoms; not for clinical use)")
     start = time.monotonic()
@@ -126,6 +127,16 @@ def _build(cache: Path, names: tuple[str, ...], force: bool) -> int:
         m = result.manifest
         how = "cached" if result.reused else f"built in {result.seconds:.0f} s"
         print(f"{m.name} {m.version}: {how}; {_figures(m.evaluation)}")
+        accuracy, target = m.evaluation.get("accuracy"), ACCURACY_TARGETS.get(m.name)
+        if isinstance(accuracy, float) and target is not None and accuracy < target:
+            # Built on a busy or slow host: cached and reused, it went unremarked.
+            print(
+                f"warning: {m.name} held-out accuracy {accuracy:.3f} is below the demo target "
+                f"{target:.2f}: its training stops at a time budget, and this host was slow or "
+                f"busy (docs/engines.md); rebuild it on an idle machine with `dicom-node engines "
+                f"build --demo --force --engine {m.name}`",
+                file=sys.stderr,
+            )
     print(f"done in {time.monotonic() - start:.0f} s")
     return 0
 

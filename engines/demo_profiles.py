@@ -23,6 +23,10 @@ DEMO_VERSION = f"{__version__}-demo"
 TRAIN_INIT: dict[str, dict[str, Any]] = {"hip_screen": {"zero_init_residual": True}}
 # Phantom seed ranges: training, validation and test sets never share a phantom.
 TRAIN_SEED, VALIDATION_SEED, TEST_SEED = 0, 1_000_000, 2_000_000
+# The engines issue's held-out accuracy targets for the demo image engines. Their training
+# stops at a time budget (below), so a busy or slow host builds a weaker engine: the build
+# says so rather than cache it in silence.
+ACCURACY_TARGETS: dict[str, float] = {"hip_screen": 0.90, "hipnet": 0.85}
 
 
 @dataclass(frozen=True)

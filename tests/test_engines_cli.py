@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from manifests import manifest_for
 
 from dicom_node import engines_cli
 from dicom_node.cli import _config, _parser, main
@@ -71,6 +72,29 @@ def test_a_broken_engine_is_listed_as_broken_with_the_reason(
     )
     assert rows["hipnet"].endswith("BROKEN: its manifest names engine 'hip_screen'")
     assert rows["osteoporosis"].endswith("not built")
+
+
+def test_a_demo_engine_below_its_target_is_named_at_each_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A build on a busy host cut hip_screen's epoch at its time budget (0.295 accuracy); the
+    # engine was cached and reused by every later `make demo`, and nothing said so.
+    def built(cache: Path, names: tuple[str, ...], **kwargs: Any) -> Any:
+        for name, accuracy in (("hip_screen", 0.295), ("hipnet", 0.86)):
+            manifest = replace(manifest_for(name), evaluation={"accuracy": accuracy, "items": 9})
+            yield build.BuildResult(manifest, cache / name, reused=True, seconds=0.0)
+
+    monkeypatch.setattr(build, "build_demo", built)
+    config = _cache_config(tmp_path, tmp_path / "cache")
+    assert main(["engines", "build", "--demo", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "warning: hip_screen held-out accuracy 0.295 is below the demo target 0.90: its "
+        "training stops at a time budget, and this host was slow or busy (docs/engines.md); "
+        "rebuild it on an idle machine with `dicom-node engines build --demo --force --engine "
+        "hip_screen`"
+    ) in err
+    assert "hipnet held-out" not in err  # 0.86 meets its 0.85
 
 
 def test_an_engine_missing_an_artefact_is_listed_as_broken(
