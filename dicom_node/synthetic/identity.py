@@ -43,12 +43,31 @@ class StudyIdentity:
             )
         if len(self.study_id) > 16:
             raise FactoryError(f'study_id: expected at most 16 characters, got "{self.study_id}"')
+        # PN: 64 characters per component group; LO: 64 (longer values fail dciodvfy).
+        for key in ("patient_name", "referring_physician"):
+            value = getattr(self, key)
+            if any(len(group) > 64 for group in value.split("=")):
+                raise FactoryError(
+                    f'{key}: expected at most 64 characters per component group, got "{value}"'
+                )
+        if len(self.study_description) > 64:
+            raise FactoryError(
+                f'study_description: expected at most 64 characters, got "{self.study_description}"'
+            )
         if self.age_years is not None and not 0 <= self.age_years <= 999:
             raise FactoryError(f"age_years: expected 0-999, got {self.age_years}")
         if self.size_m is not None and not self.size_m > 0:
             raise FactoryError(f"size_m: expected a positive height, got {self.size_m}")
         if self.weight_kg is not None and not self.weight_kg > 0:
             raise FactoryError(f"weight_kg: expected a positive weight, got {self.weight_kg}")
+
+    @property
+    def is_ascii(self) -> bool:
+        """Are all its texts ASCII (the default character repertoire)? Otherwise the
+        instances declare UTF-8 (ISO_IR 192)."""
+        texts = (self.patient_name, self.patient_id, self.accession_number, self.study_id,
+                 self.study_description, self.referring_physician)  # fmt: skip
+        return all(text.isascii() for text in texts)
 
     @property
     def patient_age(self) -> str | None:

@@ -87,6 +87,8 @@ def new_image(
     check_instance_number(instance_number)
     series_uid = series_uid or generate_uid()
     ds = Dataset()
+    if not identity.is_ascii:  # a name such as Müller^Jürgen: written as Latin-1, undeclared
+        ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = sop_class_uid
     ds.SOPInstanceUID = instance_uid(series_uid, instance_number)
     study_date = identity.study_date.strftime("%Y%m%d")

@@ -64,6 +64,13 @@ def test_optional_fields_default_to_unknown() -> None:
         ({"age_years": 1000}, "age_years: expected 0-999, got 1000"),
         ({"size_m": 0.0}, "size_m: expected a positive height, got 0.0"),
         ({"weight_kg": -1.0}, "weight_kg: expected a positive weight, got -1.0"),
+        # Accepted, they failed dciodvfy (PN and LO hold 64 characters).
+        (
+            {"patient_name": "A" * 65},
+            "^patient_name: expected at most 64 characters per component group",
+        ),
+        ({"referring_physician": "X^" + "Y" * 63}, "^referring_physician: expected at most 64"),
+        ({"study_description": "D" * 65}, "^study_description: expected at most 64 characters"),
     ],
 )
 def test_invalid_identity_is_refused(change: dict[str, object], message: str) -> None:

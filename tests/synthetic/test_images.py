@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from dicom_node import identity as node_identity
@@ -53,6 +55,27 @@ def test_dx_passes_dciodvfy(
         for_processing=processing,
     )
     assert dciodvfy(write(ds, tmp_path / "dx.dcm")) == []
+
+
+def test_a_non_ascii_identity_is_written_in_utf_8(
+    identity: StudyIdentity,
+    image: np.ndarray,
+    tmp_path: Path,
+    dciodvfy: Callable[[Path], list[str]],
+) -> None:
+    # Was written as Latin-1 bytes with no Specific Character Set: invalid, undeclared.
+    german = dataclasses.replace(
+        identity,
+        patient_name="Müller^Jürgen",
+        study_description="Hüfte beidseits",
+        referring_physician="Weiß^Änne",
+    )
+    path = write(make_dx(image, identity=german), tmp_path / "dx.dcm")
+    assert dciodvfy(path) == []
+    ds = pydicom.dcmread(path)
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert (str(ds.PatientName), ds.StudyDescription) == ("Müller^Jürgen", "Hüfte beidseits")
+    assert "SpecificCharacterSet" not in make_dx(image, identity=identity)  # ASCII: default
 
 
 @pytest.mark.parametrize(
