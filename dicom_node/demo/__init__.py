@@ -7,7 +7,7 @@ osteoarthritis with a CT series, a loosening THA and a dislocated THA with AP an
 lateral views, and an impingement seen only on CT and in the request text, in
 several transfer syntaxes), sends them with dcmtk's
 ``storescu`` (a real C-STORE client; pynetdicom when dcmtk is missing), waits
-for each study's SR at the PACS and reports per study: the findings and
+for each study's results to reach the PACS and reports per study: the findings and
 probabilities per hip, the priority and the time to result. Every Secondary
 Capture is saved as a PNG and every SR as a text dump under ``--out``.
 Everything it starts, it stops. Synthetic data and demo engines only: not for
@@ -135,6 +135,19 @@ def _dump_sr(path: Path, target: Path) -> None:
     target.write_text(str(dcmread(path)), encoding="utf-8")
 
 
+def _settled(node: Node) -> set[str]:
+    """The studies whose job ended without results (failed, skipped), or whose results have
+    all left the outbox (delivered or dead): waiting only for the SR, which the outbox
+    sends first, missed overlays that reached the PACS a few milliseconds later."""
+    if node.state is None or node.outbox is None:
+        return set()
+    jobs = node.state.jobs()
+    unsent = {item.study_uid for item in node.outbox.items(("pending",))}
+    ended = {j.study_uid for j in jobs if j.state in ("failed", "skipped")}
+    done = {j.study_uid for j in jobs if j.state == "done"} - unsent
+    return ended | done
+
+
 def _save(pacs: StandInPacs, study_uid: str, folder: Path) -> list[Path]:
     """PNG previews of the study's overlays and a text dump of its SR."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -243,14 +256,14 @@ def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
         deadline = time.monotonic() + WAIT_SECONDS
         pending = set(sent_at)
         while pending and time.monotonic() < deadline:
-            for job in node.state.jobs():
-                if job.state in ("failed", "skipped"):
-                    pending.discard(job.study_uid)
-            pending = {uid for uid in pending if not any(
-                cls == SR_CLASS for _, cls, _ in pacs.objects(uid))}  # fmt: skip
+            pending -= _settled(node)
             time.sleep(0.05)
         if pending:
             raise DemoError(f"{len(pending)} studies got no result within {WAIT_SECONDS:.0f} s")
+        undelivered: dict[str, int] = {}
+        if node.outbox is not None:
+            for item in node.outbox.items(("dead",)):
+                undelivered[item.study_uid] = undelivered.get(item.study_uid, 0) + 1
         jobs = {j.study_uid: j for j in node.state.jobs()}
         failed = 0
         yield ""
@@ -262,8 +275,13 @@ def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
                 yield f"  {job.state}: {job.error}"
                 failed += 1
                 continue
-            sr_at = min(at for _, cls, at in pacs.objects(uid) if cls == SR_CLASS)
-            yield from _table(written, json.loads(job.summary), sr_at - sent_at[uid])
+            if uid in undelivered:  # its SR or an overlay never reached the PACS
+                yield f"  {undelivered[uid]} results not delivered (see dicom-node outbox list)"
+                failed += 1
+            arrived = [at for _, cls, at in pacs.objects(uid) if cls == SR_CLASS]
+            if not arrived:
+                continue
+            yield from _table(written, json.loads(job.summary), min(arrived) - sent_at[uid])
             files = _save(pacs, uid, out / "results" / f"{n}-{written.case.name}")
             yield "  files    " + ", ".join(_shown(p) for p in files)
         yield ""
