@@ -167,10 +167,19 @@ class TextTokenizer:
         "N/A", "?") and text in a script the vocabulary lacks (Japanese: 12 of 15 pieces
         [UNK]) are not: encoded, they swayed the multimodal engine as if they said
         something (its text branch took 85 % of the attention)."""
-        pieces = self._tokenizer.encode(text, add_special_tokens=False).tokens
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        pieces = encoding.tokens
         unknown = sum(piece == "[UNK]" for piece in pieces)
-        words = [p for p in pieces if p != "[UNK]" and not p.startswith("##")]
-        return 2 * unknown <= len(pieces) and any(len(w) >= 2 and w.isalpha() for w in words)
+        # Whole words, not pieces: "OA" is the pieces o ##a, a word of two letters it knows
+        # (its first piece alone, one letter, read it as a placeholder).
+        words: dict[int, list[str]] = {}
+        for piece, word in zip(pieces, encoding.word_ids, strict=True):
+            if word is not None:
+                words.setdefault(word, []).append(piece)
+        known = [
+            "".join(p.removeprefix("##") for p in w) for w in words.values() if "[UNK]" not in w
+        ]
+        return 2 * unknown <= len(pieces) and any(len(w) >= 2 and w.isalpha() for w in known)
 
     def __call__(self, texts: Sequence[str]) -> Tokens:
         batch = _check_texts(texts)

@@ -370,6 +370,10 @@ def test_export_refuses_a_module_that_is_not_a_pooled_text_model(
         ("right hip pain after a fall", True),
         ("pain", True),
         ("R/O fx", True),  # "fx": an abbreviation is a word
+        # A word of pieces (o ##a): was read as a one-letter placeholder.
+        ("OA", True),
+        ("?OA.", True),
+        ("L OA", True),
         ("-", False),  # what a RIS sends for "no reason given"
         (".", False),
         ("N/A", False),  # n / a: single letters
