@@ -67,7 +67,7 @@ class DenseNet(Classifier):
         layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         # The reference implementation's initialisation (He-normal convolutions, zero
-        # linear bias); PyTorch's default is a uniform of a third of that variance.
+        # linear bias); PyTorch's default is a uniform of a sixth of that variance.
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight)

@@ -78,8 +78,10 @@ class EfficientNet(Classifier):
         layers += _conv_bn_act(channels, _HEAD, 1)
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(check_dropout("dropout", dropout))
-        # The reference implementation's initialisation (He-normal over fan-out for
-        # convolutions, zero biases, a uniform of 1/sqrt(classes) for the classifier).
+        # torchvision's initialisation (He-normal over fan-out for convolutions, zero biases,
+        # a uniform of 1/sqrt(classes) for the classifier). Its fan-out ignores the groups, so
+        # depthwise kernels start smaller than in the TensorFlow reference; no stochastic
+        # depth (docs/engines.md).
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out")

@@ -1,13 +1,14 @@
 """Hip-Net (seed 002): a dual-view ensemble for the causes of hip prosthesis failure.
 
-Each of the four members has one backbone per view (AP and lateral of the same
-hip) of a different architecture family. Its interpretive head is a 1x1
-convolution giving a class-logit map per view; averaging a map over space is
-that view's class logits (the class-activation identity, so the maps explain
-exactly what the classifier sees). A member fuses its two views with learned
-per-class weights. The ensemble averages the members' softmax probabilities
-and their probability maps (resized to the AP map's grid); the PJI risk score
-is the ensemble's PJI probability on a 0-100 scale.
+Each of the four members (ResNet-50, ResNet-50 + CBAM, DenseNet-121, EfficientNet-B0:
+three families) has one backbone per view (AP and lateral of the same hip). Its
+interpretive head is a 1x1 convolution giving a class-logit map per view;
+averaging a map over space is that view's class logits (the class-activation
+identity, so the maps explain exactly what that view's classifier sees). A
+member fuses its two views with learned per-class weights. The ensemble averages
+the members' softmax probabilities and their AP probability maps (resized to the
+first member's grid); the PJI risk score is the ensemble's PJI probability on a
+0-100 scale.
 
 A missing lateral view is explicit: ``lateral_present`` is 0 for that hip, the
 lateral branch still runs on whatever tensor is passed (zeros) so the graph

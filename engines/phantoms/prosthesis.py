@@ -149,7 +149,11 @@ def _infection(
     patient: Patient,
     rng: np.random.Generator,
 ) -> Mask:
-    """Patchy, irregular osteolysis around stem and cup, periosteal reaction, swelling."""
+    """Patchy, irregular osteolysis around stem and cup, periosteal reaction, swelling.
+
+    The mask is the bone signs only: the soft-tissue swelling (a faint, wide ellipse beside
+    the shaft, larger than the bone lesion) is drawn but not in it, so the lesion attention
+    and the pointing game count a map on the swelling as off the lesion."""
     _tha(c, v, iv, implant, patient)
     ragged = 0.008 * c.smooth_field(rng, 24)
     lysis = c.far()

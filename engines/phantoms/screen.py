@@ -65,7 +65,8 @@ def screen_hip(label: str, seed: int, size: int = 256) -> Phantom:
     """One hip region (the right hip, canonical orientation) showing ``label``.
 
     The same seed gives the same patient, hip, positioning and noise whatever the label,
-    so two labels differ only where the lesion is drawn.
+    so two labels differ only where the lesion and what it moves are drawn (a fracture's
+    displaced or shortened shaft lies mostly outside its mask, which is the fracture).
     """
     index = check_screen_label(label)
     streams = Streams(check_seed(seed))
