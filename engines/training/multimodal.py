@@ -56,7 +56,7 @@ from engines.training.checkpoints import load_best, save_epoch, start_run
 from engines.training.data import DataError
 from engines.training.evaluate import confusion_and_recall
 from engines.training.loop import EpochSummary, Progress, TrainingError
-from engines.training.optimiser import adamw
+from engines.training.optimiser import adamw, one_cycle
 
 log = logging.getLogger(__name__)
 
@@ -317,9 +317,7 @@ def _fit_fusion(
         parameters, lr=options.fusion_learning_rate, weight_decay=options.weight_decay
     )
     steps = options.fusion_steps
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=options.fusion_learning_rate, total_steps=steps, pct_start=0.1
-    )
+    schedule = one_cycle(optimiser, options.fusion_learning_rate, steps, 0.1)
     model.train()
     start = time.monotonic()
     size = min(options.fusion_batch_size, len(data))
@@ -364,9 +362,7 @@ def _fine_tune(
     """Stage 2: end-to-end epochs with modality dropout and clipped gradients."""
     optimiser = adamw(model.parameters(), options.learning_rate, options.weight_decay)
     steps = math.ceil(len(train_set) / options.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=options.learning_rate, total_steps=steps * options.epochs, pct_start=0.2
-    )
+    schedule = one_cycle(optimiser, options.learning_rate, steps * options.epochs, 0.2)
     ct_features: list[Tensor] = []
     # The CT branch's last feature map, for its auxiliary loss (the forward pools it away).
     hook = model.ct.get_submodule("stages").register_forward_hook(

@@ -59,7 +59,7 @@ from engines.training.batch_norm import recompute_running_stats
 from engines.training.data import DataError
 from engines.training.evaluate import confusion_and_recall
 from engines.training.loop import Progress, TrainingError
-from engines.training.optimiser import adamw
+from engines.training.optimiser import adamw, one_cycle
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +187,7 @@ def train_backbones(
     backbones = [model.backbones[name] for name in model.backbone_names]
     parameters = [p for b in backbones for p in b.parameters()]
     optimiser = adamw(parameters, options.backbone_learning_rate, 1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser,
-        max_lr=options.backbone_learning_rate,
-        total_steps=options.backbone_steps,
-        pct_start=0.2,
-    )
+    schedule = one_cycle(optimiser, options.backbone_learning_rate, options.backbone_steps, 0.2)
     generator = torch.Generator().manual_seed(options.seed)
     start = time.monotonic()
     total, done = 0.0, 0
