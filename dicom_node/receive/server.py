@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import Any, cast
 
 from pynetdicom import AE
@@ -59,22 +60,28 @@ _P_DATA_TF = 0x04
 # How far past node.max_instance_bytes a data set may run and still be answered 0xA700 by
 # the store handler; further, the connection is closed as it streams.
 _OVERSIZE_GRACE = 16 << 20
+# The longest DIMSE command set a peer may send (a C-STORE-RQ's is ~200 bytes): its
+# fragments were not counted, and an endless stream of them grew the node without bound.
+_COMMAND_LIMIT = 64 << 10
 
 
 class BulkReadSocket(AssociationSocket):
     """pynetdicom's association socket, reading what a PDU asks for into one buffer, and
     bounding what a peer may make the node hold or wait for:
 
-    - each read waits at most ``acse_timeout`` before the association is established (a
-      peer that sent three bytes, or half a TLS handshake, held its association slot for
-      ever: pynetdicom's timers run in the thread blocked in the read) and
-      ``network_timeout`` after (a connection half-open mid-PDU leaked its thread);
+    - each PDU, header and body, must arrive within ``acse_timeout`` before the association
+      is established (a peer that sent three bytes, or half a TLS handshake, held its
+      association slot for ever: pynetdicom's timers run in the thread blocked in the
+      read) and ``network_timeout`` after (a connection half-open mid-PDU leaked its
+      thread). The time is the PDU's, not each read's: one byte just inside each timeout
+      held a slot for as long as the peer liked;
     - a PDU longer than the node receives (``node.max_pdu`` for P-DATA, 1 MiB for others)
       closes the connection before its body is read (six bytes claiming 4 GiB made the node
       buffer whatever followed);
     - a DIMSE data set more than 16 MiB past ``node.max_instance_bytes`` closes it
       mid-stream (the store handler's size check, which answers 0xA700, runs only once
-      the whole instance is in memory: an endless stream grew the node without bound).
+      the whole instance is in memory: an endless stream grew the node without bound),
+      and so does a command set over 64 KiB.
 
     pynetdicom reads a PDU as ``recv(6)`` (its header) then ``recv(length)``; a read that
     raises OSError is a closed connection to it (Evt17).
@@ -83,17 +90,22 @@ class BulkReadSocket(AssociationSocket):
     max_instance_bytes = 0  # set by BulkReadHandler from node.max_instance_bytes; 0: none
     _header: bytes | None = None  # the last PDU header read, its body not yet read
     _message_bytes = 0  # data-set bytes of the DIMSE message being received
+    _command_bytes = 0  # command-set bytes of the DIMSE message being received
+    _deadline: float | None = None  # when the PDU being read must be in
+    _timeout: float | None = None  # the seconds that deadline allows
 
     def recv(self, nr_bytes: int) -> bytearray:
         assoc = getattr(self, "_assoc", None)
         header, self._header = self._header, None
         if assoc is not None:
             established = assoc.is_established
-            timeout = assoc.network_timeout if established else assoc.acse_timeout
-            cast(socket.socket, self.socket).settimeout(timeout)
-            if header is not None:
+            if header is None:  # a PDU starts: header and body within one timeout
+                timeout = assoc.network_timeout if established else assoc.acse_timeout
+                self._timeout = timeout
+                self._deadline = None if timeout is None else time.monotonic() + timeout
+            else:
                 self._check_length(assoc, established, header[0], nr_bytes)
-        data = self._read(nr_bytes)
+        data = self._read(nr_bytes, assoc)
         if header is None and nr_bytes == 6 and len(data) == 6:
             self._header = bytes(data)  # the next read is its body
         elif header is not None and header[0] == _P_DATA_TF and assoc is not None:
@@ -115,14 +127,21 @@ class BulkReadSocket(AssociationSocket):
         while at + 6 <= len(body):
             length = int.from_bytes(body[at : at + 4], "big")
             control = body[at + 5]
-            if not control & 0x01:  # a data-set fragment (bit 0 set: a command's)
+            if control & 0x01:  # a command fragment (bit 0 clear: a data set's)
+                self._command_bytes += max(0, length - 2)
+                if self._command_bytes > _COMMAND_LIMIT:
+                    self._refuse(assoc, f"a command set past {self._command_bytes} bytes, "
+                                 f"over the {_COMMAND_LIMIT} the node receives")  # fmt: skip
+                if control & 0x02:  # its last fragment: the next message starts at 0
+                    self._command_bytes = 0
+            else:
                 self._message_bytes += max(0, length - 2)
                 limit = self.max_instance_bytes + _OVERSIZE_GRACE
                 if self.max_instance_bytes and self._message_bytes > limit:
                     self._refuse(assoc, f"a data set past {self._message_bytes} bytes, more "
                                  f"than 16 MiB over node.max_instance_bytes "
                                  f"({self.max_instance_bytes})")  # fmt: skip
-                if control & 0x02:  # its last fragment: the next message starts at 0
+                if control & 0x02:
                     self._message_bytes = 0
             at += 4 + length
 
@@ -131,15 +150,25 @@ class BulkReadSocket(AssociationSocket):
         log.warning("connection from %s closed: %s", peer, why)
         raise ConnectionAbortedError(why)
 
-    def _read(self, nr_bytes: int) -> bytearray:
+    def _read(self, nr_bytes: int, assoc: Any) -> bytearray:
         sock = cast(socket.socket, self.socket)
         data = bytearray(min(nr_bytes, _PREALLOCATE))
         got = 0
         while got < nr_bytes:
             if got == len(data):
                 data.extend(bytes(min(len(data), nr_bytes - got)))
-            with memoryview(data) as view:
-                n = sock.recv_into(view[got:], len(data) - got)
+            if assoc is not None:
+                left = None if self._deadline is None else self._deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self._refuse(assoc, f"a PDU not received whole within {self._timeout} s")
+                sock.settimeout(left)
+            try:
+                with memoryview(data) as view:
+                    n = sock.recv_into(view[got:], len(data) - got)
+            except TimeoutError:
+                if assoc is None:
+                    raise
+                self._refuse(assoc, f"a PDU not received whole within {self._timeout} s")
             if not n:  # the peer closed: what arrived, as pynetdicom's recv returns
                 break
             got += n

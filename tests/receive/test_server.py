@@ -177,3 +177,86 @@ def test_a_data_set_far_past_the_instance_limit_is_cut_off_as_it_streams(
         assert _echo(node.port)
     finally:
         node.stop(drain_seconds=0)
+
+
+def test_a_peer_trickling_its_request_loses_its_slot_after_the_acse_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The timeout bounded each read, not the PDU: one byte just inside it, again and again,
+    # held the slot for as long as the peer liked, and max_associations such peers shut
+    # every PACS out (before its AE title is known, so no allow-list helps).
+    node = Node(config_for(tmp_path / "spool", node__acse_timeout_seconds=1.5,
+                           node__max_associations=1))  # fmt: skip
+    node.start()
+    stop = threading.Event()
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="dicom_node.receive.server"),
+            socket.create_connection(("127.0.0.1", node.port)) as trickle,
+        ):
+            request = b"\x01\x00\x00\x00\x00\xc4" + b"\x00" * 0xC4
+            start = time.monotonic()
+
+            def drip() -> None:
+                for byte in request:
+                    if stop.wait(1.0):
+                        return
+                    try:
+                        trickle.send(bytes([byte]))
+                    except OSError:
+                        return
+
+            dripper = threading.Thread(target=drip, daemon=True)
+            dripper.start()
+            while time.monotonic() - start < 10:
+                try:
+                    if not trickle.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                        break
+                except BlockingIOError:
+                    time.sleep(0.1)
+                except ConnectionResetError:
+                    break
+            closed = time.monotonic() - start
+            stop.set()
+        assert closed < 4, closed  # ~1.5 s: the request had not arrived whole
+        assert "a PDU not received whole within 1.5 s" in caplog.text
+        assert _echo(node.port)  # the slot is free again
+    finally:
+        stop.set()
+        node.stop(drain_seconds=0)
+
+
+def test_an_endless_command_set_is_cut_off_as_it_streams(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only data-set fragments were counted: command fragments without their last bit grew
+    # the node by everything a peer sent (400 MiB in 1.6 s).
+    node = Node(config_for(tmp_path / "spool", node__max_instance_bytes=1024))
+    node.start()
+    try:
+        ae = AE("PACS")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="TRIAGE")
+        assert assoc.is_established
+        context = assoc.accepted_contexts[0].context_id
+        fragment = b"\x00" * 16000
+        item = (len(fragment) + 2).to_bytes(4, "big") + bytes([context, 0x01]) + fragment
+        pdu = b"\x04\x00" + len(item).to_bytes(4, "big") + item
+        sock = assoc.dul.socket.socket
+        assert sock is not None
+        with caplog.at_level(logging.WARNING, logger="dicom_node.receive.server"):
+            sent = 0
+            try:
+                for _ in range(64):  # 1 MiB of command fragments, none the last
+                    sock.sendall(pdu)
+                    sent += len(pdu)
+            except OSError:
+                pass
+            deadline = time.monotonic() + 10
+            while "a command set past" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert "over the 65536 the node receives" in caplog.text
+        assoc.abort()
+        assert _echo(node.port)
+    finally:
+        node.stop(drain_seconds=0)
