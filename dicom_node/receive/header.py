@@ -298,9 +298,18 @@ def _check_pixels(reader: _Reader, transfer_syntax: str) -> None:
     try:
         frames = int(reader.text.get("number_of_frames") or 1)
     except ValueError:
+        frames = 0
+    # 0 or fewer frames (or rows, columns, bits) made any Pixel Data long enough: a
+    # truncated instance was acknowledged.
+    if frames < 1:
         raise RejectedInstanceError(
             CANNOT_UNDERSTAND, f"invalid Number of Frames {reader.text['number_of_frames']!r}"
-        ) from None
+        )
+    empty = [k for k in ("rows", "columns", "bits_allocated") if us[k] == 0]
+    if empty:
+        raise RejectedInstanceError(
+            CANNOT_UNDERSTAND, f"Pixel Data of an image with {empty[0].replace('_', ' ')} 0"
+        )
     samples = us["rows"] * us["columns"] * us.get("samples_per_pixel", 1) * frames
     if reader.text.get("photometric_interpretation") == "YBR_FULL_422":
         samples = samples // 3 * 2  # PS3.3 C.7.6.3.1.2: two chroma samples per two pixels

@@ -332,6 +332,29 @@ def test_pixel_data_without_geometry() -> None:
         read_header(data, ExplicitVRLittleEndian)
 
 
+@pytest.mark.parametrize(
+    ("keyword", "value", "message"),
+    [
+        ("NumberOfFrames", "0", r"^invalid Number of Frames '0'$"),
+        ("NumberOfFrames", "-3", r"^invalid Number of Frames '-3'$"),
+        ("Rows", 0, r"^Pixel Data of an image with rows 0$"),
+        ("Columns", 0, r"^Pixel Data of an image with columns 0$"),
+        ("BitsAllocated", 0, r"^Pixel Data of an image with bits allocated 0$"),
+    ],
+)
+def test_a_truncated_image_is_refused_whatever_its_frame_count_says(
+    keyword: str, value: str | int, message: str
+) -> None:
+    # Two bytes of Pixel Data for a 16 x 16 image were acknowledged (0x0000) when Number of
+    # Frames read 0 or -3: the bytes it needed came out at 0 or fewer.
+    ds = tiny_image()
+    ds.PixelData = b"\x00\x00"
+    setattr(ds, keyword, value)
+    with pytest.raises(RejectedInstanceError, match=message) as info:
+        read_header(encode(ds, ExplicitVRLittleEndian), ExplicitVRLittleEndian)
+    assert info.value.status == 0xC210
+
+
 def test_item_delimiter_outside_an_item() -> None:
     data = encode(tiny_image(), ExplicitVRLittleEndian)
     with pytest.raises(RejectedInstanceError, match=r"item delimiter outside an item"):
