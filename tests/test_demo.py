@@ -77,6 +77,30 @@ def test_the_pacs_stand_in_answers_c_echo(tmp_path: Path) -> None:
         pacs.stop()
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_the_pacs_stand_in_refuses_uids_that_would_leave_its_folder(tmp_path: Path) -> None:
+    # The UIDs become the file's path: "../../escaped" was written outside the folder.
+    from pynetdicom import AE
+
+    pacs = StandInPacs(tmp_path / "pacs")
+    pacs.start()
+    try:
+        ds = tiny_image()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture, a result class
+        ds.StudyInstanceUID, ds.SOPInstanceUID = "x", "../../escaped"
+        ae = AE("TRIAGE")
+        ae.add_requested_context(ds.SOPClassUID)
+        assoc = ae.associate("127.0.0.1", pacs.port, ae_title=pacs.ae_title)
+        assert assoc.is_established
+        try:
+            assert int(assoc.send_c_store(ds).Status) == 0xC000
+        finally:
+            assoc.release()
+    finally:
+        pacs.stop()
+    assert not list(tmp_path.rglob("escaped*"))
+
+
 def test_the_pacs_stand_in_has_no_port_unless_started(tmp_path: Path) -> None:
     pacs = StandInPacs(tmp_path / "pacs")
     with pytest.raises(RuntimeError, match=r"^the PACS stand-in is not started$"):

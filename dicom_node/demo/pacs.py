@@ -16,10 +16,12 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.receive.header import is_valid_uid
 from dicom_node.send.echo import VERIFICATION  # what the node's destination check sends
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
 RESULT_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
@@ -59,6 +61,8 @@ class StandInPacs:
             ds: Dataset = event.dataset
             ds.file_meta = event.file_meta
             study, sop = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+            if not (is_valid_uid(study) and is_valid_uid(sop)):  # they become a path
+                return CANNOT_UNDERSTAND
             target = self.folder / study / f"{sop}.dcm"
             target.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(target, enforce_file_format=True)
