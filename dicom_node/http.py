@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -32,10 +34,26 @@ def _json(code: int, body: object) -> tuple[int, str, bytes]:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    # Seconds a connection may stay silent: the server runs a thread per connection, and
-    # clients that connect and send nothing (or vanish without a FIN) would otherwise hold
-    # theirs for ever, in the process that needs threads for DICOM associations.
+    # Seconds a connection may last, its request and the answer: the server runs a thread
+    # per connection, and clients that connect and send nothing (or vanish without a FIN),
+    # or trickle a byte just inside each read's timeout, would otherwise hold theirs for
+    # ever, in the process that needs threads for DICOM associations.
     timeout = 10.0
+
+    def setup(self) -> None:
+        super().setup()
+        # socketserver's timeout bounds each read; this bounds the whole connection.
+        self._expiry = threading.Timer(self.timeout, self._expire)
+        self._expiry.daemon = True
+        self._expiry.start()
+
+    def _expire(self) -> None:
+        with contextlib.suppress(OSError):  # already closed
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        self._expiry.cancel()
+        super().finish()
 
     def do_GET(self) -> None:
         self._reply(head=False)
@@ -78,6 +96,11 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http %s %s", self.address_string(), format % args)
 
 
+# Connections served at once (Prometheus, probes and a few people need a handful); more
+# are closed at once rather than each given a thread.
+MAX_CONNECTIONS = 32
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -89,6 +112,25 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.registry = registry
         self.readiness = readiness
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("http: %d connections open; closing one from %s",
+                        MAX_CONNECTIONS, client_address)  # fmt: skip
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: object, client_address: object) -> None:
         # socketserver's default prints the traceback to stderr (e.g. a scraper that left).

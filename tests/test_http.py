@@ -180,6 +180,64 @@ def test_a_silent_connection_is_closed_after_the_handlers_timeout(
     assert get(port, "/healthz")[0] == 200
 
 
+def test_a_trickling_connection_is_closed_after_the_handlers_timeout(
+    endpoints: Callable[..., int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The timeout bounded each read: a byte just inside it, again and again, held the
+    # connection's thread for ever.
+    monkeypatch.setattr(http_module._Handler, "timeout", 1.0)
+    port = endpoints(dict)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as trickle:
+        started = time.monotonic()
+        closed = False
+        for byte in b"GET /metrics HTTP/1.0\r\n":
+            try:
+                trickle.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            trickle.settimeout(0.4)
+            try:
+                if trickle.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+        assert closed and time.monotonic() - started < 4
+    assert get(port, "/healthz")[0] == 200
+
+
+def test_connections_over_the_limit_are_closed_at_once(
+    endpoints: Callable[..., int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Any number of clients each got a thread.
+    monkeypatch.setattr(http_module, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(http_module._Handler, "timeout", 1.5)
+    port = endpoints(dict)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both accepted and handed a thread
+        with (
+            caplog.at_level(logging.WARNING, logger="dicom_node.http"),
+            socket.create_connection(("127.0.0.1", port), timeout=5) as extra,
+        ):
+            started = time.monotonic()
+            assert extra.recv(1) == b""
+            assert time.monotonic() - started < 1.0  # not after the handler's timeout
+        assert "http: 2 connections open; closing one from" in caplog.text
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the slots come back as the two end
+        try:
+            if get(port, "/healthz")[0] == 200:
+                break
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    assert get(port, "/healthz")[0] == 200
+
+
 def test_an_ipv6_metrics_host_is_served(endpoints: Callable[..., int]) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this host")
