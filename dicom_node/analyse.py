@@ -205,9 +205,6 @@ def analyse_study(
     cache = ImageCache()
     volumes = CtCache(images)
     tasks = plan_tasks(images, cfg.routing)
-    held = held_back(images, cfg.routing, tasks)
-    for note in held:
-        log.warning("study %s: %s", study_uid, note)
     done: list[HipTask] = []
     hips: list[HipOutcome] = []
     seconds: list[tuple[str, float]] = []
@@ -220,6 +217,10 @@ def analyse_study(
         seconds += spent
         done += tasks
         tasks = cascade_tasks([o.decision for o in outcomes], images, cfg.routing, done)
+    # After the cascade: an engine it ran on the image was not held back there.
+    held = held_back(images, cfg.routing, done)
+    for note in held:
+        log.warning("study %s: %s", study_uid, note)
     if not_analysed and not hips:  # nothing to report: the job fails, saying why
         raise PreprocessError("; ".join(not_analysed.values()))
     return StudyAnalysis(

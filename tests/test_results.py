@@ -123,3 +123,16 @@ def test_an_engine_an_unusable_header_value_held_back_is_named_in_the_report(
     assert note in list(texts(results.sr))
     assert json.loads(summary(analysis))["held_back"] == [note]
     assert note in caplog.text
+    # The cascade runs hipnet on that image (a THA found): not "not run" beside its results.
+    cascade = [{"after": "hip_screen", "finding": "total_hip_arthroplasty", "engine": "hipnet"}]
+    cfg = pipeline_config(
+        tmp_path / "spool", engine_cache, triage=FORCE_FINDINGS,
+        routing={"rules": [screen, needs_sex], "cascade": cascade},
+    )  # fmt: skip
+    engines = EngineSet(cfg.engines, ["hip_screen", "hipnet"])
+    try:
+        analysis = analyse_study(study.identity.study_uid, images, engines, cfg)
+    finally:
+        engines.close()
+    assert "hipnet" in {h.decision.prediction.task.engine for h in analysis.hips}
+    assert analysis.held_back == ()

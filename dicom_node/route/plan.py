@@ -401,7 +401,8 @@ def held_back(
     ``requires`` names is in the header but not usable (a Patient's Sex U, an age the birth
     and study dates contradict), for the report: otherwise the osteoporosis engine left out
     of the SR by a bad header looks like one never asked for. A value not sent at all says
-    nothing (``requires`` is how a site says "only when given"). UIDs, never values."""
+    nothing (``requires`` is how a site says "only when given"). ``tasks`` are all that ran,
+    the cascade's too. UIDs, never values."""
     lateral_views = {v.upper() for v in routing.lateral_views}
     ran = {(t.engine, t.ap.sop_instance_uid) for t in tasks}
     notes: list[str] = []
