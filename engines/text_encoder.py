@@ -138,6 +138,11 @@ class Tokens:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
+def _latin_word(word: str) -> bool:
+    """Letters of the Latin script only (Basic Latin to Latin Extended-B)."""
+    return word.isalpha() and all(ord(c) <= 0x24F for c in word)
+
+
 class TextTokenizer:
     """The model's BERT uncased WordPiece tokenizer (its ``tokenizer.json``), truncating.
 
@@ -162,8 +167,10 @@ class TextTokenizer:
         self._tokenizer = tokenizer
 
     def readable(self, text: str) -> bool:
-        """Whether ``text`` holds a word this (English) tokenizer knows: a word of two letters
-        or more, with at most half its pieces unknown. Placeholders a RIS sends ("-", ".",
+        """Whether ``text`` holds a word this (English) tokenizer knows: a word of two Latin
+        letters or more, with at most half its pieces unknown (the vocabulary spells a
+        Cyrillic, Greek or kana word letter by letter, each a known piece: not a word it
+        knows). Placeholders a RIS sends ("-", ".",
         "N/A", "?") and text in a script the vocabulary lacks (Japanese: 12 of 15 pieces
         [UNK]) are not: encoded, they swayed the multimodal engine as if they said
         something (its text branch took 85 % of the attention)."""
@@ -179,7 +186,7 @@ class TextTokenizer:
         known = [
             "".join(p.removeprefix("##") for p in w) for w in words.values() if "[UNK]" not in w
         ]
-        return 2 * unknown <= len(pieces) and any(len(w) >= 2 and w.isalpha() for w in known)
+        return 2 * unknown <= len(pieces) and any(len(w) >= 2 and _latin_word(w) for w in known)
 
     def __call__(self, texts: Sequence[str]) -> Tokens:
         batch = _check_texts(texts)

@@ -379,6 +379,11 @@ def test_export_refuses_a_module_that_is_not_a_pooled_text_model(
         ("N/A", False),  # n / a: single letters
         ("?", False),
         ("股関節痛 転倒 大腿骨頸部骨折疑い", False),  # 12 of 15 pieces [UNK]
+        # Spelt letter by letter from known pieces: no word the English encoder knows.
+        ("боль в бедре после падения", False),
+        ("ελληνικά κείμενο", False),
+        ("ひだりこかんせつ", False),
+        ("Hüftschmerzen rechts", True),  # another language in Latin letters still reaches it
     ],
 )
 def test_readable_text_holds_a_word_the_tokenizer_knows(text: str, readable: bool) -> None:
