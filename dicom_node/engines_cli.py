@@ -415,7 +415,7 @@ def _taken_from(old: Manifest, size_too: bool) -> str:
 def _list(cfg: Config) -> int:
     from engines.build import engine_folder
     from engines.manifest import ManifestError, read_manifest
-    from engines.runtimes import resolve_backend
+    from engines.runtimes import needed_artefacts, resolve_backend
 
     backend = resolve_backend(cfg.engines.backend)
     width = max(len(n) for n in ENGINE_NAMES) + 1
@@ -437,16 +437,20 @@ def _list(cfg: Config) -> int:
             print(f"{empty}  BROKEN: its manifest names engine {m.name!r}")
             continue
         # Present, not hashed (gigabytes each listing): the node checks each hash on opening.
+        # Only what the node opens on this backend is needed (a site may delete model.pt).
+        needed = needed_artefacts(m, backend, cfg.engines.precision)
         missing = [
             f"{k} ({a.path})" for k, a in m.artefacts.items() if not (folder / a.path).is_file()
         ]
-        if missing:  # was listed as built, then refused by the node
-            print(f"{empty}  BROKEN: artefact missing: {', '.join(missing)}")
+        broken = [entry for entry in missing if entry.split(" ", 1)[0] in needed]
+        if broken:  # was listed as built, then refused by the node
+            print(f"{empty}  BROKEN: artefact missing: {', '.join(broken)}")
             continue
         count += 1
+        absent = f"; absent, not needed on {backend}: {', '.join(missing)}" if missing else ""
         print(
             f"{name:<{width}} {m.version:<12} {backend:<12} {m.preprocessing.size:>5}  "
-            f"{_figures(m.evaluation)}"
+            f"{_figures(m.evaluation)}{absent}"
         )
     print(f"{count} engines built in {cfg.engines.cache_dir}")
     return 0

@@ -100,15 +100,19 @@ def test_a_demo_engine_below_its_target_is_named_at_each_build(
 def test_an_engine_missing_an_artefact_is_listed_as_broken(
     engine_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Was listed as built; the node then refused to open it.
+    # Was listed as built; the node then refused to open it. Only what the node opens on
+    # the configured backend counts: a site may delete the checkpoint or the other precision.
     cache = tmp_path / "cache"
-    shutil.copytree(engine_cache / "hip_screen", cache / "hip_screen")
-    (cache / "hip_screen" / "model-fp16.onnx").unlink()
+    for name in ("hip_screen", "hipnet"):
+        shutil.copytree(engine_cache / name, cache / name)
+    (cache / "hip_screen" / "model.onnx").unlink()  # onnxruntime fp32 opens it
+    (cache / "hipnet" / "model.pt").unlink()  # the training checkpoint: not opened
     assert main(["engines", "list", "--config", str(_cache_config(tmp_path, cache))]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines()[1:-1]}
-    assert rows["hip_screen"].endswith("BROKEN: artefact missing: onnx_fp16 (model-fp16.onnx)")
-    assert out.splitlines()[-1].startswith("0 engines built")
+    assert rows["hip_screen"].endswith("BROKEN: artefact missing: onnx_fp32 (model.onnx)")
+    assert rows["hipnet"].endswith("; absent, not needed on onnxruntime: checkpoint (model.pt)")
+    assert out.splitlines()[-1].startswith("1 engines built")
 
 
 def test_build_list_export_and_train(

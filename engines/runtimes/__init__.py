@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines.manifest import read_manifest
+from engines.manifest import Manifest, read_manifest
 from engines.runtimes.base import EngineRuntimeError, InferenceInputError, Runtime
 
 BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt", "triton")
@@ -49,6 +49,25 @@ def resolve_backend(backend: str) -> str:
     return "tensorrt" if gpu_available() else "onnxruntime"
 
 
+def needed_artefacts(manifest: Manifest, backend: str, precision: str = "fp32") -> tuple[str, ...]:
+    """The artefacts the node opens for ``manifest`` on ``backend`` (resolved): the model
+    file the runtime loads (none for Triton, whose server holds the model), the linear head
+    for single-pass Grad-CAM and the text encoder, which run in the node whatever the
+    backend. The rest (the training checkpoint, the other precision) it never opens."""
+    from engines.runtimes.tensorrt import PLAN_SOURCE  # no TensorRT import: a constant
+
+    model = {
+        "onnxruntime": (f"onnx_{precision}",),
+        "torch": ("checkpoint",),
+        "tensorrt": (PLAN_SOURCE,),
+    }.get(backend, ())
+    head = (manifest.heatmap.head_artefact,) if manifest.heatmap.head_artefact else ()
+    text = (
+        ("text_encoder", "text_tokenizer") if any(t.name == "text" for t in manifest.inputs) else ()
+    )
+    return (*model, *head, *text)
+
+
 def open_runtime(folder: Path, options: RuntimeOptions | None = None) -> Runtime:
     """The engine whose manifest is in ``folder``, opened on the chosen backend."""
     options = options or RuntimeOptions()
@@ -83,6 +102,7 @@ __all__ = [
     "Runtime",
     "RuntimeOptions",
     "gpu_available",
+    "needed_artefacts",
     "open_runtime",
     "resolve_backend",
 ]

@@ -18,6 +18,7 @@ from engines.runtimes import (
     EngineRuntimeError,
     InferenceInputError,
     RuntimeOptions,
+    needed_artefacts,
     open_runtime,
     resolve_backend,
 )
@@ -315,3 +316,22 @@ def test_torch_takes_inputs_by_name_whatever_the_manifests_order(
         want = listed_so.infer(batch)
     for name, value in want.items():
         np.testing.assert_array_equal(got[name], value)
+
+
+def test_needed_artefacts_are_what_each_backend_opens() -> None:
+    from manifests import manifest_for
+
+    from engines.manifest import Heatmap, TensorSpec
+
+    screen = dataclasses.replace(
+        manifest_for("hip_screen"), heatmap=Heatmap("gradcam-gem", head_artefact="head")
+    )
+    assert needed_artefacts(screen, "onnxruntime") == ("onnx_fp32", "head")
+    assert needed_artefacts(screen, "onnxruntime", "fp16") == ("onnx_fp16", "head")
+    assert needed_artefacts(screen, "torch") == ("checkpoint", "head")
+    assert needed_artefacts(screen, "tensorrt") == ("onnx_fp16", "head")
+    assert needed_artefacts(screen, "triton") == ("head",)  # the server holds the model
+    text = dataclasses.replace(
+        manifest_for("hip_multimodal"), inputs=(TensorSpec("text", (-1, 384)),)
+    )
+    assert needed_artefacts(text, "triton") == ("text_encoder", "text_tokenizer")
