@@ -215,7 +215,8 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
 
 def _refuse_same_version(folder: Path, name: str, version: str) -> None:
     """New weights under the version of the engine they replace would make two models'
-    results name the same one (every ``engines train`` without --version wrote 1.0.0)."""
+    results name the same one (every ``engines train`` without --version wrote 1.0.0);
+    another engine's folder would be overwritten with an engine the node refuses there."""
     from engines.manifest import MANIFEST_NAME, ManifestError, read_manifest
 
     if not (folder / MANIFEST_NAME).exists():
@@ -224,7 +225,12 @@ def _refuse_same_version(folder: Path, name: str, version: str) -> None:
         old = read_manifest(folder)
     except ManifestError:
         return  # a broken engine: nothing whose version results carry
-    if old.name == name and old.version == version:
+    if old.name != name:  # packaged over it after minutes of training; the node refuses it
+        raise DicomNodeError(
+            f"engines train: {folder} holds engine {old.name}, not {name}; give --out an "
+            f"empty folder or {name}'s own"
+        )
+    if old.version == version:
         raise DicomNodeError(
             f"engines train: {folder} already holds {name} {version}; give another --version "
             f"for the new weights (the results name the version: two models must not share one)"

@@ -547,6 +547,13 @@ def test_train_refuses_to_replace_an_engine_under_its_own_version(
     )
     assert main([*train, "--version", "0.0.2-test"]) == 2  # another version goes on
     assert "absent.csv" in capsys.readouterr().err
+    # Another engine's folder, whatever the version: it would be trained over.
+    other = ["engines", "train", "hipnet", "--data", str(absent), "--out", str(folder)]
+    assert main([*other, "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dicom-node: error: engines train: {folder} holds engine hip_screen, not hipnet; give "
+        "--out an empty folder or hipnet's own"
+    )
 
 
 def test_train_hipnet_into_another_folder_warm_starts_from_the_cache(
