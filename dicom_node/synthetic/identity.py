@@ -13,6 +13,11 @@ from dicom_node.errors import FactoryError
 _SEXES = ("F", "M", "O")
 
 
+def _length(text: str) -> int:
+    """The value's length as the factory writes it: UTF-8 bytes (ASCII: its characters)."""
+    return len(text.encode("utf-8"))
+
+
 @dataclass(frozen=True)
 class StudyIdentity:
     """Patient and study attributes shared by every instance of one synthetic study."""
@@ -35,22 +40,24 @@ class StudyIdentity:
     def __post_init__(self) -> None:
         if self.sex not in _SEXES:
             raise FactoryError(f'sex: expected one of {_SEXES}, got "{self.sex}"')
-        if not self.patient_id or len(self.patient_id) > 64:
+        # Value lengths as written: in UTF-8 (ISO_IR 192, for non-ASCII text) a character
+        # may take several bytes, and dciodvfy counts bytes.
+        if not self.patient_id or _length(self.patient_id) > 64:
             raise FactoryError(f'patient_id: expected 1-64 characters, got "{self.patient_id}"')
-        if len(self.accession_number) > 16:
+        if _length(self.accession_number) > 16:
             raise FactoryError(
                 f'accession_number: expected at most 16 characters, got "{self.accession_number}"'
             )
-        if len(self.study_id) > 16:
+        if _length(self.study_id) > 16:
             raise FactoryError(f'study_id: expected at most 16 characters, got "{self.study_id}"')
         # PN: 64 characters per component group; LO: 64 (longer values fail dciodvfy).
         for key in ("patient_name", "referring_physician"):
             value = getattr(self, key)
-            if any(len(group) > 64 for group in value.split("=")):
+            if any(_length(group) > 64 for group in value.split("=")):
                 raise FactoryError(
                     f'{key}: expected at most 64 characters per component group, got "{value}"'
                 )
-        if len(self.study_description) > 64:
+        if _length(self.study_description) > 64:
             raise FactoryError(
                 f'study_description: expected at most 64 characters, got "{self.study_description}"'
             )

@@ -71,6 +71,9 @@ def test_optional_fields_default_to_unknown() -> None:
         ),
         ({"referring_physician": "X^" + "Y" * 63}, "^referring_physician: expected at most 64"),
         ({"study_description": "D" * 65}, "^study_description: expected at most 64 characters"),
+        # 61 characters, 121 bytes in UTF-8: dciodvfy counts bytes.
+        ({"patient_name": "Ü" * 30 + "^" + "Ö" * 30}, "^patient_name: expected at most 64"),
+        ({"study_description": "Ä" * 60}, "^study_description: expected at most 64"),
     ],
 )
 def test_invalid_identity_is_refused(change: dict[str, object], message: str) -> None:
