@@ -4,20 +4,44 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 from helpers import FORCE_FINDINGS, pipeline_config
 from pydicom.dataset import Dataset
 
-from dicom_node.analyse import analyse_study, read_sources
+from dicom_node.analyse import StudyAnalysis, analyse_study, read_sources
 from dicom_node.infer import EngineSet
-from dicom_node.results import build_results, summary
+from dicom_node.results import ResultSet, build_results, summary
 from engines.phantoms.studies import write_study
 
 DUAL = {"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"], "ViewPosition": ["AP"]}}
+
+
+def analysed(
+    tmp_path: Path,
+    engine_cache: Path,
+    study_uid: str,
+    files: Sequence[Path],
+    rules: Sequence[dict[str, Any]] = (DUAL,),
+    cascade: Sequence[dict[str, str]] = (),
+) -> tuple[StudyAnalysis, ResultSet]:
+    """The study's analysis and results with the test engines (files in arrival order)."""
+    cfg = pipeline_config(
+        tmp_path / "spool", engine_cache, triage=FORCE_FINDINGS,
+        routing={"rules": list(rules), "cascade": list(cascade)},
+    )  # fmt: skip
+    engines = EngineSet(cfg.engines, sorted({rule["engine"] for rule in rules}))
+    try:
+        analysis = analyse_study(
+            study_uid, read_sources([(path, "PACS") for path in files]), engines, cfg
+        )
+        return analysis, build_results(analysis, engines, cfg)
+    finally:
+        engines.close()
 
 
 def test_every_result_carries_the_patient_and_study_of_the_image_received_last(
@@ -29,23 +53,14 @@ def test_every_result_carries_the_patient_and_study_of_the_image_received_last(
     study = write_study(
         tmp_path, 12, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
     )
-    pelvis, lateral = study.files
+    _, lateral = study.files  # the pelvis, then the lateral
     corrected = pydicom.dcmread(lateral)
     corrected.PatientName = "CORRECTED^NAME"
     corrected.AccessionNumber = "ACC-NEW"
     corrected.save_as(lateral, enforce_file_format=True)
-    cfg = pipeline_config(
-        tmp_path / "spool", engine_cache, triage=FORCE_FINDINGS,
-        routing={"rules": [DUAL], "cascade": []},
-    )  # fmt: skip
-    engines = EngineSet(cfg.engines, ["hipnet"])
-    try:
-        images = read_sources([(pelvis, "PACS"), (lateral, "PACS")])  # the lateral last
-        analysis = analyse_study(study.identity.study_uid, images, engines, cfg)
-        with caplog.at_level(logging.WARNING, logger="dicom_node.results"):
-            results = build_results(analysis, engines, cfg)
-    finally:
-        engines.close()
+    with caplog.at_level(logging.WARNING, logger="dicom_node.results"):
+        # The lateral last.
+        _, results = analysed(tmp_path, engine_cache, study.identity.study_uid, study.files)
     assert results.overlays  # the AP's, built from the pelvis image
     for result in (results.sr, *results.overlays):
         assert (str(result.PatientName), result.AccessionNumber) == ("CORRECTED^NAME", "ACC-NEW")
@@ -65,17 +80,7 @@ def test_a_hipnet_overlay_says_its_map_is_of_the_ap_branch(
     study = write_study(
         tmp_path, 13, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
     )
-    cfg = pipeline_config(
-        tmp_path / "spool", engine_cache, triage=FORCE_FINDINGS,
-        routing={"rules": [DUAL], "cascade": []},
-    )  # fmt: skip
-    engines = EngineSet(cfg.engines, ["hipnet"])
-    try:
-        images = read_sources([(path, "PACS") for path in study.files])
-        analysis = analyse_study(study.identity.study_uid, images, engines, cfg)
-        results = build_results(analysis, engines, cfg)
-    finally:
-        engines.close()
+    _, results = analysed(tmp_path, engine_cache, study.identity.study_uid, study.files)
     [overlay] = results.overlays
     assert overlay.DerivationDescription.startswith(
         "hipnet 0.0.1-test: class activation map of its AP branch's classifier for the "
@@ -101,20 +106,11 @@ def test_an_engine_an_unusable_header_value_held_back_is_named_in_the_report(
     ds = pydicom.dcmread(pelvis)
     ds.PatientSex = "U"
     ds.save_as(pelvis, enforce_file_format=True)
-    needs_sex = {**DUAL, "name": "needs-sex", "requires": ["sex"]}
-    screen = {**DUAL, "name": "screen", "engine": "hip_screen"}
-    cfg = pipeline_config(
-        tmp_path / "spool", engine_cache, triage=FORCE_FINDINGS,
-        routing={"rules": [screen, needs_sex], "cascade": []},
-    )  # fmt: skip
-    engines = EngineSet(cfg.engines, ["hip_screen", "hipnet"])
-    try:
-        images = read_sources([(pelvis, "PACS")])
-        with caplog.at_level(logging.WARNING, logger="dicom_node.analyse"):
-            analysis = analyse_study(study.identity.study_uid, images, engines, cfg)
-        results = build_results(analysis, engines, cfg)
-    finally:
-        engines.close()
+    rules = [{**DUAL, "name": "screen", "engine": "hip_screen"},
+             {**DUAL, "name": "needs-sex", "requires": ["sex"]}]  # fmt: skip
+    uid = study.identity.study_uid
+    with caplog.at_level(logging.WARNING, logger="dicom_node.analyse"):
+        analysis, results = analysed(tmp_path, engine_cache, uid, [pelvis], rules)
     note = (
         f"not run: hipnet on SOP instance {ds.SOPInstanceUID} (rule 'needs-sex' requires sex; "
         "sex: in the header, but not M, F or O)"
@@ -125,14 +121,6 @@ def test_an_engine_an_unusable_header_value_held_back_is_named_in_the_report(
     assert note in caplog.text
     # The cascade runs hipnet on that image (a THA found): not "not run" beside its results.
     cascade = [{"after": "hip_screen", "finding": "total_hip_arthroplasty", "engine": "hipnet"}]
-    cfg = pipeline_config(
-        tmp_path / "spool", engine_cache, triage=FORCE_FINDINGS,
-        routing={"rules": [screen, needs_sex], "cascade": cascade},
-    )  # fmt: skip
-    engines = EngineSet(cfg.engines, ["hip_screen", "hipnet"])
-    try:
-        analysis = analyse_study(study.identity.study_uid, images, engines, cfg)
-    finally:
-        engines.close()
+    analysis, _ = analysed(tmp_path, engine_cache, uid, [pelvis], rules, cascade)
     assert "hipnet" in {h.decision.prediction.task.engine for h in analysis.hips}
     assert analysis.held_back == ()

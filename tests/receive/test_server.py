@@ -8,6 +8,7 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import CR_STORAGE, config_for, tiny_image
@@ -101,6 +102,18 @@ def _closed_by_the_node(sock: socket.socket, within: float) -> float | None:
     return time.monotonic() - start
 
 
+def _associated(port: int, abstract_syntax: str, *transfer_syntaxes: str) -> Any:
+    """An established association of calling AE PACS with the node at ``port``."""
+    ae = AE("PACS")
+    if transfer_syntaxes:
+        ae.add_requested_context(abstract_syntax, list(transfer_syntaxes))
+    else:
+        ae.add_requested_context(abstract_syntax)  # pynetdicom's default syntaxes
+    assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
+    assert assoc.is_established
+    return assoc
+
+
 def _echo(port: int) -> bool:
     ae = AE("PACS")
     ae.add_requested_context(Verification)
@@ -159,10 +172,7 @@ def test_a_data_set_far_past_the_instance_limit_is_cut_off_as_it_streams(
     node = Node(config_for(tmp_path / "spool", node__max_instance_bytes=1024))
     node.start()
     try:
-        ae = AE("PACS")
-        ae.add_requested_context(CR_STORAGE, ExplicitVRLittleEndian)
-        assoc = ae.associate("127.0.0.1", node.port, ae_title="TRIAGE")
-        assert assoc.is_established
+        assoc = _associated(node.port, CR_STORAGE, ExplicitVRLittleEndian)
         with caplog.at_level(logging.WARNING, logger="dicom_node.receive.server"):
             status = assoc.send_c_store(tiny_image(size=3000))  # 18 MB
         # No answer: the node closed the connection (the peer sees it closed or aborted, in
@@ -234,10 +244,7 @@ def test_an_endless_command_set_is_cut_off_as_it_streams(
     node = Node(config_for(tmp_path / "spool", node__max_instance_bytes=1024))
     node.start()
     try:
-        ae = AE("PACS")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", node.port, ae_title="TRIAGE")
-        assert assoc.is_established
+        assoc = _associated(node.port, Verification)
         context = assoc.accepted_contexts[0].context_id
         fragment = b"\x00" * 16000
         item = (len(fragment) + 2).to_bytes(4, "big") + bytes([context, 0x01]) + fragment
