@@ -104,6 +104,16 @@ def shown_probability(finding: HipFinding, digits: int) -> float:
     return float(value)
 
 
+def measured_probability(finding: HipFinding, digits: int = 4) -> float:
+    """The probability as a report's number gives it: :func:`shown_probability`, never 1 or
+    0 (a saturated output of 0.99996 read 1.0 in the SR, certainty the banner's ``p>0.99``
+    avoids), unless the nearest value off them would cross the threshold."""
+    value = shown_probability(finding, digits)
+    step = 10.0**-digits
+    clamped = round(min(max(value, step), 1 - step), digits)
+    return clamped if (clamped >= finding.threshold) == finding.present else value
+
+
 def probability_text(finding: HipFinding, digits: int = 2) -> str:
     """The probability as a line of text prints it, ``p=0.39``: :func:`shown_probability`,
     with a model's output never printed as certainty: 0.9996 reads ``p>0.99``, and so does

@@ -16,6 +16,7 @@ from dicom_node.triage import (
     check_cascade,
     check_overrides,
     decide,
+    measured_probability,
     probability_text,
     shown_probability,
     shown_threshold,
@@ -262,6 +263,23 @@ def test_a_shown_probability_stays_on_its_side_of_the_threshold(
 )
 def test_probability_text(probability: float, threshold: float, text: str) -> None:
     assert probability_text(finding(probability, threshold)) == text
+
+
+@pytest.mark.parametrize(
+    ("probability", "threshold", "measured"),
+    [
+        (0.99996, 0.4, 0.9999),  # was 1.0 in the SR: certainty the banner avoids
+        (1.0, 0.4, 0.9999),
+        (0.00004, 0.4, 0.0001),  # was 0.0
+        (0.0, 0.4, 0.0001),
+        (0.8312, 0.4, 0.8312),
+        (0.99996, 0.99995, 1.0),  # 0.9999 would read under the threshold of a present one
+    ],
+)
+def test_a_measured_probability_is_never_certainty(
+    probability: float, threshold: float, measured: float
+) -> None:
+    assert measured_probability(finding(probability, threshold)) == measured
 
 
 @pytest.mark.parametrize(

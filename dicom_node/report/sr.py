@@ -36,7 +36,7 @@ from dicom_node.models import HipFinding, HipTask, TriageDecision
 from dicom_node.report import codes
 from dicom_node.report.patient import building, evidence_header, fit_charset, output_charset
 from dicom_node.report.uids import ResultIdentity, device_uid, series_uid
-from dicom_node.triage import shown_probability, shown_threshold
+from dicom_node.triage import measured_probability, shown_threshold
 from engines.manifest import Manifest
 
 SIDE_WORDS = {"R": "right", "L": "left"}
@@ -51,15 +51,19 @@ def reported_findings(decision: TriageDecision) -> tuple[HipFinding, ...]:
     osteoarthritis at 0.55 was shown as "osteoarthritis ... URGENT").
 
     Never the normal class absent: "Normal: absent" reads as abnormal when nothing
-    crossed its threshold, and its heat map would show where the hip looks normal.
+    crossed its threshold, and its heat map would show where the hip looks normal. Nor the
+    "nothing found" class of an engine of one finding (osteoporosis): it says nothing of the
+    joint, and "Normal" at the hip joint beside the same hip's dislocation contradicted it;
+    that engine reports its finding absent.
     """
     positives = sorted(decision.positives, key=lambda f: (not f.urgent, -f.probability))
     if positives:
         return tuple(positives)
+    abnormal = [f for f in decision.findings if not f.normal]
     normal = [f for f in decision.findings if f.normal and f.present]
-    if normal:
+    if normal and len(abnormal) != 1:
         return (max(normal, key=lambda f: f.probability),)
-    candidates = [f for f in decision.findings if not f.normal] or list(decision.findings)
+    candidates = abnormal or list(decision.findings)
     return (max(candidates, key=lambda f: f.probability),)
 
 
@@ -68,10 +72,12 @@ def description(
 ) -> str:
     """``AI triage URGENT: femoral neck fracture R`` (a Series Description, at most 64 chars);
     ``AI triage NONE (incomplete)`` where an image of the study could not be analysed."""
-    parts = []
-    for d in decisions:
-        for f in reported_findings(d) if d.positives else ():
-            parts.append(f"{f.name.replace('_', ' ')} {d.prediction.task.side}")
+    # Urgent first, then the most probable, across engines: cut at 64 characters, the text
+    # lost the urgent finding the cascade's Hip-Net reported after the screening findings.
+    found = [(f, d.prediction.task.side) for d in decisions if d.positives
+             for f in reported_findings(d)]  # fmt: skip
+    found.sort(key=lambda item: (not item[0].urgent, -item[0].probability))
+    parts = [f"{f.name.replace('_', ' ')} {side}" for f, side in found]
     head = f"AI triage {priority}" + (" (incomplete)" if incomplete else "")
     text = head + (": " + ", ".join(dict.fromkeys(parts)) if parts else "")
     return text if len(text) <= 64 else text[:61] + "..."
@@ -152,7 +158,7 @@ def _group(
         ),
         measurements=[
             hd.sr.Measurement(
-                name=codes.PROBABILITY, value=shown_probability(finding, 4), unit=codes.NO_UNITS
+                name=codes.PROBABILITY, value=measured_probability(finding), unit=codes.NO_UNITS
             )
         ],
         qualitative_evaluations=[

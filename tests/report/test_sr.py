@@ -294,6 +294,28 @@ def test_description_states_priority_and_positive_findings(study: Study) -> None
     assert description("FLAG", [right, right]).count("osteoarthritis R") == 1
 
 
+def test_a_cut_description_keeps_the_urgent_finding_of_any_engine(study: Study) -> None:
+    # Findings went in the engines' order: the cascade's Hip-Net came after the screening
+    # findings, and the 64-character cut dropped the dislocation that made it URGENT.
+    screen = triage(SCREEN, "R", study.ap_source, total_hip_arthroplasty=0.99,
+                    osteoarthritis=0.9, osteonecrosis_of_femoral_head=0.8)  # fmt: skip
+    failure = triage(HIPNET, "R", study.ap_source, dislocation=0.7)
+    assert failure.priority == "URGENT"
+    text = description("URGENT", [screen, failure])
+    assert text.startswith("AI triage URGENT: dislocation R, total hip arthroplasty R, ")
+    assert len(text) == 64
+
+
+def test_an_engine_of_one_finding_reports_it_absent_not_a_normal_joint(study: Study) -> None:
+    # The osteoporosis engine's "nothing found" class was reported as Normal (Present, 1.0)
+    # at the hip joint, beside the same hip's dislocation from Hip-Net.
+    bone = manifest_for("osteoporosis")
+    hip = triage(bone, "R", study.ap_source, no_osteoporosis=0.96, osteoporosis=0.04)
+    (reported,) = reported_findings(hip)
+    assert (reported.name, reported.present, reported.probability) == ("osteoporosis", False, 0.04)
+    assert hip.priority == "NONE"
+
+
 def test_long_description_is_cut_to_64_characters(study: Study) -> None:
     many = triage(
         SCREEN,
