@@ -140,7 +140,8 @@ def _group(
     ]
     prediction = decision.prediction
     if prediction.pji_risk is not None:
-        parameters.append(f"pji_risk={prediction.pji_risk:.1f}")
+        # On a 0-100 scale: "pji_risk=0.1" read as a probability of 10 %.
+        parameters.append(f"pji_risk={prediction.pji_risk:.1f}/100")
     inputs = [
         hd.sr.QualitativeEvaluation(codes.INPUT_CODES[k], codes.PRESENT if given else codes.ABSENT)
         for k, given in prediction.inputs.items()

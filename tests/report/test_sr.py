@@ -465,7 +465,7 @@ def test_hipnet_group_references_the_lateral(study: Study) -> None:
         "backend=tensorrt",
         "threshold=0.500",
         "views=AP+LATERAL",
-        "pji_risk=12.3",
+        "pji_risk=12.3/100",
     ]
     assert image_references(failure) == [
         str(study.ap.SOPInstanceUID),
