@@ -128,7 +128,7 @@ def _run(
             uid = task.ap.sop_instance_uid
             if uid not in not_analysed:
                 log.warning("SOP instance %s not analysed: %s", uid, exc)
-            not_analysed.setdefault(uid, str(exc))
+            not_analysed.setdefault(uid, _why(exc, uid))
             continue
         lateral, task, notes = _lateral_input(task, cache, pre, not_analysed)
         ct = None
@@ -164,6 +164,14 @@ def _run(
     return outcomes, seconds
 
 
+def _why(exc: Exception, uid: str) -> str:
+    """Why an image was left out, as the report says it beside its UID: one line, without
+    the UID the reader's message starts with (the SR's Comment read "not analysed: SOP
+    instance X (SOP instance X: ... plugins:" and a line per decoder)."""
+    text = str(exc).removeprefix(f"SOP instance {uid}: ")
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def _lateral_input(
     task: HipTask, cache: ImageCache, pre: Preprocessing, not_analysed: dict[str, str]
 ) -> tuple[HipInput | None, HipTask, tuple[str, ...]]:
@@ -181,7 +189,7 @@ def _lateral_input(
         try:
             lateral = hip_input(cache.get(image), task.side, pre)
         except PreprocessError as exc:
-            failed.append((image.sop_instance_uid, str(exc)))
+            failed.append((image.sop_instance_uid, _why(exc, image.sop_instance_uid)))
             continue
         notes = tuple(
             f"not used: lateral SOP instance {uid} ({why}); the earlier lateral "
@@ -194,7 +202,7 @@ def _lateral_input(
         return lateral, replace(task, lateral=image, lateral_alternatives=()), notes
     for uid, why in failed:
         if uid not in not_analysed:
-            log.warning("%s hip: lateral not used: %s", task.side, why)
+            log.warning("%s hip: lateral SOP instance %s not used: %s", task.side, uid, why)
         not_analysed.setdefault(uid, why)
     return None, replace(task, lateral=None, lateral_alternatives=()), ()
 
@@ -222,7 +230,9 @@ def analyse_study(
     for note in held:
         log.warning("study %s: %s", study_uid, note)
     if not_analysed and not hips:  # nothing to report: the job fails, saying why
-        raise PreprocessError("; ".join(not_analysed.values()))
+        raise PreprocessError(
+            "; ".join(f"SOP instance {uid}: {why}" for uid, why in not_analysed.items())
+        )
     return StudyAnalysis(
         study_uid=study_uid,
         images=tuple(images),

@@ -52,7 +52,7 @@ def test_a_lateral_that_cannot_be_decoded_is_a_missing_view(
     assert set(tasks) == {"R", "L"}
     assert tasks["L"].lateral is None  # dropped, not failed
     assert analysis.hips[1].decision.prediction.inputs.get("lateral", False) is False
-    assert "L hip: lateral not used: SOP instance" in caplog.text
+    assert f"L hip: lateral SOP instance {ds.SOPInstanceUID} not used: pixel data" in caplog.text
     # The report names it: a lateral sent and left out is not "all algorithms succeeded".
     ((uid, why),) = analysis.not_analysed
     assert uid == ds.SOPInstanceUID and "pixel data" in why
@@ -232,6 +232,8 @@ def test_an_ap_that_cannot_be_decoded_leaves_the_others_triage(
             }
             ((uid, why),) = analysis.not_analysed  # once, though both its hips were tasks
             assert uid == repeat.SOPInstanceUID and "pixel data" in why
+            # One line, the UID not repeated: the SR's Comment names it beside the reason.
+            assert why.startswith("pixel data cannot be decoded") and "\n" not in why
             assert caplog.text.count(f"SOP instance {uid} not analysed") == 1
             recorded = json.loads(summary(analysis))
             assert [h["ap"] for h in recorded["hips"]] == [
