@@ -449,6 +449,7 @@ def _list(cfg: Config) -> int:
             f"{k} ({a.path})" for k, a in m.artefacts.items() if not (folder / a.path).is_file()
         ]
         broken = [entry for entry in missing if entry.split(" ", 1)[0] in needed]
+        broken += [f"{key} (not in its manifest)" for key in needed if key not in m.artefacts]
         if broken:  # was listed as built, then refused by the node
             print(f"{empty}  BROKEN: artefact missing: {', '.join(broken)}")
             continue

@@ -139,6 +139,11 @@ def read_manifest(folder: Path) -> Manifest:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read manifest ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:  # saved by an editor in Latin-1: was a traceback
+        raise ManifestError(
+            f"{path}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from exc
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):

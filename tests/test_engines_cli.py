@@ -107,11 +107,19 @@ def test_an_engine_missing_an_artefact_is_listed_as_broken(
         shutil.copytree(engine_cache / name, cache / name)
     (cache / "hip_screen" / "model.onnx").unlink()  # onnxruntime fp32 opens it
     (cache / "hipnet" / "model.pt").unlink()  # the training checkpoint: not opened
+    shutil.copytree(engine_cache / "hip_screen", cache / "hip_multimodal")
+    unlisted = yaml.safe_load((cache / "hip_multimodal" / "manifest.yaml").read_text())
+    unlisted["name"] = "hip_multimodal"
+    del unlisted["artefacts"]["onnx_fp32"]  # a hand edit: the node cannot open it either
+    (cache / "hip_multimodal" / "manifest.yaml").write_text(yaml.safe_dump(unlisted))
     assert main(["engines", "list", "--config", str(_cache_config(tmp_path, cache))]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines()[1:-1]}
     assert rows["hip_screen"].endswith("BROKEN: artefact missing: onnx_fp32 (model.onnx)")
     assert rows["hipnet"].endswith("; absent, not needed on onnxruntime: checkpoint (model.pt)")
+    assert rows["hip_multimodal"].endswith(
+        "BROKEN: artefact missing: onnx_fp32 (not in its manifest)"
+    )
     assert out.splitlines()[-1].startswith("1 engines built")
 
 

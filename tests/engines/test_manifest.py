@@ -80,6 +80,12 @@ def test_bad_manifest_files(tmp_path: Path) -> None:
     (tmp_path / "manifest.yaml").write_text("a: [")
     with pytest.raises(ManifestError, match="not valid YAML"):
         read_manifest(tmp_path)
+    # Saved in Latin-1 (a title with an accent): was a UnicodeDecodeError traceback.
+    (tmp_path / "manifest.yaml").write_bytes("title: Hanche gauche opérée\n".encode("latin-1"))
+    with pytest.raises(
+        ManifestError, match=r"manifest\.yaml: not UTF-8 \(byte 0xe9 at offset 23\); save it"
+    ):
+        read_manifest(tmp_path)
     (tmp_path / "manifest.yaml").write_text("- 1\n")
     with pytest.raises(ManifestError, match="expected a mapping, got list"):
         read_manifest(tmp_path)
