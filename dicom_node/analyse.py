@@ -127,7 +127,7 @@ def _run(
             # damaged file) must not cost the study's other images their triage.
             uid = task.ap.sop_instance_uid
             if uid not in not_analysed:
-                log.warning("SOP instance %s not analysed: %s", uid, exc)
+                log.warning("SOP instance %s not analysed: %s", uid, _why(exc, uid))
             not_analysed.setdefault(uid, _why(exc, uid))
             continue
         lateral, task, notes = _lateral_input(task, cache, pre, not_analysed)
@@ -169,7 +169,12 @@ def _why(exc: Exception, uid: str) -> str:
     the UID the reader's message starts with (the SR's Comment read "not analysed: SOP
     instance X (SOP instance X: ... plugins:" and a line per decoder)."""
     text = str(exc).removeprefix(f"SOP instance {uid}: ")
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # "...plugins:" then a line per decoder: "plugins: pylibjpeg: ...; pillow: ..."
+    return "".join(
+        line if n == 0 else (" " if lines[n - 1].endswith(":") else "; ") + line
+        for n, line in enumerate(lines)
+    )
 
 
 def _lateral_input(

@@ -93,6 +93,12 @@ def not_utf8(exc: UnicodeDecodeError) -> str:
     return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at offset {exc.start})"
 
 
+# An object's repr with its address (Pillow: "cannot identify image file <_io.BytesIO
+# object at 0x7fb0884b4a90>"): a different text in every process, so a rerun's report,
+# whose UID is hashed from its content, got a new UID.
+_ADDRESS = re.compile(r"<([^<>]*?) at 0x[0-9a-fA-F]+>")
+
+
 def describe(exc: BaseException) -> str:
     """An error as text that never carries header values.
 
@@ -105,4 +111,5 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, DicomNodeError):
         return str(exc)
     message = str(exc) if isinstance(exc, OSError) else withhold_quoted(str(exc))
+    message = _ADDRESS.sub(r"<\1>", message)
     return f"{type(exc).__name__}: {message}"

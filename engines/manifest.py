@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import DicomNodeError, not_utf8
 from engines.catalog import Finding
 
 MANIFEST_NAME = "manifest.yaml"
@@ -140,10 +140,7 @@ def read_manifest(folder: Path) -> Manifest:
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read manifest ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:  # saved by an editor in Latin-1: was a traceback
-        raise ManifestError(
-            f"{path}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-            "save it as UTF-8"
-        ) from exc
+        raise ManifestError(f"{path}: {not_utf8(exc)}; save it as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):

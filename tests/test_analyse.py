@@ -11,7 +11,9 @@ import pydicom
 import pytest
 from helpers import SCREEN_RULE, pipeline_config
 
+from dicom_node import analyse as analyse_module
 from dicom_node.analyse import MixedPatientsError, StudyAnalysis, analyse_study, read_sources
+from dicom_node.errors import describe
 from dicom_node.infer import EngineSet
 from dicom_node.models import Prediction
 from dicom_node.preprocess import PreprocessError
@@ -252,3 +254,22 @@ def test_an_ap_that_cannot_be_decoded_leaves_the_others_triage(
                 analyse_study(study.identity.study_uid, only, engines, cfg)
     finally:
         engines.close()
+
+
+def test_a_reason_is_one_line_the_same_in_every_run() -> None:
+    # pydicom lists each failed decoder on a line of its own, and Pillow's names a BytesIO
+    # by its address: the SR's Comment spanned lines, and a rerun's SR (its UID hashed from
+    # its content) got a new UID.
+    uid = "1.2.3.4"
+    decoders = RuntimeError(
+        "Unable to decode as exceptions were raised by all available plugins:\n  pylibjpeg: "
+        "libjpeg error\n  pillow: cannot identify image file <_io.BytesIO object at 0x7fb08>"
+    )
+    exc = PreprocessError(
+        f"SOP instance {uid}: pixel data cannot be decoded ({describe(decoders)})"
+    )
+    assert analyse_module._why(exc, uid) == (
+        "pixel data cannot be decoded (RuntimeError: Unable to decode as exceptions were "
+        "raised by all available plugins: pylibjpeg: libjpeg error; pillow: cannot identify "
+        "image file <_io.BytesIO object>)"
+    )

@@ -35,6 +35,9 @@ def test_quoted_values_are_withheld() -> None:
         # An OSError's text is errno, reason and a path (the spool's paths are UIDs).
         (FileNotFoundError(2, "No such file or directory", "/spool/1.2.3.dcm"),
          "FileNotFoundError: [Errno 2] No such file or directory: '/spool/1.2.3.dcm'"),
+        # An object's address differs in every process: a rerun's report got a new UID.
+        (RuntimeError("cannot identify image file <_io.BytesIO object at 0x7fb0884b4a90>"),
+         "RuntimeError: cannot identify image file <_io.BytesIO object>"),
     ],
 )  # fmt: skip
 def test_describe(error: BaseException, text: str) -> None:

@@ -83,7 +83,8 @@ def test_bad_manifest_files(tmp_path: Path) -> None:
     # Saved in Latin-1 (a title with an accent): was a UnicodeDecodeError traceback.
     (tmp_path / "manifest.yaml").write_bytes("title: Hanche gauche opérée\n".encode("latin-1"))
     with pytest.raises(
-        ManifestError, match=r"manifest\.yaml: not UTF-8 \(byte 0xe9 at offset 23\); save it"
+        ManifestError,
+        match=r"manifest\.yaml: not UTF-8 text \(byte 0xE9 at offset 23\); save it as UTF-8$",
     ):
         read_manifest(tmp_path)
     (tmp_path / "manifest.yaml").write_text("- 1\n")
