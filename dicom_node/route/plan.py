@@ -272,6 +272,14 @@ def _unmet(
     return tuple(unmet)
 
 
+def _unmet_on_any_side(
+    rule: RoutingRule, image: SourceImage, images: Sequence[SourceImage], routing: RoutingConfig
+) -> str:
+    """:func:`_unmet` for every hip ``image`` shows, in one line ("" when all are met)."""
+    unmet = {u for side in _sides(image) for u in _unmet(rule, image, images, routing, side)}
+    return "; ".join(sorted(unmet))
+
+
 def requirements_met(
     rule: RoutingRule,
     image: SourceImage,
@@ -365,11 +373,9 @@ def why_none(images: Sequence[SourceImage], routing: RoutingConfig) -> str:
             classes[_class_name(image.sop_class_uid)] += 1
         else:  # a radiograph a rule matched: its requires held it back
             for rule in rules:
-                unmet = {
-                    u for side in _sides(image) for u in _unmet(rule, image, images, routing, side)
-                }
+                unmet = _unmet_on_any_side(rule, image, images, routing)
                 if unmet:
-                    required[(rule.name, "; ".join(sorted(unmet)))] += 1
+                    required[(rule.name, unmet)] += 1
     held = []
     if laterals:
         are = "is a lateral view" if laterals == 1 else "are lateral views"
@@ -416,12 +422,10 @@ def held_back(
                 continue
             if not any(_unusable(r, image) for r in rule.requires):
                 continue
-            unmet = {
-                u for side in _sides(image) for u in _unmet(rule, image, images, routing, side)
-            }
+            unmet = _unmet_on_any_side(rule, image, images, routing)
             notes.append(
                 f"not run: {rule.engine} on SOP instance {image.sop_instance_uid} (rule "
-                f"{rule.name!r} requires {', '.join(rule.requires)}; {'; '.join(sorted(unmet))})"
+                f"{rule.name!r} requires {', '.join(rule.requires)}; {unmet})"
             )
     return tuple(dict.fromkeys(notes))
 
