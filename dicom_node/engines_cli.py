@@ -445,10 +445,9 @@ def _list(cfg: Config) -> int:
         # Present, not hashed (gigabytes each listing): the node checks each hash on opening.
         # Only what the node opens on this backend is needed (a site may delete model.pt).
         needed = needed_artefacts(m, backend, cfg.engines.precision)
-        missing = [
-            f"{k} ({a.path})" for k, a in m.artefacts.items() if not (folder / a.path).is_file()
-        ]
-        broken = [entry for entry in missing if entry.split(" ", 1)[0] in needed]
+        gone = [k for k, a in m.artefacts.items() if not (folder / a.path).is_file()]
+        missing = [f"{k} ({m.artefacts[k].path})" for k in gone if k not in needed]
+        broken = [f"{k} ({m.artefacts[k].path})" for k in gone if k in needed]
         broken += [f"{key} (not in its manifest)" for key in needed if key not in m.artefacts]
         if broken:  # was listed as built, then refused by the node
             print(f"{empty}  BROKEN: artefact missing: {', '.join(broken)}")
