@@ -20,7 +20,7 @@ import pydicom
 
 from dicom_node.config import Config
 from dicom_node.ct_input import CtCache
-from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe
+from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe, one_line
 from dicom_node.infer import EngineSet, HipBatchItem
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.preprocess import HipInput, ImageCache, PreprocessError, hip_input
@@ -168,13 +168,7 @@ def _why(exc: Exception, uid: str) -> str:
     """Why an image was left out, as the report says it beside its UID: one line, without
     the UID the reader's message starts with (the SR's Comment read "not analysed: SOP
     instance X (SOP instance X: ... plugins:" and a line per decoder)."""
-    text = str(exc).removeprefix(f"SOP instance {uid}: ")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # "...plugins:" then a line per decoder: "plugins: pylibjpeg: ...; pillow: ..."
-    return "".join(
-        line if n == 0 else (" " if lines[n - 1].endswith(":") else "; ") + line
-        for n, line in enumerate(lines)
-    )
+    return one_line(str(exc).removeprefix(f"SOP instance {uid}: "))
 
 
 def _lateral_input(

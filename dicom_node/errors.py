@@ -99,8 +99,19 @@ def not_utf8(exc: UnicodeDecodeError) -> str:
 _ADDRESS = re.compile(r"<([^<>]*?) at 0x[0-9a-fA-F]+>")
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: pydicom's "...all available plugins:" is followed by a line per
+    decoder, which made a report's Comment and a log line span lines. A line after one
+    ending in ":" follows it with a space, any other with "; "."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "".join(
+        line if n == 0 else (" " if lines[n - 1].endswith(":") else "; ") + line
+        for n, line in enumerate(lines)
+    )
+
+
 def describe(exc: BaseException) -> str:
-    """An error as text that never carries header values.
+    """An error as text that never carries header values, on one line.
 
     The node's own errors (:class:`DicomNodeError`) as they are: their messages quote UIDs,
     paths, config keys and values, never patient data, and any other library's text they
@@ -111,5 +122,5 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, DicomNodeError):
         return str(exc)
     message = str(exc) if isinstance(exc, OSError) else withhold_quoted(str(exc))
-    message = _ADDRESS.sub(r"<\1>", message)
+    message = one_line(_ADDRESS.sub(r"<\1>", message))
     return f"{type(exc).__name__}: {message}"

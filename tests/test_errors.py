@@ -38,6 +38,9 @@ def test_quoted_values_are_withheld() -> None:
         # An object's address differs in every process: a rerun's report got a new UID.
         (RuntimeError("cannot identify image file <_io.BytesIO object at 0x7fb0884b4a90>"),
          "RuntimeError: cannot identify image file <_io.BytesIO object>"),
+        # A line per decoder made a CT note in the SR, and its log line, span lines.
+        (RuntimeError("raised by all available plugins:\n  pylibjpeg: error A\n  pillow: B"),
+         "RuntimeError: raised by all available plugins: pylibjpeg: error A; pillow: B"),
     ],
 )  # fmt: skip
 def test_describe(error: BaseException, text: str) -> None:
