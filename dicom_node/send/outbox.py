@@ -143,6 +143,28 @@ class Outbox:
             out = db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (item_id,)).fetchone()
         return OutboxItem(*out)
 
+    def wait_with_earlier(self, item_id: int) -> float:
+        """An item left unsent, uncharged, when its association ended waits for the latest
+        attempt of an earlier pending row of its study and destination, if that is later:
+        ``due`` sends those rows before it, so were it due now it would pull a row that just
+        failed back in ahead of its backoff, round after round, to a dead letter in seconds.
+        Returns when the item is due."""
+        with self.state.transaction() as db:
+            db.execute(
+                "UPDATE outbox SET next_attempt_at = MAX(next_attempt_at, COALESCE(("
+                "SELECT MAX(earlier.next_attempt_at) FROM outbox AS earlier "
+                "WHERE earlier.state = 'pending' AND earlier.study_uid = outbox.study_uid "
+                "AND earlier.destination = outbox.destination AND earlier.id < outbox.id), 0)) "
+                "WHERE id = ? AND state = 'pending'",
+                (item_id,),
+            )
+            row = db.execute(
+                "SELECT next_attempt_at FROM outbox WHERE id = ?", (item_id,)
+            ).fetchone()
+        if row is None:
+            raise StateError(f"outbox: no item {item_id}")
+        return float(row[0])
+
     def items(self, states: Sequence[str] = STATES) -> list[OutboxItem]:
         unknown = [s for s in states if s not in STATES]
         if unknown:

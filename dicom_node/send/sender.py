@@ -128,9 +128,12 @@ class Sender:
             if self.on_sent is not None:
                 self.on_sent(item, now)
             return 1
-        if not result.counts_as_attempt:  # still due: the next round sends it
-            log.info("%s to %s not sent yet (%s); it goes in the next association",
-                     item.sop_instance_uid, item.destination, result.detail)  # fmt: skip
+        if not result.counts_as_attempt:  # not charged: the peer never saw it
+            due = self.outbox.wait_with_earlier(item.id)
+            log.info("%s to %s not sent yet (%s); it goes in the next association%s",
+                     item.sop_instance_uid, item.destination, result.detail,
+                     f", in {due - now:.1f} s with the earlier item of its study"
+                     if due > now else "")  # fmt: skip
             return 0
         after = self.outbox.mark_failed(item.id, now, result.detail)
         outcome = "dead" if after.state == "dead" else "failed"

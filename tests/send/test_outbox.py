@@ -240,6 +240,30 @@ def test_mark_failed_on_an_unknown_id_raises(state: State) -> None:
         outbox.mark_failed(99, 1.0, "x")
 
 
+def test_wait_with_earlier_takes_the_latest_attempt_of_an_earlier_pending_row(
+    state: State,
+) -> None:
+    outbox = Outbox(state, CFG)
+    finished_job(state, "1.9", 10.0, [result("1.9.100"), result("1.9.101", "sc")])
+    finished_job(state, "1.10", 10.0, [result("1.10.100")])
+    first, second, other = (i.id for i in outbox.due(10.0))
+    failed = outbox.mark_failed(first, 11.0, "no C-STORE response")
+    assert outbox.wait_with_earlier(second) == failed.next_attempt_at > 11.0
+    # Another study's row, and a row with nothing earlier pending, keep their time.
+    assert outbox.wait_with_earlier(other) == 10.0
+    assert outbox.wait_with_earlier(first) == failed.next_attempt_at
+    outbox.mark_sent(first, 12.0)
+    finished_job(state, "1.11", 10.0, [result("1.11.100"), result("1.11.101", "sc")])
+    sent_first, later = (i.id for i in outbox.due(10.0) if i.study_uid == "1.11")
+    outbox.mark_sent(sent_first, 12.0)
+    assert outbox.wait_with_earlier(later) == 10.0  # an earlier row sent holds nothing back
+
+
+def test_wait_with_earlier_on_an_unknown_id_raises(state: State) -> None:
+    with pytest.raises(StateError, match=r"^outbox: no item 99$"):
+        Outbox(state, CFG).wait_with_earlier(99)
+
+
 def make_mixed(state: State, outbox: Outbox) -> tuple[int, int, int, int]:
     """Four rows: pending, sent, dead, dead (ids in that order)."""
     finished_job(

@@ -444,6 +444,46 @@ def test_items_the_peer_was_never_offered_are_not_charged(
     assert [i.id for i in outbox.due(time.time())] == [second.id]
 
 
+def test_items_left_by_a_failed_one_wait_out_its_backoff_uncharged(
+    state: State, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    queue_results(state, [write_result(spool, SR), write_result(spool, SC)], ["pacs"], now)
+    outbox = Outbox(state, SendingConfig(backoff_seconds=60))
+    sender = Sender(outbox, [dicom_destination(free_port())], spool, CALLING)
+    first, second = outbox.items()
+
+    def failed_then_aborted(name: str, batch: list[OutboxItem]) -> Iterator[Delivery]:
+        yield Delivery(batch[0], False, "no C-STORE response")  # the peer aborted on it
+        for item in batch[1:]:
+            yield Delivery(item, False, "association to pacs ended", counts_as_attempt=False)
+
+    monkeypatch.setattr(sender, "_deliver", failed_then_aborted)
+    assert sender.send_due(time.time()) == 0
+    after = {i.id: i for i in outbox.items()}
+    assert after[first.id].attempts == 1
+    assert after[second.id].attempts == 0
+    assert after[second.id].next_attempt_at == after[first.id].next_attempt_at > time.time() + 30
+    # Was: the second still due now, which made due() send the first again at once.
+    assert outbox.due(time.time()) == []
+
+
+def test_a_peer_that_aborts_every_store_gets_the_backoff_not_a_dead_letter_in_seconds(
+    state: State, spool: Path
+) -> None:
+    results = [write_result(spool, SR), write_result(spool, SC), write_result(spool, SC)]
+    queue_results(state, results, ["pacs"], time.time())
+    outbox = Outbox(state, SendingConfig(max_attempts=3, backoff_seconds=60))
+    with storage_scp(abort=True) as peer:
+        sender = Sender(outbox, [dicom_destination(peer.port)], spool, CALLING)
+        for _ in range(5):  # what the lane does while something is due
+            sender.send_due(time.time())
+    after = outbox.items()
+    # Was: the first item offered in every round, a dead letter after three.
+    assert [(i.state, i.attempts) for i in after] == [("pending", 1), ("pending", 0), ("pending", 0)]
+    assert len(peer.received) == 1
+
+
 def test_a_stop_that_closed_the_state_under_a_send_is_a_warning_not_a_traceback(
     state: State, spool: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -35,7 +35,10 @@ def storage_scp(
     require_called_aet: bool = False,
     contexts: tuple[str, ...] = (SR, SC),
     delay: float = 0.0,
+    abort: bool = False,
 ) -> Iterator[Peer]:
+    """``abort``: record each store, then abort its association instead of answering (a
+    PACS restarting, or out of storage)."""
     ae = AE(ae_title=ae_title)
     ae.require_called_aet = require_called_aet
     for sop_class in contexts:
@@ -49,6 +52,8 @@ def storage_scp(
         peer.received.append(
             (event.assoc.requestor.ae_title, str(ds.SOPClassUID), str(ds.SOPInstanceUID))
         )
+        if abort:
+            event.assoc.abort()
         return peer.script.pop(0) if peer.script else peer.status
 
     def on_accepted(event: Any) -> None:
