@@ -480,7 +480,11 @@ def test_a_peer_that_aborts_every_store_gets_the_backoff_not_a_dead_letter_in_se
             sender.send_due(time.time())
     after = outbox.items()
     # Was: the first item offered in every round, a dead letter after three.
-    assert [(i.state, i.attempts) for i in after] == [("pending", 1), ("pending", 0), ("pending", 0)]
+    assert [(i.state, i.attempts) for i in after] == [
+        ("pending", 1),
+        ("pending", 0),
+        ("pending", 0),
+    ]
     assert len(peer.received) == 1
 
 
