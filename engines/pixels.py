@@ -5,15 +5,19 @@ LUT sequence, or the first window with its VOI LUT Function (LINEAR, LINEAR_EXAC
 or SIGMOID, PS3.3 C.11.2.1.2-3), else a robust percentile window (0.5-99.5 %),
 also for an empty window or one whose width the standard does not allow;
 MONOCHROME1 is inverted so bone is bright. Padding (Pixel Padding Value, with its range
-limit) is left out of the percentile window and shown black. Resizing first makes pixels square
-using Pixel Spacing (a non-positive or non-finite one is ignored), then pads to a
-square and resamples with area averaging (anti-aliased), so anatomy keeps its shape.
+limit) is left out of the percentile window and shown black. A picture that is blank (one
+grey level), a Modality LUT giving values that are not finite, and a JPEG or JPEG-LS
+codestream cut short (no end marker; libjpeg would fill the rest with grey) are refused.
+Resizing first makes pixels square using Pixel Spacing (a non-positive or non-finite one is
+ignored), then pads to a square and resamples with area averaging (anti-aliased), so
+anatomy keeps its shape.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut
 from torch.nn import functional
@@ -46,6 +51,7 @@ def display_pixels(ds: Dataset) -> Image:
         raise PixelDataError(
             f"PhotometricInterpretation: expected MONOCHROME1 or MONOCHROME2, got {photometric!r}"
         )
+    _refuse_truncated_jpeg(ds)
     try:
         stored = ds.pixel_array
     except (ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
@@ -57,12 +63,18 @@ def display_pixels(ds: Dataset) -> Image:
         raise PixelDataError(f"pixel data: expected one 2-D frame, got shape {stored.shape}")
     padding = padding_mask(stored, ds)
     try:
-        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN or inf: refused below
+            values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
     except (TypeError, ValueError, IndexError, AttributeError) as exc:  # an empty Rescale Slope
         raise PixelDataError(
             f"SOP instance {ds.get('SOPInstanceUID', '?')}: the Modality LUT (Rescale "
             f"Slope/Intercept or Modality LUT Sequence) is not usable ({describe(exc)})"
         ) from exc
+    if not np.isfinite(values).all():  # pydicom reads a DS of NaN or inf as a number
+        raise PixelDataError(
+            f"SOP instance {ds.get('SOPInstanceUID', '?')}: the Modality LUT (Rescale "
+            "Slope/Intercept or Modality LUT Sequence) gives values that are not finite numbers"
+        )
     if (lut := _voi_lut(values, ds)) is not None:
         picture = lut
     elif (window := _window(ds)) is not None:
@@ -75,9 +87,52 @@ def display_pixels(ds: Dataset) -> Image:
         picture = _stretch(values, float(low), float(high))
     if photometric == "MONOCHROME1":
         picture = 1.0 - picture
+    shown = picture if padding is None else picture[~padding]
+    if shown.size == 0 or float(shown.max() - shown.min()) < BLANK_RANGE:
+        # A Rescale Slope of 0, a constant image, a window that saturates every pixel: an
+        # engine would still answer, with a confident result for an image of no anatomy.
+        raise PixelDataError(
+            f"SOP instance {ds.get('SOPInstanceUID', '?')}: the displayed picture is blank "
+            "(one grey level over the whole image)"
+        )
     if padding is not None:
         picture[padding] = 0.0  # not image: black, whatever the photometric interpretation
     return picture.astype(np.float32)
+
+
+# Below one grey level of an 8-bit display between the darkest and brightest pixel.
+BLANK_RANGE = 1.0 / 255.0
+
+# ISO 10918 (JPEG) and ISO 14495 (JPEG-LS) codestreams end with an EOI marker; libjpeg
+# decodes one cut short without a word, filling the rows it lacks with grey.
+_ENDS_WITH_EOI = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+})  # fmt: skip
+
+
+def _refuse_truncated_jpeg(ds: Dataset) -> None:
+    """A JPEG or JPEG-LS frame without its EOI marker was cut short: refused, as dcmtk does."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if syntax not in _ENDS_WITH_EOI:
+        return
+    try:
+        count = max(1, int(ds.get("NumberOfFrames") or 1))
+        frames = list(generate_frames(ds.PixelData, number_of_frames=count))
+    except (ValueError, TypeError, struct.error) as exc:
+        raise PixelDataError(
+            f"SOP instance {ds.get('SOPInstanceUID', '?')}: pixel data cannot be decoded "
+            f"({describe(exc)})"
+        ) from exc
+    for frame in frames:
+        # A fragment has an even length: a byte of padding may follow the marker (FF D9
+        # cannot occur inside the entropy-coded data, where an FF is followed by 00).
+        if not frame.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise PixelDataError(
+                f"SOP instance {ds.get('SOPInstanceUID', '?')}: pixel data cannot be decoded "
+                "(a JPEG codestream without its end marker: cut short)"
+            )
 
 
 def padding_mask(stored: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.bool_] | None:

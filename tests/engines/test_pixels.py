@@ -7,8 +7,10 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels.processing import apply_modality_lut, apply_windowing
 from pydicom.sequence import Sequence
+from pydicom.uid import JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless
 
 from dicom_node.synthetic import StudyIdentity, make_dx
 from engines.pixels import (
@@ -301,6 +303,55 @@ def test_an_empty_rescale_is_a_pixel_data_error(keyword: str) -> None:
         r"Sequence\) is not usable \(\w*TypeError"
     ):  # fmt: skip
         display_pixels(_reread(ds))
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [(b"9.25", b"NaN "), (b"-7.5", b"NaN "), (b"9.25", b"inf "), (b"-7.5", b"-inf")]
+)
+def test_a_rescale_that_is_not_a_finite_number_is_a_pixel_data_error(
+    old: bytes, new: bytes
+) -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(14))
+    ds.RescaleSlope, ds.RescaleIntercept = "9.25", "-7.5"
+    # Was: a picture of NaN, an engine input of NaN, and the whole study failed at the engine.
+    with pytest.raises(PixelDataError, match="gives values that are not finite numbers"):
+        display_pixels(_reread(ds, old, new))
+
+
+@pytest.mark.parametrize("case", ["slope 0", "constant", "saturating window", "all padding"])
+def test_a_blank_picture_is_a_pixel_data_error(case: str) -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(15), bits_stored=12)
+    if case == "slope 0":
+        ds.RescaleSlope, ds.RescaleIntercept = 0, 0
+    elif case == "constant":
+        ds = make_dx(np.full((48, 64), 0.5), identity=StudyIdentity.synthetic(15))
+        del ds.WindowCenter
+        del ds.WindowWidth
+    elif case == "saturating window":
+        ds.WindowCenter, ds.WindowWidth = 100000, 10
+    else:
+        ds.PixelPaddingValue, ds.PixelPaddingRangeLimit = 0, 4095
+    with pytest.raises(PixelDataError, match=r"the displayed picture is blank \(one grey level"):
+        display_pixels(_reread(ds))
+
+
+@pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless])
+def test_a_jpeg_codestream_cut_short_is_refused(syntax: str) -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(16), transfer_syntax=syntax)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    assert frame.rstrip(b"\x00").endswith(b"\xff\xd9")  # maybe padded to an even length
+    assert display_pixels(ds).shape == (48, 64)
+    ds.PixelData = encapsulate([frame[: len(frame) // 2]])
+    # Was: decoded without a word, the missing rows grey, and analysed.
+    with pytest.raises(PixelDataError, match=r"a JPEG codestream without its end marker"):
+        display_pixels(ds)
+
+
+def test_native_pixel_data_under_a_jpeg_syntax_is_a_pixel_data_error() -> None:
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(17))
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    with pytest.raises(PixelDataError, match=r"pixel data cannot be decoded \(\w*"):
+        display_pixels(ds)
 
 
 def test_a_voi_lut_maps_the_modality_values() -> None:
