@@ -26,8 +26,8 @@ from dicom_node.report import build_overlay_sc, build_sr, sc_identity, sr_identi
 from dicom_node.report.codes import HEATMAP_METHODS
 from dicom_node.report.patient import disagreements
 from dicom_node.report.sc import OverlayHip, overlay_series
-from dicom_node.report.sr import reported_findings, supersede
-from dicom_node.report.uids import SC_CONTENT, SR_CONTENT, with_content_uid
+from dicom_node.report.sr import as_latest_report, reported_findings
+from dicom_node.report.uids import SC_CONTENT, with_content_uid
 from dicom_node.triage import probability_text, shown_probability
 from engines.manifest import Manifest
 
@@ -72,7 +72,7 @@ def build_results(
     device: str | None = None,
 ) -> ResultSet:
     """The study's SR and overlays; ``previous`` are the headers of the SRs earlier jobs of
-    the study wrote, which a new SR supersedes (:func:`~dicom_node.report.sr.supersede`);
+    the study wrote, which a new SR supersedes (:func:`~dicom_node.report.sr.as_latest_report`);
     ``device`` the installation's Device Observer UID (:meth:`State.device_uid`)."""
     used = sorted({m for m in (h.decision.prediction.task.engine for h in analysis.hips)})
     # Asked of the engine set by name: engines a stop closed under this job raise
@@ -96,7 +96,7 @@ def build_results(
         cfg.results.institution_name, analysis.not_analysed, study, device,
         analysis.held_back,
     )  # fmt: skip
-    supersede(with_content_uid(sr, "sr", SR_CONTENT), previous)
+    as_latest_report(sr, previous)
     overlays: list[Dataset] = []
     if cfg.results.heatmaps != "none":
         groups: dict[tuple[str, str], list[OverlayHip]] = {}

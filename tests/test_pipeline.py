@@ -532,3 +532,33 @@ def test_a_cascade_finding_the_engines_manifest_lacks_stops_the_start(
         node.start()
     with pytest.raises(RuntimeError, match=r"^node is not started$"):
         _ = node.port  # what it had started is stopped again
+
+
+def test_a_correction_undone_gets_a_report_that_is_sent(
+    results_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    # DOE^JANE, corrected to DOE^JOAN, then the correction undone: the third report has
+    # the first one's content; it got the first one's UID, so nothing was queued and the
+    # PACS's latest report named DOE^JOAN.
+    node = results_node()
+    study = write_study(tmp_path / "s", 511, "normal", "normal", size=64)
+    for count, name in enumerate(["DOE^JANE", "DOE^JOAN", "DOE^JANE"], 1):
+        files = []
+        (tmp_path / f"{count}").mkdir()
+        for path in study.files:
+            ds = pydicom.dcmread(path)
+            ds.PatientName = name
+            files.append(write(ds, tmp_path / f"{count}" / path.name))
+        assert send_files(node.port, files) == [0] * len(files)
+        finished(node, count)
+
+    def delivered() -> list[pydicom.Dataset] | None:
+        reports = [
+            d for d in map(pydicom.dcmread, (tmp_path / "out").rglob("*.dcm")) if d.Modality == "SR"
+        ]
+        return reports if len(reports) == 3 else None
+
+    reports = sorted(wait_for(delivered, 30, "three reports"), key=lambda d: d.InstanceNumber)
+    assert [str(r.PatientName) for r in reports] == ["DOE^JANE", "DOE^JOAN", "DOE^JANE"]
+    assert [r.InstanceNumber for r in reports] == [1, 2, 3]
+    assert len({r.SOPInstanceUID for r in reports}) == 3

@@ -35,7 +35,14 @@ from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
 from dicom_node.models import HipFinding, HipTask, TriageDecision
 from dicom_node.report import codes
 from dicom_node.report.patient import building, evidence_header, fit_charset, output_charset
-from dicom_node.report.uids import ResultIdentity, device_uid, series_uid
+from dicom_node.report.uids import (
+    SR_CONTENT,
+    ResultIdentity,
+    content_uid,
+    device_uid,
+    series_uid,
+    with_uid,
+)
 from dicom_node.triage import measured_probability, shown_threshold
 from engines.manifest import Manifest
 
@@ -336,6 +343,32 @@ def build_sr(
     return sr
 
 
+def as_latest_report(sr: Dataset, previous: Sequence[Dataset]) -> Dataset:
+    """``sr`` with its final SOP Instance UID, superseding the study's earlier reports
+    ``previous`` (their headers, with Instance Numbers: :func:`supersede`).
+
+    The UID comes from the content (:func:`~dicom_node.report.uids.content_uid`), so the
+    latest report rebuilt (a crash, a rerun that finds the same) is the same object. Content
+    that returns to an earlier report's, superseded since (a name corrected, then the
+    correction undone), is a new object, whose UID names the report it replaces: under the
+    earlier report's UID it was not sent (the PACS holds that UID already), and the PACS's
+    latest report stayed the superseded one."""
+    uid = content_uid(sr, "sr", SR_CONTENT)
+    if previous:
+        latest = str(max(previous, key=_report_order).SOPInstanceUID)
+        known = {str(p.SOPInstanceUID) for p in previous}
+        rebuilt = {uid} | {content_uid(sr, "sr", SR_CONTENT, after=u) for u in known}
+        if latest in rebuilt:
+            uid = latest
+        elif uid in known:
+            uid = content_uid(sr, "sr", SR_CONTENT, after=latest)
+    return supersede(with_uid(sr, uid), previous)
+
+
+def _report_order(report: Dataset) -> tuple[int, str]:
+    return int(report.get("InstanceNumber") or 0), str(report.SOPInstanceUID)
+
+
 def supersede(sr: Dataset, previous: Sequence[Dataset]) -> Dataset:
     """``sr`` as the newer version of the study's earlier reports ``previous`` (their
     headers: the node's SRs of the same study, written by earlier jobs): each is referenced
@@ -346,7 +379,7 @@ def supersede(sr: Dataset, previous: Sequence[Dataset]) -> Dataset:
     """
     replaced = sorted(
         (p for p in previous if str(p.SOPInstanceUID) != str(sr.SOPInstanceUID)),
-        key=lambda p: (int(p.get("InstanceNumber") or 0), str(p.SOPInstanceUID)),
+        key=_report_order,
     )
     for p in replaced:
         if str(p.StudyInstanceUID) != str(sr.StudyInstanceUID):

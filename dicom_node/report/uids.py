@@ -80,10 +80,12 @@ def sc_identity(
     )
 
 
-def with_content_uid(ds: Dataset, kind: str, keywords: Sequence[str]) -> Dataset:
-    """``ds`` with its SOP Instance UID (data set and File Meta) derived from its study,
-    ``kind`` and the encoded ``keywords`` elements: what the object shows, so equal
-    content gives an equal UID and different content a different one."""
+def content_uid(ds: Dataset, kind: str, keywords: Sequence[str], after: str = "") -> str:
+    """The UID of ``ds`` from its study, ``kind`` and the encoded ``keywords`` elements: what
+    the object shows, so equal content gives an equal UID and different content a different
+    one. ``after``: the UID of the report this content replaces, for content that returns to
+    an earlier, superseded report's (it is a new object: :func:`~dicom_node.report.sr.
+    as_latest_report`)."""
     shown = Dataset()
     digest = hashlib.sha256()
     for keyword in keywords:
@@ -95,11 +97,22 @@ def with_content_uid(ds: Dataset, kind: str, keywords: Sequence[str]) -> Dataset
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_dataset(buffer, shown)
     digest.update(buffer.getvalue())
-    uid = _uid(str(ds.StudyInstanceUID), kind, digest.hexdigest())
+    if after:
+        digest.update(f"\x1fafter\x1f{after}".encode())
+    return _uid(str(ds.StudyInstanceUID), kind, digest.hexdigest())
+
+
+def with_uid(ds: Dataset, uid: str) -> Dataset:
+    """``ds`` with ``uid`` as its SOP Instance UID, in the data set and its File Meta."""
     ds.SOPInstanceUID = uid
     if "MediaStorageSOPInstanceUID" in getattr(ds, "file_meta", Dataset()):
         ds.file_meta.MediaStorageSOPInstanceUID = UID(uid)
     return ds
+
+
+def with_content_uid(ds: Dataset, kind: str, keywords: Sequence[str]) -> Dataset:
+    """``ds`` with its SOP Instance UID (data set and File Meta) from :func:`content_uid`."""
+    return with_uid(ds, content_uid(ds, kind, keywords))
 
 
 # Whose and which study's it is, as the PACS files it: a study resent with a corrected

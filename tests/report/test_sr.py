@@ -25,6 +25,7 @@ from dicom_node.identity import MANUFACTURER, MODEL_NAME, SOFTWARE_VERSION
 from dicom_node.models import HipFinding, HipTask, Prediction, SourceImage, TriageDecision
 from dicom_node.report.sr import (
     ReportError,
+    as_latest_report,
     build_sr,
     description,
     reported_findings,
@@ -803,3 +804,44 @@ def test_a_report_supersedes_the_studys_earlier_ones(study: Study, tmp_path: Pat
     other.SOPInstanceUID, other.StudyInstanceUID = "1.2.3.4", "1.2.3"
     with pytest.raises(ReportError, match=r"previous report 1\.2\.3\.4 is of study 1\.2\.3, not "):
         supersede(newer, [other])
+
+
+def _predecessors(sr: pydicom.Dataset) -> list[str]:
+    return [
+        str(i.ReferencedSOPInstanceUID)
+        for study in sr.get("PredecessorDocumentsSequence", [])
+        for series in study.ReferencedSeriesSequence
+        for i in series.ReferencedSOPSequence
+    ]
+
+
+def test_the_latest_report_rebuilt_is_the_same_object(study: Study) -> None:
+    first = as_latest_report(make_sr(study, screen_case(study)), [])
+    again = as_latest_report(make_sr(study, screen_case(study)), [first])
+    assert (again.SOPInstanceUID, again.InstanceNumber) == (first.SOPInstanceUID, 1)
+    assert again.file_meta.MediaStorageSOPInstanceUID == again.SOPInstanceUID
+    newer = as_latest_report(make_sr(study, hipnet_case(study)), [first])
+    assert newer.SOPInstanceUID != first.SOPInstanceUID and newer.InstanceNumber == 2
+    assert _predecessors(newer) == [first.SOPInstanceUID]
+
+
+def test_content_returning_to_a_superseded_reports_is_a_new_report(study: Study) -> None:
+    a = as_latest_report(make_sr(study, screen_case(study)), [])
+    b = as_latest_report(make_sr(study, hipnet_case(study)), [a])
+    # A's content again (a correction undone): was A's UID, InstanceNumber 2 and B as its
+    # predecessor, a UID the PACS held already, so the outbox sent nothing and the PACS's
+    # latest report stayed B.
+    back = as_latest_report(make_sr(study, screen_case(study)), [a, b])
+    assert back.SOPInstanceUID not in (a.SOPInstanceUID, b.SOPInstanceUID)
+    assert back.InstanceNumber == 3
+    assert _predecessors(back) == [a.SOPInstanceUID, b.SOPInstanceUID]
+    # Rebuilt as it is (a crash before its outcome was recorded, or a rerun finding the
+    # same once it was delivered): the same object, number and predecessors.
+    for previous in ([a, b], [a, b, back]):
+        rebuilt = as_latest_report(make_sr(study, screen_case(study)), previous)
+        assert (rebuilt.SOPInstanceUID, rebuilt.InstanceNumber) == (back.SOPInstanceUID, 3)
+        assert _predecessors(rebuilt) == [a.SOPInstanceUID, b.SOPInstanceUID]
+    # B's content again after that: new once more.
+    b_again = as_latest_report(make_sr(study, hipnet_case(study)), [a, b, back])
+    assert b_again.SOPInstanceUID not in (a.SOPInstanceUID, b.SOPInstanceUID, back.SOPInstanceUID)
+    assert b_again.InstanceNumber == 4
