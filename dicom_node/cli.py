@@ -39,17 +39,25 @@ _OVERRIDES = {
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        metavar="PATH",
-        help=f"configuration file (default: ${ENV_CONFIG}, else the built-in defaults)",
-    )
+    # The demo chooses its own host, port and spool (loopback, a free port, under --out):
+    # those flags were accepted, checked and dropped without a word.
+    demo_common = argparse.ArgumentParser(add_help=False)
+    for parent in (common, demo_common):
+        parent.add_argument(
+            "--config",
+            metavar="PATH",
+            help=f"configuration file (default: ${ENV_CONFIG}, else the built-in defaults)",
+        )
     common.add_argument("--host", help="override node.host")
     common.add_argument("--port", type=int, help="override node.port (0 picks a free port)")
-    common.add_argument("--ae-title", help="override node.ae_title")
+    for parent in (common, demo_common):
+        parent.add_argument("--ae-title", help="override node.ae_title")
     common.add_argument("--spool-dir", help="override storage.spool_dir")
-    common.add_argument("--log-level", help="override logging.level")
-    common.add_argument("--log-format", choices=["plain", "json"], help="override logging.format")
+    for parent in (common, demo_common):
+        parent.add_argument("--log-level", help="override logging.level")
+        parent.add_argument(
+            "--log-format", choices=["plain", "json"], help="override logging.format"
+        )
 
     parser = argparse.ArgumentParser(
         prog="dicom-node",
@@ -68,7 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("studies", parents=[common], help="list studies with state and counts")
     sub.add_parser("jobs", parents=[common], help="list jobs made from completed studies")
     demo = sub.add_parser(
-        "demo", parents=[common], help="start a node, send six phantom studies, show the results"
+        "demo",
+        parents=[demo_common],
+        help="start a node, send six phantom studies, show the results",
+        description="Start a node on 127.0.0.1 (a free port, its spool under --out), send six "
+        "phantom studies and show the results.",
     )
     demo.add_argument("--out", default="var/demo",
                       help="folder for the demo's spool and files (replaced by the next demo; "
@@ -155,7 +167,17 @@ def _config(args: argparse.Namespace, path: str | None = None) -> Config:
         # ~ the home folder, as in the file (quoted, or after "=", no shell expands it).
         spool = resolve(overrides["storage.spool_dir"], Path.cwd(), "storage.spool_dir")
         overrides["storage.spool_dir"] = str(spool.resolve())
-    return load_config(default_config_path(_config_path(args, path)), overrides)
+    target = _config_path(args, path)
+    try:
+        return load_config(default_config_path(target), overrides)
+    except ConfigError as exc:
+        env = os.environ.get(ENV_CONFIG)
+        from_flag = any(str(exc).startswith(f"{key}:") for key in overrides)
+        if target is None and env and not from_flag and not str(exc).startswith(f"{env}:"):
+            # A key's error named neither the file nor the variable that chose it (the
+            # container images set it): the admin did not know which file to open.
+            raise ConfigError(f"{env}: {exc}") from exc
+        raise
 
 
 def _from_environment(args: argparse.Namespace, exc: DicomNodeError) -> str:
@@ -197,8 +219,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def _error(text: str, cfg: Config | None) -> None:
+    """The line saying why the command failed: in the configured log format once logging is
+    set up (a JSON log pipeline dropped the one plain line that explained the exit)."""
+    if cfg is not None and cfg.logging.format == "json":
+        log.critical("%s", text)  # CRITICAL: shown at any configured level
+    else:
+        print(text, file=sys.stderr)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    logged: Config | None = None  # the config whose logging is set up, once it is
     try:
         if args.command == "check-config":
             target = _config_path(args, args.path)
@@ -208,6 +240,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return 0
         cfg = _config(args)
         configure_logging(cfg.logging)
+        logged = cfg
         if args.command == "serve":
             return _serve(cfg)
         if args.command == "studies":
@@ -229,16 +262,16 @@ def _main(argv: Sequence[str] | None) -> int:
                 print(line, flush=True)
             return 0
     except DicomNodeError as exc:
-        print(f"dicom-node: error: {exc}{_from_environment(args, exc)}", file=sys.stderr)
+        _error(f"dicom-node: error: {exc}{_from_environment(args, exc)}", logged)
         return 2
     except BrokenPipeError:
         raise  # main's: not an error of the command
     except OSError as exc:  # a folder the command was given cannot be written, ...
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"dicom-node: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        _error(f"dicom-node: error: {exc.strerror or exc}{where}", logged)
         return 2
     except KeyboardInterrupt:  # Ctrl-C in a demo or a build: a line, not a traceback
-        print("dicom-node: interrupted", file=sys.stderr)
+        _error("dicom-node: interrupted", logged)
         return 130
     return 2  # pragma: no cover - argparse requires a command
 
@@ -256,7 +289,7 @@ def _serve(cfg: Config) -> int:
     except OSError as exc:
         why = _start_failure(cfg, node, exc)
         node.stop(drain_seconds=0)  # what started before the failure (HTTP, sender, ...)
-        print(f"dicom-node: error: {why}", file=sys.stderr)
+        _error(f"dicom-node: error: {why}", cfg)
         return 2
 
 

@@ -27,6 +27,7 @@ from dicom_node.config_checks import (
     as_host,
     as_list,
     as_str,
+    folder,
     get_key,
     int_range,
     known,
@@ -34,7 +35,6 @@ from dicom_node.config_checks import (
     opt_path,
     pdu,
     positive,
-    resolve,
     set_dotted,
     show,
     sub_mapping,
@@ -216,6 +216,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                # `<<: *defaults`: merged by SafeLoader (flatten_mapping), and a key given
+                # beside it overrides the merged one, as YAML means it to.
+                continue
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if key in seen:
@@ -337,7 +341,7 @@ def _storage(raw: Mapping[str, Any], base: Path) -> StorageConfig:
     known(raw, "storage", {"spool_dir", "min_free_bytes", "retention_hours"})
     spool = get_key(raw, "spool_dir", "storage", str(d.spool_dir), as_str)
     return StorageConfig(
-        spool_dir=resolve(spool, base, "storage.spool_dir"),
+        spool_dir=folder(spool, base, "storage.spool_dir"),
         min_free_bytes=get_key(
             raw, "min_free_bytes", "storage", d.min_free_bytes, int_range(0, 2**62)
         ),
@@ -414,12 +418,15 @@ def _engines(raw: Mapping[str, Any], base: Path) -> EnginesConfig:
     triton_raw = sub_mapping(raw, "triton", "engines.triton")
     known(triton_raw, "engines.triton", set(TritonConfig.__dataclass_fields__))
     url = get_key(triton_raw, "url", "engines.triton", d.triton.url, as_str)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+:\d{1,5}", url):
-        raise ConfigError(f"engines.triton.url: expected HOST:PORT (gRPC), got {url!r}")
+    match = re.fullmatch(r"[A-Za-z0-9_.-]+:(\d{1,5})", url)
+    if match is None or not 1 <= int(match.group(1)) <= 65535:
+        raise ConfigError(
+            f"engines.triton.url: expected HOST:PORT (gRPC, a port from 1 to 65535), got {url!r}"
+        )
     cache_dir = get_key(raw, "cache_dir", "engines", str(d.cache_dir), as_str)
     return EnginesConfig(
         backend=backend,
-        cache_dir=resolve(cache_dir, base, "engines.cache_dir"),
+        cache_dir=folder(cache_dir, base, "engines.cache_dir"),
         precision=precision,
         threads=get_key(raw, "threads", "engines", d.threads, int_range(0, 256)),
         triton=TritonConfig(

@@ -196,6 +196,16 @@ def resolve(value: str, base: Path, key: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def folder(value: str, base: Path, key: str) -> Path:
+    """``value`` resolved as a folder (see :func:`resolve`); an existing file there is
+    refused: the commands that read the folder said "the node has not run yet", or that no
+    engine was built, and the node's start blamed the engines."""
+    path = resolve(value, base, key)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}: expected a folder, got {str(path)!r}, which is a file")
+    return path
+
+
 def opt_path(raw: Mapping[str, Any], key: str, prefix: str, base: Path) -> Path | None:
     if raw.get(key) is None:
         return None

@@ -19,11 +19,11 @@ from dicom_node.config_checks import (
     as_long_string,
     as_name,
     as_str,
+    folder,
     get_key,
     int_range,
     known,
     positive,
-    resolve,
     show,
     sub_mapping,
 )
@@ -459,7 +459,7 @@ def parse_destinations(value: Any, base: Path) -> tuple[Destination, ...]:
             dest = Destination(
                 name=get_key(item, "name", path, "", as_name),
                 type="folder",
-                path=resolve(as_str(item["path"], f"{path}.path"), base, f"{path}.path"),
+                path=folder(as_str(item["path"], f"{path}.path"), base, f"{path}.path"),
             )
         else:
             dest = Destination(

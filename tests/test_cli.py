@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -106,6 +108,52 @@ def test_a_missing_file_named_by_the_environment_says_so(
     )
     assert main(["check-config", "--config", str(missing)]) == 2  # named here: no hint
     assert "DICOM_NODE_CONFIG" not in capsys.readouterr().err
+
+
+def test_a_key_error_in_a_file_named_by_the_environment_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text("node: {port: 70000}\n")
+    monkeypatch.setenv("DICOM_NODE_CONFIG", str(config))
+    assert main(["studies"]) == 2  # was: a bare "node.port: ..." naming no file
+    assert capsys.readouterr().err == (
+        f"dicom-node: error: {config}: node.port: expected an integer from 0 to 65535, got "
+        "70000 (named by $DICOM_NODE_CONFIG)\n"
+    )
+    config.write_text("node: {port: 104}\n")
+    assert main(["studies", "--port", "99999"]) == 2  # the flag's value: not the file's
+    assert capsys.readouterr().err == (
+        "dicom-node: error: node.port: expected an integer from 0 to 65535, got 99999\n"
+    )
+
+
+def test_the_demo_refuses_the_flags_it_cannot_honour(capsys: pytest.CaptureFixture[str]) -> None:
+    # It listens on 127.0.0.1, a free port, its spool under --out: --port, --host and
+    # --spool-dir were checked, then dropped without a word.
+    for flag in ("--port=5", "--host=0.0.0.0", "--spool-dir=x"):
+        with pytest.raises(SystemExit) as exited:
+            main(["demo", flag])
+        assert exited.value.code == 2
+        assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
+
+
+def test_with_a_json_log_the_line_saying_why_is_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text(f"engines: {{cache_dir: {tmp_path / 'engines'}}}\n")
+    (tmp_path / "engines").mkdir()
+    argv = ["serve", "--config", str(config), "--port", "0", "--spool-dir", str(tmp_path / "s")]
+    try:
+        assert main([*argv, "--log-format", "json"]) == 2  # no engines built
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("{") for line in lines)  # was: a plain last line
+    last = json.loads(lines[-1])
+    assert last["level"] == "CRITICAL"
+    assert last["message"].startswith("dicom-node: error: engine 'hip_screen': no manifest in ")
 
 
 def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -346,7 +347,16 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"engines": {"cache": "x"}}, r"^engines\.cache: unknown key in engines"),
     (
         {"engines": {"triton": {"url": "http://host:8001"}}},
-        r"^engines\.triton\.url: expected HOST:PORT \(gRPC\), got 'http://host:8001'",
+        r"^engines\.triton\.url: expected HOST:PORT \(gRPC, a port from 1 to 65535\), got "
+        r"'http://host:8001'",
+    ),
+    *(
+        (
+            {"engines": {"triton": {"url": url}}},
+            rf"^engines\.triton\.url: expected HOST:PORT \(gRPC, a port from 1 to 65535\), got "
+            rf"'{url}'$",
+        )
+        for url in ("triton:99999", "triton:0")  # were accepted
     ),
     (
         {"engines": {"triton": {"timeout_seconds": 0}}},
@@ -431,6 +441,42 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "scalar.yaml").write_text("node: 5\n")
     with pytest.raises(ConfigError, match=r"^node: expected a mapping, got 5"):
         load_config(tmp_path / "scalar.yaml", {"node.port": 1})
+
+
+def test_yaml_merge_keys_are_read_as_yaml_means_them(tmp_path: Path) -> None:
+    # `<<: *anchor` was refused: "could not determine a constructor for the tag merge".
+    (tmp_path / "c.yaml").write_text(
+        "destinations:\n"
+        "  - &pacs {name: pacs1, ae_title: PACS, host: pacs1.example.org, port: 104}\n"
+        "  - <<: *pacs\n    name: pacs2\n    host: pacs2.example.org\n"
+    )
+    first, second = load_config(tmp_path / "c.yaml").destinations
+    assert (second.name, second.ae_title, second.host, second.port) == (
+        "pacs2", "PACS", "pacs2.example.org", 104
+    )  # fmt: skip
+    assert first.host == "pacs1.example.org"
+    (tmp_path / "twice.yaml").write_text(  # a key given twice beside a merge: still refused
+        "base: &b {port: 1}\nnode: {<<: *b, port: 2, port: 3}\n"
+    )
+    with pytest.raises(ConfigError, match=r"key 'port' given twice"):
+        load_config(tmp_path / "twice.yaml")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [("storage: {spool_dir: afile}", "storage.spool_dir"),
+     ("engines: {cache_dir: afile}", "engines.cache_dir"),
+     ("destinations: [{name: copies, type: folder, path: afile}]", "destinations[0].path")],
+)  # fmt: skip
+def test_a_folder_key_naming_a_file_is_refused(tmp_path: Path, yaml_text: str, key: str) -> None:
+    # Was OK: `studies` then said "the node has not run yet", `serve` blamed the engines.
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "c.yaml").write_text(yaml_text + "\n")
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{re.escape(key)}: expected a folder, got '{tmp_path / 'afile'}', which is a file$",
+    ):
+        load_config(tmp_path / "c.yaml")
 
 
 def test_a_key_given_twice_is_refused_not_replaced(tmp_path: Path) -> None:
