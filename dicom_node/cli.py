@@ -282,7 +282,7 @@ def _serve(cfg: Config) -> int:
     node = Node(cfg)
     try:
         code = node.serve()
-        _exit_without_lingering_threads(code)
+        _exit_without_lingering_threads(code, node.left_running)
         return code
     except DicomNodeError:
         raise  # main's own message (a SpoolError is an OSError too)
@@ -293,18 +293,22 @@ def _serve(cfg: Config) -> int:
         return 2
 
 
-def _exit_without_lingering_threads(code: int) -> None:
+def _exit_without_lingering_threads(code: int, left_running: Sequence[str] = ()) -> None:
     """Exit now if a thread outlived the stop. pynetdicom's association threads are not
     daemons: one still in a C-STORE or C-ECHO to a silent PACS kept the process alive for
     up to sending.timeout_seconds after the node had stopped, past a second signal's 'at
     once' and a service manager's stop timeout. The state is closed by then; an object
-    whose C-STORE was cut is sent again at the next start (same UID: the PACS keeps one)."""
+    whose C-STORE was cut is sent again at the next start (same UID: the PACS keeps one).
+    So too when the stop left a worker of the node running (``left_running``: a job still
+    in an engine after a second signal): the interpreter's teardown under a thread inside
+    onnxruntime aborted the process (exit 134, a core dump, "terminate called")."""
     left = [t.name for t in threading.enumerate()
             if t.is_alive() and not t.daemon and t is not threading.main_thread()]  # fmt: skip
-    if not left:
+    if not left and not left_running:
         return
-    log.warning("exiting without %d thread(s) still in a network call: %s", len(left),
-                ", ".join(sorted(left)))  # fmt: skip
+    if left:
+        log.warning("exiting without %d thread(s) still in a network call: %s", len(left),
+                    ", ".join(sorted(left)))  # fmt: skip
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -61,6 +61,10 @@ class _Stoppable(Protocol):
     def alive(self) -> bool: ...
 
 
+class _ForcedStopError(Exception):
+    """A second signal during start-up: the start ends at its next step."""
+
+
 class Node:
     def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
         self.config = config
@@ -78,6 +82,10 @@ class Node:
         self.sender: Sender | None = None
         self.outbox: Outbox | None = None
         self.purger: Purger | None = None
+        # Threads still inside a job, a send or an echo when the stop gave up on them: the
+        # process must then exit without tearing the interpreter down under them (a job in
+        # onnxruntime aborted the process, exit 134).
+        self.left_running: list[str] = []
 
     @property
     def port(self) -> int:
@@ -109,11 +117,13 @@ class Node:
         rearmed = self.state.recover(time.time())
         if rearmed:
             log.info("re-armed %d studies that were still receiving", rearmed)
+        self._unless_forced()
         try:
             pipeline = self._start_results(cfg, self.state, self.spool)
         except BaseException:
             self.stop(drain_seconds=0)
             raise
+        self._unless_forced()
         self.assembler = Assembler(self.state, on_job=lambda job: self._job_created(job, pipeline))
         self.assembler.start()
         if cfg.storage.retention_hours is not None:
@@ -142,6 +152,12 @@ class Node:
             " (TLS)" if ssl_context else "", cfg.storage.spool_dir, cfg.metrics.host,
             self.http_port,
         )  # fmt: skip
+
+    def _unless_forced(self) -> None:
+        """Between start-up steps: a second signal ends the start here (it said "at once";
+        the start loaded every engine and bound the DICOM port first)."""
+        if self._signals > 1:
+            raise _ForcedStopError
 
     def _job_created(self, job: Job, pipeline: Pipeline) -> None:
         state = self.state
@@ -255,14 +271,26 @@ class Node:
             self.assembler = None
         if self.pipeline is not None:
             self._await(self.pipeline, JOB_STOP_SECONDS)
+            if self.pipeline.alive:  # it logs the job it leaves pending
+                self.left_running.append("pipeline")
             self.pipeline.stop(0.0)  # a job still in hand stays pending, not counted a crash
             self.pipeline = None
         if self.sender is not None:
             self._await(self.sender, 10.0)
+            if self.sender.alive:
+                for item in self.sender.unanswered():
+                    log.warning(
+                        "%s of study %s to %s: no answer before the stop; sent again at the "
+                        "next start (the same SOP Instance UID: the PACS keeps one)",
+                        item.sop_instance_uid, item.study_uid, item.destination,
+                    )  # fmt: skip
+                self.left_running.append("sender")
             self.sender.stop(0.0)
             self.sender = None
         if self.echo is not None:
             self._await(self.echo, self.echo.timeout + 5.0)
+            if self.echo.alive:
+                self.left_running.append("echo")
             self.echo.stop(0.0)
             self.echo = None
         if self.engines is not None:
@@ -302,7 +330,10 @@ class Node:
         # Handlers first: a signal during start-up still drains instead of killing.
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self.start()
+            try:
+                self.start()
+            except _ForcedStopError:
+                log.warning("start-up cut short by the second signal")
             while not stop_requested.wait(0.5):
                 pass
             self.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -19,9 +20,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from dicom_node import cli
 from dicom_node.config import AssemblyConfig
 from dicom_node.models import Header, ReceivedInstance
-from dicom_node.node import Node
+from dicom_node.node import Node, _ForcedStopError
 from dicom_node.state import State
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -437,3 +439,56 @@ def test_assembly_wait_is_not_measured_from_a_later_episode(tmp_path: Path) -> N
         assert waits() == before + 1
     finally:
         node.stop(drain_seconds=0)
+
+
+class _BusyWorker:
+    """A worker whose thread is still in a round (a job inside an engine, a C-STORE)."""
+
+    alive = True
+
+    def request_stop(self) -> None:
+        pass
+
+    def stop(self, timeout: float = 0.0) -> None:
+        pass
+
+
+def test_a_forced_stop_names_what_it_left_running(
+    start_node: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    node = start_node()
+    assert node.pipeline is not None and node.sender is not None
+    node.pipeline.stop()
+    node.pipeline = _BusyWorker()  # type: ignore[assignment]
+    node._signals = 2  # as after a second SIGTERM
+    node.stop(drain_seconds=0)
+    # The CLI then exits without tearing the interpreter down under the job's thread: in
+    # onnxruntime that aborted the process (exit 134).
+    assert "pipeline" in node.left_running
+
+
+def test_a_start_cut_short_by_a_second_signal_binds_no_port(tmp_path: Path) -> None:
+    node = Node(config_for(tmp_path / "spool"))
+    node._signals = 2  # both signals came during the start
+    with pytest.raises(_ForcedStopError):
+        node.start()  # was: every engine loaded and the DICOM port bound first
+    try:
+        assert node._server is None and node.engines is None
+    finally:
+        node.stop(drain_seconds=0)
+
+
+def test_the_cli_exits_at_once_when_the_stop_left_a_worker_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exits: list[int] = []
+
+    def exit_now(code: int) -> None:
+        exits.append(code)
+
+    monkeypatch.setattr(os, "_exit", exit_now)
+    monkeypatch.setattr(logging, "shutdown", lambda: None)
+    cli._exit_without_lingering_threads(0)
+    assert exits == []  # nothing left: the normal exit
+    cli._exit_without_lingering_threads(0, ["pipeline"])
+    assert exits == [0]

@@ -47,6 +47,9 @@ class Sender:
         self.calling_ae = calling_ae
         self.on_sent = on_sent
         configured = tuple(self.destinations)
+        # Per destination, the items of the batch in hand not answered yet, first the one
+        # on the wire (a stop that outwaits a slow PACS names it).
+        self._unanswered: dict[str, list[OutboxItem]] = {}
         self.lanes = [_Lane(self, DestinationLane(name)) for name in configured]
         self.lanes.append(_Lane(self, DestinationLane(None, configured)))
 
@@ -72,6 +75,10 @@ class Sender:
     def alive(self) -> bool:
         return any(lane.alive for lane in self.lanes)
 
+    def unanswered(self) -> list[OutboxItem]:
+        """The item each destination's batch in hand is sending (no answer yet)."""
+        return [items[0] for items in list(self._unanswered.values()) if items]
+
     @property
     def stopping(self) -> bool:
         return any(lane.stopping for lane in self.lanes)
@@ -89,23 +96,29 @@ class Sender:
                 break
             # Each delivery is recorded before the next item is sent, and a stop ends the
             # batch between items (closing releases the association).
-            with closing(self._deliver(name, batch)) as deliveries:
-                for result in deliveries:
-                    try:
-                        delivered += self._record(result)
-                    except StateError:
-                        if not self.stopping:
-                            raise
-                        # The stop outwaited this send (a C-STORE may take
-                        # sending.timeout_seconds) and closed the state under it.
-                        log.warning(
-                            "%s to %s: outcome not recorded, the node stopped during the "
-                            "send; it is sent again at the next start",
-                            result.item.sop_instance_uid, result.item.destination,
-                        )  # fmt: skip
-                        break
-                    if self.stopping:
-                        break
+            waiting = self._unanswered[name] = list(batch)
+            try:
+                with closing(self._deliver(name, batch)) as deliveries:
+                    for result in deliveries:
+                        if result.item in waiting:
+                            waiting.remove(result.item)
+                        try:
+                            delivered += self._record(result)
+                        except StateError:
+                            if not self.stopping:
+                                raise
+                            # The stop outwaited this send (a C-STORE may take
+                            # sending.timeout_seconds) and closed the state under it.
+                            log.warning(
+                                "%s to %s: outcome not recorded, the node stopped during the "
+                                "send; it is sent again at the next start",
+                                result.item.sop_instance_uid, result.item.destination,
+                            )  # fmt: skip
+                            break
+                        if self.stopping:
+                            break
+            finally:
+                self._unanswered.pop(name, None)
         return delivered
 
     def _deliver(self, name: str, batch: list[OutboxItem]) -> Generator[Delivery, None, None]:

@@ -524,3 +524,23 @@ def test_a_state_error_outside_a_stop_still_ends_the_round(
     monkeypatch.setattr(outbox, "mark_sent", locked)
     with pytest.raises(StateError, match=r"^database is locked$"):  # the worker logs it
         sender.send_due(time.time())
+
+
+def test_unanswered_names_the_item_on_the_wire(state: State, spool: Path) -> None:
+    # A stop that outwaits a slow PACS names the object left without an answer (was: only
+    # "exiting without 1 thread(s) still in a network call").
+    results = [write_result(spool, SR), write_result(spool, SC)]
+    outbox = Outbox(state, SendingConfig(timeout_seconds=10))
+    with storage_scp(delay=1.0) as peer:
+        sender = Sender(outbox, [dicom_destination(peer.port)], spool, CALLING)
+        assert sender.unanswered() == []
+        queue_results(state, results, ["pacs"], time.time())
+        sender.start()
+        try:
+            first, second = outbox.items()
+            wait_for(lambda: sender.unanswered() == [first] or None, 5, "the first C-STORE")
+            wait_for(lambda: sender.unanswered() == [second] or None, 5, "the second C-STORE")
+            wait_for(lambda: not outbox.items(["pending"]) or None, 5, "both answered")
+            assert sender.unanswered() == []
+        finally:
+            sender.stop()
