@@ -5,6 +5,7 @@ Every error is a :class:`ConfigError` naming the key path and the bad value.
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -20,7 +21,16 @@ _T = TypeVar("_T")
 
 
 def show(value: Any) -> str:
-    return "null" if value is None else repr(value)
+    """A value as the admin wrote it in YAML: null, true/false, a date as written (YAML
+    reads 2024-01-01 as a date: Python's repr, datetime.date(2024, 1, 1), is not what they
+    typed); anything else as its repr."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return repr(value)
 
 
 def join(prefix: str, key: str) -> str:
@@ -66,7 +76,10 @@ def as_bool(value: Any, path: str) -> bool:
 
 def as_str(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{path}: expected a non-empty string, got {show(value)}")
+        # YAML reads no/yes/on/off as booleans, 2024-01-01 as a date, 1234 as a number.
+        typed = isinstance(value, bool | int | float | datetime.date)
+        hint = "; quote it in YAML" if typed else ""
+        raise ConfigError(f"{path}: expected a non-empty string, got {show(value)}{hint}")
     return value
 
 

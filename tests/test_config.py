@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime
 import re
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ def test_an_empty_section_takes_command_line_overrides(tmp_path: Path) -> None:
 
 def test_an_override_below_a_non_mapping_names_the_section(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("node:\n  tls: on\n")
-    with pytest.raises(ConfigError, match=r"^node\.tls: expected a mapping, got True"):
+    with pytest.raises(ConfigError, match=r"^node\.tls: expected a mapping, got true"):
         load_config(tmp_path / "c.yaml", {"node.tls.require_client_certificate": True})
 
 
@@ -156,7 +157,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"node": {"ae_title": "A" * 17}}, r"^node\.ae_title: expected an AE title"),
     ({"node": {"ae_title": "BAD\\AE"}}, r"^node\.ae_title: .*backslash"),
     ({"node": {"ae_title": 42}}, r"^node\.ae_title: .* got 42; quote it in YAML$"),
-    ({"node": {"ae_title": False}}, r"^node\.ae_title: .* got False; quote it in YAML$"),
+    ({"node": {"ae_title": False}}, r"^node\.ae_title: .* got false; quote it in YAML$"),
     (
         {"assembly": {"quiet_seconds": "1e3"}},
         r"^assembly\.quiet_seconds: expected a number of seconds, got '1e3' \(YAML reads it "
@@ -168,7 +169,12 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ),
     ({"node": {"port": 70000}}, r"^node\.port: expected an integer from 0 to 65535, got 70000"),
     ({"node": {"port": "11112"}}, r"^node\.port: .* got '11112'"),
-    ({"node": {"port": True}}, r"^node\.port: .* got True"),
+    ({"node": {"port": True}}, r"^node\.port: .* got true"),
+    # As written in YAML (was: datetime.date(2024, 1, 1)), with the hint to quote it.
+    (
+        {"storage": {"spool_dir": datetime.date(2024, 1, 1)}},
+        r"^storage\.spool_dir: expected a non-empty string, got 2024-01-01; quote it in YAML$",
+    ),
     (
         {"node": {"host": "bad host"}},
         r"^node\.host: expected a host name or IP address, got 'bad host'",
@@ -271,7 +277,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"storage": {"retention_hours": True}},
-        r"^storage\.retention_hours: expected a number of hours .* got True",
+        r"^storage\.retention_hours: expected a number of hours .* got true",
     ),
     (
         {"storage": {"retention_hours": float("inf")}},

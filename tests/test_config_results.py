@@ -440,7 +440,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"triage": {"thresholds": {"hip_screen": {"osteoarthritis": True}}}},
-        r"^triage\.thresholds\.hip_screen\.osteoarthritis: expected a probability .* got True",
+        r"^triage\.thresholds\.hip_screen\.osteoarthritis: expected a probability .* got true",
     ),
     (
         {"triage": {"thresholds": {"hip_screen": {"osteoarthritis": "0.5"}}}},
@@ -470,7 +470,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"results": {"heatmaps": False}},
-        r"^results\.heatmaps: expected a non-empty string, got False",
+        r"^results\.heatmaps: expected a non-empty string, got false; quote it in YAML$",
     ),
     (
         {"results": {"sr_series_number": 0}},
