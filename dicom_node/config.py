@@ -200,6 +200,12 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     """PyYAML's error as one line after the file name, ``:LINE:COLUMN: not valid YAML (what)``;
     its own text ran over 4-8 lines quoting the line, and named the file
     '<unicode string>'."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character, as a NUL
+        character = f"#x{exc.character:04x}" if isinstance(exc.character, int) else "a byte"
+        return (
+            f": not valid YAML (unacceptable character {character} at character "
+            f"{exc.position + 1}: {exc.reason})"
+        )
     if not isinstance(exc, yaml.MarkedYAMLError):
         return f": not valid YAML ({' '.join(str(exc).split())})"
     mark = exc.problem_mark or exc.context_mark

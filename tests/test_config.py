@@ -442,6 +442,14 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
         with pytest.raises(ConfigError, match=rf"{name}: not valid YAML \({reason}"):
             load_config(tmp_path / name)
+    # Was: '... position 17' of '"<unicode string>"', over two lines.
+    (tmp_path / "nul.yaml").write_text("node:\n  ae_title: A\x00B\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"^.*nul\.yaml: not valid YAML \(unacceptable character #x0000 at character 20: "
+        r"special characters are not allowed\)$",
+    ):
+        load_config(tmp_path / "nul.yaml")
     (tmp_path / "empty.yaml").write_text("")
     assert load_config(tmp_path / "empty.yaml").node.ae_title == "TRIAGE"
     (tmp_path / "scalar.yaml").write_text("node: 5\n")
