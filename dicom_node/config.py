@@ -27,6 +27,7 @@ from dicom_node.config_checks import (
     as_host,
     as_list,
     as_str,
+    exponent_hint,
     folder,
     get_key,
     int_range,
@@ -368,6 +369,7 @@ def _hours_or_none(value: Any, path: str) -> float | None:
     ):
         raise ConfigError(
             f"{path}: expected a number of hours (0 or more) or null, got {show(value)}"
+            f"{exponent_hint(value)}"
         )
     return float(value)
 

@@ -155,20 +155,24 @@ def pdu(value: Any, path: str) -> int:
 MAX_SECONDS = 1e7
 
 
+def exponent_hint(value: Any) -> str:
+    """PyYAML (YAML 1.1) reads 1e3 as a string; 1.0e+3 is a float: how to write it."""
+    if not isinstance(value, str) or not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value):
+        return ""
+    # With a dot in the mantissa YAML reads a float: 1e-2 is 1.0e-2 (not 0.0, which a key
+    # allowing 0 took, changing what was meant). YAML 1.1 also needs the exponent's sign:
+    # 1.0e3 is text, 1.0e+3 a float.
+    mantissa, _, exponent = value.lower().partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    if exponent[:1] not in ("+", "-"):
+        exponent = "+" + exponent
+    return f" (YAML reads it as text: write {mantissa}e{exponent})"
+
+
 def as_number(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        # PyYAML (YAML 1.1) reads 1e3 as a string; 1.0e+3 is a float.
-        hint = ""
-        if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value):
-            # With a dot in the mantissa YAML reads a float: 1e-2 is 1.0e-2 (not 0.0, which
-            # a key allowing 0 took, changing what was meant).
-            # YAML 1.1 also needs the exponent's sign: 1.0e3 is text, 1.0e+3 a float.
-            mantissa, _, exponent = value.lower().partition("e")
-            if "." not in mantissa:
-                mantissa += ".0"
-            if exponent[:1] not in ("+", "-"):
-                exponent = "+" + exponent
-            hint = f" (YAML reads it as text: write {mantissa}e{exponent})"
+        hint = exponent_hint(value)
         raise ConfigError(f"{path}: expected a number of seconds, got {show(value)}{hint}")
     try:
         number = float(value)

@@ -280,6 +280,11 @@ BAD: list[tuple[dict[str, Any], str]] = [
         r"^storage\.retention_hours: expected a number of hours .* got true",
     ),
     (
+        {"storage": {"retention_hours": "1e3"}},
+        r"^storage\.retention_hours: expected a number of hours .* got '1e3' \(YAML reads it "
+        r"as text: write 1\.0e\+3\)$",
+    ),
+    (
         {"storage": {"retention_hours": float("inf")}},
         r"^storage\.retention_hours: expected a number of hours .* got inf",
     ),
