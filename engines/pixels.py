@@ -111,6 +111,9 @@ _ENDS_WITH_EOI = frozenset({
 })  # fmt: skip
 
 
+_EOI_WINDOW = 10
+
+
 def _refuse_truncated_jpeg(ds: Dataset) -> None:
     """A JPEG or JPEG-LS frame without its EOI marker was cut short: refused, as dcmtk does."""
     meta = getattr(ds, "file_meta", None)
@@ -126,9 +129,11 @@ def _refuse_truncated_jpeg(ds: Dataset) -> None:
             f"({describe(exc)})"
         ) from exc
     for frame in frames:
-        # A fragment has an even length: a byte of padding may follow the marker (FF D9
-        # cannot occur inside the entropy-coded data, where an FF is followed by 00).
-        if not frame.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        # Padding may follow the marker (PS3.5 A.4: an odd-length frame's pad byte, which
+        # need not be 00H, "appended after the EOI marker"); pydicom, too, looks for it in
+        # the last 10 bytes. FF D9 cannot occur inside the entropy-coded data, where an FF
+        # is followed by 00.
+        if b"\xff\xd9" not in frame[-_EOI_WINDOW:]:
             raise PixelDataError(
                 f"SOP instance {ds.get('SOPInstanceUID', '?')}: pixel data cannot be decoded "
                 "(a JPEG codestream without its end marker: cut short)"

@@ -345,6 +345,9 @@ def test_a_jpeg_codestream_cut_short_is_refused(syntax: str) -> None:
     # Was: decoded without a word, the missing rows grey, and analysed.
     with pytest.raises(PixelDataError, match=r"a JPEG codestream without its end marker"):
         display_pixels(ds)
+    # Padding after the marker need not be 00H (PS3.5 A.4): still a whole codestream.
+    ds.PixelData = encapsulate([frame.rstrip(b"\x00") + b"\xff"])
+    assert display_pixels(ds).shape == (48, 64)
 
 
 def test_native_pixel_data_under_a_jpeg_syntax_is_a_pixel_data_error() -> None:
