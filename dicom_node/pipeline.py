@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 # What an earlier report's header needs to be superseded (report.sr.supersede).
 _REPORT_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                "InstanceNumber"]  # fmt: skip
+                "InstanceNumber", "PredecessorDocumentsSequence"]  # fmt: skip
 
 _IDLE_POLL = 1.0
 _RETRY_SECONDS = 10.0  # after an engine could not run

@@ -22,6 +22,7 @@ coding schemes, so every viewer and validator reads the report.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import highdicom as hd
@@ -345,24 +346,44 @@ def build_sr(
 
 def as_latest_report(sr: Dataset, previous: Sequence[Dataset]) -> Dataset:
     """``sr`` with its final SOP Instance UID, superseding the study's earlier reports
-    ``previous`` (their headers, with Instance Numbers: :func:`supersede`).
+    ``previous`` (their headers, with Instance Numbers and Predecessor Documents:
+    :func:`supersede`).
 
     The UID comes from the content (:func:`~dicom_node.report.uids.content_uid`), so the
-    latest report rebuilt (a crash, a rerun that finds the same) is the same object. Content
-    that returns to an earlier report's, superseded since (a name corrected, then the
-    correction undone), is a new object, whose UID names the report it replaces: under the
-    earlier report's UID it was not sent (the PACS holds that UID already), and the PACS's
-    latest report stayed the superseded one."""
+    latest report rebuilt (a crash, a rerun that finds the same) is the same object: its
+    UID, number and predecessors as delivered. Content that returns to an earlier report's,
+    superseded since (a name corrected, then the correction undone), is a new object, whose
+    UID names the report it replaces: under the earlier report's UID it was not sent (the
+    PACS holds that UID already), and the PACS's latest report stayed the superseded one."""
     uid = content_uid(sr, "sr", SR_CONTENT)
-    if previous:
-        latest = str(max(previous, key=_report_order).SOPInstanceUID)
-        known = {str(p.SOPInstanceUID) for p in previous}
-        rebuilt = {uid} | {content_uid(sr, "sr", SR_CONTENT, after=u) for u in known}
-        if latest in rebuilt:
-            uid = latest
-        elif uid in known:
-            uid = content_uid(sr, "sr", SR_CONTENT, after=latest)
+    if not previous:
+        return supersede(with_uid(sr, uid), previous)
+    latest = max(previous, key=_report_order)
+    # The report a returning content was built after is among the latest's predecessors,
+    # also once its own row and file are gone (a dead letter discarded).
+    earlier = {str(p.SOPInstanceUID) for p in previous} | set(_predecessors(latest))
+    rebuilt = {uid} | {content_uid(sr, "sr", SR_CONTENT, after=u) for u in earlier}
+    if str(latest.SOPInstanceUID) in rebuilt and "InstanceNumber" in latest:
+        with_uid(sr, str(latest.SOPInstanceUID))
+        sr.InstanceNumber = latest.InstanceNumber
+        if "PredecessorDocumentsSequence" in sr:
+            del sr.PredecessorDocumentsSequence
+        if "PredecessorDocumentsSequence" in latest:
+            sr.PredecessorDocumentsSequence = copy.deepcopy(latest.PredecessorDocumentsSequence)
+        return sr
+    if uid in earlier:
+        uid = content_uid(sr, "sr", SR_CONTENT, after=str(latest.SOPInstanceUID))
     return supersede(with_uid(sr, uid), previous)
+
+
+def _predecessors(report: Dataset) -> list[str]:
+    return [
+        str(item.ReferencedSOPInstanceUID)
+        for study in report.get("PredecessorDocumentsSequence", [])
+        for series in study.get("ReferencedSeriesSequence", [])
+        for item in series.get("ReferencedSOPSequence", [])
+        if "ReferencedSOPInstanceUID" in item
+    ]
 
 
 def _report_order(report: Dataset) -> tuple[int, str]:

@@ -841,6 +841,11 @@ def test_content_returning_to_a_superseded_reports_is_a_new_report(study: Study)
         rebuilt = as_latest_report(make_sr(study, screen_case(study)), previous)
         assert (rebuilt.SOPInstanceUID, rebuilt.InstanceNumber) == (back.SOPInstanceUID, 3)
         assert _predecessors(rebuilt) == [a.SOPInstanceUID, b.SOPInstanceUID]
+    # B's row gone (a dead letter discarded): still the same object, as delivered (was: a
+    # new UID numbered 3 again, a duplicate report in the PACS).
+    rebuilt = as_latest_report(make_sr(study, screen_case(study)), [a, back])
+    assert (rebuilt.SOPInstanceUID, rebuilt.InstanceNumber) == (back.SOPInstanceUID, 3)
+    assert _predecessors(rebuilt) == [a.SOPInstanceUID, b.SOPInstanceUID]
     # B's content again after that: new once more.
     b_again = as_latest_report(make_sr(study, hipnet_case(study)), [a, b, back])
     assert b_again.SOPInstanceUID not in (a.SOPInstanceUID, b.SOPInstanceUID, back.SOPInstanceUID)
