@@ -172,11 +172,12 @@ def _config(args: argparse.Namespace, path: str | None = None) -> Config:
         return load_config(default_config_path(target), overrides)
     except ConfigError as exc:
         env = os.environ.get(ENV_CONFIG)
+        named = str(Path(env)) if env else ""  # as load_config names it: ./a.yaml is a.yaml
         from_flag = any(str(exc).startswith(f"{key}:") for key in overrides)
-        if target is None and env and not from_flag and not str(exc).startswith(f"{env}:"):
+        if target is None and env and not from_flag and not str(exc).startswith(f"{named}:"):
             # A key's error named neither the file nor the variable that chose it (the
             # container images set it): the admin did not know which file to open.
-            raise ConfigError(f"{env}: {exc}") from exc
+            raise ConfigError(f"{named}: {exc}") from exc
         raise
 
 
@@ -184,7 +185,7 @@ def _from_environment(args: argparse.Namespace, exc: DicomNodeError) -> str:
     """Where the file came from, when no flag named it: a variable set in another shell or
     a unit file is easy to forget."""
     env = os.environ.get(ENV_CONFIG)
-    if not env or not isinstance(exc, ConfigError) or not str(exc).startswith(f"{env}:"):
+    if not env or not isinstance(exc, ConfigError) or not str(exc).startswith(f"{Path(env)}:"):
         return ""
     try:
         named = _config_path(args, getattr(args, "path", None))

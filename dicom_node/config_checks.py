@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -218,7 +219,10 @@ def folder(value: str, base: Path, key: str) -> Path:
     refused: the commands that read the folder said "the node has not run yet", or that no
     engine was built, and the node's start blamed the engines."""
     path = resolve(value, base, key)
-    if path.exists() and not path.is_dir():
+    # os.path, not Path (whose is_file and exists raise PermissionError on Python 3.11):
+    # a folder the checking user may not look into (an admin's check-config of the
+    # service's mode-700 spool) passes.
+    if os.path.isfile(path):  # noqa: PTH113
         raise ConfigError(f"{key}: expected a folder, got {str(path)!r}, which is a file")
     return path
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -126,6 +128,41 @@ def test_a_key_error_in_a_file_named_by_the_environment_names_the_file(
     assert capsys.readouterr().err == (
         "dicom-node: error: node.port: expected an integer from 0 to 65535, got 99999\n"
     )
+
+
+def test_a_relative_path_in_the_environment_is_named_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "node.yaml").write_text("node: {port: 70000}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DICOM_NODE_CONFIG", "./node.yaml")
+    assert main(["studies"]) == 2  # was: "./node.yaml: node.yaml: node.port: ..."
+    assert capsys.readouterr().err == (
+        "dicom-node: error: node.yaml: node.port: expected an integer from 0 to 65535, got "
+        "70000 (named by $DICOM_NODE_CONFIG)\n"
+    )
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run as a user who may not look into a folder",
+)
+def test_a_folder_the_checking_user_may_not_look_into_passes(tmp_path: Path) -> None:
+    # An admin's check-config of the service's mode-700 spool: Path.exists raised
+    # PermissionError, printed as "Permission denied" naming no key.
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    os.chown(private, 65534, 65534)
+    config = tmp_path / "node.yaml"
+    config.write_text(f"storage: {{spool_dir: {private / 'spool'}}}\n")
+    no_override = "-dac_override,-dac_read_search"
+    result = subprocess.run(
+        ["setpriv", f"--inh-caps={no_override}", f"--bounding-set={no_override}",
+         sys.executable, "-m", "dicom_node", "check-config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{config}: OK (0 destinations, AE TRIAGE)\n"
 
 
 def test_the_demo_refuses_the_flags_it_cannot_honour(capsys: pytest.CaptureFixture[str]) -> None:
