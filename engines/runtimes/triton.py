@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.manifest import Manifest
-from engines.runtimes.base import Array, EngineRuntimeError, Runtime
+from engines.runtimes.base import Array, EngineRuntimeError, Runtime, check_signature
 from engines.triton_repo import SHA256_PARAMETER, TRITON_VERSION, VERSION_PARAMETER
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,15 @@ class TritonRuntime(Runtime):
                 raise EngineRuntimeError(
                     f"{self._where}: serves {kind}s {have}, manifest says {want}"
                 )
-        return int(config.get("max_batch_size", 0))
+        max_batch_size = int(config.get("max_batch_size", 0))
+        # Shapes too, as the other runtimes check at open: a config whose dims differ
+        # (hand-edited) gave arrays of another shape, and every study failed later.
+        shapes = {
+            kind: {t["name"]: _served_shape(t, max_batch_size > 0) for t in config.get(kind, [])}
+            for kind in ("input", "output")
+        }
+        check_signature(self.manifest, "triton", shapes["input"], shapes["output"])
+        return max_batch_size
 
     def _run(self, batch: dict[str, Array]) -> Mapping[str, npt.ArrayLike]:
         if self._recheck:
@@ -200,3 +208,12 @@ class TritonRuntime(Runtime):
 
     def _release(self) -> None:
         self._client.close()
+
+
+def _served_shape(tensor: Mapping[str, Any], batched: bool) -> list[int]:
+    """A tensor's shape as a model config serves it: its reshape (else its dims), after
+    the batch axis when the model batches (max_batch_size > 0); -1 where dynamic."""
+    reshape = tensor.get("reshape")
+    dims = reshape.get("shape", []) if isinstance(reshape, Mapping) else tensor.get("dims", [])
+    shape = [int(d) for d in dims]
+    return [-1, *shape] if batched else shape

@@ -187,6 +187,22 @@ def test_server_not_live_or_not_ready_is_refused(
         TritonRuntime(read_manifest(hip_screen_engine), hip_screen_engine, url=url)
 
 
+def test_a_served_shape_other_than_the_manifests_is_refused_at_open(
+    hip_screen_engine: Path, fake_triton: tuple[str, _FakeTriton]
+) -> None:
+    # Only the names were compared: a config whose logits had 3 columns opened, and every
+    # study then failed at triage with a ValueError.
+    url, fake = fake_triton
+    [logits] = [t for t in fake.config.output if t.name == "logits"]
+    logits.dims[:] = [3]
+    with pytest.raises(
+        EngineRuntimeError,
+        match=r"^hip_screen on triton: output 'logits' is \[-1, 3\] in the model, the manifest "
+        r"says \[-1, 8\] \(-1 = any\)$",
+    ):
+        TritonRuntime(read_manifest(hip_screen_engine), hip_screen_engine, url=url)
+
+
 def test_response_without_an_output_is_refused(
     hip_screen_engine: Path, fake_triton: tuple[str, _FakeTriton]
 ) -> None:
@@ -277,6 +293,8 @@ def test_a_reply_over_grpcs_default_4_mib_is_received(
     # than gRPC's default 4 MiB.
     url, fake = fake_triton
     fake.config.max_batch_size = 0  # one request for the whole batch
+    for tensor in [*fake.config.input, *fake.config.output]:  # the batch axis in the dims
+        tensor.dims[:] = [-1, *tensor.dims]
     with TritonRuntime(read_manifest(hip_screen_engine), hip_screen_engine, url=url) as runtime:
         features = runtime.infer({"image": _images(140)})["features"]
     assert features.shape == (140, 2048, 2, 2) and features.nbytes > 4 * 2**20
