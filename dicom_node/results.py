@@ -44,7 +44,7 @@ class ResultSet:
         return (self.sr, *self.overlays)
 
 
-def _overlay_hip(hip: HipOutcome, policy: str) -> OverlayHip | None:
+def _overlay_hip(hip: HipOutcome, policy: str, manifest: Manifest) -> OverlayHip | None:
     decision = hip.decision
     positives = decision.positives
     if not positives and policy != "positive-or-top":
@@ -56,7 +56,7 @@ def _overlay_hip(hip: HipOutcome, policy: str) -> OverlayHip | None:
         region=hip.ap.region,
         geometry=hip.ap.geometry,
         heatmap=decision.prediction.heatmaps[finding.name],
-        finding=finding.name.replace("_", " "),
+        finding=manifest.display(finding.name),
         probability=probability_text(finding),
         present=finding.present,
         priority=decision.priority,
@@ -101,9 +101,10 @@ def build_results(
     if cfg.results.heatmaps != "none":
         groups: dict[tuple[str, str], list[OverlayHip]] = {}
         for hip in analysis.hips:
-            overlay = _overlay_hip(hip, cfg.results.heatmaps)
+            engine = hip.decision.prediction.task.engine
+            overlay = _overlay_hip(hip, cfg.results.heatmaps, manifests[engine])
             if overlay is not None:
-                key = (hip.decision.prediction.task.engine, hip.ap.image.source.sop_instance_uid)
+                key = (engine, hip.ap.image.source.sop_instance_uid)
                 groups.setdefault(key, []).append(overlay)
         numbers: Counter[tuple[str, str, str]] = Counter()
         for (engine, uid), hips in groups.items():

@@ -111,6 +111,11 @@ class Manifest:
     def class_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.classes)
 
+    def display(self, name: str) -> str:
+        """A class's wording for people (banners, the worklist line), else its name."""
+        spec = next((c for c in self.classes if c.name == name), None)
+        return spec.display if spec is not None and spec.display else name.replace("_", " ")
+
     def artefact_path(self, folder: Path, key: str) -> Path:
         try:
             return folder / self.artefacts[key].path

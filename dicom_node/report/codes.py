@@ -9,6 +9,20 @@ from pydicom.sr.coding import Code
 
 PROCEDURE = Code("168537006", "SCT", "Plain radiography")  # CID 10005
 HIP_JOINT = Code("24136001", "SCT", "Hip joint")  # CID 4, 7304
+HIP = Code("29836001", "SCT", "Hip")  # CID 4: the hip region
+FEMUR = Code("71341001", "SCT", "Femur")  # CID 4
+# Where a finding is, by its concept: the hip region for fractures of the proximal femur,
+# bone density and fixation hardware (not in the joint: an intertrochanteric fracture is
+# outside its capsule), the femur for a periprosthetic fracture of the shaft; the hip joint
+# for the rest (joint disease, dysplasia, an arthroplasty and its failures) and for a
+# site's own classes.
+FINDING_SITES = {
+    "5913000": HIP,  # fracture of neck of femur
+    "700097003": HIP,  # fracture of bone of hip region (intertrochanteric)
+    "31031000": HIP,  # orthopedic internal fixation system
+    "64859006": HIP,  # osteoporosis
+    "71620000": FEMUR,  # fracture of femur (periprosthetic)
+}
 RIGHT = Code("24028007", "SCT", "Right")  # CID 244
 LEFT = Code("7771000", "SCT", "Left")  # CID 244
 PROBABILITY = Code("122157", "DCM", "Probability")
@@ -59,3 +73,12 @@ INPUT_WORDS = {"radiograph": "radiograph", "ct": "CT", "text": "clinical text"}
 COMMENT = Code("121106", "DCM", "Comment")  # CID 12101
 # The finding type of a class with no confirmed SNOMED CT concept; a Comment names it.
 FINDING = Code("121071", "DCM", "Finding")
+
+
+def site_of(finding: Code) -> Code:
+    """The finding site of a finding type (:data:`FINDING_SITES`, else the hip joint)."""
+    return (
+        FINDING_SITES.get(str(finding.value), HIP_JOINT)
+        if finding.scheme_designator == "SCT"
+        else HIP_JOINT
+    )

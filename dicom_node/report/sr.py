@@ -76,18 +76,43 @@ def reported_findings(decision: TriageDecision) -> tuple[HipFinding, ...]:
 
 
 def description(
-    priority: str, decisions: Sequence[TriageDecision], incomplete: bool = False
+    priority: str,
+    decisions: Sequence[TriageDecision],
+    manifests: Mapping[str, Manifest],
+    incomplete: bool = False,
 ) -> str:
-    """``AI triage URGENT: femoral neck fracture R`` (a Series Description, at most 64 chars);
-    ``AI triage NONE (incomplete)`` where an image of the study could not be analysed."""
-    # Urgent first, then the most probable, across engines: cut at 64 characters, the text
-    # lost the urgent finding the cascade's Hip-Net reported after the screening findings.
-    found = [(f, d.prediction.task.side) for d in decisions if d.positives
-             for f in reported_findings(d)]  # fmt: skip
-    found.sort(key=lambda item: (not item[0].urgent, -item[0].probability))
-    parts = [f"{f.name.replace('_', ' ')} {side}" for f, side in found]
+    """``AI triage URGENT: femoral neck fracture R+L`` (a Series Description, at most 64
+    chars); ``AI triage NONE (incomplete)`` where an image of the study could not be analysed.
+
+    Each present finding once, in its manifest's wording, with its sides (R+L: was named
+    once per side, and the cut at 64 characters dropped the second fracture's side). Urgent
+    first, then what a cascade found before the finding that started it (a loosening
+    before the prosthesis it was looked for in, whatever their probabilities), then the
+    most probable, across engines (the cascade's dislocation that made a study URGENT came
+    last and was cut off)."""
+    triggers = {
+        (rule[1], rule[2], d.prediction.task.side)
+        for d in decisions
+        if d.positives and len(rule := d.prediction.task.rule.split(":")) == 3
+        and rule[0] == "cascade"
+    }  # fmt: skip
+    found = [(f, d) for d in decisions if d.positives for f in reported_findings(d)]
+    found.sort(
+        key=lambda item: (
+            not item[0].urgent,
+            (item[1].prediction.task.engine, item[0].name, item[1].prediction.task.side)
+            in triggers,
+            -item[0].probability,
+        )
+    )
+    sides: dict[str, set[str]] = {}
+    for finding, decision in found:
+        manifest = manifests.get(decision.prediction.task.engine)
+        words = manifest.display(finding.name) if manifest else finding.name.replace("_", " ")
+        sides.setdefault(words, set()).add(decision.prediction.task.side)
+    parts = [f"{words} {'+'.join(s for s in ('R', 'L') if s in on)}" for words, on in sides.items()]
     head = f"AI triage {priority}" + (" (incomplete)" if incomplete else "")
-    text = head + (": " + ", ".join(dict.fromkeys(parts)) if parts else "")
+    text = head + (": " + ", ".join(parts) if parts else "")
     return text if len(text) <= 64 else text[:61] + "..."
 
 
@@ -161,7 +186,12 @@ def _group(
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         finding_type=_finding_code(manifest, finding.name),
-        finding_sites=[hd.sr.FindingSite(codes.HIP_JOINT, laterality=codes.LATERALITY[task.side])],
+        finding_sites=[
+            hd.sr.FindingSite(
+                codes.site_of(_finding_code(manifest, finding.name)),
+                laterality=codes.LATERALITY[task.side],
+            )
+        ],
         algorithm_id=hd.sr.AlgorithmIdentification(
             name=manifest.name, version=manifest.version, parameters=parameters
         ),
@@ -174,7 +204,15 @@ def _group(
             hd.sr.QualitativeEvaluation(
                 codes.PRESENCE, codes.PRESENT if finding.present else codes.ABSENT
             ),
-            hd.sr.QualitativeEvaluation(codes.PRIORITY, codes.PRIORITY_VALUES[decision.priority]),
+            # The hip's urgency by this engine, where it is urgent. The study's CAD summary
+            # (CID 6047: "All algorithms succeeded; without findings") is the study triage
+            # group's: in each group it contradicted the others (an osteoporosis group said
+            # "without findings" for a hip with an urgent dislocation) and a PARTIAL report.
+            *(
+                [hd.sr.QualitativeEvaluation(codes.PRIORITY, codes.PRIORITY_VALUES["URGENT"])]
+                if decision.priority == "URGENT"
+                else []
+            ),
             *inputs,
         ],
         source_images=[
@@ -321,7 +359,7 @@ def build_sr(
     if study is not None:  # first: highdicom takes the patient and study from evidence[0]
         ordered.sort(key=lambda h: str(h.SOPInstanceUID) != str(study.SOPInstanceUID))
     evidence = [evidence_header(h) for h in ordered]
-    series_description = description(priority, decisions, incomplete=bool(not_analysed))
+    series_description = description(priority, decisions, manifests, incomplete=bool(not_analysed))
     series = series_uid(str(evidence[0].StudyInstanceUID), "sr", str(identity.series_number),
                         series_description)  # fmt: skip
     with building("SR"):

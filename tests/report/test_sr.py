@@ -40,6 +40,7 @@ from engines.phantoms.studies import write_study
 THA = "total_hip_arthroplasty"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 HIP_JOINT = ("24136001", "SCT")
+HIP = ("29836001", "SCT")
 LATERALITY = {"R": ("24028007", "SCT"), "L": ("7771000", "SCT")}
 PRESENT, ABSENT = ("52101004", "SCT"), ("272519000", "SCT")
 PRIORITY_CODES = {
@@ -255,7 +256,7 @@ def test_an_urgent_finding_comes_first_whatever_its_probability(study: Study) ->
     hip = triage(manifest, "R", study.ap_source, osteoarthritis=0.55, femoral_neck_fracture=0.35)
     assert hip.priority == "URGENT"
     assert [f.name for f in reported_findings(hip)] == ["femoral_neck_fracture", "osteoarthritis"]
-    assert description("URGENT", [hip]) == (
+    assert description("URGENT", [hip], {SCREEN.name: manifest}) == (
         "AI triage URGENT: femoral neck fracture R, osteoarthritis R"
     )
 
@@ -287,12 +288,43 @@ def test_normal_below_its_threshold_is_never_reported_absent(study: Study) -> No
 def test_description_states_priority_and_positive_findings(study: Study) -> None:
     right, left = screen_case(study)
     # Urgent first, then most probable, as the SR's groups are ordered.
-    assert description("URGENT", [right, left]) == (
+    assert description("URGENT", [right, left], MANIFESTS) == (
         "AI triage URGENT: femoral neck fracture R, osteoarthritis R"
     )
-    assert description("NONE", [left]) == "AI triage NONE"
+    assert description("NONE", [left], MANIFESTS) == "AI triage NONE"
     # The same finding on one side from two engines is named once.
-    assert description("FLAG", [right, right]).count("osteoarthritis R") == 1
+    assert description("FLAG", [right, right], MANIFESTS).count("osteoarthritis R") == 1
+
+
+def test_description_names_a_finding_once_with_both_sides(study: Study) -> None:
+    # Was "femoral neck fracture L, femoral neck fract...": the second side cut off.
+    left = triage(SCREEN, "L", study.ap_source, femoral_neck_fracture=0.9, osteoarthritis=0.8)
+    right = triage(SCREEN, "R", study.ap_source, femoral_neck_fracture=0.7)
+    assert description("URGENT", [left, right], MANIFESTS) == (
+        "AI triage URGENT: femoral neck fracture R+L, osteoarthritis L"
+    )
+
+
+def test_description_puts_what_a_cascade_found_before_what_started_it(study: Study) -> None:
+    # Was "AI triage FLAG: total hip arthroplasty L, osteoarthritis R, a...": the loosening
+    # Hip-Net was run for was cut off behind the prosthesis it was looked for in.
+    screen_r = triage(SCREEN, "R", study.ap_source, osteoarthritis=0.9)
+    screen_l = triage(SCREEN, "L", study.ap_source, total_hip_arthroplasty=0.99)
+    failure = triage(HIPNET, "L", study.ap_source, aseptic_loosening=0.6)
+    cascaded = replace(
+        failure,
+        prediction=replace(
+            failure.prediction,
+            task=replace(failure.prediction.task, rule="cascade:hip_screen:total_hip_arthroplasty"),
+        ),
+    )
+    assert failure.priority == "FLAG"
+    text = description("FLAG", [screen_r, screen_l, cascaded], MANIFESTS)
+    assert text.startswith("AI triage FLAG: osteoarthritis R, aseptic loosening L, ")
+    # Not run by the cascade: by probability, as before.
+    assert description("FLAG", [screen_r, screen_l, failure], MANIFESTS).startswith(
+        "AI triage FLAG: total hip arthroplasty L, osteoarthritis R, a"
+    )
 
 
 def test_a_cut_description_keeps_the_urgent_finding_of_any_engine(study: Study) -> None:
@@ -302,8 +334,8 @@ def test_a_cut_description_keeps_the_urgent_finding_of_any_engine(study: Study) 
                     osteoarthritis=0.9, osteonecrosis_of_femoral_head=0.8)  # fmt: skip
     failure = triage(HIPNET, "R", study.ap_source, dislocation=0.7)
     assert failure.priority == "URGENT"
-    text = description("URGENT", [screen, failure])
-    assert text.startswith("AI triage URGENT: dislocation R, total hip arthroplasty R, ")
+    text = description("URGENT", [screen, failure], MANIFESTS)
+    assert text.startswith("AI triage URGENT: prosthesis dislocation R, total hip arthrop")
     assert len(text) == 64
 
 
@@ -327,9 +359,9 @@ def test_long_description_is_cut_to_64_characters(study: Study) -> None:
         developmental_dysplasia_of_hip=0.7,
         total_hip_arthroplasty=0.6,
     )
-    text = description("FLAG", [many])
+    text = description("FLAG", [many], MANIFESTS)
     assert len(text) == 64
-    assert text.startswith("AI triage FLAG: osteoarthritis R, osteonecrosis of femoral ")
+    assert text.startswith("AI triage FLAG: osteoarthritis R, osteonecrosis of the femora")
     assert text.endswith("...")
     sr = make_sr(study, [many])
     assert sr.SeriesDescription == text
@@ -400,26 +432,26 @@ def test_screen_groups_one_per_reported_finding(study: Study) -> None:
         "study triage",
     ]
     expected = [
-        # finding code, side, probability, threshold, presence, hip priority
-        (("5913000", "SCT"), "R", 0.8312, "0.400", PRESENT, "URGENT"),
-        (("239872002", "SCT"), "R", 0.61, "0.500", PRESENT, "URGENT"),
-        (("444849002", "SCT"), "L", 0.35, "0.500", ABSENT, "NONE"),
+        # finding code, site, side, probability, threshold, presence, hip priority
+        (("5913000", "SCT"), HIP, "R", 0.8312, "0.400", PRESENT, "URGENT"),
+        (("239872002", "SCT"), HIP_JOINT, "R", 0.61, "0.500", PRESENT, "URGENT"),
+        (("444849002", "SCT"), HIP_JOINT, "L", 0.35, "0.500", ABSENT, "NONE"),
     ]
-    for group, (finding, side, probability, threshold, presence, priority) in zip(
+    for group, (finding, at, side, probability, threshold, presence, priority) in zip(
         groups, expected, strict=False
     ):
         assert code_of(group.finding_type) == finding
         (site,) = group.finding_sites
-        assert code_of(site.value) == HIP_JOINT
+        assert code_of(site.value) == at  # a femoral neck fracture: the hip, not its joint
         assert code_of(site.laterality) == LATERALITY[side]
         (measurement,) = group.get_measurements()
         assert code_of(measurement.name) == ("122157", "DCM")
         assert float(measurement.value) == pytest.approx(probability)
         assert code_of(measurement.unit) == ("1", "UCUM")
-        assert qualitative(group) == {
-            PRESENCE_CONCEPT: presence,
-            PRIORITY_CONCEPT: PRIORITY_CODES[priority],
-        }
+        # The hip's urgency where it is urgent; never the study's CAD summary ("All
+        # algorithms succeeded; without findings" beside another engine's urgent finding).
+        urgency = {PRIORITY_CONCEPT: PRIORITY_CODES["URGENT"]} if priority == "URGENT" else {}
+        assert qualitative(group) == {PRESENCE_CONCEPT: presence, **urgency}
         assert text_items(group, ALGORITHM_NAME) == ["hip_screen"]
         assert text_items(group, ALGORITHM_VERSION) == ["1.2.3-test"]
         assert text_items(group, ALGORITHM_PARAMETERS) == [
@@ -457,10 +489,7 @@ def test_hipnet_group_references_the_lateral(study: Study) -> None:
     assert code_of(failure.finding_type) == ("240267008", "SCT")
     assert code_of(failure.finding_sites[0].laterality) == LATERALITY["L"]
     assert float(failure.get_measurements()[0].value) == pytest.approx(0.7)
-    assert qualitative(failure) == {
-        PRESENCE_CONCEPT: PRESENT,
-        PRIORITY_CONCEPT: PRIORITY_CODES["FLAG"],
-    }
+    assert qualitative(failure) == {PRESENCE_CONCEPT: PRESENT}  # FLAG: no urgency
     assert text_items(failure, ALGORITHM_NAME) == ["hipnet"]
     assert text_items(failure, ALGORITHM_PARAMETERS) == [
         "backend=tensorrt",
@@ -512,10 +541,7 @@ def test_normal_hips_report_normal_present(study: Study) -> None:
     for group, side in zip(groups, ("R", "L"), strict=False):
         assert code_of(group.finding_type) == ("17621005", "SCT")
         assert code_of(group.finding_sites[0].laterality) == LATERALITY[side]
-        assert qualitative(group) == {
-            PRESENCE_CONCEPT: PRESENT,
-            PRIORITY_CONCEPT: PRIORITY_CODES["NONE"],
-        }
+        assert qualitative(group) == {PRESENCE_CONCEPT: PRESENT}
     assert qualitative(groups[-1]) == {PRIORITY_CONCEPT: PRIORITY_CODES["NONE"]}
 
 
@@ -567,10 +593,11 @@ def test_file_reads_back_with_highdicom(study: Study, case: Any, tmp_path: Path)
     ]
     assert again == original
     # Filtering by finding site and finding type works on what was written.
-    at_hip = read.content.get_image_measurement_groups(
+    sites = [code_of(g.finding_sites[0].value) for g in groups_of(built)[:-1]]
+    at_joint = read.content.get_image_measurement_groups(
         finding_site=hd.sr.CodedConcept("24136001", "SCT", "Hip joint")
     )
-    assert len(at_hip) == len(original) - 1  # every group but the study's
+    assert len(at_joint) == sites.count(HIP_JOINT) > 0
     raw = pydicom.dcmread(path)
     assert raw.file_meta.MediaStorageSOPClassUID == COMPREHENSIVE_3D_SR
     assert raw.StudyInstanceUID == study.ap.StudyInstanceUID
@@ -628,6 +655,9 @@ def test_a_study_not_analysed_whole_says_so(
         "(ValueError: …))"
     )
     assert sr.SeriesDescription.startswith(f"AI triage {priority} (incomplete): ")
+    # No hip's group says "All algorithms succeeded" in a PARTIAL report either.
+    for group in groups_of(sr)[:-1]:
+        assert qualitative(group).get(PRIORITY_CONCEPT) in (None, PRIORITY_CODES["URGENT"])
     assert make_sr(study, screen_case(study), priority=priority).CompletionFlag == "COMPLETE"
     assert dciodvfy_findings(saved(sr, tmp_path / "sr.dcm")) == []
 
@@ -850,3 +880,24 @@ def test_content_returning_to_a_superseded_reports_is_a_new_report(study: Study)
     b_again = as_latest_report(make_sr(study, hipnet_case(study)), [a, b, back])
     assert b_again.SOPInstanceUID not in (a.SOPInstanceUID, b.SOPInstanceUID, back.SOPInstanceUID)
     assert b_again.InstanceNumber == 4
+
+
+@pytest.mark.parametrize(
+    ("engine", "finding", "site"),
+    [("hip_screen", "intertrochanteric_fracture", ("29836001", "SCT")),
+     ("hip_screen", "metallic_internal_fixation", ("29836001", "SCT")),
+     ("hip_screen", "osteoarthritis", ("24136001", "SCT")),
+     ("hipnet", "periprosthetic_fracture", ("71341001", "SCT")),
+     ("hipnet", "dislocation", ("24136001", "SCT")),
+     ("osteoporosis", "osteoporosis", ("29836001", "SCT"))],
+)  # fmt: skip
+def test_each_finding_is_sited_where_it_is(
+    study: Study, engine: str, finding: str, site: tuple[str, str]
+) -> None:
+    # Every finding was at "Hip joint": an intertrochanteric fracture is outside its
+    # capsule, a periprosthetic fracture in the femoral shaft, osteoporosis in the bone.
+    manifest = manifest_for(engine)
+    hip = triage(manifest, "R", study.ap_source, **{finding: 0.99})
+    sr = make_sr(study, [hip], manifests={engine: manifest})
+    [group, _] = groups_of(sr)
+    assert code_of(group.finding_sites[0].value) == site
