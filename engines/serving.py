@@ -11,8 +11,10 @@ sees the same tensors under the same names:
   sentence embedding), ``present`` (N, 3: radiograph, CT, text) -> ``logits`` (fused),
   ``radiograph_logits`` and ``features`` (the radiograph branch, for Grad-CAM),
   ``attention`` (N, 3: the weight of each modality);
-- the osteoporosis engine: ``image``, ``clinical`` (N, F raw values), ``missing`` (N, F
-  of 0/1) -> ``logits``.
+- the osteoporosis engine: ``image``, ``clinical`` (N, F values as
+  ``ClinicalVariables.as_vector(standardise=True)`` gives them: age, height, weight and BMI
+  standardised with ``STANDARDISATION``, sex one-hot), ``missing`` (N, F of 0/1) ->
+  ``logits``.
 """
 
 from __future__ import annotations

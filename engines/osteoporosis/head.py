@@ -10,8 +10,9 @@ from torch import Tensor, nn
 class FusionHead(nn.Module):
     """``[image components | clinical values | missing mask] -> logits (2)``.
 
-    Inputs are standardised with statistics stored in the module (fitted on the training
-    set), so the exported graph takes raw values.
+    Inputs are standardised again with statistics stored in the module (fitted on the
+    training set), so the exported graph takes the values as ``as_vector`` gives them
+    (the node's own standardisation), not the raw ones.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """Training data as tensors: phantom sets and labelled DICOM folders, one shape for both.
 
-A screening set holds hip regions ``images`` (N, 1, S, S) in canonical
+A screening set holds hip regions ``ap`` (N, 1, S, S) in canonical
 orientation, ``labels`` (N,) and lesion ``masks`` (N, S, S; None when
 unknown). A Hip-Net set holds ``ap`` and ``lateral`` (N, 1, S, S),
 ``lateral_present`` (N,) and the failure ``labels``. Pixels are in [0, 1];

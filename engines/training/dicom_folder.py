@@ -10,8 +10,9 @@ Paths are relative to the CSV's folder. ``side`` (R or L) picks that hip of an
 AP pelvis (split at the midline, the left hip mirrored); without it the image's
 (Image) Laterality decides: R or L is a single-hip image (L mirrored), B or
 none is split by ``side``, which is then required. A lateral shows one hip, the
-AP's: it is used whole, mirrored for a left hip, whatever its laterality (as
-serving does; one lateralised to the other hip is refused). No mask is known, so
+AP's: it is used whole, mirrored when its rows run toward the anterior (Patient
+Orientation A\\...), without an orientation for a left hip, whatever its laterality (as
+serving does, engines/regions.py; one lateralised to the other hip is refused). No mask is known, so
 the pointing game is not computed for such a set.
 
 Each row's patient comes from the headers: Patient ID (0010,0020), else the Study Instance
@@ -173,7 +174,9 @@ def _hip(path: Path, side: str, size: int, where: str, column: str) -> tuple[Dat
 
 def _lateral(path: Path, side: str, size: int, where: str) -> tuple[Dataset, Image]:
     """The lateral of hip ``side`` as serving prepares it (dicom_node/preprocess.py): serving
-    pairs a lateral whose laterality is the hip's and takes it whole, mirrored for L."""
+    pairs a lateral whose laterality is the hip's and takes it whole, mirrored as
+    engines/regions.py decides (rows toward the anterior; without an orientation, a left
+    hip)."""
     ds, picture, laterality = _read(path, where)
     view = _view(ds)
     if view and view not in LATERAL_VIEWS:  # serving pairs only a lateral view here
