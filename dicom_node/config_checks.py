@@ -222,8 +222,9 @@ def folder(value: str, base: Path, key: str) -> Path:
     # os.path, not Path (whose is_file and exists raise PermissionError on Python 3.11):
     # a folder the checking user may not look into (an admin's check-config of the
     # service's mode-700 spool) passes.
-    if os.path.isfile(path):  # noqa: PTH113
-        raise ConfigError(f"{key}: expected a folder, got {str(path)!r}, which is a file")
+    if os.path.exists(path) and not os.path.isdir(path):  # noqa: PTH110, PTH112
+        # A file, a device (/dev/null), a FIFO: not a folder.
+        raise ConfigError(f"{key}: expected a folder, got {str(path)!r}, which is not a folder")
     return path
 
 

@@ -129,11 +129,12 @@ def _refuse_truncated_jpeg(ds: Dataset) -> None:
             f"({describe(exc)})"
         ) from exc
     for frame in frames:
-        # Padding may follow the marker (PS3.5 A.4: an odd-length frame's pad byte, which
-        # need not be 00H, "appended after the EOI marker"); pydicom, too, looks for it in
-        # the last 10 bytes. FF D9 cannot occur inside the entropy-coded data, where an FF
-        # is followed by 00.
-        if b"\xff\xd9" not in frame[-_EOI_WINDOW:]:
+        # Padding may follow the marker: any run of 00H, or a few other bytes (PS3.5 A.4:
+        # an odd-length frame's pad byte, which need not be 00H, "appended after the EOI
+        # marker"; pydicom looks for it in the last 10 bytes). FF D9 cannot occur inside
+        # the entropy-coded data, where an FF is followed by 00.
+        ended = frame.rstrip(b"\x00").endswith(b"\xff\xd9") or b"\xff\xd9" in frame[-_EOI_WINDOW:]
+        if not ended:
             raise PixelDataError(
                 f"SOP instance {ds.get('SOPInstanceUID', '?')}: pixel data cannot be decoded "
                 "(a JPEG codestream without its end marker: cut short)"

@@ -493,9 +493,14 @@ def test_a_folder_key_naming_a_file_is_refused(tmp_path: Path, yaml_text: str, k
     (tmp_path / "c.yaml").write_text(yaml_text + "\n")
     with pytest.raises(
         ConfigError,
-        match=rf"^{re.escape(key)}: expected a folder, got '{tmp_path / 'afile'}', which is a file$",
+        match=rf"^{re.escape(key)}: expected a folder, got '{tmp_path / 'afile'}', which is not a "
+        r"folder$",
     ):
         load_config(tmp_path / "c.yaml")
+    # A device too (was accepted once the check stopped raising on permissions).
+    (tmp_path / "dev.yaml").write_text(yaml_text.replace("afile", "/dev/null") + "\n")
+    with pytest.raises(ConfigError, match=r"got '/dev/null', which is not a folder$"):
+        load_config(tmp_path / "dev.yaml")
 
 
 def test_a_key_given_twice_is_refused_not_replaced(tmp_path: Path) -> None:
