@@ -214,6 +214,11 @@ def _consistent(m: Manifest, path: Path) -> Manifest:
                 f"{path}: classes[{c.name}].threshold: expected a probability between 0 and 1, "
                 f"got {threshold!r}"
             )
+        if not valid_display(c.display):
+            raise ManifestError(
+                f"{path}: classes[{c.name}].display: expected 1-64 characters without "
+                f"backslashes or control characters (it goes into the SR), got {c.display!r}"
+            )
         _boolean(c.high_risk, f"classes[{c.name}].high_risk", path)
         _boolean(c.normal, f"classes[{c.name}].normal", path)
     version = m.version
@@ -259,6 +264,16 @@ def _consistent(m: Manifest, path: Path) -> Manifest:
             f"{list(first)}: the hip region must be resized to the input's edge"
         )
     return m
+
+
+def valid_display(display: object) -> bool:
+    """A class's wording the manifest may carry: it goes into the banner and the SR's
+    Series Description (a Long String: no backslash, the value separator)."""
+    return (
+        isinstance(display, str)
+        and 0 < len(display.strip()) <= 64
+        and not any(c == "\\" or not c.isprintable() for c in display)
+    )
 
 
 def valid_version(version: str) -> bool:

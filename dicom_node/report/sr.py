@@ -96,21 +96,26 @@ def description(
         if d.positives and len(rule := d.prediction.task.rule.split(":")) == 3
         and rule[0] == "cascade"
     }  # fmt: skip
-    found = [(f, d) for d in decisions if d.positives for f in reported_findings(d)]
-    found.sort(
-        key=lambda item: (
-            not item[0].urgent,
-            (item[1].prediction.task.engine, item[0].name, item[1].prediction.task.side)
-            in triggers,
-            -item[0].probability,
-        )
-    )
-    sides: dict[str, set[str]] = {}
-    for finding, decision in found:
-        manifest = manifests.get(decision.prediction.task.engine)
-        words = manifest.display(finding.name) if manifest else finding.name.replace("_", " ")
-        sides.setdefault(words, set()).add(decision.prediction.task.side)
-    parts = [f"{words} {'+'.join(s for s in ('R', 'L') if s in on)}" for words, on in sides.items()]
+    # Each wording once, with every side it was found on; ordered as a whole (a prosthesis
+    # on both hips, started the cascade on one: was placed by the other side's probability,
+    # before the loosening found on the first).
+    entries: dict[str, tuple[set[str], bool, bool, float]] = {}
+    for d in decisions:
+        task = d.prediction.task
+        manifest = manifests.get(task.engine)
+        for f in reported_findings(d) if d.positives else ():
+            words = manifest.display(f.name) if manifest else f.name.replace("_", " ")
+            sides, urgent, trigger, probability = entries.get(words, (set(), False, False, 0.0))
+            entries[words] = (
+                sides | {task.side},
+                urgent or f.urgent,
+                trigger or (task.engine, f.name, task.side) in triggers,
+                max(probability, f.probability),
+            )
+    ordered = sorted(entries.items(), key=lambda e: (not e[1][1], e[1][2], -e[1][3]))
+    parts = [
+        f"{words} {'+'.join(s for s in ('R', 'L') if s in sides)}" for words, (sides, *_) in ordered
+    ]
     head = f"AI triage {priority}" + (" (incomplete)" if incomplete else "")
     text = head + (": " + ", ".join(parts) if parts else "")
     return text if len(text) <= 64 else text[:61] + "..."
@@ -401,8 +406,10 @@ def as_latest_report(sr: Dataset, previous: Sequence[Dataset]) -> Dataset:
     # also once its own row and file are gone (a dead letter discarded).
     earlier = {str(p.SOPInstanceUID) for p in previous} | set(_predecessors(latest))
     rebuilt = {uid} | {content_uid(sr, "sr", SR_CONTENT, after=u) for u in earlier}
-    if str(latest.SOPInstanceUID) in rebuilt and "InstanceNumber" in latest:
+    if str(latest.SOPInstanceUID) in rebuilt:
         with_uid(sr, str(latest.SOPInstanceUID))
+        if "InstanceNumber" not in latest:  # a report of another writer: numbered as new
+            return supersede(sr, previous)
         sr.InstanceNumber = latest.InstanceNumber
         if "PredecessorDocumentsSequence" in sr:
             del sr.PredecessorDocumentsSequence

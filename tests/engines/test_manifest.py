@@ -268,6 +268,12 @@ def _threshold(value: object) -> Callable[[dict[str, Any]], None]:
          r"classes\[\w+\]\.code: expected a SNOMED CT or DICOM code .* got '59-13000 X'$"),
         (lambda raw: raw["classes"][1].update(code=5913000),
          r"classes\[\w+\]\.code: expected .* quoted string of digits, or null, got 5913000$"),
+        # A backslash went into the SR's Series Description and failed every positive study.
+        (lambda raw: raw["classes"][1].update(display="Schenkelhals\\Fraktur"),
+         r"classes\[\w+\]\.display: expected 1-64 characters without backslashes or control "
+         r"characters \(it goes into the SR\), got 'Schenkelhals\\\\Fraktur'$"),
+        (lambda raw: raw["classes"][1].update(display=" "),
+         r"classes\[\w+\]\.display: expected 1-64 characters .* got ' '$"),
         (lambda raw: raw["classes"][1].update(source="made-up"),
          r"classes\[\w+\]\.source: expected one of dicom, .* got 'made-up'$"),
     ],

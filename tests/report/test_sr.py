@@ -321,6 +321,11 @@ def test_description_puts_what_a_cascade_found_before_what_started_it(study: Stu
     assert failure.priority == "FLAG"
     text = description("FLAG", [screen_r, screen_l, cascaded], MANIFESTS)
     assert text.startswith("AI triage FLAG: osteoarthritis R, aseptic loosening L, ")
+    # A prosthesis on both hips, the cascade started on one: the loosening still comes
+    # first (was placed by the other hip's probability, the loosening cut off).
+    replaced_r = triage(SCREEN, "R", study.ap_source, total_hip_arthroplasty=0.99)
+    text = description("FLAG", [replaced_r, screen_l, cascaded], MANIFESTS)
+    assert text == "AI triage FLAG: aseptic loosening L, total hip arthroplasty R+L"
     # Not run by the cascade: by probability, as before.
     assert description("FLAG", [screen_r, screen_l, failure], MANIFESTS).startswith(
         "AI triage FLAG: total hip arthroplasty L, osteoarthritis R, a"
@@ -876,6 +881,11 @@ def test_content_returning_to_a_superseded_reports_is_a_new_report(study: Study)
     rebuilt = as_latest_report(make_sr(study, screen_case(study)), [a, back])
     assert (rebuilt.SOPInstanceUID, rebuilt.InstanceNumber) == (back.SOPInstanceUID, 3)
     assert _predecessors(rebuilt) == [a.SOPInstanceUID, b.SOPInstanceUID]
+    # The latest of another writer, without an Instance Number: still the same object.
+    unnumbered = copy.deepcopy(back)
+    del unnumbered.InstanceNumber
+    rebuilt = as_latest_report(make_sr(study, screen_case(study)), [a, b, unnumbered])
+    assert rebuilt.SOPInstanceUID == back.SOPInstanceUID
     # B's content again after that: new once more.
     b_again = as_latest_report(make_sr(study, hipnet_case(study)), [a, b, back])
     assert b_again.SOPInstanceUID not in (a.SOPInstanceUID, b.SOPInstanceUID, back.SOPInstanceUID)
