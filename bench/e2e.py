@@ -100,6 +100,7 @@ def run(cfg: Config, studies: int, size: int, work: Path) -> dict[str, object]:
     quiet = cfg.assembly.quiet_seconds
     p50 = statistics.median(times)
     infer = statistics.median(inference)
+    target = target_seconds(infer, quiet)
     return {
         "studies": studies,
         "size": size,
@@ -109,9 +110,20 @@ def run(cfg: Config, studies: int, size: int, work: Path) -> dict[str, object]:
         "inference_p50": infer,
         "p50": p50,
         "p95": percentile(times, 0.95),
-        "target": infer + quiet + 1.0,
-        "met": p50 <= infer + quiet + 1.0,
+        "target": target,
+        "met": p50 <= target,
     }
+
+
+# The quiet period the target allows at most (issue 4: the default, 2 s).
+TARGET_QUIET_SECONDS = 2.0
+
+
+def target_seconds(inference: float, quiet: float) -> float:
+    """Issue 4's target for the p50: inference + quiet period + 1 s, with the quiet period
+    at its default of 2 s or less: a longer one does not lengthen the target (it was
+    inference + quiet + 1 s whatever the quiet period, so a 6 s one 'met' it)."""
+    return inference + min(quiet, TARGET_QUIET_SECONDS) + 1.0
 
 
 def _backend(configured: str) -> str:

@@ -104,6 +104,10 @@ class Row:
         return f"{ratio} / {gflops}"
 
 
+# The engines this benchmark measures (issue 3: seeds 001 and 002).
+BENCH_ENGINES = ("hip_screen", "hipnet")
+
+
 def cores() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -404,9 +408,15 @@ def main() -> int:
     from engines.catalog import ENGINES
 
     names = [n.strip() for n in args.engines.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ENGINES]
+    unknown = [n for n in names if n not in BENCH_ENGINES]
     if unknown:
-        parser.error(f"--engines: unknown {unknown}, expected some of {sorted(ENGINES)}")
+        # The fusion engines need a CT grid and clinical columns this script does not give
+        # (the multimodal one would be timed at the demo grid under a production size);
+        # they crashed in packaging or in the FLOP count.
+        parser.error(
+            f"--engines: {unknown} not measured here; expected some of {list(BENCH_ENGINES)} "
+            f"(the engines of seeds 001 and 002; catalogue: {sorted(ENGINES)})"
+        )
     load = os.getloadavg()[0]
     matmul_before = spawn_matmul(threads, args.iterations, args.repeats)
     rows: list[Row] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -33,3 +34,14 @@ def test_e2e_bench_reports_time_to_result(tmp_path: Path, all_engines: Path) -> 
     assert 0 < row["inference_p50"] < row["p50"] <= row["p95"]
     assert row["p50"] > row["quiet_seconds"]  # nothing completes before its quiet period
     assert "| 2 | onnxruntime | 2.0 |" in done.stdout
+
+
+def test_the_target_does_not_grow_with_a_longer_quiet_period() -> None:
+    # A 6 s quiet period made the target 7.2 s, and a 6.25 s p50 'met' it.
+    spec = importlib.util.spec_from_file_location("e2e_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    assert e2e.target_seconds(0.2, 2.0) == pytest.approx(3.2)
+    assert e2e.target_seconds(0.2, 0.5) == pytest.approx(1.7)
+    assert e2e.target_seconds(0.2, 6.0) == pytest.approx(3.2)

@@ -64,3 +64,15 @@ def test_a_folder_packaged_for_another_network_is_packaged_again(
     write_manifest(dataclasses.replace(manifest, model="resnet50"), folder)
     assert bench.package("hip_screen", 64, tmp_path) == folder
     assert read_manifest(folder).model == manifest.model == "hip_screen"
+
+
+def test_an_engine_the_bench_does_not_measure_is_refused() -> None:
+    # The fusion engines crashed in packaging (osteoporosis) or the FLOP count (multimodal).
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--engines", "hip_screen,osteoporosis"],
+        capture_output=True, text=True, check=False, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--engines: ['osteoporosis'] not measured here; expected some of ['hip_screen', " in (
+        done.stderr
+    )
