@@ -7,14 +7,17 @@ WAL); the node's sender picks requeued items up within a second.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from dicom_node.config import Config
-from dicom_node.errors import StateError
+from dicom_node.errors import DicomNodeError
 from dicom_node.models import OutboxItem
 from dicom_node.send.outbox import STATES, Outbox
 from dicom_node.state import State
+
+
+class OutboxCommandError(DicomNodeError, ValueError):
+    """An outbox command that cannot do what was asked (an unknown id, nothing to act on)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -51,22 +54,18 @@ def _time(value: float | None) -> str:
 
 
 def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
+    # Errors are raised for the CLI to report (as a JSON line with --log-format json; they
+    # were printed here, plain, whatever the format).
     if args.state and args.verb != "list":
         # It was ignored: `retry --state sent` requeued every dead letter.
-        print(
-            f"dicom-node: error: --state: only for list ({args.verb} acts on dead letters)",
-            file=sys.stderr,
-        )
-        return 2
+        raise OutboxCommandError(f"--state: only for list ({args.verb} acts on dead letters)")
     if not cfg.storage.database.exists():
         if args.verb in ("retry", "discard"):
             # Nothing could be requeued or discarded: a script must not take this for success.
-            print(
-                f"dicom-node: error: no state database at {cfg.storage.database}: "
-                f"nothing to {args.verb} (the node has not run yet)",
-                file=sys.stderr,
+            raise OutboxCommandError(
+                f"no state database at {cfg.storage.database}: "
+                f"nothing to {args.verb} (the node has not run yet)"
             )
-            return 2
         print(f"no state database at {cfg.storage.database}: the node has not run yet")
         return 0
     state = State(cfg.storage.database, cfg.assembly, readonly=args.verb == "list")
@@ -74,15 +73,11 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
         outbox = Outbox(state, cfg.sending)
         if args.verb in ("retry", "discard"):
             discarded = []
-            try:
-                if args.verb == "retry":
-                    count = outbox.retry(time.time(), args.ids)
-                else:
-                    discarded = outbox.discard(args.ids)
-                    count = len(discarded)
-            except StateError as exc:
-                print(f"dicom-node: error: {exc}", file=sys.stderr)
-                return 2
+            if args.verb == "retry":  # a StateError names the ids that are not dead letters
+                count = outbox.retry(time.time(), args.ids)
+            else:
+                discarded = outbox.discard(args.ids)
+                count = len(discarded)
             done = "requeued" if args.verb == "retry" else "discarded"
             print(f"{done} {count} dead letter{'s' if count != 1 else ''}")
             for item in discarded:
@@ -105,11 +100,7 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
     missing = sorted(set(args.ids) - {i.id for i in items})
     if missing:  # as retry and discard say: a script must tell "not found" from "nothing"
         where = f" in state {', '.join(args.state)}" if args.state else ""
-        print(
-            f"dicom-node: error: no outbox item with id {', '.join(map(str, missing))}{where}",
-            file=sys.stderr,
-        )
-        return 2
+        raise OutboxCommandError(f"no outbox item with id {', '.join(map(str, missing))}{where}")
     for line in _table(items):
         print(line)
     print(", ".join(f"{n} {s}" for s, n in depth.items()))

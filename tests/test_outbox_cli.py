@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
@@ -82,6 +84,22 @@ def test_outbox_list_shows_whole_names_the_study_and_the_kind(
     assert capsys.readouterr().err == f"dicom-node: error: no outbox item with id {item + 1}\n"
     assert main(["outbox", "list", str(item), "--state", "sent", "--config", cfg]) == 2
     assert capsys.readouterr().err.endswith(f"no outbox item with id {item} in state sent\n")
+
+
+def test_with_a_json_log_an_outbox_error_is_a_json_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Printed plain whatever the format: a JSON log pipeline dropped the one line saying why.
+    item = dead_letter(tmp_path / "spool")
+    cfg = str(config_file(tmp_path))
+    try:
+        assert main(["outbox", "list", str(item + 1), "--config", cfg, "--log-format", "json"]) == 2
+    finally:
+        logging.getLogger().handlers.clear()
+    [line] = capsys.readouterr().err.splitlines()
+    entry = json.loads(line)
+    assert entry["level"] == "CRITICAL"
+    assert entry["message"] == f"dicom-node: error: no outbox item with id {item + 1}"
 
 
 def test_state_is_refused_where_it_would_be_ignored(
