@@ -269,15 +269,18 @@ class EngineSet:
         if "text" in names:
             batch["text"], has_text = EngineSet._embeddings(engine, items)
             for n, (i, used) in enumerate(zip(items, has_text, strict=True)):
-                if not used and i.clinical is not None and i.clinical.text.request.text:
-                    notes[n] += (
-                        "not used: clinical text (no word the engine's English text encoder "
-                        "reads: a placeholder such as '-' or 'N/A', or another script; read "
-                        "as missing)",
+                text = "" if i.clinical is None else i.clinical.text.request.text
+                if not used and text:
+                    why = (
+                        "bytes that do not decode in the image's Specific Character Set"
+                        if "\ufffd" in text
+                        else "no word the engine's English text encoder reads: a placeholder "
+                        "such as '-' or 'N/A', or another script"
                     )
-                    log.warning("engine %s: %s hip of %s: clinical text has no word the "
-                                "text encoder reads; read as missing", m.name, i.task.side,
-                                i.ap.image.source.sop_instance_uid)  # fmt: skip
+                    notes[n] += (f"not used: clinical text ({why}; read as missing)",)
+                    log.warning("engine %s: %s hip of %s: clinical text not used (%s); read "
+                                "as missing", m.name, i.task.side,
+                                i.ap.image.source.sop_instance_uid, why)  # fmt: skip
         if "present" in names:
             flags = [(True, i.ct is not None, t) for i, t in zip(items, has_text, strict=True)]
             batch["present"] = np.array(flags, dtype=np.float32)

@@ -173,7 +173,11 @@ class TextTokenizer:
         knows). Placeholders a RIS sends ("-", ".",
         "N/A", "?") and text in a script the vocabulary lacks (Japanese: 12 of 15 pieces
         [UNK]) are not: encoded, they swayed the multimodal engine as if they said
-        something (its text branch took 85 % of the attention)."""
+        something (its text branch took 85 % of the attention). Nor text with a
+        replacement character (U+FFFD: bytes that did not decode in the declared character
+        set): the tokenizer drops it, and 'H\ufffdftschmerz' reached the engine as 'h ##ft'."""
+        if "\ufffd" in text:
+            return False
         encoding = self._tokenizer.encode(text, add_special_tokens=False)
         pieces = encoding.tokens
         unknown = sum(piece == "[UNK]" for piece in pieces)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 from highdicom.enum import SpecificCharacterSetValues
 from pydicom import config
-from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.charset import convert_encodings, custom_encoders, decode_bytes
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -246,11 +246,26 @@ def _encodes(ds: Dataset, codec: str) -> bool:
             continue
         values = element.value if isinstance(element.value, MultiValue) else [element.value]
         for value in values:
-            if isinstance(value, str | PersonName):
-                try:
-                    str(value).encode(codec)
-                except UnicodeEncodeError:
-                    return False
+            if isinstance(value, str | PersonName) and not _writable(value, codec):
+                return False
+    return True
+
+
+def _writable(value: str | PersonName, codec: str) -> bool:
+    """Can pydicom write ``value`` in ``codec``? With the encoder it writes with: its own
+    for ISO_IR 13 (JIS X 0201, one value of romaji or of katakana), where Python's shift_jis
+    passed kanji and Cyrillic that came out as '?'; a person name component by component,
+    as pydicom encodes it."""
+    encoder = custom_encoders.get(codec)
+    parts = re.split(r"[\^=]", str(value)) if isinstance(value, PersonName) else [str(value)]
+    try:
+        for part in parts:
+            if encoder is not None:
+                encoder(part)
+            else:
+                part.encode(codec)
+    except UnicodeEncodeError:
+        return False
     return True
 
 

@@ -384,6 +384,9 @@ def test_export_refuses_a_module_that_is_not_a_pooled_text_model(
         ("ελληνικά κείμενο", False),
         ("ひだりこかんせつ", False),
         ("Hüftschmerzen rechts", True),  # another language in Latin letters still reaches it
+        # Latin-1 bytes under ISO_IR 192: pydicom's replacement character, which the
+        # tokenizer dropped ('h ##ft ##sch...'), and the altered text was encoded.
+        ("H\ufffdftschmerz links nach Sturz.", False),
     ],
 )
 def test_readable_text_holds_a_word_the_tokenizer_knows(text: str, readable: bool) -> None:

@@ -20,6 +20,7 @@ from dicom_node.report.patient import (
     building,
     disagreements,
     evidence_header,
+    fit_charset,
     output_charset,
     with_patient_and_study,
 )
@@ -237,3 +238,29 @@ def _header(name: str, accession: str) -> Dataset:
     ds.AccessionNumber = accession
     ds.StudyDate = "20261124"
     return ds
+
+
+@pytest.mark.parametrize(
+    ("institution", "written"),
+    [("ﾄｳｷｮｳﾋﾞｮｳｲﾝ", "ISO_IR 13"), ("東京大学病院", "ISO_IR 192"), ("Больница", "ISO_IR 192"),
+     ("ＡＢＣ病院", "ISO_IR 192"),
+     # Romaji and katakana in one value: pydicom's encoder writes one or the other.
+     ("ﾄｳｷｮｳ HOSPITAL", "ISO_IR 192")],
+)  # fmt: skip
+def test_a_katakana_source_set_takes_only_what_pydicom_can_write_in_it(
+    institution: str, written: str
+) -> None:
+    # Python's shift_jis encodes kanji and Cyrillic; pydicom writes ISO_IR 13 with its own
+    # JIS X 0201 encoder, which cannot: the result kept ISO_IR 13 and read '??????'.
+    result = Dataset()
+    result.SpecificCharacterSet = "ISO_IR 13"
+    result.InstitutionName = institution
+    fit_charset(result)
+    assert result.SpecificCharacterSet == written
+    result.PatientName = "ﾔﾏﾀﾞ^ﾀﾛｳ"  # a name, component by component, fits ISO_IR 13
+    fit_charset(result)
+    assert result.SpecificCharacterSet == written
+    buffer = BytesIO()
+    result.save_as(buffer, implicit_vr=False, little_endian=True)
+    back = dcmread(BytesIO(buffer.getvalue()), force=True)
+    assert (back.InstitutionName, str(back.PatientName)) == (institution, "ﾔﾏﾀﾞ^ﾀﾛｳ")
