@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -354,6 +355,21 @@ def test_a_clock_set_back_does_not_hold_studies_until_it_catches_up(tmp_path: Pa
     assert (job.study_uid, job.reason) == ("1.9", "released")
     [study] = state.studies()
     assert study.first_received_at == study.last_received_at == 10_000
+    state.close()
+
+
+def test_a_receipt_a_moment_ahead_of_the_assembler_is_not_a_clock_step(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A C-STORE that read the clock just after the assembler, and took the lock first: the
+    # warning "the clock is behind ... (it was set back?)" fired under ordinary load.
+    state = State(tmp_path / "s.db", RULES)
+    state.record_instance(instance("1.9", "1.9.1", 10_000.003), True, "new")
+    with caplog.at_level(logging.WARNING):
+        assert state.complete_due(10_000) == []
+    assert "clock is behind" not in caplog.text
+    [study] = state.studies()
+    assert study.first_received_at == 10_000.003  # left as received
     state.close()
 
 
