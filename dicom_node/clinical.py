@@ -110,6 +110,10 @@ class ClinicalError(DicomNodeError, ValueError):
     """Clinical context was asked for with an invalid argument (never about header content)."""
 
 
+# What pydicom puts in place of bytes that do not decode in the declared character set.
+UNDECODED = "\ufffd"
+
+
 @dataclass(frozen=True, repr=False)
 class TextPart:
     """One piece of free text and the keyword of the attribute it came from."""
@@ -153,6 +157,17 @@ class ClinicalText:
         """The request and history parts: all but the Study Description, which names the
         protocol rather than the clinical question (the text engines read this)."""
         return ClinicalText(tuple(p for p in self.parts if p.source != "StudyDescription"))
+
+    @property
+    def decoded(self) -> ClinicalText:
+        """The parts that decoded in the data set's character set: a part holding U+FFFD
+        (pydicom's replacement for bytes that did not) is left out, and the rest kept."""
+        return ClinicalText(tuple(p for p in self.parts if UNDECODED not in p.text))
+
+    @property
+    def undecoded_sources(self) -> tuple[str, ...]:
+        """The keywords of the parts :attr:`decoded` leaves out, each once."""
+        return tuple(dict.fromkeys(p.source for p in self.parts if UNDECODED in p.text))
 
     @property
     def sources(self) -> tuple[str, ...]:

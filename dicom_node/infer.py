@@ -30,6 +30,7 @@ from dicom_node.clinical import (
     INVALID_WORDS,
     VECTOR_FIELDS,
     ClinicalContext,
+    ClinicalText,
     ClinicalVariables,
 )
 from dicom_node.config import EnginesConfig
@@ -269,18 +270,25 @@ class EngineSet:
         if "text" in names:
             batch["text"], has_text = EngineSet._embeddings(engine, items)
             for n, (i, used) in enumerate(zip(items, has_text, strict=True)):
-                text = "" if i.clinical is None else i.clinical.text.request.text
-                if not used and text:
-                    why = (
-                        "bytes that do not decode in the image's Specific Character Set"
-                        if "\ufffd" in text
-                        else "no word the engine's English text encoder reads: a placeholder "
-                        "such as '-' or 'N/A', or another script"
+                request = ClinicalText() if i.clinical is None else i.clinical.text.request
+                where = (m.name, i.task.side, i.ap.image.source.sop_instance_uid)
+                if request.undecoded_sources:
+                    # Only those attributes: the rest of the text is read (or not) as usual.
+                    what = ", ".join(request.undecoded_sources)
+                    notes[n] += (
+                        f"not used: clinical text of {what} (bytes that do not decode in the "
+                        "image's Specific Character Set)",
                     )
-                    notes[n] += (f"not used: clinical text ({why}; read as missing)",)
-                    log.warning("engine %s: %s hip of %s: clinical text not used (%s); read "
-                                "as missing", m.name, i.task.side,
-                                i.ap.image.source.sop_instance_uid, why)  # fmt: skip
+                    log.warning("engine %s: %s hip of %s: clinical text of %s does not decode "
+                                "in its character set; left out", *where, what)  # fmt: skip
+                if not used and request.decoded.text:
+                    notes[n] += (
+                        "not used: clinical text (no word the engine's English text encoder "
+                        "reads: a placeholder such as '-' or 'N/A', or another script; read "
+                        "as missing)",
+                    )
+                    log.warning("engine %s: %s hip of %s: clinical text has no word the "
+                                "text encoder reads; read as missing", *where)  # fmt: skip
         if "present" in names:
             flags = [(True, i.ct is not None, t) for i, t in zip(items, has_text, strict=True)]
             batch["present"] = np.array(flags, dtype=np.float32)
@@ -341,7 +349,7 @@ class EngineSet:
     def _embeddings(
         engine: _Engine, items: Sequence[HipBatchItem]
     ) -> tuple[npt.NDArray[np.float32], list[bool]]:
-        texts = ["" if i.clinical is None else i.clinical.text.request.text for i in items]
+        texts = ["" if i.clinical is None else i.clinical.text.request.decoded.text for i in items]
         has_text = [
             bool(t) and (engine.text is None or engine.text.tokenizer.readable(t)) for t in texts
         ]

@@ -504,3 +504,13 @@ def test_from_dataset_gives_both() -> None:
     assert isinstance(context, ClinicalContext)
     assert context.text == text_from_dataset(ds)
     assert context.variables == variables_from_dataset(ds)
+
+
+def test_decoded_leaves_out_only_the_parts_that_did_not_decode() -> None:
+    text = ClinicalText((
+        TextPart("ReasonForTheRequestedProcedure", "Pain 3\ufffd"),
+        TextPart("RequestedProcedureDescription", "Hip pain"),
+    ))  # fmt: skip
+    assert text.decoded.text == "Hip pain."
+    assert text.undecoded_sources == ("ReasonForTheRequestedProcedure",)
+    assert ClinicalText().decoded.empty and ClinicalText().undecoded_sources == ()

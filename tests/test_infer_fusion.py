@@ -120,14 +120,38 @@ def test_text_without_a_readable_word_is_missing(
     nothing, missing = engines.predict("hip_multimodal", [said, silent])
     assert nothing.inputs["text"] is False
     assert nothing.probabilities == pytest.approx(missing.probabilities, abs=1e-6)
-    why = (
-        "bytes that do not decode in the image's Specific Character Set"
-        if "\ufffd" in placeholder  # Latin-1 bytes under ISO_IR 192: was encoded as 'h ##ft'
-        else "no word the engine's English text encoder reads: a placeholder such as '-' or "
-        "'N/A', or another script"
-    )
-    assert nothing.notes == (f"not used: clinical text ({why}; read as missing)",)
+    if "\ufffd" in placeholder:  # Latin-1 bytes under ISO_IR 192: was encoded as 'h ##ft'
+        assert nothing.notes == (
+            "not used: clinical text of ReasonForStudy (bytes that do not decode in the "
+            "image's Specific Character Set)",
+        )
+    else:
+        assert nothing.notes == (
+            "not used: clinical text (no word the engine's English text encoder reads: a "
+            "placeholder such as '-' or 'N/A', or another script; read as missing)",
+        )
     assert missing.notes == ()
+
+
+def test_only_the_attribute_that_did_not_decode_is_left_out(
+    engines: EngineSet, pelvis: PreparedImage
+) -> None:
+    # One stray Latin-1 byte in one attribute threw the whole request text away.
+    told = item(engines, "hip_multimodal", pelvis, "R", ct=True, text=True)
+    assert told.clinical is not None
+    text = ClinicalText((
+        TextPart("ReasonForTheRequestedProcedure", "Pain 3\ufffd"),
+        TextPart("RequestedProcedureDescription", "Hip pain, suspected osteoarthritis"),
+    ))  # fmt: skip
+    mixed = replace(told, clinical=replace(told.clinical, text=text))
+    clean = replace(told, clinical=replace(told.clinical, text=ClinicalText((text.parts[1],))))
+    both, only_clean = engines.predict("hip_multimodal", [mixed, clean])
+    assert both.inputs["text"] is True
+    assert both.probabilities == pytest.approx(only_clean.probabilities, abs=1e-6)
+    assert both.notes == (
+        "not used: clinical text of ReasonForTheRequestedProcedure (bytes that do not decode "
+        "in the image's Specific Character Set)",
+    )
 
 
 def test_a_category_no_training_case_had_is_read_as_missing(

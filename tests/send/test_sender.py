@@ -569,3 +569,10 @@ def test_a_row_sent_ahead_of_its_backoff_is_not_charged_for_failing(
     after = {i.id: i for i in outbox.items()}
     assert (after[sr.id].attempts, after[sr.id].next_attempt_at) == (1, waiting.next_attempt_at)
     assert after[sc.id].attempts == 1
+    # Both were offered and failed: both counted in the metric, though only one charged.
+    assert (
+        sender.metrics.registry.get_sample_value(
+            "dicom_node_send_attempts_total", {"destination": "pacs", "result": "failed"}
+        )
+        == 2.0
+    )
