@@ -420,14 +420,23 @@ def test_time_to_result_is_not_measured_from_a_later_episode(
     assert count in (None, 0.0)
 
 
+def an_sr_and_an_overlay(
+    state: State, spool: Path, now: float, cfg: SendingConfig
+) -> tuple[Outbox, Sender, OutboxItem, OutboxItem]:
+    """STUDY's SR and one overlay queued for "pacs" (a closed port): the outbox, a sender
+    whose delivery the test replaces, and the two rows."""
+    queue_results(state, [write_result(spool, SR), write_result(spool, SC)], ["pacs"], now)
+    outbox = Outbox(state, cfg)
+    sender = Sender(outbox, [dicom_destination(free_port())], spool, CALLING)
+    first, second = outbox.items()
+    return outbox, sender, first, second
+
+
 def test_items_the_peer_was_never_offered_are_not_charged(
     state: State, spool: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    now = time.time()
-    queue_results(state, [write_result(spool, SR), write_result(spool, SC)], ["pacs"], now)
-    outbox = Outbox(state, SendingConfig(max_attempts=2, backoff_seconds=60))
-    sender = Sender(outbox, [dicom_destination(free_port())], spool, CALLING)
-    first, second = outbox.items()
+    cfg = SendingConfig(max_attempts=2, backoff_seconds=60)
+    outbox, sender, first, second = an_sr_and_an_overlay(state, spool, time.time(), cfg)
 
     def stored_then_aborted(name: str, batch: list[OutboxItem]) -> Iterator[Delivery]:
         yield Delivery(batch[0], True, "0x0000")
@@ -447,11 +456,8 @@ def test_items_the_peer_was_never_offered_are_not_charged(
 def test_items_left_by_a_failed_one_wait_out_its_backoff_uncharged(
     state: State, spool: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    now = time.time()
-    queue_results(state, [write_result(spool, SR), write_result(spool, SC)], ["pacs"], now)
-    outbox = Outbox(state, SendingConfig(backoff_seconds=60))
-    sender = Sender(outbox, [dicom_destination(free_port())], spool, CALLING)
-    first, second = outbox.items()
+    cfg = SendingConfig(backoff_seconds=60)
+    outbox, sender, first, second = an_sr_and_an_overlay(state, spool, time.time(), cfg)
 
     def failed_then_aborted(name: str, batch: list[OutboxItem]) -> Iterator[Delivery]:
         yield Delivery(batch[0], False, "no C-STORE response")  # the peer aborted on it
@@ -553,10 +559,9 @@ def test_a_row_sent_ahead_of_its_backoff_is_not_charged_for_failing(
     # due (Outbox.due); charged each time, it was a dead letter after ~31 minutes of an
     # outage (42-84 documented) while its overlays lasted longer.
     now = time.time()
-    queue_results(state, [write_result(spool, SR), write_result(spool, SC)], ["pacs"], now)
-    outbox = Outbox(state, SendingConfig(backoff_seconds=60))
-    sender = Sender(outbox, [dicom_destination(free_port())], spool, CALLING)
-    sr, sc = outbox.items()
+    outbox, sender, sr, sc = an_sr_and_an_overlay(
+        state, spool, now, SendingConfig(backoff_seconds=60)
+    )
     waiting = outbox.mark_failed(sr.id, now, "association to pacs rejected")
     assert waiting.next_attempt_at > now + 20
 
