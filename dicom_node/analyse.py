@@ -86,6 +86,7 @@ def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]
         patient = _patient(ds)
         if patient[0]:
             patients.setdefault(patient, []).append(image.sop_instance_uid)
+    patients = _issuers_merged(patients)
     if len(patients) > 1:
         groups = "; ".join(", ".join(sorted(uids)) for uids in patients.values())
         # UIDs only: the Patient IDs themselves never go into a message or a log.
@@ -95,6 +96,24 @@ def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]
             f"the study in the PACS and resend it (SOP instances by patient: {groups})"
         )
     return tuple(images)
+
+
+def _issuers_merged(
+    patients: dict[tuple[str, str], list[str]],
+) -> dict[tuple[str, str], list[str]]:
+    """A Patient ID without an Issuer beside the same ID with one issuer is that patient:
+    an absent issuer is not a second one (the study was refused as '2 patients'). With two
+    issuers for one ID, the one without stays apart: which of them it is cannot be told."""
+    issuers: dict[str, set[str]] = {}
+    for pid, issuer in patients:
+        if issuer:
+            issuers.setdefault(pid, set()).add(issuer)
+    merged: dict[tuple[str, str], list[str]] = {}
+    for (pid, issuer), uids in patients.items():
+        named = issuers.get(pid, set())
+        key = (pid, issuer or (next(iter(named)) if len(named) == 1 else ""))
+        merged.setdefault(key, []).extend(uids)
+    return merged
 
 
 def _patient(ds: pydicom.Dataset) -> tuple[str, str]:

@@ -199,6 +199,23 @@ def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingCo
             _cascade(item, f"routing.cascade[{i}]", engines)
             for i, item in enumerate(as_list(raw["cascade"], "routing.cascade"))
         )
+    # A cascade runs after an engine a rule (or an earlier cascade) runs: else it can never
+    # run, though its engines are opened at every start (rules for osteoporosis only, the
+    # default cascade from hip_screen kept). One written in the file is refused; the
+    # default's steps apply where their engine runs.
+    runs = {r.engine for r in rules}
+    kept = []
+    for i, step in enumerate(cascade):
+        if step.after not in runs:
+            if "cascade" not in raw:
+                continue
+            raise ConfigError(
+                f"routing.cascade[{i}].after: no routing rule (nor an earlier cascade) runs "
+                f"this engine, so the cascade never would, got {step.after!r}"
+            )
+        runs.add(step.engine)
+        kept.append(step)
+    cascade = tuple(kept)
     lateral = d.lateral_views
     if "lateral_views" in raw:
         lateral = tuple(

@@ -144,7 +144,10 @@ def _study_header(analysis: StudyAnalysis, headers: Mapping[str, Dataset]) -> Da
     the PACS comes with the images sent again). The SR took the first by UID, each overlay
     its own image's: one study's results named two accessions."""
     cited = [i.sop_instance_uid for i in analysis.images if i.sop_instance_uid in headers]
-    chosen = headers[cited[-1]] if cited else headers[min(headers)]
+    # Of those, one that names the patient: an image with an empty Patient ID, received
+    # last, put every result of the study under no ID.
+    named = [uid for uid in cited if _has_patient_id(headers[uid])]
+    chosen = headers[(named or cited)[-1]] if cited else headers[min(headers)]
     differing = disagreements(headers.values(), chosen)
     if differing:
         log.warning(
@@ -152,6 +155,14 @@ def _study_header(analysis: StudyAnalysis, headers: Mapping[str, Dataset]) -> Da
             "%s, received last", analysis.study_uid, ", ".join(differing), chosen.SOPInstanceUID,
         )  # fmt: skip
     return chosen
+
+
+def _has_patient_id(header: Dataset) -> bool:
+    """Read raw: pydicom's checks of the value would quote it in a warning."""
+    value = header.get_item("PatientID").value if "PatientID" in header else None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return bool(value is not None and str(value).strip(" \x00"))
 
 
 def _map_branch(manifest: Manifest) -> str | None:

@@ -150,12 +150,21 @@ def test_a_study_of_two_patients_is_refused_naming_instances_not_patients(
     ) as info:
         read_sources([(ap, "PACS"), (lateral, "PACS")])
     assert "OTHER-PATIENT-7" not in str(info.value)
-    # The same ID from another issuer is another patient; an empty ID says nothing.
+    # The same ID from two issuers is two patients; an empty ID says nothing.
     ds.PatientID = pydicom.dcmread(ap).PatientID
     ds.IssuerOfPatientID = "OTHER-HOSPITAL"
     ds.save_as(lateral)
-    with pytest.raises(MixedPatientsError, match=r"^instances of 2 patients"):
-        read_sources([(ap, "PACS"), (lateral, "PACS")])
+    # An issuer on one instance only is not a second patient (was refused as 2 patients).
+    first = pydicom.dcmread(ap)
+    assert "IssuerOfPatientID" not in first
+    assert len(read_sources([(ap, "PACS"), (lateral, "PACS")])) == 2
+    # But with two issuers for the ID, one without cannot be told apart: refused.
+    third = tmp_path / "third.dcm"
+    first.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.333"
+    first.IssuerOfPatientID = "HOSPITAL"
+    first.save_as(third)
+    with pytest.raises(MixedPatientsError, match=r"^instances of 3 patients"):
+        read_sources([(ap, "PACS"), (lateral, "PACS"), (third, "PACS")])
     ds.PatientID = ""
     ds.save_as(lateral)
     assert len(read_sources([(ap, "PACS"), (lateral, "PACS")])) == 2

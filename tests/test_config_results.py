@@ -17,6 +17,7 @@ from dicom_node.config_results import (
     TriageConfig,
 )
 from dicom_node.errors import ConfigError
+from dicom_node.pipeline import engines_needed
 
 # The catalogue's engine names, matched loosely so that adding an engine keeps the table valid.
 ENGINE_LIST = r"expected one of .*\bhip_screen\b.*"
@@ -144,7 +145,14 @@ def test_code_string_conditions_ignore_the_case_of_the_config() -> None:
 
 
 def test_routing_rules_may_be_emptied() -> None:
-    assert parse_config({"routing": {"rules": []}}).routing.rules == ()
+    # A node that only receives (every study skipped): the default cascade, from an engine
+    # no rule runs any more, is left out (its engines were opened at every start).
+    routing = parse_config({"routing": {"rules": []}}).routing
+    assert (routing.rules, routing.cascade) == ((), ())
+    bone = {"name": "bone", "engine": "osteoporosis"}
+    cfg = parse_config({"routing": {"rules": [bone]}})
+    assert cfg.routing.cascade == ()
+    assert engines_needed(cfg) == ("osteoporosis",)
 
 
 def test_triage_results_and_sending_parse() -> None:
@@ -327,6 +335,19 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (
         {"routing": {"cascade": [{"after": "hip_screen", "finding": "x", "engine": "net"}]}},
         rf"^routing\.cascade\[0\]\.engine: {ENGINE_LIST}, got 'net'",
+    ),
+    # A cascade after an engine nothing runs: passed, and its engines opened for nothing.
+    (
+        {
+            "routing": {
+                "rules": [{"name": "bone", "engine": "osteoporosis"}],
+                "cascade": [
+                    {"after": "hip_screen", "finding": "total_hip_arthroplasty", "engine": "hipnet"}
+                ],
+            }
+        },
+        r"^routing\.cascade\[0\]\.after: no routing rule \(nor an earlier cascade\) runs this "
+        r"engine, so the cascade never would, got 'hip_screen'$",
     ),
     (
         {"routing": {"cascade": [{"after": "hip_screen", "finding": "", "engine": "hipnet"}]}},

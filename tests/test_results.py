@@ -71,6 +71,24 @@ def test_every_result_carries_the_patient_and_study_of_the_image_received_last(
     assert "CORRECTED" not in caplog.text  # which attributes, never their values
 
 
+def test_an_image_without_a_patient_id_received_last_does_not_take_the_id_away(
+    tmp_path: Path, engine_cache: Path
+) -> None:
+    # Every result carried the empty Patient ID of the image received last.
+    study = write_study(
+        tmp_path, 13, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
+    )
+    ap, lateral = study.files
+    patient_id = pydicom.dcmread(ap).PatientID
+    anonymous = pydicom.dcmread(lateral)
+    anonymous.PatientID = ""
+    anonymous.save_as(lateral, enforce_file_format=True)
+    _, results = analysed(tmp_path, engine_cache, study.identity.study_uid, study.files)
+    assert results.overlays
+    for result in (results.sr, *results.overlays):
+        assert result.PatientID == patient_id
+
+
 def test_a_hipnet_overlay_says_its_map_is_of_the_ap_branch(
     tmp_path: Path, engine_cache: Path
 ) -> None:
