@@ -24,7 +24,7 @@ from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe, one_li
 from dicom_node.infer import EngineSet, HipBatchItem
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.preprocess import HipInput, ImageCache, PreprocessError, hip_input
-from dicom_node.route import cascade_tasks, held_back, plan_tasks, source_image
+from dicom_node.route import cascade_tasks, held_back, plan_tasks, source_image, unused
 from dicom_node.triage import decide, study_priority
 from engines.manifest import Preprocessing
 
@@ -51,7 +51,8 @@ class StudyAnalysis:
     # are reported, and the report says the study was not analysed whole.
     not_analysed: tuple[tuple[str, str], ...] = ()
     # Engines a rule chose for an image but whose requires a header value, present but not
-    # usable, held back (route.held_back): the report names them.
+    # usable, held back (route.held_back), then the hip radiographs no engine read
+    # (route.unused): the report names them, each a Comment; neither makes it PARTIAL.
     held_back: tuple[str, ...] = ()
 
     @property
@@ -244,7 +245,8 @@ def analyse_study(
         done += tasks
         tasks = cascade_tasks([o.decision for o in outcomes], images, cfg.routing, done)
     # After the cascade: an engine it ran on the image was not held back there.
-    held = held_back(images, cfg.routing, done)
+    # And the hip radiographs no engine read (route.unused): named, not failures.
+    held = held_back(images, cfg.routing, done) + unused(images, cfg.routing, done)
     for note in held:
         log.warning("study %s: %s", study_uid, note)
     if not_analysed and not hips:  # nothing to report: the job fails, saying why

@@ -1,6 +1,6 @@
 """Routing: which engines see which hips of a completed study (rules in ``config.yaml``)."""
 
-from dicom_node.route.plan import cascade_tasks, held_back, plan_tasks, source_image
+from dicom_node.route.plan import cascade_tasks, held_back, plan_tasks, source_image, unused
 from dicom_node.route.rules import attributes_of, rule_matches
 
 __all__ = [
@@ -10,4 +10,5 @@ __all__ = [
     "plan_tasks",
     "rule_matches",
     "source_image",
+    "unused",
 ]

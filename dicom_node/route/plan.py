@@ -430,6 +430,46 @@ def held_back(
     return tuple(dict.fromkeys(notes))
 
 
+def unused(
+    images: Sequence[SourceImage], routing: RoutingConfig, tasks: Sequence[HipTask]
+) -> tuple[str, ...]:
+    """The study's hip radiographs (DX or CR of the hip or pelvis) no engine read, each
+    with why, for the report: a lateral with no AP of its hip, or none an engine that reads
+    laterals ran on; an image no routing rule selects (View Position missing). Was silent:
+    the SR read COMPLETE while a lateral showing a dislocated prosthesis went unread. An
+    earlier lateral a retake replaced is not named (the one received last is the hip's),
+    nor an image a rule's ``requires`` kept out (:func:`held_back` names an unusable value;
+    one not sent is how a site says "only when given"). UIDs, never values."""
+    lateral_views = {v.upper() for v in routing.lateral_views}
+    used = {t.ap.sop_instance_uid for t in tasks}
+    used |= {t.lateral.sop_instance_uid for t in tasks if t.lateral is not None}
+    used |= {i.sop_instance_uid for t in tasks for i in t.lateral_alternatives}
+    ap_sides = {side for t in tasks for side in (t.side,)}
+    notes: list[str] = []
+    for image in images:
+        if (
+            image.sop_instance_uid in used
+            or image.sop_class_uid not in RADIOGRAPH_CLASSES
+            or image.attributes.get("Modality") not in LATERAL_MODALITIES
+            or image.attributes.get("BodyPartExamined", "") not in LATERAL_BODY_PARTS
+        ):
+            continue
+        if image.view in lateral_views:
+            side = {"R": "right", "L": "left"}.get(image.laterality, "")
+            if image.laterality in ap_sides:
+                why = f"a lateral of the {side} hip: no engine that reads laterals ran on it"
+            elif side:
+                why = f"a lateral of the {side} hip, and the study has no AP of that hip"
+            else:
+                why = "a lateral without Image Laterality or Laterality: its hip is not known"
+        elif any(rule_matches(rule, image.attributes) for rule in routing.rules):
+            continue  # a rule's requirements kept it out: held_back's, or a site's choice
+        else:
+            why = f"no routing rule selects it (View Position {image.view or 'not given'})"
+        notes.append(f"not used: SOP instance {image.sop_instance_uid} ({why})")
+    return tuple(notes)
+
+
 def cascade_tasks(
     decisions: Sequence[TriageDecision],
     images: Sequence[SourceImage],

@@ -18,6 +18,7 @@ from dicom_node.route.plan import (
     ct_candidates,
     ct_series,
     held_back,
+    unused,
     why_none,
 )
 from engines.catalog import engine_spec
@@ -784,3 +785,26 @@ def test_why_none_says_which_requirement_is_unusable_rather_than_not_sent() -> N
         "no routing rule selected an image of this study (1 matched rule 'needs-age', held "
         f"back by its requires ({AGE_WORDS}; sex: not in the study))"
     )
+
+
+def test_unused_names_the_hip_radiographs_no_engine_read() -> None:
+    # Was silent: the SR read COMPLETE while these went unread.
+    right_ap = image("1", BodyPartExamined="HIP", ImageLaterality="R")
+    left_lateral = image("2", BodyPartExamined="HIP", ViewPosition="LL", ImageLaterality="L")
+    right_lateral = image("3", BodyPartExamined="HIP", ViewPosition="LL", ImageLaterality="R")
+    no_view = image("4", ViewPosition="")
+    chest = image("5", BodyPartExamined="CHEST", ViewPosition="")
+    images = [right_ap, left_lateral, right_lateral, no_view, chest]
+    tasks = plan_tasks(images, DEFAULT)  # hip_screen (and osteoporosis when age and sex)
+    assert unused(images, DEFAULT, tasks) == (
+        "not used: SOP instance 1.2.3.2 (a lateral of the left hip, and the study has no AP "
+        "of that hip)",
+        "not used: SOP instance 1.2.3.3 (a lateral of the right hip: no engine that reads "
+        "laterals ran on it)",
+        "not used: SOP instance 1.2.3.4 (no routing rule selects it (View Position not given))",
+    )  # the chest image is not a hip radiograph: not named
+    # A lateral Hip-Net read, and an earlier one its retake replaced, are not named.
+    dual = parse_config({"routing": {"rules": [{"name": "dual", "engine": "hipnet"}]}}).routing
+    retake = image("6", BodyPartExamined="HIP", ViewPosition="LL", ImageLaterality="R")
+    images = [right_ap, right_lateral, retake]
+    assert unused(images, dual, plan_tasks(images, dual)) == ()
