@@ -204,16 +204,20 @@ def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingCo
     # default cascade from hip_screen kept). One written in the file is refused; the
     # default's steps apply where their engine runs.
     runs = {r.engine for r in rules}
+    grown = True
+    while grown:  # the cascade applies every step at each round: in any order
+        reached = {step.engine for step in cascade if step.after in runs}
+        grown = not reached <= runs
+        runs |= reached
     kept = []
     for i, step in enumerate(cascade):
         if step.after not in runs:
             if "cascade" not in raw:
                 continue
             raise ConfigError(
-                f"routing.cascade[{i}].after: no routing rule (nor an earlier cascade) runs "
-                f"this engine, so the cascade never would, got {step.after!r}"
+                f"routing.cascade[{i}].after: no routing rule (nor another cascade step) runs "
+                f"this engine, so this step never would, got {step.after!r}"
             )
-        runs.add(step.engine)
         kept.append(step)
     cascade = tuple(kept)
     lateral = d.lateral_views

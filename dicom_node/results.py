@@ -9,6 +9,7 @@ AP grid. An engine without heat maps (osteoporosis) gets none.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections import Counter
@@ -85,6 +86,7 @@ def build_results(
     # The CT series an engine fused is evidence too (its headers only; never decoded here).
     headers.update(_ct_headers(analysis))
     study = _study_header(analysis, headers)
+    headers[str(study.SOPInstanceUID)] = study  # the SR takes its patient from the header itself
     identity = sr_identity(
         analysis.study_uid,
         [(name, manifests[name].version) for name in used],
@@ -146,23 +148,41 @@ def _study_header(analysis: StudyAnalysis, headers: Mapping[str, Dataset]) -> Da
     cited = [i.sop_instance_uid for i in analysis.images if i.sop_instance_uid in headers]
     # Of those, one that names the patient: an image with an empty Patient ID, received
     # last, put every result of the study under no ID.
-    named = [uid for uid in cited if _has_patient_id(headers[uid])]
+    named = [uid for uid in cited if _raw(headers[uid], "PatientID")]
     chosen = headers[(named or cited)[-1]] if cited else headers[min(headers)]
     differing = disagreements(headers.values(), chosen)
     if differing:
+        skipped = bool(named) and named[-1] != cited[-1]  # the last had no Patient ID
+        which = "received last with a Patient ID" if skipped else "received last"
         log.warning(
             "study %s: its images disagree on %s; every result carries those of SOP instance "
-            "%s, received last", analysis.study_uid, ", ".join(differing), chosen.SOPInstanceUID,
+            "%s, %s", analysis.study_uid, ", ".join(differing), chosen.SOPInstanceUID, which,
         )  # fmt: skip
-    return chosen
+    return _with_the_issuer(chosen, [headers[uid] for uid in cited])
 
 
-def _has_patient_id(header: Dataset) -> bool:
-    """Read raw: pydicom's checks of the value would quote it in a warning."""
-    value = header.get_item("PatientID").value if "PatientID" in header else None
+def _with_the_issuer(chosen: Dataset, cited: Sequence[Dataset]) -> Dataset:
+    """``chosen`` with the Issuer of Patient ID the study gives its Patient ID, where it
+    gives none itself (analyse merges an ID without an issuer with its one issuer: the
+    results, filed without it, could go to the same ID of the PACS's default domain)."""
+    patient = _raw(chosen, "PatientID")
+    if not patient or _raw(chosen, "IssuerOfPatientID"):
+        return chosen
+    issuing = [h for h in cited if _raw(h, "PatientID") == patient and _raw(h, "IssuerOfPatientID")]
+    if len({_raw(h, "IssuerOfPatientID") for h in issuing}) != 1:
+        return chosen
+    lent = copy.deepcopy(chosen)
+    lent.IssuerOfPatientID = issuing[-1].IssuerOfPatientID  # decoded in its own set
+    return lent
+
+
+def _raw(header: Dataset, keyword: str) -> str:
+    """An element's text as stored, stripped: read raw, as pydicom's checks of the value
+    would quote it in a warning."""
+    value = header.get_item(keyword).value if keyword in header else None
     if isinstance(value, bytes):
         value = value.decode("latin-1")
-    return bool(value is not None and str(value).strip(" \x00"))
+    return "" if value is None else str(value).strip(" \x00")
 
 
 def _map_branch(manifest: Manifest) -> str | None:

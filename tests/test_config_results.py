@@ -155,6 +155,16 @@ def test_routing_rules_may_be_emptied() -> None:
     assert engines_needed(cfg) == ("osteoporosis",)
 
 
+def test_a_cascade_chain_may_be_written_in_any_order() -> None:
+    # Every step applies at each round: a chain written last step first was refused.
+    steps = [
+        {"after": "hipnet", "finding": "dislocation", "engine": "hip_multimodal"},
+        {"after": "hip_screen", "finding": "total_hip_arthroplasty", "engine": "hipnet"},
+    ]
+    routing = parse_config({"routing": {"cascade": steps}}).routing
+    assert [step.after for step in routing.cascade] == ["hipnet", "hip_screen"]
+
+
 def test_triage_results_and_sending_parse() -> None:
     cfg = parse_config(
         {
@@ -346,8 +356,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
                 ],
             }
         },
-        r"^routing\.cascade\[0\]\.after: no routing rule \(nor an earlier cascade\) runs this "
-        r"engine, so the cascade never would, got 'hip_screen'$",
+        r"^routing\.cascade\[0\]\.after: no routing rule \(nor another cascade step\) runs "
+        r"this engine, so this step never would, got 'hip_screen'$",
     ),
     (
         {"routing": {"cascade": [{"after": "hip_screen", "finding": "", "engine": "hipnet"}]}},

@@ -72,7 +72,7 @@ def test_every_result_carries_the_patient_and_study_of_the_image_received_last(
 
 
 def test_an_image_without_a_patient_id_received_last_does_not_take_the_id_away(
-    tmp_path: Path, engine_cache: Path
+    tmp_path: Path, engine_cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Every result carried the empty Patient ID of the image received last.
     study = write_study(
@@ -83,10 +83,30 @@ def test_an_image_without_a_patient_id_received_last_does_not_take_the_id_away(
     anonymous = pydicom.dcmread(lateral)
     anonymous.PatientID = ""
     anonymous.save_as(lateral, enforce_file_format=True)
-    _, results = analysed(tmp_path, engine_cache, study.identity.study_uid, study.files)
+    with caplog.at_level(logging.WARNING, logger="dicom_node.results"):
+        _, results = analysed(tmp_path, engine_cache, study.identity.study_uid, study.files)
     assert results.overlays
     for result in (results.sr, *results.overlays):
         assert result.PatientID == patient_id
+    # The log names the image the results follow, and why (was: "received last").
+    assert "received last with a Patient ID" in caplog.text
+
+
+def test_the_issuer_the_study_gives_its_patient_id_goes_with_the_results(
+    tmp_path: Path, engine_cache: Path
+) -> None:
+    # The same ID with an issuer on one image only is one patient (analyse merges them):
+    # the results took the image without it, and went out under the ID alone.
+    study = write_study(
+        tmp_path, 14, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
+    )
+    ap, _ = study.files  # the lateral, received last, has no issuer
+    issued = pydicom.dcmread(ap)
+    issued.IssuerOfPatientID = "HOSPITAL-A"
+    issued.save_as(ap, enforce_file_format=True)
+    _, results = analysed(tmp_path, engine_cache, study.identity.study_uid, study.files)
+    for result in (results.sr, *results.overlays):
+        assert result.IssuerOfPatientID == "HOSPITAL-A"
 
 
 def test_a_hipnet_overlay_says_its_map_is_of_the_ap_branch(

@@ -444,7 +444,11 @@ def unused(
     used = {t.ap.sop_instance_uid for t in tasks}
     used |= {t.lateral.sop_instance_uid for t in tasks if t.lateral is not None}
     used |= {i.sop_instance_uid for t in tasks for i in t.lateral_alternatives}
-    ap_sides = {side for t in tasks for side in (t.side,)}
+    ap_sides = {t.side for t in tasks}
+    # Of several laterals of one hip, the one received last is the hip's; the earlier ones
+    # its retakes replaced are not named, whether or not an engine read the last.
+    newest = {side: found[0].sop_instance_uid for side in SIDES
+              if (found := _laterals(images, side, routing))}  # fmt: skip
     notes: list[str] = []
     for image in images:
         if (
@@ -456,12 +460,14 @@ def unused(
             continue
         if image.view in lateral_views:
             side = {"R": "right", "L": "left"}.get(image.laterality, "")
+            if side and newest.get(image.laterality) != image.sop_instance_uid:
+                continue  # replaced by a retake
             if image.laterality in ap_sides:
                 why = f"a lateral of the {side} hip: no engine that reads laterals ran on it"
             elif side:
                 why = f"a lateral of the {side} hip, and the study has no AP of that hip"
             else:
-                why = "a lateral without Image Laterality or Laterality: its hip is not known"
+                why = "a lateral whose laterality is not R or L: its hip is not known"
         elif any(rule_matches(rule, image.attributes) for rule in routing.rules):
             continue  # a rule's requirements kept it out: held_back's, or a site's choice
         else:

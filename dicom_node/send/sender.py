@@ -146,8 +146,9 @@ class Sender:
             # Not due itself: it went ahead of its own backoff with a later row of its study
             # (Outbox.due). Charged, it spent its attempts at every one of theirs too: the
             # study's SR was a dead letter after ~31 minutes of an outage, not 42-84. Still an
-            # attempt the PACS answered (or did not): counted in the metric.
-            self.metrics.send_attempts.labels(item.destination, "failed").inc()
+            # attempt, where it was offered: counted in the metric.
+            if result.counts_as_attempt:
+                self.metrics.send_attempts.labels(item.destination, "failed").inc()
             log.info("%s to %s not sent (%s); it was only sent along with a later object "
                      "of its study, its own next attempt stays as it was",
                      item.sop_instance_uid, item.destination, result.detail)  # fmt: skip

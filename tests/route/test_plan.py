@@ -808,3 +808,14 @@ def test_unused_names_the_hip_radiographs_no_engine_read() -> None:
     retake = image("6", BodyPartExamined="HIP", ViewPosition="LL", ImageLaterality="R")
     images = [right_ap, right_lateral, retake]
     assert unused(images, dual, plan_tasks(images, dual)) == ()
+    # Nor, when no engine reads laterals, the earlier one (was: both named).
+    assert unused(images, DEFAULT, plan_tasks(images, DEFAULT)) == (
+        "not used: SOP instance 1.2.3.6 (a lateral of the right hip: no engine that reads "
+        "laterals ran on it)",
+    )
+    both = image("7", BodyPartExamined="HIP", ViewPosition="LL", ImageLaterality="B")
+    images = [right_ap, both]
+    assert unused(images, DEFAULT, plan_tasks(images, DEFAULT)) == (
+        "not used: SOP instance 1.2.3.7 (a lateral whose laterality is not R or L: its hip is "
+        "not known)",
+    )

@@ -575,9 +575,13 @@ def test_a_row_sent_ahead_of_its_backoff_is_not_charged_for_failing(
     assert (after[sr.id].attempts, after[sr.id].next_attempt_at) == (1, waiting.next_attempt_at)
     assert after[sc.id].attempts == 1
     # Both were offered and failed: both counted in the metric, though only one charged.
-    assert (
-        sender.metrics.registry.get_sample_value(
-            "dicom_node_send_attempts_total", {"destination": "pacs", "result": "failed"}
-        )
-        == 2.0
-    )
+    failed = {"destination": "pacs", "result": "failed"}
+    assert sender.metrics.registry.get_sample_value("dicom_node_send_attempts_total", failed) == 2
+    # One never offered (the association ended before it) is not counted, early or not.
+
+    def ended(name: str, batch: list[OutboxItem]) -> Iterator[Delivery]:
+        yield from (Delivery(i, False, "association ended", counts_as_attempt=False) for i in batch)
+
+    monkeypatch.setattr(sender, "_deliver", ended)
+    sender.send_due(time.time() + 10**6)
+    assert sender.metrics.registry.get_sample_value("dicom_node_send_attempts_total", failed) == 2
