@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -71,18 +72,29 @@ def test_every_result_carries_the_patient_and_study_of_the_image_received_last(
     assert "CORRECTED" not in caplog.text  # which attributes, never their values
 
 
+def edited_tha_study(
+    tmp_path: Path, seed: int, which: int, **values: str
+) -> tuple[Any, pydicom.Dataset]:
+    """A pelvis with a dislocated left THA and its lateral (in that order), file ``which``
+    given ``values``; the study and that file's header before the edit."""
+    study = write_study(
+        tmp_path, seed, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
+    )
+    path = study.files[which]
+    before = pydicom.dcmread(path)
+    edited = copy.deepcopy(before)
+    for keyword, value in values.items():
+        setattr(edited, keyword, value)
+    edited.save_as(path, enforce_file_format=True)
+    return study, before
+
+
 def test_an_image_without_a_patient_id_received_last_does_not_take_the_id_away(
     tmp_path: Path, engine_cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Every result carried the empty Patient ID of the image received last.
-    study = write_study(
-        tmp_path, 13, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
-    )
-    ap, lateral = study.files
-    patient_id = pydicom.dcmread(ap).PatientID
-    anonymous = pydicom.dcmread(lateral)
-    anonymous.PatientID = ""
-    anonymous.save_as(lateral, enforce_file_format=True)
+    study, lateral = edited_tha_study(tmp_path, 13, 1, PatientID="")
+    patient_id = lateral.PatientID
     with caplog.at_level(logging.WARNING, logger="dicom_node.results"):
         _, results = analysed(tmp_path, engine_cache, study.identity.study_uid, study.files)
     assert results.overlays
@@ -97,13 +109,8 @@ def test_the_issuer_the_study_gives_its_patient_id_goes_with_the_results(
 ) -> None:
     # The same ID with an issuer on one image only is one patient (analyse merges them):
     # the results took the image without it, and went out under the ID alone.
-    study = write_study(
-        tmp_path, 14, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
-    )
-    ap, _ = study.files  # the lateral, received last, has no issuer
-    issued = pydicom.dcmread(ap)
-    issued.IssuerOfPatientID = "HOSPITAL-A"
-    issued.save_as(ap, enforce_file_format=True)
+    # The lateral, received last, has no issuer.
+    study, _ = edited_tha_study(tmp_path, 14, 0, IssuerOfPatientID="HOSPITAL-A")
     _, results = analysed(tmp_path, engine_cache, study.identity.study_uid, study.files)
     for result in (results.sr, *results.overlays):
         assert result.IssuerOfPatientID == "HOSPITAL-A"
