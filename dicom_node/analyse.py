@@ -24,6 +24,7 @@ from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe, one_li
 from dicom_node.infer import EngineSet, HipBatchItem
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.preprocess import HipInput, ImageCache, PreprocessError, hip_input
+from dicom_node.report.patient import stored_text
 from dicom_node.route import cascade_tasks, held_back, plan_tasks, source_image, unused
 from dicom_node.triage import decide, study_priority
 from engines.manifest import Preprocessing
@@ -120,13 +121,7 @@ def _issuers_merged(
 def _patient(ds: pydicom.Dataset) -> tuple[str, str]:
     """(Patient ID, Issuer of Patient ID), stripped; read raw, so pydicom's checks of
     them, which quote the value, are not run."""
-    values = []
-    for keyword in ("PatientID", "IssuerOfPatientID"):
-        value = ds.get_item(keyword).value if keyword in ds else None
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        values.append("" if value is None else str(value).strip(" \x00"))
-    return values[0], values[1]
+    return stored_text(ds, "PatientID"), stored_text(ds, "IssuerOfPatientID")
 
 
 def _run(

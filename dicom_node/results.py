@@ -25,7 +25,7 @@ from dicom_node.config import Config
 from dicom_node.infer import EngineSet
 from dicom_node.report import build_overlay_sc, build_sr, sc_identity, sr_identity
 from dicom_node.report.codes import HEATMAP_METHODS
-from dicom_node.report.patient import disagreements
+from dicom_node.report.patient import disagreements, stored_text
 from dicom_node.report.sc import OverlayHip, overlay_series
 from dicom_node.report.sr import as_latest_report, reported_findings
 from dicom_node.report.uids import SC_CONTENT, with_content_uid
@@ -148,7 +148,7 @@ def _study_header(analysis: StudyAnalysis, headers: Mapping[str, Dataset]) -> Da
     cited = [i.sop_instance_uid for i in analysis.images if i.sop_instance_uid in headers]
     # Of those, one that names the patient: an image with an empty Patient ID, received
     # last, put every result of the study under no ID.
-    named = [uid for uid in cited if _raw(headers[uid], "PatientID")]
+    named = [uid for uid in cited if stored_text(headers[uid], "PatientID")]
     chosen = headers[(named or cited)[-1]] if cited else headers[min(headers)]
     differing = disagreements(headers.values(), chosen)
     if differing:
@@ -165,24 +165,19 @@ def _with_the_issuer(chosen: Dataset, cited: Sequence[Dataset]) -> Dataset:
     """``chosen`` with the Issuer of Patient ID the study gives its Patient ID, where it
     gives none itself (analyse merges an ID without an issuer with its one issuer: the
     results, filed without it, could go to the same ID of the PACS's default domain)."""
-    patient = _raw(chosen, "PatientID")
-    if not patient or _raw(chosen, "IssuerOfPatientID"):
+    patient = stored_text(chosen, "PatientID")
+    if not patient or stored_text(chosen, "IssuerOfPatientID"):
         return chosen
-    issuing = [h for h in cited if _raw(h, "PatientID") == patient and _raw(h, "IssuerOfPatientID")]
-    if len({_raw(h, "IssuerOfPatientID") for h in issuing}) != 1:
+    issuing = [
+        h
+        for h in cited
+        if stored_text(h, "PatientID") == patient and stored_text(h, "IssuerOfPatientID")
+    ]
+    if len({stored_text(h, "IssuerOfPatientID") for h in issuing}) != 1:
         return chosen
     lent = copy.deepcopy(chosen)
     lent.IssuerOfPatientID = issuing[-1].IssuerOfPatientID  # decoded in its own set
     return lent
-
-
-def _raw(header: Dataset, keyword: str) -> str:
-    """An element's text as stored, stripped: read raw, as pydicom's checks of the value
-    would quote it in a warning."""
-    value = header.get_item(keyword).value if keyword in header else None
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    return "" if value is None else str(value).strip(" \x00")
 
 
 def _map_branch(manifest: Manifest) -> str | None:

@@ -68,16 +68,16 @@ def evidence_header(source: Dataset) -> Dataset:
     for keyword in _TYPE_2:
         if keyword not in header or header.get_item(keyword).value is None:
             _put(header, keyword, "")
-    sex = _raw(header, "PatientSex")
+    sex = stored_text(header, "PatientSex")
     if sex.upper() != sex or sex not in ("", *_SEXES):
         _put(header, "PatientSex", sex.upper() if sex.upper() in _SEXES else "")
     for keyword, pattern, vr in (("PatientBirthDate", _DATE, DA), ("StudyDate", _DATE, DA),
                                  ("StudyTime", _TIME, TM)):  # fmt: skip
-        text = _raw(header, keyword)
+        text = stored_text(header, keyword)
         if text and not (pattern.fullmatch(text) and _is_valid(vr, text)):
             _put(header, keyword, "")  # also an impossible one: 00000000, 19500231, 250000
     for keyword, pattern in (("PatientAge", _AGE), ("PatientSize", _DS), ("PatientWeight", _DS)):
-        text = _raw(header, keyword) if keyword in header else ""
+        text = stored_text(header, keyword) if keyword in header else ""
         if text and not pattern.fullmatch(text):
             del header[keyword]  # Type 3: an age of "67" (no unit) is left out, not copied
     for keyword in ("PatientName", "ReferringPhysicianName"):  # VM 1: the first if several
@@ -275,12 +275,13 @@ def _put(header: Dataset, keyword: str, value: str) -> None:
     setattr(header, keyword, value)
 
 
-def _raw(header: Dataset, keyword: str) -> str:
-    """The element's text as stored, without pydicom's conversion (and its logging)."""
-    value = header.get_item(keyword).value
+def stored_text(header: Dataset, keyword: str) -> str:
+    """An element's text as stored, stripped ("" when absent), without pydicom's conversion
+    and its checks, whose warnings quote the value."""
+    value = header.get_item(keyword).value if keyword in header else None
     if isinstance(value, bytes):
-        return value.decode("ascii", "replace").strip(" \x00")
-    return "" if value is None else str(value).strip()
+        value = value.decode("latin-1")
+    return "" if value is None else str(value).strip(" \x00")
 
 
 @contextmanager
