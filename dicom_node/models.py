@@ -165,6 +165,8 @@ class HipTask:
     # The study's earlier laterals of that hip, newest first, should ``lateral`` be unreadable.
     lateral_alternatives: tuple[SourceImage, ...] = ()
     rule: str = ""  # the routing rule or cascade that chose it
+    # For a cascade's task: the engine and the finding on this hip that started it.
+    trigger: tuple[str, str] | None = None
     ct_series: str | None = None  # the study's CT series, for engines with a CT input
     ct_alternatives: tuple[str, ...] = ()  # the next ones, should it be unusable
 

@@ -91,11 +91,8 @@ def description(
     most probable, across engines (the cascade's dislocation that made a study URGENT came
     last and was cut off)."""
     triggers = {
-        (rule[1], rule[2], d.prediction.task.side)
-        for d in decisions
-        if d.positives and len(rule := d.prediction.task.rule.split(":")) == 3
-        and rule[0] == "cascade"
-    }  # fmt: skip
+        (*t.trigger, t.side) for d in decisions if d.positives and (t := d.prediction.task).trigger
+    }
     # Each wording once, with every side it was found on; ordered as a whole (a prosthesis
     # on both hips, started the cascade on one: was placed by the other side's probability,
     # before the loosening found on the first).

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -497,5 +498,6 @@ def cascade_tasks(
                 continue
             seen.add(key)
             name = f"cascade:{rule.after}:{rule.finding}"
-            tasks.append(_task(rule.engine, task.side, task.ap, images, routing, name))
+            started = _task(rule.engine, task.side, task.ap, images, routing, name)
+            tasks.append(replace(started, trigger=(rule.after, rule.finding)))
     return tuple(tasks)

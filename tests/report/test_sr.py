@@ -315,7 +315,7 @@ def test_description_puts_what_a_cascade_found_before_what_started_it(study: Stu
         failure,
         prediction=replace(
             failure.prediction,
-            task=replace(failure.prediction.task, rule="cascade:hip_screen:total_hip_arthroplasty"),
+            task=replace(failure.prediction.task, trigger=("hip_screen", "total_hip_arthroplasty")),
         ),
     )
     assert failure.priority == "FLAG"

@@ -332,6 +332,9 @@ def test_cascade_adds_hipnet_only_for_hips_with_an_arthroplasty() -> None:
         ("hipnet", "L", "1.2.3.1", None, "cascade:hip_screen:total_hip_arthroplasty"),
     ]
     assert tasks[0].ap is pelvis
+    # What started it, for the worklist line to name the finding after it.
+    assert tasks[0].trigger == ("hip_screen", "total_hip_arthroplasty")
+    assert screen_l.trigger is None
 
 
 def test_cascade_ignores_other_present_findings_and_absent_arthroplasty() -> None:
