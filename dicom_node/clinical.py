@@ -542,7 +542,10 @@ def _age(ds: Dataset, invalid: list[str]) -> float | None:
             unknown = match.group(2) == "Y"
             zero = None if unknown else years
     if birth in PLACEHOLDER_BIRTH_DATES:
-        invalid.append("age")
+        # No age from the dates; a newborn's stated age stands as any stated age does
+        # ("045Y" above). Was: age 0 passed to the engine and also named not usable.
+        if zero is None:
+            invalid.append("age")
         return zero
     if dated is not None:
         # A negative age (birth after the study) is caught by the plausibility check.

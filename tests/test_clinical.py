@@ -202,6 +202,13 @@ def test_age_from_patient_age(age: str, years: float) -> None:
     assert variables.age_years == pytest.approx(years)
     assert not variables.missing["age"]
     assert variables.invalid == ()
+    # Beside a placeholder birth date the stated age stands, and is not named unusable
+    # (a newborn's was passed to the engine and also reported "read as missing").
+    ds.PatientBirthDate = "19000101"
+    ds.StudyDate = "20240101"
+    variables = variables_from_dataset(ds)
+    assert variables.age_years == pytest.approx(years)
+    assert variables.invalid == ()
 
 
 def test_age_from_birth_and_study_dates() -> None:
