@@ -61,7 +61,7 @@ LATERALITY = {"R": RIGHT, "L": LEFT}
 # indications for the clinical text, the subject's age and sex (DCM) and LOINC's body
 # height and weight (vital-signs codes).
 INPUT_CODES = {
-    "radiograph": Code("DX", "DCM", "Digital Radiography"),  # CID 29
+    "radiograph": Code("DX", "DCM", "Digital Radiography"),  # CID 29; CR: RADIOGRAPH_CODES
     "ct": Code("CT", "DCM", "Computed Tomography"),  # CID 29
     "text": Code("121109", "DCM", "Indications for Procedure"),
     "age": Code("121033", "DCM", "Subject Age"),
@@ -69,6 +69,17 @@ INPUT_CODES = {
     "height": Code("8302-2", "LN", "Body height"),
     "weight": Code("29463-7", "LN", "Body weight"),
 }
+# The radiograph input in its own modality's concept (a CR image coded as DX misnamed it).
+RADIOGRAPH_CODES = {"CR": Code("CR", "DCM", "Computed Radiography")}  # CID 29
+
+
+def input_code(name: str, modality: str) -> Code:
+    """The concept of input ``name``; the radiograph's is that of its ``modality``."""
+    if name == "radiograph":
+        return RADIOGRAPH_CODES.get(modality, INPUT_CODES[name])
+    return INPUT_CODES[name]
+
+
 INPUT_WORDS = {"radiograph": "radiograph", "ct": "CT", "text": "clinical text"}
 COMMENT = Code("121106", "DCM", "Comment")  # CID 12101
 # The finding type of a class with no confirmed SNOMED CT concept; a Comment names it.

@@ -178,7 +178,10 @@ def _group(
         # On a 0-100 scale: "pji_risk=0.1" read as a probability of 10 %.
         parameters.append(f"pji_risk={prediction.pji_risk:.1f}/100")
     inputs = [
-        hd.sr.QualitativeEvaluation(codes.INPUT_CODES[k], codes.PRESENT if given else codes.ABSENT)
+        hd.sr.QualitativeEvaluation(
+            codes.input_code(k, task.ap.attributes.get("Modality", "")),
+            codes.PRESENT if given else codes.ABSENT,
+        )
         for k, given in prediction.inputs.items()
     ]
     tracking = hd.sr.TrackingIdentifier(

@@ -56,7 +56,7 @@ ALGORITHM_NAME, ALGORITHM_VERSION, ALGORITHM_PARAMETERS = "111001", "111003", "1
 SCREEN = manifest_for("hip_screen")
 HIPNET = manifest_for("hipnet")
 MANIFESTS = {SCREEN.name: SCREEN, HIPNET.name: HIPNET}
-BACKENDS = {SCREEN.name: "onnxruntime", HIPNET.name: "tensorrt"}
+BACKENDS = {SCREEN.name: "onnxruntime", HIPNET.name: "tensorrt", "hip_multimodal": "onnxruntime"}
 
 
 @dataclass(frozen=True)
@@ -478,6 +478,29 @@ def test_a_probability_just_under_its_threshold_is_not_rounded_onto_it(study: St
     assert float(measurement.value) == 0.3999
     assert "threshold=0.400" in text_items(group, ALGORITHM_PARAMETERS)
     assert qualitative(group)[PRESENCE_CONCEPT] == ABSENT
+
+
+@pytest.mark.parametrize(
+    ("modality", "radiograph"),
+    [("CR", ("CR", "DCM")), ("DX", ("DX", "DCM")), ("", ("DX", "DCM"))],
+)
+def test_a_fusion_engines_inputs_are_coded_by_their_own_modality(
+    study: Study, modality: str, radiograph: tuple[str, str]
+) -> None:
+    # A CR image given to the multimodal engine was coded (DX, "Digital Radiography").
+    fusion = manifest_for("hip_multimodal")
+    ap = replace(study.ap_source, attributes={"Modality": modality})
+    decision = triage(fusion, "R", ap, osteoarthritis=0.9)
+    inputs = {"radiograph": True, "ct": False, "text": True}
+    decision = replace(decision, prediction=replace(decision.prediction, inputs=inputs))
+    sr = make_sr(study, [decision], manifests={fusion.name: fusion})
+    group, _ = groups_of(sr)
+    assert qualitative(group) == {
+        PRESENCE_CONCEPT: PRESENT,
+        radiograph: PRESENT,
+        ("CT", "DCM"): ABSENT,
+        ("121109", "DCM"): PRESENT,
+    }
 
 
 def test_hipnet_group_references_the_lateral(study: Study) -> None:
