@@ -51,7 +51,7 @@ def display_pixels(ds: Dataset) -> Image:
         raise PixelDataError(
             f"PhotometricInterpretation: expected MONOCHROME1 or MONOCHROME2, got {photometric!r}"
         )
-    _refuse_truncated_jpeg(ds)
+    refuse_truncated_jpeg(ds)
     try:
         stored = ds.pixel_array
     except (ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
@@ -114,7 +114,7 @@ _ENDS_WITH_EOI = frozenset({
 _EOI_WINDOW = 10
 
 
-def _refuse_truncated_jpeg(ds: Dataset) -> None:
+def refuse_truncated_jpeg(ds: Dataset) -> None:
     """A JPEG or JPEG-LS frame without its EOI marker was cut short: refused, as dcmtk does."""
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""

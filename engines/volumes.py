@@ -34,6 +34,7 @@ halves): :mod:`engines.ct_grid`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
 
 from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe
-from engines.pixels import padding_mask
+from engines.pixels import PixelDataError, padding_mask, refuse_truncated_jpeg
 
 # SimpleITK's wrappers are unannotated; going through one Any keeps that out of mypy's way
 # (sitk.Image values are typed Any below, and every function here returns typed values
@@ -333,6 +334,11 @@ def _frames(series_uid: str, path: Path, ds: Dataset, frames: int) -> list[_Slic
                 f"series {series_uid}, instance {name}: Rescale Slope and Intercept expected "
                 f"numbers ({describe(exc)})"
             ) from exc
+        if not all(math.isfinite(v) for v in rescale):  # float("NaN"), float("inf") pass
+            raise VolumeError(
+                f"series {series_uid}, instance {name}: Rescale Slope and Intercept expected "
+                f"finite numbers, got {_fmt(rescale)}"
+            )
         slices.append(_slice(series_uid, path, ds, geometry, name, i, rescale))
     return slices
 
@@ -464,14 +470,16 @@ def _decoded(
     except UNREADABLE_DICOM as exc:  # changed on disk since its header was read
         raise VolumeError(f"file {path}: not a readable DICOM file ({describe(exc)})") from exc
     try:
+        # Cut short, libjpeg fills the rows it lacks with grey: no error of its own.
+        refuse_truncated_jpeg(ds)
         stored = ds.pixel_array
-        values = np.asarray(
-            apply_modality_lut(stored, ds) if modality_lut else stored, dtype=np.float32
-        )
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN or inf: refused below
+            values = np.asarray(
+                apply_modality_lut(stored, ds) if modality_lut else stored, dtype=np.float32
+            )
         padding = padding_mask(stored, ds)
-        if padding is not None:
-            values[padding] = np.nan
-        return ds, values
+    except PixelDataError as exc:
+        raise VolumeError(f"series {series_uid}: {exc}") from exc
     except (
         ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError, TypeError
     ) as exc:  # fmt: skip
@@ -479,6 +487,14 @@ def _decoded(
             f"series {series_uid}, instance {_uid(ds)}: pixel data cannot be decoded "
             f"({describe(exc)})"
         ) from exc
+    if not np.isfinite(values).all():  # a Rescale Slope of NaN or inf (DS reads them)
+        raise VolumeError(
+            f"series {series_uid}, instance {_uid(ds)}: the Modality LUT (Rescale "
+            "Slope/Intercept) gives values that are not finite numbers"
+        )
+    if padding is not None:
+        values[padding] = np.nan
+    return ds, values
 
 
 def _fmt(values: Sequence[float] | npt.NDArray[np.float64]) -> str:

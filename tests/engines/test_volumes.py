@@ -12,6 +12,7 @@ import SimpleITK as sitk  # noqa: N813 (the name SimpleITK's documentation uses)
 from ct_files import IDENTITY, NORMAL, ORIGIN, SERIES, SPACING, TILTED, random_hu, write_series
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -423,6 +424,51 @@ def test_an_empty_rescale_slope_is_a_volume_error(tmp_path: Path) -> None:
     paths = write_series(tmp_path, random_hu(depth=3, rows=8, cols=8))
     _edit(paths[1], RescaleSlope="")
     with pytest.raises(VolumeError, match=r"pixel data cannot be decoded \(TypeError"):
+        read_ct_series(paths, SERIES)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+@pytest.mark.parametrize("slope", ["NaN", "inf"])
+def test_a_rescale_that_is_not_a_finite_number_is_a_volume_error(
+    tmp_path: Path, slope: str
+) -> None:
+    # Was read: a NaN slope made the slice air, an inf one 3.4e38 HU, and the engine ran.
+    paths = write_series(tmp_path, random_hu(depth=3, rows=8, cols=8))
+    _edit(paths[1], RescaleSlope=slope)
+    uid = dcmread(paths[1]).SOPInstanceUID
+    with pytest.raises(
+        VolumeError, match=rf"instance {uid}: the Modality LUT .* not finite numbers"
+    ):
+        read_ct_series(paths, SERIES)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_an_enhanced_images_rescale_that_is_not_finite_is_refused(
+    tmp_path: Path, value: float
+) -> None:
+    path = _enhanced(tmp_path, random_hu(depth=3, rows=8, cols=8))
+    ds = dcmread(path)
+    ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleSlope = value
+    ds.save_as(path)
+    with pytest.raises(
+        VolumeError, match=r"instance .*\.100#1: Rescale Slope and Intercept expected finite"
+    ):
+        read_ct_series([path], SERIES)
+
+
+def test_a_jpeg_slice_cut_short_is_a_volume_error(tmp_path: Path) -> None:
+    # Was decoded without a word, the rows it lacked filled, and fed to the engine.
+    paths = write_series(
+        tmp_path, random_hu(depth=3, rows=32, cols=32, seed=8), transfer_syntax=JPEGLosslessSV1
+    )
+    ds = dcmread(paths[1])
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: len(frame) // 2]])
+    ds.save_as(paths[1])
+    with pytest.raises(
+        VolumeError,
+        match=rf"series {SERIES}: SOP instance {ds.SOPInstanceUID}: .*without its end marker",
+    ):
         read_ct_series(paths, SERIES)
 
 
