@@ -244,14 +244,21 @@ def _has(
     if image.clinical is None:
         return False
     if requirement == "text":
-        return not image.clinical.text.request.empty
+        # What the engines read: a part whose bytes did not decode is left out of it.
+        return not image.clinical.text.request.decoded.empty
     return not image.clinical.variables.is_missing(requirement)
 
 
 def _unusable(requirement: str, image: SourceImage) -> bool:
     """Does ``image``'s header give the value ``requirement`` names, but one not usable (a
-    sex of U, an age the dates contradict)? Not what "not sent" means."""
-    return image.clinical is not None and requirement in image.clinical.variables.invalid
+    sex of U, an age the dates contradict, text in bytes its character set does not
+    decode)? Not what "not sent" means."""
+    if image.clinical is None:
+        return False
+    if requirement == "text":
+        request = image.clinical.text.request
+        return not request.empty and request.decoded.empty
+    return requirement in image.clinical.variables.invalid
 
 
 def _unmet(

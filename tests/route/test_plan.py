@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 from pydicom import config as pydicom_config
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from dicom_node.config import parse_config
 from dicom_node.config_results import ROUTING_ATTRIBUTES, RoutingConfig
@@ -464,6 +465,7 @@ def test_a_radiograph_with_age_and_sex_also_goes_to_the_osteoporosis_engine() ->
     assert [t.engine for t in plan_tasks([age_only], routing)] == ["osteoporosis"]
 
 
+@pytest.mark.filterwarnings("ignore:Failed to decode byte string")
 def test_a_rule_may_require_clinical_text() -> None:
     routing = parse_config(
         {"routing": {"rules": [{"name": "fusion", "engine": "hip_multimodal",
@@ -478,6 +480,18 @@ def test_a_rule_may_require_clinical_text() -> None:
     # The text is kept for the engine, never shown in a repr (logs).
     assert "FAI" not in repr(told) and told.clinical is not None
     assert "FAI" in told.clinical.text.text
+    # Text whose bytes the character set does not decode is left out of what the engine
+    # reads: it does not meet the requirement (the engine ran on no text), and is named.
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    latin_1 = b"H\xfcftschmerz links"  # as read from a file, decoded when first used
+    ds[0x001021B0] = RawDataElement(Tag(0x001021B0), "LT", len(latin_1), latin_1, 0, False, True)
+    garbled = source_image(ds, Path("spool/2.dcm"), "PACS")
+    assert garbled.clinical is not None and not garbled.clinical.text.request.empty
+    assert plan_tasks([garbled], routing) == ()
+    assert held_back([garbled], routing, ()) == (
+        "not run: hip_multimodal on SOP instance 1.2.3.2 (rule 'fusion' requires text; text: "
+        "in the header, but not text that decodes in the data set's Specific Character Set)",
+    )
 
 
 def test_the_lateral_partner_is_a_hip_radiograph_not_any_lateral() -> None:
