@@ -358,7 +358,7 @@ def _studies(cfg: Config) -> int:
         rows = state.studies()
     finally:
         state.close()
-    print(f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  {'INST':>5}  {'FIRST RECEIVED':<19}  "
+    print(f"{'STUDY INSTANCE UID':<64}  {'STATE':<9}  {'INST':>5}  {'EPISODE STARTED':<19}  "
           f"{'LAST RECEIVED':<19}  {'COMPLETED':<19}  {'N':>2}  {'REASON':<8}  "
           "PURGED")  # fmt: skip
     for s in rows:

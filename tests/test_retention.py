@@ -404,6 +404,8 @@ def test_the_node_purges_a_finished_study_with_retention_zero(
     assert main(["studies", "--spool-dir", str(spool.root)]) == 0
     header, row, *_ = capsys.readouterr().out.splitlines()
     assert header.split()[-2:] == ["REASON", "PURGED"]
+    # The start of the latest episode (a late instance resets it): was headed FIRST RECEIVED.
+    assert "EPISODE STARTED" in header and "FIRST" not in header
     assert row.split()[:3] == [STUDY, "complete", "0"]
     assert row.split()[-2] == time.strftime(
         "%Y-%m-%d", time.localtime(state.studies()[0].purged_at)
