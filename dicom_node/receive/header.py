@@ -130,6 +130,12 @@ class _Reader:
                 return value
             if top and tag <= last_tag:
                 raise self.fail(pos, f"tag ({tag >> 16:04X},{tag & 0xFFFF:04X}) out of order")
+            if top and tag >> 16 == 0x0002:
+                # Spooled after the node's own File Meta, a second group 0002 is read as
+                # part of it (pydicom takes its Transfer Syntax UID, and misreads the rest).
+                raise self.fail(
+                    pos, f"File Meta element ({tag >> 16:04X},{tag & 0xFFFF:04X}) in the data set"
+                )
             last_tag = tag
             if length == _UNDEFINED:
                 if tag == _PIXEL_DATA:  # the only element A.4 lets encapsulate, at any level

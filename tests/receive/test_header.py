@@ -297,6 +297,20 @@ def test_elements_out_of_order_are_refused() -> None:
         read_header(good + first, ExplicitVRLittleEndian)
 
 
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_file_meta_element_in_the_data_set_is_refused(syntax: str) -> None:
+    # Was stored with 0x0000: behind the node's File Meta, pydicom read its Transfer Syntax
+    # UID (Big Endian here) as the file's, and the study's job failed on it.
+    ds = tiny_image()
+    ds.add(DataElement(0x00020010, "UI", ExplicitVRBigEndian))
+    with pytest.raises(
+        RejectedInstanceError,
+        match=r"^malformed data set at byte 0: File Meta element \(0002,0010\)",
+    ) as info:
+        read_header(encode(ds, syntax), syntax)
+    assert info.value.status == 0xC210
+
+
 def test_missing_and_invalid_uids() -> None:
     ds = tiny_image()
     del ds.StudyInstanceUID
