@@ -329,7 +329,8 @@ def _check_pixels(reader: _Reader, transfer_syntax: str) -> None:
 
 
 def is_valid_uid(uid: str) -> bool:
-    """PS3.5 9.1 UID syntax: 1-64 characters, digits in dot-separated components."""
+    """PS3.5 9.1 UID syntax: 1-64 characters, digits in dot-separated components (a
+    leading zero, which 9.1 forbids too, is let through: older devices write them)."""
     if not 0 < len(uid) <= 64:
         return False
     parts = uid.split(".")

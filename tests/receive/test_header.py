@@ -382,6 +382,7 @@ def test_uid_grammar() -> None:
     assert not is_valid_uid("1..2")
     assert not is_valid_uid("../../etc")
     assert not is_valid_uid("1.2.٣")
+    assert is_valid_uid("1.2.0003.04")  # leading zeros: accepted, as documented
 
 
 def test_native_ybr_full_422_needs_two_thirds_of_three_samples() -> None:
