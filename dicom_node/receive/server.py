@@ -105,12 +105,30 @@ class BulkReadSocket(AssociationSocket):
                 self._deadline = None if timeout is None else time.monotonic() + timeout
             else:
                 self._check_length(assoc, established, header[0], nr_bytes)
-        data = self._read(nr_bytes, assoc)
+        try:
+            data = self._read(nr_bytes, assoc)
+        except OSError:  # a failed TLS handshake, a reset, a bound overrun
+            self._ended_before_request(assoc)
+            raise
+        if len(data) < nr_bytes:  # the peer closed
+            self._ended_before_request(assoc)
         if header is None and nr_bytes == 6 and len(data) == 6:
             self._header = bytes(data)  # the next read is its body
         elif header is not None and header[0] == _P_DATA_TF and assoc is not None:
             self._count(assoc, data)
         return data
+
+    @staticmethod
+    def _ended_before_request(assoc: Any) -> None:
+        """The connection ended before its A-ASSOCIATE-RQ (a TCP probe, a plain-TCP peer
+        of a TLS node): pynetdicom's association thread waits ``acse_timeout`` for the
+        request all the same, holding an association slot after the peer has gone. An
+        empty primitive ends that wait now, as its timeout would."""
+        if assoc is None or assoc.is_established or assoc.requestor.primitive is not None:
+            return
+        waiting = assoc.dul.to_user_queue
+        if waiting.empty():  # a request already queued is answered as usual
+            waiting.put(None)
 
     def _check_length(self, assoc: Any, established: bool, pdu_type: int, length: int) -> None:
         limit = _CONTROL_PDU_LIMIT

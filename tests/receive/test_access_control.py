@@ -251,6 +251,25 @@ def test_a_tls_handshake_left_half_done_loses_its_slot_after_the_acse_timeout(
     assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=True)).returncode == 0
 
 
+def test_a_plain_peer_of_a_tls_node_frees_its_slot_when_it_leaves(
+    start_node: StartNode, pki: Path, dcmtk_env: dict[str, str]
+) -> None:
+    # A modality left without TLS, retrying: each failed handshake held an association
+    # slot for node.acse_timeout_seconds after its connection had closed, locking
+    # correctly configured senders out (rejected, local limit exceeded).
+    node = start_node(
+        node__tls__certificate=str(pki / "server.crt"),
+        node__tls__key=str(pki / "server.key"),
+        node__acse_timeout_seconds=30,
+        node__max_associations=1,
+    )
+    started = time.monotonic()
+    for _ in range(2):
+        assert echo(node.port, dcmtk_env, "-aec", "TRIAGE").returncode != 0  # plain TCP
+    assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=True)).returncode == 0
+    assert time.monotonic() - started < 15
+
+
 def test_instance_size_limit_holds_for_what_a_deflated_instance_inflates_to(
     start_node: StartNode,
 ) -> None:

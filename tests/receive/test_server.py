@@ -142,6 +142,24 @@ def test_a_peer_that_stops_mid_pdu_loses_its_slot_after_the_acse_timeout(tmp_pat
         node.stop(drain_seconds=0)
 
 
+def test_a_probe_that_disconnects_frees_its_slot_at_once(tmp_path: Path) -> None:
+    # A TCP health probe (connect, close) held the one association slot for the whole
+    # node.acse_timeout_seconds: pynetdicom waits that long for a request all the same.
+    node = Node(config_for(tmp_path / "spool", node__acse_timeout_seconds=30,
+                           node__max_associations=1))  # fmt: skip
+    node.start()
+    try:
+        started = time.monotonic()
+        for probe in (b"", b"\x01\x00"):  # nothing, or part of a PDU header
+            with socket.create_connection(("127.0.0.1", node.port)) as sock:
+                sock.sendall(probe)
+            time.sleep(0.1)
+            assert _echo(node.port)  # was: rejected, local limit exceeded
+        assert time.monotonic() - started < 10
+    finally:
+        node.stop(drain_seconds=0)
+
+
 def test_a_pdu_longer_than_the_node_receives_closes_the_connection_at_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
