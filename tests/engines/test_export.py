@@ -147,6 +147,14 @@ def test_check_fp16_refuses_an_fp16_copy_that_is_not_finite_or_drifts(tmp_path: 
         check_fp16(full, _graph(tmp_path / "nan.onnx", 2.0, nan=True), (0 * items[0],), names)
     with pytest.raises(ExportError, match=r"^off\.onnx: output 'logits' differs from fp32 by "):
         check_fp16(full, _graph(tmp_path / "off.onnx", 2.5), items, names)
+    # Outputs under 1 (probabilities): 0.05 at most, not 0.05 x (1 + 0.9); was let through.
+    likely = _graph(tmp_path / "p.onnx", 0.9)
+    check_fp16(likely, _graph(tmp_path / "p-close.onnx", 0.94), items, names)
+    with pytest.raises(
+        ExportError, match=r"^p-off\.onnx: output 'logits' differs from fp32 by 0\.08 \(fp32 "
+        r"largest magnitude 0\.9; at most 0\.05 allowed\)"
+    ):  # fmt: skip
+        check_fp16(likely, _graph(tmp_path / "p-off.onnx", 0.98), items, names)
     # fp32 itself not finite: the weights are broken, not fp16's range.
     broken = _graph(tmp_path / "broken.onnx", 2.0, nan=True)
     with pytest.raises(ExportError, match=r"^broken\.onnx: output 'logits' is not finite in fp32"):
