@@ -125,7 +125,8 @@ def _engine_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     train.add_argument("--batch-norm-items", type=at_least(0), default=128, metavar="N",
                        help="recompute BatchNorm statistics from N training items after each "
                             "epoch (0 turns it off)")  # fmt: skip
-    train.add_argument("--seed", type=int, default=0)
+    # torch.manual_seed takes 64 bits: a larger seed failed after the phantoms were drawn.
+    train.add_argument("--seed", type=at_least(0, 2**63 - 1), default=0)
     train.add_argument("--version", type=engine_version, default="1.0.0",
                        help="version written to the manifest")  # fmt: skip
     train.add_argument("--out", help="engine folder (default: <engines.cache_dir>/NAME)")

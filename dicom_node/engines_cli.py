@@ -78,9 +78,10 @@ def pixels(text: str) -> int:
     return value
 
 
-def at_least(least: int) -> Callable[[str], int]:
-    """An argparse type: an integer of at least ``least``, refused under its flag's name
-    (a check further in named the option's field: "per_class" for --phantoms)."""
+def at_least(least: int, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``least`` (and at most ``most``), refused
+    under its flag's name (a check further in named the option's field: "per_class" for
+    --phantoms)."""
 
     def parse(text: str) -> int:
         try:
@@ -89,6 +90,8 @@ def at_least(least: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < least:
             raise argparse.ArgumentTypeError(f"expected at least {least}, got {value}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"expected at most {most}, got {value}")
         return value
 
     return parse
@@ -262,6 +265,12 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
             f"engines export --size {size}: the input changes from {old.preprocessing.size} "
             f"px; give --version for the re-sized engine"
         )
+    if (args.checkpoint or size != old.preprocessing.size) and args.version == old.version:
+        raise DicomNodeError(
+            f"engines export: {folder} already holds {spec.name} {old.version}; give another "
+            "--version for the new weights or input size (the results name the version: two "
+            "models must not share one)"
+        )
     model = create(old.model, **old.model_kwargs)
     if not args.checkpoint:
         # The engine's own weights are repackaged with its figures and fresh hashes: they
@@ -289,6 +298,7 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
         clinical=old.preprocessing.clinical,
         extras={k: a.path for k, a in old.artefacts.items() if k in EXTRAS} if same else {},
         samples=phantom_samples(spec, replace(old.preprocessing, size=size)),
+        classes=old.classes,
     )
     for key, artefact in manifest.artefacts.items():
         print(f"{key:<10} {folder / artefact.path}  sha256 {artefact.sha256}")
@@ -406,10 +416,13 @@ def _export_new(spec: EngineSpec, folder: Path, args: argparse.Namespace, size: 
 
 
 def _taken_from(old: Manifest, size_too: bool) -> str:
-    """What an export keeps of the engine's manifest: the preprocessing it packages again
-    (input size unless --size, CT grid, clinical columns) and the model's arguments."""
+    """What an export keeps of the engine's manifest: its classes (thresholds, codes and
+    wording a site may have edited), the preprocessing it packages again (input size
+    unless --size, CT grid, clinical columns) and the model's arguments."""
     pre = old.preprocessing
-    kept = [f"input {pre.size} px (--size PX for another)"] if size_too else []
+    kept = ["classes with their thresholds, codes and wording"]
+    if size_too:
+        kept.append(f"input {pre.size} px (--size PX for another)")
     if pre.volume:
         kept.append(f"CT grid {'x'.join(str(d) for d in pre.volume)}")
     if pre.clinical:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from engines.catalog import EngineSpec
+from engines.catalog import EngineSpec, Finding
 from engines.export import ExportError, check_fp16, convert_fp16, export_onnx, sha256_of
 from engines.manifest import (
     MANIFEST_NAME,
@@ -63,6 +63,7 @@ def package_engine(
     clinical: tuple[str, ...] = (),
     extras: Mapping[str, str] | None = None,
     samples: Sequence[Tensor] | None = None,
+    classes: Sequence[Finding] | None = None,
 ) -> Manifest:
     """Write every artefact of ``model`` into ``folder`` and return the manifest written.
 
@@ -71,7 +72,14 @@ def package_engine(
     already written into ``folder`` (relative paths), to be hashed into the manifest.
     ``samples`` are a few items as serving feeds them (held-out images) on which the fp16
     copy's drift from fp32 is measured; without them, zeros of the input shapes.
+    ``classes`` (default: the catalogue's) are the engine's manifest's when it is packaged
+    again: their thresholds, codes and wording, in the catalogue's order of names.
     """
+    if classes is not None and tuple(c.name for c in classes) != spec.class_names:
+        raise ExportError(
+            f"{spec.name}: classes {', '.join(c.name for c in classes)} are not the "
+            f"network's outputs ({', '.join(spec.class_names)})"
+        )
     stage = folder.parent / f".{folder.name}.packaging"
     shutil.rmtree(stage, ignore_errors=True)  # left by an earlier failure
     stage.mkdir(parents=True)
@@ -82,6 +90,7 @@ def package_engine(
         manifest = _package(
             spec, model, size, stage, version, model_kwargs, training, evaluation,
             clinical_use, volume, clinical, extras, samples,
+            spec.findings if classes is None else tuple(classes),
         )  # fmt: skip
         _install(stage, folder)
     finally:
@@ -113,6 +122,7 @@ def _package(
     clinical: tuple[str, ...],
     extras: Mapping[str, str] | None,
     samples: Sequence[Tensor] | None,
+    classes: tuple[Finding, ...],
 ) -> Manifest:
     if isinstance(model, OsteoporosisNet) and len(clinical) != model.head.clinical_width:
         raise ExportError(
@@ -170,7 +180,7 @@ def _package(
         model=spec.model,
         model_kwargs=dict(model_kwargs or {}),
         title=spec.title,
-        classes=spec.findings,
+        classes=classes,
         inputs=inputs,
         outputs=outputs,
         preprocessing=Preprocessing(

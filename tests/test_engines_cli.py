@@ -253,8 +253,9 @@ def test_export_of_the_fusion_engines_keeps_their_inputs_and_artefacts(
     out = capsys.readouterr().out
     assert "text_encoder" in out and "reduction" in out
     # What the export takes from the manifest, besides the input size, is named.
-    assert "hip_multimodal: input 64 px (--size PX for another), CT grid 16x32x32," in out
-    assert "osteoporosis: input 80 px (--size PX for another), clinical columns age, " in out
+    kept = "classes with their thresholds, codes and wording, input"
+    assert f"hip_multimodal: {kept} 64 px (--size PX for another), CT grid 16x32x32," in out
+    assert f"osteoporosis: {kept} 80 px (--size PX for another), clinical columns age, " in out
     multimodal = read_manifest(cache / "hip_multimodal")
     assert multimodal.version == "0.0.2-test"
     assert multimodal.preprocessing.volume == (16, 32, 32)
@@ -299,7 +300,13 @@ def test_export_keeps_the_engines_input_size_unless_given_one(
 ) -> None:
     folder = tmp_path / "cache" / "hip_screen"
     shutil.copytree(engine_cache / "hip_screen", folder)
-    write_manifest(replace(read_manifest(folder), evaluation={"accuracy": 0.5}), folder)
+    # A site's manifest: figures, and a fracture threshold of its own.
+    edited = read_manifest(folder)
+    classes = tuple(
+        replace(c, threshold=0.2) if c.name == "femoral_neck_fracture" else c
+        for c in edited.classes
+    )
+    write_manifest(replace(edited, evaluation={"accuracy": 0.5}, classes=classes), folder)
     config = _cache_config(tmp_path, tmp_path / "cache")
 
     assert (
@@ -308,11 +315,21 @@ def test_export_keeps_the_engines_input_size_unless_given_one(
     )
     out = capsys.readouterr().out
     assert (
-        f"hip_screen: input 64 px (--size PX for another), model arguments none "
-        f"from {folder / 'manifest.yaml'}"
+        f"hip_screen: classes with their thresholds, codes and wording, input 64 px "
+        f"(--size PX for another), model arguments none from {folder / 'manifest.yaml'}"
     ) in out
     manifest = read_manifest(folder)
     assert manifest.preprocessing.size == 64 and manifest.evaluation == {"accuracy": 0.5}
+    # Was: the catalogue's 0.4 put back, silently, under the same version.
+    assert manifest.classes == classes
+
+    # New weights or a new size under the version the engine has: two models, one version.
+    for flags in ({"checkpoint": str(folder / "model.pt")}, {"size": 96}):
+        with pytest.raises(
+            DicomNodeError,
+            match=r"^engines export: .* already holds hip_screen 0\.0\.2; give another --version",
+        ):
+            _engines(config, ["export", "hip_screen", "--version", "0.0.2"], **flags)
 
     # Another input size is another engine: a new version is required.
     with pytest.raises(
@@ -323,7 +340,10 @@ def test_export_keeps_the_engines_input_size_unless_given_one(
     assert read_manifest(folder).version == "0.0.2"  # left as it was
     assert _engines(config, ["export", "hip_screen", "--version", "0.0.3"], size=96) == 0
     out = capsys.readouterr().out
-    assert f"hip_screen: model arguments none from {folder / 'manifest.yaml'}" in out
+    assert (
+        "hip_screen: classes with their thresholds, codes and wording, model arguments none "
+        f"from {folder / 'manifest.yaml'}"
+    ) in out
     manifest = read_manifest(folder)
     assert manifest.preprocessing.size == 96 and manifest.inputs[0].shape == (-1, 1, 96, 96)
     assert manifest.evaluation == {}  # measured at 64 px: not this engine's figures
@@ -594,6 +614,9 @@ def test_train_hipnet_into_another_folder_warm_starts_from_the_cache(
      (["train", "hip_screen", "--batch-norm-items", "x"], "argument --batch-norm-items: expected an integer, got 'x'"),
      (["train", "hip_screen", "--learning-rate", "inf"], "argument --learning-rate: expected a finite number > 0, got inf"),
      (["triton-repo", "out", "--max-batch-size", "0"], "argument --max-batch-size: expected at least 1, got 0"),
+     # Was: a traceback from torch.manual_seed, after the phantoms were drawn.
+     (["train", "hip_screen", "--seed", str(2**64)], f"argument --seed: expected at most {2**63 - 1}, got {2**64}"),
+     (["train", "hip_screen", "--seed", "-1"], "argument --seed: expected at least 0, got -1"),
      # Trained, then written into a manifest the node refuses to open.
      (["train", "hip_screen", "--version", "2.0 site-A"], "argument --version: expected up to 64 characters without spaces or backslashes, got '2.0 site-A'"),
      (["export", "hip_screen", "--version", ""], "argument --version: expected up to 64 characters without spaces or backslashes, got ''")],
