@@ -156,6 +156,16 @@ def tls_node(start_node: StartNode, pki: Path, mutual: bool) -> Node:
     )
 
 
+def one_slot_tls_node(start_node: StartNode, pki: Path, acse_timeout_seconds: float) -> Node:
+    """A TLS node with a single association slot: whoever holds it locks the others out."""
+    return start_node(
+        node__tls__certificate=str(pki / "server.crt"),
+        node__tls__key=str(pki / "server.key"),
+        node__acse_timeout_seconds=acse_timeout_seconds,
+        node__max_associations=1,
+    )
+
+
 def dcmtk_tls(pki: Path, with_cert: bool) -> list[str]:
     ident = ["+tls", str(pki / "client.key"), str(pki / "client.crt")] if with_cert else ["+tla"]
     return [*ident, "+cf", str(pki / "ca.crt"), "-aec", "TRIAGE"]
@@ -235,12 +245,7 @@ def test_a_tls_handshake_left_half_done_loses_its_slot_after_the_acse_timeout(
 ) -> None:
     # The handshake runs in the connection's first read, which waits at most
     # node.acse_timeout_seconds like any read before the association.
-    node = start_node(
-        node__tls__certificate=str(pki / "server.crt"),
-        node__tls__key=str(pki / "server.key"),
-        node__acse_timeout_seconds=1,
-        node__max_associations=1,
-    )
+    node = one_slot_tls_node(start_node, pki, acse_timeout_seconds=1)
     with socket.create_connection(("127.0.0.1", node.port)) as stalled:
         stalled.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, no more
         stalled.settimeout(10)
@@ -257,12 +262,7 @@ def test_a_plain_peer_of_a_tls_node_frees_its_slot_when_it_leaves(
     # A modality left without TLS, retrying: each failed handshake held an association
     # slot for node.acse_timeout_seconds after its connection had closed, locking
     # correctly configured senders out (rejected, local limit exceeded).
-    node = start_node(
-        node__tls__certificate=str(pki / "server.crt"),
-        node__tls__key=str(pki / "server.key"),
-        node__acse_timeout_seconds=30,
-        node__max_associations=1,
-    )
+    node = one_slot_tls_node(start_node, pki, acse_timeout_seconds=30)
     started = time.monotonic()
     for _ in range(2):
         assert echo(node.port, dcmtk_env, "-aec", "TRIAGE").returncode != 0  # plain TCP
