@@ -63,6 +63,8 @@ _OVERSIZE_GRACE = 16 << 20
 # The longest DIMSE command set a peer may send (a C-STORE-RQ's is ~200 bytes): its
 # fragments were not counted, and an endless stream of them grew the node without bound.
 _COMMAND_LIMIT = 64 << 10
+# PS3.8 states of an acceptor before an A-ASSOCIATE-RQ: idle, transport connection open.
+_BEFORE_REQUEST = frozenset({"Sta1", "Sta2"})
 
 
 class BulkReadSocket(AssociationSocket):
@@ -123,11 +125,17 @@ class BulkReadSocket(AssociationSocket):
         """The connection ended before its A-ASSOCIATE-RQ (a TCP probe, a plain-TCP peer
         of a TLS node): pynetdicom's association thread waits ``acse_timeout`` for the
         request all the same, holding an association slot after the peer has gone. An
-        empty primitive ends that wait now, as its timeout would."""
-        if assoc is None or assoc.is_established or assoc.requestor.primitive is not None:
+        empty primitive ends that wait now, as its timeout would.
+
+        Only while the state machine has not received a request (Sta1/Sta2; this runs in
+        the DUL thread, the only one that moves it): after one, a None left at the head of
+        the queue would hide a later release or abort from the association's reactor."""
+        if assoc is None or assoc.requestor.primitive is not None:
+            return
+        if assoc.dul.state_machine.current_state not in _BEFORE_REQUEST:
             return
         waiting = assoc.dul.to_user_queue
-        if waiting.empty():  # a request already queued is answered as usual
+        if waiting.empty():
             waiting.put(None)
 
     def _check_length(self, assoc: Any, established: bool, pdu_type: int, length: int) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import threading
 import time
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -158,6 +160,29 @@ def test_a_probe_that_disconnects_frees_its_slot_at_once(tmp_path: Path) -> None
         assert time.monotonic() - started < 10
     finally:
         node.stop(drain_seconds=0)
+
+
+@pytest.mark.parametrize(
+    ("state", "primitive", "queued", "ends_the_wait"),
+    [("Sta2", None, [], True), ("Sta1", None, [], True),
+     # A request already received (or queued): a None at the queue's head would hide a
+     # later release or abort from the association's reactor.
+     ("Sta3", None, [], False), ("Sta2", "rq", [], False), ("Sta2", None, ["rq"], False)],
+)  # fmt: skip
+def test_only_a_connection_ended_before_its_request_ends_the_wait_for_it(
+    state: str, primitive: str | None, queued: list[str], ends_the_wait: bool
+) -> None:
+    waiting: queue.Queue[str | None] = queue.Queue()
+    for item in queued:
+        waiting.put(item)
+    assoc = SimpleNamespace(
+        requestor=SimpleNamespace(primitive=primitive),
+        dul=SimpleNamespace(
+            state_machine=SimpleNamespace(current_state=state), to_user_queue=waiting
+        ),
+    )
+    BulkReadSocket._ended_before_request(assoc)
+    assert list(waiting.queue) == [*queued, *([None] if ends_the_wait else [])]
 
 
 def test_a_pdu_longer_than_the_node_receives_closes_the_connection_at_once(
