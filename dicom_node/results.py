@@ -150,15 +150,20 @@ def _study_header(analysis: StudyAnalysis, headers: Mapping[str, Dataset]) -> Da
     # last, put every result of the study under no ID.
     named = [uid for uid in cited if stored_text(headers[uid], "PatientID")]
     chosen = headers[(named or cited)[-1]] if cited else headers[min(headers)]
+    header = _with_the_issuer(chosen, [headers[uid] for uid in cited])
     differing = disagreements(headers.values(), chosen)
     if differing:
         skipped = bool(named) and named[-1] != cited[-1]  # the last had no Patient ID
         which = "received last with a Patient ID" if skipped else "received last"
+        lent = (
+            " (with the Issuer of Patient ID its other images give)" if header is not chosen else ""
+        )
         log.warning(
             "study %s: its images disagree on %s; every result carries those of SOP instance "
-            "%s, %s", analysis.study_uid, ", ".join(differing), chosen.SOPInstanceUID, which,
+            "%s, %s%s", analysis.study_uid, ", ".join(differing), chosen.SOPInstanceUID, which,
+            lent,
         )  # fmt: skip
-    return _with_the_issuer(chosen, [headers[uid] for uid in cited])
+    return header
 
 
 def _with_the_issuer(chosen: Dataset, cited: Sequence[Dataset]) -> Dataset:

@@ -104,16 +104,23 @@ def test_an_image_without_a_patient_id_received_last_does_not_take_the_id_away(
     assert "received last with a Patient ID" in caplog.text
 
 
+@pytest.mark.parametrize("issuing", ["pelvis", "lateral"])
 def test_the_issuer_the_study_gives_its_patient_id_goes_with_the_results(
-    tmp_path: Path, engine_cache: Path
+    tmp_path: Path, engine_cache: Path, caplog: pytest.LogCaptureFixture, issuing: str
 ) -> None:
     # The same ID with an issuer on one image only is one patient (analyse merges them):
-    # the results took the image without it, and went out under the ID alone.
-    # The lateral, received last, has no issuer.
-    study, _ = edited_tha_study(tmp_path, 14, 0, IssuerOfPatientID="HOSPITAL-A")
-    _, results = analysed(tmp_path, engine_cache, study.identity.study_uid, study.files)
+    # the results took the image without it, and went out under the ID alone. The image
+    # received last has no issuer: the lateral, or the pelvis (the overlays' own image:
+    # they went out without the issuer the SR carried).
+    which = 0 if issuing == "pelvis" else 1
+    study, _ = edited_tha_study(tmp_path, 14, which, IssuerOfPatientID="HOSPITAL-A")
+    files = study.files if issuing == "pelvis" else study.files[::-1]
+    with caplog.at_level(logging.WARNING, logger="dicom_node.results"):
+        _, results = analysed(tmp_path, engine_cache, study.identity.study_uid, files)
+    assert results.overlays
     for result in (results.sr, *results.overlays):
         assert result.IssuerOfPatientID == "HOSPITAL-A"
+    assert "(with the Issuer of Patient ID its other images give)" in caplog.text
 
 
 def test_a_hipnet_overlay_says_its_map_is_of_the_ap_branch(

@@ -172,7 +172,9 @@ def build_overlay_sc(
     series = series_uid(str(source.StudyInstanceUID), "sc", str(identity.series_number),
                         series_description, side, part)  # fmt: skip
     evidence = evidence_header(source)
-    if study is not None and str(study.SOPInstanceUID) != str(source.SOPInstanceUID):
+    if study is not None:
+        # Also when ``study`` is ``source``'s own header: it may carry an issuer lent by
+        # the study's other images (results._with_the_issuer), which the SR carries too.
         evidence = with_patient_and_study(evidence, evidence_header(study))
     with building("overlay"):
         sc = hd.sc.SCImage.from_ref_dataset(
