@@ -229,15 +229,29 @@ def build_overlay_sc(
     )
     sc.SourceImageSequence = DicomSequence([reference])
     _copy_patient_and_study(evidence, sc)
-    if str(source.get("LossyImageCompression", "")) == "01":
-        # PS3.3 C.7.6.1.1.5: an image derived from a lossy compressed one stays marked so.
+    meta = getattr(source, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if str(source.get("LossyImageCompression", "")) == "01" or syntax in LOSSY_SYNTAXES:
+        # PS3.3 C.7.6.1.1.5: an image derived from a lossy compressed one stays marked so;
+        # the attribute is Type 3 in CR and DX's own modules, so a source received in a
+        # lossy syntax may not say it itself.
         sc.LossyImageCompression = "01"
         for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
             if keyword in source:
                 sc[keyword] = copy.deepcopy(source[keyword])
+        if "LossyImageCompressionMethod" not in sc and syntax in LOSSY_SYNTAXES:
+            sc.LossyImageCompressionMethod = LOSSY_SYNTAXES[syntax]
     fit_charset(sc)
     return sc
 
+
+# The transfer syntaxes that are lossy whatever their parameters (JPEG 2000's .91 may be
+# either: its images say which), with the CID 7201 method each names.
+LOSSY_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG Extended
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
+}
 
 # Patient and General Study attributes highdicom's from_ref_dataset leaves out: the SR
 # (from the same evidence) carries them, and a PACS that tracks several patient-ID issuers

@@ -447,6 +447,14 @@ def test_the_overlay_keeps_the_sources_patient_and_study_attributes(
     sc.save_as(path, enforce_file_format=True)
     assert dciodvfy_findings(path) == []
     assert "LossyImageCompression" not in overlay(ap, both_hips(ap))  # a lossless source
+    # A source received in JPEG Baseline that does not say so itself (Type 3 in CR): the
+    # overlay of its lossy pixels went out unmarked.
+    unmarked = copy.deepcopy(ap.header)
+    unmarked.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    sc = overlay(Image(unmarked, ap.picture), both_hips(ap))
+    assert (sc.LossyImageCompression, sc.LossyImageCompressionMethod) == ("01", "ISO_10918_1")
+    sc.save_as(path, enforce_file_format=True)
+    assert dciodvfy_findings(path) == []
 
 
 def test_a_finding_below_its_threshold_is_drawn_fainter(ap: Image) -> None:
