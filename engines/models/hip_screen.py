@@ -51,7 +51,8 @@ class HipScreen(nn.Module):
         return self.backbone.forward_with_features(x)
 
     def class_maps(self, features: Tensor) -> Tensor:
-        """Per-cell class logits of the last feature map (what training guides to the lesion)."""
+        """Per-cell class logits of the last feature map (what training guides to the lesion;
+        the heat map, GeM Grad-CAM, weighs its channels further: engines.gradcam)."""
         return self.backbone.class_maps(features)
 
 

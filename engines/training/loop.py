@@ -8,11 +8,12 @@ rather than only their average.
 
 Where the training set has lesion masks (phantoms do, a labelled DICOM folder
 does not), ``attention_weight`` adds :func:`lesion_attention_loss` on the class
-maps the heat maps come from (the screening net's per-cell head, Hip-Net's AP
-interpretive maps). The learning rate follows a one-cycle curve over the run's
-progress, which is the larger of the share of steps done and the share of
-``max_seconds`` spent: a run cut short by its time budget still anneals to the
-end of the curve instead of stopping at a high learning rate.
+maps (the screening net's per-cell head, whose GeM Grad-CAM weighs its channels
+further; Hip-Net's AP interpretive maps, its heat maps themselves). The
+learning rate follows a one-cycle curve over the run's progress, which is the
+larger of the share of steps done and the share of ``max_seconds`` spent: a run
+cut short by its time budget still anneals to the end of the curve instead of
+stopping at a high learning rate.
 """
 
 from __future__ import annotations
