@@ -310,16 +310,27 @@ def _laterals(
     """The hip's lateral partners, newest first: its partner is the lateral of that side
     received last (``images`` are in arrival order; a retake follows the exposure it
     replaces, which the first match took), the others are for when it cannot be read."""
+    return tuple(image for image in reversed(images) if not not_a_lateral_of(image, side, routing))
+
+
+def not_a_lateral_of(image: SourceImage, side: str, routing: RoutingConfig) -> str:
+    """Why ``image`` is no lateral partner of hip ``side`` ("" when it is one): the test
+    serving pairs by, which training on a labelled folder applies too (a pair serving never
+    makes would teach the engine from an input it never gets)."""
     views = {v.upper() for v in routing.lateral_views}
-    return tuple(
-        image
-        for image in reversed(images)
-        if image.view in views
-        and image.laterality == side
-        and image.sop_class_uid in RADIOGRAPH_CLASSES
-        and image.attributes.get("Modality") in LATERAL_MODALITIES
-        and image.attributes.get("BodyPartExamined", "") in LATERAL_BODY_PARTS
-    )
+    if image.view not in views:
+        return f"View Position {image.view or 'not given'} is not one of {', '.join(sorted(views))}"
+    if image.laterality != side:
+        return f"its (Image) Laterality is {image.laterality or 'not given'}, not {side}"
+    if image.sop_class_uid not in RADIOGRAPH_CLASSES:
+        return f"SOP class {image.sop_class_uid} is not CR or DX For Presentation"
+    modality = image.attributes.get("Modality", "")
+    if modality not in LATERAL_MODALITIES:
+        return f"Modality {modality or 'not given'} is not DX or CR"
+    part = image.attributes.get("BodyPartExamined", "")
+    if part not in LATERAL_BODY_PARTS:
+        return f"Body Part Examined {part} is not HIP or PELVIS"
+    return ""
 
 
 def _task(

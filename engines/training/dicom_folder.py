@@ -4,16 +4,18 @@ Screening engines (one view): columns ``file,label`` and optionally ``side``.
 Hip-Net (AP + lateral): columns ``ap_file,lateral_file,label`` and optionally
 ``side``; ``lateral_file`` may be empty (the hip is trained without it). Any other
 column, or one given twice, is refused (a misspelt one would be ignored). An image whose
-View Position contradicts its column (a lateral as the AP, an AP as the lateral) is
-refused; one without a View Position is taken as the column says.
+View Position contradicts its column (a lateral as the AP) is refused; an AP without a
+View Position is taken as the column says.
 Paths are relative to the CSV's folder. ``side`` (R or L) picks that hip of an
 AP pelvis (split at the midline, the left hip mirrored); without it the image's
 (Image) Laterality decides: R or L is a single-hip image (L mirrored), B or
 none is split by ``side``, which is then required. A lateral shows one hip, the
-AP's: it is used whole, mirrored when its rows run toward the anterior (Patient
-Orientation A\\...), without an orientation for a left hip, whatever its laterality (as
-serving does, engines/regions.py; one lateralised to the other hip is refused). No mask is known, so
-the pointing game is not computed for such a set.
+AP's, and must be one the node would pair with it (dicom_node.route.not_a_lateral_of:
+a lateral View Position, the hip's (Image) Laterality, CR or DX For Presentation, body part
+HIP, PELVIS or none), else the row is refused; it is used whole, mirrored when its rows run
+toward the anterior (Patient Orientation A\\...), without an orientation for a left hip (as
+serving does, engines/regions.py). No mask is known, so the pointing game is not computed
+for such a set.
 
 Each row's patient comes from the headers: Patient ID (0010,0020), else the Study Instance
 UID; an AP and its lateral join their patients into one. The split keeps a patient's rows
@@ -35,6 +37,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.config_results import RoutingConfig
 from dicom_node.errors import UNREADABLE_DICOM, describe, not_utf8
+from dicom_node.route import not_a_lateral_of, source_image
 from engines.catalog import EngineSpec
 from engines.pixels import Image, PixelDataError, display_pixels, pixel_spacing, prepare
 from engines.regions import HipRegion, RegionError, hip_regions
@@ -177,16 +180,16 @@ def _lateral(path: Path, side: str, size: int, where: str) -> tuple[Dataset, Ima
     pairs a lateral whose laterality is the hip's and takes it whole, mirrored as
     engines/regions.py decides (rows toward the anterior; without an orientation, a left
     hip)."""
-    ds, picture, laterality = _read(path, where)
-    view = _view(ds)
-    if view and view not in LATERAL_VIEWS:  # serving pairs only a lateral view here
+    ds, picture, _ = _read(path, where)
+    # Serving's own test: a pair it never makes (no laterality, no View Position, a For
+    # Processing copy, a knee lateral) was trained with lateral_present 1, and the engine
+    # learnt from an input it never gets.
+    why = not_a_lateral_of(source_image(ds, path, ""), side, RoutingConfig())
+    if why:
         raise DataError(
-            f"{where}: lateral_file: {path.name} is not a lateral view (View Position "
-            f"{view}; serving takes {', '.join(LATERAL_VIEWS)})"
-        )
-    if laterality in ("R", "L") and laterality != side:
-        raise DataError(
-            f"{where}: {path.name}: side {side} contradicts the image's laterality {laterality}"
+            f"{where}: lateral_file: {path.name} is not a lateral the node pairs with hip "
+            f"{side}: {why}; correct its header, or leave lateral_file empty to train the hip "
+            "without one"
         )
     [region] = _regions(picture, side, ds, where)
     return ds, prepare(region.cut(picture), pixel_spacing(ds), size)[0]

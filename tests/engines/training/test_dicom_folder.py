@@ -145,11 +145,12 @@ def test_an_image_whose_view_contradicts_its_column_is_refused(tmp_path: Path) -
         (hipnet, "ap_file,lateral_file,label,side", f"{lateral},{pelvis},dislocation,R",
          r"labels.csv:2: ap_file: r_hip_lateral.dcm is a lateral view"),
         (hipnet, "ap_file,lateral_file,label,side", f"{pelvis},{pelvis},dislocation,R",
-         r"labels.csv:2: lateral_file: pelvis_ap.dcm is not a lateral view \(View Position AP; "
-         r"serving takes LATERAL, LL, RL, LLO, RLO\)"),
+         r"labels.csv:2: lateral_file: pelvis_ap.dcm is not a lateral the node pairs with hip R: "
+         r"View Position AP is not one of LATERAL, LL, LLO, RL, RLO; correct its header, or "
+         r"leave lateral_file empty to train the hip without one$"),
     ]  # fmt: skip
     _each_refused(tmp_path, cases)
-    # Without a View Position the column says what the image is.
+    # Without a View Position serving never pairs it: was trained as the hip's lateral.
     ds = pydicom.dcmread(tmp_path / lateral)
     del ds.ViewPosition
     ds.save_as(tmp_path / "unnamed.dcm")
@@ -157,8 +158,9 @@ def test_an_image_whose_view_contradicts_its_column_is_refused(tmp_path: Path) -
         tmp_path / "labels.csv", "ap_file,lateral_file,label,side",
         [f"{pelvis},unnamed.dcm,dislocation,R"],
     )  # fmt: skip
-    hips = load_labelled_folder(hipnet, csv, 64).hips
-    assert hips.lateral_present is not None and hips.lateral_present.tolist() == [1.0]
+    with pytest.raises(DataError, match=r"unnamed.dcm is not a lateral the node pairs with hip "
+                       r"R: View Position not given is not one of"):  # fmt: skip
+        load_labelled_folder(hipnet, csv, 64)
 
 
 def test_rows_a_hand_or_a_spreadsheet_writes(tmp_path: Path) -> None:
@@ -210,7 +212,6 @@ def test_a_lateral_is_used_whole_as_serving_does(tmp_path: Path, tag: str) -> No
     )
     pelvis, lateral = study.files
     expected = _serving_lateral(lateral, "L", 64)
-    # The same file, whatever its laterality tag says: whole, mirrored for the left hip.
     ds = pydicom.dcmread(lateral)
     if tag:
         ds.ImageLaterality = tag
@@ -222,6 +223,15 @@ def test_a_lateral_is_used_whole_as_serving_does(tmp_path: Path, tag: str) -> No
         "ap_file,lateral_file,side,label",
         [f"{pelvis.relative_to(tmp_path)},lateral.dcm,L,dislocation"],
     )
+    if tag != "L":
+        # Serving pairs a lateral of the hip's own side only: trained with one tagged B or
+        # untagged, the engine learnt from a pair it never gets (lateral_present 1).
+        with pytest.raises(
+            DataError, match=rf"its \(Image\) Laterality is {tag or 'not given'}, not L; "
+        ):
+            load_labelled_folder(engine_spec("hipnet"), csv, 64)
+        return
+    # Whole, mirrored for the left hip, as serving prepares it.
     data = load_labelled_folder(engine_spec("hipnet"), csv, 64).hips
     assert data.lateral is not None
     np.testing.assert_array_equal(data.lateral[0, 0].numpy(), expected)
@@ -233,12 +243,12 @@ def test_a_lateral_takes_the_side_of_its_ap(tmp_path: Path) -> None:
     )
     pelvis, lateral = study.files
     expected = _serving_lateral(lateral, "R", 64)
-    # An AP of the right hip alone and an untagged lateral: no side column is needed.
+    # An AP of the right hip alone and its lateral: no side column is needed.
     ap = pydicom.dcmread(pelvis)
     ap.ImageLaterality = "R"
     ap.save_as(tmp_path / "ap.dcm")
     ds = pydicom.dcmread(lateral)
-    del ds.ImageLaterality
+    assert ds.ImageLaterality == "R"
     ds.save_as(tmp_path / "lateral.dcm")
     csv = _write_csv(
         tmp_path / "hipnet.csv", "ap_file,lateral_file,label", ["ap.dcm,lateral.dcm,dislocation"]
@@ -250,7 +260,9 @@ def test_a_lateral_takes_the_side_of_its_ap(tmp_path: Path) -> None:
     ds.ImageLaterality = "L"
     ds.save_as(tmp_path / "lateral.dcm")
     with pytest.raises(
-        DataError, match=r"hipnet.csv:2: lateral.dcm: side R contradicts the image's laterality L"
+        DataError,
+        match=r"hipnet.csv:2: lateral_file: lateral.dcm is not a lateral the node pairs with "
+        r"hip R: its \(Image\) Laterality is L, not R",
     ):
         load_labelled_folder(engine_spec("hipnet"), csv, 64)
 
