@@ -9,7 +9,7 @@ limit) is left out of the percentile window and shown black. A picture that is b
 grey level), a Modality LUT giving values that are not finite, and a JPEG or JPEG-LS
 codestream cut short (no end marker; libjpeg would fill the rest with grey) are refused.
 Resizing first makes pixels square using Pixel Spacing (a non-positive or non-finite one is
-ignored), then pads to a square and resamples with area averaging (anti-aliased), so
+ignored), then pads to a square and resamples bilinearly (anti-aliased when shrinking), so
 anatomy keeps its shape.
 """
 
