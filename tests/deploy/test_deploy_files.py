@@ -490,7 +490,18 @@ def test_orthanc_runs_the_compose_config_and_routes_with_the_loop_guard(tmp_path
         files[caller] = (write(ds, tmp_path / f"{caller}.dcm"), str(ds.SOPInstanceUID))
     # A CT slice: the multimodal engine reads the study's hip CT, so CT is routed too.
     (ct,) = make_ct_series(np.zeros((1, 8, 8)), identity=StudyIdentity.synthetic(3))
+    ct.BodyPartExamined = "PELVIS"
     files["CT"] = (write(ct, tmp_path / "CT.dcm"), str(ct.SOPInstanceUID))
+    # Radiographs of another part, or of none: the node's default rules take an AP or PA
+    # without a body part, so an AP chest without one was routed and read as a pelvis.
+    for n, part in enumerate(("CHEST", ""), start=4):
+        other = make_dx(image, identity=StudyIdentity.synthetic(n))
+        if part:
+            other.BodyPartExamined = part
+        else:
+            del other.BodyPartExamined
+        files[part or "NONE"] = (write(other, tmp_path / f"{part or 'none'}.dcm"),
+                                 str(other.SOPInstanceUID))  # fmt: skip
 
     log_path = tmp_path / "orthanc.log"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -526,10 +537,17 @@ def test_orthanc_runs_the_compose_config_and_routes_with_the_loop_guard(tmp_path
         routed = re.compile(rf"route \S+ sop={re.escape(files['MODALITY'][1])} .*-> node")
         routed_ct = re.compile(rf"route \S+ sop={re.escape(files['CT'][1])} modality=CT .*-> node")
         skipped = re.compile(rf"skip \S+ sop={re.escape(files['TRIAGE'][1])} .*skip list")
+        other_parts = [
+            re.compile(
+                rf"skip \S+ sop={re.escape(files[name][1])} modality=DX part={part} "
+                r"from=MODALITY: body part not routed"
+            )
+            for name, part in (("CHEST", "CHEST"), ("NONE", ""))
+        ]
 
         def logged() -> bool:
             text = log_path.read_text(errors="replace")
-            return all(p.search(text) for p in (routed, routed_ct, skipped))
+            return all(p.search(text) for p in (routed, routed_ct, skipped, *other_parts))
 
         try:
             _wait(logged, 10, "the Lua route's decisions in Orthanc's log")

@@ -67,14 +67,18 @@ def test_orthanc_routes_dx_to_the_node_but_not_the_nodes_own_instances(tmp_path:
 
             # The node's own instance (calling AE TRIAGE) is stored but not routed back.
             storescu_into(pacs, [from_node], calling_ae=NODE_AET)
-            pacs.wait_for_log(rf"skip \S+ sop={node_uid} modality=DX from={NODE_AET}: calling AE")
+            pacs.wait_for_log(
+                rf"skip \S+ sop={node_uid} modality=DX part=PELVIS from={NODE_AET}: calling AE"
+            )
             assert pacs.count_by_modality(study_uid) == {"DX": 2}
             assert len(pacs.instances()) == 2
             assert {t["SOPInstanceUID"] for t in pacs.study_instances(study_uid)} == {
                 first_uid,
                 node_uid,
             }
-            assert f"sop={node_uid} modality=DX from={NODE_AET} ->" not in pacs.log_text()
+            assert (
+                f"sop={node_uid} modality=DX part=PELVIS from={NODE_AET} ->" not in pacs.log_text()
+            )
             assert received == [(first_uid, "PACS")]
     finally:
         scp.shutdown()
