@@ -83,8 +83,9 @@ def _parser() -> argparse.ArgumentParser:
         "phantom studies and show the results.",
     )
     demo.add_argument("--out", default="var/demo",
-                      help="folder for the demo's spool and files (replaced by the next demo; "
-                           "one holding anything else is refused)")  # fmt: skip
+                      help="folder for the demo's spool and files: its spool, incoming, pacs "
+                           "and results folders are replaced by the next demo (a folder "
+                           "holding such folders that no demo wrote is refused)")  # fmt: skip
     _engine_parsers(sub, common)
     from dicom_node.outbox_cli import add_parser
 

@@ -148,9 +148,9 @@ class Node:
         )
         log.info(
             "dicom-node %s listening as %s on %s:%d%s; spool %s; metrics on http://%s:%d",
-            __version__, cfg.node.ae_title, cfg.node.host, self.port,
-            " (TLS)" if ssl_context else "", cfg.storage.spool_dir, cfg.metrics.host,
-            self.http_port,
+            __version__, cfg.node.ae_title, _bracketed(cfg.node.host), self.port,
+            " (TLS)" if ssl_context else "", cfg.storage.spool_dir,
+            _bracketed(cfg.metrics.host), self.http_port,
         )  # fmt: skip
 
     def _unless_forced(self) -> None:
@@ -341,3 +341,9 @@ class Node:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
+
+
+def _bracketed(host: str) -> str:
+    """``host`` as an address with a port is written: an IPv6 literal in brackets (RFC 3986;
+    ``http://::1:9100`` does not parse)."""
+    return f"[{host}]" if ":" in host else host

@@ -492,3 +492,17 @@ def test_the_cli_exits_at_once_when_the_stop_left_a_worker_running(
     assert exits == []  # nothing left: the normal exit
     cli._exit_without_lingering_threads(0, ["pipeline"])
     assert exits == [0]
+
+
+def test_the_start_line_writes_an_ipv6_address_in_brackets(
+    start_node: Callable[..., Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Was "metrics on http://::1:9100", which no browser or curl parses.
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 on this host")
+    with caplog.at_level(logging.INFO, logger="dicom_node.node"):
+        node = start_node(node__host="::1", metrics__host="::1", metrics__port=0)
+    assert f"on [::1]:{node.port};" in caplog.text
+    assert f"metrics on http://[::1]:{node.http_port}" in caplog.text
