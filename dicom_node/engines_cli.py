@@ -299,6 +299,7 @@ def _export(cache: Path, args: argparse.Namespace) -> int:
         extras={k: a.path for k, a in old.artefacts.items() if k in EXTRAS} if same else {},
         samples=phantom_samples(spec, replace(old.preprocessing, size=size)),
         classes=old.classes,
+        preprocessing=old.preprocessing,
     )
     for key, artefact in manifest.artefacts.items():
         print(f"{key:<10} {folder / artefact.path}  sha256 {artefact.sha256}")
@@ -418,13 +419,18 @@ def _export_new(spec: EngineSpec, folder: Path, args: argparse.Namespace, size: 
 def _taken_from(old: Manifest, size_too: bool) -> str:
     """What an export keeps of the engine's manifest: its classes (thresholds, codes and
     wording a site may have edited), the preprocessing it packages again (input size
-    unless --size, CT grid, clinical columns) and the model's arguments."""
+    unless --size, normalisation, CT grid and window, clinical columns) and the model's
+    arguments."""
     pre = old.preprocessing
     kept = ["classes with their thresholds, codes and wording"]
     if size_too:
         kept.append(f"input {pre.size} px (--size PX for another)")
+    kept.append(f"normalisation mean {pre.mean:g} / std {pre.std:g}")
     if pre.volume:
-        kept.append(f"CT grid {'x'.join(str(d) for d in pre.volume)}")
+        kept.append(
+            f"CT grid {'x'.join(str(d) for d in pre.volume)} at {pre.volume_spacing_mm:g} mm, "
+            f"HU window centre {pre.hu_center:g} width {pre.hu_width:g}"
+        )
     if pre.clinical:
         kept.append(f"clinical columns {', '.join(pre.clinical)}")
     kept.append(f"model arguments {old.model_kwargs or 'none'}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ def package_engine(
     extras: Mapping[str, str] | None = None,
     samples: Sequence[Tensor] | None = None,
     classes: Sequence[Finding] | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> Manifest:
     """Write every artefact of ``model`` into ``folder`` and return the manifest written.
 
@@ -73,7 +75,9 @@ def package_engine(
     ``samples`` are a few items as serving feeds them (held-out images) on which the fp16
     copy's drift from fp32 is measured; without them, zeros of the input shapes.
     ``classes`` (default: the catalogue's) are the engine's manifest's when it is packaged
-    again: their thresholds, codes and wording, in the catalogue's order of names.
+    again: their thresholds, codes and wording, in the catalogue's order of names; so is
+    ``preprocessing``, whose normalisation and CT window are kept (``size``, ``volume`` and
+    ``clinical`` are set from the arguments, the clinical columns' limits from the model).
     """
     if classes is not None and tuple(c.name for c in classes) != spec.class_names:
         raise ExportError(
@@ -91,6 +95,7 @@ def package_engine(
             spec, model, size, stage, version, model_kwargs, training, evaluation,
             clinical_use, volume, clinical, extras, samples,
             spec.findings if classes is None else tuple(classes),
+            preprocessing or Preprocessing(size=size),
         )  # fmt: skip
         _install(stage, folder)
     finally:
@@ -123,6 +128,7 @@ def _package(
     extras: Mapping[str, str] | None,
     samples: Sequence[Tensor] | None,
     classes: tuple[Finding, ...],
+    base: Preprocessing,
 ) -> Manifest:
     if isinstance(model, OsteoporosisNet) and len(clinical) != model.head.clinical_width:
         raise ExportError(
@@ -183,7 +189,8 @@ def _package(
         classes=classes,
         inputs=inputs,
         outputs=outputs,
-        preprocessing=Preprocessing(
+        preprocessing=replace(
+            base,
             size=size,
             volume=volume,
             clinical=tuple(clinical),

@@ -254,8 +254,14 @@ def test_export_of_the_fusion_engines_keeps_their_inputs_and_artefacts(
     assert "text_encoder" in out and "reduction" in out
     # What the export takes from the manifest, besides the input size, is named.
     kept = "classes with their thresholds, codes and wording, input"
-    assert f"hip_multimodal: {kept} 64 px (--size PX for another), CT grid 16x32x32," in out
-    assert f"osteoporosis: {kept} 80 px (--size PX for another), clinical columns age, " in out
+    assert (
+        f"hip_multimodal: {kept} 64 px (--size PX for another), normalisation mean 0.5 / std "
+        "0.25, CT grid 16x32x32 at 1 mm, HU window centre 500 width 2000," in out
+    )
+    assert (
+        f"osteoporosis: {kept} 80 px (--size PX for another), normalisation mean 0.5 / std "
+        "0.25, clinical columns age, " in out
+    )
     multimodal = read_manifest(cache / "hip_multimodal")
     assert multimodal.version == "0.0.2-test"
     assert multimodal.preprocessing.volume == (16, 32, 32)
@@ -300,13 +306,16 @@ def test_export_keeps_the_engines_input_size_unless_given_one(
 ) -> None:
     folder = tmp_path / "cache" / "hip_screen"
     shutil.copytree(engine_cache / "hip_screen", folder)
-    # A site's manifest: figures, and a fracture threshold of its own.
+    # A site's manifest: figures, a fracture threshold and a normalisation of its own.
     edited = read_manifest(folder)
     classes = tuple(
         replace(c, threshold=0.2) if c.name == "femoral_neck_fracture" else c
         for c in edited.classes
     )
-    write_manifest(replace(edited, evaluation={"accuracy": 0.5}, classes=classes), folder)
+    own = replace(edited.preprocessing, mean=0.45, std=0.2)
+    write_manifest(
+        replace(edited, evaluation={"accuracy": 0.5}, classes=classes, preprocessing=own), folder
+    )
     config = _cache_config(tmp_path, tmp_path / "cache")
 
     assert (
@@ -316,12 +325,15 @@ def test_export_keeps_the_engines_input_size_unless_given_one(
     out = capsys.readouterr().out
     assert (
         f"hip_screen: classes with their thresholds, codes and wording, input 64 px "
-        f"(--size PX for another), model arguments none from {folder / 'manifest.yaml'}"
+        f"(--size PX for another), normalisation mean 0.45 / std 0.2, model arguments none "
+        f"from {folder / 'manifest.yaml'}"
     ) in out
     manifest = read_manifest(folder)
     assert manifest.preprocessing.size == 64 and manifest.evaluation == {"accuracy": 0.5}
-    # Was: the catalogue's 0.4 put back, silently, under the same version.
+    # Was: the catalogue's 0.4 and the default 0.5 / 0.25 put back, silently, under the
+    # same version.
     assert manifest.classes == classes
+    assert (manifest.preprocessing.mean, manifest.preprocessing.std) == (0.45, 0.2)
 
     # New weights or a new size under the version the engine has: two models, one version.
     for flags in ({"checkpoint": str(folder / "model.pt")}, {"size": 96}):
@@ -341,8 +353,8 @@ def test_export_keeps_the_engines_input_size_unless_given_one(
     assert _engines(config, ["export", "hip_screen", "--version", "0.0.3"], size=96) == 0
     out = capsys.readouterr().out
     assert (
-        "hip_screen: classes with their thresholds, codes and wording, model arguments none "
-        f"from {folder / 'manifest.yaml'}"
+        "hip_screen: classes with their thresholds, codes and wording, normalisation mean 0.45 "
+        f"/ std 0.2, model arguments none from {folder / 'manifest.yaml'}"
     ) in out
     manifest = read_manifest(folder)
     assert manifest.preprocessing.size == 96 and manifest.inputs[0].shape == (-1, 1, 96, 96)
