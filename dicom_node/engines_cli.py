@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dicom_node.config import Config
+from dicom_node.config_results import RoutingConfig
 from dicom_node.errors import DicomNodeError, describe
 from dicom_node.logs import one_line
 
@@ -57,7 +58,7 @@ def run_engines(cfg: Config, args: argparse.Namespace) -> int:
     if args.verb == "build":
         return _build(cache, tuple(args.engine or ENGINE_NAMES), args.force)
     if args.verb == "train":
-        return _train(cache, args)
+        return _train(cache, args, cfg.routing)
     if args.verb == "export":
         return _export(cache, args)
     if args.verb == "list":
@@ -144,7 +145,7 @@ def _build(cache: Path, names: tuple[str, ...], force: bool) -> int:
     return 0
 
 
-def _train(cache: Path, args: argparse.Namespace) -> int:
+def _train(cache: Path, args: argparse.Namespace, routing: RoutingConfig) -> int:
     from engines.build import image_profile, train_on_data, train_on_phantoms
     from engines.catalog import engine_spec
     from engines.export import sha256_of
@@ -169,7 +170,7 @@ def _train(cache: Path, args: argparse.Namespace) -> int:
     _refuse_same_version(folder, spec.name, args.version)
     bar = ProgressBar()
     if args.data:
-        labelled = load_labelled_folder(spec, Path(args.data), size)
+        labelled = load_labelled_folder(spec, Path(args.data), size, routing)
         present = labelled.hips.lateral_present
         laterals = "" if present is None else f" ({int(present.sum())} with a lateral)"
         print(

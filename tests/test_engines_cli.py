@@ -441,7 +441,9 @@ def test_train_on_a_labelled_folder_reports_figures_of_its_test_split(
     # Rows of one file are one patient here (the pelvises have no Patient ID in common).
     patients = tuple(f"pelvis{i // 2}" for i in range(30))
     folder = dicom_folder.LabelledFolder(data, patients)
-    monkeypatch.setattr(dicom_folder, "load_labelled_folder", lambda spec, path, size: folder)
+    monkeypatch.setattr(
+        dicom_folder, "load_labelled_folder", lambda spec, path, size, routing: folder
+    )
     monkeypatch.setattr(build, "train", lambda *args: [])  # the mechanics, not the training
     config = _cache_config(tmp_path, tmp_path / "cache")
     train = ["engines", "train", "hip_screen", "--data", str(csv), "--size", "64"]

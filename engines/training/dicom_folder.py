@@ -43,9 +43,6 @@ from engines.pixels import Image, PixelDataError, display_pixels, pixel_spacing,
 from engines.regions import HipRegion, RegionError, hip_regions
 from engines.training.data import DataError, HipSet
 
-# The View Positions serving pairs as a hip's lateral (routing.lateral_views' default).
-LATERAL_VIEWS = RoutingConfig().lateral_views
-
 
 @dataclass(frozen=True)
 class LabelledFolder:
@@ -56,8 +53,13 @@ class LabelledFolder:
     patients: tuple[str, ...]
 
 
-def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> LabelledFolder:
-    """Read every row of ``csv_path`` into a :class:`HipSet` at ``size`` pixels."""
+def load_labelled_folder(
+    spec: EngineSpec, csv_path: Path, size: int, routing: RoutingConfig | None = None
+) -> LabelledFolder:
+    """Read every row of ``csv_path`` into a :class:`HipSet` at ``size`` pixels; a lateral
+    must be one the node, routing as ``routing`` says (default: the default routing),
+    would pair with its hip."""
+    routing = routing if routing is not None else RoutingConfig()
     dual = "LATERAL" in spec.views
     required = ("ap_file", "lateral_file", "label") if dual else ("file", "label")
     header, rows = _rows(csv_path)
@@ -92,7 +94,7 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> Labelle
             )
         side = row.get("side", "").upper()
         path = base / _path(row, required[0], where)
-        ds, image, side = _hip(path, side, size, where, required[0])
+        ds, image, side = _hip(path, side, size, where, required[0], routing)
         hip = (str(ds.get("SOPInstanceUID", "")) or str(path.resolve()), side)
         if hip in hips:
             raise DataError(
@@ -107,7 +109,7 @@ def load_labelled_folder(spec: EngineSpec, csv_path: Path, size: int) -> Labelle
             name = row.get("lateral_file", "")
             seen = bool(name)
             if seen:
-                lateral_ds, lateral_image = _lateral(base / name, side, size, where)
+                lateral_ds, lateral_image = _lateral(base / name, side, size, where, routing)
                 patients.join(patient, patients.key(lateral_ds))
             lateral.append(lateral_image if seen else np.zeros_like(image))
             present.append(1.0 if seen else 0.0)
@@ -150,11 +152,13 @@ def _path(row: dict[str, str], column: str, where: str) -> str:
     return row[column]
 
 
-def _hip(path: Path, side: str, size: int, where: str, column: str) -> tuple[Dataset, Image, str]:
+def _hip(
+    path: Path, side: str, size: int, where: str, column: str, routing: RoutingConfig
+) -> tuple[Dataset, Image, str]:
     """The AP's data set, the input of the row's hip, and that hip's side (R or L)."""
     ds, picture, laterality = _read(path, where)
     view = _view(ds)
-    if view in LATERAL_VIEWS:  # serving never gives a lateral to this input
+    if view in {v.upper() for v in routing.lateral_views}:  # never this input at serving
         raise DataError(
             f"{where}: {column}: {path.name} is a lateral view (View Position {view}); "
             "this column takes an AP or PA image"
@@ -175,7 +179,9 @@ def _hip(path: Path, side: str, size: int, where: str, column: str) -> tuple[Dat
     return ds, prepare(region.cut(picture), pixel_spacing(ds), size)[0], region.side
 
 
-def _lateral(path: Path, side: str, size: int, where: str) -> tuple[Dataset, Image]:
+def _lateral(
+    path: Path, side: str, size: int, where: str, routing: RoutingConfig
+) -> tuple[Dataset, Image]:
     """The lateral of hip ``side`` as serving prepares it (dicom_node/preprocess.py): serving
     pairs a lateral whose laterality is the hip's and takes it whole, mirrored as
     engines/regions.py decides (rows toward the anterior; without an orientation, a left
@@ -184,7 +190,13 @@ def _lateral(path: Path, side: str, size: int, where: str) -> tuple[Dataset, Ima
     # Serving's own test: a pair it never makes (no laterality, no View Position, a For
     # Processing copy, a knee lateral) was trained with lateral_present 1, and the engine
     # learnt from an input it never gets.
-    why = not_a_lateral_of(source_image(ds, path, ""), side, RoutingConfig())
+    absent = [k for k in ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID") if not ds.get(k)]
+    if absent:  # the node refuses such an instance (0xC211): it never pairs one
+        raise DataError(
+            f"{where}: lateral_file: {path.name} has no {', '.join(absent)} (the node refuses "
+            "an instance without it)"
+        )
+    why = not_a_lateral_of(source_image(ds, path, ""), side, routing)
     if why:
         raise DataError(
             f"{where}: lateral_file: {path.name} is not a lateral the node pairs with hip "

@@ -7,6 +7,7 @@ import pydicom
 import pytest
 import torch
 
+from dicom_node.config_results import RoutingConfig
 from dicom_node.preprocess import hip_input, load_image
 from dicom_node.route.plan import source_image
 from engines.catalog import EngineSpec, engine_spec
@@ -161,6 +162,42 @@ def test_an_image_whose_view_contradicts_its_column_is_refused(tmp_path: Path) -
     with pytest.raises(DataError, match=r"unnamed.dcm is not a lateral the node pairs with hip "
                        r"R: View Position not given is not one of"):  # fmt: skip
         load_labelled_folder(hipnet, csv, 64)
+
+
+def test_a_lateral_is_checked_against_the_sites_routing(tmp_path: Path) -> None:
+    # A site whose node pairs XTABLE laterals: the default lateral views refused them, in
+    # words that said the node does not pair them.
+    pelvis, lateral = _right_tha_with_its_lateral(tmp_path)
+    ds = pydicom.dcmread(tmp_path / lateral)
+    ds.ViewPosition = "XTABLE"
+    ds.save_as(tmp_path / "xtable.dcm")
+    csv = _write_csv(
+        tmp_path / "labels.csv", "ap_file,lateral_file,label,side",
+        [f"{pelvis},xtable.dcm,dislocation,R"],
+    )  # fmt: skip
+    hipnet = engine_spec("hipnet")
+    with pytest.raises(DataError, match=r"View Position XTABLE is not one of LATERAL, LL"):
+        load_labelled_folder(hipnet, csv, 64)
+    site = RoutingConfig(lateral_views=(*RoutingConfig().lateral_views, "XTABLE"))
+    hips = load_labelled_folder(hipnet, csv, 64, site).hips
+    assert hips.lateral_present is not None and hips.lateral_present.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("keyword", ["SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID"])
+def test_a_lateral_without_its_identifying_uids_is_refused(tmp_path: Path, keyword: str) -> None:
+    # Was a traceback (AttributeError) from reading it as the node would.
+    pelvis, lateral = _right_tha_with_its_lateral(tmp_path)
+    ds = pydicom.dcmread(tmp_path / lateral)
+    delattr(ds, keyword)
+    ds.save_as(tmp_path / "bare.dcm")
+    csv = _write_csv(
+        tmp_path / "labels.csv", "ap_file,lateral_file,label,side",
+        [f"{pelvis},bare.dcm,dislocation,R"],
+    )  # fmt: skip
+    with pytest.raises(
+        DataError, match=rf"labels.csv:2: lateral_file: bare.dcm has no {keyword} \(the node"
+    ):
+        load_labelled_folder(engine_spec("hipnet"), csv, 64)
 
 
 def test_rows_a_hand_or_a_spreadsheet_writes(tmp_path: Path) -> None:
