@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dicom_node import __version__
+from dicom_node.address import host_port
 from dicom_node.config import ENV_CONFIG, Config, default_config_path, load_config
 from dicom_node.config_checks import resolve
 from dicom_node.engines_cli import ENGINE_NAMES, at_least, engine_version, pixels, positive
@@ -332,10 +333,11 @@ def _start_failure(cfg: Config, node: Node, exc: OSError) -> str:
             return f"node.host: cannot resolve {cfg.node.host!r} ({reason})"
     if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
         if binding_metrics:
-            where = f"{cfg.metrics.host}:{cfg.metrics.port}"
+            where = host_port(cfg.metrics.host, cfg.metrics.port)
             return f"metrics.port: cannot listen on {where} ({reason})"
         if binding_dicom:
-            return f"node.port: cannot listen on {cfg.node.host}:{cfg.node.port} ({reason})"
+            where = host_port(cfg.node.host, cfg.node.port)
+            return f"node.port: cannot listen on {where} ({reason})"
     return f"cannot start the node: {exc}"
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicom_node.address import host_port
 from dicom_node.config_checks import (
     as_ae_title,
     as_host,
@@ -168,7 +169,7 @@ class Destination:
         """As logs name it: ``pacs (ORTHANC@10.0.0.5:4242)`` or ``copies (folder /srv/x)``."""
         if self.type == "folder":
             return f"{self.name} (folder {self.path})"
-        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
+        return f"{self.name} ({self.ae_title}@{host_port(self.host, self.port)})"
 
 
 # What an engine reads as an AP or a lateral: Computed Radiography and Digital X-Ray For

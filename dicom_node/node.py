@@ -27,6 +27,7 @@ from typing import Protocol
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import __version__
+from dicom_node.address import host_port
 from dicom_node.assemble.assembler import Assembler
 from dicom_node.config import Config
 from dicom_node.errors import SpoolError
@@ -147,10 +148,10 @@ class Node:
             cfg.node.max_instance_bytes,
         )
         log.info(
-            "dicom-node %s listening as %s on %s:%d%s; spool %s; metrics on http://%s:%d",
-            __version__, cfg.node.ae_title, _bracketed(cfg.node.host), self.port,
+            "dicom-node %s listening as %s on %s%s; spool %s; metrics on http://%s",
+            __version__, cfg.node.ae_title, host_port(cfg.node.host, self.port),
             " (TLS)" if ssl_context else "", cfg.storage.spool_dir,
-            _bracketed(cfg.metrics.host), self.http_port,
+            host_port(cfg.metrics.host, self.http_port),
         )  # fmt: skip
 
     def _unless_forced(self) -> None:
@@ -341,9 +342,3 @@ class Node:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
-
-
-def _bracketed(host: str) -> str:
-    """``host`` as an address with a port is written: an IPv6 literal in brackets (RFC 3986;
-    ``http://::1:9100`` does not parse)."""
-    return f"[{host}]" if ":" in host else host

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pynetdicom import AE
 
+from dicom_node.address import host_port
 from dicom_node.config_results import Destination
 from dicom_node.identity import name_the_node
 from dicom_node.send.peers import folder_missing, not_established
@@ -50,7 +51,7 @@ def echo(destination: Destination, calling_ae: str, timeout: float) -> str | Non
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     except OSError as exc:
-        return f"cannot reach {destination.host}:{destination.port}: {exc}"
+        return f"cannot reach {host_port(destination.host, destination.port)}: {exc}"
     if not assoc.is_established:
         return f"association {not_established(assoc)}"
     try:
