@@ -51,6 +51,7 @@ def display_pixels(ds: Dataset) -> Image:
         raise PixelDataError(
             f"PhotometricInterpretation: expected MONOCHROME1 or MONOCHROME2, got {photometric!r}"
         )
+    _refuse_too_large(ds)
     refuse_truncated_jpeg(ds)
     try:
         stored = ds.pixel_array
@@ -98,6 +99,35 @@ def display_pixels(ds: Dataset) -> Image:
     if padding is not None:
         picture[padding] = 0.0  # not image: black, whatever the photometric interpretation
     return picture.astype(np.float32)
+
+
+# The most pixels a radiograph may declare: 2^25 (5792 x 5792), above any detector's (a
+# 43 x 43 cm one at 0.1 mm is 4300 x 4300). Decoding allocates what the header declares:
+# a 2 MB JPEG declaring 12000 x 12000 took 3.7 GB, and 300 frames of 2048^2 1.5 GB, before
+# anything could refuse them.
+MAX_PIXELS = 1 << 25
+
+
+def _refuse_too_large(ds: Dataset) -> None:
+    """Refuse, from the header, an image of several frames or over :data:`MAX_PIXELS`."""
+    uid = ds.get("SOPInstanceUID", "?")
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    except (TypeError, ValueError) as exc:
+        raise PixelDataError(
+            f"SOP instance {uid}: Rows, Columns or Number of Frames is not a number "
+            f"({describe(exc)})"
+        ) from exc
+    if frames != 1:
+        raise PixelDataError(
+            f"SOP instance {uid}: pixel data: expected one 2-D frame, got {frames} frames"
+        )
+    if rows * columns > MAX_PIXELS:
+        raise PixelDataError(
+            f"SOP instance {uid}: {rows} x {columns} pixels, more than the {MAX_PIXELS} a "
+            "radiograph may have (refused before decoding)"
+        )
 
 
 # Below one grey level of an 8-bit display between the darkest and brightest pixel.

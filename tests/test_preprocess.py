@@ -411,9 +411,28 @@ def test_multi_frame_image(study: PhantomStudy, tmp_path: Path) -> None:
     path = tmp_path / "two-frames.dcm"
     ds.save_as(path, enforce_file_format=True)
     uid = re.escape(uid_of(path))
+    # Refused from the header, before decoding: 300 frames of 2048^2 took 1.5 GB first.
     with pytest.raises(
         PreprocessError,
-        match=rf"^SOP instance {uid}: pixel data: expected one 2-D frame, got shape \(2, 64, 64\)$",
+        match=rf"^SOP instance {uid}: pixel data: expected one 2-D frame, got 2 frames$",
+    ):
+        load_image(source(path))
+
+
+def test_an_image_declaring_more_pixels_than_a_radiograph_is_refused_before_decoding(
+    study: PhantomStudy, tmp_path: Path
+) -> None:
+    # A 2 MB JPEG declaring 12000 x 12000 took 3.7 GB to decode, 30000 x 30000 failed the
+    # job with a MemoryError. The header is enough to refuse it (the data here is short).
+    ds = pydicom.dcmread(lateral(study))
+    ds.Rows = ds.Columns = 12000
+    path = tmp_path / "huge.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    uid = re.escape(uid_of(path))
+    with pytest.raises(
+        PreprocessError,
+        match=rf"^SOP instance {uid}: 12000 x 12000 pixels, more than the 33554432 a "
+        r"radiograph may have \(refused before decoding\)$",
     ):
         load_image(source(path))
 
