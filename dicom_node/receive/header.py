@@ -53,9 +53,11 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQ_END = 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
-# Deep enough for any real SR content tree, shallow enough for the recursive walk (two
-# Python frames a level) inside pynetdicom's thread.
-_MAX_DEPTH = 128
+# Deep enough for any real SR content tree or functional groups (under 10 levels), shallow
+# enough for what reads the instance later: copying a patient-module sequence into the
+# results (copy.deepcopy of a pydicom Dataset) overflows Python's recursion limit past ~70
+# levels, and a radiograph nested 100 deep, stored at 128, failed its job there.
+_MAX_DEPTH = 32
 
 # Top-level attributes read as text, by tag.
 _TEXT_TAGS = {

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import zlib
 
 import pytest
@@ -410,7 +411,20 @@ def test_sequences_nested_beyond_the_limit_are_refused_not_a_crash(syntax: str) 
         closed = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
         return encode(ds, syntax) + opened * levels + closed * levels
 
-    assert read_header(nested(128), syntax).sop_instance_uid
-    with pytest.raises(RejectedInstanceError, match=r"nested deeper than 128 levels") as info:
-        read_header(nested(600), syntax)  # was: RecursionError, answered 0x0110
+    assert read_header(nested(32), syntax).sop_instance_uid
+    with pytest.raises(RejectedInstanceError, match=r"nested deeper than 32 levels") as info:
+        read_header(nested(33), syntax)  # at 128, a stored instance's results failed (below)
     assert info.value.status == 0xC210
+    with pytest.raises(RejectedInstanceError, match=r"nested deeper than 32 levels"):
+        read_header(nested(600), syntax)  # was: RecursionError, answered 0x0110
+
+
+def test_what_the_walker_accepts_the_results_can_copy() -> None:
+    # The results deep-copy patient-module sequences from the image's header; pydicom's
+    # Datasets overflow Python's recursion there past ~70 levels (a job failed).
+    top = inner = Dataset()
+    for _ in range(32):
+        item = Dataset()
+        inner.ContentSequence = Sequence([item])
+        inner = item
+    assert copy.deepcopy(top) == top
