@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -99,6 +100,9 @@ class _Handler(BaseHTTPRequestHandler):
 # Connections served at once (Prometheus, probes and a few people need a handful); more
 # are closed at once rather than each given a thread.
 MAX_CONNECTIONS = 32
+# Of those, the most one client address may hold: 32 idle connections from one host,
+# reopened as each timed out, kept every slot and failed the liveness probe (a restart).
+MAX_PER_CLIENT = 8
 
 
 class _Server(ThreadingHTTPServer):
@@ -113,17 +117,31 @@ class _Server(ThreadingHTTPServer):
         self.registry = registry
         self.readiness = readiness
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._per_client: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        client = str(client_address[0])
+        with self._lock:
+            crowded = self._per_client[client] >= MAX_PER_CLIENT
+            if not crowded:
+                self._per_client[client] += 1
+        if crowded:
+            log.warning("http: %d connections open from %s; closing one",
+                        MAX_PER_CLIENT, client_address)  # fmt: skip
+            self.shutdown_request(request)
+            return
         if not self._slots.acquire(blocking=False):
             log.warning("http: %d connections open; closing one from %s",
                         MAX_CONNECTIONS, client_address)  # fmt: skip
+            self._leave(client)
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
             self._slots.release()
+            self._leave(client)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -131,6 +149,13 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+            self._leave(str(client_address[0]))
+
+    def _leave(self, client: str) -> None:
+        with self._lock:
+            self._per_client[client] -= 1
+            if not self._per_client[client]:
+                del self._per_client[client]
 
     def handle_error(self, request: object, client_address: object) -> None:
         # socketserver's default prints the traceback to stderr (e.g. a scraper that left).

@@ -238,6 +238,34 @@ def test_connections_over_the_limit_are_closed_at_once(
     assert get(port, "/healthz")[0] == 200
 
 
+def test_one_client_cannot_take_every_connection(
+    endpoints: Callable[..., int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 32 idle connections from one host, reopened as each timed out, held every slot: the
+    # liveness probe failed and Kubernetes restarted the node.
+    monkeypatch.setattr(http_module, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(http_module, "MAX_PER_CLIENT", 2)
+    port = endpoints(dict)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        with (
+            caplog.at_level(logging.WARNING, logger="dicom_node.http"),
+            socket.create_connection(("127.0.0.1", port), timeout=5) as extra,
+        ):
+            assert extra.recv(1) == b""  # the same host's third: closed at once
+        assert "http: 2 connections open from ('127.0.0.1'" in caplog.text
+        # Another host (the probe's) is still served.
+        with socket.create_connection(
+            ("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0)
+        ) as probe:
+            probe.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert probe.recv(64).startswith(b"HTTP/1.0 200")
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_an_ipv6_metrics_host_is_served(endpoints: Callable[..., int]) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this host")
