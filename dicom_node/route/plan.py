@@ -349,11 +349,28 @@ def _task(
                    ct_series=ct[0] if ct else None, ct_alternatives=ct[1:])  # fmt: skip
 
 
+# The most AP images of one study the engines read (the ones received last): each is held
+# decoded until the study's results are built, so a study of 300 large images (sent by a
+# broken or hostile peer) grew the node past its memory. A hip study has a handful.
+MAX_RADIOGRAPHS = 16
+
+
 def plan_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[HipTask, ...]:
     """The tasks the rules select, in a stable order; each image, hip and engine once.
 
     A hip shown by two AP images (a pelvis and a separate AP of that hip) is run on both.
+    Of more than :data:`MAX_RADIOGRAPHS` AP images, the ones received last (:func:`unused`
+    names the others).
     """
+    tasks = _all_tasks(images, routing)
+    aps = list(dict.fromkeys(t.ap.sop_instance_uid for t in tasks))
+    if len(aps) <= MAX_RADIOGRAPHS:
+        return tasks
+    kept = set(aps[-MAX_RADIOGRAPHS:])  # images come in arrival order
+    return tuple(t for t in tasks if t.ap.sop_instance_uid in kept)
+
+
+def _all_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[HipTask, ...]:
     lateral_views = {v.upper() for v in routing.lateral_views}
     tasks: list[HipTask] = []
     seen: set[tuple[str, str, str]] = set()
@@ -460,6 +477,7 @@ def unused(
     nor an image a rule's ``requires`` kept out (:func:`held_back` names an unusable value;
     one not sent is how a site says "only when given"). UIDs, never values."""
     lateral_views = {v.upper() for v in routing.lateral_views}
+    selected = {t.ap.sop_instance_uid for t in _all_tasks(images, routing)}
     used = {t.ap.sop_instance_uid for t in tasks}
     used |= {t.lateral.sop_instance_uid for t in tasks if t.lateral is not None}
     used |= {i.sop_instance_uid for t in tasks for i in t.lateral_alternatives}
@@ -487,6 +505,11 @@ def unused(
                 why = f"a lateral of the {side} hip, and the study has no AP of that hip"
             else:
                 why = "a lateral whose laterality is not R or L: its hip is not known"
+        elif image.sop_instance_uid in selected:
+            why = (
+                f"the study holds more than {MAX_RADIOGRAPHS} AP images the rules select: "
+                f"the {MAX_RADIOGRAPHS} received last were read"
+            )
         elif any(rule_matches(rule, image.attributes) for rule in routing.rules):
             continue  # a rule's requirements kept it out: held_back's, or a site's choice
         else:

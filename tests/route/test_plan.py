@@ -16,6 +16,7 @@ from dicom_node.models import HipFinding, HipTask, Prediction, SourceImage, Tria
 from dicom_node.route import attributes_of, cascade_tasks, plan_tasks, rule_matches, source_image
 from dicom_node.route.plan import (
     DX_FOR_PROCESSING,
+    MAX_RADIOGRAPHS,
     ct_candidates,
     ct_series,
     held_back,
@@ -801,6 +802,26 @@ def test_why_none_says_which_requirement_is_unusable_rather_than_not_sent() -> N
     assert why_none([placeholder], routing) == (
         "no routing rule selected an image of this study (1 matched rule 'needs-age', held "
         f"back by its requires ({AGE_WORDS}; sex: not in the study))"
+    )
+
+
+def test_a_study_of_many_ap_images_reads_the_ones_received_last() -> None:
+    # Each AP image read is held decoded until the results are built: 25 AP images of
+    # 3000 x 3000 took the node past 3.3 GB, 300 would have taken ~20 GB.
+    images = [image(str(n)) for n in range(1, MAX_RADIOGRAPHS + 3)]
+    routing = parse_config({"routing": {"cascade": []}}).routing  # hip_screen, osteoporosis
+    tasks = plan_tasks(images, routing)
+    read = sorted({t.ap.sop_instance_uid for t in tasks}, key=lambda u: int(u.rsplit(".", 1)[1]))
+    assert read == [f"1.2.3.{n}" for n in range(3, MAX_RADIOGRAPHS + 3)]
+    assert unused(images, routing, tasks) == tuple(
+        f"not used: SOP instance 1.2.3.{n} (the study holds more than {MAX_RADIOGRAPHS} AP "
+        f"images the rules select: the {MAX_RADIOGRAPHS} received last were read)"
+        for n in (1, 2)
+    )
+    assert plan_tasks(images[:MAX_RADIOGRAPHS], routing)  # at the limit: every one read
+    assert (
+        unused(images[:MAX_RADIOGRAPHS], routing, plan_tasks(images[:MAX_RADIOGRAPHS], routing))
+        == ()
     )
 
 
