@@ -11,6 +11,7 @@ import yaml
 
 from dicom_node import engines_cli
 from dicom_node.clinical import VECTOR_FIELDS
+from dicom_node.config_results import RoutingConfig
 from engines import demo_profiles
 from engines.build import (
     BuildError,
@@ -123,7 +124,7 @@ def test_the_phantom_only_engines_refuse_labelled_folder_training(tmp_path: Path
             image_profile(engine_spec(name))
         args = argparse.Namespace(name=name)
         with pytest.raises(BuildError, match=rf"it needs {needs} besides the radiograph"):
-            engines_cli._train(tmp_path, args)
+            engines_cli._train(tmp_path, args, RoutingConfig())
     assert image_profile(engine_spec("hipnet")) is demo_profiles.DEMO_PROFILES["hipnet"]
 
 
