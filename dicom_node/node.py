@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import ssl
 import tempfile
 import threading
 import time
@@ -105,7 +106,14 @@ class Node:
     def start(self) -> None:
         cfg = self.config
         ssl_context = server_context(cfg.node.tls) if cfg.node.tls.enabled else None
-        self.spool = Spool(cfg.storage.spool_dir, cfg.storage.min_free_bytes)
+        self.spool = Spool(cfg.storage.spool_dir, cfg.storage.min_free_bytes, exclusive=True)
+        try:
+            self._start(cfg, ssl_context, self.spool)
+        except BaseException:
+            self.spool.close()  # a start that failed leaves the spool to the next one
+            raise
+
+    def _start(self, cfg: Config, ssl_context: ssl.SSLContext | None, spool: Spool) -> None:
         self.state = State(cfg.storage.database, cfg.assembly)
         self.metrics.up_since.set(time.time())
         self.metrics.watch_spool(cfg.storage.spool_dir)
@@ -120,7 +128,7 @@ class Node:
             log.info("re-armed %d studies that were still receiving", rearmed)
         self._unless_forced()
         try:
-            pipeline = self._start_results(cfg, self.state, self.spool)
+            pipeline = self._start_results(cfg, self.state, spool)
         except BaseException:
             self.stop(drain_seconds=0)
             raise
@@ -129,11 +137,11 @@ class Node:
         self.assembler.start()
         if cfg.storage.retention_hours is not None:
             self.purger = Purger(
-                self.state, self.spool, cfg.storage.retention_hours, metrics=self.metrics
+                self.state, spool, cfg.storage.retention_hours, metrics=self.metrics
             )
             self.purger.start()
         receiver = Receiver(
-            self.spool,
+            spool,
             self.state,
             cfg.node.max_instance_bytes,
             on_change=self.assembler.wake,
@@ -303,6 +311,8 @@ class Node:
         if self.state is not None:
             self.state.close()
             self.state = None
+        if self.spool is not None:
+            self.spool.close()  # another node may serve it now
         self._stopped.set()
         log.info("dicom-node stopped")
 

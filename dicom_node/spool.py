@@ -6,6 +6,11 @@ Layout under ``storage.spool_dir``::
     outputs/<Study Instance UID>/<SOP Instance UID>.dcm     the node's results (pipeline)
     tmp/                                                  partial writes, emptied at start-up
     state.sqlite3                                         the index (see state.py)
+    node.lock                                             held by the node serving it
+
+A serving node holds an exclusive lock on ``node.lock`` (``Spool(..., exclusive=True)``):
+a second node on the same spool emptied the first's ``tmp/`` under its writes and ran its
+jobs again; it is refused at start, naming the first's process id.
 
 A write goes to ``tmp/``, is fsync'd, renamed atomically into place and the
 directory is fsync'd, so after a crash a file is either whole or absent. UIDs
@@ -19,6 +24,7 @@ never remove an instance that is being acknowledged.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -40,8 +46,11 @@ _LOCK_STRIPES = 64  # studies share a lock only when their UIDs hash alike
 _DURABLE_FOLDERS_KEPT = 100_000
 
 
+LOCK_NAME = "node.lock"
+
+
 class Spool:
-    def __init__(self, root: Path, min_free_bytes: int) -> None:
+    def __init__(self, root: Path, min_free_bytes: int, exclusive: bool = False) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
         self.instances = root / "instances"
@@ -62,7 +71,33 @@ class Spool:
             fsync_dir(self.root)  # the entries of instances/, outputs/ and tmp/ on disk
         except OSError as exc:
             raise SpoolError(f"storage.spool_dir: cannot create {folder} ({exc.strerror})") from exc
+        self._lock_fd: int | None = self._lock() if exclusive else None
         self._purge_partials()
+
+    def _lock(self) -> int:
+        """Hold ``node.lock`` for this process (released by :meth:`close` or its exit)."""
+        path = self.root / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise SpoolError(f"storage.spool_dir: cannot lock {path} ({exc.strerror})") from exc
+            raise SpoolError(
+                f"storage.spool_dir: {self.root} is in use by another dicom-node (process "
+                f"{holder}); two nodes must never share a spool"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        return fd
+
+    def close(self) -> None:
+        """Release the spool's lock (a node's stop); the files stay."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def _purge_partials(self) -> None:
         # Partial files are from writes that were never acknowledged; nothing refers to them.

@@ -22,6 +22,7 @@ from pynetdicom.association import Association
 
 from dicom_node import cli
 from dicom_node.config import AssemblyConfig
+from dicom_node.errors import SpoolError
 from dicom_node.models import Header, ReceivedInstance
 from dicom_node.node import Node, _ForcedStopError
 from dicom_node.state import State
@@ -506,3 +507,25 @@ def test_the_start_line_writes_an_ipv6_address_in_brackets(
         node = start_node(node__host="::1", metrics__host="::1", metrics__port=0)
     assert f"on [::1]:{node.port};" in caplog.text
     assert f"metrics on http://[::1]:{node.http_port}" in caplog.text
+
+
+def test_a_second_node_on_the_same_spool_is_refused(
+    start_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    # Both started: the second emptied the first's tmp/ under its writes, re-armed its
+    # studies and ran their jobs again.
+    first = start_node()
+    partial = tmp_path / "spool" / "tmp" / "in-flight.part"
+    partial.write_bytes(b"a write in progress")
+    second = Node(config_for(tmp_path / "spool"))
+    with pytest.raises(
+        SpoolError,
+        match=rf"^storage\.spool_dir: .*spool is in use by another dicom-node \(process "
+        rf"{os.getpid()}\); two nodes must never share a spool$",
+    ):
+        second.start()
+    assert partial.exists()  # left alone
+    assert second.http is None and second.state is None
+    first.stop(drain_seconds=0)
+    third = start_node()  # the first's stop released it
+    assert third.state is not None
