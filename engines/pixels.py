@@ -52,6 +52,7 @@ def display_pixels(ds: Dataset) -> Image:
             f"PhotometricInterpretation: expected MONOCHROME1 or MONOCHROME2, got {photometric!r}"
         )
     _refuse_too_large(ds)
+    refuse_undeclared_size(ds)
     refuse_truncated_jpeg(ds)
     try:
         stored = ds.pixel_array
@@ -142,6 +143,81 @@ _ENDS_WITH_EOI = frozenset({
 
 
 _EOI_WINDOW = 10
+
+
+# JPEG start-of-frame markers (ITU T.81 B.1.1.3; not DHT C4, JPG C8, DAC CC) and JPEG-LS's
+# SOF55 (ISO 14495-1): each is followed by Lf, P, Y (rows), X (columns).
+_SOF_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}) | {0xF7}
+_J2K_SIZ = b"\xff\x4f\xff\x51"  # SOC then SIZ (ISO 15444-1 A.5.1)
+_J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+
+
+def refuse_undeclared_size(ds: Dataset) -> None:
+    """Refuse an encapsulated frame whose codestream declares another size than Rows and
+    Columns: the decoder allocates what the codestream says, so a header of 512 x 512 over
+    a JPEG of 24000 x 24000 took 3 GB before pydicom noticed the mismatch."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if syntax not in _ENDS_WITH_EOI and syntax not in _J2K_SYNTAXES:
+        return
+    uid = ds.get("SOPInstanceUID", "?")
+    declared = (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0))
+    try:
+        count = max(1, int(ds.get("NumberOfFrames") or 1))
+        frames = list(generate_frames(ds.PixelData, number_of_frames=count))
+    except (ValueError, TypeError, struct.error) as exc:
+        raise PixelDataError(
+            f"SOP instance {uid}: pixel data cannot be decoded ({describe(exc)})"
+        ) from exc
+    for frame in frames:  # an enhanced CT's: each decoded to what it declares
+        size = _j2k_size(frame) if syntax in _J2K_SYNTAXES else _jpeg_size(frame)
+        if size is None:
+            raise PixelDataError(
+                f"SOP instance {uid}: pixel data cannot be decoded (no image size found in "
+                "its compressed frame)"
+            )
+        if size != declared:
+            raise PixelDataError(
+                f"SOP instance {uid}: the compressed pixel data declares {size[0]} x {size[1]} "
+                f"pixels, the header {declared[0]} x {declared[1]} (refused before decoding)"
+            )
+
+
+def _jpeg_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from a JPEG or JPEG-LS frame's start-of-frame segment, or None."""
+    if frame[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 4 <= len(frame):
+        if frame[at] != 0xFF:
+            return None
+        marker = frame[at + 1]
+        if marker == 0xFF:  # a fill byte
+            at += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+            at += 2
+            continue
+        (length,) = struct.unpack_from(">H", frame, at + 2)
+        if marker in _SOF_MARKERS:
+            if at + 9 > len(frame):
+                return None
+            rows, columns = struct.unpack_from(">HH", frame, at + 5)
+            return rows, columns
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        at += 2 + length
+    return None
+
+
+def _j2k_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from a JPEG 2000 codestream's SIZ segment (Ysiz - YOsiz, Xsiz -
+    XOsiz), also inside a JP2 wrapper, or None."""
+    at = frame.find(_J2K_SIZ)  # after a JP2 wrapper's boxes, where a vendor adds one
+    if at < 0 or at + 24 > len(frame):
+        return None
+    x_size, y_size, x_origin, y_origin = struct.unpack_from(">IIII", frame, at + 8)
+    return y_size - y_origin, x_size - x_origin
 
 
 def refuse_truncated_jpeg(ds: Dataset) -> None:

@@ -48,7 +48,12 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
 
 from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe
-from engines.pixels import PixelDataError, padding_mask, refuse_truncated_jpeg
+from engines.pixels import (
+    PixelDataError,
+    padding_mask,
+    refuse_truncated_jpeg,
+    refuse_undeclared_size,
+)
 
 # SimpleITK's wrappers are unannotated; going through one Any keeps that out of mypy's way
 # (sitk.Image values are typed Any below, and every function here returns typed values
@@ -470,7 +475,9 @@ def _decoded(
     except UNREADABLE_DICOM as exc:  # changed on disk since its header was read
         raise VolumeError(f"file {path}: not a readable DICOM file ({describe(exc)})") from exc
     try:
-        # Cut short, libjpeg fills the rows it lacks with grey: no error of its own.
+        # The decoder allocates what a codestream declares, whatever Rows and Columns say;
+        # cut short, libjpeg fills the rows it lacks with grey: no error of its own.
+        refuse_undeclared_size(ds)
         refuse_truncated_jpeg(ds)
         stored = ds.pixel_array
         with np.errstate(invalid="ignore", over="ignore"):  # NaN or inf: refused below

@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels.processing import apply_modality_lut, apply_windowing
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless
 
 from dicom_node.synthetic import StudyIdentity, make_dx
 from engines.pixels import (
@@ -350,6 +350,25 @@ def test_a_jpeg_codestream_cut_short_is_refused(syntax: str) -> None:
     assert display_pixels(ds).shape == (48, 64)
     ds.PixelData = encapsulate([frame.rstrip(b"\x00") + bytes(16)])  # as dcmtk decodes it
     assert display_pixels(ds).shape == (48, 64)
+
+
+@pytest.mark.parametrize(
+    "syntax", [JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless]
+)
+def test_a_codestream_larger_than_its_header_says_is_refused_before_decoding(
+    syntax: str,
+) -> None:
+    # The decoder allocates what the codestream declares: a header of 512 x 512 over a JPEG
+    # of 24000 x 24000 took 3 GB, then failed, and passed the header's pixel-count bound.
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(18), transfer_syntax=syntax)
+    assert display_pixels(ds).shape == (48, 64)
+    ds.Rows, ds.Columns = 24, 32
+    with pytest.raises(
+        PixelDataError,
+        match=r"the compressed pixel data declares 48 x 64 pixels, the header 24 x 32 "
+        r"\(refused before decoding\)$",
+    ):
+        display_pixels(ds)
 
 
 def test_native_pixel_data_under_a_jpeg_syntax_is_a_pixel_data_error() -> None:

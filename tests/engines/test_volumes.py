@@ -449,6 +449,19 @@ def test_a_rescale_that_is_not_a_finite_number_is_a_volume_error(
         read_ct_series(paths, SERIES)
 
 
+def test_a_slice_whose_codestream_is_larger_than_its_header_is_a_volume_error(
+    tmp_path: Path,
+) -> None:
+    # Decoded to the codestream's size (memory), not the header's.
+    paths = write_series(
+        tmp_path, random_hu(depth=3, rows=32, cols=32, seed=9), transfer_syntax=JPEG2000Lossless
+    )
+    for path in paths:  # every slice alike: the geometry checks pass
+        _edit(path, Rows=16, Columns=16)
+    with pytest.raises(VolumeError, match=r"declares 32 x 32 pixels, the header 16 x 16"):
+        read_ct_series(paths, SERIES)
+
+
 def test_a_jpeg_slice_cut_short_is_a_volume_error(tmp_path: Path) -> None:
     # Was decoded without a word, the rows it lacked filled, and fed to the engine.
     paths = write_series(
