@@ -477,20 +477,28 @@ def unused(
     nor an image a rule's ``requires`` kept out (:func:`held_back` names an unusable value;
     one not sent is how a site says "only when given"). UIDs, never values."""
     lateral_views = {v.upper() for v in routing.lateral_views}
-    selected = {t.ap.sop_instance_uid for t in _all_tasks(images, routing)}
+    every = _all_tasks(images, routing)
+    selected = {t.ap.sop_instance_uid for t in every}
+    capped = f"the study holds more than {MAX_RADIOGRAPHS} AP images the rules select"
     used = {t.ap.sop_instance_uid for t in tasks}
     used |= {t.lateral.sop_instance_uid for t in tasks if t.lateral is not None}
     used |= {i.sop_instance_uid for t in tasks for i in t.lateral_alternatives}
     ap_sides = {t.side for t in tasks}
+    selected_sides = {t.side for t in every}  # an AP of the hip, read or not (the bound)
     # Of several laterals of one hip, the one received last is the hip's; the earlier ones
     # its retakes replaced are not named, whether or not an engine read the last.
     newest = {side: found[0].sop_instance_uid for side in SIDES
               if (found := _laterals(images, side, routing))}  # fmt: skip
     notes: list[str] = []
     for image in images:
+        if image.sop_instance_uid in used:
+            continue
+        if image.sop_instance_uid in selected:  # whatever its body part: a rule chose it
+            why = f"{capped}: the {MAX_RADIOGRAPHS} received last were read"
+            notes.append(f"not used: SOP instance {image.sop_instance_uid} ({why})")
+            continue
         if (
-            image.sop_instance_uid in used
-            or image.sop_class_uid not in RADIOGRAPH_CLASSES
+            image.sop_class_uid not in RADIOGRAPH_CLASSES
             or image.attributes.get("Modality") not in LATERAL_MODALITIES
             or image.attributes.get("BodyPartExamined", "") not in LATERAL_BODY_PARTS
         ):
@@ -501,15 +509,12 @@ def unused(
                 continue  # replaced by a retake
             if image.laterality in ap_sides:
                 why = f"a lateral of the {side} hip: no engine that reads laterals ran on it"
+            elif side and image.laterality in selected_sides:
+                why = f"a lateral of the {side} hip, whose AP images were not read ({capped})"
             elif side:
                 why = f"a lateral of the {side} hip, and the study has no AP of that hip"
             else:
                 why = "a lateral whose laterality is not R or L: its hip is not known"
-        elif image.sop_instance_uid in selected:
-            why = (
-                f"the study holds more than {MAX_RADIOGRAPHS} AP images the rules select: "
-                f"the {MAX_RADIOGRAPHS} received last were read"
-            )
         elif any(rule_matches(rule, image.attributes) for rule in routing.rules):
             continue  # a rule's requirements kept it out: held_back's, or a site's choice
         else:

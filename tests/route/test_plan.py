@@ -818,6 +818,27 @@ def test_a_study_of_many_ap_images_reads_the_ones_received_last() -> None:
         f"images the rules select: the {MAX_RADIOGRAPHS} received last were read)"
         for n in (1, 2)
     )
+    # The lateral of a hip whose only AP the bound left unread: was "the study has no AP".
+    right = image("100", ImageLaterality="R")
+    lateral_r = image("101", ViewPosition="LL", ImageLaterality="R")
+    lefts = [image(str(n), ImageLaterality="L") for n in range(1, MAX_RADIOGRAPHS + 1)]
+    study = [right, lateral_r, *lefts]
+    dual = parse_config({"routing": {"rules": [
+        {"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"]}}]}}).routing  # fmt: skip
+    assert unused(study, dual, plan_tasks(study, dual)) == (
+        f"not used: SOP instance 1.2.3.100 (the study holds more than {MAX_RADIOGRAPHS} AP "
+        f"images the rules select: the {MAX_RADIOGRAPHS} received last were read)",
+        "not used: SOP instance 1.2.3.101 (a lateral of the right hip, whose AP images were "
+        f"not read (the study holds more than {MAX_RADIOGRAPHS} AP images the rules select))",
+    )
+    # One a site's rule selects beyond the hip's body parts is named too (was: nowhere).
+    site = parse_config({"routing": {"cascade": [], "rules": [
+        {"name": "leg", "engine": "hip_screen",
+         "when": {"BodyPartExamined": ["PELVIS", "LOWLIMB"]}}]}}).routing  # fmt: skip
+    leg = [image("1", BodyPartExamined="LOWLIMB"), *images[1:]]
+    assert unused(leg, site, plan_tasks(leg, site))[0].startswith(
+        "not used: SOP instance 1.2.3.1 (the study holds more than"
+    )
     assert plan_tasks(images[:MAX_RADIOGRAPHS], routing)  # at the limit: every one read
     assert (
         unused(images[:MAX_RADIOGRAPHS], routing, plan_tasks(images[:MAX_RADIOGRAPHS], routing))
