@@ -109,7 +109,9 @@ def load_labelled_folder(
             name = row.get("lateral_file", "")
             seen = bool(name)
             if seen:
-                lateral_ds, lateral_image = _lateral(base / name, side, size, where, routing)
+                lateral_ds, lateral_image = _lateral(
+                    base / name, side, size, where, routing, str(ds.get("StudyInstanceUID", ""))
+                )
                 patients.join(patient, patients.key(lateral_ds))
             lateral.append(lateral_image if seen else np.zeros_like(image))
             present.append(1.0 if seen else 0.0)
@@ -180,7 +182,7 @@ def _hip(
 
 
 def _lateral(
-    path: Path, side: str, size: int, where: str, routing: RoutingConfig
+    path: Path, side: str, size: int, where: str, routing: RoutingConfig, study: str
 ) -> tuple[Dataset, Image]:
     """The lateral of hip ``side`` as serving prepares it (dicom_node/preprocess.py): serving
     pairs a lateral whose laterality is the hip's and takes it whole, mirrored as
@@ -190,11 +192,17 @@ def _lateral(
     # Serving's own test: a pair it never makes (no laterality, no View Position, a For
     # Processing copy, a knee lateral) was trained with lateral_present 1, and the engine
     # learnt from an input it never gets.
-    absent = [k for k in ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID") if not ds.get(k)]
+    identifying = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+    absent = [k for k in identifying if not ds.get(k)]
     if absent:  # the node refuses such an instance (0xC211): it never pairs one
         raise DataError(
             f"{where}: lateral_file: {path.name} has no {', '.join(absent)} (the node refuses "
             "an instance without it)"
+        )
+    if study and str(ds.StudyInstanceUID) != study:
+        raise DataError(
+            f"{where}: lateral_file: {path.name} is of another study than its AP (the node "
+            "pairs a lateral with an AP of its own study only)"
         )
     why = not_a_lateral_of(source_image(ds, path, ""), side, routing)
     if why:

@@ -183,7 +183,9 @@ def test_a_lateral_is_checked_against_the_sites_routing(tmp_path: Path) -> None:
     assert hips.lateral_present is not None and hips.lateral_present.tolist() == [1.0]
 
 
-@pytest.mark.parametrize("keyword", ["SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID"])
+@pytest.mark.parametrize(
+    "keyword", ["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"]
+)
 def test_a_lateral_without_its_identifying_uids_is_refused(tmp_path: Path, keyword: str) -> None:
     # Was a traceback (AttributeError) from reading it as the node would.
     pelvis, lateral = _right_tha_with_its_lateral(tmp_path)
@@ -196,6 +198,22 @@ def test_a_lateral_without_its_identifying_uids_is_refused(tmp_path: Path, keywo
     )  # fmt: skip
     with pytest.raises(
         DataError, match=rf"labels.csv:2: lateral_file: bare.dcm has no {keyword} \(the node"
+    ):
+        load_labelled_folder(engine_spec("hipnet"), csv, 64)
+
+
+def test_a_lateral_of_another_study_is_refused(tmp_path: Path) -> None:
+    # The node pairs a lateral within its study only: this pair was trained as one.
+    pelvis, lateral = _right_tha_with_its_lateral(tmp_path)
+    ds = pydicom.dcmread(tmp_path / lateral)
+    ds.StudyInstanceUID = "1.2.3.999"
+    ds.save_as(tmp_path / "other.dcm")
+    csv = _write_csv(
+        tmp_path / "labels.csv", "ap_file,lateral_file,label,side",
+        [f"{pelvis},other.dcm,dislocation,R"],
+    )  # fmt: skip
+    with pytest.raises(
+        DataError, match=r"labels.csv:2: lateral_file: other.dcm is of another study than its AP"
     ):
         load_labelled_folder(engine_spec("hipnet"), csv, 64)
 
@@ -343,13 +361,14 @@ def test_a_lateral_joins_its_aps_patient(tmp_path: Path) -> None:
         tmp_path / "s", 3, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
     )
     pelvis, lateral = study.files
-    # The lateral has no Patient ID, so its patient is its study: the one of a second AP.
+    # The lateral has no Patient ID, so its patient is its study (its AP's: the node pairs
+    # within a study): also the one of a second AP without a Patient ID in that study.
     ds = pydicom.dcmread(lateral)
-    ds.PatientID, ds.StudyInstanceUID = "", "1.2.3.7"
+    ds.PatientID = ""
     ds.save_as(lateral)
     other = write_study(tmp_path / "o", 4, "normal", "total_hip_arthroplasty", size=64).files[0]
     ds = pydicom.dcmread(other)
-    ds.PatientID, ds.StudyInstanceUID = "", "1.2.3.7"
+    ds.PatientID, ds.StudyInstanceUID = "", pydicom.dcmread(lateral).StudyInstanceUID
     ds.save_as(other)
     third = write_study(tmp_path / "t", 5, "normal", "total_hip_arthroplasty", size=64).files[0]
     names = [p.relative_to(tmp_path) for p in (pelvis, lateral, other, third)]
