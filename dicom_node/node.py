@@ -110,7 +110,12 @@ class Node:
         try:
             self._start(cfg, ssl_context, self.spool)
         except BaseException:
-            self.spool.close()  # a start that failed leaves the spool to the next one
+            # The lock goes last: a worker already started (a recovered job in the pipeline)
+            # must be stopped before another node may take the spool.
+            if self.state is None:
+                self.spool.close()
+            else:
+                self.stop(drain_seconds=0)
             raise
 
     def _start(self, cfg: Config, ssl_context: ssl.SSLContext | None, spool: Spool) -> None:

@@ -93,6 +93,22 @@ class Spool:
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         return fd
 
+    @staticmethod
+    def in_use(root: Path) -> str | None:
+        """The process id holding ``root``'s lock (a node serving it), else None; touches
+        nothing (a demo checks before it clears its old spool)."""
+        try:
+            fd = os.open(root / LOCK_NAME, os.O_RDWR)
+        except OSError:
+            return None  # no lock file: never served, or not a spool
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        finally:
+            os.close(fd)  # also releases the lock just taken
+        return None
+
     def close(self) -> None:
         """Release the spool's lock (a node's stop); the files stay."""
         if self._lock_fd is not None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from dicom_node.demo.cases import _write as _write_case
 from dicom_node.demo.pacs import StandInPacs
 from dicom_node.node import Node
 from dicom_node.send.echo import echo
+from dicom_node.spool import Spool
 from engines.phantoms.clinical import osteoporosis_case
 
 
@@ -159,6 +161,26 @@ def test_studies_without_a_result_in_time_stop_the_demo(
     cfg = parse_config({"routing": {"rules": [], "cascade": []}})
     with pytest.raises(DemoError, match=rf"^{len(CASES)} studies got no result within 0 s$"):
         list(run_demo(cfg, tmp_path / "demo"))
+
+
+def test_a_demo_folder_whose_spool_a_running_node_holds_is_left_alone(tmp_path: Path) -> None:
+    # A second demo on the same --out deleted the running one's spool and started anyway.
+    out = tmp_path / "demo"
+    (out / "pacs").mkdir(parents=True)
+    (out / "incoming").mkdir()
+    running = Spool(out / "spool", 0, exclusive=True)
+    try:
+        (out / "spool" / "state.sqlite3").write_text("in use")
+        cfg = parse_config({"routing": {"rules": [], "cascade": []}})
+        with pytest.raises(
+            DemoError, match=rf"^--out .*demo: its spool is in use by a running node \(process "
+            rf"{os.getpid()}\); wait for that demo to end or give another folder$"
+        ):  # fmt: skip
+            list(run_demo(cfg, out))
+        assert (out / "spool" / "state.sqlite3").read_text() == "in use"
+    finally:
+        running.close()
+    assert Spool.in_use(out / "spool") is None
 
 
 def test_an_out_folder_holding_anything_else_is_never_wiped(

@@ -25,6 +25,7 @@ from dicom_node.config import AssemblyConfig
 from dicom_node.errors import SpoolError
 from dicom_node.models import Header, ReceivedInstance
 from dicom_node.node import Node, _ForcedStopError
+from dicom_node.spool import Spool
 from dicom_node.state import State
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -529,3 +530,27 @@ def test_a_second_node_on_the_same_spool_is_refused(
     first.stop(drain_seconds=0)
     third = start_node()  # the first's stop released it
     assert third.state is not None
+
+
+def test_a_failed_start_stops_its_workers_before_it_frees_the_spool(
+    tmp_path: Path,
+) -> None:
+    # The DICOM port taken: the lock was freed while the pipeline (a recovered job), the
+    # sender and the assembler still ran, and a second node could take the spool.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        node = Node(config_for(tmp_path / "spool", node__port=taken.getsockname()[1]))
+        seen: list[bool] = []
+        stop = node.stop
+
+        def stop_and_look(drain_seconds: float | None = None) -> None:
+            stop(drain_seconds)
+            seen.append(Spool.in_use(tmp_path / "spool") is None)
+
+        node.stop = stop_and_look  # type: ignore[method-assign]
+        with pytest.raises(OSError, match=r"Address already in use"):
+            node.start()
+    assert seen and seen[0]  # the stop ran, and freed the spool at its end
+    assert node.pipeline is None and node.sender is None and node.assembler is None
+    assert Spool.in_use(tmp_path / "spool") is None

@@ -34,6 +34,7 @@ from dicom_node.demo.pacs import StandInPacs
 from dicom_node.errors import DicomNodeError
 from dicom_node.node import Node
 from dicom_node.pipeline import engines_needed
+from dicom_node.spool import Spool
 from dicom_node.synthetic.dcmtk import storescu, storescu_profile
 from engines.manifest import ManifestError, read_manifest, verify_artefacts
 
@@ -220,6 +221,12 @@ def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
         raise DemoError(
             f"--out {out}: holds {', '.join(p.name for p in made)} that no demo wrote; give "
             "an empty folder or one a demo used before"
+        )
+    holder = Spool.in_use(out / "spool")
+    if holder is not None:  # clearing it would pull the spool from under that node
+        raise DemoError(
+            f"--out {out}: its spool is in use by a running node (process {holder}); wait "
+            "for that demo to end or give another folder"
         )
     for stale in made:
         shutil.rmtree(stale, ignore_errors=True)

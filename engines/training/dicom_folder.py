@@ -95,7 +95,7 @@ def load_labelled_folder(
         side = row.get("side", "").upper()
         path = base / _path(row, required[0], where)
         ds, image, side = _hip(path, side, size, where, required[0], routing)
-        hip = (str(ds.get("SOPInstanceUID", "")) or str(path.resolve()), side)
+        hip = (str(ds.SOPInstanceUID), side)
         if hip in hips:
             raise DataError(
                 f"{where}: the {side} hip of {path.name} is already on {hips[hip]} (a hip "
@@ -110,7 +110,7 @@ def load_labelled_folder(
             seen = bool(name)
             if seen:
                 lateral_ds, lateral_image = _lateral(
-                    base / name, side, size, where, routing, str(ds.get("StudyInstanceUID", ""))
+                    base / name, side, size, where, routing, str(ds.StudyInstanceUID)
                 )
                 patients.join(patient, patients.key(lateral_ds))
             lateral.append(lateral_image if seen else np.zeros_like(image))
@@ -159,6 +159,7 @@ def _hip(
 ) -> tuple[Dataset, Image, str]:
     """The AP's data set, the input of the row's hip, and that hip's side (R or L)."""
     ds, picture, laterality = _read(path, where)
+    _identified(ds, path, where, column)
     view = _view(ds)
     if view in {v.upper() for v in routing.lateral_views}:  # never this input at serving
         raise DataError(
@@ -192,14 +193,8 @@ def _lateral(
     # Serving's own test: a pair it never makes (no laterality, no View Position, a For
     # Processing copy, a knee lateral) was trained with lateral_present 1, and the engine
     # learnt from an input it never gets.
-    identifying = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
-    absent = [k for k in identifying if not ds.get(k)]
-    if absent:  # the node refuses such an instance (0xC211): it never pairs one
-        raise DataError(
-            f"{where}: lateral_file: {path.name} has no {', '.join(absent)} (the node refuses "
-            "an instance without it)"
-        )
-    if study and str(ds.StudyInstanceUID) != study:
+    _identified(ds, path, where, "lateral_file")
+    if str(ds.StudyInstanceUID) != study:
         raise DataError(
             f"{where}: lateral_file: {path.name} is of another study than its AP (the node "
             "pairs a lateral with an AP of its own study only)"
@@ -213,6 +208,18 @@ def _lateral(
         )
     [region] = _regions(picture, side, ds, where)
     return ds, prepare(region.cut(picture), pixel_spacing(ds), size)[0]
+
+
+def _identified(ds: Dataset, path: Path, where: str, column: str) -> None:
+    """Refuse an image without the UIDs the node needs (it answers such an instance 0xC211:
+    an engine must not learn from what it is never given)."""
+    identifying = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+    absent = [k for k in identifying if not ds.get(k)]
+    if absent:
+        raise DataError(
+            f"{where}: {column}: {path.name} has no {', '.join(absent)} (the node refuses "
+            "an instance without it)"
+        )
 
 
 def _view(ds: Dataset) -> str:

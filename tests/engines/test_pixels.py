@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 
 import numpy as np
 import pydicom
@@ -368,6 +369,19 @@ def test_a_codestream_larger_than_its_header_says_is_refused_before_decoding(
         match=r"the compressed pixel data declares 48 x 64 pixels, the header 24 x 32 "
         r"\(refused before decoding\)$",
     ):
+        display_pixels(ds)
+
+
+def test_a_jpeg_2000_offset_counts_in_the_size_the_decoder_allocates() -> None:
+    # The decoder allocates the reference grid (Xsiz x Ysiz), the image less its offset
+    # was compared: a 64 x 64 image at offset 20000 passed and took 400 MB.
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(19), transfer_syntax=JPEG2000Lossless)
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    at = frame.find(b"\xff\x4f\xff\x51")
+    x_size, y_size = struct.unpack_from(">II", frame, at + 8)
+    struct.pack_into(">IIII", frame, at + 8, x_size + 20000, y_size + 20000, 20000, 20000)
+    ds.PixelData = encapsulate([bytes(frame)])
+    with pytest.raises(PixelDataError, match=r"declares 20048 x 20064 pixels, the header 48 x 64"):
         display_pixels(ds)
 
 

@@ -202,6 +202,23 @@ def test_a_lateral_without_its_identifying_uids_is_refused(tmp_path: Path, keywo
         load_labelled_folder(engine_spec("hipnet"), csv, 64)
 
 
+def test_an_ap_without_its_study_uid_is_refused(tmp_path: Path) -> None:
+    # The node refuses such an image (0xC211); with it, any lateral passed the same-study
+    # check.
+    pelvis, lateral = _right_tha_with_its_lateral(tmp_path)
+    ds = pydicom.dcmread(tmp_path / pelvis)
+    del ds.StudyInstanceUID
+    ds.save_as(tmp_path / "bare-ap.dcm")
+    csv = _write_csv(
+        tmp_path / "labels.csv", "ap_file,lateral_file,label,side",
+        [f"bare-ap.dcm,{lateral},dislocation,R"],
+    )  # fmt: skip
+    with pytest.raises(
+        DataError, match=r"labels.csv:2: ap_file: bare-ap.dcm has no StudyInstanceUID \(the node"
+    ):
+        load_labelled_folder(engine_spec("hipnet"), csv, 64)
+
+
 def test_a_lateral_of_another_study_is_refused(tmp_path: Path) -> None:
     # The node pairs a lateral within its study only: this pair was trained as one.
     pelvis, lateral = _right_tha_with_its_lateral(tmp_path)
