@@ -156,20 +156,12 @@ def refuse_undeclared_size(ds: Dataset) -> None:
     """Refuse an encapsulated frame whose codestream declares another size than Rows and
     Columns: the decoder allocates what the codestream says, so a header of 512 x 512 over
     a JPEG of 24000 x 24000 took 3 GB before pydicom noticed the mismatch."""
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    syntax = _syntax(ds)
     if syntax not in _ENDS_WITH_EOI and syntax not in _J2K_SYNTAXES:
         return
     uid = ds.get("SOPInstanceUID", "?")
     declared = (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0))
-    try:
-        count = max(1, int(ds.get("NumberOfFrames") or 1))
-        frames = list(generate_frames(ds.PixelData, number_of_frames=count))
-    except (ValueError, TypeError, struct.error) as exc:
-        raise PixelDataError(
-            f"SOP instance {uid}: pixel data cannot be decoded ({describe(exc)})"
-        ) from exc
-    for frame in frames:  # an enhanced CT's: each decoded to what it declares
+    for frame in _frames(ds):  # an enhanced CT's: each decoded to what it declares
         size = _j2k_size(frame) if syntax in _J2K_SYNTAXES else _jpeg_size(frame)
         if size is None:
             raise PixelDataError(
@@ -181,6 +173,23 @@ def refuse_undeclared_size(ds: Dataset) -> None:
                 f"SOP instance {uid}: the compressed pixel data declares {size[0]} x {size[1]} "
                 f"pixels, the header {declared[0]} x {declared[1]} (refused before decoding)"
             )
+
+
+def _syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+
+
+def _frames(ds: Dataset) -> list[bytes]:
+    """The encapsulated frames of ``ds``'s Pixel Data, as the decoder will split them."""
+    try:
+        count = max(1, int(ds.get("NumberOfFrames") or 1))
+        return list(generate_frames(ds.PixelData, number_of_frames=count))
+    except (ValueError, TypeError, struct.error) as exc:
+        raise PixelDataError(
+            f"SOP instance {ds.get('SOPInstanceUID', '?')}: pixel data cannot be decoded "
+            f"({describe(exc)})"
+        ) from exc
 
 
 def _jpeg_size(frame: bytes) -> tuple[int, int] | None:
@@ -224,19 +233,9 @@ def _j2k_size(frame: bytes) -> tuple[int, int] | None:
 
 def refuse_truncated_jpeg(ds: Dataset) -> None:
     """A JPEG or JPEG-LS frame without its EOI marker was cut short: refused, as dcmtk does."""
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    if syntax not in _ENDS_WITH_EOI:
+    if _syntax(ds) not in _ENDS_WITH_EOI:
         return
-    try:
-        count = max(1, int(ds.get("NumberOfFrames") or 1))
-        frames = list(generate_frames(ds.PixelData, number_of_frames=count))
-    except (ValueError, TypeError, struct.error) as exc:
-        raise PixelDataError(
-            f"SOP instance {ds.get('SOPInstanceUID', '?')}: pixel data cannot be decoded "
-            f"({describe(exc)})"
-        ) from exc
-    for frame in frames:
+    for frame in _frames(ds):
         # Padding may follow the marker: any run of 00H, or a few other bytes (PS3.5 A.4:
         # an odd-length frame's pad byte, which need not be 00H, "appended after the EOI
         # marker"; pydicom looks for it in the last 10 bytes). FF D9 cannot occur inside

@@ -107,6 +107,16 @@ def _right_tha_with_its_lateral(tmp_path: Path) -> tuple[Path, Path]:
     return pelvis, lateral
 
 
+def _pair_refused(tmp_path: Path, ap: object, lateral: object, message: str) -> None:
+    """The Hip-Net row (ap, lateral, dislocation, R) is refused with ``message``."""
+    csv = _write_csv(
+        tmp_path / "labels.csv", "ap_file,lateral_file,label,side",
+        [f"{ap},{lateral},dislocation,R"],
+    )  # fmt: skip
+    with pytest.raises(DataError, match=message):
+        load_labelled_folder(engine_spec("hipnet"), csv, 64)
+
+
 def _each_refused(tmp_path: Path, cases: list[tuple[EngineSpec, str, str, str]]) -> None:
     """Each (engine, CSV header, one row, message) is refused with its message."""
     for spec, header, row, message in cases:
@@ -192,14 +202,9 @@ def test_a_lateral_without_its_identifying_uids_is_refused(tmp_path: Path, keywo
     ds = pydicom.dcmread(tmp_path / lateral)
     delattr(ds, keyword)
     ds.save_as(tmp_path / "bare.dcm")
-    csv = _write_csv(
-        tmp_path / "labels.csv", "ap_file,lateral_file,label,side",
-        [f"{pelvis},bare.dcm,dislocation,R"],
-    )  # fmt: skip
-    with pytest.raises(
-        DataError, match=rf"labels.csv:2: lateral_file: bare.dcm has no {keyword} \(the node"
-    ):
-        load_labelled_folder(engine_spec("hipnet"), csv, 64)
+    _pair_refused(
+        tmp_path, pelvis, "bare.dcm", rf"labels.csv:2: lateral_file: bare.dcm has no {keyword} "
+    )
 
 
 def test_an_ap_without_its_study_uid_is_refused(tmp_path: Path) -> None:
@@ -209,14 +214,9 @@ def test_an_ap_without_its_study_uid_is_refused(tmp_path: Path) -> None:
     ds = pydicom.dcmread(tmp_path / pelvis)
     del ds.StudyInstanceUID
     ds.save_as(tmp_path / "bare-ap.dcm")
-    csv = _write_csv(
-        tmp_path / "labels.csv", "ap_file,lateral_file,label,side",
-        [f"bare-ap.dcm,{lateral},dislocation,R"],
-    )  # fmt: skip
-    with pytest.raises(
-        DataError, match=r"labels.csv:2: ap_file: bare-ap.dcm has no StudyInstanceUID \(the node"
-    ):
-        load_labelled_folder(engine_spec("hipnet"), csv, 64)
+    _pair_refused(
+        tmp_path, "bare-ap.dcm", lateral, r"labels.csv:2: ap_file: bare-ap.dcm has no Study"
+    )
 
 
 def test_a_lateral_of_another_study_is_refused(tmp_path: Path) -> None:
@@ -225,14 +225,9 @@ def test_a_lateral_of_another_study_is_refused(tmp_path: Path) -> None:
     ds = pydicom.dcmread(tmp_path / lateral)
     ds.StudyInstanceUID = "1.2.3.999"
     ds.save_as(tmp_path / "other.dcm")
-    csv = _write_csv(
-        tmp_path / "labels.csv", "ap_file,lateral_file,label,side",
-        [f"{pelvis},other.dcm,dislocation,R"],
-    )  # fmt: skip
-    with pytest.raises(
-        DataError, match=r"labels.csv:2: lateral_file: other.dcm is of another study than its AP"
-    ):
-        load_labelled_folder(engine_spec("hipnet"), csv, 64)
+    _pair_refused(
+        tmp_path, pelvis, "other.dcm", r"labels.csv:2: lateral_file: other.dcm is of another "
+    )
 
 
 def test_rows_a_hand_or_a_spreadsheet_writes(tmp_path: Path) -> None:
