@@ -321,11 +321,10 @@ def _exit_without_lingering_threads(code: int, left_running: Sequence[str] = ())
 
 def _start_failure(cfg: Config, node: Node, exc: OSError) -> str:
     """One line for an OSError from ``Node.start``, naming the address and its key if a bind
-    failed. Node.start opens the state, then binds metrics, then (its results half having
-    stopped everything on failure) binds the DICOM port last."""
+    failed (``Node.binding``: the start binds metrics first, the DICOM port last)."""
     reason = exc.strerror or str(exc)
-    binding_metrics = node.state is not None and node.http is None
-    binding_dicom = node.http is not None
+    binding_metrics = node.binding == "metrics"
+    binding_dicom = node.binding == "dicom"
     if isinstance(exc, socket.gaierror):  # the host name did not resolve
         if binding_metrics:
             return f"metrics.host: cannot resolve {cfg.metrics.host!r} ({reason})"

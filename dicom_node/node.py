@@ -75,6 +75,9 @@ class Node:
         self.echo: EchoMonitor | None = None
         self._server: ThreadedAssociationServer | None = None
         self._stopped = threading.Event()
+        # What a failing start was binding ("metrics", "dicom"), for the CLI's one line: the
+        # stop that follows the failure clears the fields that said it.
+        self.binding: str | None = None
         self._signals = 0
         self.spool: Spool | None = None
         self.state: State | None = None
@@ -124,9 +127,11 @@ class Node:
         self.metrics.watch_spool(cfg.storage.spool_dir)
         state = self.state
         self.metrics.watch_state(state.counts)
+        self.binding = "metrics"
         self.http = HttpEndpoints(
             cfg.metrics.host, cfg.metrics.port, self.metrics.registry, self.not_ready
         )
+        self.binding = None
         self.http.start()
         rearmed = self.state.recover(time.time())
         if rearmed:
@@ -153,6 +158,7 @@ class Node:
             metrics=self.metrics,
         )
         ae = build_ae(cfg.node)
+        self.binding = "dicom"
         self._server = start_server(
             ae,
             (cfg.node.host, cfg.node.port),
@@ -160,6 +166,7 @@ class Node:
             ssl_context,
             cfg.node.max_instance_bytes,
         )
+        self.binding = None
         log.info(
             "dicom-node %s listening as %s on %s%s; spool %s; metrics on http://%s",
             __version__, cfg.node.ae_title, host_port(cfg.node.host, self.port),
@@ -244,7 +251,10 @@ class Node:
         return self.pipeline
 
     def stop(self, drain_seconds: float | None = None) -> None:
-        """Stop accepting, drain open associations within the timeout, then close."""
+        """Stop accepting, drain open associations within the timeout, then close; once (a
+        failed start stops the node itself, and its caller's stop then has nothing to do)."""
+        if self._stopped.is_set():
+            return
         drain = self.config.node.drain_seconds if drain_seconds is None else drain_seconds
         server = self._server
         if server is not None:

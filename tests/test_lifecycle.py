@@ -533,7 +533,7 @@ def test_a_second_node_on_the_same_spool_is_refused(
 
 
 def test_a_failed_start_stops_its_workers_before_it_frees_the_spool(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The DICOM port taken: the lock was freed while the pipeline (a recovered job), the
     # sender and the assembler still ran, and a second node could take the spool.
@@ -549,8 +549,14 @@ def test_a_failed_start_stops_its_workers_before_it_frees_the_spool(
             seen.append(Spool.in_use(tmp_path / "spool") is None)
 
         node.stop = stop_and_look  # type: ignore[method-assign]
-        with pytest.raises(OSError, match=r"Address already in use"):
+        with (
+            caplog.at_level(logging.INFO, logger="dicom_node.node"),
+            pytest.raises(OSError, match=r"Address already in use"),
+        ):
             node.start()
+        assert node.binding == "dicom"  # what the CLI's one line names, after the stop
+        stop(0)  # the caller's own stop (the CLI's): nothing left to do, nothing logged
     assert seen and seen[0]  # the stop ran, and freed the spool at its end
     assert node.pipeline is None and node.sender is None and node.assembler is None
     assert Spool.in_use(tmp_path / "spool") is None
+    assert caplog.text.count("dicom-node stopped") == 1
