@@ -372,6 +372,22 @@ def test_a_codestream_larger_than_its_header_says_is_refused_before_decoding(
         display_pixels(ds)
 
 
+@pytest.mark.parametrize(
+    ("syntax", "frame"),
+    [(JPEGBaseline8Bit, b"\xff\xd8\xff\xda\x00\x08" + bytes(8) + b"\xff\xd9"),  # scan, no SOF
+     (JPEG2000Lossless, b"\xff\x4f" + bytes(30))],  # SOC, no SIZ
+)  # fmt: skip
+def test_a_compressed_frame_that_declares_no_size_is_refused(syntax: str, frame: bytes) -> None:
+    # Nothing says what the decoder would allocate: refused before decoding.
+    ds = make_dx(_ramp(), identity=StudyIdentity.synthetic(20), transfer_syntax=syntax)
+    ds.PixelData = encapsulate([frame])
+    with pytest.raises(
+        PixelDataError,
+        match=r"pixel data cannot be decoded \(no image size found in its compressed frame\)$",
+    ):
+        display_pixels(ds)
+
+
 def test_a_jpeg_2000_offset_counts_in_the_size_the_decoder_allocates() -> None:
     # The decoder allocates the reference grid (Xsiz x Ysiz), the image less its offset
     # was compared: a 64 x 64 image at offset 20000 passed and took 400 MB.
