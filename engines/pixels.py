@@ -52,8 +52,7 @@ def display_pixels(ds: Dataset) -> Image:
             f"PhotometricInterpretation: expected MONOCHROME1 or MONOCHROME2, got {photometric!r}"
         )
     _refuse_too_large(ds)
-    refuse_undeclared_size(ds)
-    refuse_truncated_jpeg(ds)
+    refuse_broken_codestream(ds)
     try:
         stored = ds.pixel_array
     except (ValueError, RuntimeError, NotImplementedError, AttributeError) as exc:
@@ -152,10 +151,12 @@ _J2K_SIZ = b"\xff\x4f\xff\x51"  # SOC then SIZ (ISO 15444-1 A.5.1)
 _J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
 
 
-def refuse_undeclared_size(ds: Dataset) -> None:
-    """Refuse an encapsulated frame whose codestream declares another size than Rows and
-    Columns: the decoder allocates what the codestream says, so a header of 512 x 512 over
-    a JPEG of 24000 x 24000 took 3 GB before pydicom noticed the mismatch."""
+def refuse_broken_codestream(ds: Dataset) -> None:
+    """Refuse, before decoding, an encapsulated frame whose codestream declares another size
+    than Rows and Columns (the decoder allocates what the codestream says: a header of 512 x
+    512 over a JPEG of 24000 x 24000 took 3 GB before pydicom noticed the mismatch), or a
+    JPEG or JPEG-LS frame without its EOI marker (cut short, libjpeg fills the rows it lacks
+    with grey; refused, as dcmtk does). The frames are split once for both."""
     syntax = _syntax(ds)
     if syntax not in _ENDS_WITH_EOI and syntax not in _J2K_SYNTAXES:
         return
@@ -173,6 +174,19 @@ def refuse_undeclared_size(ds: Dataset) -> None:
                 f"SOP instance {uid}: the compressed pixel data declares {size[0]} x {size[1]} "
                 f"pixels, the header {declared[0]} x {declared[1]} (refused before decoding)"
             )
+        if syntax in _ENDS_WITH_EOI and not _ends_with_eoi(frame):
+            raise PixelDataError(
+                f"SOP instance {uid}: pixel data cannot be decoded (a JPEG codestream without "
+                "its end marker: cut short)"
+            )
+
+
+def _ends_with_eoi(frame: bytes) -> bool:
+    # Padding may follow the marker: any run of 00H, or a few other bytes (PS3.5 A.4: an
+    # odd-length frame's pad byte, which need not be 00H, "appended after the EOI marker";
+    # pydicom looks for it in the last 10 bytes). FF D9 cannot occur inside the
+    # entropy-coded data, where an FF is followed by 00.
+    return frame.rstrip(b"\x00").endswith(b"\xff\xd9") or b"\xff\xd9" in frame[-_EOI_WINDOW:]
 
 
 def _syntax(ds: Dataset) -> str:
@@ -229,23 +243,6 @@ def _j2k_size(frame: bytes) -> tuple[int, int] | None:
         return None
     x_size, y_size = struct.unpack_from(">II", frame, at + 8)
     return y_size, x_size
-
-
-def refuse_truncated_jpeg(ds: Dataset) -> None:
-    """A JPEG or JPEG-LS frame without its EOI marker was cut short: refused, as dcmtk does."""
-    if _syntax(ds) not in _ENDS_WITH_EOI:
-        return
-    for frame in _frames(ds):
-        # Padding may follow the marker: any run of 00H, or a few other bytes (PS3.5 A.4:
-        # an odd-length frame's pad byte, which need not be 00H, "appended after the EOI
-        # marker"; pydicom looks for it in the last 10 bytes). FF D9 cannot occur inside
-        # the entropy-coded data, where an FF is followed by 00.
-        ended = frame.rstrip(b"\x00").endswith(b"\xff\xd9") or b"\xff\xd9" in frame[-_EOI_WINDOW:]
-        if not ended:
-            raise PixelDataError(
-                f"SOP instance {ds.get('SOPInstanceUID', '?')}: pixel data cannot be decoded "
-                "(a JPEG codestream without its end marker: cut short)"
-            )
 
 
 def padding_mask(stored: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.bool_] | None:

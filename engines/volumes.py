@@ -51,8 +51,7 @@ from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe
 from engines.pixels import (
     PixelDataError,
     padding_mask,
-    refuse_truncated_jpeg,
-    refuse_undeclared_size,
+    refuse_broken_codestream,
 )
 
 # SimpleITK's wrappers are unannotated; going through one Any keeps that out of mypy's way
@@ -477,8 +476,7 @@ def _decoded(
     try:
         # The decoder allocates what a codestream declares, whatever Rows and Columns say;
         # cut short, libjpeg fills the rows it lacks with grey: no error of its own.
-        refuse_undeclared_size(ds)
-        refuse_truncated_jpeg(ds)
+        refuse_broken_codestream(ds)
         stored = ds.pixel_array
         with np.errstate(invalid="ignore", over="ignore"):  # NaN or inf: refused below
             values = np.asarray(
