@@ -249,7 +249,7 @@ class EngineSet:
         pre = m.preprocessing
         names = [spec.name for spec in m.inputs]
         ap = np.stack([normalise(i.ap.pixels, pre) for i in items])[:, None]
-        batch: dict[str, npt.NDArray[np.float32]] = {names[0]: ap}
+        batch: dict[str, npt.NDArray[np.float32]] = {m.image_input.name: ap}
         inputs: list[dict[str, bool]] = [{} for _ in items]
         notes: list[tuple[str, ...]] = [i.notes for i in items]
         if "lateral" in names:

@@ -26,6 +26,8 @@ SCHEMA = 1
 # What serving implements (dicom_node/preprocess.py, engines/regions.py): anything else is refused.
 CANONICAL_SIDES = ("R",)
 REGIONS = ("hip",)
+# The inputs an AP hip region goes to, one per engine (engines.serving names them).
+IMAGE_INPUTS = ("image", "ap", "radiograph")
 # A manifest that does not say otherwise: every result carries a clinical-use statement.
 NOT_FOR_CLINICAL_USE = "not for clinical use: trained on synthetic phantoms"
 
@@ -110,6 +112,13 @@ class Manifest:
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.classes)
+
+    @property
+    def image_input(self) -> TensorSpec:
+        """The input the AP hip region goes to (``image``, ``ap`` or ``radiograph``, whatever
+        its place in the list: the node fed the first input, so a manifest listing
+        ``lateral`` before ``ap`` failed every study)."""
+        return next(s for s in self.inputs if s.name in IMAGE_INPUTS)
 
     def display(self, name: str) -> str:
         """A class's wording for people (banners, the worklist line), else its name."""
@@ -256,12 +265,18 @@ def _consistent(m: Manifest, path: Path) -> Manifest:
             f"the manifest lists {len(names)} classes"
         )
     _check_heatmap(m, path)
-    first = m.inputs[0].shape if m.inputs else ()
-    size = m.preprocessing.size
-    if len(first) == 4 and tuple(first[2:]) != (size, size):
+    images = [s for s in m.inputs if s.name in IMAGE_INPUTS]
+    if len(images) != 1 or len(images[0].shape) != 4:
         raise ManifestError(
-            f"{path}: preprocessing.size: {size}, but input {m.inputs[0].name!r} is "
-            f"{list(first)}: the hip region must be resized to the input's edge"
+            f"{path}: inputs: expected exactly one image input named "
+            f"{' or '.join(map(repr, IMAGE_INPUTS))} of shape [batch, channels, height, width] "
+            f"(the AP hip region goes there), got {[[s.name, list(s.shape)] for s in m.inputs]}"
+        )
+    size = m.preprocessing.size
+    if tuple(images[0].shape[2:]) != (size, size):
+        raise ManifestError(
+            f"{path}: preprocessing.size: {size}, but input {images[0].name!r} is "
+            f"{list(images[0].shape)}: the hip region must be resized to the input's edge"
         )
     return m
 
@@ -438,12 +453,15 @@ def _tensor(raw: Mapping[str, Any], key: str, path: Path) -> TensorSpec:
         or not shape
         or any(isinstance(d, bool) or not isinstance(d, int) for d in shape)
         or any(d < 1 for d in shape[1:])
-        or not (shape[0] == -1 or shape[0] >= 1)
+        or shape[0] != -1
     ):
-        # An empty shape failed reading the classes' width with an IndexError.
+        # An empty shape failed reading the classes' width with an IndexError. The batch is
+        # -1 even for a model whose batch dimension is fixed: the manifest says what the node
+        # sends (a pelvis is a batch of 2; the runtime cuts batches to the model's size), and
+        # a fixed number there refused every pelvis.
         raise ManifestError(
-            f"{path}: {key}.shape: expected a list of whole numbers, -1 (any) only for the "
-            f"batch, got {shape!r}"
+            f"{path}: {key}.shape: expected a list of whole numbers, the first -1 (the "
+            f"batch: any size), got {shape!r}"
         )
     return TensorSpec(str(raw["name"]), tuple(shape), str(raw["dtype"]))
 

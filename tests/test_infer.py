@@ -206,6 +206,31 @@ def test_a_manifest_in_another_engines_folder_is_refused(
         EngineSet(config(tmp_path), ["screening"])
 
 
+def test_inputs_go_by_name_whatever_the_manifests_order(
+    engines: EngineSet,
+    images: tuple[PreparedImage, PreparedImage],
+    engine_cache: Path,
+    tmp_path: Path,
+) -> None:
+    folder = linked_copy(engine_cache / "hipnet", tmp_path / "hipnet")
+    manifest = folder / "manifest.yaml"
+    raw = yaml.safe_load(manifest.read_text())
+    raw["inputs"] = raw["inputs"][1:2] + raw["inputs"][:1] + raw["inputs"][2:]
+    assert [i["name"] for i in raw["inputs"]] == ["lateral", "ap", "lateral_present"]
+    manifest.write_text(yaml.safe_dump(raw))
+    items = items_for(engines, "hipnet", images)
+    reordered = EngineSet(config(tmp_path), ["hipnet"])
+    try:
+        # Was: the AP under the first input listed ("lateral"), then overwritten: every
+        # study failed for want of "ap".
+        got = reordered.predict("hipnet", items)
+    finally:
+        reordered.close()
+    for a, b in zip(got, engines.predict("hipnet", items), strict=True):
+        assert a.probabilities == b.probabilities
+        assert a.pji_risk == b.pji_risk
+
+
 @pytest.mark.parametrize("artefact", ["onnx_fp32", "head"])
 def test_a_tampered_artefact_hash_is_refused(
     engine_cache: Path, tmp_path: Path, artefact: str

@@ -254,6 +254,16 @@ def _threshold(value: object) -> Callable[[dict[str, Any]], None]:
          r"preprocessing\.volume: expected three whole numbers > 0 \(D, H, W\), got \[-1, 0, 5\]$"),
         (lambda raw: raw["preprocessing"].update(size=raw["preprocessing"]["size"] * 2),
          r"preprocessing\.size: \d+, but input '\w+' is \[-1, 1, \d+, \d+\]"),
+        # A fixed batch: every pelvis (a batch of 2) was refused before the runtime could
+        # cut it to the model's size.
+        (lambda raw: raw["inputs"][0].update(shape=[1, *raw["inputs"][0]["shape"][1:]]),
+         r"inputs\[0\]\.shape: expected a list of whole numbers, the first -1 \(the batch: any "
+         r"size\), got \[1, 1, \d+, \d+\]$"),
+        # No input for the AP hip region: the node fed the first input listed.
+        (lambda raw: raw["inputs"][0].update(name="picture"),
+         r"inputs: expected exactly one image input named 'image' or 'ap' or 'radiograph' of "
+         r"shape \[batch, channels, height, width\] \(the AP hip region goes there\), got "
+         r"\[\['picture', \[-1, 1, \d+, \d+\]\]\]$"),
         (lambda raw: raw["artefacts"]["onnx_fp32"].update(path="../../other/model.onnx"),
          r"artefacts\.onnx_fp32\.path: expected a path inside the engine's folder, got '\.\./"),
         (lambda raw: raw["artefacts"]["onnx_fp32"].update(path="/etc/passwd"),
