@@ -92,7 +92,8 @@ def check_signature(
     inputs: Mapping[str, Sequence[object]],
     outputs: Mapping[str, Sequence[object]],
 ) -> None:
-    """Does the model take and give what the manifest says (names, ranks, fixed dims)?
+    """Does the model take and give what the manifest says (names, ranks, fixed dims), and
+    does the manifest list every input the model takes (extra outputs are not read)?
 
     ``inputs``/``outputs`` map the model's tensor names to its shapes, a dimension being
     an int or, when dynamic, anything else (a name, None). Checked at open: a manifest
@@ -116,6 +117,14 @@ def check_signature(
                     f"{manifest.name} on {backend}: {kind} {spec.name!r} is {fixed} in the "
                     f"model, the manifest says {list(spec.shape)} (-1 = any)"
                 )
+    unlisted = [name for name in inputs if name not in {s.name for s in manifest.inputs}]
+    if unlisted:
+        # The node sends what the manifest lists: a model input it leaves out opened, then
+        # every batch failed in the backend.
+        raise EngineRuntimeError(
+            f"{manifest.name} on {backend}: the model takes input {unlisted[0]!r}, which the "
+            f"manifest does not list (it lists: {', '.join(s.name for s in manifest.inputs)})"
+        )
 
 
 def check_batch(

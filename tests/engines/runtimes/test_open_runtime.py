@@ -22,7 +22,7 @@ from engines.runtimes import (
     open_runtime,
     resolve_backend,
 )
-from engines.runtimes.base import Runtime
+from engines.runtimes.base import Runtime, check_signature
 from engines.runtimes.onnx import OnnxRuntime
 from engines.runtimes.torch_runtime import TorchRuntime
 
@@ -217,6 +217,68 @@ def test_torch_returns_outputs_by_name_whatever_the_manifests_order(
     # Was: the logits under "features" and the feature map under "logits".
     assert outputs["logits"].shape == (2, 8)
     assert outputs["features"].shape[:2] == (2, 2048)
+
+
+def test_torch_refuses_a_manifest_of_other_classes_than_its_checkpoint(
+    hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    def seven_classes(manifest: Manifest) -> Manifest:
+        logits, features = manifest.outputs
+        fewer = dataclasses.replace(logits, shape=(-1, 7))
+        return dataclasses.replace(
+            manifest, classes=manifest.classes[:7], outputs=(fewer, features)
+        )
+
+    manifest = _copy_with_manifest(hip_screen_engine, tmp_path / "e", "model.pt", seven_classes)
+    # Was: opened (only names were compared), then 7 class names beside 8 probabilities
+    # failed every study in triage.
+    with pytest.raises(
+        EngineRuntimeError,
+        match=r"^hip_screen on torch: output 'logits' is \[-1, 8\] in the model, the manifest "
+        r"says \[-1, 7\] \(-1 = any\)$",
+    ):
+        TorchRuntime(manifest, tmp_path / "e")
+
+
+def test_torch_refuses_a_manifest_size_its_network_cannot_take(
+    fusion_cache: Path, tmp_path: Path
+) -> None:
+    def one_pixel(manifest: Manifest) -> Manifest:
+        image, *others = manifest.inputs
+        return dataclasses.replace(
+            manifest,
+            inputs=(dataclasses.replace(image, shape=(-1, 1, 1, 1)), *others),
+            preprocessing=dataclasses.replace(manifest.preprocessing, size=1),
+        )
+
+    engine = fusion_cache / "osteoporosis"
+    manifest = _copy_with_manifest(engine, tmp_path / "e", "model.pt", one_pixel)
+    with pytest.raises(
+        EngineRuntimeError,
+        match=r"^osteoporosis on torch: a dry run at the manifest's size 1 failed \(RuntimeError: ",
+    ):
+        TorchRuntime(manifest, tmp_path / "e")
+
+
+def test_a_model_input_the_manifest_does_not_list_is_refused(hip_screen_engine: Path) -> None:
+    manifest = read_manifest(hip_screen_engine)
+    shapes = {s.name: s.shape for s in manifest.outputs}
+    # Was: opened (only the manifest's inputs were looked up in the model), then every batch
+    # failed in the backend for want of the input the node never sends.
+    with pytest.raises(
+        EngineRuntimeError,
+        match=r"^hip_screen on onnxruntime: the model takes input 'present', which the manifest "
+        r"does not list \(it lists: image\)$",
+    ):
+        check_signature(
+            manifest,
+            "onnxruntime",
+            {"image": ("N", 1, 64, 64), "present": ("N", 3)},
+            shapes,
+        )
+    check_signature(  # an output the node does not read is no harm
+        manifest, "onnxruntime", {"image": ("N", 1, 64, 64)}, {**shapes, "extra": ("N", 2)}
+    )
 
 
 def _edited_onnx(engine: Path, folder: Path, edit: Callable[[Any], None]) -> Manifest:
