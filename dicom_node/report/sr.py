@@ -394,10 +394,13 @@ def as_latest_report(sr: Dataset, previous: Sequence[Dataset]) -> Dataset:
 
     The UID comes from the content (:func:`~dicom_node.report.uids.content_uid`), so the
     latest report rebuilt (a crash, a rerun that finds the same) is the same object: its
-    UID, number and predecessors as delivered. Content that returns to an earlier report's,
-    superseded since (a name corrected, then the correction undone), is a new object, whose
-    UID names the report it replaces: under the earlier report's UID it was not sent (the
-    PACS holds that UID already), and the PACS's latest report stayed the superseded one."""
+    UID, number and predecessors as delivered. A report that replaces others also names the
+    latest of them in its UID: its number and predecessors are part of what it is. So
+    content that returns to an earlier report's, superseded since (a name corrected, then
+    the correction undone), is a new object (under the earlier report's UID it was not sent:
+    the PACS holds that UID already), and so is the same content built once the study's
+    earlier reports are forgotten (purged, then the study re-sent): it was built under the
+    superseding report's UID, numbered 1 without predecessors, and sent as that object."""
     uid = content_uid(sr, "sr", SR_CONTENT)
     if not previous:
         return supersede(with_uid(sr, uid), previous)
@@ -416,8 +419,7 @@ def as_latest_report(sr: Dataset, previous: Sequence[Dataset]) -> Dataset:
         if "PredecessorDocumentsSequence" in latest:
             sr.PredecessorDocumentsSequence = copy.deepcopy(latest.PredecessorDocumentsSequence)
         return sr
-    if uid in earlier:
-        uid = content_uid(sr, "sr", SR_CONTENT, after=str(latest.SOPInstanceUID))
+    uid = content_uid(sr, "sr", SR_CONTENT, after=str(latest.SOPInstanceUID))
     return supersede(with_uid(sr, uid), previous)
 
 
@@ -440,7 +442,8 @@ def supersede(sr: Dataset, previous: Sequence[Dataset]) -> Dataset:
     headers: the node's SRs of the same study, written by earlier jobs): each is referenced
     in the Predecessor Documents Sequence (PS3.3 C.17.2: "shall also refer to SR SOP
     Instances that are replaced by this document"), and the Instance Number follows them,
-    so a viewer tells the latest from the one it replaces (both were numbered 1). A
+    so a viewer tells the latest from the one it replaces (both were numbered 1): one
+    more than the highest of theirs (or than their count, where they carry none). A
     previous report with ``sr``'s own UID is the same report rebuilt: not its predecessor.
     """
     replaced = sorted(
@@ -453,7 +456,10 @@ def supersede(sr: Dataset, previous: Sequence[Dataset]) -> Dataset:
                 f"previous report {p.SOPInstanceUID} is of study {p.StudyInstanceUID}, not "
                 f"{sr.StudyInstanceUID}"
             )
-    sr.InstanceNumber = len(replaced) + 1
+    # After the highest: the count of those still known fell behind it once a report's row
+    # was gone (a dead letter discarded), and the next report took a delivered one's number.
+    numbers = [int(p.get("InstanceNumber") or 0) for p in replaced]
+    sr.InstanceNumber = max([len(replaced), *numbers]) + 1
     if "PredecessorDocumentsSequence" in sr:
         del sr.PredecessorDocumentsSequence
     if not replaced:

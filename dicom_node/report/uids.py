@@ -124,9 +124,16 @@ _PATIENT_AND_STUDY = (
     "ReferringPhysicianName", "StudyDescription",
 )  # fmt: skip
 # What each result shows: the SR its content tree and evidence, an overlay its pixels
-# (heat map and banner) and the image it was made from; both, whose they are.
-SR_CONTENT = ("ContentSequence", "CurrentRequestedProcedureEvidenceSequence", *_PATIENT_AND_STUDY)
-SC_CONTENT = ("PixelData", "SourceImageSequence", "DerivationDescription", *_PATIENT_AND_STUDY)
+# (heat map and banner) and the image it was made from; both, whose they are and where
+# they are filed (a changed results.*_series_number put the same UIDs in new series).
+SR_CONTENT = (
+    "ContentSequence", "CurrentRequestedProcedureEvidenceSequence", "SeriesInstanceUID",
+    *_PATIENT_AND_STUDY,
+)  # fmt: skip
+SC_CONTENT = (
+    "PixelData", "SourceImageSequence", "DerivationDescription", "SeriesInstanceUID",
+    *_PATIENT_AND_STUDY,
+)  # fmt: skip
 
 
 def device_uid() -> str:

@@ -915,6 +915,28 @@ def test_content_returning_to_a_superseded_reports_is_a_new_report(study: Study)
     assert b_again.InstanceNumber == 4
 
 
+def test_a_report_built_once_its_predecessors_are_forgotten_is_another_object(
+    study: Study,
+) -> None:
+    a = as_latest_report(make_sr(study, screen_case(study)), [])
+    b = as_latest_report(make_sr(study, hipnet_case(study)), [a])
+    assert (b.InstanceNumber, _predecessors(b)) == (2, [a.SOPInstanceUID])
+    # The study purged, then re-sent: B's content with no earlier report known. Was B's UID,
+    # numbered 1 without predecessors: other content under a UID the PACS held.
+    fresh = as_latest_report(make_sr(study, hipnet_case(study)), [])
+    assert fresh.SOPInstanceUID not in (a.SOPInstanceUID, b.SOPInstanceUID)
+    assert (fresh.InstanceNumber, _predecessors(fresh)) == (1, [])
+
+
+def test_a_report_is_numbered_after_the_highest_of_those_it_replaces(study: Study) -> None:
+    a = as_latest_report(make_sr(study, screen_case(study)), [])
+    b = as_latest_report(make_sr(study, hipnet_case(study)), [a])
+    # A's row gone (a dead letter discarded): was numbered 2 again beside B's 2.
+    c = as_latest_report(make_sr(study, screen_case(study)), [b])
+    assert c.SOPInstanceUID not in (a.SOPInstanceUID, b.SOPInstanceUID)
+    assert (c.InstanceNumber, _predecessors(c)) == (3, [b.SOPInstanceUID])
+
+
 @pytest.mark.parametrize(
     ("engine", "finding", "site"),
     [("hip_screen", "intertrochanteric_fracture", ("29836001", "SCT")),

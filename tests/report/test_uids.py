@@ -210,3 +210,16 @@ def test_a_corrected_patient_or_study_attribute_is_a_new_object(
     # Was the same UID: the outbox took the rerun's objects for those already delivered,
     # and the PACS kept the old name, ID or accession.
     assert result(**{keyword: corrected}).SOPInstanceUID != result().SOPInstanceUID
+
+
+@pytest.mark.parametrize("content", [SR_CONTENT, SC_CONTENT])
+def test_a_result_filed_in_another_series_is_a_new_object(content: tuple[str, ...]) -> None:
+    def filed_in(series: str) -> Dataset:
+        ds = _result("fracture R")
+        ds.SeriesInstanceUID = series
+        return with_content_uid(ds, "sr", content)
+
+    assert filed_in("1.2.3.9901").SOPInstanceUID == filed_in("1.2.3.9901").SOPInstanceUID
+    # Was the same UID: after results.sr_series_number (or sc_) changed, a rerun put the
+    # SOP instance the PACS held into a new series.
+    assert filed_in("1.2.3.9911").SOPInstanceUID != filed_in("1.2.3.9901").SOPInstanceUID
