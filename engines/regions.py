@@ -8,11 +8,13 @@ Which half of an image is which hip follows its Patient Orientation (0020,0020),
 display convention alone: an image whose rows run toward the patient's right (row
 direction R: a PA view, or a detector read out flipped) shows the right hip in its right
 half, and one whose columns run toward the head (column direction H) is upside down.
-Without an orientation the AP convention (rows toward L, columns toward F) is assumed.
+Without an orientation (or with one that is not two directions of A, P, R, L, H, F) the AP
+convention (rows toward L, columns toward F) is assumed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,14 +87,33 @@ class HipRegion:
         return np.flipud(values) if self.upside_down else values
 
 
+_DIRECTION = re.compile(r"[APRLHF]{1,3}")
+
+
+def patient_orientation(value: Sequence[str] | None) -> tuple[str, str] | None:
+    """A Patient Orientation (row direction, column direction) as read here and stamped on
+    the overlays: each direction one to three of A, P, R, L, H, F (also oblique, PS3.3
+    C.7.6.1.1.1: A\\FR), upper-cased; None when absent or unreadable. One reading for both:
+    the hips were split by a lenient one (r\\f, R\\FEET) and the overlay stamped by a
+    strict one, so an overlay could say L where its banner put the right hip."""
+    if value is None or isinstance(value, str) or len(value) != 2:
+        return None
+    row, column = (str(v).strip().upper() for v in value)
+    if not (_DIRECTION.fullmatch(row) and _DIRECTION.fullmatch(column)):
+        return None
+    return row, column
+
+
 def display_flips(orientation: Sequence[str] | None) -> tuple[bool, bool]:
     """(rows run toward the patient's right, columns run toward the head) for a Patient
     Orientation (row direction, column direction): an image flipped left-right, or upside
-    down, against the AP display convention. Absent or unreadable: neither. An image
-    turned 90 degrees (rows toward the head or feet) is refused (:class:`RegionError`)."""
-    if orientation is None or len(orientation) != 2:
+    down, against the AP display convention. Absent or unreadable
+    (:func:`patient_orientation`): neither. An image turned 90 degrees (rows toward the head
+    or feet) is refused (:class:`RegionError`)."""
+    read = patient_orientation(orientation)
+    if read is None:
         return False, False
-    row, column = (str(value).strip().upper() for value in orientation)
+    row, column = read
     if row.startswith(("H", "F")):
         # Turned 90 degrees: the halves would each hold parts of both hips.
         raise RegionError(
@@ -132,6 +153,5 @@ def hip_regions(
 
 def _row_direction(orientation: Sequence[str] | None) -> str:
     """The first letter of the row direction of a Patient Orientation, or ""."""
-    if orientation is None or len(orientation) != 2:
-        return ""
-    return str(orientation[0]).strip().upper()[:1]
+    read = patient_orientation(orientation)
+    return "" if read is None else read[0][:1]

@@ -11,7 +11,6 @@ for Grad-CAM, (130402, DCM, "Class activation") for an interpretive head's maps.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,7 +35,7 @@ from dicom_node.report.patient import (
 from dicom_node.report.sr import SIDE_WORDS
 from dicom_node.report.uids import ResultIdentity, series_uid
 from engines.pixels import InputGeometry, pixel_spacing, square_pixels
-from engines.regions import HipRegion
+from engines.regions import HipRegion, patient_orientation
 
 
 @dataclass(frozen=True)
@@ -63,16 +62,13 @@ def _code_item(code: Code) -> Dataset:
 
 def _orientation(source: Dataset) -> tuple[str, str]:
     """The source's Patient Orientation (the overlay keeps its rows and columns)."""
-    value = source.get("PatientOrientation")
-    if value is not None and len(value) == 2 and all(_ORIENTATION.fullmatch(str(v)) for v in value):
-        return str(value[0]), str(value[1])  # also oblique (PS3.3 C.7.6.1.1.1): A\FR, LP\F
+    read = patient_orientation(source.get("PatientOrientation"))
+    if read is not None:
+        return read  # as engines.regions read it when it placed the hips
     # Not given (or not valid): the display engines.regions assumed when it placed the hips
     # (an AP or PA radiograph's; only those get overlays). It read the View Position, so an
     # empty one (Type 2) stamped A/F, a lateral's, on an image split left and right.
     return ("L", "F")
-
-
-_ORIENTATION = re.compile(r"[APRLHF]{1,3}")
 
 
 # Each map is stretched from its lowest to its highest value (engines.gradcam.normalise); a

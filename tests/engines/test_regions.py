@@ -19,6 +19,10 @@ from engines.regions import RegionError, display_flips, hip_regions
         (["RA", "FP"], (True, False)),  # oblique: the first letter leads
         (["A", "F"], (False, False)),  # a lateral: neither
         (["L"], (False, False)),  # unreadable: the convention
+        # Not two directions of APRLHF: the convention, as the overlay says (was read as
+        # R, while the overlay stamped the convention's L\F).
+        (["R", "FEET"], (False, False)),
+        (["R", ""], (False, False)),
         ([], (False, False)),
     ],
 )
