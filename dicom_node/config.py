@@ -11,7 +11,6 @@ Relative paths in a file are resolved against the file's directory.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -184,6 +183,8 @@ def load_config(
         except (ValueError, TypeError, OverflowError) as exc:
             # PyYAML's constructors: a date that does not exist (2001-02-30), `!!int abc`.
             raise ConfigError(f"{file}: not valid YAML ({exc})") from exc
+        except RecursionError:  # PyYAML's composer recurses: a value nested ~500 deep
+            raise ConfigError(f"{file}: not valid YAML (nested too deeply)") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -238,6 +239,26 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )  # fmt: skip
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+    def construct_leading_zero_int(self, node: yaml.ScalarNode) -> int:
+        """YAML 1.1 reads 0104 as octal (68): a zero-padded port listened on, or sent to,
+        another port without a word. Refused, where the file says it."""
+        text = str(self.construct_scalar(node)).replace("_", "")
+        if re.fullmatch(r"[-+]?0[0-9]+", text):
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                # Only octal digits reach here (YAML 1.1 takes 0109 for text).
+                f"{text} has a leading 0, which YAML reads as octal ({int(text, 8)}); write "
+                "it without the 0 (or quote it where text is meant)",
+                node.start_mark,
+            )  # fmt: skip
+        value: int = self.construct_yaml_int(node)
+        return value
+
+
+_UniqueKeyLoader.add_constructor(
+    "tag:yaml.org,2002:int", _UniqueKeyLoader.construct_leading_zero_int
+)
 
 
 def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> Config:
@@ -358,18 +379,21 @@ def _storage(raw: Mapping[str, Any], base: Path) -> StorageConfig:
     )
 
 
+# A century: more is a typo (and 1e306 hours made the retention interval infinite).
+MAX_RETENTION_HOURS = 876_000
+
+
 def _hours_or_none(value: Any, path: str) -> float | None:
     if value is None:
         return None
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
+        or not 0 <= value <= MAX_RETENTION_HOURS  # also NaN; a huge int without OverflowError
     ):
         raise ConfigError(
-            f"{path}: expected a number of hours (0 or more) or null, got {show(value)}"
-            f"{exponent_hint(value)}"
+            f"{path}: expected a number of hours from 0 to {MAX_RETENTION_HOURS} (a century) "
+            f"or null (keep forever), got {show(value)}{exponent_hint(value)}"
         )
     return float(value)
 

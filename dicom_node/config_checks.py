@@ -9,6 +9,7 @@ import datetime
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -88,12 +89,18 @@ def as_long_string(value: Any, path: str) -> str:
     """A DICOM LO value the node writes into its results: at most 64 characters, no
     backslash (the value separator) nor control characters."""
     text = as_str(value, path)
-    if len(text) > 64 or "\\" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+    if len(text) > 64 or "\\" in text or any(_control(c) for c in text):
         raise ConfigError(
             f"{path}: expected at most 64 characters without backslash or control "
             f"characters (a DICOM Long String), got {text!r} ({len(text)} characters)"
         )
     return text
+
+
+def _control(character: str) -> bool:
+    """A control character (C0, DEL, C1) or a line or paragraph separator: not text a Long
+    String may hold (U+0085 and U+2028 passed, and went into every SR)."""
+    return unicodedata.category(character) in ("Cc", "Zl", "Zp")
 
 
 def as_name(value: Any, path: str) -> str:
@@ -104,11 +111,24 @@ def as_name(value: Any, path: str) -> str:
 
 
 def as_list(value: Any, path: str) -> list[Any]:
+    """A list; null as an empty one (for keys whose default is empty: the same thing)."""
     if value is None:
         return []
     if not isinstance(value, list):
         raise ConfigError(f"{path}: expected a list, got {show(value)}")
     return value
+
+
+def as_stated_list(value: Any, path: str) -> list[Any]:
+    """A list for a key whose default is not empty: null (every item commented out) is
+    refused, since it could mean none or the default (it read as none, silently: no CT
+    counted, no lateral paired, every study skipped without routing rules)."""
+    if value is None:
+        raise ConfigError(
+            f"{path}: expected a list, got null (every item commented out?): write [] for "
+            "none, or remove the key for the default"
+        )
+    return as_list(value, path)
 
 
 def as_ae_title(value: Any, path: str) -> str:
@@ -232,7 +252,14 @@ def opt_path(raw: Mapping[str, Any], key: str, prefix: str, base: Path) -> Path 
     if raw.get(key) is None:
         return None
     path = resolve(as_str(raw[key], join(prefix, key)), base, join(prefix, key))
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:  # a folder this user may not look into: was a bare PermissionError
+        raise ConfigError(
+            f"{join(prefix, key)}: cannot look at the file ({exc.strerror}; check the "
+            f"configuration as the node's user), got {str(path)!r}"
+        ) from None
+    if not found:
         raise ConfigError(f"{join(prefix, key)}: file not found, got {str(path)!r}")
     return path
 

@@ -19,6 +19,7 @@ from dicom_node.config_checks import (
     as_list,
     as_long_string,
     as_name,
+    as_stated_list,
     as_str,
     folder,
     get_key,
@@ -188,7 +189,7 @@ def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingCo
     if "rules" in raw:
         rules = tuple(
             _rule(item, f"routing.rules[{i}]", engines)
-            for i, item in enumerate(as_list(raw["rules"], "routing.rules"))
+            for i, item in enumerate(as_stated_list(raw["rules"], "routing.rules"))
         )
     names = [r.name for r in rules]
     for i, name in enumerate(names):
@@ -198,7 +199,7 @@ def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingCo
     if "cascade" in raw:
         cascade = tuple(
             _cascade(item, f"routing.cascade[{i}]", engines)
-            for i, item in enumerate(as_list(raw["cascade"], "routing.cascade"))
+            for i, item in enumerate(as_stated_list(raw["cascade"], "routing.cascade"))
         )
     # A cascade runs after an engine a rule (or an earlier cascade) runs: else it can never
     # run, though its engines are opened at every start (rules for osteoporosis only, the
@@ -225,7 +226,7 @@ def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingCo
     if "lateral_views" in raw:
         lateral = tuple(
             as_str(v, f"routing.lateral_views[{i}]")
-            for i, v in enumerate(as_list(raw["lateral_views"], "routing.lateral_views"))
+            for i, v in enumerate(as_stated_list(raw["lateral_views"], "routing.lateral_views"))
         )
         aps = [v for v in lateral if v.strip().upper() in AP_VIEWS]
         if aps:  # every AP would count as a lateral: every study skipped
@@ -238,7 +239,7 @@ def parse_routing(raw: Mapping[str, Any], engines: tuple[str, ...]) -> RoutingCo
     if "ct_body_parts" in raw:
         body_parts = tuple(
             _code_string(v, f"routing.ct_body_parts[{i}]")
-            for i, v in enumerate(as_list(raw["ct_body_parts"], "routing.ct_body_parts"))
+            for i, v in enumerate(as_stated_list(raw["ct_body_parts"], "routing.ct_body_parts"))
         )
     return RoutingConfig(
         rules=rules, cascade=cascade, lateral_views=lateral, ct_body_parts=body_parts

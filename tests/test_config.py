@@ -269,7 +269,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"storage": {"database": "x"}}, r"^storage\.database: unknown key"),
     (
         {"storage": {"retention_hours": -1}},
-        r"^storage\.retention_hours: expected a number of hours \(0 or more\) or null, got -1",
+        r"^storage\.retention_hours: expected a number of hours from 0 to 876000 \(a century\) "
+        r"or null \(keep forever\), got -1$",
     ),
     (
         {"storage": {"retention_hours": "3d"}},
@@ -287,6 +288,23 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (
         {"storage": {"retention_hours": float("inf")}},
         r"^storage\.retention_hours: expected a number of hours .* got inf",
+    ),
+    (  # was an OverflowError traceback (math.isfinite of a 400-digit int)
+        {"storage": {"retention_hours": 10**400}},
+        r"^storage\.retention_hours: expected a number of hours from 0 to 876000 \(a century\) "
+        r"or null \(keep forever\), got 1000",
+    ),
+    (  # was accepted: 1e306 hours made the retention interval infinite
+        {"storage": {"retention_hours": 876_001}},
+        r"^storage\.retention_hours: expected a number of hours from 0 to 876000 .* got 876001$",
+    ),
+    *(
+        (  # were read as none: no CT counted, no lateral paired, every study skipped
+            {"routing": {key: None}},
+            rf"^routing\.{key}: expected a list, got null \(every item commented out\?\): write "
+            r"\[\] for none, or remove the key for the default$",
+        )
+        for key in ("rules", "cascade", "lateral_views", "ct_body_parts")
     ),
     (
         {"assembly": {"quiet_seconds": 0}},
@@ -387,6 +405,23 @@ def test_every_bad_value_names_its_key(raw: dict[str, Any], message: str) -> Non
         parse_config(raw)
 
 
+def test_a_tls_file_this_user_may_not_look_at_names_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    # As a user without access to the service's mode-700 folder (the tests run as root):
+    # was a bare PermissionError naming no key.
+    monkeypatch.setattr(Path, "is_file", denied)
+    with pytest.raises(
+        ConfigError,
+        match=r"^node\.tls\.certificate: cannot look at the file \(Permission denied; check the "
+        r"configuration as the node's user\), got '.*locked/cert\.pem'$",
+    ):
+        parse_config({"node": {"tls": {"certificate": "locked/cert.pem"}}}, tmp_path)
+
+
 def test_tls_pairing_rules(tmp_path: Path) -> None:
     for name in ("c.pem", "k.pem", "ca.pem"):
         (tmp_path / name).write_text("x")
@@ -455,6 +490,18 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         r"special characters are not allowed\)$",
     ):
         load_config(tmp_path / "nul.yaml")
+    # Was 4682 and 68: YAML 1.1's octal, a port listened on (or sent to) without a word.
+    (tmp_path / "octal.yaml").write_text("node:\n  port: 0104\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"^.*octal\.yaml:2:9: not valid YAML \(0104 has a leading 0, which YAML reads as "
+        r"octal \(68\); write it without the 0 \(or quote it where text is meant\)\)$",
+    ):
+        load_config(tmp_path / "octal.yaml")
+    (tmp_path / "deep.yaml").write_text("node:\n  allowed_calling_aes: " + "[" * 2000 + "]" * 2000)
+    # Was a RecursionError traceback (PyYAML's composer recurses).
+    with pytest.raises(ConfigError, match=r"deep\.yaml: not valid YAML \(nested too deeply\)$"):
+        load_config(tmp_path / "deep.yaml")
     (tmp_path / "empty.yaml").write_text("")
     assert load_config(tmp_path / "empty.yaml").node.ae_title == "TRIAGE"
     (tmp_path / "scalar.yaml").write_text("node: 5\n")

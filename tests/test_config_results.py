@@ -527,6 +527,14 @@ BAD: list[tuple[dict[str, Any], str]] = [
         {"results": {"institution_name": "   "}},
         r"^results\.institution_name: expected a non-empty string, got '   '",
     ),
+    *(
+        (  # C1 controls and separators were accepted, and went into every SR and overlay
+            {"results": {"institution_name": f"St Mary{c}"}},
+            r"^results\.institution_name: expected at most 64 characters without backslash or "
+            r"control characters \(a DICOM Long String\), got 'St Mary",
+        )
+        for c in ("\x85", "\x9b", "\u2028", "\x1f")
+    ),
     (  # was accepted, then failed every study with an overlay as 'the source headers...'
         {"results": {"institution_name": "H" * 65}},
         r"^results\.institution_name: expected at most 64 characters without backslash or "
