@@ -61,8 +61,10 @@ def echo(destination: Destination, calling_ae: str, timeout: float) -> str | Non
     finally:
         if assoc.is_established:
             assoc.release()
-    code = int(status.Status) if "Status" in status else None
-    return None if code == 0 else f"C-ECHO answered {code if code is None else hex(code)}"
+    if "Status" not in status:  # pynetdicom's empty answer: none within the DIMSE timeout
+        return f"no C-ECHO response within {timeout:g} s"
+    code = int(status.Status)
+    return None if code == 0 else f"C-ECHO answered failure 0x{code:04X}"
 
 
 class EchoMonitor(Worker):

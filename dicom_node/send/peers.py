@@ -32,6 +32,10 @@ from dicom_node.spool import fsync_dir
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
+# The slowest transfer a result is given time for, on top of sending.timeout_seconds: the
+# DIMSE and idle timers run from the request's first byte, so a 7 MB overlay on a link
+# under 2 Mbit/s failed every attempt at the default 30 s though its data kept flowing.
+MIN_TRANSFER_BYTES_PER_SECOND = 64 * 1024
 
 
 def is_stored(code: int) -> bool:
@@ -78,6 +82,7 @@ def send_dicom(
         reason = not_established(assoc)
         yield from (Delivery(i, False, f"association to {where} {reason}") for i in items)
         return
+    _bound_each_send(assoc, timeout)
     accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
     offered = False  # has an item of this batch been sent to the peer?
     try:
@@ -91,10 +96,22 @@ def send_dicom(
                 yield Delivery(item, False, f"{where} accepted no context for {item.sop_class_uid}")
             else:
                 offered = True
-                yield _store_one(assoc, item, spool_dir, where)
+                yield _store_one(assoc, item, spool_dir, where, timeout)
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _bound_each_send(assoc: Association, timeout: float) -> None:
+    """A peer that stops reading (a hung PACS process: its kernel keeps the connection open
+    with a zero window) ends the association after ``timeout`` without progress.
+    pynetdicom clears the socket's timeout once connected, so its reactor blocked in
+    send() for good, and so did the abort its DIMSE timeout called (it waits for that
+    reactor): the destination's sender hung, its row pending without an attempt, until
+    the next start, where it hung again."""
+    transport = assoc.dul.socket
+    if transport is not None and transport.socket is not None:
+        transport.socket.settimeout(timeout)
 
 
 def not_established(assoc: Association) -> str:
@@ -130,16 +147,22 @@ def rejection(assoc: Association) -> str:
         return "rejected"
 
 
-def _store_one(assoc: Association, item: OutboxItem, spool_dir: Path, where: str) -> Delivery:
+def _store_one(
+    assoc: Association, item: OutboxItem, spool_dir: Path, where: str, timeout: float
+) -> Delivery:
     # A damaged file fails its own item only, whatever pydicom or pynetdicom raise for it:
     # a truncated file is struct.error while reading or (values are read lazily) while
     # sending, a file without its UIDs AttributeError, no context for its syntax ValueError.
     try:
+        size = (spool_dir / item.path).stat().st_size
         ds = dcmread(spool_dir / item.path)
     except (OSError, InvalidDicomError) as exc:
         return Delivery(item, False, f"cannot read {item.path}: {describe(exc)}")
     except Exception as exc:  # noqa: BLE001 - see above
         return Delivery(item, False, f"cannot read {item.path}: {describe(exc)}")
+    # The answer within ``timeout`` of the transfer's time at the slowest rate allowed
+    # (a stalled transfer ends sooner: _bound_each_send).
+    assoc.dimse_timeout = assoc.network_timeout = timeout + size / MIN_TRANSFER_BYTES_PER_SECOND
     try:
         status = assoc.send_c_store(ds)
     except Exception as exc:  # noqa: BLE001 - see above

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from orthanc import free_port
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from dicom_node.config_results import Destination
 from dicom_node.send import echo as echo_module
@@ -58,6 +58,30 @@ def test_echo_reaches_a_verification_scp_and_names_why_another_is_not_reached(
             assert "cannot write" in (echo(folder, "TRIAGE", 2) or "")
         finally:
             (tmp_path / "results").chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [("slow", "no C-ECHO response within 0.5 s"), (0xC001, "C-ECHO answered failure 0xC001")],
+)
+def test_an_echo_without_success_says_what_came_back(answer: str | int, reason: str) -> None:
+    def on_echo(event: evt.Event) -> int:
+        if answer == "slow":
+            time.sleep(1.5)
+            return 0
+        return int(answer)
+
+    ae = AE("PACS")
+    ae.add_supported_context(VERIFICATION)
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_ECHO, on_echo)]
+    )
+    try:
+        slow = Destination("pacs", "PACS", "127.0.0.1", int(server.server_address[1]))
+        # Was "C-ECHO answered None" for no answer on /readyz and in the log.
+        assert echo(slow, "TRIAGE", 0.5) == reason
+    finally:
+        server.shutdown()
 
 
 def test_monitor_reports_destinations_without_a_recent_answer(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from link_proxy import link_proxy
 from orthanc import free_port
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -241,6 +242,43 @@ def test_peer_that_does_not_answer_in_time_fails_the_rest(tmp_path: Path) -> Non
     assert deliveries[1].detail == f"association to {where} ended"
     # The first was offered and failed; the second never reached the peer: not charged.
     assert [d.counts_as_attempt for d in deliveries] == [True, False]
+
+
+def large_overlay(spool: Path, edge: int) -> OutboxItem:
+    """A Secondary Capture of ``edge`` x ``edge`` RGB pixels, as an outbox row."""
+    item = result_file(spool, SC)
+    ds = dcmread(spool / item.path)
+    ds.Rows = ds.Columns = edge
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = np.zeros(edge * edge * 3, np.uint8).tobytes()
+    dcmwrite(spool / item.path, ds, enforce_file_format=True)
+    return item
+
+
+def test_a_peer_that_stops_reading_fails_the_item_within_the_timeout(tmp_path: Path) -> None:
+    item = large_overlay(tmp_path, 2048)  # 12 MB: more than the kernels' buffers hold
+    with storage_scp() as peer, link_proxy(peer.port, stall_after=100_000) as port:
+        started = time.monotonic()
+        [delivery] = send_dicom(dicom_destination(port), [item], tmp_path, CALLING, 1.0)
+        elapsed = time.monotonic() - started
+    # Was: the send never returned (pynetdicom's reactor blocked in send() for good, and
+    # the abort after the DIMSE timeout waited for it): the row stayed pending, unattempted.
+    assert not delivery.ok and delivery.counts_as_attempt
+    assert delivery.detail == f"no C-STORE response from pacs (PACS@127.0.0.1:{port})"
+    assert elapsed < 10
+    assert peer.received == []
+
+
+def test_a_slow_link_that_keeps_moving_delivers(tmp_path: Path) -> None:
+    item = large_overlay(tmp_path, 384)  # 442 KB at 150 KB/s: ~3 s, over the 1 s timeout
+    with storage_scp() as peer, link_proxy(peer.port, rate=150_000) as port:
+        started = time.monotonic()
+        [delivery] = send_dicom(dicom_destination(port), [item], tmp_path, CALLING, 1.0)
+        elapsed = time.monotonic() - started
+    # Was "no C-STORE response": the timeout ran from the request's first byte.
+    assert (delivery.ok, delivery.detail) == (True, "0x0000")
+    assert elapsed > 2
+    assert [r[2] for r in peer.received] == [item.sop_instance_uid]
 
 
 def test_peer_refusing_one_sop_class_fails_that_item_only(tmp_path: Path) -> None:
