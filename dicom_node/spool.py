@@ -44,6 +44,7 @@ _GROUP_LENGTH_ELEMENT = b"DICM\x02\x00\x00\x00UL\x04\x00"
 _META_HEAD = 144  # up to the end of the group length's value, where the rest of group 2 begins
 _LOCK_STRIPES = 64  # studies share a lock only when their UIDs hash alike
 _DURABLE_FOLDERS_KEPT = 100_000
+_WRITE_SLICE = 1 << 20  # bytes written between two updates of the space reservation
 
 
 LOCK_NAME = "node.lock"
@@ -144,28 +145,37 @@ class Spool:
             raise SpoolError(f"cannot read the spool's free space ({exc.strerror})") from exc
 
     @contextmanager
-    def reserve(self, size: int) -> Iterator[None]:
+    def reserve(self, size: int) -> Iterator[Reservation]:
         """Hold ``size`` bytes of free space while they are written, or refuse them when
         they would leave less than ``min_free_bytes`` free. Writes at once each count what
         the others have yet to write: checked alone, two large instances could both pass
-        and together take the spool below its guard."""
+        and together take the spool below its guard. Only what is yet to be written: a
+        write given the reservation hands back each chunk as it lands (the file system's
+        free space already counts it), else a write in progress was counted twice and an
+        instance that fitted was refused 0xA700."""
         with self._space_lock:
             free = self.free_bytes()
             if free - self._reserved - size < self.min_free_bytes:
-                pending = f" ({self._reserved} being written)" if self._reserved else ""
+                pending = f" ({self._reserved} yet to be written)" if self._reserved else ""
                 raise SpoolFullError(
                     f"spool has {free} bytes free{pending}; storing {size} more would go "
                     f"below storage.min_free_bytes ({self.min_free_bytes})"
                 )
             self._reserved += size
+        reservation = Reservation(self, size)
         try:
-            yield
+            yield reservation
         finally:
-            with self._space_lock:
-                self._reserved -= size
+            reservation.landed(reservation.left)
 
-    def write(self, relative: str, chunks: Iterable[bytes | memoryview]) -> None:
-        """Write ``chunks`` durably to ``relative``, replacing any previous file atomically."""
+    def write(
+        self,
+        relative: str,
+        chunks: Iterable[bytes | memoryview],
+        reservation: Reservation | None = None,
+    ) -> None:
+        """Write ``chunks`` durably to ``relative``, replacing any previous file atomically
+        (each chunk handed back to ``reservation`` once written)."""
         final = self.path(relative)
         tmp: Path | None = None
         try:
@@ -174,7 +184,13 @@ class Spool:
             tmp = Path(tmp_name)
             with os.fdopen(fd, "wb") as handle:
                 for chunk in chunks:
-                    handle.write(chunk)
+                    view = memoryview(chunk).cast("B")
+                    # In slices, so a large instance's reservation shrinks as it lands.
+                    for start in range(0, len(view), _WRITE_SLICE):
+                        piece = view[start : start + _WRITE_SLICE]
+                        handle.write(piece)
+                        if reservation is not None:
+                            reservation.landed(len(piece))
                 handle.flush()
                 os.fsync(handle.fileno())
             folder = final.parent
@@ -234,6 +250,21 @@ class Spool:
             self.path(relative).unlink(missing_ok=True)
         except OSError as exc:
             log.warning("could not remove %s from the spool (%s)", relative, exc.strerror)
+
+
+class Reservation:
+    """The part of a :meth:`Spool.reserve` not yet written."""
+
+    def __init__(self, spool: Spool, size: int) -> None:
+        self._spool = spool
+        self.left = size
+
+    def landed(self, size: int) -> None:
+        """``size`` more bytes are on the file system: no longer held apart."""
+        with self._spool._space_lock:
+            done = min(size, self.left)
+            self.left -= done
+            self._spool._reserved -= done
 
 
 def fsync_dir(path: Path) -> None:

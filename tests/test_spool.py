@@ -4,6 +4,7 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -175,7 +176,7 @@ def test_writes_in_progress_count_against_the_free_space_guard(
         with (
             pytest.raises(
                 SpoolFullError,
-                match=r"^spool has 1250 bytes free \(200 being written\); storing 200 more "
+                match=r"^spool has 1250 bytes free \(200 yet to be written\); storing 200 more "
                 r"would go below storage\.min_free_bytes \(1000\)$",
             ),
             spool.reserve(200),
@@ -185,3 +186,31 @@ def test_writes_in_progress_count_against_the_free_space_guard(
             pass
     with spool.reserve(200):  # the first write is done (its bytes are in free_bytes now)
         pass
+
+
+def test_what_a_write_has_landed_is_no_longer_held_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write in progress kept its whole size reserved while the file system's free space
+    # already counted what it had written: counted twice, an instance that fitted was
+    # refused 0xA700. Here a 3 MiB write pauses after its first MiB.
+    mib = 1 << 20
+    spool = Spool(tmp_path / "spool", min_free_bytes=4 * mib)
+    free = [10 * mib]
+    monkeypatch.setattr(spool, "free_bytes", lambda: free[0])
+    seen: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        yield b"x" * mib
+        free[0] -= mib  # what the file system says once the first MiB is written
+        seen.append(free[0])
+        # 9 MiB free, 2 MiB of the first write to come: 3 MiB more fits above 4 MiB.
+        with spool.reserve(3 * mib):
+            pass
+        yield b"x" * (2 * mib)
+
+    with spool.reserve(3 * mib) as reservation:
+        spool.write("instances/1.2/1.2.3.dcm", chunks(), reservation)
+        assert reservation.left == 0
+    assert seen == [9 * mib]
+    assert (spool.root / "instances/1.2/1.2.3.dcm").stat().st_size == 3 * mib

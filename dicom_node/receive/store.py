@@ -242,8 +242,8 @@ class Receiver:
             meta = file_meta(
                 header.sop_class_uid, header.sop_instance_uid, transfer_syntax, assoc.calling_ae
             )
-            with self.spool.reserve(len(PREAMBLE) + len(meta) + len(stream)):
-                self.spool.write(relative, (PREAMBLE, meta, stream))
+            with self.spool.reserve(len(PREAMBLE) + len(meta) + len(stream)) as reservation:
+                self.spool.write(relative, (PREAMBLE, meta, stream), reservation)
         instance = ReceivedInstance(
             header=header,
             transfer_syntax=transfer_syntax,
