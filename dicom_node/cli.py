@@ -39,11 +39,18 @@ _OVERRIDES = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Each command takes the overriding flags of the keys it reads: the others were
+    # offered, checked and dropped (engines list --port 9108 failed on metrics.port).
+    # serve and check-config: all of them.
     common = argparse.ArgumentParser(add_help=False)
-    # The demo chooses its own host, port and spool (loopback, a free port, under --out):
-    # those flags were accepted, checked and dropped without a word.
+    # The demo chooses its own host, port and spool (loopback, a free port, under --out).
     demo_common = argparse.ArgumentParser(add_help=False)
-    for parent in (common, demo_common):
+    # studies, jobs, outbox: the spool only.
+    spool_common = argparse.ArgumentParser(add_help=False)
+    # engines: neither the node nor the spool.
+    engines_common = argparse.ArgumentParser(add_help=False)
+    every = (common, demo_common, spool_common, engines_common)
+    for parent in every:
         parent.add_argument(
             "--config",
             metavar="PATH",
@@ -53,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--port", type=int, help="override node.port (0 picks a free port)")
     for parent in (common, demo_common):
         parent.add_argument("--ae-title", help="override node.ae_title")
-    common.add_argument("--spool-dir", help="override storage.spool_dir")
-    for parent in (common, demo_common):
+    for parent in (common, spool_common):
+        parent.add_argument("--spool-dir", help="override storage.spool_dir")
+    for parent in every:
         parent.add_argument("--log-level", help="override logging.level")
         parent.add_argument(
             "--log-format", choices=["plain", "json"], help="override logging.format"
@@ -74,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", parents=[common], help="run the node until SIGTERM")
     check = sub.add_parser("check-config", parents=[common], help="validate a configuration file")
     check.add_argument("path", nargs="?", help="the file to check (default: --config)")
-    sub.add_parser("studies", parents=[common], help="list studies with state and counts")
-    sub.add_parser("jobs", parents=[common], help="list jobs made from completed studies")
+    sub.add_parser("studies", parents=[spool_common], help="list studies with state and counts")
+    sub.add_parser("jobs", parents=[spool_common], help="list jobs made from completed studies")
     demo = sub.add_parser(
         "demo",
         parents=[demo_common],
@@ -87,10 +95,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="folder for the demo's spool and files: its spool, incoming, pacs "
                            "and results folders are replaced by the next demo (a folder "
                            "holding such folders that no demo wrote is refused)")  # fmt: skip
-    _engine_parsers(sub, common)
+    _engine_parsers(sub, engines_common)
     from dicom_node.outbox_cli import add_parser
 
-    add_parser(sub, common)
+    add_parser(sub, spool_common)
     return parser
 
 

@@ -124,7 +124,7 @@ def test_a_key_error_in_a_file_named_by_the_environment_names_the_file(
         "70000 (named by $DICOM_NODE_CONFIG)\n"
     )
     config.write_text("node: {port: 104}\n")
-    assert main(["studies", "--port", "99999"]) == 2  # the flag's value: not the file's
+    assert main(["check-config", "--port", "99999"]) == 2  # the flag's value: not the file's
     assert capsys.readouterr().err == (
         "dicom-node: error: node.port: expected an integer from 0 to 65535, got 99999\n"
     )
@@ -171,6 +171,24 @@ def test_the_demo_refuses_the_flags_it_cannot_honour(capsys: pytest.CaptureFixtu
     for flag in ("--port=5", "--host=0.0.0.0", "--spool-dir=x"):
         with pytest.raises(SystemExit) as exited:
             main(["demo", flag])
+        assert exited.value.code == 2
+        assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "flags"),
+    [(["studies"], ("--port=5", "--host=0.0.0.0", "--ae-title=X")),
+     (["jobs"], ("--port=5",)), (["outbox"], ("--ae-title=X",)),
+     (["engines", "list"], ("--port=9108", "--host=0.0.0.0", "--ae-title=X", "--spool-dir=x"))],
+)  # fmt: skip
+def test_commands_refuse_the_flags_of_keys_they_do_not_read(
+    argv: list[str], flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Offered and checked, then dropped: engines list --port 9108 failed on metrics.port, a
+    # key the command never reads.
+    for flag in flags:
+        with pytest.raises(SystemExit) as exited:
+            main([*argv, flag])
         assert exited.value.code == 2
         assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
 
