@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from typing import Any, cast
@@ -63,8 +64,12 @@ _OVERSIZE_GRACE = 16 << 20
 # The longest DIMSE command set a peer may send (a C-STORE-RQ's is ~200 bytes): its
 # fragments were not counted, and an endless stream of them grew the node without bound.
 _COMMAND_LIMIT = 64 << 10
-# PS3.8 states of an acceptor before an A-ASSOCIATE-RQ: idle, transport connection open.
-_BEFORE_REQUEST = frozenset({"Sta1", "Sta2"})
+# PS3.8 states of an acceptor before an A-ASSOCIATE-RQ: idle, transport connection open;
+# and awaiting the close after it aborted a connection whose first PDU was not one it
+# knows (AA-1 from Sta2: a TLS ClientHello on a plain port, an HTTP probe), where no
+# request was read (BulkReadSocket._requested).
+_BEFORE_REQUEST = frozenset({"Sta1", "Sta2", "Sta13"})
+_A_ASSOCIATE_RQ = 0x01
 
 
 class BulkReadSocket(AssociationSocket):
@@ -95,6 +100,7 @@ class BulkReadSocket(AssociationSocket):
     _command_bytes = 0  # command-set bytes of the DIMSE message being received
     _deadline: float | None = None  # when the PDU being read must be in
     _timeout: float | None = None  # the seconds that deadline allows
+    _requested = False  # has an A-ASSOCIATE-RQ header been read on this connection?
 
     def recv(self, nr_bytes: int) -> bytearray:
         assoc = getattr(self, "_assoc", None)
@@ -109,28 +115,41 @@ class BulkReadSocket(AssociationSocket):
                 self._check_length(assoc, established, header[0], nr_bytes)
         try:
             data = self._read(nr_bytes, assoc)
-        except OSError:  # a failed TLS handshake, a reset, a bound overrun
+        except ssl.SSLError as exc:
+            if assoc is None or assoc.is_established:
+                raise
+            # A refused handshake (no client certificate, another CA, an expired one, plain
+            # TCP on the TLS port): one line naming the peer, then a quiet close. pynetdicom
+            # logged the error as "Connection closed before the entire PDU was received"
+            # with a traceback, and no line said which modality it was.
+            peer = getattr(assoc.requestor, "address", "?")
+            log.warning("TLS handshake from %s failed: %s", peer, " ".join(str(exc).split()))
+            self._ended_before_request(assoc)
+            return bytearray()
+        except OSError:  # a reset, a bound overrun
             self._ended_before_request(assoc)
             raise
         if len(data) < nr_bytes:  # the peer closed
             self._ended_before_request(assoc)
         if header is None and nr_bytes == 6 and len(data) == 6:
             self._header = bytes(data)  # the next read is its body
+            self._requested = self._requested or data[0] == _A_ASSOCIATE_RQ
         elif header is not None and header[0] == _P_DATA_TF and assoc is not None:
             self._count(assoc, data)
         return data
 
-    @staticmethod
-    def _ended_before_request(assoc: Any) -> None:
+    def _ended_before_request(self, assoc: Any) -> None:
         """The connection ended before its A-ASSOCIATE-RQ (a TCP probe, a plain-TCP peer
-        of a TLS node): pynetdicom's association thread waits ``acse_timeout`` for the
-        request all the same, holding an association slot after the peer has gone. An
-        empty primitive ends that wait now, as its timeout would.
+        of a TLS node, a TLS or HTTP peer of a plain one): pynetdicom's association thread
+        waits ``acse_timeout`` for the request all the same, holding an association slot
+        after the peer has gone. An empty primitive ends that wait now, as its timeout
+        would.
 
-        Only while the state machine has not received a request (Sta1/Sta2; this runs in
-        the DUL thread, the only one that moves it): after one, a None left at the head of
-        the queue would hide a later release or abort from the association's reactor."""
-        if assoc is None or assoc.requestor.primitive is not None:
+        Only while no request was read (Sta1/Sta2, or Sta13 after an unknown first PDU;
+        this runs in the DUL thread, the only one that moves the state machine, and reads
+        every PDU): after one, a None left at the head of the queue would hide a later
+        release or abort from the association's reactor."""
+        if assoc is None or self._requested or assoc.requestor.primitive is not None:
             return
         if assoc.dul.state_machine.current_state not in _BEFORE_REQUEST:
             return

@@ -8,6 +8,14 @@ from dicom_node.config import TlsConfig
 from dicom_node.errors import ConfigError
 
 
+class _EncryptedKeyError(Exception):
+    """OpenSSL asked for the key's passphrase."""
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKeyError
+
+
 def server_context(tls: TlsConfig) -> ssl.SSLContext:
     """An SSL context for the Storage SCP; mutual TLS when a client certificate is required."""
     if tls.certificate is None or tls.key is None:
@@ -15,7 +23,15 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        ctx.load_cert_chain(certfile=tls.certificate, keyfile=tls.key)
+        # A passphrase is never asked for: OpenSSL prompted on the terminal (a start under
+        # a TTY stopped there) or, without one, failed with "[Errno 22] Invalid argument".
+        ctx.load_cert_chain(certfile=tls.certificate, keyfile=tls.key, password=_no_passphrase)
+    except _EncryptedKeyError:
+        raise ConfigError(
+            f"node.tls.key: the key is encrypted (it needs a passphrase, which a service "
+            f"cannot type): give an unencrypted key readable by the node's user only "
+            f"(openssl pkey -in KEY -out PLAIN), got {str(tls.key)!r}"
+        ) from None
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(
             f"node.tls.certificate/key: cannot load {str(tls.certificate)!r} with "

@@ -194,12 +194,22 @@ def test_tls_accepts_tls_and_refuses_plain(
 
 
 def test_mutual_tls_requires_a_client_certificate(
-    start_node: StartNode, pki: Path, dcmtk_env: dict[str, str]
+    start_node: StartNode, pki: Path, dcmtk_env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     node = tls_node(start_node, pki, mutual=True)
     assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=True)).returncode == 0
-    assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=False)).returncode != 0
-    assert echo(node.port, dcmtk_env, "-aec", "TRIAGE").returncode != 0
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=False)).returncode != 0
+        assert echo(node.port, dcmtk_env, "-aec", "TRIAGE").returncode != 0
+        time.sleep(0.2)  # the node's side of each refusal is logged after the peer's exit
+    # One line each naming the peer (was an ERROR "Connection closed before the entire PDU
+    # was received" and a traceback, naming no peer).
+    refused = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+    assert len(refused) == 2 and all(
+        m.startswith("TLS handshake from 127.0.0.1 failed: [SSL") for m in refused
+    ), refused
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     with_cert = associate(node.port, tls=(client_context(pki, True), "localhost"))
     assert with_cert.is_established
     with_cert.release()
@@ -210,6 +220,21 @@ def test_mutual_tls_requires_a_client_certificate(
     sock = without.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.close()
+
+
+def test_an_encrypted_key_is_a_config_error_not_a_prompt(pki: Path, tmp_path: Path) -> None:
+    encrypted = tmp_path / "encrypted.key"
+    openssl("pkey", "-in", str(pki / "server.key"), "-aes256", "-passout", "pass:secret",
+            "-out", str(encrypted))  # fmt: skip
+    # Was OpenSSL's "Enter PEM pass phrase:" on the terminal (a start under a TTY stopped
+    # there), else "[Errno 22] Invalid argument".
+    with pytest.raises(
+        ConfigError,
+        match=r"^node\.tls\.key: the key is encrypted \(it needs a passphrase, which a service "
+        r"cannot type\): give an unencrypted key readable by the node's user only \(openssl "
+        r"pkey -in KEY -out PLAIN\), got '.*encrypted\.key'$",
+    ):
+        server_context(TlsConfig(certificate=pki / "server.crt", key=encrypted))
 
 
 def test_unusable_key_is_a_config_error(pki: Path, tmp_path: Path) -> None:

@@ -152,7 +152,9 @@ def test_a_probe_that_disconnects_frees_its_slot_at_once(tmp_path: Path) -> None
     node.start()
     try:
         started = time.monotonic()
-        for probe in (b"", b"\x01\x00"):  # nothing, or part of a PDU header
+        # Nothing, part of a PDU header, a TLS ClientHello's start on this plain port, an
+        # HTTP request (the last two were aborted, then held the slot for the timeout).
+        for probe in (b"", b"\x01\x00", b"\x16\x03\x01\x02\x00\x01", b"GET / HTTP/1.1\r\n\r\n"):
             with socket.create_connection(("127.0.0.1", node.port)) as sock:
                 sock.sendall(probe)
             time.sleep(0.1)
@@ -163,14 +165,18 @@ def test_a_probe_that_disconnects_frees_its_slot_at_once(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("state", "primitive", "queued", "ends_the_wait"),
-    [("Sta2", None, [], True), ("Sta1", None, [], True),
+    ("state", "primitive", "queued", "requested", "ends_the_wait"),
+    [("Sta2", None, [], False, True), ("Sta1", None, [], False, True),
+     # Aborted for an unknown first PDU (a TLS ClientHello on a plain port): was left to
+     # wait out the timeout.
+     ("Sta13", None, [], False, True),
      # A request already received (or queued): a None at the queue's head would hide a
      # later release or abort from the association's reactor.
-     ("Sta3", None, [], False), ("Sta2", "rq", [], False), ("Sta2", None, ["rq"], False)],
+     ("Sta3", None, [], False, False), ("Sta2", "rq", [], False, False),
+     ("Sta2", None, ["rq"], False, False), ("Sta13", None, [], True, False)],
 )  # fmt: skip
 def test_only_a_connection_ended_before_its_request_ends_the_wait_for_it(
-    state: str, primitive: str | None, queued: list[str], ends_the_wait: bool
+    state: str, primitive: str | None, queued: list[str], requested: bool, ends_the_wait: bool
 ) -> None:
     waiting: queue.Queue[str | None] = queue.Queue()
     for item in queued:
@@ -181,7 +187,9 @@ def test_only_a_connection_ended_before_its_request_ends_the_wait_for_it(
             state_machine=SimpleNamespace(current_state=state), to_user_queue=waiting
         ),
     )
-    BulkReadSocket._ended_before_request(assoc)
+    socket_ = BulkReadSocket.__new__(BulkReadSocket)  # only the state _ended_before_request reads
+    socket_._requested = requested
+    socket_._ended_before_request(assoc)
     assert list(waiting.queue) == [*queued, *([None] if ends_the_wait else [])]
 
 
