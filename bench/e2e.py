@@ -142,6 +142,8 @@ def main() -> int:
     parser.add_argument("--engines", help="engines.cache_dir (default: the config's)")
     parser.add_argument("--json", help="write the result row here")
     args = parser.parse_args()
+    if args.studies < 1:
+        parser.error(f"--studies: expected 1 or more, got {args.studies}")
     overrides = {"engines.cache_dir": str(Path(args.engines).resolve())} if args.engines else {}
     cfg = load_config(args.config, overrides)
     with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:

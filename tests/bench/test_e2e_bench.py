@@ -36,6 +36,16 @@ def test_e2e_bench_reports_time_to_result(tmp_path: Path, all_engines: Path) -> 
     assert "| 2 | onnxruntime | 2.0 |" in done.stdout
 
 
+def test_fewer_than_one_study_is_refused() -> None:
+    # Was: Orthanc and the node started, then a StatisticsError traceback.
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--studies", "0"],
+        capture_output=True, text=True, check=False, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "e2e.py: error: --studies: expected 1 or more, got 0" in done.stderr
+
+
 def test_the_target_does_not_grow_with_a_longer_quiet_period() -> None:
     # A 6 s quiet period made the target 7.2 s, and a 6.25 s p50 'met' it.
     spec = importlib.util.spec_from_file_location("e2e_bench", SCRIPT)

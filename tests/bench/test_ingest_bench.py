@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.skipif(
 def test_ingest_bench_runs_the_node_beside_storescp(tmp_path: Path) -> None:
     rows_json = tmp_path / "rows.json"
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--only", "small", "--json", str(rows_json)],
+        [sys.executable, str(SCRIPT), "--quick", "--only", "small", "--json", str(rows_json),
+         "--work", str(tmp_path / "work")],
         capture_output=True, text=True, check=False, timeout=240, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -36,3 +38,27 @@ def test_ingest_bench_runs_the_node_beside_storescp(tmp_path: Path) -> None:
     assert row["target"] == 0.5 and row["met"] is None
     assert "node/storescp" in done.stdout and "small     40" in done.stdout
     assert ">= 0.5x n/a" in done.stdout
+    assert list((tmp_path / "work").iterdir()) == []  # its folder there, removed at the end
+
+
+def test_fewer_than_one_run_is_refused() -> None:
+    # Was: the files made, no receiver run, then a StatisticsError traceback.
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--runs", "0"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "ingest.py: error: --runs: expected 1 or more, got 0" in done.stderr
+
+
+def test_the_file_system_of_the_work_folder_is_named() -> None:
+    # On tmpfs fsync costs nothing: the durable figures were memory speed, unannounced.
+    spec = importlib.util.spec_from_file_location("ingest_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    ingest = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = ingest  # its dataclasses look their module up
+    spec.loader.exec_module(ingest)
+    assert ingest.file_system(Path("/proc/self")) == "proc"
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        assert ingest.file_system(shm / "anything") in ("tmpfs", "ramfs")
