@@ -141,6 +141,11 @@ _MIGRATIONS: dict[str, tuple[str | None, str]] = {
 }
 
 
+def _newer(version: str) -> bool:
+    """Is a stored schema version one a later release wrote?"""
+    return version.isdigit() and int(version) > SCHEMA_VERSION
+
+
 def _statements(script: str) -> Iterator[str]:
     """The SQL statements of ``script`` one by one (``executescript`` would commit the
     transaction a migration step runs in)."""
@@ -234,9 +239,14 @@ class State:
             )
         if row[0] != str(SCHEMA_VERSION):
             self._db.close()
+            action = (
+                "it was written by a newer dicom-node: run that release, or restore the "
+                "backup taken before the upgrade"  # the node refuses it: a dead end
+                if _newer(row[0])
+                else "start the node once to migrate it"
+            )
             raise StateError(
-                f"{self.path}: schema version {row[0]}, this node reads {SCHEMA_VERSION}: start "
-                "the node once to migrate it"
+                f"{self.path}: schema version {row[0]}, this node reads {SCHEMA_VERSION}: {action}"
             )
 
     def _check_version(self) -> None:
@@ -249,13 +259,50 @@ class State:
         if row is not None and row[0] != str(SCHEMA_VERSION):  # before touching its tables
             raise StateError(
                 f"{self.path}: schema version {row[0]}, this node needs {SCHEMA_VERSION}"
+                + (
+                    " (written by a newer dicom-node: run that release, or restore the "
+                    "backup taken before the upgrade)"
+                    if _newer(row[0])
+                    else ""
+                )
             )
-        self._db.executescript(_SCHEMA)
-        # OR IGNORE: a second process creating the same new database at the same moment.
-        self._db.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
+        self._create()
+
+    def _create(self) -> None:
+        """The tables and the version of a new database, in one transaction: created one by
+        one and the version after, a first start killed between them left tables without a
+        version, which the next start stamped as current without migrating them (every job
+        query then failed, start after start)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Read again in the write transaction: another process (a CLI command beside
+            # the starting node) may have created it while this one waited.
+            if db.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is None:
+                tables = [
+                    name
+                    for (name,) in db.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'meta'"
+                    )
+                ]
+                if tables:
+                    raise StateError(
+                        f"{self.path}: holds the node's tables ({', '.join(sorted(tables))}) "
+                        "but no schema version (a first start stopped before it recorded "
+                        "one?): refused rather than guessed; move it aside to start with a "
+                        "new one (its studies, jobs and outbox are then not known)"
+                    )
+            for statement in _statements(_SCHEMA):
+                db.execute(statement)
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def _migrate_one_step(self) -> bool:
         """Apply the next migration step, if any; False when there is none.

@@ -159,8 +159,13 @@ def read_manifest(folder: Path) -> Manifest:
         raise ManifestError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
         raise ManifestError(f"{path}: expected a mapping, got {type(raw).__name__}")
-    if raw.get("schema") != SCHEMA:
-        raise ManifestError(f"{path}: schema: expected {SCHEMA}, got {raw.get('schema')!r}")
+    if "schema" not in raw:  # was "expected 1, got None", naming no missing key
+        raise ManifestError(f"{path}: schema: required (the manifest format: {SCHEMA})")
+    if raw["schema"] != SCHEMA:
+        raise ManifestError(
+            f"{path}: schema: expected {SCHEMA} (the manifest format this node reads), "
+            f"got {raw['schema']!r}"
+        )
     known = set(Manifest.__dataclass_fields__)
     unknown = sorted(str(k) for k in raw if k not in known)
     if unknown:  # a typo (clinical_usage) was dropped, and the default said instead

@@ -4,11 +4,13 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dicom_node import state as state_module
 from dicom_node.config import AssemblyConfig
 from dicom_node.errors import StateError
 from dicom_node.models import Header, ReceivedInstance
@@ -78,8 +80,68 @@ def test_schema_version_mismatch_is_refused(tmp_path: Path) -> None:
     State(tmp_path / "s.db", RULES).close()
     with sqlite3.connect(tmp_path / "s.db") as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StateError, match=r"schema version 99, this node needs 5$"):
+    with pytest.raises(
+        StateError,
+        match=r"schema version 99, this node needs 5 \(written by a newer dicom-node: run that "
+        r"release, or restore the backup taken before the upgrade\)$",
+    ):
         State(tmp_path / "s.db", RULES)
+
+
+def test_a_listing_of_a_newer_database_points_to_the_newer_release(tmp_path: Path) -> None:
+    State(tmp_path / "s.db", RULES).close()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    # Was "start the node once to migrate it": the node then refused it, a dead end.
+    with pytest.raises(
+        StateError,
+        match=r"schema version 6, this node reads 5: it was written by a newer dicom-node: run "
+        r"that release, or restore the backup taken before the upgrade$",
+    ):
+        State(tmp_path / "s.db", RULES, readonly=True)
+
+
+def test_tables_without_a_schema_version_are_refused_not_stamped(tmp_path: Path) -> None:
+    # An older node's first start killed after its tables, before its version: the next
+    # start stamped them as current without migrating (no 'runs' column), and every job
+    # query failed, start after start.
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, study_uid TEXT)")
+    with pytest.raises(
+        StateError,
+        match=r"s\.db: holds the node's tables \(jobs\) but no schema version \(a first start "
+        r"stopped before it recorded one\?\): refused rather than guessed; move it aside",
+    ):
+        State(tmp_path / "s.db", RULES)
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        assert db.execute("SELECT * FROM meta").fetchall() == []  # left as it was
+
+
+def test_a_new_database_gets_its_tables_and_version_in_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Killed(BaseException):
+        pass
+
+    original = state_module._statements
+    calls = []
+
+    def dying(script: str) -> Iterator[str]:
+        for n, statement in enumerate(original(script)):
+            calls.append(n)
+            if n == 3 and script is state_module._SCHEMA:
+                raise Killed  # a kill -9 after three of the tables
+            yield statement
+
+    monkeypatch.setattr(state_module, "_statements", dying)
+    with pytest.raises(Killed):
+        State(tmp_path / "s.db", RULES)
+    monkeypatch.setattr(state_module, "_statements", original)
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"meta"}  # nothing half made
+    State(tmp_path / "s.db", RULES).close()  # the next start makes it whole
 
 
 def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
@@ -167,7 +229,7 @@ def test_a_newer_database_is_refused_before_its_tables_are_touched(tmp_path: Pat
     with sqlite3.connect(tmp_path / "s.db") as db:
         db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         db.execute("INSERT INTO meta VALUES ('schema_version', '99')")
-    with pytest.raises(StateError, match=r"schema version 99, this node needs 5$"):
+    with pytest.raises(StateError, match=r"schema version 99, this node needs 5 \(written by a "):
         State(tmp_path / "s.db", RULES)
     with sqlite3.connect(tmp_path / "s.db") as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -91,7 +91,13 @@ def test_bad_manifest_files(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="expected a mapping, got list"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.yaml").write_text("schema: 7\n")
-    with pytest.raises(ManifestError, match="schema: expected 1, got 7"):
+    with pytest.raises(
+        ManifestError, match=r"schema: expected 1 \(the manifest format this node reads\), got 7$"
+    ):
+        read_manifest(tmp_path)
+    # Was "schema: expected 1, got None", naming no missing key.
+    (tmp_path / "manifest.yaml").write_text("name: x\n")
+    with pytest.raises(ManifestError, match=r"schema: required \(the manifest format: 1\)$"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.yaml").write_text("schema: 1\nname: x\n")
     with pytest.raises(ManifestError, match="missing key 'version'"):
