@@ -24,7 +24,7 @@ from collections.abc import Callable
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import Comprehensive3DSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
 from dicom_node.analyse import MixedPatientsError, StudyAnalysis, analyse_study, read_sources
 from dicom_node.config import Config
@@ -185,7 +185,7 @@ class Pipeline(Worker):
                 log.info("study %s: %s (%d instances)", study, reason, len(images))
                 return
             results = build_results(
-                analysis, self.engines, self.cfg, self._previous_reports(study), self.device_uid
+                analysis, self.engines, self.cfg, self._previous_results(study), self.device_uid
             )
             clock = self._stage("report", clock)
             kinds = [(results.sr, "sr")] + [(ds, "sc") for ds in results.overlays]
@@ -263,9 +263,10 @@ class Pipeline(Worker):
         self._retry_at.pop(job.id, None)
         log.error("study %s failed (%s): %s", job.study_uid, reason, error)
 
-    def _previous_reports(self, study: str) -> list[Dataset]:
-        """The headers of the SRs earlier jobs of this study wrote (in its outputs folder
-        until the study is purged: a study received again after that is a new episode).
+    def _previous_results(self, study: str) -> list[Dataset]:
+        """The headers of the SRs and overlays earlier jobs of this study wrote (in its
+        outputs folder until the study is purged: a study received again after that is a
+        new episode).
 
         With destinations, only those an earlier job queued: a job cut short between
         writing its SR and recording its outcome (a crash), then superseded, left an SR
@@ -282,7 +283,10 @@ class Pipeline(Worker):
                 log.warning("study %s: earlier result %s not read (%s)", study, path.name,
                             describe(exc))  # fmt: skip
                 continue
-            if str(ds.get("SOPClassUID", "")) == Comprehensive3DSRStorage:
+            if str(ds.get("SOPClassUID", "")) in (
+                Comprehensive3DSRStorage,
+                SecondaryCaptureImageStorage,
+            ):
                 previous.append(ds)
         return previous
 

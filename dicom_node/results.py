@@ -19,6 +19,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from dicom_node.analyse import HipOutcome, StudyAnalysis
 from dicom_node.config import Config
@@ -72,9 +73,11 @@ def build_results(
     previous: Sequence[Dataset] = (),
     device: str | None = None,
 ) -> ResultSet:
-    """The study's SR and overlays; ``previous`` are the headers of the SRs earlier jobs of
-    the study wrote, which a new SR supersedes (:func:`~dicom_node.report.sr.as_latest_report`);
-    ``device`` the installation's Device Observer UID (:meth:`State.device_uid`)."""
+    """The study's SR and overlays; ``previous`` are the headers of the SRs and overlays
+    earlier jobs of the study wrote: a new SR supersedes theirs
+    (:func:`~dicom_node.report.sr.as_latest_report`), a new overlay is numbered after those
+    in its series (:func:`_numbered`); ``device`` the installation's Device Observer UID
+    (:meth:`State.device_uid`)."""
     used = sorted({m for m in (h.decision.prediction.task.engine for h in analysis.hips)})
     # Asked of the engine set by name: engines a stop closed under this job raise
     # EngineUnavailableError (the job stays pending); a snapshot of the open ones came out
@@ -98,7 +101,7 @@ def build_results(
         cfg.results.institution_name, analysis.not_analysed, study, device,
         analysis.held_back,
     )  # fmt: skip
-    as_latest_report(sr, previous)
+    as_latest_report(sr, [p for p in previous if str(p.SOPClassUID) == str(sr.SOPClassUID)])
     overlays: list[Dataset] = []
     if cfg.results.heatmaps != "none":
         groups: dict[tuple[str, str], list[OverlayHip]] = {}
@@ -137,7 +140,34 @@ def build_results(
                 study=study,
             )
             overlays.append(with_content_uid(sc, "sc", SC_CONTENT))
+        earlier = [p for p in previous if p.SOPClassUID == SecondaryCaptureImageStorage]
+        for result in overlays:
+            _numbered(result, earlier, overlays)
     return ResultSet(sr, tuple(overlays))
+
+
+def _numbered(sc: Dataset, earlier: Sequence[Dataset], built: Sequence[Dataset]) -> None:
+    """An overlay's Instance Number after the earlier jobs' overlays in its series: a rerun
+    whose overlay differs put it beside the one it replaces, both numbered 1 (a viewer could
+    not tell the latest). One rebuilt the same (its UID comes from its content) keeps the
+    number it was delivered with."""
+    same = [p for p in earlier if str(p.SOPInstanceUID) == str(sc.SOPInstanceUID)]
+    if same and "InstanceNumber" in same[0]:
+        sc.InstanceNumber = same[0].InstanceNumber
+        return
+    series = str(sc.SeriesInstanceUID)
+    rebuilt = {str(p.SOPInstanceUID) for p in earlier}
+    taken = [
+        int(p.get("InstanceNumber") or 0) for p in earlier if str(p.SeriesInstanceUID) == series
+    ]
+    # This job's new overlays of the series, in order, after them.
+    new = [
+        str(o.SOPInstanceUID)
+        for o in built
+        if str(o.SeriesInstanceUID) == series and str(o.SOPInstanceUID) not in rebuilt
+    ]
+    if taken:
+        sc.InstanceNumber = max(taken) + 1 + new.index(str(sc.SOPInstanceUID))
 
 
 def _study_header(analysis: StudyAnalysis, headers: Mapping[str, Dataset]) -> Dataset:

@@ -140,6 +140,39 @@ def test_a_hipnet_overlay_says_its_map_is_of_the_ap_branch(
     )
 
 
+def test_a_rerun_overlay_is_numbered_after_the_earlier_ones_of_its_series(
+    tmp_path: Path, engine_cache: Path
+) -> None:
+    study = write_study(
+        tmp_path, 13, "normal", "total_hip_arthroplasty", failure={"L": "dislocation"}, size=64
+    )
+    cfg = pipeline_config(tmp_path / "spool", engine_cache, triage=FORCE_FINDINGS,
+                          routing={"rules": [DUAL], "cascade": []})  # fmt: skip
+    engines = EngineSet(cfg.engines, ["hipnet"])
+    try:
+        sources = read_sources([(path, "PACS") for path in study.files])
+        analysis = analyse_study(study.identity.study_uid, sources, engines, cfg)
+        [first] = build_results(analysis, engines, cfg).overlays
+        assert first.InstanceNumber == 1
+        # An earlier job's different overlay of the same image in the series (a rerun
+        # after a lateral arrived, new thresholds): was numbered 1 beside it.
+        other = copy.deepcopy(first)
+        other.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.99"
+        [after] = build_results(analysis, engines, cfg, [other]).overlays
+        assert (after.SOPInstanceUID, after.InstanceNumber) == (first.SOPInstanceUID, 2)
+        third = copy.deepcopy(other)
+        third.SOPInstanceUID, third.InstanceNumber = "1.2.826.0.1.3680043.8.498.98", 3
+        [later] = build_results(analysis, engines, cfg, [other, third]).overlays
+        assert later.InstanceNumber == 4
+        # Rebuilt the same (a crash, a rerun finding the same): the number it was sent with.
+        delivered = copy.deepcopy(first)
+        delivered.InstanceNumber = 2
+        [again] = build_results(analysis, engines, cfg, [other, delivered]).overlays
+        assert (again.SOPInstanceUID, again.InstanceNumber) == (first.SOPInstanceUID, 2)
+    finally:
+        engines.close()
+
+
 def texts(item: Dataset) -> Iterator[str]:
     """Every TEXT value under ``item``'s content tree."""
     for child in item.get("ContentSequence", []):
