@@ -241,9 +241,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
     def construct_leading_zero_int(self, node: yaml.ScalarNode) -> int:
-        """YAML 1.1 reads 0104 as octal (68): a zero-padded port listened on, or sent to,
-        another port without a word. Refused, where the file says it."""
+        """YAML 1.1 reads 0104 as octal (68), and 72:00 as base 60 (4320): a zero-padded
+        port listened on, or sent to, another port, and 72 hours of retention kept 180 days,
+        without a word. Refused, where the file says it."""
         text = str(self.construct_scalar(node)).replace("_", "")
+        if ":" in text:
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                f"{text} is a base-60 number to YAML ({self.construct_yaml_int(node)}); write "
+                "the plain number (or quote it where text is meant)",
+                node.start_mark,
+            )  # fmt: skip
         if re.fullmatch(r"[-+]?0[0-9]+", text):
             raise yaml.constructor.ConstructorError(
                 None, None,
@@ -255,10 +263,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         value: int = self.construct_yaml_int(node)
         return value
 
+    def construct_plain_float(self, node: yaml.ScalarNode) -> float:
+        """YAML 1.1 reads 1:30.5 as base 60 (90.5): refused, as for integers."""
+        text = str(self.construct_scalar(node))
+        if ":" in text:
+            raise yaml.constructor.ConstructorError(
+                None, None,
+                f"{text} is a base-60 number to YAML ({self.construct_yaml_float(node)}); "
+                "write the plain number (or quote it where text is meant)",
+                node.start_mark,
+            )  # fmt: skip
+        value: float = self.construct_yaml_float(node)
+        return value
+
 
 _UniqueKeyLoader.add_constructor(
     "tag:yaml.org,2002:int", _UniqueKeyLoader.construct_leading_zero_int
 )
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _UniqueKeyLoader.construct_plain_float)
 
 
 def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> Config:

@@ -498,6 +498,18 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         r"octal \(68\); write it without the 0 \(or quote it where text is meant\)\)$",
     ):
         load_config(tmp_path / "octal.yaml")
+    # Was 4320 hours (180 days) and 90.5 s: YAML 1.1's base 60.
+    for name, text, shown in (
+        ("base60.yaml", "storage:\n  retention_hours: 72:00\n", r"72:00 .* \(4320\)"),
+        ("base60f.yaml", "node:\n  drain_seconds: 1:30.5\n", r"1:30\.5 .* \(90\.5\)"),
+    ):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(
+            ConfigError,
+            match=rf"{name}:2:\d+: not valid YAML \({shown}; write the plain number \(or quote "
+            r"it where text is meant\)\)$",
+        ):
+            load_config(tmp_path / name)
     (tmp_path / "deep.yaml").write_text("node:\n  allowed_calling_aes: " + "[" * 2000 + "]" * 2000)
     # Was a RecursionError traceback (PyYAML's composer recurses).
     with pytest.raises(ConfigError, match=r"deep\.yaml: not valid YAML \(nested too deeply\)$"):

@@ -54,6 +54,7 @@ def echo(destination: Destination, calling_ae: str, timeout: float) -> str | Non
         return f"cannot reach {host_port(destination.host, destination.port)}: {exc}"
     if not assoc.is_established:
         return f"association {not_established(assoc)}"
+    asked = time.monotonic()
     try:
         status = assoc.send_c_echo()
     except RuntimeError as exc:  # the association ended under it (pynetdicom's own check)
@@ -61,7 +62,11 @@ def echo(destination: Destination, calling_ae: str, timeout: float) -> str | Non
     finally:
         if assoc.is_established:
             assoc.release()
-    if "Status" not in status:  # pynetdicom's empty answer: none within the DIMSE timeout
+    if "Status" not in status:  # pynetdicom's empty answer: none, or the association ended
+        if time.monotonic() - asked < timeout:
+            # Before the timeout (pynetdicom aborts on its own timeout too): the PACS ended
+            # it, refusing rather than slow, which was read as a timeout.
+            return "association ended by the peer before the C-ECHO was answered"
         return f"no C-ECHO response within {timeout:g} s"
     code = int(status.Status)
     return None if code == 0 else f"C-ECHO answered failure 0x{code:04X}"

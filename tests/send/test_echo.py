@@ -62,12 +62,16 @@ def test_echo_reaches_a_verification_scp_and_names_why_another_is_not_reached(
 
 @pytest.mark.parametrize(
     ("answer", "reason"),
-    [("slow", "no C-ECHO response within 0.5 s"), (0xC001, "C-ECHO answered failure 0xC001")],
-)
+    [("slow", "no C-ECHO response within 0.5 s"), (0xC001, "C-ECHO answered failure 0xC001"),
+     ("abort", "association ended by the peer before the C-ECHO was answered")],
+)  # fmt: skip
 def test_an_echo_without_success_says_what_came_back(answer: str | int, reason: str) -> None:
     def on_echo(event: evt.Event) -> int:
         if answer == "slow":
             time.sleep(1.5)
+            return 0
+        if answer == "abort":  # was read as a timeout: an admin looked at firewalls
+            event.assoc.abort()
             return 0
         return int(answer)
 
