@@ -246,11 +246,11 @@ def test_one_instance_under_two_studies_at_once_is_stored_once(
     writing, go_on = threading.Event(), threading.Event()
     write = receiver.spool.write
 
-    def slow_write(relative: str, chunks: Any) -> None:
+    def slow_write(relative: str, chunks: Any, reservation: Any = None) -> None:
         if "1.2.3.1" in relative:
             writing.set()
             go_on.wait(5)
-        write(relative, chunks)
+        write(relative, chunks, reservation)
 
     monkeypatch.setattr(receiver.spool, "write", slow_write)
     statuses: list[int] = []
