@@ -70,6 +70,11 @@ _COMMAND_LIMIT = 64 << 10
 # request was read (BulkReadSocket._requested).
 _BEFORE_REQUEST = frozenset({"Sta1", "Sta2", "Sta13"})
 _A_ASSOCIATE_RQ = 0x01
+_PDU_TYPES = frozenset(range(0x01, 0x08))  # PS3.8 9.3: A-ASSOCIATE-RQ to A-ABORT
+_NOT_DICOM = {
+    0x16: "a TLS handshake, and this port does not speak TLS (node.tls)",
+    **dict.fromkeys(b"GPHDOC", "an HTTP request (the metrics port is metrics.port)"),
+}
 
 
 class BulkReadSocket(AssociationSocket):
@@ -101,8 +106,11 @@ class BulkReadSocket(AssociationSocket):
     _deadline: float | None = None  # when the PDU being read must be in
     _timeout: float | None = None  # the seconds that deadline allows
     _requested = False  # has an A-ASSOCIATE-RQ header been read on this connection?
+    _stranger = False  # did the connection begin with something other than a PDU?
 
     def recv(self, nr_bytes: int) -> bytearray:
+        if self._stranger:  # read on while pynetdicom closes: what follows is not read
+            return bytearray()
         assoc = getattr(self, "_assoc", None)
         header, self._header = self._header, None
         if assoc is not None:
@@ -126,17 +134,40 @@ class BulkReadSocket(AssociationSocket):
             log.warning("TLS handshake from %s failed: %s", peer, " ".join(str(exc).split()))
             self._ended_before_request(assoc)
             return bytearray()
-        except OSError:  # a reset, a bound overrun
+        except ConnectionResetError as exc:
+            if assoc is None or assoc.is_established or self._requested:
+                self._ended_before_request(assoc)
+                raise
+            # Gone before its request (a load balancer's probe closes with a reset): as
+            # routine as a close. pynetdicom logged two ERROR lines and a traceback each time.
+            log.debug("connection from %s reset before an association request (%s)",
+                      getattr(assoc.requestor, "address", "?"), exc.strerror or exc)  # fmt: skip
+            self._ended_before_request(assoc)
+            return bytearray()
+        except OSError:  # a bound overrun
             self._ended_before_request(assoc)
             raise
         if len(data) < nr_bytes:  # the peer closed
             self._ended_before_request(assoc)
         if header is None and nr_bytes == 6 and len(data) == 6:
+            if assoc is not None and not self._requested and data[0] not in _PDU_TYPES:
+                return self._not_dicom(assoc, data[0])
             self._header = bytes(data)  # the next read is its body
             self._requested = self._requested or data[0] == _A_ASSOCIATE_RQ
         elif header is not None and header[0] == _P_DATA_TF and assoc is not None:
             self._count(assoc, data)
         return data
+
+    def _not_dicom(self, assoc: Any, first: int) -> bytearray:
+        """A connection whose first bytes are no PDU (a TLS client on the plain port, an
+        HTTP request): one line naming the peer, then a close. pynetdicom logged an ERROR
+        per byte it tried as a PDU type, naming no one."""
+        what = _NOT_DICOM.get(first, "not a DICOM association request")
+        log.warning("connection from %s closed: %s (first byte 0x%02X)",
+                    getattr(assoc.requestor, "address", "?"), what, first)  # fmt: skip
+        self._stranger = True
+        self._ended_before_request(assoc)
+        return bytearray()  # read as the peer's close
 
     def _ended_before_request(self, assoc: Any) -> None:
         """The connection ended before its A-ASSOCIATE-RQ (a TCP probe, a plain-TCP peer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import struct
 import threading
 import time
 import tracemalloc
@@ -162,6 +163,41 @@ def test_a_probe_that_disconnects_frees_its_slot_at_once(tmp_path: Path) -> None
         assert time.monotonic() - started < 10
     finally:
         node.stop(drain_seconds=0)
+
+
+def test_a_probe_or_a_stranger_is_one_line_naming_the_peer_not_error_tracebacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A load balancer's probe closing with a reset wrote two ERROR lines and a traceback
+    # from pynetdicom; an HTTP request or a TLS client on the plain port an ERROR per byte
+    # tried as a PDU type; none named the peer.
+    node = Node(config_for(tmp_path / "spool", node__max_associations=1))
+    node.start()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            with socket.create_connection(("127.0.0.1", node.port)) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            for probe in (b"\x16\x03\x01\x02\x00\x01", b"GET /metrics HTTP/1.1\r\n\r\n"):
+                with socket.create_connection(("127.0.0.1", node.port)) as sock:
+                    sock.sendall(probe)
+                    sock.settimeout(5)
+                    assert sock.recv(100) == b""  # closed by the node
+            time.sleep(0.2)
+            assert _echo(node.port)  # the slot is free
+    finally:
+        node.stop(drain_seconds=0)
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith(
+        ("pynetdicom.dul", "dicom_node.receive"))]  # fmt: skip
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert (logging.DEBUG, "connection from 127.0.0.1 reset before an association request "
+            "(Connection reset by peer)") in lines  # fmt: skip
+    warned = [m for level, m in lines if level == logging.WARNING]
+    assert warned == [
+        "connection from 127.0.0.1 closed: a TLS handshake, and this port does not speak TLS "
+        "(node.tls) (first byte 0x16)",
+        "connection from 127.0.0.1 closed: an HTTP request (the metrics port is metrics.port) "
+        "(first byte 0x47)",
+    ]
 
 
 @pytest.mark.parametrize(
