@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 # What an earlier report's header needs to be superseded (report.sr.supersede).
 _REPORT_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                "InstanceNumber", "PredecessorDocumentsSequence"]  # fmt: skip
+                "InstanceNumber", "PredecessorDocumentsSequence",
+                "SourceImageSequence"]  # fmt: skip
 
 _IDLE_POLL = 1.0
 _RETRY_SECONDS = 10.0  # after an engine could not run
@@ -268,25 +269,24 @@ class Pipeline(Worker):
         outputs folder until the study is purged: a study received again after that is a
         new episode).
 
-        With destinations, only those an earlier job queued: a job cut short between
+        SRs, with destinations, only those an earlier job queued: a job cut short between
         writing its SR and recording its outcome (a crash), then superseded, left an SR
-        that no PACS ever got, and the next report named it as the one it replaces."""
+        that no PACS ever got, and the next report named it as the one it replaces.
+        Overlays all: their numbers are only ever taken after them (one whose row an
+        admin discarded, delivered by hand, was left out, and the next took its number)."""
         folder = self.spool.path(f"outputs/{study}")
         queued = self.state.queued_results(study) if self.cfg.destinations else None
         previous: list[Dataset] = []
         for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else ():
-            if queued is not None and path.stem not in queued:
-                continue
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_REPORT_TAGS)
             except UNREADABLE_DICOM as exc:  # one unreadable file must not fail the study
                 log.warning("study %s: earlier result %s not read (%s)", study, path.name,
                             describe(exc))  # fmt: skip
                 continue
-            if str(ds.get("SOPClassUID", "")) in (
-                Comprehensive3DSRStorage,
-                SecondaryCaptureImageStorage,
-            ):
+            kind = str(ds.get("SOPClassUID", ""))
+            sent = queued is None or path.stem in queued
+            if kind == SecondaryCaptureImageStorage or (kind == Comprehensive3DSRStorage and sent):
                 previous.append(ds)
         return previous
 

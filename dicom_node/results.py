@@ -29,7 +29,7 @@ from dicom_node.report.codes import HEATMAP_METHODS
 from dicom_node.report.patient import disagreements, stored_text
 from dicom_node.report.sc import OverlayHip, overlay_series
 from dicom_node.report.sr import as_latest_report, reported_findings
-from dicom_node.report.uids import SC_CONTENT, with_content_uid
+from dicom_node.report.uids import SC_CONTENT, content_uid, with_content_uid, with_uid
 from dicom_node.triage import probability_text, shown_probability
 from engines.manifest import Manifest
 
@@ -141,33 +141,57 @@ def build_results(
             )
             overlays.append(with_content_uid(sc, "sc", SC_CONTENT))
         earlier = [p for p in previous if p.SOPClassUID == SecondaryCaptureImageStorage]
-        for result in overlays:
-            _numbered(result, earlier, overlays)
+        _number_after(overlays, earlier)
     return ResultSet(sr, tuple(overlays))
 
 
-def _numbered(sc: Dataset, earlier: Sequence[Dataset], built: Sequence[Dataset]) -> None:
-    """An overlay's Instance Number after the earlier jobs' overlays in its series: a rerun
-    whose overlay differs put it beside the one it replaces, both numbered 1 (a viewer could
-    not tell the latest). One rebuilt the same (its UID comes from its content) keeps the
-    number it was delivered with."""
-    same = [p for p in earlier if str(p.SOPInstanceUID) == str(sc.SOPInstanceUID)]
-    if same and "InstanceNumber" in same[0]:
-        sc.InstanceNumber = same[0].InstanceNumber
-        return
-    series = str(sc.SeriesInstanceUID)
-    rebuilt = {str(p.SOPInstanceUID) for p in earlier}
-    taken = [
-        int(p.get("InstanceNumber") or 0) for p in earlier if str(p.SeriesInstanceUID) == series
-    ]
-    # This job's new overlays of the series, in order, after them.
-    new = [
-        str(o.SOPInstanceUID)
-        for o in built
-        if str(o.SeriesInstanceUID) == series and str(o.SOPInstanceUID) not in rebuilt
-    ]
-    if taken:
-        sc.InstanceNumber = max(taken) + 1 + new.index(str(sc.SOPInstanceUID))
+def _number_after(overlays: Sequence[Dataset], earlier: Sequence[Dataset]) -> None:
+    """Each overlay's Instance Number after the earlier jobs' overlays in its series: a
+    rerun whose overlay differs put it beside the one it replaces, both numbered 1 (a viewer
+    could not tell the latest). One rebuilt as the latest of its image there (its UID comes
+    from its content: a crash, a rerun finding the same) keeps its number; one whose content
+    returns to an older, superseded overlay's is a new object (its UID also names the latest
+    it replaces), as an SR is: under the older UID, numbered below the latest, a viewer took
+    the superseded one for current."""
+    of_image: dict[tuple[str, str], list[Dataset]] = {}
+    for p in sorted(earlier, key=lambda p: int(p.get("InstanceNumber") or 0)):
+        of_image.setdefault((str(p.SeriesInstanceUID), _source_of(p)), []).append(p)
+    known = {str(p.SOPInstanceUID) for p in earlier}
+    kept: set[str] = set()
+    for sc in overlays:
+        before = of_image.get((str(sc.SeriesInstanceUID), _source_of(sc)), [])
+        if not before:
+            continue
+        last, uid = before[-1], str(sc.SOPInstanceUID)
+        # Its UID as built, or as built after any earlier one (a returning content's).
+        rebuilt = {uid} | {
+            content_uid(sc, "sc", SC_CONTENT, after=str(p.SOPInstanceUID)) for p in before
+        }
+        if str(last.SOPInstanceUID) in rebuilt and "InstanceNumber" in last:
+            with_uid(sc, str(last.SOPInstanceUID))
+            sc.InstanceNumber = last.InstanceNumber
+            kept.add(str(last.SOPInstanceUID))
+        elif uid in known:
+            with_uid(sc, content_uid(sc, "sc", SC_CONTENT, after=str(last.SOPInstanceUID)))
+    for series in {str(sc.SeriesInstanceUID) for sc in overlays}:
+        taken = [
+            int(p.get("InstanceNumber") or 0) for p in earlier if str(p.SeriesInstanceUID) == series
+        ]
+        if not taken:
+            continue  # numbered from 1 as built
+        new = [
+            sc
+            for sc in overlays
+            if str(sc.SeriesInstanceUID) == series and str(sc.SOPInstanceUID) not in kept
+        ]
+        for n, sc in enumerate(new, start=max(taken) + 1):
+            sc.InstanceNumber = n
+
+
+def _source_of(overlay: Dataset) -> str:
+    """The SOP Instance UID of the image an overlay was made from."""
+    sources = overlay.get("SourceImageSequence") or []
+    return str(sources[0].get("ReferencedSOPInstanceUID", "")) if sources else ""
 
 
 def _study_header(analysis: StudyAnalysis, headers: Mapping[str, Dataset]) -> Dataset:

@@ -169,6 +169,18 @@ def test_a_rerun_overlay_is_numbered_after_the_earlier_ones_of_its_series(
         delivered.InstanceNumber = 2
         [again] = build_results(analysis, engines, cfg, [other, delivered]).overlays
         assert (again.SOPInstanceUID, again.InstanceNumber) == (first.SOPInstanceUID, 2)
+        # Content back to an older overlay's, superseded since: was that UID and number 1
+        # below the superseding 2, so a viewer took the superseded one for current.
+        older = copy.deepcopy(first)
+        superseding = copy.deepcopy(other)
+        superseding.InstanceNumber = 2
+        [back] = build_results(analysis, engines, cfg, [older, superseding]).overlays
+        assert back.SOPInstanceUID not in (first.SOPInstanceUID, other.SOPInstanceUID)
+        assert back.InstanceNumber == 3
+        assert back.file_meta.MediaStorageSOPInstanceUID == back.SOPInstanceUID
+        # The same again (rebuilt as the latest): the same object.
+        [rebuilt] = build_results(analysis, engines, cfg, [older, superseding, back]).overlays
+        assert (rebuilt.SOPInstanceUID, rebuilt.InstanceNumber) == (back.SOPInstanceUID, 3)
     finally:
         engines.close()
 
