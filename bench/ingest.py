@@ -248,7 +248,8 @@ def main() -> int:
     }
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.work))
+    # Absolute: the node reads its spool_dir against its config file's folder (inside it).
+    work = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.work)).resolve()
     memory = file_system(work)
     if memory in ("tmpfs", "ramfs"):
         # fsync is free there: the node's durable writes, storescp+sync and the fsync

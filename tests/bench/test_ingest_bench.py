@@ -23,7 +23,7 @@ def test_ingest_bench_runs_the_node_beside_storescp(tmp_path: Path) -> None:
     rows_json = tmp_path / "rows.json"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--only", "small", "--json", str(rows_json),
-         "--work", str(tmp_path / "work")],
+         "--work", "work"],  # relative: was the spool at work/work/node-0, and a traceback
         capture_output=True, text=True, check=False, timeout=240, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
