@@ -77,6 +77,10 @@ _NOT_DICOM = {
 }
 
 
+class _RefusedError(ConnectionAbortedError):
+    """The node closes the connection (a bound overrun, a timeout); it has said why."""
+
+
 class BulkReadSocket(AssociationSocket):
     """pynetdicom's association socket, reading what a PDU asks for into one buffer, and
     bounding what a peer may make the node hold or wait for:
@@ -132,6 +136,15 @@ class BulkReadSocket(AssociationSocket):
             # with a traceback, and no line said which modality it was.
             peer = getattr(assoc.requestor, "address", "?")
             log.warning("TLS handshake from %s failed: %s", peer, " ".join(str(exc).split()))
+            self._ended_before_request(assoc)
+            return bytearray()
+        except _RefusedError:
+            if assoc is None or assoc.is_established:
+                raise
+            # Refused before the association (a request stalled, trickled or too long, a
+            # handshake left half done), with its own WARNING: then a quiet close, not
+            # pynetdicom's two ERROR lines and a traceback.
+            self._stranger = True
             self._ended_before_request(assoc)
             return bytearray()
         except ConnectionResetError as exc:
@@ -224,7 +237,22 @@ class BulkReadSocket(AssociationSocket):
     def _refuse(self, assoc: Any, why: str) -> None:
         peer = getattr(assoc.requestor, "address", "?")
         log.warning("connection from %s closed: %s", peer, why)
-        raise ConnectionAbortedError(why)
+        raise _RefusedError(why)
+
+    def _late(self) -> str:
+        """Why a read ran out of time: a TLS handshake still under way (read as the first
+        PDU's), or a PDU."""
+        sock = self.socket
+        if isinstance(sock, ssl.SSLSocket) and sock.version() is None:
+            return f"TLS handshake not completed within {self._timeout} s"
+        return f"a PDU not received whole within {self._timeout} s"
+
+    def close(self) -> None:
+        # pynetdicom closes the connection itself after a first PDU it aborts on (a release,
+        # an abort, P-DATA before any request): no read sees that close, so the wait for
+        # the request was not ended, and the slot stayed held for acse_timeout.
+        self._ended_before_request(getattr(self, "_assoc", None))
+        super().close()
 
     def _read(self, nr_bytes: int, assoc: Any) -> bytearray:
         sock = cast(socket.socket, self.socket)
@@ -236,7 +264,7 @@ class BulkReadSocket(AssociationSocket):
             if assoc is not None:
                 left = None if self._deadline is None else self._deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    self._refuse(assoc, f"a PDU not received whole within {self._timeout} s")
+                    self._refuse(assoc, self._late())
                 sock.settimeout(left)
             try:
                 with memoryview(data) as view:
@@ -244,7 +272,7 @@ class BulkReadSocket(AssociationSocket):
             except TimeoutError:
                 if assoc is None:
                     raise
-                self._refuse(assoc, f"a PDU not received whole within {self._timeout} s")
+                self._refuse(assoc, self._late())
             if not n:  # the peer closed: what arrived, as pynetdicom's recv returns
                 break
             got += n
