@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,13 +245,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         port listened on, or sent to, another port, and 72 hours of retention kept 180 days,
         without a word. Refused, where the file says it."""
         text = str(self.construct_scalar(node)).replace("_", "")
-        if ":" in text:
-            raise yaml.constructor.ConstructorError(
-                None, None,
-                f"{text} is a base-60 number to YAML ({self.construct_yaml_int(node)}); write "
-                "the plain number (or quote it where text is meant)",
-                node.start_mark,
-            )  # fmt: skip
+        _not_base_60(node, text, self.construct_yaml_int)
         if re.fullmatch(r"[-+]?0[0-9]+", text):
             raise yaml.constructor.ConstructorError(
                 None, None,
@@ -265,16 +259,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_plain_float(self, node: yaml.ScalarNode) -> float:
         """YAML 1.1 reads 1:30.5 as base 60 (90.5): refused, as for integers."""
-        text = str(self.construct_scalar(node))
-        if ":" in text:
-            raise yaml.constructor.ConstructorError(
-                None, None,
-                f"{text} is a base-60 number to YAML ({self.construct_yaml_float(node)}); "
-                "write the plain number (or quote it where text is meant)",
-                node.start_mark,
-            )  # fmt: skip
+        _not_base_60(node, str(self.construct_scalar(node)), self.construct_yaml_float)
         value: float = self.construct_yaml_float(node)
         return value
+
+
+def _not_base_60(node: yaml.ScalarNode, text: str, read: Callable[[Any], object]) -> None:
+    """Refuse a number YAML 1.1 reads in base 60 (72:00 is 4320), naming what it read."""
+    if ":" in text:
+        raise yaml.constructor.ConstructorError(
+            None, None,
+            f"{text} is a base-60 number to YAML ({read(node)}); write the plain number (or "
+            "quote it where text is meant)",
+            node.start_mark,
+        )  # fmt: skip
 
 
 _UniqueKeyLoader.add_constructor(
