@@ -7,7 +7,9 @@ WAL); the node's sender picks requeued items up within a second.
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
+from pathlib import Path
 
 from dicom_node.config import Config
 from dicom_node.errors import DicomNodeError
@@ -36,6 +38,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                              "letter); discard: the item ids (required)")  # fmt: skip
     outbox.add_argument("--state", action="append", choices=STATES,
                         help="list: only this state (repeatable)")  # fmt: skip
+    outbox.add_argument("--copy-to", metavar="DIR", type=Path,
+                        help="discard: first copy each result's file to DIR/<study>/<sop>.dcm, "
+                             "to deliver it by hand (the files leave the spool with their "
+                             "study, as soon as the next purge round)")  # fmt: skip
 
 
 def _item_id(text: str) -> int:
@@ -59,6 +65,8 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
     if args.state and args.verb != "list":
         # It was ignored: `retry --state sent` requeued every dead letter.
         raise OutboxCommandError(f"--state: only for list ({args.verb} acts on dead letters)")
+    if args.copy_to is not None and args.verb != "discard":
+        raise OutboxCommandError(f"--copy-to: only for discard, got {args.verb}")
     if not cfg.storage.database.exists():
         if args.verb in ("retry", "discard"):
             # Nothing could be requeued or discarded: a script must not take this for success.
@@ -76,18 +84,23 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
             if args.verb == "retry":  # a StateError names the ids that are not dead letters
                 count = outbox.retry(time.time(), args.ids)
             else:
+                if args.copy_to is not None:
+                    _copy_out(outbox, args.ids, cfg.storage.spool_dir, args.copy_to)
                 discarded = outbox.discard(args.ids)
                 count = len(discarded)
             done = "requeued" if args.verb == "retry" else "discarded"
             print(f"{done} {count} dead letter{'s' if count != 1 else ''}")
             for item in discarded:
                 print(f"  {item.id}: {cfg.storage.spool_dir / item.path}")
-            if discarded and cfg.storage.retention_hours is not None:
-                # A study finished long ago leaves at the next round: within a minute.
+            if args.copy_to is not None:
+                print(f"copied first to {args.copy_to}/<study>/<sop>.dcm")
+            elif discarded and cfg.storage.retention_hours is not None:
+                # A study finished long ago leaves at the next round: within a minute, or a
+                # second (the paths came after the rows were gone: too late to copy them).
                 print(
                     "their files leave the spool with their study: at the purge's next round "
-                    f"if it finished more than {cfg.storage.retention_hours:g} h ago; copy "
-                    "them first to deliver them by hand"
+                    f"if it finished more than {cfg.storage.retention_hours:g} h ago (seconds "
+                    "away): to deliver results by hand, discard with --copy-to DIR"
                 )
             return 0
         # With ids, those items whatever their state; else pending and dead (or --state).
@@ -105,6 +118,27 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
         print(line)
     print(", ".join(f"{n} {s}" for s, n in depth.items()))
     return 0
+
+
+def _copy_out(outbox: Outbox, ids: list[int], spool: Path, target: Path) -> None:
+    """Copy the named dead letters' files to ``target``/<study>/<sop>.dcm before they are
+    discarded; any that cannot be copied stops the discard (nothing given up)."""
+    dead = {item.id: item for item in outbox.items(("dead",))}
+    if not target.is_dir():
+        raise OutboxCommandError(f"--copy-to: expected an existing folder, got {str(target)!r}")
+    for item_id in ids:
+        item = dead.get(item_id)
+        if item is None:
+            continue  # discard names it (not a dead letter), and discards nothing
+        copy = target / item.study_uid / f"{item.sop_instance_uid}.dcm"
+        try:
+            copy.parent.mkdir(exist_ok=True)
+            shutil.copyfile(spool / item.path, copy)
+        except OSError as exc:
+            raise OutboxCommandError(
+                f"--copy-to: cannot copy dead letter {item_id}'s {item.path} to {copy} "
+                f"({exc.strerror or exc}); nothing discarded"
+            ) from None
 
 
 _KINDS = {"1.2.840.10008.5.1.4.1.1.88.34": "SR", "1.2.840.10008.5.1.4.1.1.7": "SC"}

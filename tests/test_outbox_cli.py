@@ -157,9 +157,12 @@ def test_outbox_discard_gives_up_on_named_dead_letters(
     assert "discarded 1 dead letter" in captured.out
     # Where its file is, and that it may leave within a minute (a study finished long ago).
     assert f"  {item}: {tmp_path / 'spool'}/outputs/1.9/" in captured.out
-    assert "at the purge's next round if it finished more than 72 h ago; copy them first" in (
+    # The paths come after the rows are gone, the files seconds from the purge: the way to
+    # deliver by hand is --copy-to (was "copy them first", too late to act on).
+    assert "if it finished more than 72 h ago (seconds away): to deliver results by hand, " in (
         captured.out
     )
+    assert "discard with --copy-to DIR" in captured.out
     assert f"dead letter {item} (SOP instance 1.9.99 of study 1.9, to pacs) discarded" in (
         captured.err
     )
@@ -243,3 +246,31 @@ def test_an_account_that_may_only_read_the_spool_lists_it() -> None:
         assert "1 dead" in done.stdout
     finally:
         shutil.rmtree(folder)
+
+
+def test_outbox_discard_copies_the_files_out_first_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    item = dead_letter(tmp_path / "spool")
+    cfg = str(config_file(tmp_path))
+    by_hand = tmp_path / "by-hand"
+    by_hand.mkdir()
+    # A file that cannot be copied (here: gone) stops the discard.
+    assert main(["outbox", "discard", str(item), "--copy-to", str(by_hand), "--config", cfg]) == 2
+    assert (
+        f"--copy-to: cannot copy dead letter {item}'s outputs/1.9/x.dcm to "
+        f"{by_hand}/1.9/1.9.99.dcm (No such file or directory); nothing discarded"
+    ) in capsys.readouterr().err
+    result = tmp_path / "spool" / "outputs" / "1.9" / "x.dcm"
+    result.parent.mkdir(parents=True)
+    result.write_bytes(b"the SR")
+    assert main(["outbox", "retry", "--copy-to", str(tmp_path), "--config", cfg]) == 2
+    assert "--copy-to: only for discard, got retry" in capsys.readouterr().err
+    missing = tmp_path / "no-such-folder"
+    assert main(["outbox", "discard", str(item), "--copy-to", str(missing), "--config", cfg]) == 2
+    assert f"--copy-to: expected an existing folder, got '{missing}'" in capsys.readouterr().err
+    assert main(["outbox", "list", str(item), "--config", cfg]) == 0
+    assert " dead " in capsys.readouterr().out  # nothing discarded
+    assert main(["outbox", "discard", str(item), "--copy-to", str(by_hand), "--config", cfg]) == 0
+    assert f"copied first to {by_hand}/<study>/<sop>.dcm" in capsys.readouterr().out
+    assert (by_hand / "1.9" / "1.9.99.dcm").read_bytes() == b"the SR"
