@@ -162,17 +162,25 @@ def _number_after(overlays: Sequence[Dataset], earlier: Sequence[Dataset]) -> No
         before = of_image.get((str(sc.SeriesInstanceUID), _source_of(sc)), [])
         if not before:
             continue
-        last, uid = before[-1], str(sc.SOPInstanceUID)
+        uid = str(sc.SOPInstanceUID)
+        # The latest: the one of the highest number. Several share it where overlays were
+        # delivered before reruns were numbered (each 1): then none is known to be current,
+        # and content equal to one of them is a new object after them all (by file order
+        # one was taken for the latest, and a superseded overlay stayed looking current).
+        top = max(int(p.get("InstanceNumber") or 0) for p in before)
+        tied = sorted(
+            str(p.SOPInstanceUID) for p in before if int(p.get("InstanceNumber") or 0) == top
+        )
         # Its UID as built, or as built after any earlier one (a returning content's).
         rebuilt = {uid} | {
             content_uid(sc, "sc", SC_CONTENT, after=str(p.SOPInstanceUID)) for p in before
         }
-        if str(last.SOPInstanceUID) in rebuilt and "InstanceNumber" in last:
-            with_uid(sc, str(last.SOPInstanceUID))
-            sc.InstanceNumber = last.InstanceNumber
-            kept.add(str(last.SOPInstanceUID))
+        if len(tied) == 1 and tied[0] in rebuilt and top:
+            with_uid(sc, tied[0])
+            sc.InstanceNumber = top
+            kept.add(tied[0])
         elif uid in known:
-            with_uid(sc, content_uid(sc, "sc", SC_CONTENT, after=str(last.SOPInstanceUID)))
+            with_uid(sc, content_uid(sc, "sc", SC_CONTENT, after=tied[-1]))
     for series in {str(sc.SeriesInstanceUID) for sc in overlays}:
         taken = [
             int(p.get("InstanceNumber") or 0) for p in earlier if str(p.SeriesInstanceUID) == series

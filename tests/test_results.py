@@ -181,6 +181,15 @@ def test_a_rerun_overlay_is_numbered_after_the_earlier_ones_of_its_series(
         # The same again (rebuilt as the latest): the same object.
         [rebuilt] = build_results(analysis, engines, cfg, [older, superseding, back]).overlays
         assert (rebuilt.SOPInstanceUID, rebuilt.InstanceNumber) == (back.SOPInstanceUID, 3)
+        # Overlays delivered before reruns were numbered, each 1: none is known to be the
+        # latest, so content equal to one of them is a new object after them (was: whichever
+        # sorted last by file name taken for the latest, and kept at 1).
+        for uid in ("1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.999"):
+            unnumbered = copy.deepcopy(other)
+            unnumbered.SOPInstanceUID, unnumbered.InstanceNumber = uid, 1
+            [newer] = build_results(analysis, engines, cfg, [older, unnumbered]).overlays
+            assert newer.SOPInstanceUID not in (first.SOPInstanceUID, uid)
+            assert newer.InstanceNumber == 2
     finally:
         engines.close()
 
