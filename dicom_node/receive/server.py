@@ -81,6 +81,28 @@ class _RefusedError(ConnectionAbortedError):
     """The node closes the connection (a bound overrun, a timeout); it has said why."""
 
 
+class _QuietClose(logging.Filter):
+    """Drops pynetdicom's "PDU is shorter than expected" ERROR for a body the node itself
+    ended (a refusal it has logged as a WARNING): the DUL thread logs it right after the
+    read returns, and a thread-local mark says the read was ours."""
+
+    marked = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            getattr(self.marked, "closing", False)
+            and isinstance(record.msg, str)
+            and record.msg.startswith("The received PDU is shorter than expected")
+        ):
+            self.marked.closing = False
+            return False
+        return True
+
+
+_QUIET = _QuietClose()
+logging.getLogger("pynetdicom.dul").addFilter(_QUIET)
+
+
 class BulkReadSocket(AssociationSocket):
     """pynetdicom's association socket, reading what a PDU asks for into one buffer, and
     bounding what a peer may make the node hold or wait for:
@@ -109,7 +131,7 @@ class BulkReadSocket(AssociationSocket):
     _command_bytes = 0  # command-set bytes of the DIMSE message being received
     _deadline: float | None = None  # when the PDU being read must be in
     _timeout: float | None = None  # the seconds that deadline allows
-    _requested = False  # has an A-ASSOCIATE-RQ header been read on this connection?
+    _requested = False  # has a whole A-ASSOCIATE-RQ been read on this connection?
     _stranger = False  # did the connection begin with something other than a PDU?
 
     def recv(self, nr_bytes: int) -> bytearray:
@@ -117,15 +139,13 @@ class BulkReadSocket(AssociationSocket):
             return bytearray()
         assoc = getattr(self, "_assoc", None)
         header, self._header = self._header, None
-        if assoc is not None:
-            established = assoc.is_established
-            if header is None:  # a PDU starts: header and body within one timeout
-                timeout = assoc.network_timeout if established else assoc.acse_timeout
-                self._timeout = timeout
-                self._deadline = None if timeout is None else time.monotonic() + timeout
-            else:
-                self._check_length(assoc, established, header[0], nr_bytes)
+        if assoc is not None and header is None:  # a PDU starts: header and body in one timeout
+            timeout = assoc.network_timeout if assoc.is_established else assoc.acse_timeout
+            self._timeout = timeout
+            self._deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            if assoc is not None and header is not None:  # refused as any other read would be
+                self._check_length(assoc, assoc.is_established, header[0], nr_bytes)
             data = self._read(nr_bytes, assoc)
         except ssl.SSLError as exc:
             if assoc is None or assoc.is_established:
@@ -144,6 +164,7 @@ class BulkReadSocket(AssociationSocket):
             # Refused before the association (a request stalled, trickled or too long, a
             # handshake left half done), with its own WARNING: then a quiet close, not
             # pynetdicom's two ERROR lines and a traceback.
+            _QUIET.marked.closing = header is not None  # a body cut short: it says so
             self._stranger = True
             self._ended_before_request(assoc)
             return bytearray()
@@ -166,7 +187,10 @@ class BulkReadSocket(AssociationSocket):
             if assoc is not None and not self._requested and data[0] not in _PDU_TYPES:
                 return self._not_dicom(assoc, data[0])
             self._header = bytes(data)  # the next read is its body
-            self._requested = self._requested or data[0] == _A_ASSOCIATE_RQ
+        elif header is not None and header[0] == _A_ASSOCIATE_RQ and len(data) == nr_bytes:
+            # A whole request: only then can one reach the association (a peer gone inside
+            # its request, or refused for one too long, held its slot for acse_timeout).
+            self._requested = True
         elif header is not None and header[0] == _P_DATA_TF and assoc is not None:
             self._count(assoc, data)
         return data
