@@ -76,7 +76,7 @@ def build_results(
     """The study's SR and overlays; ``previous`` are the headers of the SRs and overlays
     earlier jobs of the study wrote: a new SR supersedes theirs
     (:func:`~dicom_node.report.sr.as_latest_report`), a new overlay is numbered after those
-    in its series (:func:`_numbered`); ``device`` the installation's Device Observer UID
+    in its series (:func:`_number_after`); ``device`` the installation's Device Observer UID
     (:meth:`State.device_uid`)."""
     used = sorted({m for m in (h.decision.prediction.task.engine for h in analysis.hips)})
     # Asked of the engine set by name: engines a stop closed under this job raise
