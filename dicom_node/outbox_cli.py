@@ -7,14 +7,15 @@ WAL); the node's sender picks requeued items up within a second.
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
 from dicom_node.config import Config
+from dicom_node.config_results import Destination
 from dicom_node.errors import DicomNodeError
 from dicom_node.models import OutboxItem
 from dicom_node.send.outbox import STATES, Outbox
+from dicom_node.send.peers import copy_to_folder
 from dicom_node.state import State
 
 
@@ -122,23 +123,21 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
 
 def _copy_out(outbox: Outbox, ids: list[int], spool: Path, target: Path) -> None:
     """Copy the named dead letters' files to ``target``/<study>/<sop>.dcm before they are
-    discarded; any that cannot be copied stops the discard (nothing given up)."""
-    dead = {item.id: item for item in outbox.items(("dead",))}
+    discarded, as a folder destination writes (temporary file, fsync, rename, folder
+    fsync: a plain copy could be empty after a power cut, with the row gone and the
+    original purged; one cut short left a truncated file under the result's name; a link
+    planted there was written through). Any that cannot be copied stops the discard."""
     if not target.is_dir():
         raise OutboxCommandError(f"--copy-to: expected an existing folder, got {str(target)!r}")
-    for item_id in ids:
-        item = dead.get(item_id)
-        if item is None:
-            continue  # discard names it (not a dead letter), and discards nothing
-        copy = target / item.study_uid / f"{item.sop_instance_uid}.dcm"
-        try:
-            copy.parent.mkdir(exist_ok=True)
-            shutil.copyfile(spool / item.path, copy)
-        except OSError as exc:
+    dead = {item.id: item for item in outbox.items(("dead",))}
+    items = [dead[i] for i in ids if i in dead]  # discard names the others, discarding none
+    folder = Destination(name="--copy-to", type="folder", path=target)
+    for delivery in copy_to_folder(folder, items, spool):
+        if not delivery.ok:
             raise OutboxCommandError(
-                f"--copy-to: cannot copy dead letter {item_id}'s {item.path} to {copy} "
-                f"({exc.strerror or exc}); nothing discarded"
-            ) from None
+                f"--copy-to: dead letter {delivery.item.id} not copied ({delivery.detail}); "
+                "nothing discarded"
+            )
 
 
 _KINDS = {"1.2.840.10008.5.1.4.1.1.88.34": "SR", "1.2.840.10008.5.1.4.1.1.7": "SC"}

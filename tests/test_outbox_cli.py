@@ -258,8 +258,8 @@ def test_outbox_discard_copies_the_files_out_first_when_asked(
     # A file that cannot be copied (here: gone) stops the discard.
     assert main(["outbox", "discard", str(item), "--copy-to", str(by_hand), "--config", cfg]) == 2
     assert (
-        f"--copy-to: cannot copy dead letter {item}'s outputs/1.9/x.dcm to "
-        f"{by_hand}/1.9/1.9.99.dcm (No such file or directory); nothing discarded"
+        f"--copy-to: dead letter {item} not copied (cannot read outputs/1.9/x.dcm: no such "
+        "file); nothing discarded"
     ) in capsys.readouterr().err
     result = tmp_path / "spool" / "outputs" / "1.9" / "x.dcm"
     result.parent.mkdir(parents=True)
@@ -271,6 +271,15 @@ def test_outbox_discard_copies_the_files_out_first_when_asked(
     assert f"--copy-to: expected an existing folder, got '{missing}'" in capsys.readouterr().err
     assert main(["outbox", "list", str(item), "--config", cfg]) == 0
     assert " dead " in capsys.readouterr().out  # nothing discarded
+    # Written as a folder destination writes (temporary file, fsync, rename): a link
+    # planted under the result's name is replaced, not written through (was: the file it
+    # pointed to overwritten; and a plain copy, not durable before the row went).
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"not yours")
+    (by_hand / "1.9").mkdir()
+    (by_hand / "1.9" / "1.9.99.dcm").symlink_to(victim)
     assert main(["outbox", "discard", str(item), "--copy-to", str(by_hand), "--config", cfg]) == 0
     assert f"copied first to {by_hand}/<study>/<sop>.dcm" in capsys.readouterr().out
-    assert (by_hand / "1.9" / "1.9.99.dcm").read_bytes() == b"the SR"
+    copy = by_hand / "1.9" / "1.9.99.dcm"
+    assert not copy.is_symlink() and copy.read_bytes() == b"the SR"
+    assert victim.read_bytes() == b"not yours"
