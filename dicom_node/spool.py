@@ -168,6 +168,11 @@ class Spool:
         finally:
             reservation.landed(reservation.left)
 
+    def release_reserved(self, size: int) -> None:
+        """``size`` reserved bytes are written (or no longer needed): held apart no more."""
+        with self._space_lock:
+            self._reserved -= size
+
     def write(
         self,
         relative: str,
@@ -261,10 +266,9 @@ class Reservation:
 
     def landed(self, size: int) -> None:
         """``size`` more bytes are on the file system: no longer held apart."""
-        with self._spool._space_lock:
-            done = min(size, self.left)
-            self.left -= done
-            self._spool._reserved -= done
+        done = min(size, self.left)
+        self.left -= done
+        self._spool.release_reserved(done)
 
 
 def fsync_dir(path: Path) -> None:

@@ -103,6 +103,11 @@ _QUIET = _QuietClose()
 logging.getLogger("pynetdicom.dul").addFilter(_QUIET)
 
 
+def _peer(assoc: Any) -> str:
+    """The peer's address, as the node's refusals name it."""
+    return str(getattr(assoc.requestor, "address", "?"))
+
+
 class BulkReadSocket(AssociationSocket):
     """pynetdicom's association socket, reading what a PDU asks for into one buffer, and
     bounding what a peer may make the node hold or wait for:
@@ -154,8 +159,8 @@ class BulkReadSocket(AssociationSocket):
             # TCP on the TLS port): one line naming the peer, then a quiet close. pynetdicom
             # logged the error as "Connection closed before the entire PDU was received"
             # with a traceback, and no line said which modality it was.
-            peer = getattr(assoc.requestor, "address", "?")
-            log.warning("TLS handshake from %s failed: %s", peer, " ".join(str(exc).split()))
+            log.warning("TLS handshake from %s failed: %s", _peer(assoc),
+                        " ".join(str(exc).split()))  # fmt: skip
             self._ended_before_request(assoc)
             return bytearray()
         except _RefusedError:
@@ -175,7 +180,7 @@ class BulkReadSocket(AssociationSocket):
             # Gone before its request (a load balancer's probe closes with a reset): as
             # routine as a close. pynetdicom logged two ERROR lines and a traceback each time.
             log.debug("connection from %s reset before an association request (%s)",
-                      getattr(assoc.requestor, "address", "?"), exc.strerror or exc)  # fmt: skip
+                      _peer(assoc), exc.strerror or exc)  # fmt: skip
             self._ended_before_request(assoc)
             return bytearray()
         except OSError:  # a bound overrun
@@ -201,7 +206,7 @@ class BulkReadSocket(AssociationSocket):
         per byte it tried as a PDU type, naming no one."""
         what = _NOT_DICOM.get(first, "not a DICOM association request")
         log.warning("connection from %s closed: %s (first byte 0x%02X)",
-                    getattr(assoc.requestor, "address", "?"), what, first)  # fmt: skip
+                    _peer(assoc), what, first)  # fmt: skip
         self._stranger = True
         self._ended_before_request(assoc)
         return bytearray()  # read as the peer's close
@@ -259,8 +264,7 @@ class BulkReadSocket(AssociationSocket):
             at += 4 + length
 
     def _refuse(self, assoc: Any, why: str) -> None:
-        peer = getattr(assoc.requestor, "address", "?")
-        log.warning("connection from %s closed: %s", peer, why)
+        log.warning("connection from %s closed: %s", _peer(assoc), why)
         raise _RefusedError(why)
 
     def _late(self) -> str:
