@@ -4,11 +4,17 @@ Each engine is packaged once (untrained weights, seed 0: the numbers are speed
 only, never accuracy) into a work folder and reused while its manifest matches
 the size and the code that builds and exports the graph (``EXPORT_CODE``) is
 unchanged, so an export change is never timed on a stale ONNX file. Each
-backend then runs in its own process, one after the other: onnxruntime's
-worker threads keep spinning after a run and slow whatever runs next in the
-same process. A worker opens the engine through
-``engines.runtimes.open_runtime``, warms up, times ``--iterations`` calls per
-batch size ``--repeats`` times, and reports the median as one JSON line.
+backend runs in a worker process of its own (onnxruntime's worker threads keep
+spinning after a run and slow whatever runs next in the same process); a worker
+opens the engine through ``engines.runtimes.open_runtime`` once and then times
+``--iterations`` calls whenever the parent asks. The parent keeps both workers
+open and asks them in turns, never side by side: per batch size one warm-up call
+each, then ``--repeats`` rounds, each round timing every backend once in a seeded
+order of its own (printed), with a pause before each turn for the other worker's
+threads to go idle. A backend's figure is the median of its rounds. Timing the
+backends in alternating rounds, not one after the other, keeps a change in the
+host's speed during the run (a virtual machine's rate drifts within minutes,
+docs/performance.md) from falling on one backend only.
 
 FLOPs are counted once per engine and size, in this process, with
 ``torch.utils.flop_counter.FlopCounterMode`` on the serving graph at batch 1:
@@ -37,6 +43,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +56,7 @@ TARGET_RATIO = 1.4  # onnxruntime images/s over torch eager images/s
 TARGET_GFLOPS = 150.0  # achieved by onnxruntime, about the fp32 peak of 2 cores
 SEED = 0
 BUSY_LOAD = 0.5  # 1-minute load average above which the machine was not idle
+TURN_PAUSE_SECONDS = 0.5  # before each timed turn: the other worker's spinning threads go idle
 MATMUL_EDGE = 2048  # the host reference: an fp32 matrix product of this edge
 VERSION = "bench-untrained"
 # What decides the exported graph: a change here re-packages the benchmark's engines.
@@ -58,15 +66,6 @@ EXPORT_CODE = (
     "engines/package.py",
 )  # fmt: skip
 FINGERPRINT_FILE = "export-code.sha256"
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One worker's median seconds per batch for one batch size."""
-
-    batch: int
-    seconds: float  # median over repeats of (elapsed / iterations)
-    repeats: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -122,14 +121,12 @@ def parse_ints(text: str) -> tuple[int, ...]:
 # --- worker: runs in its own process, one backend ---------------------------------------------
 
 
-def run_worker(
-    folder: Path,
-    backend: str,
-    batches: tuple[int, ...],
-    iterations: int,
-    repeats: int,
-    threads: int,
-) -> dict[str, object]:
+def run_worker(folder: Path, backend: str, threads: int) -> None:
+    """Open the engine, say ready, then answer each request line with the seconds per call.
+
+    A request is a JSON line ``{"batch": B, "iterations": N}``; the answer is
+    ``{"seconds": S}``, the mean over N calls at batch B. End of input ends the worker.
+    """
     import numpy as np
 
     from engines.runtimes import RuntimeOptions, open_runtime
@@ -139,27 +136,29 @@ def run_worker(
 
         torch.set_num_threads(threads)  # torch's default may count physical cores only
     rng = np.random.default_rng(SEED)
-    timings: list[Timing] = []
     with open_runtime(folder, RuntimeOptions(backend=backend, threads=threads)) as runtime:
-        for batch in batches:
-            inputs = {}
-            for spec in runtime.input_spec:
-                shape = tuple(batch if d == -1 else d for d in spec.shape)
-                # 1-D inputs are per-item flags (Hip-Net's lateral_present): all views present.
-                inputs[spec.name] = (
-                    np.ones(shape, np.float32)
-                    if len(shape) == 1
-                    else rng.standard_normal(shape, dtype=np.float32)
-                )
-            runtime.infer(inputs)  # warm-up: allocations, onnxruntime's arena, torch's caches
-            samples = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                for _ in range(iterations):
-                    runtime.infer(inputs)
-                samples.append((time.perf_counter() - started) / iterations)
-            timings.append(Timing(batch, statistics.median(samples), tuple(samples)))
-    return {"backend": backend, "threads": threads, "timings": [asdict(t) for t in timings]}
+        feeds: dict[int, dict[str, Any]] = {}
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            request = json.loads(line)
+            batch = int(request["batch"])
+            if batch not in feeds:
+                inputs = {}
+                for spec in runtime.input_spec:
+                    shape = tuple(batch if d == -1 else d for d in spec.shape)
+                    # 1-D inputs are per-item flags (Hip-Net's lateral_present): all present.
+                    inputs[spec.name] = (
+                        np.ones(shape, np.float32)
+                        if len(shape) == 1
+                        else rng.standard_normal(shape, dtype=np.float32)
+                    )
+                feeds[batch] = inputs
+            iterations = int(request["iterations"])
+            started = time.perf_counter()
+            for _ in range(iterations):
+                runtime.infer(feeds[batch])
+            seconds = (time.perf_counter() - started) / iterations
+            print(json.dumps({"seconds": seconds}), flush=True)
 
 
 def run_matmul_worker(threads: int, iterations: int, repeats: int) -> dict[str, object]:
@@ -284,34 +283,93 @@ def spawn_matmul(threads: int, iterations: int, repeats: int) -> float:
     return float(result["matmul_gflop_per_s"])
 
 
-def spawn_worker(
-    folder: Path,
-    backend: str,
-    batches: tuple[int, ...],
-    iterations: int,
-    repeats: int,
-    threads: int,
-) -> list[Timing]:
-    result = run_json_worker(
-        f"{backend} worker on {folder.name}", "--worker",
-        "--folder", str(folder), "--backend", backend,
-        "--batches", ",".join(map(str, batches)),
-        "--iterations", str(iterations), "--repeats", str(repeats), "--threads", str(threads),
-    )  # fmt: skip
-    return [
-        Timing(int(t["batch"]), float(t["seconds"]), tuple(t["repeats"])) for t in result["timings"]
-    ]
+class Worker:
+    """One backend's worker process, asked for timings one request at a time."""
+
+    def __init__(self, folder: Path, backend: str, threads: int, log: Path) -> None:
+        self.what = f"{backend} worker on {folder.name}"
+        self._log_path = log
+        self._log = log.open("w")
+        command = [
+            sys.executable, str(Path(__file__).resolve()), "--worker",
+            "--folder", str(folder), "--backend", backend, "--threads", str(threads),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            text=True, cwd=ROOT,
+        )  # fmt: skip
+        self._answer()  # {"ready": true} once the engine is open
+
+    def seconds(self, batch: int, iterations: int) -> float:
+        """Seconds per call at ``batch``, the mean over ``iterations`` calls."""
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps({"batch": batch, "iterations": iterations}) + "\n")
+        self._process.stdin.flush()
+        return float(self._answer()["seconds"])
+
+    def _answer(self) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            if line.startswith("{"):
+                answer: dict[str, Any] = json.loads(line)
+                return answer
+        code = self._process.wait()
+        self.close()
+        raise RuntimeError(f"{self.what} exited with {code}: {self._log_path.read_text()[-2000:]}")
+
+    def close(self) -> None:
+        """End the worker (end of its input) and close its pipes and log."""
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.close()
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process.stdout.close()
+        self._log.close()
+
+
+def rounds_order(engine: str, batch: int, repeats: int) -> list[tuple[str, ...]]:
+    """Each round's backend order: seeded by the engine and batch, so a run can be repeated."""
+    import random
+
+    generator = random.Random(f"{SEED}:{engine}:{batch}")
+    orders = []
+    for _ in range(repeats):
+        order = list(BACKENDS)
+        generator.shuffle(order)
+        orders.append(tuple(order))
+    return orders
 
 
 def measure(name: str, size: int, args: argparse.Namespace, threads: int) -> list[Row]:
     folder = package(name, size, args.work)
     gflop = gflop_per_image(name, size)
-    seconds: dict[tuple[str, int], float] = {}
-    for backend in BACKENDS:  # one after the other, never side by side: they share the cores
-        for timing in spawn_worker(
-            folder, backend, args.batches, args.iterations, args.repeats, threads
-        ):
-            seconds[(backend, timing.batch)] = timing.seconds
+    samples: dict[tuple[str, int], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="inference-bench-") as logs:
+        workers: dict[str, Worker] = {}
+        try:
+            for backend in BACKENDS:  # opened one after the other: they share the cores
+                workers[backend] = Worker(folder, backend, threads, Path(logs) / backend)
+            for batch in args.batches:
+                for backend in BACKENDS:  # warm-up: allocations, onnxruntime's arena, caches
+                    time.sleep(TURN_PAUSE_SECONDS)
+                    workers[backend].seconds(batch, 1)
+                orders = rounds_order(name, batch, args.repeats)
+                print(
+                    f"rounds of {name} at batch {batch}: " + ", ".join("-".join(o) for o in orders),
+                    flush=True,
+                )
+                for order in orders:
+                    for backend in order:  # never side by side: they share the cores
+                        time.sleep(TURN_PAUSE_SECONDS)
+                        sample = workers[backend].seconds(batch, args.iterations)
+                        samples.setdefault((backend, batch), []).append(sample)
+        finally:
+            for worker in workers.values():
+                worker.close()
+    seconds = {key: statistics.median(values) for key, values in samples.items()}
     rows = []
     for batch in args.batches:
         reference = seconds[(REFERENCE, batch)]
@@ -372,7 +430,12 @@ def main() -> int:
     parser.add_argument("--engines", default="hip_screen,hipnet", help="comma-separated names")
     parser.add_argument("--batches", type=parse_ints, default=(1, 4), help="e.g. 1,4")
     parser.add_argument("--iterations", type=int, default=5, help="timed calls per repeat")
-    parser.add_argument("--repeats", type=int, default=3, help="the median of these is reported")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds (each backend timed once per round); the median is reported",
+    )
     parser.add_argument("--size", type=int, help="input edge for every engine (smoke tests)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = one per core")
     parser.add_argument(
@@ -399,10 +462,7 @@ def main() -> int:
     if args.worker:
         if args.folder is None or args.backend is None:
             parser.error("--worker needs --folder and --backend")
-        result = run_worker(
-            args.folder, args.backend, args.batches, args.iterations, args.repeats, threads
-        )
-        print(json.dumps(result), flush=True)
+        run_worker(args.folder, args.backend, threads)
         return 0
 
     from engines.catalog import ENGINES
@@ -429,8 +489,8 @@ def main() -> int:
     print(
         f"inference benchmark: {threads} thread(s) on {cores()} core(s), fp32, NCHW "
         f"(channels_last not used); untrained weights (seed {SEED}), speed only; "
-        f"median of {args.repeats} x {args.iterations} call(s) after one warm-up; "
-        "each backend in its own process"
+        f"median of {args.repeats} round(s) of {args.iterations} call(s) after one warm-up; "
+        "each backend in its own process, the backends timed in turns within each round"
     )
     print(
         "GFLOP counted by torch FlopCounterMode (multiply-add = 2 FLOPs; convolutions and "

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,9 @@ def test_inference_bench_times_both_backends(tmp_path: Path) -> None:
         assert cells[1] == "64x64"
         assert all(float(value) > 0 for value in cells[4:8])  # ms, images/s, GFLOP, GFLOP/s
     assert "| hip_screen | 64x64 | 1 | onnxruntime |" in done.stdout
+    # The backends are timed in turns, the order of each round printed.
+    assert "rounds of hip_screen at batch 1: " in done.stdout
+    assert "the backends timed in turns within each round" in done.stdout
     assert "host reference: an fp32 2048x2048 matrix product through onnxruntime" in done.stdout
     rows = json.loads(rows_json.read_text())
     assert all(r["matmul_gflop_per_s"] > 0 and r["of_matmul"] > 0 for r in rows)
@@ -76,3 +80,35 @@ def test_an_engine_the_bench_does_not_measure_is_refused() -> None:
     assert "--engines: ['osteoporosis'] not measured here; expected some of ['hip_screen', " in (
         done.stderr
     )
+
+
+def load_bench(monkeypatch: pytest.MonkeyPatch) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("inference_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_each_round_times_every_backend_once_in_a_seeded_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bench = load_bench(monkeypatch)
+    orders = bench.rounds_order("hipnet", 1, 8)
+    assert len(orders) == 8
+    assert all(sorted(order) == sorted(bench.BACKENDS) for order in orders)
+    assert len(set(orders)) == 2  # both orders occur: neither backend always goes first
+    assert bench.rounds_order("hipnet", 1, 8) == orders  # repeatable
+
+
+def test_a_worker_that_dies_is_reported_with_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bench = load_bench(monkeypatch)
+    with pytest.raises(
+        RuntimeError, match=r"(?s)torch worker on empty exited with 1: .*cannot read manifest"
+    ):
+        bench.Worker(tmp_path / "empty", "torch", 1, tmp_path / "log")
