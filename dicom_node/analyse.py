@@ -226,7 +226,7 @@ def analyse_study(
 ) -> StudyAnalysis:
     cache = ImageCache()
     volumes = CtCache(images)
-    tasks = plan_tasks(images, cfg.routing)
+    tasks = plan_tasks(images, cfg.routing, engines.reads_text)
     done: list[HipTask] = []
     hips: list[HipOutcome] = []
     seconds: list[tuple[str, float]] = []
@@ -241,7 +241,9 @@ def analyse_study(
         tasks = cascade_tasks([o.decision for o in outcomes], images, cfg.routing, done)
     # After the cascade: an engine it ran on the image was not held back there.
     # And the hip radiographs no engine read (route.unused): named, not failures.
-    held = held_back(images, cfg.routing, done) + unused(images, cfg.routing, done)
+    held = held_back(images, cfg.routing, done, engines.reads_text) + unused(
+        images, cfg.routing, done, engines.reads_text
+    )
     for note in held:
         log.warning("study %s: %s", study_uid, note)
     if not_analysed and not hips:  # nothing to report: the job fails, saying why

@@ -81,7 +81,8 @@ INVALID_WORDS = {
     "height": "a height in metres from 0.5 to 2.5 (centimetres or inches?)",
     "weight": "a weight in kilograms from 2 to 400",
     "bmi": "a plausible BMI from the height and weight (10 to 80)",
-    "text": "text that decodes in the data set's Specific Character Set",
+    "text": "text that decodes in the data set's Specific Character Set and holds a word "
+    "the engine's text encoder reads",
 }
 # Plausible ranges (inclusive); a value outside is missing and reported in `invalid`.
 # Ages over 120 are placeholders, not patients: 19000101 as a birth date (a registration

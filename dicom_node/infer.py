@@ -86,6 +86,11 @@ def _softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return out
 
 
+def _reads(engine: _Engine, text: str) -> bool:
+    """Whether ``engine`` reads ``text``: any for an engine without a text encoder."""
+    return bool(text) and (engine.text is None or engine.text.tokenizer.readable(text))
+
+
 class EngineSet:
     """The opened engines the routing needs, by name."""
 
@@ -178,6 +183,13 @@ class EngineSet:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self._engines)
+
+    def reads_text(self, name: str, text: str) -> bool:
+        """Does engine ``name`` read ``text`` (routing's ``requires: [text]`` asks the engine
+        that will run)? Its tokenizer decides: a placeholder ("N/A", "-") or a script it
+        lacks is no text to it. An engine without a text input, or not open, reads any."""
+        engine = self._engines.get(name)
+        return _reads(engine, text) if engine is not None else bool(text)
 
     def manifest(self, name: str) -> Manifest:
         return self._engine(name).manifest
@@ -350,9 +362,7 @@ class EngineSet:
         engine: _Engine, items: Sequence[HipBatchItem]
     ) -> tuple[npt.NDArray[np.float32], list[bool]]:
         texts = ["" if i.clinical is None else i.clinical.text.request.decoded.text for i in items]
-        has_text = [
-            bool(t) and (engine.text is None or engine.text.tokenizer.readable(t)) for t in texts
-        ]
+        has_text = [_reads(engine, t) for t in texts]
         out = np.zeros((len(items), EMBEDDING_DIM), dtype=np.float32)
         if any(has_text) and engine.text is not None:
             rows = [n for n, t in enumerate(has_text) if t]

@@ -180,7 +180,7 @@ class Pipeline(Worker):
             analysis = analyse_study(study, images, self.engines, self.cfg)
             clock = self._stage("analyse", clock)
             if not analysis.hips:
-                reason = why_none(images, self.cfg.routing)
+                reason = why_none(images, self.cfg.routing, self.engines.reads_text)
                 self.state.finish_job(job.id, "skipped", time.time(), error=reason)
                 self.metrics.jobs.labels("skipped").inc()
                 log.info("study %s: %s (%d instances)", study, reason, len(images))

@@ -61,6 +61,17 @@ def item(
     return HipBatchItem(task, hip_input(pelvis, side, pre), None, volume, from_dataset(ds))
 
 
+def test_the_engine_that_will_run_says_which_text_it_reads(engines: EngineSet) -> None:
+    # Routing's `requires: [text]` asks this: the engine's tokenizer decides, as it runs.
+    assert engines.reads_text("hip_multimodal", "groin pain, ?FAI")
+    for placeholder in ("", "-", "N/A", "股関節痛 転倒"):
+        assert not engines.reads_text("hip_multimodal", placeholder)
+    # An engine without a text input (or not open) reads any text: nothing to hold back.
+    assert engines.reads_text("osteoporosis", "N/A")
+    assert engines.reads_text("hip_screen", "N/A")
+    assert not engines.reads_text("hip_screen", "")
+
+
 def test_modality_order_is_the_networks() -> None:
     assert MODALITY_ORDER == MODALITIES
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,16 @@ from engines.catalog import engine_spec
 from engines.ct_grid import hip_of_field
 
 log = logging.getLogger(__name__)
+
+# Does engine (first) read text (second)? ``EngineSet.reads_text``: the engine's own
+# tokenizer decides, as when it runs (a placeholder "N/A", a script it lacks: not read).
+TextReader = Callable[[str, str], bool]
+
+
+def any_text(engine: str, text: str) -> bool:
+    """The :data:`TextReader` without engines: any text that decoded."""
+    return bool(text)
+
 
 SIDES = ("R", "L")
 MIN_CT_SLICES = 2
@@ -234,30 +244,33 @@ def _field(series: Sequence[SourceImage]) -> tuple[float, float]:
 
 def _has(
     requirement: str,
+    rule: RoutingRule,
     image: SourceImage,
     images: Sequence[SourceImage],
     side: str | None,
     routing: RoutingConfig,
+    reads: TextReader,
 ) -> bool:
     if requirement == "ct":
         return ct_series(images, side, routing.ct_body_parts) is not None
     if image.clinical is None:
         return False
     if requirement == "text":
-        # What the engines read: a part whose bytes did not decode is left out of it.
-        return not image.clinical.text.request.decoded.empty
+        # What the engine reads: a part whose bytes did not decode is left out of it, and
+        # text its tokenizer reads no word of ("N/A", "-") is no text to it.
+        return reads(rule.engine, image.clinical.text.request.decoded.text)
     return not image.clinical.variables.is_missing(requirement)
 
 
-def _unusable(requirement: str, image: SourceImage) -> bool:
+def _unusable(requirement: str, rule: RoutingRule, image: SourceImage, reads: TextReader) -> bool:
     """Does ``image``'s header give the value ``requirement`` names, but one not usable (a
     sex of U, an age the dates contradict, text in bytes its character set does not
-    decode)? Not what "not sent" means."""
+    decode or that ``rule``'s engine reads no word of)? Not what "not sent" means."""
     if image.clinical is None:
         return False
     if requirement == "text":
         request = image.clinical.text.request
-        return not request.empty and request.decoded.empty
+        return not request.empty and not reads(rule.engine, request.decoded.text)
     return requirement in image.clinical.variables.invalid
 
 
@@ -266,14 +279,15 @@ def _unmet(
     image: SourceImage,
     images: Sequence[SourceImage],
     routing: RoutingConfig,
+    reads: TextReader,
     side: str | None = None,
 ) -> tuple[str, ...]:
     """What of ``rule``'s requires the study does not give, as a report says it."""
     unmet = []
     for requirement in rule.requires:
-        if _has(requirement, image, images, side, routing):
+        if _has(requirement, rule, image, images, side, routing, reads):
             continue
-        if _unusable(requirement, image):
+        if _unusable(requirement, rule, image, reads):
             unmet.append(f"{requirement}: in the header, but not {INVALID_WORDS[requirement]}")
         else:
             unmet.append(f"{requirement}: not in the study")
@@ -281,10 +295,14 @@ def _unmet(
 
 
 def _unmet_on_any_side(
-    rule: RoutingRule, image: SourceImage, images: Sequence[SourceImage], routing: RoutingConfig
+    rule: RoutingRule,
+    image: SourceImage,
+    images: Sequence[SourceImage],
+    routing: RoutingConfig,
+    reads: TextReader,
 ) -> str:
     """:func:`_unmet` for every hip ``image`` shows, in one line ("" when all are met)."""
-    unmet = {u for side in _sides(image) for u in _unmet(rule, image, images, routing, side)}
+    unmet = {u for side in _sides(image) for u in _unmet(rule, image, images, routing, reads, side)}
     return "; ".join(sorted(unmet))
 
 
@@ -294,10 +312,11 @@ def requirements_met(
     images: Sequence[SourceImage],
     routing: RoutingConfig,
     side: str | None = None,
+    reads: TextReader = any_text,
 ) -> bool:
     """Does the study give ``rule`` what it requires (for hip ``side``: a CT that may show
-    that hip, not one of the other hip)?"""
-    return all(_has(r, image, images, side, routing) for r in rule.requires)
+    that hip, not one of the other hip; text ``rule``'s engine reads)?"""
+    return all(_has(r, rule, image, images, side, routing, reads) for r in rule.requires)
 
 
 def _sides(image: SourceImage) -> tuple[str, ...]:
@@ -355,14 +374,16 @@ def _task(
 MAX_RADIOGRAPHS = 16
 
 
-def plan_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[HipTask, ...]:
+def plan_tasks(
+    images: Sequence[SourceImage], routing: RoutingConfig, reads: TextReader = any_text
+) -> tuple[HipTask, ...]:
     """The tasks the rules select, in a stable order; each image, hip and engine once.
 
     A hip shown by two AP images (a pelvis and a separate AP of that hip) is run on both.
     Of more than :data:`MAX_RADIOGRAPHS` AP images, the ones received last (:func:`unused`
     names the others).
     """
-    tasks = _all_tasks(images, routing)
+    tasks = _all_tasks(images, routing, reads)
     aps = list(dict.fromkeys(t.ap.sop_instance_uid for t in tasks))
     if len(aps) <= MAX_RADIOGRAPHS:
         return tasks
@@ -370,7 +391,9 @@ def plan_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[H
     return tuple(t for t in tasks if t.ap.sop_instance_uid in kept)
 
 
-def _all_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[HipTask, ...]:
+def _all_tasks(
+    images: Sequence[SourceImage], routing: RoutingConfig, reads: TextReader
+) -> tuple[HipTask, ...]:
     lateral_views = {v.upper() for v in routing.lateral_views}
     tasks: list[HipTask] = []
     seen: set[tuple[str, str, str]] = set()
@@ -383,7 +406,7 @@ def _all_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[H
             if not rule_matches(rule, image.attributes):
                 continue
             for side in _sides(image):
-                if not requirements_met(rule, image, images, routing, side):
+                if not requirements_met(rule, image, images, routing, side, reads):
                     continue
                 key = (rule.engine, image.sop_instance_uid, side)
                 if key not in seen:
@@ -392,7 +415,9 @@ def _all_tasks(images: Sequence[SourceImage], routing: RoutingConfig) -> tuple[H
     return tuple(tasks)
 
 
-def why_none(images: Sequence[SourceImage], routing: RoutingConfig) -> str:
+def why_none(
+    images: Sequence[SourceImage], routing: RoutingConfig, reads: TextReader = any_text
+) -> str:
     """Why :func:`plan_tasks` gave no task, for the skipped job. Each image a rule matched
     says what held it back (a lateral view, a class the engines never read, a rule's
     ``requires``): otherwise the admin would look for a fault in the rules' ``when``."""
@@ -409,7 +434,7 @@ def why_none(images: Sequence[SourceImage], routing: RoutingConfig) -> str:
             classes[_class_name(image.sop_class_uid)] += 1
         else:  # a radiograph a rule matched: its requires held it back
             for rule in rules:
-                unmet = _unmet_on_any_side(rule, image, images, routing)
+                unmet = _unmet_on_any_side(rule, image, images, routing, reads)
                 if unmet:
                     required[(rule.name, unmet)] += 1
     held = []
@@ -437,7 +462,10 @@ def _class_name(uid: str) -> str:
 
 
 def held_back(
-    images: Sequence[SourceImage], routing: RoutingConfig, tasks: Sequence[HipTask]
+    images: Sequence[SourceImage],
+    routing: RoutingConfig,
+    tasks: Sequence[HipTask],
+    reads: TextReader = any_text,
 ) -> tuple[str, ...]:
     """The engines a rule selected for an AP image but did not run there because a value its
     ``requires`` names is in the header but not usable (a Patient's Sex U, an age the birth
@@ -456,9 +484,9 @@ def held_back(
                 rule, image.attributes
             ):
                 continue
-            if not any(_unusable(r, image) for r in rule.requires):
+            if not any(_unusable(r, rule, image, reads) for r in rule.requires):
                 continue
-            unmet = _unmet_on_any_side(rule, image, images, routing)
+            unmet = _unmet_on_any_side(rule, image, images, routing, reads)
             notes.append(
                 f"not run: {rule.engine} on SOP instance {image.sop_instance_uid} (rule "
                 f"{rule.name!r} requires {', '.join(rule.requires)}; {unmet})"
@@ -467,7 +495,10 @@ def held_back(
 
 
 def unused(
-    images: Sequence[SourceImage], routing: RoutingConfig, tasks: Sequence[HipTask]
+    images: Sequence[SourceImage],
+    routing: RoutingConfig,
+    tasks: Sequence[HipTask],
+    reads: TextReader = any_text,
 ) -> tuple[str, ...]:
     """The study's hip radiographs (DX or CR of the hip or pelvis) no engine read, each
     with why, for the report: a lateral with no AP of its hip, or none an engine that reads
@@ -477,7 +508,7 @@ def unused(
     nor an image a rule's ``requires`` kept out (:func:`held_back` names an unusable value;
     one not sent is how a site says "only when given"). UIDs, never values."""
     lateral_views = {v.upper() for v in routing.lateral_views}
-    every = _all_tasks(images, routing)
+    every = _all_tasks(images, routing, reads)
     selected = {t.ap.sop_instance_uid for t in every}
     capped = f"the study holds more than {MAX_RADIOGRAPHS} AP images the rules select"
     used = {t.ap.sop_instance_uid for t in tasks}

@@ -491,8 +491,42 @@ def test_a_rule_may_require_clinical_text() -> None:
     assert plan_tasks([garbled], routing) == ()
     assert held_back([garbled], routing, ()) == (
         "not run: hip_multimodal on SOP instance 1.2.3.2 (rule 'fusion' requires text; text: "
-        "in the header, but not text that decodes in the data set's Specific Character Set)",
+        "in the header, but not text that decodes in the data set's Specific Character Set "
+        "and holds a word the engine's text encoder reads)",
     )
+
+
+def test_required_text_is_text_the_rules_engine_reads() -> None:
+    # "N/A" met `requires: [text]`, then the engine read it as no text: the multimodal
+    # engine ran on what the rule was there to hold back, its finding flipped.
+    routing = parse_config(
+        {"routing": {"rules": [{"name": "fusion", "engine": "hip_multimodal",
+                                "requires": ["text"]}], "cascade": []}}
+    ).routing  # fmt: skip
+    asked: list[tuple[str, str]] = []
+
+    def reads(engine: str, text: str) -> bool:  # as EngineSet.reads_text answers
+        asked.append((engine, text))
+        return bool(text) and "N/A" not in text
+
+    placeholder = image("1", ImageLaterality="L", ReasonForTheRequestedProcedure="N/A")
+    assert plan_tasks([placeholder], routing, reads) == ()
+    assert asked[0] == ("hip_multimodal", "N/A.")  # the request's parts, as sentences
+    unmet = (
+        "not run: hip_multimodal on SOP instance 1.2.3.1 (rule 'fusion' requires text; text: "
+        "in the header, but not text that decodes in the data set's Specific Character Set "
+        "and holds a word the engine's text encoder reads)"
+    )
+    assert held_back([placeholder], routing, (), reads) == (unmet,)
+    assert why_none([placeholder], routing, reads) == (
+        "no routing rule selected an image of this study (1 matched rule 'fusion', held back "
+        "by its requires (text: in the header, but not text that decodes in the data set's "
+        "Specific Character Set and holds a word the engine's text encoder reads))"
+    )
+    told = image("2", ImageLaterality="L", ReasonForTheRequestedProcedure="groin pain")
+    assert [t.engine for t in plan_tasks([told], routing, reads)] == ["hip_multimodal"]
+    # Without engines (the default reader) any decoded text meets it, as before.
+    assert [t.engine for t in plan_tasks([placeholder], routing)] == ["hip_multimodal"]
 
 
 def test_the_lateral_partner_is_a_hip_radiograph_not_any_lateral() -> None:
