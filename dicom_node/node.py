@@ -143,20 +143,26 @@ class Node:
             self.stop(drain_seconds=0)
             raise
         self._unless_forced()
-        self.assembler = Assembler(self.state, on_job=lambda job: self._job_created(job, pipeline))
+        # The receiver first: the assembler asks it which studies are arriving. It stores
+        # nothing before the DICOM port is bound, below, after the assembler starts.
+        receiver = Receiver(
+            spool,
+            self.state,
+            cfg.node.max_instance_bytes,
+            on_change=self._wake_assembler,
+            metrics=self.metrics,
+        )
+        self.assembler = Assembler(
+            self.state,
+            on_job=lambda job: self._job_created(job, pipeline),
+            receiving=receiver.receiving_studies,
+        )
         self.assembler.start()
         if cfg.storage.retention_hours is not None:
             self.purger = Purger(
                 self.state, spool, cfg.storage.retention_hours, metrics=self.metrics
             )
             self.purger.start()
-        receiver = Receiver(
-            spool,
-            self.state,
-            cfg.node.max_instance_bytes,
-            on_change=self.assembler.wake,
-            metrics=self.metrics,
-        )
         ae = build_ae(cfg.node)
         self.binding = "dicom"
         self._server = start_server(
@@ -165,6 +171,7 @@ class Node:
             event_handlers(receiver),
             ssl_context,
             cfg.node.max_instance_bytes,
+            on_data=receiver.data_arriving,
         )
         self.binding = None
         log.info(
@@ -173,6 +180,10 @@ class Node:
             " (TLS)" if ssl_context else "", cfg.storage.spool_dir,
             host_port(cfg.metrics.host, self.http_port),
         )  # fmt: skip
+
+    def _wake_assembler(self) -> None:
+        if self.assembler is not None:
+            self.assembler.wake()
 
     def _unless_forced(self) -> None:
         """Between start-up steps: a second signal ends the start here (it said "at once";

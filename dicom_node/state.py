@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -571,17 +571,23 @@ class State:
             row = db.execute("SELECT MIN(due_at) FROM studies WHERE state = 'receiving'").fetchone()
         return None if row[0] is None else float(row[0])
 
-    def complete_due(self, now: float) -> list[Job]:
-        """Complete every study whose deadline has passed; each gets exactly one new job."""
+    def complete_due(self, now: float, held: Collection[str] = ()) -> list[Job]:
+        """Complete every study whose deadline has passed; each gets exactly one new job.
+        A study in ``held`` (an instance of it may be arriving) waits, unless it has waited
+        ``max_wait_seconds``."""
         jobs: list[Job] = []
         with self.transaction() as db:
             self._rearm_after_clock_step(db, now)
             due = db.execute(
-                "SELECT study_uid, completions, due_reason FROM studies "
+                "SELECT study_uid, completions, due_reason, first_received_at FROM studies "
                 "WHERE state = 'receiving' AND due_at <= ? ORDER BY due_at",
                 (now,),
             ).fetchall()
-            for uid, completions, reason in due:
+            for uid, completions, reason, first in due:
+                if uid in held:
+                    if now < first + self.rules.max_wait_seconds:
+                        continue
+                    reason = "max_wait"
                 count = db.execute(
                     "SELECT COUNT(*) FROM instances WHERE study_uid = ? AND process = 1", (uid,)
                 ).fetchone()[0]

@@ -39,6 +39,18 @@ def test_study_completes_once_and_makes_one_job(tmp_path: Path) -> None:
     assert [s.state for s in state.studies()] == ["complete"]
 
 
+def test_a_held_study_waits_past_its_deadline_until_max_wait(tmp_path: Path) -> None:
+    # Held: an instance of it is arriving (Receiver.receiving_studies).
+    state = State(tmp_path / "s.db", RULES)
+    state.record_instance(instance("1.1", "1.1.1", 100), True, "new")
+    state.record_instance(instance("1.2", "1.2.1", 100), True, "new")
+    jobs = state.complete_due(106, held={"1.1"})
+    assert [j.study_uid for j in jobs] == ["1.2"]
+    assert state.complete_due(159.9, held={"1.1"}) == []
+    [job] = state.complete_due(160, held={"1.1"})  # max_wait_seconds: held no longer
+    assert (job.study_uid, job.reason) == ("1.1", "max_wait")
+
+
 def test_release_and_recover_rearm_deadlines(tmp_path: Path) -> None:
     state = State(tmp_path / "s.db", RULES)
     state.record_instance(instance("1.1", "1.1.1", 100), True, "new")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from dicom_node.errors import StateError
 from dicom_node.models import Job
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 # Upper bound on one sleep, so a wall-clock step (NTP) is noticed within a minute.
 _MAX_SLEEP = 60.0
 _RETRY_AFTER_ERROR = 1.0
+# How often a study held past its deadline (an instance of it arriving) is looked at again.
+_HELD_POLL = 0.25
 
 
 class Assembler:
@@ -31,10 +33,15 @@ class Assembler:
         state: State,
         on_job: Callable[[Job], None] = lambda job: None,
         clock: Callable[[], float] = time.time,
+        receiving: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.state = state
         self.on_job = on_job
         self.clock = clock
+        # Studies an instance of which is arriving now (Receiver.receiving_studies): their
+        # deadline waits until it is stored (max_wait_seconds excepted).
+        self.receiving = receiving
+        self._holding = False  # did the last pass hold any study?
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="assembler", daemon=True)
@@ -58,7 +65,9 @@ class Assembler:
 
     def run_once(self) -> list[Job]:
         """Complete every study due now; return the jobs created."""
-        jobs = self.state.complete_due(self.clock())
+        held = self.receiving()
+        self._holding = bool(held)
+        jobs = self.state.complete_due(self.clock(), held)
         for job in jobs:
             log.info(
                 "study %s complete (%s): %d instances, job %d generation %d",
@@ -86,6 +95,8 @@ class Assembler:
                 log.exception("assembler: unexpected error; retrying")
                 self._wake.wait(_RETRY_AFTER_ERROR)
                 continue
-            sleep = _MAX_SLEEP if due is None else min(max(due - self.clock(), 0.0), _MAX_SLEEP)
+            sleep = _MAX_SLEEP if due is None else min(due - self.clock(), _MAX_SLEEP)
+            if sleep <= 0 and self._holding:  # still due: held while an instance arrives
+                sleep = _HELD_POLL
             if sleep > 0:
                 self._wake.wait(sleep)

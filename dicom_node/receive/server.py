@@ -23,6 +23,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from pynetdicom import AE
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 class DeferredHandshakeServer(ThreadedAssociationServer):
     max_instance_bytes: int = 0  # what BulkReadSocket lets one data set grow to (+16 MiB)
+    # Told id(association) when a DIMSE data set begins to arrive (Receiver.data_arriving).
+    on_data: Callable[[int], None] | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         listener = cast(socket.socket, self.socket)  # bound before serve_forever runs
@@ -131,6 +134,7 @@ class BulkReadSocket(AssociationSocket):
     """
 
     max_instance_bytes = 0  # set by BulkReadHandler from node.max_instance_bytes; 0: none
+    on_data: Callable[[int], None] | None = None  # set by BulkReadHandler (the server's)
     _header: bytes | None = None  # the last PDU header read, its body not yet read
     _message_bytes = 0  # data-set bytes of the DIMSE message being received
     _command_bytes = 0  # command-set bytes of the DIMSE message being received
@@ -253,6 +257,8 @@ class BulkReadSocket(AssociationSocket):
                 if control & 0x02:  # its last fragment: the next message starts at 0
                     self._command_bytes = 0
             else:
+                if self._message_bytes == 0 and self.on_data is not None:
+                    self.on_data(id(assoc))  # a data set begins: its study may be arriving
                 self._message_bytes += max(0, length - 2)
                 limit = self.max_instance_bytes + _OVERSIZE_GRACE
                 if self.max_instance_bytes and self._message_bytes > limit:
@@ -317,6 +323,7 @@ class BulkReadHandler(RequestHandler):
         cast(Any, assoc.dul.socket).__class__ = BulkReadSocket
         limit = getattr(self.server, "max_instance_bytes", 0)
         cast(Any, assoc.dul.socket).max_instance_bytes = limit
+        cast(Any, assoc.dul.socket).on_data = getattr(self.server, "on_data", None)
         return assoc
 
 
@@ -326,13 +333,16 @@ def start_server(
     handlers: list[Any],
     ssl_context: Any,
     max_instance_bytes: int = 0,
+    on_data: Callable[[int], None] | None = None,
 ) -> ThreadedAssociationServer:
-    """Start serving in a daemon thread, like ``AE.start_server(block=False)``."""
+    """Start serving in a daemon thread, like ``AE.start_server(block=False)``; ``on_data``
+    is told id(association) when a DIMSE data set begins to arrive on it."""
     server = cast(DeferredHandshakeServer, ae.make_server(
         address, evt_handlers=handlers, ssl_context=ssl_context,
         server_class=DeferredHandshakeServer, request_handler=BulkReadHandler,
     ))  # fmt: skip
     server.max_instance_bytes = max_instance_bytes
+    server.on_data = on_data
     threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
     ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() find it
     return server

@@ -55,6 +55,10 @@ class _Association:
     calling_ae: str
     studies: set[str] = field(default_factory=set)
     ended: bool = False
+    # A data set is arriving on it or being stored: from its first P-DATA fragment to the
+    # end of its C-STORE (the assembler holds the studies it carries meanwhile).
+    receiving: bool = False
+    storing: bool = False  # its C-STORE handler is running
 
 
 class Receiver:
@@ -99,6 +103,8 @@ class Receiver:
             if assoc is None:
                 return  # already handled (release, then connection close) or never accepted
             assoc.ended = True
+            # Cut off mid-data-set, no C-STORE follows; one being stored ends by itself.
+            assoc.receiving = assoc.storing
             studies = set(assoc.studies)
             self._ended[key] = assoc
             while len(self._ended) > _ENDED_KEPT:
@@ -106,6 +112,23 @@ class Receiver:
         self.metrics.associations_active.dec()
         log.info("association %s ended (%s), carried %d studies", assoc.id, how, len(studies))
         self._release(assoc, studies)
+
+    def data_arriving(self, key: int) -> None:
+        """A DIMSE data set has begun to arrive on association ``key`` (BulkReadSocket)."""
+        with self._lock:
+            assoc = self._associations.get(key)
+            if assoc is not None:
+                assoc.receiving = True
+
+    def receiving_studies(self) -> frozenset[str]:
+        """The studies carried by an association a data set is arriving on or being stored
+        from (ended too, while its last C-STORE is stored): an instance of theirs may be
+        on its way, so their quiet period is not over (the assembler waits). A transfer
+        slower than assembly.quiet_seconds completed the study mid-instance: one report on
+        the instances before it, then a second."""
+        with self._lock:
+            carriers = [*self._associations.values(), *self._ended.values()]
+            return frozenset(uid for a in carriers if a.receiving for uid in a.studies)
 
     def _release(self, assoc: _Association, studies: set[str]) -> None:
         if studies:
@@ -134,10 +157,17 @@ class Receiver:
         ``context_sop_class`` is the abstract syntax of the presentation context it came on
         (None: not checked)."""
         started = time.perf_counter()
-        response = self._store(
-            assoc_key, calling_ae, request_sop_class, request_sop_instance, transfer_syntax,
-            stream, context_sop_class,
-        )  # fmt: skip
+        assoc = self._association(assoc_key, calling_ae)
+        with self._lock:
+            assoc.receiving = assoc.storing = True
+        try:
+            response = self._store(
+                assoc, request_sop_class, request_sop_instance, transfer_syntax, stream,
+                context_sop_class,
+            )  # fmt: skip
+        finally:
+            with self._lock:  # the assembler, holding its studies, looks again by itself
+                assoc.receiving = assoc.storing = False
         self.metrics.store_seconds.observe(time.perf_counter() - started)
         status = int(response.Status)
         if status == SUCCESS:
@@ -149,11 +179,9 @@ class Receiver:
         return response
 
     def _store(
-        self, assoc_key: int, calling_ae: str, request_sop_class: str,
-        request_sop_instance: str, transfer_syntax: str, stream: bytes | memoryview,
-        context_sop_class: str | None,
+        self, assoc: _Association, request_sop_class: str, request_sop_instance: str,
+        transfer_syntax: str, stream: bytes | memoryview, context_sop_class: str | None,
     ) -> Dataset:  # fmt: skip
-        assoc = self._association(assoc_key, calling_ae)
         try:
             # pynetdicom does not check the request against the context it came on: an MR
             # instance sent on a DX context was stored, answered 0x0000 and counted.

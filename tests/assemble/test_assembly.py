@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from helpers import tiny_image
 from pydicom.uid import ExplicitVRLittleEndian
@@ -128,3 +130,74 @@ def test_late_instance_reopens_and_makes_a_second_job(start_node: StartNode) -> 
     wait_complete(node, uid, 3)
     assert node.state is not None
     assert [(j.generation, j.instance_count) for j in node.state.jobs()] == [(1, 1), (2, 2)]
+
+
+def slow_sends(assoc: Association, pause: float) -> None:
+    """Make the client's socket pause before each PDU it sends (a slow link)."""
+    sock = assoc.dul.socket
+    assert sock is not None
+    original = sock.send
+
+    def send(data: bytes) -> None:
+        time.sleep(pause)
+        original(data)
+
+    sock.send = send  # type: ignore[method-assign]
+
+
+def test_an_instance_slower_than_the_quiet_period_is_waited_for(start_node: StartNode) -> None:
+    # Its bytes arriving did not count: the study completed mid-instance, its job ran on the
+    # instances before it, and the instance reopened it for a second job.
+    node = start_node(
+        node__max_pdu=65536, assembly__quiet_seconds=1.0, assembly__after_release_seconds=0.2
+    )
+    uid = "1.2.826.0.1.3680043.8.498.81"
+    assoc = associate(node)
+    try:
+        store(assoc, uid)
+        slow_sends(assoc, 0.15)  # ~13 PDUs of 64 KiB: ~2 s for the 800 KB instance
+        started = time.monotonic()
+        status = assoc.send_c_store(tiny_image(uid, size=640))
+        assert status.Status == 0
+        assert time.monotonic() - started > 1.5  # longer than the quiet period
+    finally:
+        assoc.release()
+    wait_complete(node, uid, 3)
+    assert node.state is not None
+    [job] = node.state.jobs()
+    assert (job.generation, job.instance_count, job.reason) == (1, 2, "released")
+
+
+def test_a_study_waits_for_the_instance_its_ended_association_is_storing(
+    start_node: StartNode,
+) -> None:
+    # The peer gave up (its DIMSE timeout) while the node was still writing its instance:
+    # the end released the study at once, a job ran without that instance, and the
+    # instance then opened an episode that waited out the quiet period for a second job.
+    node = start_node(assembly__quiet_seconds=3.0, assembly__after_release_seconds=0.3)
+    uid = "1.2.826.0.1.3680043.8.498.82"
+    assert node.spool is not None
+    write = node.spool.write
+    slow = threading.Event()
+
+    def slow_write(*args: Any, **kwargs: Any) -> None:
+        if slow.is_set():
+            time.sleep(1.0)  # a slow fsync
+        write(*args, **kwargs)
+
+    node.spool.write = slow_write  # type: ignore[method-assign]
+    assoc = associate(node)
+    store(assoc, uid)
+    slow.set()
+    sender = threading.Thread(target=assoc.send_c_store, args=(tiny_image(uid),), daemon=True)
+    sender.start()
+    time.sleep(0.3)  # the instance is being written
+    assoc.abort()
+    ended = time.monotonic()
+    wait_complete(node, uid, 4)
+    assert time.monotonic() - ended < 2.0  # after the write and after_release, not quiet
+    sender.join(5)
+    time.sleep(0.5)  # a second job would be made by now
+    assert node.state is not None
+    [job] = node.state.jobs()
+    assert (job.generation, job.instance_count, job.reason) == (1, 2, "released")

@@ -94,6 +94,39 @@ def test_a_store_that_outlives_its_association_releases_its_study(
     assert summary is not None and summary.open_associations == 1
 
 
+def test_studies_are_receiving_while_an_instance_arrives_on_their_association(
+    receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver.association_started(1, "SCANNER", "127.0.0.1")
+    receiver.association_started(2, "SCANNER", "127.0.0.1")
+    study = store(receiver, 1, tmp_path, 1)
+    other = store(receiver, 2, tmp_path, 2)
+    assert receiver.receiving_studies() == frozenset()
+    receiver.data_arriving(1)  # BulkReadSocket: a data set begins on association 1
+    receiver.data_arriving(99)  # one never accepted: nothing
+    assert receiver.receiving_studies() == {study}
+    third = store(receiver, 1, tmp_path, 3)  # stored: arrived
+    assert receiver.receiving_studies() == frozenset()
+    # Cut off mid-data-set: no C-STORE follows, nothing is arriving any more.
+    receiver.data_arriving(2)
+    receiver.association_ended(2, "aborted")
+    assert receiver.receiving_studies() == frozenset()
+    assert other
+    # Ended while its instance is being stored: receiving until stored.
+    seen: list[frozenset[str]] = []
+    write = receiver.spool.write
+
+    def ending_write(*args: Any, **kwargs: Any) -> None:
+        receiver.association_ended(1, "aborted")
+        seen.append(receiver.receiving_studies())
+        write(*args, **kwargs)
+
+    monkeypatch.setattr(receiver.spool, "write", ending_write)
+    store(receiver, 1, tmp_path, 1)
+    assert seen == [{study, third}]  # every study the association carried
+    assert receiver.receiving_studies() == frozenset()
+
+
 def _event(request: C_STORE, abstract_syntax: str = CR) -> SimpleNamespace:
     """What handle_store reads of a pynetdicom C-STORE event."""
     return SimpleNamespace(
