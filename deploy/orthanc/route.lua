@@ -11,7 +11,17 @@
 -- body part adds [''] = true below and keeps other studies away by another test (the
 -- modality's AE title, the study description).
 -- Every decision is printed to Orthanc's log ("Lua says: route ..." / "Lua says: skip ...").
+-- Each routed instance is sent by an asynchronous job of Orthanc's jobs engine
+-- (POST /modalities/node/store). Lua's SendToModality, used before, logged a failed send
+-- (the node down, restarting, or refusing with 0xA700 on a full spool) and reported its job
+-- a success: the instance never reached the node, and nothing but that log line said so.
+-- A failed job is now listed by GET /jobs as Failure (kept across restarts: SaveJobs), and
+-- resubmitted when a later routing job succeeds (the node is back), at most MAX_RESUBMITS
+-- times; by hand: POST /jobs/<id>/resubmit (deploy/README.md). Each job is one association.
 local SKIP = { ["TRIAGE"] = true }
+local MAX_RESUBMITS = 10
+local ROUTED = {}  -- job ID -> how often it was resubmitted: the routing jobs not yet sent
+local FAILED = {}  -- job ID -> true: routing jobs that failed, resubmitted after a success
 local PARTS = {
   ["DX"] = { ["HIP"] = true, ["PELVIS"] = true },
   ["CR"] = { ["HIP"] = true, ["PELVIS"] = true },
@@ -41,6 +51,36 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
   else
     print('route ' .. instanceId .. ' sop=' .. sop .. ' modality=' .. modality
           .. ' part=' .. part .. ' from=' .. caller .. ' -> node')
-    SendToModality(instanceId, 'node')
+    local job = ParseJson(RestApiPost('/modalities/node/store',
+      DumpJson({ Resources = { instanceId }, Asynchronous = true }, true)))
+    ROUTED[job['ID']] = 0
+  end
+end
+
+function OnJobFailure(jobId)
+  local tries = ROUTED[jobId]
+  if tries == nil then
+    return
+  end
+  if tries < MAX_RESUBMITS then
+    FAILED[jobId] = true
+    print('routing job ' .. jobId .. ' failed; resubmitted when a later one succeeds')
+  else
+    ROUTED[jobId] = nil
+    print('routing job ' .. jobId .. ' failed ' .. (tries + 1) .. ' times; not resubmitted '
+          .. 'again: POST /jobs/' .. jobId .. '/resubmit when the node takes it')
+  end
+end
+
+function OnJobSuccess(jobId)
+  if ROUTED[jobId] == nil then
+    return
+  end
+  ROUTED[jobId] = nil
+  for id in pairs(FAILED) do  -- the node answers again: send what it missed
+    FAILED[id] = nil
+    ROUTED[id] = ROUTED[id] + 1
+    print('routing job ' .. id .. ' resubmitted')
+    RestApiPost('/jobs/' .. id .. '/resubmit', '')
   end
 end

@@ -440,7 +440,8 @@ def test_container_config_orthanc_and_lua_agree() -> None:
     assert mounts[lua] == DEPLOY / "orthanc/route.lua"
     script = (DEPLOY / "orthanc/route.lua").read_text("utf-8")
     assert f'local SKIP = {{ ["{config.node.ae_title}"] = true }}' in script
-    assert "SendToModality(instanceId, 'node')" in script
+    assert "RestApiPost('/modalities/node/store'," in script  # a job that can fail visibly
+    assert (orthanc["SaveJobs"], orthanc["JobsHistorySize"]) == (True, 1000)
 
 
 # --- the Orthanc configuration and Lua route in a real Orthanc -----------------------------

@@ -127,3 +127,48 @@ def test_studies_through_orthanc_get_one_sr_and_their_overlays_back(
         line for line in orthanc.log_text().splitlines() if "skip" in line and "from=TRIAGE" in line
     ]
     assert len(skipped) == 3 * 3  # an SR and two SCs per study, none routed
+
+
+def test_a_study_routed_while_the_node_is_down_reaches_it_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    # Lua's SendToModality logged the failed send and called its job a success: the study
+    # never reached the node and nothing said so. The route's store job now fails visibly
+    # and is resubmitted when a later routing job succeeds.
+    from helpers import config_for
+    from orthanc import free_port, wait_for
+
+    node_port = free_port()
+    down = write_study(tmp_path / "down", 201, "normal", "normal", size=64)
+    later = write_study(tmp_path / "later", 202, "normal", "normal", size=64)
+    with run_orthanc(
+        tmp_path / "orthanc",
+        route_to=RouteTarget("TRIAGE", "127.0.0.1", node_port),
+        skip_calling_aes=("TRIAGE",),
+    ) as orthanc:
+        storescu_into(orthanc, list(down.files))  # the node is not running
+        orthanc.wait_for_log(r"routing job \S+ failed; resubmitted when a later one succeeds")
+
+        def failures() -> list[str] | None:
+            jobs = [j["Type"] for j in orthanc.get("/jobs?expand") if j["State"] == "Failure"]
+            return jobs if len(jobs) == len(down.files) else None
+
+        assert orthanc.wait_for(failures, 10, "a failed job per instance") == [
+            "DicomModalityStore"
+        ] * len(down.files)
+        node = Node(config_for(tmp_path / "spool", node__port=node_port))
+        node.start()
+        try:
+            storescu_into(orthanc, list(later.files))
+            assert node.state is not None
+            state = node.state
+
+            def received() -> bool:
+                counts = {s.study_uid: s.instance_count for s in state.studies()}
+                return all(counts.get(s.identity.study_uid) == len(s.files) for s in (down, later))
+
+            wait_for(received, 30, "both studies on the node")
+            orthanc.wait_for_log(r"routing job \S+ resubmitted")
+            assert all(j["State"] == "Success" for j in orthanc.get("/jobs?expand"))
+        finally:
+            node.stop(drain_seconds=1)
