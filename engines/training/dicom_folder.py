@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pydicom
@@ -158,9 +160,12 @@ def _hip(
     path: Path, side: str, size: int, where: str, column: str, routing: RoutingConfig
 ) -> tuple[Dataset, Image, str]:
     """The AP's data set, the input of the row's hip, and that hip's side (R or L)."""
-    ds, picture, laterality = _read(path, where)
+    ds, picture = _read(path, where)
     _identified(ds, path, where, column)
-    view = _view(ds)
+    # The header as serving reads it (stripped, upper-cased, a multi-frame image's Frame
+    # Laterality): a ' R' read as no laterality was trained as a pelvis's half, served whole.
+    source = source_image(ds, path, "")
+    view, laterality = source.view, source.laterality
     if view in {v.upper() for v in routing.lateral_views}:  # never this input at serving
         raise DataError(
             f"{where}: {column}: {path.name} is a lateral view (View Position {view}); "
@@ -189,7 +194,7 @@ def _lateral(
     pairs a lateral whose laterality is the hip's and takes it whole, mirrored as
     engines/regions.py decides (rows toward the anterior; without an orientation, a left
     hip)."""
-    ds, picture, _ = _read(path, where)
+    ds, picture = _read(path, where)
     # Serving's own test: a pair it never makes (no laterality, no View Position, a For
     # Processing copy, a knee lateral) was trained with lateral_present 1, and the engine
     # learnt from an input it never gets.
@@ -222,10 +227,6 @@ def _identified(ds: Dataset, path: Path, where: str, column: str) -> None:
         )
 
 
-def _view(ds: Dataset) -> str:
-    return str(ds.get("ViewPosition") or "").strip().upper()
-
-
 def _regions(picture: Image, laterality: str, ds: Dataset, where: str) -> tuple[HipRegion, ...]:
     try:
         return hip_regions(picture.shape, laterality, ds.get("PatientOrientation"))
@@ -233,8 +234,8 @@ def _regions(picture: Image, laterality: str, ds: Dataset, where: str) -> tuple[
         raise DataError(f"{where}: {exc}") from exc
 
 
-def _read(path: Path, where: str) -> tuple[Dataset, Image, str]:
-    """The data set, its displayed picture and its (Image) Laterality."""
+def _read(path: Path, where: str) -> tuple[Dataset, Image]:
+    """The data set and its displayed picture."""
     try:
         ds = pydicom.dcmread(path)
     except UNREADABLE_DICOM as exc:  # absent, not DICOM, truncated, garbled
@@ -243,27 +244,26 @@ def _read(path: Path, where: str) -> tuple[Dataset, Image, str]:
         picture = display_pixels(ds)
     except PixelDataError as exc:
         raise DataError(f"{where}: {exc}") from exc
-    return ds, picture, str(ds.get("ImageLaterality") or ds.get("Laterality") or "").upper()
+    return ds, picture
 
 
 def _rows(csv_path: Path) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:
-    """The CSV's column names and its rows, each with its place ("labels.csv:7") and its
-    fields stripped; blank lines and rows of empty fields (a spreadsheet's) are skipped.
-    UTF-8, with or without the byte-order mark Excel's "CSV UTF-8" writes."""
+    """The CSV's column names and its rows, each with its place ("labels.csv:7", the line it
+    begins on) and its fields stripped; blank lines and rows of empty fields (a spreadsheet's)
+    are skipped. UTF-8, with or without the byte-order mark Excel's "CSV UTF-8" writes."""
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = [name.strip() for name in next(reader, [])]
+            records = _records(handle, csv_path)
+            _, _, header = next(records, (1, 1, []))
             rows = []
-            for fields in reader:
-                values = [value.strip() for value in fields]
+            for start, end, values in records:
                 if not any(values):
                     continue
-                where = f"{csv_path}:{reader.line_num}"
+                where = f"{csv_path}:{start}"
                 if len(values) != len(header):
                     raise DataError(
                         f"{where}: expected {len(header)} fields ({', '.join(header)}), "
-                        f"got {len(values)}"
+                        f"got {len(values)}{_runs_on(start, end)}"
                     )
                 rows.append((where, dict(zip(header, values, strict=True))))
     except OSError as exc:
@@ -271,3 +271,26 @@ def _rows(csv_path: Path) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:
     except UnicodeDecodeError as exc:
         raise DataError(f"{csv_path}: {not_utf8(exc)}; save it as CSV UTF-8") from exc
     return header, rows
+
+
+def _records(handle: IO[str], csv_path: Path) -> Iterator[tuple[int, int, list[str]]]:
+    """Each CSV row of ``handle``, its fields stripped, with the lines it begins and ends on:
+    a quoted field may hold line breaks, and a quote left open runs its row on to the end of
+    the file (the reader's line number is then the file's last line, not the row's)."""
+    reader = csv.reader(handle)
+    start = 1
+    try:
+        for fields in reader:
+            yield start, reader.line_num, [value.strip() for value in fields]
+            start = reader.line_num + 1
+    except csv.Error as exc:  # "field larger than field limit (131072)": a quote left open
+        raise DataError(
+            f"{csv_path}:{start}: cannot read the row: {exc}{_runs_on(start, reader.line_num)}"
+        ) from exc
+
+
+def _runs_on(start: int, end: int) -> str:
+    """What a row read over several lines adds to its error: where it stopped."""
+    if end <= start:
+        return ""
+    return f"; the row runs from line {start} to line {end} (a quote not closed?)"

@@ -405,3 +405,65 @@ def test_csv_encodings_a_spreadsheet_writes(tmp_path: Path) -> None:
         match=r"labels\.csv: not UTF-8 text \(byte 0xFC at offset \d+\); save it as CSV UTF-8$",
     ):
         load_labelled_folder(spec, csv, 64)
+
+
+def test_a_quote_left_open_names_the_line_its_row_begins_on(tmp_path: Path) -> None:
+    # A field opened by a quote and never closed runs its row on to the end of the file:
+    # past the csv module's field limit its csv.Error was a traceback, below it the error
+    # named the file's last line.
+    spec = engine_spec("hip_screen")
+    rows = [f"s{i}/pelvis_ap.dcm,R,normal" for i in range(6000)]
+    rows[1] = '"s1/pelvis_ap.dcm,R,normal'
+    csv = _write_csv(tmp_path / "labels.csv", "file,side,label", rows)
+    with pytest.raises(
+        DataError,
+        match=r"labels.csv:3: cannot read the row: field larger than field limit \(131072\); "
+        r"the row runs from line 3 to line \d+ \(a quote not closed\?\)$",
+    ):
+        load_labelled_folder(spec, csv, 64)
+    csv = _write_csv(tmp_path / "labels.csv", "file,side,label", rows[:100])
+    with pytest.raises(
+        DataError,
+        match=r"labels.csv:3: expected 3 fields \(file, side, label\), got 1; the row runs "
+        r"from line 3 to line 101 \(a quote not closed\?\)$",
+    ):
+        load_labelled_folder(spec, csv, 64)
+
+
+def test_a_row_over_several_lines_is_named_by_its_first(tmp_path: Path) -> None:
+    # A quoted field may hold a line break; the rows after it keep their own lines.
+    spec = engine_spec("hip_screen")
+    study = write_study(tmp_path / "s", 1, "normal", "normal", size=64)
+    pelvis = study.files[0].relative_to(tmp_path)
+    cases = [
+        (['"a', 'b.dcm",R'], r"labels.csv:2: expected 3 fields \(file, side, label\), got 2; "
+         r"the row runs from line 2 to line 3 \(a quote not closed\?\)$"),
+        (['"a', 'b.dcm",R,broken'], r"labels.csv:2: label 'broken' is not a class"),
+        ([f"{pelvis},R,normal", '"a', 'b.dcm",R,broken'],
+         r"labels.csv:3: label 'broken' is not a class"),
+        # A label with its line break (stripped) spans lines 3-4; the next row is line 5.
+        ([f"{pelvis},R,normal", f'{pelvis},L,"normal', '"', f"{pelvis},R,broken"],
+         r"labels.csv:5: label 'broken' is not a class"),
+    ]  # fmt: skip
+    for rows, message in cases:
+        csv = _write_csv(tmp_path / "labels.csv", "file,side,label", rows)
+        with pytest.raises(DataError, match=message):
+            load_labelled_folder(spec, csv, 64)
+
+
+@pytest.mark.parametrize("tag", ["R", " R"])
+def test_laterality_is_read_as_serving_reads_it(tmp_path: Path, tag: str) -> None:
+    # Serving strips the header's value: an image tagged ' R' is one hip, used whole; training
+    # read it as no laterality and cut the right half of it as a pelvis's.
+    study = write_study(tmp_path / "s", 2, "normal", "normal", size=64)
+    ds = pydicom.dcmread(study.files[0])
+    ds.ImageLaterality = tag
+    ds.save_as(tmp_path / "hip.dcm")
+    source = source_image(pydicom.dcmread(tmp_path / "hip.dcm"), tmp_path / "hip.dcm", "SITE")
+    assert source.laterality == "R"
+    expected = hip_input(load_image(source), "R", Preprocessing(size=64)).pixels
+    spec = engine_spec("hip_screen")
+    for header, row in (("file,side,label", "hip.dcm,R,normal"), ("file,label", "hip.dcm,normal")):
+        csv = _write_csv(tmp_path / "labels.csv", header, [row])
+        data = load_labelled_folder(spec, csv, 64).hips
+        np.testing.assert_array_equal(data.ap[0, 0].numpy(), expected)
