@@ -175,6 +175,9 @@ _JOB_COLUMNS = (
 # How far ahead of the assembler's clock a receipt time may be without a clock step: the
 # threads read the clock before they wait for the state's lock.
 CLOCK_SKEW_SECONDS = 1.0
+# How long a metrics scrape's read waits for SQLite (it is not blocked by a writer in WAL
+# mode; a checkpoint or a recovery may hold it): the scrape answers within Prometheus' 10 s.
+SCRAPE_BUSY_MS = 1000
 
 
 class State:
@@ -189,6 +192,11 @@ class State:
         self.path = path
         self.rules = rules
         self._lock = threading.Lock()
+        # The metrics' own connection (counts), opened at the first scrape: reads through
+        # the shared one waited on self._lock behind writers, each up to busy_timeout
+        # (10 s) while another process held the database (an admin's sqlite3 shell).
+        self._scrape_lock = threading.Lock()
+        self._scrape_db: sqlite3.Connection | None = None
         try:
             if readonly:
                 self._db = self._open_readonly(path)
@@ -341,6 +349,10 @@ class State:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._scrape_lock:
+            if self._scrape_db is not None:
+                self._scrape_db.close()
+                self._scrape_db = None
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -750,14 +762,26 @@ class State:
         return [str(r[0]) for r in rows]
 
     def counts(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
-        """Studies by state, and outbox rows by (state, destination): for the metrics."""
-        with self._reading() as db:
-            studies = db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state")
-            study_counts = {str(s): int(n) for s, n in studies.fetchall()}
-            rows = db.execute(
-                "SELECT state, destination, COUNT(*) FROM outbox GROUP BY state, destination"
-            )
-            outbox = {(str(s), str(d)): int(n) for s, d, n in rows.fetchall()}
+        """Studies by state, and outbox rows by (state, destination): for the metrics, on a
+        read-only connection of their own that waits at most SCRAPE_BUSY_MS, never behind
+        the node's writers."""
+        with self._scrape_lock:
+            try:
+                if self._scrape_db is None:
+                    uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                    self._scrape_db = sqlite3.connect(
+                        uri, uri=True, isolation_level=None, check_same_thread=False
+                    )
+                    self._scrape_db.execute(f"PRAGMA busy_timeout={SCRAPE_BUSY_MS}")
+                db = self._scrape_db
+                studies = db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state")
+                study_counts = {str(s): int(n) for s, n in studies.fetchall()}
+                rows = db.execute(
+                    "SELECT state, destination, COUNT(*) FROM outbox GROUP BY state, destination"
+                )
+                outbox = {(str(s), str(d)): int(n) for s, d, n in rows.fetchall()}
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path}: {exc}") from exc
         for state in ("receiving", "complete"):
             study_counts.setdefault(state, 0)
         return study_counts, outbox

@@ -51,6 +51,30 @@ def test_a_held_study_waits_past_its_deadline_until_max_wait(tmp_path: Path) -> 
     assert (job.study_uid, job.reason) == ("1.1", "max_wait")
 
 
+def test_the_metrics_read_does_not_wait_behind_a_writer(tmp_path: Path) -> None:
+    # Another process holding the database (an admin's sqlite3 shell): a writer of the node
+    # waits up to busy_timeout (10 s) holding the state's lock, and the scrape's read waited
+    # behind it, so /metrics went unanswered and the node was alerted as down.
+    state = State(tmp_path / "s.db", RULES)
+    state.record_instance(instance("1.1", "1.1.1", 100), True, "new")
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    writer = threading.Thread(
+        target=state.record_instance, args=(instance("1.1", "1.1.2", 101), False, "new")
+    )
+    writer.start()
+    time.sleep(0.3)  # the writer holds the state's lock, waiting on SQLite
+    started = time.monotonic()
+    studies, outbox = state.counts()
+    took = time.monotonic() - started
+    other.execute("ROLLBACK")
+    other.close()
+    writer.join(15)
+    assert took < 2.0
+    assert (studies, outbox) == ({"receiving": 1, "complete": 0}, {})
+    state.close()
+
+
 def test_release_and_recover_rearm_deadlines(tmp_path: Path) -> None:
     state = State(tmp_path / "s.db", RULES)
     state.record_instance(instance("1.1", "1.1.1", 100), True, "new")
