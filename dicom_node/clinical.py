@@ -521,7 +521,6 @@ def _date(ds: Dataset, keyword: str) -> dt.date | None:
 
 def _age(ds: Dataset, invalid: list[str]) -> float | None:
     stated = _raw(ds, "PatientAge")
-    zero = None  # "000D", "000W", "000M": a newborn's age
     unknown = False  # "000Y": what many modalities write when they do not know the age
     birth = _date(ds, "PatientBirthDate")
     study = next((d for d in (_date(ds, k) for k in _STUDY_DATES) if d is not None), None)
@@ -533,29 +532,27 @@ def _age(ds: Dataset, invalid: list[str]) -> float | None:
         if match is not None:
             unit = _AGE_UNIT_YEARS[match.group(2)]
             years = int(match.group(1)) * unit
-            if years > 0:
+            unknown = years == 0 and match.group(2) == "Y"
+            if not unknown:  # a newborn's 000D, 000W or 000M is an age like any other
                 # Patient's Age and the dates that disagree (045Y for a patient the dates
-                # make 62; 062M written for 062Y): one of them is wrong, and the engines
-                # would read either silently; the age is missing, and the report says so.
+                # make 62; 062M written for 062Y; 000D for a patient of 65): one of them is
+                # wrong, and the engines would read either silently; the age is missing,
+                # and the report says so.
                 if dated is not None and abs(years - dated) > 1.0 + unit:
                     invalid.append("age")
                     return None
                 return years
-            unknown = match.group(2) == "Y"
-            zero = None if unknown else years
     if birth in PLACEHOLDER_BIRTH_DATES:
-        # No age from the dates; a newborn's stated age stands as any stated age does
-        # ("045Y" above). Was: age 0 passed to the engine and also named not usable.
-        if zero is None:
-            invalid.append("age")
-        return zero
+        # No age from the dates. Was: age 0 passed to the engine and also named not usable.
+        invalid.append("age")
+        return None
     if dated is not None:
         # A negative age (birth after the study) is caught by the plausibility check.
         return dated
-    if zero is not None or unknown:
-        # A newborn's age stands; an unknown one is missing, not a patient of age 0 (an
-        # engine trained on adults would read it far outside anything it has seen).
-        return zero
+    if unknown:
+        # Missing, not a patient of age 0 (an engine trained on adults would read it far
+        # outside anything it has seen).
+        return None
     if stated is not None or (birth is None and _raw(ds, "PatientBirthDate") is not None):
         invalid.append("age")
     return None

@@ -248,6 +248,16 @@ def test_patient_age_stands_where_the_dates_agree_and_dates_back_it_up() -> None
     # "000Y" is what many modalities write for an unknown age: the dates say more.
     ds.PatientAge = "000Y"
     assert variables_from_dataset(ds).age_years == pytest.approx(59.5, abs=0.01)
+    # A newborn's 000D, 000W or 000M is an age like 001D: contradicted by the dates, none
+    # (was: the dates' 59.5 read silently, while 001D was named not usable).
+    for newborn in ("000D", "000W", "000M", "001D", "001M"):
+        ds.PatientAge = newborn
+        variables = variables_from_dataset(ds)
+        assert (variables.age_years, variables.invalid) == (None, ("age",)), newborn
+    ds.PatientBirthDate, ds.StudyDate = "20200301", "20200315"  # two weeks old
+    ds.PatientAge = "000M"
+    variables = variables_from_dataset(ds)
+    assert (variables.age_years, variables.invalid) == (0.0, ())
 
 
 def test_age_with_datetime_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
