@@ -108,8 +108,20 @@ class Repeats(logging.Filter):
         return True
 
 
+class NoTracebacks(logging.Filter):
+    """Drops records that carry a traceback: pydicom logs each decoding plugin's failure at
+    ERROR with its traceback (95 lines for one truncated RLE image, each plugin, decoded
+    twice), then raises one error naming every plugin's reason, which the node's own line
+    (the image not analysed, the job failed) quotes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+
 # Libraries that log routine work at INFO.
 CHATTY_LOGGERS = ("pynetdicom", "highdicom", "openjpeg")
+# Loggers whose tracebacks repeat what the node says itself (kept at DEBUG).
+TRACEBACK_LOGGERS = ("pydicom.pixels.decoders.base",)
 # pynetdicom's loggers whose lines repeat as long as a peer is down.
 REPEATING_LOGGERS = ("pynetdicom.transport",)
 
@@ -132,6 +144,11 @@ def configure_logging(cfg: LoggingConfig) -> None:
         logging.getLogger(chatty).setLevel(
             logging.DEBUG if cfg.level == "DEBUG" else logging.WARNING
         )
+    for name in TRACEBACK_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.filters[:] = [f for f in logger.filters if not isinstance(f, NoTracebacks)]
+        if cfg.level != "DEBUG":
+            logger.addFilter(NoTracebacks())
     for name in REPEATING_LOGGERS:
         logger = logging.getLogger(name)
         logger.filters[:] = [f for f in logger.filters if not isinstance(f, Repeats)]

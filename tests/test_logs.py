@@ -36,6 +36,32 @@ def test_json_lines(capsys: pytest.CaptureFixture[str], restore_logging: object)
     assert "ValueError: boom" in json.loads(second)["exception"]
 
 
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_decoding_plugins_tracebacks_are_left_to_the_nodes_own_line(
+    capsys: pytest.CaptureFixture[str], restore_logging: object, level: str
+) -> None:
+    # pydicom logged each plugin's failure with a traceback, twice per image: 95 lines for
+    # one truncated RLE image, whose reasons the node's own line already quotes.
+    import numpy as np
+    from pydicom.uid import RLELossless
+
+    from dicom_node.synthetic import StudyIdentity, make_dx
+
+    configure_logging(LoggingConfig(level=level, format="plain"))
+    ds = make_dx(
+        np.zeros((16, 16)), identity=StudyIdentity.synthetic(1), transfer_syntax=RLELossless
+    )
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]  # a codestream cut short
+    with pytest.raises(RuntimeError, match="Unable to decode as exceptions were raised"):
+        ds.pixel_array  # noqa: B018
+    decoder = logging.getLogger("pydicom.pixels.decoders.base")
+    decoder.warning("a warning of its own")
+    err = capsys.readouterr().err
+    assert "a warning of its own" in err
+    assert ("Traceback" in err) == (level == "DEBUG")
+    logging.getLogger("pydicom.pixels.decoders.base").filters.clear()
+
+
 def test_plain_lines_and_levels(
     capsys: pytest.CaptureFixture[str], restore_logging: object
 ) -> None:
