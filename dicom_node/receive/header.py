@@ -9,12 +9,20 @@ Data holds as many bytes as Rows x Columns x frames need. It reads only the
 few top-level attributes the node routes on. It costs one pass over the
 element headers: values are skipped, never copied. A deflated data set is
 inflated first, never past the node's instance size limit.
+
+A sequence is walked wherever pydicom will later read one: an SQ element, an
+undefined-length element of no explicit VR or of VR UN, and a defined-length
+element of no explicit VR (Implicit VR Little Endian) or of VR UN whose tag the
+DICOM dictionary gives as SQ (pydicom turns those into sequences when it reads
+them; a UN value is Implicit VR Little Endian inside, PS3.5 6.2.2).
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+
+from pydicom.datadict import dictionary_VR, keyword_dict
 
 from dicom_node.config import NodeConfig
 from dicom_node.errors import RejectedInstanceError
@@ -53,6 +61,17 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQ_END = 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
+# Group FFFE tags other than an item's end where a data element belongs: pydicom reads them
+# as elements and the job then failed (NotImplementedError).
+_DELIMITATION_NAMES = {_ITEM: "item tag", _SEQ_END: "sequence delimiter"}
+# Standard tags whose dictionary VR is SQ, built once (a few ms at import): an element
+# without an explicit VR (or with VR UN) costs one set lookup, no dictionary_VR call. The
+# repeating-group entries hold no SQ; private tags are not in this dictionary.
+_SQ_TAGS = frozenset(tag for tag in keyword_dict.values() if dictionary_VR(tag) == "SQ")
+_MAYBE_SQ_VRS = (b"", b"UN")  # no explicit VR (implicit), or one that hides the real VR
+# Output of a deflated data set is inflated this much at a time into one buffer: asked for
+# at once, zlib builds it in blocks and joins them, twice the limit at the peak.
+_INFLATE_CHUNK = 1 << 20
 # Deep enough for any real SR content tree or functional groups (under 10 levels), shallow
 # enough for what reads the instance later: copying a patient-module sequence into the
 # results (copy.deepcopy of a pydicom Dataset) overflows Python's recursion limit past ~70
@@ -71,6 +90,7 @@ _TEXT_TAGS = {
     0x00280004: "photometric_interpretation",
     0x00280008: "number_of_frames",
 }
+_UID_TAGS = frozenset((0x00080016, 0x00080018, 0x0020000D, 0x0020000E))
 _US_TAGS = {
     0x00280002: "samples_per_pixel",
     0x00280010: "rows",
@@ -80,7 +100,7 @@ _US_TAGS = {
 
 
 class _Reader:
-    def __init__(self, data: bytes | memoryview, little: bool, implicit: bool) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview, little: bool, implicit: bool) -> None:
         self.data = memoryview(data)
         self.end = len(data)
         self.encoding(little, implicit)
@@ -126,7 +146,12 @@ class _Reader:
         last_tag = -1
         while pos < end:
             tag, vr, length, value = self.header(pos)
-            if tag == _ITEM_END:
+            if tag >= 0xFFFE0000:  # group FFFE: one comparison for every element
+                if tag != _ITEM_END:
+                    name = _DELIMITATION_NAMES.get(tag, "delimitation tag")
+                    raise self.fail(
+                        pos, f"{name} (FFFE,{tag & 0xFFFF:04X}) where a data element belongs"
+                    )
                 if not until_item_end:
                     raise self.fail(pos, "item delimiter outside an item")
                 return value
@@ -143,11 +168,7 @@ class _Reader:
                 if tag == _PIXEL_DATA:  # the only element A.4 lets encapsulate, at any level
                     pos = self.fragments(value, top)
                 elif vr == b"UN":
-                    # PS3.5 6.2.2: its items are Implicit VR Little Endian, whatever the syntax.
-                    outer = (self.little, self.implicit)
-                    self.encoding(little=True, implicit=True)
-                    pos = self.sequence(value, end, delimited=True)
-                    self.encoding(*outer)
+                    pos = self.un_sequence(value, end, delimited=True)
                 elif vr in (b"", b"SQ"):
                     pos = self.sequence(value, end, delimited=True)
                 else:
@@ -157,6 +178,13 @@ class _Reader:
                 raise self.fail(pos, f"value of {length} bytes runs past the end")
             if vr == b"SQ":
                 self.sequence(value, value + length, delimited=False)
+            elif tag in _SQ_TAGS and vr in _MAYBE_SQ_VRS:
+                # pydicom reads these as sequences: unchecked, a garbled or 100-deep one
+                # was acknowledged and its job failed (RecursionError).
+                if vr == b"UN":
+                    self.un_sequence(value, value + length, delimited=False)
+                else:
+                    self.sequence(value, value + length, delimited=False)
             if top:
                 self.collect(tag, value, length)
             pos = value + length
@@ -173,6 +201,16 @@ class _Reader:
         finally:
             self.depth -= 1
 
+    def un_sequence(self, pos: int, end: int, delimited: bool) -> int:
+        """Walk a sequence sent as UN: its items are Implicit VR Little Endian whatever
+        the transfer syntax (PS3.5 6.2.2)."""
+        outer = (self.little, self.implicit)
+        self.encoding(little=True, implicit=True)
+        try:
+            return self.sequence(pos, end, delimited)
+        finally:
+            self.encoding(*outer)
+
     def _items(self, pos: int, end: int, delimited: bool) -> int:
         while pos < end:
             tag, _, length, value = self.header(pos)
@@ -181,7 +219,8 @@ class _Reader:
             if tag != _ITEM:
                 raise self.fail(pos, "expected a sequence item")
             if length == _UNDEFINED:
-                pos = self.dataset(value, self.end, top=False, until_item_end=True)
+                # Bounded by the sequence: an item must not run past a defined length.
+                pos = self.dataset(value, end, top=False, until_item_end=True)
             elif value + length > end:
                 raise self.fail(pos, f"item of {length} bytes runs past the end")
             else:
@@ -210,7 +249,13 @@ class _Reader:
     def collect(self, tag: int, value: int, length: int) -> None:
         if tag in _TEXT_TAGS:
             raw = bytes(self.data[value : value + length])
-            self.text[_TEXT_TAGS[tag]] = raw.decode("ascii", errors="replace").strip("\x00 ")
+            text = raw.decode("ascii", errors="replace")
+            if tag in _UID_TAGS:
+                # Only trailing padding: a leading NUL or space stays in the file (and in the
+                # results), so it must reach the UID check, not be stripped here.
+                self.text[_TEXT_TAGS[tag]] = text.rstrip("\x00 ")
+            else:
+                self.text[_TEXT_TAGS[tag]] = text.strip("\x00 ")
         elif tag in _US_TAGS and length == 2:
             (self.us[_US_TAGS[tag]],) = self.u16.unpack_from(self.data, value)
         elif tag == _PIXEL_DATA:
@@ -228,7 +273,7 @@ def read_header(
     A deflated data set may inflate to at most ``max_inflated_bytes``.
     Raises :class:`RejectedInstanceError` with the DICOM status to answer.
     """
-    data: bytes | memoryview = stream
+    data: bytes | bytearray | memoryview = stream
     if transfer_syntax == DEFLATED:
         data = _inflate(stream, max_inflated_bytes)
     reader = _Reader(
@@ -265,19 +310,28 @@ def read_header(
     )
 
 
-def _inflate(stream: bytes | memoryview, limit: int) -> bytes:
-    # A few MB of deflate can inflate to GB: stop one byte past the limit.
+def _inflate(stream: bytes | memoryview, limit: int) -> bytearray:
+    # A few MB of deflate can inflate to GB: stop one byte past the limit, and grow one
+    # buffer a chunk at a time so that the peak stays near the limit, not twice it.
     inflater = zlib.decompressobj(wbits=-15)
+    data = bytearray()
+    pending: bytes | memoryview = stream
     try:
-        data = inflater.decompress(stream, limit + 1)
+        while not inflater.eof:
+            wanted = min(_INFLATE_CHUNK, limit + 1 - len(data))
+            chunk = inflater.decompress(pending, wanted)
+            data += chunk
+            if len(data) > limit:
+                raise RejectedInstanceError(
+                    OUT_OF_RESOURCES, f"inflated data set exceeds the size limit ({limit} bytes)"
+                )
+            pending = inflater.unconsumed_tail
+            if not pending and len(chunk) < wanted:
+                break  # all input used and nothing held back: the stream stops short
     except zlib.error as exc:
         raise RejectedInstanceError(
             CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}"
         ) from None
-    if len(data) > limit:
-        raise RejectedInstanceError(
-            OUT_OF_RESOURCES, f"inflated data set exceeds the size limit ({limit} bytes)"
-        )
     if not inflater.eof:
         raise RejectedInstanceError(
             CANNOT_UNDERSTAND, "deflated data set does not inflate: truncated stream"

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import copy
+import struct
+import tracemalloc
 import zlib
 
 import pytest
@@ -428,3 +430,205 @@ def test_what_the_walker_accepts_the_results_can_copy() -> None:
         inner.ContentSequence = Sequence([item])
         inner = item
     assert copy.deepcopy(top) == top
+
+
+def other_ids(levels: int) -> Dataset:
+    """Other Patient IDs Sequences (a standard SQ) nested ``levels`` deep, defined lengths."""
+    top = inner = Dataset()
+    for _ in range(levels):
+        item = Dataset()
+        item.PatientID = "OTHER"
+        inner.OtherPatientIDsSequence = Sequence([item])
+        inner = item
+    return top
+
+
+def with_element(ds: Dataset, tag: int, raw: bytes, syntax: str) -> bytes:
+    """``ds`` encoded with the hand-made element ``raw`` in its place (tag order)."""
+    return encode(ds[:tag], syntax) + raw + encode(ds[tag + 1 :], syntax)
+
+
+def implicit_value(ds: Dataset) -> bytes:
+    """The value of the only element of ``ds``, encoded Implicit VR Little Endian."""
+    return encode(ds, ImplicitVRLittleEndian)[8:]
+
+
+OTHER_IDS = 0x00101002
+
+
+def implicit_other_ids(value: bytes) -> bytes:
+    return struct.pack("<HHI", 0x0010, 0x1002, len(value)) + value
+
+
+def un_other_ids(value: bytes) -> bytes:
+    """Other Patient IDs Sequence as an archive without its dictionary passes it on: UN."""
+    return struct.pack("<HH2sHI", 0x0010, 0x1002, b"UN", 0, len(value)) + value
+
+
+def test_defined_length_sequences_in_implicit_vr_are_walked_to_the_depth_limit() -> None:
+    # Implicit VR has no VR to say SQ: a 100-deep defined-length sequence was skipped as an
+    # opaque value, acknowledged 0x0000, and its job died with RecursionError.
+    ds = tiny_image()
+    ds.update(other_ids(32))
+    data = encode(ds, ImplicitVRLittleEndian)
+    assert b"\xfe\xff\xdd\xe0" not in data  # defined lengths throughout
+    assert read_header(data, ImplicitVRLittleEndian).sop_instance_uid == ds.SOPInstanceUID
+    for levels in (33, 100):
+        ds.update(other_ids(levels))
+        with pytest.raises(RejectedInstanceError, match=r"nested deeper than 32 levels") as info:
+            read_header(encode(ds, ImplicitVRLittleEndian), ImplicitVRLittleEndian)
+        assert info.value.status == 0xC210
+
+
+def test_garbled_defined_length_sequence_in_implicit_vr_is_refused() -> None:
+    # Was acknowledged: the garbled bytes ended up in the results.
+    ds = tiny_image()
+    value = implicit_value(other_ids(1))
+    garbled = (b"\x01\x02\x03\x04" * len(value))[: len(value)]
+    data = with_element(ds, OTHER_IDS, implicit_other_ids(garbled), ImplicitVRLittleEndian)
+    with pytest.raises(RejectedInstanceError, match=r"expected a sequence item") as info:
+        read_header(data, ImplicitVRLittleEndian)
+    assert info.value.status == 0xC210
+    good = with_element(ds, OTHER_IDS, implicit_other_ids(value), ImplicitVRLittleEndian)
+    assert read_header(good, ImplicitVRLittleEndian).study_uid == ds.StudyInstanceUID
+
+
+def test_opaque_values_of_tags_not_known_as_sequences_are_not_walked() -> None:
+    # A private tag (no dictionary VR) or a standard non-SQ tag holds any bytes, as pydicom
+    # reads them: not refused as a broken sequence.
+    ds = tiny_image()
+    ds.add_new(0x00090010, "LO", "ACME 1.0")
+    ds.add_new(0x00091001, "OB", b"\x01\x02\x03\x04")
+    ds.add_new(0x00091002, "UN", b"\xfe\xff\x00\xe0\x01\x02")  # looks like an item
+    ds.PatientComments = "\xfe\xff\x00\xe0"
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        assert read_header(encode(ds, syntax), syntax).study_uid == ds.StudyInstanceUID
+
+
+def test_defined_length_un_of_a_sequence_tag_is_walked_as_implicit_vr() -> None:
+    ds = tiny_image()
+    value = implicit_value(other_ids(2))
+    data = with_element(ds, OTHER_IDS, un_other_ids(value), ExplicitVRLittleEndian)
+    assert_same_identity(data, ExplicitVRLittleEndian)
+    read = read_like_pydicom(data)  # pydicom reads it as the sequence its dictionary says
+    assert read[OTHER_IDS].VR == "SQ"
+    assert read.OtherPatientIDsSequence[0].OtherPatientIDsSequence[0].PatientID == "OTHER"
+    deep = with_element(
+        ds, OTHER_IDS, un_other_ids(implicit_value(other_ids(100))), ExplicitVRLittleEndian
+    )
+    with pytest.raises(RejectedInstanceError, match=r"nested deeper than 32 levels") as info:
+        read_header(deep, ExplicitVRLittleEndian)  # was acknowledged 0x0000
+    assert info.value.status == 0xC210
+    garbled = (b"\x01\x02\x03\x04" * len(value))[: len(value)]
+    with pytest.raises(RejectedInstanceError, match=r"expected a sequence item"):
+        read_header(
+            with_element(ds, OTHER_IDS, un_other_ids(garbled), ExplicitVRLittleEndian),
+            ExplicitVRLittleEndian,
+        )
+
+
+def test_an_item_may_not_run_past_its_defined_length_sequence() -> None:
+    # An undefined-length item inside a 16-byte UN sequence: its delimiter lies beyond the
+    # sequence's value, where the data set goes on in Explicit VR.
+    ds = tiny_image()
+    item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + b"\x10\x00\x20\x00\x00\x00\x00\x00"
+    data = with_element(ds, OTHER_IDS, un_other_ids(item), ExplicitVRLittleEndian)
+    with pytest.raises(
+        RejectedInstanceError, match=r"data set ends inside an element or item"
+    ) as info:
+        read_header(data, ExplicitVRLittleEndian)
+    assert info.value.status == 0xC210
+
+
+def content_sequence_holding(stray: bytes, syntax: str) -> bytes:
+    """tiny_image without its pixels, then an undefined-length Content Sequence whose one
+    undefined-length item holds ``stray`` where its data elements belong."""
+    ds = tiny_image()
+    del ds.PixelData
+    sq = b"\x40\x00\x30\xa7" + (b"" if syntax == ImplicitVRLittleEndian else b"SQ\x00\x00")
+    item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + stray + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+    return encode(ds, syntax) + sq + b"\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0\0\0\0\0"
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize(
+    ("stray", "message"),
+    [
+        (b"\xfe\xff\x00\xe0\x00\x00\x00\x00", r"item tag \(FFFE,E000\)"),
+        (b"\xfe\xff\x00\xe0\x02\x00\x00\x00\x00\x00", r"item tag \(FFFE,E000\)"),
+        (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", r"sequence delimiter \(FFFE,E0DD\)"),
+        (b"\xfe\xff\x01\xe0\x00\x00\x00\x00", r"delimitation tag \(FFFE,E001\)"),
+    ],
+)
+def test_group_fffe_tags_where_a_data_element_belongs_are_refused(
+    syntax: str, stray: bytes, message: str
+) -> None:
+    # Were read as ordinary elements and acknowledged; the job then failed on them
+    # (NotImplementedError). At the top level and inside an item alike.
+    data = encode(tiny_image(), syntax)
+    with pytest.raises(RejectedInstanceError, match=message + " where a data element belongs"):
+        read_header(data + stray, syntax)
+    with pytest.raises(RejectedInstanceError, match=message) as info:
+        read_header(content_sequence_holding(stray, syntax), syntax)
+    assert info.value.status == 0xC210
+    # The item delimiter that ends an undefined-length item is still where it belongs.
+    assert read_header(content_sequence_holding(b"", syntax), syntax).sop_instance_uid
+
+
+def with_study_uid(ds: Dataset, value: bytes) -> bytes:
+    raw = struct.pack("<HH2sH", 0x0020, 0x000D, b"UI", len(value)) + value
+    return with_element(ds, 0x0020000D, raw, ExplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize("padding", [b"\x00", b" "])
+def test_a_uid_with_leading_padding_is_refused_not_stripped(padding: bytes) -> None:
+    # A leading NUL was stripped here but stayed in the file: the study was indexed under
+    # the clean UID while the results copied the invalid one.
+    ds = tiny_image()
+    uid = ds.StudyInstanceUID.encode()
+    value = padding + uid + (b"\x00" if len(uid) % 2 == 0 else b"")
+    with pytest.raises(
+        RejectedInstanceError, match=r"^study_uid is not a valid UID: '(\\x00| )1\.2\."
+    ) as info:
+        read_header(with_study_uid(ds, value), ExplicitVRLittleEndian)
+    assert info.value.status == 0xC213
+    # Trailing padding (NUL as UI pads, or a space) is still not part of the UID.
+    for pad in (b"\x00", b" "):
+        value = uid + pad * (2 - len(uid) % 2)
+        header = read_header(with_study_uid(ds, value), ExplicitVRLittleEndian)
+        assert header.study_uid == ds.StudyInstanceUID
+
+
+def test_inflating_a_bomb_peaks_near_the_limit_not_twice_it() -> None:
+    # zlib asked for limit + 1 bytes at once builds them in blocks and joins them: 652 KB of
+    # deflate against a 512 MiB limit cost 1 GiB.
+    limit = 64 * 1024**2
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(limit)
+    bomb = packer.compress(zeros) + packer.compress(zeros) + packer.flush()
+    del zeros
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            RejectedInstanceError,
+            match=rf"^inflated data set exceeds the size limit \({limit} bytes\)$",
+        ) as info:
+            read_header(bomb, DeflatedExplicitVRLittleEndian, max_inflated_bytes=limit)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.status == 0xA700
+    assert peak < 1.3 * limit
+
+
+def test_deflated_data_set_of_many_chunks_inflates_whole_or_is_refused_as_truncated() -> None:
+    ds, raw = zero_image(2048)  # 8 MiB inflated: several chunks
+    data = encode(ds, DeflatedExplicitVRLittleEndian)
+    header = read_header(data, DeflatedExplicitVRLittleEndian, max_inflated_bytes=len(raw))
+    assert header.sop_instance_uid == ds.SOPInstanceUID
+    for cut in (len(data) // 2, len(data) - 1):
+        with pytest.raises(
+            RejectedInstanceError, match=r"deflated data set does not inflate: truncated stream"
+        ) as info:
+            read_header(data[:cut], DeflatedExplicitVRLittleEndian)
+        assert info.value.status == 0xC210
