@@ -15,18 +15,47 @@
 -- (POST /modalities/node/store). Lua's SendToModality, used before, logged a failed send
 -- (the node down, restarting, or refusing with 0xA700 on a full spool) and reported its job
 -- a success: the instance never reached the node, and nothing but that log line said so.
--- A failed job is now listed by GET /jobs as Failure (kept across restarts: SaveJobs), and
--- resubmitted when a later routing job succeeds (the node is back), at most MAX_RESUBMITS
--- times; by hand: POST /jobs/<id>/resubmit (deploy/README.md). Each job is one association.
+-- A failed send is a Failure job (GET /jobs; kept across restarts: SaveJobs). When a later
+-- routing job succeeds (the node is back) the route sends each instance that failed again,
+-- by a new job (at most MAX_TRIES sends each), and, the first time after Orthanc started,
+-- resubmits the node's Failure jobs still in Orthanc's job history (JobsHistorySize) from
+-- before the restart. By hand: POST /jobs/<id>/resubmit (deploy/README.md). Each job is
+-- one association.
 local SKIP = { ["TRIAGE"] = true }
-local MAX_RESUBMITS = 10
-local ROUTED = {}  -- job ID -> how often it was resubmitted: the routing jobs not yet sent
-local FAILED = {}  -- job ID -> true: routing jobs that failed, resubmitted after a success
+local MAX_TRIES = 10
+local SENDING = {}    -- job ID -> { instance = ID, tries = n }: this run's routing jobs
+local FAILED = {}     -- job ID -> { instance = ID, tries = n }: failed, sent again later
+local KNOWN = {}      -- job ID -> true: every routing job this run started or took over
+local recovered = false  -- were the Failure jobs of before the last start looked for?
 local PARTS = {
   ["DX"] = { ["HIP"] = true, ["PELVIS"] = true },
   ["CR"] = { ["HIP"] = true, ["PELVIS"] = true },
   ["CT"] = { ["HIP"] = true, ["PELVIS"] = true, ["ABDOMENPELVIS"] = true },
 }
+
+-- Send one instance to the node by a job of its own; its ID.
+local function route(instanceId, tries)
+  local job = ParseJson(RestApiPost('/modalities/node/store',
+    DumpJson({ Resources = { instanceId }, Asynchronous = true }, true)))
+  SENDING[job['ID']] = { instance = instanceId, tries = tries }
+  KNOWN[job['ID']] = true
+  return job['ID']
+end
+
+-- The node's Failure jobs from before Orthanc started (this run's are in FAILED): resubmit.
+local function resubmit_earlier()
+  local node = ParseJson(RestApiGet('/modalities/node/configuration'))['AET']
+  for _, job in ipairs(ParseJson(RestApiGet('/jobs?expand'))) do
+    if job['State'] == 'Failure' and job['Type'] == 'DicomModalityStore'
+       and job['Content']['RemoteAet'] == node and not KNOWN[job['ID']] then
+      KNOWN[job['ID']] = true
+      if RestApiPost('/jobs/' .. job['ID'] .. '/resubmit', '') ~= nil then
+        SENDING[job['ID']] = { instance = nil, tries = MAX_TRIES }
+        print('routing job ' .. job['ID'] .. ' failed before Orthanc started; resubmitted')
+      end
+    end
+  end
+end
 
 local function trim(s)
   return (string.gsub(s or '', '^%s*(.-)%s*$', '%1'))
@@ -51,36 +80,38 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
   else
     print('route ' .. instanceId .. ' sop=' .. sop .. ' modality=' .. modality
           .. ' part=' .. part .. ' from=' .. caller .. ' -> node')
-    local job = ParseJson(RestApiPost('/modalities/node/store',
-      DumpJson({ Resources = { instanceId }, Asynchronous = true }, true)))
-    ROUTED[job['ID']] = 0
+    route(instanceId, 1)
   end
 end
 
 function OnJobFailure(jobId)
-  local tries = ROUTED[jobId]
-  if tries == nil then
+  local sent = SENDING[jobId]
+  if sent == nil then
     return
   end
-  if tries < MAX_RESUBMITS then
-    FAILED[jobId] = true
-    print('routing job ' .. jobId .. ' failed; resubmitted when a later one succeeds')
+  SENDING[jobId] = nil
+  if sent.instance ~= nil and sent.tries < MAX_TRIES then
+    FAILED[jobId] = sent
+    print('routing job ' .. jobId .. ' failed; instance ' .. sent.instance
+          .. ' sent again when a later one succeeds')
   else
-    ROUTED[jobId] = nil
-    print('routing job ' .. jobId .. ' failed ' .. (tries + 1) .. ' times; not resubmitted '
-          .. 'again: POST /jobs/' .. jobId .. '/resubmit when the node takes it')
+    print('routing job ' .. jobId .. ' failed, not tried again: POST /jobs/' .. jobId
+          .. '/resubmit when the node takes it')
   end
 end
 
 function OnJobSuccess(jobId)
-  if ROUTED[jobId] == nil then
+  if SENDING[jobId] == nil then
     return
   end
-  ROUTED[jobId] = nil
-  for id in pairs(FAILED) do  -- the node answers again: send what it missed
-    FAILED[id] = nil
-    ROUTED[id] = ROUTED[id] + 1
-    print('routing job ' .. id .. ' resubmitted')
-    RestApiPost('/jobs/' .. id .. '/resubmit', '')
+  SENDING[jobId] = nil
+  for failed, sent in pairs(FAILED) do  -- the node answers again: send what it missed
+    FAILED[failed] = nil
+    print('instance ' .. sent.instance .. ' of routing job ' .. failed .. ' sent again by job '
+          .. route(sent.instance, sent.tries + 1))
+  end
+  if not recovered then
+    recovered = true
+    resubmit_earlier()
   end
 end

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pydicom
@@ -129,46 +130,56 @@ def test_studies_through_orthanc_get_one_sr_and_their_overlays_back(
     assert len(skipped) == 3 * 3  # an SR and two SCs per study, none routed
 
 
+def _received(node: Node, *studies: PhantomStudy) -> bool:
+    assert node.state is not None
+    counts = {s.study_uid: s.instance_count for s in node.state.studies()}
+    return all(counts.get(s.identity.study_uid) == len(s.files) for s in studies)
+
+
+def _route_while_down(orthanc: Orthanc, study: PhantomStudy) -> None:
+    """Store ``study`` into Orthanc while the node is not running: a Failure job each."""
+    storescu_into(orthanc, list(study.files))
+
+    def failures() -> list[str] | None:
+        jobs = [j["Type"] for j in orthanc.get("/jobs?expand") if j["State"] == "Failure"]
+        return jobs if len(jobs) == len(study.files) else None
+
+    assert orthanc.wait_for(failures, 10, "a failed job per instance") == [
+        "DicomModalityStore"
+    ] * len(study.files)
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-run", "orthanc-restarted"])
 def test_a_study_routed_while_the_node_is_down_reaches_it_once_it_is_back(
-    tmp_path: Path,
+    tmp_path: Path, restart: bool
 ) -> None:
     # Lua's SendToModality logged the failed send and called its job a success: the study
-    # never reached the node and nothing said so. The route's store job now fails visibly
-    # and is resubmitted when a later routing job succeeds.
+    # never reached the node and nothing said so. The route's store jobs now fail visibly,
+    # and their instances are sent again when a later routing job succeeds; after an
+    # Orthanc restart, the Failure jobs kept in its history (SaveJobs) are resubmitted.
     from helpers import config_for
     from orthanc import free_port, wait_for
 
-    node_port = free_port()
+    target = RouteTarget("TRIAGE", "127.0.0.1", free_port())
     down = write_study(tmp_path / "down", 201, "normal", "normal", size=64)
     later = write_study(tmp_path / "later", 202, "normal", "normal", size=64)
-    with run_orthanc(
-        tmp_path / "orthanc",
-        route_to=RouteTarget("TRIAGE", "127.0.0.1", node_port),
-        skip_calling_aes=("TRIAGE",),
-    ) as orthanc:
-        storescu_into(orthanc, list(down.files))  # the node is not running
-        orthanc.wait_for_log(r"routing job \S+ failed; resubmitted when a later one succeeds")
-
-        def failures() -> list[str] | None:
-            jobs = [j["Type"] for j in orthanc.get("/jobs?expand") if j["State"] == "Failure"]
-            return jobs if len(jobs) == len(down.files) else None
-
-        assert orthanc.wait_for(failures, 10, "a failed job per instance") == [
-            "DicomModalityStore"
-        ] * len(down.files)
-        node = Node(config_for(tmp_path / "spool", node__port=node_port))
+    work = tmp_path / "orthanc"
+    with ExitStack() as stack:
+        orthanc = stack.enter_context(
+            run_orthanc(work, route_to=target, skip_calling_aes=("TRIAGE",))
+        )
+        _route_while_down(orthanc, down)
+        if restart:
+            stack.close()  # Orthanc stops, its failed jobs kept in its database
+            orthanc = stack.enter_context(
+                run_orthanc(work, route_to=target, skip_calling_aes=("TRIAGE",))
+            )
+        node = Node(config_for(tmp_path / "spool", node__port=target.port))
         node.start()
-        try:
-            storescu_into(orthanc, list(later.files))
-            assert node.state is not None
-            state = node.state
-
-            def received() -> bool:
-                counts = {s.study_uid: s.instance_count for s in state.studies()}
-                return all(counts.get(s.identity.study_uid) == len(s.files) for s in (down, later))
-
-            wait_for(received, 30, "both studies on the node")
-            orthanc.wait_for_log(r"routing job \S+ resubmitted")
-            assert all(j["State"] == "Success" for j in orthanc.get("/jobs?expand"))
-        finally:
-            node.stop(drain_seconds=1)
+        stack.callback(node.stop, drain_seconds=1)
+        storescu_into(orthanc, list(later.files))
+        wait_for(lambda: _received(node, down, later), 30, "both studies on the node")
+        if restart:
+            orthanc.wait_for_log(r"routing job \S+ failed before Orthanc started; resubmitted")
+        else:
+            orthanc.wait_for_log(r"instance \S+ of routing job \S+ sent again by job \S+")

@@ -260,7 +260,9 @@ def _config(
         "DicomModalities": modalities,
         "StableAge": 1,
         "OverwriteInstances": False,
-        "SaveJobs": False,
+        # As deploy/orthanc/orthanc.json: the route's failed jobs outlive a restart.
+        "SaveJobs": True,
+        "JobsHistorySize": 1000,
     }
 
 
