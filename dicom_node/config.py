@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,13 +313,29 @@ _ANY_HOST = ("0.0.0.0", "::", "")
 
 def _apart(node: NodeConfig, metrics: MetricsConfig) -> None:
     """The DICOM listener and the HTTP endpoints cannot share a port on one address: the
-    second to bind would fail, blaming a port 'already in use' by the node itself."""
-    same_host = node.host == metrics.host or {node.host, metrics.host} & set(_ANY_HOST)
-    if node.port and node.port == metrics.port and same_host:
+    second to bind would fail, blaming a port 'already in use' by the node itself. One
+    address may be spelled two ways (localhost, 127.0.0.1): both are resolved."""
+    if not node.port or node.port != metrics.port:
+        return
+    same_host = (
+        node.host == metrics.host
+        or {node.host, metrics.host} & set(_ANY_HOST)
+        or _addresses(node.host) & _addresses(metrics.host)
+    )
+    if same_host:
         raise ConfigError(
             f"metrics.port: must differ from node.port ({node.port}) on the same address "
             f"(node.host {node.host}, metrics.host {metrics.host}), got {metrics.port}"
         )
+
+
+def _addresses(host: str) -> set[str]:
+    """The addresses ``host`` names (itself when it does not resolve: then the bind fails
+    with its own message)."""
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except (OSError, UnicodeError):
+        return {host}
 
 
 def _outside_the_spool(destinations: tuple[Destination, ...], spool_dir: Path) -> None:

@@ -37,6 +37,7 @@ from dicom_node.errors import (
     StateError,
     describe,
 )
+from dicom_node.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.infer import EngineOutputError, EngineSet, EngineUnavailableError
 from dicom_node.metrics import Metrics
 from dicom_node.models import Job, ResultObject
@@ -72,6 +73,10 @@ def engines_needed(cfg: Config) -> tuple[str, ...]:
 
 
 def encode(ds: Dataset) -> bytes:
+    """A result object as its file: its File Meta names the node (the conformance
+    statement's Implementation Class UID and Version Name), not highdicom, which wrote it."""
+    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     buffer = io.BytesIO()
     dcmwrite(buffer, ds, enforce_file_format=True)
     return buffer.getvalue()

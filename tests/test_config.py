@@ -230,6 +230,11 @@ BAD: list[tuple[dict[str, Any], str]] = [
         {"node": {"host": "127.0.0.1", "port": 9200}, "metrics": {"port": 9200}},
         r"^metrics\.port: must differ from node\.port \(9200\)",
     ),
+    (  # one address spelled two ways: check-config said OK, serve blamed node.port
+        {"node": {"host": "localhost", "port": 9200}, "metrics": {"port": 9200}},
+        r"^metrics\.port: must differ from node\.port \(9200\) on the same address "
+        r"\(node\.host localhost, metrics\.host 127\.0\.0\.1\), got 9200$",
+    ),
     (
         {"node": {"drain_seconds": "soon"}},
         r"^node\.drain_seconds: expected a number of seconds, got 'soon'",

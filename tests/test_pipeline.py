@@ -22,6 +22,7 @@ from pydicom.uid import JPEG2000Lossless
 
 from dicom_node import pipeline as pipeline_module
 from dicom_node.errors import ConfigError, SpoolFullError, StateError
+from dicom_node.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.infer import EngineSet
 from dicom_node.models import Job
 from dicom_node.node import Node
@@ -105,6 +106,14 @@ def test_bad_pixel_data_fails_its_study_and_the_next_study_still_gets_results(
     overlays = [d for d in map(pydicom.dcmread, out.rglob("*.dcm")) if d.Modality != "SR"]
     assert len({str(d.SeriesInstanceUID) for d in overlays}) == 2
     assert [int(d.InstanceNumber) for d in overlays] == [1, 1]
+    # Every file names the node as its writer, as the conformance statement says (was
+    # highdicom's Implementation Class UID and Version Name).
+    for delivered in map(pydicom.dcmread, out.rglob("*.dcm")):
+        meta = delivered.file_meta
+        assert (meta.ImplementationClassUID, meta.ImplementationVersionName) == (
+            IMPLEMENTATION_CLASS_UID,
+            IMPLEMENTATION_VERSION_NAME,
+        )
     # The failure is counted, and the node is ready (its only destination is a folder).
     sent = 'dicom_node_send_attempts_total{destination="files",result="sent"} 3.0'
 
