@@ -68,7 +68,9 @@ _DELIMITATION_NAMES = {_ITEM: "item tag", _SEQ_END: "sequence delimiter"}
 # without an explicit VR (or with VR UN) costs one set lookup, no dictionary_VR call. The
 # repeating-group entries hold no SQ; private tags are not in this dictionary.
 _SQ_TAGS = frozenset(tag for tag in keyword_dict.values() if dictionary_VR(tag) == "SQ")
-_MAYBE_SQ_VRS = (b"", b"UN")  # no explicit VR (implicit), or one that hides the real VR
+# pydicom turns a UN element of a tag whose VR is SQ into a sequence only below this
+# length (pydicom.hooks.raw_element_vr); a longer one stays bytes, unread: not walked either.
+_UN_AS_SQ_LIMIT = 0xFFFF
 # Output of a deflated data set is inflated this much at a time into one buffer: asked for
 # at once, zlib builds it in blocks and joins them, twice the limit at the peak.
 _INFLATE_CHUNK = 1 << 20
@@ -178,13 +180,12 @@ class _Reader:
                 raise self.fail(pos, f"value of {length} bytes runs past the end")
             if vr == b"SQ":
                 self.sequence(value, value + length, delimited=False)
-            elif tag in _SQ_TAGS and vr in _MAYBE_SQ_VRS:
+            elif tag in _SQ_TAGS and vr == b"":
                 # pydicom reads these as sequences: unchecked, a garbled or 100-deep one
                 # was acknowledged and its job failed (RecursionError).
-                if vr == b"UN":
-                    self.un_sequence(value, value + length, delimited=False)
-                else:
-                    self.sequence(value, value + length, delimited=False)
+                self.sequence(value, value + length, delimited=False)
+            elif tag in _SQ_TAGS and vr == b"UN" and length < _UN_AS_SQ_LIMIT:
+                self.un_as_sequence(value, value + length)
             if top:
                 self.collect(tag, value, length)
             pos = value + length
@@ -210,6 +211,23 @@ class _Reader:
             return self.sequence(pos, end, delimited)
         finally:
             self.encoding(*outer)
+
+    def un_as_sequence(self, pos: int, end: int) -> None:
+        """Walk a defined-length UN value that pydicom reads as a sequence (its tag's VR is
+        SQ): its items are Implicit VR Little Endian (PS3.5 6.2.2), or, as pydicom also reads
+        them (it looks at the first item), Explicit VR Little Endian, a misencoding some
+        archives write. Refused when they are neither."""
+        try:
+            self.un_sequence(pos, end, delimited=False)
+        except RejectedInstanceError as implicit_error:
+            outer = (self.little, self.implicit)
+            self.encoding(little=True, implicit=False)
+            try:
+                self.sequence(pos, end, delimited=False)
+            except RejectedInstanceError:
+                raise implicit_error from None  # what PS3.5 says it is, and why not
+            finally:
+                self.encoding(*outer)
 
     def _items(self, pos: int, end: int, delimited: bool) -> int:
         while pos < end:

@@ -32,7 +32,9 @@ def test_e2e_bench_reports_time_to_result(tmp_path: Path, all_engines: Path) -> 
     assert row["studies"] == 2 and row["backend"] == "onnxruntime"
     assert row["quiet_seconds"] == 2.0
     assert 0 < row["inference_p50"] < row["p50"] <= row["p95"]
-    assert row["p50"] > row["quiet_seconds"]  # nothing completes before its quiet period
+    # Nothing completes before its after-release period (0.5 s by default): the Orthanc
+    # route sends each instance by a job, on an association of its own, released at once.
+    assert row["p50"] > 0.5
     assert "| 2 | onnxruntime | 2.0 |" in done.stdout
 
 

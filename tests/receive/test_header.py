@@ -527,6 +527,28 @@ def test_defined_length_un_of_a_sequence_tag_is_walked_as_implicit_vr() -> None:
         )
 
 
+def test_a_un_sequence_is_walked_as_pydicom_reads_it() -> None:
+    # Items in Explicit VR inside the UN (a misencoding some archives write): pydicom reads
+    # them (it looks at the first item), so the walker accepts them, as before it walked
+    # UN values at all; and a UN value of 0xFFFF bytes or more pydicom leaves as bytes.
+    ds = tiny_image()
+    explicit = encode(other_ids(2), ExplicitVRLittleEndian)[12:]  # the value after its header
+    data = with_element(ds, OTHER_IDS, un_other_ids(explicit), ExplicitVRLittleEndian)
+    assert read_like_pydicom(data).OtherPatientIDsSequence[0].PatientID == "OTHER"
+    assert_same_identity(data, ExplicitVRLittleEndian)
+    large = b"\x01\x02\x03\x04" * 0x4000  # 65536 bytes: no sequence to pydicom either
+    data = with_element(ds, OTHER_IDS, un_other_ids(large), ExplicitVRLittleEndian)
+    assert read_like_pydicom(data)[OTHER_IDS].VR == "UN"
+    assert_same_identity(data, ExplicitVRLittleEndian)
+    # Neither implicit nor explicit items: refused, saying why as Implicit VR (PS3.5 6.2.2).
+    garbled = b"\xfe\xff\x00\xe0\x08\x00\x00\x00" + b"\x01" * 8
+    with pytest.raises(RejectedInstanceError, match=r"runs past the end|ends inside"):
+        read_header(
+            with_element(ds, OTHER_IDS, un_other_ids(garbled), ExplicitVRLittleEndian),
+            ExplicitVRLittleEndian,
+        )
+
+
 def test_an_item_may_not_run_past_its_defined_length_sequence() -> None:
     # An undefined-length item inside a 16-byte UN sequence: its delimiter lies beyond the
     # sequence's value, where the data set goes on in Explicit VR.
