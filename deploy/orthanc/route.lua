@@ -18,15 +18,15 @@
 -- A failed send is a Failure job (GET /jobs; kept across restarts: SaveJobs). When a later
 -- routing job succeeds (the node is back) the route sends each instance that failed again,
 -- by a new job (at most MAX_TRIES sends each), and, the first time after Orthanc started,
--- resubmits the node's Failure jobs still in Orthanc's job history (JobsHistorySize) from
--- before the restart. By hand: POST /jobs/<id>/resubmit (deploy/README.md). Each job is
--- one association.
+-- those of the node's Failure jobs still in Orthanc's job history (JobsHistorySize) from
+-- before the restart, unless delivered since or failed MAX_TRIES times. By hand:
+-- POST /jobs/<id>/resubmit (deploy/README.md). Each job is one association.
 local SKIP = { ["TRIAGE"] = true }
 local MAX_TRIES = 10
 local SENDING = {}    -- job ID -> { instance = ID, tries = n }: this run's routing jobs
 local FAILED = {}     -- job ID -> { instance = ID, tries = n }: failed, sent again later
-local KNOWN = {}      -- job ID -> true: every routing job this run started or took over
-local recovered = false  -- were the Failure jobs of before the last start looked for?
+local KNOWN = {}      -- job ID -> true: every routing job this run started
+local recovered = false  -- were the failures of before the last start looked for?
 local PARTS = {
   ["DX"] = { ["HIP"] = true, ["PELVIS"] = true },
   ["CR"] = { ["HIP"] = true, ["PELVIS"] = true },
@@ -42,17 +42,35 @@ local function route(instanceId, tries)
   return job['ID']
 end
 
--- The node's Failure jobs from before Orthanc started (this run's are in FAILED): resubmit.
-local function resubmit_earlier()
+-- After a start: the instances whose routing failed before it (Failure jobs the job history
+-- kept: SaveJobs), sent again by new jobs; not one delivered since (a Success job for it),
+-- one being sent in this run, nor one that failed MAX_TRIES times already.
+local function send_earlier_failures()
   local node = ParseJson(RestApiGet('/modalities/node/configuration'))['AET']
+  local delivered, failures, order = {}, {}, {}
   for _, job in ipairs(ParseJson(RestApiGet('/jobs?expand'))) do
-    if job['State'] == 'Failure' and job['Type'] == 'DicomModalityStore'
-       and job['Content']['RemoteAet'] == node and not KNOWN[job['ID']] then
-      KNOWN[job['ID']] = true
-      if RestApiPost('/jobs/' .. job['ID'] .. '/resubmit', '') ~= nil then
-        SENDING[job['ID']] = { instance = nil, tries = MAX_TRIES }
-        print('routing job ' .. job['ID'] .. ' failed before Orthanc started; resubmitted')
+    if job['Type'] == 'DicomModalityStore' and job['Content']['RemoteAet'] == node then
+      for _, resource in ipairs(job['Content']['ParentResources']) do
+        if job['State'] == 'Success' then
+          delivered[resource] = true
+        elseif job['State'] == 'Failure' and not KNOWN[job['ID']] then
+          if failures[resource] == nil then
+            failures[resource] = 0
+            table.insert(order, resource)
+          end
+          failures[resource] = failures[resource] + 1
+        end
       end
+    end
+  end
+  local sending = {}
+  for _, sent in pairs(SENDING) do
+    sending[sent.instance] = true
+  end
+  for _, resource in ipairs(order) do
+    if not delivered[resource] and not sending[resource] and failures[resource] < MAX_TRIES then
+      print('instance ' .. resource .. ' failed before Orthanc started (' .. failures[resource]
+            .. ' sends); sent again by job ' .. route(resource, failures[resource] + 1))
     end
   end
 end
@@ -112,6 +130,6 @@ function OnJobSuccess(jobId)
   end
   if not recovered then
     recovered = true
-    resubmit_earlier()
+    send_earlier_failures()
   end
 end

@@ -180,6 +180,8 @@ def test_a_study_routed_while_the_node_is_down_reaches_it_once_it_is_back(
         storescu_into(orthanc, list(later.files))
         wait_for(lambda: _received(node, down, later), 30, "both studies on the node")
         if restart:
-            orthanc.wait_for_log(r"routing job \S+ failed before Orthanc started; resubmitted")
+            orthanc.wait_for_log(
+                r"instance \S+ failed before Orthanc started \(1 sends\); sent again"
+            )
         else:
             orthanc.wait_for_log(r"instance \S+ of routing job \S+ sent again by job \S+")
