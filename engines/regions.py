@@ -142,6 +142,15 @@ def hip_regions(
         # hangs its left laterals that way too needs no mirroring (was: every L mirrored).
         mirrored = row == "A" if row in ("A", "P") else (laterality == "L") != flipped
         return (HipRegion(laterality, rows, (0, cols), mirrored, upside_down),)
+    read = patient_orientation(orientation)
+    if read is not None and read[0].startswith(("A", "P")):
+        # Rows front-back: a lateral projection, both hips on top of each other; its halves
+        # (front and back) were read as a right and a left hip.
+        raise RegionError(
+            f"Patient Orientation {read[0]}\\{read[1]}: the image's rows run front-back (a "
+            f"lateral projection) but its laterality is {laterality or 'not given'}: such an "
+            "image shows one hip (R or L), never two"
+        )
     half = cols // 2
     first, second = (0, half), (cols - half, cols)  # the image's left and right halves
     right, left = (second, first) if flipped else (first, second)

@@ -74,6 +74,21 @@ def test_cut_and_place_undo_each_other_with_both_flips() -> None:
     np.testing.assert_array_equal(single.cut(picture), np.flipud(np.fliplr(picture)))
 
 
+@pytest.mark.parametrize("laterality", ["B", ""])
+@pytest.mark.parametrize("orientation", [["A", "F"], ["P", "F"], ["PL", "F"]])
+def test_an_image_with_front_back_rows_is_never_split_into_two_hips(
+    orientation: list[str], laterality: str
+) -> None:
+    # Its front half was read as the right hip and its back half, mirrored, as the left.
+    with pytest.raises(
+        RegionError,
+        match=rf"^Patient Orientation {orientation[0]}\\F: the image's rows run front-back "
+        rf"\(a lateral projection\) but its laterality is {laterality or 'not given'}: ",
+    ):
+        hip_regions((10, 8), laterality, orientation)
+    assert len(hip_regions((10, 8), "R", orientation)) == 1  # one hip: as before
+
+
 def test_too_narrow_an_image_is_refused() -> None:
     with pytest.raises(RegionError, match=r"at least 2 columns wide, got \(4, 1\)"):
         hip_regions((4, 1), "B", ["R", "F"])
