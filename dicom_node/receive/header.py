@@ -214,20 +214,22 @@ class _Reader:
 
     def un_as_sequence(self, pos: int, end: int) -> None:
         """Walk a defined-length UN value that pydicom reads as a sequence (its tag's VR is
-        SQ): its items are Implicit VR Little Endian (PS3.5 6.2.2), or, as pydicom also reads
-        them (it looks at the first item), Explicit VR Little Endian, a misencoding some
-        archives write. Refused when they are neither."""
+        SQ) as pydicom reads it: in the data set's byte order, its items Implicit VR (PS3.5
+        6.2.2) or, as pydicom also takes them (it looks at the first item), Explicit VR, a
+        misencoding some archives write. Refused when they are neither."""
+        outer = (self.little, self.implicit)
         try:
-            self.un_sequence(pos, end, delimited=False)
-        except RejectedInstanceError as implicit_error:
-            outer = (self.little, self.implicit)
-            self.encoding(little=True, implicit=False)
+            self.encoding(little=outer[0], implicit=True)
             try:
                 self.sequence(pos, end, delimited=False)
-            except RejectedInstanceError:
-                raise implicit_error from None  # what PS3.5 says it is, and why not
-            finally:
-                self.encoding(*outer)
+            except RejectedInstanceError as implicit_error:
+                self.encoding(little=outer[0], implicit=False)
+                try:
+                    self.sequence(pos, end, delimited=False)
+                except RejectedInstanceError:
+                    raise implicit_error from None  # what PS3.5 says it is, and why not
+        finally:
+            self.encoding(*outer)
 
     def _items(self, pos: int, end: int, delimited: bool) -> int:
         while pos < end:

@@ -549,6 +549,19 @@ def test_a_un_sequence_is_walked_as_pydicom_reads_it() -> None:
         )
 
 
+def test_a_un_sequence_in_big_endian_is_read_in_its_byte_order() -> None:
+    # pydicom reads a UN value of a sequence tag in the data set's byte order: Implicit VR
+    # Little Endian items in an Explicit VR Big Endian data set became an item of garbage
+    # (an Escape Triplet, no Patient ID), which the walker had accepted as little endian.
+    ds = tiny_image()
+    items = implicit_value(other_ids(1))
+    raw = struct.pack(">HH2sHI", 0x0010, 0x1002, b"UN", 0, len(items)) + items
+    data = with_element(ds, OTHER_IDS, raw, ExplicitVRBigEndian)
+    with pytest.raises(RejectedInstanceError, match=r"expected a sequence item") as info:
+        read_header(data, ExplicitVRBigEndian)
+    assert info.value.status == 0xC210
+
+
 def test_an_item_may_not_run_past_its_defined_length_sequence() -> None:
     # An undefined-length item inside a 16-byte UN sequence: its delimiter lies beyond the
     # sequence's value, where the data set goes on in Explicit VR.
