@@ -33,24 +33,47 @@ local PARTS = {
   ["CT"] = { ["HIP"] = true, ["PELVIS"] = true, ["ABDOMENPELVIS"] = true },
 }
 
--- Send one instance to the node by a job of its own; its ID.
+-- Send one instance to the node by a job of its own; its ID, or nil when Orthanc refused
+-- (the instance deleted meanwhile).
 local function route(instanceId, tries)
-  local job = ParseJson(RestApiPost('/modalities/node/store',
-    DumpJson({ Resources = { instanceId }, Asynchronous = true }, true)))
+  local answer = RestApiPost('/modalities/node/store',
+    DumpJson({ Resources = { instanceId }, Asynchronous = true }, true))
+  if answer == nil then
+    print('instance ' .. instanceId .. ' not sent to the node: Orthanc refused the job '
+          .. '(deleted since?)')
+    return nil
+  end
+  local job = ParseJson(answer)
   SENDING[job['ID']] = { instance = instanceId, tries = tries }
   KNOWN[job['ID']] = true
   return job['ID']
 end
 
+-- The instance, series and study IDs of an instance Orthanc still holds (nil: it holds no
+-- such instance: deleted, or the ID of a study or series an admin sent by hand).
+local function lineage(resource)
+  local instance = RestApiGet('/instances/' .. resource)
+  if instance == nil then
+    return nil
+  end
+  local series = ParseJson(instance)['ParentSeries']
+  local study = ParseJson(RestApiGet('/series/' .. series))['ParentStudy']
+  return { resource, series, study }
+end
+
 -- After a start: the instances whose routing failed before it (Failure jobs the job history
--- kept: SaveJobs), sent again by new jobs; not one delivered since (a Success job for it),
--- one being sent in this run, nor one that failed MAX_TRIES times already.
+-- kept: SaveJobs), sent again by new jobs; not one delivered since (by a job that sent it,
+-- its series or its study), one being sent in this run, one that failed MAX_TRIES times
+-- already, nor what a failed job sent that is not an instance (a study an admin sent by
+-- hand: POST /jobs/<id>/resubmit for those), nor an instance deleted since.
 local function send_earlier_failures()
   local node = ParseJson(RestApiGet('/modalities/node/configuration'))['AET']
   local delivered, failures, order = {}, {}, {}
   for _, job in ipairs(ParseJson(RestApiGet('/jobs?expand'))) do
-    if job['Type'] == 'DicomModalityStore' and job['Content']['RemoteAet'] == node then
-      for _, resource in ipairs(job['Content']['ParentResources']) do
+    local content = job['Content'] or {}
+    if job['Type'] == 'DicomModalityStore' and content['RemoteAet'] == node then
+      -- A C-MOVE's store job has no ParentResources.
+      for _, resource in ipairs(content['ParentResources'] or {}) do
         if job['State'] == 'Success' then
           delivered[resource] = true
         elseif job['State'] == 'Failure' and not KNOWN[job['ID']] then
@@ -68,9 +91,16 @@ local function send_earlier_failures()
     sending[sent.instance] = true
   end
   for _, resource in ipairs(order) do
-    if not delivered[resource] and not sending[resource] and failures[resource] < MAX_TRIES then
-      print('instance ' .. resource .. ' failed before Orthanc started (' .. failures[resource]
-            .. ' sends); sent again by job ' .. route(resource, failures[resource] + 1))
+    local ids = nil
+    if not sending[resource] and failures[resource] < MAX_TRIES then
+      ids = lineage(resource)
+    end
+    if ids ~= nil and not (delivered[ids[1]] or delivered[ids[2]] or delivered[ids[3]]) then
+      local job = route(resource, failures[resource] + 1)
+      if job ~= nil then
+        print('instance ' .. resource .. ' failed before Orthanc started (' .. failures[resource]
+              .. ' sends); sent again by job ' .. job)
+      end
     end
   end
 end
@@ -125,8 +155,11 @@ function OnJobSuccess(jobId)
   SENDING[jobId] = nil
   for failed, sent in pairs(FAILED) do  -- the node answers again: send what it missed
     FAILED[failed] = nil
-    print('instance ' .. sent.instance .. ' of routing job ' .. failed .. ' sent again by job '
-          .. route(sent.instance, sent.tries + 1))
+    local job = route(sent.instance, sent.tries + 1)
+    if job ~= nil then
+      print('instance ' .. sent.instance .. ' of routing job ' .. failed .. ' sent again by job '
+            .. job)
+    end
   end
   if not recovered then
     recovered = true
