@@ -36,7 +36,19 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from dicom_node.synthetic.dcmtk import dcmtk_program
+
 ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def dcmtk(name: str) -> str:
+    """dcmtk's ``name``, never pynetdicom's script of that name (an activated venv)."""
+    program = dcmtk_program(name)
+    if program is None:
+        raise SystemExit(f"{name} not found: dcmtk is not installed (make bench installs it)")
+    return program
+
+
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 TARGETS = {"small": 0.5, "large": 0.9}
 MAX_PDU = 131072  # storescp's largest receive PDU; the node is given the same
@@ -102,7 +114,7 @@ def wait_ready(port: int, called_ae: str, proc: subprocess.Popen[bytes]) -> None
         if proc.poll() is not None:
             raise RuntimeError(f"receiver exited with {proc.returncode} before it was ready")
         echo = subprocess.run(
-            ["echoscu", "-aec", called_ae, "127.0.0.1", str(port)],
+            [dcmtk("echoscu"), "-aec", called_ae, "127.0.0.1", str(port)],
             env=ENV, capture_output=True, check=False,
         )  # fmt: skip
         if echo.returncode == 0:
@@ -113,7 +125,7 @@ def wait_ready(port: int, called_ae: str, proc: subprocess.Popen[bytes]) -> None
 
 def start_storescp(out: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        ["storescp", "-od", str(out), "+xa", "-aet", "STORESCP", "-pdu", str(MAX_PDU),
+        [dcmtk("storescp"), "-od", str(out), "+xa", "-aet", "STORESCP", "-pdu", str(MAX_PDU),
          str(port)],
         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -181,7 +193,7 @@ def run_once(receiver: str, files: list[Path], work: Path, index: int) -> Result
         os.sync()  # every run starts without dirty pages left by the previous one
         started = time.perf_counter()
         send = subprocess.run(
-            ["storescu", "-xe", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port),
+            [dcmtk("storescu"), "-xe", "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port),
              *map(str, files)],
             env=ENV, capture_output=True, text=True, check=False,
         )  # fmt: skip
@@ -239,7 +251,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.runs < 1:
         parser.error(f"--runs: expected 1 or more, got {args.runs}")
-    if shutil.which("storescp") is None:
+    if dcmtk_program("storescp") is None:
         parser.error("dcmtk is not installed (make bench installs it)")
     runs = 1 if args.quick else args.runs
     sets = {

@@ -198,16 +198,29 @@ def test_an_out_folder_holding_anything_else_is_never_wiped(
     # mark existed) is replaced: the run gets past the check (and, with no time to wait for
     # results, stops there).
     monkeypatch.setattr(demo, "WAIT_SECONDS", 0.0)
-    marked, older = tmp_path / "marked", tmp_path / "older"
-    for folder in (marked, older):
+    monkeypatch.chdir(tmp_path)
+    marked, older, site = tmp_path / "marked", tmp_path / demo.DEFAULT_OUT, tmp_path / "site"
+    for folder in (marked, older, site):
         (folder / "spool").mkdir(parents=True)
     (marked / demo.DEMO_MARK).write_text("")
-    (older / "pacs").mkdir()
-    (older / "incoming").mkdir()
+    for folder in (older, site):
+        (folder / "pacs").mkdir()
+        (folder / "incoming").mkdir()
     for folder in (marked, older):
         with pytest.raises(DemoError, match=r"studies got no result within 0 s$"):
             list(run_demo(cfg, folder))
         assert (folder / demo.DEMO_MARK).is_file()
+    # Those two names elsewhere are a site's (/srv/dicom/{incoming,pacs,spool}): was wiped.
+    (site / "spool" / "state.sqlite3").write_text("precious")
+    with pytest.raises(DemoError, match=r"holds spool, incoming, pacs that no demo wrote"):
+        list(run_demo(cfg, site))
+    assert (site / "spool" / "state.sqlite3").read_text() == "precious"
+
+
+def test_the_demo_commands_default_folder_is_the_one_it_knows() -> None:
+    from dicom_node.cli import _parser
+
+    assert _parser().parse_args(["demo"]).out == str(demo.DEFAULT_OUT)
 
 
 def test_every_header_of_a_demo_case_tells_of_one_patient_and_one_request(

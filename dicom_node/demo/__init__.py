@@ -35,7 +35,7 @@ from dicom_node.errors import DicomNodeError
 from dicom_node.node import Node
 from dicom_node.pipeline import engines_needed
 from dicom_node.spool import Spool
-from dicom_node.synthetic.dcmtk import storescu, storescu_profile
+from dicom_node.synthetic.dcmtk import dcmtk_program, storescu, storescu_profile
 from engines.manifest import ManifestError, read_manifest, verify_artefacts
 
 WAIT_SECONDS = 120.0
@@ -44,6 +44,7 @@ SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 # The folders a demo run writes under --out, replaced by the next run; the mark says so.
 DEMO_FOLDERS = ("spool", "incoming", "pacs", "results")
 DEMO_MARK = ".dicom-node-demo"
+DEFAULT_OUT = Path("var/demo")  # --out, relative to the working folder
 
 
 class DemoError(DicomNodeError, RuntimeError):
@@ -96,7 +97,7 @@ def _demo_config(cfg: Config, out: Path, pacs: StandInPacs) -> Config:
 
 def _send(node: Node, files: Sequence[Path], work: Path) -> str:
     ae = node.config.node.ae_title
-    if shutil.which("storescu"):
+    if dcmtk_program("storescu"):
         result = storescu(
             "127.0.0.1", node.port, files, called_ae=ae, calling_ae="DEMO_MODALITY",
             profile=storescu_profile(work / "storescu.cfg"),
@@ -214,8 +215,11 @@ def run_demo(cfg: Config, out: str | Path) -> Iterator[str]:
     """Run the demo; yield the lines of its report as they happen."""
     out = Path(out).resolve()
     made = [out / name for name in DEMO_FOLDERS if (out / name).exists()]
-    # A demo's folder: its mark, or (written before the mark) its PACS and incoming folders.
-    ours = (out / DEMO_MARK).exists() or all((out / n).is_dir() for n in ("pacs", "incoming"))
+    # A demo's folder: its mark; or, the default folder only, its PACS and incoming folders
+    # (a demo wrote those there before the mark existed). Anywhere else those two names were
+    # taken for a demo's: a site's /srv/dicom/{incoming,pacs,spool} was wiped.
+    legacy = out == DEFAULT_OUT.resolve() and all((out / n).is_dir() for n in ("pacs", "incoming"))
+    ours = (out / DEMO_MARK).exists() or legacy
     if made and not ours:
         # Someone's spool (--out /var/lib/dicom-node) must never be wiped as a demo's leftovers.
         raise DemoError(

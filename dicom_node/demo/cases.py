@@ -3,9 +3,11 @@
 Each case is drawn by the phantom generator with a fixed seed and written as a
 DX study (an AP pelvis, plus the lateral of a failing THA), with the ground
 truth kept beside it so the report can show what the engines should have found.
-Every case carries a patient drawn for a bone status (age, sex, size and weight
-in the header, bone density in the picture), so the osteoporosis engine has its
-inputs; two cases add a CT series of the right hip and a request text, so the
+Every case carries a patient drawn for a bone status (bone density in the picture;
+age, sex, size and weight in the header, each as the phantom's clinical draw gives
+it: some are missing, as in real headers, so case 2's osteoporotic patient, whose
+sex is not given, is not one the osteoporosis engine reads, and the report says
+so); two cases add a CT series of the right hip and a request text, so the
 multimodal engine runs too. Seeds are fixed and were not chosen for the engines'
 answers.
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,6 +49,21 @@ def storescu_profile(
     return str(path), "All"
 
 
+def dcmtk_program(name: str) -> str | None:
+    """The path of dcmtk's program ``name`` on PATH, or None. pynetdicom installs console
+    scripts of the same names (storescu, storescp, echoscu, ...) into this Python's scripts
+    folder, taking other arguments: first on PATH (an activated virtualenv, the container
+    image), theirs ran with dcmtk's arguments and failed, or measured pynetdicom as dcmtk."""
+    scripts = Path(sysconfig.get_path("scripts")).resolve()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if not folder or Path(folder).resolve() == scripts:
+            continue
+        found = shutil.which(name, path=folder)
+        if found is not None:
+            return found
+    return None
+
+
 def storescu(
     host: str,
     port: int,
@@ -60,9 +76,10 @@ def storescu(
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """Run storescu (with ``TCP_NODELAY=1``, without which dcmtk is 20-40x slower)."""
-    if shutil.which("storescu") is None:
+    program = dcmtk_program("storescu")
+    if program is None:
         raise FactoryError("storescu not found: install dcmtk (make test/demo installs it)")
-    args = ["storescu", "-aet", calling_ae, "-aec", called_ae, *extra]
+    args = [program, "-aet", calling_ae, "-aec", called_ae, *extra]
     if profile is not None:
         args += ["-xf", *profile]
     args += [host, str(port), *map(str, files)]
