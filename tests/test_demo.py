@@ -138,7 +138,7 @@ def test_a_refused_storescu_send_stops_the_demo(
 def test_a_refused_pynetdicom_send_stops_the_demo(
     refusing_node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shutil, "which", lambda name: None)  # as where dcmtk is not installed
+    monkeypatch.setattr(demo, "dcmtk_program", lambda name: None)  # as where dcmtk is missing
     with pytest.raises(DemoError, match=r"^the node refused the demo's association$"):
         _send(refusing_node, _one_file(tmp_path), tmp_path)
 
@@ -147,7 +147,7 @@ def test_an_instance_the_node_does_not_store_stops_the_pynetdicom_send(
     start_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     full = start_node(storage__min_free_bytes=2**62)  # every instance: 0xA700
-    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(demo, "dcmtk_program", lambda name: None)
     # Was: "sent" regardless, then a misleading time-out waiting for results.
     with pytest.raises(DemoError, match=r"^the node did not store [0-9.]+ \(status 0xA700\)$"):
         _send(full, _one_file(tmp_path), tmp_path)
@@ -167,6 +167,7 @@ def test_a_demo_folder_whose_spool_a_running_node_holds_is_left_alone(tmp_path: 
     # A second demo on the same --out deleted the running one's spool and started anyway.
     out = tmp_path / "demo"
     (out / "pacs").mkdir(parents=True)
+    (out / demo.DEMO_MARK).write_text("")  # a demo's folder
     (out / "incoming").mkdir()
     running = Spool(out / "spool", 0, exclusive=True)
     try:
