@@ -138,7 +138,7 @@ function OnJobFailure(jobId)
     return
   end
   SENDING[jobId] = nil
-  if sent.instance ~= nil and sent.tries < MAX_TRIES then
+  if sent.tries < MAX_TRIES then
     FAILED[jobId] = sent
     print('routing job ' .. jobId .. ' failed; instance ' .. sent.instance
           .. ' sent again when a later one succeeds')

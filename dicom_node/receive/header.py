@@ -202,34 +202,34 @@ class _Reader:
         finally:
             self.depth -= 1
 
-    def un_sequence(self, pos: int, end: int, delimited: bool) -> int:
-        """Walk a sequence sent as UN: its items are Implicit VR Little Endian whatever
-        the transfer syntax (PS3.5 6.2.2)."""
+    def sequence_in(
+        self, pos: int, end: int, delimited: bool, *, little: bool, implicit: bool
+    ) -> int:
+        """Walk a sequence whose items are in another encoding than the data set's."""
         outer = (self.little, self.implicit)
-        self.encoding(little=True, implicit=True)
+        self.encoding(little, implicit)
         try:
             return self.sequence(pos, end, delimited)
         finally:
             self.encoding(*outer)
+
+    def un_sequence(self, pos: int, end: int, delimited: bool) -> int:
+        """Walk a sequence sent as UN: its items are Implicit VR Little Endian whatever
+        the transfer syntax (PS3.5 6.2.2)."""
+        return self.sequence_in(pos, end, delimited, little=True, implicit=True)
 
     def un_as_sequence(self, pos: int, end: int) -> None:
         """Walk a defined-length UN value that pydicom reads as a sequence (its tag's VR is
         SQ) as pydicom reads it: in the data set's byte order, its items Implicit VR (PS3.5
         6.2.2) or, as pydicom also takes them (it looks at the first item), Explicit VR, a
         misencoding some archives write. Refused when they are neither."""
-        outer = (self.little, self.implicit)
         try:
-            self.encoding(little=outer[0], implicit=True)
+            self.sequence_in(pos, end, False, little=self.little, implicit=True)
+        except RejectedInstanceError as implicit_error:
             try:
-                self.sequence(pos, end, delimited=False)
-            except RejectedInstanceError as implicit_error:
-                self.encoding(little=outer[0], implicit=False)
-                try:
-                    self.sequence(pos, end, delimited=False)
-                except RejectedInstanceError:
-                    raise implicit_error from None  # what PS3.5 says it is, and why not
-        finally:
-            self.encoding(*outer)
+                self.sequence_in(pos, end, False, little=self.little, implicit=False)
+            except RejectedInstanceError:
+                raise implicit_error from None  # what PS3.5 says it is, and why not
 
     def _items(self, pos: int, end: int, delimited: bool) -> int:
         while pos < end:
