@@ -94,7 +94,10 @@ def dcmtk_env() -> dict[str, str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked ``gpu`` unless TensorRT, pycuda and a CUDA device are present."""
+    """Skip tests marked ``gpu`` unless TensorRT, pycuda and a CUDA device are present.
+
+    Tests marked ``cuda`` need pycuda and a device but not TensorRT, and skip themselves.
+    """
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return
