@@ -1,4 +1,5 @@
-"""Coded concepts the results use, each checked against pydicom's DICOM concept dictionaries.
+"""Coded concepts the results use, each checked against pydicom's DICOM concept dictionaries
+(Urgent's meaning is SNOMED CT's, see PRIORITY_VALUES).
 
 Where a concept comes from a Context Group it is named in the comment.
 """
@@ -31,8 +32,10 @@ PRESENCE = Code("121052", "DCM", "Presence of property")
 PRESENT = Code("52101004", "SCT", "Present")  # CID 240
 ABSENT = Code("272519000", "SCT", "Absent")  # CID 240
 PRIORITY = Code("260870009", "SCT", "Priority")
-# The study's triage priority as a value: Urgent from CID 3414 (Urgency); the two
-# CAD summaries from CID 6047 say honestly whether the engines found anything.
+# The study's triage priority as a value: SNOMED CT's qualifier value Urgent (DICOM lists
+# the code only in CID 3414 "Procedure Urgency", as "Urgent Procedure": a procedure's
+# urgency, not a study's priority, so SNOMED CT's meaning is kept); the two CAD summaries
+# from CID 6047 say honestly whether the engines found anything.
 PRIORITY_VALUES = {
     "URGENT": Code("103391001", "SCT", "Urgent"),
     "FLAG": Code("111242", "DCM", "All algorithms succeeded; with findings"),
