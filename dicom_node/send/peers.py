@@ -85,18 +85,20 @@ def send_dicom(
     _bound_each_send(assoc, timeout)
     accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
     offered = False  # has an item of this batch been sent to the peer?
+    ended = f"association to {where} ended"
     try:
         for item in items:
+            # Charged only when no item was offered: else a peer that aborts right after
+            # accepting would have the batch retried at once, for ever.
             if not assoc.is_established:
-                # Charged only when no item was offered: else a peer that aborts right after
-                # accepting would have the batch retried at once, for ever.
-                ended = f"association to {where} ended"
                 yield Delivery(item, False, ended, counts_as_attempt=not offered)
             elif item.sop_class_uid not in accepted:
                 yield Delivery(item, False, f"{where} accepted no context for {item.sop_class_uid}")
+            elif (delivery := _store_one(assoc, item, spool_dir, where, timeout)) is None:
+                yield Delivery(item, False, ended, counts_as_attempt=not offered)
             else:
                 offered = True
-                yield _store_one(assoc, item, spool_dir, where, timeout)
+                yield delivery
     finally:
         if assoc.is_established:
             assoc.release()
@@ -149,10 +151,13 @@ def rejection(assoc: Association) -> str:
 
 def _store_one(
     assoc: Association, item: OutboxItem, spool_dir: Path, where: str, timeout: float
-) -> Delivery:
-    # A damaged file fails its own item only, whatever pydicom or pynetdicom raise for it:
-    # a truncated file is struct.error while reading or (values are read lazily) while
-    # sending, a file without its UIDs AttributeError, no context for its syntax ValueError.
+) -> Delivery | None:
+    """The item's delivery; None where the association ended before the item was offered.
+
+    A damaged file fails its own item only, whatever pydicom or pynetdicom raise for it:
+    a truncated file is struct.error while reading or (values are read lazily) while
+    sending, a file without its UIDs AttributeError, no context for its syntax ValueError.
+    """
     try:
         size = (spool_dir / item.path).stat().st_size
         ds = dcmread(spool_dir / item.path)
@@ -166,6 +171,10 @@ def _store_one(
     try:
         status = assoc.send_c_store(ds)
     except Exception as exc:  # noqa: BLE001 - see above
+        if not assoc.is_established:
+            # A peer's abort that pynetdicom's reactor took in after the caller's check:
+            # send_c_store refused to start (RuntimeError), the peer never saw the item.
+            return None
         return Delivery(item, False, f"cannot send {item.path} to {where}: "
                         f"{describe(exc)}")  # fmt: skip
     code = int(status.Status) if "Status" in status else None

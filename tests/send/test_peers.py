@@ -15,6 +15,7 @@ from orthanc import free_port
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom.association import Association
 from store_peer import storage_scp
 
 from dicom_node.config_results import Destination
@@ -242,6 +243,32 @@ def test_peer_that_does_not_answer_in_time_fails_the_rest(tmp_path: Path) -> Non
     assert deliveries[1].detail == f"association to {where} ended"
     # The first was offered and failed; the second never reached the peer: not charged.
     assert [d.counts_as_attempt for d in deliveries] == [True, False]
+
+
+def test_an_abort_seen_only_once_the_next_send_starts_is_not_charged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The peer aborts after the first object; pynetdicom's reactor often takes the A-ABORT
+    # in after send_dicom's check of the association and before send_c_store, which then
+    # refuses to start (RuntimeError). That second object never reached the peer: it was
+    # charged an attempt, as "cannot send ...: RuntimeError".
+    items = [result_file(tmp_path, SR), result_file(tmp_path, SC)]
+    send = Association.send_c_store
+    sends = count()
+
+    def abort_before_the_second(assoc: Association, ds: Dataset, *args: Any, **kw: Any) -> Any:
+        if next(sends) == 1:
+            assoc.abort()  # as the reactor would, between the check and the send
+        return send(assoc, ds, *args, **kw)
+
+    monkeypatch.setattr(Association, "send_c_store", abort_before_the_second)
+    with storage_scp() as peer:
+        deliveries = send_dicom(dicom_destination(peer.port), items, tmp_path, CALLING, 5.0)
+    where = f"pacs (PACS@127.0.0.1:{peer.port})"
+    assert [(d.ok, d.detail, d.counts_as_attempt) for d in deliveries] == [
+        (True, "0x0000", True),
+        (False, f"association to {where} ended", False),
+    ]
 
 
 def large_overlay(spool: Path, edge: int) -> OutboxItem:
