@@ -77,7 +77,8 @@ def run_outbox(cfg: Config, args: argparse.Namespace) -> int:
             )
         print(f"no state database at {cfg.storage.database}: the node has not run yet")
         return 0
-    state = State(cfg.storage.database, cfg.assembly, readonly=args.verb == "list")
+    listing = args.verb == "list"
+    state = State(cfg.storage.database, cfg.assembly, readonly=listing, create=False)
     try:
         outbox = Outbox(state, cfg.sending)
         if args.verb in ("retry", "discard"):

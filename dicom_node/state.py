@@ -181,13 +181,18 @@ SCRAPE_BUSY_MS = 1000
 
 
 class State:
-    def __init__(self, path: Path, rules: AssemblyConfig, readonly: bool = False) -> None:
+    def __init__(
+        self, path: Path, rules: AssemblyConfig, readonly: bool = False, create: bool = True
+    ) -> None:
         """Open (or create, and migrate) the node's state database at ``path``.
 
         ``readonly`` is for commands that only list: the file is opened read-only, nothing
         is created or migrated, and a file that is not a state database of this version is
         refused (an empty one came back as a new database and "0 jobs"; an admin account
         that may only read the node's files got "attempt to write a readonly database").
+        ``create=False`` is for commands that change an existing database (outbox retry
+        and discard): refused the same way, never made a new one (an empty file became one,
+        and "requeued 0 dead letters" exited 0).
         """
         self.path = path
         self.rules = rules
@@ -200,9 +205,16 @@ class State:
         try:
             if readonly:
                 self._db = self._open_readonly(path)
-                self._check_version_readonly()
+                self._check_existing()
                 return
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            if create:
+                self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            else:  # mode=rw: a missing file is an error, not a new empty one
+                uri = f"{path.resolve().as_uri()}?mode=rw"
+                self._db = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False
+                )
+                self._check_existing()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=10000")
@@ -230,7 +242,8 @@ class State:
             )
         return db
 
-    def _check_version_readonly(self) -> None:
+    def _check_existing(self) -> None:
+        """Refuse (closing it) a database that is not the node's, or of another version."""
         has_meta = self._db.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
         ).fetchone()

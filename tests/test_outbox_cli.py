@@ -117,6 +117,32 @@ def test_state_is_refused_where_it_would_be_ignored(
     assert " dead " in capsys.readouterr().out  # still a dead letter
 
 
+def test_retry_and_discard_never_make_a_new_database_of_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = str(config_file(tmp_path))
+    database = tmp_path / "spool" / "state.sqlite3"
+    database.parent.mkdir(parents=True)
+    database.write_bytes(b"")  # a failed restore: became a new database, "requeued 0", exit 0
+    for verb in (["retry"], ["discard", "1"]):
+        assert main(["outbox", *verb, "--config", cfg]) == 2
+        assert capsys.readouterr().err == (
+            f"dicom-node: error: {database}: not a state database of the node (empty or "
+            "damaged; a node started on it would make a new one)\n"
+        )
+    assert database.read_bytes() == b"" and sorted(database.parent.iterdir()) == [database]
+    database.unlink()
+    State(database, AssemblyConfig()).close()
+    with sqlite3.connect(database) as db:  # a database of an older version: not migrated
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    assert main(["outbox", "retry", "--config", cfg]) == 2
+    assert capsys.readouterr().err.endswith("start the node once to migrate it\n")
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "3",
+        )
+
+
 def test_listing_commands_read_the_state_and_never_write_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
