@@ -241,7 +241,17 @@ def _error(text: str, cfg: Config | None) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "outbox":
+        from dicom_node.outbox_cli import take_ids
+
+        try:
+            extra = take_ids(args, extra)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"argument ids: {exc}")
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logged: Config | None = None  # the config whose logging is set up, once it is
     try:
         if args.command == "check-config":

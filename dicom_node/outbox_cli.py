@@ -45,6 +45,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                              "study, as soon as the next purge round)")  # fmt: skip
 
 
+def take_ids(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """Add the item ids argparse left over to ``args.ids``; return the rest.
+
+    argparse takes an option's positionals only before the first option after them:
+    `outbox retry --config PATH 12 13` left 12 and 13 "unrecognized" (README: --config goes
+    before or after the subcommand).
+    """
+    rest = []
+    for text in extra:
+        if text.startswith("-"):
+            rest.append(text)
+        else:
+            args.ids.append(_item_id(text))
+    return rest
+
+
 def _item_id(text: str) -> int:
     """An outbox item id: a positive SQLite integer."""
     try:

@@ -65,6 +65,30 @@ def test_outbox_lists_dead_letters_and_retry_requeues_them(
     assert f"{item:>5}  pending" in capsys.readouterr().out
 
 
+def test_item_ids_may_follow_the_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # README: --config before or after the subcommand. argparse alone refused the ids after
+    # it: `outbox retry --config PATH 6` was "unrecognized arguments: 6".
+    item = dead_letter(tmp_path / "spool")
+    cfg = str(config_file(tmp_path))
+    assert main(["outbox", "list", "--state", "dead", str(item), "--config", cfg]) == 0
+    assert f"{item:>5}  dead" in capsys.readouterr().out
+    assert main(["outbox", "retry", "--config", cfg, str(item)]) == 0
+    assert capsys.readouterr().out == "requeued 1 dead letter\n"
+    with pytest.raises(SystemExit, match="2"):
+        main(["outbox", "discard", "--config", cfg, "x"])
+    assert capsys.readouterr().err.endswith(
+        "dicom-node: error: argument ids: expected an item id, got 'x'\n"
+    )
+    with pytest.raises(SystemExit, match="2"):
+        main(["outbox", "discard", "--config", cfg, "--bogus", str(item)])
+    assert capsys.readouterr().err.endswith("dicom-node: error: unrecognized arguments: --bogus\n")
+    with pytest.raises(SystemExit, match="2"):
+        main(["studies", "--config", cfg, str(item)])  # only the outbox takes ids
+    assert capsys.readouterr().err.endswith(f"error: unrecognized arguments: {item}\n")
+
+
 def test_outbox_list_shows_whole_names_the_study_and_the_kind(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
