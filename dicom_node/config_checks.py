@@ -6,6 +6,7 @@ Every error is a :class:`ConfigError` naming the key path and the bad value.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import math
 import os
 import re
@@ -143,9 +144,25 @@ def as_ae_title(value: Any, path: str) -> str:
 
 
 def as_host(value: Any, path: str) -> str:
+    """A host name, an IPv4 or an IPv6 address: a colon only in an IPv6 address (HOST:PORT,
+    as engines.triton.url takes it, passed check-config and never connected), digits and
+    dots only in an IPv4 address (999.1.1.1 was looked up as a name)."""
     text = as_str(value, path)
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", text):
         raise ConfigError(f"{path}: expected a host name or IP address, got {text!r}")
+    if ":" in text:
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise ConfigError(
+                f"{path}: expected a host name or IP address (a port goes in its own key), "
+                f"got {text!r}"
+            ) from None
+    elif re.fullmatch(r"[0-9.]+", text):
+        try:
+            ipaddress.IPv4Address(text)
+        except ValueError:
+            raise ConfigError(f"{path}: expected an IPv4 address, got {text!r}") from None
     return text
 
 

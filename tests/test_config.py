@@ -180,6 +180,21 @@ BAD: list[tuple[dict[str, Any], str]] = [
         r"^node\.host: expected a host name or IP address, got 'bad host'",
     ),
     ({"node": {"host": ""}}, r"^node\.host: expected a non-empty string, got ''"),
+    # HOST:PORT passed, and the destination was only ever unreachable ([h:104]:104).
+    (
+        {
+            "destinations": [
+                {"name": "p", "ae_title": "P", "host": "pacs.example.org:104", "port": 104}
+            ]
+        },
+        r"^destinations\[0\]\.host: expected a host name or IP address \(a port goes in its "
+        r"own key\), got 'pacs\.example\.org:104'$",
+    ),
+    ({"metrics": {"host": "::1:9108:"}}, r"^metrics\.host: .*own key\), got '::1:9108:'$"),
+    (
+        {"node": {"host": "999.1.1.1"}},
+        r"^node\.host: expected an IPv4 address, got '999\.1\.1\.1'$",
+    ),
     (
         {"node": {"allowed_calling_aes": "PACS"}},
         r"^node\.allowed_calling_aes: expected a list, got 'PACS'",
@@ -408,6 +423,14 @@ BAD: list[tuple[dict[str, Any], str]] = [
 def test_every_bad_value_names_its_key(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(raw)
+
+
+@pytest.mark.parametrize(
+    "host", ["::1", "::", "fe80::1", "0.0.0.0", "10.0.0.5", "pacs-1.example.org"]
+)
+def test_host_names_and_addresses_are_taken(host: str) -> None:
+    cfg = parse_config({"node": {"host": host}, "metrics": {"host": host}})
+    assert cfg.node.host == cfg.metrics.host == host
 
 
 def test_a_tls_file_this_user_may_not_look_at_names_its_key(
