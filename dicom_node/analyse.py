@@ -21,13 +21,14 @@ import pydicom
 from dicom_node.config import Config
 from dicom_node.ct_input import CtCache
 from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe, one_line
-from dicom_node.infer import EngineSet, HipBatchItem
+from dicom_node.infer import EngineOutputError, EngineSet, EngineUnavailableError, HipBatchItem
 from dicom_node.models import HipTask, SourceImage, TriageDecision
 from dicom_node.preprocess import HipInput, ImageCache, PreprocessError, hip_input
 from dicom_node.report.patient import stored_text
 from dicom_node.route import cascade_tasks, held_back, plan_tasks, source_image, unused
 from dicom_node.triage import decide, study_priority
 from engines.manifest import Preprocessing
+from engines.runtimes.base import EngineRuntimeError
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ class StudyAnalysis:
     priority: str
     cache: ImageCache
     inference: tuple[tuple[str, float], ...]  # (engine, seconds) per batch run
-    # AP images that could not be analysed, (SOP Instance UID, why): the others' results
-    # are reported, and the report says the study was not analysed whole.
+    # AP images that could not be analysed, or not by one of their engines, (SOP Instance
+    # UID, why): the others' results are reported, and the report says the study was not
+    # analysed whole.
     not_analysed: tuple[tuple[str, str], ...] = ()
     # Engines a rule chose for an image but whose requires a header value, present but not
     # usable, held back (route.held_back), then the hip radiographs no engine read
@@ -131,6 +133,8 @@ def _run(
     volumes: CtCache,
     cfg: Config,
     not_analysed: dict[str, str],
+    failures: list[DicomNodeError],
+    final_attempt: bool,
 ) -> tuple[list[HipOutcome], list[tuple[str, float]]]:
     by_engine: dict[str, list[HipBatchItem]] = {}
     for task in tasks:
@@ -171,12 +175,42 @@ def _run(
     seconds: list[tuple[str, float]] = []
     for engine, items in by_engine.items():
         started = time.perf_counter()
-        predictions = engines.predict(engine, items)
+        try:
+            predictions = engines.predict(engine, items)
+        except (EngineRuntimeError, EngineUnavailableError) as exc:
+            if not final_attempt:  # passing, perhaps (Triton restarting): the job is retried
+                raise
+            _left_out(engine, items, exc, not_analysed, failures)
+            continue
+        except EngineOutputError as exc:  # not passing: these inputs, this engine
+            _left_out(engine, items, exc, not_analysed, failures)
+            continue
         seconds.append((engine, time.perf_counter() - started))
         manifest = engines.manifest(engine)
         for item, prediction in zip(items, predictions, strict=True):
             outcomes.append(HipOutcome(decide(prediction, manifest, cfg.triage), item.ap))
     return outcomes, seconds
+
+
+def _left_out(
+    engine: str,
+    items: Sequence[HipBatchItem],
+    exc: DicomNodeError,
+    not_analysed: dict[str, str],
+    failures: list[DicomNodeError],
+) -> None:
+    """An engine that failed on its batch leaves those hips out, named in the report (a
+    Hip-Net answering NaN for a prosthesis failed the whole study, and the same study's
+    urgent fracture went unreported)."""
+    failures.append(exc)
+    sides: dict[str, list[str]] = {}
+    for item in items:
+        sides.setdefault(item.task.ap.sop_instance_uid, []).append(item.task.side)
+    for uid, hips in sides.items():
+        why = f"{engine} could not analyse hip {'+'.join(hips)}: {one_line(describe(exc))}"
+        not_analysed[uid] = f"{not_analysed[uid]}; {why}" if uid in not_analysed else why
+    log.warning("engine %s failed on %d hips, reported as not analysed: %s",
+                engine, len(items), one_line(describe(exc)))  # fmt: skip
 
 
 def _why(exc: Exception, uid: str) -> str:
@@ -222,8 +256,17 @@ def _lateral_input(
 
 
 def analyse_study(
-    study_uid: str, images: Sequence[SourceImage], engines: EngineSet, cfg: Config
+    study_uid: str,
+    images: Sequence[SourceImage],
+    engines: EngineSet,
+    cfg: Config,
+    final_attempt: bool = False,
 ) -> StudyAnalysis:
+    """The study's triage. An engine answering values no finding can be read from
+    (EngineOutputError) leaves its hips out; one that cannot run (EngineRuntimeError,
+    EngineUnavailableError) is raised for the job to be retried, and on the job's
+    ``final_attempt`` leaves its hips out too. Hips left out are named in ``not_analysed``
+    (the report is PARTIAL); with no hip left, the first failure is raised."""
     cache = ImageCache()
     volumes = CtCache(images)
     tasks = plan_tasks(images, cfg.routing, engines.reads_text)
@@ -231,10 +274,13 @@ def analyse_study(
     hips: list[HipOutcome] = []
     seconds: list[tuple[str, float]] = []
     not_analysed: dict[str, str] = {}
+    failures: list[DicomNodeError] = []
     for _ in range(_MAX_CASCADE_DEPTH):
         if not tasks:
             break
-        outcomes, spent = _run(tasks, engines, cache, volumes, cfg, not_analysed)
+        outcomes, spent = _run(
+            tasks, engines, cache, volumes, cfg, not_analysed, failures, final_attempt
+        )
         hips += outcomes
         seconds += spent
         done += tasks
@@ -246,6 +292,8 @@ def analyse_study(
     )
     for note in held:
         log.warning("study %s: %s", study_uid, note)
+    if failures and not hips:  # no engine answered: the job is retried or fails as before
+        raise failures[0]
     if not_analysed and not hips:  # nothing to report: the job fails, saying why
         raise PreprocessError(
             "; ".join(f"SOP instance {uid}: {why}" for uid, why in not_analysed.items())

@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -14,13 +15,14 @@ from helpers import SCREEN_RULE, pipeline_config
 from dicom_node import analyse as analyse_module
 from dicom_node.analyse import MixedPatientsError, StudyAnalysis, analyse_study, read_sources
 from dicom_node.errors import describe
-from dicom_node.infer import EngineSet
+from dicom_node.infer import EngineOutputError, EngineSet
 from dicom_node.models import Prediction
 from dicom_node.preprocess import PreprocessError
 from dicom_node.report.sr import reported_findings
 from dicom_node.results import summary
 from dicom_node.triage import probability_text
 from engines.phantoms.studies import write_study
+from engines.runtimes.base import EngineRuntimeError
 
 THA = "total_hip_arthroplasty"
 DUAL = {"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"], "ViewPosition": ["AP"]}}
@@ -282,3 +284,55 @@ def test_a_reason_is_one_line_the_same_in_every_run() -> None:
         "raised by all available plugins: pylibjpeg: libjpeg error; pillow: cannot identify "
         "image file <_io.BytesIO object>)"
     )
+
+
+def _failing(engines: EngineSet, name: str, error: Exception) -> None:
+    """Make ``engines.predict`` raise ``error`` for engine ``name`` (the others run)."""
+    predict = engines.predict
+
+    def predict_or_fail(engine: str, items: Any) -> list[Prediction]:
+        if engine == name:
+            raise error
+        return predict(engine, items)
+
+    engines.predict = predict_or_fail  # type: ignore[method-assign]
+
+
+def test_an_engine_that_fails_leaves_its_hips_out_and_the_others_reported(
+    tmp_path: Path, engine_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Was: Hip-Net answering NaN for a prosthesis failed the whole study ("engine"), and
+    # the screening engine's urgent fracture of the same study was never reported.
+    study = write_study(tmp_path, 9, "femoral_neck_fracture", THA, size=64)
+    (pelvis,) = study.files
+    uid = str(pydicom.dcmread(pelvis).SOPInstanceUID)
+    images = read_sources([(pelvis, "PACS")])
+    cfg = pipeline_config(
+        tmp_path / "spool", engine_cache, routing={"rules": [SCREEN_RULE, DUAL], "cascade": []}
+    )
+    engines = EngineSet(cfg.engines, ["hip_screen", "hipnet"])
+    nan = EngineOutputError(f"engine hipnet 0.0.1-test (onnxruntime) gave non-finite "
+                            f"probabilities for hip R of {uid}")  # fmt: skip
+    try:
+        _failing(engines, "hipnet", nan)
+        with caplog.at_level(logging.WARNING, logger="dicom_node.analyse"):
+            analysis = analyse_study(study.identity.study_uid, images, engines, cfg)
+        assert sorted(
+            (h.decision.prediction.task.engine, h.decision.prediction.task.side)
+            for h in analysis.hips
+        ) == [("hip_screen", "L"), ("hip_screen", "R")]
+        assert analysis.not_analysed == ((uid, f"hipnet could not analyse hip R+L: {nan}"),)
+        assert "engine hipnet failed on 2 hips, reported as not analysed" in caplog.text
+        # An engine that cannot run is retried (the job), and left out on the last try only.
+        down = EngineRuntimeError("hipnet on triton: server unreachable")
+        _failing(engines, "hipnet", down)
+        with pytest.raises(EngineRuntimeError, match=r"^hipnet on triton: server unreachable$"):
+            analyse_study(study.identity.study_uid, images, engines, cfg)
+        last = analyse_study(study.identity.study_uid, images, engines, cfg, final_attempt=True)
+        assert len(last.hips) == 2 and "server unreachable" in last.not_analysed[0][1]
+        # No engine answered: the first failure, as before.
+        _failing(engines, "hip_screen", EngineOutputError("engine hip_screen: non-finite"))
+        with pytest.raises(EngineOutputError, match=r"^engine hip_screen: non-finite$"):
+            analyse_study(study.identity.study_uid, images, engines, cfg, final_attempt=True)
+    finally:
+        engines.close()

@@ -15,7 +15,7 @@ from typing import Any
 import pydicom
 import pytest
 from dicom_clients import send_files
-from helpers import FORCE_FINDINGS, pipeline_config
+from helpers import FORCE_FINDINGS, SCREEN_RULE, pipeline_config
 from orthanc import wait_for
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
@@ -198,6 +198,36 @@ def test_an_engine_that_cannot_run_leaves_the_job_pending_for_a_retry(
 ) -> None:
     job = run_with(pending_study(results_node(), tmp_path, 503), FailingEngines)
     assert job.state == "pending"  # kept for the retry
+
+
+class HipNetDown(EngineSet):
+    """The real engines, except Hip-Net, whose Triton server is away."""
+
+    def predict(self, name, items):  # type: ignore[no-untyped-def]
+        if name == "hipnet":
+            raise EngineRuntimeError("hipnet on triton at 127.0.0.1:8001: unavailable")
+        return super().predict(name, items)
+
+
+def test_on_the_last_try_an_engine_that_cannot_run_leaves_its_hips_out(
+    results_node: Callable[..., Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Was: the job failed after its last try, and the screening engine's findings for the
+    # same study (an urgent fracture, say) were lost with Hip-Net's.
+    monkeypatch.setattr(pipeline_module, "_MAX_ENGINE_RETRIES", 1)  # the first try is the last
+    dual = {"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"]}}
+    node = results_node(routing={"rules": [SCREEN_RULE, dual], "cascade": []})
+    job = run_with(pending_study(node, tmp_path, 504), HipNetDown)
+    assert (job.state, job.error) == ("done", None)
+    recorded = json.loads(job.summary or "{}")
+    assert {h["engine"] for h in recorded["hips"]} == {"hip_screen"}
+    [left_out] = recorded["not_analysed"]
+    assert left_out["why"] == (
+        "hipnet could not analyse hip R+L: hipnet on triton at 127.0.0.1:8001: unavailable"
+    )
+    outputs = node.config.storage.spool_dir / "outputs"
+    [sr] = [p for p in outputs.rglob("*.dcm") if pydicom.dcmread(p).Modality == "SR"]
+    assert pydicom.dcmread(sr).CompletionFlag == "PARTIAL"
 
 
 class BuggyEngines(EngineSet):
