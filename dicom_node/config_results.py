@@ -7,6 +7,7 @@ the key path and the bad value.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,8 +321,13 @@ def _condition(attribute: str, value: Any, path: str) -> Condition:
             f"{path}: expected a regular expression or a list of values, got {show(value)}"
         )
     try:
-        re.compile(value)
-    except re.error as exc:
+        # A pattern Python warns about (FutureWarning: "[[:alpha:]]", grep's POSIX class,
+        # is a set of '[', ':', 'a', ... in Python) never matched what it was written for:
+        # refused like an invalid one, naming the key, not as a raw warning on stderr.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            re.compile(value)
+    except (re.error, Warning) as exc:
         raise ConfigError(
             f"{path}: not a valid regular expression ({exc}), got {value!r}"
         ) from None

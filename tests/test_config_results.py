@@ -316,6 +316,21 @@ BAD: list[tuple[dict[str, Any], str]] = [
         },
         r"^routing\.rules\[0\]\.when\.SeriesDescription: not a valid regular expression \(.*\), got '\(HIP'",
     ),
+    (  # grep's POSIX class: a FutureWarning on stderr, check-config OK, never a match
+        {
+            "routing": {
+                "rules": [
+                    {
+                        "name": "a",
+                        "engine": "hip_screen",
+                        "when": {"BodyPartExamined": "[[:alpha:]]*"},
+                    }
+                ]
+            }
+        },
+        r"^routing\.rules\[0\]\.when\.BodyPartExamined: not a valid regular expression "
+        r"\(Possible nested set at position 1\), got '\[\[:alpha:\]\]\*'$",
+    ),
     ({"routing": {"cascade": "hipnet"}}, r"^routing\.cascade: expected a list, got 'hipnet'"),
     ({"routing": {"cascade": [["a"]]}}, r"^routing\.cascade\[0\]: expected a mapping, got \['a'\]"),
     (
