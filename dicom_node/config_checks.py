@@ -276,6 +276,9 @@ def opt_path(raw: Mapping[str, Any], key: str, prefix: str, base: Path) -> Path 
             f"{join(prefix, key)}: cannot look at the file ({exc.strerror}; check the "
             f"configuration as the node's user), got {str(path)!r}"
         ) from None
+    if not found and path.exists():  # was "file not found" for a folder
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise ConfigError(f"{join(prefix, key)}: expected a file, got {str(path)!r}, {what}")
     if not found:
         raise ConfigError(f"{join(prefix, key)}: file not found, got {str(path)!r}")
     return path

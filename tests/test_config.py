@@ -278,6 +278,14 @@ BAD: list[tuple[dict[str, Any], str]] = [
         {"node": {"tls": {"certificate": "missing.pem", "key": "missing.pem"}}},
         r"^node\.tls\.certificate: file not found",
     ),
+    (  # was "file not found": the admin looked for a file that is not missing
+        {"node": {"tls": {"certificate": "/", "key": "missing.pem"}}},
+        r"^node\.tls\.certificate: expected a file, got '/', a folder$",
+    ),
+    (
+        {"node": {"tls": {"certificate": "/dev/null", "key": "missing.pem"}}},
+        r"^node\.tls\.certificate: expected a file, got '/dev/null', not a regular file$",
+    ),
     ({"node": {"tls": {"cipher": "x"}}}, r"^node\.tls\.cipher: unknown key in node\.tls"),
     ({"node": {"tls": "on"}}, r"^node\.tls: expected a mapping, got 'on'"),
     (
