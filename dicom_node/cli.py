@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import socket
@@ -23,6 +24,7 @@ from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.logs import configure_logging
 
 if TYPE_CHECKING:
+    from dicom_node.models import Job
     from dicom_node.node import Node
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", parents=[common], help="validate a configuration file")
     check.add_argument("path", nargs="?", help="the file to check (default: --config)")
     sub.add_parser("studies", parents=[spool_common], help="list studies with state and counts")
-    sub.add_parser("jobs", parents=[spool_common], help="list jobs made from completed studies")
+    jobs = sub.add_parser(
+        "jobs", parents=[spool_common], help="list jobs made from completed studies"
+    )
+    jobs.add_argument("--summary", metavar="JOB", type=at_least(1),
+                      help="print this job's summary (JSON: every hip's engine, side, AP image, "
+                           "findings; the images not analysed) instead of the list")  # fmt: skip
     demo = sub.add_parser(
         "demo",
         parents=[demo_common],
@@ -268,7 +275,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "studies":
             return _studies(cfg)
         if args.command == "jobs":
-            return _jobs(cfg)
+            return _jobs(cfg, args.summary)
         if args.command == "outbox":
             from dicom_node.outbox_cli import run_outbox
 
@@ -370,6 +377,17 @@ def _open_state(cfg: Config) -> Any:
     return State(cfg.storage.database, cfg.assembly, readonly=True)
 
 
+def _partial(job: Job) -> str | None:
+    """A done job whose report is PARTIAL: how many images were left out (a PARTIAL
+    study read as a clean success in the list)."""
+    if job.summary is None:
+        return None
+    left_out = json.loads(job.summary).get("not_analysed", [])
+    if not left_out:
+        return None
+    return f"PARTIAL: {len(left_out)} not analysed (jobs --summary {job.id})"
+
+
 def _studies(cfg: Config) -> int:
     state = _open_state(cfg)
     if state is None:
@@ -393,12 +411,19 @@ def _studies(cfg: Config) -> int:
     return 0
 
 
-def _jobs(cfg: Config) -> int:
+def _jobs(cfg: Config, summary_of: int | None = None) -> int:
     state = _open_state(cfg)
     if state is None:
         print(f"no state database at {cfg.storage.database}: the node has not run yet")
         return 0
     try:
+        if summary_of is not None:  # a StateError names a job that is not there
+            job = state.job(summary_of)
+            if job.summary is None:
+                print(f"job {job.id} is {job.state}: no summary ({job.error or 'not run yet'})")
+            else:
+                print(json.dumps(json.loads(job.summary), indent=2, sort_keys=True))
+            return 0
         rows = state.jobs()
     finally:
         state.close()
@@ -408,7 +433,7 @@ def _jobs(cfg: Config) -> int:
         print(
             f"{j.id:>5}  {j.study_uid:<64}  {j.generation:>3}  {j.state:<8}  "
             f"{j.instance_count:>5}  {_time(j.created_at):<19}  {j.priority or '-':<8}  "
-            f"{j.reason:<8}  {j.error or '-'}"
+            f"{j.reason:<8}  {j.error or _partial(j) or '-'}"
         )
     print(f"{len(rows)} jobs")
     return 0

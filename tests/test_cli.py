@@ -224,3 +224,38 @@ def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:
     assert reader.wait(timeout=60) == 0
     assert reader.stderr.read() == b""
     reader.stderr.close()
+
+
+def test_jobs_marks_a_partial_report_and_prints_a_jobs_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A study reported PARTIAL read "done ... -" like a whole one, and the summary the docs
+    # point to (which images were not analysed, and why) was in the database only.
+    from dicom_node.config import AssemblyConfig
+    from dicom_node.models import Header, ReceivedInstance
+    from dicom_node.state import State
+
+    config = tmp_path / "node.yaml"
+    config.write_text("storage: {spool_dir: spool}\n")
+    (tmp_path / "spool").mkdir()
+    state = State(tmp_path / "spool" / "state.sqlite3", AssemblyConfig())
+    for study in ("1.9", "1.8"):
+        header = Header("1.2.840.10008.5.1.4.1.1.1", f"{study}.1", study, f"{study}.0", "CR",
+                        "", "", True)  # fmt: skip
+        instance = ReceivedInstance(header, "1.2.840.10008.1.2.1", "PACS", "a", "i", 1, 1.0, False)
+        state.record_instance(instance, True, "new")
+    state.release({"1.9", "1.8"}, 1.0)
+    partial, whole = sorted(state.complete_due(1e12), key=lambda j: j.study_uid, reverse=True)
+    left_out = [{"sop_instance_uid": "1.9.1", "why": "pixel data cannot be decoded"}]
+    summary = {"hips": [], "not_analysed": left_out, "priority": "NONE"}
+    state.finish_job(partial.id, "done", 2.0, priority="NONE", summary=json.dumps(summary))
+    state.finish_job(whole.id, "done", 2.0, priority="NONE", summary=json.dumps({"hips": []}))
+    state.close()
+    assert main(["jobs", "--config", str(config)]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert rows["1.9"].endswith(f"PARTIAL: 1 not analysed (jobs --summary {partial.id})")
+    assert rows["1.8"].endswith(" -")
+    assert main(["jobs", "--summary", str(partial.id), "--config", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out) == summary
+    assert main(["jobs", "--summary", "99", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.endswith("state.sqlite3: no job 99\n")
