@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,21 +71,35 @@ class MixedPatientsError(DicomNodeError, ValueError):
     """The study's instances name more than one patient."""
 
 
-def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]:
+def read_sources(
+    sources: Sequence[tuple[Path, str]], unreadable: dict[str, str] | None = None
+) -> tuple[SourceImage, ...]:
     """The headers of the study's instances (path, calling AE), without pixels.
+
+    An instance whose header cannot be read fails the study; given ``unreadable``, it is
+    named there instead (its SOP Instance UID, as the spool names its file: why) and left
+    out, as long as another instance can be read (one missing or damaged file, even of an
+    image no engine would read, failed the whole study, its good AP unreported).
 
     A study whose instances carry different Patient IDs (a Study Instance UID reused by a
     misconfigured modality, a wrong-patient correction half done in the PACS) is refused:
     its one SR would report every hip under the first patient's name.
     """
     images = []
+    failed: list[PreprocessError] = []
     patients: dict[tuple[str, str], list[str]] = {}
     for path, calling_ae in sources:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             image = source_image(ds, path, calling_ae)
         except UNREADABLE_DICOM as exc:
-            raise PreprocessError(f"{path.name}: cannot read its header ({describe(exc)})") from exc
+            why = f"cannot read its header ({describe(exc)})"
+            if unreadable is None:
+                raise PreprocessError(f"{path.name}: {why}") from exc
+            log.warning("SOP instance %s not analysed: %s", path.stem, why)
+            unreadable[path.stem] = why
+            failed.append(PreprocessError(f"{path.name}: {why}"))
+            continue
         images.append(image)
         patient = _patient(ds)
         if patient[0]:
@@ -99,6 +113,8 @@ def read_sources(sources: Sequence[tuple[Path, str]]) -> tuple[SourceImage, ...]
             f"Instance UID, refused rather than reported under one patient's name: correct "
             f"the study in the PACS and resend it (SOP instances by patient: {groups})"
         )
+    if failed and not images:
+        raise failed[0]
     return tuple(images)
 
 
@@ -261,19 +277,21 @@ def analyse_study(
     engines: EngineSet,
     cfg: Config,
     final_attempt: bool = False,
+    unreadable: Mapping[str, str] | None = None,
 ) -> StudyAnalysis:
     """The study's triage. An engine answering values no finding can be read from
     (EngineOutputError) leaves its hips out; one that cannot run (EngineRuntimeError,
     EngineUnavailableError) is raised for the job to be retried, and on the job's
     ``final_attempt`` leaves its hips out too. Hips left out are named in ``not_analysed``
-    (the report is PARTIAL); with no hip left, the first failure is raised."""
+    (the report is PARTIAL), after the instances ``read_sources`` could not read
+    (``unreadable``); with no hip left, the first failure is raised."""
     cache = ImageCache()
     volumes = CtCache(images)
     tasks = plan_tasks(images, cfg.routing, engines.reads_text)
     done: list[HipTask] = []
     hips: list[HipOutcome] = []
     seconds: list[tuple[str, float]] = []
-    not_analysed: dict[str, str] = {}
+    not_analysed: dict[str, str] = dict(unreadable or {})
     failures: list[DicomNodeError] = []
     for _ in range(_MAX_CASCADE_DEPTH):
         if not tasks:

@@ -180,12 +180,15 @@ class Pipeline(Worker):
         clock = time.perf_counter()
         try:
             sources = [(self.spool.path(p), ae) for p, ae in self.state.study_sources(study)]
-            images = read_sources(sources)
+            unreadable: dict[str, str] = {}  # left out, named in the report (PARTIAL)
+            images = read_sources(sources, unreadable)
             clock = self._stage("read", clock)
             # The last try before an engine that cannot run fails the job: the hips of the
             # engines that can are reported (PARTIAL) rather than lost with it.
             final = self._engine_failures.get(job.id, 0) + 1 >= _MAX_ENGINE_RETRIES
-            analysis = analyse_study(study, images, self.engines, self.cfg, final_attempt=final)
+            analysis = analyse_study(
+                study, images, self.engines, self.cfg, final_attempt=final, unreadable=unreadable
+            )
             clock = self._stage("analyse", clock)
             if not analysis.hips:
                 reason = why_none(images, self.cfg.routing, self.engines.reads_text)

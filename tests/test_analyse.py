@@ -336,3 +336,32 @@ def test_an_engine_that_fails_leaves_its_hips_out_and_the_others_reported(
             analyse_study(study.identity.study_uid, images, engines, cfg, final_attempt=True)
     finally:
         engines.close()
+
+
+def test_an_instance_whose_header_cannot_be_read_leaves_the_others_triage(
+    tmp_path: Path, engine_cache: Path
+) -> None:
+    # Was: the study failed (pixel_data) for one missing or damaged file, its good AP
+    # unreported, though the same file found unreadable one step later left it PARTIAL.
+    study = write_study(tmp_path, 9, "femoral_neck_fracture", "normal", size=64)
+    (pelvis,) = study.files
+    missing = tmp_path / "1.2.826.0.1.3680043.8.498.404.dcm"
+    unreadable: dict[str, str] = {}
+    images = read_sources([(pelvis, "PACS"), (missing, "PACS")], unreadable)
+    assert [i.path for i in images] == [pelvis]
+    ((uid, why),) = unreadable.items()
+    assert uid == missing.stem and why.startswith("cannot read its header (FileNotFoundError")
+    cfg = pipeline_config(
+        tmp_path / "spool", engine_cache, routing={"rules": [SCREEN_RULE], "cascade": []}
+    )
+    engines = EngineSet(cfg.engines, ["hip_screen"])
+    try:
+        analysis = analyse_study(
+            study.identity.study_uid, images, engines, cfg, unreadable=unreadable
+        )
+    finally:
+        engines.close()
+    assert len(analysis.hips) == 2 and analysis.not_analysed == ((uid, why),)
+    # None readable: the study fails as before, naming the file.
+    with pytest.raises(PreprocessError, match=rf"^{missing.name}: cannot read its header"):
+        read_sources([(missing, "PACS")], {})
