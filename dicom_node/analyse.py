@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pydicom
@@ -53,6 +53,9 @@ class StudyAnalysis:
     # UID, why): the others' results are reported, and the report says the study was not
     # analysed whole.
     not_analysed: tuple[tuple[str, str], ...] = ()
+    # Why the report is PARTIAL: "pixel_data" (an image, or an instance's header, could not
+    # be read) and "engine" (an engine failed on some hips), for the metrics.
+    partial_reasons: tuple[str, ...] = ()
     # Engines a rule chose for an image but whose requires a header value, present but not
     # usable, held back (route.held_back), then the hip radiographs no engine read
     # (route.unused): the report names them, each a Comment; neither makes it PARTIAL.
@@ -149,7 +152,7 @@ def _run(
     volumes: CtCache,
     cfg: Config,
     not_analysed: dict[str, str],
-    failures: list[DicomNodeError],
+    failed: _EngineFailures,
     final_attempt: bool,
 ) -> tuple[list[HipOutcome], list[tuple[str, float]]]:
     by_engine: dict[str, list[HipBatchItem]] = {}
@@ -196,10 +199,10 @@ def _run(
         except (EngineRuntimeError, EngineUnavailableError) as exc:
             if not final_attempt:  # passing, perhaps (Triton restarting): the job is retried
                 raise
-            _left_out(engine, items, exc, not_analysed, failures)
+            failed.add(engine, items, exc)
             continue
         except EngineOutputError as exc:  # not passing: these inputs, this engine
-            _left_out(engine, items, exc, not_analysed, failures)
+            failed.add(engine, items, exc)
             continue
         seconds.append((engine, time.perf_counter() - started))
         manifest = engines.manifest(engine)
@@ -208,25 +211,25 @@ def _run(
     return outcomes, seconds
 
 
-def _left_out(
-    engine: str,
-    items: Sequence[HipBatchItem],
-    exc: DicomNodeError,
-    not_analysed: dict[str, str],
-    failures: list[DicomNodeError],
-) -> None:
-    """An engine that failed on its batch leaves those hips out, named in the report (a
+@dataclass
+class _EngineFailures:
+    """Engines that failed on their batch: those hips are left out, named in the report (a
     Hip-Net answering NaN for a prosthesis failed the whole study, and the same study's
     urgent fracture went unreported)."""
-    failures.append(exc)
-    sides: dict[str, list[str]] = {}
-    for item in items:
-        sides.setdefault(item.task.ap.sop_instance_uid, []).append(item.task.side)
-    for uid, hips in sides.items():
-        why = f"{engine} could not analyse hip {'+'.join(hips)}: {one_line(describe(exc))}"
-        not_analysed[uid] = f"{not_analysed[uid]}; {why}" if uid in not_analysed else why
-    log.warning("engine %s failed on %d hips, reported as not analysed: %s",
-                engine, len(items), one_line(describe(exc)))  # fmt: skip
+
+    errors: list[DicomNodeError] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)  # AP's SOP Instance UID: why
+
+    def add(self, engine: str, items: Sequence[HipBatchItem], exc: DicomNodeError) -> None:
+        self.errors.append(exc)
+        sides: dict[str, list[str]] = {}
+        for item in items:
+            sides.setdefault(item.task.ap.sop_instance_uid, []).append(item.task.side)
+        for uid, hips in sides.items():
+            why = f"{engine} could not analyse hip {'+'.join(hips)}: {one_line(describe(exc))}"
+            self.left_out[uid] = f"{self.left_out[uid]}; {why}" if uid in self.left_out else why
+        log.warning("engine %s failed on %d hips, reported as not analysed: %s",
+                    engine, len(items), one_line(describe(exc)))  # fmt: skip
 
 
 def _why(exc: Exception, uid: str) -> str:
@@ -291,13 +294,13 @@ def analyse_study(
     done: list[HipTask] = []
     hips: list[HipOutcome] = []
     seconds: list[tuple[str, float]] = []
-    not_analysed: dict[str, str] = dict(unreadable or {})
-    failures: list[DicomNodeError] = []
+    not_analysed: dict[str, str] = dict(unreadable or {})  # images: pixel data, headers
+    failed = _EngineFailures()
     for _ in range(_MAX_CASCADE_DEPTH):
         if not tasks:
             break
         outcomes, spent = _run(
-            tasks, engines, cache, volumes, cfg, not_analysed, failures, final_attempt
+            tasks, engines, cache, volumes, cfg, not_analysed, failed, final_attempt
         )
         hips += outcomes
         seconds += spent
@@ -310,12 +313,19 @@ def analyse_study(
     )
     for note in held:
         log.warning("study %s: %s", study_uid, note)
-    if failures and not hips:  # no engine answered: the job is retried or fails as before
-        raise failures[0]
+    if failed.errors and not hips:  # no engine answered: the job is retried or fails as before
+        raise failed.errors[0]
     if not_analysed and not hips:  # nothing to report: the job fails, saying why
         raise PreprocessError(
             "; ".join(f"SOP instance {uid}: {why}" for uid, why in not_analysed.items())
         )
+    reasons = tuple(
+        reason
+        for reason, happened in (("pixel_data", not_analysed), ("engine", failed.errors))
+        if happened
+    )
+    for uid, why in failed.left_out.items():
+        not_analysed[uid] = f"{not_analysed[uid]}; {why}" if uid in not_analysed else why
     return StudyAnalysis(
         study_uid=study_uid,
         images=tuple(images),
@@ -324,5 +334,6 @@ def analyse_study(
         cache=cache,
         inference=tuple(seconds),
         not_analysed=tuple(not_analysed.items()),
+        partial_reasons=reasons,
         held_back=held,
     )

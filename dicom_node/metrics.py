@@ -34,6 +34,7 @@ WAIT_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 6
 RESULT_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 FAILURE_REASONS = ("pixel_data", "patients", "report", "spool", "engine", "other")
+PARTIAL_REASONS = ("pixel_data", "engine")
 
 # Distinct calling_ae label values kept; later titles are counted as "other". Any peer may
 # call when node.allowed_calling_aes is empty, and each title would be new series forever.
@@ -190,6 +191,11 @@ class Metrics:
         self.job_failures = Counter(
             "dicom_node_job_failures", "Failed jobs by reason", ["reason"], registry=r
         )
+        self.partial_reports = Counter(
+            "dicom_node_partial_reports", "Studies reported PARTIAL, by why: an image or header "
+            "that could not be read (pixel_data), an engine that failed on some hips (engine)",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self.triage = Counter(
             "dicom_node_triage", "Hips triaged by engine, reported finding and priority",
             ["engine", "finding", "priority"], registry=r,
@@ -220,6 +226,8 @@ class Metrics:
             self.job_failures.labels(reason)  # exported at 0 from the start, so rate() works
         for outcome in ("done", "failed", "skipped"):
             self.jobs.labels(outcome)
+        for reason in PARTIAL_REASONS:
+            self.partial_reports.labels(reason)
         self._calling_aes: set[str] = set()
         self._calling_aes_overflowed = False
         self._calling_aes_lock = threading.Lock()

@@ -260,6 +260,8 @@ class Pipeline(Worker):
         # The study's own counts first: the alerts on studies and their priority rely on them.
         m.jobs.labels("done").inc()
         m.study_priority.labels(analysis.priority).inc()
+        for reason in analysis.partial_reasons:
+            m.partial_reports.labels(reason).inc()
         for engine, seconds in analysis.inference:
             m.inference_seconds.labels(engine, self.engines.backend(engine)).observe(seconds)
         for hip in analysis.hips:

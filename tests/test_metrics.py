@@ -10,7 +10,13 @@ from metric_sources import watched_metrics
 from prometheus_client import CollectorRegistry, generate_latest
 
 from dicom_node.config import AssemblyConfig
-from dicom_node.metrics import FAILURE_REASONS, MAX_CALLING_AE_LABELS, Metrics, sop_class_name
+from dicom_node.metrics import (
+    FAILURE_REASONS,
+    MAX_CALLING_AE_LABELS,
+    PARTIAL_REASONS,
+    Metrics,
+    sop_class_name,
+)
 from dicom_node.state import State
 
 
@@ -30,6 +36,12 @@ def test_every_metric_is_prefixed_and_the_failure_reasons_start_at_zero() -> Non
         s[1]["reason"]: s[2] for s in found["dicom_node_job_failures"] if s[0].endswith("_total")
     }
     assert failures == dict.fromkeys(FAILURE_REASONS, 0.0)
+    partial = {
+        s[1]["reason"]: s[2] for s in found["dicom_node_partial_reports"] if s[0].endswith("_total")
+    }
+    assert partial == dict.fromkeys(PARTIAL_REASONS, 0.0) and set(PARTIAL_REASONS) <= set(
+        FAILURE_REASONS
+    )
 
 
 def test_histogram_buckets_fit_the_durations_they_measure() -> None:

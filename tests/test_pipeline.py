@@ -217,8 +217,19 @@ def test_on_the_last_try_an_engine_that_cannot_run_leaves_its_hips_out(
     monkeypatch.setattr(pipeline_module, "_MAX_ENGINE_RETRIES", 1)  # the first try is the last
     dual = {"name": "dual", "engine": "hipnet", "when": {"Modality": ["DX"]}}
     node = results_node(routing={"rules": [SCREEN_RULE, dual], "cascade": []})
-    job = run_with(pending_study(node, tmp_path, 504), HipNetDown)
+    pending_study(node, tmp_path, 504)
+    engines = HipNetDown(node.config.engines, engines_needed(node.config))
+    try:
+        pipeline = Pipeline(node.config, node.state, node.spool, engines)  # type: ignore[arg-type]
+        assert pipeline.run_pending() == 1
+    finally:
+        engines.close()
+    [job] = node.state.jobs()  # type: ignore[union-attr]
     assert (job.state, job.error) == ("done", None)
+    registry = pipeline.metrics.registry  # the alert DicomNodePartialReports reads these
+    for reason, count in (("engine", 1), ("pixel_data", 0)):
+        sample = registry.get_sample_value("dicom_node_partial_reports_total", {"reason": reason})
+        assert sample == count, reason
     recorded = json.loads(job.summary or "{}")
     assert {h["engine"] for h in recorded["hips"]} == {"hip_screen"}
     [left_out] = recorded["not_analysed"]

@@ -50,6 +50,7 @@ DOCKER = DEPLOY / "docker"
 ORTHANC = Path("/usr/sbin/Orthanc")
 
 EXPECTED_ALERTS = {
+    "DicomNodePartialReports",
     "DicomNodeDown",
     "DicomNodeNotReady",
     "DicomNodeDeadLetters",
@@ -248,6 +249,7 @@ def test_every_metric_in_alerts_and_dashboard_exists_in_metrics_py() -> None:
         "dicom_node_spool_free_bytes",
         "dicom_node_triage_total",
         "dicom_node_job_failures_total",
+        "dicom_node_partial_reports_total",
         "dicom_node_associations_active",
     ):
         assert name in used, name
@@ -327,7 +329,7 @@ def test_dashboard_is_provisioned_against_the_compose_prometheus() -> None:
         "Dead letters",
         "Spool free",
         "Outbox depth",
-        "Job failures by reason",
+        "Job failures and PARTIAL reports by reason",
         "Associations active",
     ):
         assert title in titles, title
