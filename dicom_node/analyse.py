@@ -22,7 +22,7 @@ from dicom_node.config import Config
 from dicom_node.ct_input import CtCache
 from dicom_node.errors import UNREADABLE_DICOM, DicomNodeError, describe, one_line
 from dicom_node.infer import EngineOutputError, EngineSet, EngineUnavailableError, HipBatchItem
-from dicom_node.models import HipTask, SourceImage, TriageDecision
+from dicom_node.models import HipTask, Prediction, SourceImage, TriageDecision
 from dicom_node.preprocess import HipInput, ImageCache, PreprocessError, hip_input
 from dicom_node.report.patient import stored_text
 from dicom_node.route import cascade_tasks, held_back, plan_tasks, source_image, unused
@@ -192,23 +192,38 @@ def _run(
         by_engine.setdefault(task.engine, []).append(item)
     outcomes: list[HipOutcome] = []
     seconds: list[tuple[str, float]] = []
-    for engine, items in by_engine.items():
+    for engine, batch in by_engine.items():
         started = time.perf_counter()
         try:
-            predictions = engines.predict(engine, items)
+            answered = _predict(engines, engine, batch, failed)
         except (EngineRuntimeError, EngineUnavailableError) as exc:
             if not final_attempt:  # passing, perhaps (Triton restarting): the job is retried
                 raise
-            failed.add(engine, items, exc)
-            continue
-        except EngineOutputError as exc:  # not passing: these inputs, this engine
-            failed.add(engine, items, exc)
+            failed.add(engine, batch, exc)
             continue
         seconds.append((engine, time.perf_counter() - started))
         manifest = engines.manifest(engine)
-        for item, prediction in zip(items, predictions, strict=True):
+        for item, prediction in answered:
             outcomes.append(HipOutcome(decide(prediction, manifest, cfg.triage), item.ap))
     return outcomes, seconds
+
+
+def _predict(
+    engines: EngineSet, engine: str, batch: Sequence[HipBatchItem], failed: _EngineFailures
+) -> list[tuple[HipBatchItem, Prediction]]:
+    """The batch's predictions. Where the engine answers values no finding can be read from
+    (EngineOutputError), each hip is asked again alone, and only the hips it cannot answer
+    are left out (one hip's NaN cost the engine's other hips, an urgent finding included)."""
+    try:
+        return list(zip(batch, engines.predict(engine, batch), strict=True))
+    except EngineOutputError as exc:
+        if len(batch) == 1:
+            failed.add(engine, batch, exc)
+            return []
+    answered: list[tuple[HipBatchItem, Prediction]] = []
+    for item in batch:
+        answered += _predict(engines, engine, [item], failed)
+    return answered
 
 
 @dataclass
@@ -228,7 +243,7 @@ class _EngineFailures:
         for uid, hips in sides.items():
             why = f"{engine} could not analyse hip {'+'.join(hips)}: {one_line(describe(exc))}"
             self.left_out[uid] = f"{self.left_out[uid]}; {why}" if uid in self.left_out else why
-        log.warning("engine %s failed on %d hips, reported as not analysed: %s",
+        log.warning("engine %s failed on %d hip(s), reported as not analysed: %s",
                     engine, len(items), one_line(describe(exc)))  # fmt: skip
 
 

@@ -286,12 +286,13 @@ def test_a_reason_is_one_line_the_same_in_every_run() -> None:
     )
 
 
-def _failing(engines: EngineSet, name: str, error: Exception) -> None:
-    """Make ``engines.predict`` raise ``error`` for engine ``name`` (the others run)."""
+def _failing(engines: EngineSet, name: str, error: Exception, side: str | None = None) -> None:
+    """Make ``engines.predict`` raise ``error`` for engine ``name`` on a batch holding a hip
+    of ``side`` (any batch: None), as a NaN in one row fails its batch; the others run."""
     predict = engines.predict
 
     def predict_or_fail(engine: str, items: Any) -> list[Prediction]:
-        if engine == name:
+        if engine == name and (side is None or any(i.task.side == side for i in items)):
             raise error
         return predict(engine, items)
 
@@ -314,15 +315,24 @@ def test_an_engine_that_fails_leaves_its_hips_out_and_the_others_reported(
     nan = EngineOutputError(f"engine hipnet 0.0.1-test (onnxruntime) gave non-finite "
                             f"probabilities for hip R of {uid}")  # fmt: skip
     try:
-        _failing(engines, "hipnet", nan)
+        _failing(engines, "hipnet", nan, side="R")  # NaN for the right hip only
         with caplog.at_level(logging.WARNING, logger="dicom_node.analyse"):
             analysis = analyse_study(study.identity.study_uid, images, engines, cfg)
+        # Each hip asked again alone: Hip-Net's answer for the left hip is kept (one
+        # hip's NaN cost the engine's every hip of the study, an urgent finding included).
         assert sorted(
             (h.decision.prediction.task.engine, h.decision.prediction.task.side)
             for h in analysis.hips
-        ) == [("hip_screen", "L"), ("hip_screen", "R")]
-        assert analysis.not_analysed == ((uid, f"hipnet could not analyse hip R+L: {nan}"),)
-        assert "engine hipnet failed on 2 hips, reported as not analysed" in caplog.text
+        ) == [("hip_screen", "L"), ("hip_screen", "R"), ("hipnet", "L")]
+        assert analysis.not_analysed == ((uid, f"hipnet could not analyse hip R: {nan}"),)
+        assert analysis.partial_reasons == ("engine",)
+        assert "engine hipnet failed on 1 hip(s), reported as not analysed" in caplog.text
+        _failing(engines, "hipnet", nan)  # NaN for both: both left out
+        both = analyse_study(study.identity.study_uid, images, engines, cfg)
+        assert {h.decision.prediction.task.engine for h in both.hips} == {"hip_screen"}
+        assert both.not_analysed == (
+            (uid, f"hipnet could not analyse hip R: {nan}; hipnet could not analyse hip L: {nan}"),
+        )
         # An engine that cannot run is retried (the job), and left out on the last try only.
         down = EngineRuntimeError("hipnet on triton: server unreachable")
         _failing(engines, "hipnet", down)
