@@ -172,6 +172,7 @@ class Node:
             ssl_context,
             cfg.node.max_instance_bytes,
             on_data=receiver.data_arriving,
+            on_tls_refused=receiver.tls_refused,
         )
         self.binding = None
         log.info(

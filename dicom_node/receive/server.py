@@ -37,6 +37,8 @@ class DeferredHandshakeServer(ThreadedAssociationServer):
     max_instance_bytes: int = 0  # what BulkReadSocket lets one data set grow to (+16 MiB)
     # Told id(association) when a DIMSE data set begins to arrive (Receiver.data_arriving).
     on_data: Callable[[int], None] | None = None
+    # Told when a TLS handshake is refused (Receiver.tls_refused: counted as a rejection).
+    on_tls_refused: Callable[[], None] | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         listener = cast(socket.socket, self.socket)  # bound before serve_forever runs
@@ -135,6 +137,7 @@ class BulkReadSocket(AssociationSocket):
 
     max_instance_bytes = 0  # set by BulkReadHandler from node.max_instance_bytes; 0: none
     on_data: Callable[[int], None] | None = None  # set by BulkReadHandler (the server's)
+    on_tls_refused: Callable[[], None] | None = None  # likewise
     _header: bytes | None = None  # the last PDU header read, its body not yet read
     _message_bytes = 0  # data-set bytes of the DIMSE message being received
     _command_bytes = 0  # command-set bytes of the DIMSE message being received
@@ -165,6 +168,8 @@ class BulkReadSocket(AssociationSocket):
             # with a traceback, and no line said which modality it was.
             log.warning("TLS handshake from %s failed: %s", _peer(assoc),
                         " ".join(str(exc).split()))  # fmt: skip
+            if self.on_tls_refused is not None:  # else no metric showed the refusals
+                self.on_tls_refused()
             self._ended_before_request(assoc)
             return bytearray()
         except _RefusedError:
@@ -324,6 +329,7 @@ class BulkReadHandler(RequestHandler):
         limit = getattr(self.server, "max_instance_bytes", 0)
         cast(Any, assoc.dul.socket).max_instance_bytes = limit
         cast(Any, assoc.dul.socket).on_data = getattr(self.server, "on_data", None)
+        cast(Any, assoc.dul.socket).on_tls_refused = getattr(self.server, "on_tls_refused", None)
         return assoc
 
 
@@ -334,15 +340,18 @@ def start_server(
     ssl_context: Any,
     max_instance_bytes: int = 0,
     on_data: Callable[[int], None] | None = None,
+    on_tls_refused: Callable[[], None] | None = None,
 ) -> ThreadedAssociationServer:
     """Start serving in a daemon thread, like ``AE.start_server(block=False)``; ``on_data``
-    is told id(association) when a DIMSE data set begins to arrive on it."""
+    is told id(association) when a DIMSE data set begins to arrive on it, and
+    ``on_tls_refused`` when a TLS handshake is refused."""
     server = cast(DeferredHandshakeServer, ae.make_server(
         address, evt_handlers=handlers, ssl_context=ssl_context,
         server_class=DeferredHandshakeServer, request_handler=BulkReadHandler,
     ))  # fmt: skip
     server.max_instance_bytes = max_instance_bytes
     server.on_data = on_data
+    server.on_tls_refused = on_tls_refused
     threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
     ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() find it
     return server

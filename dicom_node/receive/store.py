@@ -113,6 +113,12 @@ class Receiver:
         log.info("association %s ended (%s), carried %d studies", assoc.id, how, len(studies))
         self._release(assoc, studies)
 
+    def tls_refused(self) -> None:
+        """A TLS handshake was refused (BulkReadSocket): a rejected association, reason
+        tls. An expired or re-issued client certificate refuses every connection of a
+        PACS; only a log line said so, and the runbook's reason label showed nothing."""
+        self.metrics.associations.labels("rejected", "tls").inc()
+
     def data_arriving(self, key: int) -> None:
         """A DIMSE data set has begun to arrive on association ``key`` (BulkReadSocket)."""
         with self._lock:

@@ -222,6 +222,44 @@ def test_mutual_tls_requires_a_client_certificate(
         sock.socket.close()
 
 
+def test_an_issuing_ca_is_trusted_as_named_and_refusals_are_counted(
+    start_node: StartNode, pki: Path, dcmtk_env: dict[str, str], tmp_path: Path
+) -> None:
+    # A hospital's PKI issues from an intermediate CA, which the admin names in node.tls.ca:
+    # every client it issued was refused ("unable to get issuer certificate"), whatever
+    # chain it sent. And a refused handshake was in the log only: no metric showed it.
+    d = tmp_path
+    (d / "issuing.ext").write_text("basicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=Issuing CA",
+            "-keyout", str(d / "issuing.key"), "-out", str(d / "issuing.csr"))  # fmt: skip
+    openssl("x509", "-req", "-in", str(d / "issuing.csr"), "-CA", str(pki / "ca.crt"),
+            "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "2",
+            "-extfile", str(d / "issuing.ext"), "-out", str(d / "issuing.crt"))  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=modality",
+            "-keyout", str(d / "modality.key"), "-out", str(d / "modality.csr"))  # fmt: skip
+    (d / "modality.ext").write_text("extendedKeyUsage=clientAuth\n")
+    openssl("x509", "-req", "-in", str(d / "modality.csr"), "-CA", str(d / "issuing.crt"),
+            "-CAkey", str(d / "issuing.key"), "-CAcreateserial", "-days", "2",
+            "-extfile", str(d / "modality.ext"), "-out", str(d / "modality.crt"))  # fmt: skip
+    node = start_node(
+        node__tls__certificate=str(pki / "server.crt"),
+        node__tls__key=str(pki / "server.key"),
+        node__tls__ca=str(d / "issuing.crt"),
+        node__tls__require_client_certificate=True,
+    )
+    issued = ["+tls", str(d / "modality.key"), str(d / "modality.crt"),
+              "+cf", str(pki / "ca.crt"), "-aec", "TRIAGE"]  # fmt: skip
+    assert echo(node.port, dcmtk_env, *issued).returncode == 0
+    # The root's own client is not the issuing CA's: refused, and counted.
+    assert echo(node.port, dcmtk_env, *dcmtk_tls(pki, with_cert=True)).returncode != 0
+    registry = node.metrics.registry
+    rejected = {"outcome": "rejected", "reason": "tls"}
+    deadline = time.monotonic() + 5
+    while registry.get_sample_value("dicom_node_associations_total", rejected) != 1:
+        assert time.monotonic() < deadline, "the refused handshake was not counted"
+        time.sleep(0.05)
+
+
 def test_an_encrypted_key_is_a_config_error_not_a_prompt(pki: Path, tmp_path: Path) -> None:
     encrypted = tmp_path / "encrypted.key"
     openssl("pkey", "-in", str(pki / "server.key"), "-aes256", "-passout", "pass:secret",
