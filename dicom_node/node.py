@@ -365,8 +365,17 @@ class Node:
             else:
                 log.warning("%s received again: forcing shutdown", signal.Signals(signum).name)
 
+        def on_hangup(signum: int, frame: FrameType | None) -> None:
+            # The usual "reload" signal killed the node at once (status 129): no drain, no
+            # log line, open associations cut, and systemd's Restart=on-failure left it down.
+            log.warning(
+                "SIGHUP received and ignored: the configuration, TLS certificates and "
+                "engines are read at start only; restart the node to load new ones"
+            )
+
         # Handlers first: a signal during start-up still drains instead of killing.
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
         try:
             try:
                 self.start()

@@ -124,6 +124,18 @@ def associate(port: int) -> Association:
     return assoc
 
 
+def test_sighup_is_logged_and_ignored(node_process: NodeProcess) -> None:
+    # The usual "reload certificates" signal ended the node at once (129): no drain, no line.
+    node_process.start()
+    node_process.signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert node_process.proc is not None and node_process.proc.poll() is None
+    assert accepts_connections(node_process.port)
+    assert "SIGHUP received and ignored" in node_process.log.read_text()
+    node_process.signal(signal.SIGTERM)
+    assert node_process.wait(10) == 0
+
+
 def test_sigterm_lets_open_associations_finish_and_refuses_new_ones(
     node_process: NodeProcess,
 ) -> None:
