@@ -124,9 +124,11 @@ def not_established(assoc: Association) -> str:
         return rejection(assoc)
     rsp = assoc.acceptor.primitive
     if rsp is None:
+        # A PACS port that speaks TLS only closes at once too (its TLS alert is not DICOM):
+        # named, or the admin looked at the network only.
         return (
             "got no answer (connection refused, the peer down or unreachable, or silent "
-            "for the timeout)"
+            "for the timeout; or a TLS-only port, and the node sends plain TCP)"
         )
     if getattr(rsp, "result", None) == 0 and not assoc.accepted_contexts:
         refused = sorted({str(c.abstract_syntax) for c in assoc.rejected_contexts})

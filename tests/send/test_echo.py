@@ -36,7 +36,7 @@ def test_echo_reaches_a_verification_scp_and_names_why_another_is_not_reached(
     down = Destination("pacs", "PACS", "127.0.0.1", free_port())
     assert echo(down, "TRIAGE", 2) == (
         "association got no answer (connection refused, the peer down or unreachable, or "
-        "silent for the timeout)"
+        "silent for the timeout; or a TLS-only port, and the node sends plain TCP)"
     )
     (tmp_path / "results").mkdir()
     folder = Destination("files", type="folder", path=tmp_path / "results")

@@ -184,7 +184,8 @@ def test_nothing_listening_fails_every_item_naming_the_association(tmp_path: Pat
         # Was "... aborted": the admin looked for a PACS that aborts, not one that is down.
         assert delivery.detail == (
             f"association to pacs (PACS@127.0.0.1:{port}) got no answer (connection refused, "
-            "the peer down or unreachable, or silent for the timeout)"
+            "the peer down or unreachable, or silent for the timeout; or a TLS-only port, and "
+            "the node sends plain TCP)"
         )
 
 

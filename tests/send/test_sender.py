@@ -271,7 +271,8 @@ def test_outage_backs_off_and_the_thread_delivers_once_the_peer_is_back(
             assert item.last_error is not None and "association" in item.last_error
             assert item.last_error.endswith(f"(PACS@127.0.0.1:{port}) got no answer (connection "
                                             "refused, the peer down or unreachable, or silent "
-                                            "for the timeout)")  # fmt: skip
+                                            "for the timeout; or a TLS-only port, and the node "
+                                            "sends plain TCP)")  # fmt: skip
         # Backoff: a few attempts a second, not a tight loop (0.05 .. 0.2 s apart).
         time.sleep(0.5)
         assert max(i.attempts for i in outbox.items()) < 20
