@@ -139,6 +139,21 @@ def write_triton_repo(
         raise TritonRepoError(
             f"engine_folders: engine names must be unique, got {duplicates} twice"
         )
+    # `engines triton-repo var/engines` (OUT the engine cache) replaced each engine's folder
+    # by its model folder: the checkpoint, ONNX and manifest gone, then "no such file".
+    for manifest, _ in manifests:
+        model_dir = (out / manifest.name).resolve()
+        for folder in (f.resolve() for _, f in manifests):
+            if model_dir == folder or folder in model_dir.parents or model_dir in folder.parents:
+                raise TritonRepoError(
+                    f"out: {out} would put model folder {model_dir} over the engine folder "
+                    f"{folder} it is written from: choose a folder outside the engine cache"
+                )
+        if (model_dir / "manifest.yaml").exists():
+            raise TritonRepoError(
+                f"out: {model_dir} is an engine folder (it holds manifest.yaml), not a Triton "
+                "model: choose a folder outside the engine cache"
+            )
     # Everything is checked (hashes, tensor specs) before the first file is written, so a
     # refused engine leaves the repository as it was.
     configs = []

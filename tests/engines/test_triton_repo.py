@@ -184,6 +184,22 @@ def test_no_engines_or_duplicate_names_are_refused(engine: Path, tmp_path: Path)
         write_triton_repo([engine, engine], tmp_path / "models")
 
 
+def test_the_engine_cache_is_never_written_over(engine: Path, tmp_path: Path) -> None:
+    # `engines triton-repo var/engines` replaced the engine's folder by its model folder:
+    # checkpoint, ONNX and manifest deleted, then "No such file or directory".
+    before = sorted(p.name for p in engine.iterdir())
+    with pytest.raises(TritonRepoError, match=r"^out: .* over the engine folder .*hip_screen"):
+        write_triton_repo([engine], engine.parent)
+    with pytest.raises(TritonRepoError, match=r"over the engine folder"):
+        write_triton_repo([engine], engine / "models")  # inside it
+    assert sorted(p.name for p in engine.iterdir()) == before
+    other_cache = tmp_path / "cache"  # another cache's engine of the same name
+    shutil.copytree(engine, other_cache / "hip_screen")
+    with pytest.raises(TritonRepoError, match=r"is an engine folder \(it holds manifest\.yaml\)"):
+        write_triton_repo([engine], other_cache)
+    assert (other_cache / "hip_screen" / MANIFEST_NAME).is_file()
+
+
 def test_missing_manifest_is_refused(tmp_path: Path) -> None:
     empty = tmp_path / "not_an_engine"
     empty.mkdir()
