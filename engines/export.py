@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import DicomNodeError, one_line
 from engines.serving import example_inputs, input_names, output_names, serving_graph
 
 OPSET = 17
@@ -81,16 +81,23 @@ def export_onnx(
         # The attention fusion's shape checks are Python conditions the tracer warns about;
         # the exported graph is checked against torch by the parity tests.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
-        torch.onnx.export(
-            graph,
-            example_inputs(model, size, batch=2, volume=volume),
-            str(path),
-            input_names=list(inputs),
-            output_names=list(outputs),
-            dynamic_axes={name: batch for name in (*inputs, *outputs)},
-            opset_version=opset,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                graph,
+                example_inputs(model, size, batch=2, volume=volume),
+                str(path),
+                input_names=list(inputs),
+                output_names=list(outputs),
+                dynamic_axes={name: batch for name in (*inputs, *outputs)},
+                opset_version=opset,
+                dynamo=False,
+            )
+        except RuntimeError as exc:  # a size the network cannot take, first of all
+            # InceptionV3 under 75 px: torch's traceback ("Kernel size can't be greater
+            # than actual input size") reached the command line.
+            raise ExportError(
+                f"cannot export at {size} px (too small for this network?): {one_line(str(exc))}"
+            ) from exc
     return ExportedModel(path, sha256_of(path), inputs, outputs)
 
 

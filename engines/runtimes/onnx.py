@@ -1,4 +1,5 @@
-"""ONNX Runtime: the CPU default (also the CUDA execution provider where one exists)."""
+"""ONNX Runtime: the CPU default (CPUExecutionProvider only: GPUs are served through the
+tensorrt or triton backends)."""
 
 from __future__ import annotations
 

@@ -103,6 +103,17 @@ def test_export_refuses_old_opset(tmp_path: Path) -> None:
         export_onnx(create("hip_screen"), tmp_path / "x.onnx", 64, opset=13)
 
 
+def test_a_size_the_network_cannot_take_is_an_export_error(tmp_path: Path) -> None:
+    # InceptionV3 needs 75 px; at 70 torch's traceback reached `engines export --size 70`.
+    model = create_classifier("inception_v3", num_classes=2, in_channels=1).eval()
+    with pytest.raises(
+        ExportError,
+        match=r"^cannot export at 70 px \(too small for this network\?\): .*Kernel size can't "
+        r"be greater than actual input size",
+    ):
+        export_onnx(model, tmp_path / "x.onnx", 70)
+
+
 def _graph(path: Path, k: float, nan: bool = False) -> Path:
     """image (N,1,2,2) -> logits = k * image, or NaN (a stand-in for an fp16 copy whose
     activations overflowed: ORT's CPU kernels may compute fp16 stretches in fp32)."""
