@@ -933,6 +933,24 @@ def test_helm_chart_default_manifests() -> None:
     assert in_flight + int(2.5 * 2**30) <= limit
 
 
+def test_helm_chart_mounts_a_tls_secret_when_named() -> None:
+    # The pod mounted only the ConfigMap and the volumes, its root file system read-only:
+    # node.tls.certificate and key could name no file, so the node could not start with TLS.
+    def pod(overrides: dict[str, Any]) -> dict[str, Any]:
+        (statefulset,) = _by_kind(_render_chart(overrides))["StatefulSet"]
+        return dict(statefulset["spec"]["template"]["spec"])
+
+    plain = pod({})
+    assert "tls" not in {v["name"] for v in plain["volumes"]}
+    secured = pod({"tls.secretName": "triage-tls"})
+    (container,) = secured["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["tls"] == {"name": "tls", "mountPath": "/etc/dicom-node-tls", "readOnly": True}
+    volumes = {v["name"]: v for v in secured["volumes"]}
+    assert volumes["tls"]["secret"] == {"secretName": "triage-tls", "defaultMode": 0o440}
+    assert secured["securityContext"]["fsGroup"] == secured["securityContext"]["runAsGroup"]
+
+
 def test_helm_chart_with_service_monitor_triton_and_a_storage_class() -> None:
     docs = _render_chart(
         {
