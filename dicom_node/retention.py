@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicom_node.errors import StateError
 from dicom_node.metrics import Metrics
 from dicom_node.receive.header import is_valid_uid
 from dicom_node.spool import Spool
@@ -127,8 +128,13 @@ def purge_study(
     """Remove a finished study's files and their rows; ``None`` leaves a study that is not
     (or no longer) finished at ``cutoff`` alone."""
     with spool.study_lock(study_uid):
-        with state.transaction() as db:
-            paths = _forget(db, study_uid, cutoff, now)
+        try:
+            with state.transaction() as db:
+                paths = _forget(db, study_uid, cutoff, now)
+        except StateError as exc:
+            if not _disk_full(exc):
+                raise
+            return _purge_files_first(state, spool, study_uid, cutoff, now)
         if paths is None:
             return None
         # Also what no row names: results of a job without destinations, crash leftovers.
@@ -137,16 +143,57 @@ def purge_study(
     return Purged(study_uid, files, size)
 
 
-def _forget(db: sqlite3.Connection, study_uid: str, cutoff: float, now: float) -> list[str] | None:
+def _disk_full(exc: StateError) -> bool:
+    """Whether SQLite could not commit for want of space (SQLITE_FULL)."""
+    cause = exc.__cause__
+    return getattr(cause, "sqlite_errorname", None) == "SQLITE_FULL"
+
+
+def _purge_files_first(
+    state: State, spool: Spool, study_uid: str, cutoff: float, now: float
+) -> Purged | None:
+    """A purge on a spool too full for its own commit (the WAL needs room for the deleted
+    rows): the finished study's files go first, then its rows. The retention could free
+    nothing on a full disk, so the node refused every instance (0xA700) until an admin
+    deleted files by hand. Without room even then, the rows stay, naming removed files,
+    and a later round forgets them; a crash in between leaves the same."""
+    with state.reading() as db:
+        due = _is_due(db, study_uid, cutoff)
+        paths = _named_paths(db, study_uid) if due else set()
+    if not due:
+        return None
+    files, size = _remove(spool, sorted(paths | set(_folder_files(spool, study_uid))))
+    try:
+        with state.transaction() as db:
+            _forget(db, study_uid, cutoff, now)
+    except StateError as exc:
+        if not _disk_full(exc):
+            raise
+        log.warning("spool file system full: study %s's files removed, its rows are "
+                    "forgotten once the database can be written", study_uid)  # fmt: skip
+    else:
+        log.warning("spool file system full: study %s's files removed before its rows "
+                    "(the purge could not commit)", study_uid)  # fmt: skip
+    _remove_empty_folders(spool, study_uid)
+    return Purged(study_uid, files, size)
+
+
+def _is_due(db: sqlite3.Connection, study_uid: str, cutoff: float) -> bool:
+    """Whether the study is finished at ``cutoff``, or only our own results received by then."""
     finished = db.execute(
         f"SELECT 1 FROM studies s WHERE s.study_uid = ? AND {_FINISHED}", (study_uid, cutoff)
     ).fetchone()
-    if finished is None:
-        own_only = db.execute(
-            f"SELECT 1 FROM ({_OWN_ONLY}) WHERE study_uid = ?", (cutoff, study_uid)
-        ).fetchone()
-        if own_only is None:
-            return None
+    if finished is not None:
+        return True
+    own_only = db.execute(
+        f"SELECT 1 FROM ({_OWN_ONLY}) WHERE study_uid = ?", (cutoff, study_uid)
+    ).fetchone()
+    return own_only is not None
+
+
+def _forget(db: sqlite3.Connection, study_uid: str, cutoff: float, now: float) -> list[str] | None:
+    if not _is_due(db, study_uid, cutoff):
+        return None
     paths = _named_paths(db, study_uid)
     db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
     db.execute("DELETE FROM outbox WHERE study_uid = ?", (study_uid,))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dicom_clients import send_files
@@ -19,7 +21,7 @@ from dicom_node.config_results import SendingConfig
 from dicom_node.metrics import Metrics
 from dicom_node.models import Header, ReceivedInstance, ResultObject
 from dicom_node.node import Node
-from dicom_node.retention import Purger, purge_study, purgeable, sweep
+from dicom_node.retention import Purged, Purger, purge_study, purgeable, sweep
 from dicom_node.send.outbox import Outbox
 from dicom_node.spool import Spool
 from dicom_node.state import State
@@ -454,3 +456,48 @@ def test_times_written_while_the_clock_ran_fast_do_not_hold_a_study_for_weeks(
     assert sorted(purgeable(state, now)) == sorted([OTHER, STUDY])
     assert purger.purge_due(now + 72 * 3600.0) == 2
     assert not any(spool.path(f).exists() for f in files)
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch, commits_failing: int) -> None:
+    """Make the purge's next ``commits_failing`` transactions fail as SQLite does on a full
+    file system (the WAL cannot grow for the deleted rows)."""
+    forget = retention._forget
+    left = [commits_failing]
+
+    def forget_or_full(*args: Any) -> list[str] | None:
+        if left[0] > 0:
+            left[0] -= 1
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
+            raise error
+        return forget(*args)
+
+    monkeypatch.setattr(retention, "_forget", forget_or_full)
+
+
+def test_a_spool_too_full_for_the_purges_commit_loses_the_files_first(
+    state: State, spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The retention could free nothing on a full spool: the purge's commit failed ("database
+    # or disk is full") every minute, and the node refused every instance until an admin
+    # deleted files by hand.
+    files = processed(state, spool, STUDY, 1000.0)
+    others = processed(state, spool, OTHER, 1000.0)
+    deliver_all(state, 1020.0)
+    _full_disk(monkeypatch, commits_failing=1)  # room once the files are gone
+    purged = purge_study(state, spool, STUDY, 1020.0, now=5000.0)
+    assert purged is not None and purged.files == 3
+    assert not any(spool.path(f).exists() for f in files)
+    assert [s.purged_at for s in state.studies() if s.study_uid == STUDY] == [5000.0]
+    _full_disk(monkeypatch, commits_failing=2)  # no room even then: the rows wait
+    purged = purge_study(state, spool, OTHER, 1020.0, now=5000.0)
+    assert purged is not None and purged.files == 3
+    assert not any(spool.path(f).exists() for f in others)
+    assert purgeable(state, 1020.0) == [OTHER]  # its rows, forgotten at the next round
+    assert purge_study(state, spool, OTHER, 1020.0, now=5060.0) == Purged(OTHER, 0, 0)
+    assert purgeable(state, 1e12) == []
+    # Not finished: left alone, as without a full disk.
+    processed(state, spool, "1.2.826.0.1.3680043.8.498.73", 1000.0)
+    _full_disk(monkeypatch, commits_failing=1)
+    assert purge_study(state, spool, "1.2.826.0.1.3680043.8.498.73", 1020.0, now=5000.0) is None
+    assert (spool.instances / "1.2.826.0.1.3680043.8.498.73").is_dir()
