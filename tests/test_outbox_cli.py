@@ -141,13 +141,18 @@ def test_state_is_refused_where_it_would_be_ignored(
     assert " dead " in capsys.readouterr().out  # still a dead letter
 
 
+def empty_state_file(tmp_path: Path) -> tuple[str, Path]:
+    """A config, and an empty file where its state database belongs (a failed restore)."""
+    database = tmp_path / "spool" / "state.sqlite3"
+    database.parent.mkdir(parents=True)
+    database.write_bytes(b"")
+    return str(config_file(tmp_path)), database
+
+
 def test_retry_and_discard_never_make_a_new_database_of_a_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = str(config_file(tmp_path))
-    database = tmp_path / "spool" / "state.sqlite3"
-    database.parent.mkdir(parents=True)
-    database.write_bytes(b"")  # a failed restore: became a new database, "requeued 0", exit 0
+    cfg, database = empty_state_file(tmp_path)  # became a new database, "requeued 0", exit 0
     for verb in (["retry"], ["discard", "1"]):
         assert main(["outbox", *verb, "--config", cfg]) == 2
         assert capsys.readouterr().err == (
@@ -170,10 +175,7 @@ def test_retry_and_discard_never_make_a_new_database_of_a_file(
 def test_listing_commands_read_the_state_and_never_write_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = str(config_file(tmp_path))
-    database = tmp_path / "spool" / "state.sqlite3"
-    database.parent.mkdir(parents=True)
-    database.write_bytes(b"")  # a failed restore: came back as a new database and "0 jobs"
+    cfg, database = empty_state_file(tmp_path)  # came back as a new database and "0 jobs"
     for command in (["studies"], ["jobs"], ["outbox"]):
         assert main([*command, "--config", cfg]) == 2
         assert capsys.readouterr().err == (
