@@ -43,6 +43,7 @@ class Stand:
         self.parsed: list[str] = []  # the ONNX files the parser read
         self.unresolved: str | None = None  # a tensor whose shape TensorRT leaves at -1
         self.plan_outputs = dict(OUTPUT_SHAPES)  # the plan's outputs (without the batch)
+        self.plan_inputs = {"image": (1, 64, 64)}  # its inputs: fixed, as exported (no batch)
         self.contexts_destroyed = 0
         self.contexts_leaked = 0  # detached where pycuda cannot destroy them
         self.syncs = 0
@@ -286,8 +287,10 @@ def trt_module(stand: Stand) -> types.ModuleType:
             return names(name="FLOAT")
 
         def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-            # The plan's own shapes, dynamic dimensions -1, as TensorRT gives them.
-            return (-1, 1, -1, -1) if name == "image" else (-1, *stand.plan_outputs[name])
+            # The plan's own shapes, the dynamic batch -1, as TensorRT gives them (the ONNX
+            # fixes every other dimension, which TensorRT reports as it is).
+            shapes = {**stand.plan_inputs, **stand.plan_outputs}
+            return (-1, *shapes[name])
 
         def create_execution_context(self) -> Context:
             return Context(self.max_batch)

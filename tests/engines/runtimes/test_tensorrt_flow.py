@@ -140,6 +140,21 @@ def test_a_plan_whose_outputs_differ_from_the_manifest_is_refused(
     assert not stand.context_stack
 
 
+def test_a_plan_whose_input_size_differs_from_the_manifest_is_refused(
+    stand: Stand, hip_screen_engine: Path, tmp_path: Path
+) -> None:
+    # The stand-in reported -1 for height and width, which check_signature takes as "any":
+    # a manifest of another input size than the plan's opened, unlike on onnxruntime.
+    stand.plan_inputs["image"] = (1, 96, 96)
+    with pytest.raises(
+        EngineRuntimeError,
+        match=r"^hip_screen on tensorrt: input 'image' is \[-1, 1, 96, 96\] in the model, "
+        r"the manifest says \[-1, 1, 64, 64\] \(-1 = any\)$",
+    ):
+        TensorRTRuntime(read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path)
+    assert not stand.context_stack
+
+
 def test_cuda_errors_name_the_failing_step(
     stand: Stand, hip_screen_engine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
