@@ -943,9 +943,14 @@ def test_helm_chart_mounts_a_tls_secret_when_named() -> None:
     plain = pod({})
     assert "tls" not in {v["name"] for v in plain["volumes"]}
     secured = pod({"tls.secretName": "triage-tls"})
-    (container,) = secured["containers"]
-    mounts = {m["name"]: m for m in container["volumeMounts"]}
-    assert mounts["tls"] == {"name": "tls", "mountPath": "/etc/dicom-node-tls", "readOnly": True}
+    # Every container that reads the config: each command checks the TLS files are there
+    # (the demo engines' init container without them exited 2, the pod never started).
+    containers = [*secured["containers"], *secured["initContainers"]]
+    assert [c["name"] for c in containers] == ["dicom-node", "demo-engines"]
+    for container in containers:
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        tls = {"name": "tls", "mountPath": "/etc/dicom-node-tls", "readOnly": True}
+        assert mounts["tls"] == tls, container["name"]
     volumes = {v["name"]: v for v in secured["volumes"]}
     assert volumes["tls"]["secret"] == {"secretName": "triage-tls", "defaultMode": 0o440}
     assert secured["securityContext"]["fsGroup"] == secured["securityContext"]["runAsGroup"]
