@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -259,6 +260,18 @@ def _main(argv: Sequence[str] | None) -> int:
             parser.error(f"argument ids: {exc}")
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command != "serve":
+        return _command(args)
+    # SIGHUP ignored from here, before the configuration and the engines load (a SIGHUP in
+    # the first second killed the node, 129); Node.serve logs one once it serves.
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        return _command(args)
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
+
+
+def _command(args: argparse.Namespace) -> int:
     logged: Config | None = None  # the config whose logging is set up, once it is
     try:
         if args.command == "check-config":

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node import demo
+from dicom_node import cli, demo
 from dicom_node.cli import main
 
 
@@ -259,3 +260,21 @@ def test_jobs_marks_a_partial_report_and_prints_a_jobs_summary(
     assert json.loads(capsys.readouterr().out) == summary
     assert main(["jobs", "--summary", "99", "--config", str(config)]) == 2
     assert capsys.readouterr().err.endswith("state.sqlite3: no job 99\n")
+
+
+def test_serve_ignores_sighup_from_its_start_and_restores_it_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Node.serve logs a SIGHUP once it serves; before that (the configuration and the engines
+    # loading, a second or more) a SIGHUP killed the node with status 129.
+    seen: list[object] = []
+
+    def command(args: object) -> int:
+        seen.append(signal.getsignal(signal.SIGHUP))
+        return 0
+
+    monkeypatch.setattr(cli, "_command", command)
+    before = signal.getsignal(signal.SIGHUP)
+    assert main(["serve"]) == 0 and seen == [signal.SIG_IGN]
+    assert signal.getsignal(signal.SIGHUP) == before
+    assert main(["studies"]) == 0 and seen[-1] == before  # only serve
