@@ -106,6 +106,9 @@ class Purged:
     study_uid: str
     files: int
     bytes: int
+    # Its files are gone but its rows stay, for want of room to commit (a full spool):
+    # a later round forgets them.
+    rows_left: bool = False
 
 
 def purgeable(state: State, cutoff: float, limit: int = _BATCH) -> list[str]:
@@ -169,11 +172,13 @@ def _purge_files_first(
     except StateError as exc:
         if not _disk_full(exc):
             raise
-        log.warning("spool file system full: study %s's files removed, its rows are "
-                    "forgotten once the database can be written", study_uid)  # fmt: skip
-    else:
-        log.warning("spool file system full: study %s's files removed before its rows "
-                    "(the purge could not commit)", study_uid)  # fmt: skip
+        if files:
+            log.warning("spool file system full: study %s's files removed, its rows are "
+                        "forgotten once the database can be written", study_uid)  # fmt: skip
+        _remove_empty_folders(spool, study_uid)
+        return Purged(study_uid, files, size, rows_left=True)
+    log.warning("spool file system full: study %s's files removed before its rows "
+                "(the purge could not commit)", study_uid)  # fmt: skip
     _remove_empty_folders(spool, study_uid)
     return Purged(study_uid, files, size)
 
@@ -322,6 +327,8 @@ class Purger(Worker):
         self.interval = max(1.0, min(_INTERVAL, self.retention_seconds / 10))
         self.metrics = metrics if metrics is not None else Metrics()
         self._swept = False
+        # Studies whose files a full spool let go but whose rows still wait (Purged.rows_left).
+        self._emptied: set[str] = set()
 
     def round(self) -> float:
         if not self._swept:
@@ -339,15 +346,25 @@ class Purger(Worker):
         """One batch: purge studies finished ``retention_hours`` ago; returns how many."""
         cutoff = now - self.retention_seconds
         done = 0
-        for study_uid in purgeable(self.state, cutoff):
+        # The emptied studies, oldest, are listed first: beyond them, so that they never
+        # fill the batch (the other due studies' files were never reached, the round
+        # started again at once, and each emptied study was counted as purged each time).
+        for study_uid in purgeable(self.state, cutoff, _BATCH + len(self._emptied)):
             if self.stopping:
                 break
             purged = purge_study(self.state, self.spool, study_uid, cutoff, now)
             if purged is None:  # reopened since it was listed
+                self._emptied.discard(study_uid)
                 continue
-            self.metrics.purged_studies.inc()
+            first = study_uid not in self._emptied
+            if purged.rows_left:
+                self._emptied.add(study_uid)
+            else:
+                self._emptied.discard(study_uid)
+                done += 1
             self.metrics.purged_bytes.inc(purged.bytes)
-            log.info("purged study %s from the spool: %d files, %d bytes",
-                     study_uid, purged.files, purged.bytes)  # fmt: skip
-            done += 1
+            if first:
+                self.metrics.purged_studies.inc()
+                log.info("purged study %s from the spool: %d files, %d bytes",
+                         study_uid, purged.files, purged.bytes)  # fmt: skip
         return done

@@ -501,3 +501,40 @@ def test_a_spool_too_full_for_the_purges_commit_loses_the_files_first(
     _full_disk(monkeypatch, commits_failing=1)
     assert purge_study(state, spool, "1.2.826.0.1.3680043.8.498.73", 1020.0, now=5000.0) is None
     assert (spool.instances / "1.2.826.0.1.3680043.8.498.73").is_dir()
+
+
+def test_studies_whose_rows_wait_for_room_neither_fill_the_batch_nor_count_twice(
+    state: State, spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the rows of emptied studies unforgettable (the spool stays full), they were
+    # listed first, oldest, round after round: they filled the batch, the round started
+    # again at once, the due studies behind them kept their files, and each was counted
+    # as purged every time.
+    emptied = ("1.2.826.0.1.3680043.8.498.81", "1.2.826.0.1.3680043.8.498.82")
+    for n, study in enumerate(emptied):
+        processed(state, spool, study, 1000.0 + n, destinations=())
+    late = processed(state, spool, OTHER, 2000.0, destinations=())
+    forget = retention._forget
+
+    def full_for_emptied(db: Any, study_uid: str, *args: Any) -> list[str] | None:
+        if study_uid in emptied:
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
+            raise error
+        return forget(db, study_uid, *args)
+
+    monkeypatch.setattr(retention, "_forget", full_for_emptied)
+    monkeypatch.setattr(retention, "_BATCH", 2)
+    metrics = Metrics(CollectorRegistry())
+    purger = Purger(state, spool, retention_hours=0.0, metrics=metrics)
+    now = 5000.0
+    assert purger.purge_due(now) == 0  # the two emptied; none purged whole
+    assert not any((spool.instances / s).exists() for s in emptied)
+    assert spool.path(late[0]).exists()
+    assert purger.purge_due(now) == 1  # past them: the later study's files go
+    assert not spool.path(late[0]).exists()
+    assert purger.purge_due(now) == 0
+    assert metrics.registry.get_sample_value("dicom_node_purged_studies_total") == 3
+    monkeypatch.setattr(retention, "_forget", forget)  # room again: their rows go
+    assert purger.purge_due(now) == 2 and purgeable(state, 1e12) == []
+    assert metrics.registry.get_sample_value("dicom_node_purged_studies_total") == 3
