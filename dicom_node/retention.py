@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ from dicom_node.worker import Worker
 log = logging.getLogger(__name__)
 
 _INTERVAL = 60.0  # most seconds between rounds while nothing is left to purge
+# Room the purge's commit can take back on a spool full to the last byte (WAL pages for the
+# deleted rows: a few hundred KiB even for a batch of large studies).
+BALLAST_NAME = "retention.ballast"
+BALLAST_BYTES = 8 << 20
 _BATCH = 100  # studies per round; a full batch starts the next round at once
 
 # The latest moment anything happened to study s (named ``s`` in the queries below).
@@ -106,9 +111,6 @@ class Purged:
     study_uid: str
     files: int
     bytes: int
-    # Its files are gone but its rows stay, for want of room to commit (a full spool):
-    # a later round forgets them.
-    rows_left: bool = False
 
 
 def purgeable(state: State, cutoff: float, limit: int = _BATCH) -> list[str]:
@@ -135,9 +137,13 @@ def purge_study(
             with state.transaction() as db:
                 paths = _forget(db, study_uid, cutoff, now)
         except StateError as exc:
-            if not _disk_full(exc):
+            # A spool full to the last byte: the commit needs WAL room for the deleted rows,
+            # so the retention could free nothing and the node refused every instance until
+            # an admin deleted files. The ballast gives that room back, once.
+            if not _disk_full(exc) or not _give_up_ballast(spool):
                 raise
-            return _purge_files_first(state, spool, study_uid, cutoff, now)
+            with state.transaction() as db:
+                paths = _forget(db, study_uid, cutoff, now)
         if paths is None:
             return None
         # Also what no row names: results of a job without destinations, crash leftovers.
@@ -152,35 +158,45 @@ def _disk_full(exc: StateError) -> bool:
     return getattr(cause, "sqlite_errorname", None) == "SQLITE_FULL"
 
 
-def _purge_files_first(
-    state: State, spool: Spool, study_uid: str, cutoff: float, now: float
-) -> Purged | None:
-    """A purge on a spool too full for its own commit (the WAL needs room for the deleted
-    rows): the finished study's files go first, then its rows. The retention could free
-    nothing on a full disk, so the node refused every instance (0xA700) until an admin
-    deleted files by hand. Without room even then, the rows stay, naming removed files,
-    and a later round forgets them; a crash in between leaves the same."""
-    with state.reading() as db:
-        due = _is_due(db, study_uid, cutoff)
-        paths = _named_paths(db, study_uid) if due else set()
-    if not due:
-        return None
-    files, size = _remove(spool, sorted(paths | set(_folder_files(spool, study_uid))))
+def ballast_path(spool: Spool) -> Path:
+    """The file the purger keeps in the spool to give up when the disk is full."""
+    return spool.root / BALLAST_NAME
+
+
+def lay_ballast(spool: Spool) -> bool:
+    """Allocate the ballast if it is missing and the spool has room for it beside
+    ``storage.min_free_bytes`` twice over; whether it is there now."""
+    path = ballast_path(spool)
+    if path.exists():
+        return True
+    free = shutil.disk_usage(spool.root).free
+    if free < 2 * (spool.min_free_bytes + BALLAST_BYTES):
+        return False
+    tmp = path.with_suffix(".tmp")
     try:
-        with state.transaction() as db:
-            _forget(db, study_uid, cutoff, now)
-    except StateError as exc:
-        if not _disk_full(exc):
-            raise
-        if files:
-            log.warning("spool file system full: study %s's files removed, its rows are "
-                        "forgotten once the database can be written", study_uid)  # fmt: skip
-        _remove_empty_folders(spool, study_uid)
-        return Purged(study_uid, files, size, rows_left=True)
-    log.warning("spool file system full: study %s's files removed before its rows "
-                "(the purge could not commit)", study_uid)  # fmt: skip
-    _remove_empty_folders(spool, study_uid)
-    return Purged(study_uid, files, size)
+        with tmp.open("wb") as handle:
+            # Blocks really allocated (a file of zeros may be sparse or compressed away).
+            os.posix_fallocate(handle.fileno(), 0, BALLAST_BYTES)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot lay the retention's ballast %s (%s)", path, exc.strerror or exc)
+        return False
+    return True
+
+
+def _give_up_ballast(spool: Spool) -> bool:
+    """Delete the ballast for a purge that could not commit; whether there was one."""
+    try:
+        ballast_path(spool).unlink()
+    except FileNotFoundError:
+        log.error("spool file system full: the purge cannot commit and the retention's "
+                  "ballast is already used up; free space by hand")  # fmt: skip
+        return False
+    log.warning("spool file system full: the retention's ballast (%d MiB) was given up so "
+                "that the purge can commit; it is laid again once there is room",
+                BALLAST_BYTES >> 20)  # fmt: skip
+    return True
 
 
 def _is_due(db: sqlite3.Connection, study_uid: str, cutoff: float) -> bool:
@@ -327,8 +343,6 @@ class Purger(Worker):
         self.interval = max(1.0, min(_INTERVAL, self.retention_seconds / 10))
         self.metrics = metrics if metrics is not None else Metrics()
         self._swept = False
-        # Studies whose files a full spool let go but whose rows still wait (Purged.rows_left).
-        self._emptied: set[str] = set()
 
     def round(self) -> float:
         if not self._swept:
@@ -338,6 +352,7 @@ class Purger(Worker):
                 self.metrics.purged_bytes.inc(left.bytes)
                 log.info("removed %d files (%d bytes) left by an interrupted purge",
                          left.files, left.bytes)  # fmt: skip
+        lay_ballast(self.spool)
         now = time.time()
         clamp_future_times(self.state, now)
         return 0.0 if self.purge_due(now) == _BATCH else self.interval
@@ -346,25 +361,15 @@ class Purger(Worker):
         """One batch: purge studies finished ``retention_hours`` ago; returns how many."""
         cutoff = now - self.retention_seconds
         done = 0
-        # The emptied studies, oldest, are listed first: beyond them, so that they never
-        # fill the batch (the other due studies' files were never reached, the round
-        # started again at once, and each emptied study was counted as purged each time).
-        for study_uid in purgeable(self.state, cutoff, _BATCH + len(self._emptied)):
+        for study_uid in purgeable(self.state, cutoff):
             if self.stopping:
                 break
             purged = purge_study(self.state, self.spool, study_uid, cutoff, now)
             if purged is None:  # reopened since it was listed
-                self._emptied.discard(study_uid)
                 continue
-            first = study_uid not in self._emptied
-            if purged.rows_left:
-                self._emptied.add(study_uid)
-            else:
-                self._emptied.discard(study_uid)
-                done += 1
+            self.metrics.purged_studies.inc()
             self.metrics.purged_bytes.inc(purged.bytes)
-            if first:
-                self.metrics.purged_studies.inc()
-                log.info("purged study %s from the spool: %d files, %d bytes",
-                         study_uid, purged.files, purged.bytes)  # fmt: skip
+            log.info("purged study %s from the spool: %d files, %d bytes",
+                     study_uid, purged.files, purged.bytes)  # fmt: skip
+            done += 1
         return done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 import time
@@ -18,10 +19,19 @@ from dicom_node import retention
 from dicom_node.cli import main
 from dicom_node.config import AssemblyConfig
 from dicom_node.config_results import SendingConfig
+from dicom_node.errors import StateError
 from dicom_node.metrics import Metrics
 from dicom_node.models import Header, ReceivedInstance, ResultObject
 from dicom_node.node import Node
-from dicom_node.retention import Purged, Purger, purge_study, purgeable, sweep
+from dicom_node.retention import (
+    BALLAST_BYTES,
+    Purger,
+    ballast_path,
+    lay_ballast,
+    purge_study,
+    purgeable,
+    sweep,
+)
 from dicom_node.send.outbox import Outbox
 from dicom_node.spool import Spool
 from dicom_node.state import State
@@ -475,66 +485,37 @@ def _full_disk(monkeypatch: pytest.MonkeyPatch, commits_failing: int) -> None:
     monkeypatch.setattr(retention, "_forget", forget_or_full)
 
 
-def test_a_spool_too_full_for_the_purges_commit_loses_the_files_first(
-    state: State, spool: Spool, monkeypatch: pytest.MonkeyPatch
+def test_a_spool_too_full_for_the_purges_commit_gives_up_the_ballast(
+    state: State, spool: Spool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The retention could free nothing on a full spool: the purge's commit failed ("database
     # or disk is full") every minute, and the node refused every instance until an admin
     # deleted files by hand.
+    assert lay_ballast(spool) and ballast_path(spool).stat().st_size == BALLAST_BYTES
     files = processed(state, spool, STUDY, 1000.0)
     others = processed(state, spool, OTHER, 1000.0)
     deliver_all(state, 1020.0)
-    _full_disk(monkeypatch, commits_failing=1)  # room once the files are gone
+    _full_disk(monkeypatch, commits_failing=1)
     purged = purge_study(state, spool, STUDY, 1020.0, now=5000.0)
-    assert purged is not None and purged.files == 3
+    assert purged is not None and purged.files == 3  # rows first, then files, as always
     assert not any(spool.path(f).exists() for f in files)
     assert [s.purged_at for s in state.studies() if s.study_uid == STUDY] == [5000.0]
-    _full_disk(monkeypatch, commits_failing=2)  # no room even then: the rows wait
-    purged = purge_study(state, spool, OTHER, 1020.0, now=5000.0)
-    assert purged is not None and purged.files == 3
-    assert not any(spool.path(f).exists() for f in others)
-    assert purgeable(state, 1020.0) == [OTHER]  # its rows, forgotten at the next round
-    assert purge_study(state, spool, OTHER, 1020.0, now=5060.0) == Purged(OTHER, 0, 0)
-    assert purgeable(state, 1e12) == []
-    # Not finished: left alone, as without a full disk.
-    processed(state, spool, "1.2.826.0.1.3680043.8.498.73", 1000.0)
+    assert not ballast_path(spool).exists() and "ballast (8 MiB) was given up" in caplog.text
+    # Used up: the next one fails as before, its rows and files left together.
     _full_disk(monkeypatch, commits_failing=1)
-    assert purge_study(state, spool, "1.2.826.0.1.3680043.8.498.73", 1020.0, now=5000.0) is None
-    assert (spool.instances / "1.2.826.0.1.3680043.8.498.73").is_dir()
+    with pytest.raises(StateError, match="database or disk is full"):
+        purge_study(state, spool, OTHER, 1020.0, now=5000.0)
+    assert all(spool.path(f).exists() for f in others) and purgeable(state, 1020.0) == [OTHER]
+    assert "ballast is already used up; free space by hand" in caplog.text
+    # Laid again once there is room (each round tries).
+    Purger(state, spool, retention_hours=1.0).round()
+    assert ballast_path(spool).stat().st_size == BALLAST_BYTES
 
 
-def test_studies_whose_rows_wait_for_room_neither_fill_the_batch_nor_count_twice(
-    state: State, spool: Spool, monkeypatch: pytest.MonkeyPatch
+def test_the_ballast_is_not_laid_where_it_would_eat_into_the_reserve(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # With the rows of emptied studies unforgettable (the spool stays full), they were
-    # listed first, oldest, round after round: they filled the batch, the round started
-    # again at once, the due studies behind them kept their files, and each was counted
-    # as purged every time.
-    emptied = ("1.2.826.0.1.3680043.8.498.81", "1.2.826.0.1.3680043.8.498.82")
-    for n, study in enumerate(emptied):
-        processed(state, spool, study, 1000.0 + n, destinations=())
-    late = processed(state, spool, OTHER, 2000.0, destinations=())
-    forget = retention._forget
-
-    def full_for_emptied(db: Any, study_uid: str, *args: Any) -> list[str] | None:
-        if study_uid in emptied:
-            error = sqlite3.OperationalError("database or disk is full")
-            error.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
-            raise error
-        return forget(db, study_uid, *args)
-
-    monkeypatch.setattr(retention, "_forget", full_for_emptied)
-    monkeypatch.setattr(retention, "_BATCH", 2)
-    metrics = Metrics(CollectorRegistry())
-    purger = Purger(state, spool, retention_hours=0.0, metrics=metrics)
-    now = 5000.0
-    assert purger.purge_due(now) == 0  # the two emptied; none purged whole
-    assert not any((spool.instances / s).exists() for s in emptied)
-    assert spool.path(late[0]).exists()
-    assert purger.purge_due(now) == 1  # past them: the later study's files go
-    assert not spool.path(late[0]).exists()
-    assert purger.purge_due(now) == 0
-    assert metrics.registry.get_sample_value("dicom_node_purged_studies_total") == 3
-    monkeypatch.setattr(retention, "_forget", forget)  # room again: their rows go
-    assert purger.purge_due(now) == 2 and purgeable(state, 1e12) == []
-    assert metrics.registry.get_sample_value("dicom_node_purged_studies_total") == 3
+    free = 2 * BALLAST_BYTES - 1  # the reserve (0 here) and the ballast, twice: not quite
+    usage = shutil.disk_usage(spool.root)._replace(free=free)
+    monkeypatch.setattr(retention.shutil, "disk_usage", lambda path: usage)
+    assert not lay_ballast(spool) and not ballast_path(spool).exists()
