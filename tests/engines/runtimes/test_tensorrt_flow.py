@@ -125,31 +125,32 @@ def test_unresolved_output_shape_is_refused(
     assert not stand.context_stack
 
 
-def test_a_plan_whose_outputs_differ_from_the_manifest_is_refused(
-    stand: Stand, hip_screen_engine: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("kind", "name", "shape", "message"),
+    [
+        # As onnxruntime refuses it at open: heat maps of another grid (or logits of another
+        # class list) were returned as if they matched the manifest.
+        ("outputs", "features", (2048, 3, 3),
+         r"output 'features' is \[-1, 2048, 3, 3\] in the model, the manifest says "
+         r"\[-1, 2048, 2, 2\]"),
+        # The stand-in reported -1 for height and width, which check_signature takes as
+        # "any": a manifest of another input size than the plan's opened.
+        ("inputs", "image", (1, 96, 96),
+         r"input 'image' is \[-1, 1, 96, 96\] in the model, the manifest says \[-1, 1, 64, 64\]"),
+    ],
+)  # fmt: skip
+def test_a_plan_whose_tensors_differ_from_the_manifest_is_refused(
+    stand: Stand,
+    hip_screen_engine: Path,
+    tmp_path: Path,
+    kind: str,
+    name: str,
+    shape: tuple[int, ...],
+    message: str,
 ) -> None:
-    # As onnxruntime refuses it at open: heat maps of another grid (or logits of another
-    # class list) were returned as if they matched the manifest.
-    stand.plan_outputs["features"] = (2048, 3, 3)
+    (stand.plan_inputs if kind == "inputs" else stand.plan_outputs)[name] = shape
     with pytest.raises(
-        EngineRuntimeError,
-        match=r"^hip_screen on tensorrt: output 'features' is \[-1, 2048, 3, 3\] in the model, "
-        r"the manifest says \[-1, 2048, 2, 2\] \(-1 = any\)$",
-    ):
-        TensorRTRuntime(read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path)
-    assert not stand.context_stack
-
-
-def test_a_plan_whose_input_size_differs_from_the_manifest_is_refused(
-    stand: Stand, hip_screen_engine: Path, tmp_path: Path
-) -> None:
-    # The stand-in reported -1 for height and width, which check_signature takes as "any":
-    # a manifest of another input size than the plan's opened, unlike on onnxruntime.
-    stand.plan_inputs["image"] = (1, 96, 96)
-    with pytest.raises(
-        EngineRuntimeError,
-        match=r"^hip_screen on tensorrt: input 'image' is \[-1, 1, 96, 96\] in the model, "
-        r"the manifest says \[-1, 1, 64, 64\] \(-1 = any\)$",
+        EngineRuntimeError, match=rf"^hip_screen on tensorrt: {message} \(-1 = any\)$"
     ):
         TensorRTRuntime(read_manifest(hip_screen_engine), hip_screen_engine, plan_cache=tmp_path)
     assert not stand.context_stack
