@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sqlite3
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.errors import StateError
+from dicom_node.errors import SpoolFullError, StateError
 from dicom_node.metrics import Metrics
 from dicom_node.receive.header import is_valid_uid
 from dicom_node.spool import Spool
@@ -153,9 +153,10 @@ def purge_study(
 
 
 def _disk_full(exc: StateError) -> bool:
-    """Whether SQLite could not commit for want of space (SQLITE_FULL)."""
+    """Whether SQLite could not commit for want of space: SQLITE_FULL, or a failed write
+    (a quota reached, EDQUOT, comes back as SQLITE_IOERR_WRITE, not as SQLITE_FULL)."""
     cause = exc.__cause__
-    return getattr(cause, "sqlite_errorname", None) == "SQLITE_FULL"
+    return getattr(cause, "sqlite_errorname", None) in ("SQLITE_FULL", "SQLITE_IOERR_WRITE")
 
 
 def ballast_path(spool: Spool) -> Path:
@@ -169,17 +170,20 @@ def lay_ballast(spool: Spool) -> bool:
     path = ballast_path(spool)
     if path.exists():
         return True
-    free = shutil.disk_usage(spool.root).free
-    if free < 2 * (spool.min_free_bytes + BALLAST_BYTES):
-        return False
     tmp = path.with_suffix(".tmp")
     try:
-        with tmp.open("wb") as handle:
-            # Blocks really allocated (a file of zeros may be sparse or compressed away).
-            os.posix_fallocate(handle.fileno(), 0, BALLAST_BYTES)
-        tmp.replace(path)
+        # Through the disk guard, beside the writes it has admitted: free space, less what
+        # they have yet to write, must hold the ballast and the reserve twice over.
+        with spool.reserve(spool.min_free_bytes + 2 * BALLAST_BYTES):
+            with tmp.open("wb") as handle:
+                # Blocks really allocated (a file of zeros may be sparse or compressed away).
+                os.posix_fallocate(handle.fileno(), 0, BALLAST_BYTES)
+            tmp.replace(path)
+    except SpoolFullError:
+        return False
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # a read-only spool root refuses this too
+            tmp.unlink(missing_ok=True)
         log.warning("cannot lay the retention's ballast %s (%s)", path, exc.strerror or exc)
         return False
     return True
@@ -190,8 +194,9 @@ def _give_up_ballast(spool: Spool) -> bool:
     try:
         ballast_path(spool).unlink()
     except FileNotFoundError:
-        log.error("spool file system full: the purge cannot commit and the retention's "
-                  "ballast is already used up; free space by hand")  # fmt: skip
+        log.error("spool file system full: the purge cannot commit and the retention has no "
+                  "ballast left (used up, or never laid for want of room); free space by "
+                  "hand")  # fmt: skip
         return False
     log.warning("spool file system full: the retention's ballast (%d MiB) was given up so "
                 "that the purge can commit; it is laid again once there is room",

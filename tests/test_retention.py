@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import errno
 import sqlite3
 import threading
 import time
@@ -468,9 +468,11 @@ def test_times_written_while_the_clock_ran_fast_do_not_hold_a_study_for_weeks(
     assert not any(spool.path(f).exists() for f in files)
 
 
-def _full_disk(monkeypatch: pytest.MonkeyPatch, commits_failing: int) -> None:
+def _full_disk(
+    monkeypatch: pytest.MonkeyPatch, commits_failing: int, error_name: str = "SQLITE_FULL"
+) -> None:
     """Make the purge's next ``commits_failing`` transactions fail as SQLite does on a full
-    file system (the WAL cannot grow for the deleted rows)."""
+    file system (the WAL cannot grow for the deleted rows; SQLITE_IOERR_WRITE for a quota)."""
     forget = retention._forget
     left = [commits_failing]
 
@@ -478,7 +480,7 @@ def _full_disk(monkeypatch: pytest.MonkeyPatch, commits_failing: int) -> None:
         if left[0] > 0:
             left[0] -= 1
             error = sqlite3.OperationalError("database or disk is full")
-            error.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
+            error.sqlite_errorname = error_name  # type: ignore[attr-defined]
             raise error
         return forget(*args)
 
@@ -506,16 +508,41 @@ def test_a_spool_too_full_for_the_purges_commit_gives_up_the_ballast(
     with pytest.raises(StateError, match="database or disk is full"):
         purge_study(state, spool, OTHER, 1020.0, now=5000.0)
     assert all(spool.path(f).exists() for f in others) and purgeable(state, 1020.0) == [OTHER]
-    assert "ballast is already used up; free space by hand" in caplog.text
-    # Laid again once there is room (each round tries).
+    assert "has no ballast left (used up, or never laid for want of room)" in caplog.text
+    # Laid again once there is room (each round tries); a quota reached (EDQUOT) reads
+    # SQLITE_IOERR_WRITE, not SQLITE_FULL: the ballast is given up for it too.
     Purger(state, spool, retention_hours=1.0).round()
     assert ballast_path(spool).stat().st_size == BALLAST_BYTES
+    assert purgeable(state, 1e12) == []  # that round purged the other study too
+    third = "1.2.826.0.1.3680043.8.498.73"
+    processed(state, spool, third, 1000.0)
+    deliver_all(state, 1020.0)
+    _full_disk(monkeypatch, commits_failing=1, error_name="SQLITE_IOERR_WRITE")
+    assert purge_study(state, spool, third, 1020.0, now=5000.0) is not None
+    assert not ballast_path(spool).exists()
 
 
 def test_the_ballast_is_not_laid_where_it_would_eat_into_the_reserve(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    free = 2 * BALLAST_BYTES - 1  # the reserve (0 here) and the ballast, twice: not quite
-    usage = shutil.disk_usage(spool.root)._replace(free=free)
-    monkeypatch.setattr(retention.shutil, "disk_usage", lambda path: usage)
-    assert not lay_ballast(spool) and not ballast_path(spool).exists()
+    # The reserve (0 here) and the ballast, twice over, beside what admitted writes have yet
+    # to write (it was laid under an instance the guard had let in, which then failed).
+    monkeypatch.setattr(spool, "free_bytes", lambda: 2 * BALLAST_BYTES + 100)
+    with spool.reserve(101):
+        assert not lay_ballast(spool) and not ballast_path(spool).exists()
+    assert lay_ballast(spool) and ballast_path(spool).stat().st_size == BALLAST_BYTES
+
+
+def test_a_ballast_that_cannot_be_laid_is_a_warning_not_a_failed_round(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A read-only spool root refused the clean-up's unlink too, and that second error
+    # failed the whole round (purges included) with a traceback each minute.
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(retention.os, "posix_fallocate", refused)
+    monkeypatch.setattr(Path, "unlink", refused)
+    assert not lay_ballast(spool)
+    assert "cannot lay the retention's ballast" in caplog.text
+    assert "Read-only file system" in caplog.text
