@@ -89,7 +89,7 @@ def read_sources(
     its one SR would report every hip under the first patient's name.
     """
     images = []
-    failed: list[PreprocessError] = []
+    first_failure: PreprocessError | None = None
     patients: dict[tuple[str, str], list[str]] = {}
     for path, calling_ae in sources:
         try:
@@ -101,7 +101,7 @@ def read_sources(
                 raise PreprocessError(f"{path.name}: {why}") from exc
             log.warning("SOP instance %s not analysed: %s", path.stem, why)
             unreadable[path.stem] = why
-            failed.append(PreprocessError(f"{path.name}: {why}"))
+            first_failure = first_failure or PreprocessError(f"{path.name}: {why}")
             continue
         images.append(image)
         patient = _patient(ds)
@@ -116,8 +116,8 @@ def read_sources(
             f"Instance UID, refused rather than reported under one patient's name: correct "
             f"the study in the PACS and resend it (SOP instances by patient: {groups})"
         )
-    if failed and not images:
-        raise failed[0]
+    if first_failure is not None and not images:
+        raise first_failure
     return tuple(images)
 
 

@@ -204,22 +204,16 @@ def _give_up_ballast(spool: Spool) -> bool:
     return True
 
 
-def _is_due(db: sqlite3.Connection, study_uid: str, cutoff: float) -> bool:
-    """Whether the study is finished at ``cutoff``, or only our own results received by then."""
+def _forget(db: sqlite3.Connection, study_uid: str, cutoff: float, now: float) -> list[str] | None:
     finished = db.execute(
         f"SELECT 1 FROM studies s WHERE s.study_uid = ? AND {_FINISHED}", (study_uid, cutoff)
     ).fetchone()
-    if finished is not None:
-        return True
-    own_only = db.execute(
-        f"SELECT 1 FROM ({_OWN_ONLY}) WHERE study_uid = ?", (cutoff, study_uid)
-    ).fetchone()
-    return own_only is not None
-
-
-def _forget(db: sqlite3.Connection, study_uid: str, cutoff: float, now: float) -> list[str] | None:
-    if not _is_due(db, study_uid, cutoff):
-        return None
+    if finished is None:
+        own_only = db.execute(
+            f"SELECT 1 FROM ({_OWN_ONLY}) WHERE study_uid = ?", (cutoff, study_uid)
+        ).fetchone()
+        if own_only is None:
+            return None
     paths = _named_paths(db, study_uid)
     db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
     db.execute("DELETE FROM outbox WHERE study_uid = ?", (study_uid,))
